@@ -1,0 +1,66 @@
+"""`dense` KV cache: one contiguous [capacity, Hkv, D] buffer per layer.
+
+Commit is compaction: the kept pending entries are gathered to sit right after the committed
+ones, so logical order == physical order and attention reads a plain prefix slice.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..core.errors import CapacityError
+from ..core.interfaces import TargetInfo
+
+
+class DenseCacheOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DenseKVCache:
+    def __init__(self, info: TargetInfo, capacity: int):
+        self.capacity = capacity
+        shape = (info.num_layers, capacity, info.num_kv_heads, info.head_dim)
+        self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
+        self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
+        self._committed = 0
+        self._pending = 0
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def reset(self) -> None:
+        self._committed = self._pending = 0
+
+    def begin(self, n: int) -> None:
+        if self._committed + n > self.capacity:
+            raise CapacityError(
+                f"KV cache full: {self._committed} committed + {n} new tokens exceed its capacity of {self.capacity}"
+            )
+        self._pending = n
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        t = self._committed
+        self.k[layer, t : t + self._pending] = k  # k: [n, Hkv, D]
+        self.v[layer, t : t + self._pending] = v
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._committed + self._pending
+        return self.k[layer, :end], self.v[layer, :end]
+
+    def commit(self, keep: Sequence[int]) -> None:
+        t = self._committed
+        n = len(keep)
+        if list(keep) != list(range(n)):  # compaction: gather kept entries into place
+            src = torch.as_tensor(list(keep), device=self.k.device) + t  # [n]
+            self.k[:, t : t + n] = self.k[:, src]
+            self.v[:, t : t + n] = self.v[:, src]
+        self._committed = t + n
+        self._pending = 0

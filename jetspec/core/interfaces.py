@@ -1,0 +1,241 @@
+"""The component kinds of a decode pipeline, as `typing.Protocol`s.
+
+One round, as data flows through it:
+
+    state -> Drafter.propose -> TreeScorer.build(budget) -> DraftTree -> Target.forward(tree, KV)
+          -> Verifier.accept -> KVCache.commit(path) -> Drafter.observe(hidden of committed) -> state
+
+Plain greedy decoding is the same loop with a root-only tree (budget 0, no drafter).
+
+Shapes use: N tree/query tokens, T committed tokens, V vocab, H hidden size, Hq query heads,
+Hkv key/value heads, D head dim, L layers, k fused hidden layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .tree import DraftTree
+
+
+# ---------------------------------------------------------------------------- shared data
+@dataclass
+class DecodeState:
+    """What has been committed so far for one sequence.
+
+    `tokens[-1]` is the root of the next round: committed, but its K/V is not in the cache yet,
+    so `kv_len == len(tokens) - 1` between rounds.
+    """
+
+    tokens: list[int]  # prompt + generated tokens
+    prompt_len: int
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What a verifier keeps from one tree.
+
+    * `path`: node indices root -> deepest accepted node (always starts with 0). These nodes'
+      K/V are committed; the rest of the tree's K/V is discarded.
+    * `bonus`: the target's own token after the deepest accepted node (the next root).
+    * committed tokens this round = the drafts on `path[1:]` followed by `bonus`.
+    """
+
+    path: list[int]
+    bonus: int
+
+    def new_tokens(self, tree: DraftTree) -> list[int]:
+        return [int(tree.tokens[i]) for i in self.path[1:]] + [self.bonus]
+
+    @property
+    def accepted_drafts(self) -> int:
+        return len(self.path) - 1
+
+
+@dataclass(frozen=True)
+class AttentionMeta:
+    """Where the N query tokens of one forward sit, for the attention backend.
+
+    Query i attends to all `prefix_len` committed keys, and to pending key j (the j-th token of
+    this forward, written at logical slot prefix_len + j) iff j <= i < j + subtree_sizes[j].
+    Prefill is the chain case subtree_sizes[j] = N - j; decode is N = 1.
+    """
+
+    prefix_len: int
+    positions: torch.Tensor  # [N] int64, RoPE positions (prefix_len + depth)
+    subtree_sizes: torch.Tensor  # [N] int32/int64, DFS interval encoding of the tree mask
+
+    @staticmethod
+    def for_tree(tree: DraftTree, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
+        return AttentionMeta(
+            prefix_len=prefix_len,
+            positions=tree.position_ids(prefix_len).to(device),
+            subtree_sizes=tree.subtree_sizes.to(device),
+        )
+
+    @staticmethod
+    def for_chain(n: int, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
+        ar = torch.arange(n, device=device)
+        return AttentionMeta(prefix_len=prefix_len, positions=ar + prefix_len, subtree_sizes=n - ar)
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.positions.numel())
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """Identity and geometry of a target model (what caches, drafters and heads need)."""
+
+    name: str  # identity recorded in head checkpoints, e.g. "SmolLM2-135M-Instruct"
+    architecture: str  # e.g. "llama", "qwen2", "qwen3"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int
+    dtype: torch.dtype
+    device: torch.device
+    eos_token_ids: tuple[int, ...] = ()
+    fingerprint: str = ""  # hash of config + a weight sample; heads check it
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [N, V] float, next-token logits at each query token
+    hidden: torch.Tensor | None = None  # [N, k, H] hidden states of the requested layers, or None
+
+
+# ---------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Proposal(Protocol):
+    """A drafter's candidates, as a lazy trie: the scorer asks for the children of a path."""
+
+    def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
+        """Candidate next tokens after `path` (draft tokens below the root) with their
+        conditional log-probs, sorted by log-prob descending, tokens distinct."""
+        ...
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes candidate continuations of the committed tokens."""
+
+    def reset(self, state: DecodeState) -> None:
+        """Start a new sequence (after prefill; `state.tokens` is the prompt)."""
+        ...
+
+    def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
+        """Tokens were committed. `hidden` [n, k, H] are the target hidden states of the tokens
+        whose K/V was just committed (prefill: prompt[:-1]; a round: root + accepted drafts),
+        or None when the drafter does not need them."""
+        ...
+
+    def propose(self, state: DecodeState, budget: int) -> Proposal:
+        """Candidates for the tokens after `state.tokens` (whose last token is the root)."""
+        ...
+
+
+@runtime_checkable
+class TreeScorer(Protocol):
+    """Chooses at most `budget` draft nodes out of a proposal."""
+
+    def build(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
+        ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Decides which drafts to keep, given the target's logits at every tree node."""
+
+    def accept(self, tree: DraftTree, logits: torch.Tensor, state: DecodeState) -> Acceptance:
+        """`logits` [N, V] are the target's next-token logits at each node of `tree`."""
+        ...
+
+
+@runtime_checkable
+class KVCache(Protocol):
+    """Key/value storage of one sequence: `committed` tokens, then `pending` ones written by the
+    forward in flight. Keys are stored after RoPE. Logical token order is the order of `read`."""
+
+    capacity: int
+
+    @property
+    def committed(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def reset(self) -> None:
+        """Drop everything (a new sequence)."""
+        ...
+
+    def begin(self, n: int) -> None:
+        """Reserve `n` pending slots after the committed tokens; `CapacityError` if they do not fit."""
+        ...
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the pending tokens' keys/values of one layer: k, v [n, Hkv, D]."""
+        ...
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of committed + pending tokens, logical order: 2 x [T + n, Hkv, D]."""
+        ...
+
+    def commit(self, keep: Sequence[int]) -> None:
+        """Keep pending tokens `keep` (ascending, pending-relative indices) right after the
+        committed ones, in that order; discard the other pending tokens."""
+        ...
+
+
+@runtime_checkable
+class AttentionBackend(Protocol):
+    """Computes attention of N queries over the cache with the tree mask of `meta`."""
+
+    def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
+        """q [N, Hq, D] (after RoPE) -> out [N, Hq, D]. The layer's pending K/V are already written."""
+        ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """The frozen model being decoded. `forward` writes the K/V of its N input tokens as pending
+    entries of `cache` and returns next-token logits for each of them."""
+
+    info: TargetInfo
+    tokenizer: Any | None
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        meta: AttentionMeta,
+        cache: KVCache,
+        hidden_layers: Sequence[int] = (),
+    ) -> TargetOutput:
+        """tokens [N] int64 on the target's device; `hidden_layers` selects hidden states to return
+        (layer l = output of decoder layer l; empty = none)."""
+        ...
+
+
+__all__ = [
+    "Acceptance",
+    "AttentionBackend",
+    "AttentionMeta",
+    "DecodeState",
+    "Drafter",
+    "KVCache",
+    "Proposal",
+    "Target",
+    "TargetInfo",
+    "TargetOutput",
+    "TreeScorer",
+    "Verifier",
+]

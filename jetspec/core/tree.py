@@ -1,0 +1,180 @@
+"""`DraftTree`: the candidate tree one decode round verifies.
+
+Vocabulary
+----------
+* node 0 is the **root**: the last committed token (the previous round's bonus token). Its K/V
+  has not been computed yet, so the target's verify pass runs over the root AND the drafts.
+* every other node is a **draft** token; the **budget** is the number of draft nodes (N - 1).
+* nodes are stored in **DFS pre-order**, so `parents[i] < i` and the subtree of node j is the
+  contiguous range `[j, j + subtree_sizes[j])`. Hence the interval rule
+
+      j is an ancestor-or-self of i  <=>  j <= i < j + subtree_sizes[j]
+
+  Two int vectors (pre-order index, subtree size) replace an N x N attention mask: a node sees
+  the whole committed prefix and, among tree nodes, its ancestors and itself.
+* the RoPE position of node i is `prefix_len + depths[i]` (prefix_len = committed tokens in KV).
+* `scores[i]` is the drafter's cumulative log-prob of the path root -> i (root: 0).
+
+A chain (plain prefill, plain greedy decode) is the special case `parents[i] = i - 1`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    tokens: torch.Tensor  # [N] int64, tokens[0] = root token
+    parents: torch.Tensor  # [N] int64, parents[0] = -1, parents[i] < i
+    depths: torch.Tensor  # [N] int64, depths[0] = 0
+    subtree_sizes: torch.Tensor  # [N] int64, subtree_sizes[0] = N
+    scores: torch.Tensor  # [N] float32, cumulative drafter log-prob, scores[0] = 0
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def from_parents(
+        tokens: Sequence[int],
+        parents: Sequence[int],
+        scores: Sequence[float] | None = None,
+    ) -> "DraftTree":
+        """Build from nodes in any order where node 0 is the root and every parent index is
+        valid; nodes are re-laid in DFS pre-order (children keep their given relative order)."""
+        n = len(tokens)
+        if n == 0 or len(parents) != n or (scores is not None and len(scores) != n):
+            raise InputError(
+                f"a draft tree needs equal-length tokens/parents/scores with a root; got "
+                f"{len(tokens)} tokens, {len(parents)} parents"
+            )
+        if parents[0] != -1:
+            raise InputError(f"node 0 must be the root (parent -1), got parent {parents[0]}")
+        children: list[list[int]] = [[] for _ in range(n)]
+        for i in range(1, n):
+            p = parents[i]
+            if not 0 <= p < n or p == i:
+                raise InputError(f"node {i} has parent {p}; parents must name another node 0..{n - 1}")
+            children[p].append(i)
+        order: list[int] = []
+        stack = [0]
+        while stack:  # iterative pre-order DFS
+            v = stack.pop()
+            order.append(v)
+            stack.extend(reversed(children[v]))
+        if len(order) != n:
+            raise InputError(f"the draft tree is not connected: {n - len(order)} node(s) unreachable from the root")
+        new_index = {old: new for new, old in enumerate(order)}
+        new_tokens = [int(tokens[o]) for o in order]
+        new_parents = [-1] + [new_index[parents[o]] for o in order[1:]]
+        new_scores = [0.0] * n if scores is None else [float(scores[o]) for o in order]
+        return DraftTree.from_preorder(new_tokens, new_parents, new_scores)
+
+    @staticmethod
+    def from_preorder(
+        tokens: Sequence[int], parents: Sequence[int], scores: Sequence[float] | None = None
+    ) -> "DraftTree":
+        """Build from nodes already in DFS pre-order (checked by `validate`)."""
+        n = len(tokens)
+        depths = [0] * n
+        for i in range(1, n):
+            depths[i] = depths[parents[i]] + 1
+        sizes = [1] * n
+        for i in range(n - 1, 0, -1):  # children come after parents in pre-order
+            sizes[parents[i]] += sizes[i]
+        tree = DraftTree(
+            tokens=torch.tensor(list(tokens), dtype=torch.int64),
+            parents=torch.tensor(list(parents), dtype=torch.int64),
+            depths=torch.tensor(depths, dtype=torch.int64),
+            subtree_sizes=torch.tensor(sizes, dtype=torch.int64),
+            scores=torch.tensor([0.0] * n if scores is None else list(scores), dtype=torch.float32),
+        )
+        tree.validate()
+        return tree
+
+    @staticmethod
+    def chain(tokens: Sequence[int], scores: Sequence[float] | None = None) -> "DraftTree":
+        """A single path root -> tokens[1] -> tokens[2] ... (prefill and plain decode)."""
+        return DraftTree.from_preorder(tokens, [-1] + list(range(len(tokens) - 1)), scores)
+
+    @staticmethod
+    def root_only(token: int) -> "DraftTree":
+        """The tree of plain greedy decoding: just the root, no drafts."""
+        return DraftTree.chain([token])
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def size(self) -> int:
+        """N, the number of nodes including the root."""
+        return int(self.tokens.numel())
+
+    @property
+    def budget(self) -> int:
+        """Number of draft nodes (N - 1)."""
+        return self.size - 1
+
+    def is_ancestor(self, j: int, i: int) -> bool:
+        """True iff node j is an ancestor of node i or i itself (the interval rule)."""
+        return j <= i < j + int(self.subtree_sizes[j])
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """[N, N] bool, mask[i, j] = j is an ancestor-or-self of i. For references and tests:
+        kernels use the interval rule instead of materialising this."""
+        idx = torch.arange(self.size)
+        j, i = idx[None, :], idx[:, None]
+        return (j <= i) & (i < j + self.subtree_sizes[None, :])
+
+    def position_ids(self, prefix_len: int) -> torch.Tensor:
+        """[N] int64 RoPE positions: prefix_len + depth."""
+        return self.depths + prefix_len
+
+    def path_to(self, i: int) -> list[int]:
+        """Node indices root -> i (inclusive)."""
+        path = []
+        while i != -1:
+            path.append(i)
+            i = int(self.parents[i])
+        return path[::-1]
+
+    def children(self, i: int) -> list[int]:
+        """Direct children of node i, in pre-order."""
+        out, c, end = [], i + 1, i + int(self.subtree_sizes[i])
+        while c < end:
+            out.append(c)
+            c += int(self.subtree_sizes[c])
+        return out
+
+    # ------------------------------------------------------------------ invariants
+    def validate(self) -> None:
+        """Raise `InputError` naming the first broken invariant."""
+        n = self.size
+        shapes = {t.shape for t in (self.tokens, self.parents, self.depths, self.subtree_sizes, self.scores)}
+        if shapes != {torch.Size([n])}:
+            raise InputError(f"draft tree fields must all have shape [N]={n}; got {sorted(map(tuple, shapes))}")
+        parents = self.parents.tolist()
+        sizes = self.subtree_sizes.tolist()
+        depths = self.depths.tolist()
+        tokens = self.tokens.tolist()
+        if parents[0] != -1 or depths[0] != 0 or sizes[0] != n:
+            raise InputError("node 0 must be the root: parent -1, depth 0, subtree size N")
+        seen_children: set[tuple[int, int]] = set()
+        for i in range(1, n):
+            p = parents[i]
+            if not 0 <= p < i:
+                raise InputError(f"node {i} has parent {p}; in DFS pre-order a parent comes before its child")
+            if not p < i < p + sizes[p]:
+                raise InputError(f"node {i} lies outside its parent {p}'s subtree range: not DFS pre-order")
+            if depths[i] != depths[p] + 1:
+                raise InputError(f"node {i} has depth {depths[i]}, its parent {p} has depth {depths[p]}")
+            if (p, tokens[i]) in seen_children:
+                raise InputError(f"node {p} has two children with token {tokens[i]}; sibling tokens must differ")
+            seen_children.add((p, tokens[i]))
+        recount = [1] * n
+        for i in range(n - 1, 0, -1):
+            recount[parents[i]] += recount[i]
+        if recount != sizes:
+            bad = next(i for i in range(n) if recount[i] != sizes[i])
+            raise InputError(f"node {bad} has subtree size {sizes[bad]} but {recount[bad]} descendants-or-self")

@@ -111,11 +111,12 @@ class TritonAttention:
                run: Callable[[KernelConfig], torch.Tensor] | None = None) -> KernelConfig:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
         o = self.options
-        if o.autotune and q.is_cuda and run is not None and not _capturing():
+        if o.autotune and q.is_cuda:  # tune once per bucket, outside graph capture; reuse inside
             key = (n, group, kv_heads, 1 << max(0, keys - 1).bit_length(), head_dim, q.dtype)
-            if key not in self._tuned:
+            if key not in self._tuned and run is not None and not _capturing():
                 self._tuned[key] = _fastest(candidate_configs(n, group, kv_heads, keys, head_dim, sms), run)
-            return self._tuned[key]
+            if key in self._tuned:
+                return self._tuned[key]
         cfg = choose_config(n, group, kv_heads, keys, head_dim, sms)
         return KernelConfig(o.block_m or cfg.block_m, o.block_n or cfg.block_n, o.num_splits or cfg.num_splits,
                             o.num_warps or cfg.num_warps, o.num_stages or cfg.num_stages)

@@ -178,9 +178,9 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench: error: needs a CUDA GPU")
-    import torch._dynamo
+    import torch._dynamo as dynamo
 
-    torch._dynamo.config.cache_size_limit = 64  # one flex compile per shape
+    dynamo.config.cache_size_limit = 64  # one flex compile per shape
     start = time.time()
     stamp = dict(
         machine=f"{torch.cuda.get_device_name()} ({platform.node()})",

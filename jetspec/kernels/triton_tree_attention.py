@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-NEG_BIG = -1.0e30  # finite "minus infinity" for the running max: keeps 2^(m_old - m_new) NaN-free
+NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: keeps 2^(m_old - m_new) NaN-free
 
 
 @triton.jit

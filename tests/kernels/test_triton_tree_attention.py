@@ -114,7 +114,7 @@ def test_unsupported_inputs_raise_one_line_errors(monkeypatch):
 
 def test_importing_the_backend_does_not_import_triton():
     code = "import sys, jetspec.kernels.triton_backend, jetspec.caches.paged; assert 'triton' not in sys.modules"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 

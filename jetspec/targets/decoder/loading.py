@@ -120,28 +120,29 @@ def read_weights(
     unexpected: list[str] = []
     for path, keys in safetensors_files(folder).items():
         try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for key in keys if keys is not None else f.keys():
-                    name = key.removeprefix("model.")
-                    if name in ignorable or name.endswith("rotary_emb.inv_freq"):
-                        continue
-                    if name not in expected:  # e.g. biases the config does not declare
-                        unexpected.append(key)
-                        continue
-                    t = f.get_tensor(key)
-                    if t.shape != expected[name]:
-                        raise CheckpointError(
-                            f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "
-                            f"the config implies {tuple(expected[name])}"
-                        )
-                    if name in sampled:
-                        samples[name] = weight_sample(t)
-                    out[name] = t.to(device=device, dtype=dtype)
-        except CheckpointError:
-            raise
+            f = safe_open(path, framework="pt", device="cpu")
         except Exception as e:  # safetensors reports corruption as its own error type
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"cannot read weights {Path(path).name} in {folder} (corrupt or truncated?): {reason}") from None
+            raise corrupt(path, e) from None
+        with f:
+            for key in keys if keys is not None else f.keys():
+                name = key.removeprefix("model.")
+                if name in ignorable or name.endswith("rotary_emb.inv_freq"):
+                    continue
+                if name not in expected:  # e.g. biases the config does not declare
+                    unexpected.append(key)
+                    continue
+                try:
+                    t = f.get_tensor(key)
+                except Exception as e:
+                    raise corrupt(path, e) from None
+                if t.shape != expected[name]:
+                    raise CheckpointError(
+                        f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "
+                        f"the config implies {tuple(expected[name])}"
+                    )
+                if name in sampled:
+                    samples[name] = weight_sample(t)
+                out[name] = t.to(device=device, dtype=dtype)
     missing = [k for k in expected if k not in out]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -153,6 +154,11 @@ def read_weights(
             f"{', '.join(unexpected[:3])}{more}"
         )
     return out, b"".join(samples[k] for k in sampled)
+
+
+def corrupt(path: str, e: Exception) -> CheckpointError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointError(f"cannot read weights {path} (corrupt or truncated?): {reason}")
 
 
 def load_tokenizer(folder: Path, vocab_size: int) -> Any | None:
@@ -190,7 +196,7 @@ def fingerprint_tensors(cfg: DecoderConfig) -> tuple[str, ...]:
 def weight_sample(t: torch.Tensor, n: int = 64) -> bytes:
     """n evenly spaced elements of t, as bfloat16 bytes: equal for fp32/bf16 copies of one model."""
     flat = t.reshape(-1)
-    idx = torch.linspace(0, flat.numel() - 1, n).long()
+    idx = torch.arange(n) * (flat.numel() - 1) // (n - 1)  # integer math: exact for any size
     return flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
 
 

@@ -48,7 +48,7 @@ def make_hf_model(family: str, seed: int = 0) -> torch.nn.Module:
     cls_name, fields = FAMILIES[family]
     config = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

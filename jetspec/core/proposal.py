@@ -1,0 +1,79 @@
+"""Concrete `Proposal`s: what drafters hand to tree scorers.
+
+A proposal is a lazy trie of candidate continuations below the root. `children(path)` gives the
+candidate next tokens after `path` (a tuple of draft tokens) with conditional log-probs
+log q(token | root, path), sorted descending. Scorers only ever walk it from the root, so a
+proposal may be infinite in principle (per-depth marginals) and is never materialised whole.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+
+
+class TokenTrie:
+    """An explicit trie (n-gram continuations, rescored trees, oracles).
+
+    Built from paths with log-probs; a child's conditional log-prob is given per edge."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, ...], dict[int, float]] = {}
+
+    def add_edge(self, path: tuple[int, ...], token: int, logp: float) -> None:
+        """Add `token` after `path` (keeping the larger log-prob if it exists)."""
+        kids = self._children.setdefault(path, {})
+        kids[token] = max(logp, kids.get(token, -math.inf))
+
+    def add_sequence(self, tokens: Sequence[int], logps: Sequence[float] | None = None) -> None:
+        """Add a whole continuation; edge d gets `logps[d]` (default 0: log 1)."""
+        for d, tok in enumerate(tokens):
+            self.add_edge(tuple(tokens[:d]), int(tok), 0.0 if logps is None else float(logps[d]))
+
+    @staticmethod
+    def from_counts(continuations: Iterable[Sequence[int]]) -> "TokenTrie":
+        """Edge log-prob = log(count(path + token) / count(path)) over the given continuations:
+        the empirical conditional distribution of a set of observed continuations."""
+        counts: dict[tuple[int, ...], int] = {}
+        for seq in continuations:
+            for d in range(len(seq) + 1):
+                counts[tuple(seq[:d])] = counts.get(tuple(seq[:d]), 0) + 1
+        trie = TokenTrie()
+        for path, c in counts.items():
+            if path:
+                trie.add_edge(path[:-1], path[-1], math.log(c / counts[path[:-1]]))
+        return trie
+
+    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+        kids = self._children.get(tuple(path), {})
+        return sorted(kids.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+class DepthMarginals:
+    """Per-depth top-k distributions from a parallel drafter: the children of ANY path of length
+    d are the same top-k candidates of depth d + 1, with their marginal log-probs. A branch's
+    score is then the sum of per-depth log-probs (the product of marginals)."""
+
+    def __init__(self, tokens: torch.Tensor, logps: torch.Tensor):
+        # tokens [D, K] int64, logps [D, K] float, each row sorted descending
+        self._tokens = tokens.tolist()
+        self._logps = logps.float().tolist()
+
+    @property
+    def depth(self) -> int:
+        return len(self._tokens)
+
+    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+        d = len(path)
+        if d >= len(self._tokens):
+            return []
+        return list(zip(self._tokens[d], self._logps[d]))
+
+
+class EmptyProposal:
+    """No candidates: the round verifies the root alone (plain decoding)."""
+
+    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+        return []

@@ -18,7 +18,7 @@ from jetspec.core.interfaces import AttentionMeta, Target
 from jetspec.kernels.reference import TorchAttention
 from jetspec.targets.decoder import DecoderConfig, DecoderTargetOptions, load_decoder_target
 
-from conftest import make_hf_model
+from support.hf_checkpoints import make_hf_model
 
 
 def load(folder, **options):

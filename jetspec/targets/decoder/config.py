@@ -64,7 +64,6 @@ class DecoderConfig:
     tie_embeddings: bool = False
     rope: RopeConfig = field(default_factory=RopeConfig)
     eos_token_ids: tuple[int, ...] = ()
-    dtype: str | None = None  # the checkpoint's declared dtype ("bfloat16", ...) or None
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED:
@@ -130,7 +129,6 @@ class DecoderConfig:
                 tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 rope=_rope(raw),
                 eos_token_ids=_eos_ids(raw.get("eos_token_id")) if eos_token_ids is None else eos_token_ids,
-                dtype=raw.get("dtype") or raw.get("torch_dtype"),
             )
         except KeyError as e:
             raise CheckpointError(f"config.json lacks the required field {e.args[0]!r}") from None

@@ -32,7 +32,7 @@ class DecoderTargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None  # a Hugging Face model folder; None = the embedded SmolLM2-135M-Instruct
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the checkpoint's dtype
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
 
 
@@ -47,7 +47,10 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
         raise CheckpointError(f"model path {folder} does not exist or is not a folder")
     cfg = DecoderConfig.from_folder(folder)
     device = _device(options.device)
-    dtype = DTYPES.get(options.dtype if options.dtype != "auto" else str(cfg.dtype), torch.float32)
+    if options.dtype == "auto":  # as the transformers target does: fast on GPUs, exact on CPUs
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = DTYPES[options.dtype]
 
     with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
         model = DecoderModel(cfg)
@@ -203,8 +206,7 @@ def weight_sample(t: torch.Tensor, n: int = 64) -> bytes:
 def fingerprint(cfg: DecoderConfig, sample: bytes) -> str:
     """sha256 of the architecture fields of the config and a deterministic weight sample."""
     fields = dataclasses.asdict(cfg)
-    fields.pop("dtype")  # storage and end-of-turn tokens do not change what the model computes
-    fields.pop("eos_token_ids")
+    fields.pop("eos_token_ids")  # end-of-turn tokens do not change what the model computes
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update(sample)
     return h.hexdigest()

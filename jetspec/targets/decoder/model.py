@@ -41,6 +41,8 @@ class DecoderTarget:
     """A Llama / Qwen2 / Qwen3 decoder as a `Target`: attention through `attention`, K/V through
     the cache passed to `forward` (the caller has already called `cache.begin(N)`)."""
 
+    provides = ("hidden_states", "attention_backend")
+
     def __init__(self, model: DecoderModel, attention: AttentionBackend, info: TargetInfo, tokenizer: Any | None = None):
         self.model = model.eval().requires_grad_(False)  # frozen: heads train through embed/lm_head
         self.cfg = model.cfg

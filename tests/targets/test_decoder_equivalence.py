@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jetspec.caches.dense import DenseKVCache
+from jetspec.core.errors import InputError
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.tree import DraftTree
 from jetspec.kernels.reference import TorchAttention
@@ -151,3 +152,15 @@ def test_bfloat16_load_runs_in_bfloat16_and_tracks_fp32(tiny_checkpoint):
     a = prefill(fp32, DenseKVCache(fp32.info, 16), prompt).logits
     b = prefill(bf16, DenseKVCache(bf16.info, 16), prompt).logits
     assert (a - b).abs().max() <= 0.05 * a.abs().max()
+
+
+def test_hidden_layers_come_back_in_the_order_asked(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("qwen2")
+    target = load(folder)
+    prompt = random_tokens(6, seed=6)
+    every = prefill(target, DenseKVCache(target.info, 8), prompt, hidden_layers=(0, 1, 2)).hidden
+    picked = prefill(target, DenseKVCache(target.info, 8), prompt, hidden_layers=(2, 0, 2)).hidden
+    assert torch.equal(picked, every[:, [2, 0, 2]])
+    assert prefill(target, DenseKVCache(target.info, 8), prompt).hidden is None
+    with pytest.raises(InputError):
+        prefill(target, DenseKVCache(target.info, 8), prompt, hidden_layers=(3,))

@@ -60,18 +60,19 @@ class DecoderTarget:
         hidden_layers: Sequence[int] = (),
     ) -> TargetOutput:
         """tokens [N] int64 -> logits [N, V] float32, hidden [N, k, H] (model dtype) or None."""
-        wanted = {l: i for i, l in enumerate(hidden_layers)}
+        wanted = set(hidden_layers)
         if any(not 0 <= l < self.cfg.num_layers for l in wanted):
             raise InputError(f"hidden_layers {list(hidden_layers)} out of range 0..{self.cfg.num_layers - 1}")
         cos, sin = self.rotary.at(meta.positions)  # [N, 1, D] each
         x = self.model.embed_tokens(tokens)  # [N, H]
-        hidden: list[torch.Tensor | None] = [None] * len(hidden_layers)
+        kept: dict[int, torch.Tensor] = {}
         for l, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, self.attention, cache, meta)
             if l in wanted:
-                hidden[wanted[l]] = x
+                kept[l] = x
         logits = self.model.lm_head(self.model.norm(x)).float()  # [N, V]
-        return TargetOutput(logits=logits, hidden=torch.stack(hidden, dim=1) if hidden else None)  # [N, k, H]
+        hidden = torch.stack([kept[l] for l in hidden_layers], dim=1) if kept else None  # [N, k, H]
+        return TargetOutput(logits=logits, hidden=hidden)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [...] int64 -> [..., H]: the target's input embedding (draft heads share it)."""

@@ -81,7 +81,10 @@ def candidate_configs(n: int, group: int, kv_heads: int, keys: int, head_dim: in
 
 
 class TritonAttention:
-    """Tree attention of N queries over a paged (or dense) KV cache, mask from the DFS intervals."""
+    """Tree attention of N queries over a paged (or dense) KV cache, mask from the DFS intervals.
+    Graph-safe: with `meta.prefix_len_t` set, every input is read from device memory."""
+
+    graph_safe: ClassVar[bool] = True
 
     compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
 
@@ -139,6 +142,8 @@ class TritonAttention:
 
     def _forward_tensors(self, meta: AttentionMeta, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Device copies of the interval encoding and T, made once per forward (not per layer)."""
+        if meta.prefix_len_t is not None:  # graph replay: the caller owns static device buffers
+            return meta.subtree_sizes, meta.prefix_len_t
         if self._meta is not meta or self._meta_tensors is None or self._meta_tensors[0].device != device:
             sizes = meta.subtree_sizes.to(device=device, dtype=torch.int32)  # [N]
             prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)  # [1]

@@ -10,13 +10,13 @@ FAMILIES = ("llama", "qwen3")
 EOS = 3  # every tiny model's EOS token: random weights emit it now and then
 
 
-def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = 96, layers: int = 2):
+def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = 96, layers: int = 2, hidden: int = 32):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     common = dict(
         vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -33,7 +33,7 @@ def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = 96, layers:
     elif family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif family == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
     else:
         raise ValueError(family)
     return model.float().eval()

@@ -15,15 +15,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo
 from ..core.tree import DraftTree
 from ..kernels.reference import tree_attention
 from .kv_semantics import small_info
-from .subject import Subject
+from .subject import Subject, run_property
 
 
 def check_attention_numerics(
@@ -37,8 +36,8 @@ def check_attention_numerics(
     head_dims: tuple[int, ...],
     atol: float,
     rtol: float,
+    shrink: bool = True,
 ) -> None:
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(
         kv_heads=st.integers(1, 2), group=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from(head_dims),
         prefix=st.integers(0, 40), n=st.integers(1, 24), layer=st.integers(0, 1), data=st.data(),
@@ -73,10 +72,11 @@ def check_attention_numerics(
         q = rand(n, hq, head_dim)  # [N, Hq, D]
         meta = AttentionMeta.for_tree(tree, prefix, device)
         scale = head_dim**-0.5
-        got = backend.attend(q, cache, layer, meta, scale)
+        where = f"prefix {prefix}, tree parents {parents}, Hq {hq}, Hkv {kv_heads}, head dim {head_dim}, layer {layer}"
+        with s.calling("attention", f"; {where}"):
+            got = backend.attend(q, cache, layer, meta, scale)
         want = tree_attention(q.float().cpu(), torch.cat(keys).float().cpu(), torch.cat(values).float().cpu(),
                               AttentionMeta.for_tree(tree, prefix), scale)  # [N, Hq, D]
-        where = f"prefix {prefix}, tree parents {parents}, Hq {hq}, Hkv {kv_heads}, head dim {head_dim}, layer {layer}"
         if tuple(got.shape) != (n, hq, head_dim):
             s.fail("attention", f"output shape {tuple(got.shape)}, expected {(n, hq, head_dim)}; {where}")
         got = got.float().cpu()
@@ -85,6 +85,4 @@ def check_attention_numerics(
             i = int(err.amax(dim=(1, 2)).argmax())
             s.fail("attention", f"differs from tree_attention by {float(err.max()):.3g} (atol {atol}) worst at query {i}; {where}")
 
-    if seed is not None:
-        matches_reference = hypothesis_seed(seed)(matches_reference)
-    matches_reference()
+    run_property(matches_reference, examples, seed, shrink)

@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer, Verifier
@@ -31,7 +30,7 @@ from .models import FAMILIES, VOCAB, TinyDecoder
 from .oracle import OracleDrafter, OracleOptions
 from .protocol import build, check_acceptance, check_capabilities, check_instance, check_registration, check_tree
 from .strategies import draft_trees, proposals
-from .subject import Subject, resolve
+from .subject import Subject, resolve, run_property
 
 TARGETS = ("decoder", *FAMILIES)  # "decoder": `TinyDecoder`; the rest: tiny `transformers` models
 Component = str | Implementation
@@ -49,20 +48,10 @@ def _oracle(ex: Example) -> OracleDrafter:
     return OracleDrafter(OracleOptions(reference=list(ex.expected), corrupt_p=corrupt, seed=ex.model_seed, vocab_size=VOCAB))
 
 
-def _run(seed: int | None, examples: int):
-    """Decorate an inner hypothesis property with the kit's settings."""
-
-    def deco(fn):
-        fn = settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))(fn)
-        return hypothesis_seed(seed)(fn) if seed is not None else fn
-
-    return deco
-
-
 # ---------------------------------------------------------------------------- drafter
 def check_drafter(
     drafter: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
-    examples: int = 20, seed: int | None = 0, targets: tuple[str, ...] = TARGETS,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
 ) -> None:
     """Protocol, then lossless: every proposal it makes in the pipeline is checked on the way."""
     s = resolve("drafter", drafter, options, registry)
@@ -75,25 +64,26 @@ def check_drafter(
         inner = check_instance(s, build(s, ex.target), Drafter)
         return assemble(ex.target, drafter=CheckedDrafter(s, inner, VOCAB))
 
-    check_lossless(s, pipeline, examples, targets, seed)
+    check_lossless(s, pipeline, examples, targets, seed, shrink)
 
 
 # ---------------------------------------------------------------------------- scorer
 def check_scorer(
     scorer: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
-    examples: int = 20, seed: int | None = 0, targets: tuple[str, ...] = TARGETS,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
 ) -> None:
     """Trees from random proposals and budgets are valid; then lossless behind an oracle drafter."""
     s = resolve("scorer", scorer, options, registry)
     _static(s)
     obj = check_instance(s, build(s), TreeScorer)
 
-    @_run(seed, examples * 3)  # cheap: no model
     @given(proposal=proposals(VOCAB), root=st.integers(0, VOCAB - 1), budget=st.integers(0, 48))
     def trees_are_valid(proposal, root, budget):
-        check_tree(s, obj.build(proposal, root, budget), proposal, root, budget, where=f" (budget {budget})")
+        with s.calling("tree", f" (budget {budget})"):
+            tree = obj.build(proposal, root, budget)
+        check_tree(s, tree, proposal, root, budget, where=f" (budget {budget})")
 
-    trees_are_valid()
+    run_property(trees_are_valid, examples * 3, seed, shrink)  # cheap: no model
     check_lossless(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), scorer=CheckedScorer(s, build(s))), examples, targets, seed
     )
@@ -102,7 +92,7 @@ def check_scorer(
 # ---------------------------------------------------------------------------- verifier
 def check_verifier(
     verifier: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
-    examples: int = 20, seed: int | None = 0, targets: tuple[str, ...] = TARGETS,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
 ) -> None:
     """Acceptances of random trees are root-down paths; on any tree the kept drafts are exactly
     the target's argmax chain (greedy losslessness, one round); then lossless in a pipeline."""
@@ -110,7 +100,6 @@ def check_verifier(
     _static(s)
     obj = check_instance(s, build(s), Verifier)
 
-    @_run(seed, examples * 3)
     @given(tree=draft_trees(VOCAB), data=st.data())
     def one_round_is_greedy(tree, data):
         # logits that favour, at each node, the token of one of its children (or none): deep acceptances occur
@@ -120,8 +109,9 @@ def check_verifier(
             if kids and data.draw(st.booleans()):
                 logits[i, int(tree.tokens[data.draw(st.sampled_from(kids))])] += 10.0
         state = DecodeState(tokens=[1, 2, int(tree.tokens[0])], prompt_len=2)
-        acc = obj.accept(tree, logits, state)
         parents = tree.parents.tolist()
+        with s.calling("acceptance", f" (tree parents {parents})"):
+            acc = obj.accept(tree, logits, state)
         check_acceptance(s, acc, tree, VOCAB, where=f" (tree parents {parents})")
         want = logits.argmax(-1).tolist()
         node, expect = 0, [0]
@@ -135,22 +125,22 @@ def check_verifier(
             s.fail("greedy round", f"accepted path {list(acc.path)} + bonus {acc.bonus}, but the target's argmax chain is "
                                    f"{expect} + bonus {want[node]} (tree parents {parents})")
 
-    one_round_is_greedy()
+    run_property(one_round_is_greedy, examples * 3, seed, shrink)
     check_lossless(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), verifier=CheckedVerifier(s, build(s), VOCAB)),
-        examples, targets, seed,
+        examples, targets, seed, shrink,
     )
 
 
 # ---------------------------------------------------------------------------- kv cache
 def check_kv_cache(
     kv_cache: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
-    examples: int = 20, seed: int | None = 0, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
 ) -> None:
     """Random begin/write/read/commit/reset programs match `ReferenceKV`; then lossless."""
     s = resolve("kv_cache", kv_cache, options, registry)
     _static(s)
-    check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device)
+    check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
 
     def pipeline(ex: Example):
         if ex.target_kind != "decoder":  # `transformers` targets run on the CPU
@@ -158,13 +148,13 @@ def check_kv_cache(
         target = TinyDecoder(ex.model_seed, device=device)
         return assemble(target, drafter=_oracle(ex), new_cache=lambda c: build(s, target.info, c))
 
-    check_lossless(s, pipeline, examples, targets if device == "cpu" else ("decoder",), seed)
+    check_lossless(s, pipeline, examples, targets if device == "cpu" else ("decoder",), seed, shrink)
 
 
 # ---------------------------------------------------------------------------- attention
 def check_attention_backend(
     attention: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
-    examples: int = 20, seed: int | None = 0, kv_cache: Component = "dense", device: str = "cpu",
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, kv_cache: Component = "dense", device: str = "cpu",
     dtype: torch.dtype = torch.float32, head_dims: tuple[int, ...] = (8, 16), atol: float = 1e-4, rtol: float = 1e-4,
 ) -> None:
     """Matches `tree_attention` on random trees (through the `kv_cache` it is paired with); then
@@ -177,10 +167,10 @@ def check_attention_backend(
     def new_cache(info, capacity):
         return cache.impl.factory(cache.options, info, capacity)
 
-    check_attention_numerics(s, backend, new_cache, examples * 3, seed, device, dtype, head_dims, atol, rtol)
+    check_attention_numerics(s, backend, new_cache, examples * 3, seed, device, dtype, head_dims, atol, rtol, shrink)
 
     def pipeline(ex: Example):
         target = TinyDecoder(ex.model_seed, attention=build(s), device=device)
         return assemble(target, drafter=_oracle(ex), new_cache=lambda c: new_cache(target.info, c))
 
-    check_lossless(s, pipeline, examples, ("decoder",), seed)
+    check_lossless(s, pipeline, examples, ("decoder",), seed, shrink)

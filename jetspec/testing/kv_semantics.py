@@ -18,14 +18,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.errors import CapacityError
 from ..core.interfaces import KVCache, TargetInfo
 from .protocol import check_instance
-from .subject import Subject
+from .subject import Subject, run_property
 
 
 class ReferenceKV:
@@ -83,8 +82,7 @@ OPS = st.lists(
 )
 
 
-def check_kv_semantics(s: Subject, new_cache: Callable[[TargetInfo, int], KVCache], examples: int, seed: int | None, device: str) -> None:
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def check_kv_semantics(s: Subject, new_cache: Callable[[TargetInfo, int], KVCache], examples: int, seed: int | None, device: str, shrink: bool = True) -> None:
     @given(
         layers=st.integers(1, 3), kv_heads=st.integers(1, 3), head_dim=st.sampled_from([4, 8, 16]),
         capacity=st.integers(1, 64), ops=OPS,
@@ -146,9 +144,8 @@ def check_kv_semantics(s: Subject, new_cache: Callable[[TargetInfo, int], KVCach
             history.append(f"commit({keep})")
             compare("commit")
 
-    if seed is not None:
-        semantics = hypothesis_seed(seed)(semantics)
-    semantics()
+    with s.calling("kv semantics"):
+        run_property(semantics, examples, seed, shrink)
 
 
 def _first_bad_row(got: torch.Tensor, want: torch.Tensor) -> int | str:

@@ -17,8 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ..caches.dense import DenseKVCache
@@ -30,7 +29,7 @@ from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier
 from .models import VOCAB, any_tiny_target
 from .protocol import check_acceptance, check_proposal, check_tree
-from .subject import ConformanceError, Subject
+from .subject import ConformanceError, Subject, run_property
 
 MAX_NEW = 32
 MAX_BUDGET = 64
@@ -100,11 +99,11 @@ def check_lossless(
     examples: int,
     targets: tuple[str, ...],
     seed: int | None,
+    shrink: bool = True,
 ) -> None:
     """Assert the lossless property for pipelines made by `build(example)`."""
     counter = iter(range(1 << 30))
 
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(
         target_kind=st.sampled_from(targets),
         model_seed=st.integers(0, 3),
@@ -132,9 +131,7 @@ def check_lossless(
             s.fail("lossless", f"output differs from plain greedy at position {i} (got {g}, expected {e}); "
                                f"{where}: {ex.describe()}")
 
-    if seed is not None:
-        lossless = hypothesis_seed(seed)(lossless)
-    lossless()
+    run_property(lossless, examples, seed, shrink)
 
 
 # ---------------------------------------------------------------------------- checking proxies

@@ -15,7 +15,8 @@ line naming the component, the check and the example. `seed=None` draws fresh ex
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 from hypothesis import given
@@ -36,6 +37,22 @@ TARGETS = ("decoder", *FAMILIES)  # "decoder": `TinyDecoder`; the rest: tiny `tr
 Component = str | Implementation
 
 
+def one_thread(check: Callable) -> Callable:
+    """Run a check with one intra-op thread, restored afterwards: the tiny models gain nothing
+    from threads, and on a loaded CI machine thread contention makes them many times slower."""
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def _static(s: Subject) -> None:
     check_registration(s)
     check_capabilities(s)
@@ -49,6 +66,7 @@ def _oracle(ex: Example) -> OracleDrafter:
 
 
 # ---------------------------------------------------------------------------- drafter
+@one_thread
 def check_drafter(
     drafter: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
@@ -68,6 +86,7 @@ def check_drafter(
 
 
 # ---------------------------------------------------------------------------- scorer
+@one_thread
 def check_scorer(
     scorer: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
@@ -90,6 +109,7 @@ def check_scorer(
 
 
 # ---------------------------------------------------------------------------- verifier
+@one_thread
 def check_verifier(
     verifier: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
@@ -133,6 +153,7 @@ def check_verifier(
 
 
 # ---------------------------------------------------------------------------- kv cache
+@one_thread
 def check_kv_cache(
     kv_cache: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
@@ -152,6 +173,7 @@ def check_kv_cache(
 
 
 # ---------------------------------------------------------------------------- attention
+@one_thread
 def check_attention_backend(
     attention: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, kv_cache: Component = "dense", device: str = "cpu",

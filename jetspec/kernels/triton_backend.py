@@ -44,25 +44,25 @@ class KernelConfig:
 
 
 def choose_config(n: int, group: int, kv_heads: int, keys: int, head_dim: int, num_sms: int) -> KernelConfig:
-    """Tiles for N queries x `keys` keys.
+    """Tiles for N queries x `keys` keys: the configurations autotuning found fastest on an H200
+    at Qwen3-8B attention shapes (bench/results/kernels.jsonl, 2026-11-28), as a rule.
 
-    Trees (many rows) are compute-bound: 128-row tiles, 8 warps and just enough splits to fill one
-    wave of SMs; at d=128 the 128x128 tile with 2 stages is what autotuning found fastest on an
-    H200 (16k context, 256 nodes). Decode (rows <= 16) is bandwidth-bound: 16-row tiles, 5 stages
-    (the least with which Triton overlaps the next block's K/V copy with this block's math: the
-    slot-map load ahead of each K/V load costs pipeline stages) and about three programs per SM
-    (a 64-key, 5-stage program uses ~72 KB of shared memory), each with at least two key blocks."""
+    Every shape wins with a 5-stage pipeline (the least with which Triton overlaps the next key
+    block's K/V copy with this block's math: the slot-map load ahead of each K/V load costs
+    stages) and about one wave of programs: split-K until the (tile, kv head) programs fill the
+    SMs once. Decode (rows <= 16) and small trees take 128-key blocks; large trees 128-row tiles
+    of 64 keys with 8 warps."""
     rows = n * group
     if rows <= 16:
-        block_m, block_n, warps, stages, per_sm = 16, 64, 4, 5, 3
+        block_m, block_n, warps = 16, 128, 4
     elif rows <= 64:
-        block_m, block_n, warps, stages, per_sm = 64, 64, 4, 5, 2
+        block_m, block_n, warps = 64, 128, 4
     else:
-        block_m, warps, per_sm = 128, 8, 1
-        block_n, stages = (128, 2) if head_dim >= 128 else (128, 3)
+        block_m, block_n, warps = 128, 64, 8
+    stages = 5 if head_dim >= 64 else 3
     base = -(-rows // block_m) * kv_heads  # programs without split-K
     blocks = -(-keys // block_n)
-    splits = max(1, min(per_sm * num_sms // base, blocks // 2 if rows <= 64 else blocks, 128))
+    splits = max(1, min(num_sms // base, blocks, 128))
     return KernelConfig(block_m, block_n, splits, warps, stages)
 
 

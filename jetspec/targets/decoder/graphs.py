@@ -22,6 +22,7 @@ the same cache object across rounds (the pipeline reuses its cache; a new cache 
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -46,7 +47,7 @@ class CudaGraphForward:
         self.positions = torch.zeros(b, dtype=torch.int64, device=dev)  # [B]
         self.sizes = torch.ones(b, dtype=torch.int32, device=dev)  # [B]
         self.prefix = torch.zeros(1, dtype=torch.int32, device=dev)  # [1]
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool = None  # memory pool shared by all captures: the first graph's (see _capture)
         self.graphs: dict[tuple[int, tuple[int, ...]], tuple[torch.cuda.CUDAGraph, TargetOutput]] = {}
         self.cache: KVCache | None = None
 
@@ -78,10 +79,19 @@ class CudaGraphForward:
         self.prefix.fill_(meta.prefix_len)
         key = (b, tuple(hidden_layers))
         if key not in self.graphs:
-            self.graphs[key] = self._capture(b, meta.prefix_len, cache, tuple(hidden_layers))
+            try:
+                self.graphs[key] = self._capture(b, meta.prefix_len, cache, tuple(hidden_layers))
+            except RuntimeError as e:  # keep generating: fall back to eager for good, say so once
+                print(f"jetspec: CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}", file=sys.stderr)
+                self.target.graphs = None
+                return self.eager(tokens, meta, cache, hidden_layers) if b == n else self._eager_unpadded(tokens, meta, cache, hidden_layers)
         graph, out = self.graphs[key]
         graph.replay()
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
+
+    def _eager_unpadded(self, tokens, meta, cache, hidden_layers) -> TargetOutput:
+        cache.begin(tokens.numel())  # undo the padded reservation
+        return self.eager(tokens, meta, cache, hidden_layers)
 
     def _capture(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...]):
         meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
@@ -94,4 +104,8 @@ class CudaGraphForward:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self.eager(*args)
+        if self.pool is None:
+            # later captures share this graph's pool (a fresh graph_pool_handle() tripped an
+            # allocator assertion in torch 2.11); safe because replays never overlap
+            self.pool = graph.pool()
         return graph, out

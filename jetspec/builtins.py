@@ -14,6 +14,7 @@ from .kernels.reference import TorchAttention, TorchAttentionOptions
 from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions, ChainScorer
 from .targets.transformers_adapter import TransformersTargetOptions
 from .verifiers.greedy import GreedyOptions, GreedyVerifier
+from .verifiers.sampling import SamplingOptions, SamplingVerifier
 
 
 def _load_transformers(options, attention):
@@ -66,6 +67,13 @@ def jetspec_verifiers():
     return [
         Implementation(
             "greedy", GreedyVerifier, GreedyOptions, "deepest path matching the target's argmax, plus its bonus token"
+        ),
+        Implementation(
+            "sampling",
+            SamplingVerifier,
+            SamplingOptions,
+            "lossless sampling (temperature, top-k, top-p, seed): walk the tree following the target's own draws",
+            provides=frozenset({"sampling"}),
         ),
     ]
 

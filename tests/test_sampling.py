@@ -10,7 +10,7 @@ rejecting at p < ALPHA = 1e-4.
 False failures: seeds are fixed, so a run of this file is deterministic. Over fresh base seeds
 (JETSPEC_STAT_SEED=s) each of the CORRECT-sampler checks below fails with probability ~ALPHA
 (cells are pooled to >= 5 expected counts, where the chi-square approximation is good), so with
-the 13 such checks here a fresh seed fails falsely with probability ~1.3e-3.
+the 12 such checks here a fresh seed fails falsely with probability ~1.2e-3.
 Power: the same statistics must reject deliberately BIASED verifiers (`first-child`, and `leaky`
 which follows the first child with probability 5% only) — proof that the tests can fail.
 """
@@ -354,3 +354,33 @@ def test_the_sampling_verifier_declares_sampling_and_needs_nothing_of_the_drafte
     impl = REG.get("verifier", "sampling")
     assert impl.provides == {"sampling"} and not impl.requires
     assert "sampling" not in REG.get("verifier", "greedy").provides
+
+
+# ---------------------------------------------------------------------------- command line
+def cli_config(*flags, config=None):
+    from jetspec.cli import _pipeline_config, parser
+
+    args = parser().parse_args(["generate", "hi", "--drafter", "ngram", *flags])
+    if config is not None:
+        args.config = str(config)
+    return _pipeline_config(args).verifier
+
+
+def test_cli_temperature_selects_the_sampling_verifier_with_its_options():
+    v = cli_config("--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "7")
+    assert v.name == "sampling" and v.options == {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 7}
+    assert cli_config("--temperature", "0").name == cli_config().name == "greedy"
+
+
+def test_cli_flags_tune_a_configured_sampling_verifier(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[verifier]\nname = "sampling"\ntemperature = 0.5\ntop_k = 4\n')
+    assert cli_config("--seed", "3", config=cfg).options == {"temperature": 0.5, "top_k": 4, "seed": 3}
+    assert cli_config("--temperature", "1.2", config=cfg).options == {"temperature": 1.2, "top_k": 4}
+
+
+def test_cli_sampling_flags_without_a_temperature_are_one_line_errors():
+    with pytest.raises(jetspec.JetSpecError, match=r"^--top-k/--seed only apply when sampling; give --temperature > 0$"):
+        cli_config("--top-k", "5", "--seed", "1")
+    with pytest.raises(jetspec.JetSpecError, match="--top-p only apply when sampling"):
+        cli_config("--temperature", "0", "--top-p", "0.5")

@@ -17,6 +17,7 @@ from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions,
 from .targets.decoder.loading import DecoderTargetOptions
 from .targets.transformers_adapter import TransformersTargetOptions
 from .verifiers.greedy import GreedyOptions, GreedyVerifier
+from .verifiers.sampling import SamplingOptions, SamplingVerifier
 
 
 def _load_decoder(options, attention):
@@ -104,6 +105,13 @@ def jetspec_verifiers():
     return [
         Implementation(
             "greedy", GreedyVerifier, GreedyOptions, "deepest path matching the target's argmax, plus its bonus token"
+        ),
+        Implementation(
+            "sampling",
+            SamplingVerifier,
+            SamplingOptions,
+            "lossless sampling (temperature, top-k, top-p, seed): walk the tree following the target's own draws",
+            provides=frozenset({"sampling"}),
         ),
     ]
 

@@ -3,6 +3,7 @@
     jetspec generate "a prompt"            # the embedded default target, best drafter available
     jetspec generate "a prompt" --compare  # also plain decoding; prints speedup and identity
     jetspec generate --config run.toml "a prompt"
+    jetspec generate "a prompt" --temperature 0.8 --top-p 0.95 --seed 1   # lossless sampling
     jetspec plugins                        # every registered implementation, by kind
     jetspec config schema | show | check FILE
     jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
@@ -46,12 +47,41 @@ def _pipeline_config(args: argparse.Namespace):
         gen["chat_template"] = False
     if args.drafter:
         data["drafter"] = args.drafter
+    apply_sampling_flags(data, args.temperature, args.top_k, args.top_p, args.seed)
     if args.target_path:
         target = data.get("target", {"name": "decoder"})
         target = {"name": target} if isinstance(target, str) else dict(target)
         target["path"] = args.target_path
         data["target"] = target
     return PipelineConfig.parse(data)
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """--temperature/--top-k/--top-p/--seed (shared by `generate` and `bench`)."""
+    p.add_argument("--temperature", type=float, help="sample at this temperature (selects the sampling verifier; 0: greedy)")
+    p.add_argument("--top-k", type=int, dest="top_k", help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, dest="top_p", help="sample within the smallest set of mass >= top-p")
+    p.add_argument("--seed", type=int, help="sampling seed (same seed, same output)")
+
+
+def apply_sampling_flags(data: dict[str, Any], temperature=None, top_k=None, top_p=None, seed=None) -> None:
+    """Point a config dict's verifier at the flags: temperature 0 -> `greedy`, any other
+    temperature -> `sampling` with the given options (merged over a configured `sampling`);
+    top-k/top-p/seed alone tune a configured `sampling` verifier and are an error otherwise."""
+    extra = {k: v for k, v in (("top_k", top_k), ("top_p", top_p), ("seed", seed)) if v is not None}
+    current = data.get("verifier", "greedy")
+    current = {"name": current} if isinstance(current, str) else dict(current)
+    if temperature == 0:
+        if extra:
+            raise JetSpecError(f"--{'/--'.join(k.replace('_', '-') for k in extra)} only apply when sampling; give --temperature > 0")
+        data["verifier"] = "greedy"
+    elif temperature is not None:
+        base = current if current["name"] == "sampling" else {"name": "sampling"}
+        data["verifier"] = {**base, "temperature": temperature, **extra}
+    elif extra:
+        if current["name"] != "sampling":
+            raise JetSpecError(f"--{'/--'.join(k.replace('_', '-') for k in extra)} only apply when sampling; give --temperature > 0")
+        data["verifier"] = {**current, **extra}
 
 
 def best_available_drafter(registry) -> str:
@@ -105,13 +135,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         plain = pipe.generate_plain(prompt)
         p = plain.stats
         identical = plain.tokens == result.tokens
+        sampled = config.verifier.name == "sampling" and config.verifier.options.get("temperature", 1.0) != 0
         speedup = (p.total_seconds - p.seconds["prefill"]) / max(s.total_seconds - s.seconds["prefill"], 1e-9)
         if args.json:
             row.update(plain_tokens_per_s=p.tokens_per_second, speedup=speedup, identical=identical)
         else:
             print(
                 f"[jetspec] plain decoding: {p.tokens_per_second:.1f} tok/s · speedup {speedup:.2f}x · "
-                f"outputs {'identical' if identical else 'DIFFER'}",
+                f"outputs {'identical' if identical else 'DIFFER'}"
+                + (" (sampling: equal in distribution, not token for token)" if sampled else ""),
                 file=sys.stderr,
             )
     if args.json:
@@ -180,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stream", action="store_true")
     g.add_argument("--no-chat-template", action="store_true")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_sampling_flags(g)
 
     sub.add_parser("plugins", help="list registered implementations by kind")
 

@@ -157,7 +157,10 @@ class TreeScorer(Protocol):
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Decides which drafts to keep, given the target's logits at every tree node."""
+    """Decides which drafts to keep, given the target's logits at every tree node.
+
+    Optional: `reset(state)`, called at the start of every `generate` (a sampling verifier
+    re-seeds its generator there, so the same seed gives the same output)."""
 
     def accept(self, tree: DraftTree, logits: torch.Tensor, state: DecodeState) -> Acceptance:
         """`logits` [N, V] are the target's next-token logits at each node of `tree`."""

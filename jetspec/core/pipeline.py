@@ -170,6 +170,9 @@ class Pipeline:
         cache = self._cache_for(capacity + getattr(self.target, "extra_pending", 0))
         state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
         stats = GenerationStats()
+        reset_verifier = getattr(self.verifier, "reset", None)  # optional: a sampling verifier re-seeds here
+        if reset_verifier is not None:
+            reset_verifier(state)
         hidden_layers = tuple(getattr(drafter, "hidden_layers", ())) if drafter else ()
         device = self.target.info.device
         clock = time.perf_counter

@@ -16,8 +16,11 @@ no real node sees a pad (pads come after every real node and own no subtree), so
 nodes' outputs are exactly those of an N-node forward. Pad K/V go to pending slots that commit
 discards. Outputs are views into graph memory, valid until the next forward.
 
-Requirements: a CUDA device, an attention backend and a KV cache that declare `graph_safe`, and
-the same cache object across rounds (the pipeline reuses its cache; a new cache recaptures).
+Graphs are kept per (KV cache, hidden layers, bucket), so pipelines sharing one target (a bench
+sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
+that fits the cache at once, so that capture cost falls in warm-up, not in timed rounds.
+
+Requirements: a CUDA device, an attention backend and a KV cache that declare `graph_safe`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from ...core.errors import CapacityError
 from ...core.interfaces import AttentionMeta, KVCache, TargetOutput
 
 if TYPE_CHECKING:
@@ -48,8 +52,9 @@ class CudaGraphForward:
         self.sizes = torch.ones(b, dtype=torch.int32, device=dev)  # [B]
         self.prefix = torch.zeros(1, dtype=torch.int32, device=dev)  # [1]
         self.pool = None  # memory pool shared by all captures: the first graph's (see _capture)
-        self.graphs: dict[tuple[int, tuple[int, ...]], tuple[torch.cuda.CUDAGraph, TargetOutput]] = {}
-        self.cache: KVCache | None = None
+        # (cache id, hidden layers) -> {bucket: (graph, static outputs)}; caches kept alive here
+        self.graphs: dict[tuple[int, tuple[int, ...]], dict[int, tuple[torch.cuda.CUDAGraph, TargetOutput]]] = {}
+        self.caches: dict[int, KVCache] = {}
 
     @property
     def max_padding(self) -> int:
@@ -64,9 +69,16 @@ class CudaGraphForward:
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
         n = tokens.numel()
         b = self.buckets[bisect_left(self.buckets, n)]
-        if cache is not self.cache:  # graphs hold this cache's buffers
-            self.graphs.clear()
-            self.cache = cache
+        hidden_layers = tuple(hidden_layers)
+        key = (id(cache), hidden_layers)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture_all(n, meta, cache, hidden_layers)
+            except RuntimeError as e:  # keep generating: fall back to eager for good, say so once
+                print(f"jetspec: CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}", file=sys.stderr)
+                self.target.graphs = None
+                cache.begin(n)
+                return self.eager(tokens, meta, cache, hidden_layers)
         if b > n:
             cache.begin(b)  # re-reserve: the pads need pending slots too
         self.tokens[:n].copy_(tokens, non_blocking=True)
@@ -77,21 +89,35 @@ class CudaGraphForward:
             self.positions[n:b].fill_(meta.prefix_len)
             self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        key = (b, tuple(hidden_layers))
-        if key not in self.graphs:
-            try:
-                self.graphs[key] = self._capture(b, meta.prefix_len, cache, tuple(hidden_layers))
-            except RuntimeError as e:  # keep generating: fall back to eager for good, say so once
-                print(f"jetspec: CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}", file=sys.stderr)
-                self.target.graphs = None
-                return self.eager(tokens, meta, cache, hidden_layers) if b == n else self._eager_unpadded(tokens, meta, cache, hidden_layers)
-        graph, out = self.graphs[key]
+        graphs = self.graphs[key]
+        if b not in graphs:
+            graphs[b] = self._capture(b, meta.prefix_len, cache, hidden_layers)
+        graph, out = graphs[b]
         graph.replay()
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
-    def _eager_unpadded(self, tokens, meta, cache, hidden_layers) -> TargetOutput:
-        cache.begin(tokens.numel())  # undo the padded reservation
-        return self.eager(tokens, meta, cache, hidden_layers)
+    def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]):
+        """Capture every bucket that fits the cache now (pending slots left), then restore the
+        caller's reservation of n slots."""
+        if len(self.caches) >= 16:  # a long-lived target seeing many caches: start over
+            self.graphs.clear()
+            self.caches.clear()
+        self.caches[id(cache)] = cache
+        room = cache.capacity - cache.committed
+        self.positions.fill_(meta.prefix_len)
+        self.sizes.fill_(1)
+        self.prefix.fill_(meta.prefix_len)
+        graphs = {}
+        for b in self.buckets:
+            if b > room:
+                break
+            try:
+                cache.begin(b)
+            except CapacityError:  # e.g. a paged pool without pages to spare: capture it later
+                break
+            graphs[b] = self._capture(b, meta.prefix_len, cache, hidden_layers)
+        cache.begin(n)
+        return graphs
 
     def _capture(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...]):
         meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)

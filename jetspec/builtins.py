@@ -1,0 +1,82 @@
+"""JetSpec's own components, registered through the same hooks third-party plugins use.
+
+Heavy or optional modules (transformers, triton, the decoder) are imported inside factories, so
+listing plugins stays cheap and an optional dependency is only needed when selected.
+"""
+
+from __future__ import annotations
+
+from .caches.dense import DenseCacheOptions
+from .core.hookspecs import hookimpl
+from .core.registry import Implementation
+from .drafters.ngram import NgramDrafter, NgramOptions
+from .kernels.reference import TorchAttention, TorchAttentionOptions
+from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions, ChainScorer
+from .targets.transformers_adapter import TransformersTargetOptions
+from .verifiers.greedy import GreedyOptions, GreedyVerifier
+
+
+def _load_transformers(options, attention):
+    from .targets.transformers_adapter import load_transformers_target
+
+    return load_transformers_target(options, attention)
+
+
+def _dense_cache(options, info, capacity):
+    from .caches.dense import DenseKVCache
+
+    return DenseKVCache(info, capacity)
+
+
+@hookimpl
+def jetspec_targets():
+    return [
+        Implementation(
+            "transformers",
+            _load_transformers,
+            TransformersTargetOptions,
+            "any Hugging Face causal LM through its own forward (fallback; slower)",
+            provides=frozenset({"hidden_states"}),
+        ),
+    ]
+
+
+@hookimpl
+def jetspec_drafters():
+    return [
+        Implementation(
+            "ngram",
+            lambda o, target: NgramDrafter(o, target),
+            NgramOptions,
+            "prompt lookup: continuations of earlier matches of the current suffix (training-free)",
+        ),
+    ]
+
+
+@hookimpl
+def jetspec_tree_scorers():
+    return [
+        Implementation("best-first", BestFirstScorer, BestFirstOptions, "exact top-B prefixes by cumulative log-prob"),
+        Implementation("chain", ChainScorer, ChainOptions, "the rank-1 path only (linear speculation)"),
+    ]
+
+
+@hookimpl
+def jetspec_verifiers():
+    return [
+        Implementation(
+            "greedy", GreedyVerifier, GreedyOptions, "deepest path matching the target's argmax, plus its bonus token"
+        ),
+    ]
+
+
+@hookimpl
+def jetspec_kv_caches():
+    return [Implementation("dense", _dense_cache, DenseCacheOptions, "contiguous per-layer buffers; commit by compaction")]
+
+
+@hookimpl
+def jetspec_attention_backends():
+    return [
+        Implementation("torch", lambda o: TorchAttention(), TorchAttentionOptions, "plain PyTorch reference (any device, any cache)")
+    ]

@@ -1,0 +1,199 @@
+"""The `jetspec` command line.
+
+    jetspec generate "a prompt"            # the embedded default target, best drafter available
+    jetspec generate "a prompt" --compare  # also plain decoding; prints speedup and identity
+    jetspec generate --config run.toml "a prompt"
+    jetspec plugins                        # every registered implementation, by kind
+    jetspec config schema | show | check FILE
+
+A user error prints one line (`jetspec: error: ...`) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from .core.errors import JetSpecError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------- generate
+def _pipeline_config(args: argparse.Namespace):
+    import jetspec
+    from .core.config import PipelineConfig, read_config_file
+
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    if not args.config and "drafter" not in data:
+        data["drafter"] = best_available_drafter(jetspec.default_registry())
+    gen = data.setdefault("generation", {})
+    for key in ("max_new_tokens", "budget"):
+        if getattr(args, key) is not None:
+            gen[key] = getattr(args, key)
+    if args.no_chat_template:
+        gen["chat_template"] = False
+    if args.drafter:
+        data["drafter"] = args.drafter
+    if args.target_path:
+        target = data.get("target", {"name": "decoder"})
+        target = {"name": target} if isinstance(target, str) else dict(target)
+        target["path"] = args.target_path
+        data["target"] = target
+    return PipelineConfig.parse(data)
+
+
+def best_available_drafter(registry) -> str:
+    """The trained causal head where it is installed with its checkpoint, else n-gram lookup."""
+    impl = registry.implementations["drafter"].get("jetspec")
+    if impl is not None and "shipped_checkpoint" in impl.provides:
+        return "jetspec"
+    return "ngram"
+
+
+class _Streamer:
+    """Prints text as tokens are committed (decoding the whole output each time, so multi-byte
+    characters split across tokens come out whole)."""
+
+    def __init__(self, tokenizer, out=sys.stdout):
+        self.tokenizer, self.out, self.tokens, self.printed = tokenizer, out, [], ""
+
+    def __call__(self, new: list[int]) -> None:
+        self.tokens.extend(new)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.startswith(self.printed) and not text.endswith("\ufffd"):
+            self.out.write(text[len(self.printed) :])
+            self.out.flush()
+            self.printed = text
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    import jetspec
+
+    config = _pipeline_config(args)
+    pipe = jetspec.from_config(config)
+    prompt = args.prompt
+    stream = None if args.no_stream or pipe.target.tokenizer is None or args.json else _Streamer(pipe.target.tokenizer)
+    result = pipe.generate(prompt, on_tokens=stream)
+    s = result.stats
+    if args.json:
+        row = {"text": result.text, "tokens": result.tokens, **s.as_dict()}
+    else:
+        if stream is None:
+            print(result.text if result.text is not None else result.tokens)
+        else:
+            print()
+        drafter = config.drafter.name if config.generation.budget > 0 else "none"
+        print(
+            f"[jetspec] {s.new_tokens} new tokens · τ {s.tau:.2f} · {s.tokens_per_second:.1f} tok/s · "
+            f"drafter {drafter}, budget {config.generation.budget} · {result.stopped}",
+            file=sys.stderr,
+        )
+    if args.compare:
+        plain = pipe.generate_plain(prompt)
+        p = plain.stats
+        identical = plain.tokens == result.tokens
+        speedup = (p.total_seconds - p.seconds["prefill"]) / max(s.total_seconds - s.seconds["prefill"], 1e-9)
+        if args.json:
+            row.update(plain_tokens_per_s=p.tokens_per_second, speedup=speedup, identical=identical)
+        else:
+            print(
+                f"[jetspec] plain decoding: {p.tokens_per_second:.1f} tok/s · speedup {speedup:.2f}x · "
+                f"outputs {'identical' if identical else 'DIFFER'}",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps(row))
+    return 0
+
+
+# ---------------------------------------------------------------------------- plugins
+@command("plugins")
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import jetspec
+
+    reg = jetspec.default_registry()
+    for kind, impls in reg.implementations.items():
+        print(f"{kind}:")
+        for name in sorted(impls):
+            impl = impls[name]
+            print(f"  {name:<14} [{impl.plugin}] {impl.summary}")
+    for problem in reg.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- config
+@command("config")
+def cmd_config(args: argparse.Namespace) -> int:
+    import jetspec
+    from .core.config import PipelineConfig, config_schema
+
+    reg = jetspec.default_registry()
+    if args.action == "schema":
+        print(json.dumps(config_schema(reg), indent=2))
+    elif args.action == "show":
+        cfg = PipelineConfig.load(args.file) if args.file else PipelineConfig()
+        print(json.dumps(cfg.model_dump(), indent=2))
+    elif args.action == "check":
+        if not args.file:
+            raise JetSpecError("config check needs a FILE")
+        cfg = PipelineConfig.load(args.file)
+        cfg.validate_with(reg)
+        print(f"{args.file}: ok")
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jetspec", description="Lossless speculative decoding.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text (default: embedded SmolLM2, best drafter available)")
+    g.add_argument("prompt")
+    g.add_argument("--config", help="pipeline config (TOML, YAML or JSON)")
+    g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    g.add_argument("--budget", type=int, help="draft nodes per round (0: plain decoding)")
+    g.add_argument("--drafter", help="drafter name (see `jetspec plugins`)")
+    g.add_argument("--target-path", help="a Hugging Face model folder instead of the embedded default")
+    g.add_argument("--compare", action="store_true", help="also run plain decoding; print speedup and identity")
+    g.add_argument("--no-stream", action="store_true")
+    g.add_argument("--no-chat-template", action="store_true")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    sub.add_parser("plugins", help="list registered implementations by kind")
+
+    c = sub.add_parser("config", help="config schema / show / check")
+    c.add_argument("action", choices=["schema", "show", "check"])
+    c.add_argument("file", nargs="?")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except JetSpecError as e:
+        print(f"jetspec: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `jetspec config schema | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("\njetspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

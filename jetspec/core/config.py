@@ -1,0 +1,137 @@
+"""`PipelineConfig`: one validated description of a run.
+
+A component is chosen by name with its options beside it:
+
+    [drafter]            # TOML
+    name = "ngram"
+    n_max = 3
+
+or just `drafter = "ngram"`. The options are validated against the options model the chosen
+implementation declares (`Registry.options`), so an unknown name or field is a one-line error
+that lists what is allowed. Files may be TOML, YAML or JSON; Python users build the same object
+directly or through `PipelineBuilder`.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from .errors import ConfigError
+from .registry import Registry, format_validation_error
+
+
+class Component(BaseModel):
+    """A named implementation plus its options (all other keys)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _component(name: str) -> Any:
+    return Field(default_factory=lambda: Component(name=name))
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(256, ge=1, le=1 << 20, description="tokens to generate at most")
+    budget: int = Field(32, ge=0, le=4096, description="draft nodes verified per round (0: plain decoding)")
+    stop_token_ids: list[int] = Field(default_factory=list, description="stop after any of these (EOS always stops)")
+    chat_template: bool = Field(True, description="wrap a text prompt in the tokenizer's chat template")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: Component = _component("decoder")
+    drafter: Component = _component("ngram")
+    scorer: Component = _component("best-first")
+    verifier: Component = _component("greedy")
+    kv_cache: Component = _component("dense")
+    attention: Component = _component("torch")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @field_validator("target", "drafter", "scorer", "verifier", "kv_cache", "attention", mode="before")
+    @classmethod
+    def _name_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    def components(self) -> dict[str, Component]:
+        return {k: getattr(self, k) for k in ("target", "drafter", "scorer", "verifier", "kv_cache", "attention")}
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def parse(data: dict[str, Any]) -> "PipelineConfig":
+        try:
+            return PipelineConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"config: {format_validation_error(e)}; top-level fields: {', '.join(PipelineConfig.model_fields)}") from None
+
+    @staticmethod
+    def load(path: str | Path) -> "PipelineConfig":
+        """Load TOML (.toml), YAML (.yaml/.yml) or JSON (.json)."""
+        return PipelineConfig.parse(read_config_file(path))
+
+    def validate_with(self, registry: Registry) -> dict[str, BaseModel]:
+        """Resolve every component against the registry: kind -> validated options."""
+        return {kind: registry.options(kind, c.name, c.options) for kind, c in self.components().items()}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found")
+    text = p.read_text()
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file '{p}' must end in .toml, .yaml, .yml or .json")
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file '{p}' is not valid {suffix[1:].upper()}: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a table/mapping at the top level")
+    return data
+
+
+def config_schema(registry: Registry) -> dict[str, Any]:
+    """JSON schema of a pipeline config in which each component is a union over the registered
+    implementations of its kind, each with its own options."""
+    fields: dict[str, Any] = {}
+    for kind in PipelineConfig().components():
+        variants = []
+        for name in registry.names(kind):
+            impl = registry.get(kind, name)
+            from typing import Literal
+
+            m = create_model(
+                f"{kind}_{name}".replace("-", "_"),
+                __base__=impl.options,
+                name=(Literal[name], ...),  # type: ignore[valid-type]
+            )
+            m.__doc__ = impl.summary or None
+            variants.append(m)
+        if variants:
+            from typing import Union
+
+            fields[kind] = (Union[tuple(variants)] if len(variants) > 1 else variants[0], None)  # type: ignore[misc]
+    fields["generation"] = (GenerationConfig, None)
+    model = create_model("PipelineConfig", __config__=ConfigDict(extra="forbid"), **fields)
+    return model.model_json_schema()

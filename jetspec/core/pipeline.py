@@ -1,0 +1,238 @@
+"""`Pipeline`: the decode loop.
+
+    prefill(prompt[:-1]) -> drafter.observe
+    repeat:
+        proposal = drafter.propose(state, budget)          # draft
+        tree     = scorer.build(proposal, root, budget)     # build
+        logits   = target.forward(tree, KV)                 # verify (one forward, tree mask)
+        accepted = verifier.accept(tree, logits)            # accept
+        KV.commit(accepted.path); drafter.observe(...)      # commit
+        state.tokens += drafts on the path + bonus
+
+Plain decoding (`speculative=False`, or budget 0) is the same loop with a root-only tree: it is
+the baseline every speedup is measured against, in the same engine and process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import PipelineConfig
+from .errors import CapacityError, InputError, JetSpecError
+from .interfaces import (
+    AttentionMeta,
+    DecodeState,
+    Drafter,
+    KVCache,
+    Target,
+    TreeScorer,
+    Verifier,
+)
+from .proposal import EmptyProposal
+from .tree import DraftTree
+
+PHASES = ("prefill", "draft", "build", "verify", "accept", "commit")
+
+
+@dataclass
+class GenerationStats:
+    rounds: int = 0
+    new_tokens: int = 0
+    accepted_drafts: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
+    accepted_by_depth: list[int] = field(default_factory=list)  # [d] rounds that accepted >= d+1 drafts
+    tree_nodes: int = 0  # draft nodes verified, summed over rounds
+
+    @property
+    def tau(self) -> float:
+        """Tokens committed per round (accepted drafts + bonus), averaged over rounds."""
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def tokens_per_second(self) -> float:
+        decode = self.total_seconds - self.seconds["prefill"]
+        return self.new_tokens / decode if decode > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "new_tokens": self.new_tokens,
+            "tau": self.tau,
+            "tokens_per_s": self.tokens_per_second,
+            "seconds": dict(self.seconds),
+            "accepted_by_depth": list(self.accepted_by_depth),
+            "tree_nodes": self.tree_nodes,
+        }
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # generated token ids (the stop token included, if one was hit)
+    text: str | None  # decoded generated text, where a tokenizer exists
+    stats: GenerationStats
+    prompt_tokens: list[int]
+    stopped: str  # "eos", "stop_token", "length"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        target: Target,
+        drafter: Drafter | None,
+        scorer: TreeScorer,
+        verifier: Verifier,
+        new_cache: Callable[[int], KVCache],
+        config: PipelineConfig,
+    ):
+        self.target = target
+        self.drafter = drafter
+        self.scorer = scorer
+        self.verifier = verifier
+        self.new_cache = new_cache  # capacity -> KVCache for one sequence
+        self.config = config
+
+    # ------------------------------------------------------------------ inputs
+    def encode(self, prompt: str | Sequence[int], chat_template: bool | None = None) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InputError("the prompt is empty; give some text or token ids")
+            tok = self.target.tokenizer
+            if tok is None:
+                raise InputError("this target has no tokenizer; pass the prompt as token ids")
+            use_template = self.config.generation.chat_template if chat_template is None else chat_template
+            if use_template and getattr(tok, "chat_template", None):
+                ids = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+            else:
+                ids = tok(prompt, add_special_tokens=True)["input_ids"]
+            ids = [int(t) for t in ids]
+        else:
+            ids = [int(t) for t in prompt]
+            if not ids:
+                raise InputError("the prompt is empty; give some text or token ids")
+        vocab = self.target.info.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InputError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        return ids
+
+    # ------------------------------------------------------------------ decoding
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        speculative: bool = True,
+        budget: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Generate up to `max_new_tokens` tokens after `prompt` (text or token ids).
+
+        `speculative=False` runs plain decoding in the same engine. `on_tokens` is called with the
+        tokens committed by each round (for streaming)."""
+        gen = self.config.generation
+        max_new = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if max_new < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
+        budget = gen.budget if budget is None else budget
+        drafter = self.drafter if speculative and budget > 0 else None
+        stops = set(self.target.info.eos_token_ids) | set(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
+
+        prompt_ids = self.encode(prompt)
+        capacity = len(prompt_ids) + max_new + (budget if drafter else 0)  # >= committed + tree at the last round
+        limit = self.target.info.max_positions
+        if capacity > limit:
+            raise CapacityError(
+                f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new}) + budget ({budget if drafter else 0}) "
+                f"needs {capacity} positions; the target allows {limit}"
+            )
+        cache = self.new_cache(capacity)
+        state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
+        stats = GenerationStats()
+        hidden_layers = tuple(getattr(drafter, "hidden_layers", ())) if drafter else ()
+        device = self.target.info.device
+        clock = time.perf_counter
+
+        t0 = clock()
+        n_prefill = len(prompt_ids) - 1
+        prefill_hidden = None
+        if n_prefill > 0:
+            cache.begin(n_prefill)
+            out = self.target.forward(
+                torch.tensor(prompt_ids[:-1], device=device), AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers
+            )
+            cache.commit(range(n_prefill))
+            prefill_hidden = out.hidden
+        if drafter:
+            drafter.reset(state)
+            drafter.observe(state, prefill_hidden)
+        stats.seconds["prefill"] += clock() - t0
+
+        stopped = "length"
+        try:
+            while len(state.tokens) - state.prompt_len < max_new:
+                root = state.tokens[-1]
+                t0 = clock()
+                proposal = drafter.propose(state, budget) if drafter else EmptyProposal()
+                t1 = clock()
+                tree = self.scorer.build(proposal, root, budget) if drafter else DraftTree.root_only(root)
+                t2 = clock()
+                prefix = cache.committed
+                cache.begin(tree.size)
+                out = self.target.forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
+                t3 = clock()
+                acc = self.verifier.accept(tree, out.logits, state)
+                t4 = clock()
+                cache.commit(acc.path)
+                new = acc.new_tokens(tree)
+                new = new[: max_new - (len(state.tokens) - state.prompt_len)]
+                for j, tok in enumerate(new):
+                    if tok in stops:
+                        new = new[: j + 1]
+                        stopped = "eos" if tok in self.target.info.eos_token_ids else "stop_token"
+                        break
+                state.tokens.extend(new)
+                if drafter and stopped == "length":
+                    drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
+                t5 = clock()
+
+                stats.rounds += 1
+                stats.new_tokens += len(new)
+                stats.accepted_drafts += acc.accepted_drafts
+                stats.tree_nodes += tree.budget
+                for d in range(acc.accepted_drafts):
+                    if d == len(stats.accepted_by_depth):
+                        stats.accepted_by_depth.append(0)
+                    stats.accepted_by_depth[d] += 1
+                for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                    stats.seconds[phase] += dt
+                if on_tokens:
+                    on_tokens(new)
+                if stopped != "length":
+                    break
+        except JetSpecError as e:
+            e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
+            raise
+        return self._result(state, stats, prompt_ids, stopped)
+
+    def _result(self, state: DecodeState, stats: GenerationStats, prompt_ids: list[int], stopped: str) -> GenerationResult:
+        generated = list(state.generated)
+        text = None
+        if self.target.tokenizer is not None:
+            text = self.target.tokenizer.decode(generated, skip_special_tokens=True)
+        return GenerationResult(tokens=generated, text=text, stats=stats, prompt_tokens=prompt_ids, stopped=stopped)
+
+    def generate_plain(self, prompt: str | Sequence[int], **kw: Any) -> GenerationResult:
+        """Plain (non-speculative) decoding in the same engine: the baseline."""
+        return self.generate(prompt, speculative=False, **kw)

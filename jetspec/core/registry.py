@@ -1,0 +1,182 @@
+"""The registry: named implementations of every component kind, collected through pluggy.
+
+Identity (a name) is separate from capability: each implementation declares what it `provides`
+(e.g. "hidden_states", "paged") and what it `requires` of the components of other kinds
+("target:hidden_states"). `check_compatible` turns a missing capability into one sentence.
+
+Plugin safety: each plugin is loaded and each of its hooks called on its own, so a plugin that
+raises, registers a duplicate name or an options model that is not a pydantic model is reported
+in one line (`Registry.problems`) and skipped while every other plugin keeps working. The
+environment variable JETSPEC_PLUGINS restricts which entry-point plugins load: a comma-separated
+list of entry-point names, or "none".
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from typing import Any, Callable, Iterable
+
+import pluggy
+from pydantic import BaseModel
+
+from . import hookspecs
+from .errors import ConfigError, IncompatibleError
+
+ENTRY_POINT_GROUP = "jetspec"
+PLUGINS_ENV = "JETSPEC_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One named implementation of a component kind."""
+
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel]
+    summary: str = ""
+    provides: frozenset[str] = frozenset()
+    requires: frozenset[str] = frozenset()  # "kind:capability"
+    plugin: str = ""  # filled in by the registry: which plugin registered it
+
+
+@dataclass
+class Registry:
+    implementations: dict[str, dict[str, Implementation]] = field(
+        default_factory=lambda: {k: {} for k in hookspecs.KINDS}
+    )
+    problems: list[str] = field(default_factory=list)  # one line per plugin problem
+    plugins: list[str] = field(default_factory=list)  # names of plugins that loaded
+
+    @staticmethod
+    def create(
+        builtin_modules: Iterable[str] = (),
+        extra_plugins: Iterable[tuple[str, Any]] = (),
+        entry_points: bool = True,
+        allow: str | None = None,
+    ) -> "Registry":
+        """Collect implementations from built-in modules (by import name), explicit
+        (name, plugin object) pairs, and installed `jetspec` entry points."""
+        pm = pluggy.PluginManager("jetspec")
+        pm.add_hookspecs(hookspecs)
+        reg = Registry()
+        candidates: list[tuple[str, Callable[[], Any]]] = []
+        for mod in builtin_modules:
+            candidates.append((mod, lambda mod=mod: importlib.import_module(mod)))
+        for name, obj in extra_plugins:
+            candidates.append((name, lambda obj=obj: obj))
+        if entry_points:
+            allowed = _allowed(os.environ.get(PLUGINS_ENV) if allow is None else allow)
+            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+                if ep.value in builtin_modules:
+                    continue  # our own built-ins, already listed
+                if allowed is None or ep.name in allowed:
+                    candidates.append((ep.name, ep.load))
+        for name, load in candidates:
+            try:
+                plugin = load()
+                pm.register(plugin, name=name)
+            except Exception as e:
+                reg.problems.append(f"plugin '{name}' failed to load: {_one_line(e)}")
+                continue
+            reg.plugins.append(name)
+            reg._collect(pm, name, plugin)
+        return reg
+
+    def _collect(self, pm: pluggy.PluginManager, name: str, plugin: Any) -> None:
+        for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                try:
+                    items = list(impl.function() or [])
+                except Exception as e:
+                    self.problems.append(f"plugin '{name}' raised in {hook_name}: {_one_line(e)}")
+                    continue
+                for item in items:
+                    self._add(kind, name, item)
+
+    def _add(self, kind: str, plugin: str, item: Any) -> None:
+        if not isinstance(item, Implementation):
+            self.problems.append(f"plugin '{plugin}' returned {type(item).__name__} from its {kind} hook; expected jetspec.Implementation")
+            return
+        if not (isinstance(item.options, type) and issubclass(item.options, BaseModel)):
+            self.problems.append(f"plugin '{plugin}': {kind} '{item.name}' options must be a pydantic model class")
+            return
+        try:
+            item.options.model_json_schema()  # a broken options model fails here, not mid-run
+        except Exception as e:
+            self.problems.append(f"plugin '{plugin}': {kind} '{item.name}' has an invalid options model: {_one_line(e)}")
+            return
+        existing = self.implementations[kind].get(item.name)
+        if existing is not None:
+            self.problems.append(
+                f"plugin '{plugin}' registers {kind} '{item.name}', already provided by '{existing.plugin}'; ignored"
+            )
+            return
+        self.implementations[kind][item.name] = replace(item, plugin=plugin)
+
+    # ------------------------------------------------------------------ lookup
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.implementations[kind])
+
+    def get(self, kind: str, name: str) -> Implementation:
+        if kind not in self.implementations:
+            raise ConfigError(f"unknown component kind '{kind}'; kinds: {', '.join(hookspecs.KINDS)}")
+        impl = self.implementations[kind].get(name)
+        if impl is None:
+            raise ConfigError(f"unknown {kind} '{name}'; registered: {', '.join(self.names(kind)) or '(none)'}")
+        return impl
+
+    def options(self, kind: str, name: str, values: dict[str, Any]) -> BaseModel:
+        """Validate `values` against the options model of `kind` `name`; one-line ConfigError."""
+        impl = self.get(kind, name)
+        from pydantic import ValidationError
+
+        try:
+            return impl.options.model_validate(values)
+        except ValidationError as e:
+            allowed = ", ".join(impl.options.model_fields) or "(no options)"
+            raise ConfigError(f"{kind} '{name}': {format_validation_error(e)} (options: {allowed})") from None
+
+
+def check_compatible(chosen: dict[str, Implementation]) -> None:
+    """Every `requires` entry "kind:capability" of each chosen implementation must be provided
+    by the implementation chosen for that kind."""
+    for kind, impl in chosen.items():
+        for req in sorted(impl.requires):
+            other_kind, _, cap = req.partition(":")
+            other = chosen.get(other_kind)
+            if other is not None and cap not in other.provides:
+                have = ", ".join(sorted(other.provides)) or "nothing"
+                raise IncompatibleError(
+                    f"{kind} '{impl.name}' needs a {other_kind} that provides '{cap}', "
+                    f"but {other_kind} '{other.name}' provides {have}"
+                )
+
+
+def format_validation_error(e: Any) -> str:
+    """A pydantic ValidationError as one line: `field.path: message; ...`."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _allowed(spec: str | None) -> set[str] | None:
+    if spec is None or spec.strip() == "":
+        return None
+    if spec.strip().lower() == "none":
+        return set()
+    return {s.strip() for s in spec.split(",") if s.strip()}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

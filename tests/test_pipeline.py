@@ -1,0 +1,49 @@
+"""Pipeline behaviour beyond losslessness: stats, inputs, capacity, streaming."""
+
+import pytest
+
+import jetspec
+from jetspec.core.errors import CapacityError, InputError
+from support.models import tiny_target
+from support.registry import make_test_registry
+
+REG = make_test_registry()
+
+
+def pipe(**gen):
+    return jetspec.builder(REG).target(tiny_target("llama", 1)).drafter("ngram").generation(**gen).build()
+
+
+def test_stats_count_rounds_tau_and_phases():
+    p = pipe(budget=16, max_new_tokens=30)
+    streamed = []
+    r = p.generate([4, 5, 6, 4, 5, 6, 4, 5], on_tokens=streamed.extend)
+    s = r.stats
+    assert streamed == r.tokens and s.new_tokens == len(r.tokens)
+    assert s.tau == pytest.approx(len(r.tokens) / s.rounds)
+    assert set(s.seconds) == {"prefill", "draft", "build", "verify", "accept", "commit"}
+    assert sum(s.accepted_by_depth[:1]) <= s.rounds
+    plain = p.generate_plain([4, 5, 6, 4, 5, 6, 4, 5])
+    assert plain.stats.rounds == len(plain.tokens) and plain.stats.tau == 1.0
+
+
+def test_empty_prompt_is_one_line():
+    with pytest.raises(InputError, match="the prompt is empty"):
+        pipe().generate([])
+    with pytest.raises(InputError, match="no tokenizer"):
+        pipe().generate("hello")
+
+
+def test_out_of_vocabulary_prompt():
+    with pytest.raises(InputError, match=r"outside the vocabulary \[0, 96\)"):
+        pipe().generate([1, 500])
+
+
+def test_budget_too_large_for_the_context_fails_before_any_work():
+    with pytest.raises(CapacityError, match="needs 2066 positions; the target allows 2048"):
+        pipe(budget=64, max_new_tokens=2000).generate([1, 2])
+
+
+def test_a_single_token_prompt_works():
+    r = pipe(budget=8, max_new_tokens=5).generate([7])
+    assert r.tokens == pipe(budget=8, max_new_tokens=5).generate_plain([7]).tokens

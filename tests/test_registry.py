@@ -1,0 +1,115 @@
+"""Registry: hooks collect named implementations; bad plugins are reported in one line each and
+never break the others; capabilities are checked at build time."""
+
+import pytest
+from pydantic import BaseModel
+
+import jetspec
+from jetspec.core.errors import ConfigError, IncompatibleError
+from jetspec.core.registry import Implementation, Registry, check_compatible
+
+
+class NoOptions(BaseModel):
+    pass
+
+
+class GoodPlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self):
+        return [Implementation("good", lambda o, t: None, NoOptions, "fine")]
+
+    @jetspec.hookimpl
+    def jetspec_tree_scorers(self):
+        return [Implementation("good-scorer", lambda o: None, NoOptions)]
+
+    @jetspec.hookimpl
+    def jetspec_verifiers(self):
+        return [Implementation("good-verifier", lambda o: None, NoOptions)]
+
+    @jetspec.hookimpl
+    def jetspec_kv_caches(self):
+        return [Implementation("good-cache", lambda o, i, c: None, NoOptions)]
+
+    @jetspec.hookimpl
+    def jetspec_attention_backends(self):
+        return [Implementation("good-attention", lambda o: None, NoOptions)]
+
+    @jetspec.hookimpl
+    def jetspec_targets(self):
+        return [Implementation("good-target", lambda o, a: None, NoOptions)]
+
+
+class RaisingPlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self):
+        raise RuntimeError("boom\nsecond line")
+
+
+class DuplicatePlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self):
+        return [Implementation("ngram", lambda o, t: None, NoOptions)]
+
+
+class BadOptionsPlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self):
+        return [Implementation("bad-options", lambda o, t: None, dict)]
+
+
+def make(*plugins):
+    return Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=plugins, entry_points=False)
+
+
+def test_every_hook_registers_a_named_implementation():
+    reg = make(("good", GoodPlugin()))
+    assert not reg.problems
+    # jetspec_drafters jetspec_tree_scorers jetspec_verifiers jetspec_kv_caches jetspec_attention_backends jetspec_targets
+    for kind, name in [("drafter", "good"), ("scorer", "good-scorer"), ("verifier", "good-verifier"),
+                       ("kv_cache", "good-cache"), ("attention", "good-attention"), ("target", "good-target")]:
+        assert reg.get(kind, name).plugin == "good"
+
+
+@pytest.mark.parametrize(
+    "plugin, expected",
+    [
+        (RaisingPlugin(), "plugin 'bad' raised in jetspec_drafters: RuntimeError: boom"),
+        (DuplicatePlugin(), "plugin 'bad' registers drafter 'ngram', already provided by 'jetspec.builtins'; ignored"),
+        (BadOptionsPlugin(), "plugin 'bad': drafter 'bad-options' options must be a pydantic model class"),
+    ],
+)
+def test_a_broken_plugin_is_one_line_and_the_rest_still_work(plugin, expected):
+    reg = make(("bad", plugin), ("good", GoodPlugin()))
+    assert len(reg.problems) == 1 and reg.problems[0].startswith(expected)
+    assert "\n" not in reg.problems[0]
+    assert reg.get("drafter", "good").plugin == "good"
+    assert reg.get("drafter", "ngram").plugin == "jetspec.builtins"
+
+
+def test_a_plugin_that_fails_to_import_is_reported():
+    reg = Registry.create(builtin_modules=("jetspec.builtins", "no_such_module_xyz"), entry_points=False)
+    assert reg.problems == ["plugin 'no_such_module_xyz' failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"]
+    assert "ngram" in reg.names("drafter")
+
+
+def test_unknown_names_and_options_list_what_is_allowed():
+    reg = make()
+    with pytest.raises(ConfigError, match=r"unknown drafter 'nope'; registered: .*ngram"):
+        reg.get("drafter", "nope")
+    with pytest.raises(ConfigError, match=r"drafter 'ngram': bogus: unknown field \(options: n_max, n_min"):
+        reg.options("drafter", "ngram", {"bogus": 1})
+
+
+def test_capabilities_are_checked_in_one_sentence():
+    drafter = Implementation("needy", None, NoOptions, requires=frozenset({"target:hidden_states"}))
+    plain_target = Implementation("plain", None, NoOptions, provides=frozenset({"other"}))
+    with pytest.raises(IncompatibleError) as e:
+        check_compatible({"drafter": drafter, "target": plain_target})
+    assert str(e.value) == "drafter 'needy' needs a target that provides 'hidden_states', but target 'plain' provides other"
+    check_compatible({"drafter": drafter, "target": Implementation("rich", None, NoOptions, provides=frozenset({"hidden_states"}))})
+
+
+def test_entry_point_plugins_can_be_restricted(monkeypatch):
+    monkeypatch.setenv("JETSPEC_PLUGINS", "none")
+    reg = Registry.create(builtin_modules=jetspec.BUILTINS)
+    assert reg.plugins == ["jetspec.builtins"]

@@ -69,16 +69,20 @@ class ContextDrafter:
 
     @torch.no_grad()
     def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
-        if hidden is None:
-            raise InputError("a head drafter needs target hidden states; the pipeline passed none")
-        n = hidden.shape[0]  # hidden [n, k, H]
-        if self.cache.length + n != len(state.tokens) - 1:
+        """Append the fused context of the newly committed tokens. `hidden` [n, k, H] may cover
+        more tokens than were committed (a round cut short by max_new_tokens); the extra rows
+        are dropped. Fewer is an error: the cache would fall out of step with the target's."""
+        need = len(state.tokens) - 1 - self.cache.length
+        n = 0 if hidden is None else hidden.shape[0]
+        if n < need:
             raise InputError(
                 f"head context out of step: {self.cache.length} cached + {n} new hidden states, "
                 f"but {len(state.tokens) - 1} tokens are committed before the root"
             )
-        pos = torch.arange(self.cache.length, self.cache.length + n, device=self.cache._device)[None]  # [1, n]
-        fused = self.head.fuse_context(hidden.to(self.cache._device)[None])  # [1, n, H]
+        if need == 0:
+            return
+        pos = torch.arange(self.cache.length, self.cache.length + need, device=self.cache._device)[None]  # [1, need]
+        fused = self.head.fuse_context(hidden[:need].to(self.cache._device)[None])  # [1, need, H]
         self.cache.append(self.head.context_kv(fused, pos))
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

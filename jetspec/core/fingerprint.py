@@ -1,9 +1,9 @@
 """`target_fingerprint`: the identity a head checkpoint records and checks (`TargetInfo.fingerprint`).
 
-A hash of the target's geometry plus a sample of its input embedding: two loads of the same
-weights agree (whatever the storage dtype, since the sample is rounded to bfloat16), other
-weights or another architecture differ. Every target adapter and the head trainer (which loads
-the target with `transformers`) call this one function, so their fingerprints match.
+A hash of the target's geometry and of the SIGNS of a fixed sample of its input embedding
+(16 rows x 64 columns): the signs survive any load dtype (float32, bfloat16, float16 rounding
+never flips a sign, unlike the values themselves), while other weights flip about half of them.
+Every target adapter and the head trainer call this one function, so their fingerprints match.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def target_fingerprint(
     """16 hex digits."""
     geometry = json.dumps([architecture, vocab_size, hidden_size, num_layers, num_kv_heads, head_dim])
     rows = torch.linspace(0, embed_weight.shape[0] - 1, 16).long()
-    sample = embed_weight.detach()[rows.to(embed_weight.device), :64].to("cpu", torch.bfloat16)  # [16, 64]
+    sample = embed_weight.detach()[rows.to(embed_weight.device), :64].float().cpu()  # [16, 64]
     digest = hashlib.sha256(geometry.encode())
-    digest.update(sample.view(torch.int16).numpy().tobytes())
+    digest.update((sample > 0).numpy().tobytes())
     return digest.hexdigest()[:16]

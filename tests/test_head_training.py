@@ -95,3 +95,12 @@ def test_checkpoint_kind_and_options_must_agree(model, checkpoints):
         jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "causal"), layers=3), target)
     with pytest.raises(CheckpointError, match="no head checkpoint"):
         jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "missing")), target)
+
+
+def test_target_identity_ignores_the_load_dtype_but_not_the_weights(model):
+    """A head trained on a bfloat16 GPU load must fit the float32 CPU load of the same weights."""
+    fp32 = hf_identity(model, "tiny")["target_fingerprint"]
+    for dtype in (torch.bfloat16, torch.float16):
+        copy = tiny_llama().to(dtype)
+        assert hf_identity(copy, "tiny")["target_fingerprint"] == fp32
+    assert hf_identity(tiny_llama(seed=1), "tiny")["target_fingerprint"] != fp32

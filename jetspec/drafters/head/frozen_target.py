@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ...core.fingerprint import target_fingerprint
 
 
 def load_hf_target(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -28,17 +27,15 @@ def load_hf_target(path: str | Path, device: str | torch.device, dtype: torch.dt
 
 
 def hf_identity(model: Any, name: str) -> dict[str, Any]:
-    """What a head checkpoint records about its target (matches the decode target's `TargetInfo`)."""
-    c = model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    fp = target_fingerprint(
-        c.model_type, c.vocab_size, c.hidden_size, c.num_hidden_layers, kv_heads, head_dim,
-        model.get_input_embeddings().weight,
-    )  # fmt: skip
+    """What a head checkpoint records about its target: the `TargetInfo` the `transformers`
+    target adapter reports for this model (name, dtype-independent fingerprint, geometry)."""
+    from ...targets.transformers_adapter import TransformersTarget
+
+    info = TransformersTarget(model, None, name=name).info
     return {
-        "target_name": name, "target_fingerprint": fp, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-        "num_kv_heads": kv_heads, "head_dim": head_dim, "num_target_layers": c.num_hidden_layers,
+        "target_name": info.name, "target_fingerprint": info.fingerprint, "vocab_size": info.vocab_size,
+        "hidden_size": info.hidden_size, "num_kv_heads": info.num_kv_heads, "head_dim": info.head_dim,
+        "num_target_layers": info.num_layers,
     }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import torch
 from head_fixtures import HeadTarget, tiny_llama
 from jetspec.core.errors import CheckpointError, ConfigError, InputError
 from jetspec.drafters.eagle import eagle_drafter
-from jetspec.drafters.head import EagleOptions, HeadOptions, jetspec_drafter, load_head
+from jetspec.drafters.head import DFlashOptions, EagleOptions, HeadOptions, dflash_drafter, jetspec_drafter, load_head
 from jetspec.drafters.head.data import TokenData, generate_answers, read_questions
 from jetspec.drafters.head.frozen_target import hf_identity
 from jetspec.drafters.head.train import TrainConfig, train
@@ -65,7 +65,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(model, data, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoints(model, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads")
-    for kind in ("causal", "eagle"):
+    for kind in ("causal", "dflash", "eagle"):
         train(model, data, out / kind, TrainConfig(kind=kind, steps=2, **SMALL), hf_identity(model, "tiny"), progress=False)
     return out
 
@@ -91,6 +91,10 @@ def test_checkpoint_kind_and_options_must_agree(model, checkpoints):
     target = HeadTarget(model)
     with pytest.raises(CheckpointError, match="'eagle' head"):
         jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "eagle")), target)
+    with pytest.raises(CheckpointError, match="'dflash' head, this drafter needs 'causal'"):
+        jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "dflash")), target)
+    assert not dflash_drafter(DFlashOptions(checkpoint=str(checkpoints / "dflash")), target).config.causal
+    assert not jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "dflash"), causal=False), target).config.causal
     with pytest.raises(ConfigError, match="layers=3 contradicts"):
         jetspec_drafter(HeadOptions(checkpoint=str(checkpoints / "causal"), layers=3), target)
     with pytest.raises(CheckpointError, match="no head checkpoint"):

@@ -35,32 +35,29 @@ from .options import DFlashOptions, EagleOptions, HeadOptions
 
 
 def build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> DraftHead:
-    """A head for `target`: loaded from `options.checkpoint`, or random (seeded) without one."""
+    """A head of `kind` for `target`: loaded from `options.checkpoint`, or random (seeded) without
+    one. An explicit `causal` option picks the kind ("causal" / "dflash") over the drafter's name."""
     info = target.info
-    arch = {"layers": options.layers, "target_layers": options.target_layers}
-    arch["block_size"] = getattr(options, "block_size", None)
-    if kind != "eagle":
-        causal = getattr(options, "causal", None)
-        if causal is not None:
-            kind = "causal" if causal else "dflash"
+    causal = getattr(options, "causal", None)  # only the parallel heads have it
+    if causal is not None:
+        kind = "causal" if causal else "dflash"
+    arch = {"layers": options.layers, "target_layers": options.target_layers, "block_size": getattr(options, "block_size", None)}
     if options.checkpoint is None:
-        torch.manual_seed(options.seed)
-        config = HeadConfig.for_target(
-            kind, info.hidden_size, info.num_kv_heads, info.head_dim, info.num_layers,
-            layers=arch["layers"] or 1, target_layers=arch["target_layers"], block_size=arch["block_size"] or 16,
-            target_name=info.name, target_fingerprint=info.fingerprint, vocab_size=info.vocab_size,
-        )  # fmt: skip
-        return DraftHead(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            return DraftHead(HeadConfig.for_target(
+                kind, info.hidden_size, info.num_kv_heads, info.head_dim, info.num_layers,
+                layers=arch["layers"] or 1, target_layers=arch["target_layers"], block_size=arch["block_size"] or 16,
+                target_name=info.name, target_fingerprint=info.fingerprint, vocab_size=info.vocab_size,
+            ))  # fmt: skip
     config = read_config(options.checkpoint)
     check_target(config, info, options.checkpoint)
-    if (config.kind == "eagle") != (kind == "eagle"):
+    if config.kind != kind:
         raise CheckpointError(f"head checkpoint {options.checkpoint} is a {config.kind!r} head, this drafter needs {kind!r}")
     found = {"layers": config.num_layers, "target_layers": list(config.target_layers), "block_size": config.block_size}
     for name, value in arch.items():
-        if value is not None and value != found[name] and not (kind == "eagle" and name == "block_size"):
+        if value is not None and value != found[name]:
             raise ConfigError(f"option {name}={value} contradicts checkpoint {options.checkpoint} ({name}={found[name]})")
-    if kind != "eagle" and getattr(options, "causal", None) is not None and config.kind != kind:
-        raise ConfigError(f"option causal={options.causal} contradicts checkpoint {options.checkpoint} (a {config.kind} head)")
     return load_head(options.checkpoint)
 
 

@@ -45,7 +45,7 @@ EVAL_SEED = 12345
 @dataclass
 class TrainConfig:
     kind: str = "causal"  # "causal" | "dflash" | "eagle"
-    steps: int = 2000
+    steps: int | None = 2000  # None: as many as `minutes` allows
     minutes: float | None = None  # wall-clock limit; stops at whichever of steps/minutes comes first
     batch_size: int = 8  # sequences per step
     anchors: int = 32  # blocks per sequence
@@ -57,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     reveal_prob: float | None = None  # default 0.5 for "causal", 0 otherwise
     max_len: int = 1024  # tokens per sequence (longer rows are cut)
-    eval_rows: int = 64  # the last rows of the data are held out for evaluation
+    eval_rows: int = 64  # the last rows of the data are held out for evaluation (at most a fifth)
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -69,6 +69,8 @@ class TrainConfig:
             self.reveal_prob = 0.5 if self.kind == "causal" else 0.0
         if self.reveal_prob and self.kind != "causal":
             raise InputError("reveal_prob > 0 only makes sense for the causal head")
+        if self.steps is None and not self.minutes:
+            raise InputError("training needs a number of steps or a time limit (minutes)")
         self.target_layers = tuple(self.target_layers) if self.target_layers else None
 
 
@@ -202,9 +204,10 @@ def train(
     head = DraftHead(config).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     usable = _usable_rows(data, cfg.max_len)
-    eval_rows, train_rows = usable[-cfg.eval_rows :] if cfg.eval_rows else [], usable[: len(usable) - cfg.eval_rows]
+    held_out = min(cfg.eval_rows, len(usable) // 5)  # never more than a fifth of the data
+    eval_rows, train_rows = usable[len(usable) - held_out :], usable[: len(usable) - held_out]
     if not train_rows:
-        raise InputError(f"no training rows: {len(data)} answers, {len(usable)} usable, {cfg.eval_rows} held out")
+        raise InputError(f"no training rows: {len(data)} answers, {len(usable)} usable, {held_out} held out")
 
     step, elapsed, before = 0, 0.0, None
     state_path = out_dir / "train_state.pt"
@@ -229,8 +232,9 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress)
     log = (out_dir / "log.jsonl").open("a")
     start = time.monotonic() - elapsed
-    while step < min(cfg.steps, until or cfg.steps) and (limit is None or elapsed < limit):
-        frac = max(step / cfg.steps, elapsed / limit if limit else 0.0)
+    last = min(cfg.steps or math.inf, until or math.inf)
+    while step < last and (limit is None or elapsed < limit):
+        frac = max(step / cfg.steps if cfg.steps else 0.0, elapsed / limit if limit else 0.0)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, frac)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

@@ -12,6 +12,8 @@
 3. self-checks, each printed PASS/FAIL: held-out KL fell, rank-1 chain tau rose above 1, the
    checkpoint reloads for this target and is small, the three heads ran the same steps.
    OUT/summary.json records everything; the exit status is 1 if any check failed.
+4. with --export DIR: DIR gets exactly 8 files, each < 16 MiB: summary.json, answers.safetensors
+   and <kind>/head.safetensors + <kind>/head.json for the three heads (what a caller brings back).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ T0 = time.monotonic()  # the budget counts from here, imports included
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,7 +52,8 @@ def default_prompts() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True, help="Hugging Face folder (or .gguf file) of the frozen target")
-    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--out", required=True, help="working folder (checkpoints, training states, logs, answers)")
+    ap.add_argument("--export", default=None, help="copy the deliverables (8 small files) here")
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of the whole run")
     ap.add_argument("--prompts", default=default_prompts(), help="training prompts (.jsonl); never an eval set")
     ap.add_argument("--gen-fraction", type=float, default=0.3, help="share of the budget for generating answers")
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = None
     for kind in KINDS:
         cfg = TrainConfig(
-            kind=kind, steps=steps, minutes=(per_head if steps is None else 1.5 * per_head) / 60,
+            kind=kind, steps=steps, minutes=(per_head if steps is None else 1.2 * per_head) / 60,
             layers=a.layers, block_size=a.block_size, batch_size=a.batch_size, anchors=a.anchors, lr=a.lr,
             seed=a.seed, save_every=500, log_every=25,
         )  # fmt: skip
@@ -113,9 +117,22 @@ def main(argv: list[str] | None = None) -> int:
                "device": str(torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev),
                "seconds": round(time.monotonic() - T0, 1), "heads": results, "checks": checks,
                "command": " ".join(sys.argv)}  # fmt: skip
+    for kind in results:
+        log = [json.loads(line) for line in (out / kind / "log.jsonl").read_text().splitlines()]
+        results[kind]["curve"] = [[r["step"], round(r["kl"], 4), round(r["tau_chain"], 3)] for r in log if "step" in r]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     say(f"summary in {out / 'summary.json'}")
+    if a.export:
+        export(out, Path(a.export))
+        say(f"deliverables in {a.export}")
     return 0 if all(checks.values()) else 1
+
+
+def export(out: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in ["summary.json", "answers.safetensors"] + [f"{k}/{f}" for k in KINDS for f in ("head.safetensors", "head.json")]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / rel, dest / rel)
 
 
 def self_checks(out: Path, results: dict[str, dict], identity: dict, model) -> dict[str, bool]:
@@ -138,7 +155,7 @@ def self_checks(out: Path, results: dict[str, dict], identity: dict, model) -> d
         except Exception as e:  # report, do not crash the run
             print(f"reload of {kind} failed: {e}")
             checks[f"{kind}: checkpoint reloads for this target"] = False
-        checks[f"{kind}: checkpoint < 64 MB"] = (out / kind / WEIGHTS).stat().st_size < 64e6
+        checks[f"{kind}: checkpoint < 16 MiB"] = (out / kind / WEIGHTS).stat().st_size < 16 * 2**20
     steps = {r["steps"] for r in results.values()}
     checks["same steps for every head"] = len(steps) == 1
     return checks

@@ -29,8 +29,8 @@ def prompts(tmp_path_factory) -> Path:
 
 def test_one_call_trains_and_checks_all_three_heads(tmp_path, prompts):
     model = save_tiny_chat_model(tmp_path / "model")
-    out = tmp_path / "out"
-    argv = ["--target", str(model), "--out", str(out), "--prompts", str(prompts), "--minutes", "0.15",
+    out, export = tmp_path / "out", tmp_path / "export"
+    argv = ["--target", str(model), "--out", str(out), "--export", str(export), "--prompts", str(prompts), "--minutes", "0.15",
             "--gen-fraction", "0.9", "--max-new-tokens", "16", "--gen-batch", "10", "--batch-size", "4",
             "--anchors", "8", "--block-size", "6", "--layers", "1", "--lr", "3e-3", "--no-progress"]  # fmt: skip
     run_script(argv)
@@ -41,6 +41,9 @@ def test_one_call_trains_and_checks_all_three_heads(tmp_path, prompts):
         assert (out / kind / "head.safetensors").is_file() and (out / kind / "head.json").is_file()
         assert checks[f"{kind}: held-out KL fell"] and checks[f"{kind}: checkpoint reloads for this target"]
     assert checks["same steps for every head"] and summary["heads"]["causal"]["steps"] > 0
+    exported = sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file())
+    assert exported == sorted(["summary.json", "answers.safetensors"] + [f"{k}/head.{e}" for k in ("causal", "dflash", "eagle") for e in ("json", "safetensors")])
+    assert summary["heads"]["eagle"]["curve"][0][0] == 1  # [step, kl, tau] rows from the training log
     answers = (out / "answers.safetensors").stat().st_mtime_ns
     run_script(argv)  # a rerun resumes: answers reused, heads already trained
     assert (out / "answers.safetensors").stat().st_mtime_ns == answers

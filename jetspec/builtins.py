@@ -7,11 +7,13 @@ listing plugins stays cheap and an optional dependency is only needed when selec
 from __future__ import annotations
 
 from .caches.dense import DenseCacheOptions
+from .caches.paged import PagedCacheOptions
 from .core.hookspecs import hookimpl
 from .core.registry import Implementation
 from .drafters.head.options import DFlashOptions, EagleOptions, HeadOptions
 from .drafters.ngram import NgramDrafter, NgramOptions
 from .kernels.reference import TorchAttention, TorchAttentionOptions
+from .kernels.triton_backend import TritonAttentionOptions
 from .scorers.accum_logp import AccumLogpOptions, AccumLogpScorer
 from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions, ChainScorer
 from .scorers.capped import CappedOptions, CappedScorer
@@ -47,6 +49,28 @@ def _dense_cache(options, info, capacity):
     from .caches.dense import DenseKVCache
 
     return DenseKVCache(info, capacity)
+
+
+def _paged_cache(options, info, capacity):
+    from .caches.paged import PagedKVCache
+
+    return PagedKVCache(info, capacity, options)
+
+
+def _triton_attention(options):
+    import importlib.util
+    import os
+
+    import torch
+
+    from .core.errors import IncompatibleError
+    from .kernels.triton_backend import TritonAttention
+
+    if importlib.util.find_spec("triton") is None:
+        raise IncompatibleError("attention 'triton' needs the triton package: pip install 'jetspec[triton]'")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise IncompatibleError("attention 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run it on a CPU, slowly)")
+    return TritonAttention(options)
 
 
 @hookimpl
@@ -116,11 +140,25 @@ def jetspec_verifiers():
 
 @hookimpl
 def jetspec_kv_caches():
-    return [Implementation("dense", _dense_cache, DenseCacheOptions, "contiguous per-layer buffers; commit by compaction")]
+    return [
+        Implementation(
+            "dense", _dense_cache, DenseCacheOptions, "contiguous per-layer buffers; commit by compaction",
+            provides=frozenset({"kv_rows"}),
+        ),
+        Implementation(
+            "paged", _paged_cache, PagedCacheOptions, "block table of fixed-size pages; commit by gather or slot remap",
+            provides=frozenset({"kv_rows", "paged"}),
+        ),
+    ]
 
 
 @hookimpl
 def jetspec_attention_backends():
     return [
-        Implementation("torch", lambda o: TorchAttention(), TorchAttentionOptions, "plain PyTorch reference (any device, any cache)")
+        Implementation("torch", lambda o: TorchAttention(), TorchAttentionOptions, "plain PyTorch reference (any device, any cache)"),
+        Implementation(
+            "triton", _triton_attention, TritonAttentionOptions,
+            "Triton paged tree attention, tree mask from the DFS intervals in-kernel (GPU, or CPU via TRITON_INTERPRET=1)",
+            requires=frozenset({"kv_cache:kv_rows", "target:attention_backend"}),
+        ),
     ]

@@ -1,11 +1,13 @@
 import os
 import sys
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True
 )
-settings.load_profile("ci")
+# on a GPU machine, time is lent by the minute: report a failing example without shrinking it
+settings.register_profile("gpu", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.load_profile("gpu" if os.environ.get("JETSPEC_GPU_RUN") else "ci")

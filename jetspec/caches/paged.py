@@ -1,0 +1,261 @@
+"""`paged` KV cache: fixed-size pages in a per-layer pool, reached through a slot map.
+
+Storage
+-------
+    k, v          [L, num_pages, page_size, Hkv, D]   page pools (keys after RoPE)
+    slot_table    [capacity] int32, on the cache's device: slot_table[t] = physical row of
+                  logical token t, where row = page * page_size + offset into the flat view
+                  [num_pages * page_size, Hkv, D] of one layer's pool. Entries [0, T + n) are live.
+    block_table   [pages of capacity] int32: the physical pages this sequence owns, in order
+                  (gather mode: logical page p of the sequence is block_table[p]).
+
+Commit strategies (`PagedCacheOptions.commit`)
+----------------------------------------------
+* "gather": logical token t always lives at row block_table[t // P] * P + t % P. Commit copies
+  the kept pending entries into logical slots T..T+k-1 (all layers at once) and frees the pages
+  past the new end.
+* "remap": kept entries stay in the rows verify wrote them to; commit only rewrites
+  slot_table[T : T + k]. Rows of discarded entries become holes that the next `begin` fills
+  first; a page whose rows are all holes goes back to the pool. No K/V bytes move.
+
+Either way `read` returns logical order and the attention kernels read through `slot_table`, so
+both strategies look the same from outside (tests assert `read` equals the dense cache's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.errors import CapacityError, InputError
+from ..core.interfaces import TargetInfo
+
+
+class PagedCacheOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    page_size: int = Field(16, ge=1, description="tokens per page")
+    commit: Literal["gather", "remap"] = Field("gather", description="copy kept entries, or remap slots")
+    max_pages: int | None = Field(None, ge=1, description="pool size; default: enough pages for `capacity`")
+
+
+@dataclass(frozen=True)
+class CacheFootprint:
+    """What a cache needs to hold a run: tokens, whole pages, and bytes of K+V over all layers."""
+
+    tokens: int
+    pages: int
+    bytes: int
+
+
+class PageAllocator:
+    """A free list of the physical pages of one pool (LIFO: recently freed pages are warm)."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self._free = list(range(num_pages - 1, -1, -1))
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):  # callers check first; reaching this is a bug, not a user error
+            raise RuntimeError(f"page pool exhausted: {n} pages asked, {len(self._free)} free")
+        out = self._free[len(self._free) - n :][::-1]
+        del self._free[len(self._free) - n :]
+        return out
+
+    def release(self, pages: Sequence[int]) -> None:
+        self._free.extend(pages)
+
+    def reset(self) -> None:
+        self._free = list(range(self.num_pages - 1, -1, -1))
+
+
+class PagedKVCache:
+    def __init__(self, info: TargetInfo, capacity: int, options: PagedCacheOptions | None = None):
+        opts = options or PagedCacheOptions()
+        self.options = opts
+        self.capacity = capacity
+        self.page_size = p = opts.page_size
+        self.num_pages = opts.max_pages or math.ceil(capacity / p)
+        shape = (info.num_layers, self.num_pages, p, info.num_kv_heads, info.head_dim)
+        self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
+        self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
+        self.slot_table = torch.zeros(capacity, dtype=torch.int32, device=info.device)  # [capacity]
+        self.block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)
+        self.allocator = PageAllocator(self.num_pages)
+        self.reset()
+
+    # ------------------------------------------------------------------ sizing
+    @staticmethod
+    def footprint(info: TargetInfo, seq_len: int, budget: int, page_size: int = 16) -> CacheFootprint:
+        """Pages and bytes for sequences of up to `seq_len` tokens (prompt + generated) verified
+        with trees of `budget` drafts: at most seq_len - 1 committed + budget + 1 pending tokens."""
+        tokens = seq_len + budget
+        pages = math.ceil(tokens / page_size)
+        row = info.num_kv_heads * info.head_dim * torch.empty((), dtype=info.dtype).element_size()
+        return CacheFootprint(tokens=tokens, pages=pages, bytes=2 * info.num_layers * pages * page_size * row)
+
+    # ------------------------------------------------------------------ KVCache protocol
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def pages_in_use(self) -> int:
+        return len(self._pages)
+
+    @property
+    def slot_mapping(self) -> torch.Tensor:
+        """[T + n] int32 physical rows of the live logical tokens (a view of `slot_table`)."""
+        return self.slot_table[: self._committed + self._pending]
+
+    def reset(self) -> None:
+        self.allocator.reset()
+        self._pages: list[int] = []  # owned physical pages, in order of acquisition
+        self._slots: list[int] = []  # host mirror of slot_table[: T + n]
+        self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
+        self._live: dict[int, int] = {}  # remap: page -> live rows in it
+        self._committed = self._pending = 0
+
+    def begin(self, n: int) -> None:
+        t = self._committed
+        if n < 0:
+            raise InputError(f"cannot reserve {n} pending KV slots; n must be >= 0")
+        if t + n > self.capacity:
+            raise CapacityError(
+                f"KV cache full: {t} committed + {n} new tokens exceed its capacity of {self.capacity}"
+            )
+        self._discard_pending()
+        new_pages = self._pages_to_add(n)
+        if new_pages > self.allocator.free:
+            raise CapacityError(
+                f"KV page pool full: {n} new tokens need {new_pages} more pages of {self.page_size}, "
+                f"{self.allocator.free} of {self.num_pages} free"
+            )
+        rows = self._take_rows(n, self.allocator.allocate(new_pages))
+        self._slots[t:] = rows
+        self._sync_slots(t, t + n)
+        self._pending = n
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        rows = self.slot_table[self._committed : self._committed + self._pending].long()  # [n]
+        self._rows(self.k, layer).index_copy_(0, rows, k)  # k: [n, Hkv, D]
+        self._rows(self.v, layer).index_copy_(0, rows, v)
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.slot_mapping.long()  # [T + n]
+        return self._rows(self.k, layer)[rows], self._rows(self.v, layer)[rows]
+
+    def commit(self, keep: Sequence[int]) -> None:
+        keep = [int(j) for j in keep]
+        t, n = self._committed, self._pending
+        if any(not 0 <= j < n for j in keep) or keep != sorted(set(keep)):
+            raise InputError(f"commit keeps pending indices {keep}; they must be ascending and in 0..{n - 1}")
+        if self.options.commit == "gather":
+            self._commit_gather(t, keep)
+        else:
+            self._commit_remap(t, keep)
+        self._committed = t + len(keep)
+        self._pending = 0
+
+    # ------------------------------------------------------------------ commit strategies
+    def _commit_gather(self, t: int, keep: list[int]) -> None:
+        k = len(keep)
+        if keep != list(range(k)):  # copy kept entries to logical slots t..t+k-1, every layer
+            src = torch.tensor([self._slots[t + j] for j in keep], device=self.k.device)  # [k]
+            dst = self.slot_table[t : t + k].long()  # [k]
+            for pool in (self.k, self.v):
+                flat = pool.view(pool.shape[0], -1, *pool.shape[3:])  # [L, pages * P, Hkv, D]
+                flat[:, dst] = flat[:, src]  # the right side is gathered first: overlap is safe
+        del self._slots[t + k :]
+        keep_pages = math.ceil((t + k) / self.page_size)
+        self.allocator.release(self._pages[keep_pages:])
+        del self._pages[keep_pages:]
+
+    def _commit_remap(self, t: int, keep: list[int]) -> None:
+        pending = self._slots[t:]
+        kept = [pending[j] for j in keep]
+        dropped = sorted(set(pending) - set(kept))
+        self._slots[t:] = kept
+        self._sync_slots(t, t + len(kept))
+        self._free_rows(dropped)
+
+    # ------------------------------------------------------------------ row bookkeeping
+    def _pages_to_add(self, n: int) -> int:
+        if self.options.commit == "gather":
+            return max(0, math.ceil((self._committed + n) / self.page_size) - len(self._pages))
+        return max(0, math.ceil((n - sum(len(h) for h in self._holes.values())) / self.page_size))
+
+    def _take_rows(self, n: int, new_pages: list[int]) -> list[int]:
+        """Physical rows for n pending tokens, after acquiring `new_pages`."""
+        p = self.page_size
+        self._pages.extend(new_pages)
+        if self.options.commit == "gather":
+            t = self._committed
+            return [self._pages[s // p] * p + s % p for s in range(t, t + n)]
+        for page in new_pages:  # remap: new pages start as all holes
+            self._holes[page] = [page * p + o for o in range(p - 1, -1, -1)]
+            self._live[page] = 0
+        rows: list[int] = []
+        for page in list(self._holes):  # fill holes of older pages first
+            free = self._holes[page]
+            while free and len(rows) < n:
+                rows.append(free.pop())
+                self._live[page] += 1
+            if not free:
+                del self._holes[page]
+            if len(rows) == n:
+                break
+        return rows
+
+    def _free_rows(self, rows: list[int]) -> None:
+        """Remap mode: return rows to their pages' holes; give back pages left empty."""
+        p = self.page_size
+        for row in rows:
+            page = row // p
+            self._holes.setdefault(page, []).append(row)
+            self._live[page] -= 1
+        empty = [page for page in {r // p for r in rows} if self._live[page] == 0]
+        for page in empty:
+            del self._holes[page], self._live[page]
+        if empty:
+            gone = set(empty)
+            self._pages = [page for page in self._pages if page not in gone]
+            self.allocator.release(empty)
+        self._sync_block_table()
+
+    def _discard_pending(self) -> None:
+        """A `begin` without `commit` of the previous one: drop those pending tokens."""
+        if self._pending:
+            t = self._committed
+            if self.options.commit == "gather":
+                self._commit_gather(t, [])
+            else:
+                dropped = self._slots[t:]
+                del self._slots[t:]
+                self._free_rows(dropped)
+            self._pending = 0
+
+    def _sync_slots(self, lo: int, hi: int) -> None:
+        if hi > lo:
+            self.slot_table[lo:hi] = torch.tensor(self._slots[lo:hi], dtype=torch.int32)
+        self._sync_block_table()
+
+    def _sync_block_table(self) -> None:
+        if self._pages:
+            self.block_table[: len(self._pages)] = torch.tensor(self._pages, dtype=torch.int32)
+
+    @staticmethod
+    def _rows(pool: torch.Tensor, layer: int) -> torch.Tensor:
+        return pool[layer].view(-1, *pool.shape[3:])  # [pages * P, Hkv, D]

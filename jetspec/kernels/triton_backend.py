@@ -1,0 +1,180 @@
+"""`triton` attention backend: paged tree attention in one Triton kernel (plus a split merge).
+
+Caches it reads (capability `kv_rows`): any cache whose `k`, `v` tensors are [L, ..., Hkv, D] with
+rows in between (paged: [L, pages, P, Hkv, D]; dense: [L, C, Hkv, D]) and, when physical rows are
+not in logical order, an int32 `slot_table` (logical token -> row). The `paged` and `dense`
+caches both qualify; anything else raises `IncompatibleError`.
+
+Importing this module does not import triton; the kernel module loads on the first `attend`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.errors import IncompatibleError
+from ..core.interfaces import AttentionMeta, KVCache
+
+
+class TritonAttentionOptions(BaseModel):
+    """Kernel tiling; every field left None is chosen per call by `choose_config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_m: Literal[16, 32, 64, 128] | None = Field(None, description="packed (token, head) rows per tile")
+    block_n: Literal[16, 32, 64, 128] | None = Field(None, description="keys per inner step")
+    num_splits: int | None = Field(None, ge=1, le=512, description="split-K programs per tile")
+    num_warps: Literal[1, 2, 4, 8] | None = None
+    num_stages: int | None = Field(None, ge=1, le=6)
+    autotune: bool = Field(False, description="on CUDA, time a few configs per (N, context) bucket once")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_splits: int
+    num_warps: int
+    num_stages: int
+
+
+def choose_config(n: int, group: int, kv_heads: int, keys: int, head_dim: int, num_sms: int) -> KernelConfig:
+    """Tiles for N queries x `keys` keys. Trees (many rows) are compute-bound: big tiles and just
+    enough splits to fill one wave of SMs. Decode (few rows) is bandwidth-bound: small tiles and
+    about two programs per SM so enough loads are in flight."""
+    rows = n * group
+    if rows <= 16:
+        block_m, warps = 16, 4
+    elif rows <= 64:
+        block_m, warps = 64, 4
+    else:
+        block_m, warps = 128, 8
+    block_n = 64 if head_dim >= 128 else 128
+    base = -(-rows // block_m) * kv_heads  # programs without split-K
+    target = num_sms if rows > 64 else 2 * num_sms
+    splits = max(1, min(target // base, -(-keys // block_n), 128))
+    return KernelConfig(block_m, block_n, splits, warps, 3)
+
+
+def candidate_configs(n: int, group: int, kv_heads: int, keys: int, head_dim: int, num_sms: int) -> list[KernelConfig]:
+    """What autotuning times: the heuristic pick, its neighbours in tile shape, and split counts."""
+    base = choose_config(n, group, kv_heads, keys, head_dim, num_sms)
+    rows = n * group
+    shapes = [(base.block_m, base.block_n, base.num_warps, base.num_stages),
+              (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3), (128, 32, 4, 4), (16, 128, 4, 3)]
+    out: list[KernelConfig] = []
+    for bm, bn, warps, stages in shapes:
+        if bm > max(16, 2 * rows) or (head_dim >= 128 and bn == 128 and stages > 2):
+            continue
+        tiles = -(-rows // bm) * kv_heads
+        s = max(1, min((num_sms if rows > 64 else 2 * num_sms) // tiles, -(-keys // bn), 128))
+        for splits in sorted({max(1, s // 2), s, min(2 * s, 256)}):
+            cfg = KernelConfig(bm, bn, splits, warps, stages)
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+class TritonAttention:
+    """Tree attention of N queries over a paged (or dense) KV cache, mask from the DFS intervals."""
+
+    compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
+
+    def __init__(self, options: TritonAttentionOptions | None = None):
+        self.options = options or TritonAttentionOptions()
+        self._meta: AttentionMeta | None = None  # the forward whose device tensors are cached
+        self._meta_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._identity: torch.Tensor | None = None  # dense caches: slot t = row t
+        self._tuned: dict[tuple, KernelConfig] = {}
+
+    def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
+        q = q.contiguous()  # [N, Hq, D]
+        k_rows, v_rows, slots = self._kv_rows(cache, layer)  # [R, Hkv, D] x 2, [>= T + N] int32
+        n, hq, d = q.shape
+        hkv = k_rows.shape[1]
+        self._check(q, k_rows, meta, slots)
+        from .triton_tree_attention import paged_tree_attention  # lazy: triton only when used
+
+        sizes, prefix = self._forward_tensors(meta, q.device)
+        cfg = self.config(n, hq // hkv, hkv, meta.prefix_len + n, d, q, lambda c: paged_tree_attention(
+            q, k_rows, v_rows, slots, sizes, prefix, scale, c.block_m, c.block_n, c.num_splits, c.num_warps, c.num_stages))
+        return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale,
+                                    cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
+
+    # ------------------------------------------------------------------ configs
+    def config(self, n: int, group: int, kv_heads: int, keys: int, head_dim: int, q: torch.Tensor,
+               run: Callable[[KernelConfig], torch.Tensor] | None = None) -> KernelConfig:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        o = self.options
+        if o.autotune and q.is_cuda:  # tune once per bucket, outside graph capture; reuse inside
+            key = (n, group, kv_heads, 1 << max(0, keys - 1).bit_length(), head_dim, q.dtype)
+            if key not in self._tuned and run is not None and not _capturing():
+                self._tuned[key] = _fastest(candidate_configs(n, group, kv_heads, keys, head_dim, sms), run)
+            if key in self._tuned:
+                return self._tuned[key]
+        cfg = choose_config(n, group, kv_heads, keys, head_dim, sms)
+        return KernelConfig(o.block_m or cfg.block_m, o.block_n or cfg.block_n, o.num_splits or cfg.num_splits,
+                            o.num_warps or cfg.num_warps, o.num_stages or cfg.num_stages)
+
+    # ------------------------------------------------------------------ inputs
+    def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, v = getattr(cache, "k", None), getattr(cache, "v", None)
+        if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
+            raise IncompatibleError(
+                f"the triton attention backend needs a paged or dense KV cache, not {type(cache).__name__}"
+            )
+        k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
+        v_rows = v[layer].view(-1, *v.shape[-2:])
+        slots = getattr(cache, "slot_table", None)
+        if slots is None:  # logical order == physical order
+            if self._identity is None or self._identity.numel() != k_rows.shape[0] or self._identity.device != k.device:
+                self._identity = torch.arange(k_rows.shape[0], dtype=torch.int32, device=k.device)
+            slots = self._identity
+        return k_rows, v_rows, slots
+
+    def _forward_tensors(self, meta: AttentionMeta, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device copies of the interval encoding and T, made once per forward (not per layer)."""
+        if self._meta is not meta or self._meta_tensors is None or self._meta_tensors[0].device != device:
+            sizes = meta.subtree_sizes.to(device=device, dtype=torch.int32)  # [N]
+            prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)  # [1]
+            self._meta, self._meta_tensors = meta, (sizes, prefix)
+        return self._meta_tensors
+
+    @staticmethod
+    def _check(q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta, slots: torch.Tensor) -> None:
+        n, hq, d = q.shape
+        hkv = k_rows.shape[1]
+        if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise IncompatibleError("the triton attention backend needs a CUDA device (or TRITON_INTERPRET=1 to test on a CPU)")
+        if d != k_rows.shape[2] or d & (d - 1) or not 16 <= d <= 128:
+            raise IncompatibleError(f"the triton attention backend supports head dims 16, 32, 64, 128; got q {d}, cache {k_rows.shape[2]}")
+        if hq % hkv:
+            raise IncompatibleError(f"{hq} query heads cannot share {hkv} kv heads evenly")
+        if q.dtype != k_rows.dtype or q.device != k_rows.device:
+            raise IncompatibleError(f"queries are {q.dtype} on {q.device} but the KV cache is {k_rows.dtype} on {k_rows.device}")
+        if meta.num_queries != n or meta.prefix_len + n > slots.numel():
+            raise IncompatibleError(
+                f"{n} queries after {meta.prefix_len} committed keys do not match the attention meta "
+                f"({meta.num_queries} queries) or the cache ({slots.numel()} slots)"
+            )
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling()
+
+
+def _fastest(configs: list[KernelConfig], run: Callable[[KernelConfig], torch.Tensor]) -> KernelConfig:
+    from triton.testing import do_bench
+
+    times = {}
+    for cfg in configs:
+        try:
+            times[cfg] = do_bench(lambda: run(cfg), warmup=5, rep=20)
+        except Exception:  # a config that does not fit this GPU (shared memory) is skipped
+            continue
+    return min(times, key=times.get)

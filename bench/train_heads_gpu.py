@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--slack", type=float, default=1.2, help="time limit of heads 2 and 3, in units of head 1's time")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.prompts is None:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = None
     for kind in KINDS:
         cfg = TrainConfig(
-            kind=kind, steps=steps, minutes=(per_head if steps is None else 1.2 * per_head) / 60,
+            kind=kind, steps=steps, minutes=(per_head if steps is None else a.slack * per_head) / 60,
             layers=a.layers, block_size=a.block_size, batch_size=a.batch_size, anchors=a.anchors, lr=a.lr,
             seed=a.seed, save_every=500, log_every=25,
         )  # fmt: skip

@@ -32,7 +32,8 @@ def test_one_call_trains_and_checks_all_three_heads(tmp_path, prompts):
     out, export = tmp_path / "out", tmp_path / "export"
     argv = ["--target", str(model), "--out", str(out), "--export", str(export), "--prompts", str(prompts), "--minutes", "0.15",
             "--gen-fraction", "0.9", "--max-new-tokens", "16", "--gen-batch", "10", "--batch-size", "4",
-            "--anchors", "8", "--block-size", "6", "--layers", "1", "--lr", "3e-3", "--no-progress"]  # fmt: skip
+            "--anchors", "8", "--block-size", "6", "--layers", "1", "--lr", "3e-3", "--no-progress",
+            "--slack", "10"]  # a loaded CPU's timing noise must not cut heads 2 and 3 short  # fmt: skip
     run_script(argv)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["answers"] >= 10 and summary["data"]["prompts"] == "train_prompts.jsonl"

@@ -17,8 +17,15 @@ from .kernels.triton_backend import TritonAttentionOptions
 from .scorers.accum_logp import AccumLogpOptions, AccumLogpScorer
 from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions, ChainScorer
 from .scorers.capped import CappedOptions, CappedScorer
+from .targets.decoder.loading import DecoderTargetOptions
 from .targets.transformers_adapter import TransformersTargetOptions
 from .verifiers.greedy import GreedyOptions, GreedyVerifier
+
+
+def _load_decoder(options, attention):
+    from .targets.decoder import load_decoder_target
+
+    return load_decoder_target(options, attention)
 
 
 def _load_transformers(options, attention):
@@ -76,6 +83,13 @@ def _triton_attention(options):
 @hookimpl
 def jetspec_targets():
     return [
+        Implementation(
+            "decoder",
+            _load_decoder,
+            DecoderTargetOptions,
+            "our compact Llama / Qwen2 / Qwen3 decoder over the attention backend (default: SmolLM2-135M-Instruct)",
+            provides=frozenset({"hidden_states", "attention_backend"}),
+        ),
         Implementation(
             "transformers",
             _load_transformers,

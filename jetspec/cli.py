@@ -5,6 +5,7 @@
     jetspec generate --config run.toml "a prompt"
     jetspec plugins                        # every registered implementation, by kind
     jetspec config schema | show | check FILE
+    jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
 
 A user error prints one line (`jetspec: error: ...`) and exits with status 2.
 """
@@ -155,6 +156,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- bench
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_from_args
+
+    return run_from_args(args)
+
+
 # ---------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jetspec", description="Lossless speculative decoding.")
@@ -173,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     sub.add_parser("plugins", help="list registered implementations by kind")
+
+    b = sub.add_parser("bench", help="benchmark pipelines against plain decoding and transformers peers")
+    from .bench.cli import add_arguments
+
+    add_arguments(b)
 
     c = sub.add_parser("config", help="config schema / show / check")
     c.add_argument("action", choices=["schema", "show", "check"])

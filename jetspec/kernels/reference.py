@@ -10,9 +10,42 @@ tested against. Runs anywhere, with any KV cache backend (it reads through `KVCa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from ..core.interfaces import AttentionMeta, KVCache
+
+
+class TorchAttentionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def tree_mask(meta: AttentionMeta, device: torch.device) -> torch.Tensor:
+    """[N, prefix_len + N] bool, True where query i may attend to key j."""
+    n = meta.num_queries
+    sizes = meta.subtree_sizes.to(device)
+    m = torch.arange(n, device=device)
+    i = m[:, None]
+    pending = (m[None, :] <= i) & (i < m[None, :] + sizes[None, :])  # [N, N] interval rule
+    prefix = torch.ones(n, meta.prefix_len, dtype=torch.bool, device=device)
+    return torch.cat([prefix, pending], dim=1)
+
+
+def tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMeta, scale: float
+) -> torch.Tensor:
+    """q [N, Hq, D], k/v [T + N, Hkv, D] (logical order) -> [N, Hq, D]. GQA: Hq % Hkv == 0.
+    Computed in fp32 by PyTorch's SDPA with the explicit boolean mask above."""
+    mask = tree_mask(meta, q.device)  # [N, T + N]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).float()[None],  # [1, Hq, N, D]
+        k.transpose(0, 1).float()[None],  # [1, Hkv, T + N, D]
+        v.transpose(0, 1).float()[None],
+        attn_mask=mask[None, None],
+        scale=scale,
+        enable_gqa=True,
+    )  # [1, Hq, N, D]
+    return out[0].transpose(0, 1).to(q.dtype)
 
 
 class TorchAttentionOptions(BaseModel):

@@ -1,0 +1,58 @@
+"""Telling a numerical near-tie from a bug when a speculative output differs from plain decoding.
+
+At the first position p where the two outputs differ, the target's next-token logits are
+recomputed for the plain prefix (prompt + plain[:p]) in one fresh forward. A bf16 near-tie shows
+as a small top-2 gap with the speculative token second; a bug shows as a large gap, or a token
+outside the top 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..core.interfaces import AttentionMeta
+from ..core.pipeline import Pipeline
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where `a` and `b` differ (a shorter one ends there); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@torch.no_grad()
+def chain_logits(pipe: Pipeline, tokens: Sequence[int]) -> torch.Tensor:
+    """Next-token logits [n, V] float32 after each prefix of `tokens`, one forward, fresh cache."""
+    n = len(tokens)
+    device = pipe.target.info.device
+    cache = pipe.new_cache(n)
+    cache.begin(n)
+    out = pipe.target.forward(torch.tensor(list(tokens), device=device), AttentionMeta.for_chain(n, 0, device), cache)
+    return out.logits.float()
+
+
+def describe_mismatch(
+    pipe: Pipeline, prompt: Sequence[int], plain: Sequence[int], spec: Sequence[int], near_tie_gap: float
+) -> dict[str, Any] | None:
+    p = first_difference(plain, spec)
+    if p is None:
+        return None
+    logits = chain_logits(pipe, list(prompt) + list(plain[:p]))[-1]  # [V]
+    top = torch.topk(logits, 2)
+    top_tokens, top_logits = top.indices.tolist(), top.values.tolist()
+    spec_token = int(spec[p]) if p < len(spec) else None
+    plain_token = int(plain[p]) if p < len(plain) else None
+    gap = top_logits[0] - top_logits[1]
+    return {
+        "position": p,  # index into the generated tokens
+        "plain_token": plain_token,
+        "spec_token": spec_token,
+        "top2_tokens": top_tokens,
+        "top2_logits": top_logits,
+        "top2_gap": gap,
+        "near_tie": spec_token in top_tokens and plain_token in top_tokens and gap <= near_tie_gap,
+    }

@@ -1,0 +1,64 @@
+"""PNG plots of the summary rows (matplotlib, Agg backend: no display needed).
+
+* `<name>_tau_vs_budget.png`: τ against budget, one line per drafter, one panel per dataset
+* `<name>_speedup.png`: speedup over our plain decoding, bars per pipeline, grouped by dataset
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = sorted({s["dataset"] for s in summaries})
+    spec = [s for s in summaries if s["kind_of"] == "spec" and s["tau"] is not None]
+    written = []
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.2), squeeze=False, sharey=True)
+    for ax, dataset in zip(axes[0], datasets):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for s in spec:
+            if s["dataset"] == dataset:
+                label = s["pipeline"].split("@")[0]
+                lines.setdefault(label, []).append((s["budget"], s["tau"]))
+        for label, points in sorted(lines.items()):
+            points.sort()
+            ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_title(dataset)
+        ax.set_xlabel("budget (draft nodes)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("τ (tokens per round)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, folder / f"{name}_tau_vs_budget.png"))
+
+    bars = [s for s in summaries if s["kind_of"] != "plain" and s["speedup"] is not None]
+    pipelines = sorted({s["pipeline"] for s in bars})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(datasets) * max(len(pipelines), 1) / 3), 3.6))
+    width = 0.8 / max(len(pipelines), 1)
+    for j, pipeline in enumerate(pipelines):
+        ys = [next((s["speedup"] for s in bars if s["dataset"] == d and s["pipeline"] == pipeline), 0.0) for d in datasets]
+        ax.bar([i + j * width for i in range(len(datasets))], ys, width, label=pipeline)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(datasets))], datasets)
+    ax.set_ylabel("speedup over plain decoding")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    written.append(_save(fig, folder / f"{name}_speedup.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,336 @@
+"""`run_bench`: every prompt through plain decoding, each pipeline and each peer, in one process.
+
+    plan     : prompts, pipelines, registry checks, capacity  (any problem: one line, no model loaded)
+    per engine (KV cache + attention choice), the target loaded once:
+      warm up each pipeline and peer (untimed)
+      per prompt (round-robin over datasets):
+        plain decoding                      -> `plain` row: the baseline of this prompt, this run
+        each pipeline                       -> `spec` row: τ, speed, speedup, identity / mismatch
+        each peer                           -> `peer` row
+    finish   : summary rows, RESULTS.md section, plots
+
+Rows are appended as they finish; `resume=True` skips prompts whose rows are done.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..core.builder import build_pipeline
+from ..core.config import Component
+from ..core.errors import CapacityError, ConfigError
+from ..core.pipeline import Pipeline
+from ..core.registry import Registry, check_compatible
+from .config import BenchConfig, BenchPipeline, expand, fingerprint
+from .datasets import Prompt, interleave, load_prompts
+from .faithfulness import ProposalRecorder, measure_faithfulness
+from .mismatch import describe_mismatch
+from .peers import Peers, context_limit, hf_folder
+from .plots import write_plots
+from .report import summarize, write_results_md
+from .rows import append_row, done_keys, latest_prompt_rows, read_rows, replace_summaries, run_row
+
+
+@dataclass
+class Plan:
+    """Everything checked before any model loads."""
+
+    config: BenchConfig
+    prompts: list[Prompt]  # round-robin over datasets
+    groups: dict[tuple[str, str], list[BenchPipeline]]  # engine -> its pipelines
+    keys: dict[str, str]  # row name (pipeline, plain baseline, peer) -> key of what it measures
+    temperature: dict[str, float]  # pipeline -> verifier temperature (0: greedy, outputs must be identical)
+    faithfulness: set[str]  # pipelines whose rank-1 faithfulness is measured
+    results: Path
+
+    def plain_name(self, engine: tuple[str, str]) -> str:
+        return "plain" if len(self.groups) == 1 else f"plain:{'+'.join(engine)}"
+
+
+@dataclass
+class BenchOutcome:
+    results: Path
+    summaries: list[dict[str, Any]]
+    markdown: Path
+    plots: list[Path]
+    stopped_early: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def plan_bench(config: BenchConfig, registry: Registry) -> Plan:
+    prompts = interleave([load_prompts(d, config) for d in config.datasets])
+    pipelines = expand(config)
+    groups: dict[tuple[str, str], list[BenchPipeline]] = {}
+    temperature, faithful = {}, set()
+    limit = context_limit(hf_folder(config.target)[0])  # read from config.json; no model is loaded
+    for bp in pipelines:
+        options = bp.config.validate_with(registry)
+        check_compatible({k: registry.get(k, c.name) for k, c in bp.config.components().items()})
+        budget = bp.config.generation.budget
+        need = 1 + config.max_new_tokens + budget  # the shortest prompt is one token
+        kv = options["kv_cache"]
+        pool = getattr(kv, "max_tokens", None) or (
+            kv.max_pages * kv.page_size if getattr(kv, "max_pages", None) and getattr(kv, "page_size", None) else None
+        )
+        for what, cap in (("the target allows", limit), (f"kv_cache '{bp.config.kv_cache.name}' holds", pool)):
+            if cap is not None and need > cap:
+                raise CapacityError(
+                    f"pipeline '{bp.name}': max_new_tokens ({config.max_new_tokens}) + budget ({budget}) + a 1-token "
+                    f"prompt need {need} positions; {what} {cap}"
+                )
+        groups.setdefault(bp.engine, []).append(bp)
+        temperature[bp.name] = float(getattr(options["verifier"], "temperature", 0.0) or 0.0)
+        provides = registry.get("drafter", bp.config.drafter.name).provides
+        if config.faithfulness == "all" or (config.faithfulness == "auto" and "branch_scores" in provides):
+            faithful.add(bp.name)
+    inputs = (
+        config.target.model_dump(), config.max_new_tokens,
+        [(d.name, d.path, d.field, d.chat_template if d.chat_template is not None else config.chat_template) for d in config.datasets],
+    )
+    plan = Plan(config, prompts, groups, {}, temperature, faithful, Path(config.output) / "results" / f"{config.name}.jsonl")
+    for engine, bps in groups.items():
+        plan.keys[plan.plain_name(engine)] = fingerprint(inputs, engine)
+        for bp in bps:
+            plan.keys[bp.name] = fingerprint(inputs, bp.config.model_dump())
+    peer_settings = config.peers.model_dump(exclude={"include", "count"})
+    for peer in config.peers.include:
+        plan.keys[f"hf:{peer}"] = fingerprint(inputs, peer, peer_settings)
+    return plan
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int | None]:
+    """(result, wall seconds, peak CUDA bytes or None), synchronised around the call."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    return result, wall, (torch.cuda.max_memory_allocated(device) if cuda else None)
+
+
+def _registry_with_target(registry: Registry, name: str, target: Any) -> Registry:
+    """The registry, with target `name` returning the already loaded `target` (same options and
+    capabilities), so every pipeline of an engine shares one copy of the weights."""
+    impl = replace(registry.get("target", name), factory=lambda options, attention: target)
+    impls = {**registry.implementations, "target": {**registry.implementations["target"], name: impl}}
+    return Registry(implementations=impls, problems=registry.problems, plugins=registry.plugins)
+
+
+class BenchRun:
+    def __init__(self, plan: Plan, registry: Registry, command: str, progress: bool, max_minutes: float | None):
+        self.plan, self.registry, self.config = plan, registry, plan.config
+        self.run = run_row(command, {})
+        self.run_written = False
+        self.progress = progress
+        minutes = max_minutes if max_minutes is not None else self.config.max_minutes
+        self.deadline = time.monotonic() + minutes * 60 if minutes else None
+        self.done = done_keys(read_rows(plan.results))
+        self.errors: list[str] = []
+        self.stopped_early = False
+        rank: dict[str, int] = {}
+        self.rank = {}  # (dataset, prompt id) -> position within its dataset's subset
+        for p in plan.prompts:
+            self.rank[(p.dataset, p.id)] = rank[p.dataset] = rank.get(p.dataset, -1) + 1
+
+    def is_done(self, prompt: Prompt, name: str) -> bool:
+        return (prompt.dataset, prompt.id, name, self.plan.keys[name]) in self.done
+
+    def todo(self, prompt: Prompt, bps: list[BenchPipeline], peers: list[str]) -> tuple[list[BenchPipeline], list[str]]:
+        count = self.config.peers.count
+        peers = [p for p in peers if count is None or self.rank[(prompt.dataset, prompt.id)] < count]
+        return [bp for bp in bps if not self.is_done(prompt, bp.name)], [p for p in peers if not self.is_done(prompt, f"hf:{p}")]
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.run_written:
+            append_row(self.plan.results, self.run)
+            self.run_written = True
+        append_row(self.plan.results, {**row, "run": self.run["run"]})
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self) -> None:
+        from tqdm import tqdm
+
+        all_peers = list(self.config.peers.include)
+        work = {}
+        for gi, (engine, bps) in enumerate(self.plan.groups.items()):
+            work[engine] = [(p, *self.todo(p, bps, all_peers if gi == 0 else [])) for p in self.plan.prompts]
+            work[engine] = [(p, b, q) for p, b, q in work[engine] if b or q]
+        total = sum(1 + len(b) + len(q) for items in work.values() for _, b, q in items)
+        bar = tqdm(total=total, desc=self.config.name, unit="gen", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+        try:
+            for gi, (engine, items) in enumerate(work.items()):
+                if items and not self.stopped_early:
+                    self.engine(engine, items, all_peers if gi == 0 else [], bar)
+        finally:
+            bar.close()
+
+    def engine(self, engine: tuple[str, str], items: list, peer_names: list[str], bar: Any) -> None:
+        plan, config = self.plan, self.config
+        bps = plan.groups[engine]
+        # the baseline: plain greedy decoding (greedy verifier, no drafter) with this engine's cache and attention
+        plain_config = bps[0].config.model_copy(update={
+            "verifier": Component(name="greedy"),
+            "generation": bps[0].config.generation.model_copy(update={"budget": 0}),
+        })
+        first = build_pipeline(plain_config, self.registry)
+        shared = _registry_with_target(self.registry, config.target.name, first.target)
+        pipes = {bp.name: build_pipeline(bp.config, shared) for bp in bps}
+        for name in plan.faithfulness & set(pipes):
+            pipes[name].drafter = ProposalRecorder(pipes[name].drafter)
+        ids = {}
+        for prompt, todo_bps, _ in items:  # encode everything, and check it fits, before decoding anything
+            ids[prompt] = first.encode(prompt.text, chat_template=prompt.chat_template)
+            for bp in todo_bps:
+                need = len(ids[prompt]) + config.max_new_tokens + bp.config.generation.budget
+                if need > first.target.info.max_positions:
+                    raise CapacityError(
+                        f"dataset '{prompt.dataset}' prompt {prompt.id} ({len(ids[prompt])} tokens) + max_new_tokens "
+                        f"({config.max_new_tokens}) + budget ({bp.config.generation.budget}) needs {need} positions; "
+                        f"the target allows {first.target.info.max_positions}"
+                    )
+        peers = Peers(config.peers.model_copy(update={"include": peer_names}), config.target, first.target)
+        self.run["skipped_peers"].update(peers.skipped)
+        if config.warmup_tokens:
+            warm = ids[items[0][0]]
+            first.generate_plain(warm, max_new_tokens=config.warmup_tokens)
+            for bp in bps:
+                pipes[bp.name].generate(warm, max_new_tokens=config.warmup_tokens)
+            for peer in peers.active:
+                peers.generate(peer, warm, config.warmup_tokens)
+        device = first.target.info.device
+        plain_name = plan.plain_name(engine)
+        for prompt, todo_bps, todo_peers in items:
+            active = [q for q in todo_peers if q in peers.active]
+            bar.update(len(todo_peers) - len(active))  # peers skipped for a recorded reason
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.stopped_early = True
+                break
+            prompt_ids = ids[prompt]
+            base = {"dataset": prompt.dataset, "prompt_id": prompt.id, "target": config.target.name, "prompt_tokens": len(prompt_ids)}
+            plain, plain_wall, peak = _timed(lambda: first.generate_plain(prompt_ids), device)
+            s = plain.stats
+            self.write({
+                **base, "kind": "plain", "pipeline": plain_name, "key": plan.keys[plain_name], "drafter": None,
+                "budget": 0, "temperature": 0.0, "kv_cache": engine[0], "attention": engine[1],
+                "new_tokens": s.new_tokens, "rounds": s.rounds, "wall_s": plain_wall, "plain_wall_s": plain_wall,
+                "tokens_per_s": s.new_tokens / plain_wall, "seconds": dict(s.seconds), "peak_mem_bytes": peak,
+                "stopped": plain.stopped, "identical": True, "mismatch": None,
+            })
+            bar.update(1)
+            for bp in todo_bps:
+                bar.set_postfix_str(f"{prompt.dataset} {bp.name}")
+                self.write(self.spec_row(bp, pipes[bp.name], prompt_ids, plain, plain_wall, base))
+                bar.update(1)
+            for peer in active:
+                bar.set_postfix_str(f"{prompt.dataset} hf:{peer}")
+                self.write(self.peer_row(peers, peer, first, prompt_ids, plain, plain_wall, base))
+                bar.update(1)
+        del pipes, first, peers, shared
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def spec_row(self, bp: BenchPipeline, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
+        c, temp = bp.config, self.plan.temperature[bp.name]
+        row = {
+            **base, "kind": "spec", "pipeline": bp.name, "key": self.plan.keys[bp.name], "drafter": c.drafter.name,
+            "scorer": c.scorer.name, "verifier": c.verifier.name, "kv_cache": c.kv_cache.name, "attention": c.attention.name,
+            "budget": c.generation.budget, "temperature": temp,
+        }
+        try:
+            result, wall, peak = _timed(lambda: pipe.generate(prompt_ids), pipe.target.info.device)
+        except Exception as e:  # one failing pipeline must not end a long run: recorded, redone by --resume
+            return self._error(row, e)
+        s = result.stats
+        mismatch = None
+        if temp == 0.0:
+            mismatch = describe_mismatch(pipe, prompt_ids, plain.tokens, result.tokens, self.config.near_tie_gap)
+        faith = None
+        if isinstance(pipe.drafter, ProposalRecorder):
+            agree = len(prompt_ids) + (mismatch["position"] if mismatch else len(plain.tokens))
+            rounds = [(n, p) for n, p in pipe.drafter.rounds if n <= agree]  # on the plain path only
+            faith = measure_faithfulness(
+                pipe, prompt_ids, plain.tokens, rounds, c.generation.budget, self.config.faithfulness_nats,
+                self.config.faithfulness_rounds,
+            )
+        return {
+            **row, "new_tokens": s.new_tokens, "rounds": s.rounds, "tau": s.tau, "wall_s": wall,
+            "tokens_per_s": s.new_tokens / wall, "plain_wall_s": plain_wall, "speedup": plain_wall / wall,
+            "identical": None if temp else mismatch is None, "mismatch": mismatch, "seconds": dict(s.seconds),
+            "accepted_by_depth": list(s.accepted_by_depth), "tree_nodes": s.tree_nodes, "faithfulness": faith,
+            "peak_mem_bytes": peak, "stopped": result.stopped,
+        }
+
+    def peer_row(self, peers: Peers, peer: str, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
+        name = f"hf:{peer}"
+        row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None, "temperature": 0.0}
+        try:
+            tokens, wall, peak = _timed(lambda: peers.generate(peer, prompt_ids, self.config.max_new_tokens), pipe.target.info.device)
+        except Exception as e:
+            return self._error(row, e)
+        mismatch = describe_mismatch(pipe, prompt_ids, plain.tokens, tokens, self.config.near_tie_gap)
+        return {
+            **row, "new_tokens": len(tokens), "rounds": None, "wall_s": wall, "tokens_per_s": len(tokens) / wall,
+            "plain_wall_s": plain_wall, "speedup": plain_wall / wall, "identical": mismatch is None, "mismatch": mismatch,
+            "peak_mem_bytes": peak,
+        }
+
+    def _error(self, row: dict, e: Exception) -> dict:
+        text = str(e).strip().splitlines()
+        message = f"{type(e).__name__}: {text[0] if text else ''}"
+        self.errors.append(f"{row['dataset']}/{row['prompt_id']} {row['pipeline']}: {message}")
+        print(f"jetspec bench: {self.errors[-1]}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {**row, "error": message}
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> BenchOutcome:
+        plan, config = self.plan, self.config
+        if not self.run_written:
+            append_row(plan.results, self.run)
+        wanted = {(p.dataset, p.id) for p in plan.prompts}
+        rows = [r for r in latest_prompt_rows(read_rows(plan.results), plan.keys) if (r["dataset"], r["prompt_id"]) in wanted]
+        summaries = summarize(rows, self.run)
+        replace_summaries(plan.results, summaries)
+        out = Path(config.output)
+        plots = write_plots(summaries, out / "plots", config.name) if summaries else []
+        markdown = out / "RESULTS.md"
+        write_results_md(markdown, config.name, self.run, summaries, plots)
+        return BenchOutcome(plan.results, summaries, markdown, plots, self.stopped_early, self.errors)
+
+
+def run_bench(
+    config: BenchConfig,
+    registry: Registry | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str = "",
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> BenchOutcome:
+    """Plan (all checks, no model loaded), run what is not done yet, then summarise."""
+    import jetspec
+
+    registry = registry or jetspec.default_registry()
+    plan = plan_bench(config, registry)
+    if plan.results.exists() and not (resume or overwrite):
+        raise ConfigError(f"'{plan.results}' exists; pass --resume to continue it or --overwrite to start again")
+    if overwrite:
+        plan.results.unlink(missing_ok=True)
+    plan.results.parent.mkdir(parents=True, exist_ok=True)
+    run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes)
+    run.execute()
+    return run.finish()

@@ -1,0 +1,21 @@
+"""Our own compact decoder for the Llama / SmolLM, Qwen2 / Qwen2.5 and Qwen3 families.
+
+    config.py   DecoderConfig read from a Hugging Face config.json (+ RopeConfig)
+    rope.py     RoPE frequencies (default, linear, llama3, yarn) and the cos/sin table
+    layers.py   RMSNorm, GQA attention through an AttentionBackend, SwiGLU MLP, DecoderLayer
+    model.py    DecoderModel (weights) and DecoderTarget (the Target protocol)
+    loading.py  DecoderTargetOptions and load_decoder_target (safetensors + tokenizer)
+"""
+
+from .config import DecoderConfig, RopeConfig
+from .loading import DecoderTargetOptions, load_decoder_target
+from .model import DecoderModel, DecoderTarget
+
+__all__ = [
+    "DecoderConfig",
+    "DecoderModel",
+    "DecoderTarget",
+    "DecoderTargetOptions",
+    "RopeConfig",
+    "load_decoder_target",
+]

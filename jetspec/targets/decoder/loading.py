@@ -1,0 +1,212 @@
+"""Loading a Hugging Face folder (config.json + *.safetensors + tokenizer) into a `DecoderTarget`.
+
+Every way a folder can be unusable — missing, no config, unsupported architecture, corrupt or
+truncated safetensors, missing or misshapen tensors, a tokenizer larger than the embedding — is a
+one-line `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors import safe_open
+
+from ...core.errors import CheckpointError, ConfigError
+from ...core.interfaces import AttentionBackend, TargetInfo
+from .config import DecoderConfig
+from .model import DecoderModel, DecoderTarget
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class DecoderTargetOptions(BaseModel):
+    """Options of the `decoder` target loader."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None  # a Hugging Face model folder; None = the embedded SmolLM2-135M-Instruct
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+
+
+def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBackend) -> DecoderTarget:
+    if options.path is None:
+        from ..default_model import default_model_path  # converts the embedded GGUF on first use
+
+        folder = default_model_path()
+    else:
+        folder = Path(options.path).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"model path {folder} does not exist or is not a folder")
+    cfg = DecoderConfig.from_folder(folder)
+    device = _device(options.device)
+    if options.dtype == "auto":  # as the transformers target does: fast on GPUs, exact on CPUs
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = DTYPES[options.dtype]
+
+    with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
+        model = DecoderModel(cfg)
+    tensors, fingerprint_sample = read_weights(folder, model, dtype, device)
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    assert not any(p.is_meta for p in model.parameters())
+
+    tokenizer = load_tokenizer(folder, cfg.vocab_size)
+    eos = cfg.eos_token_ids
+    if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos = eos + (int(tokenizer.eos_token_id),)
+    info = TargetInfo(
+        name=model_name(folder),
+        architecture=cfg.architecture,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        max_positions=cfg.max_positions,
+        dtype=dtype,
+        device=device,
+        eos_token_ids=eos,
+        fingerprint=fingerprint(cfg, fingerprint_sample),
+    )
+    return DecoderTarget(model, attention, info, tokenizer)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA device is available; use 'cpu' or 'auto'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def safetensors_files(folder: Path) -> dict[str, list[str] | None]:
+    """file path -> the checkpoint keys it holds per the shard index (None: read them all)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"cannot read {index}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        files: dict[str, list[str] | None] = {}
+        for key, name in weight_map.items():
+            files.setdefault(str(folder / name), []).append(key)
+        for f in files:
+            if not Path(f).is_file():
+                raise CheckpointError(f"shard {Path(f).name} named in {index.name} is missing from {folder}")
+        return files
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        raise CheckpointError(f"no *.safetensors weights in {folder}")
+    return {str(f): None for f in found}
+
+
+def read_weights(
+    folder: Path, model: DecoderModel, dtype: torch.dtype, device: torch.device
+) -> tuple[dict[str, torch.Tensor], bytes]:
+    """-> (state dict of `model` in `dtype` on `device`, a fingerprint sample of the raw weights)."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    ignorable = {"lm_head.weight"} if model.cfg.tie_embeddings else set()  # tied: some checkpoints store a copy
+    expected = {k: v for k, v in expected.items() if k not in ignorable}
+    sampled = fingerprint_tensors(model.cfg)
+    out: dict[str, torch.Tensor] = {}
+    samples: dict[str, bytes] = {}
+    unexpected: list[str] = []
+    for path, keys in safetensors_files(folder).items():
+        try:
+            f = safe_open(path, framework="pt", device="cpu")
+        except Exception as e:  # safetensors reports corruption as its own error type
+            raise corrupt(path, e) from None
+        with f:
+            for key in keys if keys is not None else f.keys():
+                name = key.removeprefix("model.")
+                if name in ignorable or name.endswith("rotary_emb.inv_freq"):
+                    continue
+                if name not in expected:  # e.g. biases the config does not declare
+                    unexpected.append(key)
+                    continue
+                try:
+                    t = f.get_tensor(key)
+                except Exception as e:
+                    raise corrupt(path, e) from None
+                if t.shape != expected[name]:
+                    raise CheckpointError(
+                        f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "
+                        f"the config implies {tuple(expected[name])}"
+                    )
+                if name in sampled:
+                    samples[name] = weight_sample(t)
+                out[name] = t.to(device=device, dtype=dtype)
+    missing = [k for k in expected if k not in out]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"checkpoint {folder} lacks tensors {', '.join(missing[:3])}{more}")
+    if unexpected:
+        more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint {folder} has tensors its {model.cfg.architecture} config does not explain: "
+            f"{', '.join(unexpected[:3])}{more}"
+        )
+    return out, b"".join(samples[k] for k in sampled)
+
+
+def corrupt(path: str, e: Exception) -> CheckpointError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointError(f"cannot read weights {path} (corrupt or truncated?): {reason}")
+
+
+def load_tokenizer(folder: Path, vocab_size: int) -> Any | None:
+    """The folder's tokenizer (local files only), or None when it ships none."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {reason}") from None
+    if len(tokenizer) > vocab_size:
+        raise CheckpointError(
+            f"tokenizer in {folder} has {len(tokenizer)} tokens but the model's embedding has only {vocab_size} rows"
+        )
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------- identity
+def model_name(folder: Path) -> str:
+    """The folder name; for a hub-cache snapshot (models--org--name/snapshots/<hash>), org/name."""
+    folder = folder.resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return folder.name
+
+
+def fingerprint_tensors(cfg: DecoderConfig) -> tuple[str, ...]:
+    last = cfg.num_layers - 1
+    return ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", f"layers.{last}.mlp.down_proj.weight", "norm.weight")
+
+
+def weight_sample(t: torch.Tensor, n: int = 64) -> bytes:
+    """n evenly spaced elements of t, as bfloat16 bytes: equal for fp32/bf16 copies of one model."""
+    flat = t.reshape(-1)
+    idx = torch.arange(n) * (flat.numel() - 1) // (n - 1)  # integer math: exact for any size
+    return flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+
+
+def fingerprint(cfg: DecoderConfig, sample: bytes) -> str:
+    """sha256 of the architecture fields of the config and a deterministic weight sample."""
+    fields = dataclasses.asdict(cfg)
+    fields.pop("eos_token_ids")  # end-of-turn tokens do not change what the model computes
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    h.update(sample)
+    return h.hexdigest()

@@ -1,0 +1,84 @@
+"""`DecoderModel` (the weights) and `DecoderTarget` (the `Target` the pipeline drives).
+
+    x_0 = embed(tokens)                                   [N, H]
+    x_l = layer_l(x_{l-1})   l = 1..L                     K/V of layer l written to the cache
+    logits = lm_head( rmsnorm(x_L) )                      [N, V]
+
+`hidden_layers=(l, ...)` returns x_{l+1}, the output of decoder layer l (0-based) — transformers'
+`hidden_states[l + 1]` for l < L-1. For the last layer it is the output BEFORE the final norm
+(transformers' last hidden state is after it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ...core.errors import InputError
+from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
+from .config import DecoderConfig
+from .layers import DecoderLayer, RMSNorm
+from .rope import RotaryTable
+
+
+class DecoderModel(nn.Module):
+    """Parameters named like the HF checkpoint with the leading `model.` dropped."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+
+class DecoderTarget:
+    """A Llama / Qwen2 / Qwen3 decoder as a `Target`: attention through `attention`, K/V through
+    the cache passed to `forward` (the caller has already called `cache.begin(N)`)."""
+
+    provides = ("hidden_states", "attention_backend")
+
+    def __init__(self, model: DecoderModel, attention: AttentionBackend, info: TargetInfo, tokenizer: Any | None = None):
+        self.model = model.eval().requires_grad_(False)  # frozen: heads train through embed/lm_head
+        self.cfg = model.cfg
+        self.attention = attention
+        self.info = info
+        self.tokenizer = tokenizer
+        self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        meta: AttentionMeta,
+        cache: KVCache,
+        hidden_layers: Sequence[int] = (),
+    ) -> TargetOutput:
+        """tokens [N] int64 -> logits [N, V] float32, hidden [N, k, H] (model dtype) or None."""
+        wanted = set(hidden_layers)
+        if any(not 0 <= l < self.cfg.num_layers for l in wanted):
+            raise InputError(f"hidden_layers {list(hidden_layers)} out of range 0..{self.cfg.num_layers - 1}")
+        cos, sin = self.rotary.at(meta.positions)  # [N, 1, D] each
+        x = self.model.embed_tokens(tokens)  # [N, H]
+        kept: dict[int, torch.Tensor] = {}
+        for l, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, self.attention, cache, meta)
+            if l in wanted:
+                kept[l] = x
+        logits = self.model.lm_head(self.model.norm(x)).float()  # [N, V]
+        hidden = torch.stack([kept[l] for l in hidden_layers], dim=1) if kept else None  # [N, k, H]
+        return TargetOutput(logits=logits, hidden=hidden)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [...] int64 -> [..., H]: the target's input embedding (draft heads share it)."""
+        return self.model.embed_tokens(tokens)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> logits [..., V] float32: the output projection alone, no final norm
+        (a draft head applies its own norm first). Gradients flow to `hidden`, not to the weights."""
+        return self.model.lm_head(hidden).float()

@@ -1,0 +1,108 @@
+"""`jetspec bench` end to end, as on a fresh clone: a tiny random model saved as a Hugging Face
+folder, built-in and user prompt sets, an n-gram budget sweep, the `transformers` peers; then
+rows, summaries, RESULTS.md, plots, and resuming a run that was killed."""
+
+import json
+
+import pytest
+
+from jetspec.bench.rows import read_rows
+from jetspec.cli import main
+from support.hf_folder import save_tiny_hf_folder
+
+MT_BENCH = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    save_tiny_hf_folder(root / "model", seed=0)
+    save_tiny_hf_folder(root / "draft", seed=1)  # same vocabulary: assisted generation runs
+    prompts = root / "prompts"
+    prompts.mkdir()
+    rows = [{"question_id": i, "category": c, "turns": [f"{c} question {i}: say {i} {i} {i} again", "later"]}
+            for i, c in enumerate(MT_BENCH * 2 + ["translation"] * 3)]
+    (prompts / "spec_bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "mine.jsonl").write_text("".join(json.dumps({"text": f"a b a b {i} a b"}) + "\n" for i in range(4)))
+    (root / "bench.toml").write_text(f"""
+name = "tiny"
+target = {{ name = "transformers", path = "{root / 'model'}" }}
+datasets = ["spec_bench/mt_bench", {{ name = "mine", path = "{root / 'mine.jsonl'}", field = "text", count = 2 }}]
+count = 2
+max_new_tokens = 8
+warmup_tokens = 2
+prompts_dir = "{prompts}"
+output = "{root / 'out'}"
+[[pipelines]]
+name = "ngram"
+drafter = {{ name = "ngram", n_max = 3 }}
+budgets = [4, 8]
+[peers]
+include = ["generate", "prompt_lookup", "assisted"]
+assistant_path = "{root / 'draft'}"
+""")
+    return root
+
+
+def prompt_rows(path):
+    return [r for r in read_rows(path) if r["kind"] in ("plain", "spec", "peer")]
+
+
+def test_a_bench_run_writes_rows_summaries_markdown_and_plots(bench_dir):
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress"]) == 0
+    out = bench_dir / "out"
+    rows = prompt_rows(out / "results" / "tiny.jsonl")
+    names = ["plain", "ngram@4", "ngram@8", "hf:generate", "hf:prompt_lookup", "hf:assisted"]
+    # 2 MT-Bench prompts + 2 of mine, each through plain decoding, both budgets and three peers
+    assert sorted((r["dataset"], r["pipeline"]) for r in rows) == sorted(
+        (d, n) for d, k in (("spec_bench/mt_bench", 2), ("mine", 2)) for n in names for _ in range(k)
+    )
+    assert all(not r.get("error") for r in rows)
+    # greedy speculation and HF greedy decoding reproduce our plain decoding token for token (fp32)
+    assert all(r["identical"] and r["mismatch"] is None for r in rows)
+    for r in rows:
+        if r["kind"] == "spec":
+            assert r["tau"] >= 1 and r["speedup"] > 0 and r["tokens_per_s"] > 0 and set(r["seconds"]) >= {"draft", "verify"}
+
+    summaries = [r for r in read_rows(out / "results" / "tiny.jsonl") if r["kind"] == "summary"]
+    assert len(summaries) == 2 * len(names)
+    for s in summaries:
+        for field in ("dataset", "target", "drafter", "scorer", "budget", "temperature", "tau", "tokens_per_s",
+                      "speedup", "identical", "machine", "date", "command"):
+            assert field in s, field
+        assert s["identical"] == 1.0 and s["command"] == f"jetspec bench --config {bench_dir / 'bench.toml'} --no-progress"
+    sweep = {s["budget"]: s for s in summaries if s["dataset"] == "mine" and s["drafter"] == "ngram"}
+    assert set(sweep) == {4, 8} and all(s["tau"] >= 1 for s in sweep.values())
+
+    md = (out / "RESULTS.md").read_text()
+    assert md.count("<!-- bench:tiny -->") == 1 and "* command: `jetspec bench --config" in md
+    table = [line for line in md.splitlines() if line.startswith("| spec_bench/mt_bench |") or line.startswith("| mine |")]
+    assert len(table) == len(summaries)
+    for png in ("tiny_tau_vs_budget.png", "tiny_speedup.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_redoes_only_what_a_killed_run_lost(bench_dir, capsys):
+    results = bench_dir / "out" / "results" / "tiny.jsonl"
+    if not results.exists():
+        test_a_bench_run_writes_rows_summaries_markdown_and_plots(bench_dir)
+    # without --resume an existing run is not silently overwritten
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+    lines = results.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["kind"] != "summary"]
+    lost = json.loads(kept[-1])  # a killed run: the last row half written, no summaries yet
+    results.write_text("\n".join(kept[:-1]) + "\n" + kept[-1][: len(kept[-1]) // 2])
+    before = len(prompt_rows(results))
+
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--resume"]) == 0
+    after = prompt_rows(results)
+    redone = after[before:]
+    # the lost row's prompt is decoded again: its plain baseline (same run) and the lost row
+    assert [(r["pipeline"], r["prompt_id"]) for r in redone] == [("plain", lost["prompt_id"]), (lost["pipeline"], lost["prompt_id"])]
+    summaries = [r for r in read_rows(results) if r["kind"] == "summary"]
+    assert len(summaries) == 12 and all(s["prompts"] == 2 for s in summaries)
+
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--resume"]) == 0
+    assert len(prompt_rows(results)) == len(after)  # nothing left to do

@@ -1,0 +1,55 @@
+"""Tiny random transformers models of every family (and RoPE variant) our decoder supports."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
+ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+# original_max_position_embeddings is small so that the scaled frequencies differ at every regime
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LINEAR = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}
+
+FAMILIES = {
+    # name: (config class, fields)
+    "llama": ("LlamaConfig", dict(COMMON, tie_word_embeddings=True, rope_parameters=ROPE)),
+    "llama-llama3": ("LlamaConfig", dict(COMMON, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                                         rope_parameters=LLAMA3)),
+    "llama-linear": ("LlamaConfig", dict(COMMON, tie_word_embeddings=True, rope_parameters=LINEAR)),
+    "llama-yarn": ("LlamaConfig", dict(COMMON, tie_word_embeddings=True, rope_parameters=YARN)),
+    "qwen2": ("Qwen2Config", dict(COMMON, tie_word_embeddings=False, rope_parameters=ROPE)),
+    # head_dim 24 != hidden/heads = 16, as in real Qwen3 configs
+    "qwen3": ("Qwen3Config", dict(COMMON, head_dim=24, tie_word_embeddings=True, rope_parameters=ROPE)),
+}
+
+
+def make_hf_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A transformers model of `family` with every parameter random (norm weights near 1, biases
+    non-zero) so that no code path hides behind an identity initialisation."""
+    cls_name, fields = FAMILIES[family]
+    config = getattr(transformers, cls_name)(**fields)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif "embed_tokens" in name:
+                p.copy_(0.5 * noise)
+            else:
+                p.copy_(0.1 * noise)
+    return model

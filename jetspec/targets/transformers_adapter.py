@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import CheckpointError
-from ..core.fingerprint import target_fingerprint
+from ..core.fingerprint import fingerprint_tensors, target_fingerprint
 from ..core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,7 +56,6 @@ class TransformersTarget:
         eos = (eos,) if isinstance(eos, int) else tuple(eos)
         param = next(model.parameters())
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        embed = model.get_input_embeddings().weight
         self.info = TargetInfo(
             name=name or getattr(cfg, "_name_or_path", "") or cfg.model_type,
             architecture=cfg.model_type,
@@ -71,7 +70,8 @@ class TransformersTarget:
             eos_token_ids=eos,
             # independent of the load dtype: a head trained on a bf16 GPU load fits a fp32 CPU load
             fingerprint=target_fingerprint(
-                cfg.model_type, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, kv_heads, head_dim, embed
+                cfg.model_type, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, kv_heads, head_dim,
+                fingerprint_tensors(model),
             ),
         )
         # transformers >= 5.2x renamed `past_key_values` to `cache`

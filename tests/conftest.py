@@ -5,6 +5,10 @@ from hypothesis import HealthCheck, Phase, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny test models: one thread beats two (and never oversubscribes)
+
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True
 )

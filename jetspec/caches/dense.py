@@ -27,6 +27,12 @@ class DenseKVCache:
         self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
         self._committed = 0
         self._pending = 0
+        # rows the pending tokens are written to, in a persistent buffer so that a CUDA graph
+        # captured over `write` stays valid as `committed` moves (set eagerly by `begin`)
+        self._all_rows = torch.arange(capacity, device=info.device)  # [C] int64
+        self._write_rows = torch.zeros(capacity, dtype=torch.int64, device=info.device)  # [C]
+
+    graph_safe = True
 
     @property
     def committed(self) -> int:
@@ -45,11 +51,12 @@ class DenseKVCache:
                 f"KV cache full: {self._committed} committed + {n} new tokens exceed its capacity of {self.capacity}"
             )
         self._pending = n
+        self._write_rows[:n].copy_(self._all_rows[self._committed : self._committed + n])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        t = self._committed
-        self.k[layer, t : t + self._pending] = k  # k: [n, Hkv, D]
-        self.v[layer, t : t + self._pending] = v
+        rows = self._write_rows[: self._pending]  # [n]
+        self.k[layer].index_copy_(0, rows, k)  # k: [n, Hkv, D]
+        self.v[layer].index_copy_(0, rows, v)
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = self._committed + self._pending

@@ -90,7 +90,12 @@ class PagedKVCache:
         self.slot_table = torch.zeros(capacity, dtype=torch.int32, device=info.device)  # [capacity]
         self.block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)
         self.allocator = PageAllocator(self.num_pages)
+        # pool rows of the pending tokens, in a persistent buffer so that a CUDA graph captured
+        # over `write` stays valid from round to round (filled eagerly by `begin`)
+        self._write_rows = torch.zeros(capacity, dtype=torch.int64, device=info.device)  # [capacity]
         self.reset()
+
+    graph_safe = True
 
     # ------------------------------------------------------------------ sizing
     @staticmethod
@@ -147,9 +152,10 @@ class PagedKVCache:
         self._slots[t:] = rows
         self._sync_slots(t, t + n)
         self._pending = n
+        self._write_rows[:n].copy_(self.slot_table[t : t + n])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        rows = self.slot_table[self._committed : self._committed + self._pending].long()  # [n]
+        rows = self._write_rows[: self._pending]  # [n] int64
         self._rows(self.k, layer).index_copy_(0, rows, k)  # k: [n, Hkv, D]
         self._rows(self.v, layer).index_copy_(0, rows, v)
 

@@ -71,6 +71,9 @@ class AttentionMeta:
     prefix_len: int
     positions: torch.Tensor  # [N] int64, RoPE positions (prefix_len + depth)
     subtree_sizes: torch.Tensor  # [N] int32/int64, DFS interval encoding of the tree mask
+    # [1] int32 on the device: prefix_len again, for kernels replayed from a CUDA graph (which
+    # must read T from memory, not from a launch argument baked in at capture). None: eager.
+    prefix_len_t: torch.Tensor | None = None
 
     @staticmethod
     def for_tree(tree: DraftTree, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":

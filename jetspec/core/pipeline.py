@@ -98,6 +98,16 @@ class Pipeline:
         self.verifier = verifier
         self.new_cache = new_cache  # capacity -> KVCache for one sequence
         self.config = config
+        self._cache: KVCache | None = None
+
+    def _cache_for(self, capacity: int) -> KVCache:
+        """The pipeline's KV cache, reset; reallocated only when a longer sequence needs it (a
+        kept cache keeps captured CUDA graphs valid across generate calls)."""
+        if self._cache is None or self._cache.capacity < capacity:
+            self._cache = None  # free the old buffers first
+            self._cache = self.new_cache(capacity)
+        self._cache.reset()
+        return self._cache
 
     # ------------------------------------------------------------------ inputs
     def encode(self, prompt: str | Sequence[int], chat_template: bool | None = None) -> list[int]:
@@ -157,7 +167,7 @@ class Pipeline:
                 f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new}) + budget ({budget if drafter else 0}) "
                 f"needs {capacity} positions; the target allows {limit}"
             )
-        cache = self.new_cache(capacity)
+        cache = self._cache_for(capacity + getattr(self.target, "extra_pending", 0))
         state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
         stats = GenerationStats()
         hidden_layers = tuple(getattr(drafter, "hidden_layers", ())) if drafter else ()

@@ -18,8 +18,16 @@ Work split (one program = one tile of BLOCK_M packed rows x one kv head x one sp
 * Causal skip: keys past T + (last token of the tile) are invisible to the whole tile.
 * Split-K (flash-decoding): the tile's key blocks are cut into `num_splits` ranges, each program
   keeps the online-softmax state (m, l, acc) in fp32 and writes acc / l and lse = m + log2(l);
-  `_combine_splits` then merges:  out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s.
-  With one split the program writes the output directly.
+  the merge is  out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s.
+  FUSED (the default): after writing its partial, each program bumps a per-(tile, kv head)
+  arrival counter (acq_rel); the last to arrive merges all splits and writes the output, then
+  resets the counter to 0, so one launch does everything and a CUDA graph can replay it. The
+  counters live in a persistent zeroed int32 buffer per device (`_counters`). Otherwise (no
+  buffer can be made, e.g. a too-small one during graph capture) `_combine_splits` merges in a
+  second launch. With one split the program writes the output directly.
+* Pipelining: a key block's rows come from a load (the slot map), so Triton's pipeliner needs
+  num_stages >= 5 before K/V loads of the next block overlap the current block's math (with 2-4
+  stages it keeps one buffer or waits on every copy each step; see the TTGIR in aot_sm90.py).
 * Blocks wholly inside the committed prefix run without any mask; only the last prefix block and
   the pending keys evaluate the interval rule.
 """
@@ -72,11 +80,11 @@ def _attend_block(
 
 @triton.jit
 def _tree_attention_fwd(
-    Q, K, V, SLOTS, SIZES, PREFIX, O, O_PART, LSE_PART,
+    Q, K, V, SLOTS, SIZES, PREFIX, O, O_PART, LSE_PART, COUNTERS,
     n_queries, qk_scale,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, FUSED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     num_splits = tl.num_programs(2)
@@ -120,6 +128,33 @@ def _tree_attention_fwd(
         tl.store(O_PART + flat[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
         lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
         tl.store(LSE_PART + flat, lse, mask=row_ok)
+        if FUSED:
+            tl.debug_barrier()  # every thread's partial is written before the release below
+            counter = COUNTERS + tile * tl.num_programs(1) + kvh
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")  # splits done before us
+            if arrived == num_splits - 1:  # last of this (tile, kv head): merge every split's partial
+                tl.debug_barrier()
+                rows0 = tok * hq + head  # [BLOCK_M] row of (token, head) in split 0
+                lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+                for s in range(0, num_splits):
+                    lse_s = tl.load(LSE_PART + s * n_queries * hq + rows0, mask=row_ok, other=float("-inf"),
+                                    cache_modifier=".cg")
+                    lse_max = tl.maximum(lse_max, lse_s)
+                lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # padded rows: no NaN
+                num = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+                den = tl.zeros([BLOCK_M], tl.float32)
+                for s in range(0, num_splits):
+                    flat_s = s * n_queries * hq + rows0
+                    w = tl.math.exp2(tl.load(LSE_PART + flat_s, mask=row_ok, other=float("-inf"),
+                                             cache_modifier=".cg") - lse_ref)  # [BLOCK_M]
+                    o_s = tl.load(O_PART + flat_s[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None],
+                                  other=0.0, cache_modifier=".cg")
+                    num += w[:, None] * o_s
+                    den += w
+                out = num / tl.where(den > 0, den, 1.0)[:, None]
+                o_ptr = O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
+                tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+                tl.atomic_xchg(counter, 0)  # every split has arrived: ready for the next launch / replay
     else:
         o_ptr = O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
@@ -173,27 +208,51 @@ def paged_tree_attention(
     split = num_splits > 1
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (3.9); there, dot in fp32 instead.
     upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    counters = None
     if split:
         o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
         lse_part = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
+        counters = _counters(q.device, tiles * hkv)
     else:
         o_part = lse_part = out  # unused
+    fused = counters is not None
     _tree_attention_fwd[(tiles, hkv, num_splits)](
         q, k_rows, v_rows, slots, subtree_sizes, prefix_len, out, o_part, lse_part,
+        counters if fused else subtree_sizes,
         n, scale * LOG2E,
         q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1),
         out.stride(0), out.stride(1),
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, FUSED=fused,
         PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", UPCAST=upcast,
         num_warps=num_warps, num_stages=num_stages,
     )
-    if split:
+    if split and not fused:
         block_r = max(1, min(64, 4096 // d))
         _combine_splits[(triton.cdiv(n * hq, block_r),)](
             o_part, lse_part, out, n * hq, hq, num_splits, out.stride(0), out.stride(1),
             HEAD_DIM=d, BLOCK_R=block_r, num_warps=4,
         )
     return out
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """The arrival counters of the fused split merge: a zeroed int32 buffer per device that every
+    launch leaves zeroed again. Grown (never shrunk) outside CUDA graph capture; during capture a
+    too-small buffer cannot be made safely (its zeroing would only happen on replay), so None,
+    and the caller merges with a second kernel instead. One stream at a time per device: two
+    split launches running concurrently on different streams would share counters."""
+    buf = _COUNTERS.get(device)
+    if buf is not None and buf.numel() >= needed:
+        return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if buf is not None and device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # launches queued on the old buffer finish first
+    _COUNTERS[device] = buf = torch.zeros(max(needed, 4096), dtype=torch.int32, device=device)
+    return buf
 
 
 @paged_tree_attention.register_fake

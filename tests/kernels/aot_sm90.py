@@ -1,7 +1,13 @@
 """Compile every Triton kernel of jetspec for Hopper (sm_90) without a GPU; prints one line per
-kernel. Run in a process of its own: the kernels must not be defined in interpreter mode."""
+kernel variant. Run in a process of its own: the kernels must not be defined in interpreter mode.
+
+Pointers and strides carry the divisibility-by-16 hint the JIT gives them on the GPU (Qwen-like
+shapes: every stride is a multiple of 16), so what compiles here is what the GPU runs, software
+pipelining and shared-memory use included. Each variant prints its shared memory and the K/V
+buffering the pipeliner chose ("kv buffers N, overlap yes/no")."""
 
 import os
+import re
 import sys
 
 assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
@@ -11,27 +17,55 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from jetspec.kernels import triton_tree_attention as kernels  # noqa: E402
+from jetspec.kernels.triton_backend import candidate_configs, choose_config  # noqa: E402
 
 STRIDES = ["stride_qn", "stride_qh", "stride_kr", "stride_kh", "stride_vr", "stride_vh", "stride_on", "stride_oh"]
 SMEM = 227 * 1024  # Hopper's shared memory per block
 
 
-def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4):
+def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4, num_stages: int = 2):
     names = fn.arg_names
     signature = {n: types.get(n, "constexpr") for n in names}
     constexprs = {(names.index(n),): v for n, v in consts.items()}
-    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                          target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 2})
+    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items()
+               if t.startswith("*") or n.startswith("stride")}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-for dtype, head_dim, block_m, split in [("bf16", 128, 128, True), ("fp16", 64, 16, False), ("fp32", 64, 64, True)]:
+def kv_buffering(ttgir: str) -> str:
+    """How many K buffers the first key loop got, and whether any copy stays in flight during math."""
+    bufs = re.search(r"k_\d+ = ttg.local_alloc : \(\) -> !ttg.memdesc<(\d+)x", ttgir)
+    waits = [int(w) for w in re.findall(r"async_wait [^\n]*\{num = (\d+)", ttgir)]
+    return f"kv buffers {bufs.group(1) if bufs else 0}, overlap {'yes' if any(waits) else 'no'}"
+
+
+def tree_attention(dtype, head_dim, block_m, block_n, split, fused, warps, stages, group=4):
     types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", SIZES="*i32", PREFIX="*i32", O=f"*{dtype}",
-                 O_PART="*fp32", LSE_PART="*fp32", n_queries="i32", qk_scale="fp32", **{s: "i32" for s in STRIDES})
-    consts = dict(GROUP=4, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=64, SPLIT=split,
+                 O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", n_queries="i32", qk_scale="fp32",
+                 **{s: "i32" for s in STRIDES})
+    consts = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, FUSED=fused,
                   PRECISION="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
-    k = compile_for_sm90(kernels._tree_attention_fwd, types, consts, num_warps=8 if block_m == 128 else 4)
-    assert k.metadata.shared <= SMEM, k.metadata.shared
-    print(f"tree_attention {dtype} d{head_dim} m{block_m} split={split}: ok, {k.metadata.shared} B shared")
+    k = compile_for_sm90(kernels._tree_attention_fwd, types, consts, num_warps=warps, num_stages=stages)
+    name = f"tree_attention {dtype} d{head_dim} m{block_m} n{block_n} w{warps} s{stages} split={split} fused={fused}"
+    assert k.metadata.shared <= SMEM, (name, k.metadata.shared)
+    print(f"{name}: ok, {k.metadata.shared} B shared, {kv_buffering(k.asm['ttgir'])}", flush=True)
+
+
+# dtype / head-dim / split-mode coverage
+tree_attention("fp16", 64, 16, 64, False, False, 4, 3)
+tree_attention("fp32", 64, 64, 64, True, False, 4, 2)
+# the heuristic's picks at Qwen3-8B shapes on a 132-SM H200 (decode, 64 nodes, 256 nodes): bf16, d=128
+for n in (1, 64, 256):
+    c = choose_config(n, 4, 8, 16384 + n, 128, 132)
+    tree_attention("bf16", 128, c.block_m, c.block_n, c.num_splits > 1, c.num_splits > 1, c.num_warps, c.num_stages)
+# the deep-pipeline shapes autotuning adds (they may exceed shared memory on other triton versions:
+# autotuning skips those, so only report them here)
+for n in (1, 256):
+    seen = {(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in candidate_configs(n, 4, 8, 16384 + n, 128, 132)}
+    for bm, bn, w, s in sorted(seen - {(16, 64, 4, 5), (128, 128, 8, 2)}):
+        if s >= 5 and (bm, bn) in {(16, 32), (128, 64)}:
+            tree_attention("bf16", 128, bm, bn, True, True, w, s)
 
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_rows="i32", num_heads="i32", num_splits="i32",
              stride_on="i32", stride_oh="i32")

@@ -119,13 +119,14 @@ def test_importing_the_backend_does_not_import_triton():
 
 
 def test_split_heuristic_fills_the_gpu():
-    """Qwen3-8B shapes on a 132-SM H200: trees fill about one wave, decode about two."""
+    """Qwen3-8B shapes on a 132-SM H200: trees fill about one wave, decode about three programs
+    per SM (a 5-stage 16x64 decode program needs ~72 KB of shared memory, so three fit)."""
     tree = choose_config(n=256, group=4, kv_heads=8, keys=16384 + 256, head_dim=128, num_sms=132)
     decode = choose_config(n=1, group=4, kv_heads=8, keys=16385, head_dim=128, num_sms=132)
     tree_programs = -(-256 * 4 // tree.block_m) * 8 * tree.num_splits  # tiles x kv heads x splits
     decode_programs = 1 * 8 * decode.num_splits
     assert 100 <= tree_programs <= 132, tree
-    assert 200 <= decode_programs <= 300, decode
+    assert 300 <= decode_programs <= 450, decode
 
 
 @needs_gpu
@@ -140,3 +141,17 @@ def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
     for options in (TritonAttentionOptions(), TritonAttentionOptions(autotune=True)):
         out = TritonAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_fused_split_merge_leaves_its_counters_zeroed_for_the_next_launch():
+    """The last split of each (tile, kv head) merges and resets its arrival counter, so repeated
+    launches (CUDA-graph replays) with other split counts and tile counts stay exact."""
+    from jetspec.kernels import triton_tree_attention as kernels
+
+    p = build_problem(random_tree([0, 0, 1, 2]), 70, kv_heads=2, group=2, head_dim=16, dtype=torch.float32, page_size=4)
+    expected = p.reference()
+    for splits, block_n in [(3, 16), (5, 16), (2, 32), (3, 16)]:
+        out = TritonAttention(TritonAttentionOptions(block_m=16, block_n=block_n, num_splits=splits)).attend(
+            p.q, p.cache, 0, p.meta, p.scale)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
+        assert int(kernels._COUNTERS[out.device].abs().sum()) == 0

@@ -33,6 +33,7 @@ class DecoderTargetOptions(BaseModel):
     path: str | None = None  # a Hugging Face model folder; None = the embedded SmolLM2-135M-Instruct
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    cuda_graphs: bool = True  # replay captured forwards on CUDA (needs a graph-safe attention backend)
 
 
 def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBackend) -> DecoderTarget:
@@ -80,7 +81,7 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
             fingerprint_tensors(model),
         ),
     )
-    return DecoderTarget(model, attention, info, tokenizer)
+    return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs)
 
 
 def _device(name: str) -> torch.device:

@@ -43,13 +43,30 @@ class DecoderTarget:
 
     provides = ("hidden_states", "attention_backend")
 
-    def __init__(self, model: DecoderModel, attention: AttentionBackend, info: TargetInfo, tokenizer: Any | None = None):
+    def __init__(
+        self,
+        model: DecoderModel,
+        attention: AttentionBackend,
+        info: TargetInfo,
+        tokenizer: Any | None = None,
+        cuda_graphs: bool = True,
+    ):
         self.model = model.eval().requires_grad_(False)  # frozen: heads train through embed/lm_head
         self.cfg = model.cfg
         self.attention = attention
         self.info = info
         self.tokenizer = tokenizer
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
+        self.graphs = None
+        if cuda_graphs and info.device.type == "cuda" and getattr(attention, "graph_safe", False):
+            from .graphs import CudaGraphForward
+
+            self.graphs = CudaGraphForward(self, self._forward)
+
+    @property
+    def extra_pending(self) -> int:
+        """Pending KV slots a forward may use beyond its N tokens (CUDA-graph padding)."""
+        return self.graphs.max_padding if self.graphs is not None else 0
 
     @torch.no_grad()
     def forward(
@@ -59,7 +76,13 @@ class DecoderTarget:
         cache: KVCache,
         hidden_layers: Sequence[int] = (),
     ) -> TargetOutput:
-        """tokens [N] int64 -> logits [N, V] float32, hidden [N, k, H] (model dtype) or None."""
+        """tokens [N] int64 -> logits [N, V] float32, hidden [N, k, H] (model dtype) or None.
+        On CUDA with a graph-safe attention backend and cache, replays a captured graph."""
+        if self.graphs is not None and self.graphs.handles(tokens.numel(), cache):
+            return self.graphs.forward(tokens, meta, cache, hidden_layers)
+        return self._forward(tokens, meta, cache, hidden_layers)
+
+    def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
         wanted = set(hidden_layers)
         if any(not 0 <= l < self.cfg.num_layers for l in wanted):
             raise InputError(f"hidden_layers {list(hidden_layers)} out of range 0..{self.cfg.num_layers - 1}")

@@ -1,0 +1,97 @@
+"""CUDA graphs for the decoder's forward: one graph per query-count bucket.
+
+A decode round of a small model is launch-bound (SmolLM2: 30 layers x ~15 kernels). Capturing
+the whole forward once per bucket size B and replaying it removes that overhead. Everything a
+replay reads lives in static buffers that are refreshed eagerly before it:
+
+    tokens    [B] int64   the tree's tokens, then padding
+    positions [B] int64   RoPE positions (prefix_len + depth)
+    sizes     [B] int32   DFS subtree sizes (the tree mask)
+    prefix    [1] int32   T, the committed length (kernels read it from memory)
+    cache._write_rows     where each pending token's K/V goes (set by `cache.begin`)
+
+A tree of N < B nodes is padded with B - N single-node "pad" leaves after it in pre-order
+(size 1 each): by the interval rule j <= i < j + size[j], a pad sees the prefix and itself and
+no real node sees a pad (pads come after every real node and own no subtree), so the real
+nodes' outputs are exactly those of an N-node forward. Pad K/V go to pending slots that commit
+discards. Outputs are views into graph memory, valid until the next forward.
+
+Requirements: a CUDA device, an attention backend and a KV cache that declare `graph_safe`, and
+the same cache object across rounds (the pipeline reuses its cache; a new cache recaptures).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from ...core.interfaces import AttentionMeta, KVCache, TargetOutput
+
+if TYPE_CHECKING:
+    from .model import DecoderTarget
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class CudaGraphForward:
+    def __init__(self, target: "DecoderTarget", eager: Callable[..., TargetOutput], buckets: Sequence[int] = BUCKETS):
+        self.target = target
+        self.eager = eager  # forward(tokens, meta, cache, hidden_layers) without graphs
+        self.buckets = tuple(sorted(buckets))
+        dev = target.info.device
+        b = self.buckets[-1]
+        self.tokens = torch.zeros(b, dtype=torch.int64, device=dev)  # [B]
+        self.positions = torch.zeros(b, dtype=torch.int64, device=dev)  # [B]
+        self.sizes = torch.ones(b, dtype=torch.int32, device=dev)  # [B]
+        self.prefix = torch.zeros(1, dtype=torch.int32, device=dev)  # [1]
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple[int, tuple[int, ...]], tuple[torch.cuda.CUDAGraph, TargetOutput]] = {}
+        self.cache: KVCache | None = None
+
+    @property
+    def max_padding(self) -> int:
+        """Extra pending slots a padded forward may use beyond N."""
+        return max(b - a - 1 for a, b in zip((0,) + self.buckets, self.buckets))
+
+    def handles(self, n: int, cache: KVCache) -> bool:
+        return n <= self.buckets[-1] and getattr(cache, "graph_safe", False) and getattr(
+            self.target.attention, "graph_safe", False
+        )
+
+    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
+        n = tokens.numel()
+        b = self.buckets[bisect_left(self.buckets, n)]
+        if cache is not self.cache:  # graphs hold this cache's buffers
+            self.graphs.clear()
+            self.cache = cache
+        if b > n:
+            cache.begin(b)  # re-reserve: the pads need pending slots too
+        self.tokens[:n].copy_(tokens, non_blocking=True)
+        self.positions[:n].copy_(meta.positions, non_blocking=True)
+        self.sizes[:n].copy_(meta.subtree_sizes, non_blocking=True)
+        if b > n:
+            self.tokens[n:b].zero_()
+            self.positions[n:b].fill_(meta.prefix_len)
+            self.sizes[n:b].fill_(1)
+        self.prefix.fill_(meta.prefix_len)
+        key = (b, tuple(hidden_layers))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(b, meta.prefix_len, cache, tuple(hidden_layers))
+        graph, out = self.graphs[key]
+        graph.replay()
+        return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
+
+    def _capture(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...]):
+        meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
+        args = (self.tokens[:b], meta, cache, hidden_layers)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compiles / autotunes kernels outside capture
+            self.eager(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.eager(*args)
+        return graph, out

@@ -1,0 +1,198 @@
+"""The conformance kit's entry points, one per component kind a plugin may add.
+
+Each `check_<kind>(component, options=None, registry=None, examples=..., seed=0)` runs
+
+  (a) protocol checks (`protocol.py`): options model, capabilities, the built object's Protocol,
+      and the kind's own contract on random inputs (proposals, trees, acceptances, KV-cache
+      operation programs, attention on random trees);
+  (b) the lossless check (`lossless.py`): the component inside a pipeline of reference parts
+      on tiny random targets produces exactly plain greedy's output.
+
+`component` is a registered name (looked up in `registry`, default: `jetspec.default_registry()`)
+or a `jetspec.Implementation`. A failure raises `ConformanceError` (an AssertionError) with one
+line naming the component, the check and the example. `seed=None` draws fresh examples each run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer, Verifier
+from ..core.registry import Implementation, Registry
+from .attention import check_attention_numerics
+from .kv_semantics import check_kv_semantics
+from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
+from .models import FAMILIES, VOCAB, TinyDecoder
+from .oracle import OracleDrafter, OracleOptions
+from .protocol import build, check_acceptance, check_capabilities, check_instance, check_registration, check_tree
+from .strategies import draft_trees, proposals
+from .subject import Subject, resolve, run_property
+
+TARGETS = ("decoder", *FAMILIES)  # "decoder": `TinyDecoder`; the rest: tiny `transformers` models
+Component = str | Implementation
+
+
+def one_thread(check: Callable) -> Callable:
+    """Run a check with one intra-op thread, restored afterwards: the tiny models gain nothing
+    from threads, and on a loaded CI machine thread contention makes them many times slower."""
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def _static(s: Subject) -> None:
+    check_registration(s)
+    check_capabilities(s)
+
+
+def _oracle(ex: Example) -> OracleDrafter:
+    """An oracle drafter for the example: true continuation, corrupted at a drawn rate."""
+    corrupt = ex.draw(st.sampled_from([0.0, 0.15, 0.6, 1.0]))
+    ex.notes["oracle corruption"] = corrupt
+    return OracleDrafter(OracleOptions(reference=list(ex.expected), corrupt_p=corrupt, seed=ex.model_seed, vocab_size=VOCAB))
+
+
+# ---------------------------------------------------------------------------- drafter
+@one_thread
+def check_drafter(
+    drafter: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+) -> None:
+    """Protocol, then lossless: every proposal it makes in the pipeline is checked on the way."""
+    s = resolve("drafter", drafter, options, registry)
+    _static(s)
+    from .models import tiny_decoder
+
+    check_instance(s, build(s, tiny_decoder(0)), Drafter)
+
+    def pipeline(ex: Example):
+        inner = check_instance(s, build(s, ex.target), Drafter)
+        return assemble(ex.target, drafter=CheckedDrafter(s, inner, VOCAB))
+
+    check_lossless(s, pipeline, examples, targets, seed, shrink)
+
+
+# ---------------------------------------------------------------------------- scorer
+@one_thread
+def check_scorer(
+    scorer: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+) -> None:
+    """Trees from random proposals and budgets are valid; then lossless behind an oracle drafter."""
+    s = resolve("scorer", scorer, options, registry)
+    _static(s)
+    obj = check_instance(s, build(s), TreeScorer)
+
+    @given(proposal=proposals(VOCAB), root=st.integers(0, VOCAB - 1), budget=st.integers(0, 48))
+    def trees_are_valid(proposal, root, budget):
+        with s.calling("tree", f" (budget {budget})"):
+            tree = obj.build(proposal, root, budget)
+        check_tree(s, tree, proposal, root, budget, where=f" (budget {budget})")
+
+    run_property(trees_are_valid, examples * 3, seed, shrink)  # cheap: no model
+    check_lossless(
+        s, lambda ex: assemble(ex.target, drafter=_oracle(ex), scorer=CheckedScorer(s, build(s))), examples, targets, seed
+    )
+
+
+# ---------------------------------------------------------------------------- verifier
+@one_thread
+def check_verifier(
+    verifier: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+) -> None:
+    """Acceptances of random trees are root-down paths; on any tree the kept drafts are exactly
+    the target's argmax chain (greedy losslessness, one round); then lossless in a pipeline."""
+    s = resolve("verifier", verifier, options, registry)
+    _static(s)
+    obj = check_instance(s, build(s), Verifier)
+
+    @given(tree=draft_trees(VOCAB), data=st.data())
+    def one_round_is_greedy(tree, data):
+        # logits that favour, at each node, the token of one of its children (or none): deep acceptances occur
+        logits = torch.randn(tree.size, VOCAB, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 1 << 16))))
+        for i in range(tree.size):
+            kids = tree.children(i)
+            if kids and data.draw(st.booleans()):
+                logits[i, int(tree.tokens[data.draw(st.sampled_from(kids))])] += 10.0
+        state = DecodeState(tokens=[1, 2, int(tree.tokens[0])], prompt_len=2)
+        parents = tree.parents.tolist()
+        with s.calling("acceptance", f" (tree parents {parents})"):
+            acc = obj.accept(tree, logits, state)
+        check_acceptance(s, acc, tree, VOCAB, where=f" (tree parents {parents})")
+        want = logits.argmax(-1).tolist()
+        node, expect = 0, [0]
+        while True:  # greedy walk: follow the child holding the target's argmax token
+            nxt = [c for c in tree.children(node) if int(tree.tokens[c]) == want[node]]
+            if not nxt:
+                break
+            node = nxt[0]
+            expect.append(node)
+        if list(acc.path) != expect or int(acc.bonus) != want[node]:
+            s.fail("greedy round", f"accepted path {list(acc.path)} + bonus {acc.bonus}, but the target's argmax chain is "
+                                   f"{expect} + bonus {want[node]} (tree parents {parents})")
+
+    run_property(one_round_is_greedy, examples * 3, seed, shrink)
+    check_lossless(
+        s, lambda ex: assemble(ex.target, drafter=_oracle(ex), verifier=CheckedVerifier(s, build(s), VOCAB)),
+        examples, targets, seed, shrink,
+    )
+
+
+# ---------------------------------------------------------------------------- kv cache
+@one_thread
+def check_kv_cache(
+    kv_cache: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
+) -> None:
+    """Random begin/write/read/commit/reset programs match `ReferenceKV`; then lossless."""
+    s = resolve("kv_cache", kv_cache, options, registry)
+    _static(s)
+    check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
+
+    def pipeline(ex: Example):
+        if ex.target_kind != "decoder":  # `transformers` targets run on the CPU
+            return assemble(ex.target, drafter=_oracle(ex), new_cache=lambda c: build(s, ex.target.info, c))
+        target = TinyDecoder(ex.model_seed, device=device)
+        return assemble(target, drafter=_oracle(ex), new_cache=lambda c: build(s, target.info, c))
+
+    check_lossless(s, pipeline, examples, targets if device == "cpu" else ("decoder",), seed, shrink)
+
+
+# ---------------------------------------------------------------------------- attention
+@one_thread
+def check_attention_backend(
+    attention: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
+    examples: int = 20, seed: int | None = 0, shrink: bool = True, kv_cache: Component = "dense", device: str = "cpu",
+    dtype: torch.dtype = torch.float32, head_dims: tuple[int, ...] = (8, 16), atol: float = 1e-4, rtol: float = 1e-4,
+) -> None:
+    """Matches `tree_attention` on random trees (through the `kv_cache` it is paired with); then
+    lossless as the attention of `TinyDecoder` (the only tiny target that uses a backend)."""
+    s = resolve("attention", attention, options, registry)
+    _static(s)
+    backend = check_instance(s, build(s), AttentionBackend)
+    cache = resolve("kv_cache", kv_cache, None, s.registry)
+
+    def new_cache(info, capacity):
+        return cache.impl.factory(cache.options, info, capacity)
+
+    check_attention_numerics(s, backend, new_cache, examples * 3, seed, device, dtype, head_dims, atol, rtol, shrink)
+
+    def pipeline(ex: Example):
+        target = TinyDecoder(ex.model_seed, attention=build(s), device=device)
+        return assemble(target, drafter=_oracle(ex), new_cache=lambda c: new_cache(target.info, c))
+
+    check_lossless(s, pipeline, examples, ("decoder",), seed, shrink)

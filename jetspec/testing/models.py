@@ -1,0 +1,138 @@
+"""Tiny random-weight targets: enough to test losslessness, fast on a CPU.
+
+* `tiny_target(family, seed)`: a `transformers` Llama/Qwen model behind our `transformers`
+  adapter. Its attention runs inside `transformers`; K/V go through our `KVCache`.
+* `TinyDecoder(seed, attention)`: the smallest target whose attention goes through an
+  `AttentionBackend` (pre-norm, RoPE, GQA, 2 layers) — the one that exercises a backend.
+
+Both use a large weight init: logit gaps of order 1, so fp32 reduction-order noise (a tree forward
+versus a chain forward, one kernel versus another) never flips an argmax.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ..core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
+
+FAMILIES = ("llama", "qwen3")
+EOS = 3  # every tiny model's EOS token: random weights emit it now and then
+VOCAB = 96
+
+
+def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2, hidden: int = 32):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=EOS,
+        bos_token_id=1,
+        initializer_range=0.5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
+    else:
+        raise ValueError(f"unknown tiny model family '{family}'; known: llama, qwen2, qwen3")
+    return model.float().eval()
+
+
+@functools.lru_cache(maxsize=16)
+def tiny_target(family: str = "llama", seed: int = 0):
+    """A `transformers` target over a tiny random model (cached: tests reuse models)."""
+    from ..targets.transformers_adapter import TransformersTarget
+
+    return TransformersTarget(tiny_hf_model(family, seed), tokenizer=None, name=f"tiny-{family}-{seed}")
+
+
+class TinyDecoder:
+    """x = embed(t); per layer: x += Wo·attend(rope(Wq·n(x)), cache) ; x += W2·silu(W1·n(x));
+    logits = Wout·n(x), with n(x) = x / rms(x). K/V are written to the cache after RoPE, so any
+    `KVCache` / `AttentionBackend` pair can serve it. Hidden sizes: H=32, Hq=4, Hkv=2, D=8, L=2."""
+
+    provides = ("hidden_states", "attention_backend")
+    tokenizer = None
+
+    def __init__(self, seed: int = 0, attention: AttentionBackend | None = None, device: str | torch.device = "cpu"):
+        from ..kernels.reference import TorchAttention
+
+        self.attention = attention or TorchAttention()
+        H, self.hq, self.hkv, self.d, L = 32, 4, 2, 8, 2
+        device = torch.device(device)
+        self.info = TargetInfo(
+            name=f"tiny-decoder-{seed}", architecture="tiny", vocab_size=VOCAB, hidden_size=H, num_layers=L,
+            num_kv_heads=self.hkv, head_dim=self.d, max_positions=2048, dtype=torch.float32, device=device,
+            eos_token_ids=(EOS,), fingerprint=f"tiny-decoder-{seed}",
+        )
+        g = torch.Generator().manual_seed(seed)
+
+        def w(*shape: int, scale: float = 1.0) -> torch.Tensor:
+            return (torch.randn(*shape, generator=g) * scale / math.sqrt(shape[-1])).to(device)
+
+        self.embedding = w(VOCAB, H, scale=math.sqrt(H))  # [V, H]
+        self.layers = [
+            dict(q=w(self.hq * self.d, H), k=w(self.hkv * self.d, H), v=w(self.hkv * self.d, H),
+                 o=w(H, self.hq * self.d), up=w(64, H), down=w(H, 64))
+            for _ in range(L)
+        ]
+        self.out = w(VOCAB, H, scale=4.0)  # [V, H]; scale 4: logit gaps of order 1
+        inv = 1.0 / (10000 ** (torch.arange(0, self.d, 2, dtype=torch.float32) / self.d))
+        self._inv_freq = inv.to(device)  # [D/2]
+
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # x [N, h, D]; rotate pairs (x1, x2) = (x[..., :D/2], x[..., D/2:]) by angle pos * inv_freq
+        ang = positions.to(x.device, torch.float32)[:, None] * self._inv_freq[None]  # [N, D/2]
+        cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # [N, 1, D/2]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    @staticmethod
+    def _norm(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    @torch.no_grad()
+    def forward(
+        self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int] = ()
+    ) -> TargetOutput:
+        n = tokens.numel()
+        x = self.embedding[tokens.to(self.info.device)]  # [N, H]
+        hidden = []
+        for layer, p in enumerate(self.layers):
+            h = self._norm(x)
+            q = self._rope((h @ p["q"].T).view(n, self.hq, self.d), meta.positions)  # [N, Hq, D]
+            k = self._rope((h @ p["k"].T).view(n, self.hkv, self.d), meta.positions)  # [N, Hkv, D]
+            v = (h @ p["v"].T).view(n, self.hkv, self.d)  # [N, Hkv, D]
+            cache.write(layer, k, v)
+            a = self.attention.attend(q, cache, layer, meta, 1.0 / math.sqrt(self.d))  # [N, Hq, D]
+            x = x + a.reshape(n, -1) @ p["o"].T
+            x = x + torch.nn.functional.silu(self._norm(x) @ p["up"].T) @ p["down"].T
+            hidden.append(x)
+        logits = self._norm(x) @ self.out.T  # [N, V]
+        stacked = torch.stack([hidden[l] for l in hidden_layers], dim=1) if hidden_layers else None  # [N, k, H]
+        return TargetOutput(logits=logits.float(), hidden=stacked)
+
+
+@functools.lru_cache(maxsize=8)
+def tiny_decoder(seed: int = 0) -> TinyDecoder:
+    """A `TinyDecoder` with the reference attention (cached)."""
+    return TinyDecoder(seed)
+
+
+def any_tiny_target(kind: str, seed: int) -> Any:
+    """"decoder" -> `tiny_decoder(seed)`; a transformers family name -> `tiny_target(kind, seed)`."""
+    return tiny_decoder(seed) if kind == "decoder" else tiny_target(kind, seed)

@@ -1,0 +1,32 @@
+"""Every registered built-in of every kind passes the same conformance kit plugin authors run
+(`jetspec.testing`): protocol checks, then the lossless property inside a pipeline."""
+
+import pytest
+
+import jetspec
+from jetspec.testing import check_attention_backend, check_drafter, check_kv_cache, check_scorer, check_verifier
+
+REG = jetspec.default_registry()
+CHECKS = {
+    "drafter": check_drafter,
+    "scorer": check_scorer,
+    "verifier": check_verifier,
+    "kv_cache": check_kv_cache,
+    "attention": check_attention_backend,
+}
+BUILTINS = [
+    (kind, name)
+    for kind in CHECKS
+    for name, impl in sorted(REG.implementations[kind].items())
+    if impl.plugin == "jetspec.builtins"
+]
+
+
+def test_every_kind_but_targets_has_a_check_and_builtins():
+    assert set(CHECKS) == set(jetspec.core.hookspecs.KINDS) - {"target"}
+    assert {kind for kind, _ in BUILTINS} == set(CHECKS)
+
+
+@pytest.mark.parametrize("kind, name", BUILTINS, ids=[f"{k}:{n}" for k, n in BUILTINS])
+def test_builtin_conforms(kind, name):
+    CHECKS[kind](name, registry=REG, examples=15)

@@ -1,6 +1,6 @@
 """Train the three draft heads of one target in ONE call, within a time budget, and check them.
 
-    python bench/train_heads_gpu.py --target models/SmolLM2-135M-Instruct --out runs/heads --minutes 6
+    python bench/train_heads_gpu.py --target default --out /tmp/heads --export runs/heads --minutes 6.5
 
 1. self-distillation data: the target greedily answers the training prompts (chat template) for at
    most `--gen-fraction` of the budget; answers are saved to OUT/answers.safetensors and reused
@@ -51,7 +51,9 @@ def default_prompts() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", required=True, help="Hugging Face folder (or .gguf file) of the frozen target")
+    ap.add_argument("--target", required=True,
+                    help="Hugging Face folder (or .gguf file) of the frozen target; 'default': the embedded SmolLM2 "
+                         "that the decoder target loads (jetspec.targets.default_model)")  # fmt: skip
     ap.add_argument("--out", required=True, help="working folder (checkpoints, training states, logs, answers)")
     ap.add_argument("--export", default=None, help="copy the deliverables (8 small files) here")
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of the whole run")
@@ -80,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     say = lambda msg: print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)  # noqa: E731
 
-    target = Path(a.target)
+    if a.target == "default":
+        from jetspec.targets.default_model import default_model_path
+
+        target = default_model_path()  # the very folder the `decoder` target loads by default
+    else:
+        target = Path(a.target)
     model, tokenizer = load_hf_target(target, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
     identity = hf_identity(model, target.stem if target.suffix == ".gguf" else target.name)
     say(f"target {identity['target_name']} ({identity['target_fingerprint']}) on {dev}, "

@@ -10,10 +10,13 @@ from .caches.dense import DenseCacheOptions
 from .caches.paged import PagedCacheOptions
 from .core.hookspecs import hookimpl
 from .core.registry import Implementation
+from .drafters.head.options import DFlashOptions, EagleOptions, HeadOptions
 from .drafters.ngram import NgramDrafter, NgramOptions
 from .kernels.reference import TorchAttention, TorchAttentionOptions
 from .kernels.triton_backend import TritonAttentionOptions
+from .scorers.accum_logp import AccumLogpOptions, AccumLogpScorer
 from .scorers.best_first import BestFirstOptions, BestFirstScorer, ChainOptions, ChainScorer
+from .scorers.capped import CappedOptions, CappedScorer
 from .targets.decoder.loading import DecoderTargetOptions
 from .targets.transformers_adapter import TransformersTargetOptions
 from .verifiers.greedy import GreedyOptions, GreedyVerifier
@@ -30,6 +33,24 @@ def _load_transformers(options, attention):
     from .targets.transformers_adapter import load_transformers_target
 
     return load_transformers_target(options, attention)
+
+
+def _jetspec_head(options, target):
+    from .drafters.head.drafter import jetspec_drafter
+
+    return jetspec_drafter(options, target)
+
+
+def _dflash_head(options, target):
+    from .drafters.head.drafter import dflash_drafter
+
+    return dflash_drafter(options, target)
+
+
+def _eagle_head(options, target):
+    from .drafters.eagle import eagle_drafter
+
+    return eagle_drafter(options, target)
 
 
 def _dense_cache(options, info, capacity):
@@ -89,6 +110,27 @@ def jetspec_drafters():
             NgramOptions,
             "prompt lookup: continuations of earlier matches of the current suffix (training-free)",
         ),
+        Implementation(
+            "jetspec",
+            _jetspec_head,
+            HeadOptions,
+            "causal parallel draft head: one forward -> per-depth candidates (optional parent-conditioned rescoring)",
+            requires=frozenset({"target:hidden_states"}),
+        ),
+        Implementation(
+            "dflash",
+            _dflash_head,
+            DFlashOptions,
+            "bidirectional parallel draft head (DFlash-style): one forward -> per-depth marginals",
+            requires=frozenset({"target:hidden_states"}),
+        ),
+        Implementation(
+            "eagle",
+            _eagle_head,
+            EagleOptions,
+            "autoregressive draft head (EAGLE-style): one forward per depth, top-k expansion",
+            requires=frozenset({"target:hidden_states"}),
+        ),
     ]
 
 
@@ -97,6 +139,8 @@ def jetspec_tree_scorers():
     return [
         Implementation("best-first", BestFirstScorer, BestFirstOptions, "exact top-B prefixes by cumulative log-prob"),
         Implementation("chain", ChainScorer, ChainOptions, "the rank-1 path only (linear speculation)"),
+        Implementation("accum-logp", AccumLogpScorer, AccumLogpOptions, "each heap pop adds all of a node's children"),
+        Implementation("capped", CappedScorer, CappedOptions, "best-first with fan-out capped by the top-2 log-prob gap"),
     ]
 
 

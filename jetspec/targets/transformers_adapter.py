@@ -10,9 +10,7 @@ so this target cannot use our attention backends (it does not provide `attention
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -20,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import CheckpointError
+from ..core.fingerprint import fingerprint_tensors, target_fingerprint
 from ..core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,14 +43,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def model_fingerprint(config: dict, sample: torch.Tensor) -> str:
-    """sha256 of the model config and a small slice of its weights: heads record it and refuse a
-    target whose fingerprint differs."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    h.update(sample.detach().float().cpu().flatten()[:4096].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class TransformersTarget:
     provides = ("hidden_states",)
 
@@ -64,20 +55,24 @@ class TransformersTarget:
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else []
         eos = (eos,) if isinstance(eos, int) else tuple(eos)
         param = next(model.parameters())
-        cfg_dict = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         self.info = TargetInfo(
             name=name or getattr(cfg, "_name_or_path", "") or cfg.model_type,
             architecture=cfg.model_type,
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
             num_layers=cfg.num_hidden_layers,
-            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            num_kv_heads=kv_heads,
             head_dim=head_dim,
             max_positions=getattr(cfg, "max_position_embeddings", 1 << 20),
             dtype=param.dtype,
             device=param.device,
             eos_token_ids=eos,
-            fingerprint=model_fingerprint(cfg_dict, model.get_input_embeddings().weight),
+            # independent of the load dtype: a head trained on a bf16 GPU load fits a fp32 CPU load
+            fingerprint=target_fingerprint(
+                cfg.model_type, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, kv_heads, head_dim,
+                fingerprint_tensors(model),
+            ),
         )
         # transformers >= 5.2x renamed `past_key_values` to `cache`
         params = inspect.signature(model.forward).parameters

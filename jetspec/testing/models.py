@@ -105,6 +105,13 @@ class TinyDecoder:
     def _norm(x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 
+    # what draft heads share with their target (as the decoder and transformers targets offer)
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding[tokens.to(self.info.device)]  # [n] -> [n, H]
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.out.T  # [n, H] (already normed) -> [n, V]
+
     @torch.no_grad()
     def forward(
         self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int] = ()

@@ -7,8 +7,6 @@ one-line `CheckpointError`.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors import safe_open
 
 from ...core.errors import CheckpointError, ConfigError
+from ...core.fingerprint import fingerprint_tensors, target_fingerprint
 from ...core.interfaces import AttentionBackend, TargetInfo
 from .config import DecoderConfig
 from .model import DecoderModel, DecoderTarget
@@ -55,7 +54,7 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
 
     with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
         model = DecoderModel(cfg)
-    tensors, fingerprint_sample = read_weights(folder, model, dtype, device)
+    tensors = read_weights(folder, model, dtype, device)
     model.load_state_dict(tensors, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
@@ -77,7 +76,10 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
         dtype=dtype,
         device=device,
         eos_token_ids=eos,
-        fingerprint=fingerprint(cfg, fingerprint_sample),
+        fingerprint=target_fingerprint(  # the same identity the transformers target reports
+            cfg.architecture, cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+            fingerprint_tensors(model),
+        ),
     )
     return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs)
 
@@ -113,14 +115,12 @@ def safetensors_files(folder: Path) -> dict[str, list[str] | None]:
 
 def read_weights(
     folder: Path, model: DecoderModel, dtype: torch.dtype, device: torch.device
-) -> tuple[dict[str, torch.Tensor], bytes]:
-    """-> (state dict of `model` in `dtype` on `device`, a fingerprint sample of the raw weights)."""
+) -> dict[str, torch.Tensor]:
+    """-> state dict of `model` in `dtype` on `device`."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     ignorable = {"lm_head.weight"} if model.cfg.tie_embeddings else set()  # tied: some checkpoints store a copy
     expected = {k: v for k, v in expected.items() if k not in ignorable}
-    sampled = fingerprint_tensors(model.cfg)
     out: dict[str, torch.Tensor] = {}
-    samples: dict[str, bytes] = {}
     unexpected: list[str] = []
     for path, keys in safetensors_files(folder).items():
         try:
@@ -144,8 +144,6 @@ def read_weights(
                         f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "
                         f"the config implies {tuple(expected[name])}"
                     )
-                if name in sampled:
-                    samples[name] = weight_sample(t)
                 out[name] = t.to(device=device, dtype=dtype)
     missing = [k for k in expected if k not in out]
     if missing:
@@ -157,7 +155,7 @@ def read_weights(
             f"checkpoint {folder} has tensors its {model.cfg.architecture} config does not explain: "
             f"{', '.join(unexpected[:3])}{more}"
         )
-    return out, b"".join(samples[k] for k in sampled)
+    return out
 
 
 def corrupt(path: str, e: Exception) -> CheckpointError:
@@ -190,24 +188,3 @@ def model_name(folder: Path) -> str:
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
         return folder.parent.parent.name.removeprefix("models--").replace("--", "/")
     return folder.name
-
-
-def fingerprint_tensors(cfg: DecoderConfig) -> tuple[str, ...]:
-    last = cfg.num_layers - 1
-    return ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", f"layers.{last}.mlp.down_proj.weight", "norm.weight")
-
-
-def weight_sample(t: torch.Tensor, n: int = 64) -> bytes:
-    """n evenly spaced elements of t, as bfloat16 bytes: equal for fp32/bf16 copies of one model."""
-    flat = t.reshape(-1)
-    idx = torch.arange(n) * (flat.numel() - 1) // (n - 1)  # integer math: exact for any size
-    return flat[idx].to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-
-
-def fingerprint(cfg: DecoderConfig, sample: bytes) -> str:
-    """sha256 of the architecture fields of the config and a deterministic weight sample."""
-    fields = dataclasses.asdict(cfg)
-    fields.pop("eos_token_ids")  # end-of-turn tokens do not change what the model computes
-    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    h.update(sample)
-    return h.hexdigest()

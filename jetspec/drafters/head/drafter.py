@@ -1,0 +1,120 @@
+"""`HeadDrafter`: the parallel draft head as a `Drafter` (registered as `jetspec`; `dflash` is the
+same code with a bidirectional block).
+
+propose(), one head forward:
+    inputs  [anchor=root, MASK x (B-1)] at positions [a, a+1, ..., a+B-1], a = committed context
+    slot d -> log q_d(.) = log_softmax(LM_head(h_d)),  d = 1..B-1
+    Proposal = DepthMarginals: children of any path of length d = top-k of q_{d+1}.
+
+With `rescore = true`, a second forward conditions every child on its actual parent:
+    candidate tree = accum-logp over the marginals (rescore_factor x budget nodes)
+    inputs  [tree nodes, embedded drafted tokens (root = anchor) ; one MASK per node n at depth(n)+1]
+    node n sees its ancestors-or-self; MASK_n sees n's ancestors-or-self and itself (tree-causal)
+    children(path to n) = n's candidate children and the top rescore_top_k tokens of
+                          log q(. | context, root, path to n) = log_softmax(LM_head(h_{MASK_n}))
+The scorer then rebuilds the tree under the budget from these conditional log-probs. The causal
+head is trained for this: with some probability a block reveals its first r drafted tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...core.errors import CheckpointError, ConfigError
+from ...core.interfaces import DecodeState, Proposal
+from ...core.proposal import DepthMarginals, TokenTrie
+from ...core.tree import DraftTree
+from ...core.tree_search import accum_logp
+from .checkpoint import check_target, load_head, read_config
+from .context import ContextDrafter
+from .masks import block_mask, rescore_ancestors, tree_mask
+from .model import DraftHead, HeadConfig
+from .options import DFlashOptions, EagleOptions, HeadOptions
+
+
+def build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> DraftHead:
+    """A head of `kind` for `target`: loaded from `options.checkpoint`, or random (seeded) without
+    one. An explicit `causal` option picks the kind ("causal" / "dflash") over the drafter's name."""
+    info = target.info
+    causal = getattr(options, "causal", None)  # only the parallel heads have it
+    if causal is not None:
+        kind = "causal" if causal else "dflash"
+    arch = {"layers": options.layers, "target_layers": options.target_layers, "block_size": getattr(options, "block_size", None)}
+    if options.checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            return DraftHead(HeadConfig.for_target(
+                kind, info.hidden_size, info.num_kv_heads, info.head_dim, info.num_layers,
+                layers=arch["layers"] or 1, target_layers=arch["target_layers"], block_size=arch["block_size"] or 16,
+                target_name=info.name, target_fingerprint=info.fingerprint, vocab_size=info.vocab_size,
+            ))  # fmt: skip
+    config = read_config(options.checkpoint)
+    check_target(config, info, options.checkpoint)
+    if config.kind != kind:
+        raise CheckpointError(f"head checkpoint {options.checkpoint} is a {config.kind!r} head, this drafter needs {kind!r}")
+    found = {"layers": config.num_layers, "target_layers": list(config.target_layers), "block_size": config.block_size}
+    for name, value in arch.items():
+        if value is not None and value != found[name]:
+            raise ConfigError(f"option {name}={value} contradicts checkpoint {options.checkpoint} ({name}={found[name]})")
+    return load_head(options.checkpoint)
+
+
+class HeadDrafter(ContextDrafter):
+    def __init__(self, head: DraftHead, target: Any, options: HeadOptions):
+        super().__init__(head, target)
+        if options.rescore and not head.config.causal:
+            raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
+        self.options = options
+
+    @torch.no_grad()
+    def propose(self, state: DecodeState, budget: int) -> Proposal:
+        a, b = self.cache.length, self.config.block_size
+        root = state.tokens[-1]
+        dev = self.cache._device
+        x = torch.cat([self.embed(torch.tensor([root])), self.head.mask_embedding.expand(b - 1, -1)])  # [B, H]
+        pos = torch.arange(a, a + b, device=dev)  # [B]
+        mask = block_mask(torch.tensor([[a]], device=dev), b, a, self.config.causal)  # [1, B, a + B]
+        h = self.head(x[None], pos[None], self.cache.context(), mask)[0]  # [B, H]
+        logp, tokens = self.log_probs(h[1:]).topk(self.options.top_k, dim=-1)  # [B-1, k] depths 1..B-1
+        marginals = DepthMarginals(tokens, logp)
+        if not self.options.rescore or budget < 1:
+            return marginals
+        candidates = accum_logp(marginals, root, max(budget, round(self.options.rescore_factor * budget)))
+        return self.rescore(candidates, a)
+
+    @torch.no_grad()
+    def rescore(self, tree: DraftTree, a: int) -> TokenTrie:
+        """Conditional log-probs of every candidate node's children given its actual path."""
+        dev = self.cache._device
+        depths = tree.depths.to(dev)
+        queried = torch.nonzero(depths < self.config.block_size - 1).flatten()  # [Q] nodes whose children the head can place
+        ancestors = rescore_ancestors(tree.ancestor_mask().to(dev), queried)  # [N + Q, N + Q]
+        x = torch.cat([self.embed(tree.tokens), self.head.mask_embedding.expand(queried.numel(), -1)])  # [N + Q, H]
+        pos = a + torch.cat([depths, depths[queried] + 1])  # [N + Q]
+        h = self.head(x[None], pos[None], self.cache.context(), tree_mask(ancestors, a))[0]
+        logp = self.log_probs(h[tree.size :])  # [Q, V]: log q(child | path to queried node)
+        top = logp.topk(self.options.rescore_top_k, dim=-1).indices.tolist() if self.options.rescore_top_k else None
+        tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+        paths: list[tuple[int, ...]] = [()]
+        for i in range(1, tree.size):
+            paths.append(paths[parents[i]] + (tokens[i],))
+        trie = TokenTrie()
+        for q, node in enumerate(queried.tolist()):
+            kids = sorted({tokens[c] for c in tree.children(node)} | set(top[q] if top else ()))
+            for token, lp in zip(kids, logp[q, kids].tolist()):
+                trie.add_edge(paths[node], token, lp)
+        return trie
+
+
+def jetspec_drafter(options: HeadOptions, target: Any) -> HeadDrafter:
+    """Factory of the `jetspec` drafter (causal parallel head)."""
+    return HeadDrafter(build_head(options, target, "causal"), target, options)
+
+
+def dflash_drafter(options: DFlashOptions, target: Any) -> HeadDrafter:
+    """Factory of the `dflash` drafter (bidirectional parallel head)."""
+    if options.causal:
+        raise ConfigError("the dflash drafter is the bidirectional head; use `jetspec` for causal=true")
+    return HeadDrafter(build_head(options, target, "dflash"), target, options)

@@ -1,0 +1,150 @@
+"""`DraftHead`: the small transformer a head drafter runs, and `HeadConfig`, its architecture.
+
+    fused_t = RMSNorm( W_fuse [h_t^(l1) ; ... ; h_t^(lk)] )       W_fuse: k*H -> H, one per committed token t
+    per head layer i:  K/V_ctx^i = RoPE(W_k^i fused), W_v^i fused  (the prefix every query may read)
+    block inputs x_j (anchor / MASK / drafted token embeddings) at RoPE positions pos_j
+    queries come only from the block; the bool mask says which context keys and block keys each
+    block input sees (see masks.py); output = RMSNorm(last layer), to be fed to the TARGET's LM head.
+
+Three kinds share this module (`HeadConfig.kind`):
+* "causal" (JetSpec): block [anchor, MASK x (B-1)], causal inside the block; slot d -> depth d.
+* "dflash": the same block, bidirectional inside the block.
+* "eagle": autoregressive; inputs are real tokens [anchor, t1, t2, ...], input j -> depth j + 1.
+The head owns neither the token embedding nor the LM head: it uses the target's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .layers import DecoderLayer, RMSNorm, rope_cos_sin
+
+KINDS = ("causal", "dflash", "eagle")
+
+
+def spaced_layers(num_target_layers: int, k: int) -> tuple[int, ...]:
+    """k target layers evenly spaced from 1 to N - 3 (the middle one when k = 1)."""
+    n = num_target_layers
+    if k == 1 or n < 4:
+        return (n // 2,) if k == 1 else tuple(sorted({min(i, n - 1) for i in range(k)}))
+    start, end = 1, n - 3
+    return tuple(sorted({round(start + i * (end - start) / (k - 1)) for i in range(k)}))
+
+
+@dataclass
+class HeadConfig:
+    kind: str  # "causal" | "dflash" | "eagle"
+    hidden_size: int  # H, the target's hidden size
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    num_layers: int  # head decoder layers
+    target_layers: tuple[int, ...]  # which target hidden states are fused (layer l = output of layer l)
+    block_size: int = 16  # B: anchor + B - 1 predicted depths (eagle: teacher-forced steps in training)
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-6
+    target_name: str = ""  # TargetInfo.name of the target it was trained on
+    target_fingerprint: str = ""  # TargetInfo.fingerprint of that target
+    vocab_size: int = 0  # the target's vocabulary size
+    extra: dict = field(default_factory=dict)  # free-form training record (steps, data, ...)
+
+    def __post_init__(self) -> None:
+        self.target_layers = tuple(int(t) for t in self.target_layers)
+        if self.kind not in KINDS:
+            raise ValueError(f"head kind must be one of {KINDS}, got {self.kind!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        if not self.target_layers or self.num_layers < 1 or self.block_size < 2:
+            raise ValueError("a head needs >= 1 target layer, >= 1 head layer and block_size >= 2")
+
+    @property
+    def causal(self) -> bool:
+        return self.kind != "dflash"
+
+    @property
+    def uses_mask_slots(self) -> bool:
+        return self.kind != "eagle"
+
+    @staticmethod
+    def for_target(
+        kind: str,
+        hidden_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_target_layers: int,
+        layers: int = 1,
+        target_layers: tuple[int, ...] | None = None,
+        block_size: int = 16,
+        **identity,
+    ) -> "HeadConfig":
+        """Head geometry derived from the target: same hidden size, head dim and KV heads,
+        intermediate = 8/3 H rounded up to a multiple of 64 (Llama's ratio)."""
+        return HeadConfig(
+            kind=kind,
+            hidden_size=hidden_size,
+            num_heads=max(num_kv_heads, hidden_size // head_dim // num_kv_heads * num_kv_heads),
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            intermediate_size=64 * math.ceil(hidden_size * 8 / 3 / 64),
+            num_layers=layers,
+            target_layers=tuple(target_layers) if target_layers else spaced_layers(num_target_layers, layers),
+            block_size=block_size,
+            **identity,
+        )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["target_layers"] = list(self.target_layers)
+        return d
+
+
+class DraftHead(nn.Module):
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        c = self.config = config
+        self.fuse = nn.Linear(len(c.target_layers) * c.hidden_size, c.hidden_size, bias=False)
+        self.fuse_norm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.mask_embedding = nn.Parameter(torch.zeros(c.hidden_size))  # the learned MASK token
+        self.layers = nn.ModuleList(
+            DecoderLayer(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.rms_eps)
+            for _ in range(c.num_layers)
+        )
+        self.norm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+        nn.init.normal_(self.mask_embedding, std=0.02)
+
+    def fuse_context(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., k, H] target hidden states of the chosen layers -> fused [..., H]."""
+        return self.fuse_norm(self.fuse(hidden.flatten(-2).to(self.fuse.weight.dtype)))
+
+    def context_kv(self, fused: torch.Tensor, pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """fused [Bt, C, H] at positions pos [Bt, C] -> per head layer (k, v) [Bt, C, Hkv, D]."""
+        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
+        return [layer.attn.kv(fused, cos, sin) for layer in self.layers]
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [Bt, M, H] block input embeddings (anchor / MASK / drafted tokens)
+        pos: torch.Tensor,  # [Bt, M] int64 RoPE positions
+        context: list[tuple[torch.Tensor, torch.Tensor]],  # per layer k, v [Bt, C, Hkv, D]
+        mask: torch.Tensor,  # [Bt, M, C + M] bool
+    ) -> torch.Tensor:
+        """-> [Bt, M, H] final-normed hidden states, ready for the target's LM head."""
+        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
+        h = x.to(self.fuse.weight.dtype)
+        for layer, prefix in zip(self.layers, context):
+            h = layer(h, cos, sin, prefix, mask)
+        return self.norm(h)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

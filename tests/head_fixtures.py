@@ -1,0 +1,90 @@
+"""Tiny random targets for the head tests: a Hugging Face Llama of a few layers, wrapped as far as
+a head drafter needs it (`info`, `embed`, `lm_head`), and a tiny chat tokenizer for end-to-end runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from jetspec.core.interfaces import DecodeState, TargetInfo
+from jetspec.drafters.head.frozen_target import hf_identity, teacher_forward
+
+VOCAB = 96
+SHARPEN = 16.0  # LM-head scale: top-1 probability ~0.2 instead of ~0.02
+
+
+def tiny_llama(seed: int = 0, vocab: int = VOCAB, layers: int = 4) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # a peakier next-token distribution than the near-uniform random init
+        model.get_output_embeddings().weight.mul_(SHARPEN)
+    return model.requires_grad_(False)
+
+
+class HeadTarget:
+    """What a head drafter uses of a target: identity, embedding, LM head (plus the teacher's
+    hidden states, computed here the way the pipeline's target would)."""
+
+    def __init__(self, model: LlamaForCausalLM, name: str = "tiny"):
+        self.model = model
+        ident = hf_identity(model, name)
+        self.info = TargetInfo(
+            name=name, architecture="llama", vocab_size=ident["vocab_size"], hidden_size=ident["hidden_size"],
+            num_layers=ident["num_target_layers"], num_kv_heads=ident["num_kv_heads"], head_dim=ident["head_dim"],
+            max_positions=512, dtype=torch.float32, device=torch.device("cpu"), eos_token_ids=(2,),
+            fingerprint=ident["target_fingerprint"],
+        )  # fmt: skip
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(tokens)
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(h)
+
+    def hidden(self, tokens: list[int], layers) -> torch.Tensor:
+        """[n, k, H] hidden states of `layers` at every token of `tokens`."""
+        ids = torch.tensor([tokens])
+        ctx, _ = teacher_forward(self.model, ids, torch.ones_like(ids), layers)
+        return ctx[0]
+
+
+def observed(drafter, target: HeadTarget, tokens: list[int]) -> DecodeState:
+    """A drafter that has seen `tokens` committed (all but the last, the root, have hidden states)."""
+    state = DecodeState(tokens=list(tokens), prompt_len=len(tokens))
+    drafter.reset(state)
+    drafter.observe(state, target.hidden(tokens[:-1], drafter.hidden_layers))
+    return state
+
+
+def save_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
+    """A Hugging Face folder (weights + character-level tokenizer with a chat template)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>", "<unk>"]
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+    )  # fmt: skip
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    model = tiny_llama(seed, vocab=128)
+    model.config.eos_token_id = vocab["<|im_end|>"]
+    model.generation_config.eos_token_id = vocab["<|im_end|>"]
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

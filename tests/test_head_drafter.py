@@ -1,0 +1,128 @@
+"""Head drafters on a tiny random target: what `propose` returns, the head's own context cache, and
+parent-conditioned rescoring."""
+
+import pytest
+import torch
+
+from head_fixtures import HeadTarget, observed, tiny_llama
+from jetspec.core.errors import ConfigError, InputError
+from jetspec.core.interfaces import DecodeState
+from jetspec.core.proposal import DepthMarginals
+from jetspec.drafters.eagle import eagle_drafter
+from jetspec.drafters.head import DFlashOptions, EagleOptions, HeadOptions, dflash_drafter, jetspec_drafter
+from jetspec.drafters.head.model import DraftHead, HeadConfig
+
+PROMPT = [5, 17, 33, 8, 61, 12, 40, 9]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return HeadTarget(tiny_llama())
+
+
+def test_head_forward_and_context_shapes():
+    head = DraftHead(HeadConfig.for_target("causal", 64, 2, 16, 4, layers=2, target_layers=(1, 2), block_size=6))
+    fused = head.fuse_context(torch.randn(3, 7, 2, 64))  # [Bt, T, k, H] -> [Bt, T, H]
+    assert fused.shape == (3, 7, 64)
+    ctx = head.context_kv(fused, torch.arange(7).expand(3, 7))
+    assert len(ctx) == 2 and all(k.shape == v.shape == (3, 7, 2, 16) for k, v in ctx)
+    out = head(torch.randn(3, 6, 64), torch.arange(7, 13).expand(3, 6), ctx, torch.ones(3, 6, 13, dtype=torch.bool))
+    assert out.shape == (3, 6, 64)
+
+
+def test_a_smollm2_sized_head_is_small():
+    """SmolLM2-135M: H=576, 3 KV heads of 64; a 2-layer head must stay tens of MB in float32."""
+    with torch.device("meta"):
+        head = DraftHead(HeadConfig.for_target("causal", 576, 3, 64, 30, layers=2))
+    assert head.config.num_heads == 9 and head.config.target_layers == (1, 27)
+    assert head.num_parameters() * 4 < 40e6
+
+
+@pytest.mark.parametrize("make,options", [(jetspec_drafter, HeadOptions(top_k=5, block_size=6)),
+                                          (dflash_drafter, DFlashOptions(top_k=5, block_size=6))])  # fmt: skip
+def test_parallel_head_proposes_the_same_top_k_at_each_depth_whatever_the_path(target, make, options):
+    drafter = make(options, target)
+    state = observed(drafter, target, PROMPT)
+    proposal = drafter.propose(state, budget=16)
+    assert isinstance(proposal, DepthMarginals) and proposal.depth == 5  # depths 1 .. B-1
+    for depth in range(5):
+        kids = proposal.children((7,) * depth)
+        assert len(kids) == 5 and kids == proposal.children((1,) * depth)
+        logps = [lp for _, lp in kids]
+        assert logps == sorted(logps, reverse=True) and max(logps) <= 0
+    assert proposal.children((1,) * 5) == []
+
+
+def test_observing_in_pieces_equals_observing_at_once(target):
+    """The head's context cache after prefill + rounds equals one prefill of the same tokens."""
+    a = jetspec_drafter(HeadOptions(block_size=6), target)
+    b = jetspec_drafter(HeadOptions(block_size=6), target)
+    observed(a, target, PROMPT)
+    state = DecodeState(tokens=PROMPT[:3], prompt_len=3)
+    b.reset(state)
+    hidden = target.hidden(PROMPT[:-1], b.hidden_layers)
+    b.observe(state, hidden[:2])
+    for end in (3, 5, 7):  # two rounds that committed 3 and 2 tokens
+        state.tokens = PROMPT[: end + 1]
+        b.observe(state, hidden[state_len(b) : end])
+    final = DecodeState(tokens=PROMPT, prompt_len=len(PROMPT))
+    pa, pb = a.propose(final, 8), b.propose(final, 8)
+    for depth in range(5):
+        assert [t for t, _ in pa.children((0,) * depth)] == [t for t, _ in pb.children((0,) * depth)]
+        assert torch.allclose(torch.tensor([lp for _, lp in pa.children((0,) * depth)]),
+                              torch.tensor([lp for _, lp in pb.children((0,) * depth)]), atol=1e-5)  # fmt: skip
+
+
+def state_len(drafter) -> int:
+    return drafter.cache.length
+
+
+def test_observe_out_of_step_is_an_input_error(target):
+    drafter = jetspec_drafter(HeadOptions(block_size=6), target)
+    state = DecodeState(tokens=PROMPT, prompt_len=len(PROMPT))
+    drafter.reset(state)
+    with pytest.raises(InputError, match="out of step"):
+        drafter.observe(state, target.hidden(PROMPT[:-2], drafter.hidden_layers))  # one hidden state short
+
+
+def test_rescoring_conditions_children_on_their_actual_parent(target):
+    options = HeadOptions(top_k=4, block_size=6, rescore=True, rescore_top_k=2)
+    drafter = jetspec_drafter(options, target)
+    state = observed(drafter, target, PROMPT)
+    trie = drafter.propose(state, budget=12)
+    plain = jetspec_drafter(options.model_copy(update={"rescore": False}), target)
+    marginals = plain.propose(observed(plain, target, PROMPT), budget=12)
+    # the root's MASK query sees exactly what slot 1 sees in the first pass: the same distribution
+    first = dict(marginals.children(()))
+    for token, logp in trie.children(()):
+        if token in first:
+            assert logp == pytest.approx(first[token], abs=1e-4)
+    # deeper, children depend on the path: two siblings' children are scored differently
+    (t1, _), (t2, _) = trie.children(())[:2]
+    kids1, kids2 = dict(trie.children((t1,))), dict(trie.children((t2,)))
+    assert kids1 and kids2
+    shared = set(kids1) & set(kids2)
+    assert any(abs(kids1[t] - kids2[t]) > 1e-4 for t in shared) or set(kids1) != set(kids2)
+
+
+def test_rescoring_needs_a_causal_head(target):
+    with pytest.raises(ConfigError, match="causal"):
+        jetspec_drafter(HeadOptions(causal=False, rescore=True), target)
+    with pytest.raises(ValueError, match="causal"):
+        DFlashOptions(rescore=True)
+
+
+def test_eagle_expands_the_best_nodes_one_depth_per_forward(target):
+    drafter = eagle_drafter(EagleOptions(depth=3, top_k=3, frontier=2), target)
+    state = observed(drafter, target, PROMPT)
+    trie = drafter.propose(state, budget=16)
+    root_kids = trie.children(())
+    assert len(root_kids) == 3
+    expanded_at_depth_1 = [t for t, _ in root_kids if trie.children((t,))]
+    assert len(expanded_at_depth_1) >= 1
+    # frontier of 2 per depth: at most 2 expanded paths at depths 1 and 2, none at depth 3
+    paths = [(t,) for t, _ in root_kids]
+    for depth in (1, 2, 3):
+        expanded = [p for p in paths if trie.children(p)]
+        assert len(expanded) <= 2 and (depth < 3 or not expanded)
+        paths = [p + (t,) for p in expanded for t, _ in trie.children(p)]

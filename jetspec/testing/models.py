@@ -63,7 +63,7 @@ def tiny_target(family: str = "llama", seed: int = 0):
 class TinyDecoder:
     """x = embed(t); per layer: x += Wo·attend(rope(Wq·n(x)), cache) ; x += W2·silu(W1·n(x));
     logits = Wout·n(x), with n(x) = x / rms(x). K/V are written to the cache after RoPE, so any
-    `KVCache` / `AttentionBackend` pair can serve it. Hidden sizes: H=32, Hq=4, Hkv=2, D=8, L=2."""
+    `KVCache` / `AttentionBackend` pair can serve it. Hidden sizes: H=32, Hq=4, Hkv=2, D=16 (the smallest the Triton kernel takes), L=2."""
 
     provides = ("hidden_states", "attention_backend")
     tokenizer = None
@@ -72,7 +72,7 @@ class TinyDecoder:
         from ..kernels.reference import TorchAttention
 
         self.attention = attention or TorchAttention()
-        H, self.hq, self.hkv, self.d, L = 32, 4, 2, 8, 2
+        H, self.hq, self.hkv, self.d, L = 32, 4, 2, 16, 2
         device = torch.device(device)
         self.info = TargetInfo(
             name=f"tiny-decoder-{seed}", architecture="tiny", vocab_size=VOCAB, hidden_size=H, num_layers=L,

@@ -69,6 +69,8 @@ class CudaGraphForward:
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
         n = tokens.numel()
         b = self.buckets[bisect_left(self.buckets, n)]
+        if b > cache.capacity - cache.committed:  # no room to pad (e.g. a prefill near capacity)
+            return self.eager(tokens, meta, cache, hidden_layers)
         hidden_layers = tuple(hidden_layers)
         key = (id(cache), hidden_layers)
         if key not in self.graphs:
@@ -99,9 +101,10 @@ class CudaGraphForward:
     def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]):
         """Capture every bucket that fits the cache now (pending slots left), then restore the
         caller's reservation of n slots."""
-        if len(self.caches) >= 16:  # a long-lived target seeing many caches: start over
+        if len(self.caches) >= 64:  # a long-lived target seeing many caches: start over
             self.graphs.clear()
             self.caches.clear()
+            self.pool = None  # the pool died with its graphs: reusing its id trips the allocator
         self.caches[id(cache)] = cache
         room = cache.capacity - cache.committed
         self.positions.fill_(meta.prefix_len)

@@ -34,3 +34,18 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert proc.stderr.strip() == "jetspec: error: drafter 'ngram': nmax: unknown field (options: n_max, n_min, max_matches, max_depth)"
     proc = run("generate", "hi", "--target-path", str(tmp_path / "missing"), "--drafter", "ngram")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_convert_and_train_head_report_bad_input_in_one_line(tmp_path):
+    for args, expected in [
+        (("convert", str(tmp_path / "missing.gguf"), str(tmp_path / "out")), "does not exist"),
+        (("train-head", "--target", str(tmp_path / "nope"), "--prompts", "p.jsonl", "--out", str(tmp_path / "o")), "no target at"),
+    ]:
+        proc = run(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr
+
+
+def test_train_head_has_its_own_help():
+    proc = run("train-head", "--help")
+    assert proc.returncode == 0 and "usage: jetspec train-head" in proc.stdout and "--kind" in proc.stdout

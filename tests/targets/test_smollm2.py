@@ -117,7 +117,7 @@ def test_speculative_decoding_equals_plain_greedy_on_real_prompts(smollm2):
         .target(target)
         .drafter("ngram")
         .scorer("best-first")
-        .generation(budget=16, max_new_tokens=32)
+        .generation(budget=16, max_new_tokens=64)
         .build()
     )
     accepted = 0
@@ -127,3 +127,17 @@ def test_speculative_decoding_equals_plain_greedy_on_real_prompts(smollm2):
         assert spec.tokens == plain.tokens, prompt
         accepted += spec.stats.accepted_drafts
     assert accepted > 0  # the trees were not all rejected, so verification paths were exercised
+
+
+def test_the_shipped_causal_head_drafts_losslessly_for_smollm2(smollm2):
+    """`jetspec` without a checkpoint picks the head shipped for this exact target (name and
+    fingerprint), drafts with it, and stays lossless."""
+    target, _ = smollm2
+    pipe = jetspec.builder().target(target).drafter("jetspec").generation(budget=32, max_new_tokens=48).build()
+    assert pipe.drafter.head.config.target_fingerprint == target.info.fingerprint
+    taus = []
+    for prompt in real_prompts(2, 2):
+        spec = pipe.generate(prompt)
+        assert spec.tokens == pipe.generate_plain(prompt).tokens, prompt
+        taus.append(spec.stats.tau)
+    assert sum(taus) / len(taus) > 1.1  # trained, not random: it does get drafts accepted

@@ -18,6 +18,7 @@ head is trained for this: with some probability a block reveals its first r draf
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,8 +109,22 @@ class HeadDrafter(ContextDrafter):
         return trie
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "heads"  # <target name>/causal/head.json
+
+
+def shipped_checkpoint(info: Any) -> Path | None:
+    """The causal head shipped with jetspec for this exact target (same name and fingerprint)."""
+    folder = SHIPPED / info.name / "causal"
+    if not (folder / "head.json").is_file():
+        return None
+    return folder if read_config(str(folder)).target_fingerprint == info.fingerprint else None
+
+
 def jetspec_drafter(options: HeadOptions, target: Any) -> HeadDrafter:
-    """Factory of the `jetspec` drafter (causal parallel head)."""
+    """Factory of the `jetspec` drafter (causal parallel head). Without a `checkpoint`, the head
+    shipped for this target is used where one exists (else random weights: lossless, untrained)."""
+    if options.checkpoint is None and (shipped := shipped_checkpoint(target.info)) is not None:
+        options = options.model_copy(update={"checkpoint": str(shipped)})
     return HeadDrafter(build_head(options, target, "causal"), target, options)
 
 

@@ -12,17 +12,26 @@ from typing import Any, Sequence
 
 import torch
 
+from ...core.errors import CheckpointError
+
 
 
 def load_hf_target(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """(model, tokenizer) from a Hugging Face folder, or from a .gguf file (needs `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    where, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra).to(device).eval()
+    path = Path(path).expanduser()
+    gguf = path.suffix == ".gguf"
+    if not (path.is_file() if gguf else (path / "config.json").is_file()):
+        raise CheckpointError(f"no target at '{path}': give a Hugging Face folder (config.json + *.safetensors) or a .gguf file")
+    where, extra = (str(path.parent), {"gguf_file": path.name}) if gguf else (str(path), {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=True, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True, **extra)
+    except Exception as e:  # transformers raises many kinds; the user needs one line
+        raise CheckpointError(f"cannot load the target from '{path}': {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    model = model.to(device).eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     return model, tokenizer
 
 

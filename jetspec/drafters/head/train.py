@@ -317,7 +317,7 @@ def train_head(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jetspec.drafters.head.train", description=train_head.__doc__)
+    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__)
     ap.add_argument("--target", required=True, help="Hugging Face folder (or .gguf file) of the frozen target")
     ap.add_argument("--prompts", required=True, help="training prompts, .jsonl(.gz)")
     ap.add_argument("--out", required=True, help="output folder (checkpoint, training state, answers)")

@@ -48,37 +48,6 @@ def tree_attention(
     return out[0].transpose(0, 1).to(q.dtype)
 
 
-class TorchAttentionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def tree_mask(meta: AttentionMeta, device: torch.device) -> torch.Tensor:
-    """[N, prefix_len + N] bool, True where query i may attend to key j."""
-    n = meta.num_queries
-    sizes = meta.subtree_sizes.to(device)
-    m = torch.arange(n, device=device)
-    i = m[:, None]
-    pending = (m[None, :] <= i) & (i < m[None, :] + sizes[None, :])  # [N, N] interval rule
-    prefix = torch.ones(n, meta.prefix_len, dtype=torch.bool, device=device)
-    return torch.cat([prefix, pending], dim=1)
-
-
-def tree_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMeta, scale: float
-) -> torch.Tensor:
-    """q [N, Hq, D], k/v [T + N, Hkv, D] (logical order) -> [N, Hq, D]. GQA: Hq % Hkv == 0."""
-    n, hq, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
-    mask = tree_mask(meta, q.device)  # [N, T + N]
-    kf = k.repeat_interleave(group, dim=1).transpose(0, 1).float()  # [Hq, T + N, D]
-    vf = v.repeat_interleave(group, dim=1).transpose(0, 1).float()  # [Hq, T + N, D]
-    scores = torch.einsum("nhd,htd->hnt", q.float(), kf) * scale  # [Hq, N, T + N]
-    scores = scores.masked_fill(~mask[None], float("-inf"))
-    out = torch.einsum("hnt,htd->nhd", torch.softmax(scores, dim=-1), vf)  # [N, Hq, D]
-    return out.to(q.dtype)
-
-
 class TorchAttention:
     """Reference backend: gathers K/V through the cache and runs `tree_attention`."""
 

@@ -105,7 +105,10 @@ class Pipeline:
         kept cache keeps captured CUDA graphs valid across generate calls)."""
         if self._cache is None or self._cache.capacity < capacity:
             self._cache = None  # free the old buffers first
-            self._cache = self.new_cache(capacity)
+            # round up (powers of two from 1024) so that a warm-up and the runs after it share one
+            # cache, and with it their captured CUDA graphs
+            limit = self.target.info.max_positions + getattr(self.target, "extra_pending", 0)
+            self._cache = self.new_cache(min(max(1024, 1 << (capacity - 1).bit_length()), max(limit, capacity)))
         self._cache.reset()
         return self._cache
 

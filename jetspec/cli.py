@@ -113,6 +113,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)
     pipe = jetspec.from_config(config)
     prompt = args.prompt
+    if args.compare:  # warm both paths up (first-call allocations, kernel builds) so the timing compares decoding
+        pipe.generate(prompt, max_new_tokens=2)
+        pipe.generate_plain(prompt, max_new_tokens=2)
     stream = None if args.no_stream or pipe.target.tokenizer is None or args.json else _Streamer(pipe.target.tokenizer)
     result = pipe.generate(prompt, on_tokens=stream)
     s = result.stats

@@ -7,6 +7,7 @@
 # model            join the halves, check the sha256, convert once into /tmp/keep/cache (JETSPEC_CACHE)
 # gpu-tests        the GPU tests: kernels, CUDA graphs
 # kernels          bench/kernel_bench.py -> $OUT/kernels.jsonl
+# round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads
 # bench            jetspec bench --config bench/configs/smollm2_h200.toml
@@ -40,6 +41,8 @@ for step in "$@"; do
       python3 -m pytest -q tests/kernels tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/gpu_tests.log | tail -15 ;;
     kernels)
       timeout 400 python3 bench/kernel_bench.py --out $OUT/kernels.jsonl 2>&1 | tee $OUT/kernel_bench.log | tail -45 ;;
+    round-cost)
+      timeout 300 python3 bench/round_cost.py --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -25 ;;
     decode)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       H=(); for k in jetspec=causal dflash=dflash eagle=eagle; do

@@ -7,6 +7,7 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
 
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
+    cute             the experimental CuTe DSL kernel (jetspec[cute]; an error row where it cannot run)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 
@@ -129,6 +130,18 @@ def triton_fn(p: Problem, options: TritonAttentionOptions):
     return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
 
 
+def cute_fn(p: Problem):
+    from jetspec.core.errors import IncompatibleError
+    from jetspec.kernels.cute_backend import CuteAttention, unavailable
+
+    reason = unavailable()
+    if reason:
+        raise IncompatibleError(reason)
+    backend = CuteAttention()
+    backend.attend(p.q, p.cache, 0, p.meta, p.scale)  # compiles before any capture
+    return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
+
+
 def flex_fn(p: Problem):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -174,7 +187,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/kernels.jsonl")
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--trees", type=int, nargs="+", default=[1, 64, 256])
-    ap.add_argument("--backends", nargs="+", default=["triton", "triton-autotune", "flex", "sdpa"])
+    ap.add_argument("--backends", nargs="+", default=["triton", "triton-autotune", "cute", "flex", "sdpa"])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench: error: needs a CUDA GPU")
@@ -209,6 +222,10 @@ def main() -> None:
                         fn, backend = triton_fn(p, TritonAttentionOptions(autotune=name == "triton-autotune"))
                         cfg = backend.config(nodes, HQ // HKV, HKV, context + nodes, D, p.q)
                         row["config"] = cfg.__dict__
+                    elif name == "cute":
+                        fn, backend = cute_fn(p)
+                        k_rows = p.cache.k[0].view(-1, HKV, D)
+                        row["config"] = dict(zip(("num_warps", "block_n", "num_splits"), backend.tiling(p.q, k_rows, p.meta)))
                     else:
                         fn = flex_fn(p) if name == "flex" else sdpa_fn(p)
                     err = (fn().float() - p.expected).abs().max().item()

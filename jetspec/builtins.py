@@ -12,6 +12,7 @@ from .core.hookspecs import hookimpl
 from .core.registry import Implementation
 from .drafters.head.options import DFlashOptions, EagleOptions, HeadOptions
 from .drafters.ngram import NgramDrafter, NgramOptions
+from .kernels.cute_backend import CuteAttentionOptions
 from .kernels.reference import TorchAttention, TorchAttentionOptions
 from .kernels.triton_backend import TritonAttentionOptions
 from .scorers.accum_logp import AccumLogpOptions, AccumLogpScorer
@@ -79,6 +80,16 @@ def _triton_attention(options):
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise IncompatibleError("attention 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run it on a CPU, slowly)")
     return TritonAttention(options)
+
+
+def _cute_attention(options):
+    from .core.errors import IncompatibleError
+    from .kernels.cute_backend import CuteAttention, unavailable
+
+    reason = unavailable()
+    if reason:
+        raise IncompatibleError(reason)
+    return CuteAttention(options)
 
 
 @hookimpl
@@ -181,6 +192,11 @@ def jetspec_attention_backends():
         Implementation(
             "triton", _triton_attention, TritonAttentionOptions,
             "Triton paged tree attention, tree mask from the DFS intervals in-kernel (GPU, or CPU via TRITON_INTERPRET=1)",
+            requires=frozenset({"kv_cache:kv_rows", "target:attention_backend"}),
+        ),
+        Implementation(
+            "cute", _cute_attention, CuteAttentionOptions,
+            "experimental: not yet validated on a GPU. CuTe DSL paged tree attention (Hopper sm_90, bf16, head dim 64/128)",
             requires=frozenset({"kv_cache:kv_rows", "target:attention_backend"}),
         ),
     ]

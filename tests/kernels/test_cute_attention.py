@@ -1,0 +1,151 @@
+"""The experimental `cute` attention backend (CuTe DSL, Hopper).
+
+On any machine with nvidia-cutlass-dsl: the kernel compiles for sm_90a (cute.compile needs no
+GPU: pointers are fake addresses, the stream a fake stream) and the cubin holds tensor-core MMA.
+On an sm_90 GPU: the kernel equals the fp32 reference over random trees, contexts, GQA ratios,
+head dims, commit modes, tilings, and pools whose unused rows are poisoned."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jetspec.core.errors import IncompatibleError
+from jetspec.kernels.cute_backend import (
+    CuteAttention,
+    CuteAttentionOptions,
+    unavailable,
+)
+
+from .cases import DEVICE, build_problem, random_tree, trees
+
+HAVE_CUTLASS = importlib.util.find_spec("cutlass") is not None
+needs_cutlass = pytest.mark.skipif(not HAVE_CUTLASS, reason="needs nvidia-cutlass-dsl (pip install 'jetspec[cute]')")
+REASON = unavailable()  # None on an sm_90 GPU with cutlass
+needs_hopper = pytest.mark.skipif(REASON is not None, reason=f"GPU test: {REASON}")
+TOL = 3e-2  # bf16
+
+
+def test_importing_jetspec_and_the_backend_does_not_import_cutlass():
+    code = ("import sys, jetspec, jetspec.builtins, jetspec.kernels.cute_backend; "
+            "assert 'cutlass' not in sys.modules and 'cutlass.cute' not in sys.modules")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+@pytest.mark.skipif(REASON is None, reason="this machine can run the cute backend")
+def test_selecting_cute_where_it_cannot_run_is_a_one_line_incompatible_error():
+    from jetspec.builtins import _cute_attention
+
+    with pytest.raises(IncompatibleError) as err:
+        _cute_attention(CuteAttentionOptions())
+    assert "\n" not in str(err.value) and "cute" in str(err.value)
+
+
+@needs_cutlass
+@pytest.mark.parametrize("head_dim,group,kv_heads,warps", [(128, 4, 8, 1), (128, 4, 8, 4), (128, 1, 2, 2), (64, 2, 4, 4)])
+def test_kernel_compiles_for_sm90_without_a_gpu(tmp_path, head_dim, group, kv_heads, warps):
+    from jetspec.kernels.cute_tree_attention import compile_kernel
+
+    compiled = compile_kernel(head_dim, group, kv_heads, warps, 64,
+                              options=f"--keep-ptx --keep-cubin --dump-dir {tmp_path}")
+    art = compiled.artifacts
+    assert art.CUBIN and len(art.CUBIN) > 1000  # ptxas ran: a real sm_90a binary
+    ptx = art.PTX
+    assert re.search(r"\.target sm_90a", ptx)
+    # S = QK^T and O += PV on tensor cores: (16 x 64 x D) + (16 x D x 64) per warp, m16n8k16 each
+    assert ptx.count("mma.sync.aligned.m16n8k16") == 2 * (64 // 8) * (head_dim // 16)
+    assert "ldmatrix" in ptx
+    assert re.search(r"ld\.global[\w.]*\.v4", ptx)  # 16-byte gathers of K/V rows
+
+
+def test_tiling_heuristic():
+    from jetspec.kernels import cute_tree_attention as kernels
+
+    assert kernels.choose_tiling(1, 4, 8, 16385, 132) == (1, 64, 16)
+    warps, _, splits = kernels.choose_tiling(256, 4, 8, 16640, 132)
+    assert warps == 4 and 16 * 8 * splits <= 132
+
+
+test_tiling_heuristic = needs_cutlass(test_tiling_heuristic)
+
+
+# ---------------------------------------------------------------------------- GPU (sm_90)
+tilings = st.one_of(
+    st.just(CuteAttentionOptions()),
+    st.builds(CuteAttentionOptions, num_warps=st.sampled_from([1, 2, 4]), block_n=st.sampled_from([16, 32, 64]),
+              num_splits=st.integers(1, 4)),
+)
+
+
+@needs_hopper
+@pytest.mark.gpu
+@settings(max_examples=40, deadline=None)  # each new tiling compiles (~3 s)
+@given(
+    tree=trees(max_nodes=48),
+    prefix=st.integers(0, 300),
+    kv_heads=st.sampled_from([1, 2, 8]),
+    group=st.sampled_from([1, 3, 4]),
+    head_dim=st.sampled_from([64, 128]),
+    page_size=st.sampled_from([None, 16]),
+    commit=st.sampled_from(["gather", "remap"]),
+    options=tilings,
+    seed=st.integers(0, 2**16),
+)
+def test_gpu_kernel_equals_reference(tree, prefix, kv_heads, group, head_dim, page_size, commit, options, seed):
+    p = build_problem(tree, prefix, kv_heads, group, head_dim, torch.bfloat16, page_size, commit, seed)
+    out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
+    assert out.shape == p.q.shape and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), p.reference(), atol=TOL, rtol=TOL)
+
+
+@needs_hopper
+@pytest.mark.gpu
+@pytest.mark.parametrize("commit", ["gather", "remap"])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_gpu_rows_the_slot_map_does_not_name_cannot_change_the_output(commit, poison):
+    tree = random_tree([0, 0, 1, 2, 2, 0, 6, 3, 3])
+    kvh, d = 2, 128
+    p = build_problem(tree, 37, kv_heads=kvh, group=2, head_dim=d, dtype=torch.bfloat16,
+                      page_size=16, commit=commit, seed=1, extra_pages=3)
+    expected = p.reference()
+    live = torch.zeros(p.cache.k[0].view(-1, kvh, d).shape[0], dtype=torch.bool, device=DEVICE)
+    live[p.cache.slot_mapping.long()] = True
+    for pool in (p.cache.k, p.cache.v):
+        pool[0].view(-1, kvh, d)[~live] = poison
+    p.cache.slot_table[p.meta.prefix_len + tree.size:] = 2**30  # would fault if read
+    for options in (CuteAttentionOptions(block_n=16, num_splits=1), CuteAttentionOptions(block_n=64, num_splits=3)):
+        out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), expected, atol=TOL, rtol=TOL)
+
+
+@needs_hopper
+@pytest.mark.gpu
+@pytest.mark.parametrize("nodes,prefix", [(1, 4000), (1, 16384), (64, 3000), (256, 2000), (512, 300)])
+@pytest.mark.parametrize("commit", ["gather", "remap"])
+def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
+    g = torch.Generator().manual_seed(nodes)
+    tree = random_tree([int(torch.randint(0, i, (1,), generator=g)) for i in range(1, nodes)])
+    p = build_problem(tree, prefix, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, page_size=16, commit=commit)
+    out = CuteAttention().attend(p.q, p.cache, 0, p.meta, p.scale)
+    torch.testing.assert_close(out.float(), p.reference(), atol=2e-2, rtol=2e-2)
+
+
+@needs_hopper
+@pytest.mark.gpu
+def test_gpu_unsupported_inputs_raise_one_line_errors():
+    p = build_problem(random_tree([0]), 4, 2, 2, 64, torch.bfloat16, page_size=16)
+    backend = CuteAttention()
+    with pytest.raises(IncompatibleError, match="bf16"):
+        backend.attend(p.q.float(), p.cache, 0, p.meta, p.scale)
+    with pytest.raises(IncompatibleError, match="kv heads"):
+        backend.attend(torch.zeros(2, 3, 64, device=DEVICE, dtype=torch.bfloat16), p.cache, 0, p.meta, p.scale)

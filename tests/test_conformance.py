@@ -35,6 +35,11 @@ def test_every_kind_but_targets_has_a_check_and_builtins():
 
 @pytest.mark.parametrize("kind, name", BUILTINS, ids=[f"{k}:{n}" for k, n in BUILTINS])
 def test_builtin_conforms(kind, name):
+    if (kind, name) == ("attention", "cute"):
+        from jetspec.kernels.cute_backend import unavailable
+
+        if unavailable():
+            pytest.skip(f"cute: {unavailable()}")
     # the kit's lossless check is equality with plain greedy: `sampling` is checked at its greedy
     # limit here (its T > 0 exactness is tests/test_sampling.py's statistical job)
     options = {"temperature": 0.0} if (kind, name) == ("verifier", "sampling") else None

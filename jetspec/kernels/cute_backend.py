@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import IncompatibleError
 from ..core.interfaces import AttentionMeta, KVCache
+from .row_inputs import RowKernelInputs
 
 
 class CuteAttentionOptions(BaseModel):
@@ -42,18 +43,17 @@ def unavailable() -> str | None:
     return None
 
 
-class CuteAttention:
+class CuteAttention(RowKernelInputs):
     """Tree attention of N queries over a paged (or dense) KV cache, in CuTe DSL."""
 
+    backend_name: ClassVar[str] = "cute"
     graph_safe: ClassVar[bool] = False  # experimental: run eagerly until validated under CUDA graphs
 
     compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
 
     def __init__(self, options: CuteAttentionOptions | None = None):
         self.options = options or CuteAttentionOptions()
-        self._meta: AttentionMeta | None = None
-        self._meta_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._identity: torch.Tensor | None = None
+        super().__init__()
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         q = q.contiguous()  # [N, Hq, D]
@@ -77,27 +77,6 @@ class CuteAttention:
         o = self.options
         return o.num_warps or warps, o.block_n or block_n, o.num_splits or splits
 
-    def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        k, v = getattr(cache, "k", None), getattr(cache, "v", None)
-        if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
-            raise IncompatibleError(f"the cute attention backend needs a paged or dense KV cache, not {type(cache).__name__}")
-        k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
-        v_rows = v[layer].view(-1, *v.shape[-2:])
-        slots = getattr(cache, "slot_table", None)
-        if slots is None:  # logical order == physical order
-            if self._identity is None or self._identity.numel() != k_rows.shape[0] or self._identity.device != k.device:
-                self._identity = torch.arange(k_rows.shape[0], dtype=torch.int32, device=k.device)
-            slots = self._identity
-        return k_rows, v_rows, slots
-
-    def _forward_tensors(self, meta: AttentionMeta, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if meta.prefix_len_t is not None:
-            return meta.subtree_sizes, meta.prefix_len_t
-        if self._meta is not meta or self._meta_tensors is None or self._meta_tensors[0].device != device:
-            sizes = meta.subtree_sizes.to(device=device, dtype=torch.int32).contiguous()
-            prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)
-            self._meta, self._meta_tensors = meta, (sizes, prefix)
-        return self._meta_tensors
 
     @staticmethod
     def _check(q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta, slots: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import IncompatibleError
 from ..core.interfaces import AttentionMeta, KVCache
+from .row_inputs import RowKernelInputs
 
 
 class TritonAttentionOptions(BaseModel):
@@ -96,19 +97,18 @@ def candidate_configs(n: int, group: int, kv_heads: int, keys: int, head_dim: in
     return out
 
 
-class TritonAttention:
+class TritonAttention(RowKernelInputs):
     """Tree attention of N queries over a paged (or dense) KV cache, mask from the DFS intervals.
     Graph-safe: with `meta.prefix_len_t` set, every input is read from device memory."""
 
     graph_safe: ClassVar[bool] = True
+    backend_name: ClassVar[str] = "triton"
 
     compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
 
     def __init__(self, options: TritonAttentionOptions | None = None):
         self.options = options or TritonAttentionOptions()
-        self._meta: AttentionMeta | None = None  # the forward whose device tensors are cached
-        self._meta_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._identity: torch.Tensor | None = None  # dense caches: slot t = row t
+        super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
@@ -141,30 +141,6 @@ class TritonAttention:
                             o.num_warps or cfg.num_warps, o.num_stages or cfg.num_stages)
 
     # ------------------------------------------------------------------ inputs
-    def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        k, v = getattr(cache, "k", None), getattr(cache, "v", None)
-        if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
-            raise IncompatibleError(
-                f"the triton attention backend needs a paged or dense KV cache, not {type(cache).__name__}"
-            )
-        k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
-        v_rows = v[layer].view(-1, *v.shape[-2:])
-        slots = getattr(cache, "slot_table", None)
-        if slots is None:  # logical order == physical order
-            if self._identity is None or self._identity.numel() != k_rows.shape[0] or self._identity.device != k.device:
-                self._identity = torch.arange(k_rows.shape[0], dtype=torch.int32, device=k.device)
-            slots = self._identity
-        return k_rows, v_rows, slots
-
-    def _forward_tensors(self, meta: AttentionMeta, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device copies of the interval encoding and T, made once per forward (not per layer)."""
-        if meta.prefix_len_t is not None:  # graph replay: the caller owns static device buffers
-            return meta.subtree_sizes, meta.prefix_len_t
-        if self._meta is not meta or self._meta_tensors is None or self._meta_tensors[0].device != device:
-            sizes = meta.subtree_sizes.to(device=device, dtype=torch.int32)  # [N]
-            prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)  # [1]
-            self._meta, self._meta_tensors = meta, (sizes, prefix)
-        return self._meta_tensors
 
     @staticmethod
     def _check(q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta, slots: torch.Tensor) -> None:

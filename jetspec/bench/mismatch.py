@@ -2,8 +2,9 @@
 
 At the first position p where the two outputs differ, the target's next-token logits are
 recomputed for the plain prefix (prompt + plain[:p]) in one fresh forward. A bf16 near-tie shows
-as a small top-2 gap with the speculative token second; a bug shows as a large gap, or a token
-outside the top 2.
+as a small gap between the logits of the two tokens that were chosen (the recomputation is itself
+a third reduction order, so either token may come out on top, or a third token may edge in
+between); a bug shows as a large gap.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def describe_mismatch(
     spec_token = int(spec[p]) if p < len(spec) else None
     plain_token = int(plain[p]) if p < len(plain) else None
     gap = top_logits[0] - top_logits[1]
+    chosen = [t for t in (plain_token, spec_token) if t is not None]
+    choice_gap = abs(float(logits[chosen[0]] - logits[chosen[1]])) if len(chosen) == 2 else None
     return {
         "position": p,  # index into the generated tokens
         "plain_token": plain_token,
@@ -54,5 +57,8 @@ def describe_mismatch(
         "top2_tokens": top_tokens,
         "top2_logits": top_logits,
         "top2_gap": gap,
-        "near_tie": spec_token in top_tokens and plain_token in top_tokens and gap <= near_tie_gap,
+        "plain_logit": float(logits[plain_token]) if plain_token is not None else None,
+        "spec_logit": float(logits[spec_token]) if spec_token is not None else None,
+        "choice_gap": choice_gap,  # |logit(plain token) - logit(spec token)| at the plain prefix
+        "near_tie": choice_gap is not None and choice_gap <= near_tie_gap,
     }

@@ -71,6 +71,7 @@ def test_a_mismatch_is_reported_with_its_position_and_top2_gap(tmp_path):
     assert (m["spec_token"], m["plain_token"]) == (deviation["token"], deviation["plain"])
     assert m["top2_tokens"] == [deviation["plain"], deviation["token"]]
     assert m["top2_gap"] == pytest.approx(deviation["gap"], abs=1e-3)  # recomputed from the plain prefix
+    assert m["choice_gap"] == pytest.approx(deviation["gap"], abs=1e-3) and m["near_tie"] is False
     assert "| bad |" in outcome.markdown.read_text() and "| 1 (0) |" in outcome.markdown.read_text()
 
 

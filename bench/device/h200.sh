@@ -16,8 +16,8 @@
 #                  nvidia-cutlass-dsl wheels carried in .whl (dsl, libs-base, libs-core, libs-cu13;
 #                  cuda-bindings / protobuf if the image lacks them)
 #
-# Needs carried: .whl (pydantic, gguf, ...: not on the image), .prompts (the prompt sets), and
-# .stage1/.stage2 for the model. /tmp survives between back-to-back calls on a warm machine.
+# Needs carried (made here by bench/device/prepare.sh): .whl (pydantic, gguf, ...: not on the
+# image), .prompts (the prompt sets), and .stage1/.stage2 for the model. /tmp survives between back-to-back calls on a warm machine.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep

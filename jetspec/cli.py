@@ -33,12 +33,9 @@ def command(name: str):
 
 # ---------------------------------------------------------------------------- generate
 def _pipeline_config(args: argparse.Namespace):
-    import jetspec
     from .core.config import PipelineConfig, read_config_file
 
     data: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    if not args.config and "drafter" not in data:
-        data["drafter"] = best_available_drafter(jetspec.default_registry())
     gen = data.setdefault("generation", {})
     for key in ("max_new_tokens", "budget"):
         if getattr(args, key) is not None:
@@ -82,12 +79,6 @@ def apply_sampling_flags(data: dict[str, Any], temperature=None, top_k=None, top
         if current["name"] != "sampling":
             raise JetSpecError(f"--{'/--'.join(k.replace('_', '-') for k in extra)} only apply when sampling; give --temperature > 0")
         data["verifier"] = {**current, **extra}
-
-
-def best_available_drafter(registry) -> str:
-    """n-gram lookup: on SmolLM2 it beat the shipped causal head (trained for one minute) in every
-    H200 measurement so far (bench/RESULTS.md); `--drafter jetspec` selects the head."""
-    return "ngram"
 
 
 class _Streamer:

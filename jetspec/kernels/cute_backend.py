@@ -49,8 +49,6 @@ class CuteAttention(RowKernelInputs):
     backend_name: ClassVar[str] = "cute"
     graph_safe: ClassVar[bool] = False  # experimental: run eagerly until validated under CUDA graphs
 
-    compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
-
     def __init__(self, options: CuteAttentionOptions | None = None):
         self.options = options or CuteAttentionOptions()
         super().__init__()

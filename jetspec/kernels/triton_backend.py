@@ -104,8 +104,6 @@ class TritonAttention(RowKernelInputs):
     graph_safe: ClassVar[bool] = True
     backend_name: ClassVar[str] = "triton"
 
-    compatible_caches: ClassVar[tuple[str, ...]] = ("paged", "dense")
-
     def __init__(self, options: TritonAttentionOptions | None = None):
         self.options = options or TritonAttentionOptions()
         super().__init__()

@@ -62,15 +62,15 @@ class CudaGraphForward:
         return max(b - a - 1 for a, b in zip((0,) + self.buckets, self.buckets))
 
     def handles(self, n: int, cache: KVCache) -> bool:
-        return n <= self.buckets[-1] and getattr(cache, "graph_safe", False) and getattr(
-            self.target.attention, "graph_safe", False
-        )
+        """A replay can serve n queries: a bucket holds them, the cache has room for the padded
+        bucket (not so for a prefill near capacity), and cache and attention are graph-safe."""
+        if n > self.buckets[-1] or self.buckets[bisect_left(self.buckets, n)] > cache.capacity - cache.committed:
+            return False
+        return getattr(cache, "graph_safe", False) and getattr(self.target.attention, "graph_safe", False)
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
         n = tokens.numel()
         b = self.buckets[bisect_left(self.buckets, n)]
-        if b > cache.capacity - cache.committed:  # no room to pad (e.g. a prefill near capacity)
-            return self.eager(tokens, meta, cache, hidden_layers)
         hidden_layers = tuple(hidden_layers)
         key = (id(cache), hidden_layers)
         if key not in self.graphs:

@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, dest="max_minutes", help="start no new prompt after this long")
     p.add_argument("--output", help="folder for results/, plots/ and RESULTS.md (default: the config's, 'bench')")
     p.add_argument("--target-path", dest="target_path", help="a Hugging Face model folder for the configured target")
+    p.add_argument("--shard", help="I/N: run every N-th prompt from the I-th (N processes side by side; then --resume sums up)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -24,7 +25,7 @@ def command_line(args: argparse.Namespace) -> str:
     for flag in ("resume", "overwrite", "no_progress"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
-    for flag in ("limit", "max_minutes", "output", "target_path"):
+    for flag in ("limit", "max_minutes", "output", "target_path", "shard"):
         if getattr(args, flag) is not None:
             parts += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return shlex.join(parts)
@@ -51,10 +52,16 @@ def run_from_args(args: argparse.Namespace) -> int:
             {**d, "count": min(d.get("count") or args.limit, args.limit)} if isinstance(d, dict) else d
             for d in data.get("datasets", [])
         ]
+    shard = None
+    if args.shard is not None:
+        i, _, n = args.shard.partition("/")
+        if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+            raise ConfigError(f"--shard must be I/N with 0 <= I < N, got '{args.shard}'")
+        shard = (int(i), int(n))
     config = BenchConfig.parse(data)
     outcome = run_bench(
         config, resume=args.resume, overwrite=args.overwrite, command=command_line(args),
-        progress=not args.no_progress, max_minutes=args.max_minutes,
+        progress=not args.no_progress, max_minutes=args.max_minutes, shard=shard,
     )
     for s in outcome.summaries:
         tau = "–" if s["tau"] is None else f"{s['tau']:.2f}"

@@ -20,7 +20,11 @@ SUMMARY_FIELDS = (
 DESCRIBE = ("target", "drafter", "scorer", "verifier", "kv_cache", "attention", "budget", "temperature")
 
 
-def summarize(prompt_rows: Iterable[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
+def summarize(
+    prompt_rows: Iterable[dict[str, Any]], run: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """`run`: this invocation; `runs` (id -> run row): the invocations that wrote the prompt rows,
+    so a summary names the commands, machine and date that measured it, not the one that summed."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in prompt_rows:
         groups.setdefault((r["dataset"], r["pipeline"]), []).append(r)
@@ -55,7 +59,12 @@ def summarize(prompt_rows: Iterable[dict[str, Any]], run: dict[str, Any]) -> lis
         )
         peaks = [r["peak_mem_bytes"] for r in ok if r.get("peak_mem_bytes") is not None]
         s["peak_mem_bytes"] = max(peaks) if peaks else None
-        s.update(machine=run["machine"], date=run["date"], command=run["command"])
+        made = [runs[r["run"]] for r in ok if runs and r.get("run") in runs] or [run]
+        made = list({m["run"]: m for m in sorted(made, key=lambda m: m["run"])}.values())
+        s.update(
+            machine=" + ".join(sorted({m["machine"] for m in made})), date=made[-1]["date"],
+            command=" && ".join(dict.fromkeys(m["command"] for m in made)),
+        )
         out.append(s)
     return out
 

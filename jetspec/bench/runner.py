@@ -128,8 +128,12 @@ def _registry_with_target(registry: Registry, name: str, target: Any) -> Registr
 
 
 class BenchRun:
-    def __init__(self, plan: Plan, registry: Registry, command: str, progress: bool, max_minutes: float | None):
+    def __init__(
+        self, plan: Plan, registry: Registry, command: str, progress: bool, max_minutes: float | None,
+        shard: tuple[int, int] | None = None,
+    ):  # fmt: skip
         self.plan, self.registry, self.config = plan, registry, plan.config
+        self.shard = shard
         self.run = run_row(command, {})
         self.run_written = False
         self.progress = progress
@@ -163,8 +167,12 @@ class BenchRun:
 
         all_peers = list(self.config.peers.include)
         work = {}
+        prompts = self.plan.prompts
+        if self.shard is not None:  # shard i of n: every n-th prompt from the i-th (processes side by side)
+            i, n = self.shard
+            prompts = prompts[i::n]
         for gi, (engine, bps) in enumerate(self.plan.groups.items()):
-            work[engine] = [(p, *self.todo(p, bps, all_peers if gi == 0 else [])) for p in self.plan.prompts]
+            work[engine] = [(p, *self.todo(p, bps, all_peers if gi == 0 else [])) for p in prompts]
             work[engine] = [(p, b, q) for p, b, q in work[engine] if b or q]
         total = sum(1 + len(b) + len(q) for items in work.values() for _, b, q in items)
         bar = tqdm(total=total, desc=self.config.name, unit="gen", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
@@ -301,8 +309,9 @@ class BenchRun:
         if not self.run_written:
             append_row(plan.results, self.run)
         wanted = {(p.dataset, p.id) for p in plan.prompts}
-        rows = [r for r in latest_prompt_rows(read_rows(plan.results), plan.keys) if (r["dataset"], r["prompt_id"]) in wanted]
-        summaries = summarize(rows, self.run)
+        every = read_rows(plan.results)
+        rows = [r for r in latest_prompt_rows(every, plan.keys) if (r["dataset"], r["prompt_id"]) in wanted]
+        summaries = summarize(rows, self.run, runs={r["run"]: r for r in every if r.get("kind") == "run"})
         replace_summaries(plan.results, summaries)
         out = Path(config.output)
         plots = write_plots(summaries, out / "plots", config.name) if summaries else []
@@ -320,8 +329,13 @@ def run_bench(
     command: str = "",
     progress: bool = True,
     max_minutes: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BenchOutcome:
-    """Plan (all checks, no model loaded), run what is not done yet, then summarise."""
+    """Plan (all checks, no model loaded), run what is not done yet, then summarise.
+
+    `shard=(i, n)` runs only every n-th prompt from the i-th, so that n processes can share a
+    machine; concatenating their results files and running again with `resume` (nothing left to
+    do, no model loaded) writes the summary of them all."""
     import jetspec
 
     registry = registry or jetspec.default_registry()
@@ -331,6 +345,8 @@ def run_bench(
     if overwrite:
         plan.results.unlink(missing_ok=True)
     plan.results.parent.mkdir(parents=True, exist_ok=True)
-    run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes)
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"shard must be I/N with 0 <= I < N, got {shard[0]}/{shard[1]}")
+    run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes, shard)
     run.execute()
     return run.finish()

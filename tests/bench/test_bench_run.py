@@ -106,3 +106,35 @@ def test_resume_redoes_only_what_a_killed_run_lost(bench_dir, capsys):
 
     assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--resume"]) == 0
     assert len(prompt_rows(results)) == len(after)  # nothing left to do
+
+
+def test_shards_run_side_by_side_and_resume_sums_them_up(bench_dir):
+    """`--shard I/N` takes every N-th prompt from the I-th; the shards' files concatenated and run
+    again with --resume (nothing left to decode) give one summary naming every shard's command."""
+    config = bench_dir / "bench.toml"
+    shards = [bench_dir / f"shard{i}" for i in range(2)]
+    for i, out in enumerate(shards):
+        assert main(["bench", "--config", str(config), "--no-progress", "--shard", f"{i}/2", "--output", str(out)]) == 0
+    got = [{(r["dataset"], r["prompt_id"]) for r in prompt_rows(out / "results" / "tiny.jsonl")} for out in shards]
+    assert len(got[0]) == len(got[1]) == 2 and not got[0] & got[1]  # 4 prompts, split 2 + 2
+
+    merged = bench_dir / "merged"
+    (merged / "results").mkdir(parents=True)
+    (merged / "results" / "tiny.jsonl").write_text(
+        "".join((out / "results" / "tiny.jsonl").read_text() for out in shards)
+    )
+    assert main(["bench", "--config", str(config), "--no-progress", "--resume", "--output", str(merged)]) == 0
+    rows = read_rows(merged / "results" / "tiny.jsonl")
+    assert len(prompt_rows(merged / "results" / "tiny.jsonl")) == sum(len(prompt_rows(o / "results" / "tiny.jsonl")) for o in shards)
+    summaries = [r for r in rows if r["kind"] == "summary"]
+    assert len(summaries) == 12 and all(s["prompts"] == 2 for s in summaries)
+    # each summary names the shard commands that measured its prompts, not the one that summed them
+    by_shard = {i: {(r["dataset"], r["prompt_id"]) for r in prompt_rows(out / "results" / "tiny.jsonl")} for i, out in enumerate(shards)}
+    for s in summaries:
+        ran = [i for i, done in by_shard.items() if any(d == s["dataset"] for d, _ in done)]
+        assert s["command"] == " && ".join(f"jetspec bench --config {config} --no-progress --output {shards[i]} --shard {i}/2" for i in ran)
+
+
+def test_a_bad_shard_is_one_line(bench_dir, capsys):
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--shard", "2/2"]) == 2
+    assert "--shard must be I/N" in capsys.readouterr().err

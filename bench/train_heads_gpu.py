@@ -14,6 +14,13 @@
    OUT/summary.json records everything; the exit status is 1 if any check failed.
 4. with --export DIR: DIR gets exactly 8 files, each < 16 MiB: summary.json, answers.safetensors
    and <kind>/head.safetensors + <kind>/head.json for the three heads (what a caller brings back).
+
+--parallel trains the three heads side by side, one process each (a 135M target leaves most of an
+H200 idle, so three processes train about as fast as one): the steps per head are fixed first, from
+the measured time of a few causal steps (the slowest kind), `--contention` (how much slower a step
+runs with three processes on the GPU) and the budget left; each head then runs exactly that many
+steps with the same schedule and data. If the guess was too low, a head stops at the time limit
+and the "same steps" check fails rather than hiding it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--slack", type=float, default=1.2, help="time limit of heads 2 and 3, in units of head 1's time")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--parallel", action="store_true", help="the three heads side by side, one process each")
+    ap.add_argument("--contention", type=float, default=1.6, help="--parallel: step time with 3 processes / alone")
+    ap.add_argument("--steps", type=int, default=None, help="--parallel: steps per head (default: from the budget)")
+    ap.add_argument("--only", choices=KINDS, help=argparse.SUPPRESS)  # a --parallel child: one head, then exit
     a = ap.parse_args(argv)
     if a.prompts is None:
         ap.error("no --prompts given and shared/data/prompts/gsm8k_train.jsonl not found")
@@ -101,22 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     say(f"data: {len(data)} answers, {data.answer_tokens} answer tokens (prompts {data.meta.get('prompts')})")
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    per_head = max(1.0, (budget - (time.monotonic() - T0)) / len(KINDS))
-    results: dict[str, dict] = {}
-    steps = None
-    for kind in KINDS:
-        cfg = TrainConfig(
-            kind=kind, steps=steps, minutes=(per_head if steps is None else a.slack * per_head) / 60,
-            layers=a.layers, block_size=a.block_size, batch_size=a.batch_size, anchors=a.anchors, lr=a.lr,
-            seed=a.seed, save_every=500, log_every=25,
-        )  # fmt: skip
-        say(f"training {kind}: {'%.0f s' % per_head if steps is None else '%d steps' % steps}")
-        results[kind] = train(model, data, out / kind, cfg, identity, pad_id=pad, progress=not a.no_progress)
-        steps = steps or results[kind]["steps"]
-        r = results[kind]
-        say(f"{kind}: {r['steps']} steps in {r['seconds']} s; held-out KL {r['before'].get('eval_kl', float('nan')):.3f} -> "
-            f"{r['after'].get('eval_kl', float('nan')):.3f}, chain tau {r['before'].get('eval_tau_chain', 0):.2f} -> "
-            f"{r['after'].get('eval_tau_chain', 0):.2f}")  # fmt: skip
+    if a.only:  # a child of --parallel: one head for exactly --steps steps (--minutes caps it)
+        r = train(model, data, out / a.only, _train_config(a, a.only, a.steps, a.minutes), identity, pad_id=pad, progress=False)
+        (out / a.only / "result.json").write_text(json.dumps(r, default=str))
+        return 0
+    if a.parallel:
+        results = side_by_side(a, target, out, model, data, identity, pad, budget, say)
+    else:
+        results = one_after_another(a, out, model, data, identity, pad, budget, say)
 
     checks = self_checks(out, results, identity, model)
     for name, ok in checks.items():
@@ -134,6 +137,70 @@ def main(argv: list[str] | None = None) -> int:
         export(out, Path(a.export))
         say(f"deliverables in {a.export}")
     return 0 if all(checks.values()) else 1
+
+
+def _train_config(a: argparse.Namespace, kind: str, steps: int | None, minutes: float | None) -> TrainConfig:
+    return TrainConfig(
+        kind=kind, steps=steps, minutes=minutes, layers=a.layers, block_size=a.block_size, batch_size=a.batch_size,
+        anchors=a.anchors, lr=a.lr, seed=a.seed, save_every=500, log_every=25,
+    )  # fmt: skip
+
+
+def _report(say, kind: str, r: dict) -> None:
+    say(f"{kind}: {r['steps']} steps in {r['seconds']} s; held-out KL {r['before'].get('eval_kl', float('nan')):.3f} -> "
+        f"{r['after'].get('eval_kl', float('nan')):.3f}, chain tau {r['before'].get('eval_tau_chain', 0):.2f} -> "
+        f"{r['after'].get('eval_tau_chain', 0):.2f}")  # fmt: skip
+
+
+def one_after_another(a, out: Path, model, data, identity: dict, pad: int, budget: float, say) -> dict[str, dict]:
+    """causal for a third of the time left, then dflash and eagle for exactly its steps."""
+    per_head = max(1.0, (budget - (time.monotonic() - T0)) / len(KINDS))
+    results: dict[str, dict] = {}
+    steps = None
+    for kind in KINDS:
+        cfg = _train_config(a, kind, steps, (per_head if steps is None else a.slack * per_head) / 60)
+        say(f"training {kind}: {'%.0f s' % per_head if steps is None else '%d steps' % steps}")
+        results[kind] = train(model, data, out / kind, cfg, identity, pad_id=pad, progress=not a.no_progress)
+        steps = steps or results[kind]["steps"]
+        _report(say, kind, results[kind])
+    return results
+
+
+def side_by_side(a, target: Path, out: Path, model, data, identity: dict, pad: int, budget: float, say) -> dict[str, dict]:
+    """Fix the steps (measured causal step time x contention vs the time left), then one process per head."""
+    import subprocess
+
+    tail_s = 60.0  # children load the target and evaluate; then the checks
+    steps = a.steps
+    if steps is None:
+        probe = _train_config(a, "causal", 12, None)
+        probe.eval_rows = a.batch_size  # one batch of held-out evaluation; the probe only times steps
+        r = train(model, data, out / "probe", probe, identity, pad_id=pad, resume=False, progress=False)
+        shutil.rmtree(out / "probe", ignore_errors=True)
+        per_step = r["seconds"] / r["steps"]
+        left = budget - (time.monotonic() - T0) - tail_s
+        steps = max(1, int(left / (per_step * a.contention)))
+        say(f"probe: {per_step * 1000:.0f} ms per causal step alone; {left:.0f} s left -> {steps} steps per head")
+    limit = max(1.0, budget - (time.monotonic() - T0) - tail_s / 2)
+    children = {}
+    for kind in KINDS:
+        shutil.rmtree(out / kind, ignore_errors=True)  # no resume: every head starts from step 0 together
+        (out / kind).mkdir(parents=True)
+        cmd = [sys.executable, __file__, "--only", kind, "--target", str(target), "--out", str(out),
+               "--prompts", a.prompts, "--steps", str(steps), "--minutes", f"{limit / 60:.3f}",
+               "--layers", str(a.layers), "--block-size", str(a.block_size), "--batch-size", str(a.batch_size),
+               "--anchors", str(a.anchors), "--lr", str(a.lr), "--seed", str(a.seed), "--no-progress"]  # fmt: skip
+        children[kind] = subprocess.Popen(cmd, stdout=(out / kind / "stdout.log").open("w"), stderr=subprocess.STDOUT)
+    say(f"training {', '.join(KINDS)} side by side: {steps} steps each, at most {limit:.0f} s")
+    results = {}
+    for kind, child in children.items():
+        code = child.wait()
+        if code != 0 or not (out / kind / "result.json").is_file():
+            print((out / kind / "stdout.log").read_text()[-3000:])
+            raise SystemExit(f"training {kind} failed (exit {code}); its log is above")
+        results[kind] = json.loads((out / kind / "result.json").read_text())
+        _report(say, kind, results[kind])
+    return results
 
 
 def export(out: Path, dest: Path) -> None:

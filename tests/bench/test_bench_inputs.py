@@ -3,6 +3,7 @@ is a one-line error raised before any model loads (the target folders below hold
 loading one would fail with a different error)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,13 @@ def test_the_builtin_prompt_sets(tmp_path):
     cfg = bench(tmp_path, datasets=["math500", "gsm8k", "humaneval", "spec_bench", "spec_bench/mt_bench"])
     sizes = [len(load_prompts(d, cfg)) for d in cfg.datasets]
     assert sizes == [500, 1319, 164, 480, 80]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "bench" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_the_committed_bench_configs_are_valid(path):
+    """Every config in bench/configs parses, and each of its pipelines validates against the registry."""
+    import jetspec
+
+    registry = jetspec.default_registry()
+    for bp in expand(BenchConfig.load(path)):
+        bp.config.validate_with(registry)

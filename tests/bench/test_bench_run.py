@@ -109,8 +109,8 @@ def test_resume_redoes_only_what_a_killed_run_lost(bench_dir, capsys):
 
 
 def test_shards_run_side_by_side_and_resume_sums_them_up(bench_dir):
-    """`--shard I/N` takes every N-th prompt from the I-th; the shards' files concatenated and run
-    again with --resume (nothing left to decode) give one summary naming every shard's command."""
+    """`--shard I/N` takes every N-th prompt from the I-th; the shards' files concatenated and
+    summed up with --summarize-only (nothing decoded) give one summary naming every shard's command."""
     config = bench_dir / "bench.toml"
     shards = [bench_dir / f"shard{i}" for i in range(2)]
     for i, out in enumerate(shards):
@@ -123,7 +123,7 @@ def test_shards_run_side_by_side_and_resume_sums_them_up(bench_dir):
     (merged / "results" / "tiny.jsonl").write_text(
         "".join((out / "results" / "tiny.jsonl").read_text() for out in shards)
     )
-    assert main(["bench", "--config", str(config), "--no-progress", "--resume", "--output", str(merged)]) == 0
+    assert main(["bench", "--config", str(config), "--no-progress", "--summarize-only", "--output", str(merged)]) == 0
     rows = read_rows(merged / "results" / "tiny.jsonl")
     assert len(prompt_rows(merged / "results" / "tiny.jsonl")) == sum(len(prompt_rows(o / "results" / "tiny.jsonl")) for o in shards)
     summaries = [r for r in rows if r["kind"] == "summary"]
@@ -133,6 +133,20 @@ def test_shards_run_side_by_side_and_resume_sums_them_up(bench_dir):
     for s in summaries:
         ran = [i for i, done in by_shard.items() if any(d == s["dataset"] for d, _ in done)]
         assert s["command"] == " && ".join(f"jetspec bench --config {config} --no-progress --output {shards[i]} --shard {i}/2" for i in ran)
+
+
+def test_summarize_only_decodes_nothing_and_sums_up_what_is_there(bench_dir, capsys):
+    part = bench_dir / "part"
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--shard", "1/2", "--output", str(part)]) == 0
+    results = part / "results" / "tiny.jsonl"
+    before = prompt_rows(results)
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--summarize-only", "--output", str(part)]) == 0
+    assert prompt_rows(results) == before  # the other shard's prompts were not decoded
+    summaries = [r for r in read_rows(results) if r["kind"] == "summary"]
+    assert {s["dataset"] for s in summaries} == {r["dataset"] for r in before}
+    empty = bench_dir / "empty"
+    assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--summarize-only", "--output", str(empty)]) == 2
+    assert "nothing to summarize" in capsys.readouterr().err
 
 
 def test_a_bad_shard_is_one_line(bench_dir, capsys):

@@ -8,9 +8,19 @@ Shapes: Bt batch, M block/tree inputs, C context (prefix) keys, H hidden, Hq/Hkv
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# While drafting, the context grows by a few keys every round, so nearly every call has a new shape.
+# The H200 speed run of 2026-11-28 spent 43 ms per causal-head round and 240 ms per EAGLE round
+# drafting in bf16 against 4-11 ms in fp32 (same heads, a loaded GPU), which points at per-shape
+# setup in a bf16-only backend: cuDNN's SDPA builds an execution plan per new shape. The
+# memory-efficient kernel has none. bench/RESULTS.md has the run before and after.
+_CUDA_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class RMSNorm(nn.Module):
@@ -76,7 +86,8 @@ class PrefixAttention(nn.Module):
         group = self.num_heads // self.num_kv_heads
         k = k.repeat_interleave(group, dim=2).transpose(1, 2)  # [Bt, Hq, C + M, D]
         v = v.repeat_interleave(group, dim=2).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask[:, None])  # [Bt, Hq, M, D]
+        with sdpa_kernel(_CUDA_SDPA) if q.is_cuda else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask[:, None])  # [Bt, Hq, M, D]
         return self.o_proj(out.transpose(1, 2).reshape(bt, m, self.num_heads * self.head_dim))
 
 

@@ -23,6 +23,30 @@ from .layers import DecoderLayer, RMSNorm
 from .rope import RotaryTable
 
 
+
+_MM_OUT_DTYPE = True  # torch.mm(..., out_dtype=float32) works here; set False after its first failure
+
+
+def fp32_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """h [..., H] @ weight[V, H]^T -> logits [..., V] float32.
+
+    In bf16/fp16 on CUDA the GEMM's fp32 accumulator is returned as it is (`out_dtype`) instead of
+    being rounded to bf16 first. bf16 logits keep 8 significant bits — steps of 0.125 around 20 —
+    so two tokens often tie exactly, and which of them argmax picks then depends on reduction
+    order: most of the bf16 speculative-vs-plain differences of the H200 run of 2026-11-28 were
+    such exact ties (choice gap 0). Elsewhere: the product in the weights' dtype, upcast."""
+    global _MM_OUT_DTYPE
+    if _MM_OUT_DTYPE and h.is_cuda and h.dtype in (torch.bfloat16, torch.float16):
+        try:
+            flat = h.reshape(-1, h.shape[-1])  # [n, H]
+            return torch.mm(flat, weight.t(), out_dtype=torch.float32).view(*h.shape[:-1], weight.shape[0])
+        except (RuntimeError, TypeError, NotImplementedError):  # a torch without mm's out_dtype on this GPU
+            _MM_OUT_DTYPE = False
+    if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16):
+        return torch.nn.functional.linear(h.float(), weight.float())
+    return torch.nn.functional.linear(h, weight).float()
+
+
 class DecoderModel(nn.Module):
     """Parameters named like the HF checkpoint with the leading `model.` dropped."""
 
@@ -93,7 +117,7 @@ class DecoderTarget:
             x = layer(x, cos, sin, self.attention, cache, meta)
             if l in wanted:
                 kept[l] = x
-        logits = self.model.lm_head(self.model.norm(x)).float()  # [N, V]
+        logits = fp32_logits(self.model.norm(x), self.model.lm_head.weight)  # [N, V]
         hidden = torch.stack([kept[l] for l in hidden_layers], dim=1) if kept else None  # [N, k, H]
         return TargetOutput(logits=logits, hidden=hidden)
 
@@ -104,4 +128,4 @@ class DecoderTarget:
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> logits [..., V] float32: the output projection alone, no final norm
         (a draft head applies its own norm first). Gradients flow to `hidden`, not to the weights."""
-        return self.model.lm_head(hidden).float()
+        return fp32_logits(hidden, self.model.lm_head.weight)

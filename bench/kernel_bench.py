@@ -7,7 +7,7 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
 
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
-    cute             the experimental CuTe DSL kernel (jetspec[cute]; an error row where it cannot run)
+    cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 

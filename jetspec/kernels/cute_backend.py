@@ -1,6 +1,8 @@
-"""`cute` attention backend (EXPERIMENTAL: compiled for sm_90a on a CPU, not yet validated on a
-GPU): paged tree attention written in CuTe DSL (`pip install 'jetspec[cute]'`), bf16, head dim
-64 or 128, GQA, tree mask from the DFS intervals in-kernel, keys read through the slot map.
+"""`cute` attention backend: paged tree attention written in CuTe DSL (`pip install 'jetspec[cute]'`),
+bf16, head dim 64 or 128, GQA, tree mask from the DFS intervals in-kernel, keys read through the
+slot map. Correct on an H200 (tests/kernels/test_cute_attention.py, SmolLM2 end to end in
+tests/targets/test_smollm2_gpu.py, 2026-11-28) but about 5x slower than `triton` at 16k context
+and 256 nodes (bench/RESULTS.md): a reference for CuTe DSL work, not the fast path.
 
 Same inputs as the `triton` backend (capability `kv_rows`: the `paged` and `dense` caches).
 Importing this module does not import cutlass; the kernel module loads on the first `attend`.
@@ -47,7 +49,7 @@ class CuteAttention(RowKernelInputs):
     """Tree attention of N queries over a paged (or dense) KV cache, in CuTe DSL."""
 
     backend_name: ClassVar[str] = "cute"
-    graph_safe: ClassVar[bool] = False  # experimental: run eagerly until validated under CUDA graphs
+    graph_safe: ClassVar[bool] = False  # never run under CUDA graph capture yet: targets run it eagerly
 
     def __init__(self, options: CuteAttentionOptions | None = None):
         self.options = options or CuteAttentionOptions()

@@ -1,7 +1,7 @@
 """Paged tree attention in CuTe DSL (nvidia-cutlass-dsl), the kernel behind the `cute` backend.
 
-EXPERIMENTAL: compiled for sm_90a on a CPU (tests/kernels/test_cute_attention.py), not yet run
-on a GPU. Same contract as `triton_tree_attention.paged_tree_attention`:
+Compiled for sm_90a on any machine, run and checked on an H200 (tests/kernels/test_cute_attention.py).
+Same contract as `triton_tree_attention.paged_tree_attention`:
 
     q [N, Hq, D] bf16; k_rows, v_rows [R, Hkv, D] bf16 (a layer's pool, rows flattened);
     slots [>= T + N] int32 pool row of each logical key; subtree_sizes [N] int32;

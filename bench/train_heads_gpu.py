@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"data: {len(data)} answers, {data.answer_tokens} answer tokens (prompts {data.meta.get('prompts')})")
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if dev.type == "cuda":  # generating at batch 2048 leaves ~100 GB cached: give it back to the children
+        torch.cuda.empty_cache()
     if a.only:  # a child of --parallel: one head for exactly --steps steps (--minutes caps it)
         r = train(model, data, out / a.only, _train_config(a, a.only, a.steps, a.minutes), identity, pad_id=pad, progress=False)
         (out / a.only / "result.json").write_text(json.dumps(r, default=str))
@@ -195,13 +197,19 @@ def side_by_side(a, target: Path, out: Path, model, data, identity: dict, pad: i
         children[kind] = subprocess.Popen(cmd, stdout=(out / kind / "stdout.log").open("w"), stderr=subprocess.STDOUT)
     say(f"training {', '.join(KINDS)} side by side: {steps} steps each, at most {limit:.0f} s")
     results = {}
-    for kind, child in children.items():
-        code = child.wait()
-        if code != 0 or not (out / kind / "result.json").is_file():
-            print((out / kind / "stdout.log").read_text()[-3000:])
-            raise SystemExit(f"training {kind} failed (exit {code}); its log is above")
-        results[kind] = json.loads((out / kind / "result.json").read_text())
-        _report(say, kind, results[kind])
+    try:
+        for kind, child in children.items():
+            code = child.wait()
+            if code != 0 or not (out / kind / "result.json").is_file():
+                print((out / kind / "stdout.log").read_text()[-3000:])
+                raise SystemExit(f"training {kind} failed (exit {code}); its log is above")
+            results[kind] = json.loads((out / kind / "result.json").read_text())
+            _report(say, kind, results[kind])
+    finally:  # one head failed (or we were interrupted): the others must not train on, holding the GPU
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     return results
 
 

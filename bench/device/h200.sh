@@ -102,7 +102,7 @@ for step in "$@"; do
       tar -C /tmp/keep -cf $OUT/bench.tar bench ;;
     tau)
       install_heads || exit 1
-      N=${TAU_SHARDS:-15}; C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
+      N=${TAU_SHARDS:-8}  # 15 (2026-11-28) used ~9 GB each and ran the GPU out of memory; C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
       for i in $(seq 0 $((N - 1))); do
         OMP_NUM_THREADS=1 timeout 480 python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
           --max-minutes ${TAU_MINUTES:-4} --no-progress > $T/shard$i.log 2>&1 &

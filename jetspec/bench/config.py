@@ -119,6 +119,11 @@ class BenchConfig(BaseModel):
     faithfulness_nats: float = Field(5.0, gt=0)
     faithfulness_rounds: int = Field(8, ge=1, description="rounds sampled per prompt for faithfulness")
     max_minutes: float | None = Field(None, gt=0, description="start no new prompt after this; --resume continues")
+    replay: bool = Field(
+        False,
+        description="τ only: each greedy pipeline's drafter and scorer are replayed against plain decoding's output "
+        "(jetspec.bench.replay) instead of verifying trees; rows carry τ, acceptance and faithfulness, no speeds",
+    )
 
     @field_validator("target", mode="before")
     @classmethod

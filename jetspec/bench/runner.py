@@ -35,6 +35,7 @@ from .mismatch import describe_mismatch
 from .peers import Peers, context_limit, hf_folder
 from .plots import write_plots
 from .report import summarize, write_results_md
+from .replay import replay
 from .rows import append_row, done_keys, latest_prompt_rows, read_rows, replace_summaries, run_row
 
 
@@ -87,11 +88,13 @@ def plan_bench(config: BenchConfig, registry: Registry) -> Plan:
                 )
         groups.setdefault(bp.engine, []).append(bp)
         temperature[bp.name] = float(getattr(options["verifier"], "temperature", 0.0) or 0.0)
+        if config.replay and (temperature[bp.name] or bp.config.verifier.name not in ("greedy", "sampling")):
+            raise ConfigError(f"pipeline '{bp.name}': replay needs greedy verification (a fixed output to replay)")
         provides = registry.get("drafter", bp.config.drafter.name).provides
         if config.faithfulness == "all" or (config.faithfulness == "auto" and "branch_scores" in provides):
             faithful.add(bp.name)
     inputs = (
-        config.target.model_dump(), config.max_new_tokens,
+        config.target.model_dump(), config.max_new_tokens, config.replay,
         [(d.name, d.path, d.field, d.chat_template if d.chat_template is not None else config.chat_template) for d in config.datasets],
     )
     plan = Plan(config, prompts, groups, {}, temperature, faithful, Path(config.output) / "results" / f"{config.name}.jsonl")
@@ -256,6 +259,8 @@ class BenchRun:
             "scorer": c.scorer.name, "verifier": c.verifier.name, "kv_cache": c.kv_cache.name, "attention": c.attention.name,
             "budget": c.generation.budget, "temperature": temp,
         }
+        if self.config.replay:
+            return self.replay_row(bp, pipe, prompt_ids, plain, row)
         try:
             result, wall, peak = _timed(lambda: pipe.generate(prompt_ids), pipe.target.info.device)
         except Exception as e:  # one failing pipeline must not end a long run: recorded, redone by --resume
@@ -278,6 +283,26 @@ class BenchRun:
             "identical": None if temp else mismatch is None, "mismatch": mismatch, "seconds": dict(s.seconds),
             "accepted_by_depth": list(s.accepted_by_depth), "tree_nodes": s.tree_nodes, "faithfulness": faith,
             "peak_mem_bytes": peak, "stopped": result.stopped,
+        }
+
+    def replay_row(self, bp: BenchPipeline, pipe: Pipeline, prompt_ids: list[int], plain: Any, row: dict) -> dict:
+        """τ, acceptance and faithfulness of `bp` replayed against this prompt's plain output (no speeds:
+        nothing is verified, and the output is plain decoding's by construction)."""
+        try:
+            s = replay(pipe, prompt_ids, plain.tokens, bp.config.generation.budget)
+        except Exception as e:
+            return self._error(row, e)
+        faith = None
+        if isinstance(pipe.drafter, ProposalRecorder):
+            faith = measure_faithfulness(
+                pipe, prompt_ids, plain.tokens, pipe.drafter.rounds, bp.config.generation.budget,
+                self.config.faithfulness_nats, self.config.faithfulness_rounds,
+            )  # fmt: skip
+        return {
+            **row, "replay": True, "new_tokens": s.new_tokens, "rounds": s.rounds, "tau": s.tau, "wall_s": 0.0,
+            "tokens_per_s": None, "plain_wall_s": None, "speedup": None, "identical": None, "mismatch": None,
+            "seconds": dict(s.seconds), "accepted_by_depth": list(s.accepted_by_depth), "tree_nodes": s.tree_nodes,
+            "faithfulness": faith, "peak_mem_bytes": None, "stopped": None,
         }
 
     def peer_row(self, peers: Peers, peer: str, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:

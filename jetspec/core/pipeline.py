@@ -44,7 +44,7 @@ class GenerationStats:
     new_tokens: int = 0
     accepted_drafts: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
-    accepted_by_depth: list[int] = field(default_factory=list)  # [d] rounds that accepted >= d+1 drafts
+    accepted_by_depth: list[int] = field(default_factory=list)  # [d] rounds that committed >= d+1 drafts
     tree_nodes: int = 0  # draft nodes verified, summed over rounds
 
     @property
@@ -223,11 +223,12 @@ class Pipeline:
                     drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
                 t5 = clock()
 
+                kept = min(acc.accepted_drafts, len(new))  # drafts committed (a cut round keeps fewer)
                 stats.rounds += 1
                 stats.new_tokens += len(new)
-                stats.accepted_drafts += acc.accepted_drafts
+                stats.accepted_drafts += kept
                 stats.tree_nodes += tree.budget
-                for d in range(acc.accepted_drafts):
+                for d in range(kept):
                     if d == len(stats.accepted_by_depth):
                         stats.accepted_by_depth.append(0)
                     stats.accepted_by_depth[d] += 1

@@ -152,3 +152,24 @@ def test_summarize_only_decodes_nothing_and_sums_up_what_is_there(bench_dir, cap
 def test_a_bad_shard_is_one_line(bench_dir, capsys):
     assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--shard", "2/2"]) == 2
     assert "--shard must be I/N" in capsys.readouterr().err
+
+
+def test_replay_gives_the_tau_of_the_live_run_without_speeds(bench_dir):
+    """`replay = true`: the same τ and acceptance per (dataset, pipeline) as decoding for real; no speeds."""
+    base = (bench_dir / "bench.toml").read_text().split("[peers]")[0]
+    summaries = {}
+    for mode in ("live", "replay"):
+        cfg = bench_dir / f"{mode}.toml"
+        cfg.write_text(base.replace('name = "tiny"', f'name = "{mode}"') + ("replay = true\n" if mode == "replay" else ""))
+        # (appended after the [[pipelines]] tables would make it a pipeline field: put it first instead)
+        text = cfg.read_text()
+        if mode == "replay":
+            cfg.write_text("replay = true\n" + text.replace("replay = true\n", ""))
+        assert main(["bench", "--config", str(cfg), "--no-progress", "--output", str(bench_dir / mode)]) == 0
+        rows = read_rows(bench_dir / mode / "results" / f"{mode}.jsonl")
+        summaries[mode] = {(s["dataset"], s["pipeline"]): s for s in rows if s["kind"] == "summary" and s["kind_of"] == "spec"}
+    assert summaries["live"].keys() == summaries["replay"].keys() and len(summaries["live"]) == 4
+    for key, live in summaries["live"].items():
+        rep = summaries["replay"][key]
+        assert (rep["tau"], rep["acceptance_by_depth"]) == (live["tau"], live["acceptance_by_depth"]), key
+        assert rep["replay"] is True and rep["speedup"] is None and rep["tokens_per_s"] is None and rep["identical"] is None

@@ -1,0 +1,89 @@
+"""τ without verification: a pipeline's drafter and scorer replayed against a known greedy output.
+
+With the greedy verifier, a round accepts the longest tree path whose tokens are the target's own
+argmax after each prefix, and then commits the target's next token. Once plain greedy decoding
+has produced the continuation `ref` of a prompt, those argmaxes are known: they are `ref`. So
+
+    L     = len(committed tokens)                  (the root is token L-1)
+    path  = root, then while some child of the last node carries ref-token at position L + d - 1
+            (d = depth of that child), that child
+    new   = tokens of path[1:] + [the next ref token]        (cut at the end of ref)
+
+is exactly the round `Pipeline.generate` would run, without the target's forward over the tree:
+at a 256-node budget on a CPU that forward is almost all of the time. Head drafters read the
+target's hidden states of committed tokens; here they come from ONE forward over prompt + ref
+(rows of the same positions the pipeline would pass, root and accepted nodes), equal to the
+pipeline's per-round rows up to float rounding (another GEMM shape), so a head's ranking can
+differ from the pipeline's at a near-tie — tests/bench/test_replay.py checks equality on
+random tiny models; on SmolLM2 in fp32 the two agree on the prompts where both were run
+(bench/RESULTS.md).
+
+Greedy verification only (sampling has no fixed continuation to replay).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from ..core.interfaces import AttentionMeta, DecodeState
+from ..core.pipeline import GenerationStats, Pipeline
+
+
+@torch.no_grad()
+def context_hidden(pipe: Pipeline, tokens: Sequence[int], layers: tuple[int, ...]) -> torch.Tensor | None:
+    """Hidden states [len(tokens), k, H] of `tokens` at the drafter's layers, one forward, fresh cache."""
+    if not layers or not tokens:
+        return None
+    n, device = len(tokens), pipe.target.info.device
+    cache = pipe.new_cache(n)
+    cache.begin(n)
+    out = pipe.target.forward(torch.tensor(list(tokens), device=device), AttentionMeta.for_chain(n, 0, device), cache, layers)
+    return out.hidden
+
+
+@torch.no_grad()
+def replay(pipe: Pipeline, prompt: Sequence[int], ref: Sequence[int], budget: int) -> GenerationStats:
+    """The statistics `pipe.generate(prompt)` (greedy) would report, given plain decoding's output `ref`."""
+    drafter, clock = pipe.drafter, time.perf_counter
+    seq = list(prompt) + list(ref)
+    hidden = context_hidden(pipe, seq[:-1], tuple(getattr(drafter, "hidden_layers", ())))  # row i: token seq[i]
+    rows = (lambda a, b: hidden[a:b]) if hidden is not None else (lambda a, b: None)  # noqa: E731
+    state = DecodeState(tokens=list(prompt), prompt_len=len(prompt))
+    stats = GenerationStats()
+    drafter.reset(state)
+    drafter.observe(state, rows(0, len(prompt) - 1))
+    while len(state.tokens) < len(seq):
+        root, n = state.tokens[-1], len(state.tokens)
+        t0 = clock()
+        proposal = drafter.propose(state, budget)
+        t1 = clock()
+        tree = pipe.scorer.build(proposal, root, budget)
+        t2 = clock()
+        tokens = tree.tokens.tolist()
+        path = [0]
+        while n + len(path) - 1 < len(seq):  # the token after the deepest accepted node, if ref has one
+            want = seq[n + len(path) - 1]
+            nxt = next((c for c in tree.children(path[-1]) if tokens[c] == want), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+        new = [tokens[i] for i in path[1:]] + seq[n + len(path) - 1 : n + len(path)]  # drafts + bonus
+        new = new[: len(seq) - n]
+        state.tokens.extend(new)
+        if len(state.tokens) < len(seq):  # the pipeline stops observing once the output is complete
+            drafter.observe(state, rows(n - 1, n - 1 + len(path)))
+        stats.rounds += 1
+        stats.new_tokens += len(new)
+        accepted = min(len(path) - 1, len(new))  # drafts committed, as the pipeline counts them
+        stats.accepted_drafts += accepted
+        stats.tree_nodes += tree.budget
+        for d in range(accepted):
+            if d == len(stats.accepted_by_depth):
+                stats.accepted_by_depth.append(0)
+            stats.accepted_by_depth[d] += 1
+        stats.seconds["draft"] += t1 - t0
+        stats.seconds["build"] += t2 - t1
+    return stats

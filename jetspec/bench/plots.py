@@ -41,6 +41,8 @@ def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> lis
     written.append(_save(fig, folder / f"{name}_tau_vs_budget.png"))
 
     bars = [s for s in summaries if s["kind_of"] != "plain" and s["speedup"] is not None]
+    if not bars:  # nothing was timed (a replay run): no speedup plot
+        return written
     pipelines = sorted({s["pipeline"] for s in bars})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(datasets) * max(len(pipelines), 1) / 3), 3.6))
     width = 0.8 / max(len(pipelines), 1)

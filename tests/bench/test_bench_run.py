@@ -173,3 +173,5 @@ def test_replay_gives_the_tau_of_the_live_run_without_speeds(bench_dir):
         rep = summaries["replay"][key]
         assert (rep["tau"], rep["acceptance_by_depth"]) == (live["tau"], live["acceptance_by_depth"]), key
         assert rep["replay"] is True and rep["speedup"] is None and rep["tokens_per_s"] is None and rep["identical"] is None
+    plots = sorted(p.name for p in (bench_dir / "replay" / "plots").iterdir())
+    assert plots == ["replay_tau_vs_budget.png"]  # nothing was timed: no speedup plot

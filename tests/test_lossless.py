@@ -1,24 +1,18 @@
 """The central property: speculative output == plain greedy output, token for token, for any
 tiny model, prompt, drafter, scorer, KV-cache backend, budget and length (fp32, CPU)."""
 
-import functools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jetspec
 from support.models import EOS, FAMILIES, tiny_target
+from support.plain import plain_output
 from support.registry import make_test_registry
 
 REG = make_test_registry()
 SCORERS = REG.names("scorer")
 CACHES = REG.names("kv_cache")
 
-
-@functools.lru_cache(maxsize=512)
-def plain_output(family, seed, prompt, max_new):
-    pipe = jetspec.builder(REG).target(tiny_target(family, seed)).generation(budget=0, max_new_tokens=max_new).build()
-    return tuple(pipe.generate_plain(list(prompt)).tokens)
 
 
 # a prompt with repeats, so n-gram lookup finds matches

@@ -2,13 +2,12 @@
 for any tiny model, prompt, head (random weights: its drafts are mostly wrong, sometimes right),
 tree scorer and budget."""
 
-import functools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jetspec
 from support.models import FAMILIES, tiny_target
+from support.plain import plain_output
 from support.registry import make_test_registry
 
 REG = make_test_registry()
@@ -20,11 +19,6 @@ HEADS = {
     "eagle": {"depth": 4, "top_k": 3, "frontier": 3},
 }
 
-
-@functools.lru_cache(maxsize=256)
-def plain_output(family, seed, prompt, max_new):
-    pipe = jetspec.builder(REG).target(tiny_target(family, seed)).generation(budget=0, max_new_tokens=max_new).build()
-    return tuple(pipe.generate_plain(list(prompt)).tokens)
 
 
 prompts = st.lists(st.integers(0, 95), min_size=1, max_size=12).flatmap(

@@ -24,7 +24,7 @@ Greedy verification only (sampling has no fixed continuation to replay).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -50,7 +50,7 @@ def replay(pipe: Pipeline, prompt: Sequence[int], ref: Sequence[int], budget: in
     drafter, clock = pipe.drafter, time.perf_counter
     seq = list(prompt) + list(ref)
     hidden = context_hidden(pipe, seq[:-1], tuple(getattr(drafter, "hidden_layers", ())))  # row i: token seq[i]
-    rows = (lambda a, b: hidden[a:b]) if hidden is not None else (lambda a, b: None)  # noqa: E731
+    rows = (lambda a, b: hidden[a:b]) if hidden is not None else (lambda a, b: None)
     state = DecodeState(tokens=list(prompt), prompt_len=len(prompt))
     stats = GenerationStats()
     drafter.reset(state)
@@ -75,15 +75,7 @@ def replay(pipe: Pipeline, prompt: Sequence[int], ref: Sequence[int], budget: in
         state.tokens.extend(new)
         if len(state.tokens) < len(seq):  # the pipeline stops observing once the output is complete
             drafter.observe(state, rows(n - 1, n - 1 + len(path)))
-        stats.rounds += 1
-        stats.new_tokens += len(new)
-        accepted = min(len(path) - 1, len(new))  # drafts committed, as the pipeline counts them
-        stats.accepted_drafts += accepted
-        stats.tree_nodes += tree.budget
-        for d in range(accepted):
-            if d == len(stats.accepted_by_depth):
-                stats.accepted_by_depth.append(0)
-            stats.accepted_by_depth[d] += 1
+        stats.record_round(len(new), len(path) - 1, tree.budget)
         stats.seconds["draft"] += t1 - t0
         stats.seconds["build"] += t2 - t1
     return stats

@@ -59,8 +59,7 @@ def summarize(
         )
         peaks = [r["peak_mem_bytes"] for r in ok if r.get("peak_mem_bytes") is not None]
         s["peak_mem_bytes"] = max(peaks) if peaks else None
-        made = [runs[r["run"]] for r in ok if runs and r.get("run") in runs] or [run]
-        made = list({m["run"]: m for m in sorted(made, key=lambda m: m["run"])}.values())
+        made = [runs[i] for i in sorted({r.get("run") for r in ok} & set(runs or {}))] or [run]  # ids sort by time
         s.update(
             machine=" + ".join(sorted({m["machine"] for m in made})), date=made[-1]["date"],
             command=" && ".join(dict.fromkeys(m["command"] for m in made)),

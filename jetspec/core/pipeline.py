@@ -47,6 +47,18 @@ class GenerationStats:
     accepted_by_depth: list[int] = field(default_factory=list)  # [d] rounds that committed >= d+1 drafts
     tree_nodes: int = 0  # draft nodes verified, summed over rounds
 
+    def record_round(self, committed: int, accepted: int, nodes: int) -> None:
+        """One round: `committed` tokens kept (drafts + bonus, after any cut), `accepted` drafts the
+        verifier took (a round cut by max_new_tokens or a stop token keeps fewer), `nodes` verified."""
+        kept = min(accepted, committed)
+        self.rounds += 1
+        self.new_tokens += committed
+        self.accepted_drafts += kept
+        self.tree_nodes += nodes
+        self.accepted_by_depth.extend([0] * (kept - len(self.accepted_by_depth)))
+        for d in range(kept):
+            self.accepted_by_depth[d] += 1
+
     @property
     def tau(self) -> float:
         """Tokens committed per round (accepted drafts + bonus), averaged over rounds."""
@@ -223,15 +235,7 @@ class Pipeline:
                     drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
                 t5 = clock()
 
-                kept = min(acc.accepted_drafts, len(new))  # drafts committed (a cut round keeps fewer)
-                stats.rounds += 1
-                stats.new_tokens += len(new)
-                stats.accepted_drafts += kept
-                stats.tree_nodes += tree.budget
-                for d in range(kept):
-                    if d == len(stats.accepted_by_depth):
-                        stats.accepted_by_depth.append(0)
-                    stats.accepted_by_depth[d] += 1
+                stats.record_round(len(new), acc.accepted_drafts, tree.budget)
                 for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                     stats.seconds[phase] += dt
                 if on_tokens:

@@ -2,15 +2,14 @@
 reports the rounds, tokens and acceptance by depth that `Pipeline.generate` reports, for any tiny
 model, prompt, drafter (n-gram and randomly initialised heads of every kind), scorer and budget."""
 
-import functools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.models import FAMILIES, tiny_target
+from support.plain import plain_output
+from support.registry import make_test_registry
 
 import jetspec
 from jetspec.bench.replay import replay
-from support.models import FAMILIES, tiny_target
-from support.registry import make_test_registry
 
 REG = make_test_registry()
 
@@ -22,11 +21,6 @@ DRAFTERS = {
     "eagle": ("eagle", {"depth": 4, "top_k": 3, "frontier": 3}),
 }
 
-
-@functools.lru_cache(maxsize=256)
-def plain_output(family, seed, prompt, max_new):
-    pipe = jetspec.builder(REG).target(tiny_target(family, seed)).generation(budget=0, max_new_tokens=max_new).build()
-    return tuple(pipe.generate_plain(list(prompt)).tokens)
 
 
 prompts = st.lists(st.integers(0, 95), min_size=1, max_size=8).flatmap(

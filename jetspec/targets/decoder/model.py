@@ -36,15 +36,15 @@ def fp32_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     order: most of the bf16 speculative-vs-plain differences of the H200 run of 2026-11-28 were
     such exact ties (choice gap 0). Elsewhere: the product in the weights' dtype, upcast."""
     global _MM_OUT_DTYPE
-    if _MM_OUT_DTYPE and h.is_cuda and h.dtype in (torch.bfloat16, torch.float16):
+    if not (h.is_cuda and h.dtype in (torch.bfloat16, torch.float16)):
+        return torch.nn.functional.linear(h, weight).float()
+    if _MM_OUT_DTYPE:
         try:
             flat = h.reshape(-1, h.shape[-1])  # [n, H]
             return torch.mm(flat, weight.t(), out_dtype=torch.float32).view(*h.shape[:-1], weight.shape[0])
         except (RuntimeError, TypeError, NotImplementedError):  # a torch without mm's out_dtype on this GPU
             _MM_OUT_DTYPE = False
-    if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16):
-        return torch.nn.functional.linear(h.float(), weight.float())
-    return torch.nn.functional.linear(h, weight).float()
+    return torch.nn.functional.linear(h.float(), weight.float())
 
 
 class DecoderModel(nn.Module):

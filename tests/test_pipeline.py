@@ -47,3 +47,22 @@ def test_budget_too_large_for_the_context_fails_before_any_work():
 def test_a_single_token_prompt_works():
     r = pipe(budget=8, max_new_tokens=5).generate([7])
     assert r.tokens == pipe(budget=8, max_new_tokens=5).generate_plain([7]).tokens
+
+
+def test_plain_decoding_builds_without_the_drafters_requirements():
+    """Budget 0 builds no drafter: a head drafter's need for hidden states does not apply, so the
+    default config (drafter `jetspec`) serves plain decoding on a target without them."""
+    from jetspec.core.errors import IncompatibleError
+
+    class NoHidden:  # the tiny target minus its hidden-states capability
+        def __init__(self, inner):
+            self.inner, self.provides = inner, ()
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    target = NoHidden(tiny_target("llama", 1))
+    with pytest.raises(IncompatibleError, match="hidden_states"):
+        jetspec.builder(REG).target(target).drafter("jetspec").generation(budget=8).build()
+    plain = jetspec.builder(REG).target(target).generation(budget=0, max_new_tokens=4).build()
+    assert plain.drafter is None and len(plain.generate([3, 4, 5]).tokens) == 4

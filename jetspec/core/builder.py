@@ -31,6 +31,9 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
         k: registry.options(k, c.name, c.options) for k, c in config.components().items() if k != "target"
     }
     chosen: dict[str, Implementation] = {k: registry.get(k, c.name) for k, c in config.components().items() if k in options}
+    budget = config.generation.budget
+    if budget == 0:  # plain decoding builds no drafter, so none of its requirements apply
+        del chosen["drafter"]
     if target is not None:
         chosen["target"] = Implementation(
             name=type(target).__name__, factory=lambda *a: target, options=_LiveTargetOptions,
@@ -41,7 +44,6 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
     if target is None:
         target = chosen["target"].factory(options["target"], attention)
     kv = chosen["kv_cache"]
-    budget = config.generation.budget
     drafter = chosen["drafter"].factory(options["drafter"], target) if budget > 0 else None
     return Pipeline(
         target=target,

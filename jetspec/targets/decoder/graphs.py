@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from ...core.cuda_graphs import capture
 from ...core.errors import CapacityError
 from ...core.interfaces import AttentionMeta, KVCache, TargetOutput
 
@@ -124,17 +125,7 @@ class CudaGraphForward:
 
     def _capture(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...]):
         meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
-        args = (self.tokens[:b], meta, cache, hidden_layers)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: compiles / autotunes kernels outside capture
-            self.eager(*args)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.eager(*args)
-        if self.pool is None:
-            # later captures share this graph's pool (a fresh graph_pool_handle() tripped an
-            # allocator assertion in torch 2.11); safe because replays never overlap
+        graph, out = capture(lambda: self.eager(self.tokens[:b], meta, cache, hidden_layers), self.pool)
+        if self.pool is None:  # later captures share this graph's pool; replays never overlap
             self.pool = graph.pool()
         return graph, out

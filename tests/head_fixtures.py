@@ -32,13 +32,13 @@ class HeadTarget:
     """What a head drafter uses of a target: identity, embedding, LM head (plus the teacher's
     hidden states, computed here the way the pipeline's target would)."""
 
-    def __init__(self, model: LlamaForCausalLM, name: str = "tiny"):
-        self.model = model
+    def __init__(self, model: LlamaForCausalLM, name: str = "tiny", device: str = "cpu"):
+        self.model = model.to(device)
         ident = hf_identity(model, name)
         self.info = TargetInfo(
             name=name, architecture="llama", vocab_size=ident["vocab_size"], hidden_size=ident["hidden_size"],
             num_layers=ident["num_target_layers"], num_kv_heads=ident["num_kv_heads"], head_dim=ident["head_dim"],
-            max_positions=512, dtype=torch.float32, device=torch.device("cpu"), eos_token_ids=(2,),
+            max_positions=512, dtype=torch.float32, device=torch.device(device), eos_token_ids=(2,),
             fingerprint=ident["target_fingerprint"],
         )  # fmt: skip
 
@@ -50,7 +50,7 @@ class HeadTarget:
 
     def hidden(self, tokens: list[int], layers) -> torch.Tensor:
         """[n, k, H] hidden states of `layers` at every token of `tokens`."""
-        ids = torch.tensor([tokens])
+        ids = torch.tensor([tokens], device=self.info.device)
         ctx, _ = teacher_forward(self.model, ids, torch.ones_like(ids), layers)
         return ctx[0]
 

@@ -126,3 +126,65 @@ def test_eagle_expands_the_best_nodes_one_depth_per_forward(target):
         expanded = [p for p in paths if trie.children(p)]
         assert len(expanded) <= 2 and (depth < 3 or not expanded)
         paths = [p + (t,) for p in expanded for t, _ in trie.children(p)]
+
+
+def test_a_draft_over_the_whole_padded_buffer_equals_the_draft_over_the_exact_context(target):
+    """What a CUDA graph computes (attention over the cache's whole buffer, keys >= the anchor
+    masked) is the eager draft over the exact context: rows past `length` — zeros, or an earlier
+    generation's K/V after a reset — get no weight."""
+    drafter = jetspec_drafter(HeadOptions(block_size=6, top_k=5), target)
+    drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads,
+                                        drafter.config.head_dim, torch.float32, torch.device("cpu"), capacity=4)  # fmt: skip
+    observed(drafter, target, PROMPT + PROMPT)  # grows 4 -> 16 rows
+    observed(drafter, target, PROMPT)  # a shorter generation: rows 7..14 are stale
+    assert drafter.cache.capacity == 16 and drafter.cache.length == len(PROMPT) - 1
+    root, anchor = torch.tensor([PROMPT[-1]]), torch.tensor([drafter.cache.length])
+    exact = drafter.draft_block(root, anchor, drafter.cache.context(), depths=5)
+    padded = drafter.draft_block(root, anchor, drafter.cache.buffers(), depths=5)
+    assert torch.equal(exact[1], padded[1])
+    assert torch.allclose(exact[0], padded[0], atol=1e-5)
+
+
+def test_a_parallel_head_drafts_only_as_deep_as_the_budget_reaches(target):
+    drafter = jetspec_drafter(HeadOptions(block_size=6, top_k=3), target)
+    state = observed(drafter, target, PROMPT)
+    assert drafter.propose(state, budget=2).depth == 2  # a 2-node tree is at most 2 deep
+    assert drafter.propose(state, budget=64).depth == 5  # B - 1
+
+
+def test_lookup_puts_copied_continuations_and_the_heads_candidates_in_one_proposal(target):
+    """With `lookup`, the continuation of an earlier occurrence of the current suffix is proposed
+    beside the head's per-depth candidates (the head's random weights would never guess it)."""
+    tokens = [5, 17, 33, 8, 61, 12, 40, 9, 5, 17]  # the suffix [5, 17] occurred before, followed by 33, 8, ...
+    plain = jetspec_drafter(HeadOptions(block_size=6, top_k=3), target)
+    merged = jetspec_drafter(HeadOptions(block_size=6, top_k=3, lookup=True), target)
+    p_plain = plain.propose(observed(plain, target, tokens), budget=16)
+    p_merged = merged.propose(observed(merged, target, tokens), budget=16)
+    head_kids = {t for t, _ in p_plain.children(())}
+    merged_kids = dict(p_merged.children(()))
+    assert head_kids <= set(merged_kids) and 33 in merged_kids
+    assert merged_kids[33] == 0.0  # the only continuation seen: log 1
+    assert [t for t, _ in p_merged.children((33,))][0] == 8  # the copy goes on
+    logps = [lp for _, lp in p_merged.children(())]
+    assert logps == sorted(logps, reverse=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
+def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth(target):
+    gpu = HeadTarget(tiny_llama(), device="cuda")
+    eager = jetspec_drafter(HeadOptions(block_size=6, top_k=4, cuda_graphs=False), gpu)
+    graphed = jetspec_drafter(HeadOptions(block_size=6, top_k=4), gpu)
+    assert eager.graphs is None and graphed.graphs is not None
+    for drafter in (eager, graphed):
+        drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads,
+                                            drafter.config.head_dim, torch.float32, torch.device("cuda"), capacity=8)  # fmt: skip
+    tokens = list(PROMPT)
+    for step in range(6):  # the context outgrows 8 and 16 rows on the way: new buffers, new graphs
+        tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
+        pe = eager.propose(observed(eager, gpu, tokens), budget=16)
+        pg = graphed.propose(observed(graphed, gpu, tokens), budget=16)
+        for depth in range(5):
+            assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pg.children((0,) * depth)]
+            assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
+                                  torch.tensor([lp for _, lp in pg.children((0,) * depth)]), atol=1e-4)  # fmt: skip
+    assert graphed.cache.capacity >= 32 and len(graphed.graphs.graphs) == 1  # stale graphs dropped

@@ -15,6 +15,7 @@ REG = make_test_registry()
 HEADS = {
     "jetspec": {"block_size": 6, "top_k": 4},
     "jetspec+rescore": {"block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
+    "jetspec+lookup": {"block_size": 6, "top_k": 4, "lookup": True},
     "dflash": {"block_size": 6, "top_k": 4},
     "eagle": {"depth": 4, "top_k": 3, "frontier": 3},
 }

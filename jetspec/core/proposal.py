@@ -72,6 +72,24 @@ class DepthMarginals:
         return list(zip(self._tokens[d], self._logps[d]))
 
 
+class MergedProposal:
+    """Several proposals as one: the children of a path are the union of every part's children
+    of that path; a token proposed by more than one part keeps its best log-prob. Used to put a
+    head's per-depth candidates and prompt-lookup continuations into one tree, whose scorer then
+    spends the budget on whichever branches score best."""
+
+    def __init__(self, *parts: "object"):
+        self.parts = parts  # each has children(path) -> [(token, logp)]
+
+    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+        best: dict[int, float] = {}
+        for part in self.parts:
+            for token, logp in part.children(path):  # type: ignore[attr-defined]
+                if logp > best.get(token, -math.inf):
+                    best[int(token)] = float(logp)
+        return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 class EmptyProposal:
     """No candidates: the round verifies the root alone (plain decoding)."""
 

@@ -50,3 +50,14 @@ def test_speculative_equals_plain_through_graphs_with_an_oracle(folder, budget):
         graphed = pipe(folder, "paged", True, drafter="oracle", budget=budget, reference=reference, corrupt_p=corrupt,
                        vocab_size=96)
         assert graphed.generate(p).tokens == reference
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_speculative_equals_plain_with_a_graphed_head_draft(folder, lookup):
+    """The head's one-forward draft replayed from its own CUDA graphs, beside the target's."""
+    prompts = [[5, 6, 7, 5, 6, 7, 5], list(range(10, 50)), [3] * 30]
+    graphed = pipe(folder, "paged", True, drafter="jetspec", budget=48, block_size=6, lookup=lookup)
+    assert graphed.drafter.graphs is not None
+    for p in prompts:
+        assert graphed.generate(p).tokens == graphed.generate_plain(p).tokens
+    assert graphed.drafter.graphs.graphs  # captured, not silently eager

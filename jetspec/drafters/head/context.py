@@ -18,30 +18,41 @@ from .model import DraftHead
 
 
 class ContextCache:
-    """Per head layer K/V of the fused context: [capacity, Hkv, D], `length` rows used."""
+    """Per head layer K/V of the fused context: buffers [capacity, Hkv, D], `length` rows used.
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
+    The buffers outlive `reset` and are reallocated only to grow (doubling; `version` counts the
+    reallocations), so CUDA graphs that read them whole stay valid from one generation to the
+    next. Rows past `length` hold zeros or an earlier generation's K/V, never uninitialised
+    memory: a graph attends over the whole buffer with those keys masked, and a NaN there would
+    survive the mask (0 * NaN = NaN)."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                 capacity: int = 1024):  # fmt: skip
         self._shape = (num_kv_heads, head_dim)
         self._dtype, self._device = dtype, device
-        self._k: list[torch.Tensor] = []
-        self._v: list[torch.Tensor] = []
-        self._layers = num_layers
+        zeros = lambda: torch.zeros(capacity, *self._shape, dtype=dtype, device=device)  # noqa: E731
+        self._k = [zeros() for _ in range(num_layers)]  # per layer [capacity, Hkv, D]
+        self._v = [zeros() for _ in range(num_layers)]
         self.length = 0
-        self.reset()
+        self.version = 0
 
-    def reset(self, capacity: int = 256) -> None:
-        alloc = lambda: torch.empty(capacity, *self._shape, dtype=self._dtype, device=self._device)  # noqa: E731
-        self._k = [alloc() for _ in range(self._layers)]
-        self._v = [alloc() for _ in range(self._layers)]
+    @property
+    def capacity(self) -> int:
+        return self._k[0].shape[0]
+
+    def reset(self) -> None:
         self.length = 0
 
     def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """kv: per layer (k, v) [1, n, Hkv, D]."""
         n = kv[0][0].shape[1]
-        if self.length + n > self._k[0].shape[0]:  # grow by doubling
-            cap = max(2 * self._k[0].shape[0], self.length + n)
-            grow = lambda t: torch.cat([t[: self.length], t.new_empty(cap - self.length, *self._shape)])  # noqa: E731
+        if self.length + n > self.capacity:  # grow by doubling
+            cap = self.capacity
+            while cap < self.length + n:
+                cap *= 2
+            grow = lambda t: torch.cat([t[: self.length], t.new_zeros(cap - self.length, *self._shape)])  # noqa: E731
             self._k, self._v = [grow(t) for t in self._k], [grow(t) for t in self._v]
+            self.version += 1
         for layer, (k, v) in enumerate(kv):
             self._k[layer][self.length : self.length + n] = k[0]
             self._v[layer][self.length : self.length + n] = v[0]
@@ -50,6 +61,10 @@ class ContextCache:
     def context(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (k, v) [1, length, Hkv, D] views."""
         return [(k[None, : self.length], v[None, : self.length]) for k, v in zip(self._k, self._v)]
+
+    def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (k, v) [1, capacity, Hkv, D]: the whole buffers (rows >= length to be masked)."""
+        return [(k[None], v[None]) for k, v in zip(self._k, self._v)]
 
 
 class ContextDrafter:

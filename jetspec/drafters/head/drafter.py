@@ -14,6 +14,10 @@ With `rescore = true`, a second forward conditions every child on its actual par
                           log q(. | context, root, path to n) = log_softmax(LM_head(h_{MASK_n}))
 The scorer then rebuilds the tree under the budget from these conditional log-probs. The causal
 head is trained for this: with some probability a block reveals its first r drafted tokens.
+
+With `lookup = true`, the `ngram` drafter's continuations of earlier matches of the current suffix
+join the proposal (`MergedProposal`): text that repeats its context (code, quoted passages) is
+drafted by copying, the rest by the head, in one tree under one budget.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import torch
 
 from ...core.errors import CheckpointError, ConfigError
 from ...core.interfaces import DecodeState, Proposal
-from ...core.proposal import DepthMarginals, TokenTrie
+from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
 from ...core.tree import DraftTree
 from ...core.tree_search import accum_logp
+from ..ngram import NgramDrafter
 from .checkpoint import check_target, load_head, read_config
 from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors, tree_mask
@@ -68,22 +73,50 @@ class HeadDrafter(ContextDrafter):
         if options.rescore and not head.config.causal:
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
+        self.trained = options.checkpoint is not None  # else random weights: lossless, drafts nothing useful
+        self.lookup = NgramDrafter() if options.lookup else None
+        self.graphs = None
+        if options.cuda_graphs and self.cache._device.type == "cuda":
+            from .graphs import BlockGraphs
+
+            self.graphs = BlockGraphs(self)
+
+    def reset(self, state: DecodeState) -> None:
+        super().reset(state)
+        if self.lookup is not None:
+            self.lookup.reset(state)
+
+    def draft_block(self, root: torch.Tensor, anchor: torch.Tensor, context: list, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one-forward draft. root, anchor [1] int64 on the device (anchor = a, the committed
+        context length); context: per head layer (k, v) [1, C, Hkv, D], C >= a, keys t >= a
+        masked -> (logp, tokens) [depths, k]: the top-k of q_d for d = 1..depths."""
+        b = self.config.block_size
+        x = torch.cat([self.embed(root), self.head.mask_embedding.expand(b - 1, -1)])  # [B, H]
+        pos = anchor + torch.arange(b, device=anchor.device)  # [B]
+        mask = block_mask(anchor[None], b, context[0][0].shape[1], self.config.causal)  # [1, B, C + B]
+        h = self.head(x[None], pos[None], context, mask)[0]  # [B, H]
+        return self.log_probs(h[1 : 1 + depths]).topk(self.options.top_k, dim=-1)
 
     @torch.no_grad()
     def propose(self, state: DecodeState, budget: int) -> Proposal:
-        a, b = self.cache.length, self.config.block_size
-        root = state.tokens[-1]
-        dev = self.cache._device
-        x = torch.cat([self.embed(torch.tensor([root])), self.head.mask_embedding.expand(b - 1, -1)])  # [B, H]
-        pos = torch.arange(a, a + b, device=dev)  # [B]
-        mask = block_mask(torch.tensor([[a]], device=dev), b, a, self.config.causal)  # [1, B, a + B]
-        h = self.head(x[None], pos[None], self.cache.context(), mask)[0]  # [B, H]
-        logp, tokens = self.log_probs(h[1:]).topk(self.options.top_k, dim=-1)  # [B-1, k] depths 1..B-1
-        marginals = DepthMarginals(tokens, logp)
-        if not self.options.rescore or budget < 1:
-            return marginals
-        candidates = accum_logp(marginals, root, max(budget, round(self.options.rescore_factor * budget)))
-        return self.rescore(candidates, a)
+        a, root = self.cache.length, state.tokens[-1]
+        nodes = max(budget, round(self.options.rescore_factor * budget)) if self.options.rescore else budget
+        depths = max(1, min(nodes, self.config.block_size - 1))  # a tree of `nodes` nodes is at most that deep
+        if self.graphs is not None:
+            logp, tokens = self.graphs(root, a, depths)
+        else:
+            dev = self.cache._device
+            ids = torch.tensor([root], device=dev), torch.tensor([a], device=dev)
+            logp, tokens = self.draft_block(*ids, self.cache.context(), depths)
+        proposal: Proposal = DepthMarginals(tokens, logp)
+        if self.options.rescore and budget >= 1:
+            candidates = accum_logp(proposal, root, nodes)
+            proposal = self.rescore(candidates, a)
+        if self.lookup is not None:
+            copied = self.lookup.propose(state, budget)
+            if not isinstance(copied, EmptyProposal):
+                proposal = MergedProposal(proposal, copied)
+        return proposal
 
     @torch.no_grad()
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:

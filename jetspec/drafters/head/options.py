@@ -24,11 +24,19 @@ class HeadOptions(BaseModel):
     rescore: bool = False  # parent-conditioned rescoring: a second head pass over a candidate tree
     rescore_factor: float = Field(2.0, ge=1.0)  # candidate tree = factor x budget nodes
     rescore_top_k: int = Field(4, ge=0)  # new children per rescored node from its own distribution
+    # prompt lookup in the same tree: the `ngram` drafter's continuations (default options) are
+    # merged into the head's proposal, and the scorer spends the budget on the best of both. On
+    # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).
+    lookup: bool = True
+    cuda_graphs: bool = True  # on CUDA, replay the one-forward draft from a captured graph
     seed: int = 0  # random init when there is no checkpoint
 
 
 class DFlashOptions(HeadOptions):
-    """`dflash`: the same head with a bidirectional block (DFlash-style), no rescoring."""
+    """`dflash`: the same head with a bidirectional block (DFlash-style), no rescoring; the
+    baseline, so no prompt lookup unless asked for."""
+
+    lookup: bool = False
 
     @model_validator(mode="after")
     def _no_rescore(self) -> "DFlashOptions":

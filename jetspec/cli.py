@@ -50,7 +50,47 @@ def _pipeline_config(args: argparse.Namespace):
         target = {"name": target} if isinstance(target, str) else dict(target)
         target["path"] = args.target_path
         data["target"] = target
+    _device_defaults(data)
     return PipelineConfig.parse(data)
+
+
+def _device_defaults(data: dict[str, Any]) -> None:
+    """Where a config names neither attention nor KV cache and our decoder will run on a CUDA GPU:
+    Triton attention over a paged cache, which CUDA graphs need (the library default, the
+    reference attention over a dense cache, runs anywhere but eagerly)."""
+    if "attention" in data or "kv_cache" in data:
+        return
+    target = data.get("target", "decoder")
+    name, device = (target, "auto") if isinstance(target, str) else (target.get("name", "decoder"), target.get("device", "auto"))
+    if name != "decoder" or device == "cpu":
+        return
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        data["attention"], data["kv_cache"] = "triton", "paged"
+
+
+def _untrained_default_drafter(args: argparse.Namespace, config, pipe):
+    """The default drafter is the trained causal head; for a target with no trained head (none
+    ships for it and none was configured) `generate` drafts with `ngram` instead. -> a pipeline
+    on the same loaded target, or None to keep `pipe`."""
+    chosen = args.drafter or (args.config and "drafter" in _read(args.config))
+    if chosen or pipe.drafter is None or getattr(pipe.drafter, "trained", True):
+        return None
+    import jetspec
+    from .core.config import Component
+
+    print(f"jetspec: no trained head for target {pipe.target.info.name!r}; drafting with ngram "
+          "(train one: jetspec train-head --target ...)", file=sys.stderr)  # fmt: skip
+    return jetspec.from_config(config.model_copy(update={"drafter": Component(name="ngram")}), target=pipe.target)
+
+
+def _read(path: str) -> dict[str, Any]:
+    from .core.config import read_config_file
+
+    return read_config_file(path)
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -103,6 +143,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = _pipeline_config(args)
     pipe = jetspec.from_config(config)
+    if (fallback := _untrained_default_drafter(args, config, pipe)) is not None:
+        pipe, config = fallback, fallback.config
     prompt = args.prompt
     if args.compare:  # warm both paths up (first-call allocations, kernel builds) so the timing compares decoding
         pipe.generate(prompt, max_new_tokens=2)

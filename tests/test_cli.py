@@ -49,3 +49,39 @@ def test_convert_and_train_head_report_bad_input_in_one_line(tmp_path):
 def test_train_head_has_its_own_help():
     proc = run("train-head", "--help")
     assert proc.returncode == 0 and "usage: jetspec train-head" in proc.stdout and "--kind" in proc.stdout
+
+
+def test_generate_defaults_to_the_head_and_falls_back_to_ngram_without_a_trained_one(tmp_path):
+    """No head is trained for a user's own model: the default drafter then says so and drafts
+    with ngram; naming a drafter keeps it (here a random head: lossless, just slow)."""
+    from head_fixtures import save_tiny_chat_model
+
+    folder = save_tiny_chat_model(tmp_path / "tiny")
+    common = ("generate", "abcabc", "--target-path", str(folder), "--max-new-tokens", "8", "--json")
+    proc = run(*common)
+    assert proc.returncode == 0, proc.stderr
+    assert "no trained head for target" in proc.stderr and "drafting with ngram" in proc.stderr
+    default = json.loads(proc.stdout)
+    proc = run(*common, "--drafter", "jetspec")
+    assert proc.returncode == 0 and "no trained head" not in proc.stderr
+    assert json.loads(proc.stdout)["tokens"] == default["tokens"]  # lossless either way
+
+
+def test_on_a_cuda_gpu_generate_picks_triton_over_a_paged_cache(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from jetspec.cli import _device_defaults
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    for data, expected in [
+        ({}, ("triton", "paged")),
+        ({"target": {"name": "decoder", "path": "x"}}, ("triton", "paged")),
+        ({"target": {"name": "decoder", "device": "cpu"}}, (None, None)),  # asked for the CPU
+        ({"target": "transformers"}, (None, None)),  # no attention backend of ours
+        ({"attention": "torch"}, ("torch", None)),  # the config's choice stands
+    ]:
+        _device_defaults(data)
+        assert (data.get("attention"), data.get("kv_cache")) == expected, data

@@ -51,12 +51,10 @@ class GenerationConfig(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: Component = _component("decoder")
-    # the default drafter: n-gram lookup. The shipped causal head reaches a higher τ on most prompt
-    # sets (GSM8K 3.0 vs 1.9 at budget 64, fp32), but its eager drafting costs ~3 ms a round on the
-    # H200, about one verification, so in the speed run of 2026-11-28 it was slower than n-gram on
-    # every set and than plain decoding on three of four (bench/RESULTS.md); on a CPU its larger
-    # trees cost more to verify. `drafter = "jetspec"` selects it.
-    drafter: Component = _component("ngram")
+    # the default drafter: the causal parallel draft head, with prompt lookup merged into its tree
+    # (`jetspec`; for SmolLM2 the trained head ships with the package). Without a trained head
+    # for the target it has random weights: `jetspec generate` then drafts with `ngram` instead.
+    drafter: Component = _component("jetspec")
     scorer: Component = _component("best-first")
     verifier: Component = _component("greedy")
     kv_cache: Component = _component("dense")

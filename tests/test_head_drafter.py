@@ -169,6 +169,26 @@ def test_lookup_puts_copied_continuations_and_the_heads_candidates_in_one_propos
     assert logps == sorted(logps, reverse=True)
 
 
+def test_a_padded_context_append_writes_the_committed_rows_exactly(target):
+    """What the append graph does — write_context over a fixed number of rows, the committed ones
+    first, junk after — leaves the cache equal to an exact append: the rows past `length` are
+    written but only ever read masked, and they stay finite."""
+    exact = jetspec_drafter(HeadOptions(block_size=6), target)
+    padded = jetspec_drafter(HeadOptions(block_size=6), target)
+    observed(exact, target, PROMPT)
+    observed(padded, target, PROMPT)
+    hidden = target.hidden(PROMPT + [3, 77, 21], exact.hidden_layers)[len(PROMPT) - 1 :]  # [4, k, H]: old root + 3 accepted
+    exact.observe(DecodeState(tokens=PROMPT + [3, 77, 21, 5], prompt_len=8), hidden)
+    rows = torch.cat([hidden, 1e3 * torch.randn(5, *hidden.shape[1:])])  # 4 committed rows, 5 of junk
+    padded.cache.reserve(padded.cache.length + rows.shape[0])
+    padded.write_context(rows, torch.tensor([padded.cache.length]))
+    padded.cache.length += 4
+    assert padded.cache.length == exact.cache.length
+    for (ke, ve), (kp, vp) in zip(exact.cache.context(), padded.cache.context()):
+        assert torch.allclose(ke, kp, atol=1e-5) and torch.allclose(ve, vp, atol=1e-5)
+    assert all(torch.isfinite(k).all() and torch.isfinite(v).all() for k, v in padded.cache.buffers())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
 def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth(target):
     gpu = HeadTarget(tiny_llama(), device="cuda")
@@ -181,10 +201,18 @@ def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth
     tokens = list(PROMPT)
     for step in range(6):  # the context outgrows 8 and 16 rows on the way: new buffers, new graphs
         tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
-        pe = eager.propose(observed(eager, gpu, tokens), budget=16)
-        pg = graphed.propose(observed(graphed, gpu, tokens), budget=16)
+        if step % 2:  # a round: append the 3 new tokens' context (the graphed append) to what is there
+            for drafter in (eager, graphed):
+                state = DecodeState(tokens=list(tokens), prompt_len=len(PROMPT))
+                drafter.observe(state, gpu.hidden(tokens[:-1], drafter.hidden_layers)[drafter.cache.length :])
+            se = sg = state
+        else:  # a fresh generation over the longer prompt
+            se, sg = observed(eager, gpu, tokens), observed(graphed, gpu, tokens)
+        for (ke, ve), (kg, vg) in zip(eager.cache.context(), graphed.cache.context()):
+            assert torch.allclose(ke, kg, atol=1e-4) and torch.allclose(ve, vg, atol=1e-4)
+        pe, pg = eager.propose(se, budget=16), graphed.propose(sg, budget=16)
         for depth in range(5):
             assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pg.children((0,) * depth)]
             assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
                                   torch.tensor([lp for _, lp in pg.children((0,) * depth)]), atol=1e-4)  # fmt: skip
-    assert graphed.cache.capacity >= 32 and len(graphed.graphs.graphs) == 1  # stale graphs dropped
+    assert graphed.cache.capacity >= 32 and len(graphed.graphs.graphs) == 2  # draft + append; stale ones dropped

@@ -82,9 +82,12 @@ class MergedProposal:
         self.parts = parts  # each has children(path) -> [(token, logp)]
 
     def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+        found = [kids for part in self.parts if (kids := part.children(path))]  # type: ignore[attr-defined]
+        if len(found) < 2:  # most paths leave all but one part (already sorted): nothing to merge
+            return list(found[0]) if found else []
         best: dict[int, float] = {}
-        for part in self.parts:
-            for token, logp in part.children(path):  # type: ignore[attr-defined]
+        for kids in found:
+            for token, logp in kids:
                 if logp > best.get(token, -math.inf):
                     best[int(token)] = float(logp)
         return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))

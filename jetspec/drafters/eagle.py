@@ -31,6 +31,7 @@ class EagleDrafter(ContextDrafter):
     def __init__(self, head, target: Any, options: EagleOptions):
         super().__init__(head, target)
         self.options = options
+        self.use_graphs(options.cuda_graphs)  # the context append; the per-depth drafting stays eager
 
     @torch.no_grad()
     def propose(self, state: DecodeState, budget: int) -> TokenTrie:

@@ -52,11 +52,15 @@ def test_speculative_equals_plain_through_graphs_with_an_oracle(folder, budget):
         assert graphed.generate(p).tokens == reference
 
 
-@pytest.mark.parametrize("lookup", [False, True])
-def test_speculative_equals_plain_with_a_graphed_head_draft(folder, lookup):
-    """The head's one-forward draft replayed from its own CUDA graphs, beside the target's."""
+@pytest.mark.parametrize("drafter,options", [
+    ("jetspec", {"block_size": 6, "lookup": False}),
+    ("jetspec", {"block_size": 6, "lookup": True}),
+    ("eagle", {"depth": 3, "top_k": 3, "frontier": 2}),  # only its context append is graphed
+])  # fmt: skip
+def test_speculative_equals_plain_with_graphed_head_drafting(folder, drafter, options):
+    """The heads' per-round steps replayed from their own CUDA graphs, beside the target's."""
     prompts = [[5, 6, 7, 5, 6, 7, 5], list(range(10, 50)), [3] * 30]
-    graphed = pipe(folder, "paged", True, drafter="jetspec", budget=48, block_size=6, lookup=lookup)
+    graphed = pipe(folder, "paged", True, drafter=drafter, budget=48, **options)
     assert graphed.drafter.graphs is not None
     for p in prompts:
         assert graphed.generate(p).tokens == graphed.generate_plain(p).tokens

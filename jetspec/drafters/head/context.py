@@ -43,20 +43,15 @@ class ContextCache:
     def reset(self) -> None:
         self.length = 0
 
-    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """kv: per layer (k, v) [1, n, Hkv, D]."""
-        n = kv[0][0].shape[1]
-        if self.length + n > self.capacity:  # grow by doubling
+    def reserve(self, rows: int) -> None:
+        """Make room for `rows` rows in all (doubling; a reallocation bumps `version`)."""
+        if rows > self.capacity:
             cap = self.capacity
-            while cap < self.length + n:
+            while cap < rows:
                 cap *= 2
             grow = lambda t: torch.cat([t[: self.length], t.new_zeros(cap - self.length, *self._shape)])  # noqa: E731
             self._k, self._v = [grow(t) for t in self._k], [grow(t) for t in self._v]
             self.version += 1
-        for layer, (k, v) in enumerate(kv):
-            self._k[layer][self.length : self.length + n] = k[0]
-            self._v[layer][self.length : self.length + n] = v[0]
-        self.length += n
 
     def context(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (k, v) [1, length, Hkv, D] views."""
@@ -78,6 +73,15 @@ class ContextDrafter:
         self.hidden_layers: tuple[int, ...] = tuple(head.config.target_layers)
         c = head.config
         self.cache = ContextCache(c.num_layers, c.num_kv_heads, c.head_dim, info.dtype, info.device)
+        self.graphs = None  # HeadGraphs on CUDA (use_graphs)
+
+    def use_graphs(self, enabled: bool) -> None:
+        """Replay the per-round steps from CUDA graphs where the device is a CUDA GPU."""
+        self.graphs = None
+        if enabled and self.cache._device.type == "cuda":
+            from .graphs import HeadGraphs
+
+            self.graphs = HeadGraphs(self)
 
     def reset(self, state: DecodeState) -> None:
         self.cache.reset()
@@ -96,9 +100,23 @@ class ContextDrafter:
             )
         if need == 0:
             return
-        pos = torch.arange(self.cache.length, self.cache.length + need, device=self.cache._device)[None]  # [1, need]
-        fused = self.head.fuse_context(hidden[:need].to(self.cache._device)[None])  # [1, need, H]
-        self.cache.append(self.head.context_kv(fused, pos))
+        rows = hidden[:need].to(self.cache._device)  # [need, k, H]
+        if self.graphs is not None and need <= self.graphs.append_rows:
+            self.graphs.append(rows)  # the same write_context, padded and replayed from a CUDA graph
+        else:
+            self.cache.reserve(self.cache.length + need)
+            self.write_context(rows, torch.tensor([self.cache.length], device=self.cache._device))
+        self.cache.length += need
+
+    def write_context(self, hidden: torch.Tensor, start: torch.Tensor) -> None:
+        """hidden [R, k, H] target hidden states of R committed tokens, start [1] int64 on the
+        device: their fused context's K/V go to rows start .. start + R - 1 of every head layer
+        (the caller made room and advances `length`)."""
+        rows = start + torch.arange(hidden.shape[0], device=start.device)  # [R] positions = cache rows
+        fused = self.head.fuse_context(hidden[None])  # [1, R, H]
+        for (k_buf, v_buf), (k, v) in zip(self.cache.buffers(), self.head.context_kv(fused, rows[None])):
+            k_buf[0].index_copy_(0, rows, k[0].to(k_buf.dtype))
+            v_buf[0].index_copy_(0, rows, v[0].to(v_buf.dtype))
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [n] -> [n, H] through the target's own embedding."""

@@ -75,11 +75,7 @@ class HeadDrafter(ContextDrafter):
         self.options = options
         self.trained = options.checkpoint is not None  # else random weights: lossless, drafts nothing useful
         self.lookup = NgramDrafter() if options.lookup else None
-        self.graphs = None
-        if options.cuda_graphs and self.cache._device.type == "cuda":
-            from .graphs import BlockGraphs
-
-            self.graphs = BlockGraphs(self)
+        self.use_graphs(options.cuda_graphs)
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
@@ -103,7 +99,7 @@ class HeadDrafter(ContextDrafter):
         nodes = max(budget, round(self.options.rescore_factor * budget)) if self.options.rescore else budget
         depths = max(1, min(nodes, self.config.block_size - 1))  # a tree of `nodes` nodes is at most that deep
         if self.graphs is not None:
-            logp, tokens = self.graphs(root, a, depths)
+            logp, tokens = self.graphs.draft(root, a, depths)
         else:
             dev = self.cache._device
             ids = torch.tensor([root], device=dev), torch.tensor([a], device=dev)

@@ -28,7 +28,7 @@ class HeadOptions(BaseModel):
     # merged into the head's proposal, and the scorer spends the budget on the best of both. On
     # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).
     lookup: bool = True
-    cuda_graphs: bool = True  # on CUDA, replay the one-forward draft from a captured graph
+    cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
     seed: int = 0  # random init when there is no checkpoint
 
 
@@ -56,4 +56,5 @@ class EagleOptions(BaseModel):
     depth: int = Field(6, ge=1)  # head forwards per round = max draft depth
     top_k: int = Field(8, ge=1)  # children per expanded node
     frontier: int = Field(8, ge=1)  # nodes expanded per depth (best cumulative log-prob first)
+    cuda_graphs: bool = True  # on CUDA, replay the context append from a captured graph
     seed: int = 0

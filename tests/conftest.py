@@ -7,6 +7,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
+# Triton picks its interpreter when a kernel is defined, and importing transformers imports triton:
+# so the choice is made here, before any test module is collected (without it the triton tests
+# failed whenever a module that imports transformers was collected before them)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch.set_num_threads(1)  # tiny test models: one thread beats two (and never oversubscribes)
 
 settings.register_profile(

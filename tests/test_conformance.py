@@ -2,7 +2,6 @@
 (`jetspec.testing`): protocol checks, then the lossless property inside a pipeline."""
 
 import pytest
-import torch
 
 import jetspec
 from jetspec.testing import check_attention_backend, check_drafter, check_kv_cache, check_scorer, check_verifier

@@ -118,6 +118,10 @@ class BenchConfig(BaseModel):
     )
     faithfulness_nats: float = Field(5.0, gt=0)
     faithfulness_rounds: int = Field(8, ge=1, description="rounds sampled per prompt for faithfulness")
+    faithfulness_budgets: list[int] | None = Field(
+        None, description="measure faithfulness only for pipelines of these budgets (a drafter's rank-1 branch "
+        "hardly depends on the budget); None: every budget"
+    )
     max_minutes: float | None = Field(None, gt=0, description="start no new prompt after this; --resume continues")
     replay: bool = Field(
         False,

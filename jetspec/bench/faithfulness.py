@@ -16,7 +16,7 @@ costs one extra target forward over the prefix + branch, outside the timed gener
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -73,19 +73,23 @@ def measure_faithfulness(
     max_len: int,
     nats: float,
     samples: int,
+    greedy_lp: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, Any] | None:
+    """`greedy_lp`: a function returning `token_logprobs(pipe, prompt + plain)` (so that a bench
+    computes it once per prompt for all its pipelines); None: computed here when first needed."""
     full = list(prompt) + list(plain)
     picked = [rounds[round(i * (len(rounds) - 1) / max(samples - 1, 1))] for i in range(min(samples, len(rounds)))]
-    greedy_lp = None
+    greedy_of = greedy_lp or (lambda: token_logprobs(pipe, full))
+    greedy_lp_t = None
     gaps = []
     for committed, proposal in picked:
         branch = rank1_branch(proposal, min(max_len, len(full) - committed))
         if not branch:
             continue
-        if greedy_lp is None:
-            greedy_lp = token_logprobs(pipe, full)  # [len(full) - 1]
+        if greedy_lp_t is None:
+            greedy_lp_t = greedy_of()  # [len(full) - 1]
         n = len(branch)
-        greedy = float(greedy_lp[committed - 1 : committed - 1 + n].sum())
+        greedy = float(greedy_lp_t[committed - 1 : committed - 1 + n].sum())
         drafted = float(token_logprobs(pipe, full[:committed] + branch)[committed - 1 :].sum())
         gaps.append(greedy - drafted)
     if not gaps:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -44,12 +45,51 @@ def context_hidden(pipe: Pipeline, tokens: Sequence[int], layers: tuple[int, ...
     return out.hidden
 
 
+class SharedProposals:
+    """A drafter whose proposals are shared with the other budgets of a replayed sweep.
+
+    In a replay every round starts from a prefix of the same sequence (prompt + ref), so a
+    proposal depends only on the committed length, and on the budget only as far as the drafter
+    says: `drafter.proposal_key(budget)` is equal for budgets that get the same proposal (None:
+    never share). A sweep's pipelines of one drafter configuration hold one `memo`, cleared per
+    prompt; the drafter still observes every round, so a miss proposes from a consistent state.
+    (Shared proposals equal unshared ones up to float rounding: the drafter's context rows were
+    appended in other chunks.)"""
+
+    def __init__(self, inner: Any, memo: dict):
+        self.inner, self.memo = inner, memo
+        self.hidden_layers = tuple(getattr(inner, "hidden_layers", ()))
+
+    def reset(self, state: DecodeState) -> None:
+        self.inner.reset(state)
+
+    def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
+        self.inner.observe(state, hidden)
+
+    def propose(self, state: DecodeState, budget: int) -> Any:
+        key_of = getattr(self.inner, "proposal_key", None)
+        key = key_of(budget) if key_of is not None else None
+        if key is None:
+            return self.inner.propose(state, budget)
+        key = (key, len(state.tokens))
+        if key not in self.memo:
+            self.memo[key] = self.inner.propose(state, budget)
+        return self.memo[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @torch.no_grad()
-def replay(pipe: Pipeline, prompt: Sequence[int], ref: Sequence[int], budget: int) -> GenerationStats:
-    """The statistics `pipe.generate(prompt)` (greedy) would report, given plain decoding's output `ref`."""
+def replay(
+    pipe: Pipeline, prompt: Sequence[int], ref: Sequence[int], budget: int, hidden: torch.Tensor | None = None
+) -> GenerationStats:
+    """The statistics `pipe.generate(prompt)` (greedy) would report, given plain decoding's output
+    `ref`. `hidden`: `context_hidden` of prompt + ref[:-1] at the drafter's layers, if already known."""
     drafter, clock = pipe.drafter, time.perf_counter
     seq = list(prompt) + list(ref)
-    hidden = context_hidden(pipe, seq[:-1], tuple(getattr(drafter, "hidden_layers", ())))  # row i: token seq[i]
+    if hidden is None:
+        hidden = context_hidden(pipe, seq[:-1], tuple(getattr(drafter, "hidden_layers", ())))  # row i: token seq[i]
     rows = (lambda a, b: hidden[a:b]) if hidden is not None else (lambda a, b: None)
     state = DecodeState(tokens=list(prompt), prompt_len=len(prompt))
     stats = GenerationStats()

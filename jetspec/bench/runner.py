@@ -30,12 +30,12 @@ from ..core.pipeline import Pipeline
 from ..core.registry import Registry, check_compatible
 from .config import BenchConfig, BenchPipeline, expand, fingerprint
 from .datasets import Prompt, interleave, load_prompts
-from .faithfulness import ProposalRecorder, measure_faithfulness
+from .faithfulness import ProposalRecorder, measure_faithfulness, token_logprobs
 from .mismatch import describe_mismatch
 from .peers import Peers, context_limit, hf_folder
 from .plots import write_plots
 from .report import summarize, write_results_md
-from .replay import replay
+from .replay import SharedProposals, context_hidden, replay
 from .rows import append_row, done_keys, latest_prompt_rows, read_rows, replace_summaries, run_row
 
 
@@ -92,7 +92,8 @@ def plan_bench(config: BenchConfig, registry: Registry) -> Plan:
             raise ConfigError(f"pipeline '{bp.name}': replay needs greedy verification (a fixed output to replay)")
         provides = registry.get("drafter", bp.config.drafter.name).provides
         if config.faithfulness == "all" or (config.faithfulness == "auto" and "branch_scores" in provides):
-            faithful.add(bp.name)
+            if config.faithfulness_budgets is None or budget in config.faithfulness_budgets:
+                faithful.add(bp.name)
     inputs = (
         config.target.model_dump(), config.max_new_tokens, config.replay,
         [(d.name, d.path, d.field, d.chat_template if d.chat_template is not None else config.chat_template) for d in config.datasets],
@@ -145,6 +146,8 @@ class BenchRun:
         self.done = done_keys(read_rows(plan.results))
         self.errors: list[str] = []
         self.stopped_early = False
+        self.memos: dict[str, dict] = {}  # replay: drafter configuration -> proposals shared by its budgets
+        self.per_prompt: dict = {}  # what every pipeline of the current prompt can share
         rank: dict[str, int] = {}
         self.rank = {}  # (dataset, prompt id) -> position within its dataset's subset
         for p in plan.prompts:
@@ -197,6 +200,11 @@ class BenchRun:
         first = build_pipeline(plain_config, self.registry)
         shared = _registry_with_target(self.registry, config.target.name, first.target)
         pipes = {bp.name: build_pipeline(bp.config, shared) for bp in bps}
+        self.memos = {}
+        if config.replay:
+            for bp in bps:
+                memo = self.memos.setdefault(bp.config.drafter.model_dump_json(), {})
+                pipes[bp.name].drafter = SharedProposals(pipes[bp.name].drafter, memo)
         for name in plan.faithfulness & set(pipes):
             pipes[name].drafter = ProposalRecorder(pipes[name].drafter)
         ids = {}
@@ -228,6 +236,9 @@ class BenchRun:
                 self.stopped_early = True
                 break
             prompt_ids = ids[prompt]
+            self.per_prompt = {}  # replay: hidden states; faithfulness: the target's log-probs of plain's output
+            for memo in self.memos.values():
+                memo.clear()
             base = {"dataset": prompt.dataset, "prompt_id": prompt.id, "target": config.target.name, "prompt_tokens": len(prompt_ids)}
             plain, plain_wall, peak = _timed(lambda: first.generate_plain(prompt_ids), device)
             s = plain.stats
@@ -275,7 +286,7 @@ class BenchRun:
             rounds = [(n, p) for n, p in pipe.drafter.rounds if n <= agree]  # on the plain path only
             faith = measure_faithfulness(
                 pipe, prompt_ids, plain.tokens, rounds, c.generation.budget, self.config.faithfulness_nats,
-                self.config.faithfulness_rounds,
+                self.config.faithfulness_rounds, self._greedy_logprobs(pipe, prompt_ids, plain.tokens),
             )
         return {
             **row, "new_tokens": s.new_tokens, "rounds": s.rounds, "tau": s.tau, "wall_s": wall,
@@ -289,7 +300,11 @@ class BenchRun:
         """τ, acceptance and faithfulness of `bp` replayed against this prompt's plain output (no speeds:
         nothing is verified, and the output is plain decoding's by construction)."""
         try:
-            s = replay(pipe, prompt_ids, plain.tokens, bp.config.generation.budget)
+            layers = tuple(getattr(pipe.drafter, "hidden_layers", ()))
+            key = ("hidden", layers)
+            if key not in self.per_prompt:  # one forward over prompt + output for every pipeline of these layers
+                self.per_prompt[key] = context_hidden(pipe, list(prompt_ids) + list(plain.tokens[:-1]), layers)
+            s = replay(pipe, prompt_ids, plain.tokens, bp.config.generation.budget, hidden=self.per_prompt[key])
         except Exception as e:
             return self._error(row, e)
         faith = None
@@ -297,6 +312,7 @@ class BenchRun:
             faith = measure_faithfulness(
                 pipe, prompt_ids, plain.tokens, pipe.drafter.rounds, bp.config.generation.budget,
                 self.config.faithfulness_nats, self.config.faithfulness_rounds,
+                self._greedy_logprobs(pipe, prompt_ids, plain.tokens),
             )  # fmt: skip
         return {
             **row, "replay": True, "new_tokens": s.new_tokens, "rounds": s.rounds, "tau": s.tau, "wall_s": 0.0,
@@ -304,6 +320,16 @@ class BenchRun:
             "seconds": dict(s.seconds), "accepted_by_depth": list(s.accepted_by_depth), "tree_nodes": s.tree_nodes,
             "faithfulness": faith, "peak_mem_bytes": None, "stopped": None,
         }
+
+    def _greedy_logprobs(self, pipe: Pipeline, prompt_ids: list[int], plain: list[int]) -> Callable[[], torch.Tensor]:
+        """log p_target of plain decoding's own tokens, computed once per prompt when first asked for."""
+
+        def get() -> torch.Tensor:
+            if "greedy_lp" not in self.per_prompt:
+                self.per_prompt["greedy_lp"] = token_logprobs(pipe, list(prompt_ids) + list(plain))
+            return self.per_prompt["greedy_lp"]
+
+        return get
 
     def peer_row(self, peers: Peers, peer: str, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
         name = f"hf:{peer}"

@@ -33,6 +33,10 @@ class EagleDrafter(ContextDrafter):
         self.options = options
         self.use_graphs(options.cuda_graphs)  # the context append; the per-depth drafting stays eager
 
+    def proposal_key(self, budget: int):
+        """The expansion (depth x frontier x top-k) ignores the budget: one proposal for all."""
+        return ()
+
     @torch.no_grad()
     def propose(self, state: DecodeState, budget: int) -> TokenTrie:
         a, dev = self.cache.length, self.cache._device

@@ -53,6 +53,10 @@ class NgramDrafter:
                 self._index.setdefault(tuple(tokens[end - n : end]), []).append(end)
         self._indexed = len(tokens)
 
+    def proposal_key(self, budget: int):
+        """The continuations ignore the budget (the scorer cuts them): one proposal for all."""
+        return ()
+
     def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:
         tokens = state.tokens
         self._extend_index(tokens)

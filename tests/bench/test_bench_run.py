@@ -175,3 +175,14 @@ def test_replay_gives_the_tau_of_the_live_run_without_speeds(bench_dir):
         assert rep["replay"] is True and rep["speedup"] is None and rep["tokens_per_s"] is None and rep["identical"] is None
     plots = sorted(p.name for p in (bench_dir / "replay" / "plots").iterdir())
     assert plots == ["replay_tau_vs_budget.png"]  # nothing was timed: no speedup plot
+
+
+def test_faithfulness_is_measured_at_the_budgets_asked_for(bench_dir):
+    base = (bench_dir / "bench.toml").read_text().split("[peers]")[0]
+    cfg = bench_dir / "faithful.toml"
+    cfg.write_text('faithfulness = "all"\nfaithfulness_budgets = [8]\nreplay = true\n' + base.replace('name = "tiny"', 'name = "faithful"'))
+    assert main(["bench", "--config", str(cfg), "--no-progress", "--output", str(bench_dir / "faithful")]) == 0
+    rows = [r for r in read_rows(bench_dir / "faithful" / "results" / "faithful.jsonl") if r["kind"] == "spec"]
+    assert {r["pipeline"] for r in rows} == {"ngram@4", "ngram@8"}
+    assert all((r["faithfulness"] is not None) == (r["budget"] == 8) for r in rows if r["rounds"] > 1)
+    assert any(r["faithfulness"] is not None for r in rows)

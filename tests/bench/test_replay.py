@@ -73,3 +73,27 @@ def test_replay_matches_where_drafts_are_accepted():
             assert (replayed.rounds, replayed.accepted_by_depth) == (live.rounds, live.accepted_by_depth)
             taus.append(replayed.tau)
     assert max(taus) > 1.5, taus
+
+
+def test_a_budget_sweep_sharing_proposals_replays_each_budget_as_alone():
+    """`SharedProposals`: the budgets of one drafter reuse each other's proposals at the same
+    committed length (rescoring opts out: its candidate tree is budget-sized) and report the
+    rounds and acceptance of replaying each budget on its own."""
+    from jetspec.bench.replay import SharedProposals
+
+    prompt, budgets = [5, 6, 7, 8, 5, 6, 9, 8, 5, 6, 7, 3] * 2, (4, 16, 48)
+    for name in sorted(DRAFTERS):
+        drafter, options = DRAFTERS[name]
+        target = tiny_target("llama", 1)
+        ref = list(plain_output("llama", 1, tuple(prompt), 24))
+        build = lambda b: jetspec.builder(REG).target(target).drafter(drafter, **options).generation(budget=b, max_new_tokens=24).build()  # noqa: E731
+        alone = [replay(build(b), prompt, ref, b) for b in budgets]
+        memo: dict = {}
+        shared = []
+        for b in budgets:
+            pipe = build(b)
+            pipe.drafter = SharedProposals(pipe.drafter, memo)
+            shared.append(replay(pipe, prompt, ref, b))
+        for a, s in zip(alone, shared):
+            assert (a.rounds, a.new_tokens, a.accepted_by_depth) == (s.rounds, s.new_tokens, s.accepted_by_depth), name
+        assert memo or name == "jetspec+rescore", name  # shared where the drafter allows it

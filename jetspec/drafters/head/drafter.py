@@ -93,11 +93,20 @@ class HeadDrafter(ContextDrafter):
         h = self.head(x[None], pos[None], context, mask)[0]  # [B, H]
         return self.log_probs(h[1 : 1 + depths]).topk(self.options.top_k, dim=-1)
 
+    def _depths(self, budget: int) -> tuple[int, int]:
+        """(candidate nodes, depth slots drafted): a tree of n nodes is at most n deep."""
+        nodes = max(budget, round(self.options.rescore_factor * budget)) if self.options.rescore else budget
+        return nodes, max(1, min(nodes, self.config.block_size - 1))
+
+    def proposal_key(self, budget: int):
+        """Budgets with equal keys get the same proposal from the same state (replay shares it);
+        rescoring builds a budget-sized candidate tree, so it shares nothing."""
+        return None if self.options.rescore else self._depths(budget)[1]
+
     @torch.no_grad()
     def propose(self, state: DecodeState, budget: int) -> Proposal:
         a, root = self.cache.length, state.tokens[-1]
-        nodes = max(budget, round(self.options.rescore_factor * budget)) if self.options.rescore else budget
-        depths = max(1, min(nodes, self.config.block_size - 1))  # a tree of `nodes` nodes is at most that deep
+        nodes, depths = self._depths(budget)
         if self.graphs is not None:
             logp, tokens = self.graphs.draft(root, a, depths)
         else:

@@ -7,7 +7,8 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
 
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
-    cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run)
+    cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run);
+                     `cute:pipelined=true,num_warps=8,...` times a variant (CuteAttentionOptions)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 
@@ -130,14 +131,24 @@ def triton_fn(p: Problem, options: TritonAttentionOptions):
     return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
 
 
-def cute_fn(p: Problem):
+def cute_options(name: str):
+    """`cute` or `cute:key=value,...` (CuteAttentionOptions fields): one variant per backend name,
+    e.g. `cute:pipelined=true,num_warps=8,num_splits=4`."""
+    from jetspec.kernels.cute_backend import CuteAttentionOptions
+
+    _, _, spec = name.partition(":")
+    pairs = (kv.split("=", 1) for kv in spec.split(",") if kv)
+    return CuteAttentionOptions(**{k: json.loads(v) for k, v in pairs})
+
+
+def cute_fn(p: Problem, name: str = "cute"):
     from jetspec.core.errors import IncompatibleError
     from jetspec.kernels.cute_backend import CuteAttention, unavailable
 
     reason = unavailable()
     if reason:
         raise IncompatibleError(reason)
-    backend = CuteAttention()
+    backend = CuteAttention(cute_options(name))
     backend.attend(p.q, p.cache, 0, p.meta, p.scale)  # compiles before any capture
     return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
 
@@ -222,8 +233,8 @@ def main() -> None:
                         fn, backend = triton_fn(p, TritonAttentionOptions(autotune=name == "triton-autotune"))
                         cfg = backend.config(nodes, HQ // HKV, HKV, context + nodes, D, p.q)
                         row["config"] = cfg.__dict__
-                    elif name == "cute":
-                        fn, backend = cute_fn(p)
+                    elif name.split(":")[0] == "cute":
+                        fn, backend = cute_fn(p, name)
                         k_rows = p.cache.k[0].view(-1, HKV, D)
                         row["config"] = dict(zip(("num_warps", "block_n", "num_splits"), backend.tiling(p.q, k_rows, p.meta)))
                     else:

@@ -125,7 +125,9 @@ for step in "$@"; do
       timeout 420 python3 -m pytest -q -rs tests/kernels/test_cute_attention.py tests/targets/test_smollm2_gpu.py -k "cute or triton" -s 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -40
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
     cute-bench)
-      timeout 400 python3 bench/kernel_bench.py --backends triton cute --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -30
+      timeout 400 python3 bench/kernel_bench.py --backends triton cute cute:pipelined=true cute:pipelined=true,num_splits=4 \
+        cute:pipelined=true,num_warps=8 cute:pipelined=true,num_warps=8,num_splits=4 \
+        --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -60
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
     generate)
       install_heads || exit 1

@@ -10,7 +10,7 @@ Importing this module does not import cutlass; the kernel module loads on the fi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,9 +25,12 @@ class CuteAttentionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_warps: int | None = Field(None, ge=1, le=4, description="warps per CTA; 16 packed rows each")
+    num_warps: Literal[1, 2, 4, 8] | None = Field(None, description="warps per CTA; 16 packed rows each")
     block_n: int | None = Field(None, ge=16, le=128, multiple_of=16, description="keys per inner step")
     num_splits: int | None = Field(None, ge=1, le=256, description="split-K CTAs per tile")
+    pipelined: bool = Field(
+        False, description="cp.async gathers of K/V overlapped with the MMAs (compiles for sm_90a; not yet run on a GPU)"
+    )
 
 
 def unavailable() -> str | None:
@@ -65,7 +68,8 @@ class CuteAttention(RowKernelInputs):
 
         sizes, prefix = self._forward_tensors(meta, q.device)
         warps, block_n, splits = self.tiling(q, k_rows, meta)
-        return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, warps, block_n, splits)
+        return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, warps, block_n, splits,
+                                    pipelined=self.options.pipelined)
 
     def tiling(self, q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta) -> tuple[int, int, int]:
         from .cute_tree_attention import choose_tiling

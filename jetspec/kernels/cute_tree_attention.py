@@ -12,15 +12,23 @@ Query token i sees key t iff t < T, or t = T + j with j <= i < j + subtree_sizes
 One CTA = one tile of BLOCK_M packed rows (row r = token r // G, head kvh * G + r % G, so the
 G query heads of a kv head share every K/V tile) x one kv head x one split of the key blocks.
 Per key block of BLOCK_N keys: the slot map and subtree sizes of the block go to shared memory,
-K and V rows are gathered through the slot map into swizzled shared memory (synchronous
-vectorised loads: `cute.autovec_copy`, 16-byte rows chunks), S = Q K^T and O += P V run on the
+K and V rows are gathered through the slot map into swizzled shared memory (by default with
+synchronous vectorised loads: `cute.autovec_copy`, 16-byte row chunks), S = Q K^T and O += P V run on the
 tensor cores with warp-level MMA (mma.sync m16n8k16 bf16 -> fp32, ldmatrix from shared memory),
 the interval mask is evaluated per element from the shared-memory sizes, and the online softmax
 keeps (max, sum, acc) in fp32 registers.
 
-What is NOT used (yet): warpgroup MMA (wgmma), TMA, cp.async / multi-stage pipelining, warp
-specialisation. Each CTA writes an fp32 partial output and its log2-sum-exp; the caller merges
-splits (a few torch ops, graph-capturable).
+`pipelined=True` (option `pipelined` of the backend) gathers with cp.async instead, FA2-style with
+one K and one V buffer: V(b) lands while S = Q K(b)^T runs and K(b+1) while the softmax and
+O += P V(b) run (commit groups K(b), V(b), K(b+1), ...; three barriers a block, as before). It
+compiles for sm_90a (tests check the cp.async and MMA counts) but has NOT run on a GPU yet:
+the H200 calls of 2026-12-01 went to issue 4 before new loans were paused, so it stays opt-in
+until tests/kernels/test_cute_attention.py passes with it there and bench/kernel_bench.py
+(`--backends cute cute:pipelined=true ...`) times it.
+
+What is NOT used (yet): warpgroup MMA (wgmma), TMA, multi-stage buffers, warp specialisation.
+Each CTA writes an fp32 partial output and its log2-sum-exp; the caller merges splits (a few
+torch ops, graph-capturable).
 
 Importing this module imports cutlass; `cute_backend` imports it lazily.
 """
@@ -31,7 +39,7 @@ from collections.abc import Callable
 
 import cutlass
 import cutlass.cute as cute  # noqa: PLR0402 (the DSL idiom)
-from cutlass.cute.nvgpu import warp
+from cutlass.cute.nvgpu import cpasync, warp
 from cutlass.cute.runtime import make_ptr
 
 LOG2E = 1.4426950408889634
@@ -43,11 +51,13 @@ except ImportError:  # pragma: no cover
 
 
 class TreeAttentionKernel:
-    """One compiled variant per (head_dim, group, kv_heads, warps, block_n)."""
+    """One compiled variant per (head_dim, group, kv_heads, warps, block_n, pipelined)."""
 
-    def __init__(self, head_dim: int, group: int, kv_heads: int, num_warps: int = 4, block_n: int = 64):
+    def __init__(self, head_dim: int, group: int, kv_heads: int, num_warps: int = 4, block_n: int = 64,
+                 pipelined: bool = False):  # fmt: skip
         assert head_dim in (64, 128), head_dim
         assert block_n % 16 == 0
+        self.pipelined = pipelined  # cp.async gathers overlapped with the MMAs (else synchronous loads)
         self.d = head_dim
         self.g = group
         self.hkv = kv_heads
@@ -99,6 +109,8 @@ class TreeAttentionKernel:
         vec = 8
         cols = k_block // vec
         copy_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128)
+        cp_atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), self.dtype,
+                                      num_bits_per_copy=128)  # 16-byte cp.async.cg, bypassing L1
         gather = cute.make_tiled_copy_tv(
             copy_atom,
             cute.make_layout((self.threads // cols, cols), stride=(cols, 1)),
@@ -110,7 +122,7 @@ class TreeAttentionKernel:
 
         tiles = cute.ceil_div(n_queries * self.g, self.bm)
         self.kernel(mQ, mK, mV, mSlots, mSizes, mPrefix, mO, mL, scale_log2,
-                    sQ_layout, sKV_layout, gather, tiled_mma, SharedStorage).launch(
+                    sQ_layout, sKV_layout, gather, cp_atom, tiled_mma, SharedStorage).launch(
             grid=(tiles, hkv, num_splits), block=[self.threads, 1, 1], stream=stream)
 
     # ------------------------------------------------------------------ device side
@@ -119,7 +131,7 @@ class TreeAttentionKernel:
         self, mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mSlots: cute.Tensor, mSizes: cute.Tensor,
         mPrefix: cute.Tensor, mO: cute.Tensor, mL: cute.Tensor, scale_log2: cutlass.Float32,
         sQ_layout: cute.ComposedLayout, sKV_layout: cute.ComposedLayout, gather: cute.TiledCopy,
-        tiled_mma: cute.TiledMma, SharedStorage: cutlass.Constexpr,
+        cp_atom: cute.CopyAtom, tiled_mma: cute.TiledMma, SharedStorage: cutlass.Constexpr,
     ):
         bm, bn, d, g = self.bm, self.bn, self.d, self.g
         tidx, _, _ = cute.arch.thread_idx()
@@ -186,79 +198,62 @@ class TreeAttentionKernel:
         row_max.fill(-cutlass.Float32.inf)
         row_sum.fill(0.0)
         acc_O_mn = _mn_view(acc_O)
+        acc_S_shape = thr_mma.partition_shape_C((bm, bn))
 
-        for b in cutlass.range(b_lo, b_hi, 1):
-            start = b * bn
-            cute.arch.barrier()  # every thread is done with the previous block's smem
-            # slot map and subtree sizes of this block's keys
-            for s in cutlass.range_constexpr((bn + self.threads - 1) // self.threads):
-                c = tidx + s * self.threads
-                if c < bn:
-                    key = start + c
-                    j = key - prefix_len
-                    slot = -1
-                    size = 0
-                    if key < kv_end:
-                        slot = mSlots[key]
-                        if j >= 0:
-                            size = mSizes[j]
-                    sSlot[c] = slot
-                    sSize[c] = size
-            cute.arch.barrier()
-            # gather K and V rows of the block through the slot map; keys past kv_end are zero
-            for i in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):
-                for jj in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
-                    row, col = tKcK[0, i, jj]
-                    slot = sSlot[row]
-                    if slot >= 0:
-                        cute.autovec_copy(cute.local_tile(mK[slot, kvh, None], (8,), (col // 8,)), tKsK[None, i, jj])
-                        cute.autovec_copy(cute.local_tile(mV[slot, kvh, None], (8,), (col // 8,)), tVsV[None, i, jj])
-                    else:
-                        tKsK[None, i, jj].fill(0)
-                        tVsV[None, i, jj].fill(0)
-            cute.arch.barrier()
-
-            # S = Q K^T (fp32)
-            acc_S = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, bn)), cutlass.Float32)
-            acc_S.fill(0.0)
-            for k in cutlass.range_constexpr(cute.size(tSsQ.shape[2])):
-                cute.copy(ld_q, tSsQ[None, None, k], tSrQ_v[None, None, k])
-                cute.copy(ld_k, tSsK[None, None, k], tSrK_v[None, None, k])
-                cute.gemm(tiled_mma, acc_S, tSrQ[None, None, k], tSrK[None, None, k], acc_S)
-
-            # mask (interval rule) + online softmax, in the log2 domain
-            acc_S_mn = _mn_view(acc_S)
-            for r in cutlass.range_constexpr(cute.size(row_max)):
-                row_in_tile = tScS_mn[r, 0][0]
-                tok = (tile * bm + row_in_tile) // g
-                for c in cutlass.range_constexpr(cute.size(tScS_mn, mode=[1])):
-                    col = tScS_mn[0, c][1]
-                    key = start + col
-                    j = key - prefix_len
-                    size = sSize[col]
-                    visible = key < kv_end and (key < prefix_len or (j <= tok and tok < j + size))  # noqa: PLR1716 (DSL: no chained compare)
-                    acc_S_mn[r, c] = acc_S_mn[r, c] * scale_log2 if visible else -cutlass.Float32.inf
-                s_row = acc_S_mn[r, None].load()
-                m_cur = _quad_max(s_row.reduce(cute.ReductionOp.MAX, -cutlass.Float32.inf, 0))
-                m_new = cute.arch.fmax(row_max[r], m_cur)
-                m_use = 0.0 if m_new == -cutlass.Float32.inf else m_new  # an all-masked row stays NaN-free
-                p_row = cute.math.exp2(s_row - m_use, fastmath=True)
-                alpha = cute.math.exp2(row_max[r] - m_use, fastmath=True)
-                row_sum[r] = row_sum[r] * alpha + p_row.reduce(cute.ReductionOp.ADD, cutlass.Float32.zero, 0)
-                row_max[r] = m_new
-                acc_O_mn[r, None] = acc_O_mn[r, None].load() * alpha
-                acc_S_mn[r, None] = p_row
-
-            # O += P V
-            rP = cute.make_fragment_like(acc_S, self.dtype)
-            rP.store(acc_S.load().to(self.dtype))
-            div = cute.logical_divide(rP.layout, (None, None, 2))
-            tOrP = cute.make_tensor(rP.iterator, cute.make_layout(
-                ((div.shape[0], div.shape[2][0]), div.shape[1], div.shape[2][1]),
-                stride=((div.stride[0], div.stride[2][0]), div.stride[1], div.stride[2][1])))
-            for k in cutlass.range_constexpr(cute.size(tOrP.shape[2])):
-                cute.copy(ld_v, tOsVt[None, None, k], tOrVt_v[None, None, k])
-                cute.gemm(tiled_mma, acc_O, tOrP[None, None, k], tOrVt[None, None, k], acc_O)
+        if cutlass.const_expr(self.pipelined):
+            # cp.async, FA2-style: V(b) lands while S = Q K(b)^T runs, K(b+1) while the softmax and
+            # O += P V(b) run; one buffer each, commit groups in issue order K(b), V(b), K(b+1), ...
+            if b_lo < b_hi:
+                self._gather_async(mK, mSlots, tKsK, tKcK, b_lo * bn, kvh, kv_end, cp_atom)
+            for b in cutlass.range(b_lo, b_hi, 1):
+                start = b * bn
+                self._block_sizes(mSizes, sSize, tidx, start, prefix_len, kv_end)
+                cute.arch.cp_async_wait_group(0)  # K(b)
+                cute.arch.barrier()  # K(b) and the sizes visible; every thread done with V(b - 1)
+                self._gather_async(mV, mSlots, tVsV, tKcK, start, kvh, kv_end, cp_atom)
+                acc_S = cute.make_rmem_tensor(acc_S_shape, cutlass.Float32)
+                self._scores(tiled_mma, acc_S, ld_q, ld_k, tSsQ, tSrQ, tSrQ_v, tSsK, tSrK, tSrK_v)
+                cute.arch.barrier()  # every thread done reading K(b)
+                if b + 1 < b_hi:
+                    self._gather_async(mK, mSlots, tKsK, tKcK, start + bn, kvh, kv_end, cp_atom)
+                self._mask_softmax(acc_S, acc_O_mn, row_max, row_sum, tScS_mn, sSize, tile, start, prefix_len, kv_end, scale_log2)
+                if b + 1 < b_hi:
+                    cute.arch.cp_async_wait_group(1)  # V(b); K(b + 1) may still fly
+                else:
+                    cute.arch.cp_async_wait_group(0)
+                cute.arch.barrier()  # V(b) visible
+                self._accumulate(tiled_mma, acc_S, acc_O, ld_v, tOsVt, tOrVt, tOrVt_v)
+        else:
+            for b in cutlass.range(b_lo, b_hi, 1):
+                start = b * bn
+                cute.arch.barrier()  # every thread is done with the previous block's smem
+                self._block_sizes(mSizes, sSize, tidx, start, prefix_len, kv_end)
+                # slot map of this block's keys, to shared memory: one load per key, not per chunk
+                for s in cutlass.range_constexpr((bn + self.threads - 1) // self.threads):
+                    c = tidx + s * self.threads
+                    if c < bn:
+                        key = start + c
+                        slot = -1
+                        if key < kv_end:
+                            slot = mSlots[key]
+                        sSlot[c] = slot
+                cute.arch.barrier()
+                # gather K and V rows of the block through the slot map; keys past kv_end are zero
+                for i in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):
+                    for jj in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
+                        row, col = tKcK[0, i, jj]
+                        slot = sSlot[row]
+                        if slot >= 0:
+                            cute.autovec_copy(cute.local_tile(mK[slot, kvh, None], (8,), (col // 8,)), tKsK[None, i, jj])
+                            cute.autovec_copy(cute.local_tile(mV[slot, kvh, None], (8,), (col // 8,)), tVsV[None, i, jj])
+                        else:
+                            tKsK[None, i, jj].fill(0)
+                            tVsV[None, i, jj].fill(0)
+                cute.arch.barrier()
+                acc_S = cute.make_rmem_tensor(acc_S_shape, cutlass.Float32)
+                self._scores(tiled_mma, acc_S, ld_q, ld_k, tSsQ, tSrQ, tSrQ_v, tSsK, tSrK, tSrK_v)
+                self._mask_softmax(acc_S, acc_O_mn, row_max, row_sum, tScS_mn, sSize, tile, start, prefix_len, kv_end, scale_log2)
+                self._accumulate(tiled_mma, acc_S, acc_O, ld_v, tOsVt, tOrVt, tOrVt_v)
 
         # ---- epilogue: partial output acc / l and lse = max + log2(l), fp32, straight from registers
         tOcO_mn = _mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, d))))
@@ -274,6 +269,93 @@ class TreeAttentionKernel:
                     mO[split, tok, head, tOcO_mn[0, c][1]] = acc_O_mn[r, c] * inv
                 lse = -cutlass.Float32.inf if total == 0.0 else row_max[r] + cute.math.log2(total, fastmath=False)
                 mL[split, tok, head] = lse
+
+
+    # ------------------------------------------------------------------ device helpers (inlined)
+    @cute.jit
+    def _block_sizes(self, mSizes: cute.Tensor, sSize: cute.Tensor, tidx: cutlass.Int32, start: cutlass.Int32,
+                     prefix_len: cutlass.Int32, kv_end: cutlass.Int32):
+        """Subtree sizes of the block's keys (0 for committed keys and keys past kv_end) to smem."""
+        for s in cutlass.range_constexpr((self.bn + self.threads - 1) // self.threads):
+            c = tidx + s * self.threads
+            if c < self.bn:
+                key = start + c
+                j = key - prefix_len
+                size = 0
+                if key < kv_end and j >= 0:
+                    size = mSizes[j]
+                sSize[c] = size
+
+    @cute.jit
+    def _gather_async(self, mX: cute.Tensor, mSlots: cute.Tensor, tXsX: cute.Tensor, tXcX: cute.Tensor,
+                      start: cutlass.Int32, kvh: cutlass.Int32, kv_end: cutlass.Int32, cp_atom: cute.CopyAtom):
+        """Issue this thread's 16-byte cp.async gathers of the block's K or V rows through the slot
+        map (rows past kv_end are zero-filled with plain stores), as one commit group."""
+        for i in cutlass.range_constexpr(cute.size(tXsX, mode=[1])):
+            row, _ = tXcX[0, i, 0]
+            key = start + row
+            if key < kv_end:
+                slot = mSlots[key]
+                for jj in cutlass.range_constexpr(cute.size(tXsX, mode=[2])):
+                    col = tXcX[0, i, jj][1]
+                    cute.copy(cp_atom, cute.local_tile(mX[slot, kvh, None], (8,), (col // 8,)), tXsX[None, i, jj])
+            else:
+                for jj in cutlass.range_constexpr(cute.size(tXsX, mode=[2])):
+                    tXsX[None, i, jj].fill(0)
+        cute.arch.cp_async_commit_group()
+
+    @cute.jit
+    def _scores(self, tiled_mma: cute.TiledMma, acc_S: cute.Tensor, ld_q: cute.TiledCopy, ld_k: cute.TiledCopy,
+                tSsQ: cute.Tensor, tSrQ: cute.Tensor, tSrQ_v: cute.Tensor, tSsK: cute.Tensor, tSrK: cute.Tensor,
+                tSrK_v: cute.Tensor):
+        """acc_S = S = Q K^T of this block in fp32 registers (ldmatrix from smem, mma.sync m16n8k16)."""
+        acc_S.fill(0.0)
+        for k in cutlass.range_constexpr(cute.size(tSsQ.shape[2])):
+            cute.copy(ld_q, tSsQ[None, None, k], tSrQ_v[None, None, k])
+            cute.copy(ld_k, tSsK[None, None, k], tSrK_v[None, None, k])
+            cute.gemm(tiled_mma, acc_S, tSrQ[None, None, k], tSrK[None, None, k], acc_S)
+
+    @cute.jit
+    def _mask_softmax(self, acc_S: cute.Tensor, acc_O_mn: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor,
+                      tScS_mn: cute.Tensor, sSize: cute.Tensor, tile: cutlass.Int32, start: cutlass.Int32,
+                      prefix_len: cutlass.Int32, kv_end: cutlass.Int32, scale_log2: cutlass.Float32):
+        """Interval mask and online softmax in the log2 domain: acc_S becomes P (unnormalised),
+        (row_max, row_sum) are updated and acc_O is rescaled by exp2(old max - new max)."""
+        acc_S_mn = _mn_view(acc_S)
+        for r in cutlass.range_constexpr(cute.size(row_max)):
+            row_in_tile = tScS_mn[r, 0][0]
+            tok = (tile * self.bm + row_in_tile) // self.g
+            for c in cutlass.range_constexpr(cute.size(tScS_mn, mode=[1])):
+                col = tScS_mn[0, c][1]
+                key = start + col
+                j = key - prefix_len
+                size = sSize[col]
+                visible = key < kv_end and (key < prefix_len or (j <= tok and tok < j + size))  # noqa: PLR1716 (DSL: no chained compare)
+                acc_S_mn[r, c] = acc_S_mn[r, c] * scale_log2 if visible else -cutlass.Float32.inf
+            s_row = acc_S_mn[r, None].load()
+            m_cur = _quad_max(s_row.reduce(cute.ReductionOp.MAX, -cutlass.Float32.inf, 0))
+            m_new = cute.arch.fmax(row_max[r], m_cur)
+            m_use = 0.0 if m_new == -cutlass.Float32.inf else m_new  # an all-masked row stays NaN-free
+            p_row = cute.math.exp2(s_row - m_use, fastmath=True)
+            alpha = cute.math.exp2(row_max[r] - m_use, fastmath=True)
+            row_sum[r] = row_sum[r] * alpha + p_row.reduce(cute.ReductionOp.ADD, cutlass.Float32.zero, 0)
+            row_max[r] = m_new
+            acc_O_mn[r, None] = acc_O_mn[r, None].load() * alpha
+            acc_S_mn[r, None] = p_row
+
+    @cute.jit
+    def _accumulate(self, tiled_mma: cute.TiledMma, acc_S: cute.Tensor, acc_O: cute.Tensor, ld_v: cute.TiledCopy,
+                    tOsVt: cute.Tensor, tOrVt: cute.Tensor, tOrVt_v: cute.Tensor):
+        """O += P V: P rounded to bf16 straight from the S accumulator into MMA A fragments."""
+        rP = cute.make_fragment_like(acc_S, self.dtype)
+        rP.store(acc_S.load().to(self.dtype))
+        div = cute.logical_divide(rP.layout, (None, None, 2))
+        tOrP = cute.make_tensor(rP.iterator, cute.make_layout(
+            ((div.shape[0], div.shape[2][0]), div.shape[1], div.shape[2][1]),
+            stride=((div.stride[0], div.stride[2][0]), div.stride[1], div.stride[2][1])))
+        for k in cutlass.range_constexpr(cute.size(tOrP.shape[2])):
+            cute.copy(ld_v, tOsVt[None, None, k], tOrVt_v[None, None, k])
+            cute.gemm(tiled_mma, acc_O, tOrP[None, None, k], tOrVt[None, None, k], acc_O)
 
 
 def _mn_view(acc: cute.Tensor) -> cute.Tensor:
@@ -309,13 +391,13 @@ def _ptr(dtype, address: int):
 
 
 def compile_kernel(head_dim: int, group: int, kv_heads: int, num_warps: int, block_n: int,
-                   arch: str = ARCH, options: str = ""):
+                   arch: str = ARCH, options: str = "", pipelined: bool = False):
     """Compile one variant for `arch` (no GPU needed: fake addresses, a fake stream)."""
-    key = (head_dim, group, kv_heads, num_warps, block_n, arch, options)
+    key = (head_dim, group, kv_heads, num_warps, block_n, arch, options, pipelined)
     if key not in _COMPILED:
         from cutlass.runtime import make_fake_stream
 
-        kernel = TreeAttentionKernel(head_dim, group, kv_heads, num_warps, block_n)
+        kernel = TreeAttentionKernel(head_dim, group, kv_heads, num_warps, block_n, pipelined)
         bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32
         args = [_ptr(bf16, 0), _ptr(bf16, 0), _ptr(bf16, 0), _ptr(i32, 0), _ptr(i32, 0), _ptr(i32, 0),
                 _ptr(f32, 0), _ptr(f32, 0), i32(1), i32(1), i32(1), i32(1), f32(1.0), make_fake_stream()]
@@ -335,14 +417,14 @@ def choose_tiling(n: int, group: int, kv_heads: int, keys: int, num_sms: int) ->
 
 
 def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale: float,
-                         num_warps: int, block_n: int, num_splits: int):
+                         num_warps: int, block_n: int, num_splits: int, pipelined: bool = False):
     """See the module docstring. Launches on torch's current stream; returns [N, Hq, D] in q's dtype."""
     import torch
     from cuda.bindings import driver as cuda
 
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
-    compiled = compile_kernel(d, hq // hkv, hkv, num_warps, block_n)
+    compiled = compile_kernel(d, hq // hkv, hkv, num_warps, block_n, pipelined=pipelined)
     o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)
     bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32

@@ -67,6 +67,22 @@ def test_kernel_compiles_for_sm90_without_a_gpu(tmp_path, head_dim, group, kv_he
     assert re.search(r"ld\.global[\w.]*\.v4", ptx)  # 16-byte gathers of K/V rows
 
 
+@needs_cutlass
+@pytest.mark.parametrize("head_dim,group,kv_heads,warps", [(128, 4, 8, 4), (128, 4, 8, 8), (64, 2, 4, 2)])
+def test_pipelined_kernel_gathers_with_cp_async_and_keeps_the_same_mmas(tmp_path, head_dim, group, kv_heads, warps):
+    """`pipelined=True`: K and V rows are gathered with 16-byte cp.async (cg: L2 only) in commit
+    groups waited on before use, instead of synchronous loads; the tensor-core work is unchanged."""
+    from jetspec.kernels.cute_tree_attention import compile_kernel
+
+    sync = compile_kernel(head_dim, group, kv_heads, warps, 64, options=f"--keep-ptx --dump-dir {tmp_path}").artifacts.PTX
+    ptx = compile_kernel(head_dim, group, kv_heads, warps, 64, options=f"--keep-ptx --dump-dir {tmp_path}", pipelined=True).artifacts.PTX
+    assert ptx.count("mma.sync.aligned.m16n8k16") == sync.count("mma.sync.aligned.m16n8k16") == 2 * (64 // 8) * (head_dim // 16)
+    chunks = 64 * head_dim // 8 // (32 * warps)  # 16-byte chunks of one K (or V) block per thread
+    assert len(re.findall(r"cp\.async\.cg\.shared\.global(?:\.L2::\w+)?\s*\[", ptx)) == 3 * chunks  # K(first), V(b), K(b + 1)
+    assert "cp.async.commit_group" in ptx and "cp.async.wait_group" in ptx
+    assert "cp.async" not in sync
+
+
 def test_tiling_heuristic():
     from jetspec.kernels import cute_tree_attention as kernels
 
@@ -81,8 +97,9 @@ test_tiling_heuristic = needs_cutlass(test_tiling_heuristic)
 # ---------------------------------------------------------------------------- GPU (sm_90)
 tilings = st.one_of(
     st.just(CuteAttentionOptions()),
-    st.builds(CuteAttentionOptions, num_warps=st.sampled_from([1, 2, 4]), block_n=st.sampled_from([16, 32, 64]),
-              num_splits=st.integers(1, 4)),
+    st.just(CuteAttentionOptions(pipelined=True)),
+    st.builds(CuteAttentionOptions, num_warps=st.sampled_from([1, 2, 4, 8]), block_n=st.sampled_from([16, 32, 64]),
+              num_splits=st.integers(1, 4), pipelined=st.booleans()),
 )
 
 
@@ -122,7 +139,8 @@ def test_gpu_rows_the_slot_map_does_not_name_cannot_change_the_output(commit, po
     for pool in (p.cache.k, p.cache.v):
         pool[0].view(-1, kvh, d)[~live] = poison
     p.cache.slot_table[p.meta.prefix_len + tree.size:] = 2**30  # would fault if read
-    for options in (CuteAttentionOptions(block_n=16, num_splits=1), CuteAttentionOptions(block_n=64, num_splits=3)):
+    for options in (CuteAttentionOptions(block_n=16, num_splits=1), CuteAttentionOptions(block_n=64, num_splits=3),
+                    CuteAttentionOptions(block_n=64, num_splits=3, pipelined=True)):
         out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), expected, atol=TOL, rtol=TOL)
@@ -136,8 +154,9 @@ def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
     g = torch.Generator().manual_seed(nodes)
     tree = random_tree([int(torch.randint(0, i, (1,), generator=g)) for i in range(1, nodes)])
     p = build_problem(tree, prefix, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, page_size=16, commit=commit)
-    out = CuteAttention().attend(p.q, p.cache, 0, p.meta, p.scale)
-    torch.testing.assert_close(out.float(), p.reference(), atol=2e-2, rtol=2e-2)
+    for options in (CuteAttentionOptions(), CuteAttentionOptions(pipelined=True), CuteAttentionOptions(pipelined=True, num_warps=8)):
+        out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
+        torch.testing.assert_close(out.float(), p.reference(), atol=2e-2, rtol=2e-2)
 
 
 @needs_hopper

@@ -137,13 +137,19 @@ class HeadDrafter(ContextDrafter):
         top = logp.topk(self.options.rescore_top_k, dim=-1).indices.tolist() if self.options.rescore_top_k else None
         tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
         paths: list[tuple[int, ...]] = [()]
+        children: list[list[int]] = [[] for _ in tokens]  # candidate child tokens of each node
         for i in range(1, tree.size):
             paths.append(paths[parents[i]] + (tokens[i],))
+            children[parents[i]].append(tokens[i])
+        nodes = queried.tolist()
+        kids = [sorted(set(children[n]) | set(top[q] if top else ())) for q, n in enumerate(nodes)]
+        rows = torch.tensor([q for q, ks in enumerate(kids) for _ in ks], device=dev)  # [E] one per edge
+        cols = torch.tensor([t for ks in kids for t in ks], device=dev)  # [E]
+        edge_logp = iter(logp[rows, cols].tolist())  # one gather, one wait for the device (was one per node)
         trie = TokenTrie()
-        for q, node in enumerate(queried.tolist()):
-            kids = sorted({tokens[c] for c in tree.children(node)} | set(top[q] if top else ()))
-            for token, lp in zip(kids, logp[q, kids].tolist()):
-                trie.add_edge(paths[node], token, lp)
+        for node, ks in zip(nodes, kids):
+            for token in ks:
+                trie.add_edge(paths[node], token, next(edge_logp))
         return trie
 
 

@@ -8,7 +8,7 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
     cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run);
-                     `cute:pipelined=true,num_warps=8,...` times a variant (CuteAttentionOptions)
+                     `cute:pipelined=false,num_warps=8,...` times a variant (CuteAttentionOptions)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 
@@ -133,7 +133,7 @@ def triton_fn(p: Problem, options: TritonAttentionOptions):
 
 def cute_options(name: str):
     """`cute` or `cute:key=value,...` (CuteAttentionOptions fields): one variant per backend name,
-    e.g. `cute:pipelined=true,num_warps=8,num_splits=4`."""
+    e.g. `cute:pipelined=false,num_warps=8,num_splits=4`."""
     from jetspec.kernels.cute_backend import CuteAttentionOptions
 
     _, _, spec = name.partition(":")

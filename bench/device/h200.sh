@@ -111,9 +111,9 @@ for step in "$@"; do
     tau)
       install_heads || exit 1
       N=${TAU_SHARDS:-12}  # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
-      C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; rm -rf $T; mkdir -p $T
+      C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; [ -n "${TAU_RESUME:-}" ] || rm -rf $T; mkdir -p $T  # TAU_RESUME=1: go on from the last call
       for i in $(seq 0 $((N - 1))); do
-        OMP_NUM_THREADS=1 timeout ${TAU_TIMEOUT:-500} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
+        OMP_NUM_THREADS=1 timeout ${TAU_TIMEOUT:-500} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i ${TAU_RESUME:+--resume} \
           --max-minutes ${TAU_MINUTES:-6} --no-progress > $T/shard$i.log 2>&1 &
       done
       wait
@@ -125,8 +125,8 @@ for step in "$@"; do
       timeout 420 python3 -m pytest -q -rs tests/kernels/test_cute_attention.py tests/targets/test_smollm2_gpu.py -k "cute or triton" -s 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -40
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
     cute-bench)
-      timeout 400 python3 bench/kernel_bench.py --backends triton cute cute:pipelined=true cute:pipelined=true,num_splits=4 \
-        cute:pipelined=true,num_warps=8 cute:pipelined=true,num_warps=8,num_splits=4 \
+      timeout 400 python3 bench/kernel_bench.py --backends triton cute cute:pipelined=false cute:num_splits=4 \
+        cute:num_warps=8 cute:num_splits=1 \
         --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -60
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
     generate)

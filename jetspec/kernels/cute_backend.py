@@ -29,7 +29,7 @@ class CuteAttentionOptions(BaseModel):
     block_n: int | None = Field(None, ge=16, le=128, multiple_of=16, description="keys per inner step")
     num_splits: int | None = Field(None, ge=1, le=256, description="split-K CTAs per tile")
     pipelined: bool = Field(
-        False, description="cp.async gathers of K/V overlapped with the MMAs (compiles for sm_90a; not yet run on a GPU)"
+        True, description="cp.async gathers of K/V overlapped with the MMAs (false: synchronous vectorised loads)"
     )
 
 

@@ -12,19 +12,19 @@ Query token i sees key t iff t < T, or t = T + j with j <= i < j + subtree_sizes
 One CTA = one tile of BLOCK_M packed rows (row r = token r // G, head kvh * G + r % G, so the
 G query heads of a kv head share every K/V tile) x one kv head x one split of the key blocks.
 Per key block of BLOCK_N keys: the slot map and subtree sizes of the block go to shared memory,
-K and V rows are gathered through the slot map into swizzled shared memory (by default with
-synchronous vectorised loads: `cute.autovec_copy`, 16-byte row chunks), S = Q K^T and O += P V run on the
-tensor cores with warp-level MMA (mma.sync m16n8k16 bf16 -> fp32, ldmatrix from shared memory),
+K and V rows are gathered through the slot map into swizzled shared memory (with `pipelined=False`
+by synchronous vectorised loads: `cute.autovec_copy`, 16-byte row chunks), S = Q K^T and O += P V
+run on the tensor cores with warp-level MMA (mma.sync m16n8k16 bf16 -> fp32, ldmatrix from shared memory),
 the interval mask is evaluated per element from the shared-memory sizes, and the online softmax
 keeps (max, sum, acc) in fp32 registers.
 
-`pipelined=True` (option `pipelined` of the backend) gathers with cp.async instead, FA2-style with
-one K and one V buffer: V(b) lands while S = Q K(b)^T runs and K(b+1) while the softmax and
-O += P V(b) run (commit groups K(b), V(b), K(b+1), ...; three barriers a block, as before). It
-compiles for sm_90a (tests check the cp.async and MMA counts) but has NOT run on a GPU yet:
-the H200 calls of 2026-12-01 went to issue 4 before new loans were paused, so it stays opt-in
-until tests/kernels/test_cute_attention.py passes with it there and bench/kernel_bench.py
-(`--backends cute cute:pipelined=true ...`) times it.
+`pipelined=True` (the backend's default; option `pipelined`) gathers with cp.async instead,
+FA2-style with one K and one V buffer: V(b) lands while S = Q K(b)^T runs and K(b+1) while the
+softmax and O += P V(b) run (commit groups K(b), V(b), K(b+1), ...; three barriers a block, as
+before). Measured on the H200 on 2026-12-01 (bench/kernel_bench.py, bench/RESULTS.md): faster than
+the synchronous gathers at all nine benchmark shapes at the same tiling (1.16x at 1024 keys and
+2.41x at 16384 keys with one node, 1.83x at 16384 keys with 256); 8 warps a CTA were slower than
+4 at every shape.
 
 What is NOT used (yet): warpgroup MMA (wgmma), TMA, multi-stage buffers, warp specialisation.
 Each CTA writes an fp32 partial output and its log2-sum-exp; the caller merges splits (a few
@@ -54,7 +54,7 @@ class TreeAttentionKernel:
     """One compiled variant per (head_dim, group, kv_heads, warps, block_n, pipelined)."""
 
     def __init__(self, head_dim: int, group: int, kv_heads: int, num_warps: int = 4, block_n: int = 64,
-                 pipelined: bool = False):  # fmt: skip
+                 pipelined: bool = True):  # fmt: skip
         assert head_dim in (64, 128), head_dim
         assert block_n % 16 == 0
         self.pipelined = pipelined  # cp.async gathers overlapped with the MMAs (else synchronous loads)
@@ -391,7 +391,7 @@ def _ptr(dtype, address: int):
 
 
 def compile_kernel(head_dim: int, group: int, kv_heads: int, num_warps: int, block_n: int,
-                   arch: str = ARCH, options: str = "", pipelined: bool = False):
+                   arch: str = ARCH, options: str = "", pipelined: bool = True):
     """Compile one variant for `arch` (no GPU needed: fake addresses, a fake stream)."""
     key = (head_dim, group, kv_heads, num_warps, block_n, arch, options, pipelined)
     if key not in _COMPILED:
@@ -407,17 +407,21 @@ def compile_kernel(head_dim: int, group: int, kv_heads: int, num_warps: int, blo
 
 def choose_tiling(n: int, group: int, kv_heads: int, keys: int, num_sms: int) -> tuple[int, int, int]:
     """(num_warps, block_n, num_splits): 16 packed rows per warp, up to 4 warps; split-K until the
-    (tile, kv head) CTAs fill the SMs about once (decode has only Hkv CTAs otherwise)."""
+    (tile, kv head) CTAs fill the SMs about once (decode has only Hkv CTAs otherwise), and at least
+    one split per 4096 keys (up to 4): a big tree at a long context fills the SMs once with one CTA
+    each, and more CTAs per SM hide the gathers (H200, 2026-12-01, 256 nodes, pipelined: 16384 keys
+    391 us with 4 splits vs 556 us with 1; at 1024 and 4096 keys 1 split was faster)."""
     rows = n * group
     warps = 1 if rows <= 16 else 2 if rows <= 32 else 4
     block_n = 64
     ctas = -(-rows // (16 * warps)) * kv_heads
-    splits = max(1, min(num_sms // ctas, -(-keys // block_n), 64))
+    fill = num_sms // ctas
+    splits = max(1, min(max(fill, min(keys // 4096, 4)), -(-keys // block_n), 64))
     return warps, block_n, splits
 
 
 def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale: float,
-                         num_warps: int, block_n: int, num_splits: int, pipelined: bool = False):
+                         num_warps: int, block_n: int, num_splits: int, pipelined: bool = True):
     """See the module docstring. Launches on torch's current stream; returns [N, Hq, D] in q's dtype."""
     import torch
     from cuda.bindings import driver as cuda

@@ -1,0 +1,66 @@
+"""The τ table of a replay run: one line per (dataset, drafter), τ at every budget, rank-1 faithfulness.
+
+    python bench/tau_table.py bench/results/smollm2_h200_tau.jsonl [--faith-budget 64]
+
+Reads the `jetspec bench` results file: its summary rows give τ (new tokens ÷ rounds, pooled over
+the prompts) and `faithful` (share of sampled rounds whose rank-1 branch log-likelihood under the
+target is within 5 nats of the target's own greedy continuation of the same length); its spec rows
+give the mean gap, mean over sampled rounds of  log p(greedy) − log p(rank-1 branch)  in nats.
+Prints a markdown table: `prompts` is the number in the summary at the smallest and largest budget
+when they differ (a run stopped by its time limit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
+    summaries = [r for r in rows if r.get("kind") == "summary" and r.get("kind_of") == "spec"]
+    budgets = sorted({s["budget"] for s in summaries})
+    by_line: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for s in summaries:
+        by_line[(s["dataset"], s["pipeline"].rsplit("@", 1)[0])][s["budget"]] = s
+    gaps: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    for r in rows:
+        f = r.get("faithfulness")
+        if r.get("kind") == "spec" and r.get("budget") == faith_budget and f and f.get("mean_gap_nats") is not None:
+            gaps[(r["dataset"], r["pipeline"].rsplit("@", 1)[0])].append((f["mean_gap_nats"], f["rounds"]))
+
+    head = ["dataset", "drafter", "prompts", *(f"τ@{b}" for b in budgets),
+            f"faithful@{faith_budget}", f"mean gap@{faith_budget} (nats)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
+    drafters = list(dict.fromkeys(k[1] for k in by_line))
+    for ds in datasets:
+        for dr in drafters:
+            line = by_line.get((ds, dr))
+            if not line:
+                continue
+            counts = [line[b]["prompts"] for b in budgets if b in line]
+            prompts = str(counts[0]) if len(set(counts)) == 1 else f"{counts[-1]}/{counts[0]}"
+            taus = [_fmt(line[b]["tau"]) if b in line else "–" for b in budgets]
+            faith = line.get(faith_budget, {}).get("faithfulness")
+            g = gaps.get((ds, dr))
+            gap = sum(v * n for v, n in g) / sum(n for _, n in g) if g else None
+            lines.append("| " + " | ".join([ds, dr, prompts, *taus, _fmt(faith, ".0%"), _fmt(gap, ".1f")]) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--faith-budget", type=int, default=64)
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    print(tau_table(rows, args.faith_budget))
+
+
+if __name__ == "__main__":
+    main()

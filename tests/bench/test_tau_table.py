@@ -1,0 +1,32 @@
+"""bench/tau_table.py: the τ table of issue 4 from a results file's summary and spec rows."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from tau_table import tau_table  # noqa: E402
+
+
+def summary(ds, pipeline, budget, tau, prompts=2, faith=None):
+    return {"kind": "summary", "kind_of": "spec", "dataset": ds, "pipeline": f"{pipeline}@{budget}",
+            "budget": budget, "tau": tau, "prompts": prompts, "faithfulness": faith}
+
+
+def spec(ds, pipeline, budget, gap, rounds):
+    return {"kind": "spec", "dataset": ds, "pipeline": f"{pipeline}@{budget}", "budget": budget,
+            "faithfulness": {"rounds": rounds, "faithful": 0.5, "mean_gap_nats": gap}}
+
+
+def test_one_line_per_dataset_and_drafter_with_tau_by_budget_and_round_weighted_gap():
+    rows = [
+        {"kind": "summary", "kind_of": "plain", "dataset": "gsm8k", "pipeline": "plain", "budget": 0},
+        summary("gsm8k", "jetspec", 16, 2.0), summary("gsm8k", "jetspec", 64, 3.0, faith=0.25),
+        spec("gsm8k", "jetspec", 64, gap=10.0, rounds=1), spec("gsm8k", "jetspec", 64, gap=40.0, rounds=2),
+        spec("gsm8k", "jetspec", 16, gap=99.0, rounds=8),  # another budget: not in the gap column
+        summary("gsm8k", "ngram", 16, 1.5, prompts=2), summary("gsm8k", "ngram", 64, 1.75, prompts=1),
+    ]
+    lines = tau_table(rows, faith_budget=64).splitlines()
+    assert lines[0] == "| dataset | drafter | prompts | τ@16 | τ@64 | faithful@64 | mean gap@64 (nats) |"
+    assert lines[2] == "| gsm8k | jetspec | 2 | 2.00 | 3.00 | 25% | 30.0 |"  # (10·1 + 40·2) / 3
+    assert lines[3] == "| gsm8k | ngram | 1/2 | 1.50 | 1.75 | – | – |"  # a run cut short: prompts differ
+    assert len(lines) == 4  # plain has no line

@@ -22,8 +22,8 @@ keeps (max, sum, acc) in fp32 registers.
 FA2-style with one K and one V buffer: V(b) lands while S = Q K(b)^T runs and K(b+1) while the
 softmax and O += P V(b) run (commit groups K(b), V(b), K(b+1), ...; three barriers a block, as
 before). Measured on the H200 on 2026-12-01 (bench/kernel_bench.py, bench/RESULTS.md): faster than
-the synchronous gathers at all nine benchmark shapes at the same tiling (1.16x at 1024 keys and
-2.41x at 16384 keys with one node, 1.83x at 16384 keys with 256); 8 warps a CTA were slower than
+the synchronous gathers at all nine benchmark shapes at the same tiling (1.07x at 1024 keys with
+64 nodes to 2.41x at 16384 keys with one node; 1.83x at 16384 keys with 256); 8 warps a CTA were slower than
 4 at every shape.
 
 What is NOT used (yet): warpgroup MMA (wgmma), TMA, multi-stage buffers, warp specialisation.

@@ -12,9 +12,11 @@ when they differ (a run stopped by its time limit)."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
+
+from jetspec.bench.report import fmt
+from jetspec.bench.rows import read_rows
 
 
 def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
@@ -41,16 +43,12 @@ def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
                 continue
             counts = [line[b]["prompts"] for b in budgets if b in line]
             prompts = str(counts[0]) if len(set(counts)) == 1 else f"{counts[-1]}/{counts[0]}"
-            taus = [_fmt(line[b]["tau"]) if b in line else "–" for b in budgets]
+            taus = [fmt(line[b]["tau"]) if b in line else "–" for b in budgets]
             faith = line.get(faith_budget, {}).get("faithfulness")
             g = gaps.get((ds, dr))
             gap = sum(v * n for v, n in g) / sum(n for _, n in g) if g else None
-            lines.append("| " + " | ".join([ds, dr, prompts, *taus, _fmt(faith, ".0%"), _fmt(gap, ".1f")]) + " |")
+            lines.append("| " + " | ".join([ds, dr, prompts, *taus, fmt(faith, ".0%"), fmt(gap, ".1f")]) + " |")
     return "\n".join(lines)
-
-
-def _fmt(v, spec: str = ".2f") -> str:
-    return "–" if v is None else format(v, spec)
 
 
 def main() -> None:
@@ -58,8 +56,9 @@ def main() -> None:
     ap.add_argument("results", type=Path)
     ap.add_argument("--faith-budget", type=int, default=64)
     args = ap.parse_args()
-    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    print(tau_table(rows, args.faith_budget))
+    if not args.results.is_file():
+        raise SystemExit(f"tau_table: no results file at {args.results}; pass a `jetspec bench` results .jsonl")
+    print(tau_table(read_rows(args.results), args.faith_budget))
 
 
 if __name__ == "__main__":

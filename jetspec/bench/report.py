@@ -76,7 +76,7 @@ def _sum_dicts(dicts: Iterable[dict[str, float]]) -> dict[str, float]:
     return total
 
 
-def _fmt(v: Any, spec: str = ".2f") -> str:
+def fmt(v: Any, spec: str = ".2f") -> str:
     return "–" if v is None else format(v, spec)
 
 
@@ -87,9 +87,9 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
         peak = None if s["peak_mem_bytes"] is None else s["peak_mem_bytes"] / 2**20
         errors = f" ({s['errors']} errors)" if s["errors"] else ""
         lines.append(
-            f"| {s['dataset']} | {s['pipeline']} | {s['drafter'] or '–'} | {_fmt(s['budget'], 'd')} | {s['prompts']}{errors} "
-            f"| {_fmt(s['tau'])} | {_fmt(s['tokens_per_s'], '.1f')} | {_fmt(s['speedup'])}× | {_fmt(s['identical'], '.0%')} "
-            f"| {s['mismatches']} ({s['near_ties']}) | {_fmt(s['faithfulness'], '.0%')} | {_fmt(peak, '.0f')} |"
+            f"| {s['dataset']} | {s['pipeline']} | {s['drafter'] or '–'} | {fmt(s['budget'], 'd')} | {s['prompts']}{errors} "
+            f"| {fmt(s['tau'])} | {fmt(s['tokens_per_s'], '.1f')} | {fmt(s['speedup'])}× | {fmt(s['identical'], '.0%')} "
+            f"| {s['mismatches']} ({s['near_ties']}) | {fmt(s['faithfulness'], '.0%')} | {fmt(peak, '.0f')} |"
         )
     return "\n".join(lines)
 

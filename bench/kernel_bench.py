@@ -8,7 +8,7 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
     cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run);
-                     `cute:pipelined=false,num_warps=8,...` times a variant (CuteAttentionOptions)
+                     `cute:mma=warp,num_warps=8,...` times a variant (CuteAttentionOptions)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 
@@ -133,12 +133,18 @@ def triton_fn(p: Problem, options: TritonAttentionOptions):
 
 def cute_options(name: str):
     """`cute` or `cute:key=value,...` (CuteAttentionOptions fields): one variant per backend name,
-    e.g. `cute:pipelined=false,num_warps=8,num_splits=4`."""
+    e.g. `cute:mma=warpgroup,num_warps=8,num_splits=4` (a value that is not JSON is a string)."""
     from jetspec.kernels.cute_backend import CuteAttentionOptions
+
+    def value(text: str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
 
     _, _, spec = name.partition(":")
     pairs = (kv.split("=", 1) for kv in spec.split(",") if kv)
-    return CuteAttentionOptions(**{k: json.loads(v) for k, v in pairs})
+    return CuteAttentionOptions(**{k: value(v) for k, v in pairs})
 
 
 def cute_fn(p: Problem, name: str = "cute"):
@@ -236,7 +242,8 @@ def main() -> None:
                     elif name.split(":")[0] == "cute":
                         fn, backend = cute_fn(p, name)
                         k_rows = p.cache.k[0].view(-1, HKV, D)
-                        row["config"] = dict(zip(("num_warps", "block_n", "num_splits"), backend.tiling(p.q, k_rows, p.meta)))
+                        o = backend.options
+                        row["config"] = {**backend.tiling(p.q, k_rows, p.meta)._asdict(), "pipelined": o.pipelined, "stages": o.stages}
                     else:
                         fn = flex_fn(p) if name == "flex" else sdpa_fn(p)
                     err = (fn().float() - p.expected).abs().max().item()

@@ -15,8 +15,10 @@
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
 #                  next call must come within the machine's 30 warm seconds); TRAIN_MINUTES
 # wait-train       wait for train-bg, then bring the heads back ($OUT: 3 weights, heads.tar)
-# cute-tests       the CuTe DSL backend's GPU tests -> $OUT/cute.tar (with cute-bench's files)
-# cute-bench       bench/kernel_bench.py --backends triton cute (same run) -> $OUT/cute.tar
+# cute-tests       the CuTe DSL backend's kernel GPU tests -> $OUT/cute.tar (with cute-bench's files)
+# cute-e2e         SmolLM2 end to end with cute (both kernels) and triton (needs `model`) -> $OUT/cute.tar
+# cute-bench       bench/kernel_bench.py: triton, cute and cute:mma=warp at all shapes, then cute
+#                  variants at 64 and 256 nodes (same run) -> $OUT/cute.tar
 # tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/tau.tar
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
@@ -122,13 +124,18 @@ for step in "$@"; do
       grep -h "jetspec bench:" $T/shard*.log | head -20
       tar -C $T -cf $OUT/tau.tar all $(cd $T && ls shard*.log) ;;
     cute-tests)
-      timeout 420 python3 -m pytest -q -rs tests/kernels/test_cute_attention.py tests/targets/test_smollm2_gpu.py -k "cute or triton" -s 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -40
-      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
+      timeout ${CUTE_TESTS_TIMEOUT:-420} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -30
+      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
+    cute-e2e)
+      timeout 400 python3 -m pytest -q -rs tests/targets/test_smollm2_gpu.py -s 2>&1 | tee /tmp/keep/cute_e2e.log | grep -v Warning | grep -E "prompts identical|passed|failed|Error|SKIP" | tail -20
+      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     cute-bench)
-      timeout 400 python3 bench/kernel_bench.py --backends triton cute cute:pipelined=false cute:num_splits=4 \
-        cute:num_warps=8 cute:num_splits=1 \
-        --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -60
-      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_tests.log kernels_cute.jsonl kernel_bench_cute.log 2>/dev/null) ;;
+      timeout 300 python3 bench/kernel_bench.py --backends triton cute cute:mma=warp \
+        --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -32
+      timeout 240 python3 bench/kernel_bench.py --trees 64 256 --backends cute:stages=3 cute:mma=warpgroup,num_warps=4 \
+        cute:num_splits=1 cute:num_splits=4 cute:block_n=64,stages=3 \
+        --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute_variants.log | tail -32
+      tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     generate)
       install_heads || exit 1
       for q in "Explain speculative decoding in two sentences." "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"; do

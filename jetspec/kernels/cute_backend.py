@@ -1,8 +1,9 @@
 """`cute` attention backend: paged tree attention written in CuTe DSL (`pip install 'jetspec[cute]'`),
 bf16, head dim 64 or 128, GQA, tree mask from the DFS intervals in-kernel, keys read through the
-slot map. Correct on an H200 (tests/kernels/test_cute_attention.py, SmolLM2 end to end in
-tests/targets/test_smollm2_gpu.py, 2026-11-28) but about 5x slower than `triton` at 16k context
-and 256 nodes (bench/RESULTS.md): a reference for CuTe DSL work, not the fast path.
+slot map. Two kernels: warpgroup MMA (wgmma) for trees of >= 64 packed rows per kv head, warp MMA
+(mma.sync) for decode and small trees; `cute_tree_attention.choose_tiling` picks one per call,
+option `mma` forces one. Checked on an H200 by tests/kernels/test_cute_attention.py and, end to
+end with SmolLM2, tests/targets/test_smollm2_gpu.py; timed by bench/kernel_bench.py (bench/RESULTS.md).
 
 Same inputs as the `triton` backend (capability `kv_rows`: the `paged` and `dense` caches).
 Importing this module does not import cutlass; the kernel module loads on the first `attend`.
@@ -13,11 +14,14 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.errors import IncompatibleError
 from ..core.interfaces import AttentionMeta, KVCache
 from .row_inputs import RowKernelInputs
+
+
+SMEM_LIMIT = 227 * 1024  # bytes of shared memory one CTA may use on sm_90
 
 
 class CuteAttentionOptions(BaseModel):
@@ -25,12 +29,24 @@ class CuteAttentionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    mma: Literal["warp", "warpgroup"] | None = Field(
+        None, description="warp: mma.sync kernel; warpgroup: wgmma kernel (num_warps 4 or 8, block_n 64 or 128)"
+    )
     num_warps: Literal[1, 2, 4, 8] | None = Field(None, description="warps per CTA; 16 packed rows each")
     block_n: int | None = Field(None, ge=16, le=128, multiple_of=16, description="keys per inner step")
     num_splits: int | None = Field(None, ge=1, le=256, description="split-K CTAs per tile")
     pipelined: bool = Field(
-        True, description="cp.async gathers of K/V overlapped with the MMAs (false: synchronous vectorised loads)"
+        True, description="warp kernel: cp.async gathers of K/V overlapped with the MMAs (false: synchronous loads)"
     )
+    stages: int = Field(2, ge=2, le=3, description="warpgroup kernel: K/V shared-memory buffers (stages - 1 in flight)")
+
+    @model_validator(mode="after")
+    def _warpgroup_shapes(self):
+        if self.mma == "warpgroup" and self.num_warps not in (None, 4, 8):
+            raise ValueError(f"mma 'warpgroup' runs 4 or 8 warps (one or two warpgroups), not {self.num_warps}")
+        if self.mma == "warpgroup" and self.block_n not in (None, 64, 128):
+            raise ValueError(f"mma 'warpgroup' takes block_n 64 or 128, not {self.block_n}")
+        return self
 
 
 def unavailable() -> str | None:
@@ -67,19 +83,34 @@ class CuteAttention(RowKernelInputs):
         )
 
         sizes, prefix = self._forward_tensors(meta, q.device)
-        warps, block_n, splits = self.tiling(q, k_rows, meta)
-        return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, warps, block_n, splits,
-                                    pipelined=self.options.pipelined)
+        o = self.options
+        return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, self.tiling(q, k_rows, meta),
+                                    pipelined=o.pipelined, stages=o.stages)
 
-    def tiling(self, q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta) -> tuple[int, int, int]:
-        from .cute_tree_attention import choose_tiling
+    def tiling(self, q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta):
+        """The heuristic `Tiling` of this call with the options' fixed fields put in. A forced
+        `mma` that the heuristic did not pick gets that kernel's defaults where left unset."""
+        from .cute_tree_attention import Tiling, choose_tiling
 
         n, hq, _ = q.shape
         hkv = k_rows.shape[1]
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
-        warps, block_n, splits = choose_tiling(n, hq // hkv, hkv, meta.prefix_len + n, sms)
+        auto = choose_tiling(n, hq // hkv, hkv, meta.prefix_len + n, sms)
         o = self.options
-        return o.num_warps or warps, o.block_n or block_n, o.num_splits or splits
+        warp_only = o.num_warps in (1, 2) or o.block_n not in (None, 64, 128)  # fixed fields only the warp kernel takes
+        mma = o.mma or ("warp" if warp_only else auto.mma)
+        if mma != auto.mma:  # the other kernel's own defaults
+            auto = Tiling(mma, 8 if mma == "warpgroup" else 4, 128 if mma == "warpgroup" else 64, auto.num_splits)
+        tiling = Tiling(mma, o.num_warps or auto.num_warps, o.block_n or auto.block_n, o.num_splits or auto.num_splits)
+        if mma == "warpgroup":
+            d = q.shape[2]
+            smem = 2 * (16 * tiling.num_warps * d + 2 * o.stages * tiling.block_n * d)  # Q + K, V buffers (bf16)
+            if smem > SMEM_LIMIT:
+                raise IncompatibleError(
+                    f"the cute warpgroup kernel with {tiling.num_warps} warps, block_n {tiling.block_n}, {o.stages} stages "
+                    f"and head dim {d} needs {smem // 1024} KiB of shared memory; at most {SMEM_LIMIT // 1024} KiB "
+                    "(lower stages or block_n)")
+        return tiling
 
 
     @staticmethod

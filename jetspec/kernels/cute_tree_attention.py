@@ -1,4 +1,5 @@
-"""Paged tree attention in CuTe DSL (nvidia-cutlass-dsl), the kernel behind the `cute` backend.
+"""Paged tree attention in CuTe DSL (nvidia-cutlass-dsl): the warp-MMA kernel, and the launcher of
+the `cute` backend (which picks this kernel or the warpgroup-MMA one, `cute_wgmma_attention`).
 
 Compiled for sm_90a on any machine, run and checked on an H200 (tests/kernels/test_cute_attention.py).
 Same contract as `triton_tree_attention.paged_tree_attention`:
@@ -26,28 +27,24 @@ the synchronous gathers at all nine benchmark shapes at the same tiling (1.07x a
 64 nodes to 2.41x at 16384 keys with one node; 1.83x at 16384 keys with 256); 8 warps a CTA were slower than
 4 at every shape.
 
-What is NOT used (yet): warpgroup MMA (wgmma), TMA, multi-stage buffers, warp specialisation.
-Each CTA writes an fp32 partial output and its log2-sum-exp; the caller merges splits (a few
-torch ops, graph-capturable).
+This kernel uses neither wgmma nor TMA; `choose_tiling` sends trees of >= 64 packed rows per kv
+head to the warpgroup-MMA kernel and keeps this one for decode and small trees. Each CTA writes an
+fp32 partial output and its log2-sum-exp; `cute_split_merge` merges splits in one launch.
 
 Importing this module imports cutlass; `cute_backend` imports it lazily.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import cutlass
 import cutlass.cute as cute  # noqa: PLR0402 (the DSL idiom)
 from cutlass.cute.nvgpu import cpasync, warp
-from cutlass.cute.runtime import make_ptr
 
-LOG2E = 1.4426950408889634
-
-try:  # cutlass >= 4.5 moved it; the old name still works there (deprecated)
-    from cutlass.memory import SmemAllocator as _SmemAllocator
-except ImportError:  # pragma: no cover
-    from cutlass.utils import SmemAllocator as _SmemAllocator
+from .cute_common import LOG2E, SmemAllocator, load_q_tile, mn_view, online_softmax, ptr, store_partial
+from .cute_split_merge import SplitMergeKernel
+from .cute_wgmma_attention import WgmmaTreeAttentionKernel
 
 
 class TreeAttentionKernel:
@@ -147,7 +144,7 @@ class TreeAttentionKernel:
         b_lo = split * per_split
         b_hi = cutlass.min(b_lo + per_split, n_blocks)
 
-        smem = _SmemAllocator()
+        smem = SmemAllocator()
         storage = smem.allocate(SharedStorage)
         sQ = storage.sQ.get_tensor(sQ_layout)
         sK = storage.sK.get_tensor(sKV_layout)
@@ -156,21 +153,8 @@ class TreeAttentionKernel:
         sSize = storage.sSize.get_tensor(cute.make_layout((bn,)))
         sVt = cute.composition(sV, cute.make_layout((d, bn), stride=(bn, 1)))  # V^T view (D, BLOCK_N)
 
-        # ---- Q tile: packed rows gathered from [N, Hq, D]; rows past the last token are zero
+        load_q_tile(mQ, sQ, gather, tidx, tile, kvh, bm, g)
         thr_gather = gather.get_slice(tidx)
-        tQsQ = thr_gather.partition_D(sQ)
-        tQcQ = thr_gather.partition_D(cute.make_identity_tensor((bm, d)))
-        for i in cutlass.range_constexpr(cute.size(tQsQ, mode=[1])):
-            for j in cutlass.range_constexpr(cute.size(tQsQ, mode=[2])):
-                row, col = tQcQ[0, i, j]
-                r = tile * bm + row
-                tok = r // g
-                if tok < n_queries:
-                    src = cute.local_tile(mQ[tok, kvh * g + r % g, None], (8,), (col // 8,))
-                    cute.autovec_copy(src, tQsQ[None, i, j])
-                else:
-                    tQsQ[None, i, j].fill(0)
-
         tKsK = thr_gather.partition_D(sK)
         tVsV = thr_gather.partition_D(sV)
         tKcK = thr_gather.partition_D(cute.make_identity_tensor((bn, d)))
@@ -192,12 +176,12 @@ class TreeAttentionKernel:
         tOsVt, tOrVt_v = thr_ld_v.partition_S(sVt), thr_ld_v.retile(tOrVt)
 
         # (row, col) of every accumulator element of S, as an (M, N) view
-        tScS_mn = _mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, bn))))
+        tScS_mn = mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, bn))))
         row_max = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
         row_sum = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
         row_max.fill(-cutlass.Float32.inf)
         row_sum.fill(0.0)
-        acc_O_mn = _mn_view(acc_O)
+        acc_O_mn = mn_view(acc_O)
         acc_S_shape = thr_mma.partition_shape_C((bm, bn))
 
         if cutlass.const_expr(self.pipelined):
@@ -255,21 +239,8 @@ class TreeAttentionKernel:
                 self._mask_softmax(acc_S, acc_O_mn, row_max, row_sum, tScS_mn, sSize, tile, start, prefix_len, kv_end, scale_log2)
                 self._accumulate(tiled_mma, acc_S, acc_O, ld_v, tOsVt, tOrVt, tOrVt_v)
 
-        # ---- epilogue: partial output acc / l and lse = max + log2(l), fp32, straight from registers
-        tOcO_mn = _mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, d))))
-        for r in cutlass.range_constexpr(cute.size(row_sum)):
-            total = _quad_sum(row_sum[r])
-            inv = 1.0 if total == 0.0 else 1.0 / total
-            row_in_tile = tOcO_mn[r, 0][0]
-            rr = tile * bm + row_in_tile
-            tok = rr // g
-            head = kvh * g + rr % g
-            if tok < n_queries:
-                for c in cutlass.range_constexpr(cute.size(tOcO_mn, mode=[1])):
-                    mO[split, tok, head, tOcO_mn[0, c][1]] = acc_O_mn[r, c] * inv
-                lse = -cutlass.Float32.inf if total == 0.0 else row_max[r] + cute.math.log2(total, fastmath=False)
-                mL[split, tok, head] = lse
-
+        tOcO_mn = mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, d))))
+        store_partial(acc_O_mn, tOcO_mn, row_max, row_sum, mO, mL, tile, kvh, split, bm, g)
 
     # ------------------------------------------------------------------ device helpers (inlined)
     @cute.jit
@@ -319,9 +290,9 @@ class TreeAttentionKernel:
     def _mask_softmax(self, acc_S: cute.Tensor, acc_O_mn: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor,
                       tScS_mn: cute.Tensor, sSize: cute.Tensor, tile: cutlass.Int32, start: cutlass.Int32,
                       prefix_len: cutlass.Int32, kv_end: cutlass.Int32, scale_log2: cutlass.Float32):
-        """Interval mask and online softmax in the log2 domain: acc_S becomes P (unnormalised),
-        (row_max, row_sum) are updated and acc_O is rescaled by exp2(old max - new max)."""
-        acc_S_mn = _mn_view(acc_S)
+        """Interval mask (visible: t < kv_end and (t < T, or t = T + j with j <= i < j + size[j])),
+        scale, then the online softmax: acc_S becomes P, (row_max, row_sum) and acc_O are updated."""
+        acc_S_mn = mn_view(acc_S)
         for r in cutlass.range_constexpr(cute.size(row_max)):
             row_in_tile = tScS_mn[r, 0][0]
             tok = (tile * self.bm + row_in_tile) // self.g
@@ -332,16 +303,7 @@ class TreeAttentionKernel:
                 size = sSize[col]
                 visible = key < kv_end and (key < prefix_len or (j <= tok and tok < j + size))  # noqa: PLR1716 (DSL: no chained compare)
                 acc_S_mn[r, c] = acc_S_mn[r, c] * scale_log2 if visible else -cutlass.Float32.inf
-            s_row = acc_S_mn[r, None].load()
-            m_cur = _quad_max(s_row.reduce(cute.ReductionOp.MAX, -cutlass.Float32.inf, 0))
-            m_new = cute.arch.fmax(row_max[r], m_cur)
-            m_use = 0.0 if m_new == -cutlass.Float32.inf else m_new  # an all-masked row stays NaN-free
-            p_row = cute.math.exp2(s_row - m_use, fastmath=True)
-            alpha = cute.math.exp2(row_max[r] - m_use, fastmath=True)
-            row_sum[r] = row_sum[r] * alpha + p_row.reduce(cute.ReductionOp.ADD, cutlass.Float32.zero, 0)
-            row_max[r] = m_new
-            acc_O_mn[r, None] = acc_O_mn[r, None].load() * alpha
-            acc_S_mn[r, None] = p_row
+        online_softmax(acc_S_mn, acc_O_mn, row_max, row_sum)
 
     @cute.jit
     def _accumulate(self, tiled_mma: cute.TiledMma, acc_S: cute.Tensor, acc_O: cute.Tensor, ld_v: cute.TiledCopy,
@@ -358,96 +320,107 @@ class TreeAttentionKernel:
             cute.gemm(tiled_mma, acc_O, tOrP[None, None, k], tOrVt[None, None, k], acc_O)
 
 
-def _mn_view(acc: cute.Tensor) -> cute.Tensor:
-    """An mma.sync accumulator partition ((2, 2), MMA_M, MMA_N) seen as (rows, cols) of this thread."""
-    cm = cute.make_layout(acc.layout.shape)
-    mn = cute.make_layout(
-        ((cm.shape[0][1], cm.shape[1]), (cm.shape[0][0], cm.shape[2])),
-        stride=((cm.stride[0][1], cm.stride[1]), (cm.stride[0][0], cm.stride[2])))
-    return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
-
-
-def _quad(val, op: Callable):
-    """Reduce over the 4 threads of an mma quad that share a row."""
-    val = op(val, cute.arch.shuffle_sync_bfly(val, offset=2, mask=-1, mask_and_clamp=31))
-    return op(val, cute.arch.shuffle_sync_bfly(val, offset=1, mask=-1, mask_and_clamp=31))
-
-
-def _quad_max(val):
-    return _quad(val, lambda x, y: cute.arch.fmax(x, y))
-
-
-def _quad_sum(val):
-    return _quad(val, lambda x, y: x + y)
-
-
 # ---------------------------------------------------------------------------- compile + launch
 ARCH = "sm_90a"
 _COMPILED: dict[tuple, object] = {}
 
 
-def _ptr(dtype, address: int):
-    return make_ptr(dtype, address, cute.AddressSpace.gmem, assumed_align=16)
+class Tiling(NamedTuple):
+    """How one call runs. mma: "warp" (TreeAttentionKernel, mma.sync, 16 rows per warp) or
+    "warpgroup" (WgmmaTreeAttentionKernel, wgmma, 64 rows per warpgroup: num_warps 4 or 8)."""
+
+    mma: str
+    num_warps: int
+    block_n: int
+    num_splits: int
+
+
+def _fake_args():
+    from cutlass.runtime import make_fake_stream
+
+    bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32
+    return [ptr(bf16, 0), ptr(bf16, 0), ptr(bf16, 0), ptr(i32, 0), ptr(i32, 0), ptr(i32, 0),
+            ptr(f32, 0), ptr(f32, 0), i32(1), i32(1), i32(1), i32(1), f32(1.0), make_fake_stream()]
 
 
 def compile_kernel(head_dim: int, group: int, kv_heads: int, num_warps: int, block_n: int,
-                   arch: str = ARCH, options: str = "", pipelined: bool = True):
-    """Compile one variant for `arch` (no GPU needed: fake addresses, a fake stream)."""
-    key = (head_dim, group, kv_heads, num_warps, block_n, arch, options, pipelined)
+                   arch: str = ARCH, options: str = "", pipelined: bool = True, mma: str = "warp", stages: int = 2):
+    """Compile one variant for `arch` (no GPU needed: fake addresses, a fake stream). `pipelined`
+    applies to the warp-MMA kernel, `stages` (K/V buffers) to the warpgroup one."""
+    key = (head_dim, group, kv_heads, num_warps, block_n, arch, options, mma,
+           pipelined if mma == "warp" else stages)
     if key not in _COMPILED:
-        from cutlass.runtime import make_fake_stream
-
-        kernel = TreeAttentionKernel(head_dim, group, kv_heads, num_warps, block_n, pipelined)
-        bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32
-        args = [_ptr(bf16, 0), _ptr(bf16, 0), _ptr(bf16, 0), _ptr(i32, 0), _ptr(i32, 0), _ptr(i32, 0),
-                _ptr(f32, 0), _ptr(f32, 0), i32(1), i32(1), i32(1), i32(1), f32(1.0), make_fake_stream()]
-        _COMPILED[key] = cute.compile(kernel, *args, options=f"--gpu-arch {arch} {options}".strip())
+        if mma == "warpgroup":
+            kernel = WgmmaTreeAttentionKernel(head_dim, group, kv_heads, num_warps // 4, block_n, stages)
+        else:
+            kernel = TreeAttentionKernel(head_dim, group, kv_heads, num_warps, block_n, pipelined)
+        _COMPILED[key] = cute.compile(kernel, *_fake_args(), options=f"--gpu-arch {arch} {options}".strip())
     return _COMPILED[key]
 
 
-def choose_tiling(n: int, group: int, kv_heads: int, keys: int, num_sms: int) -> tuple[int, int, int]:
-    """(num_warps, block_n, num_splits): 16 packed rows per warp, up to 4 warps; split-K until the
-    (tile, kv head) CTAs fill the SMs about once (decode has only Hkv CTAs otherwise), and at least
-    one split per 4096 keys (up to 4): a big tree at a long context fills the SMs once with one CTA
-    each, and more CTAs per SM hide the gathers (H200, 2026-12-01, 256 nodes, pipelined: 16384 keys
-    391 us with 4 splits vs 556 us with 1; at 1024 and 4096 keys 1 split was faster)."""
+def compile_merge(head_dim: int, arch: str = ARCH, options: str = ""):
+    key = ("merge", head_dim, arch, options)
+    if key not in _COMPILED:
+        from cutlass.runtime import make_fake_stream
+
+        f32, i32 = cutlass.Float32, cutlass.Int32
+        args = [ptr(f32, 0), ptr(f32, 0), ptr(cutlass.BFloat16, 0), i32(1), i32(1), make_fake_stream()]
+        _COMPILED[key] = cute.compile(SplitMergeKernel(head_dim), *args, options=f"--gpu-arch {arch} {options}".strip())
+    return _COMPILED[key]
+
+
+def choose_tiling(n: int, group: int, kv_heads: int, keys: int, num_sms: int) -> Tiling:
+    """Trees of >= 64 packed rows per kv head: warpgroup MMA, two warpgroups (128 rows) a CTA when
+    there are >= 128 rows, 128 keys a block. Fewer rows (decode, small trees): the warp-MMA kernel,
+    16 packed rows per warp, up to 4 warps, 64 keys a block. Split-K until the (tile, kv head) CTAs
+    fill the SMs about once (decode has only Hkv CTAs otherwise); the warp kernel also takes at
+    least one split per 4096 keys (up to 4): there, more CTAs per SM hide its gathers (H200,
+    2026-12-01, 256 nodes: 16384 keys 391 us with 4 splits vs 556 us with 1)."""
     rows = n * group
+    if rows >= 64:
+        warps, block_n = (8 if rows >= 128 else 4), 128
+        ctas = -(-rows // (16 * warps)) * kv_heads
+        splits = max(1, min(num_sms // ctas, -(-keys // block_n), 64))
+        return Tiling("warpgroup", warps, block_n, splits)
     warps = 1 if rows <= 16 else 2 if rows <= 32 else 4
     block_n = 64
     ctas = -(-rows // (16 * warps)) * kv_heads
     fill = num_sms // ctas
     splits = max(1, min(max(fill, min(keys // 4096, 4)), -(-keys // block_n), 64))
-    return warps, block_n, splits
+    return Tiling("warp", warps, block_n, splits)
 
 
-def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale: float,
-                         num_warps: int, block_n: int, num_splits: int, pipelined: bool = True):
-    """See the module docstring. Launches on torch's current stream; returns [N, Hq, D] in q's dtype."""
+def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale: float, tiling: Tiling,
+                         pipelined: bool = True, stages: int = 2):  # fmt: skip
+    """See the module docstring. Launches on torch's current stream; returns [N, Hq, D] in q's dtype.
+    Every CTA writes an fp32 partial; one split is converted, several merged by SplitMergeKernel."""
     import torch
     from cuda.bindings import driver as cuda
 
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
-    compiled = compile_kernel(d, hq // hkv, hkv, num_warps, block_n, pipelined=pipelined)
-    o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)
+    splits = tiling.num_splits
+    compiled = compile_kernel(d, hq // hkv, hkv, tiling.num_warps, tiling.block_n, pipelined=pipelined,
+                              mma=tiling.mma, stages=stages)
+    o_part = torch.empty(splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
+    lse = torch.empty(splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
     bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    compiled(_ptr(bf16, q.data_ptr()), _ptr(bf16, k_rows.data_ptr()), _ptr(bf16, v_rows.data_ptr()),
-             _ptr(i32, slots.data_ptr()), _ptr(i32, subtree_sizes.data_ptr()), _ptr(i32, prefix_len.data_ptr()),
-             _ptr(f32, o_part.data_ptr()), _ptr(f32, lse.data_ptr()),
-             i32(n), i32(k_rows.shape[0]), i32(slots.numel()), i32(num_splits), f32(scale * LOG2E), stream)
-    if num_splits == 1:
+    compiled(ptr(bf16, q.data_ptr()), ptr(bf16, k_rows.data_ptr()), ptr(bf16, v_rows.data_ptr()),
+             ptr(i32, slots.data_ptr()), ptr(i32, subtree_sizes.data_ptr()), ptr(i32, prefix_len.data_ptr()),
+             ptr(f32, o_part.data_ptr()), ptr(f32, lse.data_ptr()),
+             i32(n), i32(k_rows.shape[0]), i32(slots.numel()), i32(splits), f32(scale * LOG2E), stream)
+    if splits == 1:
         return o_part[0].to(q.dtype)
-    m = lse.amax(0)  # [N, Hq]
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp2(lse - m)  # [S, N, Hq]; a split that saw no key has lse -inf -> weight 0
-    out = (w[..., None] * o_part).sum(0) / w.sum(0).clamp_min(1e-30)[..., None]
-    return out.to(q.dtype)
+    out = torch.empty(n, hq, d, dtype=torch.bfloat16, device=q.device)  # [N, Hq, D]
+    compile_merge(d)(ptr(f32, o_part.data_ptr()), ptr(f32, lse.data_ptr()), ptr(bf16, out.data_ptr()),
+                     i32(n * hq), i32(splits), stream)
+    return out
 
 
 def flops(n: int, num_heads: int, keys: int, head_dim: int) -> int:
     return 4 * n * num_heads * keys * head_dim
 
 
-__all__ = ["TreeAttentionKernel", "choose_tiling", "compile_kernel", "flops", "paged_tree_attention"]
+__all__ = ["Tiling", "TreeAttentionKernel", "choose_tiling", "compile_kernel", "compile_merge", "flops",
+           "paged_tree_attention"]

@@ -1,8 +1,9 @@
-"""The experimental `cute` attention backend (CuTe DSL, Hopper).
+"""The `cute` attention backend (CuTe DSL, Hopper): a warp-MMA and a warpgroup-MMA kernel.
 
-On any machine with nvidia-cutlass-dsl: the kernel compiles for sm_90a (cute.compile needs no
-GPU: pointers are fake addresses, the stream a fake stream) and the cubin holds tensor-core MMA.
-On an sm_90 GPU: the kernel equals the fp32 reference over random trees, contexts, GQA ratios,
+On any machine with nvidia-cutlass-dsl: both kernels and the split merge compile for sm_90a
+(cute.compile needs no GPU: pointers are fake addresses, the stream a fake stream) and their PTX
+holds the tensor-core MMAs and async copies they are written with.
+On an sm_90 GPU: the kernels equal the fp32 reference over random trees, contexts, GQA ratios,
 head dims, commit modes, tilings, and pools whose unused rows are poisoned."""
 
 from __future__ import annotations
@@ -83,15 +84,88 @@ def test_pipelined_kernel_gathers_with_cp_async_and_keeps_the_same_mmas(tmp_path
     assert "cp.async" not in sync
 
 
+@needs_cutlass
+@pytest.mark.parametrize("head_dim,group,kv_heads,warps,block_n,stages",
+                         [(128, 4, 8, 8, 128, 2), (128, 4, 8, 4, 64, 3), (64, 3, 3, 4, 128, 2)])
+def test_warpgroup_kernel_compiles_to_wgmma_and_cp_async(tmp_path, head_dim, group, kv_heads, warps, block_n, stages):
+    """mma="warpgroup": per block, S = Q K^T is D/16 wgmma m64nBLOCK_Nk16 and O += P V is
+    BLOCK_N/16 wgmma m64nDk16 (one warpgroup's instructions; each warpgroup runs its own 64
+    rows); K and V arrive by 16-byte cp.async, fenced to the async proxy before wgmma reads them."""
+    from jetspec.kernels.cute_tree_attention import compile_kernel
+
+    compiled = compile_kernel(head_dim, group, kv_heads, warps, block_n, mma="warpgroup", stages=stages,
+                              options=f"--keep-ptx --keep-cubin --dump-dir {tmp_path}")
+    assert len(compiled.artifacts.CUBIN) > 1000
+    ptx = compiled.artifacts.PTX
+    qk, pv = (f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" for n in (block_n, head_dim))
+    if qk == pv:
+        assert ptx.count(qk) == head_dim // 16 + block_n // 16
+    else:
+        assert (ptx.count(qk), ptx.count(pv)) == (head_dim // 16, block_n // 16)
+    assert "mma.sync" not in ptx and "ldmatrix" not in ptx
+    chunks = block_n * head_dim // 8 // (32 * warps)  # 16-byte chunks of one K (or V) block per thread
+    copies = len(re.findall(r"cp\.async\.cg\.shared\.global(?:\.L2::\w+)?\s*\[", ptx))
+    assert copies == 2 * chunks * stages  # K and V, in the unrolled prologue (stages - 1 gathers) and the loop (1)
+    assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group" in ptx
+
+
+@needs_cutlass
+def test_split_merge_compiles(tmp_path):
+    from jetspec.kernels.cute_tree_attention import compile_merge
+
+    assert len(compile_merge(128, options=f"--keep-cubin --dump-dir {tmp_path}").artifacts.CUBIN) > 1000
+
+
 def test_tiling_heuristic():
     from jetspec.kernels import cute_tree_attention as kernels
 
-    assert kernels.choose_tiling(1, 4, 8, 16385, 132) == (1, 64, 16)  # decode: split until 132 SMs are filled
-    assert kernels.choose_tiling(64, 4, 8, 16448, 132) == (4, 64, 4)  # 32 CTAs: 4 splits fill the SMs
-    assert kernels.choose_tiling(256, 4, 8, 1280, 132) == (4, 64, 1)  # 128 CTAs fill the SMs once
-    assert kernels.choose_tiling(256, 4, 8, 16640, 132) == (4, 64, 4)  # long context: one split per 4096 keys
-    assert kernels.choose_tiling(256, 4, 8, 10 ** 6, 132)[2] == 4  # ... up to 4
-    assert kernels.choose_tiling(1, 1, 1, 100, 132)[2] == 2  # never more splits than key blocks
+    t = kernels.choose_tiling
+    assert t(1, 4, 8, 16385, 132) == ("warp", 1, 64, 16)  # decode: split until 132 SMs are filled
+    assert t(12, 4, 8, 16385, 132) == ("warp", 4, 64, 16)  # 48 rows: warp MMA, 8 CTAs: 16 splits
+    assert t(16, 4, 8, 4112, 132) == ("warpgroup", 4, 128, 16)  # 64 rows: one warpgroup; 8 CTAs, 16 splits
+    assert t(64, 4, 8, 16448, 132) == ("warpgroup", 8, 128, 8)  # 2 x 128 rows x 8 kv heads: 8 splits fill 132 SMs
+    assert t(256, 4, 8, 16640, 132) == ("warpgroup", 8, 128, 2)  # 64 CTAs: 2 splits
+    assert t(256, 4, 8, 1280, 132)[3] == 2
+    assert t(512, 4, 8, 812, 132)[3] == 1  # 128 CTAs fill the SMs once
+    assert t(1, 1, 1, 100, 132)[3] == 2  # never more splits than key blocks
+    assert t(64, 1, 1, 100, 132)[3] == 1
+
+
+def test_options_name_what_each_kernel_takes():
+    with pytest.raises(ValueError, match="4 or 8 warps"):
+        CuteAttentionOptions(mma="warpgroup", num_warps=2)
+    with pytest.raises(ValueError, match="block_n 64 or 128"):
+        CuteAttentionOptions(mma="warpgroup", block_n=32)
+    with pytest.raises(ValueError):
+        CuteAttentionOptions(stages=4)
+
+
+def test_a_tiling_past_shared_memory_is_a_one_line_error_before_any_launch():
+    from jetspec.core.interfaces import AttentionMeta
+    from jetspec.core.tree import DraftTree
+
+    tree = DraftTree.from_parents(list(range(64)), [-1] + list(range(63)))
+    meta = AttentionMeta.for_tree(tree, 100, "cpu")
+    q, k_rows = torch.zeros(64, 8, 128), torch.zeros(300, 2, 128)
+    backend = CuteAttention(CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, stages=3))
+    assert backend.tiling(q, k_rows, meta).mma == "warpgroup"  # 224 KiB: fits
+    backend = CuteAttention(CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, stages=3))
+    with pytest.raises(IncompatibleError, match="shared memory") as err:
+        backend.tiling(torch.zeros(64, 8, 256), torch.zeros(300, 2, 256), meta)
+    assert "\n" not in str(err.value)
+
+
+def test_fixed_fields_only_the_warp_kernel_takes_select_it():
+    from jetspec.core.interfaces import AttentionMeta
+    from jetspec.core.tree import DraftTree
+
+    tree = DraftTree.from_parents(list(range(64)), [-1] + list(range(63)))
+    meta = AttentionMeta.for_tree(tree, 100, "cpu")
+    q, k_rows = torch.zeros(64, 8, 128), torch.zeros(300, 2, 128)  # 256 rows per kv head
+    assert CuteAttention().tiling(q, k_rows, meta).mma == "warpgroup"
+    assert CuteAttention(CuteAttentionOptions(num_warps=2)).tiling(q, k_rows, meta).mma == "warp"
+    assert CuteAttention(CuteAttentionOptions(block_n=32)).tiling(q, k_rows, meta).mma == "warp"
+    assert CuteAttention(CuteAttentionOptions(mma="warp")).tiling(q, k_rows, meta)[:3] == ("warp", 4, 64)
 
 
 test_tiling_heuristic = needs_cutlass(test_tiling_heuristic)
@@ -100,15 +174,17 @@ test_tiling_heuristic = needs_cutlass(test_tiling_heuristic)
 # ---------------------------------------------------------------------------- GPU (sm_90)
 tilings = st.one_of(
     st.just(CuteAttentionOptions()),
-    st.just(CuteAttentionOptions(pipelined=False)),
-    st.builds(CuteAttentionOptions, num_warps=st.sampled_from([1, 2, 4, 8]), block_n=st.sampled_from([16, 32, 64]),
-              num_splits=st.integers(1, 4), pipelined=st.booleans()),
+    st.just(CuteAttentionOptions(mma="warp", pipelined=False)),
+    st.builds(CuteAttentionOptions, mma=st.just("warp"), num_warps=st.sampled_from([1, 2, 4, 8]),
+              block_n=st.sampled_from([16, 32, 64]), num_splits=st.integers(1, 4), pipelined=st.booleans()),
+    st.builds(CuteAttentionOptions, mma=st.just("warpgroup"), num_warps=st.sampled_from([4, 8]),
+              block_n=st.sampled_from([64, 128]), num_splits=st.integers(1, 4), stages=st.sampled_from([2, 3])),
 )
 
 
 @needs_hopper
 @pytest.mark.gpu
-@settings(max_examples=40, deadline=None)  # each new tiling compiles (~3 s)
+@settings(max_examples=60, deadline=None)  # each new tiling compiles (~3 s)
 @given(
     tree=trees(max_nodes=48),
     prefix=st.integers(0, 300),
@@ -143,7 +219,9 @@ def test_gpu_rows_the_slot_map_does_not_name_cannot_change_the_output(commit, po
         pool[0].view(-1, kvh, d)[~live] = poison
     p.cache.slot_table[p.meta.prefix_len + tree.size:] = 2**30  # would fault if read
     for options in (CuteAttentionOptions(block_n=16, num_splits=1), CuteAttentionOptions(block_n=64, num_splits=3),
-                    CuteAttentionOptions(block_n=64, num_splits=3, pipelined=False)):
+                    CuteAttentionOptions(mma="warp", block_n=64, num_splits=3, pipelined=False),
+                    CuteAttentionOptions(mma="warpgroup", num_warps=4, block_n=64, num_splits=2, stages=3),
+                    CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, num_splits=1)):
         out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), expected, atol=TOL, rtol=TOL)
@@ -157,7 +235,8 @@ def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
     g = torch.Generator().manual_seed(nodes)
     tree = random_tree([int(torch.randint(0, i, (1,), generator=g)) for i in range(1, nodes)])
     p = build_problem(tree, prefix, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, page_size=16, commit=commit)
-    for options in (CuteAttentionOptions(), CuteAttentionOptions(pipelined=False), CuteAttentionOptions(num_warps=8)):
+    for options in (CuteAttentionOptions(), CuteAttentionOptions(mma="warp"), CuteAttentionOptions(mma="warp", pipelined=False),
+                    CuteAttentionOptions(mma="warpgroup", num_warps=4), CuteAttentionOptions(mma="warpgroup", stages=3)):
         out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         torch.testing.assert_close(out.float(), p.reference(), atol=2e-2, rtol=2e-2)
 

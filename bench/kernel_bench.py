@@ -243,7 +243,8 @@ def main() -> None:
                         fn, backend = cute_fn(p, name)
                         k_rows = p.cache.k[0].view(-1, HKV, D)
                         o = backend.options
-                        row["config"] = {**backend.tiling(p.q, k_rows, p.meta)._asdict(), "pipelined": o.pipelined, "stages": o.stages}
+                        row["config"] = {**backend.tiling(p.q, k_rows, p.meta)._asdict(), "pipelined": o.pipelined, "stages": o.stages,
+                                         "specialized": o.specialized, "pingpong": o.pingpong}
                     else:
                         fn = flex_fn(p) if name == "flex" else sdpa_fn(p)
                     err = (fn().float() - p.expected).abs().max().item()

@@ -15,6 +15,7 @@
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
 #                  next call must come within the machine's 30 warm seconds); TRAIN_MINUTES
 # wait-train       wait for train-bg, then bring the heads back ($OUT: 3 weights, heads.tar)
+# cute-smoke       every cute warpgroup schedule once vs the reference (exit 1, under a timeout, on failure)
 # cute-tests       the CuTe DSL backend's kernel GPU tests -> $OUT/cute.tar (with cute-bench's files)
 # cute-e2e         SmolLM2 end to end with cute (both kernels) and triton (needs `model`) -> $OUT/cute.tar
 # cute-bench       bench/kernel_bench.py: triton, cute and cute:mma=warp at all shapes, then cute
@@ -123,6 +124,8 @@ for step in "$@"; do
       python3 -m jetspec.cli bench --config $C --summarize-only --no-progress --output $T/all 2>&1 | grep -v Warning | tail -40
       grep -h "jetspec bench:" $T/shard*.log | head -20
       tar -C $T -cf $OUT/tau.tar all $(cd $T && ls shard*.log) ;;
+    cute-smoke)
+      timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
       timeout ${CUTE_TESTS_TIMEOUT:-420} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -30
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
@@ -132,8 +135,8 @@ for step in "$@"; do
     cute-bench)
       timeout 300 python3 bench/kernel_bench.py --backends triton cute cute:mma=warp \
         --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -32
-      timeout 240 python3 bench/kernel_bench.py --trees 64 256 --backends cute:stages=3 cute:mma=warpgroup,num_warps=4 \
-        cute:num_splits=1 cute:num_splits=4 cute:block_n=64,stages=3 \
+      timeout 200 python3 bench/kernel_bench.py --trees 64 256 --backends triton cute cute:stages=2 cute:pingpong=false \
+        cute:specialized=false cute:mma=warpgroup,num_warps=4 \
         --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute_variants.log | tail -32
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     generate)

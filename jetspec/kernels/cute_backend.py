@@ -38,7 +38,13 @@ class CuteAttentionOptions(BaseModel):
     pipelined: bool = Field(
         True, description="warp kernel: cp.async gathers of K/V overlapped with the MMAs (false: synchronous loads)"
     )
-    stages: int = Field(2, ge=2, le=3, description="warpgroup kernel: K/V shared-memory buffers (stages - 1 in flight)")
+    stages: int = Field(3, ge=2, le=3, description="warpgroup kernel: K/V shared-memory buffers")
+    specialized: bool = Field(
+        True, description="warpgroup kernel: a producer warpgroup gathers K/V while the others compute (false: all do both)"
+    )
+    pingpong: bool = Field(
+        True, description="specialized warpgroup kernel, 8 warps: the two computing warpgroups take turns on the tensor cores"
+    )
 
     @model_validator(mode="after")
     def _warpgroup_shapes(self):
@@ -85,7 +91,8 @@ class CuteAttention(RowKernelInputs):
         sizes, prefix = self._forward_tensors(meta, q.device)
         o = self.options
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, self.tiling(q, k_rows, meta),
-                                    pipelined=o.pipelined, stages=o.stages)
+                                    pipelined=o.pipelined, stages=o.stages, specialized=o.specialized,
+                                    pingpong=o.pingpong)
 
     def tiling(self, q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta):
         """The heuristic `Tiling` of this call with the options' fixed fields put in. A forced
@@ -102,6 +109,10 @@ class CuteAttention(RowKernelInputs):
         if mma != auto.mma:  # the other kernel's own defaults
             auto = Tiling(mma, 8 if mma == "warpgroup" else 4, 128 if mma == "warpgroup" else 64, auto.num_splits)
         tiling = Tiling(mma, o.num_warps or auto.num_warps, o.block_n or auto.block_n, o.num_splits or auto.num_splits)
+        if mma == "warp" and tiling.block_n % (4 * tiling.num_warps):
+            raise IncompatibleError(
+                f"the cute warp kernel with {tiling.num_warps} warps gathers {4 * tiling.num_warps} key rows per pass: "
+                f"block_n must be a multiple of that, not {tiling.block_n}")
         if mma == "warpgroup":
             d = q.shape[2]
             smem = 2 * (16 * tiling.num_warps * d + 2 * o.stages * tiling.block_n * d)  # Q + K, V buffers (bf16)

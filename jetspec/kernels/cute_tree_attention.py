@@ -53,7 +53,8 @@ class TreeAttentionKernel:
     def __init__(self, head_dim: int, group: int, kv_heads: int, num_warps: int = 4, block_n: int = 64,
                  pipelined: bool = True):  # fmt: skip
         assert head_dim in (64, 128), head_dim
-        assert block_n % 16 == 0
+        # one copy pass covers 32 * warps / 8 rows (16-byte chunks of 64-column slabs): a block must hold whole passes
+        assert block_n % 16 == 0 and block_n % (4 * num_warps) == 0, (block_n, num_warps)
         self.pipelined = pipelined  # cp.async gathers overlapped with the MMAs (else synchronous loads)
         self.d = head_dim
         self.g = group
@@ -344,14 +345,18 @@ def _fake_args():
 
 
 def compile_kernel(head_dim: int, group: int, kv_heads: int, num_warps: int, block_n: int,
-                   arch: str = ARCH, options: str = "", pipelined: bool = True, mma: str = "warp", stages: int = 2):
+                   arch: str = ARCH, options: str = "", pipelined: bool = True, mma: str = "warp", stages: int = 3,
+                   specialized: bool = True, pingpong: bool = True):  # fmt: skip
     """Compile one variant for `arch` (no GPU needed: fake addresses, a fake stream). `pipelined`
-    applies to the warp-MMA kernel, `stages` (K/V buffers) to the warpgroup one."""
+    applies to the warp-MMA kernel; `stages` (K/V buffers) and `specialized` (a producer
+    warpgroup besides the num_warps // 4 computing ones) and `pingpong` (two computing warpgroups
+    take turns on the tensor cores) to the warpgroup one."""
     key = (head_dim, group, kv_heads, num_warps, block_n, arch, options, mma,
-           pipelined if mma == "warp" else stages)
+           pipelined if mma == "warp" else (stages, specialized, pingpong))
     if key not in _COMPILED:
         if mma == "warpgroup":
-            kernel = WgmmaTreeAttentionKernel(head_dim, group, kv_heads, num_warps // 4, block_n, stages)
+            kernel = WgmmaTreeAttentionKernel(head_dim, group, kv_heads, num_warps // 4, block_n, stages, specialized,
+                                              pingpong)
         else:
             kernel = TreeAttentionKernel(head_dim, group, kv_heads, num_warps, block_n, pipelined)
         _COMPILED[key] = cute.compile(kernel, *_fake_args(), options=f"--gpu-arch {arch} {options}".strip())
@@ -391,7 +396,8 @@ def choose_tiling(n: int, group: int, kv_heads: int, keys: int, num_sms: int) ->
 
 
 def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale: float, tiling: Tiling,
-                         pipelined: bool = True, stages: int = 2):  # fmt: skip
+                         pipelined: bool = True, stages: int = 3, specialized: bool = True,
+                         pingpong: bool = True):  # fmt: skip
     """See the module docstring. Launches on torch's current stream; returns [N, Hq, D] in q's dtype.
     Every CTA writes an fp32 partial; one split is converted, several merged by SplitMergeKernel."""
     import torch
@@ -401,7 +407,7 @@ def paged_tree_attention(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, sc
     hkv = k_rows.shape[1]
     splits = tiling.num_splits
     compiled = compile_kernel(d, hq // hkv, hkv, tiling.num_warps, tiling.block_n, pipelined=pipelined,
-                              mma=tiling.mma, stages=stages)
+                              mma=tiling.mma, stages=stages, specialized=specialized, pingpong=pingpong)
     o_part = torch.empty(splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
     lse = torch.empty(splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
     bf16, i32, f32 = cutlass.BFloat16, cutlass.Int32, cutlass.Float32

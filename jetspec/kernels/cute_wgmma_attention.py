@@ -15,14 +15,25 @@ head kvh * G + r % G) x one kv head x one split of the key blocks. Per key block
                          of the same shared-memory tile
 
 K and V rows are gathered through the slot map with 16-byte cp.async into a ring of STAGES
-buffers (one commit group per block, STAGES - 1 blocks in flight). The gathers of block
-b + STAGES - 1 are issued right after the S = Q K^T wgmmas of block b are launched, so the slot
-lookups and their latency overlap the tensor cores. Every thread copies; there is no producer
-warp and no TMA (a paged gather would need one TMA box per 16-row page).
+buffers; keys past kv_end read the row of key kv_end - 1 (finite, and masked), so no row is
+ever left stale. No TMA: a paged gather would need one TMA box per 16-row page. Two schedules:
 
-Per block, all threads: wait for block b's group, fence the async proxy (cp.async writes by the
-generic proxy become visible to wgmma), barrier (also: every warpgroup is done with the buffer
-the next gathers overwrite), then S, softmax, PV, each wgmma group waited before its result is used.
+* specialized (the default): warpgroup 0 is a producer that only gathers, one block per ring
+  slot, through an mbarrier pipeline (cutlass.pipeline.PipelineCpAsync: the slot is "full" when
+  the producer's cp.asyncs land, "empty" when every consumer thread is done with it); the W
+  consumer warpgroups only compute, each at its own pace, so one warpgroup's softmax overlaps the
+  other's wgmmas. setmaxnreg moves registers from the producer to the consumers.
+* shared (specialized=False): every thread gathers and computes. The gathers of block
+  b + STAGES - 1 are issued right after the S = Q K^T wgmmas of block b are launched; per block:
+  wait for block b's copies, fence, a CTA barrier, then S, softmax, PV.
+
+Either way the consumer of a slot fences the async proxy (cp.async writes go through the generic
+proxy, wgmma reads through the async one) before its first wgmma on it.
+
+Measured on the H200, 2026-12-02 (bench/kernel_bench.py, bench/RESULTS.md), 16384 keys, 256 nodes,
+Qwen3-8B heads: 140.6 us with the defaults (specialized, ping-pong, 3 slots, 2 consumer
+warpgroups) vs Triton's 184.6 us; without ping-pong 150.6, shared schedule 158.5, 2 slots 195.4
+(ping-pong frees a slot one turn late, so it needs the third), 1 consumer warpgroup 197.1.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute  # noqa: PLR0402 (the DSL idiom)
 import cutlass.utils.hopper_helpers as sm90
+from cutlass import pipeline
 from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
 
 try:  # cutlass >= 4.8 moved it
@@ -41,15 +53,22 @@ from .cute_common import SmemAllocator, load_q_tile, mn_view, online_softmax, st
 
 
 class WgmmaTreeAttentionKernel:
-    """One compiled variant per (head_dim, group, kv_heads, warpgroups, block_n, stages)."""
+    """One compiled variant per (head_dim, group, kv_heads, warpgroups, block_n, stages, specialized,
+    pingpong); `warpgroups` counts the computing (consumer) warpgroups, 64 rows each."""
 
     def __init__(self, head_dim: int, group: int, kv_heads: int, warpgroups: int = 2, block_n: int = 128,
-                 stages: int = 2):  # fmt: skip
+                 stages: int = 3, specialized: bool = True, pingpong: bool = True):  # fmt: skip
         assert head_dim in (64, 128), head_dim
         assert warpgroups in (1, 2) and block_n in (64, 128) and stages >= 2
         self.d, self.g, self.hkv, self.hq = head_dim, group, kv_heads, group * kv_heads
         self.wg = warpgroups
-        self.threads = 128 * warpgroups
+        self.specialized = specialized
+        self.pingpong = pingpong and specialized and warpgroups == 2  # consumers take turns on the tensor cores
+        self.mma_threads = 128 * warpgroups
+        self.threads = self.mma_threads + (128 if specialized else 0)
+        self.load_threads = 128 if specialized else self.mma_threads
+        # registers per thread after setmaxnreg (producer, consumers): 64K a CTA, 1 CTA an SM
+        self.regs = (56, 256) if warpgroups == 1 else (56, 216)
         self.bm = 64 * warpgroups
         self.bn = block_n
         self.stages = stages
@@ -82,19 +101,20 @@ class WgmmaTreeAttentionKernel:
 
         @cute.struct
         class SharedStorage:
+            full_empty: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]  # the pipeline's mbarriers
             sQ: cute.struct.Align[cute.struct.MemRange[bf16, cute.cosize(sQ_layout)], 1024]
             sK: cute.struct.Align[cute.struct.MemRange[bf16, cute.cosize(sKV_layout)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[bf16, cute.cosize(sKV_layout)], 1024]
 
-        # gathers: 8 elements (16 bytes) per thread per copy, threads laid out over 64-column slabs
+        # copies: 8 elements (16 bytes) per thread per copy, threads laid out over 64-column slabs
         cols = 64 // 8
-        thr_layout = cute.make_layout((self.threads // cols, cols), stride=(cols, 1))
         q_copy = cute.make_tiled_copy_tv(
-            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), bf16, num_bits_per_copy=128), thr_layout,
-            cute.make_layout((1, 8)))
+            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), bf16, num_bits_per_copy=128),
+            cute.make_layout((self.mma_threads // cols, cols), stride=(cols, 1)), cute.make_layout((1, 8)))
         cp_atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), bf16,
                                       num_bits_per_copy=128)  # 16-byte cp.async.cg, bypassing L1
-        kv_copy = cute.make_tiled_copy_tv(cp_atom, thr_layout, cute.make_layout((1, 8)))
+        kv_copy = cute.make_tiled_copy_tv(cp_atom, cute.make_layout((self.load_threads // cols, cols), stride=(cols, 1)),
+                                          cute.make_layout((1, 8)))
         # S = Q K^T: both K-major; O += P V: P from registers, V^T is MN-major (D contiguous)
         mma_qk = sm90.make_trivial_tiled_mma(bf16, bf16, OperandMajorMode.K, OperandMajorMode.K, cutlass.Float32,
                                              (self.wg, 1, 1), (64, self.bn))
@@ -104,7 +124,7 @@ class WgmmaTreeAttentionKernel:
         tiles = cute.ceil_div(n_queries * self.g, self.bm)
         self.kernel(mQ, mK, mV, mSlots, mSizes, mPrefix, mO, mL, scale_log2, sQ_layout, sKV_layout,
                     q_copy, kv_copy, cp_atom, mma_qk, mma_pv, SharedStorage).launch(
-            grid=(tiles, hkv, num_splits), block=[self.threads, 1, 1], stream=stream)
+            grid=(tiles, hkv, num_splits), block=[self.threads, 1, 1], stream=stream, min_blocks_per_mp=1)
 
     # ------------------------------------------------------------------ device side
     @cute.kernel
@@ -134,104 +154,233 @@ class WgmmaTreeAttentionKernel:
         sK = storage.sK.get_tensor(sKV_layout.outer, swizzle=sKV_layout.inner)  # (BLOCK_N, D, STAGES)
         sV = storage.sV.get_tensor(sKV_layout.outer, swizzle=sKV_layout.inner)
         sVt = cute.composition(sV, cute.make_ordered_layout((d, bn, stages), order=(1, 0, 2)))  # (D, BLOCK_N, STAGES)
+        tKVcKV = cute.make_identity_tensor((bn, d))
 
-        load_q_tile(mQ, sQ, q_copy, tidx, tile, kvh, bm, g)
+        if cutlass.const_expr(self.specialized):
+            ring = pipeline.PipelineCpAsync.create(
+                barrier_storage=storage.full_empty.data_ptr(), num_stages=stages,
+                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
+                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.mma_threads))  # inits, syncs the CTA
+            warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+            if warp_idx < 4:  # ---- producer warpgroup: gathers only
+                cute.arch.setmaxregister_decrease(self.regs[0])
+                thr_kv = kv_copy.get_slice(tidx)
+                tKVcKV_t = thr_kv.partition_D(tKVcKV)
+                state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
+                for b in cutlass.range(b_lo, b_hi, 1, unroll=1):
+                    ring.producer_acquire(state)  # every consumer is done with this slot's last block
+                    self._gather(mK, mV, mSlots, sK, sV, cp_atom, thr_kv, tKVcKV_t, b * bn, state.index, kvh, kv_end)
+                    cute.arch.cp_async_commit_group()
+                    ring.producer_commit(state)  # the slot turns full when this thread's copies land
+                    state.advance()
+                cute.arch.cp_async_wait_group(0)  # no copy may outlive the CTA
+            else:  # ---- consumer warpgroups: compute only
+                cute.arch.setmaxregister_increase(self.regs[1])
+                ctx = tidx - 128
+                load_q_tile(mQ, sQ, q_copy, ctx, tile, kvh, bm, g)
+                cute.arch.fence_view_async_shared()
+                cute.arch.barrier(barrier_id=1, number_of_threads=self.mma_threads)  # Q in place (consumers only)
+                ops = self._operands(mma_qk, mma_pv, sQ, sK, sVt, ctx)
+                acc_O, row_max, row_sum = self._accumulators(mma_qk, mma_pv, ctx)
+                state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
+                if cutlass.const_expr(self.pingpong):
+                    self._consume_pingpong(ring, state, ops, acc_O, row_max, row_sum, mma_qk, mma_pv, mSizes, ctx,
+                                           tile, b_lo, b_hi, prefix_len, kv_end, scale_log2)
+                else:
+                    for b in cutlass.range(b_lo, b_hi, 1, unroll=1):
+                        ring.consumer_wait(state)
+                        cute.arch.fence_view_async_shared()
+                        acc_S = self._scores_launch(mma_qk, ops, state.index, ctx)
+                        warpgroup.wait_group(0)
+                        self._softmax(acc_S, acc_O, row_max, row_sum, mma_qk, mSizes, ctx, tile, b * bn, prefix_len,
+                                      kv_end, scale_log2)
+                        self._accumulate(mma_pv, acc_S, acc_O, ops, state.index)
+                        warpgroup.wait_group(0)
+                        ring.consumer_release(state)
+                        state.advance()
+                self._epilogue(mma_pv, acc_O, row_max, row_sum, mO, mL, ctx, tile, kvh, split)
+        else:
+            load_q_tile(mQ, sQ, q_copy, tidx, tile, kvh, bm, g)
+            ops = self._operands(mma_qk, mma_pv, sQ, sK, sVt, tidx)
+            acc_O, row_max, row_sum = self._accumulators(mma_qk, mma_pv, tidx)
+            thr_kv = kv_copy.get_slice(tidx)
+            tKVcKV_t = thr_kv.partition_D(tKVcKV)
+            # prologue: blocks b_lo .. b_lo + STAGES - 2 in flight, one commit group each (maybe empty)
+            for s in cutlass.range_constexpr(stages - 1):
+                if b_lo + s < b_hi:
+                    self._gather(mK, mV, mSlots, sK, sV, cp_atom, thr_kv, tKVcKV_t, (b_lo + s) * bn, s, kvh, kv_end)
+                cute.arch.cp_async_commit_group()
+            for b in cutlass.range(b_lo, b_hi, 1, unroll=1):
+                stage = (b - b_lo) % stages
+                cute.arch.cp_async_wait_group(stages - 2)  # block b's K and V (this thread's part) landed
+                cute.arch.fence_view_async_shared()  # ... and are visible to the async proxy (wgmma)
+                cute.arch.barrier()  # everyone's part; and everyone is done with block b - 1's buffer
+                acc_S = self._scores_launch(mma_qk, ops, stage, tidx)
+                # while the tensor cores run: gathers of block b + STAGES - 1 into block b - 1's buffer
+                nb = b + stages - 1
+                if nb < b_hi:
+                    self._gather(mK, mV, mSlots, sK, sV, cp_atom, thr_kv, tKVcKV_t, nb * bn, (nb - b_lo) % stages,
+                                 kvh, kv_end)
+                cute.arch.cp_async_commit_group()
+                warpgroup.wait_group(0)
+                self._softmax(acc_S, acc_O, row_max, row_sum, mma_qk, mSizes, tidx, tile, b * bn, prefix_len,
+                              kv_end, scale_log2)
+                self._accumulate(mma_pv, acc_S, acc_O, ops, stage)
+                warpgroup.wait_group(0)
+            cute.arch.cp_async_wait_group(0)  # no copy may outlive the CTA
+            self._epilogue(mma_pv, acc_O, row_max, row_sum, mO, mL, tidx, tile, kvh, split)
 
-        # ---- wgmma operands: smem descriptors per warpgroup; accumulators and coordinates per thread
-        wg_idx = cute.arch.make_warp_uniform(tidx // 128)
+    # ------------------------------------------------------------------ device helpers (inlined)
+    @cute.jit
+    def _operands(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQ: cute.Tensor, sK: cute.Tensor,
+                  sVt: cute.Tensor, ctx: cutlass.Int32):
+        """wgmma operands of this thread's warpgroup: smem descriptors for Q, K, V^T; registers for P."""
+        wg_idx = cute.arch.make_warp_uniform(ctx // 128)
         wg_qk = mma_qk.get_slice(wg_idx * 128)
         wg_pv = mma_pv.get_slice(wg_idx * 128)
         tSrQ = wg_qk.make_fragment_A(wg_qk.partition_A(sQ))
         tSrK = wg_qk.make_fragment_B(wg_qk.partition_B(sK))  # (..., MMA_N, MMA_K, STAGES)
         tOrVt = wg_pv.make_fragment_B(wg_pv.partition_B(sVt))
-        tOrP = wg_pv.make_fragment_A(wg_pv.partition_shape_A((bm, bn)))  # bf16 P, registers
-        thr_qk = mma_qk.get_slice(tidx)
-        thr_pv = mma_pv.get_slice(tidx)
-        acc_S_shape = thr_qk.partition_shape_C((bm, bn))
-        acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((bm, d)), cutlass.Float32)
+        tOrP = wg_pv.make_fragment_A(wg_pv.partition_shape_A((self.bm, self.bn)))  # bf16 P, registers
+        return tSrQ, tSrK, tOrVt, tOrP
+
+    @cute.jit
+    def _accumulators(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, ctx: cutlass.Int32):
+        """O = 0 (fp32 registers) and the online-softmax state (max -inf, sum 0) of this thread's rows."""
+        acc_O = cute.make_rmem_tensor(mma_pv.get_slice(ctx).partition_shape_C((self.bm, self.d)), cutlass.Float32)
         acc_O.fill(0.0)
-        acc_O_mn = mn_view(acc_O)
-        tScS_mn = mn_view(thr_qk.partition_C(cute.make_identity_tensor((bm, bn))))
-        row_max = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
-        row_sum = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
+        rows = cute.size(mn_view(acc_O), mode=[0])
+        row_max = cute.make_rmem_tensor((rows,), cutlass.Float32)
+        row_sum = cute.make_rmem_tensor((rows,), cutlass.Float32)
         row_max.fill(-cutlass.Float32.inf)
         row_sum.fill(0.0)
+        return acc_O, row_max, row_sum
 
-        thr_kv = kv_copy.get_slice(tidx)
-        tKVcKV = thr_kv.partition_D(cute.make_identity_tensor((bn, d)))
+    @cute.jit
+    def _scores_launch(self, mma_qk: cute.TiledMma, ops, stage: cutlass.Int32, ctx: cutlass.Int32) -> cute.Tensor:
+        """Launch S = Q K(stage)^T asynchronously (one wgmma group); the caller waits on it."""
+        tSrQ, tSrK, _, _ = ops
+        acc_S = cute.make_rmem_tensor(mma_qk.get_slice(ctx).partition_shape_C((self.bm, self.bn)), cutlass.Float32)
+        warpgroup.fence()
+        atom = cute.make_mma_atom(mma_qk.op)
+        atom.set(warpgroup.Field.ACCUMULATE, False)
+        for k in cutlass.range_constexpr(cute.size(tSrQ.shape[2])):
+            cute.gemm(atom, acc_S, tSrQ[None, None, k], tSrK[None, None, k, stage], acc_S)
+            atom.set(warpgroup.Field.ACCUMULATE, True)
+        warpgroup.commit_group()
+        return acc_S
 
-        # ---- prologue: blocks b_lo .. b_lo + STAGES - 2 in flight, one commit group each (maybe empty)
-        for s in cutlass.range_constexpr(stages - 1):
-            if b_lo + s < b_hi:
-                self._gather(mK, mV, mSlots, sK, sV, cp_atom, thr_kv, tKVcKV, (b_lo + s) * bn, s, kvh, kv_end)
-            cute.arch.cp_async_commit_group()
+    @cute.jit
+    def _softmax(self, acc_S: cute.Tensor, acc_O: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor,
+                 mma_qk: cute.TiledMma, mSizes: cute.Tensor, ctx: cutlass.Int32, tile: cutlass.Int32,
+                 start: cutlass.Int32, prefix_len: cutlass.Int32, kv_end: cutlass.Int32, scale_log2: cutlass.Float32):
+        """Scale S (and mask it where the block reaches the tree or past kv_end), then one step of
+        the online softmax: acc_S becomes P, acc_O is rescaled."""
+        acc_S_mn = mn_view(acc_S)
+        if start + self.bn > prefix_len:
+            tScS_mn = mn_view(mma_qk.get_slice(ctx).partition_C(cute.make_identity_tensor((self.bm, self.bn))))
+            self._mask_scale(acc_S_mn, tScS_mn, mSizes, tile, start, prefix_len, kv_end, scale_log2)
+        else:
+            acc_S_mn.store(acc_S_mn.load() * scale_log2)
+        online_softmax(acc_S_mn, mn_view(acc_O), row_max, row_sum)
 
-        for b in cutlass.range(b_lo, b_hi, 1, unroll=1):
-            stage = (b - b_lo) % stages
-            start = b * bn
-            cute.arch.cp_async_wait_group(stages - 2)  # block b's K and V (this thread's part) landed
-            cute.arch.fence_view_async_shared()  # ... and are visible to the async proxy (wgmma)
-            cute.arch.barrier()  # everyone's part; and everyone is done with block b - 1's buffer
+    @cute.jit
+    def _accumulate(self, mma_pv: cute.TiledMma, acc_S: cute.Tensor, acc_O: cute.Tensor, ops, stage: cutlass.Int32):
+        """Round P to bf16 into the register A operand, then launch O += P V(stage) (one wgmma
+        group; the caller waits on it)."""
+        self._to_operand(acc_S, ops)
+        self._pv_launch(mma_pv, acc_O, ops, stage)
 
-            # S = Q K(b)^T, launched asynchronously
-            acc_S = cute.make_rmem_tensor(acc_S_shape, cutlass.Float32)
-            warpgroup.fence()
-            atom_qk = cute.make_mma_atom(mma_qk.op)
-            atom_qk.set(warpgroup.Field.ACCUMULATE, False)
-            for k in cutlass.range_constexpr(cute.size(tSrQ.shape[2])):
-                cute.gemm(atom_qk, acc_S, tSrQ[None, None, k], tSrK[None, None, k, stage], acc_S)
-                atom_qk.set(warpgroup.Field.ACCUMULATE, True)
-            warpgroup.commit_group()
+    @cute.jit
+    def _to_operand(self, acc_S: cute.Tensor, ops):
+        _, _, _, tOrP = ops
+        tOrP.store(_acc_as_frg_a(acc_S).load().to(self.dtype))
 
-            # while the tensor cores run: gathers of block b + STAGES - 1 into block b - 1's buffer
-            nb = b + stages - 1
-            if nb < b_hi:
-                self._gather(mK, mV, mSlots, sK, sV, cp_atom, thr_kv, tKVcKV, nb * bn, (nb - b_lo) % stages, kvh, kv_end)
-            cute.arch.cp_async_commit_group()
+    @cute.jit
+    def _pv_launch(self, mma_pv: cute.TiledMma, acc_O: cute.Tensor, ops, stage: cutlass.Int32):
+        _, _, tOrVt, tOrP = ops
+        warpgroup.fence()
+        atom = cute.make_mma_atom(mma_pv.op)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+        for k in cutlass.range_constexpr(cute.size(tOrP.shape[2])):
+            cute.gemm(atom, acc_O, tOrP[None, None, k], tOrVt[None, None, k, stage], acc_O)
+        warpgroup.commit_group()
 
+    @cute.jit
+    def _consume_pingpong(self, ring, state, ops, acc_O: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor,
+                          mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, mSizes: cute.Tensor, ctx: cutlass.Int32,
+                          tile: cutlass.Int32, b_lo: cutlass.Int32, b_hi: cutlass.Int32, prefix_len: cutlass.Int32,
+                          kv_end: cutlass.Int32, scale_log2: cutlass.Float32):
+        """Two consumer warpgroups take turns on the tensor cores (FA3's ping-pong): a turn is
+        [O += P V(b - 1), S = Q K(b)^T], and the other warpgroup's turn runs during this one's
+        softmax. Turns pass through named barriers 2 + wg (count 256): sync on one's own, arrive
+        on the other's. Warpgroup 0 goes first (warpgroup 1 arrives once up front); warpgroup 1
+        skips the last hand-over, so every barrier phase completes."""
+        wg = cute.arch.make_warp_uniform(ctx // 128)
+        mine, other = 2 + wg, 3 - wg
+        if wg == 1:
+            cute.arch.barrier_arrive(barrier_id=2, number_of_threads=256)
+        if b_lo < b_hi:
+            # block b_lo: its turn is S alone
+            ring.consumer_wait(state)
+            cute.arch.fence_view_async_shared()
+            cute.arch.barrier(barrier_id=mine, number_of_threads=256)
+            acc_S = self._scores_launch(mma_qk, ops, state.index, ctx)
+            cute.arch.barrier_arrive(barrier_id=other, number_of_threads=256)
             warpgroup.wait_group(0)
-            acc_S_mn = mn_view(acc_S)
-            if start + bn > prefix_len:  # the block reaches the tree (or past kv_end): interval mask
-                self._mask_scale(acc_S_mn, tScS_mn, mSizes, tile, start, prefix_len, kv_end, scale_log2)
-            else:
-                acc_S_mn.store(acc_S_mn.load() * scale_log2)
-            online_softmax(acc_S_mn, acc_O_mn, row_max, row_sum)
-
-            # O += P V(b): P rounded to bf16 into the register A operand
-            tOrP.store(_acc_as_frg_a(acc_S).load().to(self.dtype))
-            warpgroup.fence()
-            atom_pv = cute.make_mma_atom(mma_pv.op)
-            atom_pv.set(warpgroup.Field.ACCUMULATE, True)
-            for k in cutlass.range_constexpr(cute.size(tOrP.shape[2])):
-                cute.gemm(atom_pv, acc_O, tOrP[None, None, k], tOrVt[None, None, k, stage], acc_O)
-            warpgroup.commit_group()
+            self._softmax(acc_S, acc_O, row_max, row_sum, mma_qk, mSizes, ctx, tile, b_lo * self.bn, prefix_len,
+                          kv_end, scale_log2)
+            self._to_operand(acc_S, ops)
+            prev = state.clone()  # the slot of block b - 1
+            state.advance()
+            for b in cutlass.range(b_lo + 1, b_hi, 1, unroll=1):
+                ring.consumer_wait(state)
+                cute.arch.fence_view_async_shared()
+                cute.arch.barrier(barrier_id=mine, number_of_threads=256)
+                self._pv_launch(mma_pv, acc_O, ops, prev.index)
+                acc_S = self._scores_launch(mma_qk, ops, state.index, ctx)
+                cute.arch.barrier_arrive(barrier_id=other, number_of_threads=256)
+                warpgroup.wait_group(0)
+                ring.consumer_release(prev)
+                prev.advance()
+                self._softmax(acc_S, acc_O, row_max, row_sum, mma_qk, mSizes, ctx, tile, b * self.bn, prefix_len,
+                              kv_end, scale_log2)
+                self._to_operand(acc_S, ops)
+                state.advance()
+            cute.arch.barrier(barrier_id=mine, number_of_threads=256)  # the last turn: O += P V(b_hi - 1)
+            self._pv_launch(mma_pv, acc_O, ops, prev.index)
             warpgroup.wait_group(0)
+            ring.consumer_release(prev)
+        else:
+            cute.arch.barrier(barrier_id=mine, number_of_threads=256)
+        if wg == 0:
+            cute.arch.barrier_arrive(barrier_id=other, number_of_threads=256)
 
-        cute.arch.cp_async_wait_group(0)  # no copy may outlive the CTA
-        tOcO_mn = mn_view(thr_pv.partition_C(cute.make_identity_tensor((bm, d))))
-        store_partial(acc_O_mn, tOcO_mn, row_max, row_sum, mO, mL, tile, kvh, split, bm, g)
 
-    # ------------------------------------------------------------------ device helpers (inlined)
+    @cute.jit
+    def _epilogue(self, mma_pv: cute.TiledMma, acc_O: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor,
+                  mO: cute.Tensor, mL: cute.Tensor, ctx: cutlass.Int32, tile: cutlass.Int32, kvh: cutlass.Int32,
+                  split: cutlass.Int32):
+        tOcO_mn = mn_view(mma_pv.get_slice(ctx).partition_C(cute.make_identity_tensor((self.bm, self.d))))
+        store_partial(mn_view(acc_O), tOcO_mn, row_max, row_sum, mO, mL, tile, kvh, split, self.bm, self.g)
+
     @cute.jit
     def _gather(self, mK: cute.Tensor, mV: cute.Tensor, mSlots: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
-                cp_atom: cute.CopyAtom, thr_kv: cute.ThrCopy, tKVcKV: cute.Tensor, start: cutlass.Int32, stage: cutlass.Int32,
-                kvh: cutlass.Int32, kv_end: cutlass.Int32):
+                cp_atom: cute.CopyAtom, thr_kv: cute.ThrCopy, tKVcKV: cute.Tensor, start: cutlass.Int32,
+                stage: cutlass.Int32, kvh: cutlass.Int32, kv_end: cutlass.Int32):
         """This thread's 16-byte cp.async gathers of the K and V rows of keys [start, start + BLOCK_N)
-        through the slot map into buffer `stage`; rows past kv_end are zero-filled with plain stores."""
+        through the slot map into buffer `stage` (the caller commits the group). A key at or past
+        kv_end reads key kv_end - 1's row (a real, finite row; the mask hides it)."""
         tKsK = thr_kv.partition_D(sK[None, None, stage])
         tVsV = thr_kv.partition_D(sV[None, None, stage])
+        slots = cute.make_rmem_tensor((cute.size(tKsK, mode=[1]),), cutlass.Int32)
+        for i in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):  # all slot loads first: one latency
+            slots[i] = mSlots[cutlass.min(start + tKVcKV[0, i, 0][0], kv_end - 1)]
         for i in cutlass.range_constexpr(cute.size(tKsK, mode=[1])):
-            key = start + tKVcKV[0, i, 0][0]
-            if key < kv_end:
-                slot = mSlots[key]
-                for j in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
-                    chunk = tKVcKV[0, i, j][1] // 8
-                    cute.copy(cp_atom, cute.local_tile(mK[slot, kvh, None], (8,), (chunk,)), tKsK[None, i, j])
-                    cute.copy(cp_atom, cute.local_tile(mV[slot, kvh, None], (8,), (chunk,)), tVsV[None, i, j])
-            else:
-                for j in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
-                    tKsK[None, i, j].fill(0)
-                    tVsV[None, i, j].fill(0)
+            for j in cutlass.range_constexpr(cute.size(tKsK, mode=[2])):
+                chunk = tKVcKV[0, i, j][1] // 8
+                cute.copy(cp_atom, cute.local_tile(mK[slots[i], kvh, None], (8,), (chunk,)), tKsK[None, i, j])
+                cute.copy(cp_atom, cute.local_tile(mV[slots[i], kvh, None], (8,), (chunk,)), tVsV[None, i, j])
 
     @cute.jit
     def _mask_scale(self, acc_S_mn: cute.Tensor, tScS_mn: cute.Tensor, mSizes: cute.Tensor, tile: cutlass.Int32,

@@ -85,27 +85,45 @@ def test_pipelined_kernel_gathers_with_cp_async_and_keeps_the_same_mmas(tmp_path
 
 
 @needs_cutlass
+@pytest.mark.parametrize("specialized,pingpong", [(True, True), (True, False), (False, False)],
+                         ids=["pingpong", "specialized", "shared"])
 @pytest.mark.parametrize("head_dim,group,kv_heads,warps,block_n,stages",
-                         [(128, 4, 8, 8, 128, 2), (128, 4, 8, 4, 64, 3), (64, 3, 3, 4, 128, 2)])
-def test_warpgroup_kernel_compiles_to_wgmma_and_cp_async(tmp_path, head_dim, group, kv_heads, warps, block_n, stages):
+                         [(128, 4, 8, 8, 128, 2), (128, 4, 8, 4, 64, 3), (64, 3, 3, 8, 64, 2)])
+def test_warpgroup_kernel_compiles_to_wgmma_and_cp_async(tmp_path, head_dim, group, kv_heads, warps, block_n, stages,
+                                                         specialized, pingpong):  # fmt: skip
     """mma="warpgroup": per block, S = Q K^T is D/16 wgmma m64nBLOCK_Nk16 and O += P V is
     BLOCK_N/16 wgmma m64nDk16 (one warpgroup's instructions; each warpgroup runs its own 64
-    rows); K and V arrive by 16-byte cp.async, fenced to the async proxy before wgmma reads them."""
+    rows); K and V arrive by 16-byte cp.async, fenced to the async proxy before wgmma reads them.
+    specialized: one gather site in a producer warpgroup of 128 threads, an mbarrier ring
+    (cp.async.mbarrier.arrive) and setmaxnreg; shared: every thread gathers, in the unrolled
+    prologue (stages - 1 blocks) and in the loop. pingpong (two computing warpgroups): the first
+    block's S and the last block's PV are peeled off the loop, so each wgmma appears twice, and
+    the turns pass through named barriers (bar.arrive)."""
     from jetspec.kernels.cute_tree_attention import compile_kernel
 
     compiled = compile_kernel(head_dim, group, kv_heads, warps, block_n, mma="warpgroup", stages=stages,
+                              specialized=specialized, pingpong=pingpong,
                               options=f"--keep-ptx --keep-cubin --dump-dir {tmp_path}")
     assert len(compiled.artifacts.CUBIN) > 1000
     ptx = compiled.artifacts.PTX
+    turns = pingpong and warps == 8
+    sites = 2 if turns else 1
     qk, pv = (f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16" for n in (block_n, head_dim))
     if qk == pv:
-        assert ptx.count(qk) == head_dim // 16 + block_n // 16
+        assert ptx.count(qk) == sites * (head_dim // 16 + block_n // 16)
     else:
-        assert (ptx.count(qk), ptx.count(pv)) == (head_dim // 16, block_n // 16)
+        assert (ptx.count(qk), ptx.count(pv)) == (sites * head_dim // 16, sites * block_n // 16)
+    assert ("bar.arrive" in ptx) == turns
     assert "mma.sync" not in ptx and "ldmatrix" not in ptx
-    chunks = block_n * head_dim // 8 // (32 * warps)  # 16-byte chunks of one K (or V) block per thread
     copies = len(re.findall(r"cp\.async\.cg\.shared\.global(?:\.L2::\w+)?\s*\[", ptx))
-    assert copies == 2 * chunks * stages  # K and V, in the unrolled prologue (stages - 1 gathers) and the loop (1)
+    if specialized:
+        assert copies == 2 * block_n * head_dim // 8 // 128  # K and V chunks of one block per producer thread
+        assert "cp.async.mbarrier.arrive.noinc" in ptx and "mbarrier.try_wait" in ptx
+        assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
+    else:
+        chunks = block_n * head_dim // 8 // (32 * warps)
+        assert copies == 2 * chunks * stages
+        assert "mbarrier" not in ptx
     assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group" in ptx
 
 
@@ -149,10 +167,24 @@ def test_a_tiling_past_shared_memory_is_a_one_line_error_before_any_launch():
     q, k_rows = torch.zeros(64, 8, 128), torch.zeros(300, 2, 128)
     backend = CuteAttention(CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, stages=3))
     assert backend.tiling(q, k_rows, meta).mma == "warpgroup"  # 224 KiB: fits
-    backend = CuteAttention(CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, stages=3))
     with pytest.raises(IncompatibleError, match="shared memory") as err:
         backend.tiling(torch.zeros(64, 8, 256), torch.zeros(300, 2, 256), meta)
     assert "\n" not in str(err.value)
+
+
+def test_a_warp_tiling_whose_block_is_smaller_than_a_copy_pass_is_a_one_line_error():
+    """8 warps copy 32 key rows per pass: a 16-key block would read past its slot map in shared
+    memory (an illegal address on the H200, 2026-12-02). Refused before any launch."""
+    from jetspec.core.interfaces import AttentionMeta
+    from jetspec.core.tree import DraftTree
+
+    meta = AttentionMeta.for_tree(DraftTree.from_parents([0, 1], [-1, 0]), 10, "cpu")
+    backend = CuteAttention(CuteAttentionOptions(mma="warp", num_warps=8, block_n=16))
+    with pytest.raises(IncompatibleError, match="multiple of that") as err:
+        backend.tiling(torch.zeros(2, 8, 128), torch.zeros(30, 2, 128), meta)
+    assert "\n" not in str(err.value)
+    assert CuteAttention(CuteAttentionOptions(mma="warp", num_warps=4, block_n=16)).tiling(
+        torch.zeros(2, 8, 128), torch.zeros(30, 2, 128), meta).block_n == 16
 
 
 def test_fixed_fields_only_the_warp_kernel_takes_select_it():
@@ -176,9 +208,11 @@ tilings = st.one_of(
     st.just(CuteAttentionOptions()),
     st.just(CuteAttentionOptions(mma="warp", pipelined=False)),
     st.builds(CuteAttentionOptions, mma=st.just("warp"), num_warps=st.sampled_from([1, 2, 4, 8]),
-              block_n=st.sampled_from([16, 32, 64]), num_splits=st.integers(1, 4), pipelined=st.booleans()),
+              block_n=st.sampled_from([16, 32, 64]), num_splits=st.integers(1, 4), pipelined=st.booleans())
+    .filter(lambda o: o.block_n % (4 * o.num_warps) == 0),  # whole copy passes (see the test below)
     st.builds(CuteAttentionOptions, mma=st.just("warpgroup"), num_warps=st.sampled_from([4, 8]),
-              block_n=st.sampled_from([64, 128]), num_splits=st.integers(1, 4), stages=st.sampled_from([2, 3])),
+              block_n=st.sampled_from([64, 128]), num_splits=st.integers(1, 4), stages=st.sampled_from([2, 3]),
+              specialized=st.booleans(), pingpong=st.booleans()),
 )
 
 
@@ -221,7 +255,8 @@ def test_gpu_rows_the_slot_map_does_not_name_cannot_change_the_output(commit, po
     for options in (CuteAttentionOptions(block_n=16, num_splits=1), CuteAttentionOptions(block_n=64, num_splits=3),
                     CuteAttentionOptions(mma="warp", block_n=64, num_splits=3, pipelined=False),
                     CuteAttentionOptions(mma="warpgroup", num_warps=4, block_n=64, num_splits=2, stages=3),
-                    CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, num_splits=1)):
+                    CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=128, num_splits=1),
+                    CuteAttentionOptions(mma="warpgroup", num_warps=8, block_n=64, num_splits=2, specialized=False)):
         out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), expected, atol=TOL, rtol=TOL)
@@ -236,7 +271,8 @@ def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
     tree = random_tree([int(torch.randint(0, i, (1,), generator=g)) for i in range(1, nodes)])
     p = build_problem(tree, prefix, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, page_size=16, commit=commit)
     for options in (CuteAttentionOptions(), CuteAttentionOptions(mma="warp"), CuteAttentionOptions(mma="warp", pipelined=False),
-                    CuteAttentionOptions(mma="warpgroup", num_warps=4), CuteAttentionOptions(mma="warpgroup", stages=3)):
+                    CuteAttentionOptions(mma="warpgroup", num_warps=4), CuteAttentionOptions(mma="warpgroup", stages=3),
+                    CuteAttentionOptions(mma="warpgroup", specialized=False), CuteAttentionOptions(pingpong=False)):
         out = CuteAttention(options).attend(p.q, p.cache, 0, p.meta, p.scale)
         torch.testing.assert_close(out.float(), p.reference(), atol=2e-2, rtol=2e-2)
 

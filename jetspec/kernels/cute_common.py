@@ -54,6 +54,40 @@ def quad_sum(val):
 
 
 @cute.jit
+def global_views(p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_slots: cute.Pointer,
+                 p_sizes: cute.Pointer, p_prefix: cute.Pointer, p_o: cute.Pointer, p_lse: cute.Pointer,
+                 n_queries: cutlass.Int32, n_rows: cutlass.Int32, n_slots: cutlass.Int32, num_splits: cutlass.Int32,
+                 hq: cutlass.Constexpr, hkv: cutlass.Constexpr, d: cutlass.Constexpr):
+    """The kernels' global tensors: Q [N, Hq, D], K and V rows [R, Hkv, D], slots [>= T + N],
+    subtree sizes [N], T [1], partial O [S, N, Hq, D] and lse [S, N, Hq]."""
+    return (
+        cute.make_tensor(p_q, cute.make_layout((n_queries, hq, d), stride=(hq * d, d, 1))),
+        cute.make_tensor(p_k, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1))),
+        cute.make_tensor(p_v, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1))),
+        cute.make_tensor(p_slots, cute.make_layout((n_slots,))),
+        cute.make_tensor(p_sizes, cute.make_layout((n_queries,))),
+        cute.make_tensor(p_prefix, cute.make_layout((1,))),
+        cute.make_tensor(p_o, cute.make_layout((num_splits, n_queries, hq, d), stride=(n_queries * hq * d, hq * d, d, 1))),
+        cute.make_tensor(p_lse, cute.make_layout((num_splits, n_queries, hq), stride=(n_queries * hq, hq, 1))),
+    )
+
+
+@cute.jit
+def key_blocks(mPrefix: cute.Tensor, n_queries: cutlass.Int32, tile: cutlass.Int32, split: cutlass.Int32,
+               num_splits: cutlass.Int32, rows: cutlass.Constexpr, group: cutlass.Constexpr, block_n: cutlass.Constexpr):
+    """(T, kv_end, b_lo, b_hi): the key blocks [b_lo, b_hi) of BLOCK_N keys this CTA's split covers.
+    Causal skip: keys at or past kv_end = T + (last token of the tile) + 1 are invisible to the
+    whole tile; the remaining ceil(kv_end / BLOCK_N) blocks are cut into num_splits ranges."""
+    prefix_len = mPrefix[0]
+    last_tok = cutlass.min((tile * rows + rows - 1) // group, n_queries - 1)
+    kv_end = prefix_len + last_tok + 1
+    n_blocks = (kv_end + block_n - 1) // block_n
+    per_split = (n_blocks + num_splits - 1) // num_splits
+    b_lo = split * per_split
+    return prefix_len, kv_end, b_lo, cutlass.min(b_lo + per_split, n_blocks)
+
+
+@cute.jit
 def load_q_tile(mQ: cute.Tensor, sQ: cute.Tensor, gather: cute.TiledCopy, tidx: cutlass.Int32, tile: cutlass.Int32,
                 kvh: cutlass.Int32, rows: cutlass.Constexpr, group: cutlass.Constexpr):
     """The tile's packed Q rows (row r = token r // G, head kvh * G + r % G) from [N, Hq, D] into

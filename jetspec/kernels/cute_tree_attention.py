@@ -42,7 +42,17 @@ import cutlass
 import cutlass.cute as cute  # noqa: PLR0402 (the DSL idiom)
 from cutlass.cute.nvgpu import cpasync, warp
 
-from .cute_common import LOG2E, SmemAllocator, load_q_tile, mn_view, online_softmax, ptr, store_partial
+from .cute_common import (
+    LOG2E,
+    SmemAllocator,
+    global_views,
+    key_blocks,
+    load_q_tile,
+    mn_view,
+    online_softmax,
+    ptr,
+    store_partial,
+)
 from .cute_split_merge import SplitMergeKernel
 from .cute_wgmma_attention import WgmmaTreeAttentionKernel
 
@@ -76,16 +86,8 @@ class TreeAttentionKernel:
         scale_log2: cutlass.Float32, stream,
     ):
         d, hq, hkv = self.d, self.hq, self.hkv
-        mQ = cute.make_tensor(p_q, cute.make_layout((n_queries, hq, d), stride=(hq * d, d, 1)))
-        mK = cute.make_tensor(p_k, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1)))
-        mV = cute.make_tensor(p_v, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1)))
-        mSlots = cute.make_tensor(p_slots, cute.make_layout((n_slots,)))
-        mSizes = cute.make_tensor(p_sizes, cute.make_layout((n_queries,)))
-        mPrefix = cute.make_tensor(p_prefix, cute.make_layout((1,)))
-        mO = cute.make_tensor(p_o, cute.make_layout((num_splits, n_queries, hq, d),
-                                                    stride=(n_queries * hq * d, hq * d, d, 1)))
-        mL = cute.make_tensor(p_lse, cute.make_layout((num_splits, n_queries, hq),
-                                                      stride=(n_queries * hq, hq, 1)))
+        mQ, mK, mV, mSlots, mSizes, mPrefix, mO, mL = global_views(
+            p_q, p_k, p_v, p_slots, p_sizes, p_prefix, p_o, p_lse, n_queries, n_rows, n_slots, num_splits, hq, hkv, d)
 
         # swizzled shared memory (64-element rows of 128 bytes, ldmatrix-friendly)
         k_block = 64 if d % 64 == 0 else 32
@@ -137,13 +139,7 @@ class TreeAttentionKernel:
         _, _, num_splits = cute.arch.grid_dim()
         n_queries = mQ.shape[0]
 
-        prefix_len = mPrefix[0]
-        last_tok = cutlass.min((tile * bm + bm - 1) // g, n_queries - 1)
-        kv_end = prefix_len + last_tok + 1  # keys at or past this are invisible to the whole tile
-        n_blocks = (kv_end + bn - 1) // bn
-        per_split = (n_blocks + num_splits - 1) // num_splits
-        b_lo = split * per_split
-        b_hi = cutlass.min(b_lo + per_split, n_blocks)
+        prefix_len, kv_end, b_lo, b_hi = key_blocks(mPrefix, n_queries, tile, split, num_splits, bm, g, bn)
 
         smem = SmemAllocator()
         storage = smem.allocate(SharedStorage)

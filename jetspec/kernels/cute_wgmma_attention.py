@@ -49,7 +49,15 @@ try:  # cutlass >= 4.8 moved it
 except ImportError:  # pragma: no cover
     from cutlass.utils import LayoutEnum
 
-from .cute_common import SmemAllocator, load_q_tile, mn_view, online_softmax, store_partial
+from .cute_common import (
+    SmemAllocator,
+    global_views,
+    key_blocks,
+    load_q_tile,
+    mn_view,
+    online_softmax,
+    store_partial,
+)
 
 
 class WgmmaTreeAttentionKernel:
@@ -84,15 +92,8 @@ class WgmmaTreeAttentionKernel:
         scale_log2: cutlass.Float32, stream,
     ):
         d, hq, hkv, bf16 = self.d, self.hq, self.hkv, self.dtype
-        mQ = cute.make_tensor(p_q, cute.make_layout((n_queries, hq, d), stride=(hq * d, d, 1)))
-        mK = cute.make_tensor(p_k, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1)))
-        mV = cute.make_tensor(p_v, cute.make_layout((n_rows, hkv, d), stride=(hkv * d, d, 1)))
-        mSlots = cute.make_tensor(p_slots, cute.make_layout((n_slots,)))
-        mSizes = cute.make_tensor(p_sizes, cute.make_layout((n_queries,)))
-        mPrefix = cute.make_tensor(p_prefix, cute.make_layout((1,)))
-        mO = cute.make_tensor(p_o, cute.make_layout((num_splits, n_queries, hq, d),
-                                                    stride=(n_queries * hq * d, hq * d, d, 1)))
-        mL = cute.make_tensor(p_lse, cute.make_layout((num_splits, n_queries, hq), stride=(n_queries * hq, hq, 1)))
+        mQ, mK, mV, mSlots, mSizes, mPrefix, mO, mL = global_views(
+            p_q, p_k, p_v, p_slots, p_sizes, p_prefix, p_o, p_lse, n_queries, n_rows, n_slots, num_splits, hq, hkv, d)
 
         # wgmma-compatible swizzled smem: rows of D elements, K-major (128-byte swizzle for D = 64, 128)
         atom = warpgroup.make_smem_layout_atom(sm90.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, bf16, d), bf16)
@@ -141,13 +142,7 @@ class WgmmaTreeAttentionKernel:
         _, _, num_splits = cute.arch.grid_dim()
         n_queries = mQ.shape[0]
 
-        prefix_len = mPrefix[0]
-        last_tok = cutlass.min((tile * bm + bm - 1) // g, n_queries - 1)
-        kv_end = prefix_len + last_tok + 1  # keys at or past this are invisible to the whole tile
-        n_blocks = (kv_end + bn - 1) // bn
-        per_split = (n_blocks + num_splits - 1) // num_splits
-        b_lo = split * per_split
-        b_hi = cutlass.min(b_lo + per_split, n_blocks)
+        prefix_len, kv_end, b_lo, b_hi = key_blocks(mPrefix, n_queries, tile, split, num_splits, bm, g, bn)
 
         storage = SmemAllocator().allocate(SharedStorage)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)  # (BLOCK_M, D)

@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .checks import Blame
 from .config import Component, PipelineConfig
-from .errors import ConfigError
-from .interfaces import Target
+from .errors import ConfigError, PluginError
+from .interfaces import AttentionBackend, Drafter, Target, TreeScorer, Verifier
 from .pipeline import Pipeline
 from .registry import Implementation, Registry, check_compatible
 
@@ -40,19 +41,35 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
             provides=frozenset(getattr(target, "provides", ())),
         )
     check_compatible(chosen)
-    attention = chosen["attention"].factory(options["attention"])
+    labels = {k: label(k, impl) for k, impl in chosen.items()}
+
+    def make(kind: str, protocol: type, *args: Any) -> Any:
+        """Call the factory of `kind`; anything but a `protocol` object is a one-line PluginError."""
+        with Blame(labels[kind], "while being built"):
+            obj = chosen[kind].factory(options[kind], *args)
+        if not isinstance(obj, protocol):
+            raise PluginError(f"{labels[kind]}: its factory returned {type(obj).__name__}, which is not a {protocol.__name__}")
+        return obj
+
+    attention = make("attention", AttentionBackend)
     if target is None:
-        target = chosen["target"].factory(options["target"], attention)
+        target = make("target", Target, attention)
     kv = chosen["kv_cache"]
-    drafter = chosen["drafter"].factory(options["drafter"], target) if budget > 0 else None
+    drafter = make("drafter", Drafter, target) if budget > 0 else None
     return Pipeline(
         target=target,
         drafter=drafter,
-        scorer=chosen["scorer"].factory(options["scorer"]),
-        verifier=chosen["verifier"].factory(options["verifier"]),
+        scorer=make("scorer", TreeScorer),
+        verifier=make("verifier", Verifier),
         new_cache=lambda capacity: kv.factory(options["kv_cache"], target.info, capacity),
         config=config,
+        labels=labels,
     )
+
+
+def label(kind: str, impl: Implementation) -> str:
+    """How errors name a component: `drafter 'ngram' (plugin 'jetspec.builtins')`."""
+    return f"{kind} '{impl.name}'" + (f" (plugin '{impl.plugin}')" if impl.plugin else "")
 
 
 class PipelineBuilder:

@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .checks import Blame, Checked, check_acceptance, check_tree
 from .config import PipelineConfig
-from .errors import CapacityError, InputError, JetSpecError
+from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .interfaces import (
     AttentionMeta,
     DecodeState,
@@ -103,6 +104,7 @@ class Pipeline:
         verifier: Verifier,
         new_cache: Callable[[int], KVCache],
         config: PipelineConfig,
+        labels: dict[str, str] | None = None,
     ):
         self.target = target
         self.drafter = drafter
@@ -110,6 +112,9 @@ class Pipeline:
         self.verifier = verifier
         self.new_cache = new_cache  # capacity -> KVCache for one sequence
         self.config = config
+        # kind -> "drafter 'ngram' (plugin 'jetspec.builtins')": who a PluginError names
+        parts = {"target": target, "drafter": drafter, "scorer": scorer, "verifier": verifier}
+        self.labels = {k: f"{k} {type(v).__name__}" for k, v in parts.items()} | (labels or {})
         self._cache: KVCache | None = None
 
     def _cache_for(self, capacity: int) -> KVCache:
@@ -192,35 +197,44 @@ class Pipeline:
         device = self.target.info.device
         clock = time.perf_counter
 
-        t0 = clock()
-        n_prefill = len(prompt_ids) - 1
-        prefill_hidden = None
-        if n_prefill > 0:
-            cache.begin(n_prefill)
-            out = self.target.forward(
-                torch.tensor(prompt_ids[:-1], device=device), AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers
-            )
-            cache.commit(range(n_prefill))
-            prefill_hidden = out.hidden
-        if drafter:
-            drafter.reset(state)
-            drafter.observe(state, prefill_hidden)
-        stats.seconds["prefill"] += clock() - t0
-
+        who, vocab = self.labels, self.target.info.vocab_size
         stopped = "length"
         try:
+            t0 = clock()
+            n_prefill = len(prompt_ids) - 1
+            prefill_hidden = None
+            if n_prefill > 0:
+                cache.begin(n_prefill)
+                out = self.target.forward(
+                    torch.tensor(prompt_ids[:-1], device=device), AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers
+                )
+                cache.commit(range(n_prefill))
+                prefill_hidden = out.hidden
+            if drafter:
+                with Blame(who["drafter"], "in reset"):
+                    drafter.reset(state)
+                with Blame(who["drafter"], "in observe"):
+                    drafter.observe(state, prefill_hidden)
+            stats.seconds["prefill"] += clock() - t0
+
             while len(state.tokens) - state.prompt_len < max_new:
                 root = state.tokens[-1]
                 t0 = clock()
-                proposal = drafter.propose(state, budget) if drafter else EmptyProposal()
+                if drafter:
+                    with Blame(who["drafter"], "in propose"):
+                        proposal = Checked(drafter.propose(state, budget), who["drafter"], vocab)
                 t1 = clock()
-                tree = self.scorer.build(proposal, root, budget) if drafter else DraftTree.root_only(root)
+                if drafter:
+                    tree = self._build(proposal, root, budget)
+                else:
+                    tree = DraftTree.root_only(root)
                 t2 = clock()
                 prefix = cache.committed
                 cache.begin(tree.size)
                 out = self.target.forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
                 t3 = clock()
-                acc = self.verifier.accept(tree, out.logits, state)
+                with Blame(who["verifier"], "in accept"):
+                    acc = check_acceptance(self.verifier.accept(tree, out.logits, state), tree, vocab, who["verifier"])
                 t4 = clock()
                 cache.commit(acc.path)
                 new = acc.new_tokens(tree)
@@ -232,7 +246,8 @@ class Pipeline:
                         break
                 state.tokens.extend(new)
                 if drafter and stopped == "length":
-                    drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
+                    with Blame(who["drafter"], "in observe"):
+                        drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
                 t5 = clock()
 
                 stats.record_round(len(new), acc.accepted_drafts, tree.budget)
@@ -246,6 +261,21 @@ class Pipeline:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise
         return self._result(state, stats, prompt_ids, stopped)
+
+    def _build(self, proposal: Checked, root: int, budget: int) -> DraftTree:
+        """The scorer's tree for this round, checked against it (`core/checks.py`). When the build
+        or the check fails, the proposal is re-read first: a drafter's fault is the drafter's."""
+        who = self.labels["scorer"]
+        try:
+            with Blame(who, "in build"):
+                tree = self.scorer.build(proposal, root, budget)
+            return check_tree(tree, root, budget, self.target.info.vocab_size, who)
+        except PluginError:
+            proposal.blame()
+            raise
+        except InputError as e:  # a DraftTree constructor refused what the scorer assembled
+            proposal.blame()
+            raise PluginError(f"{who} built an invalid tree: {e}") from e
 
     def _result(self, state: DecodeState, stats: GenerationStats, prompt_ids: list[int], stopped: str) -> GenerationResult:
         generated = list(state.generated)

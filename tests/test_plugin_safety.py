@@ -18,6 +18,8 @@ PLUGINS = {  # entry-point name -> (module source, the one line expected, or Non
     "good": ("[jetspec.Implementation('good-drafter', lambda o, t: NgramDrafter(), NgramOptions)]", None),
     "broken-import": ("raise RuntimeError('cannot import this\\nsecond line')",
                       "plugin 'broken-import' failed to load: RuntimeError: cannot import this"),
+    "exits": ("raise SystemExit(3)", "plugin 'exits' failed to load: SystemExit: 3"),
+    "exiting-hook": ("__import__('sys').exit('bye')", "plugin 'exiting-hook' raised in jetspec_drafters: SystemExit: bye"),
     "raising-hook": ("1 / 0", "plugin 'raising-hook' raised in jetspec_drafters: ZeroDivisionError: division by zero"),
     "duplicate": ("[jetspec.Implementation('ngram', lambda o, t: None, NgramOptions)]",
                   "plugin 'duplicate' registers drafter 'ngram', already provided by 'jetspec.builtins'; ignored"),

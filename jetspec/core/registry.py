@@ -78,7 +78,7 @@ class Registry:
             try:
                 plugin = load()
                 pm.register(plugin, name=name)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a plugin calling sys.exit() on import ends nothing else
                 reg.problems.append(f"plugin '{name}' failed to load: {_one_line(e)}")
                 continue
             reg.plugins.append(name)
@@ -92,7 +92,7 @@ class Registry:
                     continue
                 try:
                     items = list(impl.function() or [])
-                except Exception as e:
+                except (Exception, SystemExit) as e:
                     self.problems.append(f"plugin '{name}' raised in {hook_name}: {_one_line(e)}")
                     continue
                 for item in items:

@@ -108,3 +108,36 @@ def test_target_identity_ignores_the_load_dtype_but_not_the_weights(model):
         copy = tiny_llama().to(dtype)
         assert hf_identity(copy, "tiny")["target_fingerprint"] == fp32
     assert hf_identity(tiny_llama(seed=1), "tiny")["target_fingerprint"] != fp32
+
+
+class RunsCode:
+    """Unpickling this runs `touch <marker>`: what a crafted train_state.pt could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_train_state_is_refused_without_running_it(model, data, tmp_path):
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"head": RunsCode(marker), "optim": {}, "step": 0, "elapsed": 0.0, "config": {"kind": "causal"}}, out / "train_state.pt")
+    with pytest.raises(CheckpointError) as info:
+        train(model, data, out, TrainConfig(kind="causal", steps=2, **SMALL), hf_identity(model, "tiny"), progress=False)
+    assert not marker.exists()  # the pickle's code never ran
+    assert "\n" not in str(info.value) and "is not a training state that can be loaded safely" in str(info.value)
+    import pickle
+
+    pickle.loads(pickle.dumps(RunsCode(marker)))  # the same object unpickled unsafely does run: the test can fail
+    assert marker.exists()
+
+
+def test_a_train_state_that_is_not_a_state_is_one_line(model, data, tmp_path):
+    torch.save([1, 2, 3], tmp_path / "train_state.pt")
+    with pytest.raises(CheckpointError, match=r"is not a training state \(expected a dict with head, optim"):
+        train(model, data, tmp_path, TrainConfig(kind="causal", steps=2, **SMALL), hf_identity(model, "tiny"), progress=False)

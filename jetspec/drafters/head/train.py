@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ...core.errors import InputError
+from ...core.errors import CheckpointError, InputError
 from .checkpoint import save_head
 from .data import TokenData, encode_chat, generate_answers, read_questions
 from .frozen_target import eos_ids, hf_identity, load_hf_target, teacher_forward
@@ -177,6 +177,25 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
+STATE_KEYS = ("head", "optim", "step", "elapsed", "config")
+
+
+def load_train_state(path: Path, device: torch.device) -> dict:
+    """A resumable training state, read with `weights_only=True`: a pickle can run any code when
+    unpickled, so only tensors and plain containers are accepted. -> one-line CheckpointError."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{path} is not a training state that can be loaded safely ({type(e).__name__}: {first[:120]}); "
+            "delete it to start over, or pass another --out"
+        ) from None
+    if not (isinstance(state, dict) and all(k in state for k in STATE_KEYS) and isinstance(state["config"], dict)):
+        raise CheckpointError(f"{path} is not a training state (expected a dict with {', '.join(STATE_KEYS)}); delete it to start over")
+    return state
+
+
 def train(
     model: Any,
     data: TokenData,
@@ -212,8 +231,8 @@ def train(
     step, elapsed, before = 0, 0.0, None
     state_path = out_dir / "train_state.pt"
     if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["config"]["kind"] != cfg.kind:
+        state = load_train_state(state_path, device)
+        if state["config"].get("kind") != cfg.kind:
             raise InputError(f"{state_path} belongs to a {state['config'].get('kind')} run; use another out_dir")
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optim"])

@@ -8,7 +8,8 @@
     jetspec config schema | show | check FILE
     jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
 
-A user error prints one line (`jetspec: error: ...`) and exits with status 2.
+A user error prints one line (`jetspec: error: ...`) and exits with status 2; `generate --compare`
+exits with status 1 when greedy speculative and plain outputs differ.
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(row))
+    if args.compare and not identical and not sampled:  # greedy speculation must reproduce plain decoding
+        print("jetspec: error: speculative and plain greedy outputs differ: a component is not lossless", file=sys.stderr)
+        return 1
     return 0
 
 

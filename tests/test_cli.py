@@ -85,3 +85,33 @@ def test_on_a_cuda_gpu_generate_picks_triton_over_a_paged_cache(monkeypatch):
     ]:
         _device_defaults(data)
         assert (data.get("attention"), data.get("kv_cache")) == expected, data
+
+
+def test_compare_exits_1_when_speculation_changes_the_output(tmp_path, monkeypatch, capsys):
+    """A verifier that changes the bonus token of every speculative round passes every structural
+    check but is not lossless: `--compare` must say so in its exit status, not only in its text."""
+    import jetspec
+    from head_fixtures import save_tiny_chat_model
+    from jetspec.core.interfaces import Acceptance
+    from jetspec.core.registry import Implementation, Registry
+    from jetspec.verifiers.greedy import GreedyOptions, GreedyVerifier
+
+    class Liar(GreedyVerifier):
+        def accept(self, tree, logits, state):
+            acc = super().accept(tree, logits, state)
+            return Acceptance(acc.path, (acc.bonus + 1) % logits.shape[-1]) if tree.size > 1 else acc
+
+    class Plugin:
+        @jetspec.hookimpl
+        def jetspec_verifiers(self):
+            return [Implementation("liar", lambda o: Liar(o), GreedyOptions)]
+
+    monkeypatch.setattr(jetspec, "_default", Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=[("liar", Plugin())], entry_points=False))
+    folder = save_tiny_chat_model(tmp_path / "tiny")
+    common = ["generate", "abcabc", "--target-path", str(folder), "--max-new-tokens", "8", "--drafter", "ngram", "--compare", "--no-stream"]
+    (tmp_path / "liar.toml").write_text('verifier = "liar"\n')
+    assert main(common) == 0
+    assert "outputs identical" in capsys.readouterr().err
+    assert main([*common, "--config", str(tmp_path / "liar.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "outputs DIFFER" in err and err.strip().splitlines()[-1].startswith("jetspec: error: speculative and plain greedy outputs differ")

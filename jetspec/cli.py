@@ -73,19 +73,24 @@ def _device_defaults(data: dict[str, Any]) -> None:
         data["attention"], data["kv_cache"] = "triton", "paged"
 
 
-def _untrained_default_drafter(args: argparse.Namespace, config, pipe):
-    """The default drafter is the trained causal head; for a target with no trained head (none
-    ships for it and none was configured) `generate` drafts with `ngram` instead. -> a pipeline
-    on the same loaded target, or None to keep `pipe`."""
-    chosen = args.drafter or (args.config and "drafter" in _read(args.config))
-    if chosen or pipe.drafter is None or getattr(pipe.drafter, "trained", True):
-        return None
+def _build(args: argparse.Namespace, config):
+    """The pipeline of `config`. The default drafter is the trained causal head; for a target with
+    no trained head (none ships for it and the user chose no drafter) `generate` drafts with
+    `ngram` instead and says so, on the target already loaded. A drafter the user named is never
+    replaced: without its head that is a one-line error saying how to train one."""
     import jetspec
     from .core.config import Component
+    from .drafters.head.checkpoint import UntrainedHeadError
 
-    print(f"jetspec: no trained head for target {pipe.target.info.name!r}; drafting with ngram "
-          "(train one: jetspec train-head --target ...)", file=sys.stderr)  # fmt: skip
-    return jetspec.from_config(config.model_copy(update={"drafter": Component(name="ngram")}), target=pipe.target)
+    try:
+        return jetspec.from_config(config)
+    except UntrainedHeadError as e:
+        chosen = args.drafter or (args.config and "drafter" in _read(args.config))
+        if chosen or e.target is None:
+            raise
+        print(f"jetspec: no trained head for target {e.target.info.name!r}; drafting with ngram "
+              "(train one: jetspec train-head --target ...)", file=sys.stderr)  # fmt: skip
+        return jetspec.from_config(config.model_copy(update={"drafter": Component(name="ngram")}), target=e.target)
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -142,10 +147,8 @@ class _Streamer:
 def cmd_generate(args: argparse.Namespace) -> int:
     import jetspec
 
-    config = _pipeline_config(args)
-    pipe = jetspec.from_config(config)
-    if (fallback := _untrained_default_drafter(args, config, pipe)) is not None:
-        pipe, config = fallback, fallback.config
+    pipe = _build(args, _pipeline_config(args))
+    config = pipe.config
     prompt = args.prompt
     if args.compare:  # warm both paths up (first-call allocations, kernel builds) so the timing compares decoding
         pipe.generate(prompt, max_new_tokens=2)

@@ -53,7 +53,8 @@ def test_train_head_has_its_own_help():
 
 def test_generate_defaults_to_the_head_and_falls_back_to_ngram_without_a_trained_one(tmp_path):
     """No head is trained for a user's own model: the default drafter then says so and drafts
-    with ngram; naming a drafter keeps it (here a random head: lossless, just slow)."""
+    with ngram; naming the head drafter is a one-line error saying how to train one, and random
+    weights are used only when asked for by name (lossless, just slow)."""
     from head_fixtures import save_tiny_chat_model
 
     folder = save_tiny_chat_model(tmp_path / "tiny")
@@ -62,7 +63,14 @@ def test_generate_defaults_to_the_head_and_falls_back_to_ngram_without_a_trained
     assert proc.returncode == 0, proc.stderr
     assert "no trained head for target" in proc.stderr and "drafting with ngram" in proc.stderr
     default = json.loads(proc.stdout)
-    proc = run(*common, "--drafter", "jetspec")
+    for drafter in ("jetspec", "dflash", "eagle"):
+        proc = run(*common, "--drafter", drafter)
+        kind = {"jetspec": "causal"}.get(drafter, drafter)
+        assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"no trained {kind} head for target" in proc.stderr and "jetspec train-head" in proc.stderr
+        assert 'checkpoint = "random"' in proc.stderr
+    (tmp_path / "random.toml").write_text('drafter = { name = "jetspec", checkpoint = "random" }\n')
+    proc = run(*common, "--config", str(tmp_path / "random.toml"))
     assert proc.returncode == 0 and "no trained head" not in proc.stderr
     assert json.loads(proc.stdout)["tokens"] == default["tokens"]  # lossless either way
 

@@ -38,8 +38,8 @@ def test_a_smollm2_sized_head_is_small():
     assert head.num_parameters() * 4 < 40e6
 
 
-@pytest.mark.parametrize("make,options", [(jetspec_drafter, HeadOptions(top_k=5, block_size=6)),
-                                          (dflash_drafter, DFlashOptions(top_k=5, block_size=6))])  # fmt: skip
+@pytest.mark.parametrize("make,options", [(jetspec_drafter, HeadOptions(checkpoint="random", top_k=5, block_size=6)),
+                                          (dflash_drafter, DFlashOptions(checkpoint="random", top_k=5, block_size=6))])  # fmt: skip
 def test_parallel_head_proposes_the_same_top_k_at_each_depth_whatever_the_path(target, make, options):
     drafter = make(options, target)
     state = observed(drafter, target, PROMPT)
@@ -55,8 +55,8 @@ def test_parallel_head_proposes_the_same_top_k_at_each_depth_whatever_the_path(t
 
 def test_observing_in_pieces_equals_observing_at_once(target):
     """The head's context cache after prefill + rounds equals one prefill of the same tokens."""
-    a = jetspec_drafter(HeadOptions(block_size=6), target)
-    b = jetspec_drafter(HeadOptions(block_size=6), target)
+    a = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6), target)
+    b = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6), target)
     observed(a, target, PROMPT)
     state = DecodeState(tokens=PROMPT[:3], prompt_len=3)
     b.reset(state)
@@ -78,7 +78,7 @@ def state_len(drafter) -> int:
 
 
 def test_observe_out_of_step_is_an_input_error(target):
-    drafter = jetspec_drafter(HeadOptions(block_size=6), target)
+    drafter = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6), target)
     state = DecodeState(tokens=PROMPT, prompt_len=len(PROMPT))
     drafter.reset(state)
     with pytest.raises(InputError, match="out of step"):
@@ -86,7 +86,7 @@ def test_observe_out_of_step_is_an_input_error(target):
 
 
 def test_rescoring_conditions_children_on_their_actual_parent(target):
-    options = HeadOptions(top_k=4, block_size=6, rescore=True, rescore_top_k=2)
+    options = HeadOptions(checkpoint="random", top_k=4, block_size=6, rescore=True, rescore_top_k=2)
     drafter = jetspec_drafter(options, target)
     state = observed(drafter, target, PROMPT)
     trie = drafter.propose(state, budget=12)
@@ -107,13 +107,13 @@ def test_rescoring_conditions_children_on_their_actual_parent(target):
 
 def test_rescoring_needs_a_causal_head(target):
     with pytest.raises(ConfigError, match="causal"):
-        jetspec_drafter(HeadOptions(causal=False, rescore=True), target)
+        jetspec_drafter(HeadOptions(checkpoint="random", causal=False, rescore=True), target)
     with pytest.raises(ValueError, match="causal"):
-        DFlashOptions(rescore=True)
+        DFlashOptions(checkpoint="random", rescore=True)
 
 
 def test_eagle_expands_the_best_nodes_one_depth_per_forward(target):
-    drafter = eagle_drafter(EagleOptions(depth=3, top_k=3, frontier=2), target)
+    drafter = eagle_drafter(EagleOptions(checkpoint="random", depth=3, top_k=3, frontier=2), target)
     state = observed(drafter, target, PROMPT)
     trie = drafter.propose(state, budget=16)
     root_kids = trie.children(())
@@ -132,7 +132,7 @@ def test_a_draft_over_the_whole_padded_buffer_equals_the_draft_over_the_exact_co
     """What a CUDA graph computes (attention over the cache's whole buffer, keys >= the anchor
     masked) is the eager draft over the exact context: rows past `length` — zeros, or an earlier
     generation's K/V after a reset — get no weight."""
-    drafter = jetspec_drafter(HeadOptions(block_size=6, top_k=5), target)
+    drafter = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=5), target)
     drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads,
                                         drafter.config.head_dim, torch.float32, torch.device("cpu"), capacity=4)  # fmt: skip
     observed(drafter, target, PROMPT + PROMPT)  # grows 4 -> 16 rows
@@ -146,7 +146,7 @@ def test_a_draft_over_the_whole_padded_buffer_equals_the_draft_over_the_exact_co
 
 
 def test_a_parallel_head_drafts_only_as_deep_as_the_budget_reaches(target):
-    drafter = jetspec_drafter(HeadOptions(block_size=6, top_k=3), target)
+    drafter = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=3), target)
     state = observed(drafter, target, PROMPT)
     assert drafter.propose(state, budget=2).depth == 2  # a 2-node tree is at most 2 deep
     assert drafter.propose(state, budget=64).depth == 5  # B - 1
@@ -156,8 +156,8 @@ def test_lookup_puts_copied_continuations_and_the_heads_candidates_in_one_propos
     """With `lookup`, the continuation of an earlier occurrence of the current suffix is proposed
     beside the head's per-depth candidates (the head's random weights would never guess it)."""
     tokens = [5, 17, 33, 8, 61, 12, 40, 9, 5, 17]  # the suffix [5, 17] occurred before, followed by 33, 8, ...
-    plain = jetspec_drafter(HeadOptions(block_size=6, top_k=3), target)
-    merged = jetspec_drafter(HeadOptions(block_size=6, top_k=3, lookup=True), target)
+    plain = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=3), target)
+    merged = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=3, lookup=True), target)
     p_plain = plain.propose(observed(plain, target, tokens), budget=16)
     p_merged = merged.propose(observed(merged, target, tokens), budget=16)
     head_kids = {t for t, _ in p_plain.children(())}
@@ -173,8 +173,8 @@ def test_a_padded_context_append_writes_the_committed_rows_exactly(target):
     """What the append graph does — write_context over a fixed number of rows, the committed ones
     first, junk after — leaves the cache equal to an exact append: the rows past `length` are
     written but only ever read masked, and they stay finite."""
-    exact = jetspec_drafter(HeadOptions(block_size=6), target)
-    padded = jetspec_drafter(HeadOptions(block_size=6), target)
+    exact = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6), target)
+    padded = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6), target)
     observed(exact, target, PROMPT)
     observed(padded, target, PROMPT)
     hidden = target.hidden(PROMPT + [3, 77, 21], exact.hidden_layers)[len(PROMPT) - 1 :]  # [4, k, H]: old root + 3 accepted
@@ -192,8 +192,8 @@ def test_a_padded_context_append_writes_the_committed_rows_exactly(target):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
 def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth(target):
     gpu = HeadTarget(tiny_llama(), device="cuda")
-    eager = jetspec_drafter(HeadOptions(block_size=6, top_k=4, cuda_graphs=False), gpu)
-    graphed = jetspec_drafter(HeadOptions(block_size=6, top_k=4), gpu)
+    eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, cuda_graphs=False), gpu)
+    graphed = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4), gpu)
     assert eager.graphs is None and graphed.graphs is not None
     for drafter in (eager, graphed):
         drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads,

@@ -141,3 +141,73 @@ def test_a_train_state_that_is_not_a_state_is_one_line(model, data, tmp_path):
     torch.save([1, 2, 3], tmp_path / "train_state.pt")
     with pytest.raises(CheckpointError, match=r"is not a training state \(expected a dict with head, optim"):
         train(model, data, tmp_path, TrainConfig(kind="causal", steps=2, **SMALL), hf_identity(model, "tiny"), progress=False)
+
+
+def edited_checkpoint(checkpoints, tmp_path, kind="causal", **changes):
+    """A copy of a trained checkpoint whose head.json has `changes`."""
+    import shutil
+
+    folder = shutil.copytree(checkpoints / kind, tmp_path / f"{kind}-edited")
+    config = json.loads((folder / "head.json").read_text())
+    (folder / "head.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"block_size": 100000}, "block_size must be an integer in [1, 256], got 100000"),
+    ({"num_kv_heads": 0}, "num_kv_heads must be an integer in [1, 1024], got 0"),
+    ({"block_size": "16"}, "block_size must be an integer in [1, 256], got '16'"),
+    ({"num_layers": True}, "num_layers must be an integer in [1, 32], got True"),
+    ({"target_layers": [-1]}, "target_layers must be a list of at most 64 layer indices"),
+    ({"hidden_size": 65536, "intermediate_size": 262144, "num_layers": 32}, "parameters; at most 4B"),
+])  # fmt: skip
+def test_a_head_json_with_impossible_sizes_is_one_line_before_any_allocation(model, checkpoints, tmp_path, changes, expected):
+    folder = edited_checkpoint(checkpoints, tmp_path, **changes)
+    with pytest.raises(CheckpointError) as err:
+        jetspec_drafter(HeadOptions(checkpoint=str(folder)), HeadTarget(model))
+    assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_corrupt_head_weights_are_one_line(model, checkpoints, tmp_path, damage):
+    folder = edited_checkpoint(checkpoints, tmp_path)
+    weights = folder / "head.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "garbage":
+        weights.write_bytes(b"\xff" * 64)
+    else:
+        weights.unlink()
+    with pytest.raises(CheckpointError) as err:
+        jetspec_drafter(HeadOptions(checkpoint=str(folder)), HeadTarget(model))
+    assert str(err.value).startswith(f"head weights {weights} do not load") and "\n" not in str(err.value)
+
+
+def test_size_options_are_bounded_before_allocating(model):
+    """Bounds that need no target are options-model errors; those that do are checked against it."""
+    from pydantic import ValidationError
+
+    for options in ({"block_size": 100000}, {"layers": 1000}, {"top_k": 10**6}, {"rescore_factor": 1e6}):
+        with pytest.raises(ValidationError, match="less than or equal"):
+            HeadOptions(checkpoint="random", **options)
+    with pytest.raises(ValidationError, match="less than or equal"):
+        EagleOptions(checkpoint="random", depth=10**6)
+    target = HeadTarget(model)
+    for options, expected in [({"target_layers": [99]}, "target_layers: layer 99 does not exist; the target has layers 0..3"),
+                              ({"top_k": 1000}, "top_k=1000 exceeds the target's vocabulary of 96 tokens")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("[", r"\[")):
+            jetspec_drafter(HeadOptions(checkpoint="random", **options), target)
+
+
+@pytest.mark.parametrize("make, options, kind", [(jetspec_drafter, HeadOptions(), "causal"), (dflash_drafter, DFlashOptions(), "dflash"),
+                                                 (eagle_drafter, EagleOptions(), "eagle")])  # fmt: skip
+def test_an_untrained_head_is_never_used_unless_asked_for_by_name(model, make, options, kind):
+    from jetspec.drafters.head.checkpoint import UntrainedHeadError
+
+    target = HeadTarget(model)
+    with pytest.raises(UntrainedHeadError) as err:
+        make(options, target)
+    assert str(err.value).startswith(f"no trained {kind} head for target 'tiny': train one with `jetspec train-head")
+    assert "\n" not in str(err.value) and err.value.target is target
+    random = make(options.model_copy(update={"checkpoint": "random"}), target)
+    assert random.head.config.kind == kind

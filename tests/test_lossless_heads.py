@@ -13,11 +13,11 @@ from support.registry import make_test_registry
 REG = make_test_registry()
 
 HEADS = {
-    "jetspec": {"block_size": 6, "top_k": 4},
-    "jetspec+rescore": {"block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
-    "jetspec+lookup": {"block_size": 6, "top_k": 4, "lookup": True},
-    "dflash": {"block_size": 6, "top_k": 4},
-    "eagle": {"depth": 4, "top_k": 3, "frontier": 3},
+    "jetspec": {"checkpoint": "random", "block_size": 6, "top_k": 4},
+    "jetspec+rescore": {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
+    "jetspec+lookup": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": True},
+    "dflash": {"checkpoint": "random", "block_size": 6, "top_k": 4},
+    "eagle": {"checkpoint": "random", "depth": 4, "top_k": 3, "frontier": 3},
 }
 
 

@@ -15,10 +15,10 @@ REG = make_test_registry()
 
 DRAFTERS = {
     "ngram": ("ngram", {"n_max": 3}),
-    "jetspec": ("jetspec", {"block_size": 6, "top_k": 4}),
-    "jetspec+rescore": ("jetspec", {"block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2}),
-    "dflash": ("dflash", {"block_size": 6, "top_k": 4}),
-    "eagle": ("eagle", {"depth": 4, "top_k": 3, "frontier": 3}),
+    "jetspec": ("jetspec", {"checkpoint": "random", "block_size": 6, "top_k": 4}),
+    "jetspec+rescore": ("jetspec", {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2}),
+    "dflash": ("dflash", {"checkpoint": "random", "block_size": 6, "top_k": 4}),
+    "eagle": ("eagle", {"checkpoint": "random", "depth": 4, "top_k": 3, "frontier": 3}),
 }
 
 

@@ -62,6 +62,20 @@ def load_head(folder: str | Path, info: TargetInfo | None = None) -> DraftHead:
     try:
         state = load_file(str(Path(folder) / WEIGHTS))
         head.load_state_dict({k: v.float() for k, v in state.items()})
-    except (OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"head weights in {folder} do not load: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a truncated or foreign file raises safetensors' own SafetensorError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"head weights {Path(folder) / WEIGHTS} do not load ({first[:160]}); re-export or retrain the head") from None
     return head
+
+
+class UntrainedHeadError(CheckpointError):
+    """No checkpoint was given and none ships for the target. `target` is the loaded target, so a
+    caller that chose the drafter by default can fall back to another on it without reloading."""
+
+    def __init__(self, kind: str, info: TargetInfo, target: object = None):
+        super().__init__(
+            f"no trained {kind} head for target {info.name!r}: train one with `jetspec train-head --target MODEL_DIR "
+            f"--prompts FILE.jsonl --out DIR --kind {kind}` and set checkpoint = \"DIR\" "
+            "(checkpoint = \"random\" drafts with untrained random weights: lossless, but nothing useful)"
+        )
+        self.target = target

@@ -33,22 +33,26 @@ from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, Toke
 from ...core.tree import DraftTree
 from ...core.tree_search import accum_logp
 from ..ngram import NgramDrafter
-from .checkpoint import check_target, load_head, read_config
+from .checkpoint import UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors, tree_mask
 from .model import DraftHead, HeadConfig
-from .options import DFlashOptions, EagleOptions, HeadOptions
+from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
 
 
 def build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> DraftHead:
-    """A head of `kind` for `target`: loaded from `options.checkpoint`, or random (seeded) without
-    one. An explicit `causal` option picks the kind ("causal" / "dflash") over the drafter's name."""
+    """A head of `kind` for `target`: loaded from `options.checkpoint`, or random (seeded) for
+    checkpoint "random"; no checkpoint is a one-line `UntrainedHeadError`. An explicit `causal`
+    option picks the kind ("causal" / "dflash") over the drafter's name."""
     info = target.info
     causal = getattr(options, "causal", None)  # only the parallel heads have it
     if causal is not None:
         kind = "causal" if causal else "dflash"
     arch = {"layers": options.layers, "target_layers": options.target_layers, "block_size": getattr(options, "block_size", None)}
+    check_fits(options, info)
     if options.checkpoint is None:
+        raise UntrainedHeadError(kind, info, target)
+    if options.checkpoint == RANDOM:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
             return DraftHead(HeadConfig.for_target(
@@ -67,13 +71,28 @@ def build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> D
     return load_head(options.checkpoint)
 
 
+def check_fits(options: HeadOptions | EagleOptions, info: Any) -> None:
+    """Options that depend on the target, checked before anything is allocated."""
+    layers = options.target_layers or ()
+    bad = [t for t in layers if not 0 <= t < info.num_layers]
+    if bad:
+        raise ConfigError(f"target_layers: layer {bad[0]} does not exist; the target has layers 0..{info.num_layers - 1}")
+    for name in ("top_k", "rescore_top_k"):
+        value = getattr(options, name, 0)
+        if value > info.vocab_size:
+            raise ConfigError(f"{name}={value} exceeds the target's vocabulary of {info.vocab_size} tokens")
+    block = getattr(options, "block_size", None) or getattr(options, "depth", 0)
+    if block >= info.max_positions:
+        raise ConfigError(f"block_size/depth {block} does not fit the target's {info.max_positions} positions")
+
+
 class HeadDrafter(ContextDrafter):
     def __init__(self, head: DraftHead, target: Any, options: HeadOptions):
         super().__init__(head, target)
         if options.rescore and not head.config.causal:
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
-        self.trained = options.checkpoint is not None  # else random weights: lossless, drafts nothing useful
+        self.trained = options.checkpoint != RANDOM  # random weights: lossless, drafts nothing useful
         self.lookup = NgramDrafter() if options.lookup else None
         self.use_graphs(options.cuda_graphs)
 
@@ -166,7 +185,7 @@ def shipped_checkpoint(info: Any) -> Path | None:
 
 def jetspec_drafter(options: HeadOptions, target: Any) -> HeadDrafter:
     """Factory of the `jetspec` drafter (causal parallel head). Without a `checkpoint`, the head
-    shipped for this target is used where one exists (else random weights: lossless, untrained)."""
+    shipped for this target is used where one exists (else a one-line UntrainedHeadError)."""
     if options.checkpoint is None and (shipped := shipped_checkpoint(target.info)) is not None:
         options = options.model_copy(update={"checkpoint": str(shipped)})
     return HeadDrafter(build_head(options, target, "causal"), target, options)

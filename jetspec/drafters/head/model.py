@@ -24,6 +24,12 @@ from torch import nn
 from .layers import DecoderLayer, RMSNorm, rope_cos_sin
 
 KINDS = ("causal", "dflash", "eagle")
+# what a head.json may ask for, checked before anything is allocated (`HeadConfig._check_sizes`)
+SIZE_LIMITS = {
+    "hidden_size": 1 << 16, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 1024,
+    "intermediate_size": 1 << 18, "num_layers": 32, "block_size": 256,
+}  # fmt: skip
+MAX_PARAMETERS = 4_000_000_000  # 16 GB in float32; the published Qwen3-8B head is ~1B
 
 
 def spaced_layers(num_target_layers: int, k: int) -> tuple[int, ...]:
@@ -54,13 +60,32 @@ class HeadConfig:
     extra: dict = field(default_factory=dict)  # free-form training record (steps, data, ...)
 
     def __post_init__(self) -> None:
-        self.target_layers = tuple(int(t) for t in self.target_layers)
         if self.kind not in KINDS:
             raise ValueError(f"head kind must be one of {KINDS}, got {self.kind!r}")
+        self._check_sizes()
+        self.target_layers = tuple(self.target_layers)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         if not self.target_layers or self.num_layers < 1 or self.block_size < 2:
             raise ValueError("a head needs >= 1 target layer, >= 1 head layer and block_size >= 2")
+
+    def _check_sizes(self) -> None:
+        """Integers within SIZE_LIMITS and a parameter count within MAX_PARAMETERS (a head.json
+        is user input: `block_size = 100000` or `num_kv_heads = 0` is an error, not an allocation)."""
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
+        layers = self.target_layers
+        if not isinstance(layers, (list, tuple)) or not all(type(t) is int and 0 <= t < 4096 for t in layers) or len(layers) > 64:
+            raise ValueError(f"target_layers must be a list of at most 64 layer indices in [0, 4096), got {layers!r}")
+        if type(self.vocab_size) is not int or not 0 <= self.vocab_size <= 1 << 22:
+            raise ValueError(f"vocab_size must be an integer in [0, {1 << 22}], got {self.vocab_size!r}")
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        per_layer = h * (2 * q + 2 * kv) + 3 * h * self.intermediate_size
+        params = self.num_layers * per_layer + len(layers) * h * h + (self.block_size + 2) * h
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"these sizes make a head of {params / 1e9:.1f}B parameters; at most {MAX_PARAMETERS / 1e9:.0f}B")
 
     @property
     def causal(self) -> bool:

@@ -2,12 +2,19 @@
 
 Architecture fields (`layers`, `block_size`, `target_layers`, `causal`) come from the checkpoint
 when one is given; setting one to a different value is a `ConfigError`. Without a checkpoint the
-head has random (seeded) weights: lossless but useless, for tests and plumbing.
+`jetspec` drafter uses the head shipped for the target, and fails in one line saying how to train
+one where none ships: random weights (lossless, drafting nothing useful; tests and plumbing) only
+when asked for by name, `checkpoint = "random"`.
+
+Every size has an upper bound, so a typo cannot allocate gigabytes before anything checks it.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RANDOM = "random"  # checkpoint = "random": seeded random weights, asked for by name
+MAX_LAYERS, MAX_BLOCK, MAX_TOP_K = 32, 256, 1024
 
 
 class HeadOptions(BaseModel):
@@ -15,15 +22,16 @@ class HeadOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str | None = None  # folder with head.safetensors + head.json
-    layers: int | None = Field(None, ge=1)  # head decoder layers (default 1)
-    block_size: int | None = Field(None, ge=2)  # B = anchor + B - 1 drafted depths (default 16)
-    target_layers: list[int] | None = None  # fused target layers (default: evenly spaced 1 .. N-3)
+    # folder with head.safetensors + head.json; None: the head shipped for the target; "random"
+    checkpoint: str | None = None
+    layers: int | None = Field(None, ge=1, le=MAX_LAYERS)  # head decoder layers (default 1)
+    block_size: int | None = Field(None, ge=2, le=MAX_BLOCK)  # B = anchor + B - 1 drafted depths (default 16)
+    target_layers: list[int] | None = Field(None, max_length=MAX_LAYERS)  # fused target layers (default: evenly spaced 1 .. N-3)
     causal: bool | None = None  # mask inside the block (default True; `dflash` default False)
-    top_k: int = Field(8, ge=1)  # candidates per depth
+    top_k: int = Field(8, ge=1, le=MAX_TOP_K)  # candidates per depth
     rescore: bool = False  # parent-conditioned rescoring: a second head pass over a candidate tree
-    rescore_factor: float = Field(2.0, ge=1.0)  # candidate tree = factor x budget nodes
-    rescore_top_k: int = Field(4, ge=0)  # new children per rescored node from its own distribution
+    rescore_factor: float = Field(2.0, ge=1.0, le=16.0)  # candidate tree = factor x budget nodes
+    rescore_top_k: int = Field(4, ge=0, le=MAX_TOP_K)  # new children per rescored node from its own distribution
     # prompt lookup in the same tree: the `ngram` drafter's continuations (default options) are
     # merged into the head's proposal, and the scorer spends the budget on the best of both. On
     # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).
@@ -50,11 +58,11 @@ class EagleOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str | None = None
-    layers: int | None = Field(None, ge=1)
-    target_layers: list[int] | None = None
-    depth: int = Field(6, ge=1)  # head forwards per round = max draft depth
-    top_k: int = Field(8, ge=1)  # children per expanded node
-    frontier: int = Field(8, ge=1)  # nodes expanded per depth (best cumulative log-prob first)
+    checkpoint: str | None = None  # folder with head.safetensors + head.json, or "random"
+    layers: int | None = Field(None, ge=1, le=MAX_LAYERS)
+    target_layers: list[int] | None = Field(None, max_length=MAX_LAYERS)
+    depth: int = Field(6, ge=1, le=MAX_BLOCK)  # head forwards per round = max draft depth
+    top_k: int = Field(8, ge=1, le=MAX_TOP_K)  # children per expanded node
+    frontier: int = Field(8, ge=1, le=MAX_TOP_K)  # nodes expanded per depth (best cumulative log-prob first)
     cuda_graphs: bool = True  # on CUDA, replay the context append from a captured graph
     seed: int = 0

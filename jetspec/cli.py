@@ -143,13 +143,24 @@ class _Streamer:
             self.printed = text
 
 
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input for `-` (UTF-8; anything else is one line)."""
+    if prompt != "-":
+        return prompt
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JetSpecError(f"the prompt on standard input is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
     import jetspec
 
     pipe = _build(args, _pipeline_config(args))
     config = pipe.config
-    prompt = args.prompt
+    prompt = read_prompt(args.prompt)
     if args.compare:  # warm both paths up (first-call allocations, kernel builds) so the timing compares decoding
         pipe.generate(prompt, max_new_tokens=2)
         pipe.generate_plain(prompt, max_new_tokens=2)
@@ -224,9 +235,30 @@ def cmd_config(args: argparse.Namespace) -> int:
         if not args.file:
             raise JetSpecError("config check needs a FILE")
         cfg = PipelineConfig.load(args.file)
-        cfg.validate_with(reg)
+        check_files(cfg.validate_with(reg))
         print(f"{args.file}: ok")
     return 0
+
+
+def check_files(options: dict[str, Any]) -> None:
+    """What `config check` looks at beyond the schema: the built-in targets' model folder and the
+    head drafters' checkpoint exist and can be read (plugins' own paths are theirs to check)."""
+    from pathlib import Path
+
+    from .drafters.head.checkpoint import WEIGHTS, read_config
+    from .drafters.head.options import RANDOM, EagleOptions, HeadOptions
+    from .targets.decoder.loading import DecoderTargetOptions
+    from .targets.transformers_adapter import TransformersTargetOptions
+
+    target = options["target"]
+    if isinstance(target, (DecoderTargetOptions, TransformersTargetOptions)) and target.path is not None:
+        if not Path(target.path).is_dir():
+            raise JetSpecError(f"target path {target.path} is not a folder (a Hugging Face model folder or `jetspec convert` output)")
+    drafter = options["drafter"]
+    if isinstance(drafter, (HeadOptions, EagleOptions)) and drafter.checkpoint not in (None, RANDOM):
+        read_config(drafter.checkpoint)  # one-line CheckpointError if head.json is missing or unreadable
+        if not (Path(drafter.checkpoint) / WEIGHTS).is_file():
+            raise JetSpecError(f"head checkpoint {drafter.checkpoint} has no {WEIGHTS}")
 
 
 # ---------------------------------------------------------------------------- bench
@@ -260,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text (default: embedded SmolLM2, best drafter available)")
-    g.add_argument("prompt")
+    g.add_argument("prompt", help="the prompt text, or - to read it from standard input")
     g.add_argument("--config", help="pipeline config (TOML, YAML or JSON)")
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     g.add_argument("--budget", type=int, help="draft nodes per round (0: plain decoding)")

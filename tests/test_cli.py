@@ -123,3 +123,47 @@ def test_compare_exits_1_when_speculation_changes_the_output(tmp_path, monkeypat
     assert main([*common, "--config", str(tmp_path / "liar.toml")]) == 1
     err = capsys.readouterr().err
     assert "outputs DIFFER" in err and err.strip().splitlines()[-1].startswith("jetspec: error: speculative and plain greedy outputs differ")
+
+
+def test_prompt_dash_reads_standard_input_as_utf8(tmp_path):
+    from head_fixtures import save_tiny_chat_model
+
+    folder = save_tiny_chat_model(tmp_path / "tiny")
+    common = [sys.executable, "-m", "jetspec.cli", "generate", "--target-path", str(folder), "--drafter", "ngram",
+              "--max-new-tokens", "6", "--json"]  # fmt: skip
+    by_arg = subprocess.run([*common, "abcabc"], capture_output=True, text=True)
+    by_stdin = subprocess.run([*common, "-"], input="abcabc", capture_output=True, text=True)
+    assert by_arg.returncode == by_stdin.returncode == 0, by_stdin.stderr
+    assert json.loads(by_stdin.stdout)["tokens"] == json.loads(by_arg.stdout)["tokens"]
+    bad_stdin = subprocess.run([*common, "-"], input=b"ab\xffc", capture_output=True)
+    assert bad_stdin.returncode == 2 and bad_stdin.stderr.decode().strip() == (
+        "jetspec: error: the prompt on standard input is not UTF-8 text (byte 0xff at offset 2)")
+    bad_arg = subprocess.run([*(c.encode() for c in common), b"ab\xffc"], capture_output=True)
+    assert bad_arg.returncode == 2 and bad_arg.stderr.decode().strip().startswith(
+        "jetspec: error: the prompt is not valid UTF-8 text"), bad_arg.stderr
+
+
+def test_temperature_nan_says_what_is_wrong(tmp_path):
+    proc = run("generate", "hi", "--target-path", str(tmp_path), "--temperature", "nan")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "jetspec: error: verifier 'sampling': temperature: must be a finite number, got nan (options: temperature, top_k, top_p, seed)")
+
+
+def test_config_check_looks_at_the_model_folder_and_the_head_checkpoint(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "head").mkdir()
+    cases = [
+        (f'target = {{ name = "decoder", path = "{tmp_path}/missing" }}\n', "target path", "is not a folder"),
+        (f'target = {{ name = "transformers", path = "{tmp_path}/model" }}\n'
+         f'drafter = {{ name = "jetspec", checkpoint = "{tmp_path}/head" }}\n', "no head checkpoint at", "head.json is missing"),
+        (f'target = {{ name = "transformers", path = "{tmp_path}/model" }}\n'
+         f'drafter = {{ name = "eagle", checkpoint = "random" }}\n', None, None),
+    ]
+    for i, (text, start, end) in enumerate(cases):
+        (tmp_path / f"c{i}.toml").write_text(text)
+        proc = run("config", "check", str(tmp_path / f"c{i}.toml"))
+        if start is None:
+            assert proc.returncode == 0 and proc.stdout.strip().endswith(": ok"), proc.stderr
+        else:
+            assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert start in proc.stderr and end in proc.stderr, proc.stderr

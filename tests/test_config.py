@@ -64,12 +64,32 @@ def test_builder_and_from_config_build_the_same_pipeline(tmp_path):
         ({"drafter": {"name": "ngram", "n_min": 5, "n_max": 2}}, "n_min (5) must not exceed n_max (2)"),
         ({"generation": {"budget": -1}}, "generation.budget: Input should be greater than or equal to 0"),
         ({"colour": "red"}, "colour: unknown field; top-level fields: target, drafter"),
+        # strict types: nothing is coerced
+        ({"generation": {"budget": True}}, "generation.budget: Input should be a valid integer, got True"),
+        ({"generation": {"max_new_tokens": "64"}}, "generation.max_new_tokens: Input should be a valid integer, got '64'"),
+        ({"generation": {"budget": 8.0}}, "generation.budget: Input should be a valid integer, got 8.0"),
+        ({"generation": {"chat_template": 1}}, "generation.chat_template: Input should be a valid boolean, got 1"),
+        ({"generation": {"stop_token_ids": [-3]}}, "generation.stop_token_ids.0: Input should be greater than or equal to 0"),
+        ({"drafter": {"name": "ngram", "n_max": "4"}}, "drafter 'ngram': n_max: Input should be a valid integer, got '4'"),
+        ({"drafter": {"name": "ngram", "n_max": True}}, "drafter 'ngram': n_max: Input should be a valid integer, got True"),
+        ({"verifier": {"name": "sampling", "temperature": "0.5"}}, "temperature: Input should be a valid number, got '0.5'"),
+        ({"verifier": {"name": "sampling", "temperature": float("nan")}}, "verifier 'sampling': temperature: must be a finite number, got nan"),
+        ({"verifier": {"name": "sampling", "top_p": float("inf")}}, "verifier 'sampling': top_p: must be a finite number, got inf"),
+        ({"drafter": {"name": "jetspec", "target_layers": [1, "2"]}}, "target_layers.1: Input should be a valid integer, got '2'"),
     ],
 )
 def test_bad_config_is_one_line(data, message):
     with pytest.raises(ConfigError) as e:
         PipelineConfig.parse({"target": {"name": "transformers", "path": "/m"}, **data}).validate_with(REG)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_what_a_file_cannot_spell_is_still_read():
+    """Strict, but as a file states values: an int is a float, a list a list, a string a Literal."""
+    opts = PipelineConfig.parse({"verifier": {"name": "sampling", "temperature": 1, "seed": 3},
+                                 "kv_cache": {"name": "paged", "commit": "remap"},
+                                 "drafter": {"name": "jetspec", "target_layers": [0, 1]}}).validate_with(REG)  # fmt: skip
+    assert opts["verifier"].temperature == 1.0 and opts["kv_cache"].commit == "remap" and opts["drafter"].target_layers == [0, 1]
 
 
 def test_bad_files(tmp_path):

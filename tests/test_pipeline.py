@@ -66,3 +66,17 @@ def test_plain_decoding_builds_without_the_drafters_requirements():
         jetspec.builder(REG).target(target).drafter("jetspec").generation(budget=8).build()
     plain = jetspec.builder(REG).target(target).generation(budget=0, max_new_tokens=4).build()
     assert plain.drafter is None and len(plain.generate([3, 4, 5]).tokens) == 4
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_refused():
+    with pytest.raises(InputError, match=r"^stop token id 96 is not a token of this target; ids must be integers in \[0, 96\)$"):
+        pipe().generate([1, 2], stop_token_ids=[5, 96])
+    with pytest.raises(InputError, match="stop token id 500 is not a token"):
+        pipe(stop_token_ids=[500]).generate([1, 2])
+    assert pipe(max_new_tokens=4, stop_token_ids=[95]).generate([1, 2]).stopped in ("length", "stop_token")
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line():
+    """Undecodable command-line bytes reach Python as lone surrogates (surrogateescape)."""
+    with pytest.raises(InputError, match=r"^the prompt is not valid UTF-8 text \(character 2 cannot be encoded\)"):
+        pipe().generate(b"hi\xff".decode("utf-8", "surrogateescape"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
@@ -41,10 +41,12 @@ def _component(name: str) -> Any:
 
 
 class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `budget = true` is an error, not 1
     max_new_tokens: int = Field(256, ge=1, le=1 << 20, description="tokens to generate at most")
     budget: int = Field(32, ge=0, le=4096, description="draft nodes verified per round (0: plain decoding)")
-    stop_token_ids: list[int] = Field(default_factory=list, description="stop after any of these (EOS always stops)")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="stop after any of these (EOS always stops); each must be in the target's vocabulary"
+    )
     chat_template: bool = Field(True, description="wrap a text prompt in the tokenizer's chat template")
 
 

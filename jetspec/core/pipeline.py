@@ -134,6 +134,10 @@ class Pipeline:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise InputError("the prompt is empty; give some text or token ids")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as e:  # e.g. undecodable command-line bytes, kept as lone surrogates
+                raise InputError(f"the prompt is not valid UTF-8 text (character {e.start} cannot be encoded); give UTF-8 text") from None
             tok = self.target.tokenizer
             if tok is None:
                 raise InputError("this target has no tokenizer; pass the prompt as token ids")
@@ -177,7 +181,7 @@ class Pipeline:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
         budget = gen.budget if budget is None else budget
         drafter = self.drafter if speculative and budget > 0 else None
-        stops = set(self.target.info.eos_token_ids) | set(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        stops = set(self.target.info.eos_token_ids) | self._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
 
         prompt_ids = self.encode(prompt)
         capacity = len(prompt_ids) + max_new + (budget if drafter else 0)  # >= committed + tree at the last round
@@ -261,6 +265,13 @@ class Pipeline:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise
         return self._result(state, stats, prompt_ids, stopped)
+
+    def _stop_ids(self, ids: Sequence[int]) -> set[int]:
+        vocab = self.target.info.vocab_size
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InputError(f"stop token id {bad[0]!r} is not a token of this target; ids must be integers in [0, {vocab})")
+        return set(ids)
 
     def _build(self, proposal: Checked, root: int, budget: int) -> DraftTree:
         """The scorer's tree for this round, checked against it (`core/checks.py`). When the build

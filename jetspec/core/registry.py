@@ -14,6 +14,8 @@ list of entry-point names, or "none".
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -136,10 +138,39 @@ class Registry:
         from pydantic import ValidationError
 
         try:
-            return impl.options.model_validate(values)
-        except ValidationError as e:
+            return validate_options(impl.options, values)
+        except (ValidationError, ValueError) as e:
             allowed = ", ".join(impl.options.model_fields) or "(no options)"
-            raise ConfigError(f"{kind} '{name}': {format_validation_error(e)} (options: {allowed})") from None
+            problem = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
+            raise ConfigError(f"{kind} '{name}': {problem} (options: {allowed})") from None
+
+
+def validate_options(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    """Options as a config file states them: strictly typed (`true` is not 1, "4" is not 4; an int
+    is a float), validated in pydantic's JSON mode so that what a file cannot spell (a tuple, a
+    Path) is read from a list or a string; a NaN or infinity is a ValueError naming its field."""
+    bad = _non_finite(values)
+    if bad is not None:
+        raise ValueError(f"{bad}: must be a finite number, got {values_at(values, bad)!r}")
+    return model.model_validate_json(json.dumps(values, default=str), strict=True)
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite float in `value`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def values_at(values: Any, path: str) -> Any:
+    for key in path.split("."):
+        values = values[int(key)] if isinstance(values, (list, tuple)) else values[key]
+    return values
 
 
 def check_compatible(chosen: dict[str, Implementation]) -> None:
@@ -165,6 +196,8 @@ def format_validation_error(e: Any) -> str:
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"
+        elif str(err.get("type", "")).endswith("_type") and "input" in err:  # a wrong type: show what was given
+            msg = f"{msg}, got {err['input']!r}"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ..core import hookspecs
 from ..core.errors import JetSpecError
 from ..core.interfaces import Acceptance, Proposal
-from ..core.registry import Implementation, format_validation_error
+from ..core.registry import Implementation, format_validation_error, validate_options
 from ..core.tree import DraftTree
 from .subject import ConformanceError, Subject
 
@@ -43,10 +43,12 @@ def check_options(kind: str, impl: Implementation, values: dict[str, Any] | None
         )
     try:
         model.model_json_schema()
-        return model.model_validate(values or {})
+        return validate_options(model, values or {})  # as the registry does: strict, finite
     except ValidationError as e:
         given = "the given options" if values else "its defaults"
         raise ConformanceError(f"{label}: options: {model.__name__} rejects {given}: {format_validation_error(e)}") from None
+    except ValueError as e:  # a NaN or infinity (validate_options)
+        raise ConformanceError(f"{label}: options: {model.__name__} rejects {'the given options' if values else 'its defaults'}: {e}") from None
     except Exception as e:
         raise ConformanceError(f"{label}: options: {model.__name__} is broken: {type(e).__name__}: {e}") from None
 

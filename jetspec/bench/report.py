@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..core.files import locked, write_atomic
+
 SUMMARY_FIELDS = (
     "dataset", "pipeline", "target", "drafter", "scorer", "verifier", "budget", "temperature", "prompts", "errors",
     "tau", "tokens_per_s", "speedup", "identical", "mismatches", "near_ties", "seconds", "acceptance_by_depth",
@@ -103,7 +105,9 @@ def write_results_md(path: Path, name: str, run: dict[str, Any], summaries: list
         f"{begin}\n## {name}\n\n* command: `{run['command']}`\n* machine: {run['machine']}\n* date: {run['date']}"
         f"\n* torch {run['torch']}, Python {run['python']}{skipped}\n\n{markdown_table(summaries)}\n{pics}\n{end}"
     )
-    text = path.read_text() if path.is_file() else "# Benchmark results\n\nWritten by `jetspec bench`; one section per bench config.\n"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent):  # two benches writing their sections into one RESULTS.md keep both
+        text = path.read_text() if path.is_file() else "# Benchmark results\n\nWritten by `jetspec bench`; one section per bench config.\n"
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+        text = pattern.sub(lambda m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+        write_atomic(path, text)

@@ -9,6 +9,11 @@ Row kinds:
 
 Every prompt row has a `key` (a hash of what it measured: target, generation settings, prompt
 set, pipeline spec); `--resume` skips prompts whose rows exist with the current key and no error.
+
+Several processes may share one file (shards of a sweep): every append and every summary rewrite
+holds the lock of the file's folder (`core/files.py`), so a rewrite never drops a row appended
+meanwhile, and the rewrite itself is one rename. A line cut short by a kill is cut off before the
+next append (`append_row`), so it can never swallow the row written after it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 import torch
+
+from ..core.files import locked, write_atomic
 
 PROMPT_KINDS = ("plain", "spec", "peer")
 
@@ -64,18 +71,35 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    line = (json.dumps(row) + "\n").encode()
+    with locked(path.parent), path.open("a+b") as f:
+        f.truncate(complete_length(f))  # drop a torn last line (a killed writer's; that row is redone)
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
+def complete_length(f: BinaryIO, chunk: int = 1 << 16) -> int:
+    """The length of the file's complete lines: up to and including its last newline."""
+    end = f.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        block = f.read(pos - start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        pos = start
+    return 0
+
+
 def replace_summaries(path: Path, summaries: Iterable[dict[str, Any]]) -> None:
-    """Rewrite the file with its prompt and run rows, then the new summary rows (atomically)."""
-    rows = [r for r in read_rows(path) if r.get("kind") != "summary"] + list(summaries)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    """Rewrite the file with its prompt and run rows, then the new summary rows: under the lock
+    (no append is lost), in one rename (a reader sees the old file or the new one)."""
+    with locked(path.parent):
+        rows = [r for r in read_rows(path) if r.get("kind") != "summary"] + list(summaries)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def done_keys(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str, str, str]]:

@@ -103,6 +103,9 @@ def test_resume_redoes_only_what_a_killed_run_lost(bench_dir, capsys):
     assert [(r["pipeline"], r["prompt_id"]) for r in redone] == [("plain", lost["prompt_id"]), (lost["pipeline"], lost["prompt_id"])]
     summaries = [r for r in read_rows(results) if r["kind"] == "summary"]
     assert len(summaries) == 12 and all(s["prompts"] == 2 for s in summaries)
+    # the torn line was cut off, not glued to the next row: the resumed run's `run` row is there
+    runs = {r["run"] for r in read_rows(results) if r["kind"] == "run"}
+    assert {r["run"] for r in after} <= runs and all(json.loads(line) for line in results.read_text().splitlines())
 
     assert main(["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--resume"]) == 0
     assert len(prompt_rows(results)) == len(after)  # nothing left to do

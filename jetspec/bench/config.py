@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,7 +46,7 @@ class DatasetSpec(BaseModel):
     """A built-in prompt set (`math500`, `gsm8k`, `humaneval`, `spec_bench`,
     `spec_bench/<category>`, `spec_bench/mt_bench`) or, with `path` and `field`, a user JSONL."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str
     path: str | None = Field(None, description="a JSONL (or .jsonl.gz) file of prompts; `name` is then its label")
     field: str | None = Field(None, description="the prompt field; dots index into nested values: 'turns.0'")
@@ -63,7 +63,7 @@ class DatasetSpec(BaseModel):
 class PipelineSpec(BaseModel):
     """One speculative pipeline on the bench's target; `budgets` expands it to one per budget."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str
     drafter: Component = _component("ngram")
     scorer: Component = _component("best-first")
@@ -71,7 +71,7 @@ class PipelineSpec(BaseModel):
     kv_cache: Component = _component("dense")
     attention: Component = _component("torch")
     budget: int | None = Field(None, ge=1, le=4096, description="draft nodes per round")
-    budgets: list[int] | None = Field(None, min_length=1, description="a sweep: one pipeline per budget")
+    budgets: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, min_length=1, max_length=64, description="a sweep: one pipeline per budget")
 
     @field_validator("drafter", "scorer", "verifier", "kv_cache", "attention", mode="before")
     @classmethod
@@ -90,16 +90,16 @@ class PipelineSpec(BaseModel):
 class PeersConfig(BaseModel):
     """`transformers` baselines run on the same target weights and prompts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     include: list[Literal["generate", "prompt_lookup", "assisted"]] = Field(default_factory=list)
     count: int | None = Field(None, ge=1, description="peers run on the first `count` prompts of each dataset; None: all")
     path: str | None = Field(None, description="HF folder of the target; None: the target's `path` (or the default model)")
-    prompt_lookup_num_tokens: int = Field(10, ge=1)
+    prompt_lookup_num_tokens: int = Field(10, ge=1, le=1024)
     assistant_path: str | None = Field(None, description="HF folder of a draft model with the target's vocabulary")
 
 
 class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # as the pipeline's own: `count = "8"` is an error
     name: str = Field("bench", description="results go to <output>/results/<name>.jsonl")
     target: Component = _component("decoder")
     datasets: list[DatasetSpec] = Field(min_length=1)
@@ -111,13 +111,13 @@ class BenchConfig(BaseModel):
     prompts_dir: str | None = Field(None, description="built-in prompt files; None: $JETSPEC_PROMPTS, else ../shared/data/prompts")
     peers: PeersConfig = Field(default_factory=PeersConfig)
     output: str = Field("bench", description="folder of results/, plots/ and RESULTS.md")
-    warmup_tokens: int = Field(16, ge=0, description="untimed tokens each pipeline and peer generates first")
+    warmup_tokens: int = Field(16, ge=0, le=4096, description="untimed tokens each pipeline and peer generates first")
     near_tie_gap: float = Field(0.5, ge=0, description="a mismatch whose top-2 logit gap is at most this is a near-tie")
     faithfulness: Literal["auto", "all", "off"] = Field(
         "auto", description="rank-1 faithfulness: auto = drafters that provide 'branch_scores'"
     )
     faithfulness_nats: float = Field(5.0, gt=0)
-    faithfulness_rounds: int = Field(8, ge=1, description="rounds sampled per prompt for faithfulness")
+    faithfulness_rounds: int = Field(8, ge=1, le=10_000, description="rounds sampled per prompt for faithfulness")
     faithfulness_budgets: list[int] | None = Field(
         None, description="measure faithfulness only for pipelines of these budgets (a drafter's rank-1 branch "
         "hardly depends on the budget); None: every budget"

@@ -98,9 +98,9 @@ def replay(
     while len(state.tokens) < len(seq):
         root, n = state.tokens[-1], len(state.tokens)
         t0 = clock()
-        proposal = drafter.propose(state, budget)
+        proposal = pipe.propose(state, budget)
         t1 = clock()
-        tree = pipe.scorer.build(proposal, root, budget)
+        tree = pipe.build_tree(proposal, root, budget)  # checked as a live round's tree is
         t2 = clock()
         tokens = tree.tokens.tolist()
         path = [0]

@@ -225,11 +225,10 @@ class Pipeline:
                 root = state.tokens[-1]
                 t0 = clock()
                 if drafter:
-                    with Blame(who["drafter"], "in propose"):
-                        proposal = Checked(drafter.propose(state, budget), who["drafter"], vocab)
+                    proposal = self.propose(state, budget)
                 t1 = clock()
                 if drafter:
-                    tree = self._build(proposal, root, budget)
+                    tree = self.build_tree(proposal, root, budget)
                 else:
                     tree = DraftTree.root_only(root)
                 t2 = clock()
@@ -273,7 +272,13 @@ class Pipeline:
             raise InputError(f"stop token id {bad[0]!r} is not a token of this target; ids must be integers in [0, {vocab})")
         return set(ids)
 
-    def _build(self, proposal: Checked, root: int, budget: int) -> DraftTree:
+    def propose(self, state: DecodeState, budget: int) -> Checked:
+        """The drafter's proposal for this round, its children checked as they are read."""
+        who = self.labels["drafter"]
+        with Blame(who, "in propose"):
+            return Checked(self.drafter.propose(state, budget), who, self.target.info.vocab_size)
+
+    def build_tree(self, proposal: Checked, root: int, budget: int) -> DraftTree:
         """The scorer's tree for this round, checked against it (`core/checks.py`). When the build
         or the check fails, the proposal is re-read first: a drafter's fault is the drafter's."""
         who = self.labels["scorer"]

@@ -15,7 +15,7 @@ from ..core.tree_search import accum_logp
 class AccumLogpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    fanout: int | None = Field(None, ge=1)  # children added per pop (None: all the proposal offers)
+    fanout: int | None = Field(None, ge=1, le=4096)  # children added per pop (None: all the proposal offers)
 
 
 class AccumLogpScorer:

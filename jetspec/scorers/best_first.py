@@ -24,7 +24,7 @@ from ..core.tree import DraftTree
 
 class BestFirstOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_depth: int | None = Field(None, ge=1, description="deepest draft level allowed (None: no limit)")
+    max_depth: int | None = Field(None, ge=1, le=4096, description="deepest draft level allowed (None: no limit)")
 
 
 class ChainOptions(BaseModel):

@@ -23,7 +23,7 @@ from .best_first import BestFirstScorer
 class CappedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_fanout: int = Field(4, ge=1)
+    max_fanout: int = Field(4, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0)  # nats of gap that divide the fan-out by e
 
 

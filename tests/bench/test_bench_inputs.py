@@ -50,6 +50,11 @@ def test_a_budget_sweep_is_one_pipeline_per_budget(tmp_path):
     ({"pipelines": [{"name": "x", "budget": 8, "budgets": [8]}]}, "give `budget` or `budgets`, not both"),
     ({"pipelines": [{"name": "x"}, {"name": "x"}]}, "pipeline names must be unique; repeated: x"),
     ({"datasets": ["math500"], "colour": 1}, "colour: unknown field"),
+    # strict and bounded, like a pipeline config
+    ({"max_new_tokens": "32"}, r"max_new_tokens: Input should be a valid integer, got '32'"),
+    ({"count": True}, "count: Input should be a valid integer, got True"),
+    ({"pipelines": [{"name": "x", "budgets": [8, 100000]}]}, r"budgets.1: Input should be less than or equal to 4096"),
+    ({"peers": {"prompt_lookup_num_tokens": 10**6}}, "less than or equal to 1024"),
 ])
 def test_malformed_configs_are_one_line(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,6 +4,7 @@ never a raw traceback. Every hostile component behaves for its first rounds, so 
 result is not empty and must be a prefix of plain decoding's output."""
 
 import itertools
+import sys
 
 import pytest
 import torch
@@ -60,6 +61,7 @@ DRAFTERS = {  # name -> what children(()) returns (or what propose returns), and
     "nan-logp": ([(7, float("nan"))], "not NaN"),
     "duplicate": ([(7, -1.0), (7, -2.0)], "offers token 7 twice"),
     "propose-raises": ("raise", "raised RuntimeError: drafter bug in propose"),
+    "propose-exits": ("exit", "raised SystemExit: 4 in propose"),
 }
 
 VERIFIERS = {
@@ -115,6 +117,8 @@ class HostileDrafter(Countdown):
             return self.good.propose(state, budget)
         if self.kids == "raise":
             raise RuntimeError("drafter bug\nwith a second line")
+        if self.kids == "exit":
+            sys.exit(4)
         return None if self.kids is None else BadChildren(self.kids)
 
 

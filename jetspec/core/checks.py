@@ -38,8 +38,8 @@ def one_line(e: BaseException) -> str:
 
 
 class Blame:
-    """`with Blame(who, "in propose"):` turns an exception into a one-line `PluginError` naming
-    the component (the original stays chained as its cause). Passed through unchanged: a
+    """`with Blame(who, "in propose"):` turns an exception (or a `sys.exit()` call) into a one-line
+    `PluginError` naming the component (the original stays chained as its cause). Passed through unchanged: a
     `JetSpecError` (already one line) and an `AssertionError` (a failed `assert` is a test's or a
     checker's report, e.g. the conformance kit's, and keeps its traceback)."""
 
@@ -52,8 +52,8 @@ class Blame:
         return None
 
     def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> bool:
-        if e is None or isinstance(e, (JetSpecError, AssertionError)) or not isinstance(e, Exception):
-            return False
+        if e is None or isinstance(e, (JetSpecError, AssertionError)) or not isinstance(e, (Exception, SystemExit)):
+            return False  # KeyboardInterrupt and the like stay what they are
         raise PluginError(f"{self.who} raised {one_line(e)} {self.where}") from e
 
 
@@ -99,7 +99,7 @@ class Checked:
             kids = self.inner.children(path)
         except (JetSpecError, AssertionError):
             raise
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             self._fail(f"{self.who} raised {one_line(e)} in children({path})", e)
         return kids if type(kids) is list or kids is None else list(kids)
 

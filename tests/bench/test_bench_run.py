@@ -189,3 +189,30 @@ def test_faithfulness_is_measured_at_the_budgets_asked_for(bench_dir):
     assert {r["pipeline"] for r in rows} == {"ngram@4", "ngram@8"}
     assert all((r["faithfulness"] is not None) == (r["budget"] == 8) for r in rows if r["rounds"] > 1)
     assert any(r["faithfulness"] is not None for r in rows)
+
+
+def test_a_bench_killed_for_real_resumes_to_a_complete_file(bench_dir):
+    """SIGKILL mid-run (whatever was being written is torn), then --resume: every line whole,
+    every prompt measured once more at most, the summaries complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = bench_dir / "killed"
+    results = out / "results" / "tiny.jsonl"
+    args = ["bench", "--config", str(bench_dir / "bench.toml"), "--no-progress", "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "jetspec.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and (not results.is_file() or len(prompt_rows(results)) < 3):
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read()  # still running: the kill lands mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not [r for r in read_rows(results) if r["kind"] == "summary"]
+    assert main([*args, "--resume"]) == 0
+    assert all(json.loads(line) for line in results.read_text().splitlines())
+    summaries = [r for r in read_rows(results) if r["kind"] == "summary"]
+    assert len(summaries) == 12 and all(s["prompts"] == 2 for s in summaries)
+    runs = {r["run"] for r in read_rows(results) if r["kind"] == "run"}
+    assert len(runs) == 2 and {r["run"] for r in prompt_rows(results)} <= runs

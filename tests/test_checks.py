@@ -2,7 +2,6 @@
 and vocabulary) on valid trees and on every one-field corruption of them."""
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 import jetspec
 from jetspec.core.errors import PluginError
 from jetspec.core.interfaces import Acceptance
-from jetspec.core.proposal import TokenTrie
 from jetspec.core.registry import Implementation, Registry
 from jetspec.core.tree import DraftTree
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions

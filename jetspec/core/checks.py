@@ -39,9 +39,9 @@ def one_line(e: BaseException) -> str:
 
 class Blame:
     """`with Blame(who, "in propose"):` turns an exception (or a `sys.exit()` call) into a one-line
-    `PluginError` naming the component (the original stays chained as its cause). Passed through unchanged: a
-    `JetSpecError` (already one line) and an `AssertionError` (a failed `assert` is a test's or a
-    checker's report, e.g. the conformance kit's, and keeps its traceback)."""
+    `PluginError` naming the component (the original stays chained as its cause). Passed through
+    unchanged: a `JetSpecError` (already one line) and an `AssertionError` (a failed `assert` is a
+    test's or a checker's report, e.g. the conformance kit's, and keeps its traceback)."""
 
     __slots__ = ("who", "where")
 

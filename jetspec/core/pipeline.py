@@ -11,6 +11,9 @@
 
 Plain decoding (`speculative=False`, or budget 0) is the same loop with a root-only tree: it is
 the baseline every speedup is measured against, in the same engine and process.
+
+What the drafter, scorer and verifier return is checked every round (`checks.py`): a plugin can
+make a round fail in one line, never make the output wrong.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from .interfaces import (
     TreeScorer,
     Verifier,
 )
-from .proposal import EmptyProposal
 from .tree import DraftTree
 
 PHASES = ("prefill", "draft", "build", "verify", "accept", "commit")

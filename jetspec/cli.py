@@ -165,7 +165,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         pipe.generate(prompt, max_new_tokens=2)
         pipe.generate_plain(prompt, max_new_tokens=2)
     stream = None if args.no_stream or pipe.target.tokenizer is None or args.json else _Streamer(pipe.target.tokenizer)
-    result = pipe.generate(prompt, on_tokens=stream)
+    try:
+        result = pipe.generate(prompt, on_tokens=stream)
+    except JetSpecError as e:  # what was generated before the error is not lost: streamed, or here
+        partial = e.partial
+        if args.json and partial is not None:
+            print(json.dumps({"text": partial.text, "tokens": partial.tokens, "error": str(e), **partial.stats.as_dict()}))
+        elif stream is not None and stream.tokens:
+            print()
+        raise
     s = result.stats
     if args.json:
         row = {"text": result.text, "tokens": result.tokens, **s.as_dict()}

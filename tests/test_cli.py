@@ -167,3 +167,36 @@ def test_config_check_looks_at_the_model_folder_and_the_head_checkpoint(tmp_path
         else:
             assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
             assert start in proc.stderr and end in proc.stderr, proc.stderr
+
+
+def test_a_failing_generation_prints_what_it_produced_with_the_error(tmp_path, monkeypatch, capsys):
+    """--json: the tokens committed before a plugin failed come out with the one-line error."""
+    import jetspec
+    from head_fixtures import save_tiny_chat_model
+    from jetspec.core.registry import Implementation, Registry
+    from jetspec.scorers.best_first import BestFirstScorer, ChainOptions
+
+    class Fails(BestFirstScorer):
+        calls = 0
+
+        def build(self, proposal, root, budget):
+            Fails.calls += 1
+            if Fails.calls > 3:
+                raise ValueError("scorer bug")
+            return super().build(proposal, root, budget)
+
+    class Plugin:
+        @jetspec.hookimpl
+        def jetspec_tree_scorers(self):
+            return [Implementation("fails", lambda o: Fails(), ChainOptions)]
+
+    monkeypatch.setattr(jetspec, "_default", Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=[("bad", Plugin())], entry_points=False))
+    folder = save_tiny_chat_model(tmp_path / "tiny")
+    capsys.readouterr()
+    (tmp_path / "c.toml").write_text('scorer = "fails"\n[generation]\nchat_template = false\n')
+    assert main(["generate", "abcabcabc", "--target-path", str(folder), "--max-new-tokens", "20", "--drafter", "ngram",
+                 "--config", str(tmp_path / "c.toml"), "--json"]) == 2  # fmt: skip
+    out, err = capsys.readouterr()
+    row = json.loads(out)
+    assert err.strip() == "jetspec: error: scorer 'fails' (plugin 'bad') raised ValueError: scorer bug in build" == "jetspec: error: " + row["error"]
+    assert row["rounds"] == 3 and len(row["tokens"]) >= 3

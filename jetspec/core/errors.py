@@ -10,6 +10,9 @@ Python API raises it unchanged.
 class JetSpecError(Exception):
     """A problem the user can fix; the message is one line."""
 
+    # where a generation failed: the `GenerationResult` of what it had committed (nothing is lost)
+    partial: object | None = None
+
 
 class ConfigError(JetSpecError):
     """A config names an unknown implementation, field or value."""

@@ -133,7 +133,7 @@ class Clock:
 
 # ---------------------------------------------------------------------------- the target
 def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, backend: str, autotune: bool,
-                  graphs: bool, seed: int = 0) -> DecoderTarget:
+                  graphs: bool, seed: int = 0, exact: bool = False) -> DecoderTarget:
     """Our DecoderTarget with random weights allocated and initialised on `device` (no fp32 copy, no
     checkpoint): linear/embedding weights ~ N(0, 0.02), norm weights 1, biases 0."""
     with torch.device("meta"):
@@ -152,12 +152,12 @@ def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
         name="qwen3-8b-random" if cfg.num_layers == QWEN3_8B.num_layers else "tiny-random",
         architecture=cfg.architecture, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-        max_positions=cfg.max_positions, dtype=dtype, device=device, eos_token_ids=cfg.eos_token_ids,
+        max_positions=cfg.max_positions, dtype=dtype, device=device, eos_token_ids=cfg.eos_token_ids, exact=exact,
     )
     if backend == "triton":
         from jetspec.kernels.triton_backend import TritonAttention, TritonAttentionOptions
 
-        attention = TritonAttention(TritonAttentionOptions(autotune=autotune))
+        attention = TritonAttention(TritonAttentionOptions(autotune=autotune), invariant=exact)
     else:
         from jetspec.kernels.reference import TorchAttention
 
@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--autotune", action="store_true", help="Triton attention with autotune=True")
+    ap.add_argument("--exact", nargs="+", choices=["on", "off"], default=["off"],
+                    help="the target's exact mode(s), each a full sweep in this run (on: row-invariant kernels)")
     args = ap.parse_args(argv)
     start = time.time()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -287,62 +289,68 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    t = time.time()
-    target = random_target(cfg, device, dtype, backend, args.autotune, graphs=cuda)
-    params = weight_params(target.model)
-    elem = torch.empty((), dtype=dtype).element_size()
-    print(f"{stamp['model']}: {params / 1e9:.3f} B weights read per forward (+ embedding), "
-          f"made in {time.time() - t:.1f} s", flush=True)
-    clock = Clock(device)
-    taus = "  ".join(f"{'τ=' + format(x, 'g'):>6}" for x in TAUS)
-    print(f"time = synchronised begin + forward (median of {args.reps}); gpu = the replay back to back; "
-          f"ceiling = τ·T(1)/T(B), drafting excluded; floor = max(bytes, matmul + attention FLOPs)")
-    print(f"{'context':>8} {'nodes':>5} {'time_ms':>8} {'gpu_ms':>8} {'ratio':>6} {'floor_ms':>8} {'%floor':>6}  "
-          f"ceiling {taus}  note")
-    for context in contexts:
-        plain_ms = None
-        cache = None
-        try:
-            fresh_graphs(target)
-            cache = new_cache(target, kv, context + max(trees) + target.extra_pending, seed=context)
-            fill(cache, target.info, context, seed=context)
-            setup_error = None
-        except Exception as e:  # noqa: BLE001 -- record and go on
-            setup_error = oneline(e)
-        for nodes in trees:
-            bytes_ms, mm_ms, attn_ms = floors(cfg, params, context, nodes, elem, bandwidth, rate)
-            floor_ms = max(bytes_ms, mm_ms + attn_ms)
-            row = dict(context=context, nodes=nodes, time_ms=None, gpu_ms=None, plain_ms=plain_ms, ratio=None,
-                       floor_ms=floor_ms, bytes_floor_ms=bytes_ms, matmul_floor_ms=mm_ms, attention_floor_ms=attn_ms,
-                       weight_params=params, bandwidth_Bps=bandwidth, matmul_flops=rate, **stamp)
+    for mode in args.exact:
+        t = time.time()
+        exact = mode == "on"
+        target = random_target(cfg, device, dtype, backend, args.autotune, graphs=cuda, exact=exact)
+        params = weight_params(target.model)
+        elem = torch.empty((), dtype=dtype).element_size()
+        print(f"exact = {exact}. {stamp['model']}: {params / 1e9:.3f} B weights read per forward (+ embedding), "
+              f"made in {time.time() - t:.1f} s", flush=True)
+        clock = Clock(device)
+        taus = "  ".join(f"{'τ=' + format(x, 'g'):>6}" for x in TAUS)
+        print(f"time = synchronised begin + forward (median of {args.reps}); gpu = the replay back to back; "
+              f"ceiling = τ·T(1)/T(B), drafting excluded; floor = max(bytes, matmul + attention FLOPs)")
+        print(f"{'context':>8} {'nodes':>5} {'time_ms':>8} {'gpu_ms':>8} {'ratio':>6} {'floor_ms':>8} {'%floor':>6}  "
+              f"ceiling {taus}  note")
+        for context in contexts:
+            plain_ms = None
+            cache = None
             try:
-                if setup_error:
-                    raise RuntimeError(f"cache setup failed: {setup_error}")
-                row["time_ms"], row["gpu_ms"] = time_round(target, cache, context, nodes, clock, args.warmup,
-                                                           args.reps, seed=nodes)
-                row["graphs_used"] = target.graphs is not None
-                if nodes == 1:
-                    plain_ms = row["plain_ms"] = row["time_ms"]
-                    row["plain_gpu_ms"] = row["gpu_ms"]
-                if plain_ms:
-                    row["plain_ms"] = plain_ms
-                    row["ratio"] = row["time_ms"] / plain_ms
-                    row["ceiling"] = {format(x, "g"): x / row["ratio"] for x in TAUS}
-            except Exception as e:  # noqa: BLE001 -- OOM, capture, ...: record and go on
-                row["error"] = oneline(e)
-                if cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.empty_cache()
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            nan = float("nan")
-            tm, gm, r = row["time_ms"] or nan, row["gpu_ms"] or nan, row["ratio"] or nan
-            ceil = "  ".join(f"{row['ceiling'][format(x, 'g')]:>6.2f}" if row.get("ceiling") else f"{'-':>6}" for x in TAUS)
-            pct = 100 * floor_ms / tm if row["time_ms"] else nan
-            print(f"{context:>8} {nodes:>5} {tm:>8.3f} {gm:>8.3f} {r:>6.2f} {floor_ms:>8.3f} {pct:>5.0f}%  "
-                  f"        {ceil}  {row.get('error', '')}", flush=True)
-        fresh_graphs(target)  # drops this context's graphs (they keep the cache alive) before the next
-        del cache
+                fresh_graphs(target)
+                cache = new_cache(target, kv, context + max(trees) + target.extra_pending, seed=context)
+                fill(cache, target.info, context, seed=context)
+                setup_error = None
+            except Exception as e:  # noqa: BLE001 -- record and go on
+                setup_error = oneline(e)
+            for nodes in trees:
+                bytes_ms, mm_ms, attn_ms = floors(cfg, params, context, nodes, elem, bandwidth, rate)
+                floor_ms = max(bytes_ms, mm_ms + attn_ms)
+                row = dict(context=context, nodes=nodes, time_ms=None, gpu_ms=None, plain_ms=plain_ms, ratio=None,
+                           floor_ms=floor_ms, bytes_floor_ms=bytes_ms, matmul_floor_ms=mm_ms, attention_floor_ms=attn_ms,
+                           weight_params=params, bandwidth_Bps=bandwidth, matmul_flops=rate, **stamp, exact=exact)
+                try:
+                    if setup_error:
+                        raise RuntimeError(f"cache setup failed: {setup_error}")
+                    row["time_ms"], row["gpu_ms"] = time_round(target, cache, context, nodes, clock, args.warmup,
+                                                               args.reps, seed=nodes)
+                    row["graphs_used"] = target.graphs is not None
+                    if nodes == 1:
+                        plain_ms = row["plain_ms"] = row["time_ms"]
+                        row["plain_gpu_ms"] = row["gpu_ms"]
+                    if plain_ms:
+                        row["plain_ms"] = plain_ms
+                        row["ratio"] = row["time_ms"] / plain_ms
+                        row["ceiling"] = {format(x, "g"): x / row["ratio"] for x in TAUS}
+                except Exception as e:  # noqa: BLE001 -- OOM, capture, ...: record and go on
+                    row["error"] = oneline(e)
+                    if cuda:
+                        torch.cuda.synchronize()
+                        torch.cuda.empty_cache()
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                nan = float("nan")
+                tm, gm, r = row["time_ms"] or nan, row["gpu_ms"] or nan, row["ratio"] or nan
+                ceil = "  ".join(f"{row['ceiling'][format(x, 'g')]:>6.2f}" if row.get("ceiling") else f"{'-':>6}" for x in TAUS)
+                pct = 100 * floor_ms / tm if row["time_ms"] else nan
+                print(f"{context:>8} {nodes:>5} {tm:>8.3f} {gm:>8.3f} {r:>6.2f} {floor_ms:>8.3f} {pct:>5.0f}%  "
+                      f"        {ceil}  {row.get('error', '')}", flush=True)
+            fresh_graphs(target)  # drops this context's graphs (they keep the cache alive) before the next
+            del cache
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+        del target
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

@@ -74,6 +74,7 @@ class AttentionMeta:
     # [1] int32 on the device: prefix_len again, for kernels replayed from a CUDA graph (which
     # must read T from memory, not from a launch argument baked in at capture). None: eager.
     prefix_len_t: torch.Tensor | None = None
+    chain: bool = False  # the queries form a chain (prefill): query i's ancestors are 0..i
 
     @staticmethod
     def for_tree(tree: DraftTree, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
@@ -86,7 +87,7 @@ class AttentionMeta:
     @staticmethod
     def for_chain(n: int, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
         ar = torch.arange(n, device=device)
-        return AttentionMeta(prefix_len=prefix_len, positions=ar + prefix_len, subtree_sizes=n - ar)
+        return AttentionMeta(prefix_len=prefix_len, positions=ar + prefix_len, subtree_sizes=n - ar, chain=True)
 
     @property
     def num_queries(self) -> int:
@@ -109,6 +110,9 @@ class TargetInfo:
     device: torch.device
     eos_token_ids: tuple[int, ...] = ()
     fingerprint: str = ""  # hash of config + a weight sample; heads check it
+    # every node's logits equal, bit for bit, those of a one-token step at the same prefix
+    # (row- and position-invariant kernels: `jetspec.core.invariant`)
+    exact: bool = False
 
 
 @dataclass
@@ -212,6 +216,19 @@ class AttentionBackend(Protocol):
 
 
 @runtime_checkable
+class PositionInvariantAttention(Protocol):
+    """Capability of an attention backend: a mode in which a query at absolute position p reduces
+    over its keys — the committed prefix, then its ancestors at p - depth .. p — in an order fixed
+    by p alone (blocks and splits at fixed absolute key positions), whatever the rest of the
+    forward is: a one-token step, any tree, a prefill chunk, CUDA-graph padding. A target with
+    `exact = true` runs attention in this mode (`jetspec.core.invariant` states the whole rule)."""
+
+    def position_invariant(self) -> AttentionBackend:
+        """This backend's position-invariant mode, as a new backend object."""
+        ...
+
+
+@runtime_checkable
 class Target(Protocol):
     """The frozen model being decoded. `forward` writes the K/V of its N input tokens as pending
     entries of `cache` and returns next-token logits for each of them."""
@@ -238,6 +255,7 @@ __all__ = [
     "DecodeState",
     "Drafter",
     "KVCache",
+    "PositionInvariantAttention",
     "Proposal",
     "Target",
     "TargetInfo",

@@ -33,6 +33,8 @@ class TritonAttentionOptions(BaseModel):
     num_warps: Literal[1, 2, 4, 8] | None = None
     num_stages: int | None = Field(None, ge=1, le=8)
     autotune: bool = Field(False, description="on CUDA, time a few configs per (N, context) bucket once")
+    split_keys: int = Field(512, ge=64, le=65536, multiple_of=64,
+                            description="position-invariant mode (exact = true): keys per split-K range, fixed")
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,15 @@ class TritonAttention(RowKernelInputs):
     graph_safe: ClassVar[bool] = True
     backend_name: ClassVar[str] = "triton"
 
-    def __init__(self, options: TritonAttentionOptions | None = None):
+    def __init__(self, options: TritonAttentionOptions | None = None, invariant: bool = False):
         self.options = options or TritonAttentionOptions()
+        self.invariant = invariant  # the position-invariant kernel (triton_invariant_attention.py)
         super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
+        self._ancestors: tuple[AttentionMeta, torch.Tensor] | None = None  # per forward
+
+    def position_invariant(self) -> "TritonAttention":
+        return TritonAttention(self.options, invariant=True)
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         q = q.contiguous()  # [N, Hq, D]
@@ -115,6 +122,8 @@ class TritonAttention(RowKernelInputs):
         n, hq, d = q.shape
         hkv = k_rows.shape[1]
         self._check(q, k_rows, meta, slots)
+        if self.invariant:
+            return self._attend_invariant(q, k_rows, v_rows, slots, meta, scale)
         from .triton_tree_attention import paged_tree_attention  # lazy: triton only when used
 
         sizes, prefix = self._forward_tensors(meta, q.device)
@@ -122,6 +131,20 @@ class TritonAttention(RowKernelInputs):
             q, k_rows, v_rows, slots, sizes, prefix, scale, c.block_m, c.block_n, c.num_splits, c.num_warps, c.num_stages))
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale,
                                     cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
+
+    def _attend_invariant(self, q, k_rows, v_rows, slots, meta: AttentionMeta, scale: float) -> torch.Tensor:
+        from .triton_invariant_attention import BLOCK_N, ancestor_table, invariant_tree_attention
+
+        _, prefix = self._forward_tensors(meta, q.device)
+        positions = meta.positions.to(q.device)  # [N] int64
+        if meta.chain:
+            ancestors = positions.view(-1, 1)  # unused by a chain
+        else:  # once per forward, shared by the layers
+            if self._ancestors is None or self._ancestors[0] is not meta:
+                self._ancestors = (meta, ancestor_table(positions, prefix))
+            ancestors = self._ancestors[1]  # [N, N] int32
+        return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
+                                        self.options.split_keys // BLOCK_N, meta.chain)
 
     # ------------------------------------------------------------------ configs
     def config(self, n: int, group: int, kv_heads: int, keys: int, head_dim: int, q: torch.Tensor,

@@ -39,6 +39,11 @@ def make_hf_model(family: str, seed: int = 0) -> torch.nn.Module:
     """A transformers model of `family` with every parameter random (norm weights near 1, biases
     non-zero) so that no code path hides behind an identity initialisation."""
     cls_name, fields = FAMILIES[family]
+    return random_hf_model(cls_name, fields, seed)
+
+
+def random_hf_model(cls_name: str, fields: dict, seed: int = 0) -> torch.nn.Module:
+    """`make_hf_model` for any config class name and fields."""
     config = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()

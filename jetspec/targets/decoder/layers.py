@@ -10,11 +10,11 @@ state dict loads without renaming. Inputs are flat token rows [N, H] (one sequen
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache
 from .config import DecoderConfig
+from .ops import LayerOps, TorchOps
 from .rope import apply_rope
 
 
@@ -26,10 +26,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+    def forward(self, x: torch.Tensor, ops: LayerOps = TorchOps()) -> torch.Tensor:
+        return ops.rmsnorm(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -50,6 +48,17 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.register_buffer("qkv_weight", None, persistent=False)  # by `fuse`: [Hq·D + 2·Hkv·D, H]
+        self.register_buffer("qkv_bias", None, persistent=False)  # by `fuse`: [Hq·D + 2·Hkv·D] or None
+
+    def fuse(self) -> None:
+        """One projection for q, k and v: a [Hq·D + 2·Hkv·D, H] weight whose row blocks are
+        q_proj, k_proj, v_proj (their parameters become views of it: no second copy). Idempotent."""
+        if self.qkv_weight is not None:
+            return
+        self.qkv_weight = _fused(self.q_proj, self.k_proj, self.v_proj, "weight")
+        if self.q_proj.bias is not None:
+            self.qkv_bias = _fused(self.q_proj, self.k_proj, self.v_proj, "bias")
 
     def forward(
         self,
@@ -59,31 +68,58 @@ class Attention(nn.Module):
         attention: AttentionBackend,
         cache: KVCache,
         meta: AttentionMeta,
+        ops: LayerOps,
     ) -> torch.Tensor:
         """x [N, H], cos/sin [N, 1, D] -> [N, H]. Writes this layer's pending K/V into `cache`."""
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # [N, Hq·D + 2·Hkv·D]
+        q_out, kv_out = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q = qkv[:, :q_out].view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
+        k = qkv[:, q_out : q_out + kv_out].view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        v = qkv[:, q_out + kv_out :].view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q, ops), self.k_norm(k, ops)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(self.layer, k, v)
         out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]
-        return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
+        return ops.linear(out.reshape(n, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias)
 
 
 class MLP(nn.Module):
-    """SwiGLU: down( silu(gate(x)) * up(x) )."""
+    """SwiGLU: down( silu(gate(x)) * up(x) ), gate and up as one [2I, H] projection."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.register_buffer("gate_up_weight", None, persistent=False)  # by `fuse`: [2I, H]
+        self.register_buffer("gate_up_bias", None, persistent=False)  # by `fuse`: [2I] or None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def fuse(self) -> None:
+        """gate_proj and up_proj as one weight [2I, H] (their parameters become views of it). Idempotent."""
+        if self.gate_up_weight is not None:
+            return
+        self.gate_up_weight = _fused(self.gate_proj, self.up_proj, "weight")
+        if self.gate_proj.bias is not None:
+            self.gate_up_bias = _fused(self.gate_proj, self.up_proj, "bias")
+
+    def forward(self, x: torch.Tensor, ops: LayerOps) -> torch.Tensor:
+        gate_up = ops.linear(x, self.gate_up_weight, self.gate_up_bias)  # [N, 2I]
+        return ops.linear(ops.silu_mul(gate_up), self.down_proj.weight, self.down_proj.bias)
+
+
+def _fused(*parts) -> torch.Tensor:
+    """parts = (linear, ..., "weight" | "bias"): their tensors stacked along dim 0 into one new
+    tensor, each linear's parameter re-pointed at its rows of it."""
+    *layers, name = parts
+    fused = torch.cat([getattr(layer, name).data for layer in layers])
+    start = 0
+    for layer in layers:
+        rows = getattr(layer, name).shape[0]
+        setattr(layer, name, nn.Parameter(fused[start : start + rows], requires_grad=False))
+        start += rows
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -94,7 +130,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attention, cache, meta) -> torch.Tensor:
+    def fuse(self) -> None:
+        self.self_attn.fuse()
+        self.mlp.fuse()
+
+    def forward(self, x, cos, sin, attention, cache, meta, ops: LayerOps) -> torch.Tensor:
         """x [N, H] -> [N, H]."""
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attention, cache, meta)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, attention, cache, meta, ops)
+        return h + self.mlp(self.post_attention_layernorm(h, ops), ops)

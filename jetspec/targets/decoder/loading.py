@@ -15,9 +15,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors import safe_open
 
-from ...core.errors import CheckpointError, ConfigError
+from ...core.errors import CheckpointError, ConfigError, IncompatibleError
 from ...core.fingerprint import fingerprint_tensors, target_fingerprint
-from ...core.interfaces import AttentionBackend, TargetInfo
+from ...core.interfaces import AttentionBackend, PositionInvariantAttention, TargetInfo
 from .config import DecoderConfig
 from .model import DecoderModel, DecoderTarget
 
@@ -34,6 +34,9 @@ class DecoderTargetOptions(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     cuda_graphs: bool = True  # replay captured forwards on CUDA (needs a graph-safe attention backend)
+    # bit-exact verification (row- and position-invariant kernels): None = on CUDA whenever the
+    # attention backend has a position-invariant mode; true demands it; false = torch's kernels
+    exact: bool | None = None
 
 
 def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBackend) -> DecoderTarget:
@@ -60,6 +63,9 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
         model.lm_head.weight = model.embed_tokens.weight
     assert not any(p.is_meta for p in model.parameters())
 
+    exact = resolve_exact(options.exact, attention, device)
+    if exact:
+        attention = attention.position_invariant()
     tokenizer = load_tokenizer(folder, cfg.vocab_size)
     eos = cfg.eos_token_ids
     if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
@@ -80,8 +86,30 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
             cfg.architecture, cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
             fingerprint_tensors(model),
         ),
+        exact=exact,
     )
     return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs)
+
+
+def resolve_exact(exact: bool | None, attention: AttentionBackend, device: torch.device) -> bool:
+    """The `exact` option against what the attention backend and the device can do."""
+    import os
+    import sys
+
+    capable = isinstance(attention, PositionInvariantAttention)
+    kernels_run = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    name = getattr(attention, "backend_name", type(attention).__name__)
+    if exact is None:
+        if device.type == "cuda" and not capable:
+            print(f"jetspec: attention {name!r} has no position-invariant mode: speculative output may differ from "
+                  "plain decoding at near-ties (exact = false); attention 'triton' is exact", file=sys.stderr)
+        return device.type == "cuda" and capable
+    if exact and not capable:
+        raise IncompatibleError(f"exact = true needs an attention backend with a position-invariant mode (triton); "
+                                f"{name!r} has none: choose attention 'triton' or set exact = false")
+    if exact and not kernels_run:
+        raise IncompatibleError("exact = true runs Triton kernels: it needs a CUDA GPU (or TRITON_INTERPRET=1 on a CPU)")
+    return exact
 
 
 def _device(name: str) -> torch.device:

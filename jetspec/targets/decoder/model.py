@@ -20,31 +20,9 @@ from ...core.errors import InputError
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
 from .config import DecoderConfig
 from .layers import DecoderLayer, RMSNorm
+from .ops import InvariantOps, LayerOps, TorchOps, fp32_logits
 from .rope import RotaryTable
 
-
-
-_MM_OUT_DTYPE = True  # torch.mm(..., out_dtype=float32) works here; set False after its first failure
-
-
-def fp32_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """h [..., H] @ weight[V, H]^T -> logits [..., V] float32.
-
-    In bf16/fp16 on CUDA the GEMM's fp32 accumulator is returned as it is (`out_dtype`) instead of
-    being rounded to bf16 first. bf16 logits keep 8 significant bits — steps of 0.125 around 20 —
-    so two tokens often tie exactly, and which of them argmax picks then depends on reduction
-    order: most of the bf16 speculative-vs-plain differences of the H200 run of 2026-11-28 were
-    such exact ties (choice gap 0). Elsewhere: the product in the weights' dtype, upcast."""
-    global _MM_OUT_DTYPE
-    if not (h.is_cuda and h.dtype in (torch.bfloat16, torch.float16)):
-        return torch.nn.functional.linear(h, weight).float()
-    if _MM_OUT_DTYPE:
-        try:
-            flat = h.reshape(-1, h.shape[-1])  # [n, H]
-            return torch.mm(flat, weight.t(), out_dtype=torch.float32).view(*h.shape[:-1], weight.shape[0])
-        except (RuntimeError, TypeError, NotImplementedError):  # a torch without mm's out_dtype on this GPU
-            _MM_OUT_DTYPE = False
-    return torch.nn.functional.linear(h.float(), weight.float())
 
 
 class DecoderModel(nn.Module):
@@ -63,7 +41,11 @@ class DecoderModel(nn.Module):
 
 class DecoderTarget:
     """A Llama / Qwen2 / Qwen3 decoder as a `Target`: attention through `attention`, K/V through
-    the cache passed to `forward` (the caller has already called `cache.begin(N)`)."""
+    the cache passed to `forward` (the caller has already called `cache.begin(N)`).
+
+    `info.exact`: the linear layers, norms and SiLU·mul run our row-invariant kernels and
+    `attention` is a backend's position-invariant mode, so every token's logits are bit for bit
+    those of a one-token step at the same prefix."""
 
     provides = ("hidden_states", "attention_backend")
 
@@ -80,6 +62,9 @@ class DecoderTarget:
         self.attention = attention
         self.info = info
         self.tokenizer = tokenizer
+        self.ops: LayerOps = InvariantOps() if info.exact else TorchOps()
+        for layer in self.model.layers:
+            layer.fuse()  # q/k/v and gate/up as one projection each
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
         if cuda_graphs and info.device.type == "cuda" and getattr(attention, "graph_safe", False):
@@ -114,10 +99,10 @@ class DecoderTarget:
         x = self.model.embed_tokens(tokens)  # [N, H]
         kept: dict[int, torch.Tensor] = {}
         for l, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, self.attention, cache, meta)
+            x = layer(x, cos, sin, self.attention, cache, meta, self.ops)
             if l in wanted:
                 kept[l] = x
-        logits = fp32_logits(self.model.norm(x), self.model.lm_head.weight)  # [N, V]
+        logits = self.ops.logits(self.model.norm(x, self.ops), self.model.lm_head.weight)  # [N, V]
         hidden = torch.stack([kept[l] for l in hidden_layers], dim=1) if kept else None  # [N, k, H]
         return TargetOutput(logits=logits, hidden=hidden)
 

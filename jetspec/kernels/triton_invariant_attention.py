@@ -1,0 +1,240 @@
+"""Position-invariant paged tree attention: the `triton` backend's kernel under `exact = true`.
+
+A query at absolute position p sees p + 1 keys: the T committed ones, then its ancestors in the
+tree, root first. Call the k-th of them (0 <= k <= p) its **virtual key k**: for k < T the
+committed key k, for k >= T the ancestor at depth k - T. A one-token step at position p sees the
+same p + 1 keys in the same order (its prefix is the committed path). The kernel makes the
+reduction over a row's keys a function of p alone:
+
+    blocks   [b·BN, (b+1)·BN) of virtual keys, b = 0, 1, ... (BN fixed: BLOCK_N)
+    splits   [s·SB, (s+1)·SB) of blocks (SB fixed: split_blocks), merged in the order s = 0, 1, ...
+    in a block:  s = q·k^T · scale,  masked past p;   m' = max(m, max s);  P = 2^(s - m')
+                 l' = l·2^(m - m') + sum P;           acc' = (acc·2^(m - m')) + P·V
+    split merge: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s
+
+Whatever the forward (a decode step, a tree of any shape, a prefill chunk, CUDA-graph padding),
+row p's arithmetic is the same sequence of operations on the same values. A block or split with
+no visible key leaves (m, l, acc) bit-for-bit unchanged (P = 0, factor 2^0 = 1), so rows with
+shorter or longer neighbours in their tile are unaffected.
+
+How a tile of rows (packed (token, head) pairs, GQA) gets each row's virtual keys:
+* blocks wholly below T hold committed keys, the same for every row: one K/V load, one dot;
+* blocks reaching T or past hold ancestors, which differ per token: for each token u of the tile
+  the kernel gathers u's own virtual keys (through `ancestors[u, k - T]`, then the slot map) and
+  keeps that dot's rows of u. A row's dot product uses only its own row of Q and its own keys,
+  so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
+  its logical ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..core.invariant import LAUNCH, interpreted, mm
+from .triton_tree_attention import LOG2E, NEG_BIG, _counters
+
+BLOCK_M, BLOCK_N, NUM_WARPS = 16, 64, 4  # fixed: the reduction order must not depend on the shape
+
+
+@triton.jit
+def _online_softmax(s, m_i, l_i):
+    """One block of scores s [BLOCK_M, BLOCK_N] (log2 units, -inf where masked) into the running
+    max m and sum l -> (P, rescale factor, m', l')."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_new = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
+@triton.jit
+def _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN: tl.constexpr):
+    """Pool rows of token u's virtual keys offs_n [BLOCK_N] and which of them exist (<= pos_u)."""
+    ok = offs_n <= pos_u
+    if CHAIN:
+        logical = offs_n
+    else:
+        depth = offs_n - prefix_len
+        anc = tl.load(ANC + u * stride_anc + depth, mask=ok & (depth >= 0), other=0)
+        logical = tl.where(depth >= 0, prefix_len + anc, offs_n)
+    rows = tl.load(SLOTS + logical, mask=ok, other=0).to(tl.int64)
+    return rows, ok
+
+
+@triton.jit
+def _invariant_attention_fwd(
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS,
+    n_queries, qk_scale, stride_anc,
+    stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
+    BY_SUM: tl.constexpr,
+):
+    tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    prefix_len = tl.load(PREFIX)  # T, from memory: a captured graph serves any T
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows
+    tok = offs_m // GROUP  # [BLOCK_M] query token
+    head = kvh * GROUP + offs_m % GROUP  # [BLOCK_M] query head
+    row_ok = tok < n_queries
+    pos = tl.load(POS + tok, mask=row_ok, other=0)  # [BLOCK_M] absolute position: virtual keys 0..pos
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + tok[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, D]
+    tok_lo = (tile * BLOCK_M) // GROUP
+    tok_hi = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // GROUP, n_queries - 1)
+
+    n_blocks = tl.cdiv(tl.max(tl.where(row_ok, pos, 0)) + 1, BLOCK_N)
+    b_lo = split * SPLIT_BLOCKS
+    b_hi = tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks)
+    b_shared = prefix_len // BLOCK_N  # blocks [0, b_shared) hold committed keys only
+    if CHAIN:
+        b_shared = b_hi  # virtual == logical for every row: one load serves the tile throughout
+
+    K += kvh * stride_kh
+    V += kvh * stride_vh
+    m_i = tl.full([BLOCK_M], NEG_BIG, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for b in range(b_lo, tl.minimum(b_hi, b_shared)):  # keys the rows share
+        offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual (= logical) keys
+        in_kv = offs_n < prefix_len + n_queries
+        rows = tl.load(SLOTS + offs_n, mask=in_kv, other=0).to(tl.int64)
+        k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
+        v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
+        s = mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM) * qk_scale
+        s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i)
+        acc = mm(p.to(v.dtype), v, acc * alpha[:, None], BY_SUM)
+    for b in range(tl.maximum(b_lo, b_shared), b_hi):  # keys that differ per token: gather each token's own
+        offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual keys
+        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for u in range(tok_lo, tok_hi + 1):
+            pos_u = tl.load(POS + u)
+            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
+            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=ok[:, None], other=0.0)
+            s = tl.where((tok == u)[:, None], mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM), s)
+        s = s * qk_scale
+        s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i)
+        scaled = acc * alpha[:, None]
+        for u in range(tok_lo, tok_hi + 1):
+            pos_u = tl.load(POS + u)
+            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
+            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=ok[:, None], other=0.0)
+            acc = tl.where((tok == u)[:, None], mm(p.to(v.dtype), v, scaled, BY_SUM), acc)
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    if SPLIT:  # partials [S, N, Hq, D], lse [S, N, Hq]; empty splits write o = 0, lse = -inf
+        hq = tl.num_programs(1) * GROUP
+        flat = (split * n_queries + tok) * hq + head
+        tl.store(O_PART + flat[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
+        lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
+        tl.store(LSE_PART + flat, lse, mask=row_ok)
+        if FUSED:  # the last split of this (tile, kv head) to arrive merges them all
+            tl.debug_barrier()
+            counter = COUNTERS + tile * tl.num_programs(1) + kvh
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == tl.num_programs(2) - 1:
+                tl.debug_barrier()
+                _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, offs_d, n_queries, hq, tl.num_programs(2),
+                              stride_on, stride_oh, BLOCK_M, HEAD_DIM)
+                tl.atomic_xchg(counter, 0)
+    else:
+        tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, offs_d, n_queries, hq, num_splits, stride_on, stride_oh,
+                  BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M) over s = 0, 1, ... in order; an empty
+    split (lse = -inf, o = 0) adds exact zeros."""
+    rows0 = tok * hq + head  # [BLOCK_M] row of (token, head) in split 0
+    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in range(0, num_splits):
+        lse_s = tl.load(LSE_PART + s * n_queries * hq + rows0, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        lse_max = tl.maximum(lse_max, lse_s)
+    lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    num = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    den = tl.zeros([BLOCK_M], tl.float32)
+    for s in range(0, num_splits):
+        flat_s = s * n_queries * hq + rows0
+        w = tl.math.exp2(tl.load(LSE_PART + flat_s, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - lse_ref)
+        o_s = tl.load(O_PART + flat_s[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
+                      cache_modifier=".cg")
+        num += w[:, None] * o_s
+        den += w
+    out = num / tl.where(den > 0, den, 1.0)[:, None]
+    tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_kernel(O_PART, LSE_PART, O, n_queries, num_splits, stride_on, stride_oh,
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The split merge as its own launch (when no arrival counters could be had)."""
+    tile, kvh = tl.program_id(0), tl.program_id(1)
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok = offs_m // GROUP
+    head = kvh * GROUP + offs_m % GROUP
+    _merge_splits(O_PART, LSE_PART, O, tok, head, tok < n_queries, tl.arange(0, HEAD_DIM), n_queries,
+                  tl.num_programs(1) * GROUP, num_splits, stride_on, stride_oh, BLOCK_M, HEAD_DIM)
+
+
+def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+    """positions [N] int64 (T + depth, DFS pre-order), prefix_len [1] -> ancestors [N, N] int32:
+    ancestors[i, k] = the index of node i's ancestor at depth k, for k <= depth(i).
+
+    In pre-order that ancestor is the last node of depth k at or before i (a later one would lie
+    inside the ancestor's subtree, where every other node is deeper): a running max over i of
+    "j if depth(j) == k". Device ops only, no host sync (CUDA graphs capture it)."""
+    n = positions.numel()
+    depth = positions - prefix_len.to(positions.dtype)  # [N]
+    ar = torch.arange(n, device=positions.device)
+    last = torch.where(depth[:, None] == ar[None, :], ar[:, None], -1)  # [N (node j), N (depth k)]
+    return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]
+
+
+@torch.library.custom_op("jetspec::invariant_tree_attention", mutates_args=())
+def invariant_tree_attention(
+    q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
+    positions: torch.Tensor, ancestors: torch.Tensor, prefix_len: torch.Tensor, scale: float,
+    split_blocks: int, chain: bool,
+) -> torch.Tensor:
+    """q [N, Hq, D]; k_rows, v_rows [R, Hkv, D]; slots [C] int32 (C = the cache's capacity: it
+    fixes the split count, so one launch shape serves any T); positions [N] int64; ancestors
+    [N, N] int32 (unused when `chain`); prefix_len [1] int32 -> [N, Hq, D]."""
+    n, hq, d = q.shape
+    hkv = k_rows.shape[1]
+    out = torch.empty_like(q)  # [N, Hq, D]
+    tiles = triton.cdiv(n * (hq // hkv), BLOCK_M)
+    num_splits = triton.cdiv(triton.cdiv(slots.numel(), BLOCK_N), split_blocks)
+    split = num_splits > 1
+    counters = _counters(q.device, tiles * hkv) if split else None
+    if split:
+        o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
+        lse_part = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
+    else:
+        o_part = lse_part = out  # unused
+    fused = counters is not None
+    grid = (tiles, hkv, num_splits)
+    _invariant_attention_fwd[grid](
+        q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part,
+        counters if fused else slots, n, scale * LOG2E, ancestors.stride(0),
+        q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1),
+        out.stride(0), out.stride(1),
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, CHAIN=chain,
+        SPLIT=split, FUSED=fused, BY_SUM=interpreted(), num_warps=NUM_WARPS, num_stages=3, **LAUNCH,
+    )
+    if split and not fused:
+        _merge_kernel[(tiles, hkv)](o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1),
+                                    GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=BLOCK_M, num_warps=NUM_WARPS, **LAUNCH)
+    return out
+
+
+@invariant_tree_attention.register_fake
+def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_blocks, chain):
+    return torch.empty_like(q)

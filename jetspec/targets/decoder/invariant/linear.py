@@ -1,0 +1,74 @@
+"""y = x @ W^T (+ b), row-invariant.
+
+    y[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32 accumulator)
+
+The K loop runs in fixed BLOCK_K steps from 0 upwards with no split-K, and the tile shape is a
+function of (N, K) only: row m's sum has the same order whether the launch has 1 row or 512.
+Rows are tiled by BLOCK_M = 16 for every M (one tile for a decode step; the M tiles of one N tile
+are neighbours in the launch, so they read that weight tile while it is in L2).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ....core.invariant import LAUNCH, interpreted, mm
+
+BLOCK_M = 16
+
+
+@triton.jit
+def _linear_kernel(
+    X, W, B, Y, M, N, K, stride_xm, stride_wn, stride_ym,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BY_SUM: tl.constexpr,
+):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):  # the one reduction order, fixed by K
+        kk = k0 + offs_k
+        k_ok = kk < K
+        x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = mm(x, tl.trans(w), acc, BY_SUM)  # [BLOCK_M, BLOCK_N]
+    if HAS_BIAS:
+        acc = acc + tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def tiles(n: int, k: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) for a weight [N, K]: a function of the weight's shape alone (and of the
+    machine: Triton's CPU interpreter pays per program and per step, so it takes the largest)."""
+    if interpreted():
+        return min(triton.next_power_of_2(n), 128), min(triton.next_power_of_2(k), 128)
+    block_n = 32 if n <= 4096 else 64
+    block_k = 64 if k <= 1024 else 128
+    return block_n, block_k
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N] in `out_dtype` (default x's dtype;
+    float32 returns the accumulator unrounded, as the logits want)."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    m, n = x2.shape[0], w.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)  # [M, N]
+    block_n, block_k = tiles(n, k)
+    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, block_n))
+    _linear_kernel[grid](
+        x2, w, bias if bias is not None else w, y, m, n, k, x2.stride(0), w.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
+        num_warps=4, num_stages=4, **LAUNCH,
+    )
+    return y.view(*lead, n)

@@ -1,0 +1,77 @@
+"""The exactness rule as a check: a target's logits for every node of a verified tree equal, bit
+for bit (`torch.equal`), those of plain one-token steps along that node's path, starting from the
+same committed KV cache. The decoder with `exact = true` passes it on any device; an attention
+backend's position-invariant mode can be checked inside it.
+
+    expected = plain_logits(target, cache, tree)           # [N, V], one step per node
+    got = padded_tree_logits(target, cache, tree, pads)    # [N, V], one forward (+ pad rows)
+    assert first_inexact_node(got, expected) is None
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..core.interfaces import AttentionMeta, KVCache, Target
+from ..core.tree import DraftTree
+
+
+def paged_cache(target: Target, capacity: int, commit: str, page_order: list[int] | None = None) -> KVCache:
+    """A paged KV cache whose pages are handed out in `page_order` (a permutation of its pool)."""
+    from ..caches.paged import PagedCacheOptions, PagedKVCache
+
+    cache = PagedKVCache(target.info, capacity, PagedCacheOptions(page_size=16, commit=commit))
+    if page_order is not None:
+        pages = cache.allocator.allocate(cache.num_pages)
+        cache.allocator.release([pages[i] for i in reversed(page_order)])  # LIFO: page_order[0] first
+    return cache
+
+
+def step(target: Target, cache: KVCache, token: int) -> torch.Tensor:
+    """One plain decoding step (the root-only tree of `token`), committed -> its logits [V]."""
+    cache.begin(1)
+    tokens = torch.tensor([token], device=target.info.device)
+    meta = AttentionMeta.for_tree(DraftTree.root_only(token), cache.committed, target.info.device)
+    out = target.forward(tokens, meta, cache)
+    cache.commit([0])
+    return out.logits[0].clone()
+
+
+def plain_logits(target: Target, cache: KVCache, tree: DraftTree) -> torch.Tensor:
+    """[N, V]: node i's logits from one-token steps along root -> i (a copy of the cache per node;
+    `cache` itself is not changed)."""
+    out = torch.empty(tree.size, target.info.vocab_size, device=target.info.device)
+    children: list[list[int]] = [[] for _ in range(tree.size)]
+    for i in range(1, tree.size):
+        children[int(tree.parents[i])].append(i)
+    stack = [(0, cache)]
+    while stack:
+        i, parent_cache = stack.pop()
+        c = copy.deepcopy(parent_cache)  # steps below i must not reach i's siblings
+        out[i] = step(target, c, int(tree.tokens[i]))
+        stack.extend((child, c) for child in children[i])
+    return out
+
+
+def padded_tree_logits(target: Target, cache: KVCache, tree: DraftTree, pads: int = 0) -> torch.Tensor:
+    """Verify `tree`, followed by `pads` single-node leaves at depth 0 (as CUDA-graph buckets pad),
+    in one forward on a copy of `cache` -> the real nodes' logits [N, V]."""
+    cache = copy.deepcopy(cache)
+    t, n, dev = cache.committed, tree.size, target.info.device
+    meta = AttentionMeta.for_tree(tree, t, dev)
+    meta = AttentionMeta(t, torch.cat([meta.positions, torch.full((pads,), t, device=dev)]),
+                         torch.cat([meta.subtree_sizes, torch.ones(pads, dtype=meta.subtree_sizes.dtype, device=dev)]))
+    cache.begin(n + pads)
+    tokens = torch.cat([tree.tokens, torch.zeros(pads, dtype=torch.int64)]).to(dev)
+    return target.forward(tokens, meta, cache).logits[:n].clone()
+
+
+def first_inexact_node(got: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """None when every row is bitwise equal; else a line naming the first differing node."""
+    differ = [i for i in range(got.shape[0]) if not torch.equal(got[i], expected[i])]
+    if not differ:
+        return None
+    worst = (got.float() - expected.float()).abs().max().item()
+    return f"{len(differ)} of {got.shape[0]} nodes differ from plain decoding, first node {differ[0]}, max |diff| {worst:.3g}"

@@ -249,3 +249,27 @@ def test_a_mutated_tree_gives_one_line_or_the_plain_output_never_a_wrong_one(how
         assert "\n" not in str(e) and e.partial.tokens == PLAIN[: len(e.partial.tokens)]
     else:
         assert tokens == PLAIN
+
+
+class ShortLogits:
+    """A target whose forward, after its first calls, returns one logits row too few or raises."""
+
+    def __init__(self, inner, how):
+        self.inner, self.how, self.calls = inner, how, itertools.count()
+        self.info, self.tokenizer, self.provides = inner.info, None, ("hidden_states",)
+
+    def forward(self, tokens, meta, cache, hidden_layers=()):
+        out = self.inner.forward(tokens, meta, cache, hidden_layers)
+        if next(self.calls) < 1 + GOOD_ROUNDS:  # the prefill and the good rounds
+            return out
+        if self.how == "raise":
+            raise IndexError("index 3 is out of bounds")
+        return type(out)(logits=out.logits[:-1], hidden=out.hidden)
+
+
+@pytest.mark.parametrize("how, expected", [("short", "returned logits of shape"), ("raise", "raised IndexError: index 3 is out of bounds in forward")])
+def test_a_bad_target_output_is_one_line_naming_the_target(how, expected):
+    pipe = jetspec.builder(REG).target(ShortLogits(TARGET, how)).drafter("ngram").generation(budget=8, max_new_tokens=40).build()
+    with pytest.raises(PluginError) as info:
+        pipe.generate(PROMPT)
+    assert_one_line_with_partial(info.value, "target 'ShortLogits'", expected)

@@ -33,6 +33,7 @@ from .interfaces import (
     Drafter,
     KVCache,
     Target,
+    TargetOutput,
     TreeScorer,
     Verifier,
 )
@@ -211,9 +212,8 @@ class Pipeline:
             prefill_hidden = None
             if n_prefill > 0:
                 cache.begin(n_prefill)
-                out = self.target.forward(
-                    torch.tensor(prompt_ids[:-1], device=device), AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers
-                )
+                chain = torch.tensor(prompt_ids[:-1], device=device)
+                out = self._forward(chain, AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers)
                 cache.commit(range(n_prefill))
                 prefill_hidden = out.hidden
             if drafter:
@@ -236,7 +236,7 @@ class Pipeline:
                 t2 = clock()
                 prefix = cache.committed
                 cache.begin(tree.size)
-                out = self.target.forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
+                out = self._forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
                 t3 = clock()
                 with Blame(who["verifier"], "in accept"):
                     acc = check_acceptance(self.verifier.accept(tree, out.logits, state), tree, vocab, who["verifier"])
@@ -266,6 +266,20 @@ class Pipeline:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise
         return self._result(state, stats, prompt_ids, stopped)
+
+    def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]) -> TargetOutput:
+        """target.forward, its output's shapes checked (no sync: shapes live on the host)."""
+        who, n = self.labels["target"], tokens.numel()
+        with Blame(who, "in forward"):
+            out = self.target.forward(tokens, meta, cache, hidden_layers)
+        if not isinstance(out, TargetOutput):
+            raise PluginError(f"{who} returned {type(out).__name__} from forward; expected a TargetOutput")
+        if out.logits.dim() != 2 or out.logits.shape[0] != n or out.logits.shape[1] < self.target.info.vocab_size:
+            raise PluginError(f"{who} returned logits of shape {tuple(out.logits.shape)} for {n} tokens; expected [{n}, {self.target.info.vocab_size}]")
+        if hidden_layers and (out.hidden is None or out.hidden.shape[:2] != (n, len(hidden_layers))):
+            got = None if out.hidden is None else tuple(out.hidden.shape)
+            raise PluginError(f"{who} returned hidden states of shape {got} for {n} tokens and {len(hidden_layers)} layers")
+        return out
 
     def _stop_ids(self, ids: Sequence[int]) -> set[int]:
         vocab = self.target.info.vocab_size

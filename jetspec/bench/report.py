@@ -19,7 +19,8 @@ SUMMARY_FIELDS = (
     "tau", "tokens_per_s", "speedup", "identical", "mismatches", "near_ties", "seconds", "acceptance_by_depth",
     "faithfulness", "peak_mem_bytes", "machine", "date", "command",
 )
-DESCRIBE = ("target", "drafter", "scorer", "verifier", "kv_cache", "attention", "budget", "temperature", "replay")
+DESCRIBE = ("target", "dtype", "exact", "drafter", "scorer", "verifier", "kv_cache", "attention", "budget", "temperature",
+            "replay")
 
 
 def summarize(

@@ -239,7 +239,9 @@ class BenchRun:
             self.per_prompt = {}  # replay: hidden states; faithfulness: the target's log-probs of plain's output
             for memo in self.memos.values():
                 memo.clear()
-            base = {"dataset": prompt.dataset, "prompt_id": prompt.id, "target": config.target.name, "prompt_tokens": len(prompt_ids)}
+            info = first.target.info
+            base = {"dataset": prompt.dataset, "prompt_id": prompt.id, "target": config.target.name, "prompt_tokens": len(prompt_ids),
+                    "dtype": str(info.dtype).removeprefix("torch."), "exact": info.exact}
             plain, plain_wall, peak = _timed(lambda: first.generate_plain(prompt_ids), device)
             s = plain.stats
             self.write({
@@ -277,9 +279,16 @@ class BenchRun:
         except Exception as e:  # one failing pipeline must not end a long run: recorded, redone by --resume
             return self._error(row, e)
         s = result.stats
-        mismatch = None
+        mismatch, checked = None, temp == 0.0 or _seeded(pipe)
         if temp == 0.0:
             mismatch = describe_mismatch(pipe, prompt_ids, plain.tokens, result.tokens, self.config.near_tie_gap)
+        elif checked:  # the sampling verifier draws per token index: seeded plain sampling must give the same tokens
+            sampled = pipe.generate_plain(prompt_ids).tokens
+            same = next((i for i, (a, b) in enumerate(zip(sampled, result.tokens)) if a != b), None)
+            if same is None and len(sampled) != len(result.tokens):
+                same = min(len(sampled), len(result.tokens))
+            mismatch = None if same is None else {"position": same, "plain": sampled[same: same + 1],
+                                                  "spec": result.tokens[same: same + 1], "near_tie": None}
         faith = None
         if isinstance(pipe.drafter, ProposalRecorder):
             agree = len(prompt_ids) + (mismatch["position"] if mismatch else len(plain.tokens))
@@ -291,7 +300,7 @@ class BenchRun:
         return {
             **row, "new_tokens": s.new_tokens, "rounds": s.rounds, "tau": s.tau, "wall_s": wall,
             "tokens_per_s": s.new_tokens / wall, "plain_wall_s": plain_wall, "speedup": plain_wall / wall,
-            "identical": None if temp else mismatch is None, "mismatch": mismatch, "seconds": dict(s.seconds),
+            "identical": mismatch is None if checked else None, "mismatch": mismatch, "seconds": dict(s.seconds),
             "accepted_by_depth": list(s.accepted_by_depth), "tree_nodes": s.tree_nodes, "faithfulness": faith,
             "peak_mem_bytes": peak, "stopped": result.stopped,
         }
@@ -406,3 +415,10 @@ def run_bench(
     run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes, shard)
     run.execute()
     return run.finish()
+
+
+def _seeded(pipe: Pipeline) -> bool:
+    """A sampling verifier with a fixed seed: its output is a function of the target's logits."""
+    from ..verifiers.sampling import SamplingVerifier
+
+    return isinstance(pipe.verifier, SamplingVerifier) and pipe.verifier.options.seed is not None

@@ -216,3 +216,36 @@ def test_a_bench_killed_for_real_resumes_to_a_complete_file(bench_dir):
     assert len(summaries) == 12 and all(s["prompts"] == 2 for s in summaries)
     runs = {r["run"] for r in read_rows(results) if r["kind"] == "run"}
     assert len(runs) == 2 and {r["run"] for r in prompt_rows(results)} <= runs
+
+
+def test_seeded_sampling_is_checked_against_seeded_plain_sampling_and_rows_name_dtype_and_exactness(tmp_path):
+    save_tiny_hf_folder(tmp_path / "model", seed=0)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"text": f"a b a b {i} a b"}) + "\n" for i in range(2)))
+    (tmp_path / "bench.toml").write_text(f"""
+name = "sampled"
+target = {{ name = "transformers", path = "{tmp_path / 'model'}" }}
+datasets = [{{ name = "mine", path = "{tmp_path / 'p.jsonl'}", field = "text" }}]
+count = 2
+max_new_tokens = 8
+warmup_tokens = 0
+output = "{tmp_path / 'out'}"
+[[pipelines]]
+name = "seeded"
+drafter = {{ name = "ngram", n_max = 3 }}
+verifier = {{ name = "sampling", temperature = 1.0, seed = 3 }}
+budgets = [4]
+[[pipelines]]
+name = "unseeded"
+drafter = {{ name = "ngram", n_max = 3 }}
+verifier = {{ name = "sampling", temperature = 1.0 }}
+budgets = [4]
+""")
+    assert main(["bench", "--config", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
+    rows = read_rows(tmp_path / "out" / "results" / "sampled.jsonl")
+    spec = [r for r in rows if r["kind"] == "spec"]
+    seeded = [r for r in spec if r["pipeline"].startswith("seeded")]
+    assert seeded and all(isinstance(r["identical"], bool) for r in seeded)
+    assert all(r["identical"] == (r["mismatch"] is None) for r in seeded)
+    assert all(r["identical"] is None for r in spec if r["pipeline"].startswith("unseeded"))
+    summaries = [r for r in rows if r["kind"] == "summary"]
+    assert summaries and all(s["dtype"] == "float32" and s["exact"] is False for s in summaries)

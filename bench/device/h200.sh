@@ -23,6 +23,11 @@
 # tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/tau.tar
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
+# exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
+# round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
+# exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
+# exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/exact.tar
+# speed            smollm2_h200_speed_{exact,fast}.toml one after the other, alone on the GPU -> $OUT/speed.tar
 #
 # The big wheels travel in parts (64 MiB per call; bench/device/prepare.sh makes .stage1-4): call
 # N carries .stageN and runs `stage` first. /tmp survives between back-to-back calls on a warm
@@ -52,6 +57,7 @@ install_heads() {  # heads trained in this machine's session win; else the commi
   done
 }
 
+failed=""
 for step in "$@"; do
   log "$step"
   case "$step" in
@@ -61,6 +67,8 @@ for step in "$@"; do
         python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
       fi
       [ -d .prompts ] && mkdir -p /tmp/keep/prompts && cp .prompts/* /tmp/keep/prompts/
+      [ -f .stage2/causal.head.safetensors ] && mkdir -p /tmp/keep/committed/causal \
+        && cp .stage2/causal.head.safetensors /tmp/keep/committed/causal/head.safetensors  # carried beside a stage
       for kd in $HEAD_DIRS; do  # head checkpoints this call carries
         k=${kd%%=*}; d=${kd#*=}
         [ -f $d/head.safetensors ] && mkdir -p /tmp/keep/committed/$k && cp $d/head.safetensors /tmp/keep/committed/$k/
@@ -144,6 +152,36 @@ for step in "$@"; do
       for q in "Explain speculative decoding in two sentences." "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"; do
         timeout 120 python3 -m jetspec.cli generate "$q" --compare --max-new-tokens 256 --no-stream 2>&1 | grep -v Warning | tail -3
       done ;;
+    exact-tests)
+      timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py tests/targets/test_cuda_graphs.py \
+        tests/kernels/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    round-cost-exact)
+      timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    exact-e2e)
+      timeout 300 python3 -m pytest -q -rs tests/targets/test_smollm2_gpu.py -s -k triton 2>&1 | tee $OUT/exact_e2e.log | grep -v Warning | grep -E "prompts identical|passed|failed|Error|SKIP" | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    exact-bench)
+      install_heads || exit 1
+      N=${EXACT_SHARDS:-8}; C=bench/configs/smollm2_h200_exact.toml; T=/tmp/keep/exact; rm -rf $T; mkdir -p $T
+      for i in $(seq 0 $((N - 1))); do
+        OMP_NUM_THREADS=1 timeout ${EXACT_TIMEOUT:-400} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
+          --max-minutes ${EXACT_MINUTES:-6} --no-progress > $T/shard$i.log 2>&1 &
+      done
+      wait
+      mkdir -p $T/all/results && cat $T/shard*/results/smollm2_h200_exact.jsonl | grep -v '"kind": "summary"' > $T/all/results/smollm2_h200_exact.jsonl
+      python3 -m jetspec.cli bench --config $C --summarize-only --no-progress --output $T/all 2>&1 | grep -v Warning | tail -30
+      grep -h "jetspec bench:\|Error" $T/shard*.log | head -20
+      tar -C $T -cf $OUT/exact.tar all $(cd $T && ls shard*.log) ;;
+    speed)
+      install_heads || exit 1
+      for m in exact fast; do
+        timeout 280 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200_speed_$m.toml --overwrite --no-progress \
+          --max-minutes ${SPEED_MINUTES:-3} --output /tmp/keep/speed 2>&1 | grep -v Warning | tail -14
+      done
+      tar -C /tmp/keep -cf $OUT/speed.tar speed ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
+[ -z "$failed" ] || { echo "FAILED steps:$failed"; exit 1; }

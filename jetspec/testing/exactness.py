@@ -75,3 +75,27 @@ def first_inexact_node(got: torch.Tensor, expected: torch.Tensor) -> str | None:
         return None
     worst = (got.float() - expected.float()).abs().max().item()
     return f"{len(differ)} of {got.shape[0]} nodes differ from plain decoding, first node {differ[0]}, max |diff| {worst:.3g}"
+
+
+def random_decoder(cfg, device: torch.device | str, dtype: torch.dtype, exact: bool, cuda_graphs: bool = False,
+                   seed: int = 0, split_keys: int = 512):
+    """Our decoder with random weights made on `device` (linear/embedding ~ N(0, 0.02), norms ~ 1,
+    biases ~ N(0, 0.02)), triton attention (its position-invariant mode when `exact`)."""
+    from ..core.interfaces import TargetInfo
+    from ..kernels.triton_backend import TritonAttention, TritonAttentionOptions
+    from ..targets.decoder.model import DecoderModel, DecoderTarget
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = DecoderModel(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, device=device, dtype=torch.float32)
+            p.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.02 * noise)
+    info = TargetInfo(name=f"random-{cfg.architecture}", architecture=cfg.architecture, vocab_size=cfg.vocab_size,
+                      hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
+                      head_dim=cfg.head_dim, max_positions=cfg.max_positions, dtype=dtype, device=device, exact=exact)
+    attention = TritonAttention(TritonAttentionOptions(split_keys=split_keys), invariant=exact)
+    return DecoderTarget(model, attention, info, cuda_graphs=cuda_graphs)

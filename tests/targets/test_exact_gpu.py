@@ -1,0 +1,87 @@
+"""The exactness rule on a GPU: at Qwen3-8B shapes (hidden 4096, 32 query / 8 kv heads of dim
+128, MLP 12288, q/k norm; two layers of random bf16 weights), every tree node's logits equal plain
+one-token steps along its path bit for bit — contexts across key blocks and 512-key split-K ranges,
+pages in any order, trees up to 64 nodes, padding rows — and CUDA-graph replay gives the eager
+forward's bits. The `cute` backend has no position-invariant mode yet: `exact = true` refuses it
+(tests/targets/test_exact.py), so it is not run here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jetspec.core.interfaces import AttentionMeta
+from jetspec.core.tree import DraftTree
+from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
+from jetspec.testing.exactness import first_inexact_node, padded_tree_logits, paged_cache, plain_logits, random_decoder
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: bf16 Triton kernels on CUDA; this machine has no GPU"),
+]
+
+QWEN3_8B_LIKE = DecoderConfig(
+    architecture="qwen3", vocab_size=32768, hidden_size=4096, intermediate_size=12288, num_layers=2, num_heads=32,
+    num_kv_heads=8, head_dim=128, max_positions=8192, rms_norm_eps=1e-6, qk_norm=True, rope=RopeConfig(theta=1e6),
+)
+CAPACITY = 4096
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(exact eager, exact with CUDA graphs, torch's kernels) over one set of weights."""
+    exact = random_decoder(QWEN3_8B_LIKE, "cuda", torch.bfloat16, exact=True)
+    graphed = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=True)
+    fast = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=False)
+    from jetspec.kernels.reference import TorchAttention
+    from jetspec.targets.decoder.ops import TorchOps
+
+    fast.ops, fast.attention = TorchOps(), TorchAttention()
+    return exact, graphed, fast
+
+
+def fill(fast, cache, context: int, seed: int) -> None:
+    """A committed context of `context` tokens, written by the fast (non-exact) path."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, QWEN3_8B_LIKE.vocab_size, (context,), generator=g).cuda()
+    for start in range(0, context, 1024):  # chunks: bounded memory
+        n = min(1024, context - start)
+        cache.begin(n)
+        fast.forward(tokens[start : start + n], AttentionMeta.for_chain(n, start, "cuda"), cache)
+        cache.commit(range(n))
+
+
+@st.composite
+def trees(draw) -> DraftTree:
+    n = draw(st.integers(1, 64))
+    parents = [-1] + [draw(st.one_of(st.just(i - 1), st.integers(0, i - 1))) for i in range(1, n)]
+    tokens = draw(st.permutations(range(1000)))[:n]
+    return DraftTree.from_parents(tokens, parents)
+
+
+@settings(max_examples=40)
+@given(context=st.integers(1, 3000), tree=trees(), pads=st.integers(0, 7), commit=st.sampled_from(["gather", "remap"]),
+       data=st.data())
+def test_every_tree_node_gets_the_logits_of_plain_decoding_bit_for_bit(models, context, tree, pads, commit, data):
+    exact, _, fast = models
+    pages = CAPACITY // 16
+    cache = paged_cache(exact, CAPACITY, commit, data.draw(st.permutations(range(pages)), label="page order"))
+    fill(fast, cache, context, seed=context)
+    expected = plain_logits(exact, cache, tree)
+    got = padded_tree_logits(exact, cache, tree, pads)
+    assert first_inexact_node(got, expected) is None, first_inexact_node(got, expected)
+
+
+@settings(max_examples=10)
+@given(context=st.integers(1, 2000), tree=trees())
+def test_graph_replay_gives_the_eager_forward_bits(models, context, tree):
+    exact, graphed, fast = models
+    cache = paged_cache(exact, CAPACITY, "gather")
+    fill(fast, cache, context, seed=context)
+    eager = padded_tree_logits(exact, cache, tree)
+    cache.begin(tree.size)  # the graphs key on the cache object: replay on this one
+    replayed = graphed.forward(tree.tokens.cuda(), AttentionMeta.for_tree(tree, context, "cuda"), cache).logits
+    assert graphed.graphs is not None and graphed.graphs.graphs, "no graph was captured"
+    assert first_inexact_node(replayed, eager) is None, first_inexact_node(replayed, eager)

@@ -211,3 +211,15 @@ def test_an_untrained_head_is_never_used_unless_asked_for_by_name(model, make, o
     assert "\n" not in str(err.value) and err.value.target is target
     random = make(options.model_copy(update={"checkpoint": "random"}), target)
     assert random.head.config.kind == kind
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("block_size", 100000, "block-size must be an integer in [2, 256], got 100000"),
+    ("batch_size", 0, "batch-size must be an integer in [1, 4096], got 0"),
+    ("layers", 1000, "layers must be an integer in [1, 32], got 1000"),
+    ("lr", float("nan"), "lr must be a finite number >= 0, got nan"),
+])  # fmt: skip
+def test_training_sizes_are_bounded_before_anything_is_allocated(field, value, expected):
+    with pytest.raises(InputError) as err:
+        TrainConfig(**{field: value})
+    assert str(err.value) == expected

@@ -38,8 +38,16 @@ from .data import TokenData, encode_chat, generate_answers, read_questions
 from .frozen_target import eos_ids, hf_identity, load_hf_target, teacher_forward
 from .masks import block_mask
 from .model import DraftHead, HeadConfig
+from .options import MAX_BLOCK, MAX_LAYERS
 
 EVAL_SEED = 12345
+
+
+TRAIN_LIMITS = (  # (field, lowest, highest): a typo must be an error, not an allocation
+    ("steps", 1, 10_000_000), ("batch_size", 1, 4096), ("anchors", 1, 4096), ("layers", 1, MAX_LAYERS),
+    ("block_size", 2, MAX_BLOCK), ("max_len", 2, 1 << 20), ("eval_rows", 0, 1 << 20),
+    ("save_every", 1, 10_000_000), ("log_every", 1, 10_000_000),
+)  # fmt: skip
 
 
 @dataclass
@@ -71,6 +79,14 @@ class TrainConfig:
             raise InputError("reveal_prob > 0 only makes sense for the causal head")
         if self.steps is None and not self.minutes:
             raise InputError("training needs a number of steps or a time limit (minutes)")
+        for name, low, high in TRAIN_LIMITS:  # before anything is allocated
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not low <= value <= high):
+                raise InputError(f"{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value!r}")
+        for name in ("lr", "warmup", "weight_decay", "minutes"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
         self.target_layers = tuple(self.target_layers) if self.target_layers else None
 
 

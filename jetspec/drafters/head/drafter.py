@@ -92,7 +92,6 @@ class HeadDrafter(ContextDrafter):
         if options.rescore and not head.config.causal:
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
-        self.trained = options.checkpoint != RANDOM  # random weights: lossless, drafts nothing useful
         self.lookup = NgramDrafter() if options.lookup else None
         self.use_graphs(options.cuda_graphs)
 

@@ -23,14 +23,14 @@ STRIDES = ["stride_qn", "stride_qh", "stride_kr", "stride_kh", "stride_vr", "str
 SMEM = 227 * 1024  # Hopper's shared memory per block
 
 
-def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4, num_stages: int = 2):
+def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4, num_stages: int = 2, **options):
     names = fn.arg_names
     signature = {n: types.get(n, "constexpr") for n in names}
     constexprs = {(names.index(n),): v for n, v in consts.items()}
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items()
                if t.startswith("*") or n.startswith("stride")}
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
-                          target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages, **options})
 
 
 def kv_buffering(ttgir: str) -> str:
@@ -71,4 +71,35 @@ types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_rows="i32", num_head
              stride_on="i32", stride_oh="i32")
 assert compile_for_sm90(kernels._combine_splits, types, dict(HEAD_DIM=128, BLOCK_R=32)).asm["ptx"]
 print("combine_splits: ok")
+
+# the exact (row- and position-invariant) kernels, launched with fp fusion off as the backend does
+from jetspec.core.invariant import LAUNCH  # noqa: E402
+from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
+from importlib import import_module  # noqa: E402
+
+inv_linear, inv_rmsnorm, inv_swiglu = (import_module(f"jetspec.targets.decoder.invariant.{m}") for m in ("linear", "rmsnorm", "swiglu"))
+
+for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64, 3, True, True), ("fp32", 16, 2, False, False)):
+    types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
+                 O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", n_queries="i32", qk_scale="fp32",
+                 stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
+    consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=inv.BLOCK_M, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, CHAIN=chain,
+                  SPLIT=split, FUSED=split, BY_SUM=False)
+    k = compile_for_sm90(inv._invariant_attention_fwd, types, consts, num_warps=inv.NUM_WARPS, num_stages=3, **LAUNCH)
+    print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}: ok, {k.metadata.shared} B shared")
+types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
+assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=inv.BLOCK_M), **LAUNCH).asm["ptx"]
+for dtype, out, n, k_ in (("bf16", "bf16", 6144, 4096), ("bf16", "fp32", 151936, 4096), ("bf16", "bf16", 4096, 12288),
+                          ("fp32", "fp32", 64, 64)):
+    block_n, block_k = inv_linear.tiles(n, k_)
+    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", Y=f"*{out}", M="i32", N="i32", K="i32",
+                 stride_xm="i32", stride_wn="i32", stride_ym="i32")
+    compile_for_sm90(inv_linear._linear_kernel, types, dict(HAS_BIAS=True, BLOCK_M=inv_linear.BLOCK_M, BLOCK_N=block_n,
+                     BLOCK_K=block_k, BY_SUM=False), num_warps=4, num_stages=4, **LAUNCH)
+    print(f"invariant_linear {dtype}->{out} N{n} K{k_}: ok")
+compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
+                 stride_y="i32"), dict(BLOCK_H=4096), **LAUNCH)
+compile_for_sm90(inv_swiglu._silu_mul_kernel, dict(GU="*bf16", Y="*bf16", n="i32", I="i32", stride_gu="i32"),
+                 dict(BLOCK=inv_swiglu.BLOCK), **LAUNCH)
+print("invariant_rmsnorm, invariant_silu_mul: ok")
 sys.exit(0)

@@ -191,6 +191,20 @@ def test_a_bad_acceptance_is_one_line_naming_the_verifier(name):
     assert_one_line_with_partial(info.value, f"verifier '{name}' (plugin 'hostile')", VERIFIERS[name][1])
 
 
+def test_a_drafter_asking_for_a_layer_the_target_lacks_is_one_line_at_build():
+    class DeepDrafter(NgramDrafter):
+        hidden_layers = (0, 99)
+
+    class Deep:
+        @jetspec.hookimpl
+        def jetspec_drafters(self):
+            return [Implementation("deep", lambda o, t: DeepDrafter(), NgramOptions)]
+
+    reg = Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=[("deep", Deep())], entry_points=False)
+    with pytest.raises(PluginError, match=r"^drafter 'deep' \(plugin 'deep'\) asks for hidden_layers \[0, 99\]; the target has layers 0\.\.1$"):
+        jetspec.builder(reg).target(TARGET).drafter("deep").build()
+
+
 def test_a_factory_that_builds_no_drafter_is_one_line():
     class NoDrafter:
         @jetspec.hookimpl

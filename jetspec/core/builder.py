@@ -56,6 +56,9 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
         target = make("target", Target, attention)
     kv = chosen["kv_cache"]
     drafter = make("drafter", Drafter, target) if budget > 0 else None
+    layers = tuple(getattr(drafter, "hidden_layers", ()))  # optional member: the target layers it observes
+    if not all(type(l) is int and 0 <= l < target.info.num_layers for l in layers):
+        raise PluginError(f"{labels['drafter']} asks for hidden_layers {list(layers)}; the target has layers 0..{target.info.num_layers - 1}")
     return Pipeline(
         target=target,
         drafter=drafter,

@@ -123,7 +123,7 @@ class TritonAttention(RowKernelInputs):
         hkv = k_rows.shape[1]
         self._check(q, k_rows, meta, slots)
         if self.invariant:
-            return self._attend_invariant(q, k_rows, v_rows, slots, meta, scale)
+            return self._attend_invariant(q, k_rows, v_rows, slots, layer, meta, scale)
         from .triton_tree_attention import paged_tree_attention  # lazy: triton only when used
 
         sizes, prefix = self._forward_tensors(meta, q.device)
@@ -132,15 +132,15 @@ class TritonAttention(RowKernelInputs):
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale,
                                     cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
 
-    def _attend_invariant(self, q, k_rows, v_rows, slots, meta: AttentionMeta, scale: float) -> torch.Tensor:
+    def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import BLOCK_N, ancestor_table, invariant_tree_attention
 
         _, prefix = self._forward_tensors(meta, q.device)
         positions = meta.positions.to(q.device)  # [N] int64
         if meta.chain:
             ancestors = positions.view(-1, 1)  # unused by a chain
-        else:  # once per forward, shared by the layers
-            if self._ancestors is None or self._ancestors[0] is not meta:
+        else:  # once per forward (at its first layer: a CUDA graph's static meta serves every replay), shared by the layers
+            if layer == 0 or self._ancestors is None or self._ancestors[0] is not meta:
                 self._ancestors = (meta, ancestor_table(positions, prefix))
             ancestors = self._ancestors[1]  # [N, N] int32
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,

@@ -18,7 +18,8 @@ def run(x, w, out_dtype, block_m, warps):
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    bn, bk = lin.tiles(n, k)
+    _, bk = lin.tiles(n, k)
+    bn = 32 if block_m <= 64 else 128
     lin._linear_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, bn))](
         x, w, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), HAS_BIAS=False, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, BY_SUM=False, num_warps=warps, num_stages=3, **LAUNCH)

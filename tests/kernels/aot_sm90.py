@@ -91,11 +91,14 @@ types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_s
 assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=inv.BLOCK_M), **LAUNCH).asm["ptx"]
 for dtype, out, n, k_ in (("bf16", "bf16", 6144, 4096), ("bf16", "fp32", 151936, 4096), ("bf16", "bf16", 4096, 12288),
                           ("fp32", "fp32", 64, 64)):
-    block_n, block_k = inv_linear.tiles(n, k_)
+    _, block_k = inv_linear.tiles(n, k_)
     types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", Y=f"*{out}", M="i32", N="i32", K="i32",
                  stride_xm="i32", stride_wn="i32", stride_ym="i32")
-    compile_for_sm90(inv_linear._linear_kernel, types, dict(HAS_BIAS=True, BLOCK_M=inv_linear.BLOCK_M, BLOCK_N=block_n,
-                     BLOCK_K=block_k, BY_SUM=False), num_warps=4, num_stages=4, **LAUNCH)
+    for m in (1, 64, 256):
+        block_m, block_n, warps = inv_linear.row_tiles(m, n, k_)
+        k = compile_for_sm90(inv_linear._linear_kernel, types, dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n,
+                             BLOCK_K=block_k, BY_SUM=False), num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH)
+        assert k.metadata.shared <= SMEM, (n, k_, m, k.metadata.shared)
     print(f"invariant_linear {dtype}->{out} N{n} K{k_}: ok")
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
                  stride_y="i32"), dict(BLOCK_H=4096), **LAUNCH)

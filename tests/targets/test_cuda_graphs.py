@@ -53,9 +53,9 @@ def test_speculative_equals_plain_through_graphs_with_an_oracle(folder, budget):
 
 
 @pytest.mark.parametrize("drafter,options", [
-    ("jetspec", {"block_size": 6, "lookup": False}),
-    ("jetspec", {"block_size": 6, "lookup": True}),
-    ("eagle", {"depth": 3, "top_k": 3, "frontier": 2}),  # only its context append is graphed
+    ("jetspec", {"block_size": 6, "lookup": False, "checkpoint": "random"}),
+    ("jetspec", {"block_size": 6, "lookup": True, "checkpoint": "random"}),
+    ("eagle", {"depth": 3, "top_k": 3, "frontier": 2, "checkpoint": "random"}),  # only its context append is graphed
 ])  # fmt: skip
 def test_speculative_equals_plain_with_graphed_head_drafting(folder, drafter, options):
     """The heads' per-round steps replayed from their own CUDA graphs, beside the target's."""

@@ -2,10 +2,13 @@
 
     y[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32 accumulator)
 
-The K loop runs in fixed BLOCK_K steps from 0 upwards with no split-K, and the tile shape is a
-function of (N, K) only: row m's sum has the same order whether the launch has 1 row or 512.
-Rows are tiled by BLOCK_M = 16 for every M (one tile for a decode step; the M tiles of one N tile
-are neighbours in the launch, so they read that weight tile while it is in L2).
+The K loop runs in fixed BLOCK_K steps from 0 upwards with no split-K, BLOCK_K a function of K
+alone: row m's sum has the same order whether the launch has 1 row or 512. The row and column
+tiles (BLOCK_M, BLOCK_N, warps) follow M, for speed: an output element is accumulated from its own
+row and column over the same K chunks whatever the tile, and on the H200 a row's bits were the
+same for BLOCK_M 16 / 32 (mma.sync) and 64 / 128 (wgmma), 4 or 8 warps, at every Qwen3-8B and
+SmolLM2 projection shape (bench/device/invariance_probe.py; bench/RESULTS.md). The M tiles of one
+N tile are neighbours in the launch, so they read that weight tile while it is in L2.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ import triton
 import triton.language as tl
 
 from ....core.invariant import LAUNCH, interpreted, mm
-
-BLOCK_M = 16
 
 
 @triton.jit
@@ -44,13 +45,25 @@ def _linear_kernel(
 
 
 def tiles(n: int, k: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K) for a weight [N, K]: a function of the weight's shape alone (and of the
-    machine: Triton's CPU interpreter pays per program and per step, so it takes the largest)."""
+    """(BLOCK_N, BLOCK_K) of a decode step for a weight [N, K]. BLOCK_K — the reduction order —
+    is a function of K alone (and of the machine: Triton's CPU interpreter pays per program and per
+    step, so it takes the largest tiles)."""
     if interpreted():
         return min(triton.next_power_of_2(n), 128), min(triton.next_power_of_2(k), 128)
     block_n = 32 if n <= 4096 else 64
     block_k = 64 if k <= 1024 else 128
     return block_n, block_k
+
+
+def row_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, warps) for M rows: skinny tiles for a decode step (bandwidth-bound, many
+    programs), square ones for large trees (compute-bound, weights read once per 128 rows)."""
+    block_n, _ = tiles(n, k)
+    if interpreted() or m <= 16:
+        return 16, block_n, 4
+    if m <= 64:
+        return 64, block_n, 4
+    return 128, 128, 8
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -64,11 +77,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     m, n = x2.shape[0], w.shape[0]
     y = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)  # [M, N]
-    block_n, block_k = tiles(n, k)
-    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, block_n))
+    _, block_k = tiles(n, k)
+    block_m, block_n, warps = row_tiles(m, n, k)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _linear_kernel[grid](
         x2, w, bias if bias is not None else w, y, m, n, k, x2.stride(0), w.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
-        num_warps=4, num_stages=4, **LAUNCH,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
+        num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH,
     )
     return y.view(*lead, n)

@@ -16,6 +16,7 @@ HEADS = {
     "jetspec": {"checkpoint": "random", "block_size": 6, "top_k": 4},
     "jetspec+rescore": {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
     "jetspec+lookup": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": True},
+    "jetspec+head-alone": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": False},
     "dflash": {"checkpoint": "random", "block_size": 6, "top_k": 4},
     "eagle": {"checkpoint": "random", "depth": 4, "top_k": 3, "frontier": 3},
 }

@@ -58,3 +58,11 @@ def random_hf_model(cls_name: str, fields: dict, seed: int = 0) -> torch.nn.Modu
             else:
                 p.copy_(0.1 * noise)
     return model
+
+
+SMALL = dict(COMMON, num_hidden_layers=2, rope_parameters=ROPE)
+EXACT_FAMILIES = {  # for the Triton kernels (head dim 16); GQA groups 2, 4 and 3 (SmolLM2 has 3)
+    "llama": ("LlamaConfig", dict(SMALL, tie_word_embeddings=True)),
+    "qwen2": ("Qwen2Config", dict(SMALL, num_key_value_heads=1, tie_word_embeddings=False)),
+    "qwen3": ("Qwen3Config", dict(SMALL, hidden_size=96, num_attention_heads=6, head_dim=16, tie_word_embeddings=True)),
+}

@@ -18,17 +18,11 @@ from jetspec.core.errors import IncompatibleError
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.tree import DraftTree
 from jetspec.testing.exactness import first_inexact_node, padded_tree_logits, paged_cache, plain_logits
-from support.hf_checkpoints import COMMON, ROPE, random_hf_model
+from support.hf_checkpoints import COMMON, EXACT_FAMILIES as MODELS, random_hf_model
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-interpreter form; the GPU form is test_exact_gpu.py")
 
-SMALL = dict(COMMON, num_hidden_layers=2, rope_parameters=ROPE)
-MODELS = {  # GQA groups 2, 4 and 3 (SmolLM2 has 3); head dim 16
-    "llama": ("LlamaConfig", dict(SMALL, tie_word_embeddings=True)),
-    "qwen2": ("Qwen2Config", dict(SMALL, num_key_value_heads=1, tie_word_embeddings=False)),
-    "qwen3": ("Qwen3Config", dict(SMALL, hidden_size=96, num_attention_heads=6, head_dim=16, tie_word_embeddings=True)),
-}
 VOCAB = COMMON["vocab_size"]
 
 

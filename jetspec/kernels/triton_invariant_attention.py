@@ -35,17 +35,29 @@ import triton.language as tl
 from ..core.invariant import LAUNCH, interpreted, mm
 from .triton_tree_attention import LOG2E, NEG_BIG, _counters
 
-BLOCK_M, BLOCK_N, NUM_WARPS = 16, 64, 4  # fixed: the reduction order must not depend on the shape
+BLOCK_N = 64  # fixed: key blocks are part of the reduction order
+
+
+def row_tiles(rows: int) -> tuple[int, int]:
+    """(BLOCK_M, warps) for `rows` packed (token, head) rows. Free to follow the shape: a row's
+    arithmetic does not depend on it (see `_online_softmax`)."""
+    if interpreted() or rows <= 16:
+        return 16, 4
+    return (64, 4) if rows <= 64 else (128, 8)
 
 
 @triton.jit
-def _online_softmax(s, m_i, l_i):
+def _online_softmax(s, m_i, l_i, ones, BY_SUM: tl.constexpr):
     """One block of scores s [BLOCK_M, BLOCK_N] (log2 units, -inf where masked) into the running
-    max m and sum l -> (P, rescale factor, m', l')."""
+    max m [BLOCK_M] and sums l [BLOCK_M, 16] -> (P in V's dtype, rescale factor, m', l').
+
+    The row sum of P goes through the same matrix unit as P·V (l' = P·1 + l·2^(m - m'), every
+    column of l the same), not a register reduction whose order follows the tile's thread layout;
+    the max is exact in any order. So no step of a row depends on BLOCK_M or the warp count."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    l_new = l_i * alpha + tl.sum(p, 1)
+    p = tl.math.exp2(s - m_new[:, None]).to(ones.dtype)
+    l_new = mm(p, ones, l_i * alpha[:, None], BY_SUM)
     return p, alpha, m_new, l_new
 
 
@@ -95,8 +107,9 @@ def _invariant_attention_fwd(
     K += kvh * stride_kh
     V += kvh * stride_vh
     m_i = tl.full([BLOCK_M], NEG_BIG, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
+    l_i = tl.zeros([BLOCK_M, 16], tl.float32)  # 16 equal columns: the smallest dot output
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
     for b in range(b_lo, tl.minimum(b_hi, b_shared)):  # keys the rows share
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual (= logical) keys
         in_kv = offs_n < prefix_len + n_queries
@@ -105,8 +118,8 @@ def _invariant_attention_fwd(
         v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
         s = mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM) * qk_scale
         s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i)
-        acc = mm(p.to(v.dtype), v, acc * alpha[:, None], BY_SUM)
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
+        acc = mm(p, v, acc * alpha[:, None], BY_SUM)
     for b in range(tl.maximum(b_lo, b_shared), b_hi):  # keys that differ per token: gather each token's own
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual keys
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -117,14 +130,15 @@ def _invariant_attention_fwd(
             s = tl.where((tok == u)[:, None], mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM), s)
         s = s * qk_scale
         s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i)
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
         scaled = acc * alpha[:, None]
         for u in range(tok_lo, tok_hi + 1):
             pos_u = tl.load(POS + u)
             rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
             v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = tl.where((tok == u)[:, None], mm(p.to(v.dtype), v, scaled, BY_SUM), acc)
+            acc = tl.where((tok == u)[:, None], mm(p, v, scaled, BY_SUM), acc)
 
+    l_i = tl.max(l_i, 1)  # [BLOCK_M]: its columns are equal
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     if SPLIT:  # partials [S, N, Hq, D], lse [S, N, Hq]; empty splits write o = 0, lse = -inf
@@ -210,7 +224,8 @@ def invariant_tree_attention(
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
     out = torch.empty_like(q)  # [N, Hq, D]
-    tiles = triton.cdiv(n * (hq // hkv), BLOCK_M)
+    block_m, warps = row_tiles(n * (hq // hkv))
+    tiles = triton.cdiv(n * (hq // hkv), block_m)
     num_splits = triton.cdiv(triton.cdiv(slots.numel(), BLOCK_N), split_blocks)
     split = num_splits > 1
     counters = _counters(q.device, tiles * hkv) if split else None
@@ -226,12 +241,12 @@ def invariant_tree_attention(
         counters if fused else slots, n, scale * LOG2E, ancestors.stride(0),
         q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1),
         out.stride(0), out.stride(1),
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, CHAIN=chain,
-        SPLIT=split, FUSED=fused, BY_SUM=interpreted(), num_warps=NUM_WARPS, num_stages=3, **LAUNCH,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, CHAIN=chain,
+        SPLIT=split, FUSED=fused, BY_SUM=interpreted(), num_warps=warps, num_stages=3, **LAUNCH,
     )
     if split and not fused:
         _merge_kernel[(tiles, hkv)](o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1),
-                                    GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=BLOCK_M, num_warps=NUM_WARPS, **LAUNCH)
+                                    GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=block_m, num_warps=warps, **LAUNCH)
     return out
 
 

@@ -83,12 +83,15 @@ for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64
     types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
                  O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", n_queries="i32", qk_scale="fp32",
                  stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
-    consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=inv.BLOCK_M, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, CHAIN=chain,
-                  SPLIT=split, FUSED=split, BY_SUM=False)
-    k = compile_for_sm90(inv._invariant_attention_fwd, types, consts, num_warps=inv.NUM_WARPS, num_stages=3, **LAUNCH)
+    for rows in (4, 64, 1024):
+        block_m, warps = inv.row_tiles(rows)
+        consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, CHAIN=chain,
+                      SPLIT=split, FUSED=split, BY_SUM=False)
+        k = compile_for_sm90(inv._invariant_attention_fwd, types, consts, num_warps=warps, num_stages=3, **LAUNCH)
+        assert k.metadata.shared <= SMEM, (dtype, d, block_m, k.metadata.shared)
     print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}: ok, {k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
-assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=inv.BLOCK_M), **LAUNCH).asm["ptx"]
+assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128), num_warps=8, **LAUNCH).asm["ptx"]
 for dtype, out, n, k_ in (("bf16", "bf16", 6144, 4096), ("bf16", "fp32", 151936, 4096), ("bf16", "bf16", 4096, 12288),
                           ("fp32", "fp32", 64, 64)):
     _, block_k = inv_linear.tiles(n, k_)

@@ -20,13 +20,13 @@
 # cute-e2e         SmolLM2 end to end with cute (both kernels) and triton (needs `model`) -> $OUT/cute.tar
 # cute-bench       bench/kernel_bench.py: triton, cute and cute:mma=warp at all shapes, then cute
 #                  variants at 64 and 256 nodes (same run) -> $OUT/cute.tar
-# tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/tau.tar
+# tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/smollm2_h200_tau.tar
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
 # exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
-# exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/exact.tar
+# exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar
 # speed            smollm2_h200_speed_{exact,fast}.toml one after the other, alone on the GPU -> $OUT/speed.tar
 #
 # The big wheels travel in parts (64 MiB per call; bench/device/prepare.sh makes .stage1-4): call
@@ -55,6 +55,23 @@ install_heads() {  # heads trained in this machine's session win; else the commi
     fi
     [ -f $d/head.safetensors ] || { echo "no $k head: not in $d, not staged, not trained"; [ $k != causal ] && [ -z "${ALL_HEADS:-}" ] || return 1; }
   done
+}
+
+# sharded NAME N MINUTES TIMEOUT [--resume]: bench/configs/NAME.toml as N shards side by side in
+# /tmp/keep/NAME (kept with --resume: TAU_RESUME=1 goes on from the last call), then one summary
+# -> $OUT/NAME.tar. Speeds in such rows are shared-GPU speeds.
+sharded() {
+  local name=$1 n=$2 minutes=$3 limit=$4 resume=${5:-} c=bench/configs/$1.toml t=/tmp/keep/$1
+  [ -n "$resume" ] || rm -rf $t; mkdir -p $t
+  for i in $(seq 0 $((n - 1))); do
+    OMP_NUM_THREADS=1 timeout $limit python3 -m jetspec.cli bench --config $c --shard $i/$n --output $t/shard$i $resume \
+      --max-minutes $minutes --no-progress > $t/shard$i.log 2>&1 &
+  done
+  wait
+  mkdir -p $t/all/results && cat $t/shard*/results/$name.jsonl | grep -v '"kind": "summary"' > $t/all/results/$name.jsonl
+  python3 -m jetspec.cli bench --config $c --summarize-only --no-progress --output $t/all 2>&1 | grep -v Warning | tail -40
+  grep -h "jetspec bench:\|Error" $t/shard*.log | head -20
+  tar -C $t -cf $OUT/$name.tar all $(cd $t && ls shard*.log)
 }
 
 failed=""
@@ -121,17 +138,8 @@ for step in "$@"; do
       tar -C /tmp/keep -cf $OUT/bench.tar bench ;;
     tau)
       install_heads || exit 1
-      N=${TAU_SHARDS:-12}  # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
-      C=bench/configs/smollm2_h200_tau.toml; T=/tmp/keep/tau; [ -n "${TAU_RESUME:-}" ] || rm -rf $T; mkdir -p $T  # TAU_RESUME=1: go on from the last call
-      for i in $(seq 0 $((N - 1))); do
-        OMP_NUM_THREADS=1 timeout ${TAU_TIMEOUT:-500} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i ${TAU_RESUME:+--resume} \
-          --max-minutes ${TAU_MINUTES:-6} --no-progress > $T/shard$i.log 2>&1 &
-      done
-      wait
-      mkdir -p $T/all/results && cat $T/shard*/results/smollm2_h200_tau.jsonl | grep -v '"kind": "summary"' > $T/all/results/smollm2_h200_tau.jsonl
-      python3 -m jetspec.cli bench --config $C --summarize-only --no-progress --output $T/all 2>&1 | grep -v Warning | tail -40
-      grep -h "jetspec bench:" $T/shard*.log | head -20
-      tar -C $T -cf $OUT/tau.tar all $(cd $T && ls shard*.log) ;;
+      # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
+      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} ;;
     cute-smoke)
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
@@ -164,16 +172,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     exact-bench)
       install_heads || exit 1
-      N=${EXACT_SHARDS:-8}; C=bench/configs/smollm2_h200_exact.toml; T=/tmp/keep/exact; rm -rf $T; mkdir -p $T
-      for i in $(seq 0 $((N - 1))); do
-        OMP_NUM_THREADS=1 timeout ${EXACT_TIMEOUT:-400} python3 -m jetspec.cli bench --config $C --shard $i/$N --output $T/shard$i \
-          --max-minutes ${EXACT_MINUTES:-6} --no-progress > $T/shard$i.log 2>&1 &
-      done
-      wait
-      mkdir -p $T/all/results && cat $T/shard*/results/smollm2_h200_exact.jsonl | grep -v '"kind": "summary"' > $T/all/results/smollm2_h200_exact.jsonl
-      python3 -m jetspec.cli bench --config $C --summarize-only --no-progress --output $T/all 2>&1 | grep -v Warning | tail -30
-      grep -h "jetspec bench:\|Error" $T/shard*.log | head -20
-      tar -C $T -cf $OUT/exact.tar all $(cd $T && ls shard*.log) ;;
+      sharded smollm2_h200_exact ${EXACT_SHARDS:-8} ${EXACT_MINUTES:-6} ${EXACT_TIMEOUT:-400} ;;
     speed)
       install_heads || exit 1
       for m in exact fast; do

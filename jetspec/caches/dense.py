@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import CapacityError
 from ..core.interfaces import TargetInfo
+from ..core.memory import check_fits
 
 
 class DenseCacheOptions(BaseModel):
@@ -23,6 +24,8 @@ class DenseKVCache:
     def __init__(self, info: TargetInfo, capacity: int):
         self.capacity = capacity
         shape = (info.num_layers, capacity, info.num_kv_heads, info.head_dim)
+        elem = torch.empty((), dtype=info.dtype).element_size()
+        check_fits(2 * elem * shape[0] * shape[1] * shape[2] * shape[3], info.device, f"a KV cache of {capacity} tokens")
         self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
         self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
         self._committed = 0

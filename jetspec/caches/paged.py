@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import CapacityError, InputError
 from ..core.interfaces import TargetInfo
+from ..core.memory import check_fits
 
 
 class PagedCacheOptions(BaseModel):
@@ -85,6 +86,8 @@ class PagedKVCache:
         self.page_size = p = opts.page_size
         self.num_pages = opts.max_pages or math.ceil(capacity / p)
         shape = (info.num_layers, self.num_pages, p, info.num_kv_heads, info.head_dim)
+        elem = torch.empty((), dtype=info.dtype).element_size()
+        check_fits(2 * elem * math.prod(shape), info.device, f"a paged KV cache of {self.num_pages} pages of {p} tokens")
         self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
         self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
         self.slot_table = torch.zeros(capacity, dtype=torch.int32, device=info.device)  # [capacity]

@@ -141,3 +141,12 @@ def test_footprint_counts_pages_and_bytes():
 def test_options_reject_unknown_fields():
     with pytest.raises(Exception, match="extra"):
         PagedCacheOptions(pagesize=8)
+
+
+@pytest.mark.parametrize("kind", ["dense", "paged"])
+def test_a_cache_that_cannot_fit_in_memory_is_one_line_before_anything_is_allocated(kind):
+    info = TargetInfo(name="huge", architecture="llama", vocab_size=10, hidden_size=8192, num_layers=1000,
+                      num_kv_heads=64, head_dim=128, max_positions=1 << 24, dtype=torch.float32,
+                      device=torch.device("cpu"))  # 2 x 1000 x 2^22 x 64 x 128 x 4 bytes = 256 TiB
+    with pytest.raises(CapacityError, match=r"KV cache .* needs .* GiB but only .* GiB are free on cpu"):
+        (DenseKVCache(info, 1 << 22) if kind == "dense" else PagedKVCache(info, 1 << 22))

@@ -57,6 +57,23 @@ class BadOptionsPlugin:
         return [Implementation("bad-options", lambda o, t: None, dict)]
 
 
+class MisspelledPlugin:
+    @jetspec.hookimpl
+    def jetspec_drafter(self):  # the hook is jetspec_drafters
+        return [Implementation("misspelled", lambda o, t: None, NoOptions)]
+
+
+class UnmarkedPlugin:
+    def jetspec_drafters(self):  # no @jetspec.hookimpl: pluggy skips it
+        return [Implementation("unmarked", lambda o, t: None, NoOptions)]
+
+
+class WrongSignaturePlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self, target):
+        return [Implementation("wrong-signature", lambda o, t: None, NoOptions)]
+
+
 def make(*plugins):
     return Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=plugins, entry_points=False)
 
@@ -84,6 +101,49 @@ def test_a_broken_plugin_is_one_line_and_the_rest_still_work(plugin, expected):
     assert "\n" not in reg.problems[0]
     assert reg.get("drafter", "good").plugin == "good"
     assert reg.get("drafter", "ngram").plugin == "jetspec.builtins"
+
+
+HOOKS = "jetspec_targets, jetspec_drafters, jetspec_tree_scorers, jetspec_verifiers, jetspec_kv_caches, jetspec_attention_backends"
+
+
+@pytest.mark.parametrize(
+    "plugin, expected",
+    [
+        (MisspelledPlugin(), f"plugin 'bad': 'jetspec_drafter' is not a jetspec hook (did you mean 'jetspec_drafters'?); hooks: {HOOKS}"),
+        (UnmarkedPlugin(), "plugin 'bad': 'jetspec_drafters' lacks @jetspec.hookimpl, so it registers nothing"),
+    ],
+)
+def test_pluggy_silent_pitfalls_are_one_line(plugin, expected):
+    reg = make(("bad", plugin), ("good", GoodPlugin()))
+    assert reg.problems == [expected]
+    assert reg.get("drafter", "good").plugin == "good"
+
+
+def test_an_unmarked_misspelled_function_is_reported_too():
+    class Both:
+        def jetspec_scorers(self):
+            return []
+
+    assert make(("bad", Both())).problems == [
+        f"plugin 'bad': 'jetspec_scorers' is not a jetspec hook (did you mean 'jetspec_tree_scorers'?); hooks: {HOOKS}"
+    ]
+
+
+def test_a_wrong_hook_signature_keeps_pluggys_whole_reason():
+    reg = make(("bad", WrongSignaturePlugin()))
+    (problem,) = reg.problems
+    assert problem.startswith("plugin 'bad' failed to load: invalid hook: Plugin 'bad' for hook 'jetspec_drafters'; ")
+    assert "hookimpl definition: jetspec_drafters(target); Argument(s) {'target'} are declared" in problem
+    assert "\n" not in problem and "wrong-signature" not in reg.names("drafter")
+
+
+def test_an_unknown_name_says_which_plugins_failed_and_why():
+    reg = Registry.create(builtin_modules=("jetspec.builtins", "no_such_module_xyz"), entry_points=False)
+    with pytest.raises(ConfigError) as e:
+        reg.get("drafter", "xyz")
+    assert str(e.value).endswith(
+        "; plugin problems: plugin 'no_such_module_xyz' failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"
+    )
 
 
 def test_a_plugin_that_fails_to_import_is_reported():

@@ -6,13 +6,17 @@ Identity (a name) is separate from capability: each implementation declares what
 
 Plugin safety: each plugin is loaded and each of its hooks called on its own, so a plugin that
 raises, registers a duplicate name or an options model that is not a pydantic model is reported
-in one line (`Registry.problems`) and skipped while every other plugin keeps working. The
+in one line (`Registry.problems`) and skipped while every other plugin keeps working. pluggy's
+silent pitfalls are reported too: a `jetspec_*` function that names no hook (a misspelling), one
+without `@jetspec.hookimpl` (it registers nothing), and a wrong hook signature (pluggy's whole
+message, its lines joined). Every `unknown <kind>` error repeats these problems. The
 environment variable JETSPEC_PLUGINS restricts which entry-point plugins load: a comma-separated
 list of entry-point names, or "none".
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import math
@@ -79,11 +83,16 @@ class Registry:
         for name, load in candidates:
             try:
                 plugin = load()
-                pm.register(plugin, name=name)
             except (Exception, SystemExit) as e:  # a plugin calling sys.exit() on import ends nothing else
                 reg.problems.append(f"plugin '{name}' failed to load: {_one_line(e)}")
                 continue
+            try:
+                pm.register(plugin, name=name)
+            except pluggy.PluginValidationError as e:  # a wrong signature: keep all of pluggy's explanation
+                reg.problems.append(f"plugin '{name}' failed to load: invalid hook: {_joined(e)}")
+                continue
             reg.plugins.append(name)
+            reg.problems.extend(_hook_pitfalls(pm, name, plugin))
             reg._collect(pm, name, plugin)
         return reg
 
@@ -129,8 +138,14 @@ class Registry:
             raise ConfigError(f"unknown component kind '{kind}'; kinds: {', '.join(hookspecs.KINDS)}")
         impl = self.implementations[kind].get(name)
         if impl is None:
-            raise ConfigError(f"unknown {kind} '{name}'; registered: {', '.join(self.names(kind)) or '(none)'}")
+            registered = ", ".join(self.names(kind)) or "(none)"
+            raise ConfigError(f"unknown {kind} '{name}'; registered: {registered}{self._problems_note()}")
         return impl
+
+    def _problems_note(self) -> str:
+        """The plugin problems, as a tail for an `unknown <kind>` error: the name asked for may be
+        in a plugin that failed to load."""
+        return f"; plugin problems: {' | '.join(self.problems)}" if self.problems else ""
 
     def options(self, kind: str, name: str, values: dict[str, Any]) -> BaseModel:
         """Validate `values` against the options model of `kind` `name`; one-line ConfigError."""
@@ -202,12 +217,43 @@ def format_validation_error(e: Any) -> str:
     return "; ".join(parts)
 
 
+def _hook_pitfalls(pm: pluggy.PluginManager, name: str, plugin: Any) -> list[str]:
+    """One line per hook that pluggy would register silently wrong: a marked function whose hook
+    name is not ours (what `PluginManager.check_pending` raises for, once, for the first plugin
+    only; here per plugin and per hook), and a `jetspec_*` function left without
+    `@jetspec.hookimpl`, which pluggy skips."""
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec() and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
+            problems.append(f"plugin '{name}': {_not_a_hook(caller.name)}")
+    for attr in sorted(a for a in dir(plugin) if a.startswith("jetspec_")):
+        if not callable(getattr(plugin, attr, None)) or pm.parse_hookimpl_opts(plugin, attr) is not None:
+            continue
+        if attr in hookspecs.HOOK_OF_KIND.values():
+            problems.append(f"plugin '{name}': '{attr}' lacks @jetspec.hookimpl, so it registers nothing")
+        else:
+            problems.append(f"plugin '{name}': {_not_a_hook(attr)}")
+    return problems
+
+
+def _not_a_hook(attr: str) -> str:
+    hooks = list(hookspecs.HOOK_OF_KIND.values())
+    close = difflib.get_close_matches(attr, hooks, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"'{attr}' is not a jetspec hook{hint}; hooks: {', '.join(hooks)}"
+
+
 def _allowed(spec: str | None) -> set[str] | None:
     if spec is None or spec.strip() == "":
         return None
     if spec.strip().lower() == "none":
         return set()
     return {s.strip() for s in spec.split(",") if s.strip()}
+
+
+def _joined(e: BaseException) -> str:
+    """All of an error's lines on one line: for messages whose later lines carry the reason."""
+    return "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
 
 
 def _one_line(e: BaseException) -> str:

@@ -291,45 +291,87 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_train_head(args: argparse.Namespace) -> int:
     from .drafters.head.train import main as train_main
 
-    return train_main(args.rest)  # its own options (`jetspec train-head --help`)
+    return train_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec train-head --help`)
 
 
 # ---------------------------------------------------------------------------- main
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jetspec", description="Lossless speculative decoding.")
-    sub = p.add_subparsers(dest="command", required=True)
+class DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is none to show (None, a flag's
+    False: the help text says what happens then)."""
 
-    g = sub.add_parser("generate", help="generate text (default: embedded SmolLM2, best drafter available)")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+GENERATE_DEVICE = """\
+device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
+and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
+otherwise the library defaults: attention "torch" over a "dense" KV cache.
+A flag overrides the config file; a flag left out keeps the config's value or the default shown."""
+
+
+def _generate_defaults() -> dict[str, Any]:
+    """What `jetspec generate` uses where neither a flag nor the config says: the config's defaults."""
+    from .core.config import GenerationConfig, PipelineConfig
+
+    gen = GenerationConfig()
+    return {"drafter": PipelineConfig().drafter.name, "budget": gen.budget, "max_new_tokens": gen.max_new_tokens}
+
+
+def _generate_parser(sub) -> None:
+    d = _generate_defaults()
+    g = sub.add_parser("generate", help="generate text (default: embedded SmolLM2, best drafter available)",
+                       description="Generate text by lossless speculative decoding.", epilog=GENERATE_DEVICE,
+                       formatter_class=DefaultsHelp)  # fmt: skip
     g.add_argument("prompt", help="the prompt text, or - to read it from standard input")
-    g.add_argument("--config", help="pipeline config (TOML, YAML or JSON)")
-    g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-    g.add_argument("--budget", type=int, help="draft nodes per round (0: plain decoding)")
-    g.add_argument("--drafter", help="drafter name (see `jetspec plugins`)")
-    g.add_argument("--target-path", help="a Hugging Face model folder instead of the embedded default")
+    g.add_argument("--config", help="pipeline config (TOML, YAML or JSON; default: none, the built-in defaults)")
+    g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
+                   help=f"tokens to generate at most (default: {d['max_new_tokens']})")
+    g.add_argument("--budget", type=int, help=f"draft nodes verified per round, 0: plain decoding (default: {d['budget']})")
+    g.add_argument("--drafter", help=f"drafter name, see `jetspec plugins` (default: {d['drafter']}; "
+                                     "ngram for a target with no trained head)")  # fmt: skip
+    g.add_argument("--target-path", help="a Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--compare", action="store_true", help="also run plain decoding; print speedup and identity")
-    g.add_argument("--no-stream", action="store_true")
-    g.add_argument("--no-chat-template", action="store_true")
+    g.add_argument("--no-stream", action="store_true", help="print the answer once it is complete instead of token by token")
+    g.add_argument("--no-chat-template", action="store_true",
+                   help="give the prompt to the model as it is, not wrapped in the tokenizer's chat template")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_sampling_flags(g)
 
-    sub.add_parser("plugins", help="list registered implementations by kind")
 
-    cv = sub.add_parser("convert", help="convert a GGUF file into a Hugging Face folder (config, safetensors, tokenizer)")
-    cv.add_argument("gguf")
-    cv.add_argument("out_dir")
-    cv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+def parser() -> argparse.ArgumentParser:
+    d = _generate_defaults()
+    p = argparse.ArgumentParser(
+        prog="jetspec", description="Lossless speculative decoding.", formatter_class=DefaultsHelp,
+        epilog=f"generate's defaults: target the embedded SmolLM2-135M-Instruct, drafter {d['drafter']},\n"
+               f"budget {d['budget']}, max new tokens {d['max_new_tokens']}, device auto (CUDA when available).\n"
+               "`jetspec COMMAND --help` shows a command's options and their defaults.",
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+
+    sub.add_parser("plugins", help="list registered implementations by kind", formatter_class=DefaultsHelp)
+
+    cv = sub.add_parser("convert", help="convert a GGUF file into a Hugging Face folder (config, safetensors, tokenizer)",
+                        formatter_class=DefaultsHelp)
+    cv.add_argument("gguf", help="the GGUF file to read")
+    cv.add_argument("out_dir", help="the folder to write")
+    cv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype of the saved weights")
 
     th = sub.add_parser("train-head", add_help=False, help="train a draft head on a frozen target (self-distillation)")
     th.add_argument("rest", nargs=argparse.REMAINDER)
 
-    b = sub.add_parser("bench", help="benchmark pipelines against plain decoding and transformers peers")
+    b = sub.add_parser("bench", help="benchmark pipelines against plain decoding and transformers peers", formatter_class=DefaultsHelp)
     from .bench.cli import add_arguments
 
     add_arguments(b)
 
-    c = sub.add_parser("config", help="config schema / show / check")
-    c.add_argument("action", choices=["schema", "show", "check"])
-    c.add_argument("file", nargs="?")
+    c = sub.add_parser("config", help="config schema / show / check", formatter_class=DefaultsHelp)
+    c.add_argument("action", choices=["schema", "show", "check"],
+                   help="schema: the JSON schema of a config; show: FILE (or no file) with every default filled in; check: validate FILE")
+    c.add_argument("file", nargs="?", help="the config file (for show and check)")
     return p
 
 

@@ -200,3 +200,27 @@ def test_a_failing_generation_prints_what_it_produced_with_the_error(tmp_path, m
     row = json.loads(out)
     assert err.strip() == "jetspec: error: scorer 'fails' (plugin 'bad') raised ValueError: scorer bug in build" == "jetspec: error: " + row["error"]
     assert row["rounds"] == 3 and len(row["tokens"]) >= 3
+
+
+def test_help_shows_the_defaults_and_explains_every_option():
+    """Each command's --help gives every option a help text and shows the defaults it runs with
+    (those of `generate` come from the config models, so the help cannot drift from them)."""
+    from jetspec.core.config import GenerationConfig, PipelineConfig
+
+    gen, drafter = GenerationConfig(), PipelineConfig().drafter.name
+    top = run("--help").stdout
+    assert f"drafter {drafter}," in top and f"budget {gen.budget}, max new tokens {gen.max_new_tokens}, device auto" in top
+    g = " ".join(run("generate", "--help").stdout.split())  # unwrapped
+    for expected in [f"tokens to generate at most (default: {gen.max_new_tokens})", f"plain decoding (default: {gen.budget})",
+                     f"(default: {drafter};", "prompt the prompt text, or -", "--no-stream print the answer once",
+                     "--no-chat-template give the prompt", 'device: the target\'s `device = "auto"`']:
+        assert expected in g, expected
+    assert "(default: None)" not in g and "(default: False)" not in g
+    assert "(default: float32)" in run("convert", "--help").stdout
+    t = " ".join(run("train-head", "--help").stdout.split())
+    assert "--steps STEPS optimizer steps (default: 2000)" in t and "--seed SEED random seed (default: 0)" in t
+    for command in ("generate", "convert", "config", "bench", "train-head"):
+        lines = run(command, "--help").stdout.splitlines() + [""]
+        bare = [line for line, after in zip(lines, lines[1:])  # an option whose help is neither beside it nor below it
+                if line.startswith("  -") and "  " not in line.strip() and not after.startswith(" " * 8)]
+        assert not bare, f"{command}: options without help: {bare}"

@@ -351,24 +351,25 @@ def train_head(
     return train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__)
+def main(argv: list[str] | None = None, formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
+    """`jetspec train-head`; the CLI passes its help formatter (which shows the defaults)."""
+    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__, formatter_class=formatter_class)
     ap.add_argument("--target", required=True, help="Hugging Face folder (or .gguf file) of the frozen target")
     ap.add_argument("--prompts", required=True, help="training prompts, .jsonl(.gz)")
     ap.add_argument("--out", required=True, help="output folder (checkpoint, training state, answers)")
-    ap.add_argument("--kind", default="causal", choices=["causal", "dflash", "eagle"])
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--minutes", type=float, default=None)
-    ap.add_argument("--data", default=None, help="answers file to reuse/create (default OUT/answers.safetensors)")
-    ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--anchors", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=6e-4)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--max-prompts", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--kind", default="causal", choices=["causal", "dflash", "eagle"], help="which head to train")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    ap.add_argument("--minutes", type=float, default=None, help="stop after this long (default: no time limit)")
+    ap.add_argument("--data", default=None, help="answers file to reuse/create (default: OUT/answers.safetensors)")
+    ap.add_argument("--layers", type=int, default=1, help="head decoder layers")
+    ap.add_argument("--block-size", type=int, default=16, help="inputs per block, the draft depth trained")
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    ap.add_argument("--anchors", type=int, default=32, help="blocks per sequence")
+    ap.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="length of each self-distilled answer")
+    ap.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a = ap.parse_args(argv)
     summary = train_head(
         a.target, a.prompts, a.out, a.kind, a.steps, data_path=a.data, max_new_tokens=a.max_new_tokens,

@@ -16,7 +16,7 @@ from .core.errors import JetSpecError
 from .core.hookspecs import hookimpl
 from .core.interfaces import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
 from .core.pipeline import GenerationResult, Pipeline
-from .core.proposal import DepthMarginals, TokenTrie
+from .core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
 from .core.registry import Implementation, Registry
 from .core.tree import DraftTree
 
@@ -49,10 +49,12 @@ __all__ = [
     "DecodeState",
     "DepthMarginals",
     "DraftTree",
+    "EmptyProposal",
     "GenerationConfig",
     "GenerationResult",
     "Implementation",
     "JetSpecError",
+    "MergedProposal",
     "Pipeline",
     "PipelineBuilder",
     "PipelineConfig",

@@ -156,6 +156,17 @@ class TreeScorer(Protocol):
     """Chooses at most `budget` draft nodes out of a proposal."""
 
     def build(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
+        """A tree of the root and at most `budget` draft nodes, chosen from `proposal`.
+
+        `root` is a token id: the last committed token (`state.tokens[-1]`), whose K/V the
+        round's forward writes; it becomes node 0, so `tokens[0] == root`. Every other node is a
+        candidate the proposal offered under its parent's path (`proposal.children(path)`, the
+        path being the draft tokens from below the root down to the parent), siblings carry
+        distinct tokens, and the tree is in DFS pre-order (`DraftTree.from_parents` lays it out).
+        `scores[i]` is node i's cumulative drafter log-prob, the sum of the `logp`s on the path
+        from the root (`scores[0] == 0`): what the scorer ranked by, never read by the greedy
+        verifier (losslessness does not depend on it). Budget 0 or an empty proposal: the root
+        alone, which is a plain decoding step."""
         ...
 
 

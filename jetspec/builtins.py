@@ -196,7 +196,8 @@ def jetspec_attention_backends():
         ),
         Implementation(
             "cute", _cute_attention, CuteAttentionOptions,
-            "CuTe DSL paged tree attention (Hopper sm_90, bf16, head dim 64/128); correct, ~5x slower than triton",
+            "CuTe DSL paged tree attention (Hopper sm_90, bf16, head dim 64/128): faster than triton for trees "
+            "(64, 256 nodes), slower for one-token decode; no exact mode (figures: bench/RESULTS.md)",
             requires=frozenset({"kv_cache:kv_rows", "target:attention_backend"}),
         ),
     ]

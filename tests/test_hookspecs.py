@@ -3,6 +3,7 @@ register through the same hooks as any plugin."""
 
 import inspect
 import pathlib
+import re
 
 import pytest
 
@@ -39,3 +40,13 @@ def test_builtins_register_through_the_hooks():
                 break
         else:
             pytest.fail(f"no built-in {kind}")
+
+
+def test_builtin_summaries_carry_no_benchmark_figures():
+    """A speed figure in a summary goes stale (`cute` was long called "~5x slower than triton" after
+    it overtook it): the figure belongs in bench/RESULTS.md, the summary keeps only the claim."""
+    reg = jetspec.default_registry()
+    figures = [f"{kind} '{impl.name}': {impl.summary}" for kind in hookspecs.KINDS
+               for impl in reg.implementations[kind].values()
+               if impl.plugin == "jetspec.builtins" and re.search(r"\d(\.\d+)?\s*[x×]\b|\d+\s*(µs|ms|tok/s)", impl.summary)]
+    assert not figures, figures

@@ -189,6 +189,7 @@ def test_a_padded_context_append_writes_the_committed_rows_exactly(target):
     assert all(torch.isfinite(k).all() and torch.isfinite(v).all() for k, v in padded.cache.buffers())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
 def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth(target):
     gpu = HeadTarget(tiny_llama(), device="cuda")

@@ -29,6 +29,9 @@
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar
 # speed            smollm2_h200_speed_{exact,fast}.toml one after the other, alone on the GPU -> $OUT/speed.tar
 #
+# A step whose tests fail, or whose timed command fails, marks the call failed (exit 1 at the end,
+# after the later steps ran).
+#
 # The big wheels travel in parts (64 MiB per call; bench/device/prepare.sh makes .stage1-4): call
 # N carries .stageN and runs `stage` first. /tmp survives between back-to-back calls on a warm
 # machine; if /tmp/keep is empty, the machine was replaced: start again from .stage1.
@@ -104,16 +107,21 @@ for step in "$@"; do
       python3 -c "from jetspec.targets.default_model import default_model_path as p; print(p())" ;;
     gpu-tests)  # what changed most recently first: each pytest reports even if a later one runs out of time
       timeout 200 python3 -m pytest -q -rs tests/targets/test_cuda_graphs.py tests/test_head_drafter.py 2>&1 | tee $OUT/gpu_tests.log | grep -v Warning | tail -8
-      timeout ${KERNEL_TESTS_TIMEOUT:-200} python3 -m pytest -q -rs tests/kernels/test_triton_tree_attention.py 2>&1 | tee -a $OUT/gpu_tests.log | grep -v Warning | tail -5 ;;
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout ${KERNEL_TESTS_TIMEOUT:-200} python3 -m pytest -q -rs tests/kernels/test_triton_tree_attention.py 2>&1 | tee -a $OUT/gpu_tests.log | grep -v Warning | tail -5
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     kernels)
-      timeout 400 python3 bench/kernel_bench.py --out $OUT/kernels.jsonl 2>&1 | tee $OUT/kernel_bench.log | tail -45 ;;
+      timeout 400 python3 bench/kernel_bench.py --out $OUT/kernels.jsonl 2>&1 | tee $OUT/kernel_bench.log | tail -45
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost)
-      timeout 300 python3 bench/round_cost.py --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -25 ;;
+      timeout 300 python3 bench/round_cost.py --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -25
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     decode)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       H=(); for k in jetspec=causal dflash=dflash eagle=eagle; do
         [ -f $HEADS/${k#*=}/head.json ] && H+=(--head "${k%%=*}=$HEADS/${k#*=}"); done
-      timeout 300 python3 bench/decode_speed.py --target $M --prompts 6 --new 256 "${H[@]}" --out $OUT/decode_speed.jsonl 2>&1 | tee $OUT/decode_speed.log | grep -v Warning ;;
+      timeout 300 python3 bench/decode_speed.py --target $M --prompts 6 --new 256 "${H[@]}" --out $OUT/decode_speed.jsonl 2>&1 | tee $OUT/decode_speed.log | grep -v Warning
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       python3 bench/train_heads_gpu.py --target $M --prompts /tmp/keep/prompts/gsm8k_train.jsonl --out $HEADS --minutes ${TRAIN_MINUTES:-5} --no-progress 2>&1 | tee $OUT/train.log | tail -30
@@ -144,9 +152,11 @@ for step in "$@"; do
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
       timeout ${CUTE_TESTS_TIMEOUT:-420} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -30
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     cute-e2e)
       timeout 400 python3 -m pytest -q -rs tests/targets/test_smollm2_gpu.py -s 2>&1 | tee /tmp/keep/cute_e2e.log | grep -v Warning | grep -E "prompts identical|passed|failed|Error|SKIP" | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     cute-bench)
       timeout 300 python3 bench/kernel_bench.py --backends triton cute cute:mma=warp \

@@ -8,7 +8,8 @@ import jetspec
 from support.models import tiny_hf_model
 from support.registry import make_test_registry
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")]
 REG = make_test_registry()
 
 

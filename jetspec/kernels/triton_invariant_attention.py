@@ -8,8 +8,8 @@ reduction over a row's keys a function of p alone:
 
     blocks   [b·BN, (b+1)·BN) of virtual keys, b = 0, 1, ... (BN fixed: BLOCK_N)
     splits   [s·SB, (s+1)·SB) of blocks (SB fixed: split_blocks), merged in the order s = 0, 1, ...
-    in a block:  s = q·k^T · scale,  masked past p;   m' = max(m, max s);  P = 2^(s - m')
-                 l' = l·2^(m - m') + sum P;           acc' = (acc·2^(m - m')) + P·V
+    in a block:  s = q·k^T · scale,  masked past p;   m' = max(m, max s);  P = 2^(s - m') in V's dtype
+                 l' = l·2^(m - m') + P·1;             acc' = (acc·2^(m - m')) + P·V
     split merge: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s
 
 Whatever the forward (a decode step, a tree of any shape, a prefill chunk, CUDA-graph padding),

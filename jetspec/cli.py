@@ -4,6 +4,7 @@
     jetspec generate "a prompt" --compare  # also plain decoding; prints speedup and identity
     jetspec generate --config run.toml "a prompt"
     jetspec generate "a prompt" --temperature 0.8 --top-p 0.95 --seed 1   # lossless sampling
+    jetspec run --config run.toml --prompts FILE.jsonl[.gz] --out OUT.jsonl [--resume]
     jetspec plugins                        # every registered implementation, by kind
     jetspec config schema | show | check FILE
     jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
@@ -211,6 +212,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- run
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runs import read_prompts, run_prompts
+
+    if args.limit is not None and args.limit < 1:
+        raise JetSpecError(f"--limit must be at least 1, got {args.limit}")
+    prompts = read_prompts(args.prompts, args.field)[: args.limit]  # before loading a model: bad lines show at once
+    pipe = _build(args, _pipeline_config(args))
+    summary = run_prompts(pipe, prompts, args.out, resume=args.resume, progress=not args.no_progress)
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------- plugins
 @command("plugins")
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -321,11 +336,19 @@ def _generate_defaults() -> dict[str, Any]:
 
 
 def _generate_parser(sub) -> None:
-    d = _generate_defaults()
     g = sub.add_parser("generate", help="generate text (default: embedded SmolLM2, best drafter available)",
                        description="Generate text by lossless speculative decoding.", epilog=GENERATE_DEVICE,
                        formatter_class=DefaultsHelp)  # fmt: skip
     g.add_argument("prompt", help="the prompt text, or - to read it from standard input")
+    add_pipeline_flags(g)
+    g.add_argument("--compare", action="store_true", help="also run plain decoding; print speedup and identity")
+    g.add_argument("--no-stream", action="store_true", help="print the answer once it is complete instead of token by token")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def add_pipeline_flags(g: argparse.ArgumentParser) -> None:
+    """--config and the flags that override it (shared by `generate` and `run`: `_pipeline_config`)."""
+    d = _generate_defaults()
     g.add_argument("--config", help="pipeline config (TOML, YAML or JSON; default: none, the built-in defaults)")
     g.add_argument("--max-new-tokens", type=int, dest="max_new_tokens",
                    help=f"tokens to generate at most (default: {d['max_new_tokens']})")
@@ -333,12 +356,29 @@ def _generate_parser(sub) -> None:
     g.add_argument("--drafter", help=f"drafter name, see `jetspec plugins` (default: {d['drafter']}; "
                                      "ngram for a target with no trained head)")  # fmt: skip
     g.add_argument("--target-path", help="a Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--compare", action="store_true", help="also run plain decoding; print speedup and identity")
-    g.add_argument("--no-stream", action="store_true", help="print the answer once it is complete instead of token by token")
     g.add_argument("--no-chat-template", action="store_true",
                    help="give the prompt to the model as it is, not wrapped in the tokenizer's chat template")
-    g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_sampling_flags(g)
+
+
+def _run_parser(sub) -> None:
+    from .runs import CHAT_FIELDS, ID_FIELDS, PROMPT_FIELDS
+
+    r = sub.add_parser("run", help="answer every prompt of a JSONL file into a JSONL of rows (resumable)",
+                       description="Generate an answer to each prompt of a JSONL file, one at a time, appending one "
+                                   "row per prompt to OUT: id, text, tokens, tau, seconds, stopped (and error where "
+                                   "a generation failed; the run goes on).",
+                       epilog=f"prompt: --field, else the first of {', '.join(PROMPT_FIELDS)}, else the first user turn "
+                              f"of {', '.join(CHAT_FIELDS)};\nid: the first of {', '.join(ID_FIELDS)}, else the line number. "
+                              "A bad line is reported with its number and skipped.\n" + GENERATE_DEVICE,
+                       formatter_class=DefaultsHelp)  # fmt: skip
+    r.add_argument("--prompts", required=True, help="the prompts: JSON lines, gzip-compressed if the name ends in .gz")
+    r.add_argument("--out", required=True, help="the output JSONL (rows appended as each prompt finishes)")
+    r.add_argument("--resume", action="store_true", help="continue OUT: skip ids it already answers (without it, a non-empty OUT is an error)")
+    r.add_argument("--field", help="the input field holding the prompt (a string, or chat turns)")
+    r.add_argument("--limit", type=int, help="answer only the first N usable prompts of the file")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_pipeline_flags(r)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -351,6 +391,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
+    _run_parser(sub)
 
     sub.add_parser("plugins", help="list registered implementations by kind", formatter_class=DefaultsHelp)
 

@@ -1,0 +1,154 @@
+"""`jetspec run`: a JSONL of prompts in, a JSONL of answers out, one sequence at a time.
+
+* Input: one JSON object a line (`.gz` read as gzip). The prompt is the field `field`, or the
+  first of `PROMPT_FIELDS`, or the first user turn of `CHAT_FIELDS` (a list of strings, or of
+  `{"role", "content"}` messages). The id is the first of `ID_FIELDS`, else the line number.
+  A line that is not a JSON object, has no prompt, or repeats an id is reported with its number
+  and skipped: one bad line never ends a run.
+* Output: one row per prompt, `{id, text, tokens, tau, seconds, stopped}`; where the generation
+  failed, `stopped` is "error", `error` holds the message and text/tokens what it had committed
+  (the run goes on), appended as each finishes through `bench/rows.append_row`
+  (under the folder's lock, fsynced, a torn last line cut off first).
+* Resume: every id with a row in the output, error or not, is answered; only the others run, so
+  each prompt has exactly one row. A torn last line (a killed writer's) is cut off before reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .bench.rows import append_row, complete_length, read_rows
+from .core.errors import InputError, JetSpecError
+from .core.files import locked
+
+PROMPT_FIELDS = ("prompt", "question", "text", "problem")
+CHAT_FIELDS = ("turns", "messages")
+ID_FIELDS = ("id", "task_id", "question_id", "unique_id")
+
+
+@dataclass(frozen=True)
+class RunPrompt:
+    id: str
+    text: str
+    line: int  # 1-based line number in the input file
+
+
+@dataclass
+class RunSummary:
+    done: int = 0  # prompts answered by this run (errors included)
+    skipped: int = 0  # prompts already answered in the output (resume)
+    errors: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return (f"[jetspec run] {self.done} prompts done, {self.skipped} skipped, {self.errors} errors · "
+                f"{self.tokens} tokens · {rate:.1f} tok/s")  # fmt: skip
+
+
+def _warn(message: str) -> None:
+    print(f"jetspec run: {message}", file=sys.stderr)
+
+
+def prompt_text(record: dict[str, Any], field: str | None = None) -> str | None:
+    """The prompt of one input record, or None if it has none (see the module docstring)."""
+    names = (field,) if field else PROMPT_FIELDS + CHAT_FIELDS
+    for name in names:
+        value = record.get(name)
+        if isinstance(value, list):  # chat turns: the first user turn
+            value = next((t if isinstance(t, str) else t.get("content") for t in value
+                          if isinstance(t, str) or (isinstance(t, dict) and t.get("role", "user") == "user")), None)  # fmt: skip
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def read_prompts(path: str | Path, field: str | None = None, warn: Callable[[str], None] = _warn) -> list[RunPrompt]:
+    """The usable prompts of `path`; every unusable line goes to `warn` with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompt file '{path}' not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    prompts, seen = [], set()
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                warn(f"{path} line {n}: not JSON ({e.msg}); skipped")
+                continue
+            if not isinstance(record, dict):
+                warn(f"{path} line {n}: not a JSON object; skipped")
+                continue
+            text = prompt_text(record, field)
+            if text is None:
+                wanted = field or ", ".join(PROMPT_FIELDS + CHAT_FIELDS)
+                warn(f"{path} line {n}: no prompt (looked for {wanted}; fields: {', '.join(record) or 'none'}); skipped")
+                continue
+            pid = next((str(record[k]) for k in ID_FIELDS if record.get(k) is not None), str(n))
+            if pid in seen:
+                warn(f"{path} line {n}: id {pid!r} repeats an earlier line's; skipped")
+                continue
+            seen.add(pid)
+            prompts.append(RunPrompt(pid, text, n))
+    return prompts
+
+
+def answered_ids(out: Path) -> set[str]:
+    """Ids with a row in `out`, after cutting off a torn last line (a killed writer's)."""
+    if not out.is_file():
+        return set()
+    with locked(out.parent), out.open("r+b") as f:
+        f.truncate(complete_length(f))
+    return {str(r["id"]) for r in read_rows(out) if isinstance(r, dict) and "id" in r}
+
+
+def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = False, progress: bool = True) -> RunSummary:
+    """Generate an answer to every prompt not yet in `out` and append its row; -> the summary.
+    Without `resume`, an `out` that already holds rows is an error (nothing is overwritten)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if not resume and out.is_file() and out.stat().st_size > 0:
+        raise InputError(f"output '{out}' already holds rows; give --resume to continue it, or another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = answered_ids(out) if resume else set()
+    todo = [p for p in prompts if p.id not in done]
+    summary = RunSummary(skipped=len(prompts) - len(todo))
+    bar = tqdm(total=len(todo), unit="prompt", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        for p in todo:
+            t0 = time.perf_counter()
+            try:
+                result, error = pipe.generate(p.text), None
+            except Exception as e:  # one failing prompt must not end the run: recorded in its row
+                result = e.partial if isinstance(e, JetSpecError) else None  # what it had committed
+                error = f"{type(e).__name__}: {e}"
+            seconds = time.perf_counter() - t0
+            row = {"id": p.id, "text": None, "tokens": 0, "tau": 0.0, "seconds": seconds, "stopped": "error"}
+            if result is not None:
+                row.update(text=result.text, tokens=result.stats.new_tokens, tau=result.stats.tau)
+            if error is None:
+                row["stopped"] = result.stopped  # "eos", "stop_token", "length"
+            else:
+                row["error"] = error
+                summary.errors += 1
+                bar.write(f"jetspec run: prompt {p.id} (line {p.line}): {error}", file=sys.stderr)
+            append_row(out, row)
+            summary.done += 1
+            summary.tokens += row["tokens"]
+            summary.seconds += seconds
+            bar.update(1)
+            bar.set_postfix_str(f"{summary.tokens / max(summary.seconds, 1e-9):.1f} tok/s", refresh=False)
+    finally:
+        bar.close()
+    return summary

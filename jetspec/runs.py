@@ -15,14 +15,13 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .bench.datasets import jsonl_lines
 from .bench.rows import append_row, complete_length, read_rows
 from .core.errors import InputError, JetSpecError
 from .core.files import locked
@@ -75,31 +74,22 @@ def read_prompts(path: str | Path, field: str | None = None, warn: Callable[[str
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file '{path}' not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     prompts, seen = [], set()
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                warn(f"{path} line {n}: not JSON ({e.msg}); skipped")
-                continue
-            if not isinstance(record, dict):
-                warn(f"{path} line {n}: not a JSON object; skipped")
-                continue
-            text = prompt_text(record, field)
-            if text is None:
-                wanted = field or ", ".join(PROMPT_FIELDS + CHAT_FIELDS)
-                warn(f"{path} line {n}: no prompt (looked for {wanted}; fields: {', '.join(record) or 'none'}); skipped")
-                continue
-            pid = next((str(record[k]) for k in ID_FIELDS if record.get(k) is not None), str(n))
-            if pid in seen:
-                warn(f"{path} line {n}: id {pid!r} repeats an earlier line's; skipped")
-                continue
-            seen.add(pid)
-            prompts.append(RunPrompt(pid, text, n))
+    for n, record in jsonl_lines(path, errors="replace"):
+        if isinstance(record, str):
+            warn(f"{path} line {n}: {record}; skipped")
+            continue
+        text = prompt_text(record, field)
+        if text is None:
+            wanted = field or ", ".join(PROMPT_FIELDS + CHAT_FIELDS)
+            warn(f"{path} line {n}: no prompt (looked for {wanted}; fields: {', '.join(record) or 'none'}); skipped")
+            continue
+        pid = next((str(record[k]) for k in ID_FIELDS if record.get(k) is not None), str(n))
+        if pid in seen:
+            warn(f"{path} line {n}: id {pid!r} repeats an earlier line's; skipped")
+            continue
+        seen.add(pid)
+        prompts.append(RunPrompt(pid, text, n))
     return prompts
 
 

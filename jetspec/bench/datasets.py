@@ -14,7 +14,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..core.errors import ConfigError
 from .config import BenchConfig, DatasetSpec
@@ -48,22 +48,31 @@ def prompts_dir(configured: str | None = None) -> Path:
     return checkout.parent / "shared" / "data" / "prompts"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise ConfigError(f"prompt file '{path}' not found")
+def jsonl_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, record) for each non-blank line of a JSONL file (`.gz` read as gzip); where a
+    line is not a JSON object, (line number, what is wrong) instead: the caller decides whether
+    that ends the read or is reported and skipped."""
     opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8", errors=errors) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"prompt file '{path}' line {n} is not JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise ConfigError(f"prompt file '{path}' line {n} is not a JSON object")
-            records.append(rec)
+                yield n, f"not JSON ({e.msg})"
+                continue
+            yield n, rec if isinstance(rec, dict) else "not a JSON object"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"prompt file '{path}' not found")
+    records = []
+    for n, rec in jsonl_lines(path):
+        if isinstance(rec, str):
+            raise ConfigError(f"prompt file '{path}' line {n} is {rec}")
+        records.append(rec)
     if not records:
         raise ConfigError(f"prompt file '{path}' holds no prompts")
     return records

@@ -80,7 +80,7 @@ def test_on_a_cuda_gpu_generate_picks_triton_over_a_paged_cache(monkeypatch):
 
     import torch
 
-    from jetspec.cli import _device_defaults
+    from jetspec.cli_generate import _device_defaults
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())

@@ -358,7 +358,8 @@ def test_the_sampling_verifier_declares_sampling_and_needs_nothing_of_the_drafte
 
 # ---------------------------------------------------------------------------- command line
 def cli_config(*flags, config=None):
-    from jetspec.cli import _pipeline_config, parser
+    from jetspec.cli import parser
+    from jetspec.cli_generate import _pipeline_config
 
     args = parser().parse_args(["generate", "hi", "--drafter", "ngram", *flags])
     if config is not None:

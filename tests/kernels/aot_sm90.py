@@ -81,14 +81,22 @@ inv_linear, inv_rmsnorm, inv_swiglu = (import_module(f"jetspec.targets.decoder.i
 
 for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64, 3, True, True), ("fp32", 16, 2, False, False)):
     types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
-                 O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", n_queries="i32", qk_scale="fp32",
-                 stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
+                 O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", M_STATE="*fp32", L_STATE="*fp32", ACC_STATE="*fp32")
+    scalars = dict(n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
+        tail = chain or rows <= inv.TAIL_ROWS
         consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, CHAIN=chain,
-                      SPLIT=split, FUSED=split, BY_SUM=False)
-        k = compile_for_sm90(inv._invariant_attention_fwd, types, consts, num_warps=warps, num_stages=3, **LAUNCH)
+                      SPLIT=split, FUSED=split and tail, TAIL=tail, BY_SUM=False)
+        k = compile_for_sm90(inv._invariant_attention_fwd, dict(types, COUNTERS="*i32", **scalars), consts, num_warps=warps,
+                             num_stages=3, **LAUNCH)
         assert k.metadata.shared <= SMEM, (dtype, d, block_m, k.metadata.shared)
+        if not tail:  # phase 2 of a large tree
+            consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=inv.TAIL_ROWS, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT=split,
+                          BY_SUM=False)
+            k = compile_for_sm90(inv._invariant_tail_fwd, dict(types, num_splits="i32", **scalars), consts, num_warps=4,
+                                 num_stages=3, **LAUNCH)
+            assert k.metadata.shared <= SMEM, (dtype, d, "tail", k.metadata.shared)
     print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}: ok, {k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
 assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128), num_warps=8, **LAUNCH).asm["ptx"]

@@ -7,6 +7,8 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
 
     triton           our paged kernel (heuristic tiling), page size 16, pages in shuffled order
     triton-autotune  the same with `autotune=True` (config recorded in the row)
+    triton-exact     its position-invariant kernel (`exact = true`); `triton-exact:split_keys=2048`
+                     a variant (TritonAttentionOptions)
     cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run);
                      `cute:mma=warp,num_warps=8,...` times a variant (CuteAttentionOptions)
     flex             torch FlexAttention, compiled, block mask from the same interval rule
@@ -125,17 +127,14 @@ def floors(context: int, nodes: int, bandwidth: float, rate: float) -> tuple[flo
 
 
 # ---------------------------------------------------------------------------- backends
-def triton_fn(p: Problem, options: TritonAttentionOptions):
-    backend = TritonAttention(options)
+def triton_fn(p: Problem, options: TritonAttentionOptions, invariant: bool = False):
+    backend = TritonAttention(options, invariant=invariant)
     backend.attend(p.q, p.cache, 0, p.meta, p.scale)  # autotunes (if asked) before any capture
     return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
 
 
-def cute_options(name: str):
-    """`cute` or `cute:key=value,...` (CuteAttentionOptions fields): one variant per backend name,
-    e.g. `cute:mma=warpgroup,num_warps=8,num_splits=4` (a value that is not JSON is a string)."""
-    from jetspec.kernels.cute_backend import CuteAttentionOptions
-
+def options_of(name: str) -> dict:
+    """`backend:key=value,...` -> the options it names (a value that is not JSON is a string)."""
     def value(text: str):
         try:
             return json.loads(text)
@@ -143,8 +142,15 @@ def cute_options(name: str):
             return text
 
     _, _, spec = name.partition(":")
-    pairs = (kv.split("=", 1) for kv in spec.split(",") if kv)
-    return CuteAttentionOptions(**{k: value(v) for k, v in pairs})
+    return {k: value(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
+
+
+def cute_options(name: str):
+    """`cute` or `cute:key=value,...` (CuteAttentionOptions fields): one variant per backend name,
+    e.g. `cute:mma=warpgroup,num_warps=8,num_splits=4`."""
+    from jetspec.kernels.cute_backend import CuteAttentionOptions
+
+    return CuteAttentionOptions(**options_of(name))
 
 
 def cute_fn(p: Problem, name: str = "cute"):
@@ -235,7 +241,10 @@ def main() -> None:
                 row = dict(backend=name, context=context, tree=nodes, floor_ms=floor_ms, bytes_floor_ms=bytes_ms,
                            flops_floor_ms=flops_ms, time_ms=None, **stamp)
                 try:
-                    if name.startswith("triton"):
+                    if name.split(":")[0] == "triton-exact":
+                        fn, _ = triton_fn(p, TritonAttentionOptions(**options_of(name)), invariant=True)
+                        row["config"] = options_of(name)
+                    elif name.startswith("triton"):
                         fn, backend = triton_fn(p, TritonAttentionOptions(autotune=name == "triton-autotune"))
                         cfg = backend.config(nodes, HQ // HKV, HKV, context + nodes, D, p.q)
                         row["config"] = cfg.__dict__

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..core.interfaces import DecodeState, Proposal
+from ..core.interfaces import DecodeState, Proposal, observed_layers
 from ..core.pipeline import Pipeline
 from .mismatch import chain_logits
 
@@ -30,7 +30,7 @@ class ProposalRecorder:
 
     def __init__(self, drafter: Any):
         self.inner = drafter
-        self.hidden_layers = tuple(getattr(drafter, "hidden_layers", ()))
+        self.hidden_layers = observed_layers(drafter)
         self.rounds: list[tuple[int, Proposal]] = []
 
     def reset(self, state: DecodeState) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..core.interfaces import AttentionMeta, DecodeState
+from ..core.interfaces import AttentionMeta, DecodeState, KeyedProposals, observed_layers
 from ..core.pipeline import GenerationStats, Pipeline
 
 
@@ -58,7 +58,7 @@ class SharedProposals:
 
     def __init__(self, inner: Any, memo: dict):
         self.inner, self.memo = inner, memo
-        self.hidden_layers = tuple(getattr(inner, "hidden_layers", ()))
+        self.hidden_layers = observed_layers(inner)
 
     def reset(self, state: DecodeState) -> None:
         self.inner.reset(state)
@@ -67,8 +67,7 @@ class SharedProposals:
         self.inner.observe(state, hidden)
 
     def propose(self, state: DecodeState, budget: int) -> Any:
-        key_of = getattr(self.inner, "proposal_key", None)
-        key = key_of(budget) if key_of is not None else None
+        key = self.inner.proposal_key(budget) if isinstance(self.inner, KeyedProposals) else None
         if key is None:
             return self.inner.propose(state, budget)
         key = (key, len(state.tokens))
@@ -89,7 +88,7 @@ def replay(
     drafter, clock = pipe.drafter, time.perf_counter
     seq = list(prompt) + list(ref)
     if hidden is None:
-        hidden = context_hidden(pipe, seq[:-1], tuple(getattr(drafter, "hidden_layers", ())))  # row i: token seq[i]
+        hidden = context_hidden(pipe, seq[:-1], observed_layers(drafter))  # row i: token seq[i]
     rows = (lambda a, b: hidden[a:b]) if hidden is not None else (lambda a, b: None)
     state = DecodeState(tokens=list(prompt), prompt_len=len(prompt))
     stats = GenerationStats()

@@ -26,6 +26,7 @@ import torch
 from ..core.builder import build_pipeline
 from ..core.config import Component
 from ..core.errors import CapacityError, ConfigError
+from ..core.interfaces import observed_layers
 from ..core.pipeline import Pipeline
 from ..core.registry import Registry, check_compatible
 from .config import BenchConfig, BenchPipeline, expand, fingerprint
@@ -309,7 +310,7 @@ class BenchRun:
         """τ, acceptance and faithfulness of `bp` replayed against this prompt's plain output (no speeds:
         nothing is verified, and the output is plain decoding's by construction)."""
         try:
-            layers = tuple(getattr(pipe.drafter, "hidden_layers", ()))
+            layers = observed_layers(pipe.drafter)
             key = ("hidden", layers)
             if key not in self.per_prompt:  # one forward over prompt + output for every pipeline of these layers
                 self.per_prompt[key] = context_hidden(pipe, list(prompt_ids) + list(plain.tokens[:-1]), layers)

@@ -35,7 +35,8 @@ class DenseKVCache:
         self._all_rows = torch.arange(capacity, device=info.device)  # [C] int64
         self._write_rows = torch.zeros(capacity, dtype=torch.int64, device=info.device)  # [C]
 
-    graph_safe = True
+    graph_safe = True  # `GraphSafe`
+    slot_table = None  # `RowKVCache`: rows are in logical order
 
     @property
     def committed(self) -> int:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from .checks import Blame
 from .config import Component, PipelineConfig
 from .errors import ConfigError, PluginError
-from .interfaces import AttentionBackend, Drafter, Target, TreeScorer, Verifier
+from .interfaces import AttentionBackend, Drafter, Target, TreeScorer, Verifier, observed_layers
 from .pipeline import Pipeline
 from .registry import Implementation, Registry, check_compatible
 
@@ -56,7 +56,7 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
         target = make("target", Target, attention)
     kv = chosen["kv_cache"]
     drafter = make("drafter", Drafter, target) if budget > 0 else None
-    layers = tuple(getattr(drafter, "hidden_layers", ()))  # optional member: the target layers it observes
+    layers = observed_layers(drafter)
     if not all(type(l) is int and 0 <= l < target.info.num_layers for l in layers):
         raise PluginError(f"{labels['drafter']} asks for hidden_layers {list(layers)}; the target has layers 0..{target.info.num_layers - 1}")
     return Pipeline(

@@ -14,7 +14,7 @@ Hkv key/value heads, D head dim, L layers, k fused hidden layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -134,7 +134,8 @@ class Proposal(Protocol):
 
 @runtime_checkable
 class Drafter(Protocol):
-    """Proposes candidate continuations of the committed tokens."""
+    """Proposes candidate continuations of the committed tokens.
+    Optional: `ReadsHiddenStates`, `KeyedProposals`."""
 
     def reset(self, state: DecodeState) -> None:
         """Start a new sequence (after prefill; `state.tokens` is the prompt)."""
@@ -173,9 +174,7 @@ class TreeScorer(Protocol):
 @runtime_checkable
 class Verifier(Protocol):
     """Decides which drafts to keep, given the target's logits at every tree node.
-
-    Optional: `reset(state)`, called at the start of every `generate` (a sampling verifier
-    re-seeds its generator there, so the same seed gives the same output)."""
+    Optional: `ResettableVerifier`."""
 
     def accept(self, tree: DraftTree, logits: torch.Tensor, state: DecodeState) -> Acceptance:
         """`logits` [N, V] are the target's next-token logits at each node of `tree`."""
@@ -185,7 +184,8 @@ class Verifier(Protocol):
 @runtime_checkable
 class KVCache(Protocol):
     """Key/value storage of one sequence: `committed` tokens, then `pending` ones written by the
-    forward in flight. Keys are stored after RoPE. Logical token order is the order of `read`."""
+    forward in flight. Keys are stored after RoPE. Logical token order is the order of `read`.
+    Optional: `RowKVCache` (capability 'kv_rows'), `GraphSafe`."""
 
     capacity: int
 
@@ -219,7 +219,8 @@ class KVCache(Protocol):
 
 @runtime_checkable
 class AttentionBackend(Protocol):
-    """Computes attention of N queries over the cache with the tree mask of `meta`."""
+    """Computes attention of N queries over the cache with the tree mask of `meta`.
+    Optional: `PositionInvariantAttention`, `GraphSafe`."""
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         """q [N, Hq, D] (after RoPE) -> out [N, Hq, D]. The layer's pending K/V are already written."""
@@ -242,7 +243,8 @@ class PositionInvariantAttention(Protocol):
 @runtime_checkable
 class Target(Protocol):
     """The frozen model being decoded. `forward` writes the K/V of its N input tokens as pending
-    entries of `cache` and returns next-token logits for each of them."""
+    entries of `cache` and returns next-token logits for each of them.
+    Optional: `LendsEmbeddings`, `PadsForward`."""
 
     info: TargetInfo
     tokenizer: Any | None
@@ -259,18 +261,122 @@ class Target(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------------- optional members
+# What a component may offer beyond its kind's Protocol. Each is a Protocol of its own: the code
+# that uses one asks `isinstance(x, ThatProtocol)` (or the function beside it), never
+# `getattr(x, "name", default)`, and the conformance kit checks every one a component has.
+
+
+@runtime_checkable
+class ReadsHiddenStates(Protocol):
+    """A drafter that reads the target's hidden states (register it with
+    `requires={"target:hidden_states"}`). A drafter without this member gets `hidden = None`."""
+
+    # target layers (0-based; layer l = output of decoder layer l) whose states `observe`
+    # receives as `hidden` [n, k, H], k = len(hidden_layers), in this order; each < num_layers
+    hidden_layers: Sequence[int]
+
+
+def observed_layers(drafter: Drafter | None) -> tuple[int, ...]:
+    """The target layers `drafter` observes: its `hidden_layers`, or none."""
+    return tuple(drafter.hidden_layers) if isinstance(drafter, ReadsHiddenStates) else ()
+
+
+@runtime_checkable
+class KeyedProposals(Protocol):
+    """A drafter whose proposal depends on the budget only through a key (a replayed budget
+    sweep proposes once per key and committed length, `bench/replay.py`)."""
+
+    def proposal_key(self, budget: int) -> Hashable | None:
+        """Equal keys for two budgets promise equal proposals from the same state; None: this
+        budget's proposal is shared with no other."""
+        ...
+
+
+@runtime_checkable
+class ResettableVerifier(Protocol):
+    """A verifier with per-sequence state (a sampling verifier's random stream)."""
+
+    def reset(self, state: DecodeState) -> None:
+        """A new sequence starts: called once at the start of every `generate`, before its first
+        `accept` (a sampling verifier re-seeds there, so the same seed gives the same output)."""
+        ...
+
+
+@runtime_checkable
+class GraphSafe(Protocol):
+    """A KV cache or attention backend that declares whether it may run inside a captured CUDA
+    graph: no host synchronisation and no new allocations in `write`/`attend`, device tensors at
+    fixed addresses, T read from `AttentionMeta.prefix_len_t` when it is set. A target captures
+    graphs only when its cache and backend both say True."""
+
+    graph_safe: bool  # a class attribute, True or False
+
+
+def is_graph_safe(component: Any) -> bool:
+    return isinstance(component, GraphSafe) and component.graph_safe is True
+
+
+@runtime_checkable
+class RowKVCache(Protocol):
+    """A KV cache whose storage the row-gathering attention kernels (`triton`, `cute`) read in
+    place (register it with `provides={"kv_rows"}`; `kernels/row_inputs.py` is the reader)."""
+
+    k: torch.Tensor  # [L, ..., Hkv, D] contiguous, token rows in between (dense [L, C, Hkv, D])
+    v: torch.Tensor  # same shape as k
+    # [>= T + n] int32 on the cache's device: logical token t lives in row slot_table[t] of
+    # k[layer].view(-1, Hkv, D); None: row t (physical order is logical order)
+    slot_table: torch.Tensor | None
+
+
+@runtime_checkable
+class LendsEmbeddings(Protocol):
+    """A target that lends its input embedding and LM head to draft heads (the head drafters
+    need it; both built-in targets and the kit's tiny targets have it)."""
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [...] int64 -> [..., H]: the target's input embedding."""
+        ...
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> logits [..., V]: the output projection alone, no final norm."""
+        ...
+
+
+@runtime_checkable
+class PadsForward(Protocol):
+    """A target whose forward may write more pending K/V entries than it has tokens (a CUDA
+    graph replayed at a padded size): the pipeline sizes its cache that much larger."""
+
+    extra_pending: int  # pending entries a forward may write beyond its N tokens
+
+
+def extra_pending(target: Target) -> int:
+    return int(target.extra_pending) if isinstance(target, PadsForward) else 0
+
+
 __all__ = [
     "Acceptance",
     "AttentionBackend",
     "AttentionMeta",
     "DecodeState",
     "Drafter",
+    "GraphSafe",
     "KVCache",
+    "KeyedProposals",
+    "LendsEmbeddings",
+    "PadsForward",
     "PositionInvariantAttention",
     "Proposal",
+    "ReadsHiddenStates",
+    "ResettableVerifier",
+    "RowKVCache",
     "Target",
     "TargetInfo",
     "TargetOutput",
     "TreeScorer",
     "Verifier",
+    "extra_pending",
+    "is_graph_safe",
+    "observed_layers",
 ]

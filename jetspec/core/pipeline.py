@@ -32,10 +32,13 @@ from .interfaces import (
     DecodeState,
     Drafter,
     KVCache,
+    ResettableVerifier,
     Target,
     TargetOutput,
     TreeScorer,
     Verifier,
+    extra_pending,
+    observed_layers,
 )
 from .tree import DraftTree
 
@@ -127,7 +130,7 @@ class Pipeline:
             self._cache = None  # free the old buffers first
             # round up (powers of two from 1024) so that a warm-up and the runs after it share one
             # cache, and with it their captured CUDA graphs
-            limit = self.target.info.max_positions + getattr(self.target, "extra_pending", 0)
+            limit = self.target.info.max_positions + extra_pending(self.target)
             self._cache = self.new_cache(min(max(1024, 1 << (capacity - 1).bit_length()), max(limit, capacity)))
         self._cache.reset()
         return self._cache
@@ -194,13 +197,12 @@ class Pipeline:
                 f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new}) + budget ({budget if drafter else 0}) "
                 f"needs {capacity} positions; the target allows {limit}"
             )
-        cache = self._cache_for(capacity + getattr(self.target, "extra_pending", 0))
+        cache = self._cache_for(capacity + extra_pending(self.target))
         state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
         stats = GenerationStats()
-        reset_verifier = getattr(self.verifier, "reset", None)  # optional: a sampling verifier re-seeds here
-        if reset_verifier is not None:
-            reset_verifier(state)
-        hidden_layers = tuple(getattr(drafter, "hidden_layers", ())) if drafter else ()
+        if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
+            self.verifier.reset(state)
+        hidden_layers = observed_layers(drafter)
         device = self.target.info.device
         clock = time.perf_counter
 

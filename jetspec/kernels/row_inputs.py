@@ -1,9 +1,9 @@
 """What the row-gathering kernels (`triton`, `cute`) read, taken from a KV cache and an
 `AttentionMeta` once per forward and shared by every layer.
 
-A cache qualifies when its `k`, `v` tensors are [L, ..., Hkv, D] with token rows in between
-(paged: [L, pages, P, Hkv, D]; dense: [L, C, Hkv, D]) and, where physical rows are not in logical
-order, it has an int32 `slot_table` (logical token -> row). A dense cache gets the identity map.
+A cache qualifies when it is a `RowKVCache` (`core/interfaces.py`): `k`, `v` [L, ..., Hkv, D]
+with token rows in between (paged: [L, pages, P, Hkv, D]; dense: [L, C, Hkv, D]) and an int32
+`slot_table` (logical token -> row), or None where rows are in logical order (the identity map).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..core.errors import IncompatibleError
-from ..core.interfaces import AttentionMeta, KVCache
+from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
 
 
 class RowKernelInputs:
@@ -26,14 +26,14 @@ class RowKernelInputs:
 
     def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> k_rows, v_rows [R, Hkv, D] (the layer's pool, rows flattened), slots [>= T + N] int32."""
-        k, v = getattr(cache, "k", None), getattr(cache, "v", None)
+        k, v = (cache.k, cache.v) if isinstance(cache, RowKVCache) else (None, None)
         if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
             raise IncompatibleError(
                 f"the {self.backend_name} attention backend needs a paged or dense KV cache, not {type(cache).__name__}"
             )
         k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
         v_rows = v[layer].view(-1, *v.shape[-2:])
-        slots = getattr(cache, "slot_table", None)
+        slots = cache.slot_table
         if slots is None:  # logical order == physical order
             if self._identity is None or self._identity.numel() != k_rows.shape[0] or self._identity.device != k.device:
                 self._identity = torch.arange(k_rows.shape[0], dtype=torch.int32, device=k.device)

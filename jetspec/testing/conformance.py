@@ -3,8 +3,10 @@
 Each `check_<kind>(component, options=None, registry=None, examples=..., seed=0)` runs
 
   (a) protocol checks (`protocol.py`): options model, capabilities, the built object's Protocol,
-      and the kind's own contract on random inputs (proposals, trees, acceptances, KV-cache
-      operation programs, attention on random trees);
+      the optional members it has (`optional_members.py`: hidden_layers, proposal_key, reset,
+      graph_safe, the k/v/slot_table rows of a 'kv_rows' cache), and the kind's own contract on
+      random inputs (proposals, trees, acceptances, KV-cache operation programs, attention on
+      random trees);
   (b) the lossless check (`lossless.py`): the component inside a pipeline of reference parts
       on tiny random targets produces exactly plain greedy's output.
 
@@ -25,9 +27,10 @@ from hypothesis import strategies as st
 from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer, Verifier
 from ..core.registry import Implementation, Registry
 from .attention import check_attention_numerics
-from .kv_semantics import check_kv_semantics
+from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
 from .models import FAMILIES, VOCAB, TinyDecoder
+from .optional_members import check_drafter_members, check_graph_safe, check_kv_rows, check_verifier_members
 from .oracle import OracleDrafter, OracleOptions
 from .protocol import build, check_acceptance, check_capabilities, check_instance, check_registration, check_tree
 from .strategies import draft_trees, proposals
@@ -76,7 +79,8 @@ def check_drafter(
     _static(s)
     from .models import tiny_decoder
 
-    check_instance(s, build(s, tiny_decoder(0)), Drafter)
+    target = tiny_decoder(0)
+    check_drafter_members(s, check_instance(s, build(s, target), Drafter), target.info.num_layers)
 
     def pipeline(ex: Example):
         inner = check_instance(s, build(s, ex.target), Drafter)
@@ -119,6 +123,7 @@ def check_verifier(
     s = resolve("verifier", verifier, options, registry)
     _static(s)
     obj = check_instance(s, build(s), Verifier)
+    check_verifier_members(s, obj)
 
     @given(tree=draft_trees(VOCAB), data=st.data())
     def one_round_is_greedy(tree, data):
@@ -162,6 +167,9 @@ def check_kv_cache(
     s = resolve("kv_cache", kv_cache, options, registry)
     _static(s)
     check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
+    check_graph_safe(s, build(s, small_info(1, 1, 8, device), 8))
+    if "kv_rows" in s.impl.provides:
+        check_kv_rows(s, lambda info, capacity: build(s, info, capacity), device)
 
     def pipeline(ex: Example):
         if ex.target_kind != "decoder":  # `transformers` targets run on the CPU
@@ -184,6 +192,7 @@ def check_attention_backend(
     s = resolve("attention", attention, options, registry)
     _static(s)
     backend = check_instance(s, build(s), AttentionBackend)
+    check_graph_safe(s, backend)
     cache = resolve("kv_cache", kv_cache, None, s.registry)
 
     def new_cache(info, capacity):

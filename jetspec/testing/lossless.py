@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from ..caches.dense import DenseKVCache
 from ..core.config import GenerationConfig, PipelineConfig
-from ..core.interfaces import DecodeState, Drafter, KVCache, Proposal, Target, TreeScorer, Verifier
+from ..core.interfaces import (
+    DecodeState, Drafter, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
+)
 from ..core.pipeline import Pipeline
 from ..core.tree import DraftTree
 from ..scorers.best_first import BestFirstScorer
@@ -140,18 +142,37 @@ class CheckedDrafter:
 
     def __init__(self, s: Subject, inner: Drafter, vocab: int):
         self.s, self.inner, self.vocab = s, inner, vocab
-        self.hidden_layers = tuple(getattr(inner, "hidden_layers", ()))
+        self.hidden_layers = observed_layers(inner)
+        self.key_checked = False
 
     def reset(self, state: DecodeState) -> None:
         self.inner.reset(state)
+        self.key_checked = False
 
     def observe(self, state: DecodeState, hidden: Any) -> None:
         self.inner.observe(state, hidden)
 
     def propose(self, state: DecodeState, budget: int) -> Proposal:
         proposal = self.inner.propose(state, budget)
-        check_proposal(self.s, proposal, self.vocab, where=f" (after {len(state.generated)} generated tokens)")
+        where = f" (after {len(state.generated)} generated tokens)"
+        check_proposal(self.s, proposal, self.vocab, where=where)
+        if isinstance(self.inner, KeyedProposals) and not self.key_checked:  # once per sequence: it costs a propose
+            self.key_checked = True
+            self.check_shared(state, budget, proposal, where)
         return proposal
+
+    def check_shared(self, state: DecodeState, budget: int, proposal: Proposal, where: str) -> None:
+        """Equal proposal keys promise equal proposals: compare the root's children with those
+        proposed for another budget of the same key."""
+        key = self.inner.proposal_key(budget)
+        other = next((b for b in (1, 2, 7, 16, 64) if b != budget and key is not None and self.inner.proposal_key(b) == key), None)
+        if other is None:
+            return
+        mine = [int(t) for t, _ in proposal.children(())]
+        theirs = [int(t) for t, _ in self.inner.propose(state, other).children(())]
+        if mine != theirs:
+            self.s.fail("proposal_key", f"budgets {budget} and {other} share the key {key!r} but get different proposals "
+                                        f"(root children {mine[:6]} vs {theirs[:6]}){where}")
 
 
 class CheckedScorer:
@@ -171,6 +192,10 @@ class CheckedVerifier:
 
     def __init__(self, s: Subject, inner: Verifier, vocab: int):
         self.s, self.inner, self.vocab = s, inner, vocab
+
+    def reset(self, state: DecodeState) -> None:
+        if isinstance(self.inner, ResettableVerifier):
+            self.inner.reset(state)
 
     def accept(self, tree: DraftTree, logits: Any, state: DecodeState):
         acc = self.inner.accept(tree, logits, state)

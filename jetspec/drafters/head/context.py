@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ...core.errors import InputError
-from ...core.interfaces import DecodeState
+from ...core.errors import IncompatibleError, InputError
+from ...core.interfaces import DecodeState, LendsEmbeddings
 from .model import DraftHead
 
 
@@ -66,6 +66,11 @@ class ContextDrafter:
     """Shared by the head drafters: owns the head, the cache, and the target's embedding/LM head."""
 
     def __init__(self, head: DraftHead, target: Any):
+        if not isinstance(target, LendsEmbeddings):
+            raise IncompatibleError(
+                f"a head drafter drafts through its target's embedding and LM head; target {type(target).__name__} "
+                "lends neither (give it embed(tokens) and lm_head(hidden): LendsEmbeddings)"
+            )
         info = target.info
         self.head = head.to(device=info.device, dtype=info.dtype).eval()
         self.target = target

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache  # noqa: E402
 from jetspec.core.interfaces import AttentionMeta, TargetInfo  # noqa: E402
 from jetspec.core.tree import DraftTree  # noqa: E402
-from jetspec.kernels.reference import tree_attention, tree_mask  # noqa: E402
+from jetspec.kernels.reference import meta_mask, tree_attention  # noqa: E402
 from jetspec.kernels.triton_backend import TritonAttention, TritonAttentionOptions  # noqa: E402
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16  # Qwen3-8B attention
@@ -184,7 +184,7 @@ def flex_fn(p: Problem):
 
 
 def sdpa_fn(p: Problem):
-    mask = tree_mask(p.meta, p.q.device)[None, None]  # [1, 1, N, T + N] bool
+    mask = meta_mask(p.meta, p.q.device)[None, None]  # [1, 1, N, T + N] bool
     q = p.q.transpose(0, 1)[None]  # [1, Hq, N, D]
     k, v = (x.transpose(0, 1)[None].contiguous() for x in (p.k, p.v))  # [1, Hkv, T + N, D]
     return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=p.scale, enable_gqa=True)[0].transpose(0, 1)

@@ -14,15 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.interfaces import AttentionMeta
-from ..core.pipeline import Pipeline
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """The first index where `a` and `b` differ (a shorter one ends there); None if equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
+from ..core.pipeline import Pipeline, first_difference
 
 
 @torch.no_grad()

@@ -92,6 +92,15 @@ class GenerationStats:
         }
 
 
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where token sequences `a` and `b` differ (a shorter one ends there); None
+    if they are equal. Where a speculative output parts from plain decoding."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
 @dataclass
 class GenerationResult:
     tokens: list[int]  # generated token ids (the stop token included, if one was hit)

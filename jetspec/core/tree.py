@@ -123,9 +123,7 @@ class DraftTree:
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool, mask[i, j] = j is an ancestor-or-self of i. For references and tests:
         kernels use the interval rule instead of materialising this."""
-        idx = torch.arange(self.size)
-        j, i = idx[None, :], idx[:, None]
-        return (j <= i) & (i < j + self.subtree_sizes[None, :])
+        return interval_ancestors(self.subtree_sizes)
 
     def position_ids(self, prefix_len: int) -> torch.Tensor:
         """[N] int64 RoPE positions: prefix_len + depth."""
@@ -178,3 +176,28 @@ class DraftTree:
         if recount != sizes:
             bad = next(i for i in range(n) if recount[i] != sizes[i])
             raise InputError(f"node {bad} has subtree size {sizes[bad]} but {recount[bad]} descendants-or-self")
+
+
+# ---------------------------------------------------------------------------- the tree mask
+# The one materialised form of the tree mask; the reference attention, the `transformers` target
+# and the draft heads build theirs here (kernels apply the interval rule without a mask).
+
+
+def interval_ancestors(subtree_sizes: torch.Tensor) -> torch.Tensor:
+    """subtree_sizes [N] of a DFS pre-order tree -> [N, N] bool, [i, j] = j is an
+    ancestor-or-self of i (the interval rule j <= i < j + subtree_sizes[j]), on their device."""
+    idx = torch.arange(subtree_sizes.numel(), device=subtree_sizes.device)
+    j, i = idx[None, :], idx[:, None]
+    return (j <= i) & (i < j + subtree_sizes[None, :])
+
+
+def with_prefix(ancestors: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """ancestors [M, M] bool among M new inputs -> [M, prefix_len + M] bool attention mask:
+    every input sees the whole committed prefix, then its ancestors-or-self."""
+    m = ancestors.shape[0]
+    return torch.cat([torch.ones(m, prefix_len, dtype=torch.bool, device=ancestors.device), ancestors], dim=1)
+
+
+def tree_mask(subtree_sizes: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """[N, prefix_len + N] bool, True where query i may attend to key j (`AttentionMeta`'s rule)."""
+    return with_prefix(interval_ancestors(subtree_sizes), prefix_len)

@@ -21,9 +21,9 @@ import torch
 
 from ..core.interfaces import DecodeState
 from ..core.proposal import TokenTrie
+from ..core.tree import with_prefix
 from .head.context import ContextDrafter
 from .head.drafter import build_head
-from .head.masks import tree_mask
 from .head.options import EagleOptions
 
 
@@ -52,7 +52,7 @@ class EagleDrafter(ContextDrafter):
                 anc[i, [index[m] for m in self._ancestors(n, parents)]] = True
             x = self.embed(torch.tensor([tokens[n] for n in inputs]))  # [M, H]
             pos = a + torch.tensor([len(paths[n]) for n in inputs], device=dev)  # [M]
-            h = self.head(x[None], pos[None], self.cache.context(), tree_mask(anc.to(dev), a))[0]  # [M, H]
+            h = self.head(x[None], pos[None], self.cache.context(), with_prefix(anc.to(dev), a)[None])[0]  # [M, H]
             logp = self.log_probs(h[[index[f] for f in frontier]])  # [F, V]
             vals, idx = logp.topk(self.options.top_k, dim=-1)  # [F, k]
             new = []

@@ -14,21 +14,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from ..core.interfaces import AttentionMeta, KVCache
+from ..core.tree import tree_mask
 
 
 class TorchAttentionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def tree_mask(meta: AttentionMeta, device: torch.device) -> torch.Tensor:
-    """[N, prefix_len + N] bool, True where query i may attend to key j."""
-    n = meta.num_queries
-    sizes = meta.subtree_sizes.to(device)
-    m = torch.arange(n, device=device)
-    i = m[:, None]
-    pending = (m[None, :] <= i) & (i < m[None, :] + sizes[None, :])  # [N, N] interval rule
-    prefix = torch.ones(n, meta.prefix_len, dtype=torch.bool, device=device)
-    return torch.cat([prefix, pending], dim=1)
+def meta_mask(meta: AttentionMeta, device: torch.device) -> torch.Tensor:
+    """[N, prefix_len + N] bool, True where query i may attend to key j (`core.tree.tree_mask`)."""
+    return tree_mask(meta.subtree_sizes.to(device), meta.prefix_len)
 
 
 def tree_attention(
@@ -36,7 +31,7 @@ def tree_attention(
 ) -> torch.Tensor:
     """q [N, Hq, D], k/v [T + N, Hkv, D] (logical order) -> [N, Hq, D]. GQA: Hq % Hkv == 0.
     Computed in fp32 by PyTorch's SDPA with the explicit boolean mask above."""
-    mask = tree_mask(meta, q.device)  # [N, T + N]
+    mask = meta_mask(meta, q.device)  # [N, T + N]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).float()[None],  # [1, Hq, N, D]
         k.transpose(0, 1).float()[None],  # [1, Hkv, T + N, D]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from ..core.errors import CheckpointError
 from ..core.fingerprint import fingerprint_tensors, target_fingerprint
 from ..core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
+from ..core.tree import tree_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,18 +92,14 @@ class TransformersTarget:
     ) -> TargetOutput:
         from transformers import DynamicCache
 
-        n, t = meta.num_queries, meta.prefix_len
+        t = meta.prefix_len
         device = self.info.device
         past = DynamicCache(config=self.model.config)
         if t > 0:
             for layer in range(self.info.num_layers):
                 k, v = cache.read(layer)  # [T + n, Hkv, D]
                 past.update(k[:t].transpose(0, 1)[None], v[:t].transpose(0, 1)[None], layer)
-        i = torch.arange(n, device=device)[:, None]
-        m = torch.arange(n, device=device)[None, :]
-        sizes = meta.subtree_sizes.to(device)[None, :]
-        tree = (m <= i) & (i < m + sizes)  # [N, N] interval rule
-        mask = torch.cat([torch.ones(n, t, dtype=torch.bool, device=device), tree], dim=1)  # [N, T + N]
+        mask = tree_mask(meta.subtree_sizes.to(device), t)  # [N, T + N]
         out = self.model(
             input_ids=tokens.to(device)[None],
             attention_mask=mask[None, None],

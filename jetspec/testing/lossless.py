@@ -25,7 +25,7 @@ from ..core.config import GenerationConfig, PipelineConfig
 from ..core.interfaces import (
     DecodeState, Drafter, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
 )
-from ..core.pipeline import Pipeline
+from ..core.pipeline import Pipeline, first_difference
 from ..core.tree import DraftTree
 from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier
@@ -89,10 +89,6 @@ def plain_greedy(target_kind: str, model_seed: int, prompt: tuple[int, ...]) -> 
     """Plain greedy decoding of a tiny target with reference parts: MAX_NEW tokens (or up to EOS)."""
     pipe = assemble(any_tiny_target(target_kind, model_seed))
     return tuple(pipe.generate_plain(list(prompt), max_new_tokens=MAX_NEW).tokens)
-
-
-def first_difference(got: tuple[int, ...], expected: tuple[int, ...]) -> int:
-    return next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
 
 
 def check_lossless(

@@ -30,12 +30,12 @@ import torch
 from ...core.errors import CheckpointError, ConfigError
 from ...core.interfaces import DecodeState, Proposal
 from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
-from ...core.tree import DraftTree
+from ...core.tree import DraftTree, with_prefix
 from ...core.tree_search import accum_logp
 from ..ngram import NgramDrafter
 from .checkpoint import UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
-from .masks import block_mask, rescore_ancestors, tree_mask
+from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
 
@@ -150,7 +150,7 @@ class HeadDrafter(ContextDrafter):
         ancestors = rescore_ancestors(tree.ancestor_mask().to(dev), queried)  # [N + Q, N + Q]
         x = torch.cat([self.embed(tree.tokens), self.head.mask_embedding.expand(queried.numel(), -1)])  # [N + Q, H]
         pos = a + torch.cat([depths, depths[queried] + 1])  # [N + Q]
-        h = self.head(x[None], pos[None], self.cache.context(), tree_mask(ancestors, a))[0]
+        h = self.head(x[None], pos[None], self.cache.context(), with_prefix(ancestors, a)[None])[0]
         logp = self.log_probs(h[tree.size :])  # [Q, V]: log q(child | path to queried node)
         top = logp.topk(self.options.rescore_top_k, dim=-1).indices.tolist() if self.options.rescore_top_k else None
         tokens, parents = tree.tokens.tolist(), tree.parents.tolist()

@@ -7,7 +7,7 @@ Block (training, and the one-forward draft): anchor m opens block m = inputs m*B
     input (m, d) sees block input (m, e) iff causal: e <= d;  bidirectional: always
     and never another block.
 Tree (rescoring, EAGLE drafting): the context is the whole committed prefix, and a tree input sees
-    the tree inputs that are its ancestors-or-self.
+    the tree inputs that are its ancestors-or-self: `core.tree.with_prefix(ancestors, context_len)`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,6 @@ def block_mask(anchors: torch.Tensor, block_size: int, context_len: int, causal:
     same_block = (i[:, None] // b) == (i[None, :] // b)  # [A*B, A*B]
     blocks = same_block & (i[None, :] % b <= i[:, None] % b) if causal else same_block
     return torch.cat([ctx, blocks[None].expand(bt, -1, -1)], dim=2)
-
-
-def tree_mask(ancestor: torch.Tensor, context_len: int) -> torch.Tensor:
-    """ancestor [M, M] bool (ancestor-or-self among the head inputs) -> [1, M, context_len + M]."""
-    m = ancestor.shape[0]
-    ctx = torch.ones(m, context_len, dtype=torch.bool, device=ancestor.device)
-    return torch.cat([ctx, ancestor], dim=1)[None]
 
 
 def rescore_ancestors(tree_ancestor: torch.Tensor, queried: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,13 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     return train_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec train-head --help`)
 
 
+@command("make-corpus")
+def cmd_make_corpus(args: argparse.Namespace) -> int:
+    from .drafters.head.make_corpus import main as corpus_main
+
+    return corpus_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec make-corpus --help`)
+
+
 # ---------------------------------------------------------------------------- main
 class DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """`--help` shows each option's default, except where there is none to show (None, a flag's
@@ -154,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
 
     th = sub.add_parser("train-head", add_help=False, help="train a draft head on a frozen target (self-distillation)")
     th.add_argument("rest", nargs=argparse.REMAINDER)
+    mc = sub.add_parser("make-corpus", add_help=False, help="the target writes a training corpus for draft heads (Magpie + GSM8K train)")
+    mc.add_argument("rest", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("bench", help="benchmark pipelines against plain decoding and transformers peers", formatter_class=DefaultsHelp)
     from .bench.cli import add_arguments
@@ -169,8 +178,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train-head"]:  # its options belong to the trainer's own parser
-        args = argparse.Namespace(command="train-head", rest=argv[1:])
+    if argv[:1] in (["train-head"], ["make-corpus"]):  # their options belong to their own parsers
+        args = argparse.Namespace(command=argv[0], rest=argv[1:])
     else:
         args = parser().parse_args(argv)
     try:

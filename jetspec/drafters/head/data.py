@@ -5,23 +5,23 @@ Stored as ONE safetensors file (ragged rows as a flat tensor + offsets):
     tokens      [total] int32   prompt (chat template applied) + answer (up to and incl. EOS), row after row
     offsets     [S + 1] int64   row s = tokens[offsets[s] : offsets[s + 1]]
     prompt_lens [S] int32       row s's answer starts at offsets[s] + prompt_lens[s]
-and metadata (target name, fingerprint, prompt source, max_new_tokens).
+and metadata (target name, fingerprint, prompt source, max_new_tokens). A corpus (`corpus.py`)
+adds per-row `columns` ([S] each: source, temperature, question_hash, held_out).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ...core.errors import InputError
+from .generation import complete
 
 # Evaluation sets: never train on them (checked on the prompt file's name).
 EVAL_SETS = ("math500", "gsm8k_test", "humaneval", "spec_bench", "mt_bench")
@@ -33,6 +33,7 @@ class TokenData:
     offsets: torch.Tensor  # [S + 1] int64
     prompt_lens: torch.Tensor  # [S] int32
     meta: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [S]
 
     @staticmethod
     def from_rows(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], meta: dict[str, str] | None = None) -> "TokenData":
@@ -100,7 +101,6 @@ def encode_chat(tokenizer: Any, questions: Sequence[str]) -> list[list[int]]:
     return ids
 
 
-@torch.no_grad()
 def generate_answers(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -111,33 +111,8 @@ def generate_answers(
     time_limit_s: float | None = None,
     meta: dict[str, str] | None = None,
 ) -> TokenData:
-    """Greedy answers of a Hugging Face causal LM, batched with left padding. Prompts are taken in
-    a seeded random order, sorted by length within groups of 8 batches (less padding, no length
-    bias when `time_limit_s` stops it early, after a whole batch)."""
-    device = next(model.parameters()).device
-    shuffled = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()
-    group = 8 * batch_size
-    order = [i for g in range(0, len(shuffled), group) for i in sorted(shuffled[g : g + group], key=lambda i: len(prompts[i]))]
-    rows, plens = [], []
-    start = time.monotonic()
-    bar = tqdm(total=len(order), desc="self-distill", unit="prompt")
-    eos = set(int(e) for e in eos_ids)
-    for b in range(0, len(order), batch_size):
-        batch = [list(prompts[i]) for i in order[b : b + batch_size]]
-        width = max(map(len, batch))
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)  # [b, width]
-        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        out = model.generate(
-            input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=list(eos), pad_token_id=pad_id, top_p=None, top_k=None, temperature=None,
-        )  # fmt: skip
-        for p, gen in zip(batch, out[:, width:].tolist()):
-            end = next((i + 1 for i, t in enumerate(gen) if t in eos), len(gen))
-            if end > 0:
-                rows.append(p + gen[:end])
-                plens.append(len(p))
-        bar.update(len(batch))
-        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
-            break
-    bar.close()
-    return TokenData.from_rows(rows, plens, meta)
+    """Greedy answers of a Hugging Face causal LM (`generation.complete`), one row per prompt
+    reached before `time_limit_s`: prompt + answer."""
+    answers = complete(model, prompts, eos_ids, pad_id, max_new_tokens, batch_size, time_limit_s=time_limit_s, desc="self-distill")
+    done = [(list(p), a) for p, a in zip(prompts, answers) if a]
+    return TokenData.from_rows([p + a for p, a in done], [len(p) for p, _ in done], meta)

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from .core.config import DEVICE_POLICY
 from .core.errors import JetSpecError
 
 
@@ -29,26 +30,7 @@ def _pipeline_config(args: argparse.Namespace):
         target = {"name": target} if isinstance(target, str) else dict(target)
         target["path"] = args.target_path
         data["target"] = target
-    _device_defaults(data)
-    return PipelineConfig.parse(data)
-
-
-def _device_defaults(data: dict[str, Any]) -> None:
-    """Where a config names neither attention nor KV cache and our decoder will run on a CUDA GPU:
-    Triton attention over a paged cache, which CUDA graphs need (the library default, the
-    reference attention over a dense cache, runs anywhere but eagerly)."""
-    if "attention" in data or "kv_cache" in data:
-        return
-    target = data.get("target", "decoder")
-    name, device = (target, "auto") if isinstance(target, str) else (target.get("name", "decoder"), target.get("device", "auto"))
-    if name != "decoder" or device == "cpu":
-        return
-    import importlib.util
-
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
-        data["attention"], data["kv_cache"] = "triton", "paged"
+    return PipelineConfig.parse(data)  # the device policy is the config's own (`core.config.device_policy`)
 
 
 def _build(args: argparse.Namespace, config):
@@ -200,10 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary.line(), file=sys.stderr)
     return 0
 
-GENERATE_DEVICE = """\
-device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
-and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
-otherwise the library defaults: attention "torch" over a "dense" KV cache.
+GENERATE_DEVICE = DEVICE_POLICY + """
 A flag overrides the config file; a flag left out keeps the config's value or the default shown."""
 
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from jetspec.cli import main
 
 
@@ -75,24 +77,38 @@ def test_generate_defaults_to_the_head_and_falls_back_to_ngram_without_a_trained
     assert json.loads(proc.stdout)["tokens"] == default["tokens"]  # lossless either way
 
 
-def test_on_a_cuda_gpu_generate_picks_triton_over_a_paged_cache(monkeypatch):
+@pytest.mark.parametrize("gpu", [True, False])
+def test_one_device_policy_for_generate_the_builder_and_a_config_file(monkeypatch, tmp_path, gpu):
+    """For the same config, `jetspec generate` resolves the same components and options as
+    `jetspec.builder()` and `jetspec.from_config(file)`: on a CUDA GPU with Triton, triton over a
+    paged cache where the config names neither; the library defaults otherwise."""
     import importlib.util
 
     import torch
 
-    from jetspec.cli_generate import _device_defaults
+    import jetspec
+    from jetspec.cli import parser
+    from jetspec.cli_generate import _pipeline_config
+    from jetspec.core.config import PipelineConfig
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    for data, expected in [
-        ({}, ("triton", "paged")),
-        ({"target": {"name": "decoder", "path": "x"}}, ("triton", "paged")),
-        ({"target": {"name": "decoder", "device": "cpu"}}, (None, None)),  # asked for the CPU
-        ({"target": "transformers"}, (None, None)),  # no attention backend of ours
-        ({"attention": "torch"}, ("torch", None)),  # the config's choice stands
-    ]:
-        _device_defaults(data)
-        assert (data.get("attention"), data.get("kv_cache")) == expected, data
+    policy = ("triton", "paged") if gpu else ("torch", "dense")
+    cases = [  # (config file, what the builder is told, expected attention/kv_cache)
+        ("", lambda b: b, policy),
+        ('[target]\nname = "decoder"\npath = "x"\n', lambda b: b.target("decoder", path="x"), policy),
+        ('[target]\nname = "decoder"\ndevice = "cpu"\n', lambda b: b.target("decoder", device="cpu"), ("torch", "dense")),
+        ('target = "transformers"\n', lambda b: b.target("transformers"), ("torch", "dense")),
+        ('attention = "torch"\n', lambda b: b.attention("torch"), ("torch", "dense")),  # the config's choice stands
+    ]
+    for i, (text, tell, expected) in enumerate(cases):
+        file = tmp_path / f"c{i}.toml"
+        file.write_text(text + '[generation]\nbudget = 8\n')
+        cli = _pipeline_config(parser().parse_args(["generate", "hi", "--config", str(file)]))
+        built = tell(jetspec.builder()).generation(budget=8).config()
+        loaded = PipelineConfig.load(file)
+        assert cli.model_dump() == built.model_dump() == loaded.model_dump(), text
+        assert (cli.attention.name, cli.kv_cache.name) == expected, text
 
 
 def test_compare_exits_1_when_speculation_changes_the_output(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import ConfigError
 from .registry import Registry, format_validation_error
@@ -59,6 +59,8 @@ class PipelineConfig(BaseModel):
     drafter: Component = _component("jetspec")
     scorer: Component = _component("best-first")
     verifier: Component = _component("greedy")
+    # where a config names neither: `device_policy` (triton over paged for our decoder on a CUDA
+    # GPU with Triton, else these)
     kv_cache: Component = _component("dense")
     attention: Component = _component("torch")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -67,6 +69,14 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _name_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _device_policy(self) -> "PipelineConfig":
+        if not {"attention", "kv_cache"} & self.model_fields_set:
+            chosen = device_policy(self.target)
+            if chosen is not None:
+                self.attention, self.kv_cache = Component(name=chosen[0]), Component(name=chosen[1])
+        return self
 
     def components(self) -> dict[str, Component]:
         return {k: getattr(self, k) for k in ("target", "drafter", "scorer", "verifier", "kv_cache", "attention")}
@@ -87,6 +97,29 @@ class PipelineConfig(BaseModel):
     def validate_with(self, registry: Registry) -> dict[str, BaseModel]:
         """Resolve every component against the registry: kind -> validated options."""
         return {kind: registry.options(kind, c.name, c.options) for kind, c in self.components().items()}
+
+
+DEVICE_POLICY = """\
+device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
+and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
+otherwise the library defaults: attention "torch" over a "dense" KV cache."""
+
+
+def device_policy(target: Component) -> tuple[str, str] | None:
+    """(attention, kv_cache) for a config that names neither, or None for the defaults: Triton
+    attention over a paged cache, which CUDA graphs need, where our decoder will run on a CUDA
+    GPU with Triton installed (the defaults, reference attention over a dense cache, run anywhere
+    but eagerly). The one device policy: `jetspec generate`, `jetspec.builder()` and
+    `jetspec.from_config` all get it here."""
+    if target.name != "decoder" or target.options.get("device", "auto") == "cpu":
+        return None
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        return "triton", "paged"
+    return None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="decode nothing: summary rows, RESULTS.md and plots from the rows the results file holds")
     p.add_argument("--limit", type=int, help="at most this many prompts per dataset (a quick look)")
     p.add_argument("--max-minutes", type=float, dest="max_minutes", help="start no new prompt after this long")
-    p.add_argument("--output", help="folder for results/, plots/ and RESULTS.md (default: the config's, 'bench')")
+    p.add_argument("--output", help="folder for results/, plots/ and RESULTS.md (default: the config's, else ./jetspec-bench; "
+                                        "the repository's bench/ only when named here)")
     p.add_argument("--target-path", dest="target_path", help="a Hugging Face model folder for the configured target")
     p.add_argument("--shard", help="I/N: run every N-th prompt from the I-th (N processes side by side; then --resume sums up)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

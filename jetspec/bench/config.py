@@ -42,6 +42,10 @@ def _shorthand(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
+# a user's run goes to a folder of the user's, under the current folder; the repository's tracked
+# bench/results and bench/RESULTS.md are written only when named (`--output bench`)
+DEFAULT_OUTPUT = "jetspec-bench"
+
 class DatasetSpec(BaseModel):
     """A built-in prompt set (`math500`, `gsm8k`, `humaneval`, `spec_bench`,
     `spec_bench/<category>`, `spec_bench/mt_bench`) or, with `path` and `field`, a user JSONL."""
@@ -110,7 +114,7 @@ class BenchConfig(BaseModel):
     seed: int = 0
     prompts_dir: str | None = Field(None, description="built-in prompt files; None: $JETSPEC_PROMPTS, else ../shared/data/prompts")
     peers: PeersConfig = Field(default_factory=PeersConfig)
-    output: str = Field("bench", description="folder of results/, plots/ and RESULTS.md")
+    output: str = Field(DEFAULT_OUTPUT, description="folder of results/, plots/ and RESULTS.md (default: ./jetspec-bench)")
     warmup_tokens: int = Field(16, ge=0, le=4096, description="untimed tokens each pipeline and peer generates first")
     near_tie_gap: float = Field(0.5, ge=0, description="a mismatch whose top-2 logit gap is at most this is a near-tie")
     faithfulness: Literal["auto", "all", "off"] = Field(

@@ -2,12 +2,22 @@
 
 * `<name>_tau_vs_budget.png`: τ against budget, one line per drafter, one panel per dataset
 * `<name>_speedup.png`: speedup over our plain decoding, bars per pipeline, grouped by dataset
+
+Each figure is titled with the bench's name and the machine and date that measured its rows.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+
+def plot_title(name: str, summaries: list[dict[str, Any]]) -> str:
+    """`<name> · <machine> · <date>` (the summaries' machines, the latest date): a plot read alone
+    still says where and when it was measured."""
+    machine = " + ".join(sorted({str(s["machine"]) for s in summaries if s.get("machine")}))
+    date = max((str(s["date"]) for s in summaries if s.get("date")), default="")
+    return " · ".join(part for part in (name, machine, date) if part)
 
 
 def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> list[Path]:
@@ -21,7 +31,9 @@ def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> lis
     spec = [s for s in summaries if s["kind_of"] == "spec" and s["tau"] is not None]
     written = []
 
+    title = plot_title(name, summaries)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.2), squeeze=False, sharey=True)
+    fig.suptitle(title, fontsize=9)
     for ax, dataset in zip(axes[0], datasets):
         lines: dict[str, list[tuple[int, float]]] = {}
         for s in spec:
@@ -45,6 +57,7 @@ def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> lis
         return written
     pipelines = sorted({s["pipeline"] for s in bars})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(datasets) * max(len(pipelines), 1) / 3), 3.6))
+    fig.suptitle(title, fontsize=9)
     width = 0.8 / max(len(pipelines), 1)
     for j, pipeline in enumerate(pipelines):
         ys = [next((s["speedup"] for s in bars if s["dataset"] == d and s["pipeline"] == pipeline), 0.0) for d in datasets]

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                "command": " ".join(sys.argv)}  # fmt: skip
     for kind in results:
         log = [json.loads(line) for line in (out / kind / "log.jsonl").read_text().splitlines()]
-        results[kind]["curve"] = [[r["step"], round(r["kl"], 4), round(r["tau_chain"], 3)] for r in log if "step" in r]
+        results[kind]["curve"] = [[r["step"], round(r["kl"], 4), round(r["tau_chain"], 3)] for r in log if "kl" in r]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     say(f"summary in {out / 'summary.json'}")
     if a.export:

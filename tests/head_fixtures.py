@@ -88,3 +88,17 @@ def save_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def write_tiny_eval_sets(folder: Path, leaked: str = "") -> Path:
+    """The four evaluation files the corpus overlap check reads, one item each (`leaked` in GSM8K test)."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "math500.jsonl").write_text(json.dumps({"problem": "Compute 1 + 1.", "solution": "2"}) + "\n")
+    (folder / "gsm8k_test.jsonl").write_text(json.dumps({"question": leaked + " How much does she make?", "answer": "18"}) + "\n")
+    with gzip.open(folder / "humaneval.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"prompt": "def add(a, b):", "canonical_solution": "    return a + b"}) + "\n")
+    (folder / "spec_bench.jsonl").write_text(json.dumps({"turns": ["Tell me a joke.", "Another one."]}) + "\n")
+    return folder

@@ -3,16 +3,15 @@ questions and training prompts answered greedily and sampled, duplicates and eva
 overlaps dropped and counted, chunks that a later call appends to, the same corpus whether made in
 one call or several."""
 
-import gzip
 import json
 
 import pytest
 import torch
 
-from head_fixtures import save_tiny_chat_model
+from head_fixtures import save_tiny_chat_model, write_tiny_eval_sets
 from jetspec.core.errors import InputError
 from jetspec.drafters.head.contamination import EvalOverlap
-from jetspec.drafters.head.corpus import HOLD_OUT, chunk_files, load_corpus
+from jetspec.drafters.head.corpus import chunk_files, load_corpus
 from jetspec.drafters.head.dedupe import DuplicateIndex, stable_hash
 from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
 from jetspec.drafters.head.make_corpus import CorpusConfig, main, make_corpus
@@ -36,13 +35,7 @@ def training_prompts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    (d / "math500.jsonl").write_text(json.dumps({"problem": "Compute 1 + 1.", "solution": "2"}) + "\n")
-    (d / "gsm8k_test.jsonl").write_text(json.dumps({"question": LEAKED + " How much does she make?", "answer": "18"}) + "\n")
-    with gzip.open(d / "humaneval.jsonl.gz", "wt") as f:
-        f.write(json.dumps({"prompt": "def add(a, b):", "canonical_solution": "    return a + b"}) + "\n")
-    (d / "spec_bench.jsonl").write_text(json.dumps({"turns": ["Tell me a joke.", "Another one."]}) + "\n")
-    return d
+    return write_tiny_eval_sets(tmp_path_factory.mktemp("eval"), leaked=LEAKED)
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +109,6 @@ def test_a_call_starts_no_chunk_it_cannot_finish_in_its_minutes(target, eval_dir
     m = make_corpus(model, tokenizer, tmp_path / "c", cfg, identity, training_prompts(), EvalOverlap(eval_dir),
                     progress=False, clock_start=time.monotonic())  # fmt: skip
     assert m["chunks"] == 3 and m["calls"][-1]["chunks_made"] == 0 and not m["complete"]
-
-
-def test_held_out_rows_are_whole_questions(corpus):
-    data = load_corpus(corpus[0])
-    held, qh = data.columns["held_out"], data.columns["question_hash"]
-    assert torch.equal(held, qh % HOLD_OUT == 0)
-    for h in set(qh[held].tolist()):  # both answers of a held-out question are held out
-        assert held[qh == h].all() and int((qh == h).sum()) == 2
 
 
 def test_appending_with_other_settings_is_one_line(target, eval_dir, corpus, tmp_path):

@@ -17,9 +17,8 @@
 A chunk file appears only complete (written to a temporary name, then renamed), so a call killed
 mid-chunk loses that chunk and nothing else; the next call goes on from the chunks on disk.
 
-Held out for validation: every row whose question hash is 0 modulo HOLD_OUT (both answers of a
-question, so no question is seen in training and in validation), the same rows however many
-chunks are appended later.
+Validation holds out whole questions by their hash (`train.split_rows`): both answers of a
+question are on the same side.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from .magpie import TOPICS
 
 SOURCES = ("gsm8k_train",) + tuple(f"magpie/{t}" for t in TOPICS)
 FORMAT = "jetspec-corpus/1"
-HOLD_OUT = 64  # one question in 64 is held out
 
 
 def chunk_path(folder: Path, k: int) -> Path:
@@ -114,7 +112,7 @@ def summarize(stats: list[dict]) -> dict:
 
 def load_corpus(folder: str | Path) -> TokenData:
     """All chunks as one TokenData (tokens as int32), with the per-row columns `source`,
-    `temperature`, `question_hash`, `held_out`, and the manifest's target identity in `meta`."""
+    `temperature`, `question_hash`, and the manifest's target identity in `meta`."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     files = chunk_files(folder)
@@ -135,6 +133,5 @@ def load_corpus(folder: str | Path) -> TokenData:
     target = manifest["target"]
     meta = {"target_name": target["target_name"], "target_fingerprint": target["target_fingerprint"],
             "prompts": f"corpus {folder.name}", "corpus_rows": str(len(cat["prompt_lens"]))}  # fmt: skip
-    columns = {"source": cat["source"], "temperature": cat["temperature"], "question_hash": cat["question_hash"],
-               "held_out": cat["question_hash"] % HOLD_OUT == 0}  # fmt: skip
+    columns = {"source": cat["source"], "temperature": cat["temperature"], "question_hash": cat["question_hash"]}
     return TokenData(cat["tokens"], offsets, cat["prompt_lens"], meta, columns)

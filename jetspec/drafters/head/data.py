@@ -6,7 +6,7 @@ Stored as ONE safetensors file (ragged rows as a flat tensor + offsets):
     offsets     [S + 1] int64   row s = tokens[offsets[s] : offsets[s + 1]]
     prompt_lens [S] int32       row s's answer starts at offsets[s] + prompt_lens[s]
 and metadata (target name, fingerprint, prompt source, max_new_tokens). A corpus (`corpus.py`)
-adds per-row `columns` ([S] each: source, temperature, question_hash, held_out).
+adds per-row `columns` ([S] each: source, temperature, question_hash).
 """
 
 from __future__ import annotations

@@ -14,16 +14,25 @@ One step, for a batch of the target's own answers (prompt + greedy answer, `data
     loss = mean over supervised slots of KL(p || q) = sum_v p_v (log p_v - log q_v)
            (forward KL, temperature 1, uniform weight over positions)
 
-Checkpoints (`head.safetensors` + `head.json`) and a resumable `train_state.pt` go to `out_dir`
-every `save_every` steps; the step's batch and anchors are drawn from a generator seeded by
-(seed, step), so a resumed run draws what the uninterrupted run would have drawn.
+Runs accumulate across calls (the GPU is lent for minutes at a time). Checkpoints (`head.safetensors`
++ `head.json`) and a resumable `train_state.pt` (weights, optimizer, step, RNG, the runs so far) go
+to `out_dir` every `save_every` steps and when a call stops. The data cursor is the step: step s
+trains on positions s*Bt .. s*Bt+Bt-1 of a stream that walks a fresh seeded permutation of the
+training rows each epoch, with anchors from a generator seeded by (seed, step), so a resumed run
+draws what the uninterrupted run would have drawn. `steps` is the run's horizon (the learning-rate
+schedule); `minutes` is one call's budget (when `steps` is None, the horizon of a one-call run).
+`out_dir/log.jsonl` holds training rows, validation rows (every `eval_every` steps: held-out KL,
+chain τ, rank-1 accuracy and chain reach by depth) and one row per call (steps, minutes, device);
+`out_dir/curves.png` plots them (`curves.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +43,8 @@ from tqdm.auto import tqdm
 
 from ...core.errors import CheckpointError, InputError
 from .checkpoint import save_head
+from .curves import write_curves
+from .corpus import load_corpus
 from .data import TokenData, encode_chat, generate_answers, read_questions
 from .frozen_target import eos_ids, hf_identity, load_hf_target, teacher_forward
 from .masks import block_mask
@@ -46,15 +57,15 @@ EVAL_SEED = 12345
 TRAIN_LIMITS = (  # (field, lowest, highest): a typo must be an error, not an allocation
     ("steps", 1, 10_000_000), ("batch_size", 1, 4096), ("anchors", 1, 4096), ("layers", 1, MAX_LAYERS),
     ("block_size", 2, MAX_BLOCK), ("max_len", 2, 1 << 20), ("eval_rows", 0, 1 << 20),
-    ("save_every", 1, 10_000_000), ("log_every", 1, 10_000_000),
+    ("save_every", 1, 10_000_000), ("log_every", 1, 10_000_000), ("eval_every", 0, 10_000_000),
 )  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
     kind: str = "causal"  # "causal" | "dflash" | "eagle"
-    steps: int | None = 2000  # None: as many as `minutes` allows
-    minutes: float | None = None  # wall-clock limit; stops at whichever of steps/minutes comes first
+    steps: int | None = 2000  # the run's total steps, over all calls; None: as many as `minutes` allows
+    minutes: float | None = None  # this call's wall-clock budget; stops at whichever of steps/minutes comes first
     batch_size: int = 8  # sequences per step
     anchors: int = 32  # blocks per sequence
     layers: int = 1  # head decoder layers
@@ -65,7 +76,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     reveal_prob: float | None = None  # default 0.5 for "causal", 0 otherwise
     max_len: int = 1024  # tokens per sequence (longer rows are cut)
-    eval_rows: int = 64  # the last rows of the data are held out for evaluation (at most a fifth)
+    eval_rows: int = 64  # held-out rows evaluated (a corpus: its held-out questions; else the last rows, at most a fifth)
+    eval_every: int = 0  # steps between validations (0: only at the start and the end of a call)
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -95,6 +107,37 @@ def _usable_rows(data: TokenData, max_len: int) -> list[int]:
     """Rows with at least 2 answer tokens inside `max_len` (an anchor needs a next token)."""
     lengths = (data.offsets[1:] - data.offsets[:-1]).clamp(max=max_len)
     return [s for s in range(len(data)) if int(data.prompt_lens[s]) + 2 <= int(lengths[s])]
+
+
+def split_rows(data: TokenData, max_len: int, eval_rows: int) -> tuple[list[int], list[int]]:
+    """(training rows, validation rows), at most a fifth held out. A corpus holds out whole questions:
+    those of the `eval_rows` smallest question hashes (a choice that does not depend on the order
+    of the rows) are validated on their greedy answer (the target's argmax is what greedy
+    verification accepts) and none of their answers is trained on. Other data holds out its last rows."""
+    usable = _usable_rows(data, max_len)
+    if "question_hash" not in data.columns:
+        n = min(eval_rows, len(usable) // 5)
+        return usable[: len(usable) - n], usable[len(usable) - n :]
+    qh, greedy = data.columns["question_hash"].tolist(), (data.columns["temperature"] == 0).tolist()
+    first_greedy = {}
+    for s in usable:
+        if greedy[s]:
+            first_greedy.setdefault(qh[s], s)
+    held = sorted(first_greedy)[: min(eval_rows, len(set(qh[s] for s in usable)) // 5)]
+    held_set = set(held)
+    return [s for s in usable if qh[s] not in held_set], [first_greedy[h] for h in held]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+def rows_for_step(train_rows: list[int], batch_size: int, seed: int, step: int) -> list[int]:
+    """The data cursor: step s takes positions s*Bt .. s*Bt+Bt-1 of the stream of epochs, each a
+    seeded permutation of the training rows (every row once per epoch)."""
+    n = len(train_rows)
+    return [train_rows[_epoch_order(seed, p // n, n)[p % n]] for p in range(step * batch_size, (step + 1) * batch_size)]
 
 
 def _batch(data: TokenData, rows: list[int], cfg: TrainConfig, g: torch.Generator, pad_id: int, device) -> dict:
@@ -161,8 +204,12 @@ def head_loss(head: DraftHead, model: Any, b: dict) -> tuple[torch.Tensor, dict]
         hit[supervised] = log_q.argmax(-1) == depth_token[supervised]
         if c.uses_mask_slots:
             hit = hit[:, :, 1:]  # depths 1 .. B-1 (slot 0 is the anchor)
-        accepted = hit.long().cumprod(-1).sum(-1).float()  # [Bt, A]
-    return loss, {"tau_chain": 1.0 + accepted.mean().item(), "slots": int(supervised.sum())}
+        sup = supervised[:, :, 1:] if c.uses_mask_slots else supervised  # [Bt, A, D] as hit
+        chain = hit.long().cumprod(-1)  # [Bt, A, D]: the rank-1 chain reaches depth d
+        accepted = chain.sum(-1).float()  # [Bt, A]
+        by_depth = {"acc_by_depth": (hit.sum((0, 1)) / sup.sum((0, 1)).clamp(min=1)).tolist(),  # rank-1 right given the true prefix
+                    "reach_by_depth": chain.float().mean((0, 1)).tolist()}  # fmt: skip
+    return loss, {"tau_chain": 1.0 + accepted.mean().item(), "slots": int(supervised.sum()), **by_depth}
 
 
 # ------------------------------------------------------------------------------------ loop
@@ -180,20 +227,24 @@ def evaluate(head: DraftHead, model: Any, data: TokenData, rows: list[int], cfg:
     device = next(model.parameters()).device
     plain = TrainConfig(**{**asdict(cfg), "reveal_prob": 0.0})
     g = torch.Generator().manual_seed(EVAL_SEED)
-    losses, taus = [], []
+    losses, taus, acc, reach = [], [], [], []
     for i in range(0, len(rows), cfg.batch_size):
         with _autocast(device):
             loss, stats = head_loss(head, model, _batch(data, rows[i : i + cfg.batch_size], plain, g, pad_id, device))
         losses.append(loss.item())
         taus.append(stats["tau_chain"])
-    return {"eval_kl": sum(losses) / len(losses), "eval_tau_chain": sum(taus) / len(taus)}
+        acc.append(stats["acc_by_depth"])
+        reach.append(stats["reach_by_depth"])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731  (batches of equal weight)
+    return {"eval_kl": mean(losses), "eval_tau_chain": mean(taus), "eval_acc_by_depth": [round(mean(d), 4) for d in zip(*acc)],
+            "eval_reach_by_depth": [round(mean(d), 4) for d in zip(*reach)]}  # fmt: skip
 
 
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-STATE_KEYS = ("head", "optim", "step", "elapsed", "config")
+STATE_KEYS = ("head", "optim", "step", "elapsed", "config")  # also: before, rng, cuda_rng, runs, data_rows
 
 
 def load_train_state(path: Path, device: torch.device) -> dict:
@@ -223,12 +274,13 @@ def train(
     progress: bool = True,
     until: int | None = None,
 ) -> dict:
-    """Train one head on `data` (answers of `model`); returns a summary (also in head.json's `extra`).
-    `until` stops after that many steps as an interruption would (the schedule still follows
-    `cfg.steps`); a later call with `resume` continues from the saved state."""
+    """Train one head on `data` (answers of `model`), or go on with the run saved in `out_dir`;
+    returns a summary (also in head.json's `extra`). `until` stops after that many steps as an
+    interruption would (the schedule still follows `cfg.steps`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    call_start = time.monotonic()
     torch.manual_seed(cfg.seed)
     config = HeadConfig.for_target(
         cfg.kind, identity["hidden_size"], identity["num_kv_heads"], identity["head_dim"], identity["num_target_layers"],
@@ -238,13 +290,8 @@ def train(
     )  # fmt: skip
     head = DraftHead(config).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    usable = _usable_rows(data, cfg.max_len)
-    held_out = min(cfg.eval_rows, len(usable) // 5)  # never more than a fifth of the data
-    eval_rows, train_rows = usable[len(usable) - held_out :], usable[: len(usable) - held_out]
-    if not train_rows:
-        raise InputError(f"no training rows: {len(data)} answers, {len(usable)} usable, {held_out} held out")
 
-    step, elapsed, before = 0, 0.0, None
+    step, elapsed, before, runs, data_rows = 0, 0.0, None, [], len(data)
     state_path = out_dir / "train_state.pt"
     if resume and state_path.is_file():
         state = load_train_state(state_path, device)
@@ -253,27 +300,71 @@ def train(
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optim"])
         step, elapsed, before = state["step"], state["elapsed"], state.get("before")
+        runs, data_rows = list(state.get("runs", [])), int(state.get("data_rows", len(data)))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"].cpu())
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        if data_rows > len(data):
+            raise InputError(f"{out_dir} trains on {data_rows} rows, the data now holds {len(data)}: resume with the data it started on")
+    if data_rows < len(data):  # a corpus that grew: this run keeps its rows (the cursor would move otherwise)
+        print(f"train-head: the data holds {len(data)} rows; this run goes on with its first {data_rows}", file=sys.stderr)
+        data = TokenData(data.tokens, data.offsets[: data_rows + 1], data.prompt_lens[:data_rows], data.meta,
+                         {k: v[:data_rows] for k, v in data.columns.items()})  # fmt: skip
+    train_rows, eval_rows = split_rows(data, cfg.max_len, cfg.eval_rows)
+    if not train_rows:
+        raise InputError(f"no training rows: {len(data)} answers, {len(eval_rows)} held out, none usable for training")
+    log = (out_dir / "log.jsonl").open("a")
+    write = lambda row: (log.write(json.dumps(row) + "\n"), log.flush())  # noqa: E731
+
+    validated: dict[int, dict] = {}  # step -> validation (at most one per step)
+
+    def validate() -> dict:
+        if step not in validated:
+            validated[step] = evaluate(head, model, data, eval_rows, cfg, pad_id)
+            if validated[step]:
+                write({"step": step, "eval": validated[step]})
+                plot()
+        return validated[step]
+
+    def plot() -> None:
+        try:
+            write_curves(out_dir / "log.jsonl", out_dir / "curves.png", f"{cfg.kind} head")
+        except ImportError:  # matplotlib is optional
+            pass
+
     if before is None:
-        before = evaluate(head, model, data, eval_rows, cfg, pad_id)
+        before = validate()
+    first_step = step
 
     def checkpoint() -> None:
         save_head(head, out_dir)
         blob = {"head": head.state_dict(), "optim": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "before": before, "config": asdict(cfg) | {"target_layers": list(cfg.target_layers or [])}}  # fmt: skip
+                "before": before, "config": asdict(cfg) | {"target_layers": list(cfg.target_layers or [])},
+                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "runs": runs, "data_rows": data_rows}  # fmt: skip
         torch.save(blob, out_dir / "train_state.pt.tmp")
         (out_dir / "train_state.pt.tmp").replace(state_path)
 
     limit = cfg.minutes * 60 if cfg.minutes else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress)
-    log = (out_dir / "log.jsonl").open("a")
     start = time.monotonic() - elapsed
+
+    def out_of_time() -> bool:
+        if limit is None:
+            return False
+        # a run with a step horizon: `minutes` is this call's budget; else it is the whole run's horizon
+        return (time.monotonic() - call_start if cfg.steps else elapsed) >= limit
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress,
+               mininterval=0.5 if tty else 30)  # fmt: skip
     last = min(cfg.steps or math.inf, until or math.inf)
-    while step < last and (limit is None or elapsed < limit):
-        frac = max(step / cfg.steps if cfg.steps else 0.0, elapsed / limit if limit else 0.0)
+    while step < last and not out_of_time():
+        frac = max(step / cfg.steps if cfg.steps else 0.0, elapsed / limit if limit and not cfg.steps else 0.0)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, frac)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        rows = [train_rows[i] for i in torch.randint(len(train_rows), (cfg.batch_size,), generator=g).tolist()]
+        rows = rows_for_step(train_rows, cfg.batch_size, cfg.seed, step)
         with _autocast(device):
             loss, stats = head_loss(head, model, _batch(data, rows, cfg, g, pad_id, device))
         opt.zero_grad(set_to_none=True)
@@ -285,19 +376,29 @@ def train(
         bar.update(1)
         if step % cfg.log_every == 0 or step == 1:
             bar.set_postfix(kl=f"{loss.item():.3f}", tau=f"{stats['tau_chain']:.2f}")
-            log.write(json.dumps({"step": step, "kl": loss.item(), "lr": _lr(cfg, frac), **stats, "elapsed": elapsed}) + "\n")
-            log.flush()
+            write({"step": step, "kl": loss.item(), "lr": _lr(cfg, frac), "tau_chain": stats["tau_chain"],
+                   "slots": stats["slots"], "elapsed": elapsed})  # fmt: skip
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            validate()
         if step % cfg.save_every == 0:
             checkpoint()
     bar.close()
-    after = evaluate(head, model, data, eval_rows, cfg, pad_id)
+    stopped = "steps" if step >= (cfg.steps or math.inf) else "until" if until and step >= until else "minutes"
+    after = validate()
+    call_minutes = (time.monotonic() - call_start) / 60
+    runs.append({"run": len(runs) + 1, "from_step": first_step, "to_step": step, "minutes": round(call_minutes, 2),
+                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "stopped": stopped})  # fmt: skip
+    total_minutes = round(sum(r["minutes"] for r in runs), 2)
     summary = {"kind": cfg.kind, "steps": step, "seconds": round(elapsed, 1), "parameters": head.num_parameters(),
                "train_rows": len(train_rows), "eval_rows": len(eval_rows), "before": before, "after": after,
+               "runs": len(runs), "minutes_total": total_minutes,
                "config": asdict(cfg) | {"target_layers": list(config.target_layers)}}  # fmt: skip
     head.config.extra = {"training": summary, "data": dict(data.meta)}
     checkpoint()
-    log.write(json.dumps({"summary": summary}) + "\n")
+    write({"run": runs[-1], "steps_total": step, "minutes_total": total_minutes})
+    write({"summary": summary})
     log.close()
+    plot()
     return summary
 
 
@@ -327,56 +428,112 @@ def prepare_data(
 
 def train_head(
     target_path: str | Path,
-    prompts_path: str | Path,
+    prompts_path: str | Path | None,
     out_dir: str | Path,
     kind: str = "causal",
-    steps: int = 2000,
+    steps: int | None = 2000,
     *,
+    corpus: str | Path | None = None,
     data_path: str | Path | None = None,
     max_new_tokens: int = 256,
     max_prompts: int | None = None,
     device: str | None = None,
     resume: bool = True,
+    progress: bool = True,
     **train_options: Any,
 ) -> dict:
-    """Self-distill `target_path` (HF folder or .gguf) on `prompts_path` and train one head into
-    `out_dir`. The answers are saved to `data_path` (default out_dir/answers.safetensors) and reused."""
+    """Self-distill `target_path` (HF folder or .gguf) and train one head into `out_dir`, on a corpus
+    made by `jetspec make-corpus` (`corpus`) or on answers to `prompts_path` (generated once into
+    `data_path`, default out_dir/answers.safetensors, and reused)."""
+    cfg = TrainConfig(kind=kind, steps=steps, **train_options)  # bad options fail before the target loads
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     model, tokenizer = load_hf_target(target_path, dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
     identity = hf_identity(model, Path(target_path).stem if Path(target_path).suffix == ".gguf" else Path(target_path).name)
-    data = prepare_data(model, tokenizer, prompts_path, data_path or Path(out_dir) / "answers.safetensors", identity,
-                        max_new_tokens=max_new_tokens, max_prompts=max_prompts)  # fmt: skip
-    cfg = TrainConfig(kind=kind, steps=steps, **train_options)
+    if corpus is not None:
+        data = load_corpus(corpus)
+        if data.meta.get("target_fingerprint") != identity["target_fingerprint"]:
+            raise InputError(f"corpus {corpus} holds answers of target {data.meta.get('target_name')!r}, not of {identity['target_name']!r}")
+    else:
+        data = prepare_data(model, tokenizer, prompts_path, data_path or Path(out_dir) / "answers.safetensors", identity,
+                            max_new_tokens=max_new_tokens, max_prompts=max_prompts)  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume)
+    return train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume, progress=progress)
+
+
+RUN_FILE = "run.json"  # a run's settings, written by its first call, read by `--resume DIR`
+CALL_OPTIONS = ("minutes", "steps", "eval_every", "device", "no_progress")  # what a resumed call may change
+PER_CALL = ("resume", "minutes", "device", "no_progress")  # not part of a run's settings
+
+
+def _parser(formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__, formatter_class=formatter_class,
+                                 epilog="An accumulating run: the first call names the target, the data and the settings "
+                                        "(--out DIR); every later call is `jetspec train-head --resume DIR --minutes M`, "
+                                        "which continues from the weights, optimizer, data cursor and RNG saved in DIR "
+                                        f"(it may change only {', '.join('--' + o.replace('_', '-') for o in CALL_OPTIONS)}).")  # fmt: skip
+    ap.add_argument("--target", help="Hugging Face folder (or .gguf file) of the frozen target; 'default': the embedded SmolLM2")
+    ap.add_argument("--corpus", default=None, help="a corpus folder made by `jetspec make-corpus`")
+    ap.add_argument("--prompts", default=None, help="training prompts, .jsonl(.gz), answered by the target first (instead of --corpus)")
+    ap.add_argument("--out", default=None, help="output folder (checkpoint, training state, log, curves)")
+    ap.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR with its own settings")
+    ap.add_argument("--kind", default=d.kind, choices=["causal", "dflash", "eagle"], help="which head to train")
+    ap.add_argument("--steps", type=int, default=d.steps, help="the run's total optimizer steps (the schedule's horizon)")
+    ap.add_argument("--minutes", type=float, default=None, help="this call's time budget; it saves and stops (default: none)")
+    ap.add_argument("--data", default=None, help="with --prompts: answers file to reuse/create (default: OUT/answers.safetensors)")
+    ap.add_argument("--layers", type=int, default=d.layers, help="head decoder layers")
+    ap.add_argument("--block-size", type=int, default=d.block_size, help="inputs per block, the draft depth trained")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step")
+    ap.add_argument("--anchors", type=int, default=d.anchors, help="blocks per sequence")
+    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    ap.add_argument("--max-len", type=int, default=d.max_len, help="tokens per training sequence (longer rows are cut)")
+    ap.add_argument("--eval-rows", type=int, default=d.eval_rows, help="held-out rows validated")
+    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (0: start and end of a call)")
+    ap.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (and at every stop)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="with --prompts: length of each self-distilled answer")
+    ap.add_argument("--max-prompts", type=int, default=None, help="with --prompts: use at most this many prompts (default: all)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
 
 
 def main(argv: list[str] | None = None, formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
     """`jetspec train-head`; the CLI passes its help formatter (which shows the defaults)."""
-    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__, formatter_class=formatter_class)
-    ap.add_argument("--target", required=True, help="Hugging Face folder (or .gguf file) of the frozen target")
-    ap.add_argument("--prompts", required=True, help="training prompts, .jsonl(.gz)")
-    ap.add_argument("--out", required=True, help="output folder (checkpoint, training state, answers)")
-    ap.add_argument("--kind", default="causal", choices=["causal", "dflash", "eagle"], help="which head to train")
-    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    ap.add_argument("--minutes", type=float, default=None, help="stop after this long (default: no time limit)")
-    ap.add_argument("--data", default=None, help="answers file to reuse/create (default: OUT/answers.safetensors)")
-    ap.add_argument("--layers", type=int, default=1, help="head decoder layers")
-    ap.add_argument("--block-size", type=int, default=16, help="inputs per block, the draft depth trained")
-    ap.add_argument("--batch-size", type=int, default=8, help="sequences per step")
-    ap.add_argument("--anchors", type=int, default=32, help="blocks per sequence")
-    ap.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="length of each self-distilled answer")
-    ap.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts (default: all)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    a = ap.parse_args(argv)
+    ap = _parser(formatter_class)
+    a = vars(ap.parse_args(argv))
+    if a["resume"]:
+        run_file = Path(a["resume"]) / RUN_FILE
+        if not run_file.is_file():
+            raise InputError(f"--resume {a['resume']}: no {RUN_FILE} there; start a run with --out DIR (and --target, --corpus or --prompts)")
+        saved = json.loads(run_file.read_text())
+        for key, value in a.items():
+            if key not in CALL_OPTIONS + ("resume",) and value != ap.get_default(key) and value != saved.get(key):
+                raise InputError(f"--resume continues {a['resume']} with its own settings: --{key.replace('_', '-')} cannot change "
+                                 f"(it is {saved.get(key)!r}); a call may change {', '.join('--' + o.replace('_', '-') for o in CALL_OPTIONS)}")  # fmt: skip
+        a = {**saved, **{k: a[k] for k in CALL_OPTIONS if a[k] != ap.get_default(k)}, "out": a["resume"]}
+    else:
+        missing = [f"--{k}" for k in ("target", "out") if not a[k]]
+        if missing or bool(a["corpus"]) == bool(a["prompts"]):
+            raise InputError(f"train-head needs {' and '.join(missing) or 'its data'}{' and' if missing else ':'} exactly one of --corpus DIR "
+                             "or --prompts FILE (or --resume DIR to continue a run)")  # fmt: skip
+        if a["target"] == "default":
+            from ...targets.default_model import default_model_path
+
+            a["target"] = str(default_model_path())
+        Path(a["out"]).mkdir(parents=True, exist_ok=True)
+        if not (Path(a["out"]) / RUN_FILE).is_file():
+            (Path(a["out"]) / RUN_FILE).write_text(json.dumps({k: v for k, v in a.items() if k not in PER_CALL}, indent=1) + "\n")
     summary = train_head(
-        a.target, a.prompts, a.out, a.kind, a.steps, data_path=a.data, max_new_tokens=a.max_new_tokens,
-        max_prompts=a.max_prompts, device=a.device, minutes=a.minutes, layers=a.layers, block_size=a.block_size,
-        batch_size=a.batch_size, anchors=a.anchors, lr=a.lr, seed=a.seed,
+        a["target"], a["prompts"], a["out"], a["kind"], a["steps"], corpus=a["corpus"], data_path=a["data"],
+        max_new_tokens=a["max_new_tokens"], max_prompts=a["max_prompts"], device=a.get("device"), progress=not a.get("no_progress"),
+        minutes=a.get("minutes"), layers=a["layers"], block_size=a["block_size"], batch_size=a["batch_size"],
+        anchors=a["anchors"], lr=a["lr"], seed=a["seed"], max_len=a["max_len"], eval_rows=a["eval_rows"],
+        eval_every=a.get("eval_every") or 0, save_every=a["save_every"],
     )  # fmt: skip
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 
 

@@ -12,6 +12,7 @@
 """
 
 from .config import BenchConfig, DatasetSpec, PeersConfig, PipelineSpec
-from .runner import BenchOutcome, plan_bench, run_bench
+from .plan import plan_bench
+from .runner import BenchOutcome, run_bench
 
 __all__ = ["BenchConfig", "BenchOutcome", "DatasetSpec", "PeersConfig", "PipelineSpec", "plan_bench", "run_bench"]

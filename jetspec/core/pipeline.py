@@ -199,84 +199,92 @@ class Pipeline:
         stops = set(self.target.info.eos_token_ids) | self._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
 
         prompt_ids = self.encode(prompt)
-        capacity = len(prompt_ids) + max_new + (budget if drafter else 0)  # >= committed + tree at the last round
-        limit = self.target.info.max_positions
-        if capacity > limit:
-            raise CapacityError(
-                f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new}) + budget ({budget if drafter else 0}) "
-                f"needs {capacity} positions; the target allows {limit}"
-            )
-        cache = self._cache_for(capacity + extra_pending(self.target))
+        cache = self._sequence_cache(len(prompt_ids), max_new, budget if drafter else 0)
         state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
         stats = GenerationStats()
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
         hidden_layers = observed_layers(drafter)
-        device = self.target.info.device
-        clock = time.perf_counter
-
-        who, vocab = self.labels, self.target.info.vocab_size
         stopped = "length"
         try:
-            t0 = clock()
-            n_prefill = len(prompt_ids) - 1
-            prefill_hidden = None
-            if n_prefill > 0:
-                cache.begin(n_prefill)
-                chain = torch.tensor(prompt_ids[:-1], device=device)
-                out = self._forward(chain, AttentionMeta.for_chain(n_prefill, 0, device), cache, hidden_layers)
-                cache.commit(range(n_prefill))
-                prefill_hidden = out.hidden
-            if drafter:
-                with Blame(who["drafter"], "in reset"):
-                    drafter.reset(state)
-                with Blame(who["drafter"], "in observe"):
-                    drafter.observe(state, prefill_hidden)
-            stats.seconds["prefill"] += clock() - t0
-
-            while len(state.tokens) - state.prompt_len < max_new:
-                root = state.tokens[-1]
-                t0 = clock()
-                if drafter:
-                    proposal = self.propose(state, budget)
-                t1 = clock()
-                if drafter:
-                    tree = self.build_tree(proposal, root, budget)
-                else:
-                    tree = DraftTree.root_only(root)
-                t2 = clock()
-                prefix = cache.committed
-                cache.begin(tree.size)
-                out = self._forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
-                t3 = clock()
-                with Blame(who["verifier"], "in accept"):
-                    acc = check_acceptance(self.verifier.accept(tree, out.logits, state), tree, vocab, who["verifier"])
-                t4 = clock()
-                cache.commit(acc.path)
-                new = acc.new_tokens(tree)
-                new = new[: max_new - (len(state.tokens) - state.prompt_len)]
-                for j, tok in enumerate(new):
-                    if tok in stops:
-                        new = new[: j + 1]
-                        stopped = "eos" if tok in self.target.info.eos_token_ids else "stop_token"
-                        break
-                state.tokens.extend(new)
-                if drafter and stopped == "length":
-                    with Blame(who["drafter"], "in observe"):
-                        drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
-                t5 = clock()
-
-                stats.record_round(len(new), acc.accepted_drafts, tree.budget)
-                for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                    stats.seconds[phase] += dt
+            self._prefill(state, cache, drafter, hidden_layers, stats)
+            while stopped == "length" and len(state.tokens) - state.prompt_len < max_new:
+                room = max_new - (len(state.tokens) - state.prompt_len)
+                new, stopped = self._round(state, cache, drafter, hidden_layers, budget, room, stops, stats)
                 if on_tokens:
                     on_tokens(new)
-                if stopped != "length":
-                    break
         except JetSpecError as e:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise
         return self._result(state, stats, prompt_ids, stopped)
+
+    def _sequence_cache(self, prompt_len: int, max_new: int, budget: int) -> KVCache:
+        """The cache for one sequence: room for every committed token plus the last round's tree."""
+        capacity = prompt_len + max_new + budget  # >= committed + tree at the last round
+        limit = self.target.info.max_positions
+        if capacity > limit:
+            raise CapacityError(
+                f"prompt ({prompt_len}) + max_new_tokens ({max_new}) + budget ({budget}) "
+                f"needs {capacity} positions; the target allows {limit}"
+            )
+        return self._cache_for(capacity + extra_pending(self.target))
+
+    def _prefill(self, state: DecodeState, cache: KVCache, drafter: Drafter | None, hidden_layers: tuple[int, ...],
+                 stats: GenerationStats) -> None:
+        """The prompt but its last token (the first root) in one chain forward; the drafter starts
+        and observes the prompt's hidden states."""
+        t0 = time.perf_counter()
+        n = state.prompt_len - 1
+        hidden = None
+        if n > 0:
+            device = self.target.info.device
+            cache.begin(n)
+            chain = torch.tensor(state.tokens[:n], device=device)
+            hidden = self._forward(chain, AttentionMeta.for_chain(n, 0, device), cache, hidden_layers).hidden
+            cache.commit(range(n))
+        if drafter:
+            with Blame(self.labels["drafter"], "in reset"):
+                drafter.reset(state)
+            with Blame(self.labels["drafter"], "in observe"):
+                drafter.observe(state, hidden)
+        stats.seconds["prefill"] += time.perf_counter() - t0
+
+    def _round(self, state: DecodeState, cache: KVCache, drafter: Drafter | None, hidden_layers: tuple[int, ...],
+               budget: int, room: int, stops: set[int], stats: GenerationStats) -> tuple[list[int], str]:
+        """One round (draft, build, verify, accept, commit) -> the tokens it committed, at most
+        `room` and up to the first stop token, and why generation stops ("length": it goes on)."""
+        who, device, clock = self.labels, self.target.info.device, time.perf_counter
+        root = state.tokens[-1]
+        t0 = clock()
+        proposal = self.propose(state, budget) if drafter else None
+        t1 = clock()
+        tree = self.build_tree(proposal, root, budget) if drafter else DraftTree.root_only(root)
+        t2 = clock()
+        prefix = cache.committed
+        cache.begin(tree.size)
+        out = self._forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
+        t3 = clock()
+        with Blame(who["verifier"], "in accept"):
+            acc = check_acceptance(self.verifier.accept(tree, out.logits, state), tree, self.target.info.vocab_size, who["verifier"])
+        t4 = clock()
+        cache.commit(acc.path)
+        new, stopped = self._cut_at_stop(acc.new_tokens(tree)[:room], stops)
+        state.tokens.extend(new)
+        if drafter and stopped == "length":
+            with Blame(who["drafter"], "in observe"):
+                drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
+        t5 = clock()
+        stats.record_round(len(new), acc.accepted_drafts, tree.budget)
+        for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            stats.seconds[phase] += dt
+        return new, stopped
+
+    def _cut_at_stop(self, new: list[int], stops: set[int]) -> tuple[list[int], str]:
+        """`new` up to and including its first stop token, and why it stopped ("length": none)."""
+        for j, tok in enumerate(new):
+            if tok in stops:
+                return new[: j + 1], "eos" if tok in self.target.info.eos_token_ids else "stop_token"
+        return new, "length"
 
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]) -> TargetOutput:
         """target.forward, its output's shapes checked (no sync: shapes live on the host)."""

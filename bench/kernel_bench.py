@@ -204,6 +204,19 @@ def timed(fn) -> tuple[float, float | None]:
     return eager, graph
 
 
+def kernel_times(fn, calls: int = 20) -> dict[str, float]:
+    """Device µs per call of each kernel `fn` launches (torch profiler), by kernel name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key[:60]: round(e.device_time_total / calls, 1) for e in prof.key_averages() if e.device_time_total > 0}
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -211,6 +224,7 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--trees", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--backends", nargs="+", default=["triton", "triton-autotune", "cute", "flex", "sdpa"])
+    ap.add_argument("--kernels", action="store_true", help="also record each kernel's device time (torch profiler)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_bench: error: needs a CUDA GPU")
@@ -262,13 +276,15 @@ def main() -> None:
                         raise AssertionError(f"output differs from the reference by {err:.3g}")
                     row["eager_ms"], row["graph_ms"] = timed(fn)
                     row["time_ms"] = row["graph_ms"] or row["eager_ms"]
+                    if args.kernels:
+                        row["kernel_us"] = kernel_times(fn)
                     results[(context, nodes, name)] = row["time_ms"]
                 except Exception as e:  # record and go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 t = row["time_ms"]
-                note = row.get("error") or str(row.get("config", ""))
+                note = row.get("error") or str(row.get("config", "")) + (f" {row['kernel_us']}" if "kernel_us" in row else "")
                 eager = row.get("eager_ms") or float("nan")
                 print(f"{context:>8} {nodes:>5} {name:>16} {t * 1e3 if t else float('nan'):>9.1f} ({eager * 1e3:>7.1f}) "
                       f"{floor_ms * 1e3:>9.1f} {100 * floor_ms / t if t else 0:>6.0f}%  {note}", flush=True)

@@ -143,8 +143,10 @@ class TritonAttention(RowKernelInputs):
             if layer == 0 or self._ancestors is None or self._ancestors[0] is not meta:
                 self._ancestors = (meta, ancestor_table(positions, prefix))
             ancestors = self._ancestors[1]  # [N, N] int32
+        o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
-                                        self.options.split_keys // BLOCK_N, meta.chain)
+                                        o.split_keys // BLOCK_N, meta.chain, o.block_m or 0, o.num_warps or 0,
+                                        o.num_stages or 0)
 
     # ------------------------------------------------------------------ configs
     def config(self, n: int, group: int, kv_heads: int, keys: int, head_dim: int, q: torch.Tensor,

@@ -7,10 +7,14 @@ same p + 1 keys in the same order (its prefix is the committed path). The kernel
 reduction over a row's keys a function of p alone:
 
     blocks   [b·BN, (b+1)·BN) of virtual keys, b = 0, 1, ... (BN fixed: BLOCK_N)
-    splits   [s·SB, (s+1)·SB) of blocks (SB fixed: split_blocks), merged in the order s = 0, 1, ...
+    splits   [s·SB, (s+1)·SB) of blocks (SB fixed: split_blocks), each giving (o_s, lse_s)
+    groups   [g·SG, (g+1)·SG) of splits (SG fixed: SPLIT_GROUP)
     in a block:  s = q·k^T · scale,  masked past p;   m' = max(m, max s);  P = 2^(s - m') in V's dtype
                  l' = l·2^(m - m') + P·1;             acc' = (acc·2^(m - m')) + P·V
-    split merge: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s
+    a split:     o_s = acc / l,  lse_s = m + log2 l
+    folds:       a group folds its splits in order, the output folds the groups in order (`_fold`):
+                 M' = max(M, lse),  num' = num·2^(M - M') + 2^(lse - M')·o,  den' = den·2^(M - M') + 2^(lse - M')
+                 result o = num / den,  lse = M + log2 den
 
 Whatever the forward (a decode step, a tree of any shape, a prefill chunk, CUDA-graph padding),
 row p's arithmetic is the same sequence of operations on the same values. A block or split with
@@ -25,9 +29,12 @@ How a tile of rows (packed (token, head) pairs, GQA) gets each row's virtual key
   so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
   its logical ones.
 
-A tile's per-token blocks cost one dot per token, so large trees run in two launches: the shared
-blocks in large tiles (which read the prefix once per tile), then the per-token blocks in tiles
-of TAIL_ROWS rows, resuming each row's running state (m, l, acc), stored exactly in fp32.
+Who computes what is free, the arithmetic is not. Decode steps and small trees: a program per
+split, then a fold of the splits' partials. Large trees (a tile's per-token blocks cost one dot per
+token) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
+a program per split or per group (folding its splits in registers: no partial traffic), then the
+per-token blocks in tiles of TAIL_ROWS rows, which resume each row's running state (m, l, acc) and
+fold (M, num, den), stored exactly in fp32, and finish the folds.
 """
 
 from __future__ import annotations
@@ -147,37 +154,85 @@ def _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_
 
 
 @triton.jit
-def _finish_split(m_i, l_i, acc, O, O_PART, LSE_PART, split, tok, head, row_ok, n_queries, hq,
-                  stride_on, stride_oh, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
-    """o = acc / l: the output (one split) or split `split`'s partial o [S, N, Hq, D], lse [S, N, Hq]
-    (an empty split writes o = 0, lse = -inf)."""
-    offs_d = tl.arange(0, HEAD_DIM)
+def _split_result(m_i, l_i, acc):
+    """A split's (o = acc / l [BLOCK_M, D], lse = m + log2 l [BLOCK_M]); empty: (0, -inf)."""
     l_i = tl.max(l_i, 1)  # [BLOCK_M]: its columns are equal
     l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    if SPLIT:
-        flat = (split * n_queries + tok) * hq + head
-        tl.store(O_PART + flat[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
-        lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
-        tl.store(LSE_PART + flat, lse, mask=row_ok)
-    else:
-        tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
-                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    return acc / l_safe[:, None], tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
+
+
+@triton.jit
+def _fold(big_m, num, den, o, lse):
+    """Partial (o, lse) into the running fold (M, num, den), partials taken in order:
+        M' = max(M, lse),  num' = num·2^(M - M') + 2^(lse - M')·o,  den' = den·2^(M - M') + 2^(lse - M')
+    (2^(x - M') read as 0 while M' = -inf). An empty partial (0, -inf) leaves a fold with finite M
+    bit for bit as it was (factors 1 and 0)."""
+    m_new = tl.maximum(big_m, lse)
+    ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    c = tl.math.exp2(big_m - ref)
+    w = tl.math.exp2(lse - ref)
+    return m_new, num * c[:, None] + w[:, None] * o, den * c + w
+
+
+@triton.jit
+def _fold_result(big_m, num, den):
+    """A fold's (o = num / den, lse = M + log2 den); empty: (0, -inf)."""
+    den_safe = tl.where(den > 0, den, 1.0)
+    return num / den_safe[:, None], tl.where(den > 0, big_m + tl.math.log2(den_safe), float("-inf"))
+
+
+@triton.jit
+def _close_group(t_m, t_num, t_den, big_m, num, den):
+    """A group's fold into the total fold."""
+    o_g, lse_g = _fold_result(big_m, num, den)
+    return _fold(t_m, t_num, t_den, o_g, lse_g)
+
+
+@triton.jit
+def _store_part(O_PART, LSE_PART, idx, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM: tl.constexpr):
+    """Partial `idx` (a split's or a group's) of the tile's rows: o [I, N, Hq, D], lse [I, N, Hq]."""
+    flat = (idx * n_queries + tok) * hq + head
+    tl.store(O_PART + flat[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], o, mask=row_ok[:, None])
+    tl.store(LSE_PART + flat, lse, mask=row_ok)
+
+
+@triton.jit
+def _load_part(O_PART, LSE_PART, idx, tok, head, row_ok, n_queries, hq, HEAD_DIM: tl.constexpr):
+    flat = (idx * n_queries + tok) * hq + head
+    o = tl.load(O_PART + flat[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], mask=row_ok[:, None], other=0.0,
+                cache_modifier=".cg")
+    return o, tl.load(LSE_PART + flat, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+
+
+@triton.jit
+def _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM: tl.constexpr):
+    tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + tl.arange(0, HEAD_DIM)[None, :],
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _empty_fold(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    return (tl.full([BLOCK_M], float("-inf"), tl.float32), tl.zeros([BLOCK_M, HEAD_DIM], tl.float32),
+            tl.zeros([BLOCK_M], tl.float32))
+
+
+@triton.jit
+def _empty_split(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    return (tl.full([BLOCK_M], NEG_BIG, tl.float32), tl.zeros([BLOCK_M, 16], tl.float32),  # l: 16 equal columns
+            tl.zeros([BLOCK_M, HEAD_DIM], tl.float32))
 
 
 @triton.jit
 def _invariant_attention_fwd(
-    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, COUNTERS,
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS,
     n_queries, qk_scale, stride_anc,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_BLOCKS: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
-    TAIL: tl.constexpr, BY_SUM: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr,
+    FUSED: tl.constexpr, BY_SUM: tl.constexpr,
 ):
-    """Program (tile, kv head, split): the split's blocks for the tile's rows. With TAIL the
-    per-token blocks too, then (FUSED) the last split to arrive merges. Without TAIL (large trees:
-    phase 1 of 2) only the shared blocks: the split holding the first per-token block leaves its
-    running state (m, l, acc) for `_invariant_tail_fwd`, every split below it its partial."""
+    """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
+    blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all."""
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     prefix_len = tl.load(PREFIX)  # T, from memory: a captured graph serves any T
     hq = tl.num_programs(1) * GROUP
@@ -190,118 +245,178 @@ def _invariant_attention_fwd(
         b_shared = b_hi  # virtual == logical for every row: one load serves the tile throughout
     K += kvh * stride_kh
     V += kvh * stride_vh
-    m_i = tl.full([BLOCK_M], NEG_BIG, tl.float32)
-    l_i = tl.zeros([BLOCK_M, 16], tl.float32)  # 16 equal columns: the smallest dot output
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
     m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, tl.minimum(b_hi, b_shared),
                                    prefix_len + n_queries, qk_scale, stride_kr, stride_vr,
                                    HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
-    if TAIL:
-        m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
-                                         tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
-                                         stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)
-        _finish_split(m_i, l_i, acc, O, O_PART, LSE_PART, split, tok, head, row_ok, n_queries, hq,
-                      stride_on, stride_oh, HEAD_DIM, SPLIT)
+    m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
+                                     tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
+                                     stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)
+    o, lse = _split_result(m_i, l_i, acc)
+    if SPLIT:
+        _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
         if FUSED:  # the last split of this (tile, kv head) to arrive merges them all
             tl.debug_barrier()
             counter = COUNTERS + tile * tl.num_programs(1) + kvh
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             if arrived == tl.num_programs(2) - 1:
                 tl.debug_barrier()
-                _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, tl.arange(0, HEAD_DIM), n_queries, hq,
-                              tl.num_programs(2), stride_on, stride_oh, BLOCK_M, HEAD_DIM)
+                _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, tl.num_programs(2),
+                              stride_on, stride_oh, BLOCK_M, HEAD_DIM, SPLIT_GROUP)
                 tl.atomic_xchg(counter, 0)
+    else:  # the only split: its fold would return o itself
+        _store_out(O, o, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
+
+
+@triton.jit
+def _invariant_prefix_fwd(
+    Q, K, V, SLOTS, POS, PREFIX, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN,
+    n_queries, qk_scale,
+    stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, BY_SUM: tl.constexpr,
+):
+    """Large trees, launch 1 of 2: the shared blocks in large tiles. Split s_T = b_shared // SB is
+    the first with per-token blocks. PER_SPLIT: program (tile, kv head, split) — a split below s_T
+    leaves its partial, s_T its running state (m, l, acc). Else program (tile, kv head, group of
+    SPLIT_GROUP splits) folds its splits itself — a group below s_T's leaves its partial, s_T's group
+    its fold (M, num, den) and s_T's running state. Programs past s_T do nothing."""
+    tile, kvh, idx = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    prefix_len = tl.load(PREFIX)
+    hq = tl.num_programs(1) * GROUP
+    tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
+        Q, POS, tile, kvh, n_queries, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
+    b_shared = prefix_len // BLOCK_N
+    s_t = b_shared // SPLIT_BLOCKS
+    K += kvh * stride_kh
+    V += kvh * stride_vh
+    kv_len = prefix_len + n_queries
+    flat = tok * hq + head
+    offs_d = tl.arange(0, HEAD_DIM)
+    if PER_SPLIT:
+        s_lo, s_hi = idx, tl.minimum(idx + 1, s_t)  # [s_lo, s_hi): whole splits of this program
     else:
-        if split == b_shared // SPLIT_BLOCKS:  # running state, exact in fp32: l's columns are equal
-            flat = tok * hq + head
-            tl.store(M_STATE + flat, m_i, mask=row_ok)
-            tl.store(L_STATE + flat, tl.max(l_i, 1), mask=row_ok)
-            tl.store(ACC_STATE + flat[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], acc, mask=row_ok[:, None])
-        else:  # a split below it (or an empty one past it, which the tail may overwrite)
-            _finish_split(m_i, l_i, acc, O, O_PART, LSE_PART, split, tok, head, row_ok, n_queries, hq,
-                          stride_on, stride_oh, HEAD_DIM, SPLIT)
+        s_lo, s_hi = idx * SPLIT_GROUP, tl.minimum((idx + 1) * SPLIT_GROUP, s_t)
+    f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
+    for s in range(s_lo, s_hi):
+        m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
+        m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, s * SPLIT_BLOCKS, (s + 1) * SPLIT_BLOCKS,
+                                       kv_len, qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
+        o, lse = _split_result(m_i, l_i, acc)
+        if PER_SPLIT:
+            _store_part(O_PART, LSE_PART, s, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
+        else:
+            f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    if PER_SPLIT:
+        idx_t = s_t
+    else:
+        idx_t = s_t // SPLIT_GROUP
+    if idx == idx_t:  # s_T's shared blocks, then its state (exact in fp32: l's columns are equal)
+        m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
+        m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, s_t * SPLIT_BLOCKS, b_shared, kv_len,
+                                       qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
+        tl.store(M_STATE + flat, m_i, mask=row_ok)
+        tl.store(L_STATE + flat, tl.max(l_i, 1), mask=row_ok)
+        tl.store(ACC_STATE + flat[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        if not PER_SPLIT:
+            tl.store(F_M + flat, f_m, mask=row_ok)
+            tl.store(F_DEN + flat, f_den, mask=row_ok)
+            tl.store(F_NUM + flat[:, None] * HEAD_DIM + offs_d[None, :], f_num, mask=row_ok[:, None])
+    if not PER_SPLIT:
+        if idx < idx_t:
+            o_g, lse_g = _fold_result(f_m, f_num, f_den)
+            _store_part(O_PART, LSE_PART, idx, o_g, lse_g, tok, head, row_ok, n_queries, hq, HEAD_DIM)
 
 
 @triton.jit
 def _invariant_tail_fwd(
-    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE,
-    n_queries, num_splits, qk_scale, stride_anc,
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN,
+    n_queries, qk_scale, stride_anc,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_BLOCKS: tl.constexpr, SPLIT: tl.constexpr, BY_SUM: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, BY_SUM: tl.constexpr,
 ):
-    """Phase 2 of 2 for large trees, program (small tile, kv head): the per-token blocks, in small
-    tiles (a tile's tokens each cost a dot per block). Split b_shared // SPLIT_BLOCKS resumes from
-    phase 1's state; every later split the tile reaches starts afresh; then all splits are merged.
-    Row by row the same operations as one `_invariant_attention_fwd` with TAIL."""
+    """Large trees, launch 2 of 2, program (small tile, kv head): fold what launch 1 left (split
+    partials, or group partials and s_T's group fold), resume s_T from its state, run the per-token
+    blocks of every split the tile reaches (a tile's tokens each cost a dot per block: small tiles),
+    folding splits into groups and groups into the total at every SPLIT_GROUP-th split. Row by row
+    the arithmetic of `_invariant_attention_fwd` + `_merge_splits`."""
     tile, kvh = tl.program_id(0), tl.program_id(1)
     prefix_len = tl.load(PREFIX)
     hq = tl.num_programs(1) * GROUP
     tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
         Q, POS, tile, kvh, n_queries, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
     b_shared = prefix_len // BLOCK_N
-    first = b_shared // SPLIT_BLOCKS
+    s_t = b_shared // SPLIT_BLOCKS
     K += kvh * stride_kh
     V += kvh * stride_vh
     offs_d = tl.arange(0, HEAD_DIM)
     flat = tok * hq + head
-    for split in range(first, tl.cdiv(n_blocks, SPLIT_BLOCKS)):
-        if split == first:
+    t_m, t_num, t_den = _empty_fold(BLOCK_M, HEAD_DIM)  # the total, over groups
+    if PER_SPLIT:
+        f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)  # the current group, over splits
+        for s in range(0, s_t):
+            if s % SPLIT_GROUP == 0 and s > 0:
+                t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+                f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
+            o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
+            f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    else:
+        for g in range(0, s_t // SPLIT_GROUP):
+            o, lse = _load_part(O_PART, LSE_PART, g, tok, head, row_ok, n_queries, hq, HEAD_DIM)
+            t_m, t_num, t_den = _fold(t_m, t_num, t_den, o, lse)
+        f_m = tl.load(F_M + flat, mask=row_ok, other=float("-inf"))
+        f_den = tl.load(F_DEN + flat, mask=row_ok, other=0.0)
+        f_num = tl.load(F_NUM + flat[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    for s in range(s_t, tl.cdiv(n_blocks, SPLIT_BLOCKS)):
+        if s % SPLIT_GROUP == 0 and s > 0:
+            t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+            f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
+        if s == s_t:
             m_i = tl.load(M_STATE + flat, mask=row_ok, other=NEG_BIG)
             l_i = tl.zeros([BLOCK_M, 16], tl.float32) + tl.load(L_STATE + flat, mask=row_ok, other=0.0)[:, None]
             acc = tl.load(ACC_STATE + flat[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         else:
-            m_i = tl.full([BLOCK_M], NEG_BIG, tl.float32)
-            l_i = tl.zeros([BLOCK_M, 16], tl.float32)
-            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        b_lo = split * SPLIT_BLOCKS
+            m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
+        b_lo = s * SPLIT_BLOCKS
         m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
                                          tl.maximum(b_lo, b_shared), tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks),
                                          prefix_len, qk_scale, stride_anc, stride_kr, stride_vr,
                                          HEAD_DIM, BLOCK_M, BLOCK_N, False, BY_SUM)
-        _finish_split(m_i, l_i, acc, O, O_PART, LSE_PART, split, tok, head, row_ok, n_queries, hq,
-                      stride_on, stride_oh, HEAD_DIM, SPLIT)
-    if SPLIT:
-        tl.debug_barrier()  # this program's partials, visible to all its threads
-        _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, offs_d, n_queries, hq, num_splits,
-                      stride_on, stride_oh, BLOCK_M, HEAD_DIM)
+        o, lse = _split_result(m_i, l_i, acc)
+        f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+    out, _ = _fold_result(t_m, t_num, t_den)
+    _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 
 
 @triton.jit
-def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, offs_d, n_queries, hq, num_splits, stride_on, stride_oh,
-                  BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M) over s = 0, 1, ... in order; an empty
-    split (lse = -inf, o = 0) adds exact zeros."""
-    rows0 = tok * hq + head  # [BLOCK_M] row of (token, head) in split 0
-    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, num_splits, stride_on, stride_oh,
+                  BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT_GROUP: tl.constexpr):
+    """Splits folded in order into groups of SPLIT_GROUP, groups in order into the output (`_fold`)."""
+    t_m, t_num, t_den = _empty_fold(BLOCK_M, HEAD_DIM)
+    f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
     for s in range(0, num_splits):
-        lse_s = tl.load(LSE_PART + s * n_queries * hq + rows0, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        lse_max = tl.maximum(lse_max, lse_s)
-    lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    num = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    den = tl.zeros([BLOCK_M], tl.float32)
-    for s in range(0, num_splits):
-        flat_s = s * n_queries * hq + rows0
-        w = tl.math.exp2(tl.load(LSE_PART + flat_s, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - lse_ref)
-        o_s = tl.load(O_PART + flat_s[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
-                      cache_modifier=".cg")
-        num += w[:, None] * o_s
-        den += w
-    out = num / tl.where(den > 0, den, 1.0)[:, None]
-    tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None])
+        if s % SPLIT_GROUP == 0 and s > 0:
+            t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+            f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
+        o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
+        f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+    out, _ = _fold_result(t_m, t_num, t_den)
+    _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 
 
 @triton.jit
 def _merge_kernel(O_PART, LSE_PART, O, n_queries, num_splits, stride_on, stride_oh,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_GROUP: tl.constexpr):
     """The split merge as its own launch (when no arrival counters could be had)."""
     tile, kvh = tl.program_id(0), tl.program_id(1)
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = offs_m // GROUP
     head = kvh * GROUP + offs_m % GROUP
-    _merge_splits(O_PART, LSE_PART, O, tok, head, tok < n_queries, tl.arange(0, HEAD_DIM), n_queries,
-                  tl.num_programs(1) * GROUP, num_splits, stride_on, stride_oh, BLOCK_M, HEAD_DIM)
+    _merge_splits(O_PART, LSE_PART, O, tok, head, tok < n_queries, n_queries, tl.num_programs(1) * GROUP, num_splits,
+                  stride_on, stride_oh, BLOCK_M, HEAD_DIM, SPLIT_GROUP)
 
 
 def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
@@ -318,65 +433,72 @@ def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.T
     return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]
 
 
-TAIL_ROWS = 16  # row tile of phase 2: each token of a tile costs one dot per per-token block
+TAIL_ROWS = 16  # row tile of launch 2: each token of a tile costs one dot per per-token block
+SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 
 
 @torch.library.custom_op("jetspec::invariant_tree_attention", mutates_args=())
 def invariant_tree_attention(
     q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
     positions: torch.Tensor, ancestors: torch.Tensor, prefix_len: torch.Tensor, scale: float,
-    split_blocks: int, chain: bool,
+    split_blocks: int, chain: bool, block_m: int = 0, warps: int = 0, stages: int = 0, per_split: int = -1,
 ) -> torch.Tensor:
     """q [N, Hq, D]; k_rows, v_rows [R, Hkv, D]; slots [C] int32 (C = the cache's capacity: it
     fixes the split count, so one launch shape serves any T); positions [N] int64; ancestors
     [N, N] int32 (unused when `chain`); prefix_len [1] int32 -> [N, Hq, D].
 
-    Up to TAIL_ROWS packed rows (decode steps, small trees) and chains: one launch does it all.
-    Larger trees: phase 1 runs the shared blocks in large tiles, phase 2 the per-token blocks in
-    tiles of TAIL_ROWS rows and the merge. Which way is taken changes no bit of any row."""
+    Up to TAIL_ROWS packed rows (decode steps, small trees) and chains: one launch, a program per
+    split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
+    (`per_split` = 1) or per group of splits (0; -1: whichever fills the GPU), launch 2 the
+    per-token blocks in tiles of TAIL_ROWS rows and the folds. block_m, warps, stages: launch 1's
+    tiling (0: chosen here). None of these choices changes a bit of any row."""
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
     group = hq // hkv
     out = torch.empty_like(q)  # [N, Hq, D]
-    block_m, warps = row_tiles(n * group)
+    auto_m, auto_warps = row_tiles(n * group)
+    block_m, warps, stages = block_m or auto_m, warps or auto_warps, stages or 3
     tiles = triton.cdiv(n * group, block_m)
     num_splits = triton.cdiv(triton.cdiv(slots.numel(), BLOCK_N), split_blocks)
-    split = num_splits > 1
-    two_phase = not chain and n * group > TAIL_ROWS
-    if split:
-        o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
-        lse_part = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
-    else:
-        o_part = lse_part = out  # unused
-    if two_phase:  # phase 1's running state of the split where per-token blocks begin
-        m_state = torch.empty(n, hq, dtype=torch.float32, device=q.device)  # [N, Hq]
-        l_state = torch.empty(n, hq, dtype=torch.float32, device=q.device)  # [N, Hq]
-        acc_state = torch.empty(n, hq, d, dtype=torch.float32, device=q.device)  # [N, Hq, D]
-    else:
-        m_state = l_state = acc_state = out  # unused
-    counters = _counters(q.device, tiles * hkv) if split and not two_phase else None
-    fused = counters is not None
-    strides = (q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1),
-               out.stride(0), out.stride(1))
-    _invariant_attention_fwd[(tiles, hkv, num_splits)](
-        q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part, m_state, l_state,
-        acc_state, counters if fused else slots, n, scale * LOG2E, ancestors.stride(0), *strides,
-        GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, CHAIN=chain,
-        SPLIT=split, FUSED=fused, TAIL=not two_phase, BY_SUM=interpreted(), num_warps=warps, num_stages=3, **LAUNCH,
-    )
-    if two_phase:
-        _invariant_tail_fwd[(triton.cdiv(n * group, TAIL_ROWS), hkv)](
-            q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part, m_state, l_state,
-            acc_state, n, num_splits, scale * LOG2E, ancestors.stride(0), *strides,
-            GROUP=group, HEAD_DIM=d, BLOCK_M=TAIL_ROWS, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, SPLIT=split,
-            BY_SUM=interpreted(), num_warps=4, num_stages=3, **LAUNCH,
-        )
-    elif split and not fused:
-        _merge_kernel[(tiles, hkv)](o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1),
-                                    GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, num_warps=warps, **LAUNCH)
+    num_groups = triton.cdiv(num_splits, SPLIT_GROUP)
+    consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, SPLIT_GROUP=SPLIT_GROUP,
+                  BY_SUM=interpreted())
+    strides = (q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1))
+    f32 = dict(dtype=torch.float32, device=q.device)
+    if chain or n * group <= TAIL_ROWS:
+        split = num_splits > 1
+        o_part = torch.empty(num_splits, n, hq, d, **f32) if split else out  # [S, N, Hq, D]
+        lse_part = torch.empty(num_splits, n, hq, **f32) if split else out  # [S, N, Hq]
+        counters = _counters(q.device, tiles * hkv) if split else None
+        fused = counters is not None
+        _invariant_attention_fwd[(tiles, hkv, num_splits)](
+            q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part,
+            counters if fused else slots, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0), out.stride(1),
+            BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages, **consts, **LAUNCH)
+        if split and not fused:
+            _merge_kernel[(tiles, hkv)](o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1), GROUP=group,
+                                        HEAD_DIM=d, BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **LAUNCH)
+        return out
+    if per_split < 0:  # a program per group when that still fills the GPU
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        per_split = int(tiles * hkv * num_groups < sms)
+    parts = num_splits if per_split else num_groups
+    o_part = torch.empty(parts, n, hq, d, **f32)  # [S or G, N, Hq, D]
+    lse_part = torch.empty(parts, n, hq, **f32)  # [S or G, N, Hq]
+    m_state, l_state, f_m, f_den = (torch.empty(n, hq, **f32) for _ in range(4))  # [N, Hq] each
+    acc_state, f_num = (torch.empty(n, hq, d, **f32) for _ in range(2))  # [N, Hq, D] each
+    states = (m_state, l_state, acc_state, f_m, f_num, f_den)
+    _invariant_prefix_fwd[(tiles, hkv, parts)](
+        q, k_rows, v_rows, slots, positions, prefix_len, o_part, lse_part, *states, n, scale * LOG2E, *strides,
+        BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts, **LAUNCH)
+    _invariant_tail_fwd[(triton.cdiv(n * group, TAIL_ROWS), hkv)](
+        q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part, *states, n, scale * LOG2E,
+        ancestors.stride(0), *strides, out.stride(0), out.stride(1),
+        BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts, **LAUNCH)
     return out
 
 
 @invariant_tree_attention.register_fake
-def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_blocks, chain):
+def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_blocks, chain, block_m=0, warps=0, stages=0,
+      per_split=-1):
     return torch.empty_like(q)

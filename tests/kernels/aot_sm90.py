@@ -80,26 +80,25 @@ from importlib import import_module  # noqa: E402
 inv_linear, inv_rmsnorm, inv_swiglu = (import_module(f"jetspec.targets.decoder.invariant.{m}") for m in ("linear", "rmsnorm", "swiglu"))
 
 for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64, 3, True, True), ("fp32", 16, 2, False, False)):
-    types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
-                 O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", M_STATE="*fp32", L_STATE="*fp32", ACC_STATE="*fp32")
-    scalars = dict(n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
+    pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
+                    O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", M_STATE="*fp32", L_STATE="*fp32",
+                    ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32")
+    types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
+    common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, BY_SUM=False)
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
-        tail = chain or rows <= inv.TAIL_ROWS
-        consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, CHAIN=chain,
-                      SPLIT=split, FUSED=split and tail, TAIL=tail, BY_SUM=False)
-        k = compile_for_sm90(inv._invariant_attention_fwd, dict(types, COUNTERS="*i32", **scalars), consts, num_warps=warps,
-                             num_stages=3, **LAUNCH)
-        assert k.metadata.shared <= SMEM, (dtype, d, block_m, k.metadata.shared)
-        if not tail:  # phase 2 of a large tree
-            consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_M=inv.TAIL_ROWS, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT=split,
-                          BY_SUM=False)
-            k = compile_for_sm90(inv._invariant_tail_fwd, dict(types, num_splits="i32", **scalars), consts, num_warps=4,
-                                 num_stages=3, **LAUNCH)
-            assert k.metadata.shared <= SMEM, (dtype, d, "tail", k.metadata.shared)
+        if chain or rows <= inv.TAIL_ROWS:  # one launch
+            launches = [(inv._invariant_attention_fwd, dict(common, BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=split), warps)]
+        else:  # a large tree: shared blocks (per split or per group), then the per-token blocks and the folds
+            launches = [(inv._invariant_prefix_fwd, dict(common, BLOCK_M=block_m, PER_SPLIT=p), warps) for p in (True, False)]
+            launches += [(inv._invariant_tail_fwd, dict(common, BLOCK_M=inv.TAIL_ROWS, PER_SPLIT=p), 4) for p in (True, False)]
+        for kernel, consts, w in launches:
+            k = compile_for_sm90(kernel, types, consts, num_warps=w, num_stages=3, **LAUNCH)
+            assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
     print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}: ok, {k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
-assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128), num_warps=8, **LAUNCH).asm["ptx"]
+assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP),
+                        num_warps=8, **LAUNCH).asm["ptx"]
 for dtype, out, n, k_ in (("bf16", "bf16", 6144, 4096), ("bf16", "fp32", 151936, 4096), ("bf16", "bf16", 4096, 12288),
                           ("fp32", "fp32", 64, 64)):
     _, block_k = inv_linear.tiles(n, k_)

@@ -4,6 +4,7 @@ refreshes them) sees the new tree, not the one of an earlier forward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,26 +64,31 @@ def one_step(q_u, k_rows, v_rows, slots, path_rows, prefix_len, split_blocks):
 
 
 @settings(max_examples=10, deadline=None)
-@given(nodes=st.integers(2, 40), prefix_len=st.integers(1, 200), group=st.sampled_from([1, 3, 4]),
-       split_blocks=st.sampled_from([1, 2, 8]), dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
-def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_step(nodes, prefix_len, group, split_blocks,
-                                                                               dtype, data):
-    """Trees of more than TAIL_ROWS packed rows run as two launches (shared blocks in large tiles, then the
-    per-token blocks and the merge); one-token steps run as one. Each node's row must still be
-    bitwise its step's, whether the tree stays in one key block or crosses blocks and splits."""
-    from jetspec.kernels.triton_invariant_attention import TAIL_ROWS, ancestor_table, invariant_tree_attention
+@given(nodes=st.integers(2, 40), prefix_len=st.integers(1, 250), group=st.sampled_from([1, 3, 4]),
+       split_blocks=st.sampled_from([1, 2, 8]), split_group=st.sampled_from([2, 8]), per_split=st.sampled_from([0, 1]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
+def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_step(
+        nodes, prefix_len, group, split_blocks, split_group, per_split, dtype, data):
+    """Trees of more than TAIL_ROWS packed rows run as two launches (shared blocks in large tiles, a
+    program per split or per group of splits, then the per-token blocks and the folds); one-token
+    steps run as one, a program per split. Each node's row must still be bitwise its step's,
+    whether the tree stays in one key block or crosses blocks, splits and groups of splits."""
+    from jetspec.kernels import triton_invariant_attention as inv
+    from jetspec.kernels.triton_invariant_attention import ancestor_table, invariant_tree_attention
 
-    torch.manual_seed(data.draw(st.integers(0, 2**16)))
-    parents = [-1] + [data.draw(st.integers(0, i - 1)) for i in range(1, nodes)]
-    tree = DraftTree.from_parents(list(range(nodes)), parents)
-    hkv, d, capacity = 2, 16, 320
-    k_rows, v_rows = (torch.randn(capacity, hkv, d).to(dtype) for _ in range(2))  # [R, Hkv, D]
-    slots = torch.randperm(capacity).to(torch.int32)  # [C] logical -> pool row, any page order
-    q = torch.randn(nodes, hkv * group, d).to(dtype)  # [N, Hq, D]
-    positions = tree.position_ids(prefix_len)
-    prefix = torch.tensor([prefix_len], dtype=torch.int32)
-    got = invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestor_table(positions, prefix), prefix, 0.125,
-                                   split_blocks, False)
-    for u in range(nodes):
-        path_rows = slots[prefix_len + torch.tensor(tree.path_to(u))]
-        assert torch.equal(got[u], one_step(q[u], k_rows, v_rows, slots, path_rows, prefix_len, split_blocks)), u
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inv, "SPLIT_GROUP", split_group)
+        torch.manual_seed(data.draw(st.integers(0, 2**16)))
+        parents = [-1] + [data.draw(st.integers(0, i - 1)) for i in range(1, nodes)]
+        tree = DraftTree.from_parents(list(range(nodes)), parents)
+        hkv, d, capacity = 2, 16, 320
+        k_rows, v_rows = (torch.randn(capacity, hkv, d).to(dtype) for _ in range(2))  # [R, Hkv, D]
+        slots = torch.randperm(capacity).to(torch.int32)  # [C] logical -> pool row, any page order
+        q = torch.randn(nodes, hkv * group, d).to(dtype)  # [N, Hq, D]
+        positions = tree.position_ids(prefix_len)
+        prefix = torch.tensor([prefix_len], dtype=torch.int32)
+        got = invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestor_table(positions, prefix), prefix, 0.125,
+                                       split_blocks, False, per_split=per_split)
+        for u in range(nodes):
+            path_rows = slots[prefix_len + torch.tensor(tree.path_to(u))]
+            assert torch.equal(got[u], one_step(q[u], k_rows, v_rows, slots, path_rows, prefix_len, split_blocks)), u

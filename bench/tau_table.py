@@ -7,7 +7,12 @@ the prompts) and `faithful` (share of sampled rounds whose rank-1 branch log-lik
 target is within 5 nats of the target's own greedy continuation of the same length); its spec rows
 give the mean gap, mean over sampled rounds of  log p(greedy) − log p(rank-1 branch)  in nats.
 Prints a markdown table: `prompts` is the number in the summary at the smallest and largest budget
-when they differ (a run stopped by its time limit)."""
+when they differ (a run stopped by its time limit).
+
+Drafter names (issue 17): jetspec (the default: head + prompt lookup), jetspec-head (the causal head
+alone), jetspec-rescore, dflash, eagle, ngram, in that order. A results file of the old convention
+(it has a `jetspec-lookup` pipeline: there `jetspec` is the head alone) is printed in the new names;
+the file itself is not rewritten."""
 
 from __future__ import annotations
 
@@ -19,7 +24,23 @@ from jetspec.bench.report import fmt
 from jetspec.bench.rows import read_rows
 
 
+ORDER = ("jetspec", "jetspec-head", "jetspec-rescore", "dflash", "eagle", "ngram")
+OLD_NAMES = {"jetspec": "jetspec-head", "jetspec-lookup": "jetspec", "jetspec-t1": "jetspec-head-t1"}
+
+
+def renamed(rows: list[dict]) -> list[dict]:
+    """`rows` in today's drafter names (a file of the old convention is recognized by `jetspec-lookup`)."""
+    if not any(str(r.get("pipeline", "")).startswith("jetspec-lookup@") or r.get("pipeline") == "jetspec-lookup" for r in rows):
+        return rows
+    out = []
+    for r in rows:
+        name, at, budget = str(r.get("pipeline", "")).partition("@")
+        out.append({**r, "pipeline": OLD_NAMES.get(name, name) + at + budget} if "pipeline" in r else r)
+    return out
+
+
 def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
+    rows = renamed(rows)
     summaries = [r for r in rows if r.get("kind") == "summary" and r.get("kind_of") == "spec"]
     budgets = sorted({s["budget"] for s in summaries})
     by_line: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
@@ -35,7 +56,7 @@ def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
             f"faithful@{faith_budget}", f"mean gap@{faith_budget} (nats)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
-    drafters = list(dict.fromkeys(k[1] for k in by_line))
+    drafters = sorted(dict.fromkeys(k[1] for k in by_line), key=lambda d: ORDER.index(d) if d in ORDER else len(ORDER))
     for ds in datasets:
         for dr in drafters:
             line = by_line.get((ds, dr))

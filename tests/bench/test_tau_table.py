@@ -30,3 +30,15 @@ def test_one_line_per_dataset_and_drafter_with_tau_by_budget_and_round_weighted_
     assert lines[2] == "| gsm8k | jetspec | 2 | 2.00 | 3.00 | 25% | 30.0 |"  # (10·1 + 40·2) / 3
     assert lines[3] == "| gsm8k | ngram | 1/2 | 1.50 | 1.75 | – | – |"  # a run cut short: prompts differ
     assert len(lines) == 4  # plain has no line
+
+
+def test_drafters_come_in_one_order_and_an_old_file_is_shown_in_todays_names():
+    """Issue 17: jetspec = head + lookup, jetspec-head = the head alone; files before it called the
+    head alone `jetspec` and the default `jetspec-lookup`."""
+    old = [summary("gsm8k", name, 64, tau) for name, tau in
+           [("ngram", 1.5), ("jetspec", 2.0), ("eagle", 2.5), ("jetspec-lookup", 3.0), ("jetspec-rescore", 2.2)]]  # fmt: skip
+    lines = tau_table(old).splitlines()[2:]
+    assert [line.split(" | ")[1] for line in lines] == ["jetspec", "jetspec-head", "jetspec-rescore", "eagle", "ngram"]
+    assert lines[0].split(" | ")[3] == "3.00" and lines[1].split(" | ")[3] == "2.00"  # the default, the head alone
+    new = [summary("gsm8k", "jetspec", 64, 3.0), summary("gsm8k", "jetspec-head", 64, 2.0)]
+    assert [line.split(" | ")[1] for line in tau_table(new).splitlines()[2:]] == ["jetspec", "jetspec-head"]

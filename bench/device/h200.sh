@@ -12,6 +12,16 @@
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
+# corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,
+#                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
+#                  (CORPUS_ARGS: more make-corpus flags; HEAD_ARGS: more train-head flags for a run's first call)
+# corpus-export    the corpus as <= 15 MiB tar parts in $OUT (cat corpus.tar.part-* | tar -x); corpus-import:
+#                  the same parts carried back in .corpus/ -> /tmp/keep/corpus (a fresh machine)
+# train-head       `jetspec train-head` on /tmp/keep/corpus, accumulating in /tmp/keep/runs/HEAD_RUN (HEAD_KIND,
+#                  default causal): the first call starts the run (HEAD_STEPS, HEAD_LAYERS, HEAD_BATCH, ...),
+#                  later calls `--resume` it; HEAD_MINUTES (8) per call; the head goes to /tmp/keep/heads/KIND
+#                  (what tau / bench use) unless HEAD_INSTALL=0 -> $OUT: head.safetensors, curves.png,
+#                  train_head.tar (head.json, log.jsonl, run.json); HEAD_RESUME_ARGS: e.g. "--steps 40000"
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
 #                  next call must come within the machine's 30 warm seconds); TRAIN_MINUTES
 # wait-train       wait for train-bg, then bring the heads back ($OUT: 3 weights, heads.tar)
@@ -127,6 +137,30 @@ for step in "$@"; do
       python3 bench/train_heads_gpu.py --target $M --prompts /tmp/keep/prompts/gsm8k_train.jsonl --out $HEADS --minutes ${TRAIN_MINUTES:-5} --no-progress 2>&1 | tee $OUT/train.log | tail -30
       for k in causal dflash eagle; do cp $HEADS/$k/head.safetensors $OUT/$k.safetensors 2>/dev/null; done
       tar -C $HEADS -cf $OUT/heads_meta.tar $(cd $HEADS && ls -d */head.json summary.json 2>/dev/null) ;;
+    corpus)
+      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
+      timeout ${CORPUS_TIMEOUT:-590} python3 -m jetspec.cli make-corpus --target $M --out /tmp/keep/corpus \
+        --prompts $JETSPEC_PROMPTS/gsm8k_train.jsonl --eval-dir $JETSPEC_PROMPTS --rows ${CORPUS_ROWS:-60000} \
+        --minutes ${CORPUS_MINUTES:-8} --batch-size ${CORPUS_BATCH:-1024} --no-progress ${CORPUS_ARGS:-} 2>&1 | grep -v Warning | tee $OUT/corpus.log | tail -40
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      cp /tmp/keep/corpus/manifest.json $OUT/corpus_manifest.json 2>/dev/null ;;
+    corpus-export)
+      tar -C /tmp/keep -cf - corpus | split -b 15M - $OUT/corpus.tar.part-; ls -la $OUT ;;
+    corpus-import)
+      [ -d /tmp/keep/corpus ] || { cat .corpus/corpus.tar.part-* | tar -C /tmp/keep -xf - || exit 1; }
+      ls /tmp/keep/corpus | tail -3 ;;
+    train-head)
+      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct; K=${HEAD_KIND:-causal}; R=/tmp/keep/runs/${HEAD_RUN:-$K}
+      if [ -f $R/run.json ]; then A=(--resume $R ${HEAD_RESUME_ARGS:-})  # e.g. HEAD_RESUME_ARGS="--steps 40000"
+      else A=(--target $M --corpus /tmp/keep/corpus --out $R --kind $K --steps ${HEAD_STEPS:-20000} --layers ${HEAD_LAYERS:-2}
+              --batch-size ${HEAD_BATCH:-32} --anchors ${HEAD_ANCHORS:-32} --block-size ${HEAD_BLOCK:-16} --lr ${HEAD_LR:-6e-4}
+              --eval-every ${HEAD_EVAL_EVERY:-500} --eval-rows ${HEAD_EVAL_ROWS:-256} --save-every 500 ${HEAD_ARGS:-}); fi
+      timeout ${HEAD_TIMEOUT:-590} python3 -m jetspec.cli train-head "${A[@]}" --minutes ${HEAD_MINUTES:-8} 2>&1 | grep -v Warning | tee $OUT/train_head.log | tail -40
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      grep '"run"' $R/log.jsonl | tail -3
+      if [ "${HEAD_INSTALL:-1}" = 1 ] && [ -f $R/head.json ]; then mkdir -p $HEADS/$K && cp $R/head.json $R/head.safetensors $HEADS/$K/; fi
+      cp $R/head.safetensors $R/curves.png $OUT/ 2>/dev/null
+      tar -C $R -cf $OUT/train_head.tar $(cd $R && ls head.json log.jsonl run.json 2>/dev/null) ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       rm -f /tmp/keep/train.done

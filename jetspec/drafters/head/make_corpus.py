@@ -146,9 +146,8 @@ def make_corpus(
         calls[-1]["chunks_made"] += 1
         calls[-1]["seconds"] = round(time.monotonic() - start, 1)
         write_manifest(out, manifest())
-        if progress:
-            print(f"chunk {k}: {s['rows']} rows, {s['questions']} questions in {s['seconds']} s; "
-                  f"corpus {sum(x['rows'] for x in stats)} rows", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"chunk {k}: {s['rows']} rows, {s['questions']} questions in {s['seconds']} s; "
+              f"corpus {sum(x['rows'] for x in stats)} rows", file=sys.stderr, flush=True)  # one line per chunk, bars or not
     calls[-1]["seconds"] = round(time.monotonic() - start, 1)
     m = manifest()
     write_manifest(out, m)

@@ -15,7 +15,6 @@ MAX_LINES = 400
 NOT_YET = {
     "jetspec/kernels/cute_tree_attention.py",
     "jetspec/kernels/cute_wgmma_attention.py",
-    "jetspec/kernels/triton_invariant_attention.py",
     "jetspec/drafters/head/train.py",
 }
 

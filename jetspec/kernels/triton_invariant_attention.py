@@ -43,7 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import LAUNCH, interpreted, mm
+from ..core.invariant import LAUNCH, interpreted
+from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows
+from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_result, _load_part,
+                                     _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
 from .triton_tree_attention import LOG2E, NEG_BIG, _counters
 
 BLOCK_N = 64  # fixed: key blocks are part of the reduction order
@@ -55,171 +58,6 @@ def row_tiles(rows: int) -> tuple[int, int]:
     if interpreted() or rows <= 16:
         return 16, 4
     return (64, 4) if rows <= 64 else (128, 8)
-
-
-@triton.jit
-def _online_softmax(s, m_i, l_i, ones, BY_SUM: tl.constexpr):
-    """One block of scores s [BLOCK_M, BLOCK_N] (log2 units, -inf where masked) into the running
-    max m [BLOCK_M] and sums l [BLOCK_M, 16] -> (P in V's dtype, rescale factor, m', l').
-
-    The row sum of P goes through the same matrix unit as P·V (l' = P·1 + l·2^(m - m'), every
-    column of l the same), not a register reduction whose order follows the tile's thread layout;
-    the max is exact in any order. So no step of a row depends on BLOCK_M or the warp count."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None]).to(ones.dtype)
-    l_new = mm(p, ones, l_i * alpha[:, None], BY_SUM)
-    return p, alpha, m_new, l_new
-
-
-@triton.jit
-def _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN: tl.constexpr):
-    """Pool rows of token u's virtual keys offs_n [BLOCK_N] and which of them exist (<= pos_u)."""
-    ok = offs_n <= pos_u
-    if CHAIN:
-        logical = offs_n
-    else:
-        depth = offs_n - prefix_len
-        anc = tl.load(ANC + u * stride_anc + depth, mask=ok & (depth >= 0), other=0)
-        logical = tl.where(depth >= 0, prefix_len + anc, offs_n)
-    rows = tl.load(SLOTS + logical, mask=ok, other=0).to(tl.int64)
-    return rows, ok
-
-
-@triton.jit
-def _tile_rows(Q, POS, tile, kvh, n_queries, stride_qn, stride_qh,
-               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A tile's packed rows: token [BLOCK_M], head [BLOCK_M], which exist, position [BLOCK_M],
-    q [BLOCK_M, D], its first and last token, and its key blocks (the max over its rows)."""
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows
-    tok = offs_m // GROUP  # [BLOCK_M] query token
-    head = kvh * GROUP + offs_m % GROUP  # [BLOCK_M] query head
-    row_ok = tok < n_queries
-    pos = tl.load(POS + tok, mask=row_ok, other=0)  # [BLOCK_M] absolute position: virtual keys 0..pos
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + tok[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)  # [BLOCK_M, D]
-    tok_lo = (tile * BLOCK_M) // GROUP
-    tok_hi = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // GROUP, n_queries - 1)
-    n_blocks = tl.cdiv(tl.max(tl.where(row_ok, pos, 0)) + 1, BLOCK_N)
-    return tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks
-
-
-@triton.jit
-def _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, b_hi, kv_len, qk_scale, stride_kr, stride_vr,
-                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BY_SUM: tl.constexpr):
-    """Blocks [b_lo, b_hi) of keys every row of the tile shares (virtual == logical): one load, one dot."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
-    for b in range(b_lo, b_hi):
-        offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual (= logical) keys
-        in_kv = offs_n < kv_len
-        rows = tl.load(SLOTS + offs_n, mask=in_kv, other=0).to(tl.int64)
-        k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
-        v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
-        s = mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM) * qk_scale
-        s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
-        acc = mm(p, v, acc * alpha[:, None], BY_SUM)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc, b_lo, b_hi, prefix_len,
-                     qk_scale, stride_anc, stride_kr, stride_vr,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHAIN: tl.constexpr,
-                     BY_SUM: tl.constexpr):
-    """Blocks [b_lo, b_hi) whose virtual keys differ per token: for each token u of the tile, a dot
-    with u's own keys, kept for u's rows. Same dots as `_shared_blocks` row by row."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
-    for b in range(b_lo, b_hi):
-        offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual keys
-        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for u in range(tok_lo, tok_hi + 1):
-            pos_u = tl.load(POS + u)
-            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
-            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.where((tok == u)[:, None], mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM), s)
-        s = s * qk_scale
-        s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
-        scaled = acc * alpha[:, None]
-        for u in range(tok_lo, tok_hi + 1):
-            pos_u = tl.load(POS + u)
-            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
-            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = tl.where((tok == u)[:, None], mm(p, v, scaled, BY_SUM), acc)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _split_result(m_i, l_i, acc):
-    """A split's (o = acc / l [BLOCK_M, D], lse = m + log2 l [BLOCK_M]); empty: (0, -inf)."""
-    l_i = tl.max(l_i, 1)  # [BLOCK_M]: its columns are equal
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    return acc / l_safe[:, None], tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
-
-
-@triton.jit
-def _fold(big_m, num, den, o, lse):
-    """Partial (o, lse) into the running fold (M, num, den), partials taken in order:
-        M' = max(M, lse),  num' = num·2^(M - M') + 2^(lse - M')·o,  den' = den·2^(M - M') + 2^(lse - M')
-    (2^(x - M') read as 0 while M' = -inf). An empty partial (0, -inf) leaves a fold with finite M
-    bit for bit as it was (factors 1 and 0)."""
-    m_new = tl.maximum(big_m, lse)
-    ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    c = tl.math.exp2(big_m - ref)
-    w = tl.math.exp2(lse - ref)
-    return m_new, num * c[:, None] + w[:, None] * o, den * c + w
-
-
-@triton.jit
-def _fold_result(big_m, num, den):
-    """A fold's (o = num / den, lse = M + log2 den); empty: (0, -inf)."""
-    den_safe = tl.where(den > 0, den, 1.0)
-    return num / den_safe[:, None], tl.where(den > 0, big_m + tl.math.log2(den_safe), float("-inf"))
-
-
-@triton.jit
-def _close_group(t_m, t_num, t_den, big_m, num, den):
-    """A group's fold into the total fold."""
-    o_g, lse_g = _fold_result(big_m, num, den)
-    return _fold(t_m, t_num, t_den, o_g, lse_g)
-
-
-@triton.jit
-def _store_part(O_PART, LSE_PART, idx, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM: tl.constexpr):
-    """Partial `idx` (a split's or a group's) of the tile's rows: o [I, N, Hq, D], lse [I, N, Hq]."""
-    flat = (idx * n_queries + tok) * hq + head
-    tl.store(O_PART + flat[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], o, mask=row_ok[:, None])
-    tl.store(LSE_PART + flat, lse, mask=row_ok)
-
-
-@triton.jit
-def _load_part(O_PART, LSE_PART, idx, tok, head, row_ok, n_queries, hq, HEAD_DIM: tl.constexpr):
-    flat = (idx * n_queries + tok) * hq + head
-    o = tl.load(O_PART + flat[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], mask=row_ok[:, None], other=0.0,
-                cache_modifier=".cg")
-    return o, tl.load(LSE_PART + flat, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-
-
-@triton.jit
-def _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM: tl.constexpr):
-    tl.store(O + tok[:, None] * stride_on + head[:, None] * stride_oh + tl.arange(0, HEAD_DIM)[None, :],
-             out.to(O.dtype.element_ty), mask=row_ok[:, None])
-
-
-@triton.jit
-def _empty_fold(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    return (tl.full([BLOCK_M], float("-inf"), tl.float32), tl.zeros([BLOCK_M, HEAD_DIM], tl.float32),
-            tl.zeros([BLOCK_M], tl.float32))
-
-
-@triton.jit
-def _empty_split(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
-    return (tl.full([BLOCK_M], NEG_BIG, tl.float32), tl.zeros([BLOCK_M, 16], tl.float32),  # l: 16 equal columns
-            tl.zeros([BLOCK_M, HEAD_DIM], tl.float32))
 
 
 @triton.jit
@@ -388,35 +226,6 @@ def _invariant_tail_fwd(
     t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
     out, _ = _fold_result(t_m, t_num, t_den)
     _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
-
-
-@triton.jit
-def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, num_splits, stride_on, stride_oh,
-                  BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT_GROUP: tl.constexpr):
-    """Splits folded in order into groups of SPLIT_GROUP, groups in order into the output (`_fold`)."""
-    t_m, t_num, t_den = _empty_fold(BLOCK_M, HEAD_DIM)
-    f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
-    for s in range(0, num_splits):
-        if s % SPLIT_GROUP == 0 and s > 0:
-            t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
-            f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
-        o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
-        f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
-    t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
-    out, _ = _fold_result(t_m, t_num, t_den)
-    _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
-
-
-@triton.jit
-def _merge_kernel(O_PART, LSE_PART, O, n_queries, num_splits, stride_on, stride_oh,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_GROUP: tl.constexpr):
-    """The split merge as its own launch (when no arrival counters could be had)."""
-    tile, kvh = tl.program_id(0), tl.program_id(1)
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    tok = offs_m // GROUP
-    head = kvh * GROUP + offs_m % GROUP
-    _merge_splits(O_PART, LSE_PART, O, tok, head, tok < n_queries, n_queries, tl.num_programs(1) * GROUP, num_splits,
-                  stride_on, stride_oh, BLOCK_M, HEAD_DIM, SPLIT_GROUP)
 
 
 def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:

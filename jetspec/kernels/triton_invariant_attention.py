@@ -45,8 +45,8 @@ import triton.language as tl
 
 from ..core.invariant import LAUNCH, interpreted
 from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows
-from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_result, _load_part,
-                                     _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
+from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
+                                     _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
 from .triton_tree_attention import LOG2E, NEG_BIG, _counters
 
 BLOCK_N = 64  # fixed: key blocks are part of the reduction order
@@ -86,7 +86,7 @@ def _invariant_attention_fwd(
     m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
     m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, tl.minimum(b_hi, b_shared),
                                    prefix_len + n_queries, qk_scale, stride_kr, stride_vr,
-                                   HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
+                                   HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)  # below T: every row sees every key
     m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
                                      tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
                                      stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)
@@ -139,7 +139,7 @@ def _invariant_prefix_fwd(
     for s in range(s_lo, s_hi):
         m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
         m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, s * SPLIT_BLOCKS, (s + 1) * SPLIT_BLOCKS,
-                                       kv_len, qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
+                                       kv_len, qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, False, BY_SUM)
         o, lse = _split_result(m_i, l_i, acc)
         if PER_SPLIT:
             _store_part(O_PART, LSE_PART, s, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
@@ -152,7 +152,7 @@ def _invariant_prefix_fwd(
     if idx == idx_t:  # s_T's shared blocks, then its state (exact in fp32: l's columns are equal)
         m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
         m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, s_t * SPLIT_BLOCKS, b_shared, kv_len,
-                                       qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
+                                       qk_scale, stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, False, BY_SUM)
         tl.store(M_STATE + flat, m_i, mask=row_ok)
         tl.store(L_STATE + flat, tl.max(l_i, 1), mask=row_ok)
         tl.store(ACC_STATE + flat[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
@@ -191,14 +191,13 @@ def _invariant_tail_fwd(
     offs_d = tl.arange(0, HEAD_DIM)
     flat = tok * hq + head
     t_m, t_num, t_den = _empty_fold(BLOCK_M, HEAD_DIM)  # the total, over groups
-    if PER_SPLIT:
-        f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)  # the current group, over splits
-        for s in range(0, s_t):
-            if s % SPLIT_GROUP == 0 and s > 0:
-                t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
-                f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
-            o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
-            f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    if PER_SPLIT:  # the groups below s_T's, then s_T's splits below s_T (the loop below closes an empty group)
+        for g in range(0, s_t // SPLIT_GROUP):
+            f_m, f_num, f_den = _fold_parts(O_PART, LSE_PART, g * SPLIT_GROUP, (g + 1) * SPLIT_GROUP, tok, head, row_ok,
+                                            n_queries, hq, BLOCK_M, HEAD_DIM)
+            t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+        f_m, f_num, f_den = _fold_parts(O_PART, LSE_PART, s_t // SPLIT_GROUP * SPLIT_GROUP, s_t, tok, head, row_ok,
+                                        n_queries, hq, BLOCK_M, HEAD_DIM)
     else:
         for g in range(0, s_t // SPLIT_GROUP):
             o, lse = _load_part(O_PART, LSE_PART, g, tok, head, row_ok, n_queries, hq, HEAD_DIM)
@@ -266,7 +265,8 @@ def invariant_tree_attention(
     group = hq // hkv
     out = torch.empty_like(q)  # [N, Hq, D]
     auto_m, auto_warps = row_tiles(n * group)
-    block_m, warps, stages = block_m or auto_m, warps or auto_warps, stages or 3
+    block_m, warps = block_m or auto_m, warps or auto_warps
+    stages = stages or (5 if block_m >= 128 else 3)  # deep pipelines pay at 128-row tiles (large trees)
     tiles = triton.cdiv(n * group, block_m)
     num_splits = triton.cdiv(triton.cdiv(slots.numel(), BLOCK_N), split_blocks)
     num_groups = triton.cdiv(num_splits, SPLIT_GROUP)

@@ -64,18 +64,27 @@ def _tile_rows(Q, POS, tile, kvh, n_queries, stride_qn, stride_qh,
 
 @triton.jit
 def _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, b_hi, kv_len, qk_scale, stride_kr, stride_vr,
-                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BY_SUM: tl.constexpr):
-    """Blocks [b_lo, b_hi) of keys every row of the tile shares (virtual == logical): one load, one dot."""
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                   BY_SUM: tl.constexpr):
+    """Blocks [b_lo, b_hi) of keys every row of the tile shares (virtual == logical): one load, one
+    dot. Not MASKED: the caller knows every key of them is committed and visible to every row (the
+    masks would select every key: the same bits without them)."""
     offs_d = tl.arange(0, HEAD_DIM)
     ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
     for b in range(b_lo, b_hi):
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual (= logical) keys
-        in_kv = offs_n < kv_len
-        rows = tl.load(SLOTS + offs_n, mask=in_kv, other=0).to(tl.int64)
-        k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
-        v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
+        if MASKED:
+            in_kv = offs_n < kv_len
+            rows = tl.load(SLOTS + offs_n, mask=in_kv, other=0).to(tl.int64)
+            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
+            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=in_kv[:, None], other=0.0)  # [BLOCK_N, D]
+        else:
+            rows = tl.load(SLOTS + offs_n).to(tl.int64)
+            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :])  # [BLOCK_N, D]
+            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :])  # [BLOCK_N, D]
         s = mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM) * qk_scale
-        s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
+        if MASKED:
+            s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
         p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
         acc = mm(p, v, acc * alpha[:, None], BY_SUM)
     return m_i, l_i, acc

@@ -88,18 +88,24 @@ def _empty_split(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _fold_parts(O_PART, LSE_PART, lo, hi, tok, head, row_ok, n_queries, hq, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Partials lo, lo+1, ..., hi-1 folded in order into a fresh fold."""
+    f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
+    for s in range(lo, hi):
+        o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
+        f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
+    return f_m, f_num, f_den
+
+
+@triton.jit
 def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, num_splits, stride_on, stride_oh,
                   BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT_GROUP: tl.constexpr):
     """Splits folded in order into groups of SPLIT_GROUP, groups in order into the output (`_fold`)."""
     t_m, t_num, t_den = _empty_fold(BLOCK_M, HEAD_DIM)
-    f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
-    for s in range(0, num_splits):
-        if s % SPLIT_GROUP == 0 and s > 0:
-            t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
-            f_m, f_num, f_den = _empty_fold(BLOCK_M, HEAD_DIM)
-        o, lse = _load_part(O_PART, LSE_PART, s, tok, head, row_ok, n_queries, hq, HEAD_DIM)
-        f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
-    t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
+    for g in range(0, tl.cdiv(num_splits, SPLIT_GROUP)):
+        f_m, f_num, f_den = _fold_parts(O_PART, LSE_PART, g * SPLIT_GROUP, tl.minimum((g + 1) * SPLIT_GROUP, num_splits),
+                                        tok, head, row_ok, n_queries, hq, BLOCK_M, HEAD_DIM)
+        t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)
     out, _ = _fold_result(t_m, t_num, t_den)
     _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 

@@ -1,6 +1,7 @@
 """Does the invariant linear kernel keep a row's bits when its row tile changes (BLOCK_M 16/32
 use mma.sync, 64/128 Hopper's wgmma) and with 4 or 8 warps? Prints one line per variant: the
-rows whose output differs from the BLOCK_M = 16, 4-warp launch of the same rows.
+rows whose output differs from the BLOCK_M = 16, 4-warp launch of the same rows. The gate/up
+shape (N 24576) runs in the swiglu form (two accumulators) as the decoder runs it.
 
     PYTHONPATH=$PWD python bench/device/invariance_probe.py
 """
@@ -16,13 +17,14 @@ lin = import_module("jetspec.targets.decoder.invariant.linear")
 
 def run(x, w, out_dtype, block_m, warps):
     m, k = x.shape
-    n = w.shape[0]
+    swiglu = w.shape[0] == 24576
+    n = w.shape[0] // 2 if swiglu else w.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     _, bk = lin.tiles(n, k)
-    bn = 32 if block_m <= 64 else 128
+    bn = 32 if block_m <= 64 else 64 if swiglu else 128
     lin._linear_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, bn))](
-        x, w, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), HAS_BIAS=False, BLOCK_M=block_m, BLOCK_N=bn,
-        BLOCK_K=bk, BY_SUM=False, num_warps=warps, num_stages=3, **LAUNCH)
+        x, w, w, y, y, m, n, k, x.stride(0), w.stride(0), 0, y.stride(0), HAS_BIAS=False, RESIDUAL=False,
+        SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, BY_SUM=False, num_warps=warps, num_stages=3, **LAUNCH)
     return y
 
 

@@ -77,7 +77,7 @@ from jetspec.core.invariant import LAUNCH  # noqa: E402
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
 from importlib import import_module  # noqa: E402
 
-inv_linear, inv_rmsnorm, inv_swiglu = (import_module(f"jetspec.targets.decoder.invariant.{m}") for m in ("linear", "rmsnorm", "swiglu"))
+inv_linear, inv_rmsnorm, inv_rope = (import_module(f"jetspec.targets.decoder.invariant.{m}") for m in ("linear", "rmsnorm", "rope_write"))
 
 for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64, 3, True, True), ("fp32", 16, 2, False, False)):
     pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
@@ -100,20 +100,31 @@ for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
 assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP),
                         num_warps=8, **LAUNCH).asm["ptx"]
-for dtype, out, n, k_ in (("bf16", "bf16", 6144, 4096), ("bf16", "fp32", 151936, 4096), ("bf16", "bf16", 4096, 12288),
-                          ("fp32", "fp32", 64, 64)):
+# the plain form (q/k/v, logits), the residual epilogue (o_proj, down_proj), the swiglu form (gate/up)
+for dtype, out, n, k_, form in (("bf16", "bf16", 6144, 4096, "plain"), ("bf16", "fp32", 151936, 4096, "plain"),
+                                ("bf16", "bf16", 4096, 12288, "residual"), ("bf16", "bf16", 12288, 4096, "swiglu"),
+                                ("fp32", "fp32", 64, 64, "swiglu")):
     _, block_k = inv_linear.tiles(n, k_)
-    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", Y=f"*{out}", M="i32", N="i32", K="i32",
-                 stride_xm="i32", stride_wn="i32", stride_ym="i32")
+    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", Y=f"*{out}", M="i32", N="i32", K="i32",
+                 stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32")
     for m in (1, 64, 256):
-        block_m, block_n, warps = inv_linear.row_tiles(m, n, k_)
-        k = compile_for_sm90(inv_linear._linear_kernel, types, dict(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n,
-                             BLOCK_K=block_k, BY_SUM=False), num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH)
-        assert k.metadata.shared <= SMEM, (n, k_, m, k.metadata.shared)
-    print(f"invariant_linear {dtype}->{out} N{n} K{k_}: ok")
+        block_m, block_n, warps = inv_linear.row_tiles(m, n, k_, swiglu=form == "swiglu")
+        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", BLOCK_M=block_m,
+                      BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=False)
+        k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=warps,
+                             num_stages=4 if block_m <= 64 else 3, **LAUNCH)
+        assert k.metadata.shared <= SMEM, (n, k_, m, form, k.metadata.shared)
+    print(f"invariant_linear {form} {dtype}->{out} N{n} K{k_}: ok, {k.metadata.shared} B shared at M=256")
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
                  stride_y="i32"), dict(BLOCK_H=4096), **LAUNCH)
-compile_for_sm90(inv_swiglu._silu_mul_kernel, dict(GU="*bf16", Y="*bf16", n="i32", I="i32", stride_gu="i32"),
-                 dict(BLOCK=inv_swiglu.BLOCK), **LAUNCH)
-print("invariant_rmsnorm, invariant_silu_mul: ok")
+print("invariant_rmsnorm: ok")
+for dtype, hq, hkv, d, qk_norm, slots in (("bf16", 32, 8, 128, True, True), ("bf16", 9, 3, 64, False, False),
+                                         ("fp32", 6, 2, 24, True, True)):
+    types = dict(QKV=f"*{dtype}", COS=f"*{dtype}", SIN=f"*{dtype}", QW=f"*{dtype}", KW=f"*{dtype}", Q=f"*{dtype}",
+                 K_ROWS=f"*{dtype}", V_ROWS=f"*{dtype}", SLOTS="*i32", PREFIX="*i32", eps="fp32", stride_qkv="i32",
+                 stride_cos="i32", stride_q="i32", stride_row="i32", Hq="i32", Hkv="i32", D="i32")
+    consts = dict(BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
+                  BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots)
+    assert compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH).asm["ptx"]
+    print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots}: ok")
 sys.exit(0)

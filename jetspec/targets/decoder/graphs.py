@@ -8,7 +8,9 @@ replay reads lives in static buffers that are refreshed eagerly before it:
     positions [B] int64   RoPE positions (prefix_len + depth)
     sizes     [B] int32   DFS subtree sizes (the tree mask)
     prefix    [1] int32   T, the committed length (kernels read it from memory)
-    cache._write_rows     where each pending token's K/V goes (set by `cache.begin`)
+    cache._write_rows     where each pending token's K/V goes (set by `cache.begin`), for
+                          `cache.write`; the exact path's fused write (`invariant/rope_write.py`)
+                          reads `cache.slot_table` at T + j, T from `prefix`
 
 A tree of N < B nodes is padded with B - N single-node "pad" leaves after it in pre-order
 (size 1 each): by the interval rule j <= i < j + size[j], a pad sees the prefix and itself and
@@ -33,7 +35,7 @@ import torch
 
 from ...core.cuda_graphs import capture
 from ...core.errors import CapacityError
-from ...core.interfaces import AttentionMeta, KVCache, TargetOutput
+from ...core.interfaces import AttentionMeta, KVCache, TargetOutput, is_graph_safe
 
 if TYPE_CHECKING:
     from .model import DecoderTarget
@@ -67,7 +69,7 @@ class CudaGraphForward:
         bucket (not so for a prefill near capacity), and cache and attention are graph-safe."""
         if n > self.buckets[-1] or self.buckets[bisect_left(self.buckets, n)] > cache.capacity - cache.committed:
             return False
-        return getattr(cache, "graph_safe", False) and getattr(self.target.attention, "graph_safe", False)
+        return is_graph_safe(cache) and is_graph_safe(self.target.attention)
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
         n = tokens.numel()

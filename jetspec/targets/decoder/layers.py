@@ -15,7 +15,6 @@ from torch import nn
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache
 from .config import DecoderConfig
 from .ops import LayerOps, TorchOps
-from .rope import apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -63,6 +62,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        residual: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention: AttentionBackend,
@@ -70,19 +70,18 @@ class Attention(nn.Module):
         meta: AttentionMeta,
         ops: LayerOps,
     ) -> torch.Tensor:
-        """x [N, H], cos/sin [N, 1, D] -> [N, H]. Writes this layer's pending K/V into `cache`."""
+        """x [N, H] (normed), residual [N, H], cos/sin [N, 1, D] -> residual + attention [N, H].
+        Writes this layer's pending K/V into `cache`."""
         n = x.shape[0]
         qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # [N, Hq·D + 2·Hkv·D]
-        q_out, kv_out = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q = qkv[:, :q_out].view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
-        k = qkv[:, q_out : q_out + kv_out].view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
-        v = qkv[:, q_out + kv_out :].view(n, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        qk_norm = None
         if self.q_norm is not None:
-            q, k = self.q_norm(q, ops), self.k_norm(k, ops)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        cache.write(self.layer, k, v)
+            qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        heads = (self.num_heads, self.num_kv_heads, self.head_dim)
+        q = ops.rope_write(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta)  # [N, Hq, D]; K/V written
         out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]
-        return ops.linear(out.reshape(n, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias)
+        return ops.linear(out.reshape(n, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias,
+                          residual=residual)
 
 
 class MLP(nn.Module):
@@ -104,9 +103,10 @@ class MLP(nn.Module):
         if self.gate_proj.bias is not None:
             self.gate_up_bias = _fused(self.gate_proj, self.up_proj, "bias")
 
-    def forward(self, x: torch.Tensor, ops: LayerOps) -> torch.Tensor:
-        gate_up = ops.linear(x, self.gate_up_weight, self.gate_up_bias)  # [N, 2I]
-        return ops.linear(ops.silu_mul(gate_up), self.down_proj.weight, self.down_proj.bias)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, ops: LayerOps) -> torch.Tensor:
+        """x [N, H] (normed), residual [N, H] -> residual + mlp [N, H]."""
+        act = ops.swiglu(x, self.gate_up_weight, self.gate_up_bias)  # [N, I]
+        return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual=residual)
 
 
 def _fused(*parts) -> torch.Tensor:
@@ -135,6 +135,6 @@ class DecoderLayer(nn.Module):
         self.mlp.fuse()
 
     def forward(self, x, cos, sin, attention, cache, meta, ops: LayerOps) -> torch.Tensor:
-        """x [N, H] -> [N, H]."""
-        h = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, attention, cache, meta, ops)
-        return h + self.mlp(self.post_attention_layernorm(h, ops), ops)
+        """x [N, H] -> [N, H]. The residual adds happen inside o_proj and down_proj (`residual=`)."""
+        h = self.self_attn(self.input_layernorm(x, ops), x, cos, sin, attention, cache, meta, ops)  # x + attn
+        return self.mlp(self.post_attention_layernorm(h, ops), h, ops)  # h + mlp

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...core.errors import InputError
-from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
+from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput, is_graph_safe
 from .config import DecoderConfig
 from .layers import DecoderLayer, RMSNorm
 from .ops import InvariantOps, LayerOps, TorchOps, fp32_logits
@@ -43,9 +43,10 @@ class DecoderTarget:
     """A Llama / Qwen2 / Qwen3 decoder as a `Target`: attention through `attention`, K/V through
     the cache passed to `forward` (the caller has already called `cache.begin(N)`).
 
-    `info.exact`: the linear layers, norms and SiLU·mul run our row-invariant kernels and
-    `attention` is a backend's position-invariant mode, so every token's logits are bit for bit
-    those of a one-token step at the same prefix."""
+    `info.exact`: the linear layers (residual adds and SiLU·mul in their epilogues), the norms,
+    and RoPE with the K/V write run our row-invariant kernels and `attention` is a backend's
+    position-invariant mode, so every token's logits are bit for bit those of a one-token step at
+    the same prefix."""
 
     provides = ("hidden_states", "attention_backend")
 
@@ -67,7 +68,7 @@ class DecoderTarget:
             layer.fuse()  # q/k/v and gate/up as one projection each
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
-        if cuda_graphs and info.device.type == "cuda" and getattr(attention, "graph_safe", False):
+        if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
             from .graphs import CudaGraphForward
 
             self.graphs = CudaGraphForward(self, self._forward)

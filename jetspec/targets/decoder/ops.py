@@ -1,11 +1,13 @@
-"""The decoder's reductions, in two implementations chosen once per target:
+"""The decoder's per-layer steps, in two implementations chosen once per target:
 
 * `TorchOps`: torch's own kernels (cuBLAS / the CPU BLAS pick tilings and split-K per shape, so
-  a token's bits can depend on how many tokens the forward has);
+  a token's bits can depend on how many tokens the forward has), one per elementary step;
 * `InvariantOps` (`exact = true`): our row-invariant Triton kernels (`invariant/`), so a token's
-  bits depend on its own row alone (`jetspec.core.invariant`).
+  bits depend on its own row alone (`jetspec.core.invariant`), with the elementwise steps fused
+  into them: four kernels per layer besides attention.
 
-Elementwise steps (residual adds, RoPE, the embedding gather) are invariant as they are.
+A step's contract is the unfused composition written in its docstring; `TorchOps` is that
+composition, and `InvariantOps` rounds where it rounds.
 """
 
 from __future__ import annotations
@@ -15,20 +17,33 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ...core.errors import IncompatibleError
+from ...core.interfaces import AttentionMeta, KVCache, RowKVCache
+from .rope import apply_rope
+
 MM_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) works here; [False] after its first failure
 
 
 class LayerOps(Protocol):
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N] in x's dtype."""
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] @ weight[N, K]^T (+ bias [N]), rounded to x's dtype, (+ residual [..., N]) -> [..., N]."""
         ...
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [..., H] -> weight * x / rms(x), statistic in float32, product in x's dtype."""
         ...
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up [..., 2I] = [g | u] -> silu(g) * u [..., I]."""
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
+        """x [..., H], gate_up_weight [2I, H] -> silu(g) * u [..., I], [g | u] = linear(x, gate_up_weight, bias)."""
+        ...
+
+    def rope_write(self, qkv: torch.Tensor, heads: tuple[int, int, int], cos: torch.Tensor, sin: torch.Tensor,
+                   qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, cache: KVCache, layer: int,
+                   meta: AttentionMeta) -> torch.Tensor:
+        """qkv [N, Hq·D + 2·Hkv·D], heads (Hq, Hkv, D), cos/sin [N, 1, D] -> q [N, Hq, D]:
+        split q, k, v; with qk_norm = (q weight [D], k weight [D], eps) RMSNorm each head of q
+        and k; apply_rope to q and k; `cache.write(layer, k, v)`."""
         ...
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -37,17 +52,31 @@ class LayerOps(Protocol):
 
 
 class TorchOps:
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, weight, bias)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.linear(x, weight, bias)
+        return y if residual is None else residual + y
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return weight * xf.to(x.dtype)
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        g, u = gate_up.chunk(2, dim=-1)
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
+        g, u = F.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)  # [..., I] each
         return F.silu(g) * u
+
+    def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
+        n, (hq, hkv, d) = qkv.shape[0], heads
+        q = qkv[:, : hq * d].view(n, hq, d)  # [N, Hq, D]
+        k = qkv[:, hq * d : (hq + hkv) * d].view(n, hkv, d)  # [N, Hkv, D]
+        v = qkv[:, (hq + hkv) * d :].view(n, hkv, d)  # [N, Hkv, D]
+        if qk_norm is not None:
+            q_weight, k_weight, eps = qk_norm
+            q, k = self.rmsnorm(q, q_weight, eps), self.rmsnorm(k, k_weight, eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache.write(layer, k, v)
+        return q
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return fp32_logits(h, weight)
@@ -58,18 +87,41 @@ class InvariantOps:
         from . import invariant  # imports triton
 
         self.kernels = invariant
+        self._prefix: tuple[AttentionMeta, torch.Tensor] | None = None  # eager forwards: (meta, T [1] int32)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self.kernels.linear(x, weight, bias)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.kernels.linear(x, weight, bias, residual=residual)
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.kernels.rmsnorm(x, weight, eps)
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        return self.kernels.silu_mul(gate_up)
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
+        return self.kernels.swiglu(x, gate_up_weight, gate_up_bias)
+
+    def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
+        """The K/V go straight into the cache's pool rows, where the attention kernels read them
+        (`RowKVCache`: `k`, `v` [L, ..., Hkv, D], `slot_table`, or None for logical order)."""
+        if not isinstance(cache, RowKVCache):
+            raise IncompatibleError(f"exact = true writes K/V into a paged or dense KV cache, not {type(cache).__name__}")
+        hq, hkv, _ = heads
+        k_rows = cache.k[layer].view(-1, *cache.k.shape[-2:])  # [R, Hkv, D]
+        v_rows = cache.v[layer].view(-1, *cache.v.shape[-2:])  # [R, Hkv, D]
+        q_weight, k_weight, eps = qk_norm if qk_norm is not None else (None, None, 0.0)
+        return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows,
+                                       cache.slot_table, self._prefix_tensor(meta, k_rows.device))
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.kernels.linear(h, weight, out_dtype=torch.float32)
+
+    def _prefix_tensor(self, meta: AttentionMeta, device: torch.device) -> torch.Tensor:
+        """T [1] int32 on the device: a graph replay's static `meta.prefix_len_t`, else made once
+        per forward (every layer's write reads it)."""
+        if meta.prefix_len_t is not None:
+            return meta.prefix_len_t
+        if self._prefix is None or self._prefix[0] is not meta or self._prefix[1].device != device:
+            self._prefix = (meta, torch.full((1,), meta.prefix_len, dtype=torch.int32, device=device))
+        return self._prefix[1]
 
 
 def fp32_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,17 @@
-"""Row-invariant kernels of the decoder (`exact = true`): linear layers, RMSNorm, SiLU·mul.
+"""Row-invariant kernels of the decoder (`exact = true`), four per layer besides attention:
+
+    rmsnorm.py     RMSNorm                                   (input and post-attention norms)
+    linear.py      x W^T + b, and its epilogues: + residual  (o_proj, down_proj)
+                   and silu(g) * u                           (gate/up)
+    rope_write.py  q/k norm, RoPE of q and k, the K/V write   (after the q/k/v projection)
 
 Each computes a row (a token) in an order fixed by the weight shapes alone, so a token's output
 does not depend on how many tokens the forward has (see `jetspec.core.invariant`). Together with
 a position-invariant attention backend they make a tree verification reproduce plain decoding
 bit for bit. Importing this package imports triton."""
 
-from .linear import linear
+from .linear import linear, swiglu
 from .rmsnorm import rmsnorm
-from .swiglu import silu_mul
+from .rope_write import rope_write
 
-__all__ = ["linear", "rmsnorm", "silu_mul"]
+__all__ = ["linear", "rmsnorm", "rope_write", "swiglu"]

@@ -1,6 +1,10 @@
-"""y = x @ W^T (+ b), row-invariant.
+"""y = x @ W^T (+ b), row-invariant, with the epilogues that save the decoder a kernel each:
 
-    y[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32 accumulator)
+    linear:    y = x W^T + b                                  (q/k/v, the logits)
+    residual:  y = r + (x W^T + b)                            (o_proj, down_proj: the residual add)
+    swiglu:    y = silu(x Wg^T + bg) * (x Wu^T + bu)          (gate/up, W = [Wg | Wu] stacked on N)
+
+    acc[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32)
 
 The K loop runs in fixed BLOCK_K steps from 0 upwards with no split-K, BLOCK_K a function of K
 alone: row m's sum has the same order whether the launch has 1 row or 512. The row and column
@@ -9,6 +13,10 @@ row and column over the same K chunks whatever the tile, and on the H200 a row's
 same for BLOCK_M 16 / 32 (mma.sync) and 64 / 128 (wgmma), 4 or 8 warps, at every Qwen3-8B and
 SmolLM2 projection shape (bench/device/invariance_probe.py; bench/RESULTS.md). The M tiles of one
 N tile are neighbours in the launch, so they read that weight tile while it is in L2.
+
+The epilogues are elementwise and round where the unfused composition rounds (the product to the
+output dtype, then the add; silu to the dtype, then the product): `linear(x, W) + r` and
+`silu(g) * u` of a rounded [g | u] give the same bits as the fused forms.
 """
 
 from __future__ import annotations
@@ -22,26 +30,40 @@ from ....core.invariant import LAUNCH, interpreted, mm
 
 @triton.jit
 def _linear_kernel(
-    X, W, B, Y, M, N, K, stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BY_SUM: tl.constexpr,
+    X, W, B, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BY_SUM: tl.constexpr,
 ):
+    # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N)
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
     offs_k = tl.arange(0, BLOCK_K)
     m_ok, n_ok = offs_m < M, offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # SWIGLU: x Wu^T
     for k0 in range(0, K, BLOCK_K):  # the one reduction order, fixed by K
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        w_ok = n_ok[:, None] & k_ok[None, :]
+        w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
         acc = mm(x, tl.trans(w), acc, BY_SUM)  # [BLOCK_M, BLOCK_N]
+        if SWIGLU:
+            w_up = tl.load(W + (offs_n + N)[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
+            acc_up = mm(x, tl.trans(w_up), acc_up, BY_SUM)
     if HAS_BIAS:
         acc = acc + tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(Y.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+        if SWIGLU:
+            acc_up = acc_up + tl.load(B + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    y = acc.to(Y.dtype.element_ty).to(tl.float32)  # the projection, rounded as F.linear rounds it
+    if SWIGLU:  # silu(g) rounded, times u rounded: F.silu(g) * u
+        up = acc_up.to(Y.dtype.element_ty).to(tl.float32)
+        y = (y / (1.0 + tl.exp(-y))).to(Y.dtype.element_ty).to(tl.float32) * up
+    if RESIDUAL:
+        y = y + tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=out_ok)
 
 
 def tiles(n: int, k: int) -> tuple[int, int]:
@@ -55,34 +77,52 @@ def tiles(n: int, k: int) -> tuple[int, int]:
     return block_n, block_k
 
 
-def row_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
+def row_tiles(m: int, n: int, k: int, swiglu: bool = False) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, warps) for M rows: skinny tiles for a decode step (bandwidth-bound, many
-    programs), square ones for large trees (compute-bound, weights read once per 128 rows)."""
+    programs), square ones for large trees (compute-bound, weights read once per 128 rows); the
+    swiglu form keeps two accumulators, so its large tiles are half as wide."""
     block_n, _ = tiles(n, k)
     if interpreted() or m <= 16:
         return 16, block_n, 4
     if m <= 64:
         return 64, block_n, 4
-    return 128, 128, 8
+    return 128, 64 if swiglu else 128, 8
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N] in `out_dtype` (default x's dtype;
-    float32 returns the accumulator unrounded, as the logits want)."""
+           out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T (+ bias [N]) (+ residual [..., N]) -> [..., N] in `out_dtype`
+    (default x's dtype; float32 returns the accumulator unrounded, as the logits want)."""
+    return _launch(x, weight, bias, out_dtype or x.dtype, residual, swiglu=False)
+
+
+def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K], gate_up_weight [2I, K] = [Wg | Wu] -> silu(x Wg^T + bg) * (x Wu^T + bu) [..., I]."""
+    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, swiglu=True)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+            residual: torch.Tensor | None, swiglu: bool) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    m, n = x2.shape[0], w.shape[0]
-    y = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)  # [M, N]
+    m, n = x2.shape[0], w.shape[0] // 2 if swiglu else w.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype, device=x.device)  # [M, N]
+    r = None
+    if residual is not None:
+        r = residual.reshape(m, n)  # [M, N]
+        if r.stride(-1) != 1:
+            r = r.contiguous()
     _, block_k = tiles(n, k)
-    block_m, block_n, warps = row_tiles(m, n, k)
+    block_m, block_n, warps = row_tiles(m, n, k, swiglu)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _linear_kernel[grid](
-        x2, w, bias if bias is not None else w, y, m, n, k, x2.stride(0), w.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
+        x2, w, bias if bias is not None else w, r if r is not None else y, y, m, n, k,
+        x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
+        HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
         num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH,
     )
     return y.view(*lead, n)

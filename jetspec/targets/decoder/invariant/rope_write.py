@@ -1,0 +1,104 @@
+"""From the fused q/k/v projection to attention's inputs in one kernel, row-invariant:
+
+    q, k, v = split(qkv)                          qkv [N, Hq·D + 2·Hkv·D]
+    q, k    = q_norm(q), k_norm(k)                Qwen3 only: RMSNorm over each head's D features
+    q, k    = rope(q), rope(k)                    rope(x) = x * cos + rotate_half(x) * sin
+    K[slot(T + j)], V[slot(T + j)] = k[j], v[j]   pending token j's row of the layer's pool
+    return q                                      [N, Hq, D]
+
+One program per token, all its heads; a head's norm reduces its D features in one layout fixed
+by (heads, D), and RoPE is elementwise, so a token's bits do not depend on N. Rounding follows
+the unfused composition: the norm as `rmsnorm` (`rms_scale`), then x * cos and
+rotate_half(x) * sin each rounded to the dtype, then their sum.
+
+The pool rows come from the cache the way the attention kernels read it (`kernels/row_inputs.py`):
+`k`, `v` [L, ..., Hkv, D] with token rows in between, an int32 `slot_table` (logical token ->
+row; a dense cache has none: row = logical token), and T read from device memory, so a CUDA graph
+replayed at another T writes where `cache.begin` reserved.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ....core.invariant import LAUNCH
+from .rmsnorm import rms_denominator, rms_scale
+
+
+@triton.jit
+def _norm_rope(ROW, W, cos, sin, n_heads, D, eps,
+               BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr, dtype: tl.constexpr):
+    """Heads [0, n_heads) starting at ROW, D features each -> rope(norm(x)) [BLOCK_H, BLOCK_D] in
+    `dtype`; cos, sin [1, BLOCK_D] float32."""
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    half = D // 2
+    partner = tl.where(offs < half, offs + half, offs - half)  # rotate_half(x) = [-x_hi, x_lo]
+    ok = (heads < n_heads) & (offs < D)
+    x = tl.load(ROW + heads * D + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
+    x_partner = tl.load(ROW + heads * D + partner, mask=ok, other=0.0).to(tl.float32)
+    if QK_NORM:
+        denominator = rms_denominator(x, D, eps, 1)  # [BLOCK_H, 1]: one statistic per head, for both orders
+        x = rms_scale(x, tl.load(W + offs, mask=offs < D, other=0.0), denominator, dtype)
+        x_partner = rms_scale(x_partner, tl.load(W + partner, mask=offs < D, other=0.0), denominator, dtype)
+    rotated = tl.where(offs < half, -x_partner, x_partner)
+    return ((x * cos).to(dtype).to(tl.float32) + (rotated * sin).to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def _rope_write_kernel(
+    QKV, COS, SIN, QW, KW, Q, K_ROWS, V_ROWS, SLOTS, PREFIX, eps,
+    stride_qkv, stride_cos, stride_q, stride_row, Hq, Hkv, D,
+    BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_D: tl.constexpr,
+    QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr,
+):
+    tok = tl.program_id(0)  # one program per token: all its heads
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    d_ok = offs < D
+    row = QKV + tok * stride_qkv  # [q heads | k heads | v heads], D features each
+    cos = tl.load(COS + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)  # [1, BLOCK_D]
+    sin = tl.load(SIN + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)
+    dtype = Q.dtype.element_ty
+
+    q_heads = tl.arange(0, BLOCK_HQ)[:, None]
+    q = _norm_rope(row, QW, cos, sin, Hq, D, eps, BLOCK_HQ, BLOCK_D, QK_NORM, dtype)
+    tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
+
+    t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
+    if HAS_SLOTS:
+        slot = tl.load(SLOTS + t).to(tl.int64)
+    else:
+        slot = t.to(tl.int64)
+    kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
+    kv_ok = (kv_heads < Hkv) & d_ok
+    k = _norm_rope(row + Hq * D, KW, cos, sin, Hkv, D, eps, BLOCK_HKV, BLOCK_D, QK_NORM, dtype)
+    tl.store(K_ROWS + slot * stride_row + kv_heads * D + offs, k, mask=kv_ok)
+    v = tl.load(row + (Hq + Hkv) * D + kv_heads * D + offs, mask=kv_ok)
+    tl.store(V_ROWS + slot * stride_row + kv_heads * D + offs, v, mask=kv_ok)
+
+
+def rope_write(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+               q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
+               k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor | None,
+               prefix: torch.Tensor) -> torch.Tensor:
+    """qkv [N, Hq·D + 2·Hkv·D]; cos, sin [N, 1, D] or [N, D]; q_norm, k_norm [D] or None (no
+    norm); k_rows, v_rows [R, Hkv, D] (the layer's pool, written in place); slots [>= T + N] int32
+    or None (row = logical slot); prefix [1] int32 T on the device -> q [N, Hq, D]."""
+    n, d = qkv.shape[0], k_rows.shape[-1]
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    cos, sin = cos.reshape(n, d), sin.reshape(n, d)  # [N, D] views of the gathered table rows
+    assert cos.stride(-1) == 1 and sin.stride() == cos.stride() and k_rows.is_contiguous() and v_rows.is_contiguous()
+    q = torch.empty(n, num_heads, d, dtype=qkv.dtype, device=qkv.device)  # [N, Hq, D]
+    if n:
+        _rope_write_kernel[(n,)](
+            qkv, cos, sin, q_norm if q_norm is not None else qkv, k_norm if k_norm is not None else qkv,
+            q, k_rows, v_rows, slots if slots is not None else prefix, prefix, eps,
+            qkv.stride(0), cos.stride(0), q.stride(0), k_rows.stride(0), num_heads, num_kv_heads, d,
+            BLOCK_HQ=triton.next_power_of_2(num_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
+            BLOCK_D=triton.next_power_of_2(d), QK_NORM=q_norm is not None, HAS_SLOTS=slots is not None,
+            num_warps=4, **LAUNCH,
+        )
+    return q

@@ -1,0 +1,162 @@
+"""The fused row-invariant kernels of `exact = true` (jetspec/targets/decoder/invariant/):
+
+* each computes its unfused composition — `TorchOps`, torch's kernels one step at a time — within
+  rounding tolerance, and in float32 bit for bit where the composition has no reduction of its
+  own (the epilogues after our own projection, RoPE, the write). Not so in bf16 here: Triton's
+  interpreter rounds float32 -> bf16 toward zero where torch and the GPU round to nearest even;
+* each is row-invariant: row r of an M-row launch is bit for bit the 1-row launch of row r alone,
+  for several M (the property `exact = true` rests on, `jetspec.core.invariant`).
+
+On this CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from jetspec.core.interfaces import AttentionMeta  # noqa: E402
+from jetspec.targets.decoder import invariant  # noqa: E402
+from jetspec.targets.decoder.ops import TorchOps  # noqa: E402
+
+ROWS = (1, 2, 7, 16, 33)  # within one row tile, a full one, across tiles
+DTYPES = (torch.float32, torch.bfloat16)
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=0.15, rtol=2e-2)}  # against torch
+
+
+def rand(*shape, dtype, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+def assert_composition(got: torch.Tensor, want: torch.Tensor, exact: bool = True) -> None:
+    """float32: bit for bit (or within 1e-6 where `exact` is False: numpy's exp against torch's);
+    bf16: a few roundings apart (the interpreter's casts), i.e. within 4 bf16 steps of the largest value."""
+    if got.dtype == torch.float32:
+        if exact:
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    else:
+        torch.testing.assert_close(got.float(), want.float(), atol=4 * 2**-8 * want.abs().max().item(), rtol=0)
+
+
+def f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+def assert_rows_invariant(run, m: int):
+    """run(rows: slice) -> output [rows, ...]: every row of the m-row launch equals its 1-row launch."""
+    full = run(slice(0, m))
+    for r in range(m):
+        one = run(slice(r, r + 1))
+        assert torch.equal(full[r : r + 1], one), f"row {r} of {m} differs from its 1-row launch"
+
+
+# ---------------------------------------------------------------------------- linear epilogues
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_residual_epilogue_is_linear_then_add(dtype, bias):
+    m, n, k = 33, 40, 72
+    x, w, r = rand(m, k, dtype=dtype, seed=0), rand(n, k, dtype=dtype, seed=1, scale=0.1), rand(m, n, dtype=dtype, seed=2)
+    b = rand(n, dtype=dtype, seed=3) if bias else None
+    fused = invariant.linear(x, w, b, residual=r)  # [M, N]
+    assert_composition(fused, r + invariant.linear(x, w, b))  # rounds where the composition rounds
+    torch.testing.assert_close(fused.float(), TorchOps().linear(x.float(), w.float(), f32(b), r.float()),
+                               **TOL[dtype])
+    for rows in ROWS:
+        assert_rows_invariant(lambda s: invariant.linear(x[s], w, b, residual=r[s]), rows)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_is_silu_of_gate_times_up(dtype, bias):
+    m, i, k = 33, 24, 40  # I = 24: a partial column tile
+    x, w = rand(m, k, dtype=dtype, seed=4), rand(2 * i, k, dtype=dtype, seed=5, scale=0.3)
+    b = rand(2 * i, dtype=dtype, seed=6) if bias else None
+    fused = invariant.swiglu(x, w, b)  # [M, I]
+    g, u = invariant.linear(x, w, b).chunk(2, dim=-1)  # our own projection, then torch's silu * u
+    assert_composition(fused, F.silu(g) * u, exact=False)
+    torch.testing.assert_close(fused.float(), TorchOps().swiglu(x.float(), w.float(), f32(b)), **TOL[dtype])
+    for rows in ROWS:
+        assert_rows_invariant(lambda s: invariant.swiglu(x[s], w, b), rows)
+
+
+# ---------------------------------------------------------------------------- rope + K/V write
+class Pool:
+    """The slice of a paged (or dense) cache the write sees: k, v [L, pages, P, Hkv, D], a
+    slot_table (logical -> row; None for a dense cache), `write` as the caches do it."""
+
+    def __init__(self, hkv, d, dtype, slots: bool, seed: int, rows: int = 64):
+        self.k = torch.zeros(2, rows // 8, 8, hkv, d, dtype=dtype)  # [L, pages, P, Hkv, D]
+        self.v = torch.zeros_like(self.k)
+        perm = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).to(torch.int32)
+        self.slot_table = perm if slots else None  # [rows] int32
+        self.prefix = 0
+
+    def write(self, layer, k, v):  # the caches' write: pending token j -> row slot(T + j)
+        t = torch.arange(self.prefix, self.prefix + k.shape[0])
+        rows = (self.slot_table[t] if self.slot_table is not None else t).long()
+        self.k[layer].view(-1, *self.k.shape[-2:])[rows] = k
+        self.v[layer].view(-1, *self.v.shape[-2:])[rows] = v
+
+
+def rope_inputs(n, hq, hkv, d, dtype, seed):
+    qkv = rand(n, (hq + 2 * hkv) * d, dtype=dtype, seed=seed, scale=2.0)  # [N, (Hq + 2 Hkv) D]
+    angles = rand(n, 1, d // 2, dtype=torch.float32, seed=seed + 1, scale=3.0).repeat(1, 1, 2)  # [N, 1, D]
+    norms = (rand(d, dtype=dtype, seed=seed + 2).abs() + 0.5, rand(d, dtype=dtype, seed=seed + 3).abs() + 0.5, 1e-6)
+    return qkv, angles.cos().to(dtype), angles.sin().to(dtype), norms
+
+
+def fused_rope(pool, layer, qkv, heads, cos, sin, qk_norm, prefix):
+    pool.prefix = prefix
+    hq, hkv, _ = heads
+    q_w, k_w, eps = qk_norm if qk_norm is not None else (None, None, 0.0)
+    rows = lambda t: t[layer].view(-1, *t.shape[-2:])  # noqa: E731  [R, Hkv, D]
+    return invariant.rope_write(qkv, hq, hkv, cos, sin, q_w, k_w, eps, rows(pool.k), rows(pool.v), pool.slot_table,
+                                torch.tensor([prefix], dtype=torch.int32))
+
+
+GEOMETRIES = [(4, 2, 16), (9, 3, 64), (6, 2, 24)]  # GQA 2 / 3 (SmolLM2's heads) / a head dim that is no power of 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3-norm"])
+@pytest.mark.parametrize("slots", [True, False], ids=["paged", "dense"])
+@pytest.mark.parametrize("heads", GEOMETRIES, ids=lambda h: f"hq{h[0]}-hkv{h[1]}-d{h[2]}")
+def test_rope_write_is_norm_rope_and_cache_write(dtype, qk_norm, slots, heads):
+    n, prefix = 7, 5
+    qkv, cos, sin, norms = rope_inputs(n, *heads, dtype, seed=7)
+    norms = norms if qk_norm else None
+    fused, ref = Pool(heads[1], heads[2], dtype, slots, seed=8), Pool(heads[1], heads[2], dtype, slots, seed=8)
+    q = fused_rope(fused, 1, qkv, heads, cos, sin, norms, prefix)
+    ref.prefix = prefix
+    meta = AttentionMeta.for_chain(n, prefix)
+    q_ref = TorchOps().rope_write(qkv, heads, cos, sin, norms, ref, 1, meta)
+    for got, want in ((q, q_ref), (fused.k, ref.k)):
+        if qk_norm:  # the norm: a sum in another order, a quotient where torch multiplies by rsqrt
+            torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+        else:  # rope rounds where apply_rope rounds
+            assert_composition(got, want)
+    assert torch.equal(fused.v, ref.v)  # v is copied, never rounded
+    assert not fused.k[0].any() and not fused.v[0].any()  # other layers untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3-norm"])
+def test_rope_write_is_row_invariant(dtype, qk_norm):
+    heads, prefix = (6, 2, 24), 3
+    qkv, cos, sin, norms = rope_inputs(max(ROWS), *heads, dtype, seed=9)
+    norms = norms if qk_norm else None
+    for m in ROWS:
+        full = Pool(heads[1], heads[2], dtype, True, seed=10)
+        q = fused_rope(full, 0, qkv[:m], heads, cos[:m], sin[:m], norms, prefix)
+        for r in range(m):  # token r alone, as a 1-token forward at T + r: same q, same pool row
+            one = Pool(heads[1], heads[2], dtype, True, seed=10)
+            q_one = fused_rope(one, 0, qkv[r : r + 1], heads, cos[r : r + 1], sin[r : r + 1], norms, prefix + r)
+            assert torch.equal(q[r : r + 1], q_one), (m, r)
+            row = int(one.slot_table[prefix + r])
+            for a, b in ((full.k, one.k), (full.v, one.v)):
+                assert torch.equal(a[0].view(-1, *a.shape[-2:])[row], b[0].view(-1, *b.shape[-2:])[row]), (m, r)

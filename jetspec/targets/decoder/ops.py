@@ -4,7 +4,7 @@
   a token's bits can depend on how many tokens the forward has), one per elementary step;
 * `InvariantOps` (`exact = true`): our row-invariant Triton kernels (`invariant/`), so a token's
   bits depend on its own row alone (`jetspec.core.invariant`), with the elementwise steps fused
-  into them: four kernels per layer besides attention.
+  into them: seven launches per layer besides attention (two norms, four projections, rope_write).
 
 A step's contract is the unfused composition written in its docstring; `TorchOps` is that
 composition, and `InvariantOps` rounds where it rounds.

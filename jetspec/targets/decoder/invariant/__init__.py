@@ -1,9 +1,10 @@
-"""Row-invariant kernels of the decoder (`exact = true`), four per layer besides attention:
+"""Row-invariant kernels of the decoder (`exact = true`); a layer launches seven besides attention:
 
-    rmsnorm.py     RMSNorm                                   (input and post-attention norms)
-    linear.py      x W^T + b, and its epilogues: + residual  (o_proj, down_proj)
-                   and silu(g) * u                           (gate/up)
-    rope_write.py  q/k norm, RoPE of q and k, the K/V write   (after the q/k/v projection)
+    rmsnorm.py     RMSNorm                                   x2 (input and post-attention norms)
+    linear.py      x W^T + b                                 q/k/v
+                   and its epilogues: + residual             o_proj, down_proj
+                   silu(g) * u                               gate/up
+    rope_write.py  q/k norm, RoPE of q and k, the K/V write  after the q/k/v projection
 
 Each computes a row (a token) in an order fixed by the weight shapes alone, so a token's output
 does not depend on how many tokens the forward has (see `jetspec.core.invariant`). Together with

@@ -89,7 +89,7 @@ def _invariant_attention_fwd(
                                    HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)  # below T: every row sees every key
     m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
                                      tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
-                                     stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)
+                                     stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
     o, lse = _split_result(m_i, l_i, acc)
     if SPLIT:
         _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
@@ -219,7 +219,7 @@ def _invariant_tail_fwd(
         m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
                                          tl.maximum(b_lo, b_shared), tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks),
                                          prefix_len, qk_scale, stride_anc, stride_kr, stride_vr,
-                                         HEAD_DIM, BLOCK_M, BLOCK_N, False, BY_SUM)
+                                         HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
         o, lse = _split_result(m_i, l_i, acc)
         f_m, f_num, f_den = _fold(f_m, f_num, f_den, o, lse)
     t_m, t_num, t_den = _close_group(t_m, t_num, t_den, f_m, f_num, f_den)

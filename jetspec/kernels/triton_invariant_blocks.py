@@ -30,17 +30,18 @@ def _online_softmax(s, m_i, l_i, ones, BY_SUM: tl.constexpr):
 
 
 @triton.jit
-def _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN: tl.constexpr):
-    """Pool rows of token u's virtual keys offs_n [BLOCK_N] and which of them exist (<= pos_u)."""
-    ok = offs_n <= pos_u
-    if CHAIN:
-        logical = offs_n
-    else:
-        depth = offs_n - prefix_len
-        anc = tl.load(ANC + u * stride_anc + depth, mask=ok & (depth >= 0), other=0)
-        logical = tl.where(depth >= 0, prefix_len + anc, offs_n)
-    rows = tl.load(SLOTS + logical, mask=ok, other=0).to(tl.int64)
-    return rows, ok
+def _virtual_rows(SLOTS, ANC, POS, u0, tok_hi, offs_n, prefix_len, stride_anc, BLOCK_N: tl.constexpr,
+                  TOKENS: tl.constexpr):
+    """Tokens u0 .. u0 + TOKENS - 1 (those <= tok_hi): the pool rows of their virtual keys offs_n
+    [BLOCK_N], side by side [TOKENS * BLOCK_N], and which exist (<= the token's position)."""
+    u = u0 + tl.arange(0, TOKENS)  # [TOKENS]
+    pos_u = tl.load(POS + u, mask=u <= tok_hi, other=-1)  # [TOKENS]; -1: no token, no keys
+    ok = offs_n[None, :] <= pos_u[:, None]  # [TOKENS, BLOCK_N]
+    depth = offs_n[None, :] - prefix_len  # [1, BLOCK_N]: keys at or past T are ancestors
+    anc = tl.load(ANC + u[:, None] * stride_anc + depth, mask=ok & (depth >= 0), other=0)
+    logical = tl.where(depth >= 0, prefix_len + anc, offs_n[None, :])
+    rows = tl.load(SLOTS + logical, mask=ok, other=0).to(tl.int64)  # [TOKENS, BLOCK_N]
+    return tl.reshape(rows, [TOKENS * BLOCK_N]), tl.reshape(ok, [TOKENS * BLOCK_N])
 
 
 @triton.jit
@@ -93,27 +94,34 @@ def _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, b_hi, kv_len, qk_sc
 @triton.jit
 def _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc, b_lo, b_hi, prefix_len,
                      qk_scale, stride_anc, stride_kr, stride_vr,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHAIN: tl.constexpr,
-                     BY_SUM: tl.constexpr):
-    """Blocks [b_lo, b_hi) whose virtual keys differ per token: for each token u of the tile, a dot
-    with u's own keys, kept for u's rows. Same dots as `_shared_blocks` row by row."""
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BY_SUM: tl.constexpr):
+    """Blocks [b_lo, b_hi) whose virtual keys differ per token. The tile's tokens go TOKENS at a
+    time, their keys side by side [TOKENS * BLOCK_N, D]:
+        S' = q · K'^T           a row keeps the columns of its own token (the rest: exact zeros added)
+        acc' = P' · V' + acc    P' holds a row's P in its own token's columns, zeros elsewhere: the
+                                dot's k16 steps before and after them add exact zeros to acc
+    so row by row the same dots, in the same order, as `_shared_blocks`."""
+    TOKENS: tl.constexpr = 4
     offs_d = tl.arange(0, HEAD_DIM)
+    offs_t = tl.arange(0, TOKENS)
     ones = tl.full([BLOCK_N, 16], 1.0, V.dtype.element_ty)
     for b in range(b_lo, b_hi):
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual keys
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for u in range(tok_lo, tok_hi + 1):
-            pos_u = tl.load(POS + u)
-            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
-            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.where((tok == u)[:, None], mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), BY_SUM), s)
+        for u0 in range(tok_lo, tok_hi + 1, TOKENS):
+            rows, ok = _virtual_rows(SLOTS, ANC, POS, u0, tok_hi, offs_n, prefix_len, stride_anc, BLOCK_N, TOKENS)
+            k = tl.load(K + rows[:, None] * stride_kr + offs_d[None, :], mask=ok[:, None], other=0.0)  # [TOKENS*BN, D]
+            s_all = mm(q, tl.trans(k), tl.zeros([BLOCK_M, TOKENS * BLOCK_N], tl.float32), BY_SUM)
+            mine = (tok - u0)[:, None] == offs_t[None, :]  # [BLOCK_M, TOKENS]
+            s += tl.sum(tl.where(mine[:, :, None], tl.reshape(s_all, [BLOCK_M, TOKENS, BLOCK_N]), 0.0), axis=1)
         s = s * qk_scale
         s = tl.where(offs_n[None, :] <= pos[:, None], s, float("-inf"))
         p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, ones, BY_SUM)
-        scaled = acc * alpha[:, None]
-        for u in range(tok_lo, tok_hi + 1):
-            pos_u = tl.load(POS + u)
-            rows, ok = _virtual_rows(SLOTS, ANC, u, offs_n, prefix_len, pos_u, stride_anc, CHAIN)
-            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = tl.where((tok == u)[:, None], mm(p, v, scaled, BY_SUM), acc)
+        acc = acc * alpha[:, None]
+        for u0 in range(tok_lo, tok_hi + 1, TOKENS):
+            rows, ok = _virtual_rows(SLOTS, ANC, POS, u0, tok_hi, offs_n, prefix_len, stride_anc, BLOCK_N, TOKENS)
+            v = tl.load(V + rows[:, None] * stride_vr + offs_d[None, :], mask=ok[:, None], other=0.0)  # [TOKENS*BN, D]
+            mine = (tok - u0)[:, None] == offs_t[None, :]  # [BLOCK_M, TOKENS]
+            p_all = tl.where(mine[:, :, None], tl.broadcast_to(p[:, None, :], [BLOCK_M, TOKENS, BLOCK_N]), 0.0)
+            acc = mm(tl.reshape(p_all.to(p.dtype), [BLOCK_M, TOKENS * BLOCK_N]), v, acc, BY_SUM)
     return m_i, l_i, acc

@@ -234,7 +234,7 @@ def test_help_shows_the_defaults_and_explains_every_option():
     assert "(default: None)" not in g and "(default: False)" not in g
     assert "(default: float32)" in run("convert", "--help").stdout
     t = " ".join(run("train-head", "--help").stdout.split())
-    assert "--steps STEPS optimizer steps (default: 2000)" in t and "--seed SEED random seed (default: 0)" in t
+    assert "--steps STEPS the run's total optimizer steps (the schedule's horizon) (default: 2000)" in t and "--seed SEED random seed (default: 0)" in t
     for command in ("generate", "run", "convert", "config", "bench", "train-head"):
         lines = run(command, "--help").stdout.splitlines() + [""]
         bare = [line for line, after in zip(lines, lines[1:])  # an option whose help is neither beside it nor below it

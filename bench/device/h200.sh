@@ -36,7 +36,8 @@
 # exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
-# exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar
+# exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
+#                  EXACT_RESUME=1 goes on from the last call on the same warm machine (same EXACT_SHARDS)
 # speed            smollm2_h200_speed_{exact,fast}.toml one after the other, alone on the GPU -> $OUT/speed.tar
 #
 # A step whose tests fail, or whose timed command fails, marks the call failed (exit 1 at the end,
@@ -216,7 +217,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     exact-bench)
       install_heads || exit 1
-      sharded smollm2_h200_exact ${EXACT_SHARDS:-8} ${EXACT_MINUTES:-6} ${EXACT_TIMEOUT:-400} ;;
+      sharded smollm2_h200_exact ${EXACT_SHARDS:-8} ${EXACT_MINUTES:-6} ${EXACT_TIMEOUT:-400} ${EXACT_RESUME:+--resume} ;;
     speed)
       install_heads || exit 1
       for m in exact fast; do

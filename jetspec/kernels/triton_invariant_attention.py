@@ -23,15 +23,15 @@ shorter or longer neighbours in their tile are unaffected.
 
 How a tile of rows (packed (token, head) pairs, GQA) gets each row's virtual keys:
 * blocks wholly below T hold committed keys, the same for every row: one K/V load, one dot;
-* blocks reaching T or past hold ancestors, which differ per token: for each token u of the tile
-  the kernel gathers u's own virtual keys (through `ancestors[u, k - T]`, then the slot map) and
-  keeps that dot's rows of u. A row's dot product uses only its own row of Q and its own keys,
-  so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
+* blocks reaching T or past hold ancestors, which differ per token: the kernel gathers each
+  token's own virtual keys (through `ancestors[u, k - T]`, then the slot map), four tokens side by
+  side in one dot, and keeps for a row its own token's part (`_gathered_blocks`). A row's dot
+  product uses only its own row of Q and its own keys, so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
   its logical ones.
 
 Who computes what is free, the arithmetic is not. Decode steps and small trees: a program per
-split, then a fold of the splits' partials. Large trees (a tile's per-token blocks cost one dot per
-token) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
+split, then a fold of the splits' partials. Large trees (a tile's per-token blocks cost a dot per four
+tokens) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
 a program per split or per group (folding its splits in registers: no partial traffic), then the
 per-token blocks in tiles of TAIL_ROWS rows, which resume each row's running state (m, l, acc) and
 fold (M, num, den), stored exactly in fp32, and finish the folds.
@@ -176,7 +176,7 @@ def _invariant_tail_fwd(
 ):
     """Large trees, launch 2 of 2, program (small tile, kv head): fold what launch 1 left (split
     partials, or group partials and s_T's group fold), resume s_T from its state, run the per-token
-    blocks of every split the tile reaches (a tile's tokens each cost a dot per block: small tiles),
+    blocks of every split the tile reaches (a dot per four tokens of the tile per block: small tiles),
     folding splits into groups and groups into the total at every SPLIT_GROUP-th split. Row by row
     the arithmetic of `_invariant_attention_fwd` + `_merge_splits`."""
     tile, kvh = tl.program_id(0), tl.program_id(1)
@@ -241,7 +241,7 @@ def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.T
     return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]
 
 
-TAIL_ROWS = 16  # row tile of launch 2: each token of a tile costs one dot per per-token block
+TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 
 

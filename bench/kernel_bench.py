@@ -12,6 +12,7 @@ On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each
                      a variant (TritonAttentionOptions)
     cute             the CuTe DSL kernel (jetspec[cute]; an error row where it cannot run);
                      `cute:mma=warp,num_warps=8,...` times a variant (CuteAttentionOptions)
+    cute-exact       its position-invariant kernel (`exact = true`), `cute-exact:split_keys=1024` a variant
     flex             torch FlexAttention, compiled, block mask from the same interval rule
     sdpa             torch scaled_dot_product_attention with a dense [N, T + N] bool mask
 
@@ -131,7 +132,8 @@ def floors(context: int, nodes: int, bandwidth: float, rate: float) -> tuple[flo
 def exact_fn(p: Problem, options: TritonAttentionOptions):
     """One layer of the position-invariant kernel: the ancestor table, which a forward builds once
     for all its layers, is made here once, outside the timing."""
-    from jetspec.kernels.triton_invariant_attention import BLOCK_N, ancestor_table, invariant_tree_attention
+    from jetspec.kernels.row_inputs import ancestor_table
+    from jetspec.kernels.triton_invariant_attention import BLOCK_N, invariant_tree_attention
 
     k_rows, v_rows, slots = TritonAttention(options)._kv_rows(p.cache, 0)  # [R, Hkv, D] x 2, [C] int32
     positions = p.meta.positions.to(p.q.device)  # [N] int64
@@ -178,6 +180,29 @@ def cute_fn(p: Problem, name: str = "cute"):
     backend = CuteAttention(cute_options(name))
     backend.attend(p.q, p.cache, 0, p.meta, p.scale)  # compiles before any capture
     return lambda: backend.attend(p.q, p.cache, 0, p.meta, p.scale), backend
+
+
+def cute_exact_fn(p: Problem, name: str):
+    """One layer of the cute position-invariant kernel: int32 positions and the ancestor table,
+    which a forward builds once for all its layers, are made here once, outside the timing."""
+    from jetspec.core.errors import IncompatibleError
+    from jetspec.kernels.cute_backend import CuteAttention, CuteAttentionOptions, unavailable
+    from jetspec.kernels.row_inputs import ancestor_table
+
+    reason = unavailable()
+    if reason:
+        raise IncompatibleError(reason)
+    from jetspec.kernels.cute_invariant_attention import invariant_tree_attention
+
+    options = CuteAttentionOptions(**options_of(name))
+    k_rows, v_rows, slots = CuteAttention(options)._kv_rows(p.cache, 0)  # [R, Hkv, D] x 2, [C] int32
+    positions = p.meta.positions.to(p.q.device)  # [N] int64
+    prefix = torch.tensor([p.context], dtype=torch.int32, device=p.q.device)  # [1]
+    ancestors = ancestor_table(positions, prefix)  # [N, N] int32
+    positions = positions.to(torch.int32)
+    splits = -(-(p.context + p.q.shape[0]) // options.split_keys)
+    return lambda: invariant_tree_attention(p.q, k_rows, v_rows, slots, positions, ancestors, prefix, p.scale,
+                                            options.split_keys, splits, False)
 
 
 def flex_fn(p: Problem):
@@ -277,6 +302,9 @@ def main() -> None:
                         fn, backend = triton_fn(p, TritonAttentionOptions(autotune=name == "triton-autotune"))
                         cfg = backend.config(nodes, HQ // HKV, HKV, context + nodes, D, p.q)
                         row["config"] = cfg.__dict__
+                    elif name.split(":")[0] == "cute-exact":
+                        fn = cute_exact_fn(p, name)
+                        row["config"] = options_of(name)
                     elif name.split(":")[0] == "cute":
                         fn, backend = cute_fn(p, name)
                         k_rows = p.cache.k[0].view(-1, HKV, D)

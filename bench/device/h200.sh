@@ -34,6 +34,9 @@
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
 # exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
+# cute-exact       the cute backend's position-invariant mode: its kernel tests (vs the fp32 reference) and the
+#                  bitwise decoder property with both backends (needs `cutlass`), then kernel_bench triton-exact
+#                  vs cute-exact vs cute -> $OUT/kernels_exact.jsonl
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -208,6 +211,14 @@ for step in "$@"; do
     exact-tests)
       timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py tests/targets/test_cuda_graphs.py \
         tests/kernels/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    cute-exact)
+      timeout ${CUTE_EXACT_TIMEOUT:-300} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py -k invariant 2>&1 | tee $OUT/cute_exact_tests.log | grep -v Warning | tail -8
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py 2>&1 | tee -a $OUT/cute_exact_tests.log | grep -v Warning | tail -8
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout 200 python3 bench/kernel_bench.py --contexts 1024 16384 --trees 1 64 256 --backends triton-exact cute-exact cute \
+        --out $OUT/kernels_exact.jsonl 2>&1 | tee $OUT/kernel_bench_exact.log | tail -24
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40

@@ -1,6 +1,7 @@
 """`cute` attention backend: paged tree attention written in CuTe DSL (`pip install 'jetspec[cute]'`),
 bf16, head dim 64 or 128, GQA, tree mask from the DFS intervals in-kernel, keys read through the
-slot map. Two kernels: warpgroup MMA (wgmma) for trees of >= 64 packed rows per kv head, warp MMA
+slot map. Under `exact = true` (`position_invariant`), `cute_invariant_attention`'s kernel: a
+query's bits depend on its position alone. Otherwise two kernels: warpgroup MMA (wgmma) for trees of >= 64 packed rows per kv head, warp MMA
 (mma.sync) for decode and small trees; `cute_tree_attention.choose_tiling` picks one per call,
 option `mma` forces one. Checked on an H200 by tests/kernels/test_cute_attention.py and, end to
 end with SmolLM2, tests/targets/test_smollm2_gpu.py; timed by bench/kernel_bench.py (bench/RESULTS.md).
@@ -45,6 +46,8 @@ class CuteAttentionOptions(BaseModel):
     pingpong: bool = Field(
         True, description="specialized warpgroup kernel, 8 warps: the two computing warpgroups take turns on the tensor cores"
     )
+    split_keys: int = Field(512, ge=64, le=65536, multiple_of=64,
+                            description="position-invariant mode (exact = true): keys per split-K range, fixed")
 
     @model_validator(mode="after")
     def _warpgroup_shapes(self):
@@ -76,14 +79,21 @@ class CuteAttention(RowKernelInputs):
     backend_name: ClassVar[str] = "cute"
     graph_safe: ClassVar[bool] = False  # never run under CUDA graph capture yet: targets run it eagerly
 
-    def __init__(self, options: CuteAttentionOptions | None = None):
+    def __init__(self, options: CuteAttentionOptions | None = None, invariant: bool = False):
         self.options = options or CuteAttentionOptions()
+        self.invariant = invariant  # the position-invariant kernel (cute_invariant_attention.py)
         super().__init__()
+        self._positions32: tuple[AttentionMeta, torch.Tensor] | None = None  # per forward
+
+    def position_invariant(self) -> "CuteAttention":
+        return CuteAttention(self.options, invariant=True)
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         q = q.contiguous()  # [N, Hq, D]
         k_rows, v_rows, slots = self._kv_rows(cache, layer)
         self._check(q, k_rows, meta, slots)
+        if self.invariant:
+            return self._attend_invariant(q, k_rows, v_rows, slots, layer, meta, scale)
         from .cute_tree_attention import (
             paged_tree_attention,  # lazy: cutlass only when used
         )
@@ -93,6 +103,25 @@ class CuteAttention(RowKernelInputs):
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale, self.tiling(q, k_rows, meta),
                                     pipelined=o.pipelined, stages=o.stages, specialized=o.specialized,
                                     pingpong=o.pingpong)
+
+    def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
+        """One warp per (token, kv head, split of `split_keys` keys); the tiling options do not apply."""
+        from .cute_invariant_attention import ROWS, invariant_tree_attention
+
+        group = q.shape[1] // k_rows.shape[1]
+        if group > ROWS:
+            raise IncompatibleError(f"the cute position-invariant kernel takes at most {ROWS} query heads per kv head; "
+                                    f"this model has {group}: use attention 'triton' or exact = false")
+        positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
+        if self._positions32 is None or self._positions32[0] is not meta:
+            self._positions32 = (meta, positions.to(torch.int32))  # [N]
+        positions = self._positions32[1]
+        if meta.chain:  # a chain reads no ancestor table: any int32 [N, 1]
+            ancestors = positions.view(-1, 1)
+        split = self.options.split_keys
+        num_splits = -(-(meta.prefix_len + q.shape[0]) // split)  # >= every row's ceil((p + 1) / split)
+        return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale, split,
+                                        num_splits, meta.chain)
 
     def tiling(self, q: torch.Tensor, k_rows: torch.Tensor, meta: AttentionMeta):
         """The heuristic `Tiling` of this call with the options' fixed fields put in. A forced

@@ -23,6 +23,7 @@ class RowKernelInputs:
         self._meta: AttentionMeta | None = None  # the forward whose device tensors are cached
         self._meta_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self._identity: torch.Tensor | None = None  # dense caches: slot t = row t
+        self._ancestors: tuple[AttentionMeta, torch.Tensor] | None = None  # position-invariant mode, per forward
 
     def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> k_rows, v_rows [R, Hkv, D] (the layer's pool, rows flattened), slots [>= T + N] int32."""
@@ -49,3 +50,29 @@ class RowKernelInputs:
             prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)  # [1]
             self._meta, self._meta_tensors = meta, (sizes, prefix)
         return self._meta_tensors
+
+    def _invariant_tensors(self, meta: AttentionMeta, layer: int, device: torch.device):
+        """What the position-invariant kernels read: positions [N] int64 (T + depth), ancestors
+        [N, N] int32 (a chain's: unused, [N, 1]) and T [1] int32. The ancestor table is built once
+        per forward, at its first layer (a CUDA graph's static meta serves every replay)."""
+        _, prefix = self._forward_tensors(meta, device)
+        positions = meta.positions.to(device)  # [N] int64
+        if meta.chain:
+            return positions, positions.view(-1, 1), prefix
+        if layer == 0 or self._ancestors is None or self._ancestors[0] is not meta:
+            self._ancestors = (meta, ancestor_table(positions, prefix))
+        return positions, self._ancestors[1], prefix
+
+
+def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+    """positions [N] int64 (T + depth, DFS pre-order), prefix_len [1] -> ancestors [N, N] int32:
+    ancestors[i, k] = the index of node i's ancestor at depth k, for k <= depth(i).
+
+    In pre-order that ancestor is the last node of depth k at or before i (a later one would lie
+    inside the ancestor's subtree, where every other node is deeper): a running max over i of
+    "j if depth(j) == k". Device ops only, no host sync (CUDA graphs capture it)."""
+    n = positions.numel()
+    depth = positions - prefix_len.to(positions.dtype)  # [N]
+    ar = torch.arange(n, device=positions.device)
+    last = torch.where(depth[:, None] == ar[None, :], ar[:, None], -1)  # [N (node j), N (depth k)]
+    return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]

@@ -111,7 +111,6 @@ class TritonAttention(RowKernelInputs):
         self.invariant = invariant  # the position-invariant kernel (triton_invariant_attention.py)
         super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
-        self._ancestors: tuple[AttentionMeta, torch.Tensor] | None = None  # per forward
 
     def position_invariant(self) -> "TritonAttention":
         return TritonAttention(self.options, invariant=True)
@@ -133,16 +132,9 @@ class TritonAttention(RowKernelInputs):
                                     cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
-        from .triton_invariant_attention import BLOCK_N, ancestor_table, invariant_tree_attention
+        from .triton_invariant_attention import BLOCK_N, invariant_tree_attention
 
-        _, prefix = self._forward_tensors(meta, q.device)
-        positions = meta.positions.to(q.device)  # [N] int64
-        if meta.chain:
-            ancestors = positions.view(-1, 1)  # unused by a chain
-        else:  # once per forward (at its first layer: a CUDA graph's static meta serves every replay), shared by the layers
-            if layer == 0 or self._ancestors is None or self._ancestors[0] is not meta:
-                self._ancestors = (meta, ancestor_table(positions, prefix))
-            ancestors = self._ancestors[1]  # [N, N] int32
+        positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
         o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
                                         o.split_keys // BLOCK_N, meta.chain, o.block_m or 0, o.num_warps or 0,

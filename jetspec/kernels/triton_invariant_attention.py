@@ -227,20 +227,6 @@ def _invariant_tail_fwd(
     _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 
 
-def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
-    """positions [N] int64 (T + depth, DFS pre-order), prefix_len [1] -> ancestors [N, N] int32:
-    ancestors[i, k] = the index of node i's ancestor at depth k, for k <= depth(i).
-
-    In pre-order that ancestor is the last node of depth k at or before i (a later one would lie
-    inside the ancestor's subtree, where every other node is deeper): a running max over i of
-    "j if depth(j) == k". Device ops only, no host sync (CUDA graphs capture it)."""
-    n = positions.numel()
-    depth = positions - prefix_len.to(positions.dtype)  # [N]
-    ar = torch.arange(n, device=positions.device)
-    last = torch.where(depth[:, None] == ar[None, :], ar[:, None], -1)  # [N (node j), N (depth k)]
-    return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]
-
-
 TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 

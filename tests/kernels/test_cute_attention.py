@@ -286,3 +286,71 @@ def test_gpu_unsupported_inputs_raise_one_line_errors():
         backend.attend(p.q.float(), p.cache, 0, p.meta, p.scale)
     with pytest.raises(IncompatibleError, match="kv heads"):
         backend.attend(torch.zeros(2, 3, 64, device=DEVICE, dtype=torch.bfloat16), p.cache, 0, p.meta, p.scale)
+
+
+# ---------------------------------------------------------------------------- position-invariant mode
+@needs_cutlass
+@pytest.mark.parametrize("head_dim,group,kv_heads", [(128, 4, 8), (64, 3, 3)])
+def test_invariant_kernel_compiles_to_one_warp_of_mma_sync_and_cp_async(tmp_path, head_dim, group, kv_heads):
+    """exact = true: one warp per (token, kv head, split), 64-key blocks: per block D/16 k-steps of
+    8 m16n8k16 MMAs for S and 4 x D/8 for P V; K/V gathered with cp.async at three sites (first K,
+    V(b), K(b + 1))."""
+    from jetspec.kernels.cute_invariant_attention import compile_invariant
+
+    compiled = compile_invariant(head_dim, group, kv_heads, options=f"--keep-ptx --keep-cubin --dump-dir {tmp_path}")
+    assert len(compiled.artifacts.CUBIN) > 1000
+    ptx = compiled.artifacts.PTX
+    assert ptx.count("mma.sync.aligned.m16n8k16") == 2 * (64 // 8) * (head_dim // 16)
+    chunks = 64 * head_dim // 8 // 32  # 16-byte chunks of one K (or V) block per thread
+    assert len(re.findall(r"cp\.async\.cg\.shared\.global(?:\.L2::\w+)?\s*\[", ptx)) == 3 * chunks
+
+
+def test_the_cute_backend_has_a_position_invariant_mode():
+    from jetspec.core.interfaces import PositionInvariantAttention
+
+    backend = CuteAttention(CuteAttentionOptions(split_keys=256))
+    assert isinstance(backend, PositionInvariantAttention)
+    exact = backend.position_invariant()
+    assert exact.invariant and not backend.invariant and exact.options.split_keys == 256
+    with pytest.raises(ValueError):
+        CuteAttentionOptions(split_keys=100)  # whole 64-key blocks
+
+
+@needs_hopper
+@pytest.mark.gpu
+@settings(max_examples=30, deadline=None)  # each new (head dim, group, kv heads) compiles (~5 s)
+@given(
+    tree=trees(max_nodes=48),
+    prefix=st.integers(0, 1200),
+    kv_heads=st.sampled_from([1, 8]),
+    group=st.sampled_from([1, 3, 4]),
+    head_dim=st.sampled_from([64, 128]),
+    page_size=st.sampled_from([None, 16]),
+    commit=st.sampled_from(["gather", "remap"]),
+    split_keys=st.sampled_from([64, 128, 512]),
+    seed=st.integers(0, 2**16),
+)
+def test_gpu_invariant_kernel_equals_reference(tree, prefix, kv_heads, group, head_dim, page_size, commit, split_keys, seed):
+    p = build_problem(tree, prefix, kv_heads, group, head_dim, torch.bfloat16, page_size, commit, seed)
+    out = CuteAttention(CuteAttentionOptions(split_keys=split_keys)).position_invariant().attend(
+        p.q, p.cache, 0, p.meta, p.scale)
+    assert out.shape == p.q.shape and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), p.reference(), atol=TOL, rtol=TOL)
+
+
+@needs_hopper
+@pytest.mark.gpu
+@pytest.mark.parametrize("nodes,prefix", [(1, 16384), (64, 3000), (256, 2000)])
+def test_gpu_invariant_kernel_at_qwen3_8b_shapes_and_poisoned_rows(nodes, prefix):
+    g = torch.Generator().manual_seed(nodes)
+    tree = random_tree([int(torch.randint(0, i, (1,), generator=g)) for i in range(1, nodes)])
+    p = build_problem(tree, prefix, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, page_size=16,
+                      commit="remap", extra_pages=2)
+    expected = p.reference()
+    live = torch.zeros(p.cache.k[0].view(-1, 8, 128).shape[0], dtype=torch.bool, device=DEVICE)
+    live[p.cache.slot_mapping.long()] = True
+    for pool in (p.cache.k, p.cache.v):
+        pool[0].view(-1, 8, 128)[~live] = float("nan")
+    out = CuteAttention().position_invariant().attend(p.q, p.cache, 0, p.meta, p.scale)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)

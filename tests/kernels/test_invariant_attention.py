@@ -74,7 +74,8 @@ def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_
     steps run as one, a program per split. Each node's row must still be bitwise its step's,
     whether the tree stays in one key block or crosses blocks, splits and groups of splits."""
     from jetspec.kernels import triton_invariant_attention as inv
-    from jetspec.kernels.triton_invariant_attention import ancestor_table, invariant_tree_attention
+    from jetspec.kernels.row_inputs import ancestor_table
+    from jetspec.kernels.triton_invariant_attention import invariant_tree_attention
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inv, "SPLIT_GROUP", split_group)

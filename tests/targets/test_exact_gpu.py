@@ -2,8 +2,8 @@
 128, MLP 12288, q/k norm; two layers of random bf16 weights), every tree node's logits equal plain
 one-token steps along its path bit for bit — contexts across key blocks and 512-key split-K ranges,
 pages in any order, trees up to 64 nodes, padding rows — and CUDA-graph replay gives the eager
-forward's bits. The `cute` backend has no position-invariant mode yet: `exact = true` refuses it
-(tests/targets/test_exact.py), so it is not run here."""
+forward's bits. Both attention backends: `triton` (the default, with CUDA graphs) and `cute` (eager;
+where the CuTe DSL and a Hopper GPU are there)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec.core.interfaces import AttentionMeta
+from jetspec.kernels.cute_backend import CuteAttention, unavailable
 from jetspec.core.tree import DraftTree
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
 from jetspec.testing.exactness import first_inexact_node, padded_tree_logits, paged_cache, plain_logits, random_decoder
@@ -66,6 +67,24 @@ def trees(draw) -> DraftTree:
        data=st.data())
 def test_every_tree_node_gets_the_logits_of_plain_decoding_bit_for_bit(models, context, tree, pads, commit, data):
     exact, _, fast = models
+    check_tree(exact, fast, context, tree, pads, commit, data)
+
+
+CUTE = unavailable()
+
+
+@pytest.mark.skipif(CUTE is not None, reason=f"GPU test: {CUTE}")
+@settings(max_examples=30, deadline=None)
+@given(context=st.integers(1, 3000), tree=trees(), pads=st.integers(0, 7), commit=st.sampled_from(["gather", "remap"]),
+       data=st.data())
+def test_with_cute_attention_every_tree_node_gets_the_logits_of_plain_decoding_bit_for_bit(models, context, tree, pads,
+                                                                                          commit, data):
+    exact, _, fast = models
+    cute = type(exact)(exact.model, CuteAttention().position_invariant(), exact.info, cuda_graphs=False)
+    check_tree(cute, fast, context, tree, pads, commit, data)
+
+
+def check_tree(exact, fast, context, tree, pads, commit, data) -> None:
     pages = CAPACITY // 16
     cache = paged_cache(exact, CAPACITY, commit, data.draw(st.permutations(range(pages)), label="page order"))
     fill(fast, cache, context, seed=context)

@@ -102,10 +102,10 @@ def resolve_exact(exact: bool | None, attention: AttentionBackend, device: torch
     if exact is None:
         if device.type == "cuda" and not capable:
             print(f"jetspec: attention {name!r} has no position-invariant mode: speculative output may differ from "
-                  "plain decoding at near-ties (exact = false); attention 'triton' is exact", file=sys.stderr)
+                  "plain decoding at near-ties (exact = false); attention 'triton' and 'cute' are exact", file=sys.stderr)
         return device.type == "cuda" and capable
     if exact and not capable:
-        raise IncompatibleError(f"exact = true needs an attention backend with a position-invariant mode (triton); "
+        raise IncompatibleError(f"exact = true needs an attention backend with a position-invariant mode (triton, cute); "
                                 f"{name!r} has none: choose attention 'triton' or set exact = false")
     if exact and not kernels_run:
         raise IncompatibleError("exact = true runs Triton kernels: it needs a CUDA GPU (or TRITON_INTERPRET=1 on a CPU)")

@@ -116,7 +116,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 @command("train-head")
 def cmd_train_head(args: argparse.Namespace) -> int:
-    from .drafters.head.train import main as train_main
+    from .drafters.head.train_cli import main as train_main
 
     return train_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec train-head --help`)
 

@@ -14,7 +14,9 @@ from jetspec.drafters.head.contamination import EvalOverlap
 from jetspec.drafters.head.corpus import load_corpus
 from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
 from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
-from jetspec.drafters.head.train import TrainConfig, main, rows_for_step, split_rows, train
+from jetspec.drafters.head.rows import rows_for_step, split_rows
+from jetspec.drafters.head.train import TrainConfig, train
+from jetspec.drafters.head.train_cli import main
 
 SMALL = dict(batch_size=8, anchors=4, block_size=5, lr=3e-3, eval_rows=8, log_every=1, save_every=1000, layers=1)
 
@@ -114,3 +116,56 @@ def test_a_corpus_of_another_target_is_refused(setup, tmp_path):
     other = save_tiny_chat_model(tmp_path / "other", seed=1)
     with pytest.raises(InputError, match="holds answers of target 'tiny-chat', not of 'other'"):
         main(["--target", str(other), "--corpus", str(setup[3]), "--out", str(tmp_path / "run"), "--no-progress"])
+
+
+def test_the_loss_is_forward_kl_or_cross_entropy_on_the_teachers_argmax():
+    from jetspec.drafters.head.objective import slot_losses
+
+    log_p = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]]), -1)  # teacher, [S=2, V=3]
+    log_q = torch.log_softmax(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), -1)  # head
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    assert torch.allclose(slot_losses(log_q, log_p, "kl"), kl)
+    assert torch.allclose(slot_losses(log_q, log_p, "ce"), -torch.stack([log_q[0, 0], log_q[1, 1]]))
+    assert torch.allclose(slot_losses(log_p, log_p, "kl"), torch.zeros(2), atol=1e-7)  # q = p: no KL, but CE > 0
+    assert (slot_losses(log_p, log_p, "ce") > 0).all()
+
+
+def test_gamma_weights_a_slot_at_depth_d_by_exp_minus_d_minus_1_over_gamma():
+    from jetspec.drafters.head.objective import depth_weighted_mean
+
+    per_slot, depth = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1, 4, 4])
+    assert depth_weighted_mean(per_slot, depth, 0.0) == per_slot.mean()
+    w = torch.tensor([1.0, torch.e ** -1, torch.e ** -1])  # gamma = 3: depth 4 weighs e^-1
+    assert torch.allclose(depth_weighted_mean(per_slot, depth, 3.0), (w * per_slot).sum() / w.sum())
+    assert depth_weighted_mean(per_slot, depth, 1e9) == pytest.approx(per_slot.mean().item())
+
+
+def test_the_recipe_options_reach_the_head_and_a_resumed_run_keeps_them(setup, tmp_path, capsys):
+    folder, _, identity, corpus = setup
+    out = tmp_path / "recipe"
+    args = ["--target", str(folder), "--corpus", str(corpus), "--out", str(out), "--steps", "4", "--layers", "1",
+            "--batch-size", "4", "--anchors", "2", "--block-size", "4", "--eval-rows", "2", "--no-progress",
+            "--loss", "ce", "--gamma", "7", "--intermediate-size", "48", "--target-layers", "0,1"]
+    assert main(args[:-2] + ["--minutes", "0.001"] + args[-2:]) == 0
+    head = json.loads((out / "head.json").read_text())
+    assert head["intermediate_size"] == 48 and head["target_layers"] == [0, 1]
+    assert head["extra"]["training"]["config"]["loss"] == "ce" and head["extra"]["training"]["config"]["gamma"] == 7.0
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "head.json").read_text())["extra"]["training"]["config"]["loss"] == "ce"
+    with pytest.raises(InputError, match="cannot change"):
+        main(["--resume", str(out), "--gamma", "3"])
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("options,message", [({"loss": "mse"}, "loss must be one of kl, ce"), ({"gamma": -1.0}, "gamma"),
+                                             ({"gamma": float("nan")}, "gamma"), ({"intermediate_size": 3}, "intermediate-size")])
+def test_bad_recipe_options_are_one_line_errors(options, message):
+    with pytest.raises(InputError, match=message) as err:
+        TrainConfig(**options)
+    assert "\n" not in str(err.value)
+
+
+def test_target_layers_past_the_target_are_refused_before_training(setup, tmp_path):
+    _, model, identity, corpus = setup
+    with pytest.raises(InputError, match="target-layers"):
+        train(model, load_corpus(corpus), tmp_path, TrainConfig(steps=1, target_layers=(0, 99), **SMALL), identity, progress=False)

@@ -105,17 +105,18 @@ class HeadConfig:
         layers: int = 1,
         target_layers: tuple[int, ...] | None = None,
         block_size: int = 16,
+        intermediate_size: int | None = None,
         **identity,
     ) -> "HeadConfig":
         """Head geometry derived from the target: same hidden size, head dim and KV heads,
-        intermediate = 8/3 H rounded up to a multiple of 64 (Llama's ratio)."""
+        intermediate = 8/3 H rounded up to a multiple of 64 (Llama's ratio) unless given."""
         return HeadConfig(
             kind=kind,
             hidden_size=hidden_size,
             num_heads=max(num_kv_heads, hidden_size // head_dim // num_kv_heads * num_kv_heads),
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
-            intermediate_size=64 * math.ceil(hidden_size * 8 / 3 / 64),
+            intermediate_size=intermediate_size or 64 * math.ceil(hidden_size * 8 / 3 / 64),
             num_layers=layers,
             target_layers=tuple(target_layers) if target_layers else spaced_layers(num_target_layers, layers),
             block_size=block_size,

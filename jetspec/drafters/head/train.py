@@ -11,8 +11,8 @@ One step, for a batch of the target's own answers (prompt + greedy answer, `data
                       (no loss on them): what parent-conditioned rescoring feeds the head.
     eagle:            inputs [x_a, ..., x_{a+B-1}] (teacher forcing); input j predicts depth j+1
                       against p_{a+j}.
-    loss = mean over supervised slots of KL(p || q) = sum_v p_v (log p_v - log q_v)
-           (forward KL, temperature 1, uniform weight over positions)
+    loss = the depth-weighted forward KL (or cross-entropy on the teacher's argmax) over the
+           supervised slots: `objective.py`
 
 Runs accumulate across calls (the GPU is lent for minutes at a time). Checkpoints (`head.safetensors`
 + `head.json`) and a resumable `train_state.pt` (weights, optimizer, step, RNG, the runs so far) go
@@ -20,7 +20,8 @@ to `out_dir` every `save_every` steps and when a call stops. The data cursor is 
 trains on positions s*Bt .. s*Bt+Bt-1 of a stream that walks a fresh seeded permutation of the
 training rows each epoch, with anchors from a generator seeded by (seed, step), so a resumed run
 draws what the uninterrupted run would have drawn. `steps` is the run's horizon (the learning-rate
-schedule); `minutes` is one call's budget (when `steps` is None, the horizon of a one-call run).
+schedule); `minutes` is one call's budget, checked after each step (when `steps` is None, the
+horizon of a one-call run).
 `out_dir/log.jsonl` holds training rows, validation rows (every `eval_every` steps: held-out KL,
 chain τ, rank-1 accuracy and chain reach by depth) and one row per call (steps, minutes, device);
 `out_dir/curves.png` plots them (`curves.py`).
@@ -28,8 +29,6 @@ chain τ, rank-1 accuracy and chain reach by depth) and one row per call (steps,
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import math
 import sys
@@ -46,9 +45,10 @@ from .checkpoint import save_head
 from .curves import write_curves
 from .corpus import load_corpus
 from .data import TokenData, encode_chat, generate_answers, read_questions
-from .frozen_target import eos_ids, hf_identity, load_hf_target, teacher_forward
-from .masks import block_mask
+from .frozen_target import eos_ids, hf_identity, load_hf_target
 from .model import DraftHead, HeadConfig
+from .objective import LOSSES, head_loss, make_batch
+from .rows import rows_for_step, split_rows
 from .options import MAX_BLOCK, MAX_LAYERS
 
 EVAL_SEED = 12345
@@ -81,6 +81,9 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
+    loss: str = "kl"  # "kl": forward KL to the teacher; "ce": cross-entropy on its argmax (objective.py)
+    gamma: float = 0.0  # per-depth loss weight exp(-(d - 1) / gamma); 0: uniform
+    intermediate_size: int | None = None  # head MLP width; default 8/3 H (HeadConfig.for_target)
 
     def __post_init__(self) -> None:
         if self.kind not in ("causal", "dflash", "eagle"):
@@ -95,124 +98,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (type(value) is not int or not low <= value <= high):
                 raise InputError(f"{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value!r}")
-        for name in ("lr", "warmup", "weight_decay", "minutes"):
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.intermediate_size is not None and (type(self.intermediate_size) is not int or not 16 <= self.intermediate_size <= 1 << 17):
+            raise InputError(f"intermediate-size must be an integer in [16, {1 << 17}], got {self.intermediate_size!r}")
+        for name in ("lr", "warmup", "weight_decay", "minutes", "gamma"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise InputError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
         self.target_layers = tuple(self.target_layers) if self.target_layers else None
 
 
-# ------------------------------------------------------------------------------------ batches
-def _usable_rows(data: TokenData, max_len: int) -> list[int]:
-    """Rows with at least 2 answer tokens inside `max_len` (an anchor needs a next token)."""
-    lengths = (data.offsets[1:] - data.offsets[:-1]).clamp(max=max_len)
-    return [s for s in range(len(data)) if int(data.prompt_lens[s]) + 2 <= int(lengths[s])]
-
-
-def split_rows(data: TokenData, max_len: int, eval_rows: int) -> tuple[list[int], list[int]]:
-    """(training rows, validation rows), at most a fifth held out. A corpus holds out whole questions:
-    those of the `eval_rows` smallest question hashes (a choice that does not depend on the order
-    of the rows) are validated on their greedy answer (the target's argmax is what greedy
-    verification accepts) and none of their answers is trained on. Other data holds out its last rows."""
-    usable = _usable_rows(data, max_len)
-    if "question_hash" not in data.columns:
-        n = min(eval_rows, len(usable) // 5)
-        return usable[: len(usable) - n], usable[len(usable) - n :]
-    qh, greedy = data.columns["question_hash"].tolist(), (data.columns["temperature"] == 0).tolist()
-    first_greedy = {}
-    for s in usable:
-        if greedy[s]:
-            first_greedy.setdefault(qh[s], s)
-    held = sorted(first_greedy)[: min(eval_rows, len(set(qh[s] for s in usable)) // 5)]
-    held_set = set(held)
-    return [s for s in usable if qh[s] not in held_set], [first_greedy[h] for h in held]
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-
-
-def rows_for_step(train_rows: list[int], batch_size: int, seed: int, step: int) -> list[int]:
-    """The data cursor: step s takes positions s*Bt .. s*Bt+Bt-1 of the stream of epochs, each a
-    seeded permutation of the training rows (every row once per epoch)."""
-    n = len(train_rows)
-    return [train_rows[_epoch_order(seed, p // n, n)[p % n]] for p in range(step * batch_size, (step + 1) * batch_size)]
-
-
-def _batch(data: TokenData, rows: list[int], cfg: TrainConfig, g: torch.Generator, pad_id: int, device) -> dict:
-    seqs = [data.row(s)[: cfg.max_len] for s in rows]
-    lens = torch.tensor([len(s) for s in seqs])  # [Bt]
-    plens = torch.tensor([int(data.prompt_lens[s]) for s in rows])  # [Bt]
-    ids = torch.full((len(rows), int(lens.max())), pad_id, dtype=torch.int64)  # [Bt, T] right-padded
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-    attn = (torch.arange(ids.shape[1])[None] < lens[:, None]).long()
-    lo, hi = plens - 1, lens - 2  # anchor range, inclusive
-    u = torch.rand(len(rows), cfg.anchors, generator=g)
-    anchors = lo[:, None] + (u * (hi - lo + 1)[:, None]).long()  # [Bt, A]
-    if cfg.reveal_prob:
-        r = torch.randint(1, max(2, cfg.block_size - 1), (len(rows), cfg.anchors), generator=g)
-        reveal = torch.where(torch.rand(len(rows), cfg.anchors, generator=g) < cfg.reveal_prob, r, 0)
-    else:
-        reveal = torch.zeros_like(anchors)
-    return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, lens=lens, anchors=anchors, reveal=reveal).items()}
-
-
-def _block_inputs(head: DraftHead, model: Any, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> x [Bt, A*B, H] inputs, pos [Bt, A*B], teacher index p [Bt, A, B], supervised [Bt, A, B] bool,
-    target token at each slot's depth [Bt, A, B]."""
-    c = head.config
-    ids, lens, anchors, reveal = b["ids"], b["lens"], b["anchors"], b["reveal"]
-    bt, a = anchors.shape
-    d = torch.arange(c.block_size, device=ids.device)
-    pos = anchors[:, :, None] + d  # [Bt, A, B]
-    last = (lens - 1)[:, None, None]
-    tok = ids.gather(1, pos.clamp(max=last).view(bt, -1)).view(bt, a, -1)  # [Bt, A, B] token at slot position
-    x = model.get_input_embeddings()(tok).to(head.fuse.weight.dtype)  # [Bt, A, B, H]
-    if c.uses_mask_slots:
-        is_token = (d == 0) | (d <= reveal[:, :, None])  # anchor + revealed prefix
-        x = torch.where(is_token[..., None], x, head.mask_embedding.to(x.dtype))
-        p = pos - 1  # slot d predicts the token at a + d: teacher at a + d - 1
-        supervised = ~is_token & (p <= last - 1)
-        depth_token = tok
-    else:
-        p = pos  # input j predicts the token at a + j + 1: teacher at a + j
-        supervised = p <= last - 1
-        depth_token = ids.gather(1, (pos + 1).clamp(max=last).view(bt, -1)).view(bt, a, -1)
-    return x.view(bt, a * c.block_size, -1), pos.view(bt, -1), p, supervised, depth_token
-
-
-def head_loss(head: DraftHead, model: Any, b: dict) -> tuple[torch.Tensor, dict]:
-    """Forward KL of the head's per-slot distributions from the teacher's, and chain statistics."""
-    c = head.config
-    ctx_hidden, final = teacher_forward(model, b["ids"], b["attn"], c.target_layers)  # [Bt,T,k,H], [Bt,T,H]
-    bt, t = b["ids"].shape
-    fused = head.fuse_context(ctx_hidden)  # [Bt, T, H]
-    context = head.context_kv(fused, torch.arange(t, device=fused.device).expand(bt, t))
-    x, pos, p, supervised, depth_token = _block_inputs(head, model, b)
-    mask = block_mask(b["anchors"], c.block_size, t, c.causal)  # [Bt, A*B, T + A*B]
-    h = head(x, pos, context, mask).view(*p.shape, -1)  # [Bt, A, B, H]
-    lm_head = model.get_output_embeddings()
-    log_q = torch.log_softmax(lm_head(h[supervised]).float(), dim=-1)  # [S, V]
-    with torch.no_grad():
-        teacher_h = final.gather(1, p.clamp(0, t - 1).view(bt, -1, 1).expand(-1, -1, final.shape[-1]))
-        log_p = torch.log_softmax(lm_head(teacher_h.view(*p.shape, -1)[supervised]).float(), dim=-1)  # [S, V]
-    loss = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-    with torch.no_grad():  # chain acceptance: leading depths whose rank-1 draft is the answer's token
-        hit = torch.zeros_like(supervised)
-        hit[supervised] = log_q.argmax(-1) == depth_token[supervised]
-        if c.uses_mask_slots:
-            hit = hit[:, :, 1:]  # depths 1 .. B-1 (slot 0 is the anchor)
-        sup = supervised[:, :, 1:] if c.uses_mask_slots else supervised  # [Bt, A, D] as hit
-        chain = hit.long().cumprod(-1)  # [Bt, A, D]: the rank-1 chain reaches depth d
-        accepted = chain.sum(-1).float()  # [Bt, A]
-        by_depth = {"acc_by_depth": (hit.sum((0, 1)) / sup.sum((0, 1)).clamp(min=1)).tolist(),  # rank-1 right given the true prefix
-                    "reach_by_depth": chain.float().mean((0, 1)).tolist()}  # fmt: skip
-    return loss, {"tau_chain": 1.0 + accepted.mean().item(), "slots": int(supervised.sum()), **by_depth}
-
-
-# ------------------------------------------------------------------------------------ loop
 def _lr(cfg: TrainConfig, progress: float) -> float:
     """Linear warmup, then cosine decay to 10% of the peak; progress in [0, 1]."""
     warm = min(1.0, progress / cfg.warmup) if cfg.warmup > 0 else 1.0
@@ -230,7 +126,8 @@ def evaluate(head: DraftHead, model: Any, data: TokenData, rows: list[int], cfg:
     losses, taus, acc, reach = [], [], [], []
     for i in range(0, len(rows), cfg.batch_size):
         with _autocast(device):
-            loss, stats = head_loss(head, model, _batch(data, rows[i : i + cfg.batch_size], plain, g, pad_id, device))
+            loss, stats = head_loss(head, model, make_batch(data, rows[i : i + cfg.batch_size], plain, g, pad_id, device),
+                                    cfg.loss, cfg.gamma)
         losses.append(loss.item())
         taus.append(stats["tau_chain"])
         acc.append(stats["acc_by_depth"])
@@ -285,9 +182,12 @@ def train(
     config = HeadConfig.for_target(
         cfg.kind, identity["hidden_size"], identity["num_kv_heads"], identity["head_dim"], identity["num_target_layers"],
         layers=cfg.layers, target_layers=cfg.target_layers, block_size=cfg.block_size,
-        target_name=identity["target_name"], target_fingerprint=identity["target_fingerprint"],
+        intermediate_size=cfg.intermediate_size, target_name=identity["target_name"], target_fingerprint=identity["target_fingerprint"],
         vocab_size=identity["vocab_size"],
     )  # fmt: skip
+    if cfg.target_layers and not all(0 <= layer < identity["num_target_layers"] for layer in cfg.target_layers):
+        raise InputError(f"target-layers {list(cfg.target_layers)} must lie in [0, {identity['num_target_layers']}): "
+                         f"the target has {identity['num_target_layers']} layers")
     head = DraftHead(config).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
@@ -359,14 +259,14 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress,
                mininterval=0.5 if tty else 30)  # fmt: skip
     last = min(cfg.steps or math.inf, until or math.inf)
-    while step < last and not out_of_time():
+    while step < last and (step == first_step or not out_of_time()):  # a call always advances the run
         frac = max(step / cfg.steps if cfg.steps else 0.0, elapsed / limit if limit and not cfg.steps else 0.0)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, frac)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         rows = rows_for_step(train_rows, cfg.batch_size, cfg.seed, step)
         with _autocast(device):
-            loss, stats = head_loss(head, model, _batch(data, rows, cfg, g, pad_id, device))
+            loss, stats = head_loss(head, model, make_batch(data, rows, cfg, g, pad_id, device), cfg.loss, cfg.gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -460,82 +360,3 @@ def train_head(
                             max_new_tokens=max_new_tokens, max_prompts=max_prompts)  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume, progress=progress)
-
-
-RUN_FILE = "run.json"  # a run's settings, written by its first call, read by `--resume DIR`
-CALL_OPTIONS = ("minutes", "steps", "eval_every", "device", "no_progress")  # what a resumed call may change
-PER_CALL = ("resume", "minutes", "device", "no_progress")  # not part of a run's settings
-
-
-def _parser(formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
-    d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="jetspec train-head", description=train_head.__doc__, formatter_class=formatter_class,
-                                 epilog="An accumulating run: the first call names the target, the data and the settings "
-                                        "(--out DIR); every later call is `jetspec train-head --resume DIR --minutes M`, "
-                                        "which continues from the weights, optimizer, data cursor and RNG saved in DIR "
-                                        f"(it may change only {', '.join('--' + o.replace('_', '-') for o in CALL_OPTIONS)}).")  # fmt: skip
-    ap.add_argument("--target", help="Hugging Face folder (or .gguf file) of the frozen target; 'default': the embedded SmolLM2")
-    ap.add_argument("--corpus", default=None, help="a corpus folder made by `jetspec make-corpus`")
-    ap.add_argument("--prompts", default=None, help="training prompts, .jsonl(.gz), answered by the target first (instead of --corpus)")
-    ap.add_argument("--out", default=None, help="output folder (checkpoint, training state, log, curves)")
-    ap.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR with its own settings")
-    ap.add_argument("--kind", default=d.kind, choices=["causal", "dflash", "eagle"], help="which head to train")
-    ap.add_argument("--steps", type=int, default=d.steps, help="the run's total optimizer steps (the schedule's horizon)")
-    ap.add_argument("--minutes", type=float, default=None, help="this call's time budget; it saves and stops (default: none)")
-    ap.add_argument("--data", default=None, help="with --prompts: answers file to reuse/create (default: OUT/answers.safetensors)")
-    ap.add_argument("--layers", type=int, default=d.layers, help="head decoder layers")
-    ap.add_argument("--block-size", type=int, default=d.block_size, help="inputs per block, the draft depth trained")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step")
-    ap.add_argument("--anchors", type=int, default=d.anchors, help="blocks per sequence")
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    ap.add_argument("--max-len", type=int, default=d.max_len, help="tokens per training sequence (longer rows are cut)")
-    ap.add_argument("--eval-rows", type=int, default=d.eval_rows, help="held-out rows validated")
-    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (0: start and end of a call)")
-    ap.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints (and at every stop)")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="with --prompts: length of each self-distilled answer")
-    ap.add_argument("--max-prompts", type=int, default=None, help="with --prompts: use at most this many prompts (default: all)")
-    ap.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return ap
-
-
-def main(argv: list[str] | None = None, formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
-    """`jetspec train-head`; the CLI passes its help formatter (which shows the defaults)."""
-    ap = _parser(formatter_class)
-    a = vars(ap.parse_args(argv))
-    if a["resume"]:
-        run_file = Path(a["resume"]) / RUN_FILE
-        if not run_file.is_file():
-            raise InputError(f"--resume {a['resume']}: no {RUN_FILE} there; start a run with --out DIR (and --target, --corpus or --prompts)")
-        saved = json.loads(run_file.read_text())
-        for key, value in a.items():
-            if key not in CALL_OPTIONS + ("resume",) and value != ap.get_default(key) and value != saved.get(key):
-                raise InputError(f"--resume continues {a['resume']} with its own settings: --{key.replace('_', '-')} cannot change "
-                                 f"(it is {saved.get(key)!r}); a call may change {', '.join('--' + o.replace('_', '-') for o in CALL_OPTIONS)}")  # fmt: skip
-        a = {**saved, **{k: a[k] for k in CALL_OPTIONS if a[k] != ap.get_default(k)}, "out": a["resume"]}
-    else:
-        missing = [f"--{k}" for k in ("target", "out") if not a[k]]
-        if missing or bool(a["corpus"]) == bool(a["prompts"]):
-            raise InputError(f"train-head needs {' and '.join(missing) or 'its data'}{' and' if missing else ':'} exactly one of --corpus DIR "
-                             "or --prompts FILE (or --resume DIR to continue a run)")  # fmt: skip
-        if a["target"] == "default":
-            from ...targets.default_model import default_model_path
-
-            a["target"] = str(default_model_path())
-        Path(a["out"]).mkdir(parents=True, exist_ok=True)
-        if not (Path(a["out"]) / RUN_FILE).is_file():
-            (Path(a["out"]) / RUN_FILE).write_text(json.dumps({k: v for k, v in a.items() if k not in PER_CALL}, indent=1) + "\n")
-    summary = train_head(
-        a["target"], a["prompts"], a["out"], a["kind"], a["steps"], corpus=a["corpus"], data_path=a["data"],
-        max_new_tokens=a["max_new_tokens"], max_prompts=a["max_prompts"], device=a.get("device"), progress=not a.get("no_progress"),
-        minutes=a.get("minutes"), layers=a["layers"], block_size=a["block_size"], batch_size=a["batch_size"],
-        anchors=a["anchors"], lr=a["lr"], seed=a["seed"], max_len=a["max_len"], eval_rows=a["eval_rows"],
-        eval_every=a.get("eval_every") or 0, save_every=a["save_every"],
-    )  # fmt: skip
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

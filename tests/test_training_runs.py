@@ -169,3 +169,17 @@ def test_target_layers_past_the_target_are_refused_before_training(setup, tmp_pa
     _, model, identity, corpus = setup
     with pytest.raises(InputError, match="target-layers"):
         train(model, load_corpus(corpus), tmp_path, TrainConfig(steps=1, target_layers=(0, 99), **SMALL), identity, progress=False)
+
+
+def test_validation_measures_every_recipe_with_the_same_unweighted_kl(setup, tmp_path):
+    from jetspec.drafters.head import load_head as load
+    from jetspec.drafters.head.train import evaluate
+
+    _, model, identity, corpus = setup
+    data = load_corpus(corpus)
+    train(model, data, tmp_path, TrainConfig(steps=2, **SMALL), identity, progress=False)
+    head = load(tmp_path)
+    rows = split_rows(data, 1024, 4)[1]
+    kl = evaluate(head, model, data, rows, TrainConfig(steps=1, **SMALL), 0)
+    other = evaluate(head, model, data, rows, TrainConfig(steps=1, loss="ce", gamma=3.0, **SMALL), 0)
+    assert kl == other  # the training loss does not change the yardstick

@@ -117,7 +117,8 @@ def _lr(cfg: TrainConfig, progress: float) -> float:
 
 @torch.no_grad()
 def evaluate(head: DraftHead, model: Any, data: TokenData, rows: list[int], cfg: TrainConfig, pad_id: int) -> dict:
-    """Held-out loss and chain tau with fixed anchors and no reveal (same for every head kind)."""
+    """Held-out forward KL (unweighted, whatever the training loss: one yardstick for every recipe)
+    and chain tau, with fixed anchors and no reveal (same for every head kind)."""
     if not rows:
         return {}
     device = next(model.parameters()).device
@@ -126,8 +127,7 @@ def evaluate(head: DraftHead, model: Any, data: TokenData, rows: list[int], cfg:
     losses, taus, acc, reach = [], [], [], []
     for i in range(0, len(rows), cfg.batch_size):
         with _autocast(device):
-            loss, stats = head_loss(head, model, make_batch(data, rows[i : i + cfg.batch_size], plain, g, pad_id, device),
-                                    cfg.loss, cfg.gamma)
+            loss, stats = head_loss(head, model, make_batch(data, rows[i : i + cfg.batch_size], plain, g, pad_id, device))
         losses.append(loss.item())
         taus.append(stats["tau_chain"])
         acc.append(stats["acc_by_depth"])

@@ -1,0 +1,179 @@
+"""The head recipe ablation (issue 17, part 3): every variant of a config trained on one corpus,
+accumulating across calls (the GPU is lent for minutes at a time), then compared on one yardstick.
+
+    python bench/head_ablation.py train --config bench/configs/head_ablation.toml --root DIR \
+        --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME]
+    python bench/head_ablation.py table --config bench/configs/head_ablation.toml --root DIR [--out FILE.jsonl]
+    python bench/head_ablation.py tau-config --config bench/configs/head_ablation.toml --root DIR --out FILE.toml
+
+train       each variant gets M minutes of this call, in config order: its first call starts the run
+            (`jetspec train-head --out ROOT/NAME` with [base] and the variant's options), later ones
+            resume it (`--resume ROOT/NAME`: weights, optimizer, data cursor, RNG).
+table       one row per variant from ROOT/NAME/log.jsonl: steps, minutes of training, and the last
+            validation — held-out forward KL (unweighted whatever the loss: `train.evaluate`), chain τ,
+            rank-1 accuracy by depth; a markdown table, and rows appended to --out with command,
+            machine and date.
+tau-config  a `jetspec bench` replay config (τ at budgets 16/64/256 on the four prompt sets) with one
+            pipeline per trained variant, the drafter its kind names (the causal head alone:
+            `jetspec` with `lookup = false`).
+
+A config holds `[base]` (train-head options, snake_case) and `[[variants]]` (a `name` and the
+options it changes)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from jetspec.core.errors import InputError
+from jetspec.drafters.head.train_cli import main as train_head
+
+CALL_ONLY = ("minutes",)  # options of a call, not of a run
+
+
+def load_config(path: str | Path) -> tuple[dict, list[dict]]:
+    """-> (base options, variants): each variant a dict with `name` and its option changes."""
+    data = tomllib.loads(Path(path).read_text())
+    base, variants = dict(data.get("base", {})), [dict(v) for v in data.get("variants", [])]
+    names = [v.get("name") for v in variants]
+    if not variants or not all(isinstance(n, str) and n.replace("-", "").replace("_", "").isalnum() for n in names):
+        raise InputError(f"{path}: needs [[variants]], each with a name of letters, digits, - and _ (got {names})")
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: variant names must be distinct (got {names})")
+    return base, variants
+
+
+def flags(options: dict) -> list[str]:
+    """train-head flags of `options` (lists: comma-joined)."""
+    out = []
+    for key, value in options.items():
+        if key == "name":
+            continue
+        out += [f"--{key.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return out
+
+
+def train(config: str, root: Path, target: str, corpus: str, minutes: float, only: list[str] | None = None) -> None:
+    base, variants = load_config(config)
+    for v in variants:
+        if only and v["name"] not in only:
+            continue
+        run = root / v["name"]
+        if (run / "run.json").is_file():
+            argv = ["--resume", str(run)]
+        else:
+            argv = ["--target", target, "--corpus", corpus, "--out", str(run), *flags({**base, **v})]
+        print(f"head_ablation: {v['name']}: {minutes} min", file=sys.stderr, flush=True)
+        train_head([*argv, "--minutes", str(minutes), "--no-progress"])
+
+
+def variant_row(root: Path, variant: dict, base: dict) -> dict:
+    """The variant's settings, training so far and last validation (from ROOT/NAME/log.jsonl)."""
+    log = root / variant["name"] / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    evals = [r for r in rows if "eval" in r]
+    calls = [r for r in rows if "run" in r]
+    last = evals[-1] if evals else {"step": 0, "eval": {}}
+    return {"kind": "head_ablation", "variant": variant["name"],
+            "settings": {k: v for k, v in {**base, **variant}.items() if k != "name"},
+            "steps": calls[-1]["steps_total"] if calls else 0, "minutes": calls[-1]["minutes_total"] if calls else 0.0,
+            "eval_step": last["step"], **{k: last["eval"].get(k) for k in ("eval_kl", "eval_tau_chain", "eval_acc_by_depth")}}  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| variant | changes | steps | minutes | held-out KL | chain τ | acc@1 | acc@2 | acc@4 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        acc = r["eval_acc_by_depth"] or []
+        at = lambda d: f"{acc[d - 1]:.3f}" if len(acc) >= d else "–"  # noqa: E731
+        kl = f"{r['eval_kl']:.3f}" if r["eval_kl"] is not None else "–"
+        tau = f"{r['eval_tau_chain']:.2f}" if r["eval_tau_chain"] is not None else "–"
+        lines.append(f"| {r['variant']} | {r.get('changes', '')} | {r['steps']} | {r['minutes']:.1f} | {kl} | {tau} | "
+                     f"{at(1)} | {at(2)} | {at(4)} |")
+    return "\n".join(lines)
+
+
+def table(config: str, root: Path, out: str | None) -> list[dict]:
+    base, variants = load_config(config)
+    rows = [variant_row(root, v, base) | {"changes": ", ".join(f"{k}={v[k]}" for k in v if k != "name") or "(base)"}
+            for v in variants]  # fmt: skip
+    print(markdown(rows))
+    if out:
+        stamp = {"machine": _machine(), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                 "command": " ".join(["python", *sys.argv])}
+        with Path(out).open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r | stamp) + "\n")
+    return rows
+
+
+def tau_config(config: str, root: Path, out: str, count: int = 50) -> str:
+    """A replay config over the trained variants (those with a head.json)."""
+    _, variants = load_config(config)
+    lines = [f"# τ by replay of the head ablation's variants ({config}, heads in {root}); written by bench/head_ablation.py",
+             'name = "head_ablation_tau"', "replay = true", 'target = { name = "decoder", dtype = "float32", device = "cuda" }',
+             'datasets = ["math500", "gsm8k", "humaneval", "spec_bench/mt_bench"]', f"count = {count}", "seed = 0",
+             "max_new_tokens = 256", "warmup_tokens = 8", ""]  # fmt: skip
+    for v in variants:
+        head = root / v["name"]
+        if not (head / "head.json").is_file():
+            continue
+        kind = json.loads((head / "head.json").read_text())["kind"]
+        drafter = (f'{{ name = "jetspec", checkpoint = "{head}", lookup = false }}' if kind == "causal"
+                   else f'{{ name = "{kind}", checkpoint = "{head}" }}')
+        lines += ["[[pipelines]]", f'name = "ablation-{v["name"]}"', f"drafter = {drafter}", "budgets = [16, 64, 256]", ""]
+    text = "\n".join(lines)
+    Path(out).write_text(text)
+    return text
+
+
+def _machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["train", "table", "tau-config"])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--root", required=True, help="one run folder per variant inside")
+    ap.add_argument("--target", help="train: the frozen target (HF folder or .gguf)")
+    ap.add_argument("--corpus", help="train: a corpus made by `jetspec make-corpus`")
+    ap.add_argument("--minutes", type=float, default=1.0, help="train: minutes per variant in this call")
+    ap.add_argument("--only", default=None, help="train: comma-separated variant names")
+    ap.add_argument("--out", default=None, help="table: rows appended here (.jsonl); tau-config: the .toml written")
+    a = ap.parse_args(argv)
+    root = Path(a.root)
+    try:
+        if a.what == "train":
+            if not (a.target and a.corpus):
+                raise InputError("train needs --target and --corpus")
+            start = time.monotonic()
+            train(a.config, root, a.target, a.corpus, a.minutes, a.only.split(",") if a.only else None)
+            print(f"head_ablation: trained for {(time.monotonic() - start) / 60:.1f} min", file=sys.stderr)
+        elif a.what == "table":
+            table(a.config, root, a.out)
+        else:
+            if not a.out:
+                raise InputError("tau-config needs --out FILE.toml")
+            tau_config(a.config, root, a.out)
+    except InputError as e:
+        print(f"head_ablation: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""bench/head_ablation.py: the head recipe ablation of issue 17 — every variant of a config trained
+on one corpus, each call resuming every variant's run, then one table on one yardstick and a τ
+replay config over the trained heads (a tiny random chat model on the CPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from head_fixtures import save_tiny_chat_model, write_tiny_eval_sets
+from jetspec.bench.config import BenchConfig
+from jetspec.drafters.head.contamination import EvalOverlap
+from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
+from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
+
+_spec = importlib.util.spec_from_file_location("head_ablation", Path(__file__).parents[1] / "bench" / "head_ablation.py")
+ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
+
+CONFIG = """
+[base]
+kind = "causal"
+steps = 6
+layers = 1
+block_size = 4
+anchors = 2
+batch_size = 4
+eval_rows = 2
+save_every = 100
+
+[[variants]]
+name = "base"
+
+[[variants]]
+name = "ce-gamma"
+loss = "ce"
+gamma = 3.0
+
+[[variants]]
+name = "eagle"
+kind = "eagle"
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation")
+    folder = save_tiny_chat_model(root / "tiny-chat")
+    model, tokenizer = load_hf_target(folder, "cpu", torch.float32)
+    prompts = [f"Ann has {i} apples and buys {i + 4} more; how many now?" for i in range(40)]
+    cfg = CorpusConfig(rows=60, chunk_size=32, batch_size=32, max_question_tokens=8, max_answer_tokens=10, gsm8k_share=0.9)
+    make_corpus(model, tokenizer, root / "corpus", cfg, hf_identity(model, folder.name), prompts,
+                EvalOverlap(write_tiny_eval_sets(root / "eval")), progress=False)
+    (root / "ablation.toml").write_text(CONFIG)
+    return root, folder
+
+
+def test_each_call_trains_every_variant_and_the_next_resumes_them(setup, capsys):
+    root, folder = setup
+    runs = root / "runs"
+    for _ in range(2):
+        assert ablation.main(["train", "--config", str(root / "ablation.toml"), "--root", str(runs), "--target", str(folder),
+                              "--corpus", str(root / "corpus"), "--minutes", "0.001"]) == 0
+    for name in ("base", "ce-gamma", "eagle"):
+        calls = [json.loads(line)["run"] for line in (runs / name / "log.jsonl").read_text().splitlines() if '"run"' in line]
+        assert [c["run"] for c in calls] == [1, 2] and calls[1]["from_step"] == calls[0]["to_step"] > 0
+    settings = json.loads((runs / "ce-gamma" / "head.json").read_text())["extra"]["training"]["config"]
+    assert settings["loss"] == "ce" and settings["gamma"] == 3.0 and settings["layers"] == 1
+    assert json.loads((runs / "eagle" / "head.json").read_text())["kind"] == "eagle"
+    capsys.readouterr()
+
+    out = root / "rows.jsonl"
+    rows = ablation.table(str(root / "ablation.toml"), runs, str(out))
+    assert [r["variant"] for r in rows] == ["base", "ce-gamma", "eagle"]
+    assert all(r["steps"] >= 2 and r["eval_kl"] is not None and r["eval_tau_chain"] >= 1.0 for r in rows)
+    assert rows[1]["changes"] == "loss=ce, gamma=3.0" and rows[0]["changes"] == "(base)"
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == 3 and all("machine" in r and "date" in r and "command" in r for r in written)
+    assert "| ce-gamma | loss=ce, gamma=3.0 |" in capsys.readouterr().out
+
+    toml = root / "tau.toml"
+    ablation.tau_config(str(root / "ablation.toml"), runs, str(toml))
+    bench = BenchConfig.load(toml)  # a valid bench config
+    assert [p.name for p in bench.pipelines] == ["ablation-base", "ablation-ce-gamma", "ablation-eagle"]
+    assert bench.replay and bench.pipelines[2].drafter.name == "eagle"
+    assert bench.pipelines[0].drafter.options == {"checkpoint": str(runs / "base"), "lookup": False}
+
+
+def test_a_config_without_named_distinct_variants_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('[base]\nlayers = 1\n[[variants]]\nname = "a"\n[[variants]]\nname = "a"\n')
+    assert ablation.main(["table", "--config", str(tmp_path / "bad.toml"), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "distinct" in err and "\n" not in err

@@ -1,10 +1,10 @@
 """The head recipe ablation (issue 17, part 3): every variant of a config trained on one corpus,
 accumulating across calls (the GPU is lent for minutes at a time), then compared on one yardstick.
 
-    python bench/head_ablation.py train --config bench/configs/head_ablation.toml --root DIR \
+    python bench/head_ablation.py train --config bench/head_ablation.toml --root DIR \
         --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME]
-    python bench/head_ablation.py table --config bench/configs/head_ablation.toml --root DIR [--out FILE.jsonl]
-    python bench/head_ablation.py tau-config --config bench/configs/head_ablation.toml --root DIR --out FILE.toml
+    python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [--out FILE.jsonl]
+    python bench/head_ablation.py tau-config --config bench/head_ablation.toml --root DIR --out FILE.toml
 
 train       each variant gets M minutes of this call, in config order: its first call starts the run
             (`jetspec train-head --out ROOT/NAME` with [base] and the variant's options), later ones
@@ -17,7 +17,7 @@ tau-config  a `jetspec bench` replay config (τ at budgets 16/64/256 on the four
             pipeline per trained variant, the drafter its kind names (the causal head alone:
             `jetspec` with `lookup = false`).
 
-A config holds `[base]` (train-head options, snake_case) and `[[variants]]` (a `name` and the
+The config (not a `jetspec bench` config) holds `[base]` (train-head options, snake_case) and `[[variants]]` (a `name` and the
 options it changes)."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@
 #                  later calls `--resume` it; HEAD_MINUTES (8) per call; the head goes to /tmp/keep/heads/KIND
 #                  (what tau / bench use) unless HEAD_INSTALL=0 -> $OUT: head.safetensors, curves.png,
 #                  train_head.tar (head.json, log.jsonl, run.json); HEAD_RESUME_ARGS: e.g. "--steps 40000"
-# ablation         bench/head_ablation.py: every variant of bench/configs/head_ablation.toml on /tmp/keep/corpus,
+# ablation         bench/head_ablation.py: every variant of bench/head_ablation.toml on /tmp/keep/corpus,
 #                  ABLATION_MINUTES (1) each per call, runs accumulating in /tmp/keep/ablation (ABLATION_ONLY: names)
 #                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves)
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
@@ -170,11 +170,11 @@ for step in "$@"; do
       tar -C $R -cf $OUT/train_head.tar $(cd $R && ls head.json log.jsonl run.json 2>/dev/null) ;;
     ablation)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct; A=/tmp/keep/ablation
-      timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train --config bench/configs/head_ablation.toml --root $A \
+      timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train --config bench/head_ablation.toml --root $A \
         --target $M --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY} 2>&1 \
         | grep -v Warning | grep -E "head_ablation|Error|error" | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      python3 bench/head_ablation.py table --config bench/configs/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl
+      python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl
       tar -C $A -cf $OUT/head_ablation.tar $(cd $A && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null) ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

@@ -17,8 +17,8 @@ tau-config  a `jetspec bench` replay config (τ at budgets 16/64/256 on the four
             pipeline per trained variant, the drafter its kind names (the causal head alone:
             `jetspec` with `lookup = false`).
 
-The config (not a `jetspec bench` config) holds `[base]` (train-head options, snake_case) and `[[variants]]` (a `name` and the
-options it changes)."""
+The config (not a `jetspec bench` config) holds `[base]` (train-head options, snake_case) and
+`[[variants]]` (a `name` and the options it changes)."""
 
 from __future__ import annotations
 

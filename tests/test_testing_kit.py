@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from jetspec import Implementation
 from jetspec.caches.dense import DenseKVCache
 from jetspec.core.proposal import TokenTrie
+from jetspec.core.tree import DraftTree
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions
 from jetspec.kernels.reference import tree_attention
 from jetspec.scorers.best_first import BestFirstOptions, BestFirstScorer
@@ -97,6 +98,18 @@ class GreedyOverBudget(BestFirstScorer):
 def test_a_scorer_over_its_budget_fails():
     fails(check_scorer, Implementation("greedy-over", GreedyOverBudget, BestFirstOptions),
           match=r"^scorer 'greedy-over': tree: \d+ draft nodes exceed the budget of \d+", **FAST)
+
+
+class RootOnly(BestFirstScorer):
+    def build(self, proposal, root, budget):
+        return DraftTree.root_only(root)
+
+
+def test_a_scorer_that_always_returns_the_root_alone_fails():
+    """Lossless (it is plain decoding), so only the tree contract can catch it."""
+    fails(check_scorer, Implementation("root-only", RootOnly, BestFirstOptions),
+          match=r"^scorer 'root-only': tree: drafts nothing \(the root alone\) though the budget is \d+ and the "
+                r"proposal offers \d+ candidate\(s\) after the root", **FAST)
 
 
 class OffByOneBonus(GreedyVerifier):

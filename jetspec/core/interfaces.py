@@ -167,7 +167,9 @@ class TreeScorer(Protocol):
         `scores[i]` is node i's cumulative drafter log-prob, the sum of the `logp`s on the path
         from the root (`scores[0] == 0`): what the scorer ranked by, never read by the greedy
         verifier (losslessness does not depend on it). Budget 0 or an empty proposal: the root
-        alone, which is a plain decoding step."""
+        alone, which is a plain decoding step; otherwise at least one draft node (a scorer that
+        always returns the root alone is lossless but never faster than plain decoding, and the
+        conformance kit fails it)."""
         ...
 
 

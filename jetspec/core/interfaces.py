@@ -27,7 +27,9 @@ class DecodeState:
     """What has been committed so far for one sequence.
 
     `tokens[-1]` is the root of the next round: committed, but its K/V is not in the cache yet,
-    so `kv_len == len(tokens) - 1` between rounds.
+    so `kv_len == len(tokens) - 1` between rounds. Components read it and never change it: the
+    pipeline alone appends what a round commits (the `sampling` verifier reads its length to pick
+    the round's uniforms, so even a change undone later alters the output).
     """
 
     tokens: list[int]  # prompt + generated tokens

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
+from ..core.layer_math import apply_rope, rms_norm, rope_cos_sin, rope_frequencies
 
 FAMILIES = ("llama", "qwen3")
 EOS = 3  # every tiny model's EOS token: random weights emit it now and then
@@ -106,19 +107,16 @@ class TinyDecoder:
         self.out = w(vocab, H, scale=4.0)  # [V, H]; scale 4: logit gaps of order 1
         if exact:  # see `_forward_exact`
             self.out = fixed_point(self.out, 2.0)
-        inv = 1.0 / (10000 ** (torch.arange(0, self.d, 2, dtype=torch.float32) / self.d))
-        self._inv_freq = inv.to(device)  # [D/2]
+        self._inv_freq = rope_frequencies(self.d, 10000.0, reciprocal=True, device=device)  # [D/2]
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x [N, h, D]; rotate pairs (x1, x2) = (x[..., :D/2], x[..., D/2:]) by angle pos * inv_freq
-        ang = positions.to(x.device, torch.float32)[:, None] * self._inv_freq[None]  # [N, D/2]
-        cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # [N, 1, D/2]
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        """x [N, h, D] at positions [N] -> RoPE (theta 10000), in float32."""
+        cos, sin = rope_cos_sin(positions.to(x.device), self._inv_freq)  # [N, D]
+        return apply_rope(x, cos[:, None], sin[:, None], in_float32=False)
 
     @staticmethod
     def _norm(x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return rms_norm(x, None, 1e-6, scale_in_float32=False)  # fp32 in, fp32 out: both roundings agree
 
     # what draft heads share with their target (as the decoder and transformers targets offer)
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

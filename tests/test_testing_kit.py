@@ -164,3 +164,12 @@ def test_an_exception_inside_a_check_is_one_line_naming_the_component():
 
 def test_the_reference_components_pass_with_a_fresh_seed():
     check_kv_cache("dense", registry=REG, examples=5, seed=None, targets=("decoder",))
+
+
+def test_every_target_name_the_kit_takes_builds_a_target_and_tiny_target_points_decoder_elsewhere():
+    from jetspec.testing import any_tiny_target, tiny_target
+    from jetspec.testing.conformance import TARGETS
+
+    assert all(any_tiny_target(name, 0).info.vocab_size == 96 for name in TARGETS)
+    with pytest.raises(ValueError, match=r"^unknown tiny model family 'decoder'; .* is tiny_decoder\(seed\); any_tiny_target"):
+        tiny_target("decoder", 0)

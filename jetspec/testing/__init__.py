@@ -20,7 +20,7 @@ Needs `hypothesis` (`pip install 'jetspec[testing]'`).
 from .conformance import check_attention_backend, check_drafter, check_kv_cache, check_scorer, check_verifier
 from .kv_semantics import ReferenceKV
 from .lossless import assemble, plain_greedy
-from .models import EOS, FAMILIES, TinyDecoder, tiny_decoder, tiny_hf_model, tiny_target
+from .models import EOS, FAMILIES, TinyDecoder, any_tiny_target, tiny_decoder, tiny_hf_model, tiny_target
 from .oracle import OracleDrafter, OracleOptions
 from .strategies import depth_marginals, draft_trees, proposals, token_tries
 from .subject import ConformanceError
@@ -33,6 +33,7 @@ __all__ = [
     "OracleOptions",
     "ReferenceKV",
     "TinyDecoder",
+    "any_tiny_target",
     "assemble",
     "check_attention_backend",
     "check_drafter",

@@ -58,7 +58,8 @@ def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = VOCAB, laye
     elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
     else:
-        raise ValueError(f"unknown tiny model family '{family}'; known: llama, qwen2, qwen3")
+        raise ValueError(f"unknown tiny model family '{family}'; known: llama, qwen2, qwen3 (the kit's target 'decoder' "
+                         "is tiny_decoder(seed); any_tiny_target(name, seed) takes every name the kit's targets= takes)")
     return model.float().eval()
 
 

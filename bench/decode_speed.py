@@ -1,6 +1,6 @@
 """Decode speed of SmolLM2 on one GPU: our engine vs `transformers`, same prompts, same run.
 
-    python bench/decode_speed.py --target PATH [--prompts 8] [--new 256] --out bench/results/decode_speed.jsonl
+    python -m bench.decode_speed --target PATH [--prompts 8] [--new 256] --out bench/results/decode_speed.jsonl
 
 Variants (each on the same chat-templated prompts, greedy, bf16):
     hf-generate       transformers `generate()` (eager Python loop, its default SDPA attention)
@@ -27,11 +27,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import jetspec  # noqa: E402
-from jetspec.bench.datasets import prompts_dir, read_jsonl  # noqa: E402
+import jetspec
+from jetspec.bench.datasets import prompts_dir, read_jsonl
 
 SETS = (("math500.jsonl", "problem"), ("gsm8k_test.jsonl", "question"), ("humaneval.jsonl.gz", "prompt"))
 

@@ -1,6 +1,6 @@
 """Tree-attention kernels at Qwen3-8B shapes vs FlexAttention and SDPA, against the physical floor.
 
-    PYTHONPATH=$PWD python bench/kernel_bench.py [--out bench/results/kernels.jsonl]
+    python -m bench.kernel_bench [--out bench/results/kernels.jsonl]
 
 On one CUDA GPU: measures copy bandwidth and the bf16 matmul rate, then for each context
 (committed keys T) and tree size N (realistic best-first trees) times
@@ -32,14 +32,13 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache  # noqa: E402
 from jetspec.core.interfaces import AttentionMeta, TargetInfo  # noqa: E402
@@ -275,7 +274,7 @@ def main() -> None:
     stamp = dict(
         machine=f"{torch.cuda.get_device_name()} ({platform.node()})",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="PYTHONPATH=$PWD python " + " ".join(sys.argv),
+        command="python -m bench.kernel_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         torch=torch.__version__,
         triton=__import__("triton").__version__,
     )

@@ -1,9 +1,9 @@
 """Which kernels one decoder forward launches, how many per layer, and on CUDA what each costs.
 
-    PYTHONPATH=$PWD python bench/kernel_breakdown.py --model smollm2 --exact on off          # the H200
-    PYTHONPATH=$PWD python bench/kernel_breakdown.py --model qwen3-8b --exact on --nodes 1 64
-    PYTHONPATH=$PWD python bench/kernel_breakdown.py --model smollm2 --exact on --graphs    # replays
-    PYTHONPATH=$PWD python bench/kernel_breakdown.py --model tiny-llama --exact on off      # any machine
+    python -m bench.kernel_breakdown --model smollm2 --exact on off          # the H200
+    python -m bench.kernel_breakdown --model qwen3-8b --exact on --nodes 1 64
+    python -m bench.kernel_breakdown --model smollm2 --exact on --graphs    # replays
+    python -m bench.kernel_breakdown --model tiny-llama --exact on off      # any machine
 
 Builds our `DecoderTarget` with random weights of the named shape (`round_cost.random_target`:
 the kernels a forward launches do not depend on the weights' values), a paged cache (page 16) with
@@ -35,21 +35,17 @@ import collections
 import dataclasses
 import json
 import os
+import shlex
 import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
-from round_cost import QWEN3_8B, TINY, fill, new_cache, random_target  # noqa: E402
-from kernel_bench import best_first_tree  # noqa: E402
+from bench.kernel_bench import best_first_tree  # noqa: E402
+from bench.round_cost import QWEN3_8B, TINY, fill, new_cache, random_target  # noqa: E402
 
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig  # noqa: E402
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                            context=context, graphs=target.graphs is not None, steps=steps, kernels_per_layer=n_layer,
                            kernels_per_forward=n_fwd, kernel_ms=total_us / 1e3 if cuda else None, forward_ms=ms,
                            device=torch.cuda.get_device_name() if cuda else "cpu",
-                           command="PYTHONPATH=$PWD python " + " ".join(sys.argv),
+                           command="python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                            per_layer={k: dict(launches=n, us=us) for k, (n, us) in inside.items()},
                            outside={k: dict(launches=n, us=us) for k, (n, us) in outside.items()})
                 with open(args.out, "a") as f:

@@ -1,7 +1,7 @@
 """Round cost at Qwen3-8B shape: one tree verification vs one plain greedy step, in our engine.
 
-    PYTHONPATH=$PWD python bench/round_cost.py [--out bench/results/round_cost.jsonl]
-    PYTHONPATH=$PWD python bench/round_cost.py --tiny --out /tmp/rc.jsonl     # any machine, seconds
+    python -m bench.round_cost [--out bench/results/round_cost.jsonl]
+    python -m bench.round_cost --tiny --out /tmp/rc.jsonl     # any machine, seconds
 
 Builds our `DecoderTarget` from the Qwen3-8B config (36 layers, hidden 4096, 32 q / 8 kv heads,
 head dim 128, MLP 12288, vocab 151936, RoPE theta 1e6, q/k norm, untied head) with random bf16
@@ -56,15 +56,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from kernel_bench import best_first_tree  # noqa: E402
-
-from jetspec.core.interfaces import AttentionMeta, TargetInfo  # noqa: E402
-from jetspec.targets.decoder.config import DecoderConfig, RopeConfig  # noqa: E402
-from jetspec.targets.decoder.model import DecoderModel, DecoderTarget  # noqa: E402
+from bench.kernel_bench import best_first_tree
+from jetspec.core.interfaces import AttentionMeta, TargetInfo
+from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
+from jetspec.targets.decoder.model import DecoderModel, DecoderTarget
 
 TAUS = (2.0, 3.0, 4.0, 6.0)  # acceptance lengths for the ceiling columns
 
@@ -274,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dict(
         machine=f"{torch.cuda.get_device_name()} ({platform.node()})" if cuda else f"cpu {platform.processor() or platform.machine()} ({platform.node()})",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="PYTHONPATH=$PWD python " + " ".join(shlex.quote(a) for a in sys.argv),
+        command="python -m bench.round_cost " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         torch=torch.__version__,
         triton=getattr(__import__("triton"), "__version__", None) if cuda else None,
         model="tiny-random" if args.tiny else "qwen3-8b-random", dtype=str(dtype).removeprefix("torch."),

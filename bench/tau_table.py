@@ -1,6 +1,6 @@
 """The τ table of a replay run: one line per (dataset, drafter), τ at every budget, rank-1 faithfulness.
 
-    python bench/tau_table.py bench/results/smollm2_h200_tau.jsonl [--faith-budget 64]
+    python -m bench.tau_table bench/results/smollm2_h200_tau.jsonl [--faith-budget 64]
 
 Reads the `jetspec bench` results file: its summary rows give τ (new tokens ÷ rounds, pooled over
 the prompts) and `faithful` (share of sampled rounds whose rank-1 branch log-likelihood under the

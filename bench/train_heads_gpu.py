@@ -1,6 +1,6 @@
 """Train the three draft heads of one target in ONE call, within a time budget, and check them.
 
-    python bench/train_heads_gpu.py --target default --out /tmp/heads --export runs/heads --minutes 6.5
+    python -m bench.train_heads_gpu --target default --out /tmp/heads --export runs/heads --minutes 6.5
 
 1. self-distillation data: the target greedily answers the training prompts (chat template) for at
    most `--gen-fraction` of the budget; answers are saved to OUT/answers.safetensors and reused
@@ -35,8 +35,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent  # where the default prompt files are looked for
 
 import torch  # noqa: E402
 

@@ -13,9 +13,9 @@ from jetspec.testing.strategies import draft_trees
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jetspec"
-# the decoder's own RoPE / RMSNorm / kernels are being rewritten elsewhere (issue 21 leaves them);
-# GPU kernels apply the interval rule in registers and materialise no mask
-ELSEWHERE = ("jetspec/targets/decoder/", "jetspec/kernels/cute_", "jetspec/kernels/triton_")
+# GPU kernels apply the interval rule in registers and materialise no mask; the decoder's Triton
+# kernels (invariant/) mirror RMSNorm and RoPE in registers, rounding where core.layer_math rounds
+ELSEWHERE = ("jetspec/targets/decoder/invariant/", "jetspec/kernels/cute_", "jetspec/kernels/triton_")
 
 
 def sources():
@@ -33,6 +33,21 @@ def test_the_tree_mask_is_materialised_in_core_tree_only():
     interval_rule = re.compile(r"<=\s*i\s*\)\s*&\s*\(\s*i\s*<")  # (j <= i) & (i < j + size[j])
     assert [rel for rel, text in sources() if interval_rule.search(text)] == ["jetspec/core/tree.py"]
     assert definitions("tree_mask") == ["jetspec/core/tree.py"]
+
+
+def test_rmsnorm_and_rope_math_is_written_in_core_layer_math_only():
+    """The statistic rsqrt(mean(x^2) + eps), the RoPE frequencies theta^(2i/D) and rotate_half are
+    written once; the decoder, the draft heads and the kit's TinyDecoder call them."""
+    math = {
+        "rms statistic": re.compile(r"rsqrt\(\s*\w+\.pow\(2\)\.mean\("),
+        "rope frequencies": re.compile(r"\*\*\s*\(?-?\s*(torch\.arange|i2)"),
+        "rotate_half": re.compile(r"torch\.cat\(\[\s*-\s*\w+"),
+    }
+    for what, pattern in math.items():
+        homes = [rel for rel, text in sources() if pattern.search(text)]
+        assert homes == ["jetspec/core/layer_math.py"], (what, homes)
+    for name in ("rms_norm", "apply_rope", "rope_cos_sin", "rope_frequencies"):
+        assert definitions(name) == ["jetspec/core/layer_math.py"], name
 
 
 def test_first_difference_is_defined_once():

@@ -40,9 +40,9 @@ def test_the_names_the_guide_uses_from_jetspec_are_exported():
 
 def test_the_guide_quotes_the_very_line_each_pitfall_produces():
     """The pitfalls section shows what an author will see; a reworded report fails here."""
-    from test_registry import MisspelledPlugin, UnmarkedPlugin, WrongSignaturePlugin
+    from test_registry import MisspelledPlugin, OneImplementationPlugin, UnmarkedPlugin, WrongSignaturePlugin
 
-    for plugin in (MisspelledPlugin(), UnmarkedPlugin(), WrongSignaturePlugin()):
+    for plugin in (MisspelledPlugin(), UnmarkedPlugin(), WrongSignaturePlugin(), OneImplementationPlugin()):
         reg = Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=[("my-plugin", plugin)], entry_points=False)
         (problem,) = reg.problems
         assert f"\n  {problem}\n" in GUIDE, problem

@@ -74,6 +74,12 @@ class WrongSignaturePlugin:
         return [Implementation("wrong-signature", lambda o, t: None, NoOptions)]
 
 
+class OneImplementationPlugin:
+    @jetspec.hookimpl
+    def jetspec_drafters(self):  # the hook returns a list
+        return Implementation("lonely", lambda o, t: None, NoOptions)
+
+
 def make(*plugins):
     return Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=plugins, entry_points=False)
 
@@ -111,6 +117,8 @@ HOOKS = "jetspec_targets, jetspec_drafters, jetspec_tree_scorers, jetspec_verifi
     [
         (MisspelledPlugin(), f"plugin 'bad': 'jetspec_drafter' is not a jetspec hook (did you mean 'jetspec_drafters'?); hooks: {HOOKS}"),
         (UnmarkedPlugin(), "plugin 'bad': 'jetspec_drafters' lacks @jetspec.hookimpl, so it registers nothing"),
+        (OneImplementationPlugin(), "plugin 'bad': jetspec_drafters returned one Implementation; a hook returns a list of "
+                                    "jetspec.Implementation (return [Implementation(...)])"),
     ],
 )
 def test_pluggy_silent_pitfalls_are_one_line(plugin, expected):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from jetspec import Implementation
 from jetspec.caches.dense import DenseKVCache
 from jetspec.core.proposal import TokenTrie
+from jetspec.core.tree import DraftTree
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions
 from jetspec.kernels.reference import tree_attention
 from jetspec.scorers.best_first import BestFirstOptions, BestFirstScorer
@@ -99,6 +100,18 @@ def test_a_scorer_over_its_budget_fails():
           match=r"^scorer 'greedy-over': tree: \d+ draft nodes exceed the budget of \d+", **FAST)
 
 
+class RootOnly(BestFirstScorer):
+    def build(self, proposal, root, budget):
+        return DraftTree.root_only(root)
+
+
+def test_a_scorer_that_always_returns_the_root_alone_fails():
+    """Lossless (it is plain decoding), so only the tree contract can catch it."""
+    fails(check_scorer, Implementation("root-only", RootOnly, BestFirstOptions),
+          match=r"^scorer 'root-only': tree: drafts nothing \(the root alone\) though the budget is \d+ and the "
+                r"proposal offers \d+ candidate\(s\) after the root", **FAST)
+
+
 class OffByOneBonus(GreedyVerifier):
     def accept(self, tree, logits, state):
         acc = super().accept(tree, logits, state)
@@ -151,3 +164,12 @@ def test_an_exception_inside_a_check_is_one_line_naming_the_component():
 
 def test_the_reference_components_pass_with_a_fresh_seed():
     check_kv_cache("dense", registry=REG, examples=5, seed=None, targets=("decoder",))
+
+
+def test_every_target_name_the_kit_takes_builds_a_target_and_tiny_target_points_decoder_elsewhere():
+    from jetspec.testing import any_tiny_target, tiny_target
+    from jetspec.testing.conformance import TARGETS
+
+    assert all(any_tiny_target(name, 0).info.vocab_size == 96 for name in TARGETS)
+    with pytest.raises(ValueError, match=r"^unknown tiny model family 'decoder'; .* is tiny_decoder\(seed\); any_tiny_target"):
+        tiny_target("decoder", 0)

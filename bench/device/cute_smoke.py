@@ -1,18 +1,15 @@
 """A quick check before the long cute steps of h200.sh: every warpgroup schedule of the cute
 backend runs (no hang: the caller's `timeout`) and matches the fp32 reference on two problems.
-Exit status 1 on any failure."""
+Exit status 1 on any failure. From the repository root: python -m bench.device.cute_smoke"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from jetspec.kernels.cute_backend import CuteAttention, CuteAttentionOptions  # noqa: E402
-from tests.kernels.cases import build_problem, random_tree  # noqa: E402
+from jetspec.kernels.cute_backend import CuteAttention, CuteAttentionOptions
+from tests.kernels.cases import build_problem, random_tree
 
 failed = 0
 for nodes, prefix in ((40, 100), (256, 3000)):

@@ -1,10 +1,13 @@
 """Does the invariant linear kernel keep a row's bits when its row tile changes (BLOCK_M 16/32
 use mma.sync, 64/128 Hopper's wgmma) and with 4 or 8 warps? Prints one line per variant: the
 rows whose output differs from the BLOCK_M = 16, 4-warp launch of the same rows. The gate/up
-shape (N 24576) runs in the swiglu form (two accumulators) as the decoder runs it.
+shape (N 24576) runs in the swiglu form (two accumulators) as the decoder runs it. Exit status 1
+when any row differs (the exact decoder's claim would not hold on this GPU).
 
-    PYTHONPATH=$PWD python bench/device/invariance_probe.py
+    python -m bench.device.invariance_probe
 """
+
+import sys
 
 import torch
 import triton
@@ -29,15 +32,20 @@ def run(x, w, out_dtype, block_m, warps):
 
 
 torch.manual_seed(0)
+differing = 0
 for k, n, out in ((4096, 6144, torch.bfloat16), (4096, 4096, torch.bfloat16), (12288, 4096, torch.bfloat16),
                   (4096, 24576, torch.bfloat16), (4096, 32768, torch.float32), (576, 1536, torch.bfloat16)):
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
     x = torch.randn(256, k, device="cuda", dtype=torch.bfloat16)
     ref = run(x, w, out, 16, 4)
     one = torch.stack([run(x[i:i + 1], w, out, 16, 4)[0] for i in range(0, 256, 37)])
-    print(f"K{k} N{n} {out}: rows of M=1 launches == M=256 launch: {torch.equal(one, ref[0:256:37])}")
+    same = torch.equal(one, ref[0:256:37])
+    differing += not same
+    print(f"K{k} N{n} {out}: rows of M=1 launches == M=256 launch: {same}")
     for bm, warps in ((32, 4), (64, 4), (128, 4), (64, 8), (128, 8), (16, 8)):
         for m in (1, 64, 256):
             y = run(x[:m].contiguous(), w, out, bm, warps)
             bad = (y != ref[:m]).any(dim=1).sum().item()
+            differing += bad
             print(f"  BLOCK_M {bm:>3} warps {warps} M {m:>3}: {bad} of {m} rows differ")
+sys.exit(1 if differing else 0)

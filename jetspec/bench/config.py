@@ -24,11 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..core.config import Component, GenerationConfig, PipelineConfig, read_config_file
-from ..core.errors import ConfigError
-from ..core.registry import format_validation_error
+from ..core.config import Component, GenerationConfig, PipelineConfig, read_config_file, validate_config
 
 PEERS = ("generate", "prompt_lookup", "assisted")
 PIPELINE_KINDS = ("drafter", "scorer", "verifier", "kv_cache", "attention")
@@ -148,10 +146,7 @@ class BenchConfig(BaseModel):
 
     @staticmethod
     def parse(data: dict[str, Any]) -> "BenchConfig":
-        try:
-            return BenchConfig.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(f"bench config: {format_validation_error(e)}; fields: {', '.join(BenchConfig.model_fields)}") from None
+        return validate_config(BenchConfig, data, "bench config")
 
     @staticmethod
     def load(path: str | Path) -> "BenchConfig":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
@@ -84,10 +84,7 @@ class PipelineConfig(BaseModel):
     # ------------------------------------------------------------------ loading
     @staticmethod
     def parse(data: dict[str, Any]) -> "PipelineConfig":
-        try:
-            return PipelineConfig.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(f"config: {format_validation_error(e)}; top-level fields: {', '.join(PipelineConfig.model_fields)}") from None
+        return validate_config(PipelineConfig, data, "config", "top-level fields")
 
     @staticmethod
     def load(path: str | Path) -> "PipelineConfig":
@@ -120,6 +117,18 @@ def device_policy(target: Component) -> tuple[str, str] | None:
     if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
         return "triton", "paged"
     return None
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_config(model: type[Model], data: dict[str, Any], label: str, fields: str = "fields") -> Model:
+    """`model.model_validate(data)`; a ValidationError becomes a one-line ConfigError:
+    `<label>: <what is wrong>; <fields>: <the model's fields>`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{label}: {format_validation_error(e)}; {fields}: {', '.join(model.model_fields)}") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

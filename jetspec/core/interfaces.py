@@ -27,7 +27,9 @@ class DecodeState:
     """What has been committed so far for one sequence.
 
     `tokens[-1]` is the root of the next round: committed, but its K/V is not in the cache yet,
-    so `kv_len == len(tokens) - 1` between rounds.
+    so `kv_len == len(tokens) - 1` between rounds. Components read it and never change it: the
+    pipeline alone appends what a round commits (the `sampling` verifier reads its length to pick
+    the round's uniforms, so even a change undone later alters the output).
     """
 
     tokens: list[int]  # prompt + generated tokens
@@ -167,7 +169,9 @@ class TreeScorer(Protocol):
         `scores[i]` is node i's cumulative drafter log-prob, the sum of the `logp`s on the path
         from the root (`scores[0] == 0`): what the scorer ranked by, never read by the greedy
         verifier (losslessness does not depend on it). Budget 0 or an empty proposal: the root
-        alone, which is a plain decoding step."""
+        alone, which is a plain decoding step; otherwise at least one draft node (a scorer that
+        always returns the root alone is lossless but never faster than plain decoding, and the
+        conformance kit fails it)."""
         ...
 
 

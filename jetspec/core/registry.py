@@ -21,6 +21,7 @@ import importlib
 import json
 import math
 import os
+from collections import abc
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable, Iterable
@@ -102,9 +103,15 @@ class Registry:
                 if impl.plugin is not plugin:
                     continue
                 try:
-                    items = list(impl.function() or [])
+                    returned = impl.function()
+                    items = _hook_items(returned)
                 except (Exception, SystemExit) as e:
                     self.problems.append(f"plugin '{name}' raised in {hook_name}: {_one_line(e)}")
+                    continue
+                if items is None:
+                    what = "one Implementation" if isinstance(returned, Implementation) else type(returned).__name__
+                    self.problems.append(f"plugin '{name}': {hook_name} returned {what}; a hook returns a list of "
+                                         "jetspec.Implementation (return [Implementation(...)])")
                     continue
                 for item in items:
                     self._add(kind, name, item)
@@ -215,6 +222,14 @@ def format_validation_error(e: Any) -> str:
             msg = f"{msg}, got {err['input']!r}"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def _hook_items(returned: Any) -> list[Any] | None:
+    """A hook's result as a list (None: nothing), or None when it is one `Implementation` or not
+    iterable at all (a hook returns a list of them)."""
+    if isinstance(returned, Implementation) or not (returned is None or isinstance(returned, abc.Iterable)):
+        return None
+    return list(returned or [])
 
 
 def _hook_pitfalls(pm: pluggy.PluginManager, name: str, plugin: Any) -> list[str]:

@@ -7,7 +7,8 @@
 
 Each `check_*` runs protocol checks (options model, capabilities, the Protocol, the kind's own
 contract on random inputs) and then the LOSSLESS property: inside a pipeline of reference parts
-on tiny random targets, speculative output equals plain greedy output token for token. A failure
+on tiny random targets, speculative output equals plain greedy output token for token (a drafter
+also at realistic sizes, under greedy and seeded sampling: `at_scale.py`). A failure
 raises `ConformanceError` naming the component, the check, the example and the first differing
 position. JetSpec's own built-ins pass through the same kit (tests/test_conformance.py).
 
@@ -19,7 +20,7 @@ Needs `hypothesis` (`pip install 'jetspec[testing]'`).
 from .conformance import check_attention_backend, check_drafter, check_kv_cache, check_scorer, check_verifier
 from .kv_semantics import ReferenceKV
 from .lossless import assemble, plain_greedy
-from .models import EOS, FAMILIES, TinyDecoder, tiny_decoder, tiny_hf_model, tiny_target
+from .models import EOS, FAMILIES, TinyDecoder, any_tiny_target, tiny_decoder, tiny_hf_model, tiny_target
 from .oracle import OracleDrafter, OracleOptions
 from .strategies import depth_marginals, draft_trees, proposals, token_tries
 from .subject import ConformanceError
@@ -32,6 +33,7 @@ __all__ = [
     "OracleOptions",
     "ReferenceKV",
     "TinyDecoder",
+    "any_tiny_target",
     "assemble",
     "check_attention_backend",
     "check_drafter",

@@ -54,21 +54,21 @@ def check_attention_numerics(
         def rand(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-        keys, values = [], []
-        if prefix:
-            cache.begin(prefix)
+        keys, values = [], []  # `layer`'s K/V in logical order: the prefix's, then the tree's
+
+        def write(count: int) -> None:
+            """begin(count), then random K/V [count, Hkv, D] written to both layers."""
+            cache.begin(count)
             for l in range(2):
-                k, v = rand(prefix, kv_heads, head_dim), rand(prefix, kv_heads, head_dim)  # [T, Hkv, D]
+                k, v = rand(count, kv_heads, head_dim), rand(count, kv_heads, head_dim)
                 cache.write(l, k, v)
                 if l == layer:
                     keys.append(k), values.append(v)
+
+        if prefix:
+            write(prefix)
             cache.commit(range(prefix))
-        cache.begin(n)
-        for l in range(2):
-            k, v = rand(n, kv_heads, head_dim), rand(n, kv_heads, head_dim)  # [N, Hkv, D]
-            cache.write(l, k, v)
-            if l == layer:
-                keys.append(k), values.append(v)
+        write(n)
         q = rand(n, hq, head_dim)  # [N, Hq, D]
         meta = AttentionMeta.for_tree(tree, prefix, device)
         scale = head_dim**-0.5

@@ -8,7 +8,9 @@ Each `check_<kind>(component, options=None, registry=None, examples=..., seed=0)
       random inputs (proposals, trees, acceptances, KV-cache operation programs, attention on
       random trees);
   (b) the lossless check (`lossless.py`): the component inside a pipeline of reference parts
-      on tiny random targets produces exactly plain greedy's output.
+      on tiny random targets produces exactly plain greedy's output; a drafter then also at
+      realistic sizes (`at_scale.py`: a 151,936-token vocabulary, prompts of 80-160 tokens) under
+      the `greedy` and the seeded `sampling` verifier.
 
 `component` is a registered name (looked up in `registry`, default: `jetspec.default_registry()`)
 or a `jetspec.Implementation`. A failure raises `ConformanceError` (an AssertionError) with one
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 
 from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer, Verifier
 from ..core.registry import Implementation, Registry
+from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
@@ -73,8 +76,11 @@ def _oracle(ex: Example) -> OracleDrafter:
 def check_drafter(
     drafter: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+    at_scale: int | None = None,
 ) -> None:
-    """Protocol, then lossless: every proposal it makes in the pipeline is checked on the way."""
+    """Protocol, then lossless: every proposal it makes in the pipeline is checked on the way;
+    then `at_scale` examples per verifier (default: examples // 10, at least 1; 0: none) of
+    `at_scale.py`."""
     s = resolve("drafter", drafter, options, registry)
     _static(s)
     from .models import tiny_decoder
@@ -87,6 +93,9 @@ def check_drafter(
         return assemble(ex.target, drafter=CheckedDrafter(s, inner, VOCAB))
 
     check_lossless(s, pipeline, examples, targets, seed, shrink)
+    scale = default_examples(examples) if at_scale is None else at_scale
+    if scale:
+        check_at_scale(s, lambda t: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
 
 
 # ---------------------------------------------------------------------------- scorer

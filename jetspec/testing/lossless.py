@@ -134,7 +134,8 @@ def check_lossless(
 
 # ---------------------------------------------------------------------------- checking proxies
 class CheckedDrafter:
-    """Passes calls through and checks every proposal the pipeline receives."""
+    """Passes calls through and checks every proposal the pipeline receives; an exception the
+    drafter raises becomes a one-line failure naming it and the call."""
 
     def __init__(self, s: Subject, inner: Drafter, vocab: int):
         self.s, self.inner, self.vocab = s, inner, vocab
@@ -142,15 +143,18 @@ class CheckedDrafter:
         self.key_checked = False
 
     def reset(self, state: DecodeState) -> None:
-        self.inner.reset(state)
+        with self.s.calling("reset"):
+            self.inner.reset(state)
         self.key_checked = False
 
     def observe(self, state: DecodeState, hidden: Any) -> None:
-        self.inner.observe(state, hidden)
+        with self.s.calling("observe", f" (after {len(state.generated)} generated tokens)"):
+            self.inner.observe(state, hidden)
 
     def propose(self, state: DecodeState, budget: int) -> Proposal:
-        proposal = self.inner.propose(state, budget)
         where = f" (after {len(state.generated)} generated tokens)"
+        with self.s.calling("propose", where):
+            proposal = self.inner.propose(state, budget)
         check_proposal(self.s, proposal, self.vocab, where=where)
         if isinstance(self.inner, KeyedProposals) and not self.key_checked:  # once per sequence: it costs a propose
             self.key_checked = True

@@ -4,6 +4,9 @@
   adapter. Its attention runs inside `transformers`; K/V go through our `KVCache`.
 * `TinyDecoder(seed, attention)`: the smallest target whose attention goes through an
   `AttentionBackend` (pre-norm, RoPE, GQA, 2 layers) — the one that exercises a backend.
+  `TinyDecoder(seed, vocab=..., exact=True)`: the same model with any vocabulary, whose logits at a
+  tree node equal those of a one-token step at the same prefix bit for bit (`_forward_exact`):
+  the kit's target for seeded sampling, where a flipped low bit could change a draw.
 
 Both use a large weight init: logit gaps of order 1, so fp32 reduction-order noise (a tree forward
 versus a chain forward, one kernel versus another) never flips an argmax.
@@ -18,10 +21,17 @@ from typing import Any, Sequence
 import torch
 
 from ..core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput
+from ..core.layer_math import apply_rope, rms_norm, rope_cos_sin, rope_frequencies
 
 FAMILIES = ("llama", "qwen3")
 EOS = 3  # every tiny model's EOS token: random weights emit it now and then
 VOCAB = 96
+GRID = 2.0**-6  # an exact TinyDecoder's fixed-point step for its LM head's inputs and weights
+
+
+def fixed_point(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """x clamped to [-bound, bound) and rounded to a multiple of GRID (every step exact in fp32)."""
+    return x.clamp(-bound, bound - GRID).mul(1 / GRID).round().mul(GRID)
 
 
 def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2, hidden: int = 32):
@@ -48,7 +58,8 @@ def tiny_hf_model(family: str = "llama", seed: int = 0, vocab: int = VOCAB, laye
     elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
     else:
-        raise ValueError(f"unknown tiny model family '{family}'; known: llama, qwen2, qwen3")
+        raise ValueError(f"unknown tiny model family '{family}'; known: llama, qwen2, qwen3 (the kit's target 'decoder' "
+                         "is tiny_decoder(seed); any_tiny_target(name, seed) takes every name the kit's targets= takes)")
     return model.float().eval()
 
 
@@ -68,42 +79,45 @@ class TinyDecoder:
     provides = ("hidden_states", "attention_backend")
     tokenizer = None
 
-    def __init__(self, seed: int = 0, attention: AttentionBackend | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, seed: int = 0, attention: AttentionBackend | None = None, device: str | torch.device = "cpu",
+                 vocab: int = VOCAB, exact: bool = False):  # fmt: skip
         from ..kernels.reference import TorchAttention
 
+        if exact and attention is not None:
+            raise ValueError("an exact TinyDecoder attends row by row with the reference math; it takes no attention backend")
         self.attention = attention or TorchAttention()
         H, self.hq, self.hkv, self.d, L = 32, 4, 2, 16, 2
         device = torch.device(device)
+        name = f"tiny-decoder-{seed}" + (f"-v{vocab}" if vocab != VOCAB else "") + ("-exact" if exact else "")
         self.info = TargetInfo(
-            name=f"tiny-decoder-{seed}", architecture="tiny", vocab_size=VOCAB, hidden_size=H, num_layers=L,
+            name=name, architecture="tiny", vocab_size=vocab, hidden_size=H, num_layers=L,
             num_kv_heads=self.hkv, head_dim=self.d, max_positions=2048, dtype=torch.float32, device=device,
-            eos_token_ids=(EOS,), fingerprint=f"tiny-decoder-{seed}",
+            eos_token_ids=(EOS,), fingerprint=name, exact=exact,
         )
         g = torch.Generator().manual_seed(seed)
 
         def w(*shape: int, scale: float = 1.0) -> torch.Tensor:
             return (torch.randn(*shape, generator=g) * scale / math.sqrt(shape[-1])).to(device)
 
-        self.embedding = w(VOCAB, H, scale=math.sqrt(H))  # [V, H]
+        self.embedding = w(vocab, H, scale=math.sqrt(H))  # [V, H]
         self.layers = [
             dict(q=w(self.hq * self.d, H), k=w(self.hkv * self.d, H), v=w(self.hkv * self.d, H),
                  o=w(H, self.hq * self.d), up=w(64, H), down=w(H, 64))
             for _ in range(L)
         ]
-        self.out = w(VOCAB, H, scale=4.0)  # [V, H]; scale 4: logit gaps of order 1
-        inv = 1.0 / (10000 ** (torch.arange(0, self.d, 2, dtype=torch.float32) / self.d))
-        self._inv_freq = inv.to(device)  # [D/2]
+        self.out = w(vocab, H, scale=4.0)  # [V, H]; scale 4: logit gaps of order 1
+        if exact:  # see `_forward_exact`
+            self.out = fixed_point(self.out, 2.0)
+        self._inv_freq = rope_frequencies(self.d, 10000.0, reciprocal=True, device=device)  # [D/2]
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x [N, h, D]; rotate pairs (x1, x2) = (x[..., :D/2], x[..., D/2:]) by angle pos * inv_freq
-        ang = positions.to(x.device, torch.float32)[:, None] * self._inv_freq[None]  # [N, D/2]
-        cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # [N, 1, D/2]
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        """x [N, h, D] at positions [N] -> RoPE (theta 10000), in float32."""
+        cos, sin = rope_cos_sin(positions.to(x.device), self._inv_freq)  # [N, D]
+        return apply_rope(x, cos[:, None], sin[:, None], in_float32=False)
 
     @staticmethod
     def _norm(x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return rms_norm(x, None, 1e-6, scale_in_float32=False)  # fp32 in, fp32 out: both roundings agree
 
     # what draft heads share with their target (as the decoder and transformers targets offer)
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -116,6 +130,8 @@ class TinyDecoder:
     def forward(
         self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int] = ()
     ) -> TargetOutput:
+        if self.info.exact:
+            return self._forward_exact(tokens, meta, cache, hidden_layers)
         n = tokens.numel()
         x = self.embedding[tokens.to(self.info.device)]  # [N, H]
         hidden = []
@@ -132,6 +148,43 @@ class TinyDecoder:
         logits = self._norm(x) @ self.out.T  # [N, V]
         stacked = torch.stack([hidden[l] for l in hidden_layers], dim=1) if hidden_layers else None  # [N, k, H]
         return TargetOutput(logits=logits.float(), hidden=stacked)
+
+
+    def _forward_exact(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
+        """Row-invariant: each row's layers run on that row alone (shapes [1, ...]: the calls of a
+        one-token step) and attend to exactly its visible keys, gathered in order (the committed
+        prefix, then its ancestors-or-self), so its hidden states are a one-token step's at the
+        same prefix, bit for bit. The LM head then takes all rows at once in fixed point: inputs
+        in [-8, 8) and weights in [-2, 2) on a 2^-6 grid make every product a multiple of 2^-12
+        and every partial sum of H = 32 of them smaller than 2^9 (21 significant bits), exact in
+        fp32 in any summation order, so no matmul kernel can change a bit of the logits."""
+        from ..kernels.reference import tree_attention
+
+        n, t, dev = tokens.numel(), meta.prefix_len, self.info.device
+        sizes = meta.subtree_sizes.tolist()
+        visible = [  # [t + depth_i + 1] key rows of query i: j <= i < j + size[j] are its ancestors-or-self
+            torch.tensor([*range(t), *(t + j for j in range(i + 1) if i < j + sizes[j])], device=dev) for i in range(n)
+        ]
+        rows = [self.embedding[tokens[i : i + 1].to(dev)] for i in range(n)]  # n x [1, H]
+        scale, hidden = 1.0 / math.sqrt(self.d), []
+        for layer, p in enumerate(self.layers):
+            qs, ks, vs = [], [], []
+            for i, x in enumerate(rows):
+                h, pos = self._norm(x), meta.positions[i : i + 1]
+                qs.append(self._rope((h @ p["q"].T).view(1, self.hq, self.d), pos))  # [1, Hq, D]
+                ks.append(self._rope((h @ p["k"].T).view(1, self.hkv, self.d), pos))  # [1, Hkv, D]
+                vs.append((h @ p["v"].T).view(1, self.hkv, self.d))
+            cache.write(layer, torch.cat(ks), torch.cat(vs))
+            keys, values = cache.read(layer)  # [t + n, Hkv, D]
+            for i, x in enumerate(rows):
+                seen = visible[i].numel()
+                a = tree_attention(qs[i], keys[visible[i]], values[visible[i]], AttentionMeta.for_chain(1, seen - 1, dev), scale)
+                x = x + a.reshape(1, -1) @ p["o"].T
+                rows[i] = x + torch.nn.functional.silu(self._norm(x) @ p["up"].T) @ p["down"].T
+            hidden.append(torch.cat(rows))  # [N, H]
+        logits = fixed_point(torch.cat([self._norm(x) for x in rows]), 8.0) @ self.out.T  # [N, V]
+        stacked = torch.stack([hidden[l] for l in hidden_layers], dim=1) if hidden_layers else None  # [N, k, H]
+        return TargetOutput(logits=logits, hidden=stacked)
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,7 +7,8 @@
 * the built object satisfies its `typing.Protocol` (`isinstance` with a runtime-checkable one);
 * a proposal's `children(path)` are distinct in-vocabulary tokens with log-probs <= 0, sorted
   descending; a tree is valid (`DraftTree.validate`), has the given root and at most `budget`
-  drafts, is made of the proposal's candidates, and scores each node by its cumulative log-prob;
+  drafts, at least one when the budget is >= 1 and the proposal offers a candidate after the
+  root, is made of the proposal's candidates, and scores each node by its cumulative log-prob;
 * an acceptance is a root-down path of the tree plus an in-vocabulary bonus token.
 """
 
@@ -139,6 +140,10 @@ def check_tree(s: Subject, tree: Any, proposal: Proposal, root: int, budget: int
         s.fail("tree", f"root token is {int(tree.tokens[0])}, expected {root}{where}")
     if tree.budget > budget:
         s.fail("tree", f"{tree.budget} draft nodes exceed the budget of {budget}{where}")
+    offered = len(list(proposal.children(())))
+    if tree.budget == 0 and budget >= 1 and offered:
+        s.fail("tree", f"drafts nothing (the root alone) though the budget is {budget} and the proposal offers "
+                       f"{offered} candidate(s) after the root: lossless, but plain decoding{where}")
     tokens, parents, scores = tree.tokens.tolist(), tree.parents.tolist(), tree.scores.tolist()
     paths: list[tuple[int, ...]] = [()]
     for i in range(1, tree.size):

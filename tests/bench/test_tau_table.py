@@ -1,10 +1,6 @@
 """bench/tau_table.py: the τ table of issue 4 from a results file's summary and spec rows."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from tau_table import tau_table  # noqa: E402
+from bench.tau_table import tau_table
 
 
 def summary(ds, pipeline, budget, tau, prompts=2, faith=None):

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .layers import DecoderLayer, RMSNorm, rope_cos_sin
+from ...core.layer_math import rope_cos_sin, rope_frequencies
+from .layers import DecoderLayer, RMSNorm
 
 KINDS = ("causal", "dflash", "eagle")
 # what a head.json may ask for, checked before anything is allocated (`HeadConfig._check_sizes`)
@@ -155,7 +156,7 @@ class DraftHead(nn.Module):
 
     def context_kv(self, fused: torch.Tensor, pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """fused [Bt, C, H] at positions pos [Bt, C] -> per head layer (k, v) [Bt, C, Hkv, D]."""
-        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
+        cos, sin = self.rotary(pos)
         return [layer.attn.kv(fused, cos, sin) for layer in self.layers]
 
     def forward(
@@ -166,11 +167,17 @@ class DraftHead(nn.Module):
         mask: torch.Tensor,  # [Bt, M, C + M] bool
     ) -> torch.Tensor:
         """-> [Bt, M, H] final-normed hidden states, ready for the target's LM head."""
-        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
+        cos, sin = self.rotary(pos)
         h = x.to(self.fuse.weight.dtype)
         for layer, prefix in zip(self.layers, context):
             h = layer(h, cos, sin, prefix, mask)
         return self.norm(h)
+
+    def rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos [...] int64 -> cos, sin [..., D] float32, with the frequencies the heads were trained
+        with (theta^(-2i/D) computed directly, on pos's device: `core.layer_math`)."""
+        c = self.config
+        return rope_cos_sin(pos, rope_frequencies(c.head_dim, c.rope_theta, reciprocal=False, device=pos.device))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...core.errors import IncompatibleError
 from ...core.interfaces import AttentionMeta, KVCache, RowKVCache
-from .rope import apply_rope
+from ...core.layer_math import apply_rope, rms_norm
 
 MM_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) works here; [False] after its first failure
 
@@ -58,9 +58,7 @@ class TorchOps:
         return y if residual is None else residual + y
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * xf.to(x.dtype)
+        return rms_norm(x, weight, eps, scale_in_float32=False)
 
     def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
         g, u = F.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)  # [..., I] each
@@ -74,7 +72,7 @@ class TorchOps:
         if qk_norm is not None:
             q_weight, k_weight, eps = qk_norm
             q, k = self.rmsnorm(q, q_weight, eps), self.rmsnorm(k, k_weight, eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin, in_float32=False), apply_rope(k, cos, sin, in_float32=False)
         cache.write(layer, k, v)
         return q
 

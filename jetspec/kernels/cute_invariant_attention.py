@@ -124,27 +124,8 @@ class InvariantAttentionKernel(TreeAttentionKernel):
         tVsV = thr_gather.partition_D(sV)
         tKcK = thr_gather.partition_D(cute.make_identity_tensor((bn, d)))
 
-        thr_mma = tiled_mma.get_slice(tidx)
-        tSrQ = thr_mma.make_fragment_A(thr_mma.partition_A(sQ))
-        tSrK = thr_mma.make_fragment_B(thr_mma.partition_B(sK))
-        tOrVt = thr_mma.make_fragment_B(thr_mma.partition_B(sVt))
-        acc_O = cute.make_rmem_tensor(thr_mma.partition_shape_C((bm, d)), cutlass.Float32)
-        acc_O.fill(0.0)
-        ld_q = cute.make_tiled_copy_A(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(False, 4), self.dtype), tiled_mma)
-        ld_k = cute.make_tiled_copy_B(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(False, 4), self.dtype), tiled_mma)
-        ld_v = cute.make_tiled_copy_B(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(True, 4), self.dtype), tiled_mma)
-        thr_ld_q, thr_ld_k, thr_ld_v = ld_q.get_slice(tidx), ld_k.get_slice(tidx), ld_v.get_slice(tidx)
-        tSsQ, tSrQ_v = thr_ld_q.partition_S(sQ), thr_ld_q.retile(tSrQ)
-        tSsK, tSrK_v = thr_ld_k.partition_S(sK), thr_ld_k.retile(tSrK)
-        tOsVt, tOrVt_v = thr_ld_v.partition_S(sVt), thr_ld_v.retile(tOrVt)
-
-        tScS_mn = mn_view(thr_mma.partition_C(cute.make_identity_tensor((bm, bn))))
-        row_max = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
-        row_sum = cute.make_rmem_tensor((cute.size(tScS_mn, mode=[0]),), cutlass.Float32)
-        row_max.fill(-cutlass.Float32.inf)
-        row_sum.fill(0.0)
-        acc_O_mn = mn_view(acc_O)
-        acc_S_shape = thr_mma.partition_shape_C((bm, bn))
+        (thr_mma, acc_O, ld_q, ld_k, ld_v, tSsQ, tSrQ, tSrQ_v, tSsK, tSrK, tSrK_v, tOsVt, tOrVt, tOrVt_v,
+         tScS_mn, row_max, row_sum, acc_O_mn, acc_S_shape) = self._mma_state(tiled_mma, sQ, sK, sVt, tidx)
 
         # cp.async, FA2-style (as cute_tree_attention): V(b) lands while S = q K(b)^T runs, K(b+1)
         # while the softmax and O += P V(b) run. The slot map of block b is resolved into sSlot first.

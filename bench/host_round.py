@@ -1,0 +1,147 @@
+"""Host time of a decode round on the CPU, the target's forward stubbed out.
+
+    python bench/host_round.py [--rounds 400] [--repeats 7] [--vocab 256] [--profile] [--label before] \
+        [--out bench/results/host_round.jsonl]
+
+What a round costs the host besides the model: drafting, tree building and checks, the forward's
+inputs (tree tensors, attention metadata), acceptance, the KV commit and the bookkeeping. The
+target is `StubTarget`: one layer, one K/V head of width 1, logits read from a [V, V] table
+(`next(t)` is a fixed random cycle over the vocabulary, so greedy output repeats and the n-gram
+drafter finds matches). The time spent inside its `forward` is measured and subtracted; what is
+left is host work a GPU run pays too (on a GPU each torch op also costs a launch, ~3-8 us, so
+these CPU figures rank the parts, they do not predict GPU microseconds).
+
+Per pipeline (plain; n-gram at budgets 16 and 64; dense and paged KV) it prints host us per
+round in total and per phase (`verify` minus the stub's own time) from the least disturbed of
+`--repeats` generations (the median beside it), and appends one JSON row each.
+`--profile` prints the cProfile top functions of one speculative pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import json
+import os
+import platform
+import pstats
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jetspec  # noqa: E402
+from jetspec.core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput  # noqa: E402
+from jetspec.core.pipeline import PHASES  # noqa: E402
+
+
+class StubTarget:
+    """A `Target` whose forward is one table lookup plus a K/V write of 1-wide rows; the seconds
+    spent inside it are summed in `self.seconds` (subtracted from the round's time)."""
+
+    tokenizer = None
+    provides = ()
+
+    def __init__(self, vocab: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.info = TargetInfo(
+            name="stub", architecture="stub", vocab_size=vocab, hidden_size=1, num_layers=1, num_kv_heads=1,
+            head_dim=1, max_positions=1 << 16, dtype=torch.float32, device=torch.device("cpu"),
+        )
+        nxt = torch.randperm(vocab, generator=g)  # [V] next(t): one cycle decomposition of V
+        self.table = torch.randn(vocab, vocab, generator=g)  # [V, V] logits after token t
+        self.table[torch.arange(vocab), nxt] = 10.0  # argmax is next(t), by a wide margin
+        self.seconds = 0.0
+
+    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers=()) -> TargetOutput:
+        t0 = time.perf_counter()
+        n = tokens.numel()
+        kv = torch.zeros(n, 1, 1)  # [n, Hkv=1, D=1]
+        cache.write(0, kv, kv)
+        out = TargetOutput(logits=self.table[tokens])  # [n, V]
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def cpu_name() -> str:
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        return line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def pipelines(target: StubTarget):
+    """(name, pipeline, speculative) for the configurations measured."""
+    for cache in ("dense", "paged"):
+        base = jetspec.builder().target(target).kv_cache(cache)
+        yield f"plain/{cache}", base.generation(budget=0, max_new_tokens=1).build(), False
+        for budget in (16, 64):
+            pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=budget).build()
+            yield f"ngram@{budget}/{cache}", pipe, True
+
+
+def measure(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int, repeats: int) -> dict:
+    """`repeats` generations of about `rounds` rounds each; host us per round, total and per
+    phase, from the repeat with the least host time (the machine is shared: the least disturbed
+    repeat is the closest to the code's own cost)."""
+    pipe.generate(prompt, max_new_tokens=32, speculative=speculative)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        target.seconds = 0.0
+        stats = pipe.generate(prompt, max_new_tokens=rounds * (8 if speculative else 1), speculative=speculative).stats
+        per_round = {p: stats.seconds[p] / stats.rounds * 1e6 for p in PHASES[1:]}
+        per_round["verify"] -= target.seconds / stats.rounds * 1e6  # what is left: the forward's inputs, checks
+        runs.append((sum(per_round.values()), per_round, stats, target.seconds / stats.rounds * 1e6))
+    host, per_round, stats, stub = min(runs, key=lambda r: r[0])
+    return {
+        "rounds": stats.rounds, "repeats": repeats, "tau": round(stats.tau, 3),
+        "host_us_per_round": round(host, 1),
+        "host_us_per_round_median": round(sorted(r[0] for r in runs)[len(runs) // 2], 1),
+        "phase_us_per_round": {p: round(v, 1) for p, v in per_round.items()},
+        "stub_forward_us_per_round": round(stub, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--label", default="", help="a word kept in each row, e.g. before / after")
+    ap.add_argument("--profile", action="store_true", help="cProfile one speculative pipeline")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    target = StubTarget(args.vocab)
+    prompt = torch.randint(0, args.vocab, (64,), generator=torch.Generator().manual_seed(1)).tolist()
+    if args.profile:
+        pipe = jetspec.builder().target(target).drafter("ngram").generation(budget=64).build()
+        pipe.generate(prompt, max_new_tokens=32)
+        prof = cProfile.Profile()
+        prof.runcall(pipe.generate, prompt, max_new_tokens=4 * args.rounds)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        return
+    common = {
+        "bench": "host_round", "label": args.label, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"dev machine, {os.cpu_count()}-core {cpu_name()} (shared), CPU only, torch {torch.__version__}, 1 thread",
+        "command": "python " + shlex.join(sys.argv), "vocab": args.vocab,
+        "note": "CPU host overhead per round, target forward stubbed and subtracted; not a GPU figure",
+    }
+    for name, pipe, speculative in pipelines(target):
+        row = {**common, "pipeline": name, **measure(target, pipe, speculative, prompt, args.rounds, args.repeats)}
+        phases = "  ".join(f"{p} {v:6.1f}" for p, v in row["phase_us_per_round"].items())
+        print(f"{name:16s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f})  tau {row['tau']:5.2f}  | {phases}")
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

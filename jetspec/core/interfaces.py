@@ -18,6 +18,7 @@ from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .on_device import DeviceTree
 from .tree import DraftTree
 
 
@@ -178,7 +179,7 @@ class TreeScorer(Protocol):
 @runtime_checkable
 class Verifier(Protocol):
     """Decides which drafts to keep, given the target's logits at every tree node.
-    Optional: `ResettableVerifier`."""
+    Optional: `ResettableVerifier`, `AcceptsOnDevice`."""
 
     def accept(self, tree: DraftTree, logits: torch.Tensor, state: DecodeState) -> Acceptance:
         """`logits` [N, V] are the target's next-token logits at each node of `tree`."""
@@ -189,7 +190,7 @@ class Verifier(Protocol):
 class KVCache(Protocol):
     """Key/value storage of one sequence: `committed` tokens, then `pending` ones written by the
     forward in flight. Keys are stored after RoPE. Logical token order is the order of `read`.
-    Optional: `RowKVCache` (capability 'kv_rows'), `GraphSafe`."""
+    Optional: `RowKVCache` (capability 'kv_rows'), `GraphSafe`, `CommitsOnDevice`."""
 
     capacity: int
 
@@ -308,6 +309,27 @@ class ResettableVerifier(Protocol):
 
 
 @runtime_checkable
+class AcceptsOnDevice(Protocol):
+    """A verifier that decides on the logits' device, so that a round reads back one small tensor
+    (`core/on_device.py`). `accept` stays the reference: both keep the same path and tokens."""
+
+    def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """logits [N, V] -> packed [2D + 3] int64 on their device (layout: `on_device.py`), no sync."""
+        ...
+
+
+@runtime_checkable
+class CommitsOnDevice(Protocol):
+    """A KV cache that moves the kept pending entries on the device before the host knows which
+    they are; the `commit(path)` that follows only does bookkeeping."""
+
+    def stage_commit(self, keep: torch.Tensor) -> None:
+        """keep [M <= n] int64 on the device, pending indices in [0, n): pending entry keep[j] becomes
+        logical slot committed + j for j < M, no sync. Next comes `commit(keep[:k])`, k <= M."""
+        ...
+
+
+@runtime_checkable
 class GraphSafe(Protocol):
     """A KV cache or attention backend that declares whether it may run inside a captured CUDA
     graph: no host synchronisation and no new allocations in `write`/`attend`, device tensors at
@@ -361,9 +383,12 @@ def extra_pending(target: Target) -> int:
 
 __all__ = [
     "Acceptance",
+    "AcceptsOnDevice",
     "AttentionBackend",
     "AttentionMeta",
+    "CommitsOnDevice",
     "DecodeState",
+    "DeviceTree",
     "Drafter",
     "GraphSafe",
     "KVCache",

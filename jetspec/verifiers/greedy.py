@@ -7,6 +7,9 @@ accepted node is correct and the accepted path is unique); the bonus token is t(
 
 Every committed token is therefore exactly the token plain greedy decoding would produce:
 speculation changes how many forwards it takes, never what is emitted.
+
+`accept_on_device` applies the same rule with array ops on the logits' device (`walk_on_device`),
+so the pipeline reads back only the packed path (`core/on_device.py`), not N argmaxes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..core.interfaces import Acceptance, DecodeState
+from ..core.on_device import DeviceTree
 from ..core.tree import DraftTree
 
 
@@ -42,6 +46,29 @@ def accept_greedy(tree: DraftTree, target_next: list[int]) -> Acceptance:
         path.append(node)
 
 
+def walk_on_device(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
+    """`choice` [N] int64 on the device, the target's token at each node (its argmax, or a
+    sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`): the path and
+    tokens of `accept_greedy`, by a fixed number of array ops and no host sync:
+
+    * draft i is wrong iff tokens[i] != choice[parent(i)]; the root is never wrong;
+    * i is accepted iff no node on root -> i is wrong. The nodes whose subtree holds i are the
+      j <= i < ends[j] (pre-order), so their wrong count is the prefix sum at i of +wrong[j] at j
+      and -wrong[j] at ends[j];
+    * the accepted nodes form one root-down path (sibling tokens are distinct): the accepted node
+      at depth d is path[d], and choice[path] are the drafts it accepts followed by the bonus."""
+    n, d = tree.size, tree.max_depth
+    if n == 1:  # plain decoding: [k = 1, path = [0], choice[0]]; sizes[0] = 1 and parents[0] = 0
+        return torch.cat((tree.subtree_sizes, tree.parents, choice))
+    wrong = (tree.tokens[1:] != choice[tree.parents[1:]]).long()  # [N - 1], drafts only
+    diff = torch.nn.functional.pad(wrong, (1, 1))  # [N + 1]: +wrong[j] at j, root 0
+    diff.index_add_(0, tree.ends[1:], wrong, alpha=-1)  # -wrong[j] where j's subtree ends
+    accepted = diff.cumsum(0)[:n] == 0  # [N]
+    slot = torch.where(accepted, tree.depths, d + 1)  # [N]: depth of an accepted node, else a dump slot
+    path = torch.zeros(d + 2, dtype=torch.int64, device=choice.device).scatter_(0, slot, tree.index)[: d + 1]  # [D + 1]
+    return torch.cat((accepted.sum().view(1), path, choice[path]))  # [2D + 3]
+
+
 class GreedyVerifier:
     def __init__(self, options: GreedyOptions | None = None):
         self.options = options or GreedyOptions()
@@ -49,3 +76,7 @@ class GreedyVerifier:
     def accept(self, tree: DraftTree, logits: torch.Tensor, state: DecodeState) -> Acceptance:
         target_next = logits.argmax(dim=-1).tolist()  # [N]; the round's one host sync
         return accept_greedy(tree, target_next)
+
+    def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """`AcceptsOnDevice`: logits [N, V] -> packed [2D + 3] int64, no host sync."""
+        return walk_on_device(tree, logits.argmax(dim=-1))

@@ -69,8 +69,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.interfaces import Acceptance, DecodeState
+from ..core.on_device import DeviceTree
 from ..core.tree import DraftTree
-from .greedy import accept_greedy
+from .greedy import accept_greedy, walk_on_device
 
 _CHUNK = 64  # uniforms are drawn in fixed chunks so the stream u_0, u_1, ... depends on the seed alone
 
@@ -142,3 +143,14 @@ class SamplingVerifier:
         probs = warp_probs(logits, o.temperature, o.top_k, o.top_p)  # [N, V]
         draws = inverse_cdf(probs, u.to(probs.device)).tolist()  # [N]; the round's one host sync
         return accept_greedy(tree, draws)
+
+    def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """`AcceptsOnDevice`: the same draws as `accept` (u_{t0 + depth} at each node), walked on
+        the device -> packed [2D + 3] int64. The uniforms go up (D + 1 of them), nothing comes down."""
+        o = self.options
+        if o.temperature == 0.0:
+            return walk_on_device(tree, logits.argmax(dim=-1))
+        t0 = len(state.tokens) - state.prompt_len
+        u = self._uniforms_for(t0, t0 + tree.max_depth + 1).to(logits.device, non_blocking=True)[tree.depths]  # [N]
+        probs = warp_probs(logits, o.temperature, o.top_k, o.top_p)  # [N, V]
+        return walk_on_device(tree, inverse_cdf(probs, u))

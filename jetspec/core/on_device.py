@@ -1,0 +1,126 @@
+"""What a round keeps on the target's device, and the one copy that brings its result back.
+
+A round whose verifier has `accept_on_device` (`AcceptsOnDevice`) and whose KV cache has
+`stage_commit` (`CommitsOnDevice`):
+
+    host    DraftTree  --one host-to-device copy (`TreeUpload`)-->  DeviceTree
+    device  forward -> logits [N, V] -> accept_on_device -> packed [2D + 3] int64
+            stage_commit(path)               the KV gather, queued before the host waits
+    host    one device-to-host copy of `packed` (`Readback`) -> Acceptance -> commit's bookkeeping
+
+so the host waits for the device once per round and reads 2D + 3 integers (D = the tree's depth),
+whatever N and V are. The packed layout, [2D + 3] int64 (`unpack`):
+
+    packed[0]              k, the accepted path's length (root included, 1 <= k <= D + 1)
+    packed[1 + d]          path: the accepted node at depth d, for d < k; after the path, node
+                           indices in [0, N) that mean nothing (a fixed-size gather may read
+                           them, never keeps them)
+    packed[D + 2 + d]      the target's token at path[d]: for d < k - 1 the accepted draft at
+                           depth d + 1, for d = k - 1 the bonus; so packed[D + 2 : D + 2 + k] are
+                           exactly the tokens the round commits
+
+Buffers are persistent and grow only when a larger tree comes: a round allocates nothing on the
+host, and on the device only what the verifier's few array ops make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tree import DraftTree
+
+ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree ends, node index
+
+
+@dataclass(frozen=True)
+class DeviceTree:
+    """A round's tree on the target's device (views into `TreeUpload`'s buffer, valid for one
+    round). The root's parent is stored as 0, not -1, so that `x[parents]` gathers need no clamp.
+    `ends` and `index` are derived on the host, where they ride along in the same copy."""
+
+    tokens: torch.Tensor  # [N] int64
+    parents: torch.Tensor  # [N] int64, parents[0] = 0 (the root)
+    depths: torch.Tensor  # [N] int64
+    subtree_sizes: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64, prefix_len + depth (RoPE positions)
+    ends: torch.Tensor  # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i])
+    index: torch.Tensor  # [N] int64, 0 .. N - 1
+    max_depth: int  # D, on the host
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+class TreeUpload:
+    """Copies a `DraftTree`'s int vectors to `device` in one copy per round: the host stacks them
+    into a [7, N] block of a (pinned, on CUDA) staging buffer, one non-blocking copy moves the
+    block into a persistent device buffer. Before the staging buffer is refilled, the previous
+    round's copy is waited for (an event; it finished long ago: the round read its result)."""
+
+    def __init__(self, device: torch.device | str, capacity: int = 64):
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._done = torch.cuda.Event() if self._cuda else None
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._host = torch.empty(ROWS * capacity, dtype=torch.int64, pin_memory=self._cuda)  # [7 * cap]
+        self._dev = self._host if self.device.type == "cpu" else torch.empty_like(self._host, device=self.device)
+        self._arange = torch.arange(capacity)  # [cap] int64
+
+    def __call__(self, tree: DraftTree, prefix_len: int) -> DeviceTree:
+        n = tree.size
+        if n > self.capacity:
+            self._alloc(max(n, 2 * self.capacity))
+        elif self._cuda:
+            self._done.synchronize()
+        host = self._host[: ROWS * n].view(ROWS, n)  # [7, N]
+        index = self._arange[:n]
+        torch.stack((tree.tokens, tree.parents, tree.depths, tree.subtree_sizes, tree.depths, tree.subtree_sizes, index), out=host)
+        host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
+        host[4] += prefix_len  # positions
+        host[5] += index  # ends
+        dev = self._dev[: ROWS * n].view(ROWS, n)  # [7, N]
+        if dev.data_ptr() != host.data_ptr():
+            dev.copy_(host, non_blocking=True)
+            if self._cuda:
+                self._done.record()
+        return DeviceTree(*dev.unbind(0), max_depth=int(tree.depths.max()) if n > 1 else 0)
+
+
+class Readback:
+    """The round's one device-to-host copy: a small int64 tensor into a (pinned) host buffer,
+    then a wait for that copy alone. `copies` counts them (tests and the bench read it)."""
+
+    def __init__(self, device: torch.device | str, capacity: int = 64):
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._done = torch.cuda.Event() if self._cuda else None
+        self._host = torch.empty(capacity, dtype=torch.int64, pin_memory=self._cuda)  # [cap]
+        self.copies = 0
+
+    def __call__(self, x: torch.Tensor) -> list[int]:
+        """x [M] int64 on the device -> its values on the host."""
+        m = x.numel()
+        if m > self._host.numel():
+            self._host = torch.empty(max(m, 2 * self._host.numel()), dtype=torch.int64, pin_memory=self._cuda)
+        host = self._host[:m]
+        host.copy_(x, non_blocking=True)
+        if self._cuda:
+            self._done.record()
+            self._done.synchronize()
+        self.copies += 1
+        return host.tolist()
+
+
+def unpack(values: list[int]) -> tuple[list[int], list[int]]:
+    """Read-back `packed` values [2D + 3] -> (path, committed tokens), k of each; a k outside
+    [1, D + 1] gives empty lists (the pipeline's acceptance check names it)."""
+    k, d1 = values[0], (len(values) - 1) // 2  # d1 = D + 1
+    if not 1 <= k <= d1:
+        return [], []
+    return values[1 : 1 + k], values[1 + d1 : 1 + d1 + k]

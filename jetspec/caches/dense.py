@@ -1,7 +1,9 @@
 """`dense` KV cache: one contiguous [capacity, Hkv, D] buffer per layer.
 
 Commit is compaction: the kept pending entries are gathered to sit right after the committed
-ones, so logical order == physical order and attention reads a plain prefix slice.
+ones, so logical order == physical order and attention reads a plain prefix slice. The gather can
+be staged on the device from a device index (`stage_commit`, `CommitsOnDevice`) before the host
+knows the path; `commit` then only moves the end.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ..core.errors import CapacityError
+from ..core.errors import CapacityError, InputError
 from ..core.interfaces import TargetInfo
 from ..core.memory import check_fits
 
@@ -30,6 +32,7 @@ class DenseKVCache:
         self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]
         self._committed = 0
         self._pending = 0
+        self._staged = 0  # entries moved into place by stage_commit since begin
         # rows the pending tokens are written to, in a persistent buffer so that a CUDA graph
         # captured over `write` stays valid as `committed` moves (set eagerly by `begin`)
         self._all_rows = torch.arange(capacity, device=info.device)  # [C] int64
@@ -47,14 +50,14 @@ class DenseKVCache:
         return self._pending
 
     def reset(self) -> None:
-        self._committed = self._pending = 0
+        self._committed = self._pending = self._staged = 0
 
     def begin(self, n: int) -> None:
         if self._committed + n > self.capacity:
             raise CapacityError(
                 f"KV cache full: {self._committed} committed + {n} new tokens exceed its capacity of {self.capacity}"
             )
-        self._pending = n
+        self._pending, self._staged = n, 0
         self._write_rows[:n].copy_(self._all_rows[self._committed : self._committed + n])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -66,12 +69,24 @@ class DenseKVCache:
         end = self._committed + self._pending
         return self.k[layer, :end], self.v[layer, :end]
 
+    def stage_commit(self, keep: torch.Tensor) -> None:
+        """`CommitsOnDevice`: rows t + j <- rows t + keep[j], j < M (keep [M] int64 on the device;
+        the right side is gathered first, so overlap is safe)."""
+        t, m = self._committed, keep.numel()
+        src = keep + t  # [M]
+        self.k[:, t : t + m] = self.k[:, src]
+        self.v[:, t : t + m] = self.v[:, src]
+        self._staged = m
+
     def commit(self, keep: Sequence[int]) -> None:
         t = self._committed
         n = len(keep)
-        if list(keep) != list(range(n)):  # compaction: gather kept entries into place
+        if self._staged:  # stage_commit moved them already
+            if n > self._staged:
+                raise InputError(f"commit keeps {n} entries; stage_commit staged only {self._staged}")
+        elif list(keep) != list(range(n)):  # compaction: gather kept entries into place
             src = torch.as_tensor(list(keep), device=self.k.device) + t  # [n]
             self.k[:, t : t + n] = self.k[:, src]
             self.v[:, t : t + n] = self.v[:, src]
         self._committed = t + n
-        self._pending = 0
+        self._pending = self._staged = 0

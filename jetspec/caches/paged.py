@@ -20,6 +20,10 @@ Commit strategies (`PagedCacheOptions.commit`)
 
 Either way `read` returns logical order and the attention kernels read through `slot_table`, so
 both strategies look the same from outside (tests assert `read` equals the dense cache's).
+
+`stage_commit(keep)` (`CommitsOnDevice`) does the device half of either strategy from a device
+index, before the host knows the path: gather copies the rows, remap rewrites `slot_table` on the
+device. The `commit` that follows only does the host bookkeeping (pages, holes, the mirror).
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ class PagedKVCache:
         self._slots: list[int] = []  # host mirror of slot_table[: T + n]
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
-        self._committed = self._pending = 0
+        self._committed = self._pending = self._staged = 0
 
     def begin(self, n: int) -> None:
         t = self._committed
@@ -154,7 +158,7 @@ class PagedKVCache:
         rows = self._take_rows(n, self.allocator.allocate(new_pages))
         self._slots[t:] = rows
         self._sync_slots(t, t + n)
-        self._pending = n
+        self._pending, self._staged = n, 0
         self._write_rows[:n].copy_(self.slot_table[t : t + n])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -166,22 +170,38 @@ class PagedKVCache:
         rows = self.slot_mapping.long()  # [T + n]
         return self._rows(self.k, layer)[rows], self._rows(self.v, layer)[rows]
 
+    def stage_commit(self, keep: torch.Tensor) -> None:
+        """`CommitsOnDevice`: logical slot t + j gets pending entry keep[j], j < M (keep [M] int64
+        on the device), by copying rows (gather) or rewriting slot_table (remap)."""
+        t, m = self._committed, keep.numel()
+        src = self.slot_table[t : t + self._pending][keep]  # [M] int32: rows of the kept entries
+        if self.options.commit == "gather":
+            dst = self.slot_table[t : t + m].long()  # [M]
+            for pool in (self.k, self.v):
+                flat = pool.view(pool.shape[0], -1, *pool.shape[3:])  # [L, pages * P, Hkv, D]
+                flat[:, dst] = flat[:, src.long()]  # the right side is gathered first
+        else:
+            self.slot_table[t : t + m] = src
+        self._staged = m
+
     def commit(self, keep: Sequence[int]) -> None:
         keep = [int(j) for j in keep]
         t, n = self._committed, self._pending
         if any(not 0 <= j < n for j in keep) or keep != sorted(set(keep)):
             raise InputError(f"commit keeps pending indices {keep}; they must be ascending and in 0..{n - 1}")
+        if len(keep) > self._staged > 0:
+            raise InputError(f"commit keeps {len(keep)} entries; stage_commit staged only {self._staged}")
         if self.options.commit == "gather":
             self._commit_gather(t, keep)
         else:
             self._commit_remap(t, keep)
         self._committed = t + len(keep)
-        self._pending = 0
+        self._pending = self._staged = 0
 
     # ------------------------------------------------------------------ commit strategies
     def _commit_gather(self, t: int, keep: list[int]) -> None:
         k = len(keep)
-        if keep != list(range(k)):  # copy kept entries to logical slots t..t+k-1, every layer
+        if keep != list(range(k)) and not self._staged:  # copy kept entries to logical slots t..t+k-1, every layer
             src = torch.tensor([self._slots[t + j] for j in keep], device=self.k.device)  # [k]
             dst = self.slot_table[t : t + k].long()  # [k]
             for pool in (self.k, self.v):
@@ -197,7 +217,8 @@ class PagedKVCache:
         kept = [pending[j] for j in keep]
         dropped = sorted(set(pending) - set(kept))
         self._slots[t:] = kept
-        self._sync_slots(t, t + len(kept))
+        if not self._staged:  # else stage_commit wrote slot_table already
+            self._sync_slots(t, t + len(kept))
         self._free_rows(dropped)
 
     # ------------------------------------------------------------------ row bookkeeping

@@ -13,7 +13,9 @@ these CPU figures rank the parts, they do not predict GPU microseconds).
 
 Per pipeline (plain; n-gram at budgets 16 and 64; dense and paged KV) it prints host us per
 round in total and per phase (`verify` minus the stub's own time) from the least disturbed of
-`--repeats` generations (the median beside it), and appends one JSON row each.
+`--repeats` generations (the median beside it), the aten ops per round outside the stub (each a
+dispatch on the host; on a GPU, those on device tensors are kernel launches or copies), and
+appends one JSON row each.
 `--profile` prints the cProfile top functions of one speculative pipeline.
 """
 
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,13 +61,16 @@ class StubTarget:
         self.table = torch.randn(vocab, vocab, generator=g)  # [V, V] logits after token t
         self.table[torch.arange(vocab), nxt] = 10.0  # argmax is next(t), by a wide margin
         self.seconds = 0.0
+        self.inside = False  # inside forward (`OpCounter` skips the stub's own ops)
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers=()) -> TargetOutput:
         t0 = time.perf_counter()
+        self.inside = True
         n = tokens.numel()
         kv = torch.zeros(n, 1, 1)  # [n, Hkv=1, D=1]
         cache.write(0, kv, kv)
         out = TargetOutput(logits=self.table[tokens])  # [n, V]
+        self.inside = False
         self.seconds += time.perf_counter() - t0
         return out
 
@@ -85,6 +91,27 @@ def pipelines(target: StubTarget):
         for budget in (16, 64):
             pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=budget).build()
             yield f"ngram@{budget}/{cache}", pipe, True
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten ops (what a GPU run would launch or dispatch per op), outside the stub's forward."""
+
+    def __init__(self, target: StubTarget):
+        super().__init__()
+        self.target, self.ops = target, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.target.inside:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int) -> float:
+    """aten ops per round of the pipeline's own code (the stub's forward not counted), untimed."""
+    counter = OpCounter(target)
+    with counter:
+        stats = pipe.generate(prompt, max_new_tokens=rounds * (8 if speculative else 1), speculative=speculative).stats
+    return counter.ops / stats.rounds
 
 
 def measure(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int, repeats: int) -> dict:
@@ -136,8 +163,10 @@ def main() -> None:
     }
     for name, pipe, speculative in pipelines(target):
         row = {**common, "pipeline": name, **measure(target, pipe, speculative, prompt, args.rounds, args.repeats)}
+        row["aten_ops_per_round"] = round(ops_per_round(target, pipe, speculative, prompt, 50), 1)
         phases = "  ".join(f"{p} {v:6.1f}" for p, v in row["phase_us_per_round"].items())
-        print(f"{name:16s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f})  tau {row['tau']:5.2f}  | {phases}")
+        print(f"{name:16s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "
+              f"ops {row['aten_ops_per_round']:5.1f}  tau {row['tau']:5.2f}  | {phases}")
         if args.out:
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .tree import DraftTree
@@ -69,8 +70,9 @@ class TreeUpload:
     def _alloc(self, capacity: int) -> None:
         self.capacity = capacity
         self._host = torch.empty(ROWS * capacity, dtype=torch.int64, pin_memory=self._cuda)  # [7 * cap]
+        self._host_np = self._host.numpy()  # the same memory: the host side is filled with numpy
         self._dev = self._host if self.device.type == "cpu" else torch.empty_like(self._host, device=self.device)
-        self._arange = torch.arange(capacity)  # [cap] int64
+        self._arange = np.arange(capacity, dtype=np.int64)  # [cap]
 
     def __call__(self, tree: DraftTree, prefix_len: int) -> DeviceTree:
         n = tree.size
@@ -78,18 +80,21 @@ class TreeUpload:
             self._alloc(max(n, 2 * self.capacity))
         elif self._cuda:
             self._done.synchronize()
-        host = self._host[: ROWS * n].view(ROWS, n)  # [7, N]
-        index = self._arange[:n]
-        torch.stack((tree.tokens, tree.parents, tree.depths, tree.subtree_sizes, tree.depths, tree.subtree_sizes, index), out=host)
+        # numpy over the tree's host memory: a handful of numpy calls cost less than torch's
+        # per-op dispatch, and nothing here touches the device
+        tokens, parents, depths, sizes = (x.numpy() for x in (tree.tokens, tree.parents, tree.depths, tree.subtree_sizes))
+        host = self._host_np[: ROWS * n].reshape(ROWS, n)  # [7, N]
+        host[0], host[1], host[2], host[3] = tokens, parents, depths, sizes
         host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
-        host[4] += prefix_len  # positions
-        host[5] += index  # ends
-        dev = self._dev[: ROWS * n].view(ROWS, n)  # [7, N]
-        if dev.data_ptr() != host.data_ptr():
-            dev.copy_(host, non_blocking=True)
+        np.add(depths, prefix_len, out=host[4])  # positions
+        np.add(sizes, self._arange[:n], out=host[5])  # ends
+        host[6] = self._arange[:n]
+        dev = self._dev[: ROWS * n]
+        if self._dev is not self._host:
+            dev.copy_(self._host[: ROWS * n], non_blocking=True)
             if self._cuda:
                 self._done.record()
-        return DeviceTree(*dev.unbind(0), max_depth=int(tree.depths.max()) if n > 1 else 0)
+        return DeviceTree(*dev.view(ROWS, n).unbind(0), max_depth=int(depths.max()))
 
 
 class Readback:

@@ -14,6 +14,11 @@ the baseline every speedup is measured against, in the same engine and process.
 
 What the drafter, scorer and verifier return is checked every round (`checks.py`): a plugin can
 make a round fail in one line, never make the output wrong.
+
+The tree goes to the device in one copy (`on_device.TreeUpload`). A verifier with
+`accept_on_device` decides there, a cache with `stage_commit` moves the kept K/V there behind it,
+and the host reads the packed path back in one small copy (`on_device.Readback`): the round's
+only wait for the device. Other verifiers and caches take the host path (`accept`, `commit`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from .checks import Blame, Checked, check_acceptance, check_tree
 from .config import PipelineConfig
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .interfaces import (
+    Acceptance,
+    AcceptsOnDevice,
     AttentionMeta,
+    CommitsOnDevice,
     DecodeState,
     Drafter,
     KVCache,
@@ -40,6 +48,7 @@ from .interfaces import (
     extra_pending,
     observed_layers,
 )
+from .on_device import DeviceTree, Readback, TreeUpload, unpack
 from .tree import DraftTree
 
 PHASES = ("prefill", "draft", "build", "verify", "accept", "commit")
@@ -131,6 +140,8 @@ class Pipeline:
         parts = {"target": target, "drafter": drafter, "scorer": scorer, "verifier": verifier}
         self.labels = {k: f"{k} {type(v).__name__}" for k, v in parts.items()} | (labels or {})
         self._cache: KVCache | None = None
+        self._upload = TreeUpload(target.info.device)  # the round's one host-to-device copy
+        self._readback = Readback(target.info.device)  # its one device-to-host copy
 
     def _cache_for(self, capacity: int) -> KVCache:
         """The pipeline's KV cache, reset; reallocated only when a longer sequence needs it (a
@@ -253,7 +264,7 @@ class Pipeline:
                budget: int, room: int, stops: set[int], stats: GenerationStats) -> tuple[list[int], str]:
         """One round (draft, build, verify, accept, commit) -> the tokens it committed, at most
         `room` and up to the first stop token, and why generation stops ("length": it goes on)."""
-        who, device, clock = self.labels, self.target.info.device, time.perf_counter
+        who, clock = self.labels, time.perf_counter
         root = state.tokens[-1]
         t0 = clock()
         proposal = self.propose(state, budget) if drafter else None
@@ -262,22 +273,49 @@ class Pipeline:
         t2 = clock()
         prefix = cache.committed
         cache.begin(tree.size)
-        out = self._forward(tree.tokens.to(device), AttentionMeta.for_tree(tree, prefix, device), cache, hidden_layers)
+        dtree = self._upload(tree, prefix)
+        meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
+        out = self._forward(dtree.tokens, meta, cache, hidden_layers)
         t3 = clock()
-        with Blame(who["verifier"], "in accept"):
-            acc = check_acceptance(self.verifier.accept(tree, out.logits, state), tree, self.target.info.vocab_size, who["verifier"])
+        acc, path_dev = self._accept(tree, dtree, out.logits, cache, state)
         t4 = clock()
         cache.commit(acc.path)
         new, stopped = self._cut_at_stop(acc.new_tokens(tree)[:room], stops)
         state.tokens.extend(new)
         if drafter and stopped == "length":
+            hidden = None
+            if out.hidden is not None:  # the committed nodes' rows; a device index where there is one
+                hidden = out.hidden[acc.path] if path_dev is None else out.hidden.index_select(0, path_dev[: len(acc.path)])
             with Blame(who["drafter"], "in observe"):
-                drafter.observe(state, out.hidden[acc.path] if out.hidden is not None else None)
+                drafter.observe(state, hidden)
         t5 = clock()
         stats.record_round(len(new), acc.accepted_drafts, tree.budget)
         for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             stats.seconds[phase] += dt
         return new, stopped
+
+    def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache,
+                state: DecodeState) -> tuple[Acceptance, torch.Tensor | None]:
+        """The round's acceptance, checked, and the path on the device (None on the host path).
+        On the device path the KV gather is staged before the one read-back; the path it reads
+        is clamped into the tree, so a wrong plugin path fails the check, not a device index."""
+        who, vocab = self.labels["verifier"], self.target.info.vocab_size
+        if not isinstance(self.verifier, AcceptsOnDevice):
+            with Blame(who, "in accept"):
+                acc = self.verifier.accept(tree, logits, state)
+            return check_acceptance(acc, tree, vocab, who), None
+        n, d = tree.size, dtree.max_depth
+        with Blame(who, "in accept_on_device"):
+            packed = self.verifier.accept_on_device(dtree, logits, state)
+        if not (isinstance(packed, torch.Tensor) and packed.shape == (2 * d + 3,) and packed.dtype == torch.int64):
+            got = tuple(packed.shape) if isinstance(packed, torch.Tensor) else type(packed).__name__
+            raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
+        path_dev = packed[1 : d + 2]  # [D + 1]; its first k entries are checked below
+        if n > 1 and isinstance(cache, CommitsOnDevice):
+            cache.stage_commit(path_dev.clamp(0, n - 1))
+        path, tokens = unpack(self._readback(packed))
+        acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)
+        return check_acceptance(acc, tree, vocab, who), path_dev
 
     def _cut_at_stop(self, new: list[int], stops: set[int]) -> tuple[list[int], str]:
         """`new` up to and including its first stop token, and why it stopped ("length": none)."""

@@ -20,7 +20,7 @@ A chain (plain prefill, plain greedy decode) is the special case `parents[i] = i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -102,8 +102,10 @@ class DraftTree:
 
     @staticmethod
     def root_only(token: int) -> "DraftTree":
-        """The tree of plain greedy decoding: just the root, no drafts."""
-        return DraftTree.chain([token])
+        """The tree of plain greedy decoding: just the root, no drafts. Built every plain round,
+        so only its token is a new tensor: the structure is one shared, valid template (trees are
+        never changed in place)."""
+        return replace(_ROOT, tokens=torch.tensor([token]))
 
     # ------------------------------------------------------------------ queries
     @property
@@ -176,6 +178,9 @@ class DraftTree:
         if recount != sizes:
             bad = next(i for i in range(n) if recount[i] != sizes[i])
             raise InputError(f"node {bad} has subtree size {sizes[bad]} but {recount[bad]} descendants-or-self")
+
+
+_ROOT = DraftTree.chain([0])  # root_only's template
 
 
 # ---------------------------------------------------------------------------- the tree mask

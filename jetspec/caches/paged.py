@@ -139,6 +139,8 @@ class PagedKVCache:
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
         self._committed = self._pending = self._staged = 0
+        self._synced = 0  # gather: slot_table[:_synced] holds the rows the pages give (nothing to send)
+        self._pages_changed = False  # block_table is behind _pages
 
     def begin(self, n: int) -> None:
         t = self._committed
@@ -157,7 +159,11 @@ class PagedKVCache:
             )
         rows = self._take_rows(n, self.allocator.allocate(new_pages))
         self._slots[t:] = rows
-        self._sync_slots(t, t + n)
+        if self.options.commit == "gather":  # a logical slot's row changes only with its page
+            self._sync_slots(self._synced, t + n)
+            self._synced = max(self._synced, t + n)
+        else:
+            self._sync_slots(t, t + n)
         self._pending, self._staged = n, 0
         self._write_rows[:n].copy_(self.slot_table[t : t + n])
 
@@ -210,7 +216,8 @@ class PagedKVCache:
         del self._slots[t + k :]
         keep_pages = math.ceil((t + k) / self.page_size)
         self.allocator.release(self._pages[keep_pages:])
-        del self._pages[keep_pages:]
+        del self._pages[keep_pages:]  # block_table past the pages in use is never read
+        self._synced = min(self._synced, keep_pages * self.page_size)
 
     def _commit_remap(self, t: int, keep: list[int]) -> None:
         pending = self._slots[t:]
@@ -231,6 +238,7 @@ class PagedKVCache:
         """Physical rows for n pending tokens, after acquiring `new_pages`."""
         p = self.page_size
         self._pages.extend(new_pages)
+        self._pages_changed |= bool(new_pages)
         if self.options.commit == "gather":
             t = self._committed
             return [self._pages[s // p] * p + s % p for s in range(t, t + n)]
@@ -263,6 +271,7 @@ class PagedKVCache:
             gone = set(empty)
             self._pages = [page for page in self._pages if page not in gone]
             self.allocator.release(empty)
+            self._pages_changed = True
         self._sync_block_table()
 
     def _discard_pending(self) -> None:
@@ -277,14 +286,17 @@ class PagedKVCache:
                 self._free_rows(dropped)
             self._pending = 0
 
+    # host -> device writes: only what changed, and non-blocking (a blocking copy would wait for
+    # every kernel queued before it; the source is a fresh host tensor nobody reuses)
     def _sync_slots(self, lo: int, hi: int) -> None:
         if hi > lo:
-            self.slot_table[lo:hi] = torch.tensor(self._slots[lo:hi], dtype=torch.int32)
+            self.slot_table[lo:hi].copy_(torch.tensor(self._slots[lo:hi], dtype=torch.int32), non_blocking=True)
         self._sync_block_table()
 
     def _sync_block_table(self) -> None:
-        if self._pages:
-            self.block_table[: len(self._pages)] = torch.tensor(self._pages, dtype=torch.int32)
+        if self._pages and self._pages_changed:
+            self.block_table[: len(self._pages)].copy_(torch.tensor(self._pages, dtype=torch.int32), non_blocking=True)
+        self._pages_changed = False
 
     @staticmethod
     def _rows(pool: torch.Tensor, layer: int) -> torch.Tensor:

@@ -58,7 +58,7 @@ def test_the_uploaded_tree_holds_the_host_tree_and_its_positions():
     assert dtree.tokens.tolist() == tree.tokens.tolist()
     assert dtree.parents.tolist() == [0] + tree.parents.tolist()[1:]
     assert dtree.positions.tolist() == (tree.depths + 10).tolist()
-    assert dtree.ends.tolist() == (torch.arange(5) + tree.subtree_sizes).tolist()
+    assert dtree.ends.tolist() == [0] + (torch.arange(5) + tree.subtree_sizes).tolist()[1:]
     assert dtree.max_depth == 2
 
 

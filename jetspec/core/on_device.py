@@ -46,7 +46,9 @@ class DeviceTree:
     depths: torch.Tensor  # [N] int64
     subtree_sizes: torch.Tensor  # [N] int64
     positions: torch.Tensor  # [N] int64, prefix_len + depth (RoPE positions)
-    ends: torch.Tensor  # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i])
+    # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i]); the root's is stored as
+    # 0 (the root is no draft and rejects nothing: `greedy.walk_on_device`)
+    ends: torch.Tensor
     index: torch.Tensor  # [N] int64, 0 .. N - 1
     max_depth: int  # D, on the host
 
@@ -73,6 +75,7 @@ class TreeUpload:
         self._host_np = self._host.numpy()  # the same memory: the host side is filled with numpy
         self._dev = self._host if self.device.type == "cpu" else torch.empty_like(self._host, device=self.device)
         self._arange = np.arange(capacity, dtype=np.int64)  # [cap]
+        self._views: dict[int, tuple[torch.Tensor, ...]] = {}  # N -> the 7 device rows of an N-node tree
 
     def __call__(self, tree: DraftTree, prefix_len: int) -> DeviceTree:
         n = tree.size
@@ -80,21 +83,28 @@ class TreeUpload:
             self._alloc(max(n, 2 * self.capacity))
         elif self._cuda:
             self._done.synchronize()
-        # numpy over the tree's host memory: a handful of numpy calls cost less than torch's
-        # per-op dispatch, and nothing here touches the device
-        tokens, parents, depths, sizes = (x.numpy() for x in (tree.tokens, tree.parents, tree.depths, tree.subtree_sizes))
+        # numpy over the tree's host memory: numpy calls cost less than torch's per-op dispatch
         host = self._host_np[: ROWS * n].reshape(ROWS, n)  # [7, N]
-        host[0], host[1], host[2], host[3] = tokens, parents, depths, sizes
-        host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
-        np.add(depths, prefix_len, out=host[4])  # positions
-        np.add(sizes, self._arange[:n], out=host[5])  # ends
-        host[6] = self._arange[:n]
-        dev = self._dev[: ROWS * n]
+        tokens = tree.tokens.numpy()
+        if n == 1:  # plain decoding: the root alone
+            host[:, 0] = (tokens[0], 0, 0, 1, prefix_len, 0, 0)
+            max_depth = 0
+        else:
+            parents, depths, sizes = (x.numpy() for x in (tree.parents, tree.depths, tree.subtree_sizes))
+            host[0], host[1], host[2], host[3], host[6] = tokens, parents, depths, sizes, self._arange[:n]
+            host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
+            np.add(depths, prefix_len, out=host[4])  # positions
+            np.add(sizes, self._arange[:n], out=host[5])  # ends
+            host[5, 0] = 0  # the root's (see DeviceTree)
+            max_depth = int(depths.max())
         if self._dev is not self._host:
-            dev.copy_(self._host[: ROWS * n], non_blocking=True)
+            self._dev[: ROWS * n].copy_(self._host[: ROWS * n], non_blocking=True)
             if self._cuda:
                 self._done.record()
-        return DeviceTree(*dev.view(ROWS, n).unbind(0), max_depth=int(depths.max()))
+        views = self._views.get(n)
+        if views is None:  # persistent storage: an N's views stay valid, refilled in place
+            views = self._views[n] = self._dev[: ROWS * n].view(ROWS, n).unbind(0)
+        return DeviceTree(*views, max_depth=max_depth)
 
 
 class Readback:

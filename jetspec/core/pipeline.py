@@ -142,6 +142,7 @@ class Pipeline:
         self._cache: KVCache | None = None
         self._upload = TreeUpload(target.info.device)  # the round's one host-to-device copy
         self._readback = Readback(target.info.device)  # its one device-to-host copy
+        self._on_device = (False, False)  # (verifier accepts on the device, cache stages commits): per generate
 
     def _cache_for(self, capacity: int) -> KVCache:
         """The pipeline's KV cache, reset; reallocated only when a longer sequence needs it (a
@@ -215,6 +216,8 @@ class Pipeline:
         stats = GenerationStats()
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
+        # asked once per generate: isinstance of a runtime Protocol costs microseconds a round
+        self._on_device = isinstance(self.verifier, AcceptsOnDevice), isinstance(cache, CommitsOnDevice)
         hidden_layers = observed_layers(drafter)
         stopped = "length"
         try:
@@ -300,7 +303,8 @@ class Pipeline:
         On the device path the KV gather is staged before the one read-back; the path it reads
         is clamped into the tree, so a wrong plugin path fails the check, not a device index."""
         who, vocab = self.labels["verifier"], self.target.info.vocab_size
-        if not isinstance(self.verifier, AcceptsOnDevice):
+        accepts, stages = self._on_device
+        if not accepts:
             with Blame(who, "in accept"):
                 acc = self.verifier.accept(tree, logits, state)
             return check_acceptance(acc, tree, vocab, who), None
@@ -311,7 +315,7 @@ class Pipeline:
             got = tuple(packed.shape) if isinstance(packed, torch.Tensor) else type(packed).__name__
             raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
         path_dev = packed[1 : d + 2]  # [D + 1]; its first k entries are checked below
-        if n > 1 and isinstance(cache, CommitsOnDevice):
+        if n > 1 and stages:
             cache.stage_commit(path_dev.clamp(0, n - 1))
         path, tokens = unpack(self._readback(packed))
         acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)

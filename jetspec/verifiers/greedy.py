@@ -49,23 +49,21 @@ def accept_greedy(tree: DraftTree, target_next: list[int]) -> Acceptance:
 def walk_on_device(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     """`choice` [N] int64 on the device, the target's token at each node (its argmax, or a
     sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`): the path and
-    tokens of `accept_greedy`, by a fixed number of array ops and no host sync:
+    tokens of `accept_greedy`, by ten array ops and no host sync:
 
     * draft i is wrong iff tokens[i] != choice[parent(i)]; the root is never wrong;
-    * i is accepted iff no node on root -> i is wrong. The nodes whose subtree holds i are the
-      j <= i < ends[j] (pre-order), so their wrong count is the prefix sum at i of +wrong[j] at j
-      and -wrong[j] at ends[j];
-    * the accepted nodes form one root-down path (sibling tokens are distinct): the accepted node
-      at depth d is path[d], and choice[path] are the drafts it accepts followed by the bonus."""
+    * i is rejected iff a wrong j has i in its subtree, j <= i < ends[j] (pre-order), i.e. iff the
+      running maximum of ends[j] over the wrong j <= i exceeds i (the root's `ends` is 0);
+    * the accepted nodes form one root-down path (sibling tokens are distinct), in pre-order
+      index order: a stable sort puts them first, so path[d] is the accepted node at depth d, and
+      choice[path] are the drafts it accepts followed by the bonus."""
     n, d = tree.size, tree.max_depth
     if n == 1:  # plain decoding: [k = 1, path = [0], choice[0]]; sizes[0] = 1 and parents[0] = 0
         return torch.cat((tree.subtree_sizes, tree.parents, choice))
-    wrong = (tree.tokens[1:] != choice[tree.parents[1:]]).long()  # [N - 1], drafts only
-    diff = torch.nn.functional.pad(wrong, (1, 1))  # [N + 1]: +wrong[j] at j, root 0
-    diff.index_add_(0, tree.ends[1:], wrong, alpha=-1)  # -wrong[j] where j's subtree ends
-    accepted = diff.cumsum(0)[:n] == 0  # [N]
-    slot = torch.where(accepted, tree.depths, d + 1)  # [N]: depth of an accepted node, else a dump slot
-    path = torch.zeros(d + 2, dtype=torch.int64, device=choice.device).scatter_(0, slot, tree.index)[: d + 1]  # [D + 1]
+    wrong = tree.tokens != choice[tree.parents]  # [N] bool
+    reach = torch.where(wrong, tree.ends, 0).cummax(0).values  # [N]: furthest end of a wrong subtree so far
+    accepted = reach <= tree.index  # [N] bool
+    path = torch.sort(accepted, descending=True, stable=True).indices[: d + 1]  # [D + 1], accepted first
     return torch.cat((accepted.sum().view(1), path, choice[path]))  # [2D + 3]
 
 

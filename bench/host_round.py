@@ -83,14 +83,29 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+class HostAccept:
+    """A verifier's `accept` alone: the pipeline then takes the host path (argmax read back, walked
+    on the host) — the same run's comparison for acceptance on the device."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def accept(self, tree, logits, state):
+        return self.inner.accept(tree, logits, state)
+
+
 def pipelines(target: StubTarget):
-    """(name, pipeline, speculative) for the configurations measured."""
+    """(name, pipeline, speculative) for the configurations measured; "+host-accept": the same
+    pipeline with the verifier's device path hidden (where the pipeline code has one)."""
     for cache in ("dense", "paged"):
         base = jetspec.builder().target(target).kv_cache(cache)
         yield f"plain/{cache}", base.generation(budget=0, max_new_tokens=1).build(), False
         for budget in (16, 64):
             pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=budget).build()
             yield f"ngram@{budget}/{cache}", pipe, True
+        pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=16).build()
+        pipe.verifier = HostAccept(pipe.verifier)
+        yield f"ngram@16/{cache}+host-accept", pipe, True
 
 
 class OpCounter(TorchDispatchMode):
@@ -165,7 +180,7 @@ def main() -> None:
         row = {**common, "pipeline": name, **measure(target, pipe, speculative, prompt, args.rounds, args.repeats)}
         row["aten_ops_per_round"] = round(ops_per_round(target, pipe, speculative, prompt, 50), 1)
         phases = "  ".join(f"{p} {v:6.1f}" for p, v in row["phase_us_per_round"].items())
-        print(f"{name:16s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "
+        print(f"{name:28s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "
               f"ops {row['aten_ops_per_round']:5.1f}  tau {row['tau']:5.2f}  | {phases}")
         if args.out:
             with args.out.open("a") as f:

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetspec.core.interfaces import AcceptsOnDevice, DecodeState
+from jetspec.core.interfaces import AcceptsOnDevice, DecodeState, accepts_on_device
 from jetspec.core.on_device import Readback, TreeUpload, unpack
 from jetspec.core.tree import DraftTree
 from jetspec.testing.strategies import draft_trees
@@ -94,3 +94,17 @@ def test_a_read_back_with_an_impossible_length_unpacks_to_nothing():
     assert unpack([0, 0, 0, 5, 5]) == ([], [])
     assert unpack([3, 0, 1, 5, 6]) == ([], [])  # D = 1: at most 2 nodes on a path
     assert unpack([2, 0, 1, 5, 6]) == ([0, 1], [5, 6])
+
+
+def test_a_subclass_that_overrides_accept_alone_keeps_the_host_path():
+    class OwnRule(GreedyVerifier):  # its accept is the rule now; the inherited device walk is not
+        def accept(self, tree, logits, state):
+            return super().accept(tree, logits, state)
+
+    class OwnRuleOnDevice(OwnRule):
+        def accept_on_device(self, tree, logits, state):
+            return super().accept_on_device(tree, logits, state)
+
+    assert accepts_on_device(GreedyVerifier()) and accepts_on_device(SamplingVerifier())
+    assert not accepts_on_device(OwnRule())
+    assert accepts_on_device(OwnRuleOnDevice())

@@ -18,7 +18,7 @@ from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from .on_device import DeviceTree
+from .on_device import AcceptsOnDevice, CommitsOnDevice, DeviceTree, accepts_on_device
 from .tree import DraftTree
 
 
@@ -270,6 +270,8 @@ class Target(Protocol):
 # What a component may offer beyond its kind's Protocol. Each is a Protocol of its own: the code
 # that uses one asks `isinstance(x, ThatProtocol)` (or the function beside it), never
 # `getattr(x, "name", default)`, and the conformance kit checks every one a component has.
+# `AcceptsOnDevice` and `CommitsOnDevice` live beside the packed layout they share
+# (`on_device.py`) and are exported from here like the rest.
 
 
 @runtime_checkable
@@ -305,27 +307,6 @@ class ResettableVerifier(Protocol):
     def reset(self, state: DecodeState) -> None:
         """A new sequence starts: called once at the start of every `generate`, before its first
         `accept` (a sampling verifier re-seeds there, so the same seed gives the same output)."""
-        ...
-
-
-@runtime_checkable
-class AcceptsOnDevice(Protocol):
-    """A verifier that decides on the logits' device, so that a round reads back one small tensor
-    (`core/on_device.py`). `accept` stays the reference: both keep the same path and tokens."""
-
-    def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """logits [N, V] -> packed [2D + 3] int64 on their device (layout: `on_device.py`), no sync."""
-        ...
-
-
-@runtime_checkable
-class CommitsOnDevice(Protocol):
-    """A KV cache that moves the kept pending entries on the device before the host knows which
-    they are; the `commit(path)` that follows only does bookkeeping."""
-
-    def stage_commit(self, keep: torch.Tensor) -> None:
-        """keep [M <= n] int64 on the device, pending indices in [0, n): pending entry keep[j] becomes
-        logical slot committed + j for j < M, no sync. Next comes `commit(keep[:k])`, k <= M."""
         ...
 
 
@@ -405,6 +386,7 @@ __all__ = [
     "TargetOutput",
     "TreeScorer",
     "Verifier",
+    "accepts_on_device",
     "extra_pending",
     "is_graph_safe",
     "observed_layers",

@@ -26,11 +26,15 @@ host, and on the device only what the verifier's few array ops make.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from .tree import DraftTree
+
+if TYPE_CHECKING:
+    from .interfaces import DecodeState, Verifier
 
 ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree ends, node index
 
@@ -139,3 +143,38 @@ def unpack(values: list[int]) -> tuple[list[int], list[int]]:
     if not 1 <= k <= d1:
         return [], []
     return values[1 : 1 + k], values[1 + d1 : 1 + d1 + k]
+
+
+# ---------------------------------------------------------------------------- the capabilities
+# Optional members (`interfaces.py` exports them): a verifier or cache that has one takes the
+# device path above; one that has not keeps working on the host path.
+
+
+@runtime_checkable
+class AcceptsOnDevice(Protocol):
+    """A verifier that decides on the logits' device, so that a round reads back one small tensor
+    (`core/on_device.py`). `accept` stays the reference: both keep the same path and tokens."""
+
+    def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """logits [N, V] -> packed [2D + 3] int64 on their device (layout: `on_device.py`), no sync."""
+        ...
+
+
+def accepts_on_device(verifier: Verifier) -> bool:
+    """The pipeline may call `accept_on_device`: the verifier has it, defined no higher in its
+    class tree than `accept` (a subclass that overrides `accept` alone keeps the host path)."""
+    if not isinstance(verifier, AcceptsOnDevice):
+        return False
+    owner = {m: next((c for c in type(verifier).__mro__ if m in vars(c)), None) for m in ("accept", "accept_on_device")}
+    return None in owner.values() or issubclass(owner["accept_on_device"], owner["accept"])
+
+
+@runtime_checkable
+class CommitsOnDevice(Protocol):
+    """A KV cache that moves the kept pending entries on the device before the host knows which
+    they are; the `commit(path)` that follows only does bookkeeping."""
+
+    def stage_commit(self, keep: torch.Tensor) -> None:
+        """keep [M <= n] int64 on the device, pending indices in [0, n): pending entry keep[j] becomes
+        logical slot committed + j for j < M, no sync. Next comes `commit(keep[:k])`, k <= M."""
+        ...

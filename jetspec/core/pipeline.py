@@ -34,7 +34,6 @@ from .config import PipelineConfig
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .interfaces import (
     Acceptance,
-    AcceptsOnDevice,
     AttentionMeta,
     CommitsOnDevice,
     DecodeState,
@@ -45,6 +44,7 @@ from .interfaces import (
     TargetOutput,
     TreeScorer,
     Verifier,
+    accepts_on_device,
     extra_pending,
     observed_layers,
 )
@@ -217,7 +217,7 @@ class Pipeline:
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
         # asked once per generate: isinstance of a runtime Protocol costs microseconds a round
-        self._on_device = isinstance(self.verifier, AcceptsOnDevice), isinstance(cache, CommitsOnDevice)
+        self._on_device = accepts_on_device(self.verifier), isinstance(cache, CommitsOnDevice)
         hidden_layers = observed_layers(drafter)
         stopped = "length"
         try:

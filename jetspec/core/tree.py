@@ -20,7 +20,7 @@ A chain (plain prefill, plain greedy decode) is the special case `parents[i] = i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -105,7 +105,7 @@ class DraftTree:
         """The tree of plain greedy decoding: just the root, no drafts. Built every plain round,
         so only its token is a new tensor: the structure is one shared, valid template (trees are
         never changed in place)."""
-        return replace(_ROOT, tokens=torch.tensor([token]))
+        return DraftTree(torch.tensor([token]), _ROOT.parents, _ROOT.depths, _ROOT.subtree_sizes, _ROOT.scores)
 
     # ------------------------------------------------------------------ queries
     @property

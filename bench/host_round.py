@@ -12,8 +12,10 @@ left is host work a GPU run pays too (on a GPU each torch op also costs a launch
 these CPU figures rank the parts, they do not predict GPU microseconds).
 
 Per pipeline (plain; n-gram at budgets 16 and 64; dense and paged KV) it prints host us per
-round in total and per phase (`verify` minus the stub's own time) from the least disturbed of
-`--repeats` generations (the median beside it), the aten ops per round outside the stub (each a
+round: this thread's CPU time (the difference of a long and a short generation, least of
+`--repeats`, median beside it: what the code itself costs, whoever else shares the core), and
+wall time in total and per phase (`verify` minus the stub's own time) from the least disturbed
+of `--repeats` generations (the median beside it), the aten ops per round outside the stub (each a
 dispatch on the host; on a GPU, those on device tensors are kernel launches or copies), and
 appends one JSON row each.
 `--profile` prints the cProfile top functions of one speculative pipeline.
@@ -61,10 +63,11 @@ class StubTarget:
         self.table = torch.randn(vocab, vocab, generator=g)  # [V, V] logits after token t
         self.table[torch.arange(vocab), nxt] = 10.0  # argmax is next(t), by a wide margin
         self.seconds = 0.0
+        self.cpu_seconds = 0.0  # this thread's CPU time inside forward
         self.inside = False  # inside forward (`OpCounter` skips the stub's own ops)
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers=()) -> TargetOutput:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self.inside = True
         n = tokens.numel()
         kv = torch.zeros(n, 1, 1)  # [n, Hkv=1, D=1]
@@ -72,6 +75,7 @@ class StubTarget:
         out = TargetOutput(logits=self.table[tokens])  # [n, V]
         self.inside = False
         self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.thread_time() - c0
         return out
 
 
@@ -129,6 +133,20 @@ def ops_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int]
     return counter.ops / stats.rounds
 
 
+def cpu_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int) -> float:
+    """This thread's CPU us per round outside the stub, from two generations of different lengths
+    (their difference cancels prefill and setup). CPU time, not wall time: on a shared machine the
+    wall clock also counts the time other processes held the core."""
+    cost = []
+    for n in (rounds // 4, rounds):
+        target.cpu_seconds = 0.0
+        c0 = time.thread_time()
+        stats = pipe.generate(prompt, max_new_tokens=n * (8 if speculative else 1), speculative=speculative).stats
+        cost.append((time.thread_time() - c0 - target.cpu_seconds, stats.rounds))
+    (c1, r1), (c2, r2) = cost
+    return (c2 - c1) / (r2 - r1) * 1e6
+
+
 def measure(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int, repeats: int) -> dict:
     """`repeats` generations of about `rounds` rounds each; host us per round, total and per
     phase, from the repeat with the least host time (the machine is shared: the least disturbed
@@ -142,7 +160,9 @@ def measure(target: StubTarget, pipe, speculative: bool, prompt: list[int], roun
         per_round["verify"] -= target.seconds / stats.rounds * 1e6  # what is left: the forward's inputs, checks
         runs.append((sum(per_round.values()), per_round, stats, target.seconds / stats.rounds * 1e6))
     host, per_round, stats, stub = min(runs, key=lambda r: r[0])
+    cpu = sorted(cpu_per_round(target, pipe, speculative, prompt, rounds) for _ in range(repeats))
     return {
+        "host_cpu_us_per_round": round(cpu[0], 1), "host_cpu_us_per_round_median": round(cpu[len(cpu) // 2], 1),
         "rounds": stats.rounds, "repeats": repeats, "tau": round(stats.tau, 3),
         "host_us_per_round": round(host, 1),
         "host_us_per_round_median": round(sorted(r[0] for r in runs)[len(runs) // 2], 1),
@@ -180,7 +200,8 @@ def main() -> None:
         row = {**common, "pipeline": name, **measure(target, pipe, speculative, prompt, args.rounds, args.repeats)}
         row["aten_ops_per_round"] = round(ops_per_round(target, pipe, speculative, prompt, 50), 1)
         phases = "  ".join(f"{p} {v:6.1f}" for p, v in row["phase_us_per_round"].items())
-        print(f"{name:28s} host {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "
+        print(f"{name:28s} cpu {row['host_cpu_us_per_round']:6.1f} (median {row['host_cpu_us_per_round_median']:6.1f}) "
+              f"wall {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "
               f"ops {row['aten_ops_per_round']:5.1f}  tau {row['tau']:5.2f}  | {phases}")
         if args.out:
             with args.out.open("a") as f:

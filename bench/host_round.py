@@ -87,29 +87,18 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-class HostAccept:
-    """A verifier's `accept` alone: the pipeline then takes the host path (argmax read back, walked
-    on the host) — the same run's comparison for acceptance on the device."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def accept(self, tree, logits, state):
-        return self.inner.accept(tree, logits, state)
-
-
 def pipelines(target: StubTarget):
-    """(name, pipeline, speculative) for the configurations measured; "+host-accept": the same
-    pipeline with the verifier's device path hidden (where the pipeline code has one)."""
+    """(name, pipeline, speculative) for the configurations measured. "device": acceptance on
+    the device and the commit staged there, as a GPU target runs them (`accept_on_device =
+    "always"`; on the CPU the device is the host); "host": the argmax read back and walked on the
+    host (what "auto" picks for a CPU target), in the same run."""
     for cache in ("dense", "paged"):
-        base = jetspec.builder().target(target).kv_cache(cache)
-        yield f"plain/{cache}", base.generation(budget=0, max_new_tokens=1).build(), False
-        for budget in (16, 64):
-            pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=budget).build()
-            yield f"ngram@{budget}/{cache}", pipe, True
-        pipe = jetspec.builder().target(target).kv_cache(cache).drafter("ngram").generation(budget=16).build()
-        pipe.verifier = HostAccept(pipe.verifier)
-        yield f"ngram@16/{cache}+host-accept", pipe, True
+        for mode, budgets in (("always", (0, 16, 64)), ("never", (0, 16))):
+            for budget in budgets:
+                b = jetspec.builder().target(target).kv_cache(cache).drafter("ngram")
+                pipe = b.generation(budget=budget, max_new_tokens=1, accept_on_device=mode).build()
+                kind = f"ngram@{budget}" if budget else "plain"
+                yield f"{kind}/{cache}/{'device' if mode == 'always' else 'host'}", pipe, budget > 0
 
 
 class OpCounter(TorchDispatchMode):

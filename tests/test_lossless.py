@@ -32,9 +32,10 @@ prompts = st.lists(st.integers(0, 95), min_size=1, max_size=12).flatmap(
     scorer=st.sampled_from(SCORERS),
     cache=st.sampled_from(CACHES),
     corrupt=st.sampled_from([0.0, 0.15, 0.6, 1.0]),
+    on_device=st.sampled_from(["auto", "always"]),  # host walk and commit, or device walk and staged commit
     data=st.data(),
 )
-def test_speculative_equals_plain_greedy(family, seed, prompt, max_new, budget, drafter, scorer, cache, corrupt, data):
+def test_speculative_equals_plain_greedy(family, seed, prompt, max_new, budget, drafter, scorer, cache, corrupt, on_device, data):
     expected = plain_output(family, seed, tuple(prompt), max_new)
     options = {"reference": list(expected), "corrupt_p": corrupt, "seed": seed} if drafter == "oracle" else {}
     pipe = (
@@ -43,7 +44,7 @@ def test_speculative_equals_plain_greedy(family, seed, prompt, max_new, budget, 
         .drafter(drafter, **options)
         .scorer(scorer)
         .kv_cache(cache)
-        .generation(budget=budget, max_new_tokens=max_new)
+        .generation(budget=budget, max_new_tokens=max_new, accept_on_device=on_device)
         .build()
     )
     result = pipe.generate(list(prompt))

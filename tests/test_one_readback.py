@@ -56,10 +56,10 @@ class DeviceOnlyTarget:
         return out
 
 
-def run(verifier: str, cache: str, budget: int, seed: int = 1):
+def run(verifier: str, cache: str, budget: int, seed: int = 1, mode: str = "always"):
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
     pipe = (jetspec.builder(REG).target(DeviceOnlyTarget(seed)).drafter("ngram").verifier(verifier)
-            .kv_cache(cache).generation(budget=budget, max_new_tokens=24).build())
+            .kv_cache(cache).generation(budget=budget, max_new_tokens=24, accept_on_device=mode).build())
     expected = jetspec.builder(REG).target(tiny_decoder(seed)).drafter("ngram").generation(max_new_tokens=24).build().generate_plain(prompt)
     DeviceOnly.copies_out = 0
     result = pipe.generate(prompt)
@@ -83,7 +83,15 @@ def test_a_verifier_that_reads_the_logits_on_the_host_is_caught():
             from jetspec.verifiers.greedy import accept_greedy
             return accept_greedy(tree, logits.argmax(dim=-1).tolist())
 
-    pipe = (jetspec.builder(REG).target(DeviceOnlyTarget(1)).drafter("ngram").generation(budget=8, max_new_tokens=8).build())
+    pipe = (jetspec.builder(REG).target(DeviceOnlyTarget(1)).drafter("ngram")
+            .generation(budget=8, max_new_tokens=8, accept_on_device="always").build())
     pipe.verifier = HostGreedy()
     with pytest.raises((HostRead, PluginError), match="tolist"):
         pipe.generate([5, 6, 7, 5, 6, 7])
+
+
+@pytest.mark.parametrize("mode", ["auto", "never"])
+def test_a_cpu_target_reads_its_logits_on_the_host_unless_told_always(mode):
+    # "auto" on the CPU: the logits are host memory already, and the host walk costs fewer ops
+    with pytest.raises((HostRead, PluginError), match="tolist"):
+        run("greedy", "dense", 8, mode=mode)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
@@ -48,6 +48,9 @@ class GenerationConfig(BaseModel):
         default_factory=list, description="stop after any of these (EOS always stops); each must be in the target's vocabulary"
     )
     chat_template: bool = Field(True, description="wrap a text prompt in the tokenizer's chat template")
+    accept_on_device: Literal["auto", "always", "never"] = Field(
+        "auto", description="accept on the target's device and stage the KV commit there, where the verifier and cache can "
+        "(one small read-back per round); auto: unless the target runs on the CPU, where the host walk costs less")
 
 
 class PipelineConfig(BaseModel):

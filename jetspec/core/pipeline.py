@@ -18,7 +18,8 @@ make a round fail in one line, never make the output wrong.
 The tree goes to the device in one copy (`on_device.TreeUpload`). A verifier with
 `accept_on_device` decides there, a cache with `stage_commit` moves the kept K/V there behind it,
 and the host reads the packed path back in one small copy (`on_device.Readback`): the round's
-only wait for the device. Other verifiers and caches take the host path (`accept`, `commit`).
+only wait for the device. Other verifiers and caches take the host path (`accept`, `commit`), and
+so does a CPU target unless `generation.accept_on_device = "always"`.
 """
 
 from __future__ import annotations
@@ -216,8 +217,7 @@ class Pipeline:
         stats = GenerationStats()
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
-        # asked once per generate: isinstance of a runtime Protocol costs microseconds a round
-        self._on_device = accepts_on_device(self.verifier), isinstance(cache, CommitsOnDevice)
+        self._on_device = self._device_path(cache)
         hidden_layers = observed_layers(drafter)
         stopped = "length"
         try:
@@ -231,6 +231,14 @@ class Pipeline:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise
         return self._result(state, stats, prompt_ids, stopped)
+
+    def _device_path(self, cache: KVCache) -> tuple[bool, bool]:
+        """(accept on the device, stage the commit there) for this generate: asked once, since
+        isinstance of a runtime Protocol costs microseconds. On a CPU target ("auto") the logits
+        are host memory already, and the host walk costs fewer ops than the device walk."""
+        mode = self.config.generation.accept_on_device
+        on = mode == "always" or (mode == "auto" and self.target.info.device.type != "cpu")
+        return on and accepts_on_device(self.verifier), on and isinstance(cache, CommitsOnDevice)
 
     def _sequence_cache(self, prompt_len: int, max_new: int, budget: int) -> KVCache:
         """The cache for one sequence: room for every committed token plus the last round's tree."""

@@ -2,16 +2,22 @@
 packed path read back (`core/on_device.py`) is `accept_greedy`'s path, and its tokens are the
 round's committed tokens; the verifiers' `accept_on_device` agree with their `accept`."""
 
+import pytest
 import torch
 from hypothesis import given, settings
+
+import jetspec
 from hypothesis import strategies as st
 
 from jetspec.core.interfaces import AcceptsOnDevice, DecodeState, accepts_on_device
 from jetspec.core.on_device import Readback, TreeUpload, unpack
+from jetspec.core.errors import PluginError
 from jetspec.core.tree import DraftTree
+from jetspec.testing.models import tiny_decoder
 from jetspec.testing.strategies import draft_trees
 from jetspec.verifiers.greedy import GreedyVerifier, accept_greedy, walk_on_device
 from jetspec.verifiers.sampling import SamplingOptions, SamplingVerifier
+from support.registry import make_test_registry
 
 VOCAB = 96
 
@@ -108,3 +114,28 @@ def test_a_subclass_that_overrides_accept_alone_keeps_the_host_path():
     assert accepts_on_device(GreedyVerifier()) and accepts_on_device(SamplingVerifier())
     assert not accepts_on_device(OwnRule())
     assert accepts_on_device(OwnRuleOnDevice())
+
+
+class WrongShape(GreedyVerifier):
+    def accept_on_device(self, tree, logits, state):
+        return logits.argmax(dim=-1).float()  # [N] float: not a packed path
+
+
+class NotAChild(GreedyVerifier):
+    def accept_on_device(self, tree, logits, state):
+        packed = super().accept_on_device(tree, logits, state)
+        packed[0], packed[2 : tree.max_depth + 2] = 2, 10 ** 6  # a path [0, 10**6]: no such node
+        return packed
+
+
+@pytest.mark.parametrize("verifier, match", [
+    (WrongShape, r"returned \(\d+,\) from accept_on_device; expected an int64 tensor of shape \[\d+\]"),
+    (NotAChild, r"accepted path \[0, 1000000\]: node 1000000 is not a child of node 0"),
+])
+def test_a_wrong_device_acceptance_fails_the_round_in_one_line(verifier, match):
+    pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder(1)).drafter("ngram").kv_cache("paged")
+            .generation(budget=8, max_new_tokens=16, accept_on_device="always").build())
+    pipe.verifier = verifier()
+    with pytest.raises(PluginError, match=match) as e:
+        pipe.generate([5, 6, 7, 5, 6, 7, 5, 6])
+    assert "\n" not in str(e.value)

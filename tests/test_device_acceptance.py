@@ -20,6 +20,7 @@ from jetspec.verifiers.sampling import SamplingOptions, SamplingVerifier
 from support.registry import make_test_registry
 
 VOCAB = 96
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: pinned buffers, events, the walk's kernels
 
 
 @st.composite
@@ -36,17 +37,17 @@ def trees_and_choices(draw):
     return tree, choice
 
 
-def device_path(tree: DraftTree, choice: list[int], prefix_len: int = 0) -> tuple[list[int], list[int]]:
-    dtree = TreeUpload("cpu", capacity=4)(tree, prefix_len)  # capacity 4: larger trees regrow it
-    return unpack(Readback("cpu")(walk_on_device(dtree, torch.tensor(choice))))
+def device_path(tree: DraftTree, choice: list[int], prefix_len: int = 0, device: str = "cpu") -> tuple[list[int], list[int]]:
+    dtree = TreeUpload(device, capacity=4)(tree, prefix_len)  # capacity 4: larger trees regrow it
+    return unpack(Readback(device)(walk_on_device(dtree, torch.tensor(choice, device=device))))
 
 
 @settings(max_examples=300)
-@given(trees_and_choices())
-def test_the_device_walk_accepts_what_the_host_walk_accepts(case):
+@given(trees_and_choices(), st.sampled_from(DEVICES))
+def test_the_device_walk_accepts_what_the_host_walk_accepts(case, device):
     tree, choice = case
     acc = accept_greedy(tree, choice)
-    path, tokens = device_path(tree, choice)
+    path, tokens = device_path(tree, choice, device=device)
     assert path == acc.path
     assert tokens == acc.new_tokens(tree)
 

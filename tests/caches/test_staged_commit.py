@@ -16,16 +16,17 @@ from jetspec.core.interfaces import CommitsOnDevice
 from jetspec.testing.kv_semantics import small_info
 
 LAYERS, HKV, D = 2, 2, 4
-INFO = small_info(LAYERS, HKV, D)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def caches(kind: str, capacity: int):
+def caches(kind: str, capacity: int, device: str = "cpu"):
     """Two caches of one kind: one commits on the host, one stages on the device first."""
+    info = small_info(LAYERS, HKV, D, device)
     if kind == "dense":
-        return DenseKVCache(INFO, capacity), DenseKVCache(INFO, capacity)
+        return DenseKVCache(info, capacity), DenseKVCache(info, capacity)
     mode, page = kind.split("/")
     opts = PagedCacheOptions(page_size=int(page), commit=mode)
-    return PagedKVCache(INFO, capacity, opts), PagedKVCache(INFO, capacity, opts)
+    return PagedKVCache(info, capacity, opts), PagedKVCache(info, capacity, opts)
 
 
 # one round: n tokens verified, the kept ones (a root-down path: ascending, starts at 0), and how
@@ -39,9 +40,10 @@ rounds = st.lists(
 
 
 @settings(max_examples=80, deadline=None)
-@given(rounds=rounds, kind=st.sampled_from(["dense", "gather/1", "gather/4", "remap/3", "remap/16"]), seed=st.integers(0, 99))
-def test_a_staged_commit_reads_back_what_a_host_commit_does(rounds, kind, seed):
-    host, staged = caches(kind, sum(n for n, _, _ in rounds))
+@given(rounds=rounds, kind=st.sampled_from(["dense", "gather/1", "gather/4", "remap/3", "remap/16"]), seed=st.integers(0, 99),
+       device=st.sampled_from(DEVICES))
+def test_a_staged_commit_reads_back_what_a_host_commit_does(rounds, kind, seed, device):
+    host, staged = caches(kind, sum(n for n, _, _ in rounds), device)
     assert isinstance(staged, CommitsOnDevice)
     g = torch.Generator().manual_seed(seed)
     for n, drafts, pad in rounds:
@@ -49,11 +51,11 @@ def test_a_staged_commit_reads_back_what_a_host_commit_does(rounds, kind, seed):
         for cache in (host, staged):
             cache.begin(n)
         for layer in range(LAYERS):
-            k, v = torch.randn(n, HKV, D, generator=g), torch.randn(n, HKV, D, generator=g)  # [n, Hkv, D]
+            k, v = (torch.randn(n, HKV, D, generator=g).to(device) for _ in range(2))  # [n, Hkv, D] each
             host.write(layer, k, v)
             staged.write(layer, k, v)
         host.commit(keep)
-        staged.stage_commit(torch.tensor((keep + pad)[:n]))  # M <= n, as a tree's D + 1 <= N
+        staged.stage_commit(torch.tensor((keep + pad)[:n], device=device))  # M <= n, as a tree's D + 1 <= N
         staged.commit(keep)
         assert (staged.committed, staged.pending) == (host.committed, host.pending)
         for layer in range(LAYERS):

@@ -40,6 +40,8 @@
 # cute-exact       the cute backend's position-invariant mode: its kernel tests (vs the fp32 reference) and the
 #                  bitwise decoder property with both backends (needs `cutlass`), then kernel_bench triton-exact
 #                  vs cute-exact vs cute -> $OUT/kernels_exact.jsonl
+# engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA, graphs, and the bitwise exactness
+#                  property through them -> $OUT/engine_tests.log
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -240,6 +242,10 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       timeout 200 python3 bench/kernel_bench.py --contexts 1024 16384 --trees 1 64 256 --backends triton-exact cute-exact cute \
         --out $OUT/kernels_exact.jsonl 2>&1 | tee $OUT/kernel_bench_exact.log | tail -24
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    engine-tests)
+      timeout ${ENGINE_TESTS_TIMEOUT:-300} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
+        tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40

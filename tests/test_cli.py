@@ -240,3 +240,22 @@ def test_help_shows_the_defaults_and_explains_every_option():
         bare = [line for line, after in zip(lines, lines[1:])  # an option whose help is neither beside it nor below it
                 if line.startswith("  -") and "  " not in line.strip() and not after.startswith(" " * 8)]
         assert not bare, f"{command}: options without help: {bare}"
+
+
+def test_a_loaded_target_gets_the_library_defaults_not_the_decoder_device_policy(monkeypatch):
+    """The device policy is for our decoder loaded by name; a target passed as an object (tests,
+    notebooks, a plugin's model) keeps torch attention over a dense cache unless told otherwise —
+    on a GPU machine too (found on the H200: a CPU-only test target got triton attention)."""
+    import importlib.util
+
+    import torch
+
+    import jetspec
+    from jetspec.testing import tiny_target
+
+    loaded = tiny_target()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    config = jetspec.builder().target(loaded).config()
+    assert (config.attention.name, config.kv_cache.name) == ("torch", "dense")
+    assert jetspec.builder().target("decoder").config().attention.name == "triton"  # by name: the policy

@@ -124,6 +124,8 @@ class PipelineBuilder:
         return self
 
     def config(self) -> PipelineConfig:
+        if self._target is not None:  # a loaded target: named by its class, so no device policy for our decoder applies
+            return PipelineConfig.parse({**self._data, "target": {"name": type(self._target).__name__}})
         return PipelineConfig.parse(self._data)
 
     def build(self) -> Pipeline:

@@ -6,7 +6,9 @@
 #   bash bench/device/prepare_peers.sh [llama] [flashinfer]     (default: both)
 #
 #   .stage5/  the first 55 MB of the llama-cpp-python sdist, its sha256,     } a call running `stage`
-#             diskcache (its one dependency the H200 image may lack)         }
+#             diskcache (its one dependency beyond numpy, jinja2 and         }
+#             typing_extensions, which the H200 image has), scikit-build-core }
+#             + pathspec + packaging (its build backend: no index there)     }
 #   .stage6/  the rest of the sdist                                           } the next: stage llama-build ...
 #   .stage7/  the first 55 MB of the flashinfer-python wheel, its sha256      } a call running `stage`
 #   .stage8/  the rest, apache-tvm-ffi and nvidia-ml-py (what `import         } the next: stage flashinfer ...
@@ -37,7 +39,7 @@ for w in $what; do
     llama)
       rm -rf .stage5 .stage6; mkdir -p .stage5 .stage6
       python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$tmp"
-      pipdl .stage5 diskcache==5.6.3
+      pipdl .stage5 diskcache==5.6.3 scikit-build-core pathspec packaging
       split_into "$tmp/llama_cpp_python-$LLAMA_VERSION.tar.gz" llama .stage5 .stage6 ;;
     flashinfer)
       rm -rf .stage7 .stage8; mkdir -p .stage7 .stage8

@@ -103,6 +103,8 @@ class PeersConfig(BaseModel):
                                 "file), f16, bf16 or f32, or a path to a .gguf file")
     llama_cpp_n_gpu_layers: int = Field(-1, ge=-1, description="layers llama.cpp offloads to the GPU (-1: all)")
     llama_cpp_flash_attn: bool = Field(True, description="llama.cpp's flash attention")
+    llama_cpp_n_ctx: int = Field(4096, ge=16, le=1 << 20, description="llama.cpp's context: prompt + max_new_tokens + "
+                                 "a lookup draft must fit (`llama.cpp:lookup` keeps n_ctx x vocab float32 logits)")
     llama_cpp_max_ngram: int = Field(2, ge=1, le=64, description="longest n-gram `llama.cpp:lookup` matches")
 
 

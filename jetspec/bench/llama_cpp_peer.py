@@ -85,15 +85,15 @@ class LlamaCppPeers:
             try:
                 model = llama_cpp.Llama(
                     model_path=str(path), n_gpu_layers=c.llama_cpp_n_gpu_layers if info.device.type == "cuda" else 0,
-                    n_ctx=0, flash_attn=c.llama_cpp_flash_attn, draft_model=draft, verbose=False,
-                )  # n_ctx 0: the model's trained context, which the bench's capacity check already holds to
+                    n_ctx=c.llama_cpp_n_ctx, flash_attn=c.llama_cpp_flash_attn, draft_model=draft, verbose=False,
+                )
             except Exception as e:
                 return f"llama.cpp cannot load {path.name}: {_first_line(e)}"
             if model.n_vocab() != info.vocab_size:
                 return f"{path.name} has a vocabulary of {model.n_vocab()}, the target {info.vocab_size}"
             self.models[name] = model
         self.settings = {"gguf": str(path), "llama_cpp_python": llama_cpp.__version__, "gpu_offload": gpu,
-                         "n_gpu_layers": c.llama_cpp_n_gpu_layers, "flash_attn": c.llama_cpp_flash_attn}
+                         "n_gpu_layers": c.llama_cpp_n_gpu_layers, "flash_attn": c.llama_cpp_flash_attn, "n_ctx": c.llama_cpp_n_ctx}
         return ""
 
     @property
@@ -104,6 +104,10 @@ class LlamaCppPeers:
         """Greedy continuation of `prompt` (token ids): at most `max_new_tokens`, ending with the
         first token of `eos` if one comes."""
         model = self.models[peer]
+        need = len(prompt) + max_new_tokens + (self.config.prompt_lookup_num_tokens if peer == "llama.cpp:lookup" else 0)
+        if need > self.config.llama_cpp_n_ctx:
+            raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens (+ a draft) need {need} positions; "
+                             f"raise peers.llama_cpp_n_ctx ({self.config.llama_cpp_n_ctx})")
         model.reset()  # forget the last call's tokens: its prompt must not be reused from the KV cache
         out: list[int] = []
         if max_new_tokens <= 0:

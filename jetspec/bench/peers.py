@@ -116,6 +116,10 @@ class Peers:
             return None
         return _load(folder, info.dtype, info.device)
 
+    def describe(self, peer: str) -> dict[str, Any]:
+        """Fields a peer's rows add: what a llama.cpp peer ran (GGUF, version, GPU offload)."""
+        return {"llama_cpp": self.llama.settings} if peer in LLAMA_CPP_PEERS else {}
+
     @property
     def active(self) -> list[str]:
         return [p for p in self.config.include if p not in self.skipped]

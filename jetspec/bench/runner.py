@@ -284,7 +284,8 @@ class BenchRun:
 
     def peer_row(self, peers: Peers, peer: str, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
         name = row_name(peer)
-        row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None, "temperature": 0.0}
+        row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None,
+               "temperature": 0.0, **peers.describe(peer)}
         try:
             tokens, wall, peak = _timed(lambda: peers.generate(peer, prompt_ids, self.config.max_new_tokens), pipe.target.info.device)
         except Exception as e:

@@ -118,6 +118,15 @@ def test_a_peer_gets_our_prompt_tokens_and_stops_where_our_pipelines_stop(monkey
     calls = [entry for entry in log if entry[0] in ("reset", "generate")]
     assert [c[0] for c in calls] == ["reset", "generate", "reset", "generate"]  # no prompt reuse between calls
     assert calls[1][1] == [1, 4, 4] and calls[1][2]["temp"] == 0.0  # our tokens as they are, greedy
+    assert peers.settings["gguf"] == gguf_file and peers.settings["n_ctx"] == config.llama_cpp_n_ctx
+
+
+def test_a_prompt_that_does_not_fit_the_context_is_refused_in_one_line(monkeypatch, gguf_file):
+    stand_in(monkeypatch)
+    peers = LlamaCppPeers(PeersConfig(include=BOTH, llama_cpp_gguf=gguf_file, llama_cpp_n_ctx=32), DEFAULT, Target(), BOTH)
+    assert peers.generate("llama.cpp:greedy", [1] * 27, 5, eos=[2]) == [5, 6, 7, 8, 9]  # 32 positions: fits
+    with pytest.raises(ValueError, match="need 42 positions; raise peers.llama_cpp_n_ctx \\(32\\)"):
+        peers.generate("llama.cpp:lookup", [1] * 27, 5, eos=[2])  # + a 10-token draft
 
 
 def test_llama_cpp_rows_are_named_and_keyed_apart_from_the_transformers_peers():

@@ -307,7 +307,7 @@ def main() -> None:
                         fn = cute_exact_fn(p, name)
                         row["config"] = options_of(name)
                     elif name.split(":")[0] == "flashinfer":
-                        from flashinfer_attention import flashinfer_fn
+                        from bench.flashinfer_attention import flashinfer_fn
 
                         fn, row["config"] = flashinfer_fn(p, options_of(name))
                     elif name.split(":")[0] == "cute":

@@ -276,7 +276,8 @@ for step in "$@"; do
     llama-build)
       L=/tmp/keep/llama; SRC=/tmp/keep/llama-src; TOOLS=/tmp/keep/llama-tools
       export PYTHONPATH=$L:$PYTHONPATH
-      if python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; then
+      built() { python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null || return 1; }
+      if built; then
         echo "llama-cpp-python with GPU offload already in $L"
       else
         if [ ! -d $SRC ]; then
@@ -308,13 +309,14 @@ for step in "$@"; do
       tar -C /tmp/keep -cf $OUT/peers.tar peers ;;
     flashinfer)
       export FLASHINFER_WORKSPACE_BASE=/tmp/keep  # its JIT cache: /tmp/keep/.cache/flashinfer
-      if ! python3 -c "import flashinfer" 2>/dev/null; then
+      installed() { python3 -c "import flashinfer" 2>/dev/null || return 1; }
+      if ! installed; then
         whl=$(cd /tmp/keep && sed 's/.* //' flashinfer.sha256)
         (cd /tmp/keep && cat flashinfer.part-* > $whl && sha256sum -c flashinfer.sha256) || exit 1
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/keep/$whl \
           /tmp/keep/apache_tvm_ffi-*.whl /tmp/keep/nvidia_ml_py-*.whl || exit 1
       fi
-      python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || { failed="$failed $step"; continue; }
+      python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || exit 1
       timeout ${FLASHINFER_TIMEOUT:-560} python3 bench/kernel_bench.py --backends triton triton-autotune flashinfer flex sdpa \
         --out $OUT/kernels_flashinfer.jsonl 2>&1 | tee $OUT/kernel_bench_flashinfer.log | grep -v Warning | tail -30
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

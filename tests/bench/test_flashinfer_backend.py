@@ -4,8 +4,6 @@ holds, and where flashinfer is not installed a row records why instead of a time
 
 import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
 from jetspec.core.interfaces import TargetInfo
 from jetspec.testing.strategies import draft_trees
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-from flashinfer_attention import flashinfer_fn, pack_bits_little, packed_tree_mask, page_table  # noqa: E402
+from bench.flashinfer_attention import flashinfer_fn, pack_bits_little, packed_tree_mask, page_table
 
 
 @settings(max_examples=60, deadline=None)

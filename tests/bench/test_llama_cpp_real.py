@@ -1,7 +1,7 @@
 """The real llama.cpp peer (llama-cpp-python, on the CPU here) on the embedded default model's GGUF:
 fed our chat-formatted prompt tokens as they are, llama.cpp on the f32 GGUF (our very weights)
-continues them as our plain decoding does, token for token, and its prompt-lookup speculation
-gives its greedy output. Skipped where `llama_cpp` is not installed."""
+continues them as our plain decoding does, token for token; on the f32 and the shipped Q4_1 file
+its prompt-lookup speculation gives its greedy output. Skipped where `llama_cpp` is not installed."""
 
 from __future__ import annotations
 
@@ -42,5 +42,5 @@ def test_llama_cpp_continues_our_prompt_tokens_like_plain_decoding(ours, precisi
         assert lookup == greedy  # llama-cpp-python's speculation is lossless here
         if precision == "f32":  # the same weights: the same tokens (a prompt fed differently would differ at once)
             assert greedy == plain, ours.target.tokenizer.decode(greedy)
-        else:  # other weights: the same start at least
-            assert greedy[:4] == plain[:4], ours.target.tokenizer.decode(greedy)
+        # q4_1 (the shipped file) rounds weights otherwise: its output may leave ours at a near-tie, even
+        # at the first token (HumanEval/98 on 2026-12-02); the bench rows record where

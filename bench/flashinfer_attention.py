@@ -13,7 +13,9 @@ plans once per forward for all its layers; `run()` is what is timed, like one la
 The mask is FlashInfer's custom-mask layout for one request: the [N, T + N] bool attention mask
 (query row i sees every committed key, and key T + j iff j <= i < j + subtree_sizes[j], the
 interval rule of `jetspec.core.tree`) flattened row-major and packed eight bits to a byte, bit b
-of byte k being element 8k + b (`flashinfer.packbits(x, bitorder="little")`, numpy's packbits).
+of byte k being element 8k + b (`flashinfer.packbits(x, bitorder="little")`, numpy's packbits;
+the kernel reads bit offset % 8 of byte offset / 8, offset = q * kv_len + kv, in 0.7.4's
+include/flashinfer/attention/variants.cuh).
 It is built here, on the device of `subtree_sizes`, without FlashInfer, so that a CPU test can
 check it bit for bit against the rule.
 """

@@ -19,8 +19,9 @@ plain decoding), measured on a fresh context state (no prompt-prefix reuse betwe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.config import Component
 

@@ -11,11 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.flashinfer_attention import flashinfer_fn, pack_bits_little, packed_tree_mask, page_table
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
 from jetspec.core.interfaces import TargetInfo
 from jetspec.testing.strategies import draft_trees
-
-from bench.flashinfer_attention import flashinfer_fn, pack_bits_little, packed_tree_mask, page_table
 
 
 @settings(max_examples=60, deadline=None)

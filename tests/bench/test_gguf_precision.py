@@ -7,8 +7,8 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from jetspec.bench.gguf_precision import convert_precision, default_gguf  # noqa: E402
-from jetspec.core.errors import CheckpointError  # noqa: E402
+from jetspec.bench.gguf_precision import convert_precision, default_gguf
+from jetspec.core.errors import CheckpointError
 
 Q = gguf.GGMLQuantizationType
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from support.hf_folder import save_tiny_hf_folder
 
 from jetspec.bench.config import PeersConfig
 from jetspec.bench.llama_cpp_peer import LlamaCppPeers
@@ -16,7 +17,6 @@ from jetspec.bench.peers import peer_settings, row_name
 from jetspec.bench.rows import read_rows
 from jetspec.cli import main
 from jetspec.core.config import Component
-from support.hf_folder import save_tiny_hf_folder
 
 BOTH = ["llama.cpp:greedy", "llama.cpp:lookup"]
 DEFAULT = Component(name="decoder")

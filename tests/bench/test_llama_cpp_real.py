@@ -11,10 +11,10 @@ pytestmark = pytest.mark.slow
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-import jetspec  # noqa: E402
-from jetspec.bench.config import PeersConfig  # noqa: E402
-from jetspec.bench.llama_cpp_peer import LLAMA_CPP_PEERS, LlamaCppPeers  # noqa: E402
-from jetspec.core.config import Component  # noqa: E402
+import jetspec
+from jetspec.bench.config import PeersConfig
+from jetspec.bench.llama_cpp_peer import LLAMA_CPP_PEERS, LlamaCppPeers
+from jetspec.core.config import Component
 
 NEW = 48
 QUESTIONS = ["What is 7 * 6? Answer in one sentence.", "Repeat after me: the cat sat on the mat, the cat sat on the mat."]

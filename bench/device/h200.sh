@@ -47,6 +47,15 @@
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
 #                  EXACT_RESUME=1 goes on from the last call on the same warm machine (same EXACT_SHARDS)
 # speed            smollm2_h200_speed_{exact,fast}.toml one after the other, alone on the GPU -> $OUT/speed.tar
+# llama-build      llama-cpp-python with CUDA (sm_90, ninja) from the sdist carried in .stage5 + .stage6
+#                  (bench/device/prepare_peers.sh), into /tmp/keep/llama; a warm machine reuses it. Its
+#                  ninja build folder is kept too: a call that runs out of time (LLAMA_BUILD_TIMEOUT, 560 s)
+#                  leaves the step failed, and the next call's llama-build goes on where it stopped
+# peers            smollm2_h200_peers.toml then smollm2_h200_peers_f16.toml (llama.cpp on the Q4_1 GGUF,
+#                  then on f16), alone on the GPU (needs `model`, `llama-build`) -> $OUT/peers.tar
+# flashinfer       install flashinfer-python from .stage7 + .stage8 into /tmp/site (pure Python; it
+#                  JIT-compiles with nvcc into /tmp/keep/.cache/flashinfer, kept on a warm machine), then
+#                  bench/kernel_bench.py triton vs flashinfer (and flex, sdpa) at every shape -> $OUT/kernels_flashinfer.jsonl
 #
 # A step whose tests fail, or whose timed command fails, marks the call failed (exit 1 at the end,
 # after the later steps ran).
@@ -264,6 +273,53 @@ for step in "$@"; do
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done
       tar -C /tmp/keep -cf $OUT/speed.tar speed ;;
+    llama-build)
+      L=/tmp/keep/llama; SRC=/tmp/keep/llama-src; TOOLS=/tmp/keep/llama-tools
+      export PYTHONPATH=$L:$PYTHONPATH
+      built() { python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null || return 1; }
+      if built; then
+        echo "llama-cpp-python with GPU offload already in $L"
+      else
+        if [ ! -d $SRC ]; then
+          sdist=$(cd /tmp/keep && sed 's/.* //' llama.sha256)
+          (cd /tmp/keep && cat llama.part-* > $sdist && sha256sum -c llama.sha256) || exit 1
+          mkdir -p $SRC && tar -xzf /tmp/keep/$sdist -C $SRC --strip-components 1 || exit 1
+        fi
+        # the build backend, from the index-less wheels (apart from /tmp/site: its packaging is newer)
+        python3 -m pip install -q --no-index --no-deps --target $TOOLS /tmp/keep/{scikit_build_core,pathspec,packaging}-*.whl || exit 1
+        python3 -m pip install -q --no-index --no-deps --target $L /tmp/keep/diskcache-*.whl || exit 1
+        # built in place, in a kept build folder: a call cut off by the timeout is continued by the next
+        PYTHONPATH=$TOOLS:$PYTHONPATH CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+          CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=off" \
+          timeout ${LLAMA_BUILD_TIMEOUT:-560} python3 -m pip install -v --no-index --no-deps --no-build-isolation --upgrade \
+          --target $L -C build-dir=/tmp/keep/llama-cmake $SRC > /tmp/keep/llama_build.log 2>&1
+        rc=$?; grep -E "^\s*\[[0-9]+/[0-9]+\]" /tmp/keep/llama_build.log | tail -1 | cut -c1-120; tail -3 /tmp/keep/llama_build.log
+        [ $rc = 0 ] || { echo "llama-build: exit $rc (124: out of time; run llama-build again to go on)"; failed="$failed $step"; }
+      fi
+      python3 -c "import llama_cpp, numpy, jinja2, diskcache; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())" \
+        || failed="$failed $step" ;;
+    peers)
+      install_heads || exit 1
+      export PYTHONPATH=/tmp/keep/llama:$PYTHONPATH
+      for c in smollm2_h200_peers smollm2_h200_peers_f16; do
+        timeout ${PEERS_TIMEOUT:-270} python3 -m jetspec.cli bench --config bench/configs/$c.toml --overwrite --no-progress \
+          --max-minutes ${PEERS_MINUTES:-3} --output /tmp/keep/peers 2>&1 | grep -v Warning | tail -16
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done
+      tar -C /tmp/keep -cf $OUT/peers.tar peers ;;
+    flashinfer)
+      export FLASHINFER_WORKSPACE_BASE=/tmp/keep  # its JIT cache: /tmp/keep/.cache/flashinfer
+      installed() { python3 -c "import flashinfer" 2>/dev/null || return 1; }
+      if ! installed; then
+        whl=$(cd /tmp/keep && sed 's/.* //' flashinfer.sha256)
+        (cd /tmp/keep && cat flashinfer.part-* > $whl && sha256sum -c flashinfer.sha256) || exit 1
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/keep/$whl \
+          /tmp/keep/apache_tvm_ffi-*.whl /tmp/keep/nvidia_ml_py-*.whl || exit 1
+      fi
+      python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || exit 1
+      timeout ${FLASHINFER_TIMEOUT:-560} python3 bench/kernel_bench.py --backends triton triton-autotune flashinfer flex sdpa \
+        --out $OUT/kernels_flashinfer.jsonl 2>&1 | tee $OUT/kernel_bench_flashinfer.log | grep -v Warning | tail -30
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

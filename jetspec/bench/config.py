@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..core.config import Component, GenerationConfig, PipelineConfig, read_config_file, validate_config
 
-PEERS = ("generate", "prompt_lookup", "assisted")
+PEERS = ("generate", "prompt_lookup", "assisted", "llama.cpp:greedy", "llama.cpp:lookup")
 PIPELINE_KINDS = ("drafter", "scorer", "verifier", "kv_cache", "attention")
 
 
@@ -90,14 +90,22 @@ class PipelineSpec(BaseModel):
 
 
 class PeersConfig(BaseModel):
-    """`transformers` baselines run on the same target weights and prompts."""
+    """Baselines run on the same prompts: `transformers` on the target's weights (`peers.py`) and
+    llama.cpp on its GGUF (`llama_cpp_peer.py`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    include: list[Literal["generate", "prompt_lookup", "assisted"]] = Field(default_factory=list)
+    include: list[Literal["generate", "prompt_lookup", "assisted", "llama.cpp:greedy", "llama.cpp:lookup"]] = Field(default_factory=list)
     count: int | None = Field(None, ge=1, description="peers run on the first `count` prompts of each dataset; None: all")
     path: str | None = Field(None, description="HF folder of the target; None: the target's `path` (or the default model)")
     prompt_lookup_num_tokens: int = Field(10, ge=1, le=1024)
     assistant_path: str | None = Field(None, description="HF folder of a draft model with the target's vocabulary")
+    llama_cpp_gguf: str = Field("q4_1", description="llama.cpp's model: the default model's GGUF at q4_1 (its own "
+                                "file), f16, bf16 or f32, or a path to a .gguf file")
+    llama_cpp_n_gpu_layers: int = Field(-1, ge=-1, description="layers llama.cpp offloads to the GPU (-1: all)")
+    llama_cpp_flash_attn: bool = Field(True, description="llama.cpp's flash attention")
+    llama_cpp_n_ctx: int = Field(4096, ge=16, le=1 << 20, description="llama.cpp's context: prompt + max_new_tokens + "
+                                 "a lookup draft must fit (`llama.cpp:lookup` keeps n_ctx x vocab float32 logits)")
+    llama_cpp_max_ngram: int = Field(2, ge=1, le=64, description="longest n-gram `llama.cpp:lookup` matches")
 
 
 class BenchConfig(BaseModel):

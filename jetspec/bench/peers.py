@@ -7,6 +7,8 @@
 They need a Hugging Face folder of the target: `peers.path`, else the target's `path`, else the
 embedded default model's folder (`jetspec.targets.default_model`, imported only when needed). A
 peer that cannot run is skipped with a one-line reason recorded in the results.
+
+`llama.cpp:greedy` and `llama.cpp:lookup` are registered here too and run by `llama_cpp_peer.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ import torch
 
 from ..core.config import Component
 from .config import PeersConfig
+from .llama_cpp_peer import LLAMA_CPP_PEERS, LlamaCppPeers
+
+
+def row_name(peer: str) -> str:
+    """The results' name of a peer: `hf:generate`, ..., and the llama.cpp ones as they are."""
+    return peer if peer in LLAMA_CPP_PEERS else f"hf:{peer}"
+
+
+def peer_settings(config: PeersConfig, peer: str) -> dict[str, Any]:
+    """The settings a peer's rows depend on (their key: a change makes `--resume` redo them)."""
+    settings = config.model_dump(exclude={"include", "count"})
+    own = {k: v for k, v in settings.items() if k.startswith("llama_cpp_")}
+    if peer in LLAMA_CPP_PEERS:
+        return {**own, "prompt_lookup_num_tokens": config.prompt_lookup_num_tokens}
+    return {k: v for k, v in settings.items() if k not in own}
 
 
 def hf_folder(target: Component, override: str | None = None) -> tuple[Path | None, str]:
@@ -63,10 +80,13 @@ class Peers:
         self.config = config
         self.skipped: dict[str, str] = {}  # peer -> why it does not run
         self.model = self.assistant = None
-        if not config.include:
+        self.eos = list(target.info.eos_token_ids) if config.include else []
+        self.llama = LlamaCppPeers(config, target_component, target, [p for p in config.include if p in LLAMA_CPP_PEERS])
+        self.skipped.update(self.llama.skipped)
+        hf = [p for p in config.include if p not in LLAMA_CPP_PEERS]
+        if not hf:
             return
         info = target.info
-        self.eos = list(info.eos_token_ids)
         live = getattr(target, "model", None)
         if live is not None and hasattr(live, "generate") and config.path is None:
             self.model = live  # the `transformers` target: share its weights
@@ -74,7 +94,7 @@ class Peers:
             folder, why = hf_folder(target_component, config.path)
             if folder is None or not (folder / "config.json").is_file():
                 why = why or f"no Hugging Face model at '{folder}'"
-                self.skipped = {p: why for p in config.include}
+                self.skipped.update({p: why for p in hf})
                 return
             self.model = _load(folder, info.dtype, info.device)
         if "assisted" in config.include:
@@ -96,12 +116,18 @@ class Peers:
             return None
         return _load(folder, info.dtype, info.device)
 
+    def describe(self, peer: str) -> dict[str, Any]:
+        """Fields a peer's rows add: what a llama.cpp peer ran (GGUF, version, GPU offload)."""
+        return {"llama_cpp": self.llama.settings} if peer in LLAMA_CPP_PEERS else {}
+
     @property
     def active(self) -> list[str]:
         return [p for p in self.config.include if p not in self.skipped]
 
     @torch.no_grad()
     def generate(self, peer: str, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
+        if peer in LLAMA_CPP_PEERS:
+            return self.llama.generate(peer, prompt, max_new_tokens, self.eos)
         extra: dict[str, Any] = {}
         if peer == "prompt_lookup":
             extra["prompt_lookup_num_tokens"] = self.config.prompt_lookup_num_tokens

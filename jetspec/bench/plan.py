@@ -13,7 +13,7 @@ from ..core.errors import CapacityError, ConfigError
 from ..core.registry import Registry, check_compatible
 from .config import BenchConfig, BenchPipeline, expand, fingerprint
 from .datasets import Prompt, interleave, load_prompts
-from .peers import context_limit, hf_folder
+from .peers import context_limit, hf_folder, peer_settings, row_name
 
 
 @dataclass
@@ -71,7 +71,6 @@ def plan_bench(config: BenchConfig, registry: Registry) -> Plan:
         plan.keys[plan.plain_name(engine)] = fingerprint(inputs, engine)
         for bp in bps:
             plan.keys[bp.name] = fingerprint(inputs, bp.config.model_dump())
-    peer_settings = config.peers.model_dump(exclude={"include", "count"})
     for peer in config.peers.include:
-        plan.keys[f"hf:{peer}"] = fingerprint(inputs, peer, peer_settings)
+        plan.keys[row_name(peer)] = fingerprint(inputs, peer, peer_settings(config.peers, peer))
     return plan

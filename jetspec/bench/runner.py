@@ -33,7 +33,7 @@ from .config import BenchConfig, BenchPipeline
 from .datasets import Prompt
 from .faithfulness import ProposalRecorder, measure_faithfulness, token_logprobs
 from .mismatch import describe_mismatch
-from .peers import Peers
+from .peers import Peers, row_name
 from .plan import Plan, plan_bench
 from .plots import write_plots
 from .report import summarize, write_results_md
@@ -101,7 +101,7 @@ class BenchRun:
     def todo(self, prompt: Prompt, bps: list[BenchPipeline], peers: list[str]) -> tuple[list[BenchPipeline], list[str]]:
         count = self.config.peers.count
         peers = [p for p in peers if count is None or self.rank[(prompt.dataset, prompt.id)] < count]
-        return [bp for bp in bps if not self.is_done(prompt, bp.name)], [p for p in peers if not self.is_done(prompt, f"hf:{p}")]
+        return [bp for bp in bps if not self.is_done(prompt, bp.name)], [p for p in peers if not self.is_done(prompt, row_name(p))]
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.run_written:
@@ -199,7 +199,7 @@ class BenchRun:
                 self.write(self.spec_row(bp, pipes[bp.name], prompt_ids, plain, plain_wall, base))
                 bar.update(1)
             for peer in active:
-                bar.set_postfix_str(f"{prompt.dataset} hf:{peer}")
+                bar.set_postfix_str(f"{prompt.dataset} {row_name(peer)}")
                 self.write(self.peer_row(peers, peer, first, prompt_ids, plain, plain_wall, base))
                 bar.update(1)
         del pipes, first, peers, shared
@@ -283,8 +283,9 @@ class BenchRun:
         return get
 
     def peer_row(self, peers: Peers, peer: str, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
-        name = f"hf:{peer}"
-        row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None, "temperature": 0.0}
+        name = row_name(peer)
+        row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None,
+               "temperature": 0.0, **peers.describe(peer)}
         try:
             tokens, wall, peak = _timed(lambda: peers.generate(peer, prompt_ids, self.config.max_new_tokens), pipe.target.info.device)
         except Exception as e:

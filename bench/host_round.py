@@ -1,6 +1,6 @@
 """Host time of a decode round on the CPU, the target's forward stubbed out.
 
-    python bench/host_round.py [--rounds 400] [--repeats 7] [--vocab 256] [--profile] [--label before] \
+    python -m bench.host_round [--rounds 400] [--repeats 7] [--vocab 256] [--profile] [--label before] \
         [--out bench/results/host_round.jsonl]
 
 What a round costs the host besides the model: drafting, tree building and checks, the forward's
@@ -38,12 +38,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import jetspec  # noqa: E402
-from jetspec.core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput  # noqa: E402
-from jetspec.core.pipeline import PHASES  # noqa: E402
+import jetspec
+from jetspec.core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
+from jetspec.core.pipeline import PHASES
 
 
 class StubTarget:

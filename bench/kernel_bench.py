@@ -277,6 +277,7 @@ def main() -> None:
         machine=f"{torch.cuda.get_device_name()} ({platform.node()})",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         command="python -m bench.kernel_bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        dtype=str(DTYPE).removeprefix("torch."),
         torch=torch.__version__,
         triton=__import__("triton").__version__,
     )

@@ -2,13 +2,15 @@
 accumulating across calls (the GPU is lent for minutes at a time), then compared on one yardstick.
 
     python bench/head_ablation.py train --config bench/head_ablation.toml --root DIR \
-        --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME]
+        --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME] [--parallel N] [--steps S]
     python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [--out FILE.jsonl]
     python bench/head_ablation.py tau-config --config bench/head_ablation.toml --root DIR --out FILE.toml
 
 train       each variant gets M minutes of this call, in config order: its first call starts the run
             (`jetspec train-head --out ROOT/NAME` with [base] and the variant's options), later ones
-            resume it (`--resume ROOT/NAME`: weights, optimizer, data cursor, RNG).
+            resume it (`--resume ROOT/NAME`: weights, optimizer, data cursor, RNG). `--parallel N`: N
+            variants at a time, one process each (the device is shared: a variant's minutes buy fewer
+            steps, the table says how many); `--steps S`: the schedule's horizon of new runs.
 table       one row per variant from ROOT/NAME/log.jsonl: steps, minutes of training, and the last
             validation — held-out forward KL (unweighted whatever the loss: `train.evaluate`), chain τ,
             rank-1 accuracy by depth; a markdown table, and rows appended to --out with command,
@@ -26,6 +28,7 @@ import argparse
 import datetime
 import json
 import platform
+import subprocess
 import sys
 import time
 import tomllib
@@ -59,8 +62,16 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-def train(config: str, root: Path, target: str, corpus: str, minutes: float, only: list[str] | None = None) -> None:
+def train(config: str, root: Path, target: str, corpus: str, minutes: float, only: list[str] | None = None,
+          parallel: int = 1, steps: int | None = None) -> None:
+    """Each variant (of `only`, if given) trains for `minutes` of this call: its first call starts the run,
+    later ones resume it. `parallel` > 1: that many variants at a time, each `jetspec train-head` in its
+    own process sharing the device (its output in ROOT/NAME.log); one that fails is named, the others
+    go on. `steps`: the horizon of runs started here, instead of [base]'s."""
     base, variants = load_config(config)
+    if steps is not None:
+        base = {**base, "steps": steps}
+    calls = []
     for v in variants:
         if only and v["name"] not in only:
             continue
@@ -69,8 +80,36 @@ def train(config: str, root: Path, target: str, corpus: str, minutes: float, onl
             argv = ["--resume", str(run)]
         else:
             argv = ["--target", target, "--corpus", corpus, "--out", str(run), *flags({**base, **v})]
-        print(f"head_ablation: {v['name']}: {minutes} min", file=sys.stderr, flush=True)
-        train_head([*argv, "--minutes", str(minutes), "--no-progress"])
+        calls.append((v["name"], [*argv, "--minutes", str(minutes), "--no-progress"]))
+    if only and len(calls) != len(only):
+        known = [v["name"] for v in variants]
+        raise InputError(f"--only names {', '.join(n for n in only if n not in known)}: not variants of {config} ({', '.join(known)})")
+    if parallel <= 1:
+        for name, argv in calls:
+            print(f"head_ablation: {name}: {minutes} min", file=sys.stderr, flush=True)
+            train_head(argv)
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    running: list[tuple[str, subprocess.Popen]] = []
+    failed: list[str] = []
+
+    def reap(block: bool) -> None:
+        for name, proc in list(running):
+            if block or proc.poll() is not None:
+                if proc.wait() != 0:
+                    failed.append(f"{name} (exit {proc.returncode}, see {root / name}.log)")
+                running.remove((name, proc))
+
+    for name, argv in calls:
+        while len(running) >= parallel:
+            time.sleep(1.0)
+            reap(block=False)
+        print(f"head_ablation: {name}: {minutes} min (parallel {parallel})", file=sys.stderr, flush=True)
+        with (root / f"{name}.log").open("w") as log:
+            running.append((name, subprocess.Popen([sys.executable, "-m", "jetspec.cli", "train-head", *argv], stdout=log, stderr=log)))
+    reap(block=True)
+    if failed:
+        raise InputError(f"training failed for {'; '.join(failed)}")
 
 
 def variant_row(root: Path, variant: dict, base: dict) -> dict:
@@ -153,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", help="train: a corpus made by `jetspec make-corpus`")
     ap.add_argument("--minutes", type=float, default=1.0, help="train: minutes per variant in this call")
     ap.add_argument("--only", default=None, help="train: comma-separated variant names")
+    ap.add_argument("--parallel", type=int, default=1, help="train: variants trained at a time, one process each")
+    ap.add_argument("--steps", type=int, default=None, help="train: the horizon of runs started by this call (default: [base]'s)")
     ap.add_argument("--out", default=None, help="table: rows appended here (.jsonl); tau-config: the .toml written")
     a = ap.parse_args(argv)
     root = Path(a.root)
@@ -161,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (a.target and a.corpus):
                 raise InputError("train needs --target and --corpus")
             start = time.monotonic()
-            train(a.config, root, a.target, a.corpus, a.minutes, a.only.split(",") if a.only else None)
+            if a.parallel < 1 or (a.steps is not None and a.steps < 1):
+                raise InputError(f"--parallel and --steps must be >= 1, got {a.parallel} and {a.steps}")
+            train(a.config, root, a.target, a.corpus, a.minutes, a.only.split(",") if a.only else None, a.parallel, a.steps)
             print(f"head_ablation: trained for {(time.monotonic() - start) / 60:.1f} min", file=sys.stderr)
         elif a.what == "table":
             table(a.config, root, a.out)

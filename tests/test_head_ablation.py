@@ -89,3 +89,25 @@ def test_a_config_without_named_distinct_variants_is_a_one_line_error(tmp_path, 
     assert ablation.main(["table", "--config", str(tmp_path / "bad.toml"), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "distinct" in err and "\n" not in err
+
+
+def test_parallel_variants_train_side_by_side_and_a_failing_one_is_named(setup, capsys):
+    root, folder = setup
+    (root / "parallel.toml").write_text(CONFIG + '\n[[variants]]\nname = "broken"\nblock_size = 1\n')  # below the minimum 2
+    runs = root / "parallel"
+    argv = ["train", "--config", str(root / "parallel.toml"), "--root", str(runs), "--target", str(folder),
+            "--corpus", str(root / "corpus"), "--minutes", "0.001", "--parallel", "2", "--steps", "3", "--only", "base,broken"]
+    assert ablation.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training failed for broken" in err and "broken.log" in err and "base" not in err.split("for ", 1)[1]
+    assert "block" in (runs / "broken.log").read_text()  # the variant's own error, kept in its log
+    settings = json.loads((runs / "base" / "head.json").read_text())["extra"]["training"]
+    assert settings["config"]["steps"] == 3 and settings["steps"] >= 1  # --steps: the horizon of the new run
+
+
+def test_only_must_name_variants_of_the_config(setup, capsys):
+    root, folder = setup
+    argv = ["train", "--config", str(root / "ablation.toml"), "--root", str(root / "x"), "--target", str(folder),
+            "--corpus", str(root / "corpus"), "--only", "base,nope"]
+    assert ablation.main(argv) == 2
+    assert "nope" in capsys.readouterr().err

@@ -23,8 +23,11 @@
 #                  (what tau / bench use) unless HEAD_INSTALL=0 -> $OUT: head.safetensors, curves.png,
 #                  train_head.tar (head.json, log.jsonl, run.json); HEAD_RESUME_ARGS: e.g. "--steps 40000"
 # ablation         bench/head_ablation.py: every variant of bench/head_ablation.toml on /tmp/keep/corpus,
-#                  ABLATION_MINUTES (1) each per call, runs accumulating in /tmp/keep/ablation (ABLATION_ONLY: names)
+#                  ABLATION_MINUTES (1) each per call, runs accumulating in /tmp/keep/ablation (ABLATION_ONLY: names;
+#                  ABLATION_PARALLEL: variants at a time; ABLATION_STEPS: the horizon of runs started by this call)
 #                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves)
+# ablation-install the variants of ABLATION_SHIP ("causal=base dflash=dflash eagle=eagle") become the heads
+#                  tau / bench / generate use -> $OUT/KIND.safetensors
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
 #                  next call must come within the machine's 30 warm seconds); TRAIN_MINUTES
 # wait-train       wait for train-bg, then bring the heads back ($OUT: 3 weights, heads.tar)
@@ -34,6 +37,7 @@
 # cute-bench       bench/kernel_bench.py: triton, cute and cute:mma=warp at all shapes, then cute
 #                  variants at 64 and 256 nodes (same run) -> $OUT/cute.tar
 # tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/smollm2_h200_tau.tar
+#                  (TAU_LIMIT: at most that many prompts per set; TAU_RESUME=1: go on from the last call)
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
 # exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
@@ -88,15 +92,16 @@ install_heads() {  # heads trained in this machine's session win; else the commi
   done
 }
 
-# sharded NAME N MINUTES TIMEOUT [--resume]: bench/configs/NAME.toml as N shards side by side in
+# sharded NAME N MINUTES TIMEOUT [FLAGS...]: bench/configs/NAME.toml as N shards side by side in
 # /tmp/keep/NAME (kept with --resume: TAU_RESUME=1 goes on from the last call), then one summary
 # -> $OUT/NAME.tar. Speeds in such rows are shared-GPU speeds.
 sharded() {
-  local name=$1 n=$2 minutes=$3 limit=$4 resume=${5:-} c=bench/configs/$1.toml t=/tmp/keep/$1
-  [ -n "$resume" ] || rm -rf $t; mkdir -p $t
+  local name=$1 n=$2 minutes=$3 limit=$4 c=bench/configs/$1.toml t=/tmp/keep/$1; shift 4
+  local extra=("$@")  # more `jetspec bench` flags for every shard: --resume, --limit N
+  [[ " ${extra[*]} " == *" --resume "* ]] || rm -rf $t; mkdir -p $t
   local pids=() bad=0
   for i in $(seq 0 $((n - 1))); do
-    OMP_NUM_THREADS=1 timeout $limit python3 -m jetspec.cli bench --config $c --shard $i/$n --output $t/shard$i $resume \
+    OMP_NUM_THREADS=1 timeout $limit python3 -m jetspec.cli bench --config $c --shard $i/$n --output $t/shard$i "${extra[@]}" \
       --max-minutes $minutes --no-progress > $t/shard$i.log 2>&1 &
     pids+=($!)
   done
@@ -187,11 +192,18 @@ for step in "$@"; do
     ablation)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct; A=/tmp/keep/ablation
       timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train --config bench/head_ablation.toml --root $A \
-        --target $M --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY} 2>&1 \
+        --target $M --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY} \
+        --parallel ${ABLATION_PARALLEL:-1} ${ABLATION_STEPS:+--steps $ABLATION_STEPS} 2>&1 \
         | grep -v Warning | grep -E "head_ablation|Error|error" | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      for f in $A/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
       python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl || failed="$failed $step"
       tar -C $A -cf $OUT/head_ablation.tar $(cd $A && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null) ;;
+    ablation-install)  # ABLATION_SHIP="causal=base dflash=dflash eagle=eagle": those variants become the heads tau/bench use
+      for kv in ${ABLATION_SHIP:-causal=base dflash=dflash eagle=eagle}; do
+        k=${kv%%=*}; v=${kv#*=}; [ -f /tmp/keep/ablation/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
+        mkdir -p $HEADS/$k && cp /tmp/keep/ablation/$v/head.{json,safetensors} $HEADS/$k/ && cp $HEADS/$k/head.safetensors $OUT/$k.safetensors
+      done ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       rm -f /tmp/keep/train.done
@@ -214,7 +226,7 @@ for step in "$@"; do
     tau)
       install_heads || exit 1
       # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
-      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} || failed="$failed $step" ;;
+      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} ${TAU_LIMIT:+--limit $TAU_LIMIT} || failed="$failed $step" ;;
     cute-smoke)
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)

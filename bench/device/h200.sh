@@ -16,7 +16,8 @@
 #                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
 #                  (CORPUS_ARGS: more make-corpus flags; HEAD_ARGS: more train-head flags for a run's first call)
 # corpus-export    the corpus as <= 15 MiB tar parts in $OUT (cat corpus.tar.part-* | tar -x); corpus-import:
-#                  the same parts carried back in .corpus/ -> /tmp/keep/corpus (a fresh machine)
+#                  the same parts carried back in .corpus/, else the committed bench/corpus/SmolLM2-135M-Instruct.tar.xz
+#                  -> /tmp/keep/corpus (a fresh machine)
 # train-head       `jetspec train-head` on /tmp/keep/corpus, accumulating in /tmp/keep/runs/HEAD_RUN (HEAD_KIND,
 #                  default causal): the first call starts the run (HEAD_STEPS, HEAD_LAYERS, HEAD_BATCH, ...),
 #                  later calls `--resume` it; HEAD_MINUTES (8) per call; the head goes to /tmp/keep/heads/KIND
@@ -175,7 +176,10 @@ for step in "$@"; do
     corpus-export)
       tar -C /tmp/keep -cf - corpus | split -b 15M - $OUT/corpus.tar.part-; ls -la $OUT ;;
     corpus-import)
-      [ -d /tmp/keep/corpus ] || { cat .corpus/corpus.tar.part-* | tar -C /tmp/keep -xf - || exit 1; }
+      if [ ! -d /tmp/keep/corpus ]; then
+        if ls .corpus/corpus.tar.part-* >/dev/null 2>&1; then cat .corpus/corpus.tar.part-* | tar -C /tmp/keep -xf - || exit 1
+        else tar -C /tmp/keep -xJf bench/corpus/SmolLM2-135M-Instruct.tar.xz || exit 1; fi
+      fi
       ls /tmp/keep/corpus | tail -3 ;;
     train-head)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct; K=${HEAD_KIND:-causal}; R=/tmp/keep/runs/${HEAD_RUN:-$K}

@@ -1,0 +1,65 @@
+"""The fused greedy walk is the walk: for any tree and any target choices, the one Triton launch
+(`verifiers/triton_walk.py`) writes the very [2D + 3] integers of the torch ops (`walk_ops`),
+padding included, whose path and tokens are the host walk's (`accept_greedy`). On a CPU the kernel
+runs in Triton's interpreter (conftest.py); on a GPU, `walk_on_device` launches it."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from jetspec.core.on_device import TreeUpload, unpack  # noqa: E402
+from jetspec.core.tree import DraftTree  # noqa: E402
+from jetspec.testing.strategies import trees_and_choices  # noqa: E402
+from jetspec.verifiers.greedy import accept_greedy, walk_on_device, walk_ops  # noqa: E402
+from jetspec.verifiers.triton_walk import walk  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+VOCAB = 96
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=trees_and_choices(vocab=VOCAB, max_nodes=70), junk=st.lists(st.integers(0, VOCAB - 1), max_size=5),
+       prefix=st.integers(0, 50))
+def test_the_kernel_writes_what_the_torch_walk_writes(case, junk, prefix):
+    tree, choice = case
+    dtree = TreeUpload("cpu", capacity=8)(tree, prefix)  # views of a larger buffer once it regrows
+    padded = torch.tensor(choice + junk)  # [N + junk]: rows past N (a padded forward's) are not read
+    packed = walk(dtree, padded)
+    assert torch.equal(packed, walk_ops(dtree, torch.tensor(choice)))
+    acc = accept_greedy(tree, choice)
+    assert unpack(packed.tolist()) == (acc.path, acc.new_tokens(tree))
+
+
+def test_a_tree_of_hundreds_of_nodes_fits_one_program():
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    parents = [-1] + [int(torch.randint(max(0, i - 3), i, (1,), generator=g)) for i in range(1, n)]  # deep
+    tree = DraftTree.from_parents(list(range(n)), parents)  # distinct tokens: siblings differ
+    node, choice = int(tree.depths.argmax()), [7] * n  # the target follows the drafts to the deepest node
+    while node:
+        parent = int(tree.parents[node])
+        choice[parent], node = int(tree.tokens[node]), parent
+    dtree = TreeUpload("cpu")(tree, 0)
+    packed = walk(dtree, torch.tensor(choice))
+    assert torch.equal(packed, walk_ops(dtree, torch.tensor(choice)))
+    assert packed[0] == dtree.max_depth + 1 > 20
+
+
+def test_plain_decoding_is_the_root_alone():
+    dtree = TreeUpload("cpu")(DraftTree.root_only(5), 12)
+    assert walk(dtree, torch.tensor([9])).tolist() == [1, 0, 9]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU: walk_on_device launches the compiled kernel on CUDA tensors only")
+@settings(max_examples=40, deadline=None)
+@given(case=trees_and_choices(vocab=VOCAB, max_nodes=300))
+def test_on_cuda_the_device_walk_is_the_kernel_and_writes_what_the_torch_walk_writes(case):
+    tree, choice = case
+    dtree = TreeUpload("cuda")(tree, 3)
+    packed = walk_on_device(dtree, torch.tensor(choice, device="cuda"))
+    host = walk_ops(TreeUpload("cpu")(tree, 3), torch.tensor(choice))
+    assert torch.equal(packed.cpu(), host)

@@ -1,7 +1,10 @@
 """The fused greedy walk is the walk: for any tree and any target choices, the one Triton launch
 (`verifiers/triton_walk.py`) writes the very [2D + 3] integers of the torch ops (`walk_ops`),
 padding included, whose path and tokens are the host walk's (`accept_greedy`). On a CPU the kernel
-runs in Triton's interpreter (conftest.py); on a GPU, `walk_on_device` launches it."""
+runs in Triton's interpreter (conftest.py); on a GPU, `walk_on_device` launches it. And a whole
+pipeline through this kernel and the staged K/V move's (`caches/triton_rows.py`) stays exact."""
+
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -10,9 +13,14 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import jetspec  # noqa: E402
+from jetspec.caches import triton_rows  # noqa: E402
+from jetspec.core import on_device  # noqa: E402
 from jetspec.core.on_device import TreeUpload, unpack  # noqa: E402
 from jetspec.core.tree import DraftTree  # noqa: E402
+from jetspec.testing.models import tiny_decoder  # noqa: E402
 from jetspec.testing.strategies import trees_and_choices  # noqa: E402
+from jetspec.verifiers import triton_walk  # noqa: E402
 from jetspec.verifiers.greedy import accept_greedy, walk_on_device, walk_ops  # noqa: E402
 from jetspec.verifiers.triton_walk import walk  # noqa: E402
 
@@ -51,6 +59,22 @@ def test_a_tree_of_hundreds_of_nodes_fits_one_program():
 def test_plain_decoding_is_the_root_alone():
     dtree = TreeUpload("cpu")(DraftTree.root_only(5), 12)
     assert walk(dtree, torch.tensor([9])).tolist() == [1, 0, 9]
+
+
+@pytest.mark.parametrize("cache, options", [("dense", {}), ("paged", {"page_size": 4}), ("paged", {"commit": "remap"})])
+def test_a_round_through_both_kernels_commits_what_plain_greedy_decoding_does(cache, options):
+    """The device path as CUDA runs it — the walk and the staged K/V move one launch each — here in
+    the interpreter: speculative output is plain decoding's, token for token."""
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    pipe = (jetspec.builder().target(tiny_decoder(1)).drafter("ngram").kv_cache(cache, **options)
+            .generation(budget=8, max_new_tokens=24, accept_on_device="always").build())
+    plain = pipe.generate_plain(prompt)
+    with (patch.object(on_device, "fused", lambda x: True), patch.object(triton_walk, "walk", wraps=triton_walk.walk) as w,
+          patch.object(triton_rows, "move_rows", wraps=triton_rows.move_rows) as m):
+        result = pipe.generate(prompt)
+    assert result.tokens == plain.tokens
+    assert w.call_count == result.stats.rounds and 0 < m.call_count <= w.call_count  # trees of one node stage nothing
+    assert result.stats.tau > 1  # drafts were accepted: the kernels' paths were longer than the root
 
 
 @pytest.mark.gpu

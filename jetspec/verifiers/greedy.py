@@ -15,12 +15,11 @@ Triton launch (`triton_walk.py`), elsewhere by the ten torch ops of `walk_ops`, 
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..core.interfaces import Acceptance, DecodeState
+from ..core import on_device
 from ..core.on_device import DeviceTree
 from ..core.tree import DraftTree
 
@@ -49,15 +48,12 @@ def accept_greedy(tree: DraftTree, target_next: list[int]) -> Acceptance:
         path.append(node)
 
 
-_TRITON = find_spec("triton") is not None
-
-
 def walk_on_device(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     """`choice` [N] int64 on the device, the target's token at each node (its argmax, or a
     sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`), no host sync: one
     Triton launch on CUDA (`triton_walk.walk`), the torch ops of `walk_ops` elsewhere; both
     write the same integers."""
-    if choice.is_cuda and _TRITON:
+    if on_device.fused(choice):
         from .triton_walk import walk
 
         return walk(tree, choice)

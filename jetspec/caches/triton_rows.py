@@ -33,7 +33,7 @@ def _move_pool(pool_ptr, layer_base, src, dst, cols, live, width):
     tl.store(rows + dst[:, None] * width + cols[None, :], x, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["start", "m"])  # they change every round: no compile per value class
 def _move(first_ptr, second_ptr, slots_ptr, keep_ptr, start, m, layer_stride, width,
           PAIRED: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     layer_base = tl.program_id(0).to(tl.int64) * layer_stride

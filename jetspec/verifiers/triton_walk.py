@@ -32,7 +32,7 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "d"])  # a tree's size and depth change every round: one compile per BLOCK
 def _walk(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK: tl.constexpr):
     i = tl.arange(0, BLOCK)  # [BLOCK] node index; lanes i >= n are padding
     live = i < n

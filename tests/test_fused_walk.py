@@ -73,7 +73,7 @@ def test_a_round_through_both_kernels_commits_what_plain_greedy_decoding_does(ca
           patch.object(triton_rows, "move_rows", wraps=triton_rows.move_rows) as m):
         result = pipe.generate(prompt)
     assert result.tokens == plain.tokens
-    assert w.call_count == result.stats.rounds and 0 < m.call_count <= w.call_count  # trees of one node stage nothing
+    assert 0 < w.call_count == m.call_count <= result.stats.rounds  # each round with drafts; the root alone is one cat
     assert result.stats.tau > 1  # drafts were accepted: the kernels' paths were longer than the root
 
 

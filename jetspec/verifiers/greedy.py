@@ -53,7 +53,7 @@ def walk_on_device(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`), no host sync: one
     Triton launch on CUDA (`triton_walk.walk`), the torch ops of `walk_ops` elsewhere; both
     write the same integers."""
-    if on_device.fused(choice):
+    if on_device.fused(choice) and tree.size > 1:  # the root alone: one cat (`walk_ops`) is one launch too
         from .triton_walk import walk
 
         return walk(tree, choice)

@@ -59,8 +59,8 @@ def move_rows(first: torch.Tensor, second: torch.Tensor | None, keep: torch.Tens
     layers, rows = first.shape[0], first.shape[1]
     width = math.prod(first.shape[2:])  # elements per row
     m = keep.numel()
-    block_m = triton.next_power_of_2(max(m, 1))
-    block_c = min(triton.next_power_of_2(width), max(16, ELEMENTS // block_m))
+    block_m = max(16, triton.next_power_of_2(m))  # at least 16: few compiled variants, no 1-wide blocks
+    block_c = max(16, min(triton.next_power_of_2(width), ELEMENTS // block_m))
     grid = (layers, triton.cdiv(width, block_c))
     _move[grid](first, first if second is None else second, keep if slots is None else slots, keep, start, m,
                 rows * width, width, PAIRED=second is not None, SLOTS=slots is not None, BLOCK_M=block_m, BLOCK_C=block_c)

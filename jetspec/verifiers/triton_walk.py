@@ -32,7 +32,7 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit(do_not_specialize=["n", "d"])  # a tree's size and depth change every round: one compile per BLOCK
+@triton.jit(do_not_specialize=["n", "d"])  # size and depth change every round: one compile per BLOCK (>= 32)
 def _walk(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK: tl.constexpr):
     i = tl.arange(0, BLOCK)  # [BLOCK] node index; lanes i >= n are padding
     live = i < n
@@ -58,5 +58,5 @@ def walk(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     no host sync: `greedy.walk_ops`'s result in one launch."""
     n, d = tree.size, tree.max_depth
     packed = torch.empty(2 * d + 3, dtype=torch.int64, device=choice.device)  # [2D + 3]
-    _walk[(1,)](tree.tokens, tree.parents, tree.ends, choice, packed, n, d, BLOCK=triton.next_power_of_2(n))
+    _walk[(1,)](tree.tokens, tree.parents, tree.ends, choice, packed, n, d, BLOCK=max(32, triton.next_power_of_2(n)))
     return packed

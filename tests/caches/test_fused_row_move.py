@@ -1,7 +1,8 @@
 """The fused staged commit is the staged commit: for any rounds, a cache whose `stage_commit` takes the
 one-launch path (`caches/triton_rows.py`, what CUDA runs) leaves its K, V and slot table equal, bit for
 bit and everywhere (padding rows included), to the same cache's torch ops (dense, paged gather and
-remap). On a CPU the kernel runs in Triton's interpreter (conftest.py)."""
+remap). On a CPU the kernel runs in Triton's interpreter (conftest.py); on a GPU machine, compiled,
+on CUDA tensors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from jetspec.testing.kv_semantics import small_info  # noqa: E402
 from jetspec.testing.on_device import ROUNDS  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"  # where the kernel runs: compiled on a GPU machine, else the interpreter
 
 
 def new_cache(kind: str, info, capacity: int):
@@ -48,7 +50,7 @@ def test_the_kernel_moves_what_the_torch_ops_move(rounds, kind, layers, kv_heads
     # head dim 96 x 2 heads: rows wider than one program's column block, a masked second block
     info = replace(small_info(layers, kv_heads, head_dim), dtype=dtype)
     capacity = sum(n for n, _, _ in rounds)
-    ops, fused = new_cache(kind, info, capacity), new_cache(kind, info, capacity)
+    ops, fused = new_cache(kind, info, capacity), new_cache(kind, replace(info, device=torch.device(DEVICE)), capacity)
     g = torch.Generator().manual_seed(seed)
     for n, drafts, pad in rounds:
         keep = [0] + sorted(drafts)
@@ -58,12 +60,12 @@ def test_the_kernel_moves_what_the_torch_ops_move(rounds, kind, layers, kv_heads
         for layer in range(layers):
             k, v = (torch.randn(n, kv_heads, head_dim, generator=g).to(dtype) for _ in range(2))  # [n, Hkv, D]
             ops.write(layer, k, v)
-            fused.write(layer, k, v)
+            fused.write(layer, k.to(DEVICE), v.to(DEVICE))
         ops.stage_commit(staged)
         with fused_here():
-            fused.stage_commit(staged)
+            fused.stage_commit(staged.to(DEVICE))
         for a, b in zip(state(ops), state(fused)):
-            assert torch.equal(a, b)
+            assert torch.equal(a, b.cpu())
         ops.commit(keep)
         fused.commit(keep)
 
@@ -88,3 +90,16 @@ def test_on_cuda_the_staged_commit_is_the_kernel_and_moves_what_the_torch_ops_mo
             assert torch.equal(a, b.cpu())
         for cache in caches.values():
             cache.commit(keep)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU: the kit's device check runs the compiled row move on CUDA only")
+@pytest.mark.parametrize("name, options", [("dense", None), ("paged", {"page_size": 4}), ("paged", {"commit": "remap"})])
+def test_the_kit_finds_the_built_in_caches_staged_commit_on_cuda_equal_to_their_commit(name, options):
+    import jetspec
+    from jetspec.testing.on_device import check_commits_on_device
+    from jetspec.testing.protocol import build
+    from jetspec.testing.subject import resolve
+
+    s = resolve("kv_cache", name, options, jetspec.default_registry())
+    check_commits_on_device(s, lambda info, capacity: build(s, info, capacity), examples=40, seed=0, device="cuda")

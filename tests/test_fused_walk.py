@@ -39,6 +39,7 @@ def test_the_kernel_writes_what_the_torch_walk_writes(case, junk, prefix):
     padded = torch.tensor(choice + junk, device=DEVICE)  # [N + junk]: rows past N (a padded forward's) are not read
     packed = walk(dtree, padded).cpu()
     assert torch.equal(packed, walk_ops(TreeUpload("cpu")(tree, prefix), torch.tensor(choice)))
+    assert torch.equal(walk(dtree, padded.repeat_interleave(2)[::2]).cpu(), packed)  # a strided choice: the same
     acc = accept_greedy(tree, choice)
     assert unpack(packed.tolist()) == (acc.path, acc.new_tokens(tree))
 

@@ -58,7 +58,7 @@ def move_rows(first: torch.Tensor, second: torch.Tensor | None, keep: torch.Tens
     the remaining dims), through the slot map `slots` [>= start + M] int32 when given."""
     layers, rows = first.shape[0], first.shape[1]
     width = math.prod(first.shape[2:])  # elements per row
-    m = keep.numel()
+    keep, m = keep.contiguous(), keep.numel()  # (a no-op, no dispatch, for the pipeline's fresh index)
     block_m = max(16, triton.next_power_of_2(m))  # at least 16: few compiled variants, no 1-wide blocks
     block_c = max(16, min(triton.next_power_of_2(width), ELEMENTS // block_m))
     grid = (layers, triton.cdiv(width, block_c))

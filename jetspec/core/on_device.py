@@ -65,7 +65,7 @@ class DeviceTree:
     subtree_sizes: torch.Tensor  # [N] int64
     positions: torch.Tensor  # [N] int64, prefix_len + depth (RoPE positions)
     # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i]); the root's is stored as
-    # 0 (the root is no draft and rejects nothing: `greedy.walk_on_device`)
+    # 0 (the root is no draft and rejects nothing: `greedy.walk_ops`)
     ends: torch.Tensor
     index: torch.Tensor  # [N] int64, 0 .. N - 1
     max_depth: int  # D, on the host

@@ -58,5 +58,5 @@ def walk(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     no host sync: `greedy.walk_ops`'s result in one launch."""
     n, d = tree.size, tree.max_depth
     packed = torch.empty(2 * d + 3, dtype=torch.int64, device=choice.device)  # [2D + 3]
-    _walk[(1,)](tree.tokens, tree.parents, tree.ends, choice, packed, n, d, BLOCK=max(32, triton.next_power_of_2(n)))
+    _walk[(1,)](tree.tokens, tree.parents, tree.ends, choice.contiguous(), packed, n, d, BLOCK=max(32, triton.next_power_of_2(n)))
     return packed

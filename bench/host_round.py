@@ -2,6 +2,7 @@
 
     python -m bench.host_round [--rounds 400] [--repeats 7] [--vocab 256] [--profile] [--label before] \
         [--out bench/results/host_round.jsonl]
+    TRITON_INTERPRET=1 python -m bench.host_round --kernels [--out ...]
 
 What a round costs the host besides the model: drafting, tree building and checks, the forward's
 inputs (tree tensors, attention metadata), acceptance, the KV commit and the bookkeeping. The
@@ -19,6 +20,9 @@ of `--repeats` generations (the median beside it), the aten ops per round outsid
 dispatch on the host; on a GPU, those on device tensors are kernel launches or copies), and
 appends one JSON row each.
 `--profile` prints the cProfile top functions of one speculative pipeline.
+`--kernels` counts, untimed, the device path as CUDA runs it (`on_device.fused`): the greedy walk and
+the staged K/V move as one Triton launch each, here in Triton's interpreter; a launch counts as
+one op (`kernel_launches_per_round` says how many), the interpreter's own tensor handling as none.
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import pstats
 import shlex
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import jetspec
+from jetspec.core import on_device
 from jetspec.core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
 from jetspec.core.pipeline import PHASES
 
@@ -99,24 +106,49 @@ def pipelines(target: StubTarget):
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts aten ops (what a GPU run would launch or dispatch per op), outside the stub's forward."""
+    """Counts aten ops (what a GPU run would launch or dispatch per op), outside the stub's forward,
+    and Triton launches (`launches()`: each one op; the interpreter's tensor handling inside none)."""
 
     def __init__(self, target: StubTarget):
         super().__init__()
-        self.target, self.ops = target, 0
+        self.target, self.ops, self.kernels, self._in_kernel = target, 0, 0, False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.target.inside:
+        if not (self.target.inside or self._in_kernel):
             self.ops += 1
         return func(*args, **(kwargs or {}))
 
+    @contextmanager
+    def launches(self):
+        from triton.runtime.interpreter import GridExecutor
 
-def ops_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int) -> float:
-    """aten ops per round of the pipeline's own code (the stub's forward not counted), untimed."""
+        run = GridExecutor.__call__
+
+        def launch(executor, *args, **kwargs):
+            self.ops += 1
+            self.kernels += 1
+            self._in_kernel = True
+            try:
+                return run(executor, *args, **kwargs)
+            finally:
+                self._in_kernel = False
+
+        with patch.object(GridExecutor, "__call__", launch):
+            yield
+
+
+def ops_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int,
+                  kernels: bool = False) -> tuple[float, float]:
+    """(aten ops + Triton launches, Triton launches) per round of the pipeline's own code (the stub's
+    forward not counted), untimed; `kernels`: the fused device path (`on_device.fused`) in the interpreter."""
     counter = OpCounter(target)
-    with counter:
+    with ExitStack() as stack:
+        if kernels:
+            stack.enter_context(patch.object(on_device, "fused", lambda x: True))
+            stack.enter_context(counter.launches())
+        stack.enter_context(counter)
         stats = pipe.generate(prompt, max_new_tokens=rounds * (8 if speculative else 1), speculative=speculative).stats
-    return counter.ops / stats.rounds
+    return counter.ops / stats.rounds, counter.kernels / stats.rounds
 
 
 def cpu_per_round(target: StubTarget, pipe, speculative: bool, prompt: list[int], rounds: int) -> float:
@@ -164,6 +196,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--label", default="", help="a word kept in each row, e.g. before / after")
     ap.add_argument("--profile", action="store_true", help="cProfile one speculative pipeline")
+    ap.add_argument("--kernels", action="store_true", help="count (untimed) the device path with its Triton kernels, in the interpreter")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -182,9 +215,23 @@ def main() -> None:
         "command": "python " + shlex.join(sys.argv), "vocab": args.vocab,
         "note": "CPU host overhead per round, target forward stubbed and subtracted; not a GPU figure",
     }
+    if args.kernels:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            sys.exit("--kernels runs the Triton kernels on the CPU: set TRITON_INTERPRET=1")
+        common["note"] = "aten ops + Triton launches per round of the fused device path (interpreter), untimed; not a GPU figure"
+        for name, pipe, speculative in pipelines(target):
+            if name.endswith("/device"):
+                ops, launches = ops_per_round(target, pipe, speculative, prompt, 50, kernels=True)
+                row = {**common, "pipeline": name + "+kernels", "aten_ops_per_round": round(ops, 1),
+                       "kernel_launches_per_round": round(launches, 2)}
+                print(f"{name + '+kernels':28s} ops {ops:5.1f} (of which Triton launches {launches:4.2f})")
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+        return
     for name, pipe, speculative in pipelines(target):
         row = {**common, "pipeline": name, **measure(target, pipe, speculative, prompt, args.rounds, args.repeats)}
-        row["aten_ops_per_round"] = round(ops_per_round(target, pipe, speculative, prompt, 50), 1)
+        row["aten_ops_per_round"] = round(ops_per_round(target, pipe, speculative, prompt, 50)[0], 1)
         phases = "  ".join(f"{p} {v:6.1f}" for p, v in row["phase_us_per_round"].items())
         print(f"{name:28s} cpu {row['host_cpu_us_per_round']:6.1f} (median {row['host_cpu_us_per_round_median']:6.1f}) "
               f"wall {row['host_us_per_round']:7.1f} us/round (median {row['host_us_per_round_median']:7.1f}) "

@@ -14,27 +14,13 @@ from jetspec.core.on_device import Readback, TreeUpload, unpack
 from jetspec.core.errors import PluginError
 from jetspec.core.tree import DraftTree
 from jetspec.testing.models import tiny_decoder
-from jetspec.testing.strategies import draft_trees
+from jetspec.testing.strategies import draft_trees, trees_and_choices
 from jetspec.verifiers.greedy import GreedyVerifier, accept_greedy, walk_on_device
 from jetspec.verifiers.sampling import SamplingOptions, SamplingVerifier
 from support.registry import make_test_registry
 
 VOCAB = 96
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: pinned buffers, events, the walk's kernels
-
-
-@st.composite
-def trees_and_choices(draw):
-    """A tree and the target's token at each node, steered to follow a child often (deep paths)."""
-    tree = draw(draft_trees(vocab=VOCAB, max_nodes=40))
-    choice = []
-    for i in range(tree.size):
-        kids = tree.children(i)
-        if kids and draw(st.booleans()):
-            choice.append(int(tree.tokens[draw(st.sampled_from(kids))]))
-        else:
-            choice.append(draw(st.integers(0, VOCAB - 1)))
-    return tree, choice
 
 
 def device_path(tree: DraftTree, choice: list[int], prefix_len: int = 0, device: str = "cpu") -> tuple[list[int], list[int]]:

@@ -17,6 +17,7 @@ from jetspec.core.proposal import TokenTrie
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions
 from jetspec.testing import ConformanceError, check_drafter, check_kv_cache, check_verifier
 from jetspec.testing.models import FAMILIES, any_tiny_target
+from jetspec.caches.dense import DenseKVCache
 from jetspec.verifiers.greedy import GreedyVerifier
 from support.registry import make_test_registry
 
@@ -159,3 +160,29 @@ def test_graph_safe_must_be_a_bool():
 
     fails(check_kv_cache, Implementation("vague", lambda o, info, c: Vague(info, c), NoOptions),
           match=r"^kv_cache 'vague': graph_safe: graph_safe is 'yes'; declare True or False", **FAST)
+
+
+class ShallowOnDevice(GreedyVerifier):
+    def accept_on_device(self, tree, logits, state):  # the root alone and its bonus: valid, lossless, not accept's
+        packed = super().accept_on_device(tree, logits, state)
+        packed[0], packed[1], packed[tree.max_depth + 2] = 1, 0, logits[0].argmax()
+        return packed
+
+
+def test_a_verifier_whose_device_path_accepts_less_than_its_host_path_fails_the_kit():
+    """Lossless (fewer drafts kept, the right bonus), and a CPU pipeline never calls it: only the
+    kit's device-equals-host check catches it."""
+    fails(check_verifier, Implementation("shallow", lambda o: ShallowOnDevice(), NoOptions),
+          match=r"^verifier 'shallow': accept_on_device: accepts path \[0\] committing \[\d+\] on the device, "
+                r"but accept keeps path \[0, \d+.*\] committing .* \(tree parents", **FAST)
+
+
+class StagesTheFirstEntries(DenseKVCache):
+    def stage_commit(self, keep):  # moves pending entries 0..M-1 instead of `keep`; commit itself is right
+        super().stage_commit(torch.arange(keep.numel(), device=keep.device))
+
+
+def test_a_cache_whose_staged_commit_moves_other_entries_fails_the_kit():
+    fails(check_kv_cache, Implementation("early", lambda o, info, c: StagesTheFirstEntries(info, c), NoOptions),
+          match=r"^kv_cache 'early': stage_commit: read\(0\) keys differ from a host commit's \(round \d+: \d+ pending, "
+                r"commit\(\[0, .*\]\) after stage_commit", **FAST)

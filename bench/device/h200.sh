@@ -45,8 +45,9 @@
 # cute-exact       the cute backend's position-invariant mode: its kernel tests (vs the fp32 reference) and the
 #                  bitwise decoder property with both backends (needs `cutlass`), then kernel_bench triton-exact
 #                  vs cute-exact vs cute -> $OUT/kernels_exact.jsonl
-# engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA, graphs, and the bitwise exactness
-#                  property through them -> $OUT/engine_tests.log
+# engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA — the fused walk and row-move
+#                  kernels against the torch ops, and through the conformance kit — graphs, and the bitwise
+#                  exactness property through them -> $OUT/engine_tests.log
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -270,6 +271,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     engine-tests)
       timeout ${ENGINE_TESTS_TIMEOUT:-300} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
+        tests/test_fused_walk.py tests/caches/test_fused_row_move.py \
         tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)

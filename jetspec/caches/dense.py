@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..core import on_device
 from ..core.errors import CapacityError, InputError
 from ..core.interfaces import TargetInfo
 from ..core.memory import check_fits
@@ -71,11 +72,16 @@ class DenseKVCache:
 
     def stage_commit(self, keep: torch.Tensor) -> None:
         """`CommitsOnDevice`: rows t + j <- rows t + keep[j], j < M (keep [M] int64 on the device;
-        the right side is gathered first, so overlap is safe)."""
+        the right side is gathered first, so overlap is safe): one launch on CUDA (`triton_rows.py`)."""
         t, m = self._committed, keep.numel()
-        src = keep + t  # [M]
-        self.k[:, t : t + m] = self.k[:, src]
-        self.v[:, t : t + m] = self.v[:, src]
+        if on_device.fused(keep):
+            from .triton_rows import move_rows
+
+            move_rows(self.k, self.v, keep, t)
+        else:
+            src = keep + t  # [M]
+            self.k[:, t : t + m] = self.k[:, src]
+            self.v[:, t : t + m] = self.v[:, src]
         self._staged = m
 
     def commit(self, keep: Sequence[int]) -> None:

@@ -35,6 +35,7 @@ from typing import Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..core import on_device
 from ..core.errors import CapacityError, InputError
 from ..core.interfaces import TargetInfo
 from ..core.memory import check_fits
@@ -178,16 +179,24 @@ class PagedKVCache:
 
     def stage_commit(self, keep: torch.Tensor) -> None:
         """`CommitsOnDevice`: logical slot t + j gets pending entry keep[j], j < M (keep [M] int64
-        on the device), by copying rows (gather) or rewriting slot_table (remap)."""
+        on the device), by copying rows (gather) or rewriting slot_table (remap); one launch on
+        CUDA (`triton_rows.py`), the torch ops below elsewhere."""
         t, m = self._committed, keep.numel()
-        src = self.slot_table[t : t + self._pending][keep]  # [M] int32: rows of the kept entries
-        if self.options.commit == "gather":
+        if on_device.fused(keep):
+            from .triton_rows import move_rows
+
+            if self.options.commit == "gather":  # K and V rows, every layer, through the slot map
+                move_rows(self._flat(self.k), self._flat(self.v), keep, t, self.slot_table)
+            else:  # the slot map's entries themselves, as one layer of one-element rows
+                move_rows(self.slot_table.view(1, -1), None, keep, t)
+        elif self.options.commit == "gather":
+            src = self.slot_table[t : t + self._pending][keep].long()  # [M]: rows of the kept entries
             dst = self.slot_table[t : t + m].long()  # [M]
             for pool in (self.k, self.v):
-                flat = pool.view(pool.shape[0], -1, *pool.shape[3:])  # [L, pages * P, Hkv, D]
-                flat[:, dst] = flat[:, src.long()]  # the right side is gathered first
+                flat = self._flat(pool)  # [L, pages * P, Hkv, D]
+                flat[:, dst] = flat[:, src]  # the right side is gathered first
         else:
-            self.slot_table[t : t + m] = src
+            self.slot_table[t : t + m] = self.slot_table[t : t + self._pending][keep]
         self._staged = m
 
     def commit(self, keep: Sequence[int]) -> None:
@@ -211,7 +220,7 @@ class PagedKVCache:
             src = torch.tensor([self._slots[t + j] for j in keep], device=self.k.device)  # [k]
             dst = self.slot_table[t : t + k].long()  # [k]
             for pool in (self.k, self.v):
-                flat = pool.view(pool.shape[0], -1, *pool.shape[3:])  # [L, pages * P, Hkv, D]
+                flat = self._flat(pool)  # [L, pages * P, Hkv, D]
                 flat[:, dst] = flat[:, src]  # the right side is gathered first: overlap is safe
         del self._slots[t + k :]
         keep_pages = math.ceil((t + k) / self.page_size)
@@ -297,6 +306,10 @@ class PagedKVCache:
         if self._pages and self._pages_changed:
             self.block_table[: len(self._pages)].copy_(torch.tensor(self._pages, dtype=torch.int32), non_blocking=True)
         self._pages_changed = False
+
+    @staticmethod
+    def _flat(pool: torch.Tensor) -> torch.Tensor:
+        return pool.view(pool.shape[0], -1, *pool.shape[3:])  # [L, pages * P, Hkv, D]
 
     @staticmethod
     def _rows(pool: torch.Tensor, layer: int) -> torch.Tensor:

@@ -21,11 +21,16 @@ whatever N and V are. The packed layout, [2D + 3] int64 (`unpack`):
 
 Buffers are persistent and grow only when a larger tree comes: a round allocates nothing on the
 host, and on the device only what the verifier's few array ops make.
+
+On CUDA the built-in steps between the forward and the read-back are one Triton launch each (`fused`):
+the greedy walk (`verifiers/triton_walk.py`) and the staged K/V move (`caches/triton_rows.py`);
+elsewhere their torch ops run, the reference the kernels are tested against.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -35,6 +40,15 @@ from .tree import DraftTree
 
 if TYPE_CHECKING:
     from .interfaces import DecodeState, Verifier
+
+_TRITON = find_spec("triton") is not None
+
+
+def fused(x: torch.Tensor) -> bool:
+    """Whether the round's small device steps on x run as one Triton launch each: on CUDA, with
+    triton installed. (bench/host_round.py --kernels replaces this rule to count that path on a CPU.)"""
+    return x.is_cuda and _TRITON
+
 
 ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree ends, node index
 
@@ -51,7 +65,7 @@ class DeviceTree:
     subtree_sizes: torch.Tensor  # [N] int64
     positions: torch.Tensor  # [N] int64, prefix_len + depth (RoPE positions)
     # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i]); the root's is stored as
-    # 0 (the root is no draft and rejects nothing: `greedy.walk_on_device`)
+    # 0 (the root is no draft and rejects nothing: `greedy.walk_ops`)
     ends: torch.Tensor
     index: torch.Tensor  # [N] int64, 0 .. N - 1
     max_depth: int  # D, on the host

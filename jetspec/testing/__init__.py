@@ -22,7 +22,7 @@ from .kv_semantics import ReferenceKV
 from .lossless import assemble, plain_greedy
 from .models import EOS, FAMILIES, TinyDecoder, any_tiny_target, tiny_decoder, tiny_hf_model, tiny_target
 from .oracle import OracleDrafter, OracleOptions
-from .strategies import depth_marginals, draft_trees, proposals, token_tries
+from .strategies import depth_marginals, draft_trees, proposals, token_tries, trees_and_choices
 from .subject import ConformanceError
 
 __all__ = [
@@ -48,4 +48,5 @@ __all__ = [
     "tiny_hf_model",
     "tiny_target",
     "token_tries",
+    "trees_and_choices",
 ]

@@ -4,7 +4,8 @@ Each `check_<kind>(component, options=None, registry=None, examples=..., seed=0)
 
   (a) protocol checks (`protocol.py`): options model, capabilities, the built object's Protocol,
       the optional members it has (`optional_members.py`: hidden_layers, proposal_key, reset,
-      graph_safe, the k/v/slot_table rows of a 'kv_rows' cache), and the kind's own contract on
+      graph_safe, the k/v/slot_table rows of a 'kv_rows' cache; `on_device.py`: a verifier's
+      accept_on_device equals its accept, a cache's stage_commit its commit), and the kind's own contract on
       random inputs (proposals, trees, acceptances, KV-cache operation programs, attention on
       random trees);
   (b) the lossless check (`lossless.py`): the component inside a pipeline of reference parts
@@ -33,6 +34,7 @@ from .attention import check_attention_numerics
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
 from .models import FAMILIES, VOCAB, TinyDecoder
+from .on_device import check_accepts_on_device, check_commits_on_device
 from .optional_members import check_drafter_members, check_graph_safe, check_kv_rows, check_verifier_members
 from .oracle import OracleDrafter, OracleOptions
 from .protocol import build, check_acceptance, check_capabilities, check_instance, check_registration, check_tree
@@ -126,13 +128,16 @@ def check_scorer(
 def check_verifier(
     verifier: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+    device: str = "cpu",
 ) -> None:
     """Acceptances of random trees are root-down paths; on any tree the kept drafts are exactly
-    the target's argmax chain (greedy losslessness, one round); then lossless in a pipeline."""
+    the target's argmax chain (greedy losslessness, one round); with `accept_on_device`, it keeps
+    the same on `device` (`on_device.py`); then lossless in a pipeline (on the CPU)."""
     s = resolve("verifier", verifier, options, registry)
     _static(s)
     obj = check_instance(s, build(s), Verifier)
     check_verifier_members(s, obj)
+    check_accepts_on_device(s, lambda: build(s), examples * 3, seed, device, shrink)
 
     @given(tree=draft_trees(VOCAB), data=st.data())
     def one_round_is_greedy(tree, data):
@@ -172,10 +177,12 @@ def check_kv_cache(
     kv_cache: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
 ) -> None:
-    """Random begin/write/read/commit/reset programs match `ReferenceKV`; then lossless."""
+    """Random begin/write/read/commit/reset programs match `ReferenceKV`; with `stage_commit`, a
+    staged commit reads back what a host commit does (`on_device.py`); then lossless."""
     s = resolve("kv_cache", kv_cache, options, registry)
     _static(s)
     check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
+    check_commits_on_device(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
     check_graph_safe(s, build(s, small_info(1, 1, 8, device), 8))
     if "kv_rows" in s.impl.provides:
         check_kv_rows(s, lambda info, capacity: build(s, info, capacity), device)

@@ -7,7 +7,9 @@ has one keeps its contract, or the kit fails with one line naming the member.
 * verifier `reset(state)` (`ResettableVerifier`): runs, and the pipeline calls it in every run;
 * cache / attention `graph_safe` (`GraphSafe`): a bool;
 * cache `k`, `v`, `slot_table` (`RowKVCache`, required by `provides={"kv_rows"}`): the rows the
-  kernels gather through `slot_table` hold what `read` returns, after writes and a commit.
+  kernels gather through `slot_table` hold what `read` returns, after writes and a commit;
+* verifier `accept_on_device` (`AcceptsOnDevice`) and cache `stage_commit` (`CommitsOnDevice`): the
+  device path equals the host path on random trees and rounds (`on_device.py`).
 """
 
 from __future__ import annotations

@@ -49,3 +49,17 @@ def draft_trees(draw, vocab: int = 96, max_nodes: int = 24) -> DraftTree:
         tokens.append(tok)
     scores = [0.0] + [-float(i) for i in range(1, n)]
     return DraftTree.from_parents(tokens, parents, scores)
+
+
+@st.composite
+def trees_and_choices(draw, vocab: int = 96, max_nodes: int = 40) -> tuple[DraftTree, list[int]]:
+    """A tree and the target's token at each node [N], steered to follow a child often (deep paths)."""
+    tree = draw(draft_trees(vocab=vocab, max_nodes=max_nodes))
+    choice = []
+    for i in range(tree.size):
+        kids = tree.children(i)
+        if kids and draw(st.booleans()):
+            choice.append(int(tree.tokens[draw(st.sampled_from(kids))]))
+        else:
+            choice.append(draw(st.integers(0, vocab - 1)))
+    return tree, choice

@@ -8,8 +8,9 @@ accepted node is correct and the accepted path is unique); the bonus token is t(
 Every committed token is therefore exactly the token plain greedy decoding would produce:
 speculation changes how many forwards it takes, never what is emitted.
 
-`accept_on_device` applies the same rule with array ops on the logits' device (`walk_on_device`),
-so the pipeline reads back only the packed path (`core/on_device.py`), not N argmaxes.
+`accept_on_device` applies the same rule on the logits' device (`walk_on_device`), so the
+pipeline reads back only the packed path (`core/on_device.py`), not N argmaxes: on CUDA in one
+Triton launch (`triton_walk.py`), elsewhere by the ten torch ops of `walk_ops`, its reference.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..core.interfaces import Acceptance, DecodeState
+from ..core import on_device
 from ..core.on_device import DeviceTree
 from ..core.tree import DraftTree
 
@@ -48,8 +50,18 @@ def accept_greedy(tree: DraftTree, target_next: list[int]) -> Acceptance:
 
 def walk_on_device(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     """`choice` [N] int64 on the device, the target's token at each node (its argmax, or a
-    sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`): the path and
-    tokens of `accept_greedy`, by ten array ops and no host sync:
+    sampling verifier's draw) -> packed [2D + 3] int64 (`core/on_device.py`), no host sync: one
+    Triton launch on CUDA (`triton_walk.walk`), the torch ops of `walk_ops` elsewhere; both
+    write the same integers."""
+    if on_device.fused(choice) and tree.size > 1:  # the root alone: one cat (`walk_ops`) is one launch too
+        from .triton_walk import walk
+
+        return walk(tree, choice)
+    return walk_ops(tree, choice)
+
+
+def walk_ops(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
+    """The reference walk: the path and tokens of `accept_greedy`, by ten array ops:
 
     * draft i is wrong iff tokens[i] != choice[parent(i)]; the root is never wrong;
     * i is rejected iff a wrong j has i in its subtree, j <= i < ends[j] (pre-order), i.e. iff the

@@ -127,4 +127,20 @@ for dtype, hq, hkv, d, qk_norm, slots in (("bf16", 32, 8, 128, True, True), ("bf
                   BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots)
     assert compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH).asm["ptx"]
     print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots}: ok")
+# the round's small kernels (issue 18): the greedy walk per tree size class; the staged K/V move for
+# K+V through a slot map (paged gather), K+V of a dense cache with a deep path, the remap's int32 map
+from jetspec.caches import triton_rows  # noqa: E402
+from jetspec.verifiers import triton_walk  # noqa: E402
+
+types = dict(tokens_ptr="*i64", parents_ptr="*i64", ends_ptr="*i64", choice_ptr="*i64", packed_ptr="*i64", n="i32", d="i32")
+for block in (32, 512):
+    assert compile_for_sm90(triton_walk._walk, types, dict(BLOCK=block)).asm["ptx"]
+    print(f"greedy_walk BLOCK{block}: ok")
+for dtype, paired, slots, block_m, block_c in (("bf16", True, True, 16, 256), ("fp32", True, False, 512, 16),
+                                               ("i32", False, False, 16, 16)):
+    types = dict(first_ptr=f"*{dtype}", second_ptr=f"*{dtype}", slots_ptr="*i32" if slots else "*i64", keep_ptr="*i64",
+                 start="i32", m="i32", layer_stride="i32", width="i32")
+    consts = dict(PAIRED=paired, SLOTS=slots, BLOCK_M=block_m, BLOCK_C=block_c)
+    assert compile_for_sm90(triton_rows._move, types, consts).asm["ptx"]
+    print(f"row_move {dtype} paired={paired} slots={slots} m{block_m} c{block_c}: ok")
 sys.exit(0)

@@ -22,3 +22,4 @@ def test_every_kernel_compiles_for_sm90():
     assert proc.stdout.count("tree_attention") >= 6 and "fused=True: ok" in proc.stdout, proc.stdout
     assert proc.stdout.count("invariant_attention") == 3 and proc.stdout.count("invariant_linear") == 5, proc.stdout
     assert "invariant_rmsnorm: ok" in proc.stdout and proc.stdout.count("invariant_rope_write") == 3, proc.stdout
+    assert proc.stdout.count("greedy_walk") == 2 and proc.stdout.count("row_move") == 3, proc.stdout

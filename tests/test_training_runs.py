@@ -183,3 +183,19 @@ def test_validation_measures_every_recipe_with_the_same_unweighted_kl(setup, tmp
     kl = evaluate(head, model, data, rows, TrainConfig(steps=1, **SMALL), 0)
     other = evaluate(head, model, data, rows, TrainConfig(steps=1, loss="ce", gamma=3.0, **SMALL), 0)
     assert kl == other  # the training loss does not change the yardstick
+
+
+@pytest.mark.parametrize("loss", ["kl", "ce"])
+def test_the_vocabulary_loss_in_chunks_equals_the_one_shot_loss_and_its_gradient(loss):
+    from jetspec.drafters.head.objective import slot_losses, vocab_losses
+
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)  # a frozen target's LM head, V = 50
+    h, teacher_h = torch.randn(37, 16, requires_grad=True), torch.randn(37, 16)  # [S, H]
+    log_q = torch.log_softmax(lm_head(h), -1)
+    whole = slot_losses(log_q, torch.log_softmax(lm_head(teacher_h), -1), loss)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), h)
+    per_slot, draft = vocab_losses(h, teacher_h, lm_head, loss, chunk=8)  # 5 chunks, the last one short
+    (grad,) = torch.autograd.grad(per_slot.sum(), h)
+    assert torch.allclose(per_slot, whole, atol=1e-6) and torch.allclose(grad, grad_whole, atol=1e-6)
+    assert torch.equal(draft, log_q.argmax(-1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .data import TokenData
 from .frozen_target import teacher_forward
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .train import TrainConfig
 
 LOSSES = ("kl", "ce")
+VOCAB_CHUNK = 2048  # slots whose [chunk, V] logits are alive at once (`vocab_losses`)
 
 
 def make_batch(data: TokenData, rows: list[int], cfg: TrainConfig, g: torch.Generator, pad_id: int, device) -> dict:
@@ -84,6 +86,30 @@ def slot_losses(log_q: torch.Tensor, log_p: torch.Tensor, loss: str) -> torch.Te
     return -log_q.gather(1, log_p.argmax(-1, keepdim=True)).squeeze(1)
 
 
+def vocab_losses(
+    h: torch.Tensor, teacher_h: torch.Tensor, lm_head: Any, loss: str, chunk: int = VOCAB_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h, teacher_h [S, H] (head, teacher) -> per-slot loss [S] (`slot_losses` of the two
+    log-softmaxes over the vocabulary) and the head's rank-1 token [S], `chunk` slots at a time: a
+    chunk's [chunk, V] logits live only inside it and are recomputed for the backward pass
+    (activation checkpointing), so memory holds one chunk's logits, not all S of them (15k slots x
+    a 49k vocabulary are 3 GB per fp32 copy). Each slot's values are those of the one-shot form."""
+    losses, drafts = [], []
+    for i in range(0, h.shape[0], chunk):
+        per_slot, draft = checkpoint(_chunk_losses, h[i : i + chunk], teacher_h[i : i + chunk], lm_head, loss, use_reentrant=False)
+        losses.append(per_slot)
+        drafts.append(draft)
+    empty = h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.long, device=h.device)
+    return (torch.cat(losses), torch.cat(drafts)) if losses else empty
+
+
+def _chunk_losses(h: torch.Tensor, teacher_h: torch.Tensor, lm_head: Any, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    log_q = torch.log_softmax(lm_head(h).float(), dim=-1)  # [chunk, V]
+    with torch.no_grad():
+        log_p = torch.log_softmax(lm_head(teacher_h).float(), dim=-1)  # [chunk, V]
+    return slot_losses(log_q, log_p, loss), log_q.detach().argmax(-1)
+
+
 def depth_weighted_mean(per_slot: torch.Tensor, depth: torch.Tensor, gamma: float) -> torch.Tensor:
     """sum_s w_d(s) l_s / sum_s w_d(s), w_d = exp(-(d - 1) / gamma) (the DFlash paper's decay over
     the depth d >= 1 a slot predicts); gamma = 0: the plain mean."""
@@ -105,17 +131,15 @@ def head_loss(head: DraftHead, model: Any, b: dict, loss: str = "kl", gamma: flo
     x, pos, p, supervised, depth_token = _block_inputs(head, model, b)
     mask = block_mask(b["anchors"], c.block_size, t, c.causal)  # [Bt, A*B, T + A*B]
     h = head(x, pos, context, mask).view(*p.shape, -1)  # [Bt, A, B, H]
-    lm_head = model.get_output_embeddings()
-    log_q = torch.log_softmax(lm_head(h[supervised]).float(), dim=-1)  # [S, V]
     with torch.no_grad():
         teacher_h = final.gather(1, p.clamp(0, t - 1).view(bt, -1, 1).expand(-1, -1, final.shape[-1]))
-        log_p = torch.log_softmax(lm_head(teacher_h.view(*p.shape, -1)[supervised]).float(), dim=-1)  # [S, V]
         slot = torch.arange(c.block_size, device=p.device).expand_as(p)  # [Bt, A, B]
         depth = (slot if c.uses_mask_slots else slot + 1)[supervised]  # [S]: the depth each slot predicts
-    value = depth_weighted_mean(slot_losses(log_q, log_p, loss), depth, gamma)
+    per_slot, draft = vocab_losses(h[supervised], teacher_h.view(*p.shape, -1)[supervised], model.get_output_embeddings(), loss)
+    value = depth_weighted_mean(per_slot, depth, gamma)
     with torch.no_grad():  # chain acceptance: leading depths whose rank-1 draft is the answer's token
         hit = torch.zeros_like(supervised)
-        hit[supervised] = log_q.argmax(-1) == depth_token[supervised]
+        hit[supervised] = draft == depth_token[supervised]
         if c.uses_mask_slots:
             hit = hit[:, :, 1:]  # depths 1 .. B-1 (slot 0 is the anchor)
         sup = supervised[:, :, 1:] if c.uses_mask_slots else supervised  # [Bt, A, D] as hit

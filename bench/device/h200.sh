@@ -16,7 +16,8 @@
 #                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
 #                  (CORPUS_ARGS: more make-corpus flags; HEAD_ARGS: more train-head flags for a run's first call)
 # corpus-export    the corpus as <= 15 MiB tar parts in $OUT (cat corpus.tar.part-* | tar -x); corpus-import:
-#                  the same parts carried back in .corpus/, else the committed bench/corpus/SmolLM2-135M-Instruct.tar.xz
+#                  the same parts carried back in .corpus/, else a .tar.xz there (`cp bench/corpus/*.tar.xz .corpus/`:
+#                  the committed corpus, for calls whose tree has it moved out), else the committed one in the tree
 #                  -> /tmp/keep/corpus (a fresh machine)
 # train-head       `jetspec train-head` on /tmp/keep/corpus, accumulating in /tmp/keep/runs/HEAD_RUN (HEAD_KIND,
 #                  default causal): the first call starts the run (HEAD_STEPS, HEAD_LAYERS, HEAD_BATCH, ...),
@@ -179,7 +180,7 @@ for step in "$@"; do
     corpus-import)
       if [ ! -d /tmp/keep/corpus ]; then
         if ls .corpus/corpus.tar.part-* >/dev/null 2>&1; then cat .corpus/corpus.tar.part-* | tar -C /tmp/keep -xf - || exit 1
-        else tar -C /tmp/keep -xJf bench/corpus/SmolLM2-135M-Instruct.tar.xz || exit 1; fi
+        else tar -C /tmp/keep -xJf $(ls .corpus/*.tar.xz bench/corpus/SmolLM2-135M-Instruct.tar.xz 2>/dev/null | head -1) || exit 1; fi
       fi
       ls /tmp/keep/corpus | tail -3 ;;
     train-head)

@@ -188,7 +188,7 @@ def fresh_graphs(target: DecoderTarget) -> None:
     if target.graphs is not None:
         from jetspec.targets.decoder.graphs import CudaGraphForward
 
-        target.graphs = CudaGraphForward(target, target._forward)
+        target.graphs = CudaGraphForward(target.info.device)
 
 
 def time_round(target: DecoderTarget, cache, context: int, nodes: int, clock: Clock, warmup: int, reps: int,

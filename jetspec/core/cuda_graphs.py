@@ -1,6 +1,7 @@
 """`capture`: record a function's GPU work once as a CUDA graph, to replay it for the price of
-one launch. The target's forward (per query-count bucket) and the draft heads' one-forward draft
-(per context buffer) both go through here, so warm-up and memory-pool handling exist once.
+one launch; `GraphSet`: one owner's graphs by key, in one memory pool. The target's forward (per
+query-count bucket) and the draft heads' one-forward draft and context append (per context
+buffer) both go through here, so warm-up and memory-pool handling exist once.
 
     graph, out = capture(fn, pool)     # fn() ran twice: warm-up on a side stream, then captured
     ... refresh the static inputs fn reads ...
@@ -32,3 +33,48 @@ def capture(fn: Callable[[], Any], pool: Any = None) -> tuple[torch.cuda.CUDAGra
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return graph, out
+
+
+class GraphSet:
+    """The CUDA graphs of one owner (a target's forward, a head drafter's per-round steps): each
+    captured on first use under a key and replayed after, all in one memory pool (the first graph's).
+
+        graphs = GraphSet()
+        out = graphs.replay(key, fn)      # fn captured once per key (its static outputs returned)
+
+    The owner passes its own work as `fn` at each call; the set keeps graphs, outputs and the
+    pool, nothing of the owner."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self._graphs: dict[Any, tuple[torch.cuda.CUDAGraph, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._graphs
+
+    def captured(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """fn's static outputs under `key`, capturing it now if it is new (without a replay)."""
+        if key not in self._graphs:
+            self._graphs[key] = capture(fn, self.pool)
+            if self.pool is None:  # later captures share this graph's pool; replays never overlap
+                self.pool = self._graphs[key][0].pool()
+        return self._graphs[key][1]
+
+    def replay(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """Replay the graph of `key` (captured from fn if new) -> its static outputs, refreshed."""
+        out = self.captured(key, fn)
+        self._graphs[key][0].replay()
+        return out
+
+    def drop(self, stale: Callable[[Any], bool]) -> None:
+        """Forget the graphs whose key is stale (their buffers no longer exist); the pool stays."""
+        for key in [k for k in self._graphs if stale(k)]:
+            del self._graphs[key]
+
+    def clear(self) -> None:
+        """Forget every graph and the pool with them (reusing a dead pool's id trips the allocator)."""
+        self._graphs.clear()
+        self.pool = None

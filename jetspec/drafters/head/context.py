@@ -86,7 +86,7 @@ class ContextDrafter:
         if enabled and self.cache._device.type == "cuda":
             from .graphs import HeadGraphs
 
-            self.graphs = HeadGraphs(self)
+            self.graphs = HeadGraphs(self.cache._device, self.cache._dtype, len(self.hidden_layers), self.config.hidden_size)
 
     def reset(self, state: DecodeState) -> None:
         self.cache.reset()
@@ -107,7 +107,8 @@ class ContextDrafter:
             return
         rows = hidden[:need].to(self.cache._device)  # [need, k, H]
         if self.graphs is not None and need <= self.graphs.append_rows:
-            self.graphs.append(rows)  # the same write_context, padded and replayed from a CUDA graph
+            self.cache.reserve(self.cache.length + self.graphs.append_rows)  # room for the padded write; may bump the version
+            self.graphs.append(self.cache.version, rows, self.cache.length, self.write_context)  # replayed from a CUDA graph
         else:
             self.cache.reserve(self.cache.length + need)
             self.write_context(rows, torch.tensor([self.cache.length], device=self.cache._device))

@@ -126,7 +126,8 @@ class HeadDrafter(ContextDrafter):
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
         if self.graphs is not None:
-            logp, tokens = self.graphs.draft(root, a, depths)
+            buffers = self.cache.buffers()
+            logp, tokens = self.graphs.draft(self.cache.version, root, a, depths, lambda r, an: self.draft_block(r, an, buffers, depths))
         else:
             dev = self.cache._device
             ids = torch.tensor([root], device=dev), torch.tensor([a], device=dev)

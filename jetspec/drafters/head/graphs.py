@@ -19,62 +19,50 @@ through the context length, so a graph works on whole buffers:
 
 One graph per (buffer version[, depth slots]): the buffers are reallocated only when the
 context outgrows them (doubling), and the depth count is min(budget, B - 1), fixed for a run.
+The drafter owns this object and passes the cache's version and its own step at each call:
+nothing here holds the drafter or its cache.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
-from ...core.cuda_graphs import capture
-
-if TYPE_CHECKING:
-    from .context import ContextDrafter
+from ...core.cuda_graphs import GraphSet
 
 APPEND_ROWS = 32  # a round commits at most max depth + 1 tokens (16 + 1 with lookup chains); prefill is eager
+
+Draft = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (root [1], anchor [1]) -> (logp, tokens)
+Write = Callable[[torch.Tensor, torch.Tensor], None]  # (hidden [R, k, H], start [1]) -> K/V written
 
 
 class HeadGraphs:
     append_rows = APPEND_ROWS
 
-    def __init__(self, drafter: "ContextDrafter"):
-        self.drafter = drafter
-        cache = drafter.cache
-        dev = cache._device
-        k, h = len(drafter.hidden_layers), drafter.config.hidden_size
-        self.root = torch.zeros(1, dtype=torch.int64, device=dev)  # [1]
-        self.anchor = torch.zeros(1, dtype=torch.int64, device=dev)  # [1]
-        self.start = torch.zeros(1, dtype=torch.int64, device=dev)  # [1]
-        self.hidden = torch.zeros(APPEND_ROWS, k, h, dtype=cache._dtype, device=dev)  # [R, k, H]
-        self.pool: Any = None
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Any]] = {}
+    def __init__(self, device: torch.device, dtype: torch.dtype, num_hidden_layers: int, hidden_size: int):
+        self.root = torch.zeros(1, dtype=torch.int64, device=device)  # [1]
+        self.anchor = torch.zeros(1, dtype=torch.int64, device=device)  # [1]
+        self.start = torch.zeros(1, dtype=torch.int64, device=device)  # [1]
+        self.hidden = torch.zeros(APPEND_ROWS, num_hidden_layers, hidden_size, dtype=dtype, device=device)  # [R, k, H]
+        self.graphs = GraphSet()  # key (buffer version, step[, depths]) -> graph, static outputs
 
-    def _replay(self, key: tuple, fn) -> Any:
-        version = self.drafter.cache.version
+    def _replay(self, version: int, key: tuple, fn: Callable[[], Any]) -> Any:
         key = (version, *key)
         if key not in self.graphs:
-            for stale in [k for k in self.graphs if k[0] != version]:  # graphs of buffers that no longer exist
-                del self.graphs[stale]
-            self.graphs[key] = capture(fn, self.pool)
-            if self.pool is None:
-                self.pool = self.graphs[key][0].pool()
-        graph, out = self.graphs[key]
-        graph.replay()
-        return out
+            self.graphs.drop(lambda k: k[0] != version)  # graphs of buffers that no longer exist
+        return self.graphs.replay(key, fn)
 
-    def draft(self, root: int, anchor: int, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (logp, tokens) [depths, k], views into graph memory valid until the next replay."""
+    def draft(self, version: int, root: int, anchor: int, depths: int, draft: Draft) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logp, tokens) [depths, k] of `draft` over the static root and anchor, views into graph
+        memory valid until the next replay. `version`: the context buffers' (a new one recaptures)."""
         self.root.fill_(root)
         self.anchor.fill_(anchor)
-        cache = self.drafter.cache
-        return self._replay(("draft", depths), lambda: self.drafter.draft_block(self.root, self.anchor, cache.buffers(), depths))
+        return self._replay(version, ("draft", depths), lambda: draft(self.root, self.anchor))
 
-    def append(self, rows: torch.Tensor) -> None:
-        """rows [n, k, H], n <= APPEND_ROWS: their K/V written at the cache's `length` (the caller
-        advances it)."""
-        cache = self.drafter.cache
-        cache.reserve(cache.length + APPEND_ROWS)  # room for the padded write; may bump the version
+    def append(self, version: int, rows: torch.Tensor, start: int, write: Write) -> None:
+        """rows [n, k, H], n <= APPEND_ROWS: `write` of the padded rows at `start` (the caller made room
+        for APPEND_ROWS rows there and advances the length)."""
         self.hidden[: rows.shape[0]].copy_(rows)
-        self.start.fill_(cache.length)
-        self._replay(("append",), lambda: self.drafter.write_context(self.hidden, self.start))
+        self.start.fill_(start)
+        self._replay(version, ("append",), lambda: write(self.hidden, self.start))

@@ -22,42 +22,43 @@ Graphs are kept per (KV cache, hidden layers, bucket), so pipelines sharing one 
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
 that fits the cache at once, so that capture cost falls in warm-up, not in timed rounds.
 
-Requirements: a CUDA device, an attention backend and a KV cache that declare `graph_safe`.
+Requirements: a CUDA device, an attention backend and a KV cache that declare `graph_safe`
+(the model makes this object only for a graph-safe backend; `handles` checks the cache).
+The model owns this object and passes its eager forward at each call: nothing here holds or
+changes the model. A capture that fails raises `GraphCaptureFailed`; the model goes eager.
 """
 
 from __future__ import annotations
 
-import sys
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ...core.cuda_graphs import capture
-from ...core.errors import CapacityError
+from ...core.cuda_graphs import GraphSet
+from ...core.errors import CapacityError, JetSpecError
 from ...core.interfaces import AttentionMeta, KVCache, TargetOutput, is_graph_safe
 
-if TYPE_CHECKING:
-    from .model import DecoderTarget
+Eager = Callable[[torch.Tensor, AttentionMeta, KVCache, Sequence[int]], TargetOutput]  # the model's forward without graphs
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
+class GraphCaptureFailed(JetSpecError):
+    """Capturing the forward failed (the model runs eagerly from then on)."""
+
+
 class CudaGraphForward:
-    def __init__(self, target: "DecoderTarget", eager: Callable[..., TargetOutput], buckets: Sequence[int] = BUCKETS):
-        self.target = target
-        self.eager = eager  # forward(tokens, meta, cache, hidden_layers) without graphs
+    def __init__(self, device: torch.device, buckets: Sequence[int] = BUCKETS):
         self.buckets = tuple(sorted(buckets))
-        dev = target.info.device
         b = self.buckets[-1]
-        self.tokens = torch.zeros(b, dtype=torch.int64, device=dev)  # [B]
-        self.positions = torch.zeros(b, dtype=torch.int64, device=dev)  # [B]
-        self.sizes = torch.ones(b, dtype=torch.int32, device=dev)  # [B]
-        self.prefix = torch.zeros(1, dtype=torch.int32, device=dev)  # [1]
-        self.pool = None  # memory pool shared by all captures: the first graph's (see _capture)
-        # (cache id, hidden layers) -> {bucket: (graph, static outputs)}; caches kept alive here
-        self.graphs: dict[tuple[int, tuple[int, ...]], dict[int, tuple[torch.cuda.CUDAGraph, TargetOutput]]] = {}
-        self.caches: dict[int, KVCache] = {}
+        self.tokens = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
+        self.positions = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
+        self.sizes = torch.ones(b, dtype=torch.int32, device=device)  # [B]
+        self.prefix = torch.zeros(1, dtype=torch.int32, device=device)  # [1]
+        self.graphs = GraphSet()  # key (cache id, hidden layers, bucket) -> graph, static TargetOutput
+        self.caches: dict[int, KVCache] = {}  # id -> cache, kept alive while its graphs are
+        self.seen: set[tuple[int, tuple[int, ...]]] = set()  # (cache id, hidden layers) whose buckets were captured at once
 
     @property
     def max_padding(self) -> int:
@@ -66,24 +67,20 @@ class CudaGraphForward:
 
     def handles(self, n: int, cache: KVCache) -> bool:
         """A replay can serve n queries: a bucket holds them, the cache has room for the padded
-        bucket (not so for a prefill near capacity), and cache and attention are graph-safe."""
+        bucket (not so for a prefill near capacity), and the cache is graph-safe."""
         if n > self.buckets[-1] or self.buckets[bisect_left(self.buckets, n)] > cache.capacity - cache.committed:
             return False
-        return is_graph_safe(cache) and is_graph_safe(self.target.attention)
+        return is_graph_safe(cache)
 
-    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
+    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int], eager: Eager) -> TargetOutput:
         n = tokens.numel()
         b = self.buckets[bisect_left(self.buckets, n)]
         hidden_layers = tuple(hidden_layers)
-        key = (id(cache), hidden_layers)
-        if key not in self.graphs:
+        if (id(cache), hidden_layers) not in self.seen:
             try:
-                self.graphs[key] = self._capture_all(n, meta, cache, hidden_layers)
-            except RuntimeError as e:  # keep generating: fall back to eager for good, say so once
-                print(f"jetspec: CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}", file=sys.stderr)
-                self.target.graphs = None
-                cache.begin(n)
-                return self.eager(tokens, meta, cache, hidden_layers)
+                self._capture_all(n, meta, cache, hidden_layers, eager)
+            except RuntimeError as e:
+                raise GraphCaptureFailed(f"CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}") from e
         if b > n:
             cache.begin(b)  # re-reserve: the pads need pending slots too
         self.tokens[:n].copy_(tokens, non_blocking=True)
@@ -94,26 +91,21 @@ class CudaGraphForward:
             self.positions[n:b].fill_(meta.prefix_len)
             self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        graphs = self.graphs[key]
-        if b not in graphs:
-            graphs[b] = self._capture(b, meta.prefix_len, cache, hidden_layers)
-        graph, out = graphs[b]
-        graph.replay()
+        out = self.graphs.replay((id(cache), hidden_layers, b), self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
-    def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]):
+    def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> None:
         """Capture every bucket that fits the cache now (pending slots left), then restore the
         caller's reservation of n slots."""
         if len(self.caches) >= 64:  # a long-lived target seeing many caches: start over
             self.graphs.clear()
             self.caches.clear()
-            self.pool = None  # the pool died with its graphs: reusing its id trips the allocator
+            self.seen.clear()
         self.caches[id(cache)] = cache
         room = cache.capacity - cache.committed
         self.positions.fill_(meta.prefix_len)
         self.sizes.fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        graphs = {}
         for b in self.buckets:
             if b > room:
                 break
@@ -121,13 +113,11 @@ class CudaGraphForward:
                 cache.begin(b)
             except CapacityError:  # e.g. a paged pool without pages to spare: capture it later
                 break
-            graphs[b] = self._capture(b, meta.prefix_len, cache, hidden_layers)
+            self.graphs.captured((id(cache), hidden_layers, b), self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
+        self.seen.add((id(cache), hidden_layers))
         cache.begin(n)
-        return graphs
 
-    def _capture(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...]):
+    def _bucket(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> Callable[[], TargetOutput]:
+        """The forward of bucket b over the static buffers (what a capture records)."""
         meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
-        graph, out = capture(lambda: self.eager(self.tokens[:b], meta, cache, hidden_layers), self.pool)
-        if self.pool is None:  # later captures share this graph's pool; replays never overlap
-            self.pool = graph.pool()
-        return graph, out
+        return lambda: eager(self.tokens[:b], meta, cache, hidden_layers)

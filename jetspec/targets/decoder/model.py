@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from ...core.errors import InputError
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput, is_graph_safe
 from .config import DecoderConfig
+from .graphs import CudaGraphForward, GraphCaptureFailed
 from .layers import DecoderLayer, RMSNorm
 from .ops import InvariantOps, LayerOps, TorchOps, fp32_logits
 from .rope import RotaryTable
@@ -69,9 +71,7 @@ class DecoderTarget:
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
-            from .graphs import CudaGraphForward
-
-            self.graphs = CudaGraphForward(self, self._forward)
+            self.graphs = CudaGraphForward(info.device)
 
     @property
     def extra_pending(self) -> int:
@@ -89,7 +89,12 @@ class DecoderTarget:
         """tokens [N] int64 -> logits [N, V] float32, hidden [N, k, H] (model dtype) or None.
         On CUDA with a graph-safe attention backend and cache, replays a captured graph."""
         if self.graphs is not None and self.graphs.handles(tokens.numel(), cache):
-            return self.graphs.forward(tokens, meta, cache, hidden_layers)
+            try:
+                return self.graphs.forward(tokens, meta, cache, hidden_layers, self._forward)
+            except GraphCaptureFailed as e:  # keep generating: eager for good, said once
+                print(f"jetspec: {e}", file=sys.stderr)
+                self.graphs = None
+                cache.begin(tokens.numel())
         return self._forward(tokens, meta, cache, hidden_layers)
 
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:

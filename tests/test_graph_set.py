@@ -1,0 +1,60 @@
+"""`GraphSet` (core/cuda_graphs.py): one owner's CUDA graphs by key in one memory pool — captured
+once per key, replayed after; stale keys dropped with the pool kept, `clear` dropping the pool too.
+The graph owners (the decoder's forward, a head drafter's steps) hold no reference to their model.
+Capture itself needs a GPU (tests/targets/test_cuda_graphs.py); here it is a stand-in."""
+
+import torch
+
+from jetspec.core import cuda_graphs
+from jetspec.core.cuda_graphs import GraphSet
+
+
+class FakeGraph:
+    def __init__(self, pool):
+        self.given_pool, self.replays = pool, 0
+
+    def replay(self):
+        self.replays += 1
+
+    def pool(self):
+        return ("pool", id(self))
+
+
+def fake_capture(log):
+    def capture(fn, pool=None):
+        log.append(pool)
+        return FakeGraph(pool), fn()
+    return capture
+
+
+def test_a_key_is_captured_once_then_replayed_and_every_capture_shares_the_first_pool(monkeypatch):
+    log = []
+    monkeypatch.setattr(cuda_graphs, "capture", fake_capture(log))
+    graphs, calls = GraphSet(), []
+    outs = [graphs.replay(k, lambda k=k: calls.append(k) or f"out {k}") for k in ("a", "a", "b", "a")]
+    assert outs == ["out a", "out a", "out b", "out a"] and calls == ["a", "b"]  # fn ran only at capture
+    assert log[0] is None and log[1] == graphs.pool == graphs._graphs["a"][0].pool()
+    assert graphs._graphs["a"][0].replays == 3 and len(graphs) == 2 and "b" in graphs
+    assert graphs.captured("c", lambda: "out c") == "out c" and graphs._graphs["c"][0].replays == 0  # captured, not run
+
+
+def test_drop_forgets_stale_graphs_and_keeps_the_pool_clear_forgets_both(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "capture", fake_capture([]))
+    graphs = GraphSet()
+    for key in [(1, "draft"), (1, "append"), (2, "draft")]:
+        graphs.replay(key, lambda: None)
+    pool = graphs.pool
+    graphs.drop(lambda k: k[0] != 2)
+    assert len(graphs) == 1 and (2, "draft") in graphs and graphs.pool == pool
+    graphs.clear()
+    assert len(graphs) == 0 and graphs.pool is None
+
+
+def test_the_graph_owners_hold_tensors_and_graphs_not_their_model():
+    from jetspec.drafters.head.graphs import HeadGraphs
+    from jetspec.targets.decoder.graphs import CudaGraphForward
+
+    allowed = (torch.Tensor, GraphSet, dict, set, tuple, int)
+    for owner in (CudaGraphForward(torch.device("cpu")), HeadGraphs(torch.device("cpu"), torch.float32, 2, 8)):
+        held = {name: type(v).__name__ for name, v in vars(owner).items() if not isinstance(v, allowed)}
+        assert held == {}, f"{type(owner).__name__} holds {held}"

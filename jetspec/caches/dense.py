@@ -26,7 +26,7 @@ class DenseCacheOptions(BaseModel):
 class DenseKVCache:
     def __init__(self, info: TargetInfo, capacity: int):
         self.capacity = capacity
-        shape = (info.num_layers, capacity, info.num_kv_heads, info.head_dim)
+        shape = (info.num_layers, capacity, info.kv_heads_here, info.head_dim)
         elem = torch.empty((), dtype=info.dtype).element_size()
         check_fits(2 * elem * shape[0] * shape[1] * shape[2] * shape[3], info.device, f"a KV cache of {capacity} tokens")
         self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, C, Hkv, D]

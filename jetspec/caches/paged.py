@@ -90,7 +90,7 @@ class PagedKVCache:
         self.capacity = capacity
         self.page_size = p = opts.page_size
         self.num_pages = opts.max_pages or math.ceil(capacity / p)
-        shape = (info.num_layers, self.num_pages, p, info.num_kv_heads, info.head_dim)
+        shape = (info.num_layers, self.num_pages, p, info.kv_heads_here, info.head_dim)
         elem = torch.empty((), dtype=info.dtype).element_size()
         check_fits(2 * elem * math.prod(shape), info.device, f"a paged KV cache of {self.num_pages} pages of {p} tokens")
         self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
@@ -112,7 +112,7 @@ class PagedKVCache:
         with trees of `budget` drafts: at most seq_len - 1 committed + budget + 1 pending tokens."""
         tokens = seq_len + budget
         pages = math.ceil(tokens / page_size)
-        row = info.num_kv_heads * info.head_dim * torch.empty((), dtype=info.dtype).element_size()
+        row = info.kv_heads_here * info.head_dim * torch.empty((), dtype=info.dtype).element_size()
         return CacheFootprint(tokens=tokens, pages=pages, bytes=2 * info.num_layers * pages * page_size * row)
 
     # ------------------------------------------------------------------ KVCache protocol

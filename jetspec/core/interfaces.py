@@ -18,6 +18,7 @@ from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .distributed import Ranks
 from .on_device import AcceptsOnDevice, CommitsOnDevice, DeviceTree, accepts_on_device
 from .tree import DraftTree
 
@@ -116,6 +117,14 @@ class TargetInfo:
     # every node's logits equal, bit for bit, those of a one-token step at the same prefix
     # (row- and position-invariant kernels: `jetspec.core.invariant`)
     exact: bool = False
+    # ranks that each hold 1/tensor_parallel of the KV heads (`SpansRanks`); num_kv_heads stays
+    # the model's own count (a head checkpoint's identity), `kv_heads_here` is what a cache holds
+    tensor_parallel: int = 1
+
+    @property
+    def kv_heads_here(self) -> int:
+        """KV heads this process's cache holds: num_kv_heads / tensor_parallel."""
+        return self.num_kv_heads // self.tensor_parallel
 
 
 @dataclass
@@ -362,6 +371,22 @@ def extra_pending(target: Target) -> int:
     return int(target.extra_pending) if isinstance(target, PadsForward) else 0
 
 
+@runtime_checkable
+class SpansRanks(Protocol):
+    """A target split over the processes of a torch.distributed group (tensor parallelism): its
+    forward makes collectives, so every rank must call it with the same tokens, tree and cache
+    operations in the same order. The pipeline keeps them in lockstep: rank 0 drafts, and shares
+    each round's tree and accepted path (`core/distributed.py`). Its logits and hidden states are
+    whole (not sharded) on every rank; its cache holds `info.kv_heads_here` heads."""
+
+    ranks: Ranks | None  # None: this instance runs in one process
+
+
+def ranks_of(target: Target) -> Ranks | None:
+    """The group `target` spans, or None for a one-process target."""
+    return target.ranks if isinstance(target, SpansRanks) else None
+
+
 __all__ = [
     "Acceptance",
     "AcceptsOnDevice",
@@ -379,8 +404,10 @@ __all__ = [
     "PositionInvariantAttention",
     "Proposal",
     "ReadsHiddenStates",
+    "Ranks",
     "ResettableVerifier",
     "RowKVCache",
+    "SpansRanks",
     "Target",
     "TargetInfo",
     "TargetOutput",
@@ -390,4 +417,5 @@ __all__ = [
     "extra_pending",
     "is_graph_safe",
     "observed_layers",
+    "ranks_of",
 ]

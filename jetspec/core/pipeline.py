@@ -32,6 +32,7 @@ import torch
 
 from .checks import Blame, Checked, check_acceptance, check_tree
 from .config import PipelineConfig
+from .distributed import share_path, share_tree
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .interfaces import (
     Acceptance,
@@ -48,6 +49,7 @@ from .interfaces import (
     accepts_on_device,
     extra_pending,
     observed_layers,
+    ranks_of,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
 from .tree import DraftTree
@@ -144,6 +146,9 @@ class Pipeline:
         self._upload = TreeUpload(target.info.device)  # the round's one host-to-device copy
         self._readback = Readback(target.info.device)  # its one device-to-host copy
         self._on_device = (False, False)  # (verifier accepts on the device, cache stages commits): per generate
+        # a tensor-parallel target's group: rank 0 drafts and accepts, the others verify what it shares
+        self._ranks = ranks_of(target)
+        self._leads = self._ranks is None or self._ranks.leads
 
     def _cache_for(self, capacity: int) -> KVCache:
         """The pipeline's KV cache, reset; reallocated only when a longer sequence needs it (a
@@ -208,11 +213,12 @@ class Pipeline:
         if max_new < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
         budget = gen.budget if budget is None else budget
-        drafter = self.drafter if speculative and budget > 0 else None
+        speculating = speculative and budget > 0 and self.drafter is not None
+        drafter = self.drafter if speculating and self._leads else None  # tensor-parallel: rank 0 drafts
         stops = set(self.target.info.eos_token_ids) | self._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
 
         prompt_ids = self.encode(prompt)
-        cache = self._sequence_cache(len(prompt_ids), max_new, budget if drafter else 0)
+        cache = self._sequence_cache(len(prompt_ids), max_new, budget if speculating else 0)
         state = DecodeState(tokens=list(prompt_ids), prompt_len=len(prompt_ids))
         stats = GenerationStats()
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
@@ -224,7 +230,8 @@ class Pipeline:
             self._prefill(state, cache, drafter, hidden_layers, stats)
             while stopped == "length" and len(state.tokens) - state.prompt_len < max_new:
                 room = max_new - (len(state.tokens) - state.prompt_len)
-                new, stopped = self._round(state, cache, drafter, hidden_layers, budget, room, stops, stats)
+                new, stopped = self._round(state, cache, drafter, hidden_layers, budget if speculating else 0, room,
+                                           stops, stats)
                 if on_tokens:
                     on_tokens(new)
         except JetSpecError as e:
@@ -281,6 +288,8 @@ class Pipeline:
         proposal = self.propose(state, budget) if drafter else None
         t1 = clock()
         tree = self.build_tree(proposal, root, budget) if drafter else DraftTree.root_only(root)
+        if self._ranks is not None and budget > 0:  # every rank verifies rank 0's tree
+            tree = share_tree(tree, budget, self._ranks)
         t2 = clock()
         prefix = cache.committed
         cache.begin(tree.size)
@@ -288,7 +297,10 @@ class Pipeline:
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)
         t3 = clock()
-        acc, path_dev = self._accept(tree, dtree, out.logits, cache, state)
+        acc, path_dev = self._accept(tree, dtree, out.logits, cache, state) if self._leads else (None, None)
+        if self._ranks is not None:  # every rank commits rank 0's path (a sampling verifier draws there alone)
+            path, bonus = share_path(acc.path if acc else None, acc.bonus if acc else -1, budget, self._ranks)
+            acc = acc or Acceptance(path=path, bonus=bonus)
         t4 = clock()
         cache.commit(acc.path)
         new, stopped = self._cut_at_stop(acc.new_tokens(tree)[:room], stops)

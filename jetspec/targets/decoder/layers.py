@@ -5,6 +5,8 @@
 
 Parameter names follow the Hugging Face checkpoints (`self_attn.q_proj`, `mlp.gate_proj`, ...) so a
 state dict loads without renaming. Inputs are flat token rows [N, H] (one sequence, no batch dim).
+Under tensor parallelism (parallel.py) a layer holds its rank's heads and channels, and `reduce`
+sums the o and down projections' partial outputs over the ranks before the residual add.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
         self.register_buffer("qkv_weight", None, persistent=False)  # by `fuse`: [Hq·D + 2·Hkv·D, H]
         self.register_buffer("qkv_bias", None, persistent=False)  # by `fuse`: [Hq·D + 2·Hkv·D] or None
+        self.reduce: nn.Module | None = None  # tensor parallelism: the all-reduce after o_proj (parallel.py)
 
     def fuse(self) -> None:
         """One projection for q, k and v: a [Hq·D + 2·Hkv·D, H] weight whose row blocks are
@@ -80,8 +83,10 @@ class Attention(nn.Module):
         heads = (self.num_heads, self.num_kv_heads, self.head_dim)
         q = ops.rope_write(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta)  # [N, Hq, D]; K/V written
         out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]
-        return ops.linear(out.reshape(n, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias,
-                          residual=residual)
+        out = out.reshape(n, self.num_heads * self.head_dim)  # [N, Hq·D]
+        if self.reduce is None:
+            return ops.linear(out, self.o_proj.weight, self.o_proj.bias, residual=residual)
+        return residual + self.reduce(ops.linear(out, self.o_proj.weight, self.o_proj.bias))  # x + Σ_r partial_r
 
 
 class MLP(nn.Module):
@@ -94,6 +99,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
         self.register_buffer("gate_up_weight", None, persistent=False)  # by `fuse`: [2I, H]
         self.register_buffer("gate_up_bias", None, persistent=False)  # by `fuse`: [2I] or None
+        self.reduce: nn.Module | None = None  # tensor parallelism: the all-reduce after down_proj (parallel.py)
 
     def fuse(self) -> None:
         """gate_proj and up_proj as one weight [2I, H] (their parameters become views of it). Idempotent."""
@@ -106,7 +112,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor, ops: LayerOps) -> torch.Tensor:
         """x [N, H] (normed), residual [N, H] -> residual + mlp [N, H]."""
         act = ops.swiglu(x, self.gate_up_weight, self.gate_up_bias)  # [N, I]
-        return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual=residual)
+        if self.reduce is None:
+            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual=residual)
+        return residual + self.reduce(ops.linear(act, self.down_proj.weight, self.down_proj.bias))  # h + Σ_r partial_r
 
 
 def _fused(*parts) -> torch.Tensor:

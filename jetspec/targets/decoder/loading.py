@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
 from ...core.errors import CheckpointError, ConfigError, IncompatibleError
@@ -37,6 +37,9 @@ class DecoderTargetOptions(BaseModel):
     # bit-exact verification (row- and position-invariant kernels): None = on CUDA whenever the
     # attention backend has a position-invariant mode; true demands it; false = torch's kernels
     exact: bool | None = None
+    tensor_parallel: int = Field(1, ge=1, description=(
+        "ranks the model is split over (torchrun --nproc-per-node N, N = this); it must divide the KV heads and the "
+        "intermediate size. 1: the whole model in this process"))
 
 
 def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBackend) -> DecoderTarget:
@@ -49,15 +52,26 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
     if not folder.is_dir():
         raise CheckpointError(f"model path {folder} does not exist or is not a folder")
     cfg = DecoderConfig.from_folder(folder)
-    device = _device(options.device)
+    ranks, shard = _ranks(cfg, options.tensor_parallel)
+    device = _device(options.device) if ranks is None else _rank_device(options.device, ranks)
     if options.dtype == "auto":  # as the transformers target does: fast on GPUs, exact on CPUs
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
         dtype = DTYPES[options.dtype]
 
+    whole: dict[str, torch.Tensor] = {}  # the tensors fingerprinted, before any sharding
+    fingerprinted = ("embed_tokens.weight", f"layers.{cfg.num_layers - 1}.mlp.down_proj.weight")
+
+    def keep(name: str, t: torch.Tensor) -> torch.Tensor:
+        if shard is None:
+            return t
+        if name in fingerprinted:
+            whole[name] = t
+        return shard(name, t)
+
     with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
-        model = DecoderModel(cfg)
-    tensors = read_weights(folder, model, dtype, device)
+        model = DecoderModel(cfg if ranks is None else _local(cfg, options.tensor_parallel))
+    tensors = read_weights(folder, model, dtype, device, None if shard is None else keep)
     model.load_state_dict(tensors, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
@@ -84,11 +98,39 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
         eos_token_ids=eos,
         fingerprint=target_fingerprint(  # the same identity the transformers target reports
             cfg.architecture, cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-            fingerprint_tensors(model),
+            fingerprint_tensors(model) if ranks is None else [whole[n] for n in fingerprinted if n in whole],
         ),
         exact=exact,
+        tensor_parallel=options.tensor_parallel,
     )
-    return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs)
+    return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs, ranks=ranks)
+
+
+def _ranks(cfg: DecoderConfig, degree: int):
+    """(Ranks, shard(name, tensor)) for tensor_parallel = degree > 1, checked against the model
+    and the live process group; (None, None) for one process."""
+    if degree == 1:
+        return None, None
+    from ...core.distributed import current
+    from .parallel import check_degree, shard
+
+    ranks = current()
+    check_degree(cfg, degree, 1 if ranks is None else ranks.world)
+    return ranks, lambda name, t: shard(name, t, ranks.rank, degree)
+
+
+def _local(cfg: DecoderConfig, degree: int) -> DecoderConfig:
+    from .parallel import local_config
+
+    return local_config(cfg, degree)
+
+
+def _rank_device(name: str, ranks) -> torch.device:
+    """A tensor-parallel rank's device: the group's (cuda:LOCAL_RANK under NCCL, cpu under gloo)."""
+    if name not in ("auto", ranks.device.type):
+        raise ConfigError(f"device {name!r} with tensor_parallel: the process group runs on {ranks.device.type} "
+                          f"({'NCCL' if ranks.device.type == 'cuda' else 'gloo'}); use device 'auto'")
+    return ranks.device
 
 
 def resolve_exact(exact: bool | None, attention: AttentionBackend, device: torch.device) -> bool:
@@ -142,9 +184,11 @@ def safetensors_files(folder: Path) -> dict[str, list[str] | None]:
 
 
 def read_weights(
-    folder: Path, model: DecoderModel, dtype: torch.dtype, device: torch.device
+    folder: Path, model: DecoderModel, dtype: torch.dtype, device: torch.device,
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """-> state dict of `model` in `dtype` on `device`."""
+    """-> state dict of `model` in `dtype` on `device`. `transform(name, tensor)`, where given,
+    maps each checkpoint tensor first (a tensor-parallel rank's slice: `parallel.shard`)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     ignorable = {"lm_head.weight"} if model.cfg.tie_embeddings else set()  # tied: some checkpoints store a copy
     expected = {k: v for k, v in expected.items() if k not in ignorable}
@@ -167,6 +211,8 @@ def read_weights(
                     t = f.get_tensor(key)
                 except Exception as e:
                     raise corrupt(path, e) from None
+                if transform is not None:
+                    t = transform(name, t)
                 if t.shape != expected[name]:
                     raise CheckpointError(
                         f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ...core.distributed import Ranks
 from ...core.errors import InputError
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput, is_graph_safe
 from .config import DecoderConfig
@@ -48,7 +49,10 @@ class DecoderTarget:
     `info.exact`: the linear layers (residual adds and SiLU·mul in their epilogues), the norms,
     and RoPE with the K/V write run our row-invariant kernels and `attention` is a backend's
     position-invariant mode, so every token's logits are bit for bit those of a one-token step at
-    the same prefix."""
+    the same prefix.
+
+    `ranks` (`SpansRanks`): the group this target is split over (`parallel.py`; `model` then
+    holds this rank's slices), or None in one process, where the forward makes no collective."""
 
     provides = ("hidden_states", "attention_backend")
 
@@ -59,7 +63,13 @@ class DecoderTarget:
         info: TargetInfo,
         tokenizer: Any | None = None,
         cuda_graphs: bool = True,
+        ranks: Ranks | None = None,
     ):
+        self.ranks = ranks
+        if ranks is not None:
+            from .parallel import parallelize
+
+            parallelize(model, ranks)
         self.model = model.eval().requires_grad_(False)  # frozen: heads train through embed/lm_head
         self.cfg = model.cfg
         self.attention = attention

@@ -1,0 +1,94 @@
+"""Tensor parallelism (`tensor_parallel = 2`), two gloo ranks on the CPU, fp32:
+
+* the split model computes the one-process model: logits and hidden states within fp32 rounding
+  of the sum order, and bit for bit the same on both ranks; each rank's cache holds half the KV heads;
+* speculative decoding over it is lossless: greedy output equals plain decoding's, at TP = 2 and
+  in one process alike, and an unseeded sampling verifier (fresh entropy on every rank) still
+  leaves both ranks with rank 0's tokens;
+* a degree that does not split the model, or does not match the process group, is a one-line error.
+
+Why not bit for bit against one process: a row-parallel projection (o_proj, down_proj) is a GEMM
+whose K reduction is cut in two: rank r sums its I/2 products, the all-reduce adds the two
+halves. One process sums all I products in the BLAS kernel's own blocking, so the two round
+differently (ulps: |diff| <= 1e-5 relative to the largest logit here, measured ~1e-6). What must
+be exact is exact: both ranks hold the same bits (a + b = b + a), and the greedy tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jetspec.core.errors import ConfigError
+from jetspec.kernels.reference import TorchAttention
+from jetspec.targets.decoder import DecoderConfig, DecoderTargetOptions, load_decoder_target
+from jetspec.targets.decoder.parallel import allowed_degrees, local_config, shard
+from support.hf_folder import save_tiny_hf_folder
+from support.ranks import decoder_logits, distributed_available, on_ranks, speculative_and_plain
+
+needs_gloo = pytest.mark.skipif(not distributed_available(), reason="torch.distributed with gloo is not available")
+
+TREE = ([5, 7, 9, 11, 13, 17, 19], [-1, 0, 0, 1, 1, 2, 5])  # tokens, parents: branches at the root and at depth 1
+PROMPT = list(range(20, 44))
+
+
+@needs_gloo
+def test_two_ranks_compute_the_one_process_logits(tiny_checkpoint):
+    families = ("llama-llama3", "qwen2", "qwen3")  # o/MLP biases (added once), q/k/v biases, q/k norms
+    folders = [str(tiny_checkpoint(f)[0]) for f in families]
+    whole = decoder_logits(0, folders, 1, PROMPT, TREE, "dense")
+    ranks = on_ranks(decoder_logits, 2, folders, 2, PROMPT, TREE, "paged")
+    for i, family in enumerate(families):
+        one, r0, r1 = whole[i], ranks[0][i], ranks[1][i]
+        for key in ("prefill", "tree", "hidden"):
+            assert torch.equal(r0[key], r1[key]), f"{family}: the ranks' {key} differ"
+            scale = one[key].abs().max().item()
+            diff = (r0[key] - one[key]).abs().max().item()
+            assert diff <= 1e-5 * scale, f"{family} {key}: |TP - one process| = {diff:.3g} (scale {scale:.3g})"
+        assert torch.equal(r0["tree"].argmax(-1), one["tree"].argmax(-1))
+        assert one["kv_heads"] == 2 and r0["kv_heads"] == r1["kv_heads"] == 1  # each rank caches its own KV head
+        assert r0["fingerprint"] == one["fingerprint"]  # a head trained on the whole model fits the split one
+
+
+@needs_gloo
+def test_speculative_output_equals_plain_output_at_tp2(tmp_path):
+    folder = str(save_tiny_hf_folder(tmp_path / "model", seed=3))
+    rep = [40, 41, 42, 43, 40, 41, 42, 43, 40, 41]  # repeats: the n-gram drafter gets drafts accepted
+    prompts = [rep, [50, 60, 50, 60, 50, 60, 70], list(range(30, 38))]
+    one = speculative_and_plain(0, folder, 1, prompts, 6, 24)
+    r0, r1 = on_ranks(speculative_and_plain, 2, folder, 2, prompts, 6, 24)
+    assert r0["spec"] == r0["plain"] == r1["spec"] == r1["plain"]  # lossless, and the ranks in lockstep
+    assert r0["plain"] == one["plain"]  # the split model decodes the one-process model's tokens
+    assert r0["sampled"] == r1["sampled"]  # rank 0's draws are every rank's
+    assert max(r0["tau"]) > 1, r0["tau"]  # drafts were accepted: shared trees were verified, not only roots
+
+
+def test_a_degree_must_split_the_kv_heads_and_the_mlp(tiny_checkpoint):
+    folder = tiny_checkpoint("qwen3")[0]  # 2 KV heads, intermediate size 112
+    with pytest.raises(ConfigError) as e:
+        load_decoder_target(DecoderTargetOptions(path=str(folder), tensor_parallel=3), TorchAttention())
+    assert str(e.value) == ("tensor_parallel = 3 must divide the model's 2 KV heads and its intermediate size 112; "
+                            "allowed: 1, 2")
+    with pytest.raises(ConfigError, match=r"tensor_parallel = 2 needs 2 processes \(torchrun --nproc-per-node 2 "
+                                          r"-m jetspec.cli \.\.\.\), this is a single process"):
+        load_decoder_target(DecoderTargetOptions(path=str(folder), tensor_parallel=2), TorchAttention())
+
+
+def test_shards_tile_the_checkpoint_tensors():
+    """Column-parallel slices stack (dim 0) and row-parallel slices concatenate (dim 1) back into
+    the whole tensor; a row-parallel bias is added once (rank 0); replicated tensors are whole."""
+    cfg = DecoderConfig(architecture="llama", vocab_size=10, hidden_size=8, intermediate_size=12, num_layers=1,
+                        num_heads=4, num_kv_heads=2, head_dim=2, max_positions=16)
+    assert allowed_degrees(cfg) == [1, 2]
+    local = local_config(cfg, 2)
+    assert (local.num_heads, local.num_kv_heads, local.intermediate_size, local.hidden_size) == (2, 1, 6, 8)
+    w = torch.randn(12, 8)
+    for name, dim in (("layers.0.mlp.up_proj.weight", 0), ("layers.0.mlp.down_proj.weight", 1)):
+        t = w if dim == 0 else w.t()
+        parts = [shard(name, t, r, 2) for r in range(2)]
+        assert parts[0].shape[dim] == t.shape[dim] // 2 and torch.equal(torch.cat(parts, dim), t)
+    bias = torch.randn(8)
+    assert torch.equal(shard("layers.0.mlp.down_proj.bias", bias, 0, 2), bias)
+    assert not shard("layers.0.mlp.down_proj.bias", bias, 1, 2).any()
+    emb = torch.randn(10, 8)
+    assert shard("embed_tokens.weight", emb, 1, 2) is emb and shard("lm_head.weight", emb, 1, 2) is emb

@@ -16,11 +16,14 @@ exits with status 1 when greedy speculative and plain outputs differ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
 from .cli_generate import cmd_generate, cmd_run, generate_defaults, generate_parser, run_parser
+from .core.distributed import DEFAULT_TIMEOUT_S, RankLost
 from .core.errors import JetSpecError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -147,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
                f"budget {d['budget']}, max new tokens {d['max_new_tokens']}, device auto (CUDA when available).\n"
                "`jetspec COMMAND --help` shows a command's options and their defaults.",
     )  # fmt: skip
+    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S, dest="rank_timeout",
+                   help="under torchrun: seconds a rank waits for the others before the run ends with one line")
     sub = p.add_subparsers(dest="command", required=True)
     generate_parser(sub, DefaultsHelp)
     run_parser(sub, DefaultsHelp)
@@ -176,16 +181,59 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DISTRIBUTED = ("generate", "run", "bench")  # the commands that may run as several ranks under torchrun
+
+
+@contextlib.contextmanager
+def ranked(args: argparse.Namespace):
+    """The process group of a command started by `torchrun --nproc-per-node N` (made and destroyed
+    here, nowhere else), and only rank 0 printing: the other ranks' stdout and stderr go nowhere
+    (their errors still print, prefixed with their rank). One process: nothing happens."""
+    from .core.distributed import process_group
+
+    if args.command not in DISTRIBUTED:
+        yield None
+        return
+    with process_group(timeout_s=args.rank_timeout) as ranks:
+        if ranks is None or ranks.leads:
+            yield ranks
+            return
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            yield ranks
+
+
+class _prefixed:
+    """A stream whose lines start with `[rank r] ` (a non-leading rank's error line)."""
+
+    def __init__(self, stream, rank: int):
+        self.stream, self.prefix = stream, f"[rank {rank}] "
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text if not text.strip() else self.prefix + text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["train-head"], ["make-corpus"]):  # their options belong to their own parsers
         args = argparse.Namespace(command=argv[0], rest=argv[1:])
     else:
         args = parser().parse_args(argv)
+    err = sys.stderr
     try:
-        return COMMANDS[args.command](args)
+        with ranked(args) as ranks:
+            if ranks is not None and not ranks.leads:
+                err = _prefixed(err, ranks.rank)
+            return COMMANDS[args.command](args)
+    except RankLost as e:  # the group is broken: say so and leave now (rows are on disk; gloo's threads would abort)
+        print(f"jetspec: error: {e}", file=err)
+        err.flush()
+        sys.stdout.flush()
+        os._exit(2)
     except JetSpecError as e:
-        print(f"jetspec: error: {e}", file=sys.stderr)
+        print(f"jetspec: error: {e}", file=err)
         return 2
     except BrokenPipeError:  # e.g. `jetspec config schema | head`
         sys.stderr.close()

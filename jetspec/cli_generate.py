@@ -25,11 +25,12 @@ def _pipeline_config(args: argparse.Namespace):
     if args.drafter:
         data["drafter"] = args.drafter
     apply_sampling_flags(data, args.temperature, args.top_k, args.top_p, args.seed)
-    if args.target_path:
-        target = data.get("target", {"name": "decoder"})
-        target = {"name": target} if isinstance(target, str) else dict(target)
-        target["path"] = args.target_path
-        data["target"] = target
+    for flag, option in ((args.target_path, "path"), (args.tensor_parallel, "tensor_parallel")):
+        if flag is not None:
+            target = data.get("target", {"name": "decoder"})
+            target = {"name": target} if isinstance(target, str) else dict(target)
+            target[option] = flag
+            data["target"] = target
     return PipelineConfig.parse(data)  # the device policy is the config's own (`core.config.device_policy`)
 
 
@@ -91,8 +92,8 @@ class _Streamer:
     """Prints text as tokens are committed (decoding the whole output each time, so multi-byte
     characters split across tokens come out whole)."""
 
-    def __init__(self, tokenizer, out=sys.stdout):
-        self.tokenizer, self.out, self.tokens, self.printed = tokenizer, out, [], ""
+    def __init__(self, tokenizer, out=None):  # None: sys.stdout when made (a quiet rank's is /dev/null)
+        self.tokenizer, self.out, self.tokens, self.printed = tokenizer, out or sys.stdout, [], ""
 
     def __call__(self, new: list[int]) -> None:
         self.tokens.extend(new)
@@ -116,9 +117,15 @@ def read_prompt(prompt: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import jetspec
+    from .core.distributed import current
 
-    pipe = _build(args, _pipeline_config(args))
+    config = _pipeline_config(args)
+    ranks = current()
+    if ranks is not None and config.target.options.get("tensor_parallel", 1) != ranks.world:
+        raise JetSpecError(f"generate answers one prompt: over {ranks.world} ranks (torchrun) the target needs "
+                           f"tensor_parallel = {ranks.world} (--tensor-parallel {ranks.world}); to spread many prompts "
+                           "over the ranks, use jetspec run")
+    pipe = _build(args, config)
     config = pipe.config
     prompt = read_prompt(args.prompt)
     if args.compare:  # warm both paths up (first-call allocations, kernel builds) so the timing compares decoding
@@ -172,14 +179,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .core.distributed import RankLost, current
     from .runs import read_prompts, run_prompts
 
     if args.limit is not None and args.limit < 1:
         raise JetSpecError(f"--limit must be at least 1, got {args.limit}")
     prompts = read_prompts(args.prompts, args.field)[: args.limit]  # before loading a model: bad lines show at once
     pipe = _build(args, _pipeline_config(args))
-    summary = run_prompts(pipe, prompts, args.out, resume=args.resume, progress=not args.no_progress)
-    print(summary.line(), file=sys.stderr)
+    ranks = current()
+    try:
+        summary = run_prompts(pipe, prompts, args.out, resume=args.resume, progress=not args.no_progress, ranks=ranks)
+    except RankLost as e:
+        raise RankLost(f"{e}; every row written so far is in {args.out}: run again with --resume to answer the rest") from None
+    print(summary.line() + (f" · {ranks.world} ranks" if ranks else ""), file=sys.stderr)
     return 0
 
 GENERATE_DEVICE = DEVICE_POLICY + """
@@ -215,6 +227,9 @@ def add_pipeline_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--drafter", help=f"drafter name, see `jetspec plugins` (default: {d['drafter']}; "
                                      "ngram for a target with no trained head)")  # fmt: skip
     g.add_argument("--target-path", help="a Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--tensor-parallel", type=int, dest="tensor_parallel",
+                   help="split the target over this many ranks (start them with torchrun --nproc-per-node N; "
+                        "the decoder target's tensor_parallel)")
     g.add_argument("--no-chat-template", action="store_true",
                    help="give the prompt to the model as it is, not wrapped in the tokenizer's chat template")
     add_sampling_flags(g)

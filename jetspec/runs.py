@@ -11,6 +11,10 @@
   (under the folder's lock, fsynced, a torn last line cut off first).
 * Resume: every id with a row in the output, error or not, is answered; only the others run, so
   each prompt has exactly one row. A torn last line (a killed writer's) is cut off before reading.
+* Under torchrun (`run_prompts(..., ranks=...)`): data parallel over the ranks, or, for a
+  tensor-parallel target, every rank on every prompt with rank 0 writing. A rank that dies ends
+  the run with one line (`RankLost`); every row written before is on disk, and `--resume` (any
+  number of ranks) answers the rest.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Any, Callable
 
 from .bench.datasets import jsonl_lines
 from .bench.rows import append_row, complete_length, read_rows
+from .core.distributed import RankLost, Ranks, barrier, sum_counts
 from .core.errors import InputError, JetSpecError
 from .core.files import locked
+from .core.interfaces import ranks_of
 
 PROMPT_FIELDS = ("prompt", "question", "text", "problem")
 CHAT_FIELDS = ("turns", "messages")
@@ -102,16 +108,29 @@ def answered_ids(out: Path) -> set[str]:
     return {str(r["id"]) for r in read_rows(out) if isinstance(r, dict) and "id" in r}
 
 
-def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = False, progress: bool = True) -> RunSummary:
+def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = False, progress: bool = True,
+                ranks: Ranks | None = None) -> RunSummary:
     """Generate an answer to every prompt not yet in `out` and append its row; -> the summary.
-    Without `resume`, an `out` that already holds rows is an error (nothing is overwritten)."""
+    Without `resume`, an `out` that already holds rows is an error (nothing is overwritten).
+
+    `ranks` (under torchrun): with a tensor-parallel target every rank decodes every prompt in
+    lockstep and rank 0 writes the rows; otherwise the ranks split the prompts (data parallel:
+    rank r answers prompts r, r + W, r + 2W, ... of the file, whatever is already answered, so no
+    prompt has two owners) and each appends its own rows to `out` under its lock. Every rank reads
+    `out` before any writes (a barrier), and the summary is the whole group's (rank 0 prints it)."""
     from tqdm import tqdm
 
     out = Path(out)
+    lockstep = ranks is not None and ranks_of(pipe.target) is not None
+    if ranks is not None and not lockstep:
+        prompts = prompts[ranks.rank :: ranks.world]
+    writes = ranks is None or not lockstep or ranks.leads
     if not resume and out.is_file() and out.stat().st_size > 0:
         raise InputError(f"output '{out}' already holds rows; give --resume to continue it, or another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = answered_ids(out) if resume else set()
+    if ranks is not None:
+        barrier(ranks)  # every rank has read `out` before any rank appends to it
     todo = [p for p in prompts if p.id not in done]
     summary = RunSummary(skipped=len(prompts) - len(todo))
     bar = tqdm(total=len(todo), unit="prompt", disable=not progress, dynamic_ncols=True, file=sys.stderr)
@@ -120,6 +139,8 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
             t0 = time.perf_counter()
             try:
                 result, error = pipe.generate(p.text), None
+            except RankLost:  # the group is gone: end the run; this prompt stays unanswered
+                raise
             except Exception as e:  # one failing prompt must not end the run: recorded in its row
                 result = e.partial if isinstance(e, JetSpecError) else None  # what it had committed
                 error = f"{type(e).__name__}: {e}"
@@ -133,7 +154,11 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
                 row["error"] = error
                 summary.errors += 1
                 bar.write(f"jetspec run: prompt {p.id} (line {p.line}): {error}", file=sys.stderr)
-            append_row(out, row)
+            if writes:
+                append_row(out, row)
+            if error is not None and lockstep:  # ranks that failed apart cannot meet again mid-sequence
+                raise RankLost(f"prompt {p.id} (line {p.line}) failed under tensor parallelism, which ends the run "
+                               f"(its error is in its row): {error}")
             summary.done += 1
             summary.tokens += row["tokens"]
             summary.seconds += seconds
@@ -141,4 +166,8 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
             bar.set_postfix_str(f"{summary.tokens / max(summary.seconds, 1e-9):.1f} tok/s", refresh=False)
     finally:
         bar.close()
+    if ranks is not None and not lockstep:
+        done_, skipped, errors, tokens = sum_counts([summary.done, summary.skipped, summary.errors, summary.tokens], ranks)
+        (seconds,) = sum_counts([summary.seconds], ranks, op="max")  # the ranks decode side by side
+        summary = RunSummary(int(done_), int(skipped), int(errors), int(tokens), seconds)
     return summary

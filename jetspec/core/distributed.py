@@ -25,6 +25,7 @@ line, and the CLI ends the run there; rows already written are on disk (`jetspec
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,14 +110,17 @@ def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Ranks | None
     _CURRENT[0] = Ranks(rank, world, device)
     try:
         yield _CURRENT[0]
-    finally:
+    except RankLost:  # a collective is still pending on a dead peer: tearing the group down could hang
         _CURRENT[0] = None
-        dist.destroy_process_group()
+        raise
+    _CURRENT[0] = None
+    dist.destroy_process_group()
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    """The gist of a backend's error: its first line, without gloo's `[source.cc:123] ` prefix."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip())
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 @contextmanager

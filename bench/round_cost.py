@@ -1,7 +1,8 @@
 """Round cost at Qwen3-8B shape: one tree verification vs one plain greedy step, in our engine.
 
-    python -m bench.round_cost [--out bench/results/round_cost.jsonl]
+    python -m bench.round_cost [--out bench/results/round_cost.jsonl] [--model qwen3-32b]
     python -m bench.round_cost --tiny --out /tmp/rc.jsonl     # any machine, seconds
+    torchrun --nproc-per-node 2 -m bench.round_cost ...       # tensor parallel over the ranks (TP = WORLD_SIZE)
 
 Builds our `DecoderTarget` from the Qwen3-8B config (36 layers, hidden 4096, 32 q / 8 kv heads,
 head dim 128, MLP 12288, vocab 151936, RoPE theta 1e6, q/k norm, untied head) with random bf16
@@ -37,6 +38,11 @@ Every (context, nodes) pair is one JSON row appended to --out; a failing row (OO
 ...) records its error and the run goes on. --tiny runs the same code on a 2-layer model with
 contexts 64/128 and trees 1/16: on a CPU with reference attention, a dense cache and
 perf_counter timing (what tests/test_round_cost_script.py runs); on CUDA with the real backends.
+
+Under torchrun the target is split over the WORLD_SIZE ranks (`tensor_parallel`, NCCL on GPUs,
+gloo on CPUs): every rank runs the same rounds in lockstep, rank 0 times them and writes the rows
+(`tensor_parallel` in each). Its floors are per GPU: the weights a rank reads (its shards plus
+the replicated embedding-free LM head), its KV heads and its query heads.
 """
 
 from __future__ import annotations
@@ -57,9 +63,11 @@ from pathlib import Path
 import torch
 
 from bench.kernel_bench import best_first_tree
+from jetspec.core.distributed import Ranks, process_group
 from jetspec.core.interfaces import AttentionMeta, TargetInfo
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
 from jetspec.targets.decoder.model import DecoderModel, DecoderTarget
+from jetspec.targets.decoder.parallel import check_degree, local_config
 
 TAUS = (2.0, 3.0, 4.0, 6.0)  # acceptance lengths for the ceiling columns
 
@@ -68,6 +76,12 @@ QWEN3_8B = DecoderConfig(  # Qwen/Qwen3-8B config.json
     num_heads=32, num_kv_heads=8, head_dim=128, max_positions=40960, rms_norm_eps=1e-6, qk_norm=True,
     tie_embeddings=False, rope=RopeConfig(theta=1_000_000.0), eos_token_ids=(151645,),
 )
+QWEN3_32B = DecoderConfig(  # Qwen/Qwen3-32B config.json: 64 GB of bf16 weights
+    architecture="qwen3", vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_layers=64,
+    num_heads=64, num_kv_heads=8, head_dim=128, max_positions=40960, rms_norm_eps=1e-6, qk_norm=True,
+    tie_embeddings=False, rope=RopeConfig(theta=1_000_000.0), eos_token_ids=(151645,),
+)
+MODELS = {"qwen3-8b": QWEN3_8B, "qwen3-32b": QWEN3_32B}
 TINY = DecoderConfig(
     architecture="qwen3", vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
     num_kv_heads=2, head_dim=64, max_positions=4096, qk_norm=True, tie_embeddings=False,
@@ -128,11 +142,14 @@ class Clock:
 
 # ---------------------------------------------------------------------------- the target
 def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, backend: str, autotune: bool,
-                  graphs: bool, seed: int = 0, exact: bool = False) -> DecoderTarget:
+                  graphs: bool, seed: int = 0, exact: bool = False, name: str = "tiny-random",
+                  ranks: Ranks | None = None) -> DecoderTarget:
     """Our DecoderTarget with random weights allocated and initialised on `device` (no fp32 copy, no
-    checkpoint): linear/embedding weights ~ N(0, 0.02), norm weights 1, biases 0."""
+    checkpoint): linear/embedding weights ~ N(0, 0.02), norm weights 1, biases 0. With `ranks`:
+    this rank's slices of a tensor-parallel target (their values are random too)."""
+    tp = 1 if ranks is None else ranks.world
     with torch.device("meta"):
-        model = DecoderModel(cfg)
+        model = DecoderModel(cfg if tp == 1 else local_config(cfg, tp))
     model = model.to(dtype).to_empty(device=device)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -144,10 +161,11 @@ def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
             else:
                 p.normal_(0.0, 0.02)
     info = TargetInfo(
-        name="qwen3-8b-random" if cfg.num_layers == QWEN3_8B.num_layers else "tiny-random",
+        name=name,
         architecture=cfg.architecture, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
         max_positions=cfg.max_positions, dtype=dtype, device=device, eos_token_ids=cfg.eos_token_ids, exact=exact,
+        tensor_parallel=tp,
     )
     if backend == "triton":
         from jetspec.kernels.triton_backend import TritonAttention, TritonAttentionOptions
@@ -157,7 +175,7 @@ def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
         from jetspec.kernels.reference import TorchAttention
 
         attention = TorchAttention()
-    return DecoderTarget(model, attention, info, cuda_graphs=graphs)
+    return DecoderTarget(model, attention, info, cuda_graphs=graphs, ranks=ranks)
 
 
 def new_cache(target: DecoderTarget, kind: str, capacity: int, seed: int):
@@ -177,7 +195,7 @@ def fill(cache, info: TargetInfo, context: int, seed: int) -> None:
     g = torch.Generator(device=info.device).manual_seed(seed)
     cache.begin(context)
     for layer in range(info.num_layers):
-        k, v = (torch.randn(context, info.num_kv_heads, info.head_dim, generator=g, device=info.device,
+        k, v = (torch.randn(context, info.kv_heads_here, info.head_dim, generator=g, device=info.device,
                             dtype=info.dtype) for _ in range(2))
         cache.write(layer, k, v)
     cache.commit(range(context))
@@ -255,13 +273,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--autotune", action="store_true", help="Triton attention with autotune=True")
     ap.add_argument("--exact", nargs="+", choices=["on", "off"], default=["off"],
                     help="the target's exact mode(s), each a full sweep in this run (on: row-invariant kernels)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="qwen3-8b", help="the shape (ignored with --tiny)")
     args = ap.parse_args(argv)
+    with process_group() as ranks:  # torchrun: tensor parallel over its ranks; else None
+        return sweep(args, ranks)
+
+
+def sweep(args: argparse.Namespace, ranks: Ranks | None) -> int:
     start = time.time()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("round_cost: error: --device cuda but no CUDA device is available")
+    if ranks is not None:
+        device = ranks.device  # cuda:LOCAL_RANK under NCCL, cpu under gloo
     cuda = device.type == "cuda"
-    cfg = TINY if args.tiny else QWEN3_8B
+    cfg = TINY if args.tiny else MODELS[args.model]
+    tp = 1 if ranks is None else ranks.world
+    check_degree(cfg, tp, tp)
+    local = local_config(cfg, tp)  # what one rank holds: its floors are per GPU
+    leads = ranks is None or ranks.leads
+    say = print if leads else (lambda *a, **k: None)
+    name = "tiny-random" if args.tiny else f"{args.model}-random"
+    launcher = f"torchrun --nproc-per-node {tp} -m" if tp > 1 else "python -m"
     contexts = args.contexts or ([64, 128] if args.tiny else [1024, 4096, 16384])
     trees = sorted(set(args.trees or ([1, 16] if args.tiny else [1, 16, 64, 128, 256])) | {1})
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -269,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dict(
         machine=f"{torch.cuda.get_device_name()} ({platform.node()})" if cuda else f"cpu {platform.processor() or platform.machine()} ({platform.node()})",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="python -m bench.round_cost " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=f"{launcher} bench.round_cost " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         torch=torch.__version__,
         triton=getattr(__import__("triton"), "__version__", None) if cuda else None,
-        model="tiny-random" if args.tiny else "qwen3-8b-random", dtype=str(dtype).removeprefix("torch."),
+        model=name, tensor_parallel=tp, dtype=str(dtype).removeprefix("torch."),
         attention=backend + ("-autotune" if args.autotune and cuda else ""), kv_cache=kv, cuda_graphs=cuda,
     )
     if cuda:
@@ -280,23 +313,24 @@ def main(argv: list[str] | None = None) -> int:
         rate = matmul_rate(device, 1024 if args.tiny else 8192, dtype)
     else:
         bandwidth, rate = copy_bandwidth(device, 1 << 24), matmul_rate(device, 256, dtype)
-    print(f"{stamp['machine']}: copy {bandwidth / 1e12:.2f} TB/s, {stamp['dtype']} matmul {rate / 1e12:.1f} TFLOP/s", flush=True)
+    say(f"{stamp['machine']}: copy {bandwidth / 1e12:.2f} TB/s, {stamp['dtype']} matmul {rate / 1e12:.1f} TFLOP/s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     for mode in args.exact:
         t = time.time()
         exact = mode == "on"
-        target = random_target(cfg, device, dtype, backend, args.autotune, graphs=cuda, exact=exact)
+        target = random_target(cfg, device, dtype, backend, args.autotune, graphs=cuda, exact=exact, name=name,
+                               ranks=ranks)
         params = weight_params(target.model)
         elem = torch.empty((), dtype=dtype).element_size()
-        print(f"exact = {exact}. {stamp['model']}: {params / 1e9:.3f} B weights read per forward (+ embedding), "
+        say(f"exact = {exact}. {stamp['model']}: {params / 1e9:.3f} B weights read per forward (+ embedding), "
               f"made in {time.time() - t:.1f} s", flush=True)
         clock = Clock(device)
         taus = "  ".join(f"{'τ=' + format(x, 'g'):>6}" for x in TAUS)
-        print(f"time = synchronised begin + forward (median of {args.reps}); gpu = the replay back to back; "
+        say(f"time = synchronised begin + forward (median of {args.reps}); gpu = the replay back to back; "
               f"ceiling = τ·T(1)/T(B), drafting excluded; floor = max(bytes, matmul + attention FLOPs)")
-        print(f"{'context':>8} {'nodes':>5} {'time_ms':>8} {'gpu_ms':>8} {'ratio':>6} {'floor_ms':>8} {'%floor':>6}  "
+        say(f"{'context':>8} {'nodes':>5} {'time_ms':>8} {'gpu_ms':>8} {'ratio':>6} {'floor_ms':>8} {'%floor':>6}  "
               f"ceiling {taus}  note")
         for context in contexts:
             plain_ms = None
@@ -309,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 -- record and go on
                 setup_error = oneline(e)
             for nodes in trees:
-                bytes_ms, mm_ms, attn_ms = floors(cfg, params, context, nodes, elem, bandwidth, rate)
+                bytes_ms, mm_ms, attn_ms = floors(local, params, context, nodes, elem, bandwidth, rate)
                 floor_ms = max(bytes_ms, mm_ms + attn_ms)
                 row = dict(context=context, nodes=nodes, time_ms=None, gpu_ms=None, plain_ms=plain_ms, ratio=None,
                            floor_ms=floor_ms, bytes_floor_ms=bytes_ms, matmul_floor_ms=mm_ms, attention_floor_ms=attn_ms,
@@ -332,13 +366,14 @@ def main(argv: list[str] | None = None) -> int:
                     if cuda:
                         torch.cuda.synchronize()
                         torch.cuda.empty_cache()
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if leads:
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 nan = float("nan")
                 tm, gm, r = row["time_ms"] or nan, row["gpu_ms"] or nan, row["ratio"] or nan
                 ceil = "  ".join(f"{row['ceiling'][format(x, 'g')]:>6.2f}" if row.get("ceiling") else f"{'-':>6}" for x in TAUS)
                 pct = 100 * floor_ms / tm if row["time_ms"] else nan
-                print(f"{context:>8} {nodes:>5} {tm:>8.3f} {gm:>8.3f} {r:>6.2f} {floor_ms:>8.3f} {pct:>5.0f}%  "
+                say(f"{context:>8} {nodes:>5} {tm:>8.3f} {gm:>8.3f} {r:>6.2f} {floor_ms:>8.3f} {pct:>5.0f}%  "
                       f"        {ceil}  {row.get('error', '')}", flush=True)
             fresh_graphs(target)  # drops this context's graphs (they keep the cache alive) before the next
             del cache
@@ -349,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    print(f"\nrows appended to {out}; {time.time() - start:.0f} s")
+    say(f"\nrows appended to {out}; {time.time() - start:.0f} s")
     return 0
 
 

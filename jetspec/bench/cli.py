@@ -36,6 +36,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from ..core.config import read_config_file
+    from ..core.distributed import current
     from ..core.errors import ConfigError
     from .config import BenchConfig
     from .runner import run_bench
@@ -62,9 +63,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise ConfigError(f"--shard must be I/N with 0 <= I < N, got '{args.shard}'")
         shard = (int(i), int(n))
     config = BenchConfig.parse(data)
+    ranks = current()
+    if args.summarize_only and ranks is not None and not ranks.leads:
+        return 0  # one summary, by rank 0
     outcome = run_bench(
         config, resume=args.resume, overwrite=args.overwrite, command=command_line(args),
         progress=not args.no_progress, max_minutes=args.max_minutes, shard=shard, summarize_only=args.summarize_only,
+        ranks=None if args.summarize_only else ranks,
     )
     for s in outcome.summaries:
         tau = "–" if s["tau"] is None else f"{s['tau']:.2f}"

@@ -25,6 +25,7 @@ import torch
 
 from ..core.builder import build_pipeline
 from ..core.config import Component
+from ..core.distributed import Ranks, barrier
 from ..core.errors import CapacityError, ConfigError
 from ..core.interfaces import observed_layers
 from ..core.pipeline import Pipeline
@@ -76,10 +77,11 @@ def _registry_with_target(registry: Registry, name: str, target: Any) -> Registr
 class BenchRun:
     def __init__(
         self, plan: Plan, registry: Registry, command: str, progress: bool, max_minutes: float | None,
-        shard: tuple[int, int] | None = None,
+        shard: tuple[int, int] | None = None, writes: bool = True,
     ):  # fmt: skip
         self.plan, self.registry, self.config = plan, registry, plan.config
         self.shard = shard
+        self.writes = writes  # False: a tensor-parallel rank other than 0 (decodes in lockstep, writes nothing)
         self.run = run_row(command, {})
         self.run_written = False
         self.progress = progress
@@ -101,9 +103,13 @@ class BenchRun:
     def todo(self, prompt: Prompt, bps: list[BenchPipeline], peers: list[str]) -> tuple[list[BenchPipeline], list[str]]:
         count = self.config.peers.count
         peers = [p for p in peers if count is None or self.rank[(prompt.dataset, prompt.id)] < count]
+        if not self.writes:  # peers make no collective: rank 0 alone runs them
+            peers = []
         return [bp for bp in bps if not self.is_done(prompt, bp.name)], [p for p in peers if not self.is_done(prompt, row_name(p))]
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         if not self.run_written:
             append_row(self.plan.results, self.run)
             self.run_written = True
@@ -334,12 +340,18 @@ def run_bench(
     max_minutes: float | None = None,
     shard: tuple[int, int] | None = None,
     summarize_only: bool = False,
+    ranks: Ranks | None = None,
 ) -> BenchOutcome:
     """Plan (all checks, no model loaded), run what is not done yet, then summarise.
 
     `shard=(i, n)` runs only every n-th prompt from the i-th, so that n processes can share a
     machine; concatenating their results files and running with `summarize_only` (no model
-    loaded, nothing decoded) writes the summary of what they finished."""
+    loaded, nothing decoded) writes the summary of what they finished.
+
+    `ranks` (under torchrun): a tensor-parallel target decodes every prompt on every rank in
+    lockstep and rank 0 writes (and runs the peers); any other target is data parallel, rank r
+    taking shard r/W and appending to the one results file. All ranks read it before any writes,
+    and rank 0 summarises once all have finished."""
     import jetspec
 
     registry = registry or jetspec.default_registry()
@@ -350,13 +362,30 @@ def run_bench(
         return BenchRun(plan, registry, command or f"jetspec bench ({config.name})", False, None).finish()
     if plan.results.exists() and not (resume or overwrite):
         raise ConfigError(f"'{plan.results}' exists; pass --resume to continue it or --overwrite to start again")
-    if overwrite:
+    lockstep = ranks is not None and config.target.options.get("tensor_parallel", 1) > 1
+    if lockstep and (max_minutes or config.max_minutes):
+        raise ConfigError("a time limit (max_minutes) cannot stop tensor-parallel ranks at the same prompt; "
+                          "use --limit, or run without one")
+    if ranks is not None and not lockstep:
+        if shard is not None:
+            raise ConfigError("--shard and torchrun both split the prompts; give one of them")
+        shard = (ranks.rank, ranks.world)
+    if overwrite and (ranks is None or ranks.leads):
         plan.results.unlink(missing_ok=True)
     plan.results.parent.mkdir(parents=True, exist_ok=True)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise ConfigError(f"shard must be I/N with 0 <= I < N, got {shard[0]}/{shard[1]}")
-    run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes, shard)
+    if ranks is not None:
+        barrier(ranks)  # every rank has checked the results file before any writes to it
+    run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes, shard,
+                   writes=not lockstep or ranks.leads)
+    if ranks is not None and not lockstep:
+        run.run["run"] += f"-rank{ranks.rank}"  # one run row per rank, told apart
     run.execute()
+    if ranks is not None:
+        barrier(ranks)  # every rank's rows are in
+        if not ranks.leads:
+            return BenchOutcome(plan.results, [], Path(config.output) / "RESULTS.md", [], run.stopped_early, run.errors)
     return run.finish()
 
 

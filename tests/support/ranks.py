@@ -130,3 +130,32 @@ def speculative_and_plain(rank: int, folder: str, degree: int, prompts: list[lis
         out["plain"].append(greedy.generate_plain(p).tokens)
         out["sampled"].append(sampling.generate(p).tokens)
     return out
+
+
+def bench_results(rank: int, folder: str, prompts: str, output: str, degree: int) -> list[dict]:
+    """`jetspec bench` (run_bench) of one n-gram pipeline over the JSONL `prompts`, under the live
+    group: tensor-parallel (degree = WORLD_SIZE: lockstep, rank 0 writes) or data-parallel
+    (degree 1: a shard per rank) -> the rows of the results file once every rank is done."""
+    from jetspec.bench.config import BenchConfig
+    from jetspec.bench.rows import read_rows
+    from jetspec.bench.runner import run_bench
+    from jetspec.core.distributed import barrier, current
+
+    config = BenchConfig.parse({
+        "name": "ranks", "output": output, "max_new_tokens": 8, "warmup_tokens": 0, "faithfulness": "off",
+        "target": {"name": "decoder", "path": folder, "tensor_parallel": degree},
+        "datasets": [{"name": "mine", "path": prompts, "field": "prompt"}],
+        "pipelines": [{"name": "ngram", "drafter": {"name": "ngram", "n_max": 3}, "budget": 4}],
+    })
+    outcome = run_bench(config, progress=False, ranks=current())
+    barrier(current())  # rank 0 has summarised
+    return [r for r in read_rows(outcome.results) if r.get("kind") in ("plain", "spec", "summary")]
+
+
+def decode_and_bench(rank: int, folder: str, prompts: list[list[int]], budget: int, max_new: int, prompt_file: str,
+                     output: str) -> dict:
+    """What the tensor-parallel tests need from one pair of ranks (one spawn): `speculative_and_plain`
+    at TP = 2, then `bench_results` at TP = 2 and data-parallel."""
+    return {"decode": speculative_and_plain(rank, folder, 2, prompts, budget, max_new),
+            "bench_tp": bench_results(rank, folder, prompt_file, f"{output}/tp", 2),
+            "bench_dp": bench_results(rank, folder, prompt_file, f"{output}/dp", 1)}

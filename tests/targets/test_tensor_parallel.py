@@ -16,6 +16,8 @@ be exact is exact: both ranks hold the same bits (a + b = b + a), and the greedy
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ from jetspec.kernels.reference import TorchAttention
 from jetspec.targets.decoder import DecoderConfig, DecoderTargetOptions, load_decoder_target
 from jetspec.targets.decoder.parallel import allowed_degrees, local_config, shard
 from support.hf_folder import save_tiny_hf_folder
-from support.ranks import decoder_logits, distributed_available, on_ranks, speculative_and_plain
+from support.ranks import decode_and_bench, decoder_logits, distributed_available, on_ranks, speculative_and_plain
 
 needs_gloo = pytest.mark.skipif(not distributed_available(), reason="torch.distributed with gloo is not available")
 
@@ -50,17 +52,44 @@ def test_two_ranks_compute_the_one_process_logits(tiny_checkpoint):
         assert r0["fingerprint"] == one["fingerprint"]  # a head trained on the whole model fits the split one
 
 
+REP = [40, 41, 42, 43, 40, 41, 42, 43, 40, 41]  # repeats: the n-gram drafter gets drafts accepted
+PROMPTS = [REP, [50, 60, 50, 60, 50, 60, 70], list(range(30, 38))]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One spawn of two ranks for the tests below: decoding at TP = 2, and `jetspec bench` at
+    TP = 2 and data-parallel; plus the one-process decoding of the same model."""
+    root = tmp_path_factory.mktemp("tp")
+    folder = str(save_tiny_hf_folder(root / "model", seed=3))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"say {i} {i} {i}"}) + "\n" for i in range(3)))
+    one = speculative_and_plain(0, folder, 1, PROMPTS, 6, 24)
+    return one, on_ranks(decode_and_bench, 2, folder, PROMPTS, 6, 24, str(prompts), str(root / "bench"))
+
+
 @needs_gloo
-def test_speculative_output_equals_plain_output_at_tp2(tmp_path):
-    folder = str(save_tiny_hf_folder(tmp_path / "model", seed=3))
-    rep = [40, 41, 42, 43, 40, 41, 42, 43, 40, 41]  # repeats: the n-gram drafter gets drafts accepted
-    prompts = [rep, [50, 60, 50, 60, 50, 60, 70], list(range(30, 38))]
-    one = speculative_and_plain(0, folder, 1, prompts, 6, 24)
-    r0, r1 = on_ranks(speculative_and_plain, 2, folder, 2, prompts, 6, 24)
+def test_speculative_output_equals_plain_output_at_tp2(two_ranks):
+    one, (r0, r1) = two_ranks
+    r0, r1 = r0["decode"], r1["decode"]
     assert r0["spec"] == r0["plain"] == r1["spec"] == r1["plain"]  # lossless, and the ranks in lockstep
     assert r0["plain"] == one["plain"]  # the split model decodes the one-process model's tokens
     assert r0["sampled"] == r1["sampled"]  # rank 0's draws are every rank's
     assert max(r0["tau"]) > 1, r0["tau"]  # drafts were accepted: shared trees were verified, not only roots
+
+
+@needs_gloo
+@pytest.mark.parametrize("mode", ["bench_tp", "bench_dp"])
+def test_bench_over_two_ranks_writes_every_row_once(two_ranks, mode):
+    """Tensor parallel: rank 0 alone writes; data parallel: each rank writes its shard. Either way
+    one plain and one speculative row per prompt, identical outputs, and one summary per pipeline."""
+    _, (r0, r1) = two_ranks
+    rows = r0[mode]
+    assert rows == r1[mode]  # one file, read by both after the end
+    for kind in ("plain", "spec"):
+        assert sorted(r["prompt_id"] for r in rows if r["kind"] == kind) == [str(i) for i in range(3)]
+    assert all(r["identical"] for r in rows if r["kind"] == "spec")
+    assert sorted(r["pipeline"] for r in rows if r["kind"] == "summary") == ["ngram", "plain"]
 
 
 def test_a_degree_must_split_the_kv_heads_and_the_mlp(tiny_checkpoint):

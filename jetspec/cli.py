@@ -8,6 +8,7 @@
     jetspec plugins                        # every registered implementation, by kind
     jetspec config schema | show | check FILE
     jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
+    torchrun --nproc-per-node N -m jetspec.cli generate|run|bench ...   # several ranks (`ranked`)
 
 A user error prints one line (`jetspec: error: ...`) and exits with status 2; `generate --compare`
 exits with status 1 when greedy speculative and plain outputs differ.

@@ -25,9 +25,9 @@ REG = make_test_registry()
 FAST = dict(registry=REG, examples=3, targets=("decoder",), shrink=False)
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["ReadsHiddenStates", "KeyedProposals", "ResettableVerifier", "GraphSafe", "RowKVCache", "LendsEmbeddings", "PadsForward",
-            "AcceptsOnDevice", "CommitsOnDevice"]
+            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks"]
 MEMBERS = ["hidden_layers", "proposal_key", "reset", "graph_safe", "k", "v", "slot_table", "embed", "lm_head", "extra_pending",
-           "accept_on_device", "stage_commit"]
+           "accept_on_device", "stage_commit", "ranks"]
 
 
 class NoOptions(BaseModel):

@@ -258,7 +258,7 @@ class PositionInvariantAttention(Protocol):
 class Target(Protocol):
     """The frozen model being decoded. `forward` writes the K/V of its N input tokens as pending
     entries of `cache` and returns next-token logits for each of them.
-    Optional: `LendsEmbeddings`, `PadsForward`."""
+    Optional: `LendsEmbeddings`, `PadsForward`, `SpansRanks`."""
 
     info: TargetInfo
     tokenizer: Any | None

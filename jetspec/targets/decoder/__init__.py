@@ -6,6 +6,7 @@
     ops.py      the layers' steps: TorchOps, or InvariantOps (`exact = true`: invariant/'s fused,
                 row-invariant Triton kernels, seven launches per layer besides attention)
     graphs.py   CUDA graphs of the forward, one per query-count bucket
+    parallel.py tensor parallelism: each rank's slices, one all-reduce after o_proj and down_proj
     model.py    DecoderModel (weights) and DecoderTarget (the Target protocol)
     loading.py  DecoderTargetOptions and load_decoder_target (safetensors + tokenizer)
 """

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from .bench.datasets import jsonl_lines
 from .bench.rows import append_row, complete_length, read_rows
-from .core.distributed import RankLost, Ranks, barrier, sum_counts
+from .core.distributed import RankLost, Ranks, barrier, patient_group, sum_counts
 from .core.errors import InputError, JetSpecError
 from .core.files import locked
 from .core.interfaces import ranks_of
@@ -131,6 +131,7 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
     done = answered_ids(out) if resume else set()
     if ranks is not None:
         barrier(ranks)  # every rank has read `out` before any rank appends to it
+    patient = patient_group(ranks) if ranks is not None and not lockstep else None  # for the end: shares end apart
     todo = [p for p in prompts if p.id not in done]
     summary = RunSummary(skipped=len(prompts) - len(todo))
     bar = tqdm(total=len(todo), unit="prompt", disable=not progress, dynamic_ncols=True, file=sys.stderr)
@@ -167,7 +168,8 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
     finally:
         bar.close()
     if ranks is not None and not lockstep:
-        done_, skipped, errors, tokens = sum_counts([summary.done, summary.skipped, summary.errors, summary.tokens], ranks)
-        (seconds,) = sum_counts([summary.seconds], ranks, op="max")  # the ranks decode side by side
+        counts = [summary.done, summary.skipped, summary.errors, summary.tokens]
+        done_, skipped, errors, tokens = sum_counts(counts, ranks, group=patient)
+        (seconds,) = sum_counts([summary.seconds], ranks, op="max", group=patient)  # the ranks decode side by side
         summary = RunSummary(int(done_), int(skipped), int(errors), int(tokens), seconds)
     return summary

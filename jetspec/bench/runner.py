@@ -25,7 +25,7 @@ import torch
 
 from ..core.builder import build_pipeline
 from ..core.config import Component
-from ..core.distributed import Ranks, barrier
+from ..core.distributed import Ranks, barrier, patient_group
 from ..core.errors import CapacityError, ConfigError
 from ..core.interfaces import observed_layers
 from ..core.pipeline import Pipeline
@@ -377,13 +377,14 @@ def run_bench(
         raise ConfigError(f"shard must be I/N with 0 <= I < N, got {shard[0]}/{shard[1]}")
     if ranks is not None:
         barrier(ranks)  # every rank has checked the results file before any writes to it
+    patient = patient_group(ranks) if ranks is not None and not lockstep else None  # shards end minutes apart
     run = BenchRun(plan, registry, command or f"jetspec bench ({config.name})", progress, max_minutes, shard,
                    writes=not lockstep or ranks.leads)
     if ranks is not None and not lockstep:
         run.run["run"] += f"-rank{ranks.rank}"  # one run row per rank, told apart
     run.execute()
     if ranks is not None:
-        barrier(ranks)  # every rank's rows are in
+        barrier(ranks, patient)  # every rank's rows are in
         if not ranks.leads:
             return BenchOutcome(plan.results, [], Path(config.output) / "RESULTS.md", [], run.stopped_early, run.errors)
     return run.finish()

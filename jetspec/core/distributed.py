@@ -29,7 +29,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -37,6 +37,9 @@ from .errors import ConfigError, JetSpecError
 from .tree import DraftTree
 
 DEFAULT_TIMEOUT_S = 600.0  # a 70B load on the slowest rank must fit inside it (the first collective waits for it)
+# data parallel: a rank that has answered its share waits this long for the slowest one (a rank
+# that died is noticed at once: its sockets close), where the group's timeout would cut it short
+PATIENT_TIMEOUT_S = 24 * 3600.0
 
 
 class RankLost(JetSpecError):
@@ -190,18 +193,31 @@ def share_path(path: Sequence[int] | None, bonus: int, budget: int, ranks: Ranks
     return buf[2 : 2 + int(buf[0])].tolist(), int(buf[1])
 
 
-def sum_counts(values: Sequence[float], ranks: Ranks, op: str = "sum") -> list[float]:
-    """Per-rank numbers combined over the group ("sum" or "max"), on every rank."""
+def patient_group(ranks: Ranks) -> Any:
+    """A gloo group of every rank whose collectives wait up to PATIENT_TIMEOUT_S: for the end of a
+    data-parallel run, where ranks finish their shares minutes apart. Every rank must make it at
+    the same point (making a group is itself collective)."""
     import torch.distributed as dist
 
-    buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=ranks.device)  # [k]
+    with _collective("making the end-of-run group", ranks):
+        return dist.new_group(backend="gloo", timeout=timedelta(seconds=PATIENT_TIMEOUT_S))
+
+
+def sum_counts(values: Sequence[float], ranks: Ranks, op: str = "sum", group: Any = None) -> list[float]:
+    """Per-rank numbers combined over the group ("sum" or "max"), on every rank. `group`: a
+    `patient_group` (gloo: the buffer on the CPU), else the default group."""
+    import torch.distributed as dist
+
+    device = torch.device("cpu") if group is not None else ranks.device
+    buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)  # [k]
     with _collective("combining the ranks' counts", ranks):
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
     return buf.cpu().tolist()
 
 
-def barrier(ranks: Ranks) -> None:
+def barrier(ranks: Ranks, group: Any = None) -> None:
+    """Every rank (of `group`, a `patient_group`, else the default group) reaches this point."""
     import torch.distributed as dist
 
     with _collective("waiting for the other ranks", ranks):
-        dist.barrier()
+        dist.barrier(group=group)

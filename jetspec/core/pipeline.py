@@ -224,7 +224,9 @@ class Pipeline:
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
         self._on_device = self._device_path(cache)
-        hidden_layers = observed_layers(drafter)
+        # every rank asks for the same hidden states, so that their CUDA graphs (keyed by them, with
+        # the collectives inside) are captured at the same forward, whoever drafts
+        hidden_layers = observed_layers(self.drafter if speculating else None)
         stopped = "length"
         try:
             self._prefill(state, cache, drafter, hidden_layers, stats)

@@ -168,4 +168,6 @@ def test_shards_tile_the_checkpoint_tensors():
     assert torch.equal(shard("layers.0.mlp.down_proj.bias", bias, 0, 2), bias)
     assert not shard("layers.0.mlp.down_proj.bias", bias, 1, 2).any()
     emb = torch.randn(10, 8)
-    assert shard("embed_tokens.weight", emb, 1, 2) is emb and shard("lm_head.weight", emb, 1, 2) is emb
+    for name in ("embed_tokens.weight", "lm_head.weight", "layers.0.self_attn.q_norm.weight"):
+        whole = shard(name, emb, 1, 2)
+        assert torch.equal(whole, emb) and whole.data_ptr() == emb.data_ptr()  # replicated, not copied

@@ -62,11 +62,9 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
     whole: dict[str, torch.Tensor] = {}  # the tensors fingerprinted, before any sharding
     fingerprinted = ("embed_tokens.weight", f"layers.{cfg.num_layers - 1}.mlp.down_proj.weight")
 
-    def keep(name: str, t: torch.Tensor) -> torch.Tensor:
-        if shard is None:
-            return t
+    def keep(name: str, t) -> torch.Tensor:  # t: a safetensors slice (nothing read yet)
         if name in fingerprinted:
-            whole[name] = t
+            whole[name] = t = t[:]
         return shard(name, t)
 
     with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
@@ -185,10 +183,11 @@ def safetensors_files(folder: Path) -> dict[str, list[str] | None]:
 
 def read_weights(
     folder: Path, model: DecoderModel, dtype: torch.dtype, device: torch.device,
-    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[str, Any], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """-> state dict of `model` in `dtype` on `device`. `transform(name, tensor)`, where given,
-    maps each checkpoint tensor first (a tensor-parallel rank's slice: `parallel.shard`)."""
+    """-> state dict of `model` in `dtype` on `device`. `transform(name, lazy)`, where given, reads
+    each checkpoint tensor from its safetensors slice `lazy` (a tensor-parallel rank reads only
+    its rows or columns: `parallel.shard`)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     ignorable = {"lm_head.weight"} if model.cfg.tie_embeddings else set()  # tied: some checkpoints store a copy
     expected = {k: v for k, v in expected.items() if k not in ignorable}
@@ -208,11 +207,9 @@ def read_weights(
                     unexpected.append(key)
                     continue
                 try:
-                    t = f.get_tensor(key)
+                    t = f.get_tensor(key) if transform is None else transform(name, f.get_slice(key))
                 except Exception as e:
                     raise corrupt(path, e) from None
-                if transform is not None:
-                    t = transform(name, t)
                 if t.shape != expected[name]:
                     raise CheckpointError(
                         f"tensor {key} in {Path(path).name} has shape {tuple(t.shape)}, "

@@ -79,15 +79,19 @@ def local_config(cfg: DecoderConfig, degree: int) -> DecoderConfig:
                    intermediate_size=cfg.intermediate_size // degree)
 
 
-def shard(name: str, tensor: torch.Tensor, rank: int, degree: int) -> torch.Tensor:
-    """Rank `rank`'s part of checkpoint tensor `name` (model naming, no `model.` prefix)."""
+def shard(name: str, tensor, rank: int, degree: int) -> torch.Tensor:
+    """Rank `rank`'s part of checkpoint tensor `name` (model naming, no `model.` prefix). `tensor`
+    is a torch.Tensor or a safetensors slice (`safe_open(...).get_slice(key)`): then only this
+    rank's rows or columns are read from the file."""
     part = name.split(".", 2)[2] if name.startswith("layers.") else name  # "layers.3.mlp.x" -> "mlp.x"
     if part in ONCE and rank != 0:
-        return torch.zeros_like(tensor)
+        return torch.zeros_like(tensor[:])
     dim = SPLIT.get(part)
     if dim is None:
-        return tensor  # replicated: embedding, norms (q/k norms are per head: [D]), LM head
-    return tensor.chunk(degree, dim=dim)[rank].contiguous()
+        return tensor[:]  # replicated: embedding, norms (q/k norms are per head: [D]), LM head
+    size = (tensor.shape if isinstance(tensor, torch.Tensor) else tensor.get_shape())[dim] // degree
+    cut = slice(rank * size, (rank + 1) * size)
+    return (tensor[cut] if dim == 0 else tensor[:, cut]).contiguous()
 
 
 class RowParallel(nn.Module):

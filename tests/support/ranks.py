@@ -159,3 +159,8 @@ def decode_and_bench(rank: int, folder: str, prompts: list[list[int]], budget: i
     return {"decode": speculative_and_plain(rank, folder, 2, prompts, budget, max_new),
             "bench_tp": bench_results(rank, folder, prompt_file, f"{output}/tp", 2),
             "bench_dp": bench_results(rank, folder, prompt_file, f"{output}/dp", 1)}
+
+
+def several(rank: int, calls: list[tuple[Callable, tuple]]) -> list[Any]:
+    """[fn(rank, *args) for each (fn, args)]: several workloads in one spawn (one start-up)."""
+    return [fn(rank, *args) for fn, args in calls]

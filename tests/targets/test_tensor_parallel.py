@@ -31,12 +31,14 @@ from jetspec.targets.decoder.parallel import allowed_degrees, local_config, shar
 from support.hf_checkpoints import FAMILIES as HF_FAMILIES
 from support.hf_checkpoints import random_hf_model
 from support.hf_folder import save_tiny_hf_folder
-from support.ranks import decode_and_bench, decoder_logits, distributed_available, on_ranks, speculative_and_plain
+from support.ranks import decode_and_bench, decoder_logits, distributed_available, on_ranks, several, speculative_and_plain
 
 needs_gloo = pytest.mark.skipif(not distributed_available(), reason="torch.distributed with gloo is not available")
 
 TREE = ([5, 7, 9, 11, 13, 17, 19], [-1, 0, 0, 1, 1, 2, 5])  # tokens, parents: branches at the root and at depth 1
 PROMPT = list(range(20, 44))
+REP = [40, 41, 42, 43, 40, 41, 42, 43, 40, 41]  # repeats: the n-gram drafter gets drafts accepted
+PROMPTS = [REP, [50, 60, 50, 60, 50, 60, 70], list(range(30, 38))]
 
 
 FAMILIES = ("llama-llama3", "qwen2", "qwen3")  # o/MLP biases (added once), q/k/v biases, q/k norms
@@ -58,20 +60,33 @@ def exact_sums(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def logits(tiny_checkpoint, tmp_path_factory):
-    """Per family, (one process, rank 0, rank 1) outputs of `decoder_logits`: first for the
-    random checkpoints, then for their `exact_sums` twins (MLP width 128: each rank's 64 SiLU·mul
+def spawned(tiny_checkpoint, tmp_path_factory):
+    """Everything this module asks of two ranks, in one spawn: `decoder_logits` at TP = 2 over
+    the random checkpoints and their `exact_sums` twins (MLP width 128: each rank's 64 SiLU·mul
     lanes fill whole CPU vectors, as the one process's 128 do, so no element is rounded by a
-    vector loop's scalar tail on one side only)."""
-    root = tmp_path_factory.mktemp("exact")
+    vector loop's scalar tail on one side only), then `decode_and_bench` on a tokenized model;
+    and the same in one process -> (one process, (rank 0, rank 1)) per workload."""
+    root = tmp_path_factory.mktemp("tp")
     folders = [str(tiny_checkpoint(f)[0]) for f in FAMILIES]
     for family in FAMILIES:
         cls, fields = HF_FAMILIES[family]
         exact_sums(random_hf_model(cls, dict(fields, intermediate_size=128))).save_pretrained(root / family)
         folders.append(str(root / family))
-    whole = decoder_logits(0, folders, 1, PROMPT, TREE, "dense")
-    r0, r1 = on_ranks(decoder_logits, 2, folders, 2, PROMPT, TREE, "paged")
-    return list(zip(whole, r0, r1))
+    model = str(save_tiny_hf_folder(root / "model", seed=3))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"say {i} {i} {i}"}) + "\n" for i in range(3)))
+    calls = [(decoder_logits, (folders, 2, PROMPT, TREE, "paged")),
+             (decode_and_bench, (model, PROMPTS, 6, 24, str(prompts), str(root / "bench")))]
+    r0, r1 = on_ranks(several, 2, calls)
+    one = (decoder_logits(0, folders, 1, PROMPT, TREE, "dense"), speculative_and_plain(0, model, 1, PROMPTS, 6, 24))
+    return {"logits": list(zip(one[0], r0[0], r1[0])), "decode": (one[1], (r0[1], r1[1]))}
+
+
+@pytest.fixture(scope="module")
+def logits(spawned):
+    """Per checkpoint, (one process, rank 0, rank 1) outputs of `decoder_logits`: the random
+    checkpoints of FAMILIES, then their `exact_sums` twins."""
+    return spawned["logits"]
 
 
 @needs_gloo
@@ -100,20 +115,11 @@ def test_where_the_split_sums_are_exact_the_logits_are_bit_for_bit_the_same(logi
         assert torch.equal(r0[key], one[key]), f"{key}: max |diff| {(r0[key] - one[key]).abs().max().item():.3g}"
 
 
-REP = [40, 41, 42, 43, 40, 41, 42, 43, 40, 41]  # repeats: the n-gram drafter gets drafts accepted
-PROMPTS = [REP, [50, 60, 50, 60, 50, 60, 70], list(range(30, 38))]
-
-
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """One spawn of two ranks for the tests below: decoding at TP = 2, and `jetspec bench` at
-    TP = 2 and data-parallel; plus the one-process decoding of the same model."""
-    root = tmp_path_factory.mktemp("tp")
-    folder = str(save_tiny_hf_folder(root / "model", seed=3))
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"say {i} {i} {i}"}) + "\n" for i in range(3)))
-    one = speculative_and_plain(0, folder, 1, PROMPTS, 6, 24)
-    return one, on_ranks(decode_and_bench, 2, folder, PROMPTS, 6, 24, str(prompts), str(root / "bench"))
+def two_ranks(spawned):
+    """Decoding at TP = 2 and `jetspec bench` at TP = 2 and data-parallel (`decode_and_bench`),
+    and the one-process decoding of the same model."""
+    return spawned["decode"]
 
 
 @needs_gloo

@@ -5,7 +5,8 @@ the environment; gloo on the CPU):
   prompt is answered exactly once, as one process answers it, and a resumed run skips the ids any
   rank answered;
 * a rank that dies ends the run: the survivor stops within seconds with one line that says so and
-  how to go on, every row already written stays, and `--resume` (here one process) answers the
+  how to go on (gloo; under NCCL a collective does not block the host, and its watchdog ends a
+  survivor after the timeout instead), every row already written stays, and `--resume` (here one process) answers the
   rest, each prompt once — for a tensor-parallel run (the survivor blocked in a collective
   mid-sequence) and a data-parallel one (the survivor finishing its share first).
 """
@@ -36,7 +37,7 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks")
     save_tiny_hf_folder(root / "model", seed=0)
     (root / "run.toml").write_text(f"""
-target = {{ name = "decoder", path = "{root / 'model'}" }}
+target = {{ name = "decoder", path = "{root / 'model'}", device = "cpu" }}
 drafter = {{ name = "ngram", n_max = 3 }}
 attention = "torch"
 kv_cache = "paged"
@@ -54,7 +55,8 @@ def prompts(path: Path, n: int) -> Path:
 
 def start_ranks(root: Path, world: int, *args: str, timeout_s: int = 20) -> list[subprocess.Popen]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # no GPU: gloo's failure semantics (what these tests state) on any machine, GPU hosts included
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "jetspec.cli", "--rank-timeout", str(timeout_s), "run", "--config", str(root / "run.toml"),
            "--no-progress", *args]
     return [subprocess.Popen(cmd, cwd=root, env=env | rank_env(r, world, port), stdout=subprocess.PIPE,

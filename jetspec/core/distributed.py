@@ -20,6 +20,10 @@ Two uses of a group:
 Failure: the group has a timeout (`process_group(timeout_s=...)`). A collective whose peer died
 (its socket closes: gloo notices at once) or does not answer within it raises `RankLost`, one
 line, and the CLI ends the run there; rows already written are on disk (`jetspec run --resume`).
+That is gloo's behaviour (tested). Under NCCL a collective only enqueues work, so the host does
+not wait in it: a lost peer is noticed by NCCL's watchdog once the timeout passes, and with
+torch's default TORCH_NCCL_ASYNC_ERROR_HANDLING it ends the process (not the one-line path; the
+rows are on disk all the same). Not yet seen on GPUs.
 """
 
 from __future__ import annotations

@@ -89,19 +89,22 @@ def decoder_logits(rank: int, folders: list[str], degree: int, prompt: list[int]
 
     out = []
     for folder in folders:
-        target = load_decoder_target(DecoderTargetOptions(path=folder, device="cpu" if degree == 1 else "auto",
-                                                          tensor_parallel=degree), TorchAttention())
+        # fp32 on any device (one process: the GPU when there is one, as the ranks under NCCL)
+        target = load_decoder_target(DecoderTargetOptions(path=folder, dtype="float32", tensor_parallel=degree),
+                                     TorchAttention())
+        dev = target.info.device
         if cache_kind == "paged":
             cache = PagedKVCache(target.info, 256, PagedCacheOptions(page_size=4, commit="remap"))
         else:
             cache = DenseKVCache(target.info, 256)
         cache.begin(len(prompt))
-        prefill = target.forward(torch.tensor(prompt), AttentionMeta.for_chain(len(prompt), 0), cache).logits.clone()
+        chain = AttentionMeta.for_chain(len(prompt), 0, dev)
+        prefill = target.forward(torch.tensor(prompt, device=dev), chain, cache).logits.cpu()
         cache.commit(range(len(prompt)))
         t = DraftTree.from_parents(*tree)
         cache.begin(t.size)
-        res = target.forward(t.tokens, AttentionMeta.for_tree(t, cache.committed), cache, hidden_layers=(0, 1))
-        out.append({"prefill": prefill, "tree": res.logits.clone(), "hidden": res.hidden.clone(),
+        res = target.forward(t.tokens.to(dev), AttentionMeta.for_tree(t, cache.committed, dev), cache, hidden_layers=(0, 1))
+        out.append({"prefill": prefill, "tree": res.logits.cpu(), "hidden": res.hidden.cpu(),
                     "kv_heads": int(cache.k.shape[-2]), "fingerprint": target.info.fingerprint})
     return out
 
@@ -115,7 +118,7 @@ def speculative_and_plain(rank: int, folder: str, degree: int, prompts: list[lis
 
     def pipe(verifier):
         return jetspec.from_config({
-            "target": {"name": "decoder", "path": folder, "tensor_parallel": degree},
+            "target": {"name": "decoder", "path": folder, "tensor_parallel": degree, "dtype": "float32"},
             "drafter": {"name": "ngram", "n_max": 3}, "verifier": verifier,
             "kv_cache": {"name": "paged", "page_size": 4, "commit": "remap"}, "attention": "torch",
             "generation": {"budget": budget, "max_new_tokens": max_new},
@@ -143,7 +146,7 @@ def bench_results(rank: int, folder: str, prompts: str, output: str, degree: int
 
     config = BenchConfig.parse({
         "name": "ranks", "output": output, "max_new_tokens": 8, "warmup_tokens": 0, "faithfulness": "off",
-        "target": {"name": "decoder", "path": folder, "tensor_parallel": degree},
+        "target": {"name": "decoder", "path": folder, "tensor_parallel": degree, "dtype": "float32"},
         "datasets": [{"name": "mine", "path": prompts, "field": "prompt"}],
         "pipelines": [{"name": "ngram", "drafter": {"name": "ngram", "n_max": 3}, "budget": 4}],
     })

@@ -104,6 +104,8 @@ def test_two_ranks_compute_the_one_process_logits(logits, i):
 
 
 @needs_gloo
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bit-exactness rests on the CPU kernels here; cuBLAS picks its "
+                                                      "tiling (and split-K) by shape, so column slices may round otherwise")
 @pytest.mark.parametrize("i", range(len(FAMILIES)), ids=FAMILIES)
 def test_where_the_split_sums_are_exact_the_logits_are_bit_for_bit_the_same(logits, i):
     """Sharding itself (heads, KV heads and their cache, column slices, biases added once, the

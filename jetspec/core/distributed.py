@@ -115,13 +115,16 @@ def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Ranks | None
     except (RuntimeError, ValueError) as e:  # rendezvous: MASTER_ADDR/PORT missing, a peer never came
         raise RankLost(f"cannot form the group of {world} ranks (rank {rank}): {_first_line(e)}") from None
     _CURRENT[0] = Ranks(rank, world, device)
+    lost = False
     try:
         yield _CURRENT[0]
     except RankLost:  # a collective is still pending on a dead peer: tearing the group down could hang
-        _CURRENT[0] = None
+        lost = True
         raise
-    _CURRENT[0] = None
-    dist.destroy_process_group()
+    finally:
+        _CURRENT[0] = None
+        if not lost:
+            dist.destroy_process_group()
 
 
 def _first_line(e: BaseException) -> str:

@@ -83,21 +83,42 @@ class PageAllocator:
         self._free = list(range(self.num_pages - 1, -1, -1))
 
 
+@dataclass
+class PagePool:
+    """The pages several sequences' caches share (`PagedKVCache.sequences`)."""
+
+    k: torch.Tensor  # [L, pages, P, Hkv, D]
+    v: torch.Tensor  # [L, pages, P, Hkv, D]
+    allocator: PageAllocator
+
+    @staticmethod
+    def make(info: TargetInfo, num_pages: int, page_size: int) -> "PagePool":
+        shape = (info.num_layers, num_pages, page_size, info.kv_heads_here, info.head_dim)
+        elem = torch.empty((), dtype=info.dtype).element_size()
+        check_fits(2 * elem * math.prod(shape), info.device, f"a paged KV cache of {num_pages} pages of {page_size} tokens")
+        k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
+        v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
+        return PagePool(k, v, PageAllocator(num_pages))
+
+
 class PagedKVCache:
-    def __init__(self, info: TargetInfo, capacity: int, options: PagedCacheOptions | None = None):
+    """One sequence's cache. Its pages come from its own pool, or from a pool shared with other
+    sequences (`pool`): then `reset` gives back only this sequence's pages."""
+
+    def __init__(self, info: TargetInfo, capacity: int, options: PagedCacheOptions | None = None,
+                 pool: PagePool | None = None):
         opts = options or PagedCacheOptions()
-        self.options = opts
+        self.info, self.options = info, opts
         self.capacity = capacity
         self.page_size = p = opts.page_size
-        self.num_pages = opts.max_pages or math.ceil(capacity / p)
-        shape = (info.num_layers, self.num_pages, p, info.kv_heads_here, info.head_dim)
-        elem = torch.empty((), dtype=info.dtype).element_size()
-        check_fits(2 * elem * math.prod(shape), info.device, f"a paged KV cache of {self.num_pages} pages of {p} tokens")
-        self.k = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
-        self.v = torch.zeros(shape, dtype=info.dtype, device=info.device)  # [L, pages, P, Hkv, D]
+        self._shared = pool is not None
+        pool = pool or PagePool.make(info, opts.max_pages or math.ceil(capacity / p), p)
+        self.num_pages = pool.allocator.num_pages
+        self.k, self.v = pool.k, pool.v  # [L, pages, P, Hkv, D] each
         self.slot_table = torch.zeros(capacity, dtype=torch.int32, device=info.device)  # [capacity]
         self.block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)
-        self.allocator = PageAllocator(self.num_pages)
+        self.allocator = pool.allocator
+        self._pages: list[int] = []
         # pool rows of the pending tokens, in a persistent buffer so that a CUDA graph captured
         # over `write` stays valid from round to round (filled eagerly by `begin`)
         self._write_rows = torch.zeros(capacity, dtype=torch.int64, device=info.device)  # [capacity]
@@ -133,8 +154,18 @@ class PagedKVCache:
         """[T + n] int32 physical rows of the live logical tokens (a view of `slot_table`)."""
         return self.slot_table[: self._committed + self._pending]
 
+    def sequences(self, n: int) -> list["PagedKVCache"]:
+        """`BatchedKVCache`: n caches of this capacity over one pool of `max_pages`, or by default
+        n times the pages one sequence can use (every sequence can then always grow to capacity)."""
+        p = self.page_size
+        pool = PagePool.make(self.info, self.options.max_pages or n * math.ceil(self.capacity / p), p)
+        return [PagedKVCache(self.info, self.capacity, self.options, pool=pool) for _ in range(n)]
+
     def reset(self) -> None:
-        self.allocator.reset()
+        if self._shared:  # only this sequence's pages go back
+            self.allocator.release(self._pages)
+        else:
+            self.allocator.reset()
         self._pages: list[int] = []  # owned physical pages, in order of acquisition
         self._slots: list[int] = []  # host mirror of slot_table[: T + n]
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it

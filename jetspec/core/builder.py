@@ -67,6 +67,8 @@ def build_pipeline(config: PipelineConfig, registry: Registry, target: Target | 
         new_cache=lambda capacity: kv.factory(options["kv_cache"], target.info, capacity),
         config=config,
         labels=labels,
+        new_drafter=(lambda: make("drafter", Drafter, target)) if budget > 0 else None,
+        new_verifier=lambda: make("verifier", Verifier),
     )
 
 

@@ -51,6 +51,17 @@ class GenerationConfig(BaseModel):
     accept_on_device: Literal["auto", "always", "never"] = Field(
         "auto", description="accept on the target's device and stage the KV commit there, where the verifier and cache can "
         "(one small read-back per round); auto: unless the target runs on the CPU, where the host walk costs less")
+    batch_size: int = Field(1, ge=1, le=4096, description="sequences decoded at once by generate_many and `jetspec run` "
+                            "(continuous batching; > 1 needs target 'decoder' with attention 'torch')")
+    max_verify_rows: int | None = Field(None, ge=1, le=1 << 20, description="cap on the tree rows verified per step over "
+                                        "all sequences (each gets min(budget, cap // sequences - 1) drafts); none: no cap")
+
+    @model_validator(mode="after")
+    def _rows_fit_the_batch(self) -> "GenerationConfig":
+        if self.max_verify_rows is not None and self.max_verify_rows < self.batch_size:
+            raise ValueError(f"max_verify_rows ({self.max_verify_rows}) must be at least batch_size ({self.batch_size}): "
+                             "every sequence verifies at least its root")
+        return self
 
 
 class PipelineConfig(BaseModel):

@@ -14,13 +14,16 @@ Hkv key/value heads, D head dim, L layers, k fused hidden layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .distributed import Ranks
 from .on_device import AcceptsOnDevice, CommitsOnDevice, DeviceTree, accepts_on_device
 from .tree import DraftTree
+
+if TYPE_CHECKING:
+    from .batch import BatchMeta
 
 
 # ---------------------------------------------------------------------------- shared data
@@ -387,11 +390,66 @@ def ranks_of(target: Target) -> Ranks | None:
     return target.ranks if isinstance(target, SpansRanks) else None
 
 
+# ---------------------------------------------------------------------------- batched forms
+# Several sequences decode at once (`core/batch_engine.py`). Drafters, scorers and verifiers keep
+# their one-sequence contract: the engine calls each sequence's own drafter and verifier (an
+# adapter, `batch.SequenceParts`). The target and the KV cache get a batched form.
+
+
+@runtime_checkable
+class BatchedTarget(Protocol):
+    """A target that verifies the trees of several sequences in ONE forward: R packed rows, each
+    attending to its own sequence's cache (`BatchMeta` says which, where, and its ancestors)."""
+
+    def batch_problem(self) -> str | None:
+        """None when `forward_batch` can run as this target is set up; else one line saying why
+        not and what is supported (e.g. an attention backend without `BatchedAttention`)."""
+        ...
+
+    def forward_batch(
+        self,
+        tokens: torch.Tensor,
+        meta: "BatchMeta",
+        caches: Sequence[KVCache],
+        hidden_layers: Sequence[int] = (),
+    ) -> TargetOutput:
+        """tokens [R] int64, the trees of sequences 0..S-1 end to end (rows `meta.rows(s)` are
+        sequence s's, written as pending entries of `caches[s]`, which has `begin`-reserved them)
+        -> logits [R, V], hidden [R, k, H] or None. Row r's outputs equal those of
+        `forward(tokens[meta.rows(s)], meta.seqs[s], caches[s])` for its sequence s."""
+        ...
+
+
+@runtime_checkable
+class BatchedAttention(Protocol):
+    """An attention backend that takes the packed rows of several sequences at once."""
+
+    def attend_batch(self, q: torch.Tensor, caches: Sequence[KVCache], layer: int, meta: "BatchMeta",
+                     scale: float) -> torch.Tensor:
+        """q [R, Hq, D] (after RoPE) -> out [R, Hq, D]: row r of sequence s = meta.seq_ids[r]
+        attends to `caches[s]` under the tree mask of `meta.seqs[s]` (its prefix and ancestors)."""
+        ...
+
+
+@runtime_checkable
+class BatchedKVCache(Protocol):
+    """A KV cache whose storage several sequences can share (the `paged` cache: one page pool,
+    a slot map and page table per sequence). Other caches batch as one cache per sequence."""
+
+    def sequences(self, n: int) -> list[KVCache]:
+        """`n` new caches of this one's capacity over one shared storage sized for all of them
+        (this object is only the template; it is not one of them)."""
+        ...
+
+
 __all__ = [
     "Acceptance",
     "AcceptsOnDevice",
     "AttentionBackend",
     "AttentionMeta",
+    "BatchedAttention",
+    "BatchedKVCache",
+    "BatchedTarget",
     "CommitsOnDevice",
     "DecodeState",
     "DeviceTree",

@@ -132,12 +132,16 @@ class Pipeline:
         new_cache: Callable[[int], KVCache],
         config: PipelineConfig,
         labels: dict[str, str] | None = None,
+        new_drafter: Callable[[], Drafter] | None = None,
+        new_verifier: Callable[[], Verifier] | None = None,
     ):
         self.target = target
         self.drafter = drafter
         self.scorer = scorer
         self.verifier = verifier
         self.new_cache = new_cache  # capacity -> KVCache for one sequence
+        # more drafters and verifiers like these, one per sequence of a batch (`generate_many`)
+        self.new_drafter, self.new_verifier = new_drafter, new_verifier
         self.config = config
         # kind -> "drafter 'ngram' (plugin 'jetspec.builtins')": who a PluginError names
         parts = {"target": target, "drafter": drafter, "scorer": scorer, "verifier": verifier}
@@ -398,6 +402,44 @@ class Pipeline:
         if self.target.tokenizer is not None:
             text = self.target.tokenizer.decode(generated, skip_special_tokens=True)
         return GenerationResult(tokens=generated, text=text, stats=stats, prompt_tokens=prompt_ids, stopped=stopped)
+
+    def generate_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        batch_size: int | None = None,
+        max_new_tokens: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        speculative: bool = True,
+        budget: int | None = None,
+        on_result: Callable[[int, GenerationResult], None] | None = None,
+    ) -> list[GenerationResult]:
+        """`generate` for every prompt, `batch_size` sequences at a time (default
+        `generation.batch_size`; `core/batch_engine.py`), each prompt's output exactly what
+        `generate` gives it alone. -> results in input order; `on_result(index, result)` is called
+        as each finishes (any order). The first failure is raised, its `partial` holding what that
+        prompt had committed (`jetspec run` records failures per row instead)."""
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, speculative=speculative, budget=budget)
+        for done in self.batched(batch_size).run(prompts, **kw):
+            if done.error is not None:
+                raise done.error
+            results[done.index] = done.result
+            if on_result:
+                on_result(done.index, done.result)
+        return results  # type: ignore[return-value]
+
+    def batched(self, batch_size: int | None = None):
+        """A `BatchEngine` over this pipeline's parts: one drafter and verifier per slot, made by
+        the factories the builder passed (a hand-assembled pipeline must pass them too)."""
+        from .batch import SequenceParts
+        from .batch_engine import BatchEngine
+
+        gen = self.config.generation
+        b = gen.batch_size if batch_size is None else batch_size
+        if self.new_verifier is None or (self.drafter is not None and self.new_drafter is None):
+            raise InputError("this pipeline has no drafter/verifier factories to give each sequence its own; build it "
+                             "with jetspec.builder() or from_config, or pass new_drafter and new_verifier to Pipeline")
+        return BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b, gen.max_verify_rows)
 
     def generate_plain(self, prompt: str | Sequence[int], **kw: Any) -> GenerationResult:
         """Plain (non-speculative) decoding in the same engine: the baseline."""

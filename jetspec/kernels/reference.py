@@ -9,10 +9,13 @@ tested against. Runs anywhere, with any KV cache backend (it reads through `KVCa
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
+from ..core.batch import BatchMeta
 from ..core.interfaces import AttentionMeta, KVCache
 from ..core.tree import tree_mask
 
@@ -49,3 +52,15 @@ class TorchAttention:
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         k, v = cache.read(layer)
         return tree_attention(q, k, v, meta, scale)
+
+    def attend_batch(self, q: torch.Tensor, caches: Sequence[KVCache], layer: int, meta: BatchMeta,
+                     scale: float) -> torch.Tensor:
+        """`BatchedAttention`: q [R, Hq, D] -> [R, Hq, D]. Sequence s's rows over its own keys
+        under its own mask: the very call a one-sequence forward makes, so each row is bit for
+        bit what it would be without the others (the reference is the per-row specification;
+        a kernel would read seq_ids -> that sequence's slot map and T_s instead of looping)."""
+        out = torch.empty_like(q)  # [R, Hq, D]
+        for s, cache in enumerate(caches):
+            rows = meta.rows(s)
+            out[rows] = self.attend(q[rows], cache, layer, meta.seqs[s], scale)
+        return out

@@ -132,6 +132,23 @@ class TinyDecoder:
     ) -> TargetOutput:
         if self.info.exact:
             return self._forward_exact(tokens, meta, cache, hidden_layers)
+        return self._forward(tokens, meta, cache, hidden_layers, self.attention)
+
+    def batch_problem(self) -> str | None:
+        """`BatchedTarget`: the exact model attends row by row, one sequence only."""
+        from ..core.batch import batch_attention_problem
+
+        return "an exact TinyDecoder verifies one sequence at a time" if self.info.exact else batch_attention_problem(self.attention)
+
+    @torch.no_grad()
+    def forward_batch(self, tokens: torch.Tensor, meta: Any, caches: Sequence[KVCache],
+                      hidden_layers: Sequence[int] = ()) -> TargetOutput:
+        """`BatchedTarget`: the packed rows of several sequences (`core.batch.BatchMeta`) in one forward."""
+        from ..core.batch import PackedAttention, PackedKV
+
+        return self._forward(tokens, meta, PackedKV(caches, meta), hidden_layers, PackedAttention(self.attention))
+
+    def _forward(self, tokens: torch.Tensor, meta: Any, cache: Any, hidden_layers: Sequence[int], attention: Any) -> TargetOutput:
         n = tokens.numel()
         x = self.embedding[tokens.to(self.info.device)]  # [N, H]
         hidden = []
@@ -141,7 +158,7 @@ class TinyDecoder:
             k = self._rope((h @ p["k"].T).view(n, self.hkv, self.d), meta.positions)  # [N, Hkv, D]
             v = (h @ p["v"].T).view(n, self.hkv, self.d)  # [N, Hkv, D]
             cache.write(layer, k, v)
-            a = self.attention.attend(q, cache, layer, meta, 1.0 / math.sqrt(self.d))  # [N, Hq, D]
+            a = attention.attend(q, cache, layer, meta, 1.0 / math.sqrt(self.d))  # [N, Hq, D]
             x = x + a.reshape(n, -1) @ p["o"].T
             x = x + torch.nn.functional.silu(self._norm(x) @ p["up"].T) @ p["down"].T
             hidden.append(x)
@@ -196,3 +213,20 @@ def tiny_decoder(seed: int = 0) -> TinyDecoder:
 def any_tiny_target(kind: str, seed: int) -> Any:
     """"decoder" -> `tiny_decoder(seed)`; a transformers family name -> `tiny_target(kind, seed)`."""
     return tiny_decoder(seed) if kind == "decoder" else tiny_target(kind, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def tiny_decoder_target(family: str = "llama", seed: int = 0, attention: str = "torch"):
+    """Our `decoder` target (`targets/decoder`) over `tiny_hf_model(family, seed)`'s weights, fp32
+    on the CPU, attention 'torch' (cached; the checkpoint is written once to a temporary folder)."""
+    import tempfile
+
+    from ..kernels.reference import TorchAttention
+    from ..targets.decoder import DecoderTargetOptions, load_decoder_target
+
+    if attention != "torch":
+        raise ValueError(f"tiny_decoder_target takes attention 'torch' only, got {attention!r}")
+    folder = tempfile.mkdtemp(prefix=f"jetspec-tiny-{family}-{seed}-")
+    tiny_hf_model(family, seed).save_pretrained(folder)
+    options = DecoderTargetOptions(path=folder, device="cpu", dtype="float32", cuda_graphs=False)
+    return load_decoder_target(options, TorchAttention())

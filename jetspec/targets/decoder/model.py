@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ...core.batch import BatchMeta, PackedAttention, PackedKV, batch_attention_problem
 from ...core.distributed import Ranks
-from ...core.errors import InputError
+from ...core.errors import IncompatibleError, InputError
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput, is_graph_safe
 from .config import DecoderConfig
 from .graphs import CudaGraphForward, GraphCaptureFailed
@@ -107,7 +108,29 @@ class DecoderTarget:
                 cache.begin(tokens.numel())
         return self._forward(tokens, meta, cache, hidden_layers)
 
-    def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int]) -> TargetOutput:
+    def batch_problem(self) -> str | None:
+        """`BatchedTarget`: why `forward_batch` cannot run, or None."""
+        if self.ranks is not None:  # the pipeline shares a round's tree and path between ranks; the batched engine does not
+            return "tensor_parallel > 1 verifies one sequence at a time; batched decoding runs on one GPU (tensor_parallel = 1)"
+        if self.info.exact:
+            return ("exact = true writes K/V through one sequence's slot map (invariant kernels); batched decoding "
+                    "(batch_size > 1) runs with exact = false and attention 'torch' for now")
+        return batch_attention_problem(self.attention)
+
+    @torch.no_grad()
+    def forward_batch(self, tokens: torch.Tensor, meta: BatchMeta, caches: Sequence[KVCache],
+                      hidden_layers: Sequence[int] = ()) -> TargetOutput:
+        """`BatchedTarget`: tokens [R] int64, the packed trees of S sequences -> logits [R, V]
+        float32, hidden [R, k, H] or None. Eager (no CUDA graph): every layer but attention is
+        row-wise, and attention goes to the backend's `attend_batch`."""
+        problem = self.batch_problem()
+        if problem:
+            raise IncompatibleError(problem)
+        return self._forward(tokens, meta, PackedKV(caches, meta), hidden_layers, PackedAttention(self.attention))
+
+    def _forward(self, tokens: torch.Tensor, meta: AttentionMeta | BatchMeta, cache: KVCache | PackedKV,
+                 hidden_layers: Sequence[int], attention: AttentionBackend | None = None) -> TargetOutput:
+        attention = attention or self.attention
         wanted = set(hidden_layers)
         if any(not 0 <= l < self.cfg.num_layers for l in wanted):
             raise InputError(f"hidden_layers {list(hidden_layers)} out of range 0..{self.cfg.num_layers - 1}")
@@ -115,7 +138,7 @@ class DecoderTarget:
         x = self.model.embed_tokens(tokens)  # [N, H]
         kept: dict[int, torch.Tensor] = {}
         for l, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, self.attention, cache, meta, self.ops)
+            x = layer(x, cos, sin, attention, cache, meta, self.ops)
             if l in wanted:
                 kept[l] = x
         logits = self.ops.logits(self.model.norm(x, self.ops), self.model.lm_head.weight)  # [N, V]

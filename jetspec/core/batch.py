@@ -1,0 +1,127 @@
+"""Packed verify forwards of several sequences: the metadata and the adapters a target uses.
+
+S sequences each bring a draft tree (N_s nodes, DFS pre-order) over their own committed prefix
+(T_s tokens). Their trees are laid end to end into R = sum_s N_s rows, ragged, no padding:
+
+    rows of sequence s        cu_rows[s] .. cu_rows[s + 1] - 1          (cu_rows [S + 1])
+    row r = cu_rows[s] + i    seq_ids[r] = s,  positions[r] = T_s + depth_s(i),
+                              subtree_sizes[r] = size of node i's subtree in tree s
+
+Row r attends to key t of sequence s = seq_ids[r] only (never another sequence's), under that
+sequence's tree mask: t < T_s (its committed prefix), or t = T_s + j with
+j <= i < j + subtree_sizes[cu_rows[s] + j] (an ancestor-or-self). Everything that is not
+attention (embeddings, norms, projections, MLP, LM head) is row-wise, so one forward of R rows
+does all S verifications at the price of one wider matrix product.
+
+`PackedKV` and `PackedAttention` let a model written for one sequence (it calls
+`cache.write(layer, k, v)` and `attention.attend(q, cache, layer, meta, scale)`) run a packed
+batch unchanged: the write is split into each sequence's cache, the attention goes to the
+backend's `attend_batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .interfaces import AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, Verifier
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    """Where the R rows of one packed forward sit (vocabulary in the module docstring)."""
+
+    seqs: tuple[AttentionMeta, ...]  # [S] each sequence's own metadata (prefix_len, its rows' positions/sizes)
+    cu_rows: tuple[int, ...]  # [S + 1] cumulative row offsets, cu_rows[0] = 0, cu_rows[S] = R
+    seq_ids: torch.Tensor  # [R] int64, the sequence of each row
+    positions: torch.Tensor  # [R] int64, RoPE position of each row (its T_s + depth)
+    subtree_sizes: torch.Tensor  # [R] int64, DFS interval encoding, within each row's own tree
+    prefix_lens: torch.Tensor  # [S] int64, T_s
+
+    @staticmethod
+    def pack(seqs: Sequence[AttentionMeta]) -> "BatchMeta":
+        """The packed metadata of sequences whose rows come in this order, each contiguous."""
+        if not seqs:
+            raise ValueError("a packed forward needs at least one sequence")
+        sizes = [m.num_queries for m in seqs]
+        cu = [0]
+        for n in sizes:
+            cu.append(cu[-1] + n)
+        device = seqs[0].positions.device
+        return BatchMeta(
+            seqs=tuple(seqs),
+            cu_rows=tuple(cu),
+            seq_ids=torch.repeat_interleave(torch.arange(len(seqs), device=device), torch.tensor(sizes, device=device)),
+            positions=torch.cat([m.positions.to(device) for m in seqs]),
+            subtree_sizes=torch.cat([m.subtree_sizes.to(device=device, dtype=torch.int64) for m in seqs]),
+            prefix_lens=torch.tensor([m.prefix_len for m in seqs], dtype=torch.int64, device=device),
+        )
+
+    @staticmethod
+    def make_dummy(tree_sizes: Sequence[int], prefix_lens: Sequence[int]) -> "BatchMeta":
+        """Chains of the given sizes over the given prefixes (tests)."""
+        return BatchMeta.pack([AttentionMeta.for_chain(n, t) for n, t in zip(tree_sizes, prefix_lens)])
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def num_queries(self) -> int:
+        return self.cu_rows[-1]
+
+    def rows(self, s: int) -> slice:
+        """The rows of sequence s."""
+        return slice(self.cu_rows[s], self.cu_rows[s + 1])
+
+
+class PackedKV:
+    """The S caches of a packed forward, as the one `cache` a single-sequence model writes to:
+    `write(layer, k [R, Hkv, D], v)` stores rows `meta.rows(s)` in `caches[s]`. Reading goes
+    through `PackedAttention`, never through this object."""
+
+    def __init__(self, caches: Sequence[KVCache], meta: BatchMeta):
+        if len(caches) != meta.num_sequences:
+            raise ValueError(f"{len(caches)} caches for {meta.num_sequences} packed sequences")
+        self.caches, self.meta = list(caches), meta
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for s, cache in enumerate(self.caches):
+            rows = self.meta.rows(s)
+            cache.write(layer, k[rows], v[rows])
+
+
+class PackedAttention:
+    """A `BatchedAttention` backend as the `AttentionBackend` a single-sequence model calls:
+    `attend(q, packed, layer, meta, scale)` -> `backend.attend_batch(q, packed.caches, ...)`."""
+
+    def __init__(self, backend: BatchedAttention):
+        self.backend = backend
+
+    def attend(self, q: torch.Tensor, cache: PackedKV, layer: int, meta: BatchMeta, scale: float) -> torch.Tensor:
+        return self.backend.attend_batch(q, cache.caches, layer, meta, scale)
+
+
+def batch_attention_problem(attention: AttentionBackend) -> str | None:
+    """Why `attention` cannot serve a packed forward, or None."""
+    if isinstance(attention, BatchedAttention):
+        return None
+    return (f"attention backend {type(attention).__name__} has no batched form (attend_batch); batched decoding "
+            "(batch_size > 1) runs with attention 'torch' for now")
+
+
+@dataclass
+class SequenceParts:
+    """The adapter through which single-sequence plugins serve a batch: each slot of the engine
+    owns one drafter and one verifier (they keep per-sequence state: a drafter's index or head KV,
+    a sampling verifier's random stream) and calls them exactly as `Pipeline.generate` does for
+    one sequence. The scorer is shared: `build` keeps no state between calls."""
+
+    drafter: Drafter | None
+    verifier: Verifier
+
+    @staticmethod
+    def factory(new_drafter: Callable[[], Drafter] | None, new_verifier: Callable[[], Verifier]) -> Callable[[], "SequenceParts"]:
+        return lambda: SequenceParts(new_drafter() if new_drafter else None, new_verifier())

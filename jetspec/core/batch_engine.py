@@ -1,0 +1,258 @@
+"""`BatchEngine`: speculative decoding of many sequences at once, with continuous batching.
+
+    slots      up to B sequences in flight, each with its own DecodeState, KV cache, drafter and
+               verifier (`batch.SequenceParts`); the scorer is shared
+    admit      a free slot takes the next prompt: its prefill is a chain forward of its own (as in
+               `Pipeline.generate`), then its drafter resets and observes the prompt
+    step       for every sequence s in flight:
+                   proposal_s = drafter_s.propose(state_s, b_s);  tree_s = scorer.build(proposal_s, root_s, b_s)
+               the S trees packed end to end: R = sum_s |tree_s| rows, `BatchMeta`
+               logits [R, V] = target.forward_batch(rows, meta, caches)              ONE verify forward
+               for every s: acc_s = verifier_s.accept(tree_s, logits[rows of s]); commit; observe
+    finish     a sequence that reached max_new_tokens or a stop token leaves, reported at once;
+               its slot takes the next prompt before the next step
+
+Row cap: with `max_verify_rows` = C and A sequences in flight, sequence s verifies its root and
+b_s = min(budget, C // A - 1) drafts, so a step has at most A * (C // A) <= C rows. C >= B is
+required: every sequence verifies at least its root.
+
+Lossless per sequence: a row attends to its own sequence's keys only, and a sequence's drafter,
+verifier and cache are its own, so each sequence sees exactly the calls `Pipeline.generate` would
+make for it alone (its budget aside, which never changes a lossless output); every other layer
+of the target is row-wise. The acceptance runs on the host (no `accept_on_device` here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import torch
+
+from .batch import BatchMeta, SequenceParts
+from .checks import Blame, Checked, check_acceptance
+from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
+from .interfaces import (
+    AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput, extra_pending,
+    observed_layers,
+)
+from .tree import DraftTree
+
+if TYPE_CHECKING:
+    from .pipeline import GenerationResult, GenerationStats, Pipeline
+
+
+@dataclass
+class Finished:
+    """One prompt done: `result` (None if it failed before its prefill) and `error` (None if it
+    succeeded; else the one-line error, with `error.partial` what it had committed)."""
+
+    index: int  # the prompt's position in the input list
+    result: "GenerationResult | None"
+    error: Exception | None
+    seconds: float  # wall time from admission to finish
+
+
+@dataclass
+class _Sequence:
+    index: int
+    slot: int
+    state: DecodeState
+    stats: "GenerationStats"
+    started: float
+
+
+class BatchEngine:
+    def __init__(self, pipe: "Pipeline", new_parts: Callable[[], SequenceParts], batch_size: int,
+                 max_verify_rows: int | None = None):
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if max_verify_rows is not None and max_verify_rows < batch_size:
+            raise InputError(f"max_verify_rows ({max_verify_rows}) must be at least batch_size ({batch_size}): "
+                             "every sequence verifies at least its root")
+        target = pipe.target
+        if not isinstance(target, BatchedTarget):
+            raise IncompatibleError(f"{pipe.labels['target']} has no batched forward (forward_batch); batch_size > 1 "
+                                    "runs with target 'decoder' (or the kit's TinyDecoder); use batch_size 1 for this one")
+        problem = target.batch_problem()
+        if problem:
+            raise IncompatibleError(f"{pipe.labels['target']}: {problem}")
+        self.pipe, self.batch_size, self.max_verify_rows = pipe, batch_size, max_verify_rows
+        self.parts = [new_parts() for _ in range(batch_size)]  # slot -> its own drafter and verifier
+
+    # ------------------------------------------------------------------ the run
+    def run(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None,
+            stop_token_ids: Sequence[int] | None = None, speculative: bool = True,
+            budget: int | None = None) -> Iterator[Finished]:
+        """Generate for every prompt; yields each as it finishes (not in input order)."""
+        pipe, gen = self.pipe, self.pipe.config.generation
+        max_new = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if max_new < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
+        budget = gen.budget if budget is None else budget
+        speculative = speculative and budget > 0 and all(p.drafter is not None for p in self.parts)
+        stops = set(pipe.target.info.eos_token_ids) | pipe._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        self._max_new, self._budget, self._stops, self._speculative = max_new, budget if speculative else 0, stops, speculative
+
+        encoded: list[list[int] | Exception] = []
+        for p in prompts:
+            try:
+                encoded.append(self._admissible(pipe.encode(p)))
+            except JetSpecError as e:
+                encoded.append(e)
+        lengths = [len(e) for e in encoded if isinstance(e, list)]
+        caches = self._caches(max(lengths) + max_new + self._budget) if lengths else []
+        queue = list(range(len(prompts)))[::-1]  # pop() takes the next prompt in input order
+        slots: list[_Sequence | None] = [None] * self.batch_size
+        while queue or any(slots):
+            for slot in range(self.batch_size):  # continuous batching: a free slot takes the next prompt
+                while slots[slot] is None and queue:
+                    i = queue.pop()
+                    if isinstance(encoded[i], Exception):
+                        yield Finished(i, None, encoded[i], 0.0)
+                        continue
+                    seq, error = self._admit(i, slot, encoded[i], caches[slot])
+                    if error is not None:
+                        yield self._finish(seq, caches, slots, "error", error)
+                    else:
+                        slots[slot] = seq
+            active = [s for s in slots if s is not None]
+            if active:
+                yield from self._step(active, caches, slots)
+
+    def _admissible(self, ids: list[int]) -> list[int]:
+        limit = self.pipe.target.info.max_positions
+        if len(ids) + self._max_new + self._budget > limit:
+            raise CapacityError(f"prompt ({len(ids)}) + max_new_tokens ({self._max_new}) + budget ({self._budget}) "
+                                f"needs {len(ids) + self._max_new + self._budget} positions; the target allows {limit}")
+        return ids
+
+    def _caches(self, capacity: int) -> list[KVCache]:
+        """One cache per slot: over one shared storage where the cache kind has a batched form
+        (`BatchedKVCache`: the paged cache's page pool), else one cache each."""
+        capacity += extra_pending(self.pipe.target)
+        first = self.pipe.new_cache(capacity)
+        if isinstance(first, BatchedKVCache):
+            return first.sequences(self.batch_size)
+        return [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)]
+
+    def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> tuple[_Sequence, Exception | None]:
+        from .pipeline import GenerationStats
+
+        seq = _Sequence(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
+        parts = self.parts[slot]
+        cache.reset()
+        try:
+            if isinstance(parts.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
+                parts.verifier.reset(seq.state)
+            drafter = parts.drafter if self._speculative else None
+            self.pipe._prefill(seq.state, cache, drafter, observed_layers(drafter), seq.stats)
+        except JetSpecError as e:
+            return seq, e
+        return seq, None
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, active: list[_Sequence], caches: list[KVCache], slots: list[_Sequence | None]) -> Iterator[Finished]:
+        """Draft and build per sequence, verify all in one forward, accept and commit per sequence."""
+        pipe, clock = self.pipe, time.perf_counter
+        share = self.max_verify_rows // len(active) if self.max_verify_rows else None  # rows per sequence
+        budget = self._budget if share is None else min(self._budget, share - 1)
+        trees: list[tuple[_Sequence, DraftTree]] = []
+        for seq in active:
+            try:
+                trees.append((seq, self._tree(seq, budget)))
+            except JetSpecError as e:
+                yield self._finish(seq, caches, slots, "error", e)
+        if not trees:
+            return
+        t0 = clock()
+        device = pipe.target.info.device
+        metas = []
+        for seq, tree in trees:
+            cache = caches[seq.slot]
+            metas.append(AttentionMeta.for_tree(tree, cache.committed, device))
+            cache.begin(tree.size)
+        meta = BatchMeta.pack(metas)
+        tokens = torch.cat([tree.tokens for _, tree in trees]).to(device)  # [R]
+        layers = observed_layers(self.parts[trees[0][0].slot].drafter) if self._speculative else ()
+        try:
+            out = self._forward(tokens, meta, [caches[seq.slot] for seq, _ in trees], layers)
+        except JetSpecError as e:  # the target failed: every sequence of the step fails with it
+            for seq, _ in trees:
+                yield self._finish(seq, caches, slots, "error", e)
+            return
+        verify = (clock() - t0) / len(trees)  # the shared forward, split evenly
+        for s, (seq, tree) in enumerate(trees):
+            seq.stats.seconds["verify"] += verify
+            rows = meta.rows(s)
+            try:
+                stopped = self._commit(seq, tree, out.logits[rows], None if out.hidden is None else out.hidden[rows],
+                                       caches[seq.slot])
+            except JetSpecError as e:
+                yield self._finish(seq, caches, slots, "error", e)
+                continue
+            if stopped != "length" or len(seq.state.generated) >= self._max_new:
+                yield self._finish(seq, caches, slots, stopped, None)
+
+    def _tree(self, seq: _Sequence, budget: int) -> DraftTree:
+        """Sequence `seq`'s tree for this step, checked as `Pipeline` checks it."""
+        pipe, clock = self.pipe, time.perf_counter
+        root = seq.state.tokens[-1]
+        drafter = self.parts[seq.slot].drafter
+        if not self._speculative or budget < 1:
+            return DraftTree.root_only(root)
+        t0 = clock()
+        with Blame(pipe.labels["drafter"], "in propose"):
+            proposal = Checked(drafter.propose(seq.state, budget), pipe.labels["drafter"], pipe.target.info.vocab_size)
+        t1 = clock()
+        tree = pipe.build_tree(proposal, root, budget)
+        seq.stats.seconds["draft"] += t1 - t0
+        seq.stats.seconds["build"] += clock() - t1
+        return tree
+
+    def _forward(self, tokens: torch.Tensor, meta: BatchMeta, caches: list[KVCache], layers: tuple[int, ...]) -> TargetOutput:
+        """target.forward_batch, its output's shapes checked."""
+        who, r, vocab = self.pipe.labels["target"], tokens.numel(), self.pipe.target.info.vocab_size
+        with Blame(who, "in forward_batch"):
+            out = self.pipe.target.forward_batch(tokens, meta, caches, layers)
+        if not isinstance(out, TargetOutput):
+            raise PluginError(f"{who} returned {type(out).__name__} from forward_batch; expected a TargetOutput")
+        if out.logits.dim() != 2 or out.logits.shape[0] != r or out.logits.shape[1] < vocab:
+            raise PluginError(f"{who} returned logits of shape {tuple(out.logits.shape)} for {r} packed rows; expected [{r}, {vocab}]")
+        if layers and (out.hidden is None or out.hidden.shape[:2] != (r, len(layers))):
+            got = None if out.hidden is None else tuple(out.hidden.shape)
+            raise PluginError(f"{who} returned hidden states of shape {got} for {r} rows and {len(layers)} layers")
+        return out
+
+    def _commit(self, seq: _Sequence, tree: DraftTree, logits: torch.Tensor, hidden: torch.Tensor | None,
+                cache: KVCache) -> str:
+        """Accept, commit, extend the state, let the drafter observe -> why it stops ("length": goes on)."""
+        pipe, clock, parts = self.pipe, time.perf_counter, self.parts[seq.slot]
+        t0 = clock()
+        with Blame(pipe.labels["verifier"], "in accept"):
+            acc = parts.verifier.accept(tree, logits, seq.state)
+        acc = check_acceptance(acc, tree, pipe.target.info.vocab_size, pipe.labels["verifier"])
+        t1 = clock()
+        cache.commit(acc.path)
+        room = self._max_new - len(seq.state.generated)
+        new, stopped = pipe._cut_at_stop(acc.new_tokens(tree)[:room], self._stops)
+        seq.state.tokens.extend(new)
+        if self._speculative and stopped == "length" and len(seq.state.generated) < self._max_new:
+            with Blame(pipe.labels["drafter"], "in observe"):
+                parts.drafter.observe(seq.state, None if hidden is None else hidden[acc.path])
+        seq.stats.record_round(len(new), acc.accepted_drafts, tree.budget)
+        seq.stats.seconds["accept"] += t1 - t0
+        seq.stats.seconds["commit"] += clock() - t1
+        return stopped
+
+    def _finish(self, seq: _Sequence, caches: list[KVCache], slots: list[_Sequence | None], stopped: str,
+                error: Exception | None) -> Finished:
+        """Report `seq` and free its slot (its cache's storage goes back to the pool)."""
+        caches[seq.slot].reset()
+        if slots[seq.slot] is seq:
+            slots[seq.slot] = None
+        result = self.pipe._result(seq.state, seq.stats, seq.state.tokens[: seq.state.prompt_len], stopped)
+        if error is not None:
+            error.partial = result  # nothing produced is lost
+        return Finished(seq.index, result, error, time.perf_counter() - seq.started)

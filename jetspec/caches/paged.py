@@ -159,7 +159,7 @@ class PagedKVCache:
         n times the pages one sequence can use (every sequence can then always grow to capacity)."""
         p = self.page_size
         pool = PagePool.make(self.info, self.options.max_pages or n * math.ceil(self.capacity / p), p)
-        return [PagedKVCache(self.info, self.capacity, self.options, pool=pool) for _ in range(n)]
+        return [type(self)(self.info, self.capacity, self.options, pool=pool) for _ in range(n)]
 
     def reset(self) -> None:
         if self._shared:  # only this sequence's pages go back

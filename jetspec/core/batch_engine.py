@@ -72,10 +72,10 @@ class BatchEngine:
             raise InputError(f"max_verify_rows ({max_verify_rows}) must be at least batch_size ({batch_size}): "
                              "every sequence verifies at least its root")
         target = pipe.target
-        if not isinstance(target, BatchedTarget):
+        if batch_size > 1 and not isinstance(target, BatchedTarget):
             raise IncompatibleError(f"{pipe.labels['target']} has no batched forward (forward_batch); batch_size > 1 "
                                     "runs with target 'decoder' (or the kit's TinyDecoder); use batch_size 1 for this one")
-        problem = target.batch_problem()
+        problem = target.batch_problem() if batch_size > 1 else None
         if problem:
             raise IncompatibleError(f"{pipe.labels['target']}: {problem}")
         self.pipe, self.batch_size, self.max_verify_rows = pipe, batch_size, max_verify_rows
@@ -214,8 +214,12 @@ class BatchEngine:
     def _forward(self, tokens: torch.Tensor, meta: BatchMeta, caches: list[KVCache], layers: tuple[int, ...]) -> TargetOutput:
         """target.forward_batch, its output's shapes checked."""
         who, r, vocab = self.pipe.labels["target"], tokens.numel(), self.pipe.target.info.vocab_size
+        target = self.pipe.target
         with Blame(who, "in forward_batch"):
-            out = self.pipe.target.forward_batch(tokens, meta, caches, layers)
+            if isinstance(target, BatchedTarget):
+                out = target.forward_batch(tokens, meta, caches, layers)
+            else:  # batch_size 1: the one sequence's own forward
+                out = target.forward(tokens, meta.seqs[0], caches[0], layers)
         if not isinstance(out, TargetOutput):
             raise PluginError(f"{who} returned {type(out).__name__} from forward_batch; expected a TargetOutput")
         if out.logits.dim() != 2 or out.logits.shape[0] != r or out.logits.shape[1] < vocab:

@@ -31,6 +31,7 @@ from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
+from .batched import PromptOracle, assemble_batched, check_batched_lossless, default_batched
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
 from .models import FAMILIES, VOCAB, TinyDecoder
@@ -78,11 +79,12 @@ def _oracle(ex: Example) -> OracleDrafter:
 def check_drafter(
     drafter: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
-    at_scale: int | None = None,
+    at_scale: int | None = None, batched: int | None = None,
 ) -> None:
     """Protocol, then lossless: every proposal it makes in the pipeline is checked on the way;
     then `at_scale` examples per verifier (default: examples // 10, at least 1; 0: none) of
-    `at_scale.py`."""
+    `at_scale.py`; then `batched` examples (default: examples // 4, at least 2; 0: none) of
+    `batched.py`, one drafter per sequence of a batch."""
     s = resolve("drafter", drafter, options, registry)
     _static(s)
     from .models import tiny_decoder
@@ -98,6 +100,14 @@ def check_drafter(
     scale = default_examples(examples) if at_scale is None else at_scale
     if scale:
         check_at_scale(s, lambda t: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
+    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
+        t, lambda: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap))
+
+
+def _check_batched(s: Subject, batched: int | None, examples: int, seed: int | None, shrink: bool, build: Callable) -> None:
+    n = default_batched(examples) if batched is None else batched
+    if n:
+        check_batched_lossless(s, build, n, seed, shrink)
 
 
 # ---------------------------------------------------------------------------- scorer
@@ -105,8 +115,10 @@ def check_drafter(
 def check_scorer(
     scorer: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
+    batched: int | None = None,
 ) -> None:
-    """Trees from random proposals and budgets are valid; then lossless behind an oracle drafter."""
+    """Trees from random proposals and budgets are valid; then lossless behind an oracle drafter,
+    one sequence at a time and (`batched` examples) in batches sharing one scorer."""
     s = resolve("scorer", scorer, options, registry)
     _static(s)
     obj = check_instance(s, build(s), TreeScorer)
@@ -121,6 +133,8 @@ def check_scorer(
     check_lossless(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), scorer=CheckedScorer(s, build(s))), examples, targets, seed
     )
+    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
+        t, lambda: PromptOracle(answer), scorer=CheckedScorer(s, build(s)), max_verify_rows=cap))
 
 
 # ---------------------------------------------------------------------------- verifier
@@ -128,11 +142,12 @@ def check_scorer(
 def check_verifier(
     verifier: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS,
-    device: str = "cpu",
+    device: str = "cpu", batched: int | None = None,
 ) -> None:
     """Acceptances of random trees are root-down paths; on any tree the kept drafts are exactly
     the target's argmax chain (greedy losslessness, one round); with `accept_on_device`, it keeps
-    the same on `device` (`on_device.py`); then lossless in a pipeline (on the CPU)."""
+    the same on `device` (`on_device.py`); then lossless in a pipeline (on the CPU), one sequence
+    at a time and (`batched` examples) in batches, one verifier per sequence."""
     s = resolve("verifier", verifier, options, registry)
     _static(s)
     obj = check_instance(s, build(s), Verifier)
@@ -169,6 +184,8 @@ def check_verifier(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), verifier=CheckedVerifier(s, build(s), VOCAB)),
         examples, targets, seed, shrink,
     )
+    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
+        t, lambda: PromptOracle(answer), new_verifier=lambda: CheckedVerifier(s, build(s), VOCAB), max_verify_rows=cap))
 
 
 # ---------------------------------------------------------------------------- kv cache
@@ -176,9 +193,11 @@ def check_verifier(
 def check_kv_cache(
     kv_cache: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, targets: tuple[str, ...] = TARGETS, device: str = "cpu",
+    batched: int | None = None,
 ) -> None:
     """Random begin/write/read/commit/reset programs match `ReferenceKV`; with `stage_commit`, a
-    staged commit reads back what a host commit does (`on_device.py`); then lossless."""
+    staged commit reads back what a host commit does (`on_device.py`); then lossless, one sequence
+    at a time and (`batched` examples) in batches whose caches come from one factory."""
     s = resolve("kv_cache", kv_cache, options, registry)
     _static(s)
     check_kv_semantics(s, lambda info, capacity: build(s, info, capacity), examples * 3, seed, device, shrink)
@@ -194,6 +213,9 @@ def check_kv_cache(
         return assemble(target, drafter=_oracle(ex), new_cache=lambda c: build(s, target.info, c))
 
     check_lossless(s, pipeline, examples, targets if device == "cpu" else ("decoder",), seed, shrink)
+    if device == "cpu":
+        _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
+            t, lambda: PromptOracle(answer), new_cache=lambda c: build(s, t.info, c), max_verify_rows=cap))
 
 
 # ---------------------------------------------------------------------------- attention

@@ -1,0 +1,134 @@
+"""The batched engine's contract (`core/batch_engine.py`): packed rows say which sequence, position
+and ancestors each row has; no slot idles while prompts wait (continuous batching); a step never
+verifies more rows than `max_verify_rows`; a failure ends only the sequence it belongs to; what
+cannot batch is refused in one line naming what can."""
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jetspec
+from jetspec.core.batch import BatchMeta
+from jetspec.core.errors import ConfigError, IncompatibleError, InputError, JetSpecError
+from jetspec.core.interfaces import AttentionMeta
+from jetspec.core.tree import DraftTree
+from jetspec.testing.batched import PromptOracle, assemble_batched
+from jetspec.testing.lossless import plain_greedy
+from jetspec.testing.models import TinyDecoder, tiny_decoder, tiny_target
+from support.registry import make_test_registry
+
+REG = make_test_registry()
+
+
+class Spy:
+    """A target that records the packed forwards it is asked for (and forwards them to `inner`)."""
+
+    def __init__(self, inner, log):
+        self.inner, self.log = inner, log
+        self.info, self.tokenizer = inner.info, inner.tokenizer
+
+    def forward(self, *args, **kw):
+        return self.inner.forward(*args, **kw)
+
+    def batch_problem(self):
+        return self.inner.batch_problem()
+
+    def forward_batch(self, tokens, meta, caches, hidden_layers=()):
+        self.log.append(("step", [meta.rows(s).stop - meta.rows(s).start for s in range(meta.num_sequences)]))
+        return self.inner.forward_batch(tokens, meta, caches, hidden_layers)
+
+
+def one_line(e):
+    assert "\n" not in str(e), str(e)
+    return str(e)
+
+
+def test_packed_rows_name_their_sequence_position_and_tree():
+    trees = [DraftTree.from_parents([7, 1, 2, 3], [-1, 0, 0, 1]), DraftTree.root_only(9), DraftTree.from_parents([4, 5], [-1, 0])]
+    meta = BatchMeta.pack([AttentionMeta.for_tree(t, prefix) for t, prefix in zip(trees, (10, 3, 0))])
+    assert meta.cu_rows == (0, 4, 5, 7) and meta.num_queries == 7 and meta.num_sequences == 3
+    assert meta.seq_ids.tolist() == [0, 0, 0, 0, 1, 2, 2]
+    assert trees[0].depths.tolist() == [0, 1, 2, 1]  # DFS pre-order: 7, 1, 3, 2
+    assert meta.positions.tolist() == [10, 11, 12, 11, 3, 0, 1]  # its own prefix + depth, per sequence
+    assert meta.subtree_sizes.tolist() == trees[0].subtree_sizes.tolist() + [1, 2, 1]
+    assert meta.prefix_lens.tolist() == [10, 3, 0] and meta.rows(1) == slice(4, 5)
+
+
+@settings(max_examples=12)
+@given(batch_size=st.integers(1, 4), cap=st.one_of(st.none(), st.integers(4, 12)), n=st.integers(1, 7), seed=st.integers(0, 3))
+def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_size, cap, n, seed):
+    log = []
+    target = Spy(tiny_decoder(seed), log)
+    prompts = [[5 + i, 6, 5 + i, 6, 7 + i] for i in range(n)]
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    cap = None if cap is None else max(cap, batch_size)
+    pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3, seed=seed), batch_size=batch_size, max_verify_rows=cap)
+    results = pipe.generate_many(prompts, max_new_tokens=12, budget=16, on_result=lambda i, r: log.append(("done", i)))
+    waiting = n  # prompts not finished
+    for event, what in log:
+        if event == "done":
+            waiting -= 1
+            continue
+        assert len(what) == min(batch_size, waiting)  # every free slot took the next prompt
+        if cap is not None:
+            assert sum(what) <= cap and max(what) <= cap // len(what)  # root + min(budget, cap // S - 1) drafts
+    assert waiting == 0 and [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
+
+
+def test_a_failing_sequence_ends_alone_and_the_others_finish():
+    class Fails(PromptOracle):
+        def propose(self, state, budget):
+            if state.tokens[0] == 66 and len(state.generated) >= 2:
+                raise ValueError("no idea")
+            return super().propose(state, budget)
+
+    seed = 1
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    pipe = assemble_batched(tiny_decoder(seed), lambda: Fails(answer, corrupt_p=0.5), batch_size=3)
+    prompts = [[1, 2, 1, 2], [66, 5, 66], [9, 8, 7], "words", [3, 4] * 3000]
+    done = {d.index: d for d in pipe.batched().run(prompts, max_new_tokens=10)}
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    for i in (0, 2):
+        assert done[i].error is None and tuple(done[i].result.tokens) == answer(tuple(prompts[i]))[:10]
+    failed = done[1].error
+    assert re.match(r"drafter \w+ raised ValueError: no idea in propose$", one_line(failed))
+    assert failed.partial.tokens == list(answer((66, 5, 66))[: len(failed.partial.tokens)])  # what it had is kept
+    assert "no tokenizer" in one_line(done[3].error) and "the target allows 2048" in one_line(done[4].error)
+    with pytest.raises(JetSpecError, match="no idea"):  # generate_many raises the first failure
+        pipe.generate_many(prompts[:2], max_new_tokens=10)
+
+
+def test_what_cannot_batch_is_refused_in_one_line():
+    hf = jetspec.builder(REG).target(tiny_target("llama", 0)).drafter("ngram").build()
+    with pytest.raises(IncompatibleError, match=r"has no batched forward \(forward_batch\); batch_size > 1 runs with target 'decoder'") as e:
+        hf.generate_many([[1, 2]], batch_size=2)
+    one_line(e.value)
+    assert [r.tokens for r in hf.generate_many([[1, 2]], batch_size=1)] == [hf.generate([1, 2]).tokens]  # batch 1: no batching needed
+
+    from jetspec.kernels.triton_backend import TritonAttention
+
+    tri = jetspec.builder(REG).target(TinyDecoder(0, attention=TritonAttention())).drafter("ngram").build()
+    with pytest.raises(IncompatibleError, match=r"TritonAttention has no batched form \(attend_batch\); batched decoding .* runs with attention 'torch'") as e:
+        tri.generate_many([[1, 2]], batch_size=2)
+    one_line(e.value)
+
+    with pytest.raises(ConfigError, match=r"max_verify_rows \(2\) must be at least batch_size \(4\): every sequence verifies at least its root"):
+        jetspec.builder(REG).target(tiny_decoder(0)).drafter("ngram").generation(batch_size=4, max_verify_rows=2).build()
+    pipe = jetspec.builder(REG).target(tiny_decoder(0)).drafter("ngram").generation(max_verify_rows=2).build()
+    with pytest.raises(InputError, match=r"max_verify_rows \(2\) must be at least batch_size \(3\)"):
+        pipe.generate_many([[1]], batch_size=3)
+    with pytest.raises(InputError, match=r"batch_size must be at least 1, got 0"):
+        pipe.generate_many([[1]], batch_size=0)
+
+
+def test_the_builder_gives_each_slot_its_own_drafter_and_verifier():
+    pipe = jetspec.builder(REG).target(tiny_decoder(2)).drafter("ngram").verifier("sampling", temperature=0.0).build()
+    engine = pipe.batched(3)
+    drafters = {id(p.drafter) for p in engine.parts}
+    verifiers = {id(p.verifier) for p in engine.parts}
+    assert len(drafters) == len(verifiers) == 3 and id(pipe.drafter) not in drafters
+    prompts = [[1, 2, 1, 2, 1], [7, 7, 7], [4, 5, 6, 4, 5]]
+    assert [r.tokens for r in pipe.generate_many(prompts, batch_size=3)] == [pipe.generate(p).tokens for p in prompts]

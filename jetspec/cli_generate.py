@@ -17,8 +17,8 @@ def _pipeline_config(args: argparse.Namespace):
 
     data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     gen = data.setdefault("generation", {})
-    for key in ("max_new_tokens", "budget"):
-        if getattr(args, key) is not None:
+    for key in ("max_new_tokens", "budget", "batch_size", "max_verify_rows"):
+        if getattr(args, key, None) is not None:
             gen[key] = getattr(args, key)
     if args.no_chat_template:
         gen["chat_template"] = False
@@ -239,7 +239,7 @@ def run_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> None:
     from .runs import CHAT_FIELDS, ID_FIELDS, PROMPT_FIELDS
 
     r = sub.add_parser("run", help="answer every prompt of a JSONL file into a JSONL of rows (resumable)",
-                       description="Generate an answer to each prompt of a JSONL file, one at a time, appending one "
+                       description="Generate an answer to each prompt of a JSONL file (one at a time, or --batch-size at once), appending one "
                                    "row per prompt to OUT: id, text, tokens, tau, seconds, stopped (and error where "
                                    "a generation failed; the run goes on).",
                        epilog=f"prompt: --field, else the first of {', '.join(PROMPT_FIELDS)}, else the first user turn "
@@ -252,5 +252,10 @@ def run_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> None:
     r.add_argument("--field", help="the input field holding the prompt (a string, or chat turns)")
     r.add_argument("--limit", type=int, help="answer only the first N usable prompts of the file")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--batch-size", type=int, dest="batch_size",
+                   help="prompts decoded at once (continuous batching; rows come as prompts finish; default: the "
+                        "config's generation.batch_size, else 1; > 1 needs target 'decoder' with attention 'torch')")
+    r.add_argument("--max-verify-rows", type=int, dest="max_verify_rows",
+                   help="cap on the draft-tree rows verified per step over all sequences of a batch (default: none)")
     add_pipeline_flags(r)
 

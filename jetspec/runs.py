@@ -1,4 +1,5 @@
-"""`jetspec run`: a JSONL of prompts in, a JSONL of answers out, one sequence at a time.
+"""`jetspec run`: a JSONL of prompts in, a JSONL of answers out, one sequence at a time or
+`generation.batch_size` at once (`--batch-size`; batched speculative decoding, `core/batch_engine.py`).
 
 * Input: one JSON object a line (`.gz` read as gzip). The prompt is the field `field`, or the
   first of `PROMPT_FIELDS`, or the first user turn of `CHAT_FIELDS` (a list of strings, or of
@@ -9,6 +10,9 @@
   failed, `stopped` is "error", `error` holds the message and text/tokens what it had committed
   (the run goes on), appended as each finishes through `bench/rows.append_row`
   (under the folder's lock, fsynced, a torn last line cut off first).
+* Batched: rows are appended as prompts finish, so their order may differ from the input's (the
+  id says which); `seconds` is a prompt's wall time from its admission to its end, and the
+  summary's rate is over the run's wall time.
 * Resume: every id with a row in the output, error or not, is answered; only the others run, so
   each prompt has exactly one row. A torn last line (a killed writer's) is cut off before reading.
 * Under torchrun (`run_prompts(..., ranks=...)`): data parallel over the ranks, or, for a
@@ -23,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .bench.datasets import jsonl_lines
 from .bench.rows import append_row, complete_length, read_rows
@@ -109,7 +113,7 @@ def answered_ids(out: Path) -> set[str]:
 
 
 def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = False, progress: bool = True,
-                ranks: Ranks | None = None) -> RunSummary:
+                ranks: Ranks | None = None, batch_size: int | None = None) -> RunSummary:
     """Generate an answer to every prompt not yet in `out` and append its row; -> the summary.
     Without `resume`, an `out` that already holds rows is an error (nothing is overwritten).
 
@@ -117,7 +121,11 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
     lockstep and rank 0 writes the rows; otherwise the ranks split the prompts (data parallel:
     rank r answers prompts r, r + W, r + 2W, ... of the file, whatever is already answered, so no
     prompt has two owners) and each appends its own rows to `out` under its lock. Every rank reads
-    `out` before any writes (a barrier), and the summary is the whole group's (rank 0 prints it)."""
+    `out` before any writes (a barrier), and the summary is the whole group's (rank 0 prints it).
+
+    `batch_size` (default `generation.batch_size`) > 1 decodes that many prompts at once
+    (`Pipeline.batched`; with data-parallel ranks, on each rank's share); rows then come in the
+    order prompts finish."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -134,18 +142,12 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
     patient = patient_group(ranks) if ranks is not None and not lockstep else None  # for the end: shares end apart
     todo = [p for p in prompts if p.id not in done]
     summary = RunSummary(skipped=len(prompts) - len(todo))
+    batch = pipe.config.generation.batch_size if batch_size is None else batch_size
+    answers = _answers(pipe, todo, batch)  # a batch that cannot run fails here, before any row
     bar = tqdm(total=len(todo), unit="prompt", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    start = time.perf_counter()
     try:
-        for p in todo:
-            t0 = time.perf_counter()
-            try:
-                result, error = pipe.generate(p.text), None
-            except RankLost:  # the group is gone: end the run; this prompt stays unanswered
-                raise
-            except Exception as e:  # one failing prompt must not end the run: recorded in its row
-                result = e.partial if isinstance(e, JetSpecError) else None  # what it had committed
-                error = f"{type(e).__name__}: {e}"
-            seconds = time.perf_counter() - t0
+        for p, result, error, seconds in answers:
             row = {"id": p.id, "text": None, "tokens": 0, "tau": 0.0, "seconds": seconds, "stopped": "error"}
             if result is not None:
                 row.update(text=result.text, tokens=result.stats.new_tokens, tau=result.stats.tau)
@@ -162,7 +164,7 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
                                f"(its error is in its row): {error}")
             summary.done += 1
             summary.tokens += row["tokens"]
-            summary.seconds += seconds
+            summary.seconds = time.perf_counter() - start  # wall time: batched prompts overlap
             bar.update(1)
             bar.set_postfix_str(f"{summary.tokens / max(summary.seconds, 1e-9):.1f} tok/s", refresh=False)
     finally:
@@ -173,3 +175,35 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
         (seconds,) = sum_counts([summary.seconds], ranks, op="max", group=patient)  # the ranks decode side by side
         summary = RunSummary(int(done_), int(skipped), int(errors), int(tokens), seconds)
     return summary
+
+
+Answer = tuple[RunPrompt, Any, "str | None", float]  # prompt, GenerationResult or None, error line, seconds
+
+
+def _answers(pipe, todo: list[RunPrompt], batch_size: int) -> Iterator[Answer]:
+    """Each prompt's result as it finishes: one at a time (`generate`), or through the batched
+    engine. A failure is its error line, with what the prompt had committed (`partial`)."""
+    if batch_size == 1:
+        return (_one(pipe, p) for p in todo)
+    engine = pipe.batched(batch_size)
+
+    def batched() -> Iterator[Answer]:
+        for done in engine.run([p.text for p in todo]):
+            if isinstance(done.error, RankLost):
+                raise done.error
+            error = None if done.error is None else f"{type(done.error).__name__}: {done.error}"
+            yield todo[done.index], done.result, error, done.seconds
+
+    return batched()
+
+
+def _one(pipe, p: RunPrompt) -> Answer:
+    t0 = time.perf_counter()
+    try:
+        result, error = pipe.generate(p.text), None
+    except RankLost:  # the group is gone: end the run; this prompt stays unanswered
+        raise
+    except Exception as e:  # one failing prompt must not end the run: recorded in its row
+        result = e.partial if isinstance(e, JetSpecError) else None  # what it had committed
+        error = f"{type(e).__name__}: {e}"
+    return p, result, error, time.perf_counter() - t0

@@ -132,3 +132,17 @@ def test_the_builder_gives_each_slot_its_own_drafter_and_verifier():
     assert len(drafters) == len(verifiers) == 3 and id(pipe.drafter) not in drafters
     prompts = [[1, 2, 1, 2, 1], [7, 7, 7], [4, 5, 6, 4, 5]]
     assert [r.tokens for r in pipe.generate_many(prompts, batch_size=3)] == [pipe.generate(p).tokens for p in prompts]
+
+
+@pytest.mark.parametrize("batch_size, expected", [(1, ("triton", "paged")), (8, ("torch", "paged"))])
+def test_on_a_gpu_a_batched_config_gets_the_attention_that_batches(monkeypatch, batch_size, expected):
+    import importlib.util
+
+    from jetspec.core.config import PipelineConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    config = PipelineConfig.parse({"generation": {"batch_size": batch_size}})
+    assert (config.attention.name, config.kv_cache.name) == expected
+    named = PipelineConfig.parse({"attention": "triton", "generation": {"batch_size": batch_size}})
+    assert named.attention.name == "triton"  # a config's own choice stands (and batching then refuses it)

@@ -88,6 +88,8 @@ class PipelineConfig(BaseModel):
     def _device_policy(self) -> "PipelineConfig":
         if not {"attention", "kv_cache"} & self.model_fields_set:
             chosen = device_policy(self.target)
+            if chosen is not None and self.generation.batch_size > 1:
+                chosen = ("torch", "paged")  # only the reference attention reads packed batches so far
             if chosen is not None:
                 self.attention, self.kv_cache = Component(name=chosen[0]), Component(name=chosen[1])
         return self
@@ -113,7 +115,8 @@ class PipelineConfig(BaseModel):
 DEVICE_POLICY = """\
 device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
 and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
-otherwise the library defaults: attention "torch" over a "dense" KV cache."""
+otherwise the library defaults: attention "torch" over a "dense" KV cache. With batch_size > 1 on such
+a GPU: attention "torch" over a "paged" cache (one page pool for the batch)."""
 
 
 def device_policy(target: Component) -> tuple[str, str] | None:

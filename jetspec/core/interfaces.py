@@ -317,8 +317,8 @@ class ResettableVerifier(Protocol):
     """A verifier with per-sequence state (a sampling verifier's random stream)."""
 
     def reset(self, state: DecodeState) -> None:
-        """A new sequence starts: called once at the start of every `generate`, before its first
-        `accept` (a sampling verifier re-seeds there, so the same seed gives the same output)."""
+        """A new sequence starts: called once at the start of every `generate` (and of every
+        sequence of `generate_many`, on that slot's own verifier), before its first `accept` (a sampling verifier re-seeds there, so the same seed gives the same output)."""
         ...
 
 

@@ -17,10 +17,11 @@ proposal / tree strategies and `plain_greedy`, for authors who write their own p
 Needs `hypothesis` (`pip install 'jetspec[testing]'`).
 """
 
+from .batched import PromptOracle, assemble_batched
 from .conformance import check_attention_backend, check_drafter, check_kv_cache, check_scorer, check_verifier
 from .kv_semantics import ReferenceKV
 from .lossless import assemble, plain_greedy
-from .models import EOS, FAMILIES, TinyDecoder, any_tiny_target, tiny_decoder, tiny_hf_model, tiny_target
+from .models import EOS, FAMILIES, TinyDecoder, any_tiny_target, tiny_decoder, tiny_decoder_target, tiny_hf_model, tiny_target
 from .oracle import OracleDrafter, OracleOptions
 from .strategies import depth_marginals, draft_trees, proposals, token_tries, trees_and_choices
 from .subject import ConformanceError
@@ -31,10 +32,12 @@ __all__ = [
     "FAMILIES",
     "OracleDrafter",
     "OracleOptions",
+    "PromptOracle",
     "ReferenceKV",
     "TinyDecoder",
     "any_tiny_target",
     "assemble",
+    "assemble_batched",
     "check_attention_backend",
     "check_drafter",
     "check_kv_cache",
@@ -45,6 +48,7 @@ __all__ = [
     "plain_greedy",
     "proposals",
     "tiny_decoder",
+    "tiny_decoder_target",
     "tiny_hf_model",
     "tiny_target",
     "token_tries",

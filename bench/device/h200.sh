@@ -11,6 +11,9 @@
 # kernels          bench/kernel_bench.py -> $OUT/kernels.jsonl
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
+# batched          bench/batched_throughput.py (issue 20): ours speculative and plain through the batched engine
+#                  (reference attention, paged KV) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
+#                  BATCHED_PROMPTS (64) GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.jsonl
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
 # corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,
 #                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
@@ -175,6 +178,11 @@ for step in "$@"; do
       H=(); for k in jetspec=causal dflash=dflash eagle=eagle; do
         [ -f $HEADS/${k#*=}/head.json ] && H+=(--head "${k%%=*}=$HEADS/${k#*=}"); done
       timeout 300 python3 bench/decode_speed.py --target $M --prompts 6 --new 256 "${H[@]}" --out $OUT/decode_speed.jsonl 2>&1 | tee $OUT/decode_speed.log | grep -v Warning
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    batched)
+      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
+      timeout 560 python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-64} --b1-prompts 16 --new 256 \
+        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} --out $OUT/batched_throughput.jsonl 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

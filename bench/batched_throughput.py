@@ -1,0 +1,165 @@
+"""Throughput of batched decoding (issue #20): `jetspec run`-style speculative decoding at batch
+sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` batched `generate()`,
+same target, same prompts, same run.
+
+    python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
+        [--budget 16] [--b1-prompts 16] --out bench/results/batched_throughput.jsonl
+
+Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
+    plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed
+    spec@B     our engine, `generate_many(batch_size=B)`: n-gram drafts (or --drafter), best-first,
+               budget --budget, rows capped by --max-verify-rows
+    hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
+
+Both of ours run the decoder with the reference attention over a paged cache (the batched
+engine's path; no CUDA graphs). tokens/s = tokens generated (to EOS or --new) / wall time of the
+whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
+output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow); `x_plain` = spec@B /
+plain@B, `x_hf` = plain@B / hf@B. One JSON row per variant is appended to --out, with the command,
+machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import jetspec
+from jetspec.bench.datasets import prompts_dir, read_jsonl
+from jetspec.bench.rows import append_row, run_row
+
+
+def read_prompts(path: Path, n: int) -> list[str]:
+    """The first n prompts of a JSONL file (`question`, `prompt`, `problem` or `text` field)."""
+    from jetspec.runs import prompt_text
+
+    texts = [t for t in (prompt_text(r) for r in read_jsonl(path)) if t]
+    if not texts:
+        raise SystemExit(f"batched_throughput: no prompts in {path}")
+    return texts[:n]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(device: str, run: Callable[[], Any]) -> tuple[Any, float]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = run()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def hf_generate(model: Any, ids: list[list[int]], batch_size: int, new: int, pad: int, eos: set[int], device: str) -> list[list[int]]:
+    """`transformers` greedy `generate()` on batches of left-padded prompts; each output cut after
+    its first EOS (what our engine returns)."""
+    outs = []
+    for b in range(0, len(ids), batch_size):
+        batch = ids[b : b + batch_size]
+        width = max(map(len, batch))
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)  # [b, width]
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)  # [b, width]
+        with torch.no_grad():
+            y = model.generate(x, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=pad)
+        for row in y[:, width:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            outs.append(row[:cut])
+    return outs
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", required=True, help="a Hugging Face model folder")
+    ap.add_argument("--prompts-file", help="JSONL of prompts (default: gsm8k_test.jsonl of the shared prompt sets)")
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--b1-prompts", type=int, default=16, help="prompts run at batch size 1 (the identity reference)")
+    ap.add_argument("--new", type=int, default=256, help="max new tokens")
+    ap.add_argument("--batch-sizes", default="1,8,32,64")
+    ap.add_argument("--drafter", default="ngram")
+    ap.add_argument("--budget", type=int, default=16)
+    ap.add_argument("--max-verify-rows", type=int, default=None)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
+    ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
+    args = ap.parse_args(argv)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"batched_throughput: --batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    texts = read_prompts(Path(args.prompts_file) if args.prompts_file else prompts_dir() / "gsm8k_test.jsonl", args.prompts)
+    stamp = run_row("python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]), {})
+    stamp = {k: stamp[k] for k in ("date", "machine", "command", "torch")} | {"device": args.device, "dtype": args.dtype}
+
+    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, cuda_graphs=False)
+            .attention("torch").kv_cache("paged").drafter(args.drafter)
+            .generation(budget=args.budget, max_new_tokens=args.new, max_verify_rows=args.max_verify_rows).build())
+    ids = [pipe.encode(t) for t in texts]
+    rows: list[dict[str, Any]] = []
+
+    def ours(batch: int, speculative: bool, prompts: list[list[int]]) -> tuple[list[list[int]], float, float]:
+        pipe.generate_many(prompts[:2], batch_size=min(batch, 2), max_new_tokens=4, speculative=speculative)  # warm-up
+        results, seconds = timed(args.device, lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative))
+        outs = [r.tokens for r in results]
+        rounds = sum(r.stats.rounds for r in results)
+        return outs, seconds, sum(map(len, outs)) / max(rounds, 1)  # tau: tokens per sequence-round
+
+    def record(variant: str, batch: int, outs: list[list[int]], seconds: float, reference: list[list[int]], **extra: Any) -> None:
+        tokens = sum(map(len, outs))
+        same = [o == r for o, r in zip(outs, reference)]
+        row = dict(kind="batched", variant=f"{variant}@{batch}", engine=variant, batch_size=batch, prompts=len(outs),
+                   max_new_tokens=args.new, tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
+                   identical=sum(same) / len(same), **extra, **stamp)
+        rows.append(row)
+        print(f"{row['variant']:>10}  {row['tokens_per_s']:9.1f} tok/s  identical {row['identical']:.2f}"
+              + (f"  tau {extra['tau']:.2f}" if "tau" in extra else ""), flush=True)
+
+    reference, _, _ = ours(1, False, ids[: args.b1_prompts])
+    for b in sizes:
+        prompts = ids[: args.b1_prompts] if b == 1 else ids
+        outs, s, _ = ours(b, False, prompts)
+        record("plain", b, outs, s, reference)
+        outs, s, tau = ours(b, True, prompts)
+        record("spec", b, outs, s, reference, tau=tau, drafter=args.drafter, budget=args.budget,
+               max_verify_rows=args.max_verify_rows)
+    if not args.no_hf:
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(args.device).eval()
+        eos = set(pipe.target.info.eos_token_ids)
+        tok = pipe.target.tokenizer
+        pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else min(eos)
+        for b in sizes:
+            prompts = ids[: args.b1_prompts] if b == 1 else ids
+            hf_generate(model, prompts[:2], min(b, 2), 4, pad, eos, args.device)  # warm-up
+            outs, s = timed(args.device, lambda: hf_generate(model, prompts, b, args.new, pad, eos, args.device))
+            record("hf", b, outs, s, reference)
+    by = {r["variant"]: r["tokens_per_s"] for r in rows}
+    for r in rows:
+        b = r["batch_size"]
+        if r["engine"] == "spec":
+            r["x_plain"] = r["tokens_per_s"] / by[f"plain@{b}"]
+        if r["engine"] == "plain" and f"hf@{b}" in by:
+            r["x_hf"] = r["tokens_per_s"] / by[f"hf@{b}"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        append_row(out, r)
+    for b in sizes:
+        line = f"batch {b:>3}: spec / plain = {by[f'spec@{b}'] / by[f'plain@{b}']:.2f}x"
+        if f"hf@{b}" in by:
+            line += f", plain / hf = {by[f'plain@{b}'] / by[f'hf@{b}']:.2f}x"
+        print(line)
+    print(f"{len(rows)} rows appended to {out}")
+
+
+if __name__ == "__main__":
+    main()

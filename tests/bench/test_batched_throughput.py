@@ -1,0 +1,36 @@
+"""`python -m bench.batched_throughput` end to end on a CPU with a tiny model: the code path the H200
+step `batched` runs (ours plain and speculative at several batch sizes, transformers generate()
+batched), one row per variant with the command, machine and date; ours equal batch-1 plain."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from support.hf_folder import save_tiny_hf_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
+    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz", "ok"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}  # no path help
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "5", "--b1-prompts", "3", "--new", "6", "--batch-sizes", "1,4", "--budget", "4",
+           "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "plain@4", "spec@4", "hf@1", "hf@4"]
+    for r in rows:
+        assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r)
+        assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
+        assert r["prompts"] == (3 if r["batch_size"] == 1 else 5)
+    ours = [r for r in rows if r["engine"] in ("plain", "spec")]
+    assert all(r["identical"] == 1.0 for r in ours)  # fp32: every prompt equals its batch-1 plain output
+    assert all("x_plain" in r for r in rows if r["engine"] == "spec") and all("x_hf" in r for r in rows if r["engine"] == "plain")
+    assert "spec / plain" in proc.stdout and "6 rows appended" in proc.stdout

@@ -15,6 +15,7 @@ from jetspec.core.batch import BatchMeta
 from jetspec.core.errors import ConfigError, IncompatibleError, InputError, JetSpecError
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.tree import DraftTree
+from jetspec.kernels.reference import TorchAttention
 from jetspec.testing.batched import PromptOracle, assemble_batched
 from jetspec.testing.lossless import plain_greedy
 from jetspec.testing.models import TinyDecoder, tiny_decoder, tiny_target
@@ -108,11 +109,13 @@ def test_what_cannot_batch_is_refused_in_one_line():
     one_line(e.value)
     assert [r.tokens for r in hf.generate_many([[1, 2]], batch_size=1)] == [hf.generate([1, 2]).tokens]  # batch 1: no batching needed
 
-    from jetspec.kernels.triton_backend import TritonAttention
+    class OneSequenceAttention(TorchAttention):  # an attention backend without the batched form
+        attend_batch = None
 
-    tri = jetspec.builder(REG).target(TinyDecoder(0, attention=TritonAttention())).drafter("ngram").build()
-    with pytest.raises(IncompatibleError, match=r"TritonAttention has no batched form \(attend_batch\); batched decoding .* runs with attention 'torch'") as e:
-        tri.generate_many([[1, 2]], batch_size=2)
+    one = jetspec.builder(REG).target(TinyDecoder(0, attention=OneSequenceAttention())).drafter("ngram").build()
+    with pytest.raises(IncompatibleError, match=r"OneSequenceAttention has no batched form \(attend_batch\); batched decoding "
+                                                r"\(batch_size > 1\) runs with attention 'torch' or 'triton'") as e:
+        one.generate_many([[1, 2]], batch_size=2)
     one_line(e.value)
 
     with pytest.raises(ConfigError, match=r"max_verify_rows \(2\) must be at least batch_size \(4\): every sequence verifies at least its root"):

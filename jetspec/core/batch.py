@@ -109,7 +109,7 @@ def batch_attention_problem(attention: AttentionBackend) -> str | None:
     if isinstance(attention, BatchedAttention):
         return None
     return (f"attention backend {type(attention).__name__} has no batched form (attend_batch); batched decoding "
-            "(batch_size > 1) runs with attention 'torch' for now")
+            "(batch_size > 1) runs with attention 'torch' or 'triton' (not 'cute' yet)")
 
 
 @dataclass

@@ -52,7 +52,7 @@ class GenerationConfig(BaseModel):
         "auto", description="accept on the target's device and stage the KV commit there, where the verifier and cache can "
         "(one small read-back per round); auto: unless the target runs on the CPU, where the host walk costs less")
     batch_size: int = Field(1, ge=1, le=4096, description="sequences decoded at once by generate_many and `jetspec run` "
-                            "(continuous batching; > 1 needs target 'decoder' with attention 'torch')")
+                            "(continuous batching; > 1 needs target 'decoder', attention 'torch' or 'triton' (exact = false, kv_cache 'paged'))")
     max_verify_rows: int | None = Field(None, ge=1, le=1 << 20, description="cap on the tree rows verified per step over "
                                         "all sequences (each gets min(budget, cap // sequences - 1) drafts); none: no cap")
 
@@ -89,7 +89,9 @@ class PipelineConfig(BaseModel):
         if not {"attention", "kv_cache"} & self.model_fields_set:
             chosen = device_policy(self.target)
             if chosen is not None and self.generation.batch_size > 1:
-                chosen = ("torch", "paged")  # only the reference attention reads packed batches so far
+                # triton would turn the decoder's exact mode on (its default on CUDA), which verifies one
+                # sequence at a time: a batch gets torch (name triton with exact = false for its packed kernel)
+                chosen = ("torch", "paged")
             if chosen is not None:
                 self.attention, self.kv_cache = Component(name=chosen[0]), Component(name=chosen[1])
         return self
@@ -116,7 +118,8 @@ DEVICE_POLICY = """\
 device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
 and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
 otherwise the library defaults: attention "torch" over a "dense" KV cache. With batch_size > 1 on such
-a GPU: attention "torch" over a "paged" cache (one page pool for the batch)."""
+a GPU: attention "torch" over a "paged" cache (one page pool for the batch; name attention "triton" and
+the target's exact = false for the packed Triton kernel)."""
 
 
 def device_policy(target: Component) -> tuple[str, str] | None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal
+from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import IncompatibleError
-from ..core.interfaces import AttentionMeta, KVCache
+from ..core.batch import BatchMeta
+from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
 from .row_inputs import RowKernelInputs
 
 
@@ -111,6 +112,7 @@ class TritonAttention(RowKernelInputs):
         self.invariant = invariant  # the position-invariant kernel (triton_invariant_attention.py)
         super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
+        self._packed: tuple | None = None  # (BatchMeta, block_m, its packed device inputs): per forward
 
     def position_invariant(self) -> "TritonAttention":
         return TritonAttention(self.options, invariant=True)
@@ -130,6 +132,49 @@ class TritonAttention(RowKernelInputs):
             q, k_rows, v_rows, slots, sizes, prefix, scale, c.block_m, c.block_n, c.num_splits, c.num_warps, c.num_stages))
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale,
                                     cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
+
+    def attend_batch(self, q: torch.Tensor, caches: Sequence[KVCache], layer: int, meta: BatchMeta,
+                     scale: float) -> torch.Tensor:
+        """`BatchedAttention`: the packed rows of S sequences in one launch (`packed_tree_attention`:
+        a tile table maps each tile to its sequence's rows, T_s and slot map). The caches must share
+        one pool (kv_cache 'paged', whose `sequences` the batched engine uses); one sequence may
+        have any cache this backend reads."""
+        if self.invariant:
+            raise IncompatibleError("the position-invariant triton kernel (exact = true) verifies one sequence at a time; "
+                                    "batched decoding runs with exact = false")
+        q = q.contiguous()  # [R, Hq, D]
+        k_rows, v_rows, _ = self._kv_rows(caches[0], layer)  # [rows, Hkv, D] x 2
+        if any(not isinstance(c, RowKVCache) or c.k is not caches[0].k for c in caches[1:]):
+            raise IncompatibleError("the triton attention backend verifies a batch whose sequences share one page pool "
+                                    "(kv_cache 'paged'); these sequences have separate caches")
+        slots = [self._kv_rows(c, layer)[2] for c in caches]
+        for s, m in enumerate(meta.seqs):
+            self._check(q[meta.rows(s)], k_rows, m, slots[s])
+        from .triton_tree_attention import packed_tree_attention  # lazy: triton only when used
+
+        r, hq, d = q.shape
+        hkv = k_rows.shape[1]
+        sizes = [meta.cu_rows[s + 1] - meta.cu_rows[s] for s in range(meta.num_sequences)]
+        keys = max(m.prefix_len + n for m, n in zip(meta.seqs, sizes))
+        cfg = self.config(max(sizes), hq // hkv, hkv, keys, d, q)
+        splits = self.options.num_splits or max(1, cfg.num_splits // meta.num_sequences)  # the sequences fill the GPU too
+        flat, subtree, prefix, tiles = self._packed_inputs(meta, slots, hq // hkv, cfg.block_m, q.device)
+        return packed_tree_attention(q, k_rows, v_rows, flat, subtree, prefix, tiles, scale, cfg.block_m, cfg.block_n,
+                                     splits, cfg.num_warps, cfg.num_stages)
+
+    def _packed_inputs(self, meta: BatchMeta, slots: list[torch.Tensor], group: int, block_m: int, device: torch.device):
+        """-> slot maps end to end [sum_s (T_s + N_s)] int32, subtree sizes [R] int32, T_s [S] int32,
+        tile table [tiles, 5] int32: made once per forward (the first layer), shared by the rest."""
+        if self._packed is None or self._packed[0] is not meta or self._packed[1] != block_m:
+            from .triton_tree_attention import pack_tiles
+
+            lengths = [m.prefix_len + m.num_queries for m in meta.seqs]
+            starts = [sum(lengths[:s]) for s in range(len(lengths))]
+            flat = torch.cat([sl[:n] for sl, n in zip(slots, lengths)]).to(device=device, dtype=torch.int32)
+            tiles = pack_tiles(list(meta.cu_rows), starts, group, block_m).to(device)
+            self._packed = (meta, block_m, (flat, meta.subtree_sizes.to(device=device, dtype=torch.int32).contiguous(),
+                                  meta.prefix_lens.to(device=device, dtype=torch.int32), tiles))
+        return self._packed[2]
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import BLOCK_N, invariant_tree_attention

@@ -12,6 +12,11 @@ over the logical keys t the tree mask lets i see (the interval rule, computed he
 Key t lives in row slots[t] of the layer's pool viewed as [rows, Hkv, D] (a paged cache's slot
 map; a dense cache is the identity map). No N x N mask exists anywhere.
 
+Packed batches (`packed_tree_attention`, `PACKED`): the query rows of S sequences end to end over
+one shared page pool. A tile table gives each tile its sequence (first row, N_s, T_s, where its
+slot map starts in the concatenated one); a tile never spans two sequences, so within its tile
+everything below runs as for that sequence alone.
+
 Work split (one program = one tile of BLOCK_M packed rows x one kv head x one split of the keys):
 * GQA packing: row r of a tile is (token r // G, head kvh * G + r % G), so all G query heads of
   a kv head share every K/V tile that is loaded (one load, G times the FLOPs per byte).
@@ -80,27 +85,39 @@ def _attend_block(
 
 @triton.jit
 def _tree_attention_fwd(
-    Q, K, V, SLOTS, SIZES, PREFIX, O, O_PART, LSE_PART, COUNTERS,
+    Q, K, V, SLOTS, SIZES, PREFIX, O, O_PART, LSE_PART, COUNTERS, TILES,
     n_queries, qk_scale,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, FUSED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     num_splits = tl.num_programs(2)
-    prefix_len = tl.load(PREFIX)  # T, read on device so a captured graph serves any T
+    if PACKED:  # the rows of several sequences; this tile's sequence from TILES (`pack_tiles`)
+        row0 = tl.load(TILES + tile * 5)  # its first packed query row
+        n_seq = tl.load(TILES + tile * 5 + 1)  # its queries N_s
+        local = tile - tl.load(TILES + tile * 5 + 2)  # this tile's index within the sequence
+        SLOTS += tl.load(TILES + tile * 5 + 3)  # its slot map inside the concatenated one
+        prefix_len = tl.load(PREFIX + tl.load(TILES + tile * 5 + 4))  # its T_s
+        SIZES += row0
+    else:
+        row0 = 0
+        n_seq = n_queries
+        local = tile
+        prefix_len = tl.load(PREFIX)  # T, read on device so a captured graph serves any T
 
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows
-    tok = offs_m // GROUP  # [BLOCK_M] query token
+    offs_m = local * BLOCK_M + tl.arange(0, BLOCK_M)  # packed (token, head) rows of the sequence
+    tok = offs_m // GROUP  # [BLOCK_M] query token within its sequence
     head = kvh * GROUP + offs_m % GROUP  # [BLOCK_M] query head
-    row_ok = tok < n_queries
+    row_ok = tok < n_seq
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + tok[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+    q = tl.load(Q + (row0 + tok)[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)  # [BLOCK_M, D]
     if UPCAST:
         q = q.to(tl.float32)
 
-    last_tok = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // GROUP, n_queries - 1)
+    last_tok = tl.minimum((local * BLOCK_M + BLOCK_M - 1) // GROUP, n_seq - 1)
     kv_end = prefix_len + last_tok + 1  # keys at or past this are invisible to every row here
     n_blocks = tl.cdiv(kv_end, BLOCK_N)
     per_split = tl.cdiv(n_blocks, num_splits)
@@ -124,7 +141,7 @@ def _tree_attention_fwd(
     out = acc / l_safe[:, None]
     if SPLIT:  # partials [S, N, Hq, D] and lse [S, N, Hq], contiguous
         hq = tl.num_programs(1) * GROUP
-        flat = (split * n_queries + tok) * hq + head  # [BLOCK_M] row of (split, token, head)
+        flat = (split * n_queries + row0 + tok) * hq + head  # [BLOCK_M] row of (split, token, head)
         tl.store(O_PART + flat[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None])
         lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
         tl.store(LSE_PART + flat, lse, mask=row_ok)
@@ -134,7 +151,7 @@ def _tree_attention_fwd(
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")  # splits done before us
             if arrived == num_splits - 1:  # last of this (tile, kv head): merge every split's partial
                 tl.debug_barrier()
-                rows0 = tok * hq + head  # [BLOCK_M] row of (token, head) in split 0
+                rows0 = (row0 + tok) * hq + head  # [BLOCK_M] row of (token, head) in split 0
                 lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
                 for s in range(0, num_splits):
                     lse_s = tl.load(LSE_PART + s * n_queries * hq + rows0, mask=row_ok, other=float("-inf"),
@@ -152,11 +169,11 @@ def _tree_attention_fwd(
                     num += w[:, None] * o_s
                     den += w
                 out = num / tl.where(den > 0, den, 1.0)[:, None]
-                o_ptr = O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
+                o_ptr = O + (row0 + tok)[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
                 tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
                 tl.atomic_xchg(counter, 0)  # every split has arrived: ready for the next launch / replay
     else:
-        o_ptr = O + tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
+        o_ptr = O + (row0 + tok)[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -201,10 +218,55 @@ def paged_tree_attention(
 ) -> torch.Tensor:
     """q [N, Hq, D]; k_rows, v_rows [R, Hkv, D] (a layer's pool, rows flattened); slots [>= T + N]
     int32 pool row of each logical key; subtree_sizes [N] int32; prefix_len [1] int32 (T) -> [N, Hq, D]."""
+    n, hq, _ = q.shape
+    tiles = triton.cdiv(n * (hq // k_rows.shape[1]), block_m)
+    return _launch(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, None, tiles, scale, block_m, block_n, num_splits,
+                   num_warps, num_stages)
+
+
+@torch.library.custom_op("jetspec::packed_tree_attention", mutates_args=())
+def packed_tree_attention(
+    q: torch.Tensor,
+    k_rows: torch.Tensor,
+    v_rows: torch.Tensor,
+    slots: torch.Tensor,
+    subtree_sizes: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tiles: torch.Tensor,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    num_splits: int,
+    num_warps: int,
+    num_stages: int,
+) -> torch.Tensor:
+    """The packed rows of S sequences over one pool (`core/batch.py`): q [R, Hq, D]; k_rows,
+    v_rows [rows, Hkv, D]; slots [sum_s (T_s + N_s)] int32, the sequences' slot maps end to end;
+    subtree_sizes [R] int32 (each within its own tree); prefix_lens [S] int32 (T_s); tiles
+    [tiles, 5] int32 from `pack_tiles` for this `block_m` -> [R, Hq, D]. A tile never spans two
+    sequences, so each reads only its own sequence's keys, exactly as `paged_tree_attention` of
+    that sequence alone would."""
+    return _launch(q, k_rows, v_rows, slots, subtree_sizes, prefix_lens, tiles, tiles.shape[0], scale, block_m, block_n,
+                   num_splits, num_warps, num_stages)
+
+
+def pack_tiles(cu_rows: list[int], slot_starts: list[int], group: int, block_m: int) -> torch.Tensor:
+    """The tile table of a packed launch: sequence s (rows cu_rows[s] .. cu_rows[s + 1] - 1, its
+    slot map at slot_starts[s]) gets cdiv(N_s * group, block_m) tiles, each a row
+    (first row, N_s, first tile of s, slot map offset, s) -> [tiles, 5] int32 on the host."""
+    rows: list[list[int]] = []
+    for s in range(len(cu_rows) - 1):
+        n = cu_rows[s + 1] - cu_rows[s]
+        first = len(rows)
+        rows += [[cu_rows[s], n, first, slot_starts[s], s]] * triton.cdiv(n * group, block_m)
+    return torch.tensor(rows, dtype=torch.int32).view(-1, 5)
+
+
+def _launch(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, tiles_table, tiles, scale, block_m, block_n, num_splits,
+            num_warps, num_stages) -> torch.Tensor:
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
     out = torch.empty_like(q)  # [N, Hq, D]
-    tiles = triton.cdiv(n * (hq // hkv), block_m)
     split = num_splits > 1
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (3.9); there, dot in fp32 instead.
     upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
@@ -218,12 +280,12 @@ def paged_tree_attention(
     fused = counters is not None
     _tree_attention_fwd[(tiles, hkv, num_splits)](
         q, k_rows, v_rows, slots, subtree_sizes, prefix_len, out, o_part, lse_part,
-        counters if fused else subtree_sizes,
+        counters if fused else subtree_sizes, tiles_table if tiles_table is not None else subtree_sizes,
         n, scale * LOG2E,
         q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1),
         out.stride(0), out.stride(1),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, FUSED=fused,
-        PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", UPCAST=upcast,
+        PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", UPCAST=upcast, PACKED=tiles_table is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split and not fused:
@@ -260,9 +322,14 @@ def _(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, scale, block_m, block
     return torch.empty_like(q)
 
 
+@packed_tree_attention.register_fake
+def _(q, k_rows, v_rows, slots, subtree_sizes, prefix_lens, tiles, scale, block_m, block_n, num_splits, num_warps, num_stages):
+    return torch.empty_like(q)
+
+
 def flops(n: int, num_heads: int, keys: int, head_dim: int) -> int:
     """Matmul FLOPs of N queries over `keys` keys: QK^T and PV, 2 each per multiply-add."""
     return 4 * n * num_heads * keys * head_dim
 
 
-__all__ = ["flops", "paged_tree_attention"]
+__all__ = ["flops", "pack_tiles", "packed_tree_attention", "paged_tree_attention"]

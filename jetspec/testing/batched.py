@@ -25,7 +25,7 @@ from ..core.pipeline import Pipeline, first_difference
 from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier
 from .lossless import MAX_BUDGET, MAX_NEW, PROMPTS, plain_greedy
-from .models import VOCAB, TinyDecoder
+from .models import VOCAB
 from .oracle import OracleDrafter, OracleOptions
 from .subject import ConformanceError, Subject, run_property
 
@@ -64,11 +64,11 @@ def assemble_batched(
     )
 
 
-def check_batched_lossless(s: Subject, build: Callable[[TinyDecoder, Callable, int | None], Pipeline], examples: int,
+def check_batched_lossless(s: Subject, build: Callable[[int, Callable, int | None], Pipeline], examples: int,
                            seed: int | None, shrink: bool = True) -> None:
     """Each prompt of a random batch decodes exactly as plain greedy decodes it alone.
-    `build(target, answer, max_verify_rows)` -> a pipeline for `generate_many` (`answer` as
-    `PromptOracle` takes it)."""
+    `build(model_seed, answer, max_verify_rows)` -> a pipeline for `generate_many` whose target is
+    `TinyDecoder(model_seed)` (with any attention backend), `answer` as `PromptOracle` takes it."""
     counter = iter(range(1 << 30))
 
     @given(
@@ -81,11 +81,10 @@ def check_batched_lossless(s: Subject, build: Callable[[TinyDecoder, Callable, i
     )
     def batched(model_seed, prompts, batch_size, budget, max_new, data):
         cap = data.draw(st.one_of(st.none(), st.integers(batch_size, 8 * batch_size)))
-        target = _tiny(model_seed)
         where = (f"batched example {next(counter)} (kit seed {seed}): target tiny-decoder-{model_seed}, {len(prompts)} "
                  f"prompts, batch_size {batch_size}, budget {budget}, max_verify_rows {cap}, max_new_tokens {max_new}")
         try:
-            pipe = build(target, lambda prompt: plain_greedy("decoder", model_seed, prompt), cap)
+            pipe = build(model_seed, lambda prompt: plain_greedy("decoder", model_seed, prompt), cap)
             results = pipe.generate_many([list(p) for p in prompts], batch_size=batch_size, max_new_tokens=max_new, budget=budget)
         except ConformanceError as e:
             raise ConformanceError(f"{e}; {where}") from None
@@ -101,12 +100,6 @@ def check_batched_lossless(s: Subject, build: Callable[[TinyDecoder, Callable, i
                                            f"{expected[i] if i < len(expected) else 'the end'}); {where}")
 
     run_property(batched, examples, seed, shrink)
-
-
-def _tiny(seed: int) -> TinyDecoder:
-    from .models import tiny_decoder
-
-    return tiny_decoder(seed)
 
 
 def default_batched(examples: int) -> int:

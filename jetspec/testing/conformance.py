@@ -27,14 +27,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ..core.interfaces import AttentionBackend, DecodeState, Drafter, TreeScorer, Verifier
+from ..core.interfaces import AttentionBackend, BatchedAttention, DecodeState, Drafter, TreeScorer, Verifier
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
 from .batched import PromptOracle, assemble_batched, check_batched_lossless, default_batched
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
-from .models import FAMILIES, VOCAB, TinyDecoder
+from .models import FAMILIES, VOCAB, TinyDecoder, tiny_decoder
 from .on_device import check_accepts_on_device, check_commits_on_device
 from .optional_members import check_drafter_members, check_graph_safe, check_kv_rows, check_verifier_members
 from .oracle import OracleDrafter, OracleOptions
@@ -100,8 +100,11 @@ def check_drafter(
     scale = default_examples(examples) if at_scale is None else at_scale
     if scale:
         check_at_scale(s, lambda t: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
-    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
-        t, lambda: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap))
+    def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
+        t = tiny_decoder(model_seed)
+        return assemble_batched(t, lambda: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap)
+
+    _check_batched(s, batched, examples, seed, shrink, batched_pipeline)
 
 
 def _check_batched(s: Subject, batched: int | None, examples: int, seed: int | None, shrink: bool, build: Callable) -> None:
@@ -133,8 +136,8 @@ def check_scorer(
     check_lossless(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), scorer=CheckedScorer(s, build(s))), examples, targets, seed
     )
-    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
-        t, lambda: PromptOracle(answer), scorer=CheckedScorer(s, build(s)), max_verify_rows=cap))
+    _check_batched(s, batched, examples, seed, shrink, lambda model_seed, answer, cap: assemble_batched(
+        tiny_decoder(model_seed), lambda: PromptOracle(answer), scorer=CheckedScorer(s, build(s)), max_verify_rows=cap))
 
 
 # ---------------------------------------------------------------------------- verifier
@@ -184,8 +187,9 @@ def check_verifier(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), verifier=CheckedVerifier(s, build(s), VOCAB)),
         examples, targets, seed, shrink,
     )
-    _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
-        t, lambda: PromptOracle(answer), new_verifier=lambda: CheckedVerifier(s, build(s), VOCAB), max_verify_rows=cap))
+    _check_batched(s, batched, examples, seed, shrink, lambda model_seed, answer, cap: assemble_batched(
+        tiny_decoder(model_seed), lambda: PromptOracle(answer), new_verifier=lambda: CheckedVerifier(s, build(s), VOCAB),
+        max_verify_rows=cap))
 
 
 # ---------------------------------------------------------------------------- kv cache
@@ -214,8 +218,11 @@ def check_kv_cache(
 
     check_lossless(s, pipeline, examples, targets if device == "cpu" else ("decoder",), seed, shrink)
     if device == "cpu":
-        _check_batched(s, batched, examples, seed, shrink, lambda t, answer, cap: assemble_batched(
-            t, lambda: PromptOracle(answer), new_cache=lambda c: build(s, t.info, c), max_verify_rows=cap))
+        def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
+            t = tiny_decoder(model_seed)
+            return assemble_batched(t, lambda: PromptOracle(answer), new_cache=lambda c: build(s, t.info, c), max_verify_rows=cap)
+
+        _check_batched(s, batched, examples, seed, shrink, batched_pipeline)
 
 
 # ---------------------------------------------------------------------------- attention
@@ -224,9 +231,11 @@ def check_attention_backend(
     attention: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, kv_cache: Component = "dense", device: str = "cpu",
     dtype: torch.dtype = torch.float32, head_dims: tuple[int, ...] = (8, 16), atol: float = 1e-4, rtol: float = 1e-4,
+    batched: int | None = None, batched_kv_cache: Component = "paged",
 ) -> None:
     """Matches `tree_attention` on random trees (through the `kv_cache` it is paired with); then
-    lossless as the attention of `TinyDecoder` (the only tiny target that uses a backend)."""
+    lossless as the attention of `TinyDecoder` (the only tiny target that uses a backend); then,
+    for a backend with `attend_batch`, lossless in batches over `batched_kv_cache` caches."""
     s = resolve("attention", attention, options, registry)
     _static(s)
     backend = check_instance(s, build(s), AttentionBackend)
@@ -243,3 +252,12 @@ def check_attention_backend(
         return assemble(target, drafter=_oracle(ex), new_cache=lambda c: new_cache(target.info, c))
 
     check_lossless(s, pipeline, examples, ("decoder",), seed, shrink)
+    if isinstance(backend, BatchedAttention):  # optional: without it, batching refuses the backend in one line
+        batch_cache = resolve("kv_cache", batched_kv_cache, None, s.registry)
+
+        def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
+            target = TinyDecoder(model_seed, attention=build(s), device=device)
+            return assemble_batched(target, lambda: PromptOracle(answer), max_verify_rows=cap,
+                                    new_cache=lambda c: batch_cache.impl.factory(batch_cache.options, target.info, c))
+
+        _check_batched(s, batched, examples, seed, shrink, batched_pipeline)

@@ -40,14 +40,15 @@ def kv_buffering(ttgir: str) -> str:
     return f"kv buffers {bufs.group(1) if bufs else 0}, overlap {'yes' if any(waits) else 'no'}"
 
 
-def tree_attention(dtype, head_dim, block_m, block_n, split, fused, warps, stages, group=4):
+def tree_attention(dtype, head_dim, block_m, block_n, split, fused, warps, stages, group=4, packed=False):
     types = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", SIZES="*i32", PREFIX="*i32", O=f"*{dtype}",
-                 O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", n_queries="i32", qk_scale="fp32",
+                 O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", TILES="*i32", n_queries="i32", qk_scale="fp32",
                  **{s: "i32" for s in STRIDES})
     consts = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, FUSED=fused,
-                  PRECISION="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
+                  PRECISION="ieee" if dtype == "fp32" else "tf32", UPCAST=False, PACKED=packed)
     k = compile_for_sm90(kernels._tree_attention_fwd, types, consts, num_warps=warps, num_stages=stages)
-    name = f"tree_attention {dtype} d{head_dim} m{block_m} n{block_n} w{warps} s{stages} split={split} fused={fused}"
+    name = (f"tree_attention {dtype} d{head_dim} m{block_m} n{block_n} w{warps} s{stages} split={split} fused={fused}"
+            + (" packed" if packed else ""))
     assert k.metadata.shared <= SMEM, (name, k.metadata.shared)
     print(f"{name}: ok, {k.metadata.shared} B shared, {kv_buffering(k.asm['ttgir'])}", flush=True)
 
@@ -59,6 +60,9 @@ tree_attention("fp32", 64, 64, 64, True, False, 4, 2)
 for n in (1, 64, 256):
     c = choose_config(n, 4, 8, 16384 + n, 128, 132)
     tree_attention("bf16", 128, c.block_m, c.block_n, c.num_splits > 1, c.num_splits > 1, c.num_warps, c.num_stages)
+# packed rows of several sequences (batched decoding), decode-sized and tree-sized tiles
+tree_attention("bf16", 128, 16, 128, False, False, 4, 5, packed=True)
+tree_attention("bf16", 128, 64, 128, True, True, 4, 5, packed=True)
 # the deep-pipeline shapes autotuning adds (they may exceed shared memory on other triton versions:
 # autotuning skips those, so only report them here)
 for n in (1, 256):

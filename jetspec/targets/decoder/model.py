@@ -114,7 +114,7 @@ class DecoderTarget:
             return "tensor_parallel > 1 verifies one sequence at a time; batched decoding runs on one GPU (tensor_parallel = 1)"
         if self.info.exact:
             return ("exact = true writes K/V through one sequence's slot map (invariant kernels); batched decoding "
-                    "(batch_size > 1) runs with exact = false and attention 'torch' for now")
+                    "(batch_size > 1) runs with exact = false (attention 'torch', or 'triton' over a 'paged' cache)")
         return batch_attention_problem(self.attention)
 
     @torch.no_grad()

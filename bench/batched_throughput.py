@@ -11,8 +11,9 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
                budget --budget, rows capped by --max-verify-rows
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
 
-Both of ours run the decoder with the reference attention over a paged cache (the batched
-engine's path; no CUDA graphs). tokens/s = tokens generated (to EOS or --new) / wall time of the
+Both of ours run the decoder over one paged page pool with the packed Triton kernel (--attention
+triton, exact = false; the default on CUDA) or the reference attention (torch), eagerly (the
+batched engine's path has no CUDA graphs yet). tokens/s = tokens generated (to EOS or --new) / wall time of the
 whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
 output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow); `x_plain` = spec@B /
 plain@B, `x_hf` = plain@B / hf@B. One JSON row per variant is appended to --out, with the command,
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--budget", type=int, default=16)
     ap.add_argument("--max-verify-rows", type=int, default=None)
+    ap.add_argument("--attention", choices=("triton", "torch"), default=None,
+                    help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
@@ -98,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     stamp = run_row("python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]), {})
     stamp = {k: stamp[k] for k in ("date", "machine", "command", "torch")} | {"device": args.device, "dtype": args.dtype}
 
-    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, cuda_graphs=False)
-            .attention("torch").kv_cache("paged").drafter(args.drafter)
+    attention = args.attention or ("triton" if args.device.startswith("cuda") else "torch")
+    stamp["attention"] = attention
+    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, cuda_graphs=False,
+                                     exact=False)
+            .attention(attention).kv_cache("paged").drafter(args.drafter)
             .generation(budget=args.budget, max_new_tokens=args.new, max_verify_rows=args.max_verify_rows).build())
     ids = [pipe.encode(t) for t in texts]
     rows: list[dict[str, Any]] = []

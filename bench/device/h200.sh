@@ -12,7 +12,7 @@
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # batched          bench/batched_throughput.py (issue 20): ours speculative and plain through the batched engine
-#                  (reference attention, paged KV) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
+#                  (packed triton attention, exact = false, one paged pool) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
 #                  BATCHED_PROMPTS (64) GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.jsonl
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
 # corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,

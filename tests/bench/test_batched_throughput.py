@@ -27,7 +27,7 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "plain@4", "spec@4", "hf@1", "hf@4"]
     for r in rows:
-        assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r)
+        assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r) and r["attention"] == "torch"  # CPU default
         assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
         assert r["prompts"] == (3 if r["batch_size"] == 1 else 5)
     ours = [r for r in rows if r["engine"] in ("plain", "spec")]

@@ -149,3 +149,19 @@ def test_on_a_gpu_a_batched_config_gets_the_attention_that_batches(monkeypatch, 
     assert (config.attention.name, config.kv_cache.name) == expected
     named = PipelineConfig.parse({"attention": "triton", "generation": {"batch_size": batch_size}})
     assert named.attention.name == "triton"  # a config's own choice stands (and batching then refuses it)
+
+
+def test_a_full_shared_page_pool_ends_only_the_sequence_that_needs_more():
+    from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
+
+    seed = 0
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    target = tiny_decoder(seed)
+    pipe = assemble_batched(target, lambda: PromptOracle(answer), batch_size=2,  # 8 pages of 4 rows for both sequences
+                            new_cache=lambda c: PagedKVCache(target.info, c, PagedCacheOptions(page_size=4, max_pages=8)))
+    prompts = [[1, 2, 3], [5] * 40, [7, 8]]
+    done = {d.index: d for d in pipe.batched().run(prompts, max_new_tokens=6, budget=4)}
+    assert "KV page pool full" in one_line(done[1].error)
+    for i in (0, 2):
+        assert done[i].error is None and tuple(done[i].result.tokens) == answer(tuple(prompts[i]))[:6]
+    assert pipe.batched() is pipe.batched() and pipe.batched(3) is not pipe.batched(2)  # one engine per setting, kept

@@ -168,11 +168,19 @@ class BatchEngine:
             return
         t0 = clock()
         device = pipe.target.info.device
-        metas = []
+        metas, reserved = [], []
         for seq, tree in trees:
             cache = caches[seq.slot]
+            try:
+                cache.begin(tree.size)  # a shared page pool may be full: this sequence ends, the others go on
+            except JetSpecError as e:
+                yield self._finish(seq, caches, slots, "error", e)
+                continue
             metas.append(AttentionMeta.for_tree(tree, cache.committed, device))
-            cache.begin(tree.size)
+            reserved.append((seq, tree))
+        trees = reserved
+        if not trees:
+            return
         meta = BatchMeta.pack(metas)
         tokens = torch.cat([tree.tokens for _, tree in trees]).to(device)  # [R]
         layers = observed_layers(self.parts[trees[0][0].slot].drafter) if self._speculative else ()

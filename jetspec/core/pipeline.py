@@ -142,6 +142,7 @@ class Pipeline:
         self.new_cache = new_cache  # capacity -> KVCache for one sequence
         # more drafters and verifiers like these, one per sequence of a batch (`generate_many`)
         self.new_drafter, self.new_verifier = new_drafter, new_verifier
+        self._engine: tuple[tuple, Any] | None = None  # (batch size, row cap, factories) -> its BatchEngine
         self.config = config
         # kind -> "drafter 'ngram' (plugin 'jetspec.builtins')": who a PluginError names
         parts = {"target": target, "drafter": drafter, "scorer": scorer, "verifier": verifier}
@@ -439,7 +440,11 @@ class Pipeline:
         if self.new_verifier is None or (self.drafter is not None and self.new_drafter is None):
             raise InputError("this pipeline has no drafter/verifier factories to give each sequence its own; build it "
                              "with jetspec.builder() or from_config, or pass new_drafter and new_verifier to Pipeline")
-        return BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b, gen.max_verify_rows)
+        key = (b, gen.max_verify_rows, self.new_drafter, self.new_verifier)
+        if self._engine is None or self._engine[0] != key:  # kept: a drafter per slot may be costly to build
+            self._engine = (key, BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b,
+                                             gen.max_verify_rows))
+        return self._engine[1]
 
     def generate_plain(self, prompt: str | Sequence[int], **kw: Any) -> GenerationResult:
         """Plain (non-speculative) decoding in the same engine: the baseline."""

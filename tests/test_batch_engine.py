@@ -165,3 +165,12 @@ def test_a_full_shared_page_pool_ends_only_the_sequence_that_needs_more():
     for i in (0, 2):
         assert done[i].error is None and tuple(done[i].result.tokens) == answer(tuple(prompts[i]))[:6]
     assert pipe.batched() is pipe.batched() and pipe.batched(3) is not pipe.batched(2)  # one engine per setting, kept
+
+
+def test_one_prompt_given_where_a_list_of_prompts_belongs_is_a_one_line_error():
+    pipe = jetspec.builder(REG).target(tiny_decoder(0)).drafter("ngram").build()
+    for wrong in ("a prompt", [1, 2, 3]):
+        with pytest.raises(InputError, match=r"^generate_many takes a list of prompts \(texts or token-id lists\), not one "
+                                             r"prompt; use generate for one$"):
+            pipe.generate_many(wrong, batch_size=2)
+    assert pipe.generate_many([], batch_size=2) == []

@@ -419,6 +419,9 @@ class Pipeline:
         `generate` gives it alone. -> results in input order; `on_result(index, result)` is called
         as each finishes (any order). The first failure is raised, its `partial` holding what that
         prompt had committed (`jetspec run` records failures per row instead)."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise InputError("generate_many takes a list of prompts (texts or token-id lists), not one prompt; "
+                             "use generate for one")
         results: list[GenerationResult | None] = [None] * len(prompts)
         kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, speculative=speculative, budget=budget)
         for done in self.batched(batch_size).run(prompts, **kw):

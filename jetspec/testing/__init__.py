@@ -8,7 +8,8 @@
 Each `check_*` runs protocol checks (options model, capabilities, the Protocol, the kind's own
 contract on random inputs) and then the LOSSLESS property: inside a pipeline of reference parts
 on tiny random targets, speculative output equals plain greedy output token for token (a drafter
-also at realistic sizes, under greedy and seeded sampling: `at_scale.py`). A failure
+also at realistic sizes, under greedy and seeded sampling: `at_scale.py`; every kind also in
+batched use, several sequences per verify forward: `batched.py`). A failure
 raises `ConformanceError` naming the component, the check, the example and the first differing
 position. JetSpec's own built-ins pass through the same kit (tests/test_conformance.py).
 

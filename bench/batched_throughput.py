@@ -27,7 +27,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         for b in sizes:
             prompts = ids[: args.b1_prompts] if b == 1 else ids
             hf_generate(model, prompts[:2], min(b, 2), 4, pad, eos, args.device)  # warm-up
-            outs, s = timed(args.device, lambda: hf_generate(model, prompts, b, args.new, pad, eos, args.device))
+            outs, s = timed(args.device, lambda p=prompts, b=b: hf_generate(model, p, b, args.new, pad, eos, args.device))
             record("hf", b, outs, s, reference)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for r in rows:

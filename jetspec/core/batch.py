@@ -22,7 +22,7 @@ backend's `attend_batch`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ class BatchMeta:
     prefix_lens: torch.Tensor  # [S] int64, T_s
 
     @staticmethod
-    def pack(seqs: Sequence[AttentionMeta]) -> "BatchMeta":
+    def pack(seqs: Sequence[AttentionMeta]) -> BatchMeta:
         """The packed metadata of sequences whose rows come in this order, each contiguous."""
         if not seqs:
             raise ValueError("a packed forward needs at least one sequence")
@@ -60,7 +60,7 @@ class BatchMeta:
         )
 
     @staticmethod
-    def make_dummy(tree_sizes: Sequence[int], prefix_lens: Sequence[int]) -> "BatchMeta":
+    def make_dummy(tree_sizes: Sequence[int], prefix_lens: Sequence[int]) -> BatchMeta:
         """Chains of the given sizes over the given prefixes (tests)."""
         return BatchMeta.pack([AttentionMeta.for_chain(n, t) for n, t in zip(tree_sizes, prefix_lens)])
 
@@ -123,5 +123,5 @@ class SequenceParts:
     verifier: Verifier
 
     @staticmethod
-    def factory(new_drafter: Callable[[], Drafter] | None, new_verifier: Callable[[], Verifier]) -> Callable[[], "SequenceParts"]:
+    def factory(new_drafter: Callable[[], Drafter] | None, new_verifier: Callable[[], Verifier]) -> Callable[[], SequenceParts]:
         return lambda: SequenceParts(new_drafter() if new_drafter else None, new_verifier())

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -49,7 +50,7 @@ class Finished:
     succeeded; else the one-line error, with `error.partial` what it had committed)."""
 
     index: int  # the prompt's position in the input list
-    result: "GenerationResult | None"
+    result: GenerationResult | None
     error: Exception | None
     seconds: float  # wall time from admission to finish
 
@@ -59,12 +60,12 @@ class _Sequence:
     index: int
     slot: int
     state: DecodeState
-    stats: "GenerationStats"
+    stats: GenerationStats
     started: float
 
 
 class BatchEngine:
-    def __init__(self, pipe: "Pipeline", new_parts: Callable[[], SequenceParts], batch_size: int,
+    def __init__(self, pipe: Pipeline, new_parts: Callable[[], SequenceParts], batch_size: int,
                  max_verify_rows: int | None = None):
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")

@@ -13,7 +13,8 @@ kit's target that verifies packed rows (`BatchedTarget`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st

@@ -174,3 +174,18 @@ def test_one_prompt_given_where_a_list_of_prompts_belongs_is_a_one_line_error():
                                              r"prompt; use generate for one$"):
             pipe.generate_many(wrong, batch_size=2)
     assert pipe.generate_many([], batch_size=2) == []
+
+
+def test_device_acceptance_reads_back_once_a_step_for_the_whole_batch():
+    from jetspec.core.config import GenerationConfig
+
+    log, seed = [], 3
+    target = Spy(tiny_decoder(seed), log)
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3), batch_size=3)
+    pipe.config.generation = GenerationConfig(budget=8, max_new_tokens=12, batch_size=3, accept_on_device="always")
+    prompts = [[1, 2, 1], [4, 4, 4, 4], [9, 7], [6, 5, 6, 5]]
+    engine = pipe.batched()
+    results = pipe.generate_many(prompts)
+    assert [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
+    assert len(log) > 1 and engine._readback.copies == len(log)  # one read-back per step, not one per sequence

@@ -19,25 +19,28 @@ required: every sequence verifies at least its root.
 Lossless per sequence: a row attends to its own sequence's keys only, and a sequence's drafter,
 verifier and cache are its own, so each sequence sees exactly the calls `Pipeline.generate` would
 make for it alone (its budget aside, which never changes a lossless output); every other layer
-of the target is row-wise. The acceptance runs on the host (no `accept_on_device` here).
+of the target is row-wise. Acceptance (`batch_accept.py`) runs on the host, or on the device with
+one read-back for the whole step where the verifier can and `generation.accept_on_device` says so.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from .batch import BatchMeta, SequenceParts
-from .checks import Blame, Checked, check_acceptance
+from .batch_accept import accept_on_device, accept_on_host
+from .checks import Blame, Checked
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .interfaces import (
-    AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput, extra_pending,
-    observed_layers,
+    Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
+    accepts_on_device, extra_pending, observed_layers,
 )
+from .on_device import Readback, TreeUpload
 from .tree import DraftTree
 
 if TYPE_CHECKING:
@@ -81,6 +84,9 @@ class BatchEngine:
             raise IncompatibleError(f"{pipe.labels['target']}: {problem}")
         self.pipe, self.batch_size, self.max_verify_rows = pipe, batch_size, max_verify_rows
         self.parts = [new_parts() for _ in range(batch_size)]  # slot -> its own drafter and verifier
+        device = target.info.device
+        self._uploads = [TreeUpload(device) for _ in range(batch_size)]  # slot -> its tree's buffers on the device
+        self._readback = Readback(device)  # the step's one device-to-host copy (device acceptance)
 
     # ------------------------------------------------------------------ the run
     def run(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None,
@@ -95,6 +101,9 @@ class BatchEngine:
         speculative = speculative and budget > 0 and all(p.drafter is not None for p in self.parts)
         stops = set(pipe.target.info.eos_token_ids) | pipe._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
         self._max_new, self._budget, self._stops, self._speculative = max_new, budget if speculative else 0, stops, speculative
+        mode, device = gen.accept_on_device, pipe.target.info.device
+        self._on_device = (mode == "always" or (mode == "auto" and device.type != "cpu")) and all(
+            accepts_on_device(p.verifier) for p in self.parts)  # as `Pipeline` decides it, for every slot
 
         encoded: list[list[int] | Exception] = []
         for p in prompts:
@@ -169,7 +178,7 @@ class BatchEngine:
             return
         t0 = clock()
         device = pipe.target.info.device
-        metas, reserved = [], []
+        metas, reserved, dtrees = [], [], []
         for seq, tree in trees:
             cache = caches[seq.slot]
             try:
@@ -177,13 +186,18 @@ class BatchEngine:
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
                 continue
-            metas.append(AttentionMeta.for_tree(tree, cache.committed, device))
+            if self._on_device:  # the tree's one copy to the device; its metadata is read from there
+                dtree = self._uploads[seq.slot](tree, cache.committed)
+                dtrees.append(dtree)
+                metas.append(AttentionMeta(cache.committed, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes))
+            else:
+                metas.append(AttentionMeta.for_tree(tree, cache.committed, device))
             reserved.append((seq, tree))
         trees = reserved
         if not trees:
             return
         meta = BatchMeta.pack(metas)
-        tokens = torch.cat([tree.tokens for _, tree in trees]).to(device)  # [R]
+        tokens = torch.cat([d.tokens for d in dtrees]) if self._on_device else torch.cat([t.tokens for _, t in trees]).to(device)  # [R]
         layers = observed_layers(self.parts[trees[0][0].slot].drafter) if self._speculative else ()
         try:
             out = self._forward(tokens, meta, [caches[seq.slot] for seq, _ in trees], layers)
@@ -191,13 +205,24 @@ class BatchEngine:
             for seq, _ in trees:
                 yield self._finish(seq, caches, slots, "error", e)
             return
-        verify = (clock() - t0) / len(trees)  # the shared forward, split evenly
-        for s, (seq, tree) in enumerate(trees):
+        t1 = clock()
+        verifiers = [self.parts[seq.slot].verifier for seq, _ in trees]
+        states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
+        who, vocab = pipe.labels["verifier"], pipe.target.info.vocab_size
+        if self._on_device:
+            accepted = accept_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
+                                        self._readback, who, vocab)
+        else:
+            accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who, vocab)
+        verify, accept = (t1 - t0) / len(trees), (clock() - t1) / len(trees)  # shared work, split evenly
+        for s, ((seq, tree), (acc, path)) in enumerate(zip(trees, accepted)):
             seq.stats.seconds["verify"] += verify
-            rows = meta.rows(s)
+            seq.stats.seconds["accept"] += accept
             try:
-                stopped = self._commit(seq, tree, out.logits[rows], None if out.hidden is None else out.hidden[rows],
-                                       caches[seq.slot])
+                if isinstance(acc, JetSpecError):
+                    raise acc
+                hidden = None if out.hidden is None else out.hidden[meta.rows(s)]  # [N_s, k, H]
+                stopped = self._commit(seq, tree, acc, path, hidden, caches[seq.slot])
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
                 continue
@@ -238,25 +263,22 @@ class BatchEngine:
             raise PluginError(f"{who} returned hidden states of shape {got} for {r} rows and {len(layers)} layers")
         return out
 
-    def _commit(self, seq: _Sequence, tree: DraftTree, logits: torch.Tensor, hidden: torch.Tensor | None,
-                cache: KVCache) -> str:
-        """Accept, commit, extend the state, let the drafter observe -> why it stops ("length": goes on)."""
-        pipe, clock, parts = self.pipe, time.perf_counter, self.parts[seq.slot]
-        t0 = clock()
-        with Blame(pipe.labels["verifier"], "in accept"):
-            acc = parts.verifier.accept(tree, logits, seq.state)
-        acc = check_acceptance(acc, tree, pipe.target.info.vocab_size, pipe.labels["verifier"])
-        t1 = clock()
+    def _commit(self, seq: _Sequence, tree: DraftTree, acc: Acceptance, path: torch.Tensor | None,
+                hidden: torch.Tensor | None, cache: KVCache) -> str:
+        """Commit `acc`, extend the state, let the drafter observe the committed nodes' hidden
+        states (gathered by the device path where there is one) -> why it stops ("length": goes on)."""
+        pipe, t0 = self.pipe, time.perf_counter()
         cache.commit(acc.path)
         room = self._max_new - len(seq.state.generated)
         new, stopped = pipe._cut_at_stop(acc.new_tokens(tree)[:room], self._stops)
         seq.state.tokens.extend(new)
         if self._speculative and stopped == "length" and len(seq.state.generated) < self._max_new:
+            if hidden is not None:  # [path, k, H]
+                hidden = hidden[acc.path] if path is None else hidden.index_select(0, path[: len(acc.path)])
             with Blame(pipe.labels["drafter"], "in observe"):
-                parts.drafter.observe(seq.state, None if hidden is None else hidden[acc.path])
+                self.parts[seq.slot].drafter.observe(seq.state, hidden)
         seq.stats.record_round(len(new), acc.accepted_drafts, tree.budget)
-        seq.stats.seconds["accept"] += t1 - t0
-        seq.stats.seconds["commit"] += clock() - t1
+        seq.stats.seconds["commit"] += time.perf_counter() - t0
         return stopped
 
     def _finish(self, seq: _Sequence, caches: list[KVCache], slots: list[_Sequence | None], stopped: str,

@@ -1,0 +1,78 @@
+"""Acceptance of a packed step: every sequence's verifier decides on its own rows of the logits.
+
+Host path: `verifier.accept(tree, logits[rows of s], state)` per sequence, as `Pipeline` does.
+
+Device path (a verifier with `accept_on_device`, when `generation.accept_on_device` says so): each
+sequence's tree is on the device (`TreeUpload`, one per slot: the trees of a step live together),
+each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`), a cache with
+`stage_commit` moves its kept K/V behind it, and ONE read-back of all the packed results, laid end
+to end, brings the whole step's paths to the host: the step waits for the device once, not once
+per sequence.
+
+A sequence whose verifier fails (an exception, a malformed result, a path that is not in its
+tree) gets its error; the others are unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import BatchMeta
+from .checks import Blame, check_acceptance
+from .errors import JetSpecError, PluginError
+from .interfaces import Acceptance, CommitsOnDevice, DecodeState, KVCache, Verifier
+from .on_device import DeviceTree, Readback, unpack
+from .tree import DraftTree
+
+Accepted = tuple[Acceptance | JetSpecError, torch.Tensor | None]  # (acceptance or its error, path on the device or None)
+
+
+def accept_on_host(verifiers: list[Verifier], trees: list[DraftTree], logits: torch.Tensor, meta: BatchMeta,
+                   states: list[DecodeState], who: str, vocab: int) -> list[Accepted]:
+    out: list[Accepted] = []
+    for s, (verifier, tree, state) in enumerate(zip(verifiers, trees, states)):
+        try:
+            with Blame(who, "in accept"):
+                acc = verifier.accept(tree, logits[meta.rows(s)], state)
+            out.append((check_acceptance(acc, tree, vocab, who), None))
+        except JetSpecError as e:
+            out.append((e, None))
+    return out
+
+
+def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
+                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
+                     who: str, vocab: int) -> list[Accepted]:
+    packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
+    paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
+    for s, (verifier, tree, dtree, state, cache) in enumerate(zip(verifiers, trees, dtrees, states, caches)):
+        d = dtree.max_depth
+        try:
+            with Blame(who, "in accept_on_device"):
+                p = verifier.accept_on_device(dtree, logits[meta.rows(s)], state)
+            if not (isinstance(p, torch.Tensor) and p.shape == (2 * d + 3,) and p.dtype == torch.int64):
+                got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
+        except JetSpecError as e:
+            paths.append(e)
+            continue
+        path = p[1 : d + 2]  # [D + 1]; its first k entries are checked below
+        if tree.size > 1 and isinstance(cache, CommitsOnDevice):
+            cache.stage_commit(path.clamp(0, tree.size - 1))  # clamped: a wrong path fails the check, not an index
+        packed.append(p)
+        paths.append(path)
+    values = readback(torch.cat(packed)) if packed else []  # the step's one wait for the device
+    out: list[Accepted] = []
+    start = 0
+    for tree, dtree, path in zip(trees, dtrees, paths):
+        if isinstance(path, JetSpecError):
+            out.append((path, None))
+            continue
+        end = start + 2 * dtree.max_depth + 3
+        nodes, tokens = unpack(values[start:end])
+        start = end
+        try:
+            out.append((check_acceptance(Acceptance(path=nodes, bonus=tokens[-1] if tokens else -1), tree, vocab, who), path))
+        except JetSpecError as e:
+            out.append((e, None))
+    return out

@@ -189,3 +189,16 @@ def test_device_acceptance_reads_back_once_a_step_for_the_whole_batch():
     results = pipe.generate_many(prompts)
     assert [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
     assert len(log) > 1 and engine._readback.copies == len(log)  # one read-back per step, not one per sequence
+
+
+@pytest.mark.parametrize("on_device", ["auto", "always"])
+def test_a_seeded_sample_in_a_batch_is_the_prompts_seeded_sample_alone(on_device):
+    """Seeded sampling (T = 1) stays reproducible under batching: each sequence draws u_t for its own
+    generated index t from the seed, on its own rows of the logits, so a prompt's sample at batch 3
+    is its sample alone (a row mixed up with another sequence's would change it)."""
+    pipe = (jetspec.builder(REG).target(tiny_decoder(1)).drafter("ngram").verifier("sampling", temperature=1.0, seed=7)
+            .generation(budget=6, max_new_tokens=16, accept_on_device=on_device).build())
+    prompts = [[1, 2, 1, 2], [5, 6, 7], [8, 8, 8], [3, 4, 3, 4, 3]]
+    alone = [pipe.generate(p).tokens for p in prompts]
+    assert len({tuple(t) for t in alone}) > 1
+    assert [r.tokens for r in pipe.generate_many(prompts, batch_size=3)] == alone

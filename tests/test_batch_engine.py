@@ -38,7 +38,9 @@ class Spy:
         return self.inner.batch_problem()
 
     def forward_batch(self, tokens, meta, caches, hidden_layers=()):
-        self.log.append(("step", [meta.rows(s).stop - meta.rows(s).start for s in range(meta.num_sequences)]))
+        # a packed prefill starts every sequence at position 0 (the tests' prompts are longer than one token)
+        kind = "prefill" if not meta.prefix_lens.any() else "step"
+        self.log.append((kind, [meta.rows(s).stop - meta.rows(s).start for s in range(meta.num_sequences)]))
         return self.inner.forward_batch(tokens, meta, caches, hidden_layers)
 
 
@@ -72,6 +74,9 @@ def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_
     for event, what in log:
         if event == "done":
             waiting -= 1
+            continue
+        if event == "prefill":  # the newly admitted prompts' prefills, packed
+            assert 1 <= len(what) <= batch_size and set(what) == {4}  # each prompt but its last token
             continue
         assert len(what) == min(batch_size, waiting)  # every free slot took the next prompt
         if cap is not None:
@@ -188,7 +193,9 @@ def test_device_acceptance_reads_back_once_a_step_for_the_whole_batch():
     engine = pipe.batched()
     results = pipe.generate_many(prompts)
     assert [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
-    assert len(log) > 1 and engine._readback.copies == len(log)  # one read-back per step, not one per sequence
+    steps = [what for kind, what in log if kind == "step"]
+    assert len(steps) > 1 and engine._readback.copies == len(steps)  # one read-back per step, not one per sequence
+    assert [len(what) for kind, what in log if kind == "prefill"][0] == 3  # the first three prompts' prefills: one forward
 
 
 @pytest.mark.parametrize("on_device", ["auto", "always"])

@@ -2,8 +2,9 @@
 
     slots      up to B sequences in flight, each with its own DecodeState, KV cache, drafter and
                verifier (`batch.SequenceParts`); the scorer is shared
-    admit      a free slot takes the next prompt: its prefill is a chain forward of its own (as in
-               `Pipeline.generate`), then its drafter resets and observes the prompt
+    admit      free slots take the next prompts; their prefills (each prompt but its last token, a
+               chain) are packed into one forward (up to PREFILL_ROWS rows), then each drafter
+               resets and observes its prompt
     step       for every sequence s in flight:
                    proposal_s = drafter_s.propose(state_s, b_s);  tree_s = scorer.build(proposal_s, root_s, b_s)
                the S trees packed end to end: R = sum_s |tree_s| rows, `BatchMeta`
@@ -116,17 +117,17 @@ class BatchEngine:
         queue = list(range(len(prompts)))[::-1]  # pop() takes the next prompt in input order
         slots: list[_Sequence | None] = [None] * self.batch_size
         while queue or any(slots):
+            admitted: list[_Sequence] = []
             for slot in range(self.batch_size):  # continuous batching: a free slot takes the next prompt
                 while slots[slot] is None and queue:
                     i = queue.pop()
                     if isinstance(encoded[i], Exception):
                         yield Finished(i, None, encoded[i], 0.0)
                         continue
-                    seq, error = self._admit(i, slot, encoded[i], caches[slot])
-                    if error is not None:
-                        yield self._finish(seq, caches, slots, "error", error)
-                    else:
-                        slots[slot] = seq
+                    slots[slot] = self._admit(i, slot, encoded[i], caches[slot])
+                    admitted.append(slots[slot])
+            for group in _prefill_groups(admitted):
+                yield from self._prefill(group, caches, slots)
             active = [s for s in slots if s is not None]
             if active:
                 yield from self._step(active, caches, slots)
@@ -147,20 +148,57 @@ class BatchEngine:
             return first.sequences(self.batch_size)
         return [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)]
 
-    def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> tuple[_Sequence, Exception | None]:
+    def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> _Sequence:
         from .pipeline import GenerationStats
 
         seq = _Sequence(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
-        parts = self.parts[slot]
         cache.reset()
-        try:
-            if isinstance(parts.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
-                parts.verifier.reset(seq.state)
-            drafter = parts.drafter if self._speculative else None
-            self.pipe._prefill(seq.state, cache, drafter, observed_layers(drafter), seq.stats)
-        except JetSpecError as e:
-            return seq, e
-        return seq, None
+        verifier = self.parts[slot].verifier
+        if isinstance(verifier, ResettableVerifier):  # a sampling verifier re-seeds here
+            verifier.reset(seq.state)
+        return seq
+
+    def _prefill(self, group: list[_Sequence], caches: list[KVCache], slots: list[_Sequence | None]) -> Iterator[Finished]:
+        """The prompts of newly admitted sequences, each but its last token (its first root), as
+        chains packed into ONE forward; then each drafter starts and observes its prompt's hidden
+        states, as `Pipeline._prefill` does for one sequence."""
+        pipe, t0 = self.pipe, time.perf_counter()
+        device = pipe.target.info.device
+        layers = observed_layers(self.parts[group[0].slot].drafter) if self._speculative else ()
+        hidden: dict[int, torch.Tensor | None] = {}  # slot -> its prompt's hidden states [n, k, H]
+        chains = []
+        for seq in group:
+            if seq.state.prompt_len > 1:
+                try:
+                    caches[seq.slot].begin(seq.state.prompt_len - 1)
+                    chains.append(seq)
+                except JetSpecError as e:  # a shared page pool may be full
+                    yield self._finish(seq, caches, slots, "error", e)
+        if chains:
+            meta = BatchMeta.pack([AttentionMeta.for_chain(s.state.prompt_len - 1, 0, device) for s in chains])
+            tokens = torch.tensor([t for s in chains for t in s.state.tokens[: s.state.prompt_len - 1]], device=device)  # [R]
+            try:
+                out = self._forward(tokens, meta, [caches[s.slot] for s in chains], layers)
+            except JetSpecError as e:
+                for seq in chains:
+                    yield self._finish(seq, caches, slots, "error", e)
+                return
+            for k, seq in enumerate(chains):
+                caches[seq.slot].commit(range(seq.state.prompt_len - 1))
+                hidden[seq.slot] = None if out.hidden is None else out.hidden[meta.rows(k)]
+        alive = [seq for seq in group if slots[seq.slot] is seq]
+        for seq in alive:
+            seq.stats.seconds["prefill"] += (time.perf_counter() - t0) / len(alive)
+            if not self._speculative:
+                continue
+            drafter = self.parts[seq.slot].drafter
+            try:
+                with Blame(pipe.labels["drafter"], "in reset"):
+                    drafter.reset(seq.state)
+                with Blame(pipe.labels["drafter"], "in observe"):
+                    drafter.observe(seq.state, hidden.get(seq.slot))
+            except JetSpecError as e:
+                yield self._finish(seq, caches, slots, "error", e)
 
     # ------------------------------------------------------------------ one step
     def _step(self, active: list[_Sequence], caches: list[KVCache], slots: list[_Sequence | None]) -> Iterator[Finished]:
@@ -291,3 +329,21 @@ class BatchEngine:
         if error is not None:
             error.partial = result  # nothing produced is lost
         return Finished(seq.index, result, error, time.perf_counter() - seq.started)
+
+
+PREFILL_ROWS = 4096  # prompt rows one packed prefill takes at most: its logits are [rows, V]
+
+
+def _prefill_groups(admitted: list[_Sequence]) -> list[list[_Sequence]]:
+    """The admitted sequences in order, cut into groups of at most PREFILL_ROWS prompt rows (a
+    longer prompt alone)."""
+    groups: list[list[_Sequence]] = []
+    rows = 0
+    for seq in admitted:
+        n = seq.state.prompt_len - 1
+        if not groups or rows + n > PREFILL_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(seq)
+        rows += n
+    return groups

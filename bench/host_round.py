@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import jetspec
 from jetspec.core import on_device
 from jetspec.core.interfaces import AttentionMeta, KVCache, TargetInfo, TargetOutput
-from jetspec.core.pipeline import PHASES
+from jetspec.core.results import PHASES
 
 
 class StubTarget:

@@ -15,7 +15,8 @@ from .core.config import Component, GenerationConfig, PipelineConfig
 from .core.errors import JetSpecError
 from .core.hookspecs import hookimpl
 from .core.interfaces import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
-from .core.pipeline import GenerationResult, Pipeline
+from .core.pipeline import Pipeline
+from .core.results import GenerationResult
 from .core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
 from .core.registry import Implementation, Registry
 from .core.tree import DraftTree

@@ -51,7 +51,7 @@ def test_rmsnorm_and_rope_math_is_written_in_core_layer_math_only():
 
 
 def test_first_difference_is_defined_once():
-    assert definitions("first_difference") == ["jetspec/core/pipeline.py"]
+    assert definitions("first_difference") == ["jetspec/core/results.py"]
 
 
 @settings(max_examples=60, deadline=None)

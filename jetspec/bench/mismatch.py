@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import torch
 
 from ..core.interfaces import AttentionMeta
-from ..core.pipeline import Pipeline, first_difference
+from ..core.pipeline import Pipeline
+from ..core.results import first_difference
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from ..core.interfaces import AttentionMeta, DecodeState, KeyedProposals, observed_layers
-from ..core.pipeline import GenerationStats, Pipeline
+from ..core.pipeline import Pipeline
+from ..core.results import GenerationStats
 
 
 @torch.no_grad()

@@ -42,10 +42,11 @@ from .interfaces import (
     accepts_on_device, extra_pending, observed_layers,
 )
 from .on_device import Readback, TreeUpload
+from .results import GenerationResult, GenerationStats
 from .tree import DraftTree
 
 if TYPE_CHECKING:
-    from .pipeline import GenerationResult, GenerationStats, Pipeline
+    from .pipeline import Pipeline
 
 
 @dataclass
@@ -149,8 +150,6 @@ class BatchEngine:
         return [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)]
 
     def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> _Sequence:
-        from .pipeline import GenerationStats
-
         seq = _Sequence(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
         cache.reset()
         verifier = self.parts[slot].verifier

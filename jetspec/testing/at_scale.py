@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.interfaces import Drafter, Target, Verifier
-from ..core.pipeline import first_difference
+from ..core.results import first_difference
 from ..verifiers.greedy import GreedyVerifier
 from ..verifiers.sampling import SamplingOptions, SamplingVerifier
 from .lossless import assemble

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from ..caches.dense import DenseKVCache
 from ..core.config import GenerationConfig, PipelineConfig
 from ..core.interfaces import DecodeState, Drafter, KVCache, TreeScorer, Verifier
-from ..core.pipeline import Pipeline, first_difference
+from ..core.pipeline import Pipeline
+from ..core.results import first_difference
 from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier
 from .lossless import MAX_BUDGET, MAX_NEW, PROMPTS, plain_greedy

@@ -25,7 +25,8 @@ from ..core.config import GenerationConfig, PipelineConfig
 from ..core.interfaces import (
     DecodeState, Drafter, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
 )
-from ..core.pipeline import Pipeline, first_difference
+from ..core.pipeline import Pipeline
+from ..core.results import first_difference
 from ..core.tree import DraftTree
 from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .interfaces import AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, Verifier
+from .interfaces import AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, TargetInfo, Verifier
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,19 @@ def batch_attention_problem(attention: AttentionBackend) -> str | None:
         return None
     return (f"attention backend {type(attention).__name__} has no batched form (attend_batch); batched decoding "
             "(batch_size > 1) runs with attention 'torch' or 'triton' (not 'cute' yet)")
+
+
+def batch_exactness_note(info: TargetInfo, batch_size: int) -> str | None:
+    """The line a user sees before a batch runs where it is not known to be bit-exact: batches
+    verify with exact = false, whose GEMMs and attention may reduce differently for different row
+    counts, so an output can part from its batch-1 output where the target's logits nearly tie.
+    Tested bit-exact (tests/test_lossless_batched.py): float32 on the CPU. None there and at batch 1."""
+    if batch_size <= 1 or (info.device.type == "cpu" and info.dtype == torch.float32):
+        return None
+    dtype = str(info.dtype).removeprefix("torch.")
+    return (f"jetspec: note: batched decoding (batch_size {batch_size}) runs without exact mode: on {info.device.type} in "
+            f"{dtype} an output can differ from its batch-1 output where the target's logits nearly tie (tested bit-exact: "
+            "float32 on the CPU; batch_size 1 keeps exact mode)")
 
 
 @dataclass

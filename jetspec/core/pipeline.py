@@ -24,6 +24,7 @@ so does a CPU target unless `generation.accept_on_device = "always"`.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -367,7 +368,7 @@ class Pipeline:
     def batched(self, batch_size: int | None = None):
         """A `BatchEngine` over this pipeline's parts: one drafter and verifier per slot, made by
         the factories the builder passed (a hand-assembled pipeline must pass them too)."""
-        from .batch import SequenceParts
+        from .batch import SequenceParts, batch_exactness_note
         from .batch_engine import BatchEngine
 
         gen = self.config.generation
@@ -377,6 +378,8 @@ class Pipeline:
                              "with jetspec.builder() or from_config, or pass new_drafter and new_verifier to Pipeline")
         key = (b, gen.max_verify_rows, self.new_drafter, self.new_verifier)
         if self._engine is None or self._engine[0] != key:  # kept: a drafter per slot may be costly to build
+            if note := batch_exactness_note(self.target.info, b):
+                print(note, file=sys.stderr)
             self._engine = (key, BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b,
                                              gen.max_verify_rows))
         return self._engine[1]

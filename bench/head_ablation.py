@@ -122,6 +122,7 @@ def variant_row(root: Path, variant: dict, base: dict) -> dict:
     return {"kind": "head_ablation", "variant": variant["name"],
             "settings": {k: v for k, v in {**base, **variant}.items() if k != "name"},
             "steps": calls[-1]["steps_total"] if calls else 0, "minutes": calls[-1]["minutes_total"] if calls else 0.0,
+            "dtype": calls[-1]["run"].get("dtype") if calls else None,
             "eval_step": last["step"], **{k: last["eval"].get(k) for k in ("eval_kl", "eval_tau_chain", "eval_acc_by_depth")}}  # fmt: skip
 
 

@@ -71,6 +71,7 @@ def test_each_call_trains_every_variant_and_the_next_resumes_them(setup, capsys)
     rows = ablation.table(str(root / "ablation.toml"), runs, str(out))
     assert [r["variant"] for r in rows] == ["base", "ce-gamma", "eagle"]
     assert all(r["steps"] >= 2 and r["eval_kl"] is not None and r["eval_tau_chain"] >= 1.0 for r in rows)
+    assert {r["dtype"] for r in rows} == {"float32"}  # the target's dtype on the CPU, from each run's log
     assert rows[1]["changes"] == "loss=ce, gamma=3.0" and rows[0]["changes"] == "(base)"
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == 3 and all("machine" in r and "date" in r and "command" in r for r in written)

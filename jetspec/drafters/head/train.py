@@ -287,7 +287,8 @@ def train(
     after = validate()
     call_minutes = (time.monotonic() - call_start) / 60
     runs.append({"run": len(runs) + 1, "from_step": first_step, "to_step": step, "minutes": round(call_minutes, 2),
-                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "stopped": stopped})  # fmt: skip
+                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "stopped": stopped,
+                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")})  # fmt: skip  (the target's dtype; the head trains under its autocast)
     total_minutes = round(sum(r["minutes"] for r in runs), 2)
     summary = {"kind": cfg.kind, "steps": step, "seconds": round(elapsed, 1), "parameters": head.num_parameters(),
                "train_rows": len(train_rows), "eval_rows": len(eval_rows), "before": before, "after": after,

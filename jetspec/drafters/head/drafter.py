@@ -126,8 +126,8 @@ class HeadDrafter(ContextDrafter):
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
         if self.graphs is not None:
-            buffers = self.cache.buffers()
-            logp, tokens = self.graphs.draft(self.cache.version, root, a, depths, lambda r, an: self.draft_block(r, an, buffers, depths))
+            logp, tokens = self.graphs.draft(self.cache.version, root, a, depths,
+                                             lambda r, an: self.draft_block(r, an, self.cache.buffers(), depths))  # run at capture only
         else:
             dev = self.cache._device
             ids = torch.tensor([root], device=dev), torch.tensor([a], device=dev)

@@ -91,7 +91,7 @@ class CudaGraphForward:
             self.positions[n:b].fill_(meta.prefix_len)
             self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        out = self.graphs.replay((id(cache), hidden_layers, b), self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
+        out = self.graphs.replay((id(cache), hidden_layers, b), lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
     def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> None:
@@ -113,11 +113,11 @@ class CudaGraphForward:
                 cache.begin(b)
             except CapacityError:  # e.g. a paged pool without pages to spare: capture it later
                 break
-            self.graphs.captured((id(cache), hidden_layers, b), self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
+            self.graphs.captured((id(cache), hidden_layers, b), lambda b=b: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         self.seen.add((id(cache), hidden_layers))
         cache.begin(n)
 
-    def _bucket(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> Callable[[], TargetOutput]:
-        """The forward of bucket b over the static buffers (what a capture records)."""
+    def _bucket(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> TargetOutput:
+        """The forward of bucket b over the static buffers (what a capture records; a replay runs none of this)."""
         meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
-        return lambda: eager(self.tokens[:b], meta, cache, hidden_layers)
+        return eager(self.tokens[:b], meta, cache, hidden_layers)

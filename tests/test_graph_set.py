@@ -50,6 +50,21 @@ def test_drop_forgets_stale_graphs_and_keeps_the_pool_clear_forgets_both(monkeyp
     assert len(graphs) == 0 and graphs.pool is None
 
 
+def test_dropping_the_last_graph_forgets_the_pool_so_the_next_capture_starts_a_new_one(monkeypatch):
+    """Every graph of the old buffers stale (a head's context outgrew its buffer): no live graph
+    holds the pool, and torch 2.11's allocator asserts on a capture into it (H200, 2026-12-02)."""
+    log = []
+    monkeypatch.setattr(cuda_graphs, "capture", fake_capture(log))
+    graphs = GraphSet()
+    graphs.replay((1, "draft"), lambda: None)
+    graphs.replay((1, "append"), lambda: None)
+    graphs.drop(lambda k: k[0] != 2)
+    assert len(graphs) == 0 and graphs.pool is None
+    graphs.replay((2, "draft"), lambda: None)
+    assert log[0] is None and log[1] is not None  # the second capture shared the first one's pool
+    assert log[2] is None and graphs.pool == graphs._graphs[(2, "draft")][0].pool()  # a new pool
+
+
 def test_the_graph_owners_hold_tensors_and_graphs_not_their_model():
     from jetspec.drafters.head.graphs import HeadGraphs
     from jetspec.targets.decoder.graphs import CudaGraphForward

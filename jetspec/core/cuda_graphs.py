@@ -70,9 +70,14 @@ class GraphSet:
         return out
 
     def drop(self, stale: Callable[[Any], bool]) -> None:
-        """Forget the graphs whose key is stale (their buffers no longer exist); the pool stays."""
+        """Forget the graphs whose key is stale (their buffers no longer exist). The pool stays while
+        a graph still holds it; with the last one gone it is dead (the allocator asserts on a capture
+        into a pool no live graph holds, even while its static outputs are still referenced), so the
+        next capture starts a new one."""
         for key in [k for k in self._graphs if stale(k)]:
             del self._graphs[key]
+        if not self._graphs:
+            self.pool = None
 
     def clear(self) -> None:
         """Forget every graph and the pool with them (reusing a dead pool's id trips the allocator)."""

@@ -1,6 +1,7 @@
 """The `triton` backend's position-invariant mode, kernel-level: close to the reference
 attention, and a forward whose static inputs are refreshed in place (as a CUDA-graph replay
-refreshes them) sees the new tree, not the one of an earlier forward."""
+refreshes them) sees the new tree, not the one of an earlier forward. On a CUDA machine they run
+the compiled kernels (DEVICE), elsewhere Triton's interpreter (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from jetspec.kernels.reference import tree_attention
 from jetspec.kernels.triton_backend import TritonAttention, TritonAttentionOptions
 from jetspec.testing.models import TinyDecoder
 
+from .cases import DEVICE
+
 
 def cache_with(k: torch.Tensor, v: torch.Tensor, t: int, n: int):
     from jetspec.caches.dense import DenseKVCache
 
-    info = TinyDecoder().info
+    info = TinyDecoder(device=DEVICE).info
     cache = DenseKVCache(info, 256)
     cache.begin(t + n)
     for layer in range(info.num_layers):
@@ -37,17 +40,17 @@ def test_a_refreshed_static_meta_is_read_anew_at_the_first_layer():
     a = DraftTree.from_parents([1, 2, 3, 4, 5], [-1, 0, 1, 0, 3])
     b = DraftTree.from_parents([1, 2, 3, 4, 5], [-1, 0, 0, 0, 0])
     n = a.size
-    k, v = torch.randn(t + n, hkv, d), torch.randn(t + n, hkv, d)
-    q = torch.randn(n, hq, d)
+    k, v = torch.randn(t + n, hkv, d, device=DEVICE), torch.randn(t + n, hkv, d, device=DEVICE)  # [T+N, Hkv, D]
+    q = torch.randn(n, hq, d, device=DEVICE)  # [N, Hq, D]
     cache = cache_with(k, v, t, n)
     backend = TritonAttention(TritonAttentionOptions(split_keys=64), invariant=True)
-    positions, sizes = a.position_ids(t).clone(), a.subtree_sizes.to(torch.int32).clone()  # static buffers
-    meta = AttentionMeta(t, positions, sizes, prefix_len_t=torch.tensor([t], dtype=torch.int32))
+    positions, sizes = a.position_ids(t).to(DEVICE), a.subtree_sizes.to(DEVICE, torch.int32).clone()  # static buffers
+    meta = AttentionMeta(t, positions, sizes, prefix_len_t=torch.tensor([t], dtype=torch.int32, device=DEVICE))
     for tree in (a, b):  # the same meta object, its buffers refreshed in place
         positions.copy_(tree.position_ids(t))
         sizes.copy_(tree.subtree_sizes)
         got = backend.attend(q, cache, 0, meta, d**-0.5)
-        want = tree_attention(q, k, v, AttentionMeta.for_tree(tree, t), d**-0.5)
+        want = tree_attention(q, k, v, AttentionMeta.for_tree(tree, t, DEVICE), d**-0.5)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -59,8 +62,10 @@ def one_step(q_u, k_rows, v_rows, slots, path_rows, prefix_len, split_blocks):
     t = prefix_len + len(path_rows) - 1  # the node's position = the step's prefix length
     step_slots = slots.clone()
     step_slots[prefix_len:t + 1] = path_rows
-    return invariant_tree_attention(q_u[None], k_rows, v_rows, step_slots, torch.tensor([t]), torch.zeros(1, 1, dtype=torch.int32),
-                                    torch.tensor([t], dtype=torch.int32), 0.125, split_blocks, False)[0]
+    dev = k_rows.device
+    return invariant_tree_attention(q_u[None], k_rows, v_rows, step_slots, torch.tensor([t], device=dev),
+                                    torch.zeros(1, 1, dtype=torch.int32, device=dev), torch.tensor([t], dtype=torch.int32, device=dev),
+                                    0.125, split_blocks, False)[0]
 
 
 @settings(max_examples=10, deadline=None)
@@ -83,13 +88,13 @@ def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_
         parents = [-1] + [data.draw(st.integers(0, i - 1)) for i in range(1, nodes)]
         tree = DraftTree.from_parents(list(range(nodes)), parents)
         hkv, d, capacity = 2, 16, 320
-        k_rows, v_rows = (torch.randn(capacity, hkv, d).to(dtype) for _ in range(2))  # [R, Hkv, D]
-        slots = torch.randperm(capacity).to(torch.int32)  # [C] logical -> pool row, any page order
-        q = torch.randn(nodes, hkv * group, d).to(dtype)  # [N, Hq, D]
-        positions = tree.position_ids(prefix_len)
-        prefix = torch.tensor([prefix_len], dtype=torch.int32)
+        k_rows, v_rows = (torch.randn(capacity, hkv, d).to(DEVICE, dtype) for _ in range(2))  # [R, Hkv, D]
+        slots = torch.randperm(capacity).to(DEVICE, torch.int32)  # [C] logical -> pool row, any page order
+        q = torch.randn(nodes, hkv * group, d).to(DEVICE, dtype)  # [N, Hq, D]
+        positions = tree.position_ids(prefix_len).to(DEVICE)
+        prefix = torch.tensor([prefix_len], dtype=torch.int32, device=DEVICE)
         got = invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestor_table(positions, prefix), prefix, 0.125,
                                        split_blocks, False, per_split=per_split)
         for u in range(nodes):
-            path_rows = slots[prefix_len + torch.tensor(tree.path_to(u))]
+            path_rows = slots[prefix_len + torch.tensor(tree.path_to(u), device=DEVICE)]
             assert torch.equal(got[u], one_step(q[u], k_rows, v_rows, slots, path_rows, prefix_len, split_blocks)), u

@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip("triton")
+# The float32 compositions are bitwise only where torch and the kernel round alike: in the interpreter
+# (numpy). Compiled for a GPU, fp contraction may fuse a multiply-add that torch rounds twice; there the
+# decoder-level bitwise property (test_exact_gpu.py) and bench/device/invariance_probe.py check these kernels.
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="kernel compositions on CPU tensors in Triton's interpreter; "
+                                "on a GPU see tests/targets/test_exact_gpu.py")
 
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
 from jetspec.targets.decoder import invariant  # noqa: E402

@@ -181,7 +181,7 @@ def measure(target, step, steps: int, cuda: bool) -> Kernels:
 def first_layer_only(target, keep: bool):
     """Cut the target to its first decoder layer (keep=False) or give it back all of them; CUDA
     graphs are captured anew either way."""
-    from round_cost import fresh_graphs
+    from bench.round_cost import fresh_graphs
     from torch import nn
 
     if not hasattr(target, "_all_layers"):

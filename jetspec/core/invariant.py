@@ -1,4 +1,4 @@
-"""The rule behind `exact = true`, and the one Triton helper every invariant kernel shares.
+"""The rule behind `exact = true`, and the Triton helpers the invariant kernels share.
 
 Floating-point sums depend on their order. A kernel is **row-invariant** when the order in which
 it reduces one row (one token) is fixed by the shapes of the weights alone — never by how many
@@ -10,7 +10,9 @@ What breaks it, and what each invariant kernel does instead:
 * a matmul library picks its tiling and split-K from M: ours loops over K in fixed BLOCK_K steps,
   tile shapes chosen from (N, K) alone, no split-K;
 * a reduction library splits rows across threads by how many rows there are: ours reduces a
-  row in one program with a layout fixed by the row length;
+  row in one program with a layout fixed by the row length — or, where a program holds a tile of
+  rows whose shape follows M (a norm in a projection's prologue), in `block_k(K)` chunks from 0
+  up and then an explicit pairwise tree (`pairwise_sum`), an order no tile shape or layout changes;
 * the compiler contracts a*b + c into one FMA in one loop body and not in another: invariant
   kernels are launched with `enable_fp_fusion=False`, so every product and sum rounds as written;
 * Triton's CPU interpreter computes `tl.dot` with numpy's BLAS, whose result for a row depends on
@@ -33,6 +35,30 @@ LAUNCH = {"enable_fp_fusion": False}  # launch options of every invariant kernel
 def interpreted() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def block_k(k: int) -> int:
+    """BLOCK_K, the chunk in which invariant kernels reduce a row of length K (a projection's dot
+    products, a norm's sum of squares): a function of K alone, so the order is. The machine picks
+    the rule: Triton's CPU interpreter pays per step, so it takes the largest chunks."""
+    if interpreted():
+        return min(triton.next_power_of_2(k), 128)
+    return 64 if k <= 1024 else 128
+
+
+@triton.jit
+def pairwise_sum(lanes, BLOCK_M: tl.constexpr):
+    """lanes [BLOCK_M, W] float32, W a power of 2 -> [BLOCK_M, 1]: each row summed as one fixed
+    binary tree, neighbours first (lanes 2j and 2j + 1, then pairs of those sums, ...).
+
+    tl.sum's order follows the tile's register layout, which the compiler picks from the tile
+    shape and the warps — from BLOCK_M, i.e. from M. Here every addition is written out: a row's
+    bits depend on W alone (a + b == b + a, so no layout reorders them)."""
+    for _ in tl.static_range(16):  # log2(W) halvings; W <= 2^16
+        if lanes.shape[1] > 1:
+            even, odd = tl.split(tl.reshape(lanes, [BLOCK_M, lanes.shape[1] // 2, 2]))
+            lanes = even + odd  # [BLOCK_M, W / 2]
+    return lanes
 
 
 @triton.jit

@@ -104,23 +104,27 @@ for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
 assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP),
                         num_warps=8, **LAUNCH).asm["ptx"]
-# the plain form (q/k/v, logits), the residual epilogue (o_proj, down_proj), the swiglu form (gate/up)
-for dtype, out, n, k_, form in (("bf16", "bf16", 6144, 4096, "plain"), ("bf16", "fp32", 151936, 4096, "plain"),
-                                ("bf16", "bf16", 4096, 12288, "residual"), ("bf16", "bf16", 12288, 4096, "swiglu"),
-                                ("fp32", "fp32", 64, 64, "swiglu")):
+# the plain form (q/k/v, logits), the residual epilogue (o_proj, down_proj), the swiglu form (gate/up); with the
+# norm prologue where the decoder launches them so (q/k/v, gate/up, logits), at Qwen3-8B and SmolLM2-135M shapes
+for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True), ("bf16", "bf16", 6144, 4096, "plain", False),
+                                      ("bf16", "fp32", 151936, 4096, "plain", True), ("bf16", "bf16", 4096, 12288, "residual", False),
+                                      ("bf16", "bf16", 12288, 4096, "swiglu", True), ("fp32", "fp32", 64, 64, "swiglu", True),
+                                      ("bf16", "bf16", 960, 576, "plain", True), ("bf16", "bf16", 1536, 576, "swiglu", True),
+                                      ("bf16", "fp32", 49152, 576, "plain", True)):
     _, block_k = inv_linear.tiles(n, k_)
-    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", Y=f"*{out}", M="i32", N="i32", K="i32",
-                 stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32")
+    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", G=f"*{dtype}", Y=f"*{out}", M="i32", N="i32",
+                 K="i32", eps="fp32", stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32")
     for m in (1, 64, 256):
         block_m, block_n, warps = inv_linear.row_tiles(m, n, k_, swiglu=form == "swiglu")
-        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", BLOCK_M=block_m,
+        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, BLOCK_M=block_m,
                       BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=False)
         k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=warps,
                              num_stages=4 if block_m <= 64 else 3, **LAUNCH)
-        assert k.metadata.shared <= SMEM, (n, k_, m, form, k.metadata.shared)
-    print(f"invariant_linear {form} {dtype}->{out} N{n} K{k_}: ok, {k.metadata.shared} B shared at M=256")
+        assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, k.metadata.shared)
+    print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_}: ok, "
+          f"{k.metadata.shared} B shared at M=256")
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
-                 stride_y="i32"), dict(BLOCK_H=4096), **LAUNCH)
+                 stride_y="i32"), dict(BLOCK_K=inv_linear.tiles(4096, 4096)[1]), **LAUNCH)
 print("invariant_rmsnorm: ok")
 for dtype, hq, hkv, d, qk_norm, slots in (("bf16", 32, 8, 128, True, True), ("bf16", 9, 3, 64, False, False),
                                          ("fp32", 6, 2, 24, True, True)):

@@ -4,12 +4,17 @@
   rounding tolerance, and in float32 bit for bit where the composition has no reduction of its
   own (the epilogues after our own projection, RoPE, the write). Not so in bf16 here: Triton's
   interpreter rounds float32 -> bf16 toward zero where torch and the GPU round to nearest even;
+* the norm prologue is our own `rmsnorm` then our own projection bit for bit, in bf16 too (both
+  sides round through the same casts), and `rmsnorm` reduces its statistic in the order written
+  in rmsnorm.py — fixed by the row length, whatever the tile;
 * each is row-invariant: row r of an M-row launch is bit for bit the 1-row launch of row r alone,
   for several M (the property `exact = true` rests on, `jetspec.core.invariant`).
 
 On this CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -23,6 +28,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="kernel compos
                                 "on a GPU see tests/targets/test_exact_gpu.py")
 
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
+from jetspec.core.invariant import block_k  # noqa: E402
 from jetspec.targets.decoder import invariant  # noqa: E402
 from jetspec.targets.decoder.ops import TorchOps  # noqa: E402
 
@@ -87,6 +93,83 @@ def test_swiglu_is_silu_of_gate_times_up(dtype, bias):
     torch.testing.assert_close(fused.float(), TorchOps().swiglu(x.float(), w.float(), f32(b)), **TOL[dtype])
     for rows in ROWS:
         assert_rows_invariant(lambda s: invariant.swiglu(x[s], w, b), rows)
+
+
+# ---------------------------------------------------------------------------- the norm prologue
+def sum_squares_spec(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] float32 -> [M, 1]: sum of x^2 in rmsnorm.py's order, written in torch: lanes over
+    block_k(K) chunks from 0 up, then a pairwise tree over the lanes, neighbours first."""
+    m, k = x.shape
+    bk = block_k(k)
+    chunks = F.pad(x, (0, -k % bk)).view(m, -1, bk)  # [M, chunks, BK]
+    lanes = torch.zeros(m, bk)
+    for c in range(chunks.shape[1]):
+        lanes = lanes + chunks[:, c] * chunks[:, c]
+    while lanes.shape[1] > 1:
+        lanes = lanes[:, 0::2] + lanes[:, 1::2]
+    return lanes
+
+
+@pytest.mark.parametrize("k", [64, 200, 576])  # one chunk; a full and a partial one; SmolLM2's hidden size
+def test_rmsnorm_reduces_its_statistic_in_the_order_fixed_by_the_row_length(k):
+    x, g, eps = rand(33, k, dtype=torch.float32, seed=11, scale=3.0) + 1.0, rand(k, dtype=torch.float32, seed=12), 1e-5
+    # float32, every op rounded once; the square root correctly rounded (as numpy's, the interpreter's:
+    # torch's float32 sqrt on the CPU is not always)
+    want = g * (x / torch.sqrt((sum_squares_spec(x) / k + eps).double()).float())
+    assert torch.equal(invariant.rmsnorm(x, g, eps), want)
+    for dtype in DTYPES:
+        xd, gd = x.to(dtype), g.to(dtype)
+        torch.testing.assert_close(invariant.rmsnorm(xd, gd, eps).float(), TorchOps().rmsnorm(xd, gd, eps).float(),
+                                   **TOL[dtype])
+    for rows in ROWS:
+        assert_rows_invariant(lambda s: invariant.rmsnorm(x[s], g, eps), rows)
+
+
+NORMED = {  # the decoder's normed projections: (ours with the norm as prologue, torch's composition)
+    "qkv": (lambda x, w, b, norm: invariant.linear(x, w, b, norm=norm),
+            lambda x, w, b, norm: TorchOps().linear(x, w, b, norm=norm)),
+    "gate_up": (lambda x, w, b, norm: invariant.swiglu(x, w, b, norm=norm),
+                lambda x, w, b, norm: TorchOps().swiglu(x, w, b, norm=norm)),
+    "logits": (lambda x, w, b, norm: invariant.linear(x, w, b, out_dtype=torch.float32, norm=norm),
+               lambda x, w, b, norm: TorchOps().logits(x, w, norm=norm)),
+}
+
+
+def normed_inputs(form, dtype, bias, m=33, n=40, k=200):
+    """x [M, K] (rows of different scales), W [N, K] (2N for gate_up), b or None, norm (g [K], eps)."""
+    x = rand(m, k, dtype=torch.float32, seed=13, scale=2.0) * torch.linspace(0.1, 10, m)[:, None]
+    w = rand(2 * n if form == "gate_up" else n, k, dtype=dtype, seed=14, scale=0.1)
+    b = rand(w.shape[0], dtype=dtype, seed=15) if bias and form != "logits" else None
+    return x.to(dtype), w, b, (rand(k, dtype=dtype, seed=16).abs() + 0.5, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("form", sorted(NORMED))
+def test_norm_prologue_is_rmsnorm_then_the_projection(dtype, bias, form):
+    ours, torchs = NORMED[form]
+    x, w, b, norm = normed_inputs(form, dtype, bias)
+    fused = ours(x, w, b, norm)
+    assert torch.equal(fused, ours(invariant.rmsnorm(x, *norm), w, b, None))  # bf16 too: the same casts on both sides
+    if dtype == torch.float32:  # against torch's composition (its sum orders, rsqrt): in bf16 the interpreter's
+        # six roundings toward zero in a row (norm, scale, g, u, silu, product) drift past TOL; there the
+        # bitwise line above and each part's own test against torch (rmsnorm, linear, swiglu) carry it
+        torch.testing.assert_close(fused, torchs(x, w, b, norm), **TOL[dtype])
+    for rows in ROWS:
+        assert_rows_invariant(lambda s: ours(x[s], w, b, norm), rows)
+
+
+@pytest.mark.parametrize("form", sorted(NORMED))
+def test_norm_prologue_bits_do_not_depend_on_the_tile(form, monkeypatch):
+    """The row and column tiles follow M on a GPU (`row_tiles`); a row's statistic and dot products
+    are reduced over K alone. Forced tiles — 16 to 128 rows, narrow and wide columns — give the same bits."""
+    ours, _ = NORMED[form]
+    x, w, b, norm = normed_inputs(form, torch.bfloat16, True, m=70)
+    want = ours(x, w, b, norm)
+    linear_module = importlib.import_module("jetspec.targets.decoder.invariant.linear")
+    for block_m, block_n in ((32, 16), (64, 64), (128, 32)):
+        monkeypatch.setattr(linear_module, "row_tiles", lambda *_, bm=block_m, bn=block_n, **__: (bm, bn, 4))
+        assert torch.equal(ours(x, w, b, norm), want), (block_m, block_n)
 
 
 # ---------------------------------------------------------------------------- rope + K/V write

@@ -1,8 +1,9 @@
-"""y = x @ W^T (+ b), row-invariant, with the epilogues that save the decoder a kernel each:
+"""y = x @ W^T (+ b), row-invariant, with the prologue and epilogues that save the decoder a kernel each:
 
     linear:    y = x W^T + b                                  (q/k/v, the logits)
     residual:  y = r + (x W^T + b)                            (o_proj, down_proj: the residual add)
     swiglu:    y = silu(x Wg^T + bg) * (x Wu^T + bu)          (gate/up, W = [Wg | Wu] stacked on N)
+    norm:      x <- rmsnorm(x, g, eps) first                  (before q/k/v, gate/up, the logits)
 
     acc[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32)
 
@@ -17,6 +18,14 @@ N tile are neighbours in the launch, so they read that weight tile while it is i
 The epilogues are elementwise and round where the unfused composition rounds (the product to the
 output dtype, then the add; silu to the dtype, then the product): `linear(x, W) + r` and
 `silu(g) * u` of a rounded [g | u] give the same bits as the fused forms.
+
+The norm prologue makes two passes over a tile's rows of x: the first reduces each row's sum of
+squares (`rmsnorm.sum_squares`: BLOCK_K chunks from 0 up, then a pairwise tree — an order fixed
+by K, not by the tile, unlike a `tl.sum` of a [BLOCK_M, BLOCK_K] tile, whose order follows the
+layout the compiler picks for BLOCK_M); the second normalises each chunk as it enters the dot,
+rounding as `rmsnorm` rounds (`rms_scale`: to x's dtype, then the weight's product to x's dtype).
+So `linear(x, W, norm=(g, eps))` is `linear(rmsnorm(x, g, eps), W)` bit for bit. Every program of
+a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W's tile.
 """
 
 from __future__ import annotations
@@ -25,13 +34,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH, interpreted, mm
+from ....core.invariant import LAUNCH, block_k, interpreted, mm
+from .rmsnorm import rms_denominator, rms_scale, sum_squares
 
 
 @triton.jit
 def _linear_kernel(
-    X, W, B, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
-    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
+    X, W, B, R, G, Y, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BY_SUM: tl.constexpr,
 ):
     # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N)
@@ -42,10 +52,15 @@ def _linear_kernel(
     m_ok, n_ok = offs_m < M, offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # SWIGLU: x Wu^T
+    if NORM:  # G: the norm's weight [K]
+        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, BLOCK_K), K, eps)  # [BLOCK_M, 1]
     for k0 in range(0, K, BLOCK_K):  # the one reduction order, fixed by K
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM:  # rmsnorm(x)'s chunk, in x's dtype: rounded as rmsnorm rounds
+            g = tl.load(G + kk, mask=k_ok, other=0.0)[None, :]
+            x = rms_scale(x.to(tl.float32), g, denominator, X.dtype.element_ty).to(X.dtype.element_ty)
         w_ok = n_ok[:, None] & k_ok[None, :]
         w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
         acc = mm(x, tl.trans(w), acc, BY_SUM)  # [BLOCK_M, BLOCK_N]
@@ -68,13 +83,11 @@ def _linear_kernel(
 
 def tiles(n: int, k: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K) of a decode step for a weight [N, K]. BLOCK_K — the reduction order —
-    is a function of K alone (and of the machine: Triton's CPU interpreter pays per program and per
-    step, so it takes the largest tiles)."""
+    is `block_k(K)`, a function of K alone (and of the machine: Triton's CPU interpreter pays per
+    program and per step, so it takes the largest tiles)."""
     if interpreted():
-        return min(triton.next_power_of_2(n), 128), min(triton.next_power_of_2(k), 128)
-    block_n = 32 if n <= 4096 else 64
-    block_k = 64 if k <= 1024 else 128
-    return block_n, block_k
+        return min(triton.next_power_of_2(n), 128), block_k(k)
+    return 32 if n <= 4096 else 64, block_k(k)
 
 
 def row_tiles(m: int, n: int, k: int, swiglu: bool = False) -> tuple[int, int, int]:
@@ -90,19 +103,23 @@ def row_tiles(m: int, n: int, k: int, swiglu: bool = False) -> tuple[int, int, i
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+           out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None,
+           norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias [N]) (+ residual [..., N]) -> [..., N] in `out_dtype`
-    (default x's dtype; float32 returns the accumulator unrounded, as the logits want)."""
-    return _launch(x, weight, bias, out_dtype or x.dtype, residual, swiglu=False)
+    (default x's dtype; float32 returns the accumulator unrounded, as the logits want). With
+    norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place."""
+    return _launch(x, weight, bias, out_dtype or x.dtype, residual, norm, swiglu=False)
 
 
-def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K], gate_up_weight [2I, K] = [Wg | Wu] -> silu(x Wg^T + bg) * (x Wu^T + bu) [..., I]."""
-    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, swiglu=True)
+def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None = None,
+           norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """x [..., K], gate_up_weight [2I, K] = [Wg | Wu] -> silu(x Wg^T + bg) * (x Wu^T + bu) [..., I].
+    With norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place."""
+    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, norm, swiglu=True)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            residual: torch.Tensor | None, swiglu: bool) -> torch.Tensor:
+            residual: torch.Tensor | None, norm: tuple[torch.Tensor, float] | None, swiglu: bool) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
@@ -115,14 +132,15 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         r = residual.reshape(m, n)  # [M, N]
         if r.stride(-1) != 1:
             r = r.contiguous()
-    _, block_k = tiles(n, k)
+    _, chunk = tiles(n, k)
     block_m, block_n, warps = row_tiles(m, n, k, swiglu)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    norm_weight, eps = norm if norm is not None else (w, 0.0)
     _linear_kernel[grid](
-        x2, w, bias if bias is not None else w, r if r is not None else y, y, m, n, k,
+        x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, m, n, k, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
-        HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=interpreted(),
+        HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=chunk, BY_SUM=interpreted(),
         num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH,
     )
     return y.view(*lead, n)

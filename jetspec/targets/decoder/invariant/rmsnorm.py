@@ -1,10 +1,24 @@
-"""RMSNorm, row-invariant: one program per row, the row's sum of squares reduced in one layout
-fixed by the row length.
+"""RMSNorm, row-invariant, and the pieces of it that every invariant kernel that normalises shares:
 
     y = w * (x / sqrt(mean(x^2) + eps))      statistic in float32, product in x's dtype
 
-`rms_denominator` and `rms_scale` are the two halves every invariant kernel that normalises uses
-(this one; `rope_write`'s per-head q/k norm), so the rounding steps are written once.
+* `sum_squares`: a tile of rows' sum of x^2, in the one order fixed by the row length H:
+
+      lanes[m, j] = x[m, j]^2 + x[m, BK + j]^2 + x[m, 2BK + j]^2 + ...    BK = block_k(H), chunks from 0 up
+      sum[m]      = pairwise_sum(lanes[m, :])                             a fixed binary tree over the BK lanes
+
+  never by how many rows the tile has, so `rmsnorm` (one row a program) and the prologue of
+  `linear(..., norm=)` (a tile of rows that follows M) get the same bits for a row;
+* `rms_denominator`: sqrt(sum / H + eps);
+* `rms_scale`: the quotient rounded to the dtype, then the weight's product rounded to the dtype,
+  as `TorchOps.rmsnorm` (Hugging Face) rounds.
+
+`rope_write`'s per-head q/k norm reduces its D features with `tl.sum` in a layout fixed by
+(heads, D) — one program per token — and shares the other two steps.
+
+The decoder launches this kernel nowhere in its forward: each RMSNorm there is the prologue of the
+projection that follows it (`linear.py`). It is the unfused form, the composition the prologue is
+tested against, and a norm for callers that want the normed rows themselves.
 """
 
 from __future__ import annotations
@@ -13,14 +27,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH
+from ....core.invariant import LAUNCH, block_k, pairwise_sum
 
 
 @triton.jit
-def rms_denominator(x, n, eps, AXIS: tl.constexpr):
-    """x float32 (zeros past n along AXIS) -> sqrt(mean(x^2) + eps) over AXIS, kept as a size-1
-    axis: one reduction of each whole row."""
-    return tl.sqrt(tl.sum(x * x, axis=AXIS, keep_dims=True) / n + eps)
+def sum_squares(X, rows, rows_ok, stride_x, H, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """rows [BLOCK_M] of X (row r at X + r * stride_x, H features; rows_ok masks them) ->
+    sum_k x[r, k]^2 [BLOCK_M, 1] float32 in the order above."""
+    lanes = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + rows[:, None] * stride_x + kk[None, :], mask=rows_ok[:, None] & (kk < H)[None, :], other=0.0)
+        x = x.to(tl.float32)  # [BLOCK_M, BLOCK_K]
+        lanes = lanes + x * x
+    return pairwise_sum(lanes, BLOCK_M)
+
+
+@triton.jit
+def rms_denominator(sum_sq, n, eps):
+    """sum_sq float32 (sum of x^2 over n features) -> sqrt(sum_sq / n + eps)."""
+    return tl.sqrt(sum_sq / n + eps)
 
 
 @triton.jit
@@ -32,14 +58,15 @@ def rms_scale(x, w, denominator, dtype: tl.constexpr):
 
 
 @triton.jit
-def _rmsnorm_kernel(X, W, Y, H, eps, stride_x, stride_y, BLOCK_H: tl.constexpr):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_H)
-    ok = offs < H
-    x = tl.load(X + row * stride_x + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H]
-    w = tl.load(W + offs, mask=ok, other=0.0)
-    y = rms_scale(x, w, rms_denominator(x, H, eps, 0), Y.dtype.element_ty)
-    tl.store(Y + row * stride_y + offs, y.to(Y.dtype.element_ty), mask=ok)
+def _rmsnorm_kernel(X, W, Y, H, eps, stride_x, stride_y, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0) + tl.zeros([1], tl.int32)  # [1]: one program per row
+    denominator = rms_denominator(sum_squares(X, row, row >= 0, stride_x, H, 1, BLOCK_K), H, eps)  # [1, 1]
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)[None, :]
+        ok = kk < H
+        x = tl.load(X + row[:, None] * stride_x + kk, mask=ok, other=0.0).to(tl.float32)  # [1, BLOCK_K]
+        y = rms_scale(x, tl.load(W + kk, mask=ok, other=0.0), denominator, Y.dtype.element_ty)
+        tl.store(Y + row[:, None] * stride_y + kk, y.to(Y.dtype.element_ty), mask=ok)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,5 +78,5 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)  # [rows, H]
     if x2.shape[0]:
         _rmsnorm_kernel[(x2.shape[0],)](x2, weight, y, h, eps, x2.stride(0), y.stride(0),
-                                        BLOCK_H=triton.next_power_of_2(h), num_warps=4, **LAUNCH)
+                                        BLOCK_K=block_k(h), num_warps=4, **LAUNCH)
     return y.view(x.shape)

@@ -40,7 +40,8 @@ def _norm_rope(ROW, W, cos, sin, n_heads, D, eps,
     x = tl.load(ROW + heads * D + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
     x_partner = tl.load(ROW + heads * D + partner, mask=ok, other=0.0).to(tl.float32)
     if QK_NORM:
-        denominator = rms_denominator(x, D, eps, 1)  # [BLOCK_H, 1]: one statistic per head, for both orders
+        # [BLOCK_H, 1]: one statistic per head (a tl.sum in this program's one layout), for both orders
+        denominator = rms_denominator(tl.sum(x * x, axis=1, keep_dims=True), D, eps)
         x = rms_scale(x, tl.load(W + offs, mask=offs < D, other=0.0), denominator, dtype)
         x_partner = rms_scale(x_partner, tl.load(W + partner, mask=offs < D, other=0.0), denominator, dtype)
     rotated = tl.where(offs < half, -x_partner, x_partner)

@@ -3,6 +3,10 @@
     h   = x + o_proj( attend( rope(q), rope(k), v ) )       q, k, v = projections of rmsnorm(x)
     out = h + down_proj( silu(gate_proj(n)) * up_proj(n) )  n = rmsnorm(h)
 
+Each norm is handed to the projection after it (`norm=`, `LayerOps`): `exact = true` runs it as
+that kernel's prologue, torch's ops as a step of its own. What a layer passes on is the residual
+stream x, h (what `hidden_layers` returns), never the normed rows.
+
 Parameter names follow the Hugging Face checkpoints (`self_attn.q_proj`, `mlp.gate_proj`, ...) so a
 state dict loads without renaming. Inputs are flat token rows [N, H] (one sequence, no batch dim).
 Under tensor parallelism (parallel.py) a layer holds its rank's heads and channels, and `reduce`
@@ -16,7 +20,7 @@ from torch import nn
 
 from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache
 from .config import DecoderConfig
-from .ops import LayerOps, TorchOps
+from .ops import LayerOps, Norm, TorchOps
 
 
 class RMSNorm(nn.Module):
@@ -29,6 +33,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, ops: LayerOps = TorchOps()) -> torch.Tensor:
         return ops.rmsnorm(x, self.weight, self.eps)
+
+    @property
+    def prologue(self) -> Norm:
+        """(weight [H], eps): this norm handed to the projection that follows it (`norm=`)."""
+        return self.weight, self.eps
 
 
 class Attention(nn.Module):
@@ -65,7 +74,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        residual: torch.Tensor,
+        norm: Norm,
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention: AttentionBackend,
@@ -73,10 +82,10 @@ class Attention(nn.Module):
         meta: AttentionMeta,
         ops: LayerOps,
     ) -> torch.Tensor:
-        """x [N, H] (normed), residual [N, H], cos/sin [N, 1, D] -> residual + attention [N, H].
-        Writes this layer's pending K/V into `cache`."""
+        """x [N, H] (the residual stream), norm the input norm, cos/sin [N, 1, D]
+        -> x + attention(rmsnorm(x)) [N, H]. Writes this layer's pending K/V into `cache`."""
         n = x.shape[0]
-        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias)  # [N, Hq·D + 2·Hkv·D]
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias, norm=norm)  # [N, Hq·D + 2·Hkv·D]
         qk_norm = None
         if self.q_norm is not None:
             qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
@@ -85,8 +94,8 @@ class Attention(nn.Module):
         out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]
         out = out.reshape(n, self.num_heads * self.head_dim)  # [N, Hq·D]
         if self.reduce is None:
-            return ops.linear(out, self.o_proj.weight, self.o_proj.bias, residual=residual)
-        return residual + self.reduce(ops.linear(out, self.o_proj.weight, self.o_proj.bias))  # x + Σ_r partial_r
+            return ops.linear(out, self.o_proj.weight, self.o_proj.bias, residual=x)
+        return x + self.reduce(ops.linear(out, self.o_proj.weight, self.o_proj.bias))  # x + Σ_r partial_r
 
 
 class MLP(nn.Module):
@@ -109,12 +118,12 @@ class MLP(nn.Module):
         if self.gate_proj.bias is not None:
             self.gate_up_bias = _fused(self.gate_proj, self.up_proj, "bias")
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor, ops: LayerOps) -> torch.Tensor:
-        """x [N, H] (normed), residual [N, H] -> residual + mlp [N, H]."""
-        act = ops.swiglu(x, self.gate_up_weight, self.gate_up_bias)  # [N, I]
+    def forward(self, h: torch.Tensor, norm: Norm, ops: LayerOps) -> torch.Tensor:
+        """h [N, H] (the residual stream), norm the post-attention norm -> h + mlp(rmsnorm(h)) [N, H]."""
+        act = ops.swiglu(h, self.gate_up_weight, self.gate_up_bias, norm=norm)  # [N, I]
         if self.reduce is None:
-            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual=residual)
-        return residual + self.reduce(ops.linear(act, self.down_proj.weight, self.down_proj.bias))  # h + Σ_r partial_r
+            return ops.linear(act, self.down_proj.weight, self.down_proj.bias, residual=h)
+        return h + self.reduce(ops.linear(act, self.down_proj.weight, self.down_proj.bias))  # h + Σ_r partial_r
 
 
 def _fused(*parts) -> torch.Tensor:
@@ -143,6 +152,7 @@ class DecoderLayer(nn.Module):
         self.mlp.fuse()
 
     def forward(self, x, cos, sin, attention, cache, meta, ops: LayerOps) -> torch.Tensor:
-        """x [N, H] -> [N, H]. The residual adds happen inside o_proj and down_proj (`residual=`)."""
-        h = self.self_attn(self.input_layernorm(x, ops), x, cos, sin, attention, cache, meta, ops)  # x + attn
-        return self.mlp(self.post_attention_layernorm(h, ops), h, ops)  # h + mlp
+        """x [N, H] -> [N, H]. The norms happen inside q/k/v and gate/up (`norm=`), the residual adds
+        inside o_proj and down_proj (`residual=`)."""
+        h = self.self_attn(x, self.input_layernorm.prologue, cos, sin, attention, cache, meta, ops)  # x + attn
+        return self.mlp(h, self.post_attention_layernorm.prologue, ops)  # h + mlp

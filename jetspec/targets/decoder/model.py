@@ -47,8 +47,8 @@ class DecoderTarget:
     """A Llama / Qwen2 / Qwen3 decoder as a `Target`: attention through `attention`, K/V through
     the cache passed to `forward` (the caller has already called `cache.begin(N)`).
 
-    `info.exact`: the linear layers (residual adds and SiLU·mul in their epilogues), the norms,
-    and RoPE with the K/V write run our row-invariant kernels and `attention` is a backend's
+    `info.exact`: the linear layers (the norms in their prologues, residual adds and SiLU·mul in
+    their epilogues) and RoPE with the K/V write run our row-invariant kernels and `attention` is a backend's
     position-invariant mode, so every token's logits are bit for bit those of a one-token step at
     the same prefix.
 
@@ -141,7 +141,7 @@ class DecoderTarget:
             x = layer(x, cos, sin, attention, cache, meta, self.ops)
             if l in wanted:
                 kept[l] = x
-        logits = self.ops.logits(self.model.norm(x, self.ops), self.model.lm_head.weight)  # [N, V]
+        logits = self.ops.logits(x, self.model.lm_head.weight, norm=self.model.norm.prologue)  # [N, V]
         hidden = torch.stack([kept[l] for l in hidden_layers], dim=1) if kept else None  # [N, k, H]
         return TargetOutput(logits=logits, hidden=hidden)
 

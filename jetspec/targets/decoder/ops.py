@@ -4,10 +4,13 @@
   a token's bits can depend on how many tokens the forward has), one per elementary step;
 * `InvariantOps` (`exact = true`): our row-invariant Triton kernels (`invariant/`), so a token's
   bits depend on its own row alone (`jetspec.core.invariant`), with the elementwise steps fused
-  into them: seven launches per layer besides attention (two norms, four projections, rope_write).
+  into them: five launches per layer besides attention (four projections — the two norms run as
+  the prologues of q/k/v and gate/up, the residual adds as the epilogues of o and down — and
+  rope_write), and one for the final norm and the logits.
 
 A step's contract is the unfused composition written in its docstring; `TorchOps` is that
-composition, and `InvariantOps` rounds where it rounds.
+composition, and `InvariantOps` rounds where it rounds. `norm = (weight [K], eps)` on a
+projection is an RMSNorm of x before it (`rmsnorm`): the residual stream stays un-normed.
 """
 
 from __future__ import annotations
@@ -22,20 +25,24 @@ from ...core.interfaces import AttentionMeta, KVCache, RowKVCache
 from ...core.layer_math import apply_rope, rms_norm
 
 MM_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) works here; [False] after its first failure
+Norm = tuple[torch.Tensor, float]  # (weight [K], eps): an RMSNorm of a projection's input
 
 
 class LayerOps(Protocol):
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., K] @ weight[N, K]^T (+ bias [N]), rounded to x's dtype, (+ residual [..., N]) -> [..., N]."""
+               residual: torch.Tensor | None = None, norm: Norm | None = None) -> torch.Tensor:
+        """x [..., K] (rmsnorm(x, *norm) with `norm`) @ weight[N, K]^T (+ bias [N]), rounded to x's
+        dtype, (+ residual [..., N]) -> [..., N]."""
         ...
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [..., H] -> weight * x / rms(x), statistic in float32, product in x's dtype."""
         ...
 
-    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
-        """x [..., H], gate_up_weight [2I, H] -> silu(g) * u [..., I], [g | u] = linear(x, gate_up_weight, bias)."""
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None,
+               norm: Norm | None = None) -> torch.Tensor:
+        """x [..., H], gate_up_weight [2I, H] -> silu(g) * u [..., I], [g | u] = linear(x, gate_up_weight,
+        bias, norm=norm)."""
         ...
 
     def rope_write(self, qkv: torch.Tensor, heads: tuple[int, int, int], cos: torch.Tensor, sin: torch.Tensor,
@@ -46,22 +53,24 @@ class LayerOps(Protocol):
         and k; apply_rope to q and k; `cache.write(layer, k, v)`."""
         ...
 
-    def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """h [..., H] @ weight[V, H]^T -> [..., V] float32 (the accumulator, not rounded to h's dtype)."""
+    def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
+        """h [..., H] (rmsnorm(h, *norm) with `norm`) @ weight[V, H]^T -> [..., V] float32 (the
+        accumulator, not rounded to h's dtype)."""
         ...
 
 
 class TorchOps:
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = F.linear(x, weight, bias)
+               residual: torch.Tensor | None = None, norm: Norm | None = None) -> torch.Tensor:
+        y = F.linear(self._normed(x, norm), weight, bias)
         return y if residual is None else residual + y
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps, scale_in_float32=False)
 
-    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
-        g, u = F.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)  # [..., I] each
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None,
+               norm: Norm | None = None) -> torch.Tensor:
+        g, u = F.linear(self._normed(x, norm), gate_up_weight, gate_up_bias).chunk(2, dim=-1)  # [..., I] each
         return F.silu(g) * u
 
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
@@ -76,8 +85,11 @@ class TorchOps:
         cache.write(layer, k, v)
         return q
 
-    def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return fp32_logits(h, weight)
+    def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
+        return fp32_logits(self._normed(h, norm), weight)
+
+    def _normed(self, x: torch.Tensor, norm: Norm | None) -> torch.Tensor:
+        return x if norm is None else self.rmsnorm(x, *norm)
 
 
 class InvariantOps:
@@ -88,14 +100,15 @@ class InvariantOps:
         self._prefix: tuple[AttentionMeta, torch.Tensor] | None = None  # eager forwards: (meta, T [1] int32)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        return self.kernels.linear(x, weight, bias, residual=residual)
+               residual: torch.Tensor | None = None, norm: Norm | None = None) -> torch.Tensor:
+        return self.kernels.linear(x, weight, bias, residual=residual, norm=norm)
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.kernels.rmsnorm(x, weight, eps)
 
-    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None) -> torch.Tensor:
-        return self.kernels.swiglu(x, gate_up_weight, gate_up_bias)
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None,
+               norm: Norm | None = None) -> torch.Tensor:
+        return self.kernels.swiglu(x, gate_up_weight, gate_up_bias, norm=norm)
 
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
         """The K/V go straight into the cache's pool rows, where the attention kernels read them
@@ -109,8 +122,8 @@ class InvariantOps:
         return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows,
                                        cache.slot_table, self._prefix_tensor(meta, k_rows.device))
 
-    def logits(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self.kernels.linear(h, weight, out_dtype=torch.float32)
+    def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
+        return self.kernels.linear(h, weight, out_dtype=torch.float32, norm=norm)
 
     def _prefix_tensor(self, meta: AttentionMeta, device: torch.device) -> torch.Tensor:
         """T [1] int32 on the device: a graph replay's static `meta.prefix_len_t`, else made once

@@ -4,7 +4,7 @@
     rope.py     RoPE frequencies (default, linear, llama3, yarn) and the cos/sin table
     layers.py   RMSNorm, GQA attention through an AttentionBackend, SwiGLU MLP, DecoderLayer
     ops.py      the layers' steps: TorchOps, or InvariantOps (`exact = true`: invariant/'s fused,
-                row-invariant Triton kernels, seven launches per layer besides attention)
+                row-invariant Triton kernels, five launches per layer besides attention)
     graphs.py   CUDA graphs of the forward, one per query-count bucket
     parallel.py tensor parallelism: each rank's slices, one all-reduce after o_proj and down_proj
     model.py    DecoderModel (weights) and DecoderTarget (the Target protocol)

@@ -48,9 +48,9 @@ class DecoderTarget:
     the cache passed to `forward` (the caller has already called `cache.begin(N)`).
 
     `info.exact`: the linear layers (the norms in their prologues, residual adds and SiLU·mul in
-    their epilogues) and RoPE with the K/V write run our row-invariant kernels and `attention` is a backend's
-    position-invariant mode, so every token's logits are bit for bit those of a one-token step at
-    the same prefix.
+    their epilogues) and RoPE with the K/V write run our row-invariant kernels and `attention` is
+    a backend's position-invariant mode, so every token's logits are bit for bit those of a
+    one-token step at the same prefix.
 
     `ranks` (`SpansRanks`): the group this target is split over (`parallel.py`; `model` then
     holds this rank's slices), or None in one process, where the forward makes no collective."""

@@ -35,6 +35,13 @@ tokens) run in two launches: the shared blocks in large tiles (which read the pr
 a program per split or per group (folding its splits in registers: no partial traffic), then the
 per-token blocks in tiles of TAIL_ROWS rows, which resume each row's running state (m, l, acc) and
 fold (M, num, den), stored exactly in fp32, and finish the folds.
+
+Packed batches (`packed_invariant_attention`, PACKED; batched decoding): the rows of S sequences
+end to end over one shared page pool. A tile table (`pack_tiles`, as the free-order kernel's)
+gives each tile its sequence — first row, N_s, T_s, where its slot map starts — and a tile never
+spans two sequences, so each row runs exactly the arithmetic above over its own sequence's
+virtual keys. The whole batch takes the launches one sequence would: one per layer while every
+sequence is a chain or fits one TAIL_ROWS tile, else two.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ..core.invariant import LAUNCH, interpreted
-from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows
+from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
                                      _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
 from .triton_tree_attention import LOG2E, NEG_BIG, _counters
@@ -62,20 +69,23 @@ def row_tiles(rows: int) -> tuple[int, int]:
 
 @triton.jit
 def _invariant_attention_fwd(
-    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS,
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS, TILES,
     n_queries, qk_scale, stride_anc,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr,
-    FUSED: tl.constexpr, BY_SUM: tl.constexpr,
+    FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr,
 ):
     """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
     blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all."""
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    prefix_len = tl.load(PREFIX)  # T, from memory: a captured graph serves any T
+    row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
+    prefix_len = tl.load(PREFIX + seq)  # T_s, from memory: a captured graph serves any T
     hq = tl.num_programs(1) * GROUP
+    Q, POS, ANC, SLOTS = Q + row0 * stride_qn, POS + row0, ANC + row0 * stride_anc, SLOTS + slot0  # its sequence's
+    O, O_PART, LSE_PART = O + row0 * stride_on, O_PART + row0 * hq * HEAD_DIM, LSE_PART + row0 * hq
     tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
-        Q, POS, tile, kvh, n_queries, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
+        Q, POS, local, kvh, n_seq, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
     b_lo = split * SPLIT_BLOCKS
     b_hi = tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks)
     b_shared = prefix_len // BLOCK_N  # blocks [0, b_shared) hold committed keys only
@@ -85,7 +95,7 @@ def _invariant_attention_fwd(
     V += kvh * stride_vh
     m_i, l_i, acc = _empty_split(BLOCK_M, HEAD_DIM)
     m_i, l_i, acc = _shared_blocks(q, K, V, SLOTS, pos, m_i, l_i, acc, b_lo, tl.minimum(b_hi, b_shared),
-                                   prefix_len + n_queries, qk_scale, stride_kr, stride_vr,
+                                   prefix_len + n_seq, qk_scale, stride_kr, stride_vr,
                                    HEAD_DIM, BLOCK_M, BLOCK_N, CHAIN, BY_SUM)  # below T: every row sees every key
     m_i, l_i, acc = _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_i, acc,
                                      tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
@@ -108,11 +118,12 @@ def _invariant_attention_fwd(
 
 @triton.jit
 def _invariant_prefix_fwd(
-    Q, K, V, SLOTS, POS, PREFIX, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN,
+    Q, K, V, SLOTS, POS, PREFIX, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN, TILES,
     n_queries, qk_scale,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, BY_SUM: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, PACKED: tl.constexpr,
+    BY_SUM: tl.constexpr,
 ):
     """Large trees, launch 1 of 2: the shared blocks in large tiles. Split s_T = b_shared // SB is
     the first with per-token blocks. PER_SPLIT: program (tile, kv head, split) — a split below s_T
@@ -120,15 +131,20 @@ def _invariant_prefix_fwd(
     SPLIT_GROUP splits) folds its splits itself — a group below s_T's leaves its partial, s_T's group
     its fold (M, num, den) and s_T's running state. Programs past s_T do nothing."""
     tile, kvh, idx = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    prefix_len = tl.load(PREFIX)
+    row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
+    prefix_len = tl.load(PREFIX + seq)
     hq = tl.num_programs(1) * GROUP
+    Q, POS, SLOTS = Q + row0 * stride_qn, POS + row0, SLOTS + slot0
+    O_PART, LSE_PART, ACC_STATE, F_NUM = (O_PART + row0 * hq * HEAD_DIM, LSE_PART + row0 * hq,
+                                          ACC_STATE + row0 * hq * HEAD_DIM, F_NUM + row0 * hq * HEAD_DIM)
+    M_STATE, L_STATE, F_M, F_DEN = M_STATE + row0 * hq, L_STATE + row0 * hq, F_M + row0 * hq, F_DEN + row0 * hq
     tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
-        Q, POS, tile, kvh, n_queries, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
+        Q, POS, local, kvh, n_seq, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
     b_shared = prefix_len // BLOCK_N
     s_t = b_shared // SPLIT_BLOCKS
     K += kvh * stride_kh
     V += kvh * stride_vh
-    kv_len = prefix_len + n_queries
+    kv_len = prefix_len + n_seq
     flat = tok * hq + head
     offs_d = tl.arange(0, HEAD_DIM)
     if PER_SPLIT:
@@ -168,11 +184,12 @@ def _invariant_prefix_fwd(
 
 @triton.jit
 def _invariant_tail_fwd(
-    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN,
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, M_STATE, L_STATE, ACC_STATE, F_M, F_NUM, F_DEN, TILES,
     n_queries, qk_scale, stride_anc,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, BY_SUM: tl.constexpr,
+    SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, PACKED: tl.constexpr,
+    BY_SUM: tl.constexpr,
 ):
     """Large trees, launch 2 of 2, program (small tile, kv head): fold what launch 1 left (split
     partials, or group partials and s_T's group fold), resume s_T from its state, run the per-token
@@ -180,10 +197,15 @@ def _invariant_tail_fwd(
     folding splits into groups and groups into the total at every SPLIT_GROUP-th split. Row by row
     the arithmetic of `_invariant_attention_fwd` + `_merge_splits`."""
     tile, kvh = tl.program_id(0), tl.program_id(1)
-    prefix_len = tl.load(PREFIX)
+    row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
+    prefix_len = tl.load(PREFIX + seq)
     hq = tl.num_programs(1) * GROUP
+    Q, POS, ANC, SLOTS = Q + row0 * stride_qn, POS + row0, ANC + row0 * stride_anc, SLOTS + slot0
+    O, O_PART, LSE_PART = O + row0 * stride_on, O_PART + row0 * hq * HEAD_DIM, LSE_PART + row0 * hq
+    ACC_STATE, F_NUM = ACC_STATE + row0 * hq * HEAD_DIM, F_NUM + row0 * hq * HEAD_DIM
+    M_STATE, L_STATE, F_M, F_DEN = M_STATE + row0 * hq, L_STATE + row0 * hq, F_M + row0 * hq, F_DEN + row0 * hq
     tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
-        Q, POS, tile, kvh, n_queries, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
+        Q, POS, local, kvh, n_seq, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
     b_shared = prefix_len // BLOCK_N
     s_t = b_shared // SPLIT_BLOCKS
     K += kvh * stride_kh
@@ -246,49 +268,85 @@ def invariant_tree_attention(
     (`per_split` = 1) or per group of splits (0; -1: whichever fills the GPU), launch 2 the
     per-token blocks in tiles of TAIL_ROWS rows and the folds. block_m, warps, stages: launch 1's
     tiling (0: chosen here). None of these choices changes a bit of any row."""
+    rows = q.shape[0] * (q.shape[1] // k_rows.shape[1])  # packed (token, head) rows
+    auto_m, auto_warps = row_tiles(rows)
+    block_m, warps = block_m or auto_m, warps or auto_warps
+    return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, None, None,
+                   (triton.cdiv(rows, block_m), triton.cdiv(rows, TAIL_ROWS)), slots.numel(), scale, split_blocks,
+                   chain, chain or rows <= TAIL_ROWS, block_m, warps, stages, per_split)
+
+
+@torch.library.custom_op("jetspec::packed_invariant_attention", mutates_args=())
+def packed_invariant_attention(
+    q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
+    positions: torch.Tensor, ancestors: torch.Tensor, prefix_lens: torch.Tensor, tiles: torch.Tensor,
+    tail_tiles: torch.Tensor, capacity: int, scale: float, split_blocks: int, chain: bool, block_m: int,
+    warps: int = 0, stages: int = 0, per_split: int = -1,
+) -> torch.Tensor:
+    """The packed rows of S sequences over one pool (`core/batch.py`), each row bit for bit what
+    `invariant_tree_attention` of its own sequence gives it: q [R, Hq, D]; k_rows, v_rows
+    [rows, Hkv, D]; slots [sum_s (T_s + N_s)] int32, the sequences' slot maps end to end;
+    positions [R] int64; ancestors [R, max_s N_s] int32, each row's within its own tree (unused
+    when `chain`: every sequence a chain); prefix_lens [S] int32 (T_s); tiles [tiles, 5] int32,
+    `pack_tiles` for `block_m` rows, and tail_tiles for TAIL_ROWS; capacity: the largest slot
+    map's (it fixes the split count, as C does for one sequence) -> [R, Hq, D].
+
+    A tile serves one sequence (its rows, T_s and slot map from the table), so the launches are
+    those of one sequence: one while every sequence is a chain or fits one tail tile, else two."""
+    one_launch = chain or tail_tiles.shape[0] == prefix_lens.numel()  # N_s * G <= TAIL_ROWS for every s
+    return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles,
+                   (tiles.shape[0], tail_tiles.shape[0]), capacity, scale, split_blocks, chain, one_launch, block_m,
+                   warps or row_tiles(block_m)[1], stages, per_split)
+
+
+def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table, tail_table, tiles: tuple[int, int],
+            capacity: int, scale: float, split_blocks: int, chain: bool, one_launch: bool, block_m: int, warps: int,
+            stages: int, per_split: int) -> torch.Tensor:
+    """Both forms' launches; `tiles`: (launch 1's tiles of block_m rows, launch 2's of TAIL_ROWS);
+    `tiles_table`, `tail_table`: the packed form's, else None."""
     n, hq, d = q.shape
     hkv = k_rows.shape[1]
     group = hq // hkv
     out = torch.empty_like(q)  # [N, Hq, D]
-    auto_m, auto_warps = row_tiles(n * group)
-    block_m, warps = block_m or auto_m, warps or auto_warps
     stages = stages or (5 if block_m >= 128 else 3)  # deep pipelines pay at 128-row tiles (large trees)
-    tiles = triton.cdiv(n * group, block_m)
-    num_splits = triton.cdiv(triton.cdiv(slots.numel(), BLOCK_N), split_blocks)
+    num_splits = triton.cdiv(triton.cdiv(capacity, BLOCK_N), split_blocks)
     num_groups = triton.cdiv(num_splits, SPLIT_GROUP)
     consts = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=BLOCK_N, SPLIT_BLOCKS=split_blocks, SPLIT_GROUP=SPLIT_GROUP,
-                  BY_SUM=interpreted())
+                  PACKED=tiles_table is not None, BY_SUM=interpreted())
+    table, tail_table = (slots, slots) if tiles_table is None else (tiles_table, tail_table)  # unread when not packed
     strides = (q.stride(0), q.stride(1), k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1))
     f32 = dict(dtype=torch.float32, device=q.device)
-    if chain or n * group <= TAIL_ROWS:
+    if one_launch:
         split = num_splits > 1
         o_part = torch.empty(num_splits, n, hq, d, **f32) if split else out  # [S, N, Hq, D]
         lse_part = torch.empty(num_splits, n, hq, **f32) if split else out  # [S, N, Hq]
-        counters = _counters(q.device, tiles * hkv) if split else None
+        counters = _counters(q.device, tiles[0] * hkv) if split else None
         fused = counters is not None
-        _invariant_attention_fwd[(tiles, hkv, num_splits)](
-            q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part,
-            counters if fused else slots, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0), out.stride(1),
-            BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages, **consts, **LAUNCH)
-        if split and not fused:
-            _merge_kernel[(tiles, hkv)](o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1), GROUP=group,
-                                        HEAD_DIM=d, BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **LAUNCH)
+        _invariant_attention_fwd[(tiles[0], hkv, num_splits)](
+            q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
+            counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0),
+            out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages,
+            **consts, **LAUNCH)
+        if split and not fused:  # a row's merge reads its own partials only: tiles of the packed rows in order
+            _merge_kernel[(triton.cdiv(n * group, block_m), hkv)](
+                o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=d,
+                BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **LAUNCH)
         return out
     if per_split < 0:  # a program per group when that still fills the GPU
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        per_split = int(tiles * hkv * num_groups < sms)
+        per_split = int(tiles[0] * hkv * num_groups < sms)
     parts = num_splits if per_split else num_groups
     o_part = torch.empty(parts, n, hq, d, **f32)  # [S or G, N, Hq, D]
     lse_part = torch.empty(parts, n, hq, **f32)  # [S or G, N, Hq]
     m_state, l_state, f_m, f_den = (torch.empty(n, hq, **f32) for _ in range(4))  # [N, Hq] each
     acc_state, f_num = (torch.empty(n, hq, d, **f32) for _ in range(2))  # [N, Hq, D] each
     states = (m_state, l_state, acc_state, f_m, f_num, f_den)
-    _invariant_prefix_fwd[(tiles, hkv, parts)](
-        q, k_rows, v_rows, slots, positions, prefix_len, o_part, lse_part, *states, n, scale * LOG2E, *strides,
+    _invariant_prefix_fwd[(tiles[0], hkv, parts)](
+        q, k_rows, v_rows, slots, positions, prefix, o_part, lse_part, *states, table, n, scale * LOG2E, *strides,
         BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts, **LAUNCH)
-    _invariant_tail_fwd[(triton.cdiv(n * group, TAIL_ROWS), hkv)](
-        q, k_rows, v_rows, slots, positions, ancestors, prefix_len, out, o_part, lse_part, *states, n, scale * LOG2E,
-        ancestors.stride(0), *strides, out.stride(0), out.stride(1),
+    _invariant_tail_fwd[(tiles[1], hkv)](
+        q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part, *states, tail_table, n,
+        scale * LOG2E, ancestors.stride(0), *strides, out.stride(0), out.stride(1),
         BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts, **LAUNCH)
     return out
 
@@ -296,4 +354,10 @@ def invariant_tree_attention(
 @invariant_tree_attention.register_fake
 def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_blocks, chain, block_m=0, warps=0, stages=0,
       per_split=-1):
+    return torch.empty_like(q)
+
+
+@packed_invariant_attention.register_fake
+def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles, capacity, scale, split_blocks, chain,
+      block_m, warps=0, stages=0, per_split=-1):
     return torch.empty_like(q)

@@ -45,6 +45,27 @@ def _virtual_rows(SLOTS, ANC, POS, u0, tok_hi, offs_n, prefix_len, stride_anc, B
 
 
 @triton.jit
+def _tile_sequence(TILES, tile, n_queries, PACKED: tl.constexpr):
+    """The sequence a tile serves: (its first packed row, its queries N_s, the tile's index within
+    it, where its slot map starts in the concatenated one, its index s), from the tile table
+    [tiles, 5] of `pack_tiles` (a tile never spans two sequences). One sequence (not PACKED):
+    (0, N, tile, 0, 0)."""
+    if PACKED:
+        row0 = tl.load(TILES + tile * 5)
+        n_seq = tl.load(TILES + tile * 5 + 1)
+        local = tile - tl.load(TILES + tile * 5 + 2)
+        slot0 = tl.load(TILES + tile * 5 + 3)
+        seq = tl.load(TILES + tile * 5 + 4)
+    else:
+        row0 = tile * 0
+        n_seq = row0 + n_queries
+        local = tile
+        slot0 = row0
+        seq = row0
+    return row0, n_seq, local, slot0, seq
+
+
+@triton.jit
 def _tile_rows(Q, POS, tile, kvh, n_queries, stride_qn, stride_qh,
                GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """A tile's packed rows: token [BLOCK_M], head [BLOCK_M], which exist, position [BLOCK_M],

@@ -83,12 +83,16 @@ from importlib import import_module  # noqa: E402
 
 inv_linear, inv_rmsnorm, inv_rope = (import_module(f"jetspec.targets.decoder.invariant.{m}") for m in ("linear", "rmsnorm", "rope_write"))
 
-for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64, 3, True, True), ("fp32", 16, 2, False, False)):
+# one sequence, and the packed rows of several (batched decoding: a tile table per launch)
+for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, False), ("bf16", 64, 3, True, True, False),
+                                              ("fp32", 16, 2, False, False, False), ("bf16", 128, 4, False, True, True),
+                                              ("bf16", 64, 3, True, True, True)):
     pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
                     O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", M_STATE="*fp32", L_STATE="*fp32",
-                    ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32")
+                    ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32", TILES="*i32")
     types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
-    common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, BY_SUM=False)
+    common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, PACKED=packed,
+                  BY_SUM=False)
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
         if chain or rows <= inv.TAIL_ROWS:  # one launch
@@ -100,7 +104,8 @@ for dtype, d, group, chain, split in (("bf16", 128, 4, False, True), ("bf16", 64
             stages = 5 if kernel is inv._invariant_prefix_fwd and consts["BLOCK_M"] >= 128 else 3  # as launched
             k = compile_for_sm90(kernel, types, consts, num_warps=w, num_stages=stages, **LAUNCH)
             assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
-    print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}: ok, {k.metadata.shared} B shared")
+    print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}{' packed' if packed else ''}: ok, "
+          f"{k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
 assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP),
                         num_warps=8, **LAUNCH).asm["ptx"]
@@ -126,15 +131,16 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
                  stride_y="i32"), dict(BLOCK_K=inv_linear.tiles(4096, 4096)[1]), **LAUNCH)
 print("invariant_rmsnorm: ok")
-for dtype, hq, hkv, d, qk_norm, slots in (("bf16", 32, 8, 128, True, True), ("bf16", 9, 3, 64, False, False),
-                                         ("fp32", 6, 2, 24, True, True)):
+# per_row: a packed batch's tokens, each written to its own sequence's pool row
+for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, True, False), ("fp32", 6, 2, 24, True, True, False),
+                                                  ("bf16", 9, 3, 64, False, False, False), ("bf16", 32, 8, 128, True, False, True)):
     types = dict(QKV=f"*{dtype}", COS=f"*{dtype}", SIN=f"*{dtype}", QW=f"*{dtype}", KW=f"*{dtype}", Q=f"*{dtype}",
                  K_ROWS=f"*{dtype}", V_ROWS=f"*{dtype}", SLOTS="*i32", PREFIX="*i32", eps="fp32", stride_qkv="i32",
                  stride_cos="i32", stride_q="i32", stride_row="i32", Hq="i32", Hkv="i32", D="i32")
     consts = dict(BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
-                  BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots)
+                  BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots, PER_ROW=per_row)
     assert compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH).asm["ptx"]
-    print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots}: ok")
+    print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots} per_row={per_row}: ok")
 # the round's small kernels (issue 18): the greedy walk per tree size class; the staged K/V move for
 # K+V through a slot map (paged gather), K+V of a dense cache with a deep path, the remap's int32 map
 from jetspec.caches import triton_rows  # noqa: E402

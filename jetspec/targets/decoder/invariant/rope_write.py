@@ -14,7 +14,9 @@ rotate_half(x) * sin each rounded to the dtype, then their sum.
 The pool rows come from the cache the way the attention kernels read it (`kernels/row_inputs.py`):
 `k`, `v` [L, ..., Hkv, D] with token rows in between, an int32 `slot_table` (logical token ->
 row; a dense cache has none: row = logical token), and T read from device memory, so a CUDA graph
-replayed at another T writes where `cache.begin` reserved.
+replayed at another T writes where `cache.begin` reserved. A packed batch of several sequences
+(`core/batch.py`) passes each token's pool row instead (`rows`, from `PackedKV.shared_rows`):
+token r's K/V go to row rows[r], its own sequence's pending slot in the pool they share.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _rope_write_kernel(
     QKV, COS, SIN, QW, KW, Q, K_ROWS, V_ROWS, SLOTS, PREFIX, eps,
     stride_qkv, stride_cos, stride_q, stride_row, Hq, Hkv, D,
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_D: tl.constexpr,
-    QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr,
+    QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr, PER_ROW: tl.constexpr,
 ):
     tok = tl.program_id(0)  # one program per token: all its heads
     offs = tl.arange(0, BLOCK_D)[None, :]
@@ -67,11 +69,14 @@ def _rope_write_kernel(
     q = _norm_rope(row, QW, cos, sin, Hq, D, eps, BLOCK_HQ, BLOCK_D, QK_NORM, dtype)
     tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
 
-    t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
-    if HAS_SLOTS:
-        slot = tl.load(SLOTS + t).to(tl.int64)
+    if PER_ROW:  # a packed batch: SLOTS holds each token's pool row
+        slot = tl.load(SLOTS + tok).to(tl.int64)
     else:
-        slot = t.to(tl.int64)
+        t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
+        if HAS_SLOTS:
+            slot = tl.load(SLOTS + t).to(tl.int64)
+        else:
+            slot = t.to(tl.int64)
     kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
     kv_ok = (kv_heads < Hkv) & d_ok
     k = _norm_rope(row + Hq * D, KW, cos, sin, Hkv, D, eps, BLOCK_HKV, BLOCK_D, QK_NORM, dtype)
@@ -83,23 +88,27 @@ def _rope_write_kernel(
 def rope_write(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
                q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
                k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor | None,
-               prefix: torch.Tensor) -> torch.Tensor:
+               prefix: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """qkv [N, Hq·D + 2·Hkv·D]; cos, sin [N, 1, D] or [N, D]; q_norm, k_norm [D] or None (no
     norm); k_rows, v_rows [R, Hkv, D] (the layer's pool, written in place); slots [>= T + N] int32
-    or None (row = logical slot); prefix [1] int32 T on the device -> q [N, Hq, D]."""
+    or None (row = logical slot); prefix [1] int32 T on the device -> q [N, Hq, D]. Or, for the
+    packed tokens of several sequences, rows [N] int32: token j's pool row (slots, prefix unused)."""
     n, d = qkv.shape[0], k_rows.shape[-1]
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     cos, sin = cos.reshape(n, d), sin.reshape(n, d)  # [N, D] views of the gathered table rows
     assert cos.stride(-1) == 1 and sin.stride() == cos.stride() and k_rows.is_contiguous() and v_rows.is_contiguous()
     q = torch.empty(n, num_heads, d, dtype=qkv.dtype, device=qkv.device)  # [N, Hq, D]
+    has_slots, per_row = slots is not None, rows is not None
+    if per_row:  # SLOTS: each token's pool row; PREFIX unread
+        slots = prefix = rows
     if n:
         _rope_write_kernel[(n,)](
             qkv, cos, sin, q_norm if q_norm is not None else qkv, k_norm if k_norm is not None else qkv,
             q, k_rows, v_rows, slots if slots is not None else prefix, prefix, eps,
             qkv.stride(0), cos.stride(0), q.stride(0), k_rows.stride(0), num_heads, num_kv_heads, d,
             BLOCK_HQ=triton.next_power_of_2(num_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
-            BLOCK_D=triton.next_power_of_2(d), QK_NORM=q_norm is not None, HAS_SLOTS=slots is not None,
-            num_warps=4, **LAUNCH,
+            BLOCK_D=triton.next_power_of_2(d), QK_NORM=q_norm is not None, HAS_SLOTS=has_slots,
+            PER_ROW=per_row, num_warps=4, **LAUNCH,
         )
     return q

@@ -64,15 +64,25 @@ class RowKernelInputs:
         return positions, self._ancestors[1], prefix
 
 
-def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+def ancestor_table(positions: torch.Tensor, prefix_len: torch.Tensor, first_row: torch.Tensor | None = None,
+                   width: int | None = None) -> torch.Tensor:
     """positions [N] int64 (T + depth, DFS pre-order), prefix_len [1] -> ancestors [N, N] int32:
     ancestors[i, k] = the index of node i's ancestor at depth k, for k <= depth(i).
 
     In pre-order that ancestor is the last node of depth k at or before i (a later one would lie
     inside the ancestor's subtree, where every other node is deeper): a running max over i of
-    "j if depth(j) == k". Device ops only, no host sync (CUDA graphs capture it)."""
+    "j if depth(j) == k". Device ops only, no host sync (CUDA graphs capture it).
+
+    Packed trees of several sequences, end to end (`core/batch.py`): prefix_len [N] (each row's
+    T_s), first_row [N] (the first row of its tree), width = the largest tree -> [N, width], each
+    index within the row's own tree. The running max runs over all rows: a node's ancestors lie in
+    its own tree, at or before it, so no earlier tree's node can be the last of its depth there."""
     n = positions.numel()
+    width = n if width is None else width
     depth = positions - prefix_len.to(positions.dtype)  # [N]
     ar = torch.arange(n, device=positions.device)
-    last = torch.where(depth[:, None] == ar[None, :], ar[:, None], -1)  # [N (node j), N (depth k)]
-    return torch.cummax(last, dim=0).values.to(torch.int32)  # [N, N]
+    last = torch.where(depth[:, None] == ar[None, :width], ar[:, None], -1)  # [N (node j), width (depth k)]
+    table = torch.cummax(last, dim=0).values  # [N, width]
+    if first_row is not None:
+        table = table - first_row[:, None]  # entries past a row's depth are never read
+    return table.to(torch.int32)

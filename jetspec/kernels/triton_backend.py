@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.errors import IncompatibleError
 from ..core.batch import BatchMeta
 from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
-from .row_inputs import RowKernelInputs
+from .row_inputs import RowKernelInputs, ancestor_table
 
 
 class TritonAttentionOptions(BaseModel):
@@ -113,6 +113,7 @@ class TritonAttention(RowKernelInputs):
         super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
         self._packed: tuple | None = None  # (BatchMeta, block_m, its packed device inputs): per forward
+        self._packed_invariant: tuple | None = None  # (BatchMeta, what the invariant kernel reads besides): per forward
 
     def position_invariant(self) -> "TritonAttention":
         return TritonAttention(self.options, invariant=True)
@@ -135,13 +136,10 @@ class TritonAttention(RowKernelInputs):
 
     def attend_batch(self, q: torch.Tensor, caches: Sequence[KVCache], layer: int, meta: BatchMeta,
                      scale: float) -> torch.Tensor:
-        """`BatchedAttention`: the packed rows of S sequences in one launch (`packed_tree_attention`:
-        a tile table maps each tile to its sequence's rows, T_s and slot map). The caches must share
-        one pool (kv_cache 'paged', whose `sequences` the batched engine uses); one sequence may
-        have any cache this backend reads."""
-        if self.invariant:
-            raise IncompatibleError("the position-invariant triton kernel (exact = true) verifies one sequence at a time; "
-                                    "batched decoding runs with exact = false")
+        """`BatchedAttention`: the packed rows of S sequences in one launch (`packed_tree_attention`,
+        position-invariant: `packed_invariant_attention`, one or two; a tile table maps each tile to
+        its sequence's rows, T_s and slot map). The caches must share one pool (kv_cache 'paged',
+        whose `sequences` the batched engine uses); one sequence may have any cache this backend reads."""
         q = q.contiguous()  # [R, Hq, D]
         k_rows, v_rows, _ = self._kv_rows(caches[0], layer)  # [rows, Hkv, D] x 2
         if any(not isinstance(c, RowKVCache) or c.k is not caches[0].k for c in caches[1:]):
@@ -155,6 +153,8 @@ class TritonAttention(RowKernelInputs):
         r, hq, d = q.shape
         hkv = k_rows.shape[1]
         sizes = [meta.cu_rows[s + 1] - meta.cu_rows[s] for s in range(meta.num_sequences)]
+        if self.invariant:
+            return self._attend_batch_invariant(q, k_rows, v_rows, slots, meta, scale, hq // hkv, max(sizes))
         keys = max(m.prefix_len + n for m, n in zip(meta.seqs, sizes))
         cfg = self.config(max(sizes), hq // hkv, hkv, keys, d, q)
         splits = self.options.num_splits or max(1, cfg.num_splits // meta.num_sequences)  # the sequences fill the GPU too
@@ -175,6 +175,28 @@ class TritonAttention(RowKernelInputs):
             self._packed = (meta, block_m, (flat, meta.subtree_sizes.to(device=device, dtype=torch.int32).contiguous(),
                                   meta.prefix_lens.to(device=device, dtype=torch.int32), tiles))
         return self._packed[2]
+
+    def _attend_batch_invariant(self, q, k_rows, v_rows, slots: list[torch.Tensor], meta: BatchMeta, scale: float,
+                                group: int, largest: int) -> torch.Tensor:
+        from .triton_invariant_attention import BLOCK_N, TAIL_ROWS, packed_invariant_attention, row_tiles
+        from .triton_tree_attention import pack_tiles
+
+        o = self.options
+        block_m = o.block_m or row_tiles(largest * group)[0]
+        flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
+        chain = all(m.chain for m in meta.seqs)
+        if self._packed_invariant is None or self._packed_invariant[0] is not meta:  # once per forward
+            positions = meta.positions.to(q.device)  # [R] int64
+            first = torch.tensor(meta.cu_rows[:-1], device=q.device)[meta.seq_ids.to(q.device)]  # [R]
+            ancestors = positions.view(-1, 1) if chain else ancestor_table(
+                positions, meta.prefix_lens.to(q.device)[meta.seq_ids.to(q.device)], first, largest)  # [R, max N_s]
+            starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
+            tail = pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS).to(q.device)
+            self._packed_invariant = (meta, (positions, ancestors, tail))
+        positions, ancestors, tail = self._packed_invariant[1]
+        return packed_invariant_attention(q, k_rows, v_rows, flat, positions, ancestors, prefix, tiles, tail,
+                                          max(sl.numel() for sl in slots), scale, o.split_keys // BLOCK_N, chain, block_m,
+                                          o.num_warps or 0, o.num_stages or 0)
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import BLOCK_N, invariant_tree_attention

@@ -1,7 +1,8 @@
 """The `triton` backend's packed form (`attend_batch`, batched decoding): the rows of several
 sequences over one shared page pool, in one launch, equal each sequence's reference tree attention
-over its own cache — for any trees, prefixes, page size, commit mode, GQA ratio and tiling. On a
-CPU the kernel runs in Triton's interpreter (conftest.py), so shapes are small."""
+over its own cache — for any trees, prefixes, page size, commit mode, GQA ratio and tiling; in the
+position-invariant mode (exact = true) bit for bit what the backend computes for each sequence
+alone. On a CPU the kernels run in Triton's interpreter (conftest.py), so shapes are small."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .cases import DEVICE, target_info, trees  # noqa: E402
 def fill(cache, prefix: int, tree, kv_heads: int, head_dim: int, g: torch.Generator) -> AttentionMeta:
     """`prefix` committed keys (written in a few rounds, some entries dropped, so pages scatter),
     then the tree's pending K/V; -> the tree's meta."""
-    rand = lambda n: torch.randn(n, kv_heads, head_dim, generator=g).to(DEVICE)  # noqa: E731
+    rand = lambda n: torch.randn(n, kv_heads, head_dim, generator=g).to(DEVICE, cache.k.dtype)  # noqa: E731
     while cache.committed < prefix:
         n = min(5, prefix - cache.committed + 2)
         cache.begin(n)
@@ -62,18 +63,46 @@ def test_packed_sequences_equal_each_sequence_alone(shapes, kv_heads, group, pag
         torch.testing.assert_close(out[meta.rows(s)], want, atol=1e-4, rtol=1e-4)
 
 
-def test_separate_caches_and_the_invariant_kernel_are_refused_in_one_line():
+@settings(max_examples=12, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(trees(max_nodes=12), st.integers(0, 150)), min_size=1, max_size=4),
+    chains=st.booleans(),  # where every tree is a chain: as prefill chains (the kernel's CHAIN form)
+    kv_heads=st.sampled_from([1, 2]),
+    group=st.sampled_from([1, 3, 4]),
+    page_size=st.sampled_from([1, 16]),
+    commit=st.sampled_from(["gather", "remap"]),
+    split_keys=st.sampled_from([64, 128, 512]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_invariant_rows_equal_each_sequence_alone_bit_for_bit(shapes, chains, kv_heads, group, page_size, commit,
+                                                                     split_keys, dtype, seed):
+    head_dim, g = 16, torch.Generator().manual_seed(seed)
+    info = target_info(kv_heads, head_dim, dtype)
+    caches = PagedKVCache(info, 192, PagedCacheOptions(page_size=page_size, commit=commit)).sequences(len(shapes))
+    metas = [fill(c, prefix, tree, kv_heads, head_dim, g) for c, (tree, prefix) in zip(caches, shapes)]
+    if chains and all(m.subtree_sizes.tolist() == list(range(m.num_queries, 0, -1)) for m in metas):
+        metas = [AttentionMeta.for_chain(m.num_queries, m.prefix_len, DEVICE) for m in metas]
+    meta = BatchMeta.pack(metas)
+    q = torch.randn(meta.num_queries, kv_heads * group, head_dim, generator=g).to(DEVICE, dtype)  # [R, Hq, D]
+    options = TritonAttentionOptions(split_keys=split_keys)
+    out = TritonAttention(options, invariant=True).attend_batch(q, caches, 0, meta, 0.25)
+    for s, cache in enumerate(caches):
+        alone = TritonAttention(options, invariant=True).attend(q[meta.rows(s)], cache, 0, metas[s], 0.25)
+        assert torch.equal(out[meta.rows(s)], alone), f"sequence {s} of {len(caches)}"
+
+
+def test_separate_caches_are_refused_in_one_line():
     info = target_info(1, 16, torch.float32)
     g = torch.Generator().manual_seed(0)
     caches = [DenseKVCache(info, 16), DenseKVCache(info, 16)]
     metas = [fill(c, 3, trees_chain(2), 1, 16, g) for c in caches]
     meta = BatchMeta.pack(metas)
     q = torch.randn(4, 1, 16).to(DEVICE)
-    with pytest.raises(IncompatibleError, match=r"^the triton attention backend verifies a batch whose sequences share one "
-                                                r"page pool \(kv_cache 'paged'\); these sequences have separate caches$"):
-        TritonAttention().attend_batch(q, caches, 0, meta, 0.25)
-    with pytest.raises(IncompatibleError, match=r"exact = true\) verifies one sequence at a time"):
-        TritonAttention(invariant=True).attend_batch(q, caches, 0, meta, 0.25)
+    for invariant in (False, True):
+        with pytest.raises(IncompatibleError, match=r"^the triton attention backend verifies a batch whose sequences share "
+                                                    r"one page pool \(kv_cache 'paged'\); these sequences have separate caches$"):
+            TritonAttention(invariant=invariant).attend_batch(q, caches, 0, meta, 0.25)
 
 
 def trees_chain(n):

@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .interfaces import AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, TargetInfo, Verifier
+from .errors import IncompatibleError
+from .interfaces import (AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, RowKVCache, TargetInfo,
+                         Verifier)
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,35 @@ class BatchMeta:
 
 class PackedKV:
     """The S caches of a packed forward, as the one `cache` a single-sequence model writes to:
-    `write(layer, k [R, Hkv, D], v)` stores rows `meta.rows(s)` in `caches[s]`. Reading goes
-    through `PackedAttention`, never through this object."""
+    `write(layer, k [R, Hkv, D], v)` stores rows `meta.rows(s)` in `caches[s]`; a kernel that
+    writes K/V in place (`exact = true`) takes `shared_rows()` instead. Reading goes through
+    `PackedAttention`, never through this object."""
 
     def __init__(self, caches: Sequence[KVCache], meta: BatchMeta):
         if len(caches) != meta.num_sequences:
             raise ValueError(f"{len(caches)} caches for {meta.num_sequences} packed sequences")
         self.caches, self.meta = list(caches), meta
+        self._rows: torch.Tensor | None = None
+
+    def shared_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> k, v [L, ..., Hkv, D]: the pool every sequence's cache shares (`RowKVCache`), and
+        rows [R] int32: packed row r = cu_rows[s] + i writes its K/V to pool row
+        caches[s].slot_table[T_s + i], the pending slot `begin` reserved for it (made on first
+        use, once per forward). IncompatibleError where the caches do not share one pool."""
+        first = self.caches[0]
+        if not all(isinstance(c, RowKVCache) and c.k is first.k and c.v is first.v for c in self.caches):
+            raise IncompatibleError("exact = true writes a batch's K/V into one page pool its sequences share "
+                                    "(kv_cache 'paged'); these sequences have separate caches")
+        if self._rows is None:
+            parts = []
+            for m, c in zip(self.meta.seqs, self.caches):
+                t, n = m.prefix_len, m.num_queries
+                if c.slot_table is None:  # rows in logical order
+                    parts.append(torch.arange(t, t + n, dtype=torch.int32, device=first.k.device))
+                else:
+                    parts.append(c.slot_table[t : t + n])
+            self._rows = torch.cat(parts).to(dtype=torch.int32)  # [R]
+        return first.k, first.v, self._rows
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         for s, cache in enumerate(self.caches):
@@ -113,16 +137,17 @@ def batch_attention_problem(attention: AttentionBackend) -> str | None:
 
 
 def batch_exactness_note(info: TargetInfo, batch_size: int) -> str | None:
-    """The line a user sees before a batch runs where it is not known to be bit-exact: batches
-    verify with exact = false, whose GEMMs and attention may reduce differently for different row
-    counts, so an output can part from its batch-1 output where the target's logits nearly tie.
-    Tested bit-exact (tests/test_lossless_batched.py): float32 on the CPU. None there and at batch 1."""
-    if batch_size <= 1 or (info.device.type == "cpu" and info.dtype == torch.float32):
+    """The line a user sees before a batch runs where it is not known to be bit-exact: with
+    exact = false the GEMMs and attention may reduce differently for different row counts, so an
+    output can part from its batch-1 output where the target's logits nearly tie. None at batch 1,
+    for an exact target (`info.exact`: every row's bits are its own sequence's; tests/targets/
+    test_lossless_exact_batched.py) and in float32 on the CPU (tests/test_lossless_batched.py)."""
+    if batch_size <= 1 or info.exact or (info.device.type == "cpu" and info.dtype == torch.float32):
         return None
     dtype = str(info.dtype).removeprefix("torch.")
     return (f"jetspec: note: batched decoding (batch_size {batch_size}) runs without exact mode: on {info.device.type} in "
-            f"{dtype} an output can differ from its batch-1 output where the target's logits nearly tie (tested bit-exact: "
-            "float32 on the CPU; batch_size 1 keeps exact mode)")
+            f"{dtype} an output can differ from its batch-1 output where the target's logits nearly tie (exact = true, "
+            "attention 'triton' over a 'paged' cache, keeps every output bit-exact)")
 
 
 @dataclass

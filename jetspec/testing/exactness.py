@@ -6,6 +6,9 @@ backend's position-invariant mode can be checked inside it.
     expected = plain_logits(target, cache, tree)           # [N, V], one step per node
     got = padded_tree_logits(target, cache, tree, pads)    # [N, V], one forward (+ pad rows)
     assert first_inexact_node(got, expected) is None
+
+And in a batch (`BatchedTarget`): each packed row's logits, and the K/V it writes, equal those of
+its own sequence's forward alone (`packed_and_alone`), which the rule above ties to plain steps.
 """
 
 from __future__ import annotations
@@ -66,6 +69,29 @@ def padded_tree_logits(target: Target, cache: KVCache, tree: DraftTree, pads: in
     cache.begin(n + pads)
     tokens = torch.cat([tree.tokens, torch.zeros(pads, dtype=torch.int64)]).to(dev)
     return target.forward(tokens, meta, cache).logits[:n].clone()
+
+
+def packed_and_alone(target: Target, caches: list[KVCache], metas: list[AttentionMeta], tokens: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A `BatchedTarget` given sequence s's tokens [N_s] with `metas[s]` over `caches[s]`
+    (committed, nothing pending): each sequence's `forward` alone on a copy of its cache, then ONE
+    `forward_batch` of all of them on the caches themselves -> (packed logits [R, V], alone
+    [R, V], the sequences whose K/V — committed and pending, every layer — differ from the
+    copy's afterwards)."""
+    from ..core.batch import BatchMeta
+
+    alone, copies = [], []
+    for cache, meta, toks in zip(caches, metas, tokens):
+        c = copy.deepcopy(cache)
+        c.begin(toks.numel())
+        alone.append(target.forward(toks, meta, c).logits)
+        copies.append(c)
+    for cache, toks in zip(caches, tokens):
+        cache.begin(toks.numel())
+    packed = target.forward_batch(torch.cat(tokens), BatchMeta.pack(metas), caches).logits  # [R, V]
+    differ = [s for s, (c, mine) in enumerate(zip(copies, caches))
+              if any(not all(map(torch.equal, c.read(l), mine.read(l))) for l in range(target.info.num_layers))]
+    return packed, torch.cat(alone), differ
 
 
 def first_inexact_node(got: torch.Tensor, expected: torch.Tensor) -> str | None:

@@ -20,7 +20,8 @@ from torch import nn
 from ...core.batch import BatchMeta, PackedAttention, PackedKV, batch_attention_problem
 from ...core.distributed import Ranks
 from ...core.errors import IncompatibleError, InputError
-from ...core.interfaces import AttentionBackend, AttentionMeta, KVCache, TargetInfo, TargetOutput, is_graph_safe
+from ...core.interfaces import (AttentionBackend, AttentionMeta, BatchedAttention, KVCache, TargetInfo, TargetOutput,
+                                is_graph_safe)
 from .config import DecoderConfig
 from .graphs import CudaGraphForward, GraphCaptureFailed
 from .layers import DecoderLayer, RMSNorm
@@ -50,7 +51,7 @@ class DecoderTarget:
     `info.exact`: the linear layers (the norms in their prologues, residual adds and SiLU·mul in
     their epilogues) and RoPE with the K/V write run our row-invariant kernels and `attention` is
     a backend's position-invariant mode, so every token's logits are bit for bit those of a
-    one-token step at the same prefix.
+    one-token step at the same prefix — in a packed batch of several sequences too (`forward_batch`).
 
     `ranks` (`SpansRanks`): the group this target is split over (`parallel.py`; `model` then
     holds this rank's slices), or None in one process, where the forward makes no collective."""
@@ -112,9 +113,9 @@ class DecoderTarget:
         """`BatchedTarget`: why `forward_batch` cannot run, or None."""
         if self.ranks is not None:  # the pipeline shares a round's tree and path between ranks; the batched engine does not
             return "tensor_parallel > 1 verifies one sequence at a time; batched decoding runs on one GPU (tensor_parallel = 1)"
-        if self.info.exact:
-            return ("exact = true writes K/V through one sequence's slot map (invariant kernels); batched decoding "
-                    "(batch_size > 1) runs with exact = false (attention 'torch', or 'triton' over a 'paged' cache)")
+        if self.info.exact and not isinstance(self.attention, BatchedAttention):
+            return (f"attention {type(self.attention).__name__} has no batched form (attend_batch); batched decoding "
+                    "(batch_size > 1) with exact = true runs with attention 'triton' over a 'paged' cache")
         return batch_attention_problem(self.attention)
 
     @torch.no_grad()
@@ -122,7 +123,14 @@ class DecoderTarget:
                       hidden_layers: Sequence[int] = ()) -> TargetOutput:
         """`BatchedTarget`: tokens [R] int64, the packed trees of S sequences -> logits [R, V]
         float32, hidden [R, k, H] or None. Eager (no CUDA graph): every layer but attention is
-        row-wise, and attention goes to the backend's `attend_batch`."""
+        row-wise, and attention goes to the backend's `attend_batch`.
+
+        With `info.exact` a row's bits are those of its own sequence's `forward`, and so of plain
+        one-token steps: the linear, norm and rope_write kernels are row-invariant (rope_write
+        writes row r's K/V to its own sequence's pending pool row, `PackedKV.shared_rows`), and
+        `attend_batch` in position-invariant mode reduces each row over its own sequence's prefix
+        and ancestors in the order one sequence's launch would. Launches per layer as for one
+        sequence, whatever S: the seven row-invariant kernels and one or two of attention."""
         problem = self.batch_problem()
         if problem:
             raise IncompatibleError(problem)

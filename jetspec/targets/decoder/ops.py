@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ...core.batch import PackedKV
 from ...core.errors import IncompatibleError
 from ...core.interfaces import AttentionMeta, KVCache, RowKVCache
 from ...core.layer_math import apply_rope, rms_norm
@@ -112,15 +113,22 @@ class InvariantOps:
 
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
         """The K/V go straight into the cache's pool rows, where the attention kernels read them
-        (`RowKVCache`: `k`, `v` [L, ..., Hkv, D], `slot_table`, or None for logical order)."""
-        if not isinstance(cache, RowKVCache):
-            raise IncompatibleError(f"exact = true writes K/V into a paged or dense KV cache, not {type(cache).__name__}")
+        (`RowKVCache`: `k`, `v` [L, ..., Hkv, D], `slot_table`, or None for logical order); a
+        packed batch's (`PackedKV`) each into its own sequence's pending row of the shared pool."""
         hq, hkv, _ = heads
-        k_rows = cache.k[layer].view(-1, *cache.k.shape[-2:])  # [R, Hkv, D]
-        v_rows = cache.v[layer].view(-1, *cache.v.shape[-2:])  # [R, Hkv, D]
         q_weight, k_weight, eps = qk_norm if qk_norm is not None else (None, None, 0.0)
-        return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows,
-                                       cache.slot_table, self._prefix_tensor(meta, k_rows.device))
+        if isinstance(cache, PackedKV):
+            k, v, rows = cache.shared_rows()  # pools [L, ..., Hkv, D], rows [R] int32
+            slots = prefix = None
+        elif isinstance(cache, RowKVCache):
+            k, v, rows, slots = cache.k, cache.v, None, cache.slot_table
+            prefix = self._prefix_tensor(meta, k.device)
+        else:
+            raise IncompatibleError(f"exact = true writes K/V into a paged or dense KV cache, not {type(cache).__name__}")
+        k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
+        v_rows = v[layer].view(-1, *v.shape[-2:])  # [R, Hkv, D]
+        return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows, slots, prefix,
+                                       rows)
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
         return self.kernels.linear(h, weight, out_dtype=torch.float32, norm=norm)

@@ -254,7 +254,8 @@ def run_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--batch-size", type=int, dest="batch_size",
                    help="prompts decoded at once (continuous batching; rows come as prompts finish; default: the "
-                        "config's generation.batch_size, else 1; > 1 needs target 'decoder', attention 'torch' or 'triton' (exact = false, kv_cache 'paged'))")
+                        "config's generation.batch_size, else 1; > 1 needs target 'decoder' with attention 'torch' or 'triton' "
+                        "(kv_cache 'paged'; exact = true: 'triton'))")
     r.add_argument("--max-verify-rows", type=int, dest="max_verify_rows",
                    help="cap on the draft-tree rows verified per step over all sequences of a batch (default: none)")
     add_pipeline_flags(r)

@@ -52,7 +52,8 @@ class GenerationConfig(BaseModel):
         "auto", description="accept on the target's device and stage the KV commit there, where the verifier and cache can "
         "(one small read-back per round); auto: unless the target runs on the CPU, where the host walk costs less")
     batch_size: int = Field(1, ge=1, le=4096, description="sequences decoded at once by generate_many and `jetspec run` "
-                            "(continuous batching; > 1 needs target 'decoder', attention 'torch' or 'triton' (exact = false, kv_cache 'paged'))")
+                            "(continuous batching; > 1 needs target 'decoder' with attention 'torch' or 'triton' (kv_cache 'paged'; "
+                            "exact = true: 'triton'))")
     max_verify_rows: int | None = Field(None, ge=1, le=1 << 20, description="cap on the tree rows verified per step over "
                                         "all sequences (each gets min(budget, cap // sequences - 1) drafts); none: no cap")
 
@@ -88,10 +89,6 @@ class PipelineConfig(BaseModel):
     def _device_policy(self) -> "PipelineConfig":
         if not {"attention", "kv_cache"} & self.model_fields_set:
             chosen = device_policy(self.target)
-            if chosen is not None and self.generation.batch_size > 1:
-                # triton would turn the decoder's exact mode on (its default on CUDA), which verifies one
-                # sequence at a time: a batch gets torch (name triton with exact = false for its packed kernel)
-                chosen = ("torch", "paged")
             if chosen is not None:
                 self.attention, self.kv_cache = Component(name=chosen[0]), Component(name=chosen[1])
         return self
@@ -117,9 +114,9 @@ class PipelineConfig(BaseModel):
 DEVICE_POLICY = """\
 device: the target's `device = "auto"` (CUDA when available, else CPU); on a CUDA GPU with Triton,
 and unless the config names them, attention "triton" over a "paged" KV cache (CUDA graphs),
-otherwise the library defaults: attention "torch" over a "dense" KV cache. With batch_size > 1 on such
-a GPU: attention "torch" over a "paged" cache (one page pool for the batch; name attention "triton" and
-the target's exact = false for the packed Triton kernel)."""
+otherwise the library defaults: attention "torch" over a "dense" KV cache. The same with batch_size > 1:
+the batch shares one page pool, and the decoder's exact mode (its default there) keeps every prompt's
+output bit for bit its batch-1 output."""
 
 
 def device_policy(target: Component) -> tuple[str, str] | None:

@@ -112,3 +112,20 @@ def test_a_perfect_oracle_commits_several_tokens_a_step_in_a_batch(batch_size):
     results = pipe.generate_many(prompts)
     assert [tuple(r.tokens) for r in results] == [plain(("qwen3", 1), tuple(p)) for p in prompts]
     assert all(r.stats.tau > 2 or len(r.tokens) <= 2 for r in results)
+
+
+@pytest.mark.parametrize("batch_size, cap", [(2, None), (3, 6)])
+def test_an_exact_target_batches_seeded_sampling_draw_for_draw(batch_size, cap):
+    """The kit's exact TinyDecoder (every row's bits its own sequence's) with the seeded sampling
+    verifier at T = 1, whose uniforms follow each sequence's generated index: every prompt samples
+    in a batch exactly what it samples alone, whatever tree the batch's row cap leaves it."""
+    import jetspec
+    from jetspec.testing.models import TinyDecoder
+    from support.registry import make_test_registry
+
+    pipe = (jetspec.builder(make_test_registry()).target(TinyDecoder(2, exact=True)).drafter("ngram").kv_cache("paged")
+            .verifier("sampling", temperature=1.0, seed=7).generation(budget=8, max_new_tokens=16).build())
+    prompts = [[5, 6, 7, 5, 6, 7], [9], [1, 2, 3, 4, 1, 2, 3, 4, 1], [40, 41] * 6, [3, 3, 3]]
+    alone = [pipe.generate(p).tokens for p in prompts]
+    pipe.config.generation = GenerationConfig(budget=8, max_new_tokens=16, batch_size=batch_size, max_verify_rows=cap)
+    assert [r.tokens for r in pipe.generate_many(prompts)] == alone

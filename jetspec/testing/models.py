@@ -6,7 +6,8 @@
   `AttentionBackend` (pre-norm, RoPE, GQA, 2 layers) — the one that exercises a backend.
   `TinyDecoder(seed, vocab=..., exact=True)`: the same model with any vocabulary, whose logits at a
   tree node equal those of a one-token step at the same prefix bit for bit (`_forward_exact`):
-  the kit's target for seeded sampling, where a flipped low bit could change a draw.
+  the kit's target for seeded sampling, where a flipped low bit could change a draw (in batches
+  too: `forward_batch` takes each sequence's rows through `_forward_exact`).
 
 Both use a large weight init: logit gaps of order 1, so fp32 reduction-order noise (a tree forward
 versus a chain forward, one kernel versus another) never flips an argmax.
@@ -135,17 +136,23 @@ class TinyDecoder:
         return self._forward(tokens, meta, cache, hidden_layers, self.attention)
 
     def batch_problem(self) -> str | None:
-        """`BatchedTarget`: the exact model attends row by row, one sequence only."""
+        """`BatchedTarget`: None for the exact model (it works row by row anyway), else the backend's."""
         from ..core.batch import batch_attention_problem
 
-        return "an exact TinyDecoder verifies one sequence at a time" if self.info.exact else batch_attention_problem(self.attention)
+        return None if self.info.exact else batch_attention_problem(self.attention)
 
     @torch.no_grad()
     def forward_batch(self, tokens: torch.Tensor, meta: Any, caches: Sequence[KVCache],
                       hidden_layers: Sequence[int] = ()) -> TargetOutput:
-        """`BatchedTarget`: the packed rows of several sequences (`core.batch.BatchMeta`) in one forward."""
+        """`BatchedTarget`: the packed rows of several sequences (`core.batch.BatchMeta`) in one forward;
+        the exact model's rows each sequence's `_forward_exact` in turn (row by row: the same bits)."""
         from ..core.batch import PackedAttention, PackedKV
 
+        if self.info.exact:
+            outs = [self._forward_exact(tokens[meta.rows(s)], m, c, hidden_layers)
+                    for s, (m, c) in enumerate(zip(meta.seqs, caches))]
+            hidden = torch.cat([o.hidden for o in outs]) if hidden_layers else None  # [R, k, H]
+            return TargetOutput(logits=torch.cat([o.logits for o in outs]), hidden=hidden)  # [R, V]
         return self._forward(tokens, meta, PackedKV(caches, meta), hidden_layers, PackedAttention(self.attention))
 
     def _forward(self, tokens: torch.Tensor, meta: Any, cache: Any, hidden_layers: Sequence[int], attention: Any) -> TargetOutput:

@@ -51,7 +51,7 @@
 #                  vs cute-exact vs cute -> $OUT/kernels_exact.jsonl
 # engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA — the fused walk and row-move
 #                  kernels against the torch ops, and through the conformance kit — graphs, and the bitwise
-#                  exactness property through them -> $OUT/engine_tests.log
+#                  exactness property through them, one sequence and packed batches -> $OUT/engine_tests.log
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -295,7 +295,7 @@ for step in "$@"; do
     engine-tests)
       timeout ${ENGINE_TESTS_TIMEOUT:-300} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
         tests/test_fused_walk.py tests/caches/test_fused_row_move.py tests/test_head_drafter.py tests/test_graph_set.py \
-        tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
+        tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40

@@ -1,0 +1,121 @@
+"""Exact mode in a batch on a GPU (issue #20, part 3), at Qwen3-8B shapes (hidden 4096, 32 query /
+8 kv heads of dim 128, MLP 12288, q/k norm; two layers of random bf16 weights): the packed forward
+of up to 8 sequences gives every row the bits of its own sequence's forward alone — logits and the
+K/V written — for mixes of trees up to 64 nodes and prefill chains over contexts across key blocks
+and 512-key split-K ranges, pages in any order (the kernels' tiles then follow the batch's largest
+tree, not the sequence's: no bit may depend on it); and every prompt's output at batch size B
+equals its plain batch-1 output through CUDA graphs, token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
+from jetspec.core.config import GenerationConfig, PipelineConfig
+from jetspec.core.interfaces import AttentionMeta
+from jetspec.core.pipeline import Pipeline
+from jetspec.core.tree import DraftTree
+from jetspec.drafters.ngram import NgramDrafter, NgramOptions
+from jetspec.scorers.best_first import BestFirstScorer
+from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
+from jetspec.testing.exactness import first_inexact_node, packed_and_alone, random_decoder
+from jetspec.testing.oracle import OracleDrafter, OracleOptions
+from jetspec.verifiers.greedy import GreedyVerifier
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: bf16 Triton kernels on CUDA; this machine has no GPU"),
+]
+
+QWEN3_8B_LIKE = DecoderConfig(
+    architecture="qwen3", vocab_size=32768, hidden_size=4096, intermediate_size=12288, num_layers=2, num_heads=32,
+    num_kv_heads=8, head_dim=128, max_positions=8192, rms_norm_eps=1e-6, qk_norm=True, rope=RopeConfig(theta=1e6),
+)
+CAPACITY, PAGE = 4096, 16
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(exact eager, exact with CUDA graphs, torch's kernels) over one set of weights."""
+    exact = random_decoder(QWEN3_8B_LIKE, "cuda", torch.bfloat16, exact=True)
+    graphed = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=True)
+    fast = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=False)
+    from jetspec.kernels.reference import TorchAttention
+    from jetspec.targets.decoder.ops import TorchOps
+
+    fast.ops, fast.attention = TorchOps(), TorchAttention()
+    return exact, graphed, fast
+
+
+def fill(fast, cache, context: int, seed: int) -> None:
+    """A committed context of `context` tokens, written by the fast (non-exact) path."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, QWEN3_8B_LIKE.vocab_size, (context,), generator=g).cuda()
+    for start in range(0, context, 1024):  # chunks: bounded memory
+        n = min(1024, context - start)
+        cache.begin(n)
+        fast.forward(tokens[start : start + n], AttentionMeta.for_chain(n, start, "cuda"), cache)
+        cache.commit(range(n))
+
+
+@st.composite
+def sequences(draw) -> tuple[int, DraftTree | int]:
+    """(committed context, a tree of up to 64 nodes or the length of a prefill chain)."""
+    context = draw(st.integers(0, 3000))
+    if draw(st.integers(0, 3)) == 0:
+        return context, draw(st.integers(1, 64))
+    n = draw(st.integers(1, 64))
+    parents = [-1] + [draw(st.one_of(st.just(i - 1), st.integers(0, i - 1))) for i in range(1, n)]
+    return context, DraftTree.from_parents(draw(st.permutations(range(1000)))[:n], parents)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.lists(sequences(), min_size=1, max_size=8), commit=st.sampled_from(["gather", "remap"]), data=st.data())
+def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(models, batch, commit, data):
+    exact, _, fast = models
+    caches = PagedKVCache(exact.info, CAPACITY, PagedCacheOptions(page_size=PAGE, commit=commit)).sequences(len(batch))
+    order = data.draw(st.permutations(range(caches[0].num_pages)), label="page order")
+    pages = caches[0].allocator.allocate(caches[0].num_pages)
+    caches[0].allocator.release([pages[i] for i in reversed(order)])  # LIFO: order[0] first
+    metas, tokens = [], []
+    for s, (cache, (context, what)) in enumerate(zip(caches, batch)):
+        fill(fast, cache, context, seed=context + s)
+        if isinstance(what, int):
+            metas.append(AttentionMeta.for_chain(what, context, "cuda"))
+            tokens.append(torch.randint(0, QWEN3_8B_LIKE.vocab_size, (what,), device="cuda"))
+        else:
+            metas.append(AttentionMeta.for_tree(what, context, "cuda"))
+            tokens.append(what.tokens.cuda())
+    packed, alone, differ = packed_and_alone(exact, caches, metas, tokens)
+    assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone)
+    assert differ == [], f"sequences {differ} hold other K/V than when they ran alone"
+
+
+prompts = st.lists(st.integers(0, 999), min_size=1, max_size=8).flatmap(
+    lambda base: st.lists(st.sampled_from(base), min_size=1, max_size=200))
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.lists(prompts, min_size=1, max_size=12), batch_size=st.integers(1, 8), budget=st.integers(1, 64),
+       drafter=st.sampled_from(["ngram", "random-trees"]), data=st.data())
+def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, batch, batch_size, budget, drafter, data):
+    exact, graphed, _ = models
+    cap = data.draw(st.one_of(st.none(), st.integers(batch_size, 8 * batch_size)), label="max_verify_rows")
+
+    def pipeline(target, size: int) -> Pipeline:
+        def new_drafter():
+            if drafter == "ngram":
+                return NgramDrafter(NgramOptions())
+            return OracleDrafter(OracleOptions(reference=[], extra_branches=6, depth=8, vocab_size=1000))
+
+        gen = GenerationConfig(budget=budget, max_new_tokens=48, batch_size=size, max_verify_rows=cap)
+        return Pipeline(target=target, drafter=new_drafter(), scorer=BestFirstScorer(), verifier=GreedyVerifier(),
+                        new_cache=lambda c: PagedKVCache(target.info, c, PagedCacheOptions(page_size=PAGE)),
+                        config=PipelineConfig(generation=gen), new_drafter=new_drafter, new_verifier=GreedyVerifier)
+
+    plain = [pipeline(graphed, 1).generate_plain(p).tokens for p in batch]  # batch 1, CUDA graphs
+    results = pipeline(exact, batch_size).generate_many(batch)
+    assert [r.tokens for r in results] == plain

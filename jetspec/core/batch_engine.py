@@ -20,8 +20,10 @@ required: every sequence verifies at least its root.
 Lossless per sequence: a row attends to its own sequence's keys only, and a sequence's drafter,
 verifier and cache are its own, so each sequence sees exactly the calls `Pipeline.generate` would
 make for it alone (its budget aside, which never changes a lossless output); every other layer
-of the target is row-wise. Acceptance (`batch_accept.py`) runs on the host, or on the device with
-one read-back for the whole step where the verifier can and `generation.accept_on_device` says so.
+of the target is row-wise. With an exact target (`info.exact`) bit for bit: each row's logits are
+its sequence's own (`DecoderTarget.forward_batch`), so batch size cannot change a bit. Acceptance
+(`batch_accept.py`) runs on the host, or on the device with one read-back for the whole step where
+the verifier can and `generation.accept_on_device` says so.
 """
 
 from __future__ import annotations

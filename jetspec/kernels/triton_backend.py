@@ -178,6 +178,9 @@ class TritonAttention(RowKernelInputs):
 
     def _attend_batch_invariant(self, q, k_rows, v_rows, slots: list[torch.Tensor], meta: BatchMeta, scale: float,
                                 group: int, largest: int) -> torch.Tensor:
+        """exact = true: tiles sized for the largest tree (no bit depends on it); each row's
+        ancestors within its own tree [R, largest], positions and the TAIL_ROWS tile table made at
+        the forward's first layer, shared by the rest."""
         from .triton_invariant_attention import BLOCK_N, TAIL_ROWS, packed_invariant_attention, row_tiles
         from .triton_tree_attention import pack_tiles
 
@@ -186,10 +189,10 @@ class TritonAttention(RowKernelInputs):
         flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
         chain = all(m.chain for m in meta.seqs)
         if self._packed_invariant is None or self._packed_invariant[0] is not meta:  # once per forward
-            positions = meta.positions.to(q.device)  # [R] int64
-            first = torch.tensor(meta.cu_rows[:-1], device=q.device)[meta.seq_ids.to(q.device)]  # [R]
+            positions, seq = meta.positions.to(q.device), meta.seq_ids.to(q.device)  # [R] int64 each
+            first = torch.tensor(meta.cu_rows[:-1], device=q.device)[seq]  # [R]: its sequence's first row
             ancestors = positions.view(-1, 1) if chain else ancestor_table(
-                positions, meta.prefix_lens.to(q.device)[meta.seq_ids.to(q.device)], first, largest)  # [R, max N_s]
+                positions, meta.prefix_lens.to(q.device)[seq], first, largest)  # [R, max N_s]
             starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
             tail = pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS).to(q.device)
             self._packed_invariant = (meta, (positions, ancestors, tail))

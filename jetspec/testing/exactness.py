@@ -94,13 +94,13 @@ def packed_and_alone(target: Target, caches: list[KVCache], metas: list[Attentio
     return packed, torch.cat(alone), differ
 
 
-def first_inexact_node(got: torch.Tensor, expected: torch.Tensor) -> str | None:
+def first_inexact_node(got: torch.Tensor, expected: torch.Tensor, against: str = "plain decoding") -> str | None:
     """None when every row is bitwise equal; else a line naming the first differing node."""
     differ = [i for i in range(got.shape[0]) if not torch.equal(got[i], expected[i])]
     if not differ:
         return None
     worst = (got.float() - expected.float()).abs().max().item()
-    return f"{len(differ)} of {got.shape[0]} nodes differ from plain decoding, first node {differ[0]}, max |diff| {worst:.3g}"
+    return f"{len(differ)} of {got.shape[0]} nodes differ from {against}, first node {differ[0]}, max |diff| {worst:.3g}"
 
 
 def random_decoder(cfg, device: torch.device | str, dtype: torch.dtype, exact: bool, cuda_graphs: bool = False,

@@ -99,7 +99,7 @@ def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(targets, family
             metas.append(AttentionMeta.for_tree(what, context))
             tokens.append(what.tokens)
     packed, alone, differ = packed_and_alone(target, caches, metas, tokens)
-    assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone)
+    assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone, "their sequences alone")
     assert differ == [], f"sequences {differ} hold other K/V than when they ran alone"
 
 

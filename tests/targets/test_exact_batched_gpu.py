@@ -90,7 +90,7 @@ def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(models, batch, 
             metas.append(AttentionMeta.for_tree(what, context, "cuda"))
             tokens.append(what.tokens.cuda())
     packed, alone, differ = packed_and_alone(exact, caches, metas, tokens)
-    assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone)
+    assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone, "their sequences alone")
     assert differ == [], f"sequences {differ} hold other K/V than when they ran alone"
 
 

@@ -3,7 +3,7 @@ accumulating across calls (the GPU is lent for minutes at a time), then compared
 
     python bench/head_ablation.py train --config bench/head_ablation.toml --root DIR \
         --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME] [--parallel N] [--steps S]
-    python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [--out FILE.jsonl]
+    python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [DIR ...] [--at-step N] [--out FILE.jsonl]
     python bench/head_ablation.py tau-config --config bench/head_ablation.toml --root DIR --out FILE.toml
 
 train       each variant gets M minutes of this call, in config order: its first call starts the run
@@ -14,7 +14,9 @@ train       each variant gets M minutes of this call, in config order: its first
 table       one row per variant from ROOT/NAME/log.jsonl: steps, minutes of training, and the last
             validation — held-out forward KL (unweighted whatever the loss: `train.evaluate`), chain τ,
             rank-1 accuracy by depth; a markdown table, and rows appended to --out with command,
-            machine and date.
+            machine and date. `--at-step N`: the validation at step N instead of the last (variants
+            compared at equal steps of the same schedule; "–" where a run has none there); several
+            roots: each variant from the first that holds its run (passes trained in different calls).
 tau-config  a `jetspec bench` replay config (τ at budgets 16/64/256 on the four prompt sets) with one
             pipeline per trained variant, the drafter its kind names (the causal head alone:
             `jetspec` with `lookup = false`).
@@ -112,17 +114,22 @@ def train(config: str, root: Path, target: str, corpus: str, minutes: float, onl
         raise InputError(f"training failed for {'; '.join(failed)}")
 
 
-def variant_row(root: Path, variant: dict, base: dict) -> dict:
-    """The variant's settings, training so far and last validation (from ROOT/NAME/log.jsonl)."""
-    log = root / variant["name"] / "log.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+def variant_row(roots: list[Path], variant: dict, base: dict, at_step: int | None = None) -> dict:
+    """The variant's settings, training so far and last validation (or the one at `at_step`), from
+    ROOT/NAME/log.jsonl of the first root that has it."""
+    logs = [root / variant["name"] / "log.jsonl" for root in roots]
+    log = next((p for p in logs if p.is_file()), None)
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log else []
     evals = [r for r in rows if "eval" in r]
     calls = [r for r in rows if "run" in r]
+    if at_step is not None:
+        evals = [r for r in evals if r["step"] == at_step] or [{"step": at_step, "eval": {}}]
     last = evals[-1] if evals else {"step": 0, "eval": {}}
     return {"kind": "head_ablation", "variant": variant["name"],
             "settings": {k: v for k, v in {**base, **variant}.items() if k != "name"},
             "steps": calls[-1]["steps_total"] if calls else 0, "minutes": calls[-1]["minutes_total"] if calls else 0.0,
             "dtype": calls[-1]["run"].get("dtype") if calls else None,
+            "trained_on": calls[-1]["run"].get("device") if calls else None,  # `machine`: where the table was made
             "eval_step": last["step"], **{k: last["eval"].get(k) for k in ("eval_kl", "eval_tau_chain", "eval_acc_by_depth")}}  # fmt: skip
 
 
@@ -139,9 +146,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def table(config: str, root: Path, out: str | None) -> list[dict]:
+def table(config: str, roots: list[Path], out: str | None, at_step: int | None = None) -> list[dict]:
     base, variants = load_config(config)
-    rows = [variant_row(root, v, base) | {"changes": ", ".join(f"{k}={v[k]}" for k in v if k != "name") or "(base)"}
+    rows = [variant_row(roots, v, base, at_step) | {"changes": ", ".join(f"{k}={v[k]}" for k in v if k != "name") or "(base)"}
             for v in variants]  # fmt: skip
     print(markdown(rows))
     if out:
@@ -188,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["train", "table", "tau-config"])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--root", required=True, help="one run folder per variant inside")
+    ap.add_argument("--root", required=True, nargs="+", help="one run folder per variant inside (table: several, first wins)")
+    ap.add_argument("--at-step", type=int, default=None, help="table: the validation at this step, not the last")
     ap.add_argument("--target", help="train: the frozen target (HF folder or .gguf)")
     ap.add_argument("--corpus", help="train: a corpus made by `jetspec make-corpus`")
     ap.add_argument("--minutes", type=float, default=1.0, help="train: minutes per variant in this call")
@@ -197,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="train: the horizon of runs started by this call (default: [base]'s)")
     ap.add_argument("--out", default=None, help="table: rows appended here (.jsonl); tau-config: the .toml written")
     a = ap.parse_args(argv)
-    root = Path(a.root)
+    roots = [Path(r) for r in a.root]
+    root = roots[0]
     try:
+        if a.what != "table" and len(roots) > 1:
+            raise InputError(f"{a.what} takes one --root, got {len(roots)}")
         if a.what == "train":
             if not (a.target and a.corpus):
                 raise InputError("train needs --target and --corpus")
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             train(a.config, root, a.target, a.corpus, a.minutes, a.only.split(",") if a.only else None, a.parallel, a.steps)
             print(f"head_ablation: trained for {(time.monotonic() - start) / 60:.1f} min", file=sys.stderr)
         elif a.what == "table":
-            table(a.config, root, a.out)
+            table(a.config, roots, a.out, a.at_step)
         else:
             if not a.out:
                 raise InputError("tau-config needs --out FILE.toml")

@@ -68,7 +68,7 @@ def test_each_call_trains_every_variant_and_the_next_resumes_them(setup, capsys)
     capsys.readouterr()
 
     out = root / "rows.jsonl"
-    rows = ablation.table(str(root / "ablation.toml"), runs, str(out))
+    rows = ablation.table(str(root / "ablation.toml"), [runs], str(out))
     assert [r["variant"] for r in rows] == ["base", "ce-gamma", "eagle"]
     assert all(r["steps"] >= 2 and r["eval_kl"] is not None and r["eval_tau_chain"] >= 1.0 for r in rows)
     assert {r["dtype"] for r in rows} == {"float32"}  # the target's dtype on the CPU, from each run's log
@@ -112,3 +112,32 @@ def test_only_must_name_variants_of_the_config(setup, capsys):
             "--corpus", str(root / "corpus"), "--only", "base,nope"]
     assert ablation.main(argv) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def log_of(run, evals: dict[int, float], steps: int) -> None:
+    """A run folder whose log has validations {step: chain τ} and one call of `steps` steps."""
+    run.mkdir(parents=True)
+    lines = [{"step": k, "eval": {"eval_kl": 1.0, "eval_tau_chain": tau, "eval_acc_by_depth": [0.5]}} for k, tau in evals.items()]
+    lines.append({"run": {"run": 1, "dtype": "bfloat16"}, "steps_total": steps, "minutes_total": 1.0})
+    (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def test_variants_trained_in_two_passes_compare_at_one_step(tmp_path, capsys):
+    """Pass 1 trained base and eagle 1200 steps, pass 2 trained ce-gamma 785 (8 side by side in the
+    same minutes): --at-step 500 takes every variant's validation at step 500 of the same schedule,
+    each from the first root holding it; a variant without one there shows none."""
+    (tmp_path / "ablation.toml").write_text(CONFIG)
+    one, two = tmp_path / "pass1", tmp_path / "pass2"
+    log_of(one / "base", {0: 1.0, 500: 1.5, 1200: 1.7}, 1200)
+    log_of(one / "eagle", {0: 1.0, 1000: 2.5}, 1000)
+    log_of(two / "ce-gamma", {0: 1.0, 500: 1.6, 785: 1.8}, 785)
+    log_of(two / "base", {500: 9.9}, 500)  # shadowed: pass1 holds base
+    argv = ["table", "--config", str(tmp_path / "ablation.toml"), "--root", str(one), str(two), "--at-step", "500"]
+    assert ablation.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| base | (base) | 1200 | 1.0 | 1.000 | 1.50 |" in out and "| ce-gamma | loss=ce, gamma=3.0 | 785 | 1.0 | 1.000 | 1.60 |" in out
+    assert "| eagle | kind=eagle | 1000 | 1.0 | – | – |" in out
+    rows = ablation.table(str(tmp_path / "ablation.toml"), [one, two], None)  # no --at-step: the last validation
+    assert [r["eval_tau_chain"] for r in rows] == [1.7, 1.8, 2.5] and [r["eval_step"] for r in rows] == [1200, 785, 1000]
+    assert ablation.main(["train", "--config", str(tmp_path / "ablation.toml"), "--root", str(one), str(two)]) == 2
+    assert "one --root" in capsys.readouterr().err

@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] --out bench/results/batched_throughput.jsonl
+        [--budget 16] [--b1-prompts 16] [--exact on|off] --out bench/results/batched_throughput.jsonl
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
     plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed
@@ -12,8 +12,10 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
 
 Both of ours run the decoder over one paged page pool with the packed Triton kernel (--attention
-triton, exact = false; the default on CUDA) or the reference attention (torch), eagerly (the
-batched engine's path has no CUDA graphs yet). tokens/s = tokens generated (to EOS or --new) / wall time of the
+triton, the default on CUDA) or the reference attention (torch), eagerly (the batched engine's path
+has no CUDA graphs yet). `--exact on` (the default with triton on CUDA, as for users): the
+row-invariant kernels and the packed position-invariant attention, so every sequence's output
+must equal its batch-1 plain output bit for bit in bf16 too; `off`: the free-order kernels. tokens/s = tokens generated (to EOS or --new) / wall time of the
 whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
 output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow); `x_plain` = spec@B /
 plain@B, `x_hf` = plain@B / hf@B. One JSON row per variant is appended to --out, with the command,
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--exact", choices=("on", "off"), default=None,
+                    help="ours: the exact (batch-invariant) kernels; default on with triton on CUDA, else off")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
     args = ap.parse_args(argv)
@@ -103,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     stamp = {k: stamp[k] for k in ("date", "machine", "command", "torch")} | {"device": args.device, "dtype": args.dtype}
 
     attention = args.attention or ("triton" if args.device.startswith("cuda") else "torch")
-    stamp["attention"] = attention
+    exact = args.exact == "on" if args.exact else (attention == "triton" and args.device.startswith("cuda"))
+    stamp |= {"attention": attention, "exact": exact}
     pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, cuda_graphs=False,
-                                     exact=False)
+                                     exact=exact)
             .attention(attention).kv_cache("paged").drafter(args.drafter)
             .generation(budget=args.budget, max_new_tokens=args.new, max_verify_rows=args.max_verify_rows).build())
     ids = [pipe.encode(t) for t in texts]

@@ -12,7 +12,7 @@
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # batched          bench/batched_throughput.py (issue 20): ours speculative and plain through the batched engine
-#                  (packed triton attention, exact = false, one paged pool) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
+#                  (packed triton attention, exact = true unless BATCHED_ARGS="--exact off", one paged pool) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
 #                  BATCHED_PROMPTS (64) GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.jsonl
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
 # corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,
@@ -182,7 +182,7 @@ for step in "$@"; do
     batched)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       timeout 560 python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-64} --b1-prompts 16 --new 256 \
-        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} --out $OUT/batched_throughput.jsonl 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
+        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.hf_folder import save_tiny_hf_folder
+from jetspec.testing.models import tiny_hf_model
+from support.hf_folder import VOCAB, char_tokenizer, save_tiny_hf_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,3 +35,25 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     assert all(r["identical"] == 1.0 for r in ours)  # fp32: every prompt equals its batch-1 plain output
     assert all("x_plain" in r for r in rows if r["engine"] == "spec") and all("x_hf" in r for r in rows if r["engine"] == "plain")
     assert "spec / plain" in proc.stdout and "6 rows appended" in proc.stdout
+    assert not any(r["exact"] for r in rows)
+
+
+def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):
+    """--exact on (the GPU default with triton; here Triton's interpreter): bf16 batches of 4 give
+    every prompt its batch-1 plain output, plain and speculative."""
+    model = tmp_path / "model"
+    tiny_hf_model("llama", seed=3, vocab=VOCAB, hidden=64).save_pretrained(model)  # head dim 16: the triton kernels' smallest
+    char_tokenizer().save_pretrained(model)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "4", "--b1-prompts", "4", "--new", "5", "--batch-sizes", "4", "--budget", "4", "--device", "cpu",
+           "--dtype", "bfloat16", "--attention", "triton", "--exact", "on", "--no-hf", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["plain@4", "spec@4"]
+    assert all(r["exact"] and r["attention"] == "triton" and r["dtype"] == "bfloat16" for r in rows)
+    assert all(r["identical"] == 1.0 for r in rows)

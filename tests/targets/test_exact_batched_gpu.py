@@ -20,45 +20,23 @@ from jetspec.core.pipeline import Pipeline
 from jetspec.core.tree import DraftTree
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions
 from jetspec.scorers.best_first import BestFirstScorer
-from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
-from jetspec.testing.exactness import first_inexact_node, packed_and_alone, random_decoder
+from jetspec.testing.exactness import first_inexact_node, packed_and_alone
 from jetspec.testing.oracle import OracleDrafter, OracleOptions
 from jetspec.verifiers.greedy import GreedyVerifier
+
+from support.gpu_exact import QWEN3_8B_LIKE, exact_graphed_fast, fill
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU test: bf16 Triton kernels on CUDA; this machine has no GPU"),
 ]
 
-QWEN3_8B_LIKE = DecoderConfig(
-    architecture="qwen3", vocab_size=32768, hidden_size=4096, intermediate_size=12288, num_layers=2, num_heads=32,
-    num_kv_heads=8, head_dim=128, max_positions=8192, rms_norm_eps=1e-6, qk_norm=True, rope=RopeConfig(theta=1e6),
-)
 CAPACITY, PAGE = 4096, 16
 
 
 @pytest.fixture(scope="module")
 def models():
-    """(exact eager, exact with CUDA graphs, torch's kernels) over one set of weights."""
-    exact = random_decoder(QWEN3_8B_LIKE, "cuda", torch.bfloat16, exact=True)
-    graphed = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=True)
-    fast = type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=False)
-    from jetspec.kernels.reference import TorchAttention
-    from jetspec.targets.decoder.ops import TorchOps
-
-    fast.ops, fast.attention = TorchOps(), TorchAttention()
-    return exact, graphed, fast
-
-
-def fill(fast, cache, context: int, seed: int) -> None:
-    """A committed context of `context` tokens, written by the fast (non-exact) path."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, QWEN3_8B_LIKE.vocab_size, (context,), generator=g).cuda()
-    for start in range(0, context, 1024):  # chunks: bounded memory
-        n = min(1024, context - start)
-        cache.begin(n)
-        fast.forward(tokens[start : start + n], AttentionMeta.for_chain(n, start, "cuda"), cache)
-        cache.commit(range(n))
+    return exact_graphed_fast()
 
 
 @st.composite

@@ -66,3 +66,28 @@ EXACT_FAMILIES = {  # for the Triton kernels (head dim 16); GQA groups 2, 4 and 
     "qwen2": ("Qwen2Config", dict(SMALL, num_key_value_heads=1, tie_word_embeddings=False)),
     "qwen3": ("Qwen3Config", dict(SMALL, hidden_size=96, num_attention_heads=6, head_dim=16, tie_word_embeddings=True)),
 }
+
+
+def exact_and_fast_targets(tmp_path_factory, seed: int):
+    """get(family, dtype, split_keys) -> (the DecoderTarget of EXACT_FAMILIES[family] with exact = true
+    over triton attention, the same weights with torch's kernels: it fills committed contexts fast, the
+    interpreter being slow). Folders and targets are made once per key."""
+    import jetspec
+
+    folders, built = {}, {}
+
+    def target(family: str, dtype: str, exact: bool, **attention):
+        if family not in folders:
+            folders[family] = tmp_path_factory.mktemp(family)
+            cls_name, fields = EXACT_FAMILIES[family]
+            random_hf_model(cls_name, fields, seed=seed).save_pretrained(folders[family])
+        return (jetspec.builder().target("decoder", path=str(folders[family]), dtype=dtype, device="cpu", exact=exact)
+                .attention("triton" if exact else "torch", **attention).drafter("ngram").build().target)
+
+    def get(family: str, dtype: str, split_keys: int):
+        key = (family, dtype, split_keys)
+        if key not in built:
+            built[key] = (target(family, dtype, True, split_keys=split_keys), target(family, dtype, False))
+        return built[key]
+
+    return get

@@ -14,13 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import jetspec
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
 from jetspec.core.errors import IncompatibleError
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.tree import DraftTree
 from jetspec.testing.exactness import first_inexact_node, packed_and_alone
-from support.hf_checkpoints import COMMON, EXACT_FAMILIES as MODELS, random_hf_model
+from support.hf_checkpoints import COMMON, EXACT_FAMILIES as MODELS, exact_and_fast_targets
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-interpreter form; the GPU form is "
@@ -31,25 +30,8 @@ VOCAB, CAPACITY, PAGE = COMMON["vocab_size"], 192, 16
 
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
-    """(family, dtype, split_keys) -> (the DecoderTarget with exact = true, the same weights with
-    torch's kernels: it fills the committed contexts fast)."""
-    folders, built = {}, {}
-
-    def target(family: str, dtype: str, exact: bool, **attention):
-        if family not in folders:
-            folders[family] = tmp_path_factory.mktemp(family)
-            cls_name, fields = MODELS[family]
-            random_hf_model(cls_name, fields, seed=3).save_pretrained(folders[family])
-        return (jetspec.builder().target("decoder", path=str(folders[family]), dtype=dtype, device="cpu", exact=exact)
-                .attention("triton" if exact else "torch", **attention).drafter("ngram").build().target)
-
-    def get(family: str, dtype: str, split_keys: int):
-        key = (family, dtype, split_keys)
-        if key not in built:
-            built[key] = (target(family, dtype, True, split_keys=split_keys), target(family, dtype, False))
-        return built[key]
-
-    return get
+    """(family, dtype, split_keys) -> (exact target, the same weights with torch's kernels)."""
+    return exact_and_fast_targets(tmp_path_factory, seed=3)
 
 
 @st.composite

@@ -31,6 +31,7 @@ from ..core.interfaces import AttentionBackend, BatchedAttention, DecodeState, D
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
+from .invariance import check_position_invariance
 from .batched import PromptOracle, assemble_batched, check_batched_lossless, default_batched
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
@@ -231,11 +232,15 @@ def check_attention_backend(
     attention: Component, options: dict[str, Any] | None = None, registry: Registry | None = None,
     examples: int = 20, seed: int | None = 0, shrink: bool = True, kv_cache: Component = "dense", device: str = "cpu",
     dtype: torch.dtype = torch.float32, head_dims: tuple[int, ...] = (8, 16), atol: float = 1e-4, rtol: float = 1e-4,
-    batched: int | None = None, batched_kv_cache: Component = "paged",
+    batched: int | None = None, batched_kv_cache: Component = "paged", invariance: int | None = None,
 ) -> None:
-    """Matches `tree_attention` on random trees (through the `kv_cache` it is paired with); then
-    lossless as the attention of `TinyDecoder` (the only tiny target that uses a backend); then,
-    for a backend with `attend_batch`, lossless in batches over `batched_kv_cache` caches."""
+    """Matches `tree_attention` on random trees (through the `kv_cache` it is paired with); for a
+    backend with `position_invariant()`, `invariance` examples (default: examples // 4, at least 2;
+    0: none) of `invariance.py`: its mode gives every tree node the bits of its one-token step,
+    and, with `attend_batch`, every packed sequence the bits of that sequence alone (over
+    `batched_kv_cache` caches); then lossless as the attention of `TinyDecoder` (the only tiny
+    target that uses a backend); then, for a backend with `attend_batch`, lossless in batches
+    over `batched_kv_cache` caches."""
     s = resolve("attention", attention, options, registry)
     _static(s)
     backend = check_instance(s, build(s), AttentionBackend)
@@ -246,6 +251,11 @@ def check_attention_backend(
         return cache.impl.factory(cache.options, info, capacity)
 
     check_attention_numerics(s, backend, new_cache, examples * 3, seed, device, dtype, head_dims, atol, rtol, shrink)
+    batch_cache = resolve("kv_cache", batched_kv_cache, None, s.registry)
+    invariant = max(2, examples // 4) if invariance is None else invariance
+    if invariant:
+        check_position_invariance(s, backend, new_cache, lambda info, c: batch_cache.impl.factory(batch_cache.options, info, c),
+                                  invariant, seed, device, dtype, head_dims, shrink)
 
     def pipeline(ex: Example):
         target = TinyDecoder(ex.model_seed, attention=build(s), device=device)
@@ -253,8 +263,6 @@ def check_attention_backend(
 
     check_lossless(s, pipeline, examples, ("decoder",), seed, shrink)
     if isinstance(backend, BatchedAttention):  # optional: without it, batching refuses the backend in one line
-        batch_cache = resolve("kv_cache", batched_kv_cache, None, s.registry)
-
         def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
             target = TinyDecoder(model_seed, attention=build(s), device=device)
             return assemble_batched(target, lambda: PromptOracle(answer), max_verify_rows=cap,

@@ -4,7 +4,7 @@
     every tree node's output == its one-token step's (ancestors committed as prefix)   torch.equal
     every packed sequence's rows == that sequence's `attend` alone                     torch.equal
 
-`triton` passes; a mode that tiles keys by the number of queries, and a packed form that tiles
+`triton` passes (and its free-order kernels offered as the mode fail); a mode that tiles keys by the number of queries, and a packed form that tiles
 keys by the sequence's offset in the batch, both pass the tolerance check and fail this one in one
 line naming them. The plugins below are all the same attention, one row at a time in fp32 with an
 online softmax over key blocks; they differ only in where the block boundaries fall."""
@@ -126,13 +126,33 @@ def test_a_backend_whose_blocks_are_fixed_by_position_passes():
     check_attention_backend(plugin(FixedBlocks), registry=REG, examples=4, batched=0)
 
 
-def test_the_triton_backend_passes_in_its_position_invariant_mode():
-    """In Triton's interpreter on a CPU; split_keys=64 so prefixes cross split boundaries."""
+def check_triton(examples: int) -> None:
+    """The kit's invariance check of `triton` in Triton's interpreter on a CPU; split_keys=64 so
+    prefixes cross split boundaries; trees over a dense cache, batches over one paged pool."""
     pytest.importorskip("triton")
     s = resolve("attention", "triton", {"split_keys": 64}, REG)
     check_position_invariance(s, build(s), lambda info, c: DenseKVCache(info, c),
                               lambda info, c: PagedKVCache(info, c, PagedCacheOptions(page_size=4)),
-                              examples=8, seed=0, device="cpu", dtype=torch.float32, head_dims=(16, 32))
+                              examples=examples, seed=0, device="cpu", dtype=torch.float32, head_dims=(16, 32), shrink=False)
+
+
+def test_the_triton_backend_passes_in_its_position_invariant_mode():
+    check_triton(examples=6)
+
+
+def test_the_triton_free_order_kernels_claimed_as_invariant_fail(monkeypatch):
+    """Power: triton's own free-order kernels (split-K chosen from the number of queries) offered
+    as the mode, or as its packed form, are caught."""
+    from jetspec.kernels.triton_backend import TritonAttention
+
+    monkeypatch.setattr(TritonAttention, "position_invariant", lambda self: TritonAttention(self.options))
+    with pytest.raises(ConformanceError, match=r"^attention 'triton': position invariance: node \d+"):
+        check_triton(examples=6)
+    monkeypatch.undo()
+    packed = TritonAttention.attend_batch
+    monkeypatch.setattr(TritonAttention, "attend_batch", lambda self, *args: packed(TritonAttention(self.options), *args))
+    with pytest.raises(ConformanceError, match=r"^attention 'triton': packed invariance: sequence \d+'s node \d+"):
+        check_triton(examples=6)
 
 
 def test_a_mode_whose_key_order_follows_the_query_count_passes_numerics_and_fails_invariance():

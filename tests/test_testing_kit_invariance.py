@@ -4,9 +4,9 @@
     every tree node's output == its one-token step's (ancestors committed as prefix)   torch.equal
     every packed sequence's rows == that sequence's `attend` alone                     torch.equal
 
-`triton` passes (and its free-order kernels offered as the mode fail); a mode that tiles keys by the number of queries, and a packed form that tiles
-keys by the sequence's offset in the batch, both pass the tolerance check and fail this one in one
-line naming them. The plugins below are all the same attention, one row at a time in fp32 with an
+`triton` passes (and its free-order kernels offered as the mode fail); a mode that tiles keys by
+the number of queries, and a packed form that tiles keys by the sequence's offset in the batch,
+both pass the tolerance check and fail this one in one line naming them. The plugins below are all the same attention, one row at a time in fp32 with an
 online softmax over key blocks; they differ only in where the block boundaries fall."""
 
 from __future__ import annotations

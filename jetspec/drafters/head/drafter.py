@@ -22,6 +22,7 @@ drafted by copying, the rest by the head, in one tree under one budget.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,34 @@ from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
 
 
+# target -> {what a head is built from: its DraftHead}. A batched run makes one drafter per slot
+# (`Pipeline.generate_many`); they share one copy of the frozen head's weights for their target,
+# each keeping its own context cache and graphs.
+_BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> DraftHead:
     """A head of `kind` for `target`: loaded from `options.checkpoint`, or random (seeded) for
     checkpoint "random"; no checkpoint is a one-line `UntrainedHeadError`. An explicit `causal`
-    option picks the kind ("causal" / "dflash") over the drafter's name."""
+    option picks the kind ("causal" / "dflash") over the drafter's name. Built once per target
+    and (kind, options that shape the head, checkpoint file state): later calls return the same
+    frozen module."""
+    stamp = None
+    if options.checkpoint not in (None, RANDOM):
+        weights = Path(options.checkpoint) / "head.safetensors"
+        stamp = (weights.stat().st_mtime_ns, weights.stat().st_size) if weights.is_file() else None
+    key = (kind, getattr(options, "causal", None), options.checkpoint, stamp, options.layers,
+           tuple(options.target_layers or ()), getattr(options, "block_size", None), options.seed)
+    try:
+        built = _BUILT.setdefault(target, {})
+    except TypeError:  # a target that cannot be weakly referenced: no sharing
+        return _build_head(options, target, kind)
+    if key not in built:
+        built[key] = _build_head(options, target, kind)
+    return built[key]
+
+
+def _build_head(options: HeadOptions | EagleOptions, target: Any, kind: str) -> DraftHead:
     info = target.info
     causal = getattr(options, "causal", None)  # only the parallel heads have it
     if causal is not None:

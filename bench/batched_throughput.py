@@ -3,7 +3,8 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] [--exact on|off] --out bench/results/batched_throughput.jsonl
+        [--budget 16] [--b1-prompts 16] [--exact on|off] --out bench/results/batched_throughput.jsonl \
+        [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
     plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="ours: the exact (batch-invariant) kernels; default on with triton on CUDA, else off")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
+    ap.add_argument("--plot", help="also write this run's tokens/s against batch size to this PNG")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if not sizes or min(sizes) < 1:
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
             line += f", plain / hf = {by[f'plain@{b}'] / by[f'hf@{b}']:.2f}x"
         print(line)
     print(f"{len(rows)} rows appended to {out}")
+    if args.plot:
+        from jetspec.bench.plots import write_throughput_plot
+
+        print(f"plot: {write_throughput_plot(rows, Path(args.plot), 'batched throughput')}")
 
 
 if __name__ == "__main__":

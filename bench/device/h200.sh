@@ -31,6 +31,8 @@
 #                  ABLATION_MINUTES (1) each per call, runs accumulating in /tmp/keep/ablation (ABLATION_ONLY: names;
 #                  ABLATION_PARALLEL: variants at a time; ABLATION_STEPS: the horizon of runs started by this call)
 #                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves)
+# ablation-bg      the same in its own process session, so that the next steps run beside it (tests, not
+#                  timings); ablation-wait waits for it (ABLATION_WAIT s at most), then the same outputs
 # ablation-install the variants of ABLATION_SHIP ("causal=base dflash=dflash eagle=eagle") become the heads
 #                  tau / bench / generate use -> $OUT/KIND.safetensors
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the
@@ -52,6 +54,8 @@
 # engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA — the fused walk and row-move
 #                  kernels against the torch ops, and through the conformance kit — graphs, and the bitwise
 #                  exactness property through them, one sequence and packed batches -> $OUT/engine_tests.log
+# breakdown        bench/kernel_breakdown.py: SmolLM2 and Qwen3-8B shapes, exact on and off, 1 and 64 nodes, CUDA-graph
+#                  replays under torch.profiler: kernels per layer and GPU µs each -> $OUT/kernel_breakdown.{jsonl,log}
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -134,6 +138,17 @@ sharded() {
   return $bad
 }
 
+# bench/head_ablation.py train's flags for `ablation` / `ablation-bg`, and what both bring back
+ABL=/tmp/keep/ablation
+ABLATION_FLAGS=(--config bench/head_ablation.toml --root $ABL --target $JETSPEC_CACHE/models/SmolLM2-135M-Instruct
+  --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY}
+  --parallel ${ABLATION_PARALLEL:-1} ${ABLATION_STEPS:+--steps $ABLATION_STEPS})
+ablation_out() {
+  for f in $ABL/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
+  tar -C $ABL -cf $OUT/head_ablation.tar $(cd $ABL && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null)
+  python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $ABL --out $OUT/head_ablation.jsonl
+}
+
 failed=""
 for step in "$@"; do
   log "$step"
@@ -182,7 +197,7 @@ for step in "$@"; do
     batched)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       timeout 560 python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-64} --b1-prompts 16 --new 256 \
-        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
+        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
@@ -218,15 +233,20 @@ for step in "$@"; do
       cp $R/head.safetensors $R/curves.png $OUT/ 2>/dev/null
       tar -C $R -cf $OUT/train_head.tar $(cd $R && ls head.json log.jsonl run.json 2>/dev/null) ;;
     ablation)
-      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct; A=/tmp/keep/ablation
-      timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train --config bench/head_ablation.toml --root $A \
-        --target $M --corpus /tmp/keep/corpus --minutes ${ABLATION_MINUTES:-1} ${ABLATION_ONLY:+--only $ABLATION_ONLY} \
-        --parallel ${ABLATION_PARALLEL:-1} ${ABLATION_STEPS:+--steps $ABLATION_STEPS} 2>&1 \
+      timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train "${ABLATION_FLAGS[@]}" 2>&1 \
         | grep -v Warning | grep -E "head_ablation|Error|error" | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      for f in $A/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
-      python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $A --out $OUT/head_ablation.jsonl || failed="$failed $step"
-      tar -C $A -cf $OUT/head_ablation.tar $(cd $A && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null) ;;
+      ablation_out || failed="$failed $step" ;;
+    ablation-bg)  # the same in its own process session, beside the next steps (tests: not timings); ablation-wait ends it
+      rm -f /tmp/keep/ablation.done
+      setsid nohup bash -c "python3 bench/head_ablation.py train ${ABLATION_FLAGS[*]} > /tmp/keep/ablation_bg.log 2>&1; \
+        echo \$? > /tmp/keep/ablation.done" > /dev/null 2>&1 < /dev/null &
+      sleep 5; grep -v Warning /tmp/keep/ablation_bg.log ;;
+    ablation-wait)
+      for _ in $(seq ${ABLATION_WAIT:-600}); do [ -f /tmp/keep/ablation.done ] && break; sleep 1; done
+      grep -v Warning /tmp/keep/ablation_bg.log | tail -20; echo "ablation exit: $(cat /tmp/keep/ablation.done 2>/dev/null)"
+      [ "$(cat /tmp/keep/ablation.done 2>/dev/null)" = 0 ] || failed="$failed $step"
+      ablation_out || failed="$failed $step" ;;
     ablation-install)  # ABLATION_SHIP="causal=base dflash=dflash eagle=eagle": those variants become the heads tau/bench use
       for kv in ${ABLATION_SHIP:-causal=base dflash=dflash eagle=eagle}; do
         k=${kv%%=*}; v=${kv#*=}; [ -f /tmp/keep/ablation/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
@@ -297,6 +317,12 @@ for step in "$@"; do
         tests/test_fused_walk.py tests/caches/test_fused_row_move.py tests/test_head_drafter.py tests/test_graph_set.py \
         tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    breakdown)
+      for m in smollm2 qwen3-8b; do
+        timeout 240 python3 -m bench.kernel_breakdown --model $m --exact on off --nodes 1 64 --graphs --out $OUT/kernel_breakdown.jsonl 2>&1 \
+          | grep -v Warning | tee -a $OUT/kernel_breakdown.log | grep -E "kernels per layer|forward_ms|summary|Error" | head -20
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

@@ -2,6 +2,7 @@
 
 * `<name>_tau_vs_budget.png`: τ against budget, one line per drafter, one panel per dataset
 * `<name>_speedup.png`: speedup over our plain decoding, bars per pipeline, grouped by dataset
+* `write_throughput_plot`: tokens/s against batch size, one line per engine (bench/batched_throughput.py)
 
 Each figure is titled with the bench's name and the machine and date that measured its rows.
 """
@@ -69,6 +70,33 @@ def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> lis
     fig.tight_layout()
     written.append(_save(fig, folder / f"{name}_speedup.png"))
     return written
+
+
+def write_throughput_plot(rows: list[dict[str, Any]], path: Path, name: str) -> Path:
+    """rows: `batched` rows (engine, batch_size, tokens_per_s, machine, date) -> one PNG, tokens/s
+    against batch size on log-log axes, a line per engine (plain, spec, hf), each point labelled
+    with its tokens/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fig.suptitle(plot_title(name, rows), fontsize=9)
+    for engine in sorted({r["engine"] for r in rows}):
+        points = sorted((r["batch_size"], r["tokens_per_s"]) for r in rows if r["engine"] == engine)
+        ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=engine)
+        for b, t in points:
+            ax.annotate(f"{t:.0f}", (b, t), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (sequences decoded together)")
+    ax.set_ylabel("tokens / s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:

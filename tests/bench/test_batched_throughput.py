@@ -22,7 +22,7 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}  # no path help
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
            "--prompts", "5", "--b1-prompts", "3", "--new", "6", "--batch-sizes", "1,4", "--budget", "4",
-           "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+           "--device", "cpu", "--dtype", "float32", "--out", str(out), "--plot", str(tmp_path / "t.png")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -36,6 +36,7 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     assert all("x_plain" in r for r in rows if r["engine"] == "spec") and all("x_hf" in r for r in rows if r["engine"] == "plain")
     assert "spec / plain" in proc.stdout and "6 rows appended" in proc.stdout
     assert not any(r["exact"] for r in rows)
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the throughput plot
 
 
 def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):

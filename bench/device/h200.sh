@@ -32,7 +32,8 @@
 #                  ABLATION_PARALLEL: variants at a time; ABLATION_STEPS: the horizon of runs started by this call)
 #                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves)
 # ablation-bg      the same in its own process session, so that the next steps run beside it (tests, not
-#                  timings); ablation-wait waits for it (ABLATION_WAIT s at most), then the same outputs
+#                  timings); ablation-wait waits for it (ABLATION_WAIT s at most), then the same outputs. Put
+#                  ablation-wait in the same call: a machine given back between calls takes the runs with it
 # ablation-install the variants of ABLATION_SHIP ("causal=base dflash=dflash eagle=eagle") become the heads
 #                  tau / bench / generate use -> $OUT/KIND.safetensors
 # train-bg         the same, --parallel, in its own process session (it outlives this call; the

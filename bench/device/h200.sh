@@ -147,7 +147,7 @@ ABLATION_FLAGS=(--config bench/head_ablation.toml --root $ABL --target $JETSPEC_
 ablation_out() {
   for f in $ABL/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
   tar -C $ABL -cf $OUT/head_ablation.tar $(cd $ABL && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null)
-  python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $ABL --out $OUT/head_ablation.jsonl
+  python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $ABL --out $OUT/head_ablation.jsonl || return 1
 }
 
 failed=""

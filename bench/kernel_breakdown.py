@@ -33,11 +33,11 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import os
 import shlex
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -47,6 +47,7 @@ if not torch.cuda.is_available():
 from bench.kernel_bench import best_first_tree  # noqa: E402
 from bench.round_cost import QWEN3_8B, TINY, fill, new_cache, random_target  # noqa: E402
 
+from jetspec.bench.rows import append_row, run_row  # noqa: E402
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig  # noqa: E402
 
@@ -236,15 +237,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  => {n_layer:.1f} kernels per layer, {n_fwd:.0f} per forward (L = {cfg.num_layers})"
                   + (f"; kernels {total_us / 1e3:.3f} ms of GPU time, forward {ms:.3f} ms" if cuda else ""))
             if args.out:
+                stamp = run_row("python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]), {})
                 row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, nodes=nodes,
                            context=context, graphs=target.graphs is not None, steps=steps, kernels_per_layer=n_layer,
                            kernels_per_forward=n_fwd, kernel_ms=total_us / 1e3 if cuda else None, forward_ms=ms,
                            device=torch.cuda.get_device_name() if cuda else "cpu",
-                           command="python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                           **{k: stamp[k] for k in ("command", "machine", "date", "torch")},
                            per_layer={k: dict(launches=n, us=us) for k, (n, us) in inside.items()},
                            outside={k: dict(launches=n, us=us) for k, (n, us) in outside.items()})
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(Path(args.out), row)
     return 0
 
 

@@ -250,8 +250,8 @@ for step in "$@"; do
       ablation_out || failed="$failed $step" ;;
     ablation-install)  # ABLATION_SHIP="causal=base dflash=dflash eagle=eagle": those variants become the heads tau/bench use
       for kv in ${ABLATION_SHIP:-causal=base dflash=dflash eagle=eagle}; do
-        k=${kv%%=*}; v=${kv#*=}; [ -f /tmp/keep/ablation/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
-        mkdir -p $HEADS/$k && cp /tmp/keep/ablation/$v/head.{json,safetensors} $HEADS/$k/ && cp $HEADS/$k/head.safetensors $OUT/$k.safetensors
+        k=${kv%%=*}; v=${kv#*=}; [ -f $ABL/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
+        mkdir -p $HEADS/$k && cp $ABL/$v/head.{json,safetensors} $HEADS/$k/ && cp $HEADS/$k/head.safetensors $OUT/$k.safetensors
       done ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

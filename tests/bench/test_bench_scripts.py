@@ -1,6 +1,7 @@
 """The bench scripts are a package (`bench`): they import `jetspec` and each other the standard
 way, from the repository root (`python -m bench.round_cost`), with no edits of `sys.path`."""
 
+import json
 import os
 import re
 import subprocess
@@ -24,3 +25,15 @@ def test_every_script_with_a_main_imports_as_a_module_without_path_help():
     code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
     proc = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_kernel_breakdown_rows_name_their_command_machine_date_and_dtype(tmp_path):
+    """A kernel-breakdown row carries what RESULTS.md cites it by: command, machine, date, dtype."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.kernel_breakdown", "--model", "tiny-llama", "--exact", "off", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["command"] == "python -m bench.kernel_breakdown --model tiny-llama --exact off --out " + str(out)
+    assert row["machine"] and row["date"].endswith("UTC") and row["dtype"] and row["kernels_per_layer"] > 0

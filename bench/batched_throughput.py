@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] [--exact on|off] --out bench/results/batched_throughput.jsonl \
+        [--budget 16] [--b1-prompts 16] [--exact on|off] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -18,8 +18,10 @@ has no CUDA graphs yet). `--exact on` (the default with triton on CUDA, as for u
 row-invariant kernels and the packed position-invariant attention, so every sequence's output
 must equal its batch-1 plain output bit for bit in bf16 too; `off`: the free-order kernels. tokens/s = tokens generated (to EOS or --new) / wall time of the
 whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
-output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow); `x_plain` = spec@B /
-plain@B, `x_hf` = plain@B / hf@B. One JSON row per variant is appended to --out, with the command,
+output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow), `identical_all` = the fraction of
+all prompts whose output equals the first batched plain run's (batch size must not change a bit); `x_plain` = spec@B /
+plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). One JSON row per variant is appended to --out as
+soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.
 """
 
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exact", choices=("on", "off"), default=None,
                     help="ours: the exact (batch-invariant) kernels; default on with triton on CUDA, else off")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
+    ap.add_argument("--hf-batch-sizes", help="transformers generate() at these batch sizes only (default: --batch-sizes)")
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
     ap.add_argument("--plot", help="also write this run's tokens/s against batch size to this PNG")
     args = ap.parse_args(argv)
@@ -125,25 +128,31 @@ def main(argv: list[str] | None = None) -> None:
         rounds = sum(r.stats.rounds for r in results)
         return outs, seconds, sum(map(len, outs)) / max(rounds, 1)  # tau: tokens per sequence-round
 
-    def record(variant: str, batch: int, outs: list[list[int]], seconds: float, reference: list[list[int]], **extra: Any) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(variant: str, batch: int, outs: list[list[int]], seconds: float, reference: list[list[int]],
+               over: tuple[str, str] | None = None, **extra: Any) -> None:
+        """One row, appended at once (a run cut off by a timeout keeps its finished variants);
+        over = (field, variant): this row's tokens/s over that earlier row's, e.g. ("x_plain", "plain@8")."""
         tokens = sum(map(len, outs))
         same = [o == r for o, r in zip(outs, reference)]
         row = dict(kind="batched", variant=f"{variant}@{batch}", engine=variant, batch_size=batch, prompts=len(outs),
                    max_new_tokens=args.new, tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
                    identical=sum(same) / len(same), **extra, **stamp)
+        if len(outs) == len(ids) and wide:  # every prompt against the first full-width plain run's output
+            row["identical_all"] = sum(o == r for o, r in zip(outs, wide[0])) / len(outs)
+            row["identical_all_to"] = wide_variant[0]
+        base = next((r for r in rows if over and r["variant"] == over[1]), None)
+        if base is not None:
+            row[over[0]] = row["tokens_per_s"] / base["tokens_per_s"]
         rows.append(row)
+        append_row(out, row)
         print(f"{row['variant']:>10}  {row['tokens_per_s']:9.1f} tok/s  identical {row['identical']:.2f}"
               + (f"  tau {extra['tau']:.2f}" if "tau" in extra else ""), flush=True)
 
-    reference, _, _ = ours(1, False, ids[: args.b1_prompts])
-    for b in sizes:
-        prompts = ids[: args.b1_prompts] if b == 1 else ids
-        outs, s, _ = ours(b, False, prompts)
-        record("plain", b, outs, s, reference)
-        outs, s, tau = ours(b, True, prompts)
-        record("spec", b, outs, s, reference, tau=tau, drafter=args.drafter, budget=args.budget,
-               max_verify_rows=args.max_verify_rows)
-    if not args.no_hf:
+    hf_sizes = [] if args.no_hf else [int(b) for b in (args.hf_batch_sizes or args.batch_sizes).split(",")]
+    if hf_sizes:
         from transformers import AutoModelForCausalLM
 
         dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
@@ -151,22 +160,25 @@ def main(argv: list[str] | None = None) -> None:
         eos = set(pipe.target.info.eos_token_ids)
         tok = pipe.target.tokenizer
         pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else min(eos)
-        for b in sizes:
-            prompts = ids[: args.b1_prompts] if b == 1 else ids
-            hf_generate(model, prompts[:2], min(b, 2), 4, pad, eos, args.device)  # warm-up
+        hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
+
+    reference, _, _ = ours(1, False, ids[: args.b1_prompts])
+    wide: list[list[list[int]]] = []  # the first plain run over every prompt (batch > 1): the reference of identical_all
+    wide_variant: list[str] = []
+    for b in sizes:  # per batch size: transformers, our plain, our speculative
+        prompts = ids[: args.b1_prompts] if b == 1 else ids
+        if b in hf_sizes:
             outs, s = timed(args.device, lambda p=prompts, b=b: hf_generate(model, p, b, args.new, pad, eos, args.device))
             record("hf", b, outs, s, reference)
+        outs, s, _ = ours(b, False, prompts)
+        if b > 1 and not wide:
+            wide.append(outs)
+            wide_variant.append(f"plain@{b}")
+        record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"))
+        outs, s, tau = ours(b, True, prompts)
+        record("spec", b, outs, s, reference, over=("x_plain", f"plain@{b}"), tau=tau, drafter=args.drafter,
+               budget=args.budget, max_verify_rows=args.max_verify_rows)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
-    for r in rows:
-        b = r["batch_size"]
-        if r["engine"] == "spec":
-            r["x_plain"] = r["tokens_per_s"] / by[f"plain@{b}"]
-        if r["engine"] == "plain" and f"hf@{b}" in by:
-            r["x_hf"] = r["tokens_per_s"] / by[f"hf@{b}"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for r in rows:
-        append_row(out, r)
     for b in sizes:
         line = f"batch {b:>3}: spec / plain = {by[f'spec@{b}'] / by[f'plain@{b}']:.2f}x"
         if f"hf@{b}" in by:

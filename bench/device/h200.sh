@@ -12,8 +12,10 @@
 # round-cost       bench/round_cost.py: Qwen3-8B-shaped random target, verify B nodes vs one step -> $OUT/round_cost.jsonl
 # decode           bench/decode_speed.py (ours vs transformers, CUDA graphs, n-gram; heads if trained)
 # batched          bench/batched_throughput.py (issue 20): ours speculative and plain through the batched engine
-#                  (packed triton attention, exact = true unless BATCHED_ARGS="--exact off", one paged pool) vs transformers generate(), batch BATCHED_SIZES (1,8,32,64),
-#                  BATCHED_PROMPTS (64) GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.jsonl
+#                  (packed triton attention, exact = true unless BATCHED_ARGS="--exact off", one paged pool) vs transformers generate()
+#                  at BATCHED_HF (32,1), batch BATCHED_SIZES (8,32,64,1: batch 1 last, it is slow), BATCHED_PROMPTS (256)
+#                  GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.{jsonl,png}
+#                  (rows appended as each variant ends: BATCHED_TIMEOUT (540 s) cuts a run without losing them)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
 # corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,
 #                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
@@ -197,8 +199,8 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batched)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
-      timeout 560 python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-64} --b1-prompts 16 --new 256 \
-        --batch-sizes ${BATCHED_SIZES:-1,8,32,64} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
+      timeout ${BATCHED_TIMEOUT:-540} python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-256} --b1-prompts 16 --new 256 \
+        --batch-sizes ${BATCHED_SIZES:-8,32,64,1} --hf-batch-sizes ${BATCHED_HF:-32,1} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

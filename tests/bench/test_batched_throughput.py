@@ -26,17 +26,39 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "plain@4", "spec@4", "hf@1", "hf@4"]
+    assert [r["variant"] for r in rows] == ["hf@1", "plain@1", "spec@1", "hf@4", "plain@4", "spec@4"]  # appended as they finish
     for r in rows:
         assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r) and r["attention"] == "torch"  # CPU default
         assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
         assert r["prompts"] == (3 if r["batch_size"] == 1 else 5)
     ours = [r for r in rows if r["engine"] in ("plain", "spec")]
     assert all(r["identical"] == 1.0 for r in ours)  # fp32: every prompt equals its batch-1 plain output
-    assert all("x_plain" in r for r in rows if r["engine"] == "spec") and all("x_hf" in r for r in rows if r["engine"] == "plain")
+    assert [r["identical_all"] for r in ours if r["batch_size"] == 4] == [1.0, 1.0]  # all 5 prompts: = plain@4's
+    assert all(r["identical_all_to"] == "plain@4" for r in ours if r["batch_size"] == 4)
+    by = {r["variant"]: r for r in rows}
+    for b in (1, 4):
+        assert by[f"spec@{b}"]["x_plain"] == by[f"spec@{b}"]["tokens_per_s"] / by[f"plain@{b}"]["tokens_per_s"]
+        assert by[f"plain@{b}"]["x_hf"] == by[f"plain@{b}"]["tokens_per_s"] / by[f"hf@{b}"]["tokens_per_s"]
     assert "spec / plain" in proc.stdout and "6 rows appended" in proc.stdout
     assert not any(r["exact"] for r in rows)
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the throughput plot
+
+
+def test_hf_runs_only_at_the_sizes_asked_for(tmp_path):
+    """--hf-batch-sizes 4: transformers generate() at batch 4 only; plain@1 then has no x_hf."""
+    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "xyz"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "3", "--b1-prompts", "2", "--new", "4", "--batch-sizes", "1,4", "--hf-batch-sizes", "4",
+           "--budget", "4", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "hf@4", "plain@4", "spec@4"]
+    assert "x_hf" not in rows[0] and "x_hf" in rows[3]
 
 
 def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):

@@ -3,7 +3,7 @@ accumulating across calls (the GPU is lent for minutes at a time), then compared
 
     python bench/head_ablation.py train --config bench/head_ablation.toml --root DIR \
         --target MODEL --corpus CORPUS --minutes M [--only NAME,NAME] [--parallel N] [--steps S]
-    python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [DIR ...] [--at-step N] [--out FILE.jsonl]
+    python bench/head_ablation.py table --config bench/head_ablation.toml --root DIR [DIR ...] [--at-step N] [--only NAMES] [--out FILE.jsonl]
     python bench/head_ablation.py tau-config --config bench/head_ablation.toml --root DIR --out FILE.toml
 
 train       each variant gets M minutes of this call, in config order: its first call starts the run
@@ -125,8 +125,11 @@ def variant_row(roots: list[Path], variant: dict, base: dict, at_step: int | Non
     if at_step is not None:
         evals = [r for r in evals if r["step"] == at_step] or [{"step": at_step, "eval": {}}]
     last = evals[-1] if evals else {"step": 0, "eval": {}}
-    return {"kind": "head_ablation", "variant": variant["name"],
-            "settings": {k: v for k, v in {**base, **variant}.items() if k != "name"},
+    settings = {k: v for k, v in {**base, **variant}.items() if k != "name"}
+    run = log.parent / "run.json" if log else None
+    if run is not None and run.is_file():  # the run's own horizon (`--steps` of the call that started it)
+        settings["steps"] = json.loads(run.read_text())["steps"]
+    return {"kind": "head_ablation", "variant": variant["name"], "settings": settings,
             "steps": calls[-1]["steps_total"] if calls else 0, "minutes": calls[-1]["minutes_total"] if calls else 0.0,
             "dtype": calls[-1]["run"].get("dtype") if calls else None,
             "trained_on": calls[-1]["run"].get("device") if calls else None,  # `machine`: where the table was made
@@ -146,8 +149,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def table(config: str, roots: list[Path], out: str | None, at_step: int | None = None) -> list[dict]:
+def table(config: str, roots: list[Path], out: str | None, at_step: int | None = None,
+          only: list[str] | None = None) -> list[dict]:
     base, variants = load_config(config)
+    if only:
+        known = [v["name"] for v in variants]
+        if any(n not in known for n in only):
+            raise InputError(f"--only names {', '.join(n for n in only if n not in known)}: not variants of {config} ({', '.join(known)})")
+        variants = [v for v in variants if v["name"] in only]
     rows = [variant_row(roots, v, base, at_step) | {"changes": ", ".join(f"{k}={v[k]}" for k in v if k != "name") or "(base)"}
             for v in variants]  # fmt: skip
     print(markdown(rows))
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", help="train: the frozen target (HF folder or .gguf)")
     ap.add_argument("--corpus", help="train: a corpus made by `jetspec make-corpus`")
     ap.add_argument("--minutes", type=float, default=1.0, help="train: minutes per variant in this call")
-    ap.add_argument("--only", default=None, help="train: comma-separated variant names")
+    ap.add_argument("--only", default=None, help="train, table: comma-separated variant names")
     ap.add_argument("--parallel", type=int, default=1, help="train: variants trained at a time, one process each")
     ap.add_argument("--steps", type=int, default=None, help="train: the horizon of runs started by this call (default: [base]'s)")
     ap.add_argument("--out", default=None, help="table: rows appended here (.jsonl); tau-config: the .toml written")
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             train(a.config, root, a.target, a.corpus, a.minutes, a.only.split(",") if a.only else None, a.parallel, a.steps)
             print(f"head_ablation: trained for {(time.monotonic() - start) / 60:.1f} min", file=sys.stderr)
         elif a.what == "table":
-            table(a.config, roots, a.out, a.at_step)
+            table(a.config, roots, a.out, a.at_step, a.only.split(",") if a.only else None)
         else:
             if not a.out:
                 raise InputError("tau-config needs --out FILE.toml")

@@ -139,5 +139,9 @@ def test_variants_trained_in_two_passes_compare_at_one_step(tmp_path, capsys):
     assert "| eagle | kind=eagle | 1000 | 1.0 | – | – |" in out
     rows = ablation.table(str(tmp_path / "ablation.toml"), [one, two], None)  # no --at-step: the last validation
     assert [r["eval_tau_chain"] for r in rows] == [1.7, 1.8, 2.5] and [r["eval_step"] for r in rows] == [1200, 785, 1000]
+    (one / "eagle" / "run.json").write_text(json.dumps({"steps": 3000}))  # started with --steps 3000
+    rows = ablation.table(str(tmp_path / "ablation.toml"), [one, two], None)
+    assert [r["settings"]["steps"] for r in rows] == [6, 6, 3000]  # a row's horizon is its run's
+    assert [r["variant"] for r in ablation.table(str(tmp_path / "ablation.toml"), [one, two], None, only=["eagle"])] == ["eagle"]
     assert ablation.main(["train", "--config", str(tmp_path / "ablation.toml"), "--root", str(one), str(two)]) == 2
     assert "one --root" in capsys.readouterr().err

@@ -97,10 +97,10 @@ class PackedKV:
         caches[s].slot_table[T_s + i], the pending slot `begin` reserved for it (made on first
         use, once per forward). IncompatibleError where the caches do not share one pool."""
         first = self.caches[0]
-        if not all(isinstance(c, RowKVCache) and c.k is first.k and c.v is first.v for c in self.caches):
-            raise IncompatibleError("exact = true writes a batch's K/V into one page pool its sequences share "
-                                    "(kv_cache 'paged'); these sequences have separate caches")
-        if self._rows is None:
+        if self._rows is None:  # once per forward: every layer writes to the same rows
+            if not all(isinstance(c, RowKVCache) and c.k is first.k and c.v is first.v for c in self.caches):
+                raise IncompatibleError("exact = true writes a batch's K/V into one page pool its sequences share "
+                                        "(kv_cache 'paged'); these sequences have separate caches")
             parts = []
             for m, c in zip(self.meta.seqs, self.caches):
                 t, n = m.prefix_len, m.num_queries

@@ -8,6 +8,7 @@ with token rows in between (paged: [L, pages, P, Hkv, D]; dense: [L, C, Hkv, D])
 
 from __future__ import annotations
 
+import weakref
 from typing import ClassVar
 
 import torch
@@ -23,15 +24,22 @@ class RowKernelInputs:
         self._meta: AttentionMeta | None = None  # the forward whose device tensors are cached
         self._meta_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self._identity: torch.Tensor | None = None  # dense caches: slot t = row t
+        self._checked: weakref.WeakValueDictionary[int, KVCache] = weakref.WeakValueDictionary()  # caches `_kv_rows` checked
         self._ancestors: tuple[AttentionMeta, torch.Tensor] | None = None  # position-invariant mode, per forward
 
     def _kv_rows(self, cache: KVCache, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> k_rows, v_rows [R, Hkv, D] (the layer's pool, rows flattened), slots [>= T + N] int32."""
-        k, v = (cache.k, cache.v) if isinstance(cache, RowKVCache) else (None, None)
-        if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
-            raise IncompatibleError(
-                f"the {self.backend_name} attention backend needs a paged or dense KV cache, not {type(cache).__name__}"
-            )
+        if self._checked.get(id(cache)) is not cache:  # once per cache object, not per layer: a Protocol check is slow
+            k, v = (cache.k, cache.v) if isinstance(cache, RowKVCache) else (None, None)
+            if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() >= 4 and k.is_contiguous()):
+                raise IncompatibleError(
+                    f"the {self.backend_name} attention backend needs a paged or dense KV cache, not {type(cache).__name__}"
+                )
+            try:
+                self._checked[id(cache)] = cache
+            except TypeError:  # not weak-referenceable (__slots__): checked at every call
+                pass
+        k, v = cache.k, cache.v
         k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
         v_rows = v[layer].view(-1, *v.shape[-2:])
         slots = cache.slot_table

@@ -114,6 +114,7 @@ class TritonAttention(RowKernelInputs):
         self._tuned: dict[tuple, KernelConfig] = {}
         self._packed: tuple | None = None  # (BatchMeta, block_m, its packed device inputs): per forward
         self._packed_invariant: tuple | None = None  # (BatchMeta, what the invariant kernel reads besides): per forward
+        self._plan: tuple | None = None  # (BatchMeta, cache ids, slot maps, row counts): per forward
 
     def position_invariant(self) -> "TritonAttention":
         return TritonAttention(self.options, invariant=True)
@@ -142,17 +143,11 @@ class TritonAttention(RowKernelInputs):
         whose `sequences` the batched engine uses); one sequence may have any cache this backend reads."""
         q = q.contiguous()  # [R, Hq, D]
         k_rows, v_rows, _ = self._kv_rows(caches[0], layer)  # [rows, Hkv, D] x 2
-        if any(not isinstance(c, RowKVCache) or c.k is not caches[0].k for c in caches[1:]):
-            raise IncompatibleError("the triton attention backend verifies a batch whose sequences share one page pool "
-                                    "(kv_cache 'paged'); these sequences have separate caches")
-        slots = [self._kv_rows(c, layer)[2] for c in caches]
-        for s, m in enumerate(meta.seqs):
-            self._check(q[meta.rows(s)], k_rows, m, slots[s])
+        slots, sizes = self._batch_plan(q, k_rows, caches, meta)
         from .triton_tree_attention import packed_tree_attention  # lazy: triton only when used
 
         r, hq, d = q.shape
         hkv = k_rows.shape[1]
-        sizes = [meta.cu_rows[s + 1] - meta.cu_rows[s] for s in range(meta.num_sequences)]
         if self.invariant:
             return self._attend_batch_invariant(q, k_rows, v_rows, slots, meta, scale, hq // hkv, max(sizes))
         keys = max(m.prefix_len + n for m, n in zip(meta.seqs, sizes))
@@ -161,6 +156,21 @@ class TritonAttention(RowKernelInputs):
         flat, subtree, prefix, tiles = self._packed_inputs(meta, slots, hq // hkv, cfg.block_m, q.device)
         return packed_tree_attention(q, k_rows, v_rows, flat, subtree, prefix, tiles, scale, cfg.block_m, cfg.block_n,
                                      splits, cfg.num_warps, cfg.num_stages)
+
+    def _batch_plan(self, q: torch.Tensor, k_rows: torch.Tensor, caches: Sequence[KVCache],
+                    meta: BatchMeta) -> tuple[list[torch.Tensor], list[int]]:
+        """-> each sequence's slot map, its row count: checked and gathered at the forward's first
+        layer, the same for every later one (a layer's q and pool rows have the same shapes)."""
+        if self._plan is None or self._plan[0] is not meta or self._plan[1] != tuple(map(id, caches)):
+            if any(not isinstance(c, RowKVCache) or c.k is not caches[0].k for c in caches[1:]):
+                raise IncompatibleError("the triton attention backend verifies a batch whose sequences share one page pool "
+                                        "(kv_cache 'paged'); these sequences have separate caches")
+            slots = [self._kv_rows(c, 0)[2] for c in caches]
+            for s, m in enumerate(meta.seqs):
+                self._check(q[meta.rows(s)], k_rows, m, slots[s])
+            sizes = [meta.cu_rows[s + 1] - meta.cu_rows[s] for s in range(meta.num_sequences)]
+            self._plan = (meta, tuple(map(id, caches)), slots, sizes)
+        return self._plan[2], self._plan[3]
 
     def _packed_inputs(self, meta: BatchMeta, slots: list[torch.Tensor], group: int, block_m: int, device: torch.device):
         """-> slot maps end to end [sum_s (T_s + N_s)] int32, subtree sizes [R] int32, T_s [S] int32,

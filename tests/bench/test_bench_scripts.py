@@ -37,3 +37,20 @@ def test_kernel_breakdown_rows_name_their_command_machine_date_and_dtype(tmp_pat
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["command"] == "python -m bench.kernel_breakdown --model tiny-llama --exact off --out " + str(out)
     assert row["machine"] and row["date"].endswith("UTC") and row["dtype"] and row["kernels_per_layer"] > 0
+
+
+def test_host_step_rows_count_launches_per_step_at_each_batch_size(tmp_path):
+    """bench/host_step.py: one row per batch size, with the engine's host ms, launches and torch
+    operators per step, and the command, machine and date RESULTS.md cites."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.host_step", "--batch-sizes", "1,3", "--layers", "2", "--new", "3", "--repeats", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["batch_size"] for r in rows] == [1, 3] and all(r["kind"] == "host_step" for r in rows)
+    for r in rows:
+        assert r["command"].startswith("python -m bench.host_step") and r["machine"] and r["date"].endswith("UTC")
+        assert r["steps"] >= 1 and r["host_ms_per_step"] > 0
+        assert r["launches_per_step"] >= 2 * 3  # per layer: the projections, rope_write and attention

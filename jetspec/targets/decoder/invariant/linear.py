@@ -30,6 +30,8 @@ a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -102,6 +104,15 @@ def row_tiles(m: int, n: int, k: int, swiglu: bool = False) -> tuple[int, int, i
     return 128, 64 if swiglu else 128, 8
 
 
+@functools.lru_cache(maxsize=4096)
+def _shape(m: int, n: int, k: int, swiglu: bool, interp: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_K, BLOCK_M, BLOCK_N, warps) of a launch, remembered: an eager step launches ~120
+    projections, and the rules' Python (env lookups included) cost more than the launch's own.
+    `interp` (whether Triton interprets) is part of the key: the rules follow it."""
+    block_m, block_n, warps = row_tiles(m, n, k, swiglu)
+    return tiles(n, k)[1], block_m, block_n, warps
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None,
            norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
@@ -132,15 +143,15 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         r = residual.reshape(m, n)  # [M, N]
         if r.stride(-1) != 1:
             r = r.contiguous()
-    _, chunk = tiles(n, k)
-    block_m, block_n, warps = row_tiles(m, n, k, swiglu)
+    interp = interpreted()
+    chunk, block_m, block_n, warps = _shape(m, n, k, swiglu, interp)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     norm_weight, eps = norm if norm is not None else (w, 0.0)
     _linear_kernel[grid](
         x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, m, n, k, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=chunk, BY_SUM=interpreted(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=chunk, BY_SUM=interp,
         num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH,
     )
     return y.view(*lead, n)

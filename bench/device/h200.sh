@@ -32,7 +32,8 @@
 # ablation         bench/head_ablation.py: every variant of bench/head_ablation.toml on /tmp/keep/corpus,
 #                  ABLATION_MINUTES (1) each per call, runs accumulating in /tmp/keep/ablation (ABLATION_ONLY: names;
 #                  ABLATION_PARALLEL: variants at a time; ABLATION_STEPS: the horizon of runs started by this call)
-#                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves)
+#                  -> $OUT/head_ablation.jsonl (the table's rows), head_ablation.tar (head.json, log.jsonl, curves);
+#                  ABLATION_WEIGHTS=1: each variant's weights too ($OUT/NAME.head.safetensors: a later τ replay needs them)
 # ablation-bg      the same in its own process session, so that the next steps run beside it (tests, not
 #                  timings); ablation-wait waits for it (ABLATION_WAIT s at most), then the same outputs. Put
 #                  ablation-wait in the same call: a machine given back between calls takes the runs with it
@@ -149,6 +150,9 @@ ABLATION_FLAGS=(--config bench/head_ablation.toml --root $ABL --target $JETSPEC_
 ablation_out() {
   for f in $ABL/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
   tar -C $ABL -cf $OUT/head_ablation.tar $(cd $ABL && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null)
+  if [ -n "${ABLATION_WEIGHTS:-}" ]; then  # the trained heads too (~15 MB each), as NAME.head.safetensors
+    for d in $ABL/*/; do [ -f $d/head.safetensors ] && cp $d/head.safetensors $OUT/$(basename $d).head.safetensors; done
+  fi
   python3 bench/head_ablation.py table --config bench/head_ablation.toml --root $ABL --out $OUT/head_ablation.jsonl || return 1
 }
 

@@ -35,6 +35,9 @@ from jetspec.bench.rows import append_row, run_row
 from jetspec.testing.models import tiny_hf_model
 
 
+DTYPE = "bfloat16"  # the model's, as a GPU run decodes
+
+
 class Ops(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     folder = Path(tempfile.mkdtemp()) / "model"
     tiny_hf_model("llama", seed=3, vocab=256, hidden=64, layers=args.layers).save_pretrained(folder)
-    pipe = (jetspec.builder().target("decoder", path=str(folder), device="cpu", dtype="bfloat16", cuda_graphs=False,
+    pipe = (jetspec.builder().target("decoder", path=str(folder), device="cpu", dtype=DTYPE, cuda_graphs=False,
                                      exact=True)
             .attention("triton").kv_cache("paged").drafter("ngram")
             .generation(max_new_tokens=args.new, accept_on_device="always").build())  # fmt: skip
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             launches[0] = 0
             with Ops() as ops:
                 pipe.generate_many(prompts, batch_size=b, speculative=False)
-        row = {"kind": "host_step", "label": args.label, "batch_size": b, "layers": args.layers, "steps": steps,
+        row = {"kind": "host_step", "label": args.label, "batch_size": b, "layers": args.layers, "dtype": DTYPE, "steps": steps,
                "host_ms_per_step": 1e3 * best / steps, "launches_per_step": launches[0] / steps,
                "torch_ops_per_step": sum(ops.count.values()) / steps,
                **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}  # fmt: skip

@@ -52,5 +52,6 @@ def test_host_step_rows_count_launches_per_step_at_each_batch_size(tmp_path):
     assert [r["batch_size"] for r in rows] == [1, 3] and all(r["kind"] == "host_step" for r in rows)
     for r in rows:
         assert r["command"].startswith("python -m bench.host_step") and r["machine"] and r["date"].endswith("UTC")
+        assert r["dtype"] == "bfloat16"
         assert r["steps"] >= 1 and r["host_ms_per_step"] > 0
         assert r["launches_per_step"] >= 2 * 3  # per layer: the projections, rope_write and attention

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                    max_new_tokens=args.new, tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
                    identical=sum(same) / len(same), **extra, **stamp)
         if len(outs) == len(ids) and wide:  # every prompt against the first full-width plain run's output
-            row["identical_all"] = sum(o == r for o, r in zip(outs, wide[0])) / len(outs)
-            row["identical_all_to"] = wide_variant[0]
+            to, ref = wide[0]
+            row["identical_all"], row["identical_all_to"] = sum(o == r for o, r in zip(outs, ref)) / len(outs), to
         base = next((r for r in rows if over and r["variant"] == over[1]), None)
         if base is not None:
             row[over[0]] = row["tokens_per_s"] / base["tokens_per_s"]
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
     reference, _, _ = ours(1, False, ids[: args.b1_prompts])
-    wide: list[list[list[int]]] = []  # the first plain run over every prompt (batch > 1): the reference of identical_all
-    wide_variant: list[str] = []
+    wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
         prompts = ids[: args.b1_prompts] if b == 1 else ids
         if b in hf_sizes:
@@ -172,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             record("hf", b, outs, s, reference)
         outs, s, _ = ours(b, False, prompts)
         if b > 1 and not wide:
-            wide.append(outs)
-            wide_variant.append(f"plain@{b}")
+            wide.append((f"plain@{b}", outs))
         record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"))
         outs, s, tau = ours(b, True, prompts)
         record("spec", b, outs, s, reference, over=("x_plain", f"plain@{b}"), tau=tau, drafter=args.drafter,

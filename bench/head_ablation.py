@@ -64,6 +64,16 @@ def flags(options: dict) -> list[str]:
     return out
 
 
+def chosen(variants: list[dict], only: list[str] | None, config: str) -> list[dict]:
+    """The variants `--only` names (all without it), in config order; a name not in the config is an InputError."""
+    if not only:
+        return variants
+    known = [v["name"] for v in variants]
+    if any(n not in known for n in only):
+        raise InputError(f"--only names {', '.join(n for n in only if n not in known)}: not variants of {config} ({', '.join(known)})")
+    return [v for v in variants if v["name"] in only]
+
+
 def train(config: str, root: Path, target: str, corpus: str, minutes: float, only: list[str] | None = None,
           parallel: int = 1, steps: int | None = None) -> None:
     """Each variant (of `only`, if given) trains for `minutes` of this call: its first call starts the run,
@@ -74,18 +84,13 @@ def train(config: str, root: Path, target: str, corpus: str, minutes: float, onl
     if steps is not None:
         base = {**base, "steps": steps}
     calls = []
-    for v in variants:
-        if only and v["name"] not in only:
-            continue
+    for v in chosen(variants, only, config):
         run = root / v["name"]
         if (run / "run.json").is_file():
             argv = ["--resume", str(run)]
         else:
             argv = ["--target", target, "--corpus", corpus, "--out", str(run), *flags({**base, **v})]
         calls.append((v["name"], [*argv, "--minutes", str(minutes), "--no-progress"]))
-    if only and len(calls) != len(only):
-        known = [v["name"] for v in variants]
-        raise InputError(f"--only names {', '.join(n for n in only if n not in known)}: not variants of {config} ({', '.join(known)})")
     if parallel <= 1:
         for name, argv in calls:
             print(f"head_ablation: {name}: {minutes} min", file=sys.stderr, flush=True)
@@ -152,13 +157,8 @@ def markdown(rows: list[dict]) -> str:
 def table(config: str, roots: list[Path], out: str | None, at_step: int | None = None,
           only: list[str] | None = None) -> list[dict]:
     base, variants = load_config(config)
-    if only:
-        known = [v["name"] for v in variants]
-        if any(n not in known for n in only):
-            raise InputError(f"--only names {', '.join(n for n in only if n not in known)}: not variants of {config} ({', '.join(known)})")
-        variants = [v for v in variants if v["name"] in only]
     rows = [variant_row(roots, v, base, at_step) | {"changes": ", ".join(f"{k}={v[k]}" for k in v if k != "name") or "(base)"}
-            for v in variants]  # fmt: skip
+            for v in chosen(variants, only, config)]  # fmt: skip
     print(markdown(rows))
     if out:
         stamp = {"machine": _machine(), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -6,6 +6,9 @@ Storage
     slot_table    [capacity] int32, on the cache's device: slot_table[t] = physical row of
                   logical token t, where row = page * page_size + offset into the flat view
                   [num_pages * page_size, Hkv, D] of one layer's pool. Entries [0, T + n) are live.
+                  Caches made by `sequences(n)` share one pool and one table [n, capacity] whose row
+                  `slot_row` is each one's slot_table (`PooledSlotTables`: a CUDA graph of a packed
+                  forward reads every sequence's slot map from it in place).
     block_table   [pages of capacity] int32: the physical pages this sequence owns, in order
                   (gather mode: logical page p of the sequence is block_table[p]).
 
@@ -106,7 +109,7 @@ class PagedKVCache:
     sequences (`pool`): then `reset` gives back only this sequence's pages."""
 
     def __init__(self, info: TargetInfo, capacity: int, options: PagedCacheOptions | None = None,
-                 pool: PagePool | None = None):
+                 pool: PagePool | None = None, slot_tables: torch.Tensor | None = None, slot_row: int = 0):
         opts = options or PagedCacheOptions()
         self.info, self.options = info, opts
         self.capacity = capacity
@@ -115,7 +118,11 @@ class PagedKVCache:
         pool = pool or PagePool.make(info, opts.max_pages or math.ceil(capacity / p), p)
         self.num_pages = pool.allocator.num_pages
         self.k, self.v = pool.k, pool.v  # [L, pages, P, Hkv, D] each
-        self.slot_table = torch.zeros(capacity, dtype=torch.int32, device=info.device)  # [capacity]
+        if slot_tables is None:  # a cache alone: a table of one row
+            slot_tables = torch.zeros(1, capacity, dtype=torch.int32, device=info.device)
+        # `PooledSlotTables`: the slot maps of a pool's sequences are the rows of one table [S, capacity]
+        self.slot_tables, self.slot_row = slot_tables, slot_row
+        self.slot_table = slot_tables[slot_row]  # [capacity] int32
         self.block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)
         self.allocator = pool.allocator
         self._pages: list[int] = []
@@ -159,7 +166,8 @@ class PagedKVCache:
         n times the pages one sequence can use (every sequence can then always grow to capacity)."""
         p = self.page_size
         pool = PagePool.make(self.info, self.options.max_pages or n * math.ceil(self.capacity / p), p)
-        return [type(self)(self.info, self.capacity, self.options, pool=pool) for _ in range(n)]
+        tables = torch.zeros(n, self.capacity, dtype=torch.int32, device=self.info.device)  # [n, capacity]: row i is cache i's slot map
+        return [type(self)(self.info, self.capacity, self.options, pool=pool, slot_tables=tables, slot_row=i) for i in range(n)]
 
     def reset(self) -> None:
         if self._shared:  # only this sequence's pages go back

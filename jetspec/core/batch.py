@@ -79,17 +79,45 @@ class BatchMeta:
         return slice(self.cu_rows[s], self.cu_rows[s + 1])
 
 
+@dataclass(frozen=True)
+class PackedTables:
+    """What a packed position-invariant attention launch reads (`AttendsPackedTables`), all on the
+    device: made per forward by the backend (`attend_batch`), or kept in a CUDA graph's static
+    buffers (`targets/decoder/batch_graphs.py`), which may pad rows and tiles (a pad tile has no rows).
+
+        slots        [*] int32        the sequences' slot maps; sequence s's starts at its tiles' column 3
+        positions    [R] int64        T_s + depth of each row
+        ancestors    [R, W] int32     each row's ancestors within its own tree, W >= the largest tree
+                                      (every sequence a chain: positions.view(-1, 1), unread)
+        prefix_lens  [*] int32        T_s, at its tiles' column 4
+        tiles        [tiles, 5] int32 launch 1's tiles of block_m rows: (first row, N_s, first tile of s,
+                                      slot map start, prefix index); tail: the same for the kernel's tail tiles
+    """
+
+    slots: torch.Tensor
+    positions: torch.Tensor
+    ancestors: torch.Tensor
+    prefix_lens: torch.Tensor
+    tiles: torch.Tensor
+    tail: torch.Tensor
+    capacity: int  # the longest slot map: it fixes the split count
+    chain: bool  # every sequence a chain (decode steps, prefills)
+    one_launch: bool  # chain, or every tree fits one tail tile
+    block_m: int  # launch 1's rows per tile (no bit depends on it)
+
+
 class PackedKV:
     """The S caches of a packed forward, as the one `cache` a single-sequence model writes to:
     `write(layer, k [R, Hkv, D], v)` stores rows `meta.rows(s)` in `caches[s]`; a kernel that
     writes K/V in place (`exact = true`) takes `shared_rows()` instead. Reading goes through
-    `PackedAttention`, never through this object."""
+    `PackedAttention`, never through this object. `rows`: the pool rows given (a CUDA graph's
+    static ones, -1 for a pad row that writes nothing) instead of gathered from the slot maps."""
 
-    def __init__(self, caches: Sequence[KVCache], meta: BatchMeta):
+    def __init__(self, caches: Sequence[KVCache], meta: BatchMeta, rows: torch.Tensor | None = None):
         if len(caches) != meta.num_sequences:
             raise ValueError(f"{len(caches)} caches for {meta.num_sequences} packed sequences")
         self.caches, self.meta = list(caches), meta
-        self._rows: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = rows
 
     def shared_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> k, v [L, ..., Hkv, D]: the pool every sequence's cache shares (`RowKVCache`), and

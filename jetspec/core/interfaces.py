@@ -25,7 +25,7 @@ from .records import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetO
 from .tree import DraftTree
 
 if TYPE_CHECKING:
-    from .batch import BatchMeta
+    from .batch import BatchMeta, PackedTables
 
 
 # ---------------------------------------------------------------------------- protocols
@@ -241,6 +241,28 @@ class RowKVCache(Protocol):
 
 
 @runtime_checkable
+class PooledSlotTables(Protocol):
+    """A `RowKVCache` among several over one pool whose slot maps are the rows of ONE table (the
+    paged cache's `sequences`): a CUDA graph of a packed forward reads any sequence's slot map from
+    that table, at its row, with nothing copied per step."""
+
+    slot_tables: torch.Tensor  # [S, C] int32, shared by the pool's sequences; slot_table is slot_tables[slot_row]
+    slot_row: int
+
+
+@runtime_checkable
+class AttendsPackedTables(Protocol):
+    """A `BatchedAttention` whose packed launch reads all its metadata from device tensors
+    (`PackedTables`): a target can keep them in static buffers and capture the launch in a CUDA graph."""
+
+    def attend_tables(self, q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, tables: "PackedTables",
+                      scale: float) -> torch.Tensor:
+        """q [R, Hq, D]; k_rows, v_rows [rows, Hkv, D] (one layer's pool) -> out [R, Hq, D], row r
+        attending as `attend_batch` would for the batch the tables describe."""
+        ...
+
+
+@runtime_checkable
 class LendsEmbeddings(Protocol):
     """A target that lends its input embedding and LM head to draft heads (the head drafters
     need it; both built-in targets and the kit's tiny targets have it)."""
@@ -337,6 +359,7 @@ class BatchedKVCache(Protocol):
 __all__ = [
     "Acceptance",
     "AcceptsOnDevice",
+    "AttendsPackedTables",
     "AttentionBackend",
     "AttentionMeta",
     "BatchedAttention",
@@ -351,6 +374,7 @@ __all__ = [
     "KeyedProposals",
     "LendsEmbeddings",
     "PadsForward",
+    "PooledSlotTables",
     "PositionInvariantAttention",
     "Proposal",
     "ReadsHiddenStates",

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import IncompatibleError
-from ..core.batch import BatchMeta
+from ..core.batch import BatchMeta, PackedTables
 from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
 from .row_inputs import RowKernelInputs, ancestor_table
 
@@ -113,7 +113,7 @@ class TritonAttention(RowKernelInputs):
         super().__init__()
         self._tuned: dict[tuple, KernelConfig] = {}
         self._packed: tuple | None = None  # (BatchMeta, block_m, its packed device inputs): per forward
-        self._packed_invariant: tuple | None = None  # (BatchMeta, what the invariant kernel reads besides): per forward
+        self._packed_invariant: tuple[BatchMeta, PackedTables] | None = None  # exact = true: per forward
         self._plan: tuple | None = None  # (BatchMeta, cache ids, slot maps, row counts): per forward
 
     def position_invariant(self) -> "TritonAttention":
@@ -188,28 +188,40 @@ class TritonAttention(RowKernelInputs):
 
     def _attend_batch_invariant(self, q, k_rows, v_rows, slots: list[torch.Tensor], meta: BatchMeta, scale: float,
                                 group: int, largest: int) -> torch.Tensor:
-        """exact = true: tiles sized for the largest tree (no bit depends on it); each row's
-        ancestors within its own tree [R, largest], positions and the TAIL_ROWS tile table made at
-        the forward's first layer, shared by the rest."""
-        from .triton_invariant_attention import BLOCK_N, TAIL_ROWS, packed_invariant_attention, row_tiles
-        from .triton_tree_attention import pack_tiles
-
-        o = self.options
-        block_m = o.block_m or row_tiles(largest * group)[0]
-        flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
-        chain = all(m.chain for m in meta.seqs)
+        """exact = true: the batch's `PackedTables` — tiles sized for the largest tree (no bit
+        depends on it), each row's ancestors within its own tree [R, largest], the TAIL_ROWS tile
+        table — made at the forward's first layer, shared by the rest."""
         if self._packed_invariant is None or self._packed_invariant[0] is not meta:  # once per forward
+            from .triton_invariant_attention import TAIL_ROWS, row_tiles
+            from .triton_tree_attention import pack_tiles
+
+            block_m = self.options.block_m or row_tiles(largest * group)[0]
+            flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
+            chain = all(m.chain for m in meta.seqs)
             positions, seq = meta.positions.to(q.device), meta.seq_ids.to(q.device)  # [R] int64 each
             first = torch.tensor(meta.cu_rows[:-1], device=q.device)[seq]  # [R]: its sequence's first row
             ancestors = positions.view(-1, 1) if chain else ancestor_table(
                 positions, meta.prefix_lens.to(q.device)[seq], first, largest)  # [R, max N_s]
             starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
             tail = pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS).to(q.device)
-            self._packed_invariant = (meta, (positions, ancestors, tail))
-        positions, ancestors, tail = self._packed_invariant[1]
-        return packed_invariant_attention(q, k_rows, v_rows, flat, positions, ancestors, prefix, tiles, tail,
-                                          max(sl.numel() for sl in slots), scale, o.split_keys // BLOCK_N, chain, block_m,
-                                          o.num_warps or 0, o.num_stages or 0)
+            tables = PackedTables(flat, positions, ancestors, prefix, tiles, tail, max(sl.numel() for sl in slots), chain,
+                                  chain or tail.shape[0] == meta.num_sequences, block_m)
+            self._packed_invariant = (meta, tables)
+        return self.attend_tables(q, k_rows, v_rows, self._packed_invariant[1], scale)
+
+    def attend_tables(self, q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, tables: PackedTables,
+                      scale: float) -> torch.Tensor:
+        """`AttendsPackedTables` (the position-invariant mode): the packed launch over `tables`
+        (`attend_batch` makes them per forward; a CUDA graph keeps them in static buffers)."""
+        from .triton_invariant_attention import BLOCK_N, packed_invariant_attention
+
+        if not self.invariant:
+            raise IncompatibleError("packed attention tables are read by the position-invariant mode (exact = true)")
+        o = self.options
+        return packed_invariant_attention(q.contiguous(), k_rows, v_rows, tables.slots, tables.positions, tables.ancestors,
+                                          tables.prefix_lens, tables.tiles, tables.tail, tables.capacity, scale,
+                                          o.split_keys // BLOCK_N, tables.chain, tables.block_m, o.num_warps or 0,
+                                          o.num_stages or 0, one_launch=int(tables.one_launch))
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import BLOCK_N, invariant_tree_attention

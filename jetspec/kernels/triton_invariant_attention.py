@@ -281,7 +281,7 @@ def packed_invariant_attention(
     q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
     positions: torch.Tensor, ancestors: torch.Tensor, prefix_lens: torch.Tensor, tiles: torch.Tensor,
     tail_tiles: torch.Tensor, capacity: int, scale: float, split_blocks: int, chain: bool, block_m: int,
-    warps: int = 0, stages: int = 0, per_split: int = -1,
+    warps: int = 0, stages: int = 0, per_split: int = -1, one_launch: int = -1,
 ) -> torch.Tensor:
     """The packed rows of S sequences over one pool (`core/batch.py`), each row bit for bit what
     `invariant_tree_attention` of its own sequence gives it: q [R, Hq, D]; k_rows, v_rows
@@ -292,10 +292,13 @@ def packed_invariant_attention(
     map's (it fixes the split count, as C does for one sequence) -> [R, Hq, D].
 
     A tile serves one sequence (its rows, T_s and slot map from the table), so the launches are
-    those of one sequence: one while every sequence is a chain or fits one tail tile, else two."""
-    one_launch = chain or tail_tiles.shape[0] == prefix_lens.numel()  # N_s * G <= TAIL_ROWS for every s
+    those of one sequence: one while every sequence is a chain or fits one tail tile, else two.
+    one_launch: 1 or 0 says which (tables padded with empty tiles for a CUDA graph); -1 reads it
+    from the tables (one tail tile per sequence)."""
+    if one_launch < 0:
+        one_launch = int(chain or tail_tiles.shape[0] == prefix_lens.numel())  # N_s * G <= TAIL_ROWS for every s
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles,
-                   (tiles.shape[0], tail_tiles.shape[0]), capacity, scale, split_blocks, chain, one_launch, block_m,
+                   (tiles.shape[0], tail_tiles.shape[0]), capacity, scale, split_blocks, chain, bool(one_launch), block_m,
                    warps or row_tiles(block_m)[1], stages, per_split)
 
 
@@ -359,5 +362,5 @@ def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_b
 
 @packed_invariant_attention.register_fake
 def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles, capacity, scale, split_blocks, chain,
-      block_m, warps=0, stages=0, per_split=-1):
+      block_m, warps=0, stages=0, per_split=-1, one_launch=-1):
     return torch.empty_like(q)

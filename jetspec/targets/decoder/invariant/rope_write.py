@@ -69,7 +69,7 @@ def _rope_write_kernel(
     q = _norm_rope(row, QW, cos, sin, Hq, D, eps, BLOCK_HQ, BLOCK_D, QK_NORM, dtype)
     tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
 
-    if PER_ROW:  # a packed batch: SLOTS holds each token's pool row
+    if PER_ROW:  # a packed batch: SLOTS holds each token's pool row; -1: a CUDA graph's pad row, written nowhere
         slot = tl.load(SLOTS + tok).to(tl.int64)
     else:
         t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
@@ -78,7 +78,8 @@ def _rope_write_kernel(
         else:
             slot = t.to(tl.int64)
     kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
-    kv_ok = (kv_heads < Hkv) & d_ok
+    kv_ok = (kv_heads < Hkv) & d_ok & (kv_heads * 0 + slot >= 0)  # a block mask (a scalar one fails in the interpreter)
+    slot = tl.maximum(slot, 0)
     k = _norm_rope(row + Hq * D, KW, cos, sin, Hkv, D, eps, BLOCK_HKV, BLOCK_D, QK_NORM, dtype)
     tl.store(K_ROWS + slot * stride_row + kv_heads * D + offs, k, mask=kv_ok)
     v = tl.load(row + (Hq + Hkv) * D + kv_heads * D + offs, mask=kv_ok)
@@ -92,7 +93,8 @@ def rope_write(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.
     """qkv [N, Hq·D + 2·Hkv·D]; cos, sin [N, 1, D] or [N, D]; q_norm, k_norm [D] or None (no
     norm); k_rows, v_rows [R, Hkv, D] (the layer's pool, written in place); slots [>= T + N] int32
     or None (row = logical slot); prefix [1] int32 T on the device -> q [N, Hq, D]. Or, for the
-    packed tokens of several sequences, rows [N] int32: token j's pool row (slots, prefix unused)."""
+    packed tokens of several sequences, rows [N] int32: token j's pool row, or -1 (its K/V are not
+    written: a CUDA graph's pad row; its q is computed as any row's) (slots, prefix unused)."""
     n, d = qkv.shape[0], k_rows.shape[-1]
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()

@@ -58,6 +58,9 @@
 # engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA — the fused walk and row-move
 #                  kernels against the torch ops, and through the conformance kit — graphs, and the bitwise
 #                  exactness property through them, one sequence and packed batches -> $OUT/engine_tests.log
+# batch-tests      the packed forward on CUDA (issue 20): each row's bits those of its sequence alone, its CUDA graphs'
+#                  bits those of the eager packed forward, batched decoding == plain batch 1 (eager and graphed);
+#                  the packed attention kernels, the single-sequence graphs -> $OUT/batch_tests.log
 # breakdown        bench/kernel_breakdown.py: SmolLM2 and Qwen3-8B shapes, exact on and off, 1 and 64 nodes, CUDA-graph
 #                  replays under torch.profiler: kernels per layer and GPU µs each -> $OUT/kernel_breakdown.{jsonl,log}
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
@@ -323,6 +326,10 @@ for step in "$@"; do
       timeout ${ENGINE_TESTS_TIMEOUT:-450} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
         tests/test_fused_walk.py tests/caches/test_fused_row_move.py tests/test_head_drafter.py tests/test_graph_set.py \
         tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    batch-tests)
+      timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py \
+        tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/batch_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     breakdown)
       for m in smollm2 qwen3-8b; do

@@ -4,9 +4,12 @@ of up to 8 sequences gives every row the bits of its own sequence's forward alon
 K/V written — for mixes of trees up to 64 nodes and prefill chains over contexts across key blocks
 and 512-key split-K ranges, pages in any order (the kernels' tiles then follow the batch's largest
 tree, not the sequence's: no bit may depend on it); and every prompt's output at batch size B
-equals its plain batch-1 output through CUDA graphs, token for token."""
+equals its plain batch-1 output through CUDA graphs, token for token, with the packed forward
+eager and replayed from its own CUDA graphs (`batch_graphs.py`), which give the eager bits."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
+from jetspec.core.batch import BatchMeta
 from jetspec.core.config import GenerationConfig, PipelineConfig
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.pipeline import Pipeline
@@ -72,6 +76,53 @@ def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(models, batch, 
     assert differ == [], f"sequences {differ} hold other K/V than when they ran alone"
 
 
+@st.composite
+def steps(draw) -> list[list[tuple[int, DraftTree | int]]]:
+    """Packed forwards over one pool of 8 sequences: each a subset of them, in any order, with a
+    tree of up to 64 nodes or a chain each."""
+    out = []
+    for _ in range(draw(st.integers(2, 4))):
+        who = draw(st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True))
+        out.append([(s, draw(sequences())[1]) for s in who])
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(contexts=st.lists(st.integers(0, 3000), min_size=8, max_size=8), batches=steps(),
+       commit=st.sampled_from(["gather", "remap"]))
+def test_the_packed_forwards_cuda_graphs_give_its_eager_bits(models, contexts, batches, commit):
+    """`batch_graphs.py`: the packed forward replayed from a captured graph (rows padded to a
+    bucket, tile tables padded, slot maps read from the pool's table) gives the eager packed
+    forward's logits and writes the same K/V, step after step."""
+    exact, graphed, fast = models
+    eager = PagedKVCache(exact.info, CAPACITY, PagedCacheOptions(page_size=PAGE, commit=commit)).sequences(8)
+    for s, (cache, context) in enumerate(zip(eager, contexts)):
+        fill(fast, cache, context, seed=context + s)
+    replayed = copy.deepcopy(eager)
+    for batch in batches:
+        metas, tokens = [], []
+        for s, what in batch:
+            t = eager[s].committed
+            if isinstance(what, int):
+                metas.append(AttentionMeta.for_chain(what, t, "cuda"))
+                tokens.append(torch.randint(0, QWEN3_8B_LIKE.vocab_size, (what,), device="cuda"))
+            else:
+                metas.append(AttentionMeta.for_tree(what, t, "cuda"))
+                tokens.append(what.tokens.cuda())
+            eager[s].begin(tokens[-1].numel())
+            replayed[s].begin(tokens[-1].numel())
+        meta, toks = BatchMeta.pack(metas), torch.cat(tokens)
+        assert graphed.batch_graphs.handles(meta, [replayed[s] for s, _ in batch])
+        want = exact.forward_batch(toks, meta, [eager[s] for s, _ in batch]).logits
+        got = graphed.forward_batch(toks, meta, [replayed[s] for s, _ in batch]).logits
+        assert first_inexact_node(got, want) is None, first_inexact_node(got, want, "the eager packed forward")
+        assert torch.equal(replayed[0].k, eager[0].k) and torch.equal(replayed[0].v, eager[0].v), "other K/V written"
+        for s, _ in batch:  # keep the first node: the next step sees a longer context
+            eager[s].commit([0])
+            replayed[s].commit([0])
+    assert graphed.batch_graphs is not None and len(graphed.batch_graphs.graphs) > 0, "no graph was captured"
+
+
 prompts = st.lists(st.integers(0, 999), min_size=1, max_size=8).flatmap(
     lambda base: st.lists(st.sampled_from(base), min_size=1, max_size=200))
 
@@ -95,5 +146,6 @@ def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, b
                         config=PipelineConfig(generation=gen), new_drafter=new_drafter, new_verifier=GreedyVerifier)
 
     plain = [pipeline(graphed, 1).generate_plain(p).tokens for p in batch]  # batch 1, CUDA graphs
-    results = pipeline(exact, batch_size).generate_many(batch)
-    assert [r.tokens for r in results] == plain
+    for target in (exact, graphed):  # the packed forward eager, then replayed from CUDA graphs
+        results = pipeline(target, batch_size).generate_many(batch)
+        assert [r.tokens for r in results] == plain

@@ -20,9 +20,10 @@ from torch import nn
 from ...core.batch import BatchMeta, PackedAttention, PackedKV, batch_attention_problem
 from ...core.distributed import Ranks
 from ...core.errors import IncompatibleError, InputError
-from ...core.interfaces import (AttentionBackend, AttentionMeta, BatchedAttention, KVCache, TargetInfo, TargetOutput,
-                                is_graph_safe)
+from ...core.interfaces import (AttendsPackedTables, AttentionBackend, AttentionMeta, BatchedAttention, KVCache, TargetInfo,
+                                TargetOutput, is_graph_safe)
 from .config import DecoderConfig
+from .batch_graphs import BatchGraphForward
 from .graphs import CudaGraphForward, GraphCaptureFailed
 from .layers import DecoderLayer, RMSNorm
 from .ops import InvariantOps, LayerOps, TorchOps, fp32_logits
@@ -84,6 +85,10 @@ class DecoderTarget:
         self.graphs = None
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
             self.graphs = CudaGraphForward(info.device)
+        self.batch_graphs = None  # the packed forward's graphs: exact mode, a backend that reads static tables
+        if cuda_graphs and info.device.type == "cuda" and info.exact and isinstance(attention, AttendsPackedTables):
+            self.batch_graphs = BatchGraphForward(info.device, attention, self.cfg.num_heads // self.cfg.num_kv_heads,
+                                                  info.kv_heads_here)
 
     @property
     def extra_pending(self) -> int:
@@ -122,8 +127,9 @@ class DecoderTarget:
     def forward_batch(self, tokens: torch.Tensor, meta: BatchMeta, caches: Sequence[KVCache],
                       hidden_layers: Sequence[int] = ()) -> TargetOutput:
         """`BatchedTarget`: tokens [R] int64, the packed trees of S sequences -> logits [R, V]
-        float32, hidden [R, k, H] or None. Eager (no CUDA graph): every layer but attention is
-        row-wise, and attention goes to the backend's `attend_batch`.
+        float32, hidden [R, k, H] or None. Every layer but attention is row-wise, and attention goes
+        to the backend's `attend_batch`; on CUDA in exact mode a captured graph per row bucket
+        replays it (`batch_graphs.py`; sequences of one page pool, up to 2048 rows), else eagerly.
 
         With `info.exact` a row's bits are those of its own sequence's `forward`, and so of plain
         one-token steps: the linear, norm and rope_write kernels are row-invariant (rope_write
@@ -134,6 +140,12 @@ class DecoderTarget:
         problem = self.batch_problem()
         if problem:
             raise IncompatibleError(problem)
+        if self.batch_graphs is not None and self.batch_graphs.handles(meta, caches):
+            try:
+                return self.batch_graphs.forward(tokens, meta, caches, hidden_layers, self._forward)
+            except GraphCaptureFailed as e:  # keep generating: eager for good, said once
+                print(f"jetspec: {e}", file=sys.stderr)
+                self.batch_graphs = None
         return self._forward(tokens, meta, PackedKV(caches, meta), hidden_layers, PackedAttention(self.attention))
 
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta | BatchMeta, cache: KVCache | PackedKV,

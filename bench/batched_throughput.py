@@ -13,8 +13,9 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
 
 Both of ours run the decoder over one paged page pool with the packed Triton kernel (--attention
-triton, the default on CUDA) or the reference attention (torch), eagerly (the batched engine's path
-has no CUDA graphs yet). `--exact on` (the default with triton on CUDA, as for users): the
+triton, the default on CUDA) or the reference attention (torch), replayed from CUDA graphs where the
+target has them (`--cuda-graphs on`, the default: batch 1's forward, and in exact mode the packed
+forward, `targets/decoder/batch_graphs.py`) or eagerly (`off`). `--exact on` (the default with triton on CUDA, as for users): the
 row-invariant kernels and the packed position-invariant attention, so every sequence's output
 must equal its batch-1 plain output bit for bit in bf16 too; `off`: the free-order kernels. tokens/s = tokens generated (to EOS or --new) / wall time of the
 whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--exact", choices=("on", "off"), default=None,
                     help="ours: the exact (batch-invariant) kernels; default on with triton on CUDA, else off")
+    ap.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                    help="replay the forwards from CUDA graphs (batch 1, and the packed forward in exact mode), as users do")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate()")
     ap.add_argument("--hf-batch-sizes", help="transformers generate() at these batch sizes only (default: --batch-sizes)")
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
@@ -113,9 +116,9 @@ def main(argv: list[str] | None = None) -> None:
 
     attention = args.attention or ("triton" if args.device.startswith("cuda") else "torch")
     exact = args.exact == "on" if args.exact else (attention == "triton" and args.device.startswith("cuda"))
-    stamp |= {"attention": attention, "exact": exact}
-    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, cuda_graphs=False,
-                                     exact=exact)
+    stamp |= {"attention": attention, "exact": exact, "cuda_graphs": args.cuda_graphs == "on"}
+    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
+                                     cuda_graphs=args.cuda_graphs == "on")
             .attention(attention).kv_cache("paged").drafter(args.drafter)
             .generation(budget=args.budget, max_new_tokens=args.new, max_verify_rows=args.max_verify_rows).build())
     ids = [pipe.encode(t) for t in texts]
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         same = [o == r for o, r in zip(outs, reference)]
         row = dict(kind="batched", variant=f"{variant}@{batch}", engine=variant, batch_size=batch, prompts=len(outs),
                    max_new_tokens=args.new, tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
-                   identical=sum(same) / len(same), **extra, **stamp)
+                   identical=sum(same) / len(same) if same else None, **extra, **stamp)
         if len(outs) == len(ids) and wide:  # every prompt against the first full-width plain run's output
             to, ref = wide[0]
             row["identical_all"], row["identical_all_to"] = sum(o == r for o, r in zip(outs, ref)) / len(outs), to
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             row[over[0]] = row["tokens_per_s"] / base["tokens_per_s"]
         rows.append(row)
         append_row(out, row)
-        print(f"{row['variant']:>10}  {row['tokens_per_s']:9.1f} tok/s  identical {row['identical']:.2f}"
+        same_txt = "-" if row["identical"] is None else f"{row['identical']:.2f}"
+        print(f"{row['variant']:>10}  {row['tokens_per_s']:9.1f} tok/s  identical {same_txt}"
               + (f"  tau {extra['tau']:.2f}" if "tau" in extra else ""), flush=True)
 
     hf_sizes = [] if args.no_hf else [int(b) for b in (args.hf_batch_sizes or args.batch_sizes).split(",")]
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else min(eos)
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
-    reference, _, _ = ours(1, False, ids[: args.b1_prompts])
+    reference = ours(1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
         prompts = ids[: args.b1_prompts] if b == 1 else ids

@@ -74,8 +74,8 @@ def write_plots(summaries: list[dict[str, Any]], folder: Path, name: str) -> lis
 
 def write_throughput_plot(rows: list[dict[str, Any]], path: Path, name: str) -> Path:
     """rows: `batched` rows (engine, batch_size, tokens_per_s, machine, date) -> one PNG, tokens/s
-    against batch size on log-log axes, a line per engine (plain, spec, hf), each point labelled
-    with its tokens/s."""
+    against batch size on log-log axes, a line per engine (plain, spec, hf; split by `cuda_graphs`
+    where the rows hold both), each point labelled with its tokens/s."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,9 +84,14 @@ def write_throughput_plot(rows: list[dict[str, Any]], path: Path, name: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     fig.suptitle(plot_title(name, rows), fontsize=9)
-    for engine in sorted({r["engine"] for r in rows}):
-        points = sorted((r["batch_size"], r["tokens_per_s"]) for r in rows if r["engine"] == engine)
-        ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=engine)
+    mixed = len({r.get("cuda_graphs") for r in rows if r["engine"] != "hf"}) > 1
+
+    def line(r: dict[str, Any]) -> str:  # the engine, and eager or graphed where a plot shows both
+        return r["engine"] + (f" ({'graphs' if r.get('cuda_graphs') else 'eager'})" if mixed and r["engine"] != "hf" else "")
+
+    for label in sorted({line(r) for r in rows}):
+        points = sorted((r["batch_size"], r["tokens_per_s"]) for r in rows if line(r) == label)
+        ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=label)
         for b, t in points:
             ax.annotate(f"{t:.0f}", (b, t), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     ax.set_xscale("log", base=2)

@@ -199,9 +199,8 @@ class PagedKVCache:
             )
         rows = self._take_rows(n, self.allocator.allocate(new_pages))
         self._slots[t:] = rows
-        if self.options.commit == "gather":  # a logical slot's row changes only with its page
-            self._sync_slots(self._synced, t + n)
-            self._synced = max(self._synced, t + n)
+        if self.options.commit == "gather":  # a logical slot's row changes only with its page: send whole pages, once
+            self._sync_pages()
         else:
             self._sync_slots(t, t + n)
         self._pending, self._staged = n, 0
@@ -339,6 +338,16 @@ class PagedKVCache:
     def _sync_slots(self, lo: int, hi: int) -> None:
         if hi > lo:
             self.slot_table[lo:hi].copy_(torch.tensor(self._slots[lo:hi], dtype=torch.int32), non_blocking=True)
+        self._sync_block_table()
+
+    def _sync_pages(self) -> None:
+        """Gather mode: slot_table[:_synced] holds the rows the pages give; extend it over every page
+        held (one copy when a page comes, none on the steps that fill it)."""
+        p, hi = self.page_size, min(len(self._pages) * self.page_size, self.capacity)
+        if hi > self._synced:
+            rows = [self._pages[s // p] * p + s % p for s in range(self._synced, hi)]
+            self.slot_table[self._synced : hi].copy_(torch.tensor(rows, dtype=torch.int32), non_blocking=True)
+            self._synced = hi
         self._sync_block_table()
 
     def _sync_block_table(self) -> None:

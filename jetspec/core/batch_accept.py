@@ -4,7 +4,8 @@ Host path: `verifier.accept(tree, logits[rows of s], state)` per sequence, as `P
 
 Device path (a verifier with `accept_on_device`, when `generation.accept_on_device` says so): each
 sequence's tree is on the device (`TreeUpload`, one per slot: the trees of a step live together),
-each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`), a cache with
+each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`; verifiers with
+`accept_batch_on_device`, greedy, return all of them from one call), a cache with
 `stage_commit` moves its kept K/V behind it, and ONE read-back of all the packed results, laid end
 to end, brings the whole step's paths to the host: the step waits for the device once, not once
 per sequence.
@@ -40,16 +41,42 @@ def accept_on_host(verifiers: list[Verifier], trees: list[DraftTree], logits: to
     return out
 
 
-def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
-                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
-                     who: str, vocab: int) -> list[Accepted]:
-    packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
-    paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
-    for s, (verifier, tree, dtree, state, cache) in enumerate(zip(verifiers, trees, dtrees, states, caches)):
-        d = dtree.max_depth
+def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.Tensor, meta: BatchMeta,
+             states: list[DecodeState], who: str, batch: bool) -> list[torch.Tensor | JetSpecError]:
+    """Each sequence's packed result (or its error): from one call for the whole step where the
+    verifiers allow it (`batch`: the engine's `accepts_batch_on_device`, once per run), else one
+    call per sequence."""
+    if batch:
+        try:
+            with Blame(who, "in accept_batch_on_device"):
+                out = verifiers[0].accept_batch_on_device(dtrees, logits, meta.cu_rows)
+            if not (isinstance(out, list) and len(out) == len(dtrees)):
+                got = len(out) if isinstance(out, list) else type(out).__name__
+                raise PluginError(f"{who} returned {got} from accept_batch_on_device; expected a list of {len(dtrees)} tensors")
+            return out
+        except JetSpecError as e:  # the step's one call failed: every sequence of it fails with it
+            return [e] * len(dtrees)
+    out: list[torch.Tensor | JetSpecError] = []
+    for s, (verifier, dtree, state) in enumerate(zip(verifiers, dtrees, states)):
         try:
             with Blame(who, "in accept_on_device"):
-                p = verifier.accept_on_device(dtree, logits[meta.rows(s)], state)
+                out.append(verifier.accept_on_device(dtree, logits[meta.rows(s)], state))
+        except JetSpecError as e:
+            out.append(e)
+    return out
+
+
+def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
+                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
+                     who: str, vocab: int, batch: bool = False) -> list[Accepted]:
+    packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
+    paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
+    results = _results(verifiers, dtrees, logits, meta, states, who, batch)
+    for s, (p, tree, dtree, cache) in enumerate(zip(results, trees, dtrees, caches)):
+        d = dtree.max_depth
+        try:
+            if isinstance(p, JetSpecError):
+                raise p
             if not (isinstance(p, torch.Tensor) and p.shape == (2 * d + 3,) and p.dtype == torch.int64):
                 got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
                 raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")

@@ -41,7 +41,7 @@ from .checks import Blame, Checked
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
-    accepts_on_device, extra_pending, observed_layers,
+    accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
 from .on_device import Readback, TreeUpload
 from .results import GenerationResult, GenerationStats
@@ -108,6 +108,7 @@ class BatchEngine:
         mode, device = gen.accept_on_device, pipe.target.info.device
         self._on_device = (mode == "always" or (mode == "auto" and device.type != "cpu")) and all(
             accepts_on_device(p.verifier) for p in self.parts)  # as `Pipeline` decides it, for every slot
+        self._batch_accept = self._on_device and accepts_batch_on_device([p.verifier for p in self.parts])  # one call a step
 
         encoded: list[list[int] | Exception] = []
         for p in prompts:
@@ -250,7 +251,7 @@ class BatchEngine:
         who, vocab = pipe.labels["verifier"], pipe.target.info.vocab_size
         if self._on_device:
             accepted = accept_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
-                                        self._readback, who, vocab)
+                                        self._readback, who, vocab, self._batch_accept)
         else:
             accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who, vocab)
         verify, accept = (t1 - t0) / len(trees), (clock() - t1) / len(trees)  # shared work, split evenly

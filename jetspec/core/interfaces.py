@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_che
 import torch
 
 from .distributed import Ranks
-from .on_device import AcceptsOnDevice, CommitsOnDevice, DeviceTree, accepts_on_device
+from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsOnDevice, DeviceTree, accepts_batch_on_device,
+                        accepts_on_device)
 from .records import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
 from .tree import DraftTree
 
@@ -358,6 +359,7 @@ class BatchedKVCache(Protocol):
 
 __all__ = [
     "Acceptance",
+    "AcceptsBatchOnDevice",
     "AcceptsOnDevice",
     "AttendsPackedTables",
     "AttentionBackend",
@@ -387,6 +389,7 @@ __all__ = [
     "TargetOutput",
     "TreeScorer",
     "Verifier",
+    "accepts_batch_on_device",
     "accepts_on_device",
     "extra_pending",
     "is_graph_safe",

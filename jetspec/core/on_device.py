@@ -29,6 +29,7 @@ elsewhere their torch ops run, the reference the kernels are tested against.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -172,6 +173,31 @@ class AcceptsOnDevice(Protocol):
     def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """logits [N, V] -> packed [2D + 3] int64 on their device (layout: `on_device.py`), no sync."""
         ...
+
+
+@runtime_checkable
+class AcceptsBatchOnDevice(Protocol):
+    """A verifier whose on-device decision keeps no per-sequence state (greedy), so that one call
+    decides every sequence of a packed step: the step's kernels run once, not once per sequence."""
+
+    def accept_batch_on_device(self, trees: Sequence[DeviceTree], logits: torch.Tensor,
+                               cu_rows: Sequence[int]) -> list[torch.Tensor]:
+        """logits [R, V] of S packed trees (sequence s's rows cu_rows[s] .. cu_rows[s + 1] - 1) ->
+        [S] packed results, each exactly what `accept_on_device(trees[s], its rows, state)` gives."""
+        ...
+
+
+def accepts_batch_on_device(verifiers: Sequence[Verifier]) -> bool:
+    """The batched engine may ask the first verifier for the whole step: all are of one class,
+    which may accept on the device, and defines `accept_batch_on_device` no higher in its class
+    tree than `accept_on_device` (a subclass that overrides the one-sequence form alone keeps it)."""
+    first = verifiers[0]
+    if not (isinstance(first, AcceptsBatchOnDevice) and accepts_on_device(first)):
+        return False
+    if any(type(v) is not type(first) for v in verifiers):
+        return False
+    owner = {m: next(c for c in type(first).__mro__ if m in vars(c)) for m in ("accept_on_device", "accept_batch_on_device")}
+    return issubclass(owner["accept_batch_on_device"], owner["accept_on_device"])
 
 
 def accepts_on_device(verifier: Verifier) -> bool:

@@ -15,6 +15,8 @@ Triton launch (`triton_walk.py`), elsewhere by the ten torch ops of `walk_ops`, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -90,3 +92,14 @@ class GreedyVerifier:
     def accept_on_device(self, tree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """`AcceptsOnDevice`: logits [N, V] -> packed [2D + 3] int64, no host sync."""
         return walk_on_device(tree, logits.argmax(dim=-1))
+
+    def accept_batch_on_device(self, trees: Sequence[DeviceTree], logits: torch.Tensor,
+                               cu_rows: Sequence[int]) -> list[torch.Tensor]:
+        """`AcceptsBatchOnDevice` (greedy keeps no per-sequence state): one argmax over the step's
+        R rows; a step of roots alone (plain decoding) packs [1, 0, choice_s] for every sequence in
+        one op, else each tree is walked over its own rows of the choice."""
+        choice = logits.argmax(dim=-1)  # [R]
+        if all(t.size == 1 for t in trees):  # as `walk_ops` packs a root alone: k = 1, path [0], its token
+            packed = torch.stack((torch.ones_like(choice), torch.zeros_like(choice), choice), dim=1)  # [S, 3]
+            return list(packed.unbind(0))
+        return [walk_on_device(t, choice[cu_rows[s] : cu_rows[s + 1]]) for s, t in enumerate(trees)]

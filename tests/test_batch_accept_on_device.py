@@ -1,0 +1,79 @@
+"""One acceptance call for a whole packed step (`AcceptsBatchOnDevice`, the greedy verifier): its
+per-sequence results are exactly those of one `accept_on_device` per sequence, for any mix of
+trees and plain-decoding roots; the batched engine uses it only where every slot's verifier is of
+one class that defines it no higher than `accept_on_device`, and asks once a step."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jetspec
+from jetspec.core.interfaces import DecodeState, accepts_batch_on_device
+from jetspec.core.on_device import TreeUpload
+from jetspec.testing.models import tiny_decoder
+from jetspec.testing.strategies import draft_trees
+from jetspec.verifiers.greedy import GreedyVerifier
+from jetspec.verifiers.sampling import SamplingVerifier
+from support.registry import make_test_registry
+
+VOCAB = 50
+
+
+@settings(max_examples=60, deadline=None)
+@given(trees=st.lists(st.one_of(draft_trees(vocab=VOCAB, max_nodes=12), st.just(None)), min_size=1, max_size=6),
+       seed=st.integers(0, 2**16))
+def test_one_call_for_the_step_gives_each_sequence_its_own_acceptance(trees, seed):
+    from jetspec.core.tree import DraftTree
+
+    trees = [DraftTree.root_only(7) if t is None else t for t in trees]  # None: a plain-decoding root
+    dtrees = [TreeUpload("cpu")(t, prefix_len=3 * s) for s, t in enumerate(trees)]
+    cu = [0]
+    for t in trees:
+        cu.append(cu[-1] + t.size)
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(cu[-1], VOCAB, generator=g)  # [R, V]
+    verifier, state = GreedyVerifier(), DecodeState(tokens=[1], prompt_len=1)
+    batch = verifier.accept_batch_on_device(dtrees, logits, cu)
+    alone = [verifier.accept_on_device(d, logits[cu[s] : cu[s + 1]], state) for s, d in enumerate(dtrees)]
+    assert len(batch) == len(alone) and all(torch.equal(b, a) for b, a in zip(batch, alone))
+
+
+def test_the_step_call_needs_one_class_that_defines_it_with_the_one_sequence_form():
+    class OwnDeviceRule(GreedyVerifier):  # overrides the one-sequence form alone: the batch form would not follow it
+        def accept_on_device(self, tree, logits, state):
+            return super().accept_on_device(tree, logits, state)
+
+    assert accepts_batch_on_device([GreedyVerifier(), GreedyVerifier()])
+    assert not accepts_batch_on_device([GreedyVerifier(), OwnDeviceRule()]), "two classes"
+    assert not accepts_batch_on_device([OwnDeviceRule()])
+    assert not accepts_batch_on_device([SamplingVerifier()]), "a sampling verifier draws per sequence"
+
+
+def test_the_batched_engine_asks_once_a_step_and_decodes_as_without_it():
+    calls: list[int] = []
+
+    class Counting(GreedyVerifier):
+        def accept_on_device(self, tree, logits, state):
+            return super().accept_on_device(tree, logits, state)
+
+        def accept_batch_on_device(self, trees, logits, cu_rows):
+            calls.append(len(trees))
+            return super().accept_batch_on_device(trees, logits, cu_rows)
+
+    class OnePerSequence(GreedyVerifier):  # the one-sequence form alone: no step call
+        def accept_on_device(self, tree, logits, state):
+            return super().accept_on_device(tree, logits, state)
+
+    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5, 6, 4, 5], [7, 8, 9], [3, 3, 3, 3]]
+    outputs = {}
+    for verifier in (Counting, OnePerSequence):
+        pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder(0)).drafter("ngram").kv_cache("paged")
+                .generation(budget=4, max_new_tokens=12, accept_on_device="always").build())
+        pipe.new_verifier = verifier
+        outputs[verifier] = [r.tokens for r in pipe.generate_many(prompts, batch_size=3)]
+    steps = len(calls)
+    assert steps > 0 and sum(calls) >= steps, "the step call was never made"
+    assert max(calls) <= 3, "one call covers at most the batch's sequences"
+    assert outputs[Counting] == outputs[OnePerSequence]

@@ -127,8 +127,10 @@ class PagedKVCache:
         self.allocator = pool.allocator
         self._pages: list[int] = []
         # pool rows of the pending tokens, in a persistent buffer so that a CUDA graph captured
-        # over `write` stays valid from round to round (filled eagerly by `begin`)
+        # over `write` stays valid from round to round (filled eagerly by `begin`, once `write` has
+        # been used: exact mode writes K/V in its kernels, and a batch would pay a copy per sequence)
         self._write_rows = torch.zeros(capacity, dtype=torch.int64, device=info.device)  # [capacity]
+        self._writes = False
         self.reset()
 
     graph_safe = True
@@ -204,9 +206,14 @@ class PagedKVCache:
         else:
             self._sync_slots(t, t + n)
         self._pending, self._staged = n, 0
-        self._write_rows[:n].copy_(self.slot_table[t : t + n])
+        if self._writes:
+            self._write_rows[:n].copy_(self.slot_table[t : t + n])
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if not self._writes:  # the first write ever (eager: a graph capture's warm-up run comes first)
+            t = self._committed
+            self._write_rows[: self._pending].copy_(self.slot_table[t : t + self._pending])
+            self._writes = True
         rows = self._write_rows[: self._pending]  # [n] int64
         self._rows(self.k, layer).index_copy_(0, rows, k)  # k: [n, Hkv, D]
         self._rows(self.v, layer).index_copy_(0, rows, v)

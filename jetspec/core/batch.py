@@ -43,8 +43,10 @@ class BatchMeta:
     prefix_lens: torch.Tensor  # [S] int64, T_s
 
     @staticmethod
-    def pack(seqs: Sequence[AttentionMeta]) -> BatchMeta:
-        """The packed metadata of sequences whose rows come in this order, each contiguous."""
+    def pack(seqs: Sequence[AttentionMeta], packed: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchMeta:
+        """The packed metadata of sequences whose rows come in this order, each contiguous.
+        `packed`: (positions [R], subtree sizes [R]) already end to end on the device (the
+        step's one tree upload, whose columns the sequences' metas view), used as they are."""
         if not seqs:
             raise ValueError("a packed forward needs at least one sequence")
         sizes = [m.num_queries for m in seqs]
@@ -52,14 +54,13 @@ class BatchMeta:
         for n in sizes:
             cu.append(cu[-1] + n)
         device = seqs[0].positions.device
-        return BatchMeta(
-            seqs=tuple(seqs),
-            cu_rows=tuple(cu),
-            seq_ids=torch.repeat_interleave(torch.arange(len(seqs), device=device), torch.tensor(sizes, device=device)),
-            positions=torch.cat([m.positions.to(device) for m in seqs]),
-            subtree_sizes=torch.cat([m.subtree_sizes.to(device=device, dtype=torch.int64) for m in seqs]),
-            prefix_lens=torch.tensor([m.prefix_len for m in seqs], dtype=torch.int64, device=device),
-        )
+        ids = torch.tensor([s for s, n in enumerate(sizes) for _ in range(n)] + [m.prefix_len for m in seqs],
+                           dtype=torch.int64).to(device, non_blocking=True)  # [R + S]: one copy for both
+        positions, subtree = packed if packed is not None else (
+            torch.cat([m.positions.to(device) for m in seqs]),
+            torch.cat([m.subtree_sizes.to(device=device, dtype=torch.int64) for m in seqs]))
+        return BatchMeta(seqs=tuple(seqs), cu_rows=tuple(cu), seq_ids=ids[: cu[-1]], positions=positions,
+                         subtree_sizes=subtree, prefix_lens=ids[cu[-1] :])
 
     @staticmethod
     def make_dummy(tree_sizes: Sequence[int], prefix_lens: Sequence[int]) -> BatchMeta:

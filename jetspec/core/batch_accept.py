@@ -3,7 +3,7 @@
 Host path: `verifier.accept(tree, logits[rows of s], state)` per sequence, as `Pipeline` does.
 
 Device path (a verifier with `accept_on_device`, when `generation.accept_on_device` says so): each
-sequence's tree is on the device (`TreeUpload`, one per slot: the trees of a step live together),
+sequence's tree is on the device (`TreeUpload.many`: the step's trees end to end, one copy),
 each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`; verifiers with
 `accept_batch_on_device`, greedy, return all of them from one call), a cache with
 `stage_commit` moves its kept K/V behind it, and ONE read-back of all the packed results, laid end

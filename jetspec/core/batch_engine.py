@@ -89,7 +89,7 @@ class BatchEngine:
         self.pipe, self.batch_size, self.max_verify_rows = pipe, batch_size, max_verify_rows
         self.parts = [new_parts() for _ in range(batch_size)]  # slot -> its own drafter and verifier
         device = target.info.device
-        self._uploads = [TreeUpload(device) for _ in range(batch_size)]  # slot -> its tree's buffers on the device
+        self._upload = TreeUpload(device)  # a step's trees, end to end, in one copy to the device
         self._readback = Readback(device)  # the step's one device-to-host copy (device acceptance)
 
     # ------------------------------------------------------------------ the run
@@ -218,26 +218,27 @@ class BatchEngine:
             return
         t0 = clock()
         device = pipe.target.info.device
-        metas, reserved, dtrees = [], [], []
+        reserved = []
         for seq, tree in trees:
-            cache = caches[seq.slot]
             try:
-                cache.begin(tree.size)  # a shared page pool may be full: this sequence ends, the others go on
+                caches[seq.slot].begin(tree.size)  # a shared page pool may be full: this sequence ends, the others go on
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
                 continue
-            if self._on_device:  # the tree's one copy to the device; its metadata is read from there
-                dtree = self._uploads[seq.slot](tree, cache.committed)
-                dtrees.append(dtree)
-                metas.append(AttentionMeta(cache.committed, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes))
-            else:
-                metas.append(AttentionMeta.for_tree(tree, cache.committed, device))
             reserved.append((seq, tree))
         trees = reserved
         if not trees:
             return
-        meta = BatchMeta.pack(metas)
-        tokens = torch.cat([d.tokens for d in dtrees]) if self._on_device else torch.cat([t.tokens for _, t in trees]).to(device)  # [R]
+        prefixes = [caches[seq.slot].committed for seq, _ in trees]
+        dtrees: list = []
+        if self._on_device:  # the step's one copy to the device: every tree, end to end; the metadata is read from there
+            dtrees, block = self._upload.many([t for _, t in trees], prefixes)  # block [7, R]
+            metas = [AttentionMeta(p, positions=d.positions, subtree_sizes=d.subtree_sizes) for p, d in zip(prefixes, dtrees)]
+            meta = BatchMeta.pack(metas, packed=(block[4], block[3]))
+            tokens = block[0]  # [R]
+        else:
+            meta = BatchMeta.pack([AttentionMeta.for_tree(t, p, device) for (_, t), p in zip(trees, prefixes)])
+            tokens = torch.cat([t.tokens for _, t in trees]).to(device)  # [R]
         layers = observed_layers(self.parts[trees[0][0].slot].drafter) if self._speculative else ()
         try:
             out = self._forward(tokens, meta, [caches[seq.slot] for seq, _ in trees], layers)

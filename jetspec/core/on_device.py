@@ -77,9 +77,9 @@ class DeviceTree:
 
 
 class TreeUpload:
-    """Copies a `DraftTree`'s int vectors to `device` in one copy per round: the host stacks them
-    into a [7, N] block of a (pinned, on CUDA) staging buffer, one non-blocking copy moves the
-    block into a persistent device buffer. Before the staging buffer is refilled, the previous
+    """Copies a `DraftTree`'s int vectors to `device` in one copy per round (`many`: a batched
+    step's trees, one per sequence, in one copy too): the host stacks them into a [7, N] block of a
+    (pinned, on CUDA) staging buffer, one non-blocking copy moves the block into a persistent device buffer. Before the staging buffer is refilled, the previous
     round's copy is waited for (an event; it finished long ago: the round read its result)."""
 
     def __init__(self, device: torch.device | str, capacity: int = 64):
@@ -97,33 +97,54 @@ class TreeUpload:
         self._views: dict[int, tuple[torch.Tensor, ...]] = {}  # N -> the 7 device rows of an N-node tree
 
     def __call__(self, tree: DraftTree, prefix_len: int) -> DeviceTree:
-        n = tree.size
-        if n > self.capacity:
-            self._alloc(max(n, 2 * self.capacity))
+        return self.many([tree], [prefix_len])[0][0]
+
+    def many(self, trees: list[DraftTree], prefix_lens: list[int]) -> tuple[list[DeviceTree], torch.Tensor]:
+        """Several trees (a batched step's, one per sequence) end to end in ONE [7, R] block and
+        one copy, R = their total size -> (a DeviceTree per tree, a view of its own columns with
+        its own tree's indices (parents, ends, index); the block [7, R] on the device: rows 0, 4
+        and 3 are the step's packed tokens, positions and subtree sizes)."""
+        r = sum(t.size for t in trees)
+        if r > self.capacity:
+            self._alloc(max(r, 2 * self.capacity))
         elif self._cuda:
             self._done.synchronize()
-        # numpy over the tree's host memory: numpy calls cost less than torch's per-op dispatch
-        host = self._host_np[: ROWS * n].reshape(ROWS, n)  # [7, N]
+        host = self._host_np[: ROWS * r].reshape(ROWS, r)  # [7, R]
+        depths, start = [], 0
+        for tree, prefix_len in zip(trees, prefix_lens):
+            depths.append(self._fill(host[:, start : start + tree.size], tree, prefix_len))
+            start += tree.size
+        if self._dev is not self._host:
+            self._dev[: ROWS * r].copy_(self._host[: ROWS * r], non_blocking=True)
+            if self._cuda:
+                self._done.record()
+        if len(trees) == 1:  # one sequence's round: an N's views persist, refilled in place
+            views = self._views.get(r)
+            if views is None:
+                views = self._views[r] = self._dev[: ROWS * r].view(ROWS, r).unbind(0)
+            return [DeviceTree(*views, max_depth=depths[0])], self._dev[: ROWS * r].view(ROWS, r)
+        block = self._dev[: ROWS * r].view(ROWS, r)  # [7, R] on the device
+        out, start = [], 0
+        for tree, d in zip(trees, depths):
+            out.append(DeviceTree(*block[:, start : start + tree.size].unbind(0), max_depth=d))
+            start += tree.size
+        return out, block
+
+    def _fill(self, host: np.ndarray, tree: DraftTree, prefix_len: int) -> int:
+        """host [7, N] <- the tree's rows -> its depth D. numpy over the tree's host memory: numpy
+        calls cost less than torch's per-op dispatch."""
+        n = tree.size
         tokens = tree.tokens.numpy()
         if n == 1:  # plain decoding: the root alone
             host[:, 0] = (tokens[0], 0, 0, 1, prefix_len, 0, 0)
-            max_depth = 0
-        else:
-            parents, depths, sizes = (x.numpy() for x in (tree.parents, tree.depths, tree.subtree_sizes))
-            host[0], host[1], host[2], host[3], host[6] = tokens, parents, depths, sizes, self._arange[:n]
-            host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
-            np.add(depths, prefix_len, out=host[4])  # positions
-            np.add(sizes, self._arange[:n], out=host[5])  # ends
-            host[5, 0] = 0  # the root's (see DeviceTree)
-            max_depth = int(depths.max())
-        if self._dev is not self._host:
-            self._dev[: ROWS * n].copy_(self._host[: ROWS * n], non_blocking=True)
-            if self._cuda:
-                self._done.record()
-        views = self._views.get(n)
-        if views is None:  # persistent storage: an N's views stay valid, refilled in place
-            views = self._views[n] = self._dev[: ROWS * n].view(ROWS, n).unbind(0)
-        return DeviceTree(*views, max_depth=max_depth)
+            return 0
+        parents, depths, sizes = (x.numpy() for x in (tree.parents, tree.depths, tree.subtree_sizes))
+        host[0], host[1], host[2], host[3], host[6] = tokens, parents, depths, sizes, self._arange[:n]
+        host[1, 0] = 0  # root's parent -> 0 (see DeviceTree)
+        np.add(depths, prefix_len, out=host[4])  # positions
+        np.add(sizes, self._arange[:n], out=host[5])  # ends
+        host[5, 0] = 0  # the root's (see DeviceTree)
+        return int(depths.max())
 
 
 class Readback:

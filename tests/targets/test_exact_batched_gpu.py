@@ -54,6 +54,14 @@ def sequences(draw) -> tuple[int, DraftTree | int]:
     return context, DraftTree.from_parents(draw(st.permutations(range(1000)))[:n], parents)
 
 
+def verified(what: DraftTree | int, context: int) -> tuple[AttentionMeta, torch.Tensor]:
+    """What one sequence verifies after `context` committed tokens: a tree, or a prefill chain of
+    `what` random tokens -> (its meta, its tokens [N] on the GPU)."""
+    if isinstance(what, int):
+        return AttentionMeta.for_chain(what, context, "cuda"), torch.randint(0, QWEN3_8B_LIKE.vocab_size, (what,), device="cuda")
+    return AttentionMeta.for_tree(what, context, "cuda"), what.tokens.cuda()
+
+
 @settings(max_examples=25, deadline=None)
 @given(batch=st.lists(sequences(), min_size=1, max_size=8), commit=st.sampled_from(["gather", "remap"]), data=st.data())
 def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(models, batch, commit, data):
@@ -65,12 +73,9 @@ def test_each_packed_row_gets_the_bits_of_its_own_sequence_alone(models, batch, 
     metas, tokens = [], []
     for s, (cache, (context, what)) in enumerate(zip(caches, batch)):
         fill(fast, cache, context, seed=context + s)
-        if isinstance(what, int):
-            metas.append(AttentionMeta.for_chain(what, context, "cuda"))
-            tokens.append(torch.randint(0, QWEN3_8B_LIKE.vocab_size, (what,), device="cuda"))
-        else:
-            metas.append(AttentionMeta.for_tree(what, context, "cuda"))
-            tokens.append(what.tokens.cuda())
+        meta, toks = verified(what, context)
+        metas.append(meta)
+        tokens.append(toks)
     packed, alone, differ = packed_and_alone(exact, caches, metas, tokens)
     assert first_inexact_node(packed, alone) is None, first_inexact_node(packed, alone, "their sequences alone")
     assert differ == [], f"sequences {differ} hold other K/V than when they ran alone"
@@ -102,13 +107,9 @@ def test_the_packed_forwards_cuda_graphs_give_its_eager_bits(models, contexts, b
     for batch in batches:
         metas, tokens = [], []
         for s, what in batch:
-            t = eager[s].committed
-            if isinstance(what, int):
-                metas.append(AttentionMeta.for_chain(what, t, "cuda"))
-                tokens.append(torch.randint(0, QWEN3_8B_LIKE.vocab_size, (what,), device="cuda"))
-            else:
-                metas.append(AttentionMeta.for_tree(what, t, "cuda"))
-                tokens.append(what.tokens.cuda())
+            meta, toks = verified(what, eager[s].committed)
+            metas.append(meta)
+            tokens.append(toks)
             eager[s].begin(tokens[-1].numel())
             replayed[s].begin(tokens[-1].numel())
         meta, toks = BatchMeta.pack(metas), torch.cat(tokens)

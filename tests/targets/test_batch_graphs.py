@@ -50,8 +50,8 @@ def step(draw) -> list[tuple[int, int | list[int]]]:
     return out
 
 
-# ~10-20 s per example in the interpreter
-@settings(max_examples=6, deadline=None)
+# ~10-30 s per example in the interpreter
+@settings(max_examples=4, deadline=None)
 @given(family=st.sampled_from(["llama", "qwen3"]), dtype=st.sampled_from(["float32", "bfloat16"]),
        contexts=st.lists(st.integers(0, 130), min_size=POOL, max_size=POOL), steps=st.lists(step(), min_size=2, max_size=3),
        seed=st.integers(0, 2**16))
@@ -71,7 +71,7 @@ def test_padded_static_forwards_give_the_eager_packed_forwards_bits(targets, fam
         metas, tokens = [], []
         for s, what in batch:
             n = what if isinstance(what, int) else len(what)
-            toks = torch.randint(0, VOCAB, (n,), generator=g)
+            toks = torch.randperm(VOCAB, generator=g)[:n]  # distinct: a tree's sibling tokens must differ
             t = eager[s].committed
             if isinstance(what, int):
                 metas.append(AttentionMeta.for_chain(n, t))

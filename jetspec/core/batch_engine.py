@@ -43,7 +43,7 @@ from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
     accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
-from .on_device import Readback, TreeUpload
+from .on_device import DeviceTree, Readback, TreeUpload
 from .results import GenerationResult, GenerationStats
 from .tree import DraftTree
 
@@ -230,7 +230,7 @@ class BatchEngine:
         if not trees:
             return
         prefixes = [caches[seq.slot].committed for seq, _ in trees]
-        dtrees: list = []
+        dtrees: list[DeviceTree] = []
         if self._on_device:  # the step's one copy to the device: every tree, end to end; the metadata is read from there
             dtrees, block = self._upload.many([t for _, t in trees], prefixes)  # block [7, R]
             metas = [AttentionMeta(p, positions=d.positions, subtree_sizes=d.subtree_sizes) for p, d in zip(prefixes, dtrees)]

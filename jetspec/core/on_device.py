@@ -78,9 +78,10 @@ class DeviceTree:
 
 class TreeUpload:
     """Copies a `DraftTree`'s int vectors to `device` in one copy per round (`many`: a batched
-    step's trees, one per sequence, in one copy too): the host stacks them into a [7, N] block of a
-    (pinned, on CUDA) staging buffer, one non-blocking copy moves the block into a persistent device buffer. Before the staging buffer is refilled, the previous
-    round's copy is waited for (an event; it finished long ago: the round read its result)."""
+    step's trees, one per sequence, in one copy too): the host stacks them into a [7, N] block of
+    a (pinned, on CUDA) staging buffer, one non-blocking copy moves the block into a persistent
+    device buffer. Before the staging buffer is refilled, the previous round's copy is waited for
+    (an event; it finished long ago: the round read its result)."""
 
     def __init__(self, device: torch.device | str, capacity: int = 64):
         self.device = torch.device(device)

@@ -57,7 +57,6 @@ Eager = Callable[[torch.Tensor, BatchMeta, PackedKV, Sequence[int], object], Tar
 
 ROW_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 WIDTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)  # ancestor-table widths (the largest tree)
-TAIL_ROWS = 16  # the kernel's tail tile (`triton_invariant_attention.TAIL_ROWS`): tiles <= rows needs group <= this
 
 
 class TablesAttention:
@@ -75,10 +74,11 @@ class TablesAttention:
 class BatchGraphForward:
     def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int,
                  max_rows: int = 2048, capture: bool = True):
-        from ...kernels.triton_invariant_attention import row_tiles
+        from ...kernels.triton_invariant_attention import TAIL_ROWS, row_tiles  # imports triton: here, not at import
         from ...kernels.triton_tree_attention import _counters
 
         self.device, self.attention, self.group, self.capture = device, attention, group, capture
+        self.tail_rows = TAIL_ROWS  # the kernel's tail tile: tiles <= rows needs group <= this
         self.buckets = tuple(b for b in ROW_BUCKETS if b <= max_rows)
         self.row_tiles = row_tiles
         r = self.buckets[-1]
@@ -86,7 +86,7 @@ class BatchGraphForward:
             _counters(device, r * kv_heads)
         self.tokens = torch.zeros(r, dtype=torch.int64, device=device)  # [Rmax]
         self.positions = torch.zeros(r, dtype=torch.int64, device=device)  # [Rmax]
-        self.graphs = GraphSet()  # key (table id, Rb, width, one launch, hidden layers) -> graph, static output
+        self.graphs = GraphSet()  # key (Rb, width, one launch, block_m, hidden layers) -> graph, static output
         self._table: torch.Tensor | None = None  # the slot-map table whose graphs `graphs` holds
         self._block: tuple[torch.Tensor, np.ndarray, torch.Tensor] | None = None  # host, its numpy view, device
         self._done = torch.cuda.Event() if device.type == "cuda" else None  # the last block copy
@@ -95,7 +95,7 @@ class BatchGraphForward:
     # ------------------------------------------------------------------ which forwards
     def handles(self, meta: BatchMeta, caches: Sequence[KVCache]) -> bool:
         """Rows fit a bucket, the group fits the tile rule, every cache shares one slot-map table and pool."""
-        if meta.num_queries > self.buckets[-1] or self.group > TAIL_ROWS:
+        if meta.num_queries > self.buckets[-1] or self.group > self.tail_rows:
             return False
         first = caches[0]
         for c in caches:
@@ -116,7 +116,7 @@ class BatchGraphForward:
         chain = all(m.chain for m in meta.seqs)
         wide = min(WIDTH_BUCKETS[bisect_left(WIDTH_BUCKETS, largest)], rb)  # the largest tree, bucketed
         width = 0 if chain else wide  # the ancestor table's
-        one_launch = chain or largest * self.group <= TAIL_ROWS
+        one_launch = chain or largest * self.group <= self.tail_rows
         block_m = self.row_tiles(wide * self.group)[0]  # launch 1's tiles: no bit depends on them
         table = caches[0].slot_tables  # [S', C]
         if table is not self._table:  # a new pool: the old one's graphs point at freed memory
@@ -159,7 +159,7 @@ class BatchGraphForward:
         writes[:r], row_prefix[:r], first_row[:r] = 1, prefix[seq], cu[seq]
         for part in (write_at, writes, row_prefix, first_row):
             part[r:rb] = 0
-        for k, rows in ((4, block_m), (9, TAIL_ROWS)):  # tiles at [4 Rmax, 9 Rmax), tail at [9 Rmax, 14 Rmax)
+        for k, rows in ((4, block_m), (9, self.tail_rows)):  # tiles at [4 Rmax, 9 Rmax), tail at [9 Rmax, 14 Rmax)
             tiles = block[k * rmax : (k + 5) * rmax].reshape(rmax, 5)
             made = pack_tiles(list(meta.cu_rows), list(slot_rows * cap), self.group, rows).numpy()  # [tiles, 5]
             n = made.shape[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import IncompatibleError
@@ -54,8 +55,8 @@ class BatchMeta:
         for n in sizes:
             cu.append(cu[-1] + n)
         device = seqs[0].positions.device
-        ids = torch.tensor([s for s, n in enumerate(sizes) for _ in range(n)] + [m.prefix_len for m in seqs],
-                           dtype=torch.int64).to(device, non_blocking=True)  # [R + S]: one copy for both
+        ids = np.concatenate((np.repeat(np.arange(len(sizes)), sizes), [m.prefix_len for m in seqs]))  # [R + S]
+        ids = torch.from_numpy(ids.astype(np.int64)).to(device, non_blocking=True)  # seq_ids and T_s: one copy
         positions, subtree = packed if packed is not None else (
             torch.cat([m.positions.to(device) for m in seqs]),
             torch.cat([m.subtree_sizes.to(device=device, dtype=torch.int64) for m in seqs]))

@@ -159,12 +159,14 @@ class BatchGraphForward:
         writes[:r], row_prefix[:r], first_row[:r] = 1, prefix[seq], cu[seq]
         for part in (write_at, writes, row_prefix, first_row):
             part[r:rb] = 0
+        made: dict[int, np.ndarray] = {}  # tile rows -> the table (decode steps: launch 1's tiles are the tail's)
         for k, rows in ((4, block_m), (9, self.tail_rows)):  # tiles at [4 Rmax, 9 Rmax), tail at [9 Rmax, 14 Rmax)
             tiles = block[k * rmax : (k + 5) * rmax].reshape(rmax, 5)
-            made = pack_tiles(list(meta.cu_rows), list(slot_rows * cap), self.group, rows).numpy()  # [tiles, 5]
-            n = made.shape[0]
-            tiles[:n] = made
-            tiles[:n, 4] = slot_rows[made[:, 4]]  # the prefix index: the sequence's table row
+            if rows not in made:
+                made[rows] = pack_tiles(list(meta.cu_rows), list(slot_rows * cap), self.group, rows).numpy()  # [tiles, 5]
+            n = made[rows].shape[0]
+            tiles[:n] = made[rows]
+            tiles[:n, 4] = slot_rows[made[rows][:, 4]]  # the prefix index: the sequence's table row
             tiles[n:rb] = 0
             tiles[n:rb, 2] = np.arange(n, rb)  # a pad tile is the first (and only) of its own empty sequence
         block[14 * rmax + slot_rows] = prefix

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hf-batch-sizes", help="transformers generate() at these batch sizes only (default: --batch-sizes)")
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
     ap.add_argument("--plot", help="also write this run's tokens/s against batch size to this PNG")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also cProfile our variants' timed runs: one <variant>.pstats and a top-40 .txt per variant in this folder "
+                         "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if not sizes or min(sizes) < 1:
@@ -124,12 +127,38 @@ def main(argv: list[str] | None = None) -> None:
     ids = [pipe.encode(t) for t in texts]
     rows: list[dict[str, Any]] = []
 
-    def ours(batch: int, speculative: bool, prompts: list[list[int]]) -> tuple[list[list[int]], float, float]:
-        pipe.generate_many(prompts[:2], batch_size=min(batch, 2), max_new_tokens=4, speculative=speculative)  # warm-up
-        results, seconds = timed(args.device, lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative))
+    graphs = getattr(pipe.target, "batch_graphs", None)  # the decoder's packed-forward graphs (None: eager, or another target)
+    graph_set = graphs.graphs if graphs is not None else None
+
+    def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]]) -> tuple[list[list[int]], float, dict[str, Any]]:
+        """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
+        each engine phase summed over sequences: a step's shared work is split evenly among its
+        sequences, so each phase sums to its share of the wall time), graph captures in the timed run."""
+        pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=4, speculative=speculative)  # warm-up
+        captures = (graph_set.captures, graph_set.capture_seconds) if graph_set is not None else (0, 0.0)
+        run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative)  # noqa: E731
+        if args.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            results, seconds = timed(args.device, lambda: prof.runcall(run))
+            args.profile.mkdir(parents=True, exist_ok=True)
+            prof.dump_stats(args.profile / f"{variant}.pstats")
+            with open(args.profile / f"{variant}.txt", "w") as f:
+                pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
+        else:
+            results, seconds = timed(args.device, run)
         outs = [r.tokens for r in results]
         rounds = sum(r.stats.rounds for r in results)
-        return outs, seconds, sum(map(len, outs)) / max(rounds, 1)  # tau: tokens per sequence-round
+        phases = {k: round(sum(r.stats.seconds[k] for r in results), 4) for k in results[0].stats.seconds} if results else {}
+        extra: dict[str, Any] = {"tau": sum(map(len, outs)) / max(rounds, 1), "phases": phases}
+        if graph_set is not None:
+            extra["graph_captures"] = graph_set.captures - captures[0]
+            extra["capture_seconds"] = round(graph_set.capture_seconds - captures[1], 3)
+        if args.profile:
+            extra["profiled"] = True
+        return outs, seconds, extra
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         append_row(out, row)
         same_txt = "-" if row["identical"] is None else f"{row['identical']:.2f}"
         print(f"{row['variant']:>10}  {row['tokens_per_s']:9.1f} tok/s  identical {same_txt}"
-              + (f"  tau {extra['tau']:.2f}" if "tau" in extra else ""), flush=True)
+              + (f"  tau {extra['tau']:.2f}" if "tau" in extra else "")
+              + ("  phases " + " ".join(f"{k} {v:.2f}s" for k, v in extra["phases"].items()) if extra.get("phases") else "")
+              + (f"  captures {extra['graph_captures']} ({extra['capture_seconds']:.2f}s)" if "graph_captures" in extra else ""),
+              flush=True)
 
     hf_sizes = [] if args.no_hf else [int(b) for b in (args.hf_batch_sizes or args.batch_sizes).split(",")]
     if hf_sizes:
@@ -166,19 +198,20 @@ def main(argv: list[str] | None = None) -> None:
         pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else min(eos)
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
-    reference = ours(1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
+    reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
         prompts = ids[: args.b1_prompts] if b == 1 else ids
         if b in hf_sizes:
             outs, s = timed(args.device, lambda p=prompts, b=b: hf_generate(model, p, b, args.new, pad, eos, args.device))
             record("hf", b, outs, s, reference)
-        outs, s, _ = ours(b, False, prompts)
+        outs, s, extra = ours(f"plain@{b}", b, False, prompts)
         if b > 1 and not wide:
             wide.append((f"plain@{b}", outs))
-        record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"))
-        outs, s, tau = ours(b, True, prompts)
-        record("spec", b, outs, s, reference, over=("x_plain", f"plain@{b}"), tau=tau, drafter=args.drafter,
+        extra.pop("tau")
+        record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra)
+        outs, s, extra = ours(f"spec@{b}", b, True, prompts)
+        record("spec", b, outs, s, reference, over=("x_plain", f"plain@{b}"), **extra, drafter=args.drafter,
                budget=args.budget, max_verify_rows=args.max_verify_rows)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:

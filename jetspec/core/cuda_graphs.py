@@ -13,6 +13,7 @@ before each replay); no host synchronisation (`.item()`, `.tolist()`, data-depen
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -48,6 +49,8 @@ class GraphSet:
     def __init__(self) -> None:
         self.pool: Any = None
         self._graphs: dict[Any, tuple[torch.cuda.CUDAGraph, Any]] = {}
+        self.captures = 0  # graphs captured so far (a dropped one captured again counts again)
+        self.capture_seconds = 0.0  # host wall time spent capturing them (warm-up runs included)
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -58,7 +61,10 @@ class GraphSet:
     def captured(self, key: Any, fn: Callable[[], Any]) -> Any:
         """fn's static outputs under `key`, capturing it now if it is new (without a replay)."""
         if key not in self._graphs:
+            t0 = time.perf_counter()
             self._graphs[key] = capture(fn, self.pool)
+            self.captures += 1
+            self.capture_seconds += time.perf_counter() - t0
             if self.pool is None:  # later captures share this graph's pool; replays never overlap
                 self.pool = self._graphs[key][0].pool()
         return self._graphs[key][1]

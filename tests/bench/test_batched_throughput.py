@@ -31,6 +31,9 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
         assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r) and r["attention"] == "torch"  # CPU default
         assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
         assert r["prompts"] == (3 if r["batch_size"] == 1 else 5)
+    for r in (r for r in rows if r["engine"] != "hf"):  # the engine's phases: shares of the wall time
+        assert set(r["phases"]) >= {"prefill", "verify", "accept", "commit"} and 0 < sum(r["phases"].values()) <= 1.05 * r["seconds"]
+        assert "graph_captures" not in r  # CPU: no packed-forward graphs
     ours = [r for r in rows if r["engine"] in ("plain", "spec")]
     assert all(r["identical"] == 1.0 for r in ours)  # fp32: every prompt equals its batch-1 plain output
     assert [r["identical_all"] for r in ours if r["batch_size"] == 4] == [1.0, 1.0]  # all 5 prompts: = plain@4's
@@ -45,7 +48,8 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
 
 
 def test_hf_runs_only_at_the_sizes_asked_for(tmp_path):
-    """--hf-batch-sizes 4: transformers generate() at batch 4 only; plain@1 then has no x_hf."""
+    """--hf-batch-sizes 4: transformers generate() at batch 4 only; plain@1 then has no x_hf. --profile:
+    our variants cProfiled."""
     model = save_tiny_hf_folder(tmp_path / "model", seed=2)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "xyz"]))
@@ -53,12 +57,15 @@ def test_hf_runs_only_at_the_sizes_asked_for(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
            "--prompts", "3", "--b1-prompts", "2", "--new", "4", "--batch-sizes", "1,4", "--hf-batch-sizes", "4",
-           "--budget", "4", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+           "--budget", "4", "--device", "cpu", "--dtype", "float32", "--out", str(out), "--profile", str(tmp_path / "prof")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "hf@4", "plain@4", "spec@4"]
     assert "x_hf" not in rows[0] and "x_hf" in rows[3]
+    # --profile: each of our variants' timed run profiled, marked so in its row
+    assert all(r.get("profiled") for r in rows if r["engine"] != "hf") and "profiled" not in rows[2]
+    assert "generate_many" in (tmp_path / "prof" / "spec@4.txt").read_text() and (tmp_path / "prof" / "plain@1.pstats").stat().st_size
 
 
 def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):

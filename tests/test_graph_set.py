@@ -36,6 +36,7 @@ def test_a_key_is_captured_once_then_replayed_and_every_capture_shares_the_first
     assert log[0] is None and log[1] == graphs.pool == graphs._graphs["a"][0].pool()
     assert graphs._graphs["a"][0].replays == 3 and len(graphs) == 2 and "b" in graphs
     assert graphs.captured("c", lambda: "out c") == "out c" and graphs._graphs["c"][0].replays == 0  # captured, not run
+    assert graphs.captures == 3 and graphs.capture_seconds >= 0  # what a benchmark reports of a run's captures
 
 
 def test_drop_forgets_stale_graphs_and_keeps_the_pool_clear_forgets_both(monkeypatch):

@@ -186,3 +186,20 @@ def test_a_cache_whose_staged_commit_moves_other_entries_fails_the_kit():
     fails(check_kv_cache, Implementation("early", lambda o, info, c: StagesTheFirstEntries(info, c), NoOptions),
           match=r"^kv_cache 'early': stage_commit: read\(0\) keys differ from a host commit's \(round \d+: \d+ pending, "
                 r"commit\(\[0, .*\]\) after stage_commit", **FAST)
+
+
+def test_conforms_is_isinstance_answered_once_per_class():
+    """`conforms` (the engine's per-sequence, per-step checks of method Protocols) answers as
+    isinstance does, for conforming and non-conforming classes alike, and remembers the class."""
+
+    class Resets:
+        def reset(self, state):
+            pass
+
+    class Plain:
+        pass
+
+    for obj in (Resets(), Plain(), GreedyVerifier()):
+        assert interfaces.conforms(obj, interfaces.ResettableVerifier) == isinstance(obj, interfaces.ResettableVerifier)
+    assert interfaces.conforms(Resets(), interfaces.ResettableVerifier) and not interfaces.conforms(Plain(), interfaces.ResettableVerifier)
+    assert interfaces._CONFORMS[(Resets, interfaces.ResettableVerifier)] is True  # asked once per class

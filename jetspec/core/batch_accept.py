@@ -21,7 +21,7 @@ import torch
 from .batch import BatchMeta
 from .checks import Blame, check_acceptance
 from .errors import JetSpecError, PluginError
-from .interfaces import Acceptance, CommitsOnDevice, DecodeState, KVCache, Verifier
+from .interfaces import Acceptance, CommitsOnDevice, DecodeState, KVCache, Verifier, conforms
 from .on_device import DeviceTree, Readback, unpack
 from .tree import DraftTree
 
@@ -84,7 +84,7 @@ def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: 
             paths.append(e)
             continue
         path = p[1 : d + 2]  # [D + 1]; its first k entries are checked below
-        if tree.size > 1 and isinstance(cache, CommitsOnDevice):
+        if tree.size > 1 and conforms(cache, CommitsOnDevice):
             cache.stage_commit(path.clamp(0, tree.size - 1))  # clamped: a wrong path fails the check, not an index
         packed.append(p)
         paths.append(path)

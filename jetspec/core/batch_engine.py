@@ -41,7 +41,7 @@ from .checks import Blame, Checked
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
-    accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
+    accepts_batch_on_device, accepts_on_device, conforms, extra_pending, observed_layers,
 )
 from .on_device import DeviceTree, Readback, TreeUpload
 from .results import GenerationResult, GenerationStats
@@ -156,7 +156,7 @@ class BatchEngine:
         seq = _Sequence(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
         cache.reset()
         verifier = self.parts[slot].verifier
-        if isinstance(verifier, ResettableVerifier):  # a sampling verifier re-seeds here
+        if conforms(verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             verifier.reset(seq.state)
         return seq
 
@@ -291,7 +291,7 @@ class BatchEngine:
         who, r, vocab = self.pipe.labels["target"], tokens.numel(), self.pipe.target.info.vocab_size
         target = self.pipe.target
         with Blame(who, "in forward_batch"):
-            if isinstance(target, BatchedTarget):
+            if conforms(target, BatchedTarget):
                 out = target.forward_batch(tokens, meta, caches, layers)
             else:  # batch_size 1: the one sequence's own forward
                 out = target.forward(tokens, meta.seqs[0], caches[0], layers)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, JetSpecError, PluginError
-from .interfaces import Acceptance, Proposal
+from .interfaces import Acceptance, Proposal, conforms
 from .tree import DraftTree
 
 
@@ -69,7 +69,7 @@ class Checked:
     __slots__ = ("inner", "who", "vocab", "paths", "fault")
 
     def __init__(self, inner: Any, who: str, vocab: int):
-        if not isinstance(inner, Proposal):
+        if not conforms(inner, Proposal):
             raise PluginError(f"{who} returned {type(inner).__name__} from propose; expected a Proposal (an object with children(path))")
         self.inner, self.who, self.vocab = inner, who, vocab
         self.paths: list[tuple[int, ...]] = []

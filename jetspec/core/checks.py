@@ -23,12 +23,11 @@ import math
 import operator
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .errors import InputError, JetSpecError, PluginError
 from .interfaces import Acceptance, Proposal, conforms
-from .tree import DraftTree
+from .tree import DraftTree, invariants_hold
 
 
 def one_line(e: BaseException) -> str:
@@ -157,25 +156,13 @@ def check_tree(tree: Any, root: int, budget: int, vocab: int, who: str) -> Draft
 
 
 def _consistent(tree: DraftTree, root: int, vocab: int) -> bool:
-    """Every invariant holds: the vectorised form of `DraftTree.validate`, plus root and vocab.
-    numpy over the tensors' memory: a scorer's tree lives on the host, and a handful of numpy ops
-    over N nodes cost less than torch's per-op dispatch (a tree on the device is copied once)."""
+    """Every invariant holds (`tree.invariants_hold`), the root is the last committed token, and
+    every token is in the vocabulary. numpy over the tensors' memory (a tree on the device is
+    copied once)."""
     tokens, parents, depths, sizes = (x.numpy(force=True) for x in (tree.tokens, tree.parents, tree.depths, tree.subtree_sizes))
-    n = tokens.shape[0]
-    if not (tokens[0] == root and parents[0] == -1 and depths[0] == 0 and sizes[0] == n):
+    if not (tokens[0] == root and tokens.min() >= 0 and tokens.max() < vocab):
         return False
-    if not (tokens.min() >= 0 and tokens.max() < vocab):
-        return False
-    if n == 1:
-        return True
-    p, i = parents[1:], np.arange(1, n)
-    if not ((p >= 0) & (p < i)).all():  # pre-order: a parent comes first (and indexing below is safe)
-        return False
-    if not ((i < p + sizes[p]).all() and (depths[1:] == depths[p] + 1).all()):  # inside the parent's interval, one deeper
-        return False
-    if not (np.bincount(p, weights=sizes[1:], minlength=n) + 1 == sizes).all():  # size = 1 + the children's sizes
-        return False
-    return np.unique(p * vocab + tokens[1:]).shape[0] == n - 1  # sibling tokens distinct
+    return invariants_hold(tokens, parents, depths, sizes)
 
 
 def _first_problem(tree: DraftTree, root: int, vocab: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -67,17 +68,21 @@ class DraftTree:
             stack.extend(reversed(children[v]))
         if len(order) != n:
             raise InputError(f"the draft tree is not connected: {n - len(order)} node(s) unreachable from the root")
-        new_index = {old: new for new, old in enumerate(order)}
-        new_tokens = [int(tokens[o]) for o in order]
+        new_index = [0] * n
+        for new, old in enumerate(order):
+            new_index[old] = new
+        new_tokens = [tokens[o] for o in order]
         new_parents = [-1] + [new_index[parents[o]] for o in order[1:]]
-        new_scores = [0.0] * n if scores is None else [float(scores[o]) for o in order]
+        new_scores = None if scores is None else [scores[o] for o in order]
         return DraftTree.from_preorder(new_tokens, new_parents, new_scores)
 
     @staticmethod
     def from_preorder(
         tokens: Sequence[int], parents: Sequence[int], scores: Sequence[float] | None = None
     ) -> "DraftTree":
-        """Build from nodes already in DFS pre-order (checked by `validate`)."""
+        """Build from nodes already in DFS pre-order (checked as `validate` checks). The four int
+        vectors are rows of one [4, N] int64 array made by numpy (one allocation; a torch.tensor
+        per field cost more than the rest of a small tree's construction)."""
         n = len(tokens)
         depths = [0] * n
         for i in range(1, n):
@@ -85,14 +90,16 @@ class DraftTree:
         sizes = [1] * n
         for i in range(n - 1, 0, -1):  # children come after parents in pre-order
             sizes[parents[i]] += sizes[i]
-        tree = DraftTree(
-            tokens=torch.tensor(list(tokens), dtype=torch.int64),
-            parents=torch.tensor(list(parents), dtype=torch.int64),
-            depths=torch.tensor(depths, dtype=torch.int64),
-            subtree_sizes=torch.tensor(sizes, dtype=torch.int64),
-            scores=torch.tensor([0.0] * n if scores is None else list(scores), dtype=torch.float32),
-        )
-        tree.validate()
+        try:
+            ints = np.array((tokens, parents, depths, sizes), dtype=np.int64)  # [4, N]
+            floats = np.zeros(n, np.float32) if scores is None else np.array(scores, dtype=np.float32)  # [N]
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InputError(f"a draft tree's tokens and parents must be integers and its scores numbers: {e}") from None
+        rows = torch.from_numpy(ints)
+        tree = DraftTree(tokens=rows[0], parents=rows[1], depths=rows[2], subtree_sizes=rows[3],
+                         scores=torch.from_numpy(floats))
+        if not invariants_hold(ints[0], ints[1], ints[2], ints[3]):
+            tree.validate()  # names the first broken invariant
         return tree
 
     @staticmethod
@@ -149,7 +156,8 @@ class DraftTree:
 
     # ------------------------------------------------------------------ invariants
     def validate(self) -> None:
-        """Raise `InputError` naming the first broken invariant."""
+        """Raise `InputError` naming the first broken invariant (`invariants_hold` is the fast
+        check; this is the one that explains)."""
         n = self.size
         shapes = {t.shape for t in (self.tokens, self.parents, self.depths, self.subtree_sizes, self.scores)}
         if shapes != {torch.Size([n])}:
@@ -178,6 +186,28 @@ class DraftTree:
         if recount != sizes:
             bad = next(i for i in range(n) if recount[i] != sizes[i])
             raise InputError(f"node {bad} has subtree size {sizes[bad]} but {recount[bad]} descendants-or-self")
+
+
+def invariants_hold(tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray, sizes: np.ndarray) -> bool:
+    """Every invariant `DraftTree.validate` checks, vectorised: root first (parent -1, depth 0,
+    subtree N), pre-order (0 <= parent < node, node inside its parent's subtree interval), depth =
+    parent's + 1, subtree size = 1 + the children's, sibling tokens distinct. numpy over [N] int64
+    arrays: a handful of numpy calls cost less than torch's per-op dispatch on a small tree."""
+    n = tokens.shape[0]
+    if not (n >= 1 and parents.shape == depths.shape == sizes.shape == (n,)):
+        return False
+    if not (parents[0] == -1 and depths[0] == 0 and sizes[0] == n):
+        return False
+    if n == 1:
+        return True
+    p, i = parents[1:], np.arange(1, n)
+    if not ((p >= 0) & (p < i)).all():  # pre-order: a parent comes first (and indexing below is safe)
+        return False
+    if not ((i < p + sizes[p]).all() and (depths[1:] == depths[p] + 1).all()):  # inside the parent's interval, one deeper
+        return False
+    if not (np.bincount(p, weights=sizes[1:], minlength=n) + 1 == sizes).all():  # size = 1 + the children's sizes
+        return False
+    return len(set(zip(p.tolist(), tokens[1:].tolist()))) == n - 1  # sibling tokens distinct
 
 
 _ROOT = DraftTree.chain([0])  # root_only's template

@@ -68,8 +68,11 @@ def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_
     prompts = [[5 + i, 6, 5 + i, 6, 7 + i] for i in range(n)]
     answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
     cap = None if cap is None else max(cap, batch_size)
-    pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3, seed=seed), batch_size=batch_size, max_verify_rows=cap)
-    results = pipe.generate_many(prompts, max_new_tokens=12, budget=16, on_result=lambda i, r: log.append(("done", i)))
+    in_call = seed % 2 == 1  # the cap from the generation config, or from generate_many's argument
+    pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3, seed=seed), batch_size=batch_size,
+                            max_verify_rows=None if in_call else cap)
+    results = pipe.generate_many(prompts, max_new_tokens=12, budget=16, on_result=lambda i, r: log.append(("done", i)),
+                                 max_verify_rows=cap if in_call else None)
     waiting = n  # prompts not finished
     for event, what in log:
         if event == "done":
@@ -128,6 +131,8 @@ def test_what_cannot_batch_is_refused_in_one_line():
     pipe = jetspec.builder(REG).target(tiny_decoder(0)).drafter("ngram").generation(max_verify_rows=2).build()
     with pytest.raises(InputError, match=r"max_verify_rows \(2\) must be at least batch_size \(3\)"):
         pipe.generate_many([[1]], batch_size=3)
+    with pytest.raises(InputError, match=r"max_verify_rows \(3\) must be at least batch_size \(4\)"):
+        pipe.generate_many([[1]], batch_size=4, max_verify_rows=3)
     with pytest.raises(InputError, match=r"batch_size must be at least 1, got 0"):
         pipe.generate_many([[1]], batch_size=0)
 

@@ -346,10 +346,12 @@ class Pipeline:
         speculative: bool = True,
         budget: int | None = None,
         on_result: Callable[[int, GenerationResult], None] | None = None,
+        max_verify_rows: int | None = None,
     ) -> list[GenerationResult]:
         """`generate` for every prompt, `batch_size` sequences at a time (default
         `generation.batch_size`; `core/batch_engine.py`), each prompt's output exactly what
-        `generate` gives it alone. -> results in input order; `on_result(index, result)` is called
+        `generate` gives it alone; a step verifies at most `max_verify_rows` rows (default
+        `generation.max_verify_rows`), which the sequences' budgets share. -> results in input order; `on_result(index, result)` is called
         as each finishes (any order). The first failure is raised, its `partial` holding what that
         prompt had committed (`jetspec run` records failures per row instead)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -357,7 +359,7 @@ class Pipeline:
                              "use generate for one")
         results: list[GenerationResult | None] = [None] * len(prompts)
         kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, speculative=speculative, budget=budget)
-        for done in self.batched(batch_size).run(prompts, **kw):
+        for done in self.batched(batch_size, max_verify_rows).run(prompts, **kw):
             if done.error is not None:
                 raise done.error
             results[done.index] = done.result
@@ -365,23 +367,24 @@ class Pipeline:
                 on_result(done.index, done.result)
         return results  # type: ignore[return-value]
 
-    def batched(self, batch_size: int | None = None):
+    def batched(self, batch_size: int | None = None, max_verify_rows: int | None = None):
         """A `BatchEngine` over this pipeline's parts: one drafter and verifier per slot, made by
-        the factories the builder passed (a hand-assembled pipeline must pass them too)."""
+        the factories the builder passed (a hand-assembled pipeline must pass them too); both
+        arguments default to the `generation` config's."""
         from .batch import SequenceParts, batch_exactness_note
         from .batch_engine import BatchEngine
 
         gen = self.config.generation
         b = gen.batch_size if batch_size is None else batch_size
+        rows = gen.max_verify_rows if max_verify_rows is None else max_verify_rows
         if self.new_verifier is None or (self.drafter is not None and self.new_drafter is None):
             raise InputError("this pipeline has no drafter/verifier factories to give each sequence its own; build it "
                              "with jetspec.builder() or from_config, or pass new_drafter and new_verifier to Pipeline")
-        key = (b, gen.max_verify_rows, self.new_drafter, self.new_verifier)
+        key = (b, rows, self.new_drafter, self.new_verifier)
         if self._engine is None or self._engine[0] != key:  # kept: a drafter per slot may be costly to build
             if note := batch_exactness_note(self.target.info, b):
                 print(note, file=sys.stderr)
-            self._engine = (key, BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b,
-                                             gen.max_verify_rows))
+            self._engine = (key, BatchEngine(self, SequenceParts.factory(self.new_drafter, self.new_verifier), b, rows))
         return self._engine[1]
 
     def generate_plain(self, prompt: str | Sequence[int], **kw: Any) -> GenerationResult:

@@ -9,7 +9,9 @@ same target, same prompts, same run.
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
     plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed
     spec@B     our engine, `generate_many(batch_size=B)`: n-gram drafts (or --drafter), best-first,
-               budget --budget, rows capped by --max-verify-rows
+               budget --budget
+    spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
+               --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
 
 Both of ours run the decoder over one paged page pool with the packed Triton kernel (--attention
@@ -21,7 +23,10 @@ must equal its batch-1 plain output bit for bit in bf16 too; `off`: the free-ord
 whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
 output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow), `identical_all` = the fraction of
 all prompts whose output equals the first batched plain run's (batch size must not change a bit); `x_plain` = spec@B /
-plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). One JSON row per variant is appended to --out as
+plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). Our rows also carry `phases` (the
+engine's seconds per phase, summed over sequences: shares of the wall time; `accept` holds the wait
+for the device), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
+the kernel compiles the 16-token warm-up did not reach) and `tokens_per_s_steady` (without them). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.
 """
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-sizes", default="1,8,32,64")
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--budget", type=int, default=16)
-    ap.add_argument("--max-verify-rows", type=int, default=None)
+    ap.add_argument("--max-verify-rows", default="none",
+                    help="verify-row caps per step, comma-separated, 'none' = uncapped: one speculative variant per cap "
+                         "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
     ap.add_argument("--attention", choices=("triton", "torch"), default=None,
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
@@ -111,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                          "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    try:
+        caps = [None if c.strip() == "none" else int(c) for c in args.max_verify_rows.split(",")]
+    except ValueError:
+        raise SystemExit(f"batched_throughput: --max-verify-rows takes 'none' or row counts, comma-separated; got {args.max_verify_rows!r}")
     if not sizes or min(sizes) < 1:
         raise SystemExit(f"batched_throughput: --batch-sizes must be positive integers, got {args.batch_sizes!r}")
     texts = read_prompts(Path(args.prompts_file) if args.prompts_file else prompts_dir() / "gsm8k_test.jsonl", args.prompts)
@@ -123,20 +134,26 @@ def main(argv: list[str] | None = None) -> None:
     pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
                                      cuda_graphs=args.cuda_graphs == "on")
             .attention(attention).kv_cache("paged").drafter(args.drafter)
-            .generation(budget=args.budget, max_new_tokens=args.new, max_verify_rows=args.max_verify_rows).build())
+            .generation(budget=args.budget, max_new_tokens=args.new).build())
     ids = [pipe.encode(t) for t in texts]
     rows: list[dict[str, Any]] = []
 
-    graphs = getattr(pipe.target, "batch_graphs", None)  # the decoder's packed-forward graphs (None: eager, or another target)
-    graph_set = graphs.graphs if graphs is not None else None
+    # the decoder's graph owners (one sequence's forward, the packed forward); none where eager or another target
+    graph_sets = [g.graphs for g in (getattr(pipe.target, "graphs", None), getattr(pipe.target, "batch_graphs", None)) if g is not None]
 
-    def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]]) -> tuple[list[list[int]], float, dict[str, Any]]:
+    def captured() -> tuple[int, float]:
+        return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
+
+    def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
+             cap: int | None = None) -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
-        sequences, so each phase sums to its share of the wall time), graph captures in the timed run."""
-        pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=4, speculative=speculative)  # warm-up
-        captures = (graph_set.captures, graph_set.capture_seconds) if graph_set is not None else (0, 0.0)
-        run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative)  # noqa: E731
+        sequences, so each phase sums to its share of the wall time), graph captures in the timed run
+        (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
+        tokens/s without them (`tokens_per_s_steady`)."""
+        pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
+        before = captured()
+        run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
         if args.profile:
             import cProfile
             import pstats
@@ -153,9 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         rounds = sum(r.stats.rounds for r in results)
         phases = {k: round(sum(r.stats.seconds[k] for r in results), 4) for k in results[0].stats.seconds} if results else {}
         extra: dict[str, Any] = {"tau": sum(map(len, outs)) / max(rounds, 1), "phases": phases}
-        if graph_set is not None:
-            extra["graph_captures"] = graph_set.captures - captures[0]
-            extra["capture_seconds"] = round(graph_set.capture_seconds - captures[1], 3)
+        if graph_sets:
+            after = captured()
+            extra["graph_captures"], extra["capture_seconds"] = after[0] - before[0], round(after[1] - before[1], 3)
+            extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])
         if args.profile:
             extra["profiled"] = True
         return outs, seconds, extra
@@ -210,12 +228,19 @@ def main(argv: list[str] | None = None) -> None:
             wide.append((f"plain@{b}", outs))
         extra.pop("tau")
         record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra)
-        outs, s, extra = ours(f"spec@{b}", b, True, prompts)
-        record("spec", b, outs, s, reference, over=("x_plain", f"plain@{b}"), **extra, drafter=args.drafter,
-               budget=args.budget, max_verify_rows=args.max_verify_rows)
+        for cap in caps:
+            if cap is not None and cap < b:
+                print(f"spec-r{cap}@{b} skipped: a cap of {cap} rows is below the batch size (every sequence verifies its root)")
+                continue
+            engine = "spec" if cap is None else f"spec-r{cap}"
+            outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap)
+            record(engine, b, outs, s, reference, over=("x_plain", f"plain@{b}"), **extra, drafter=args.drafter,
+                   budget=args.budget, max_verify_rows=cap)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
-        line = f"batch {b:>3}: spec / plain = {by[f'spec@{b}'] / by[f'plain@{b}']:.2f}x"
+        line = f"batch {b:>3}: " + ", ".join(f"{e} / plain = {by[f'{e}@{b}'] / by[f'plain@{b}']:.2f}x"
+                                             for e in dict.fromkeys(r["engine"] for r in rows if r["engine"].startswith("spec"))
+                                             if f"{e}@{b}" in by)
         if f"hf@{b}" in by:
             line += f", plain / hf = {by[f'plain@{b}'] / by[f'hf@{b}']:.2f}x"
         print(line)

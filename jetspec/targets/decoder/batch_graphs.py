@@ -163,7 +163,7 @@ class BatchGraphForward:
         for k, rows in ((4, block_m), (9, self.tail_rows)):  # tiles at [4 Rmax, 9 Rmax), tail at [9 Rmax, 14 Rmax)
             tiles = block[k * rmax : (k + 5) * rmax].reshape(rmax, 5)
             if rows not in made:
-                made[rows] = pack_tiles(list(meta.cu_rows), list(slot_rows * cap), self.group, rows).numpy()  # [tiles, 5]
+                made[rows] = pack_tiles(cu, slot_rows * cap, self.group, rows).numpy()  # [tiles, 5]
             n = made[rows].shape[0]
             tiles[:n] = made[rows]
             tiles[:n, 4] = slot_rows[made[rows][:, 4]]  # the prefix index: the sequence's table row

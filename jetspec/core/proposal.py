@@ -36,14 +36,18 @@ class TokenTrie:
     def from_counts(continuations: Iterable[Sequence[int]]) -> "TokenTrie":
         """Edge log-prob = log(count(path + token) / count(path)) over the given continuations:
         the empirical conditional distribution of a set of observed continuations."""
-        counts: dict[tuple[int, ...], int] = {}
+        counts: dict[tuple[int, ...], int] = {(): 0}  # path -> continuations through it
         for seq in continuations:
-            for d in range(len(seq) + 1):
-                counts[tuple(seq[:d])] = counts.get(tuple(seq[:d]), 0) + 1
+            counts[()] += 1
+            path: tuple[int, ...] = ()
+            for token in seq:
+                path += (int(token),)
+                counts[path] = counts.get(path, 0) + 1
         trie = TokenTrie()
         for path, c in counts.items():
-            if path:
-                trie.add_edge(path[:-1], path[-1], math.log(c / counts[path[:-1]]))
+            if path:  # each (parent, token) once: no max to keep
+                parent = path[:-1]
+                trie._children.setdefault(parent, {})[path[-1]] = math.log(c / counts[parent])
         return trie
 
     def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:

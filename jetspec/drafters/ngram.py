@@ -63,8 +63,8 @@ class NgramDrafter:
         o = self.options
         length = len(tokens)
         for n in range(min(o.n_max, length), o.n_min - 1, -1):
-            starts = [s for s in self._index.get(tuple(tokens[length - n :]), []) if s < length]
-            if starts:
-                recent = starts[-o.max_matches :]
+            ends = self._index.get(tuple(tokens[length - n :]), [])  # ascending; the suffix itself ends at `length`
+            recent = [s for s in ends[-o.max_matches - 1 :] if s < length][-o.max_matches :]
+            if recent:
                 return TokenTrie.from_counts(tokens[s : s + o.max_depth] for s in recent)
         return EmptyProposal()

@@ -229,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         extra.pop("tau")
         record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra)
         for cap in caps:
-            if cap is not None and cap < b:
-                print(f"spec-r{cap}@{b} skipped: a cap of {cap} rows is below the batch size (every sequence verifies its root)")
+            if cap is not None and not 2 * b <= cap < b * (args.budget + 1):
+                why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
+                print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
                 continue
             engine = "spec" if cap is None else f"spec-r{cap}"
             outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap)

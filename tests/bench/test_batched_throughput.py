@@ -21,12 +21,12 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     out = tmp_path / "rows.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}  # no path help
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
-           "--prompts", "5", "--b1-prompts", "3", "--new", "6", "--batch-sizes", "1,4", "--budget", "4", "--max-verify-rows", "none,4",
+           "--prompts", "5", "--b1-prompts", "3", "--new", "6", "--batch-sizes", "1,4", "--budget", "4", "--max-verify-rows", "none,3,12",
            "--device", "cpu", "--dtype", "float32", "--out", str(out), "--plot", str(tmp_path / "t.png")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["hf@1", "plain@1", "spec@1", "spec-r4@1", "hf@4", "plain@4", "spec@4", "spec-r4@4"]  # as they finish
+    assert [r["variant"] for r in rows] == ["hf@1", "plain@1", "spec@1", "spec-r3@1", "hf@4", "plain@4", "spec@4", "spec-r12@4"]  # as they finish
     for r in rows:
         assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r) and r["attention"] == "torch"  # CPU default
         assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
@@ -34,17 +34,19 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
     for r in (r for r in rows if r["engine"] != "hf"):  # the engine's phases: shares of the wall time
         assert set(r["phases"]) >= {"prefill", "verify", "accept", "commit"} and 0 < sum(r["phases"].values()) <= 1.05 * r["seconds"]
         assert "graph_captures" not in r  # CPU: no packed-forward graphs
-    ours = [r for r in rows if r["engine"] in ("plain", "spec", "spec-r4")]
+    ours = [r for r in rows if r["engine"] != "hf"]
     assert all(r["identical"] == 1.0 for r in ours)  # fp32: every prompt equals its batch-1 plain output
     assert [r["identical_all"] for r in ours if r["batch_size"] == 4] == [1.0, 1.0, 1.0]  # all 5 prompts: = plain@4's
-    assert [r["max_verify_rows"] for r in ours if r["engine"] != "plain"] == [None, 4, None, 4]
+    assert [r["max_verify_rows"] for r in ours if r["engine"] != "plain"] == [None, 3, None, 12]
+    assert "spec-r12@1 skipped: 12 rows at batch 1, budget 4 caps nothing" in proc.stdout  # a cap that changes nothing,
+    assert "spec-r3@4 skipped: 3 rows at batch 4, budget 4 leaves no draft" in proc.stdout  # or leaves no draft: not run
     assert all(r["identical_all_to"] == "plain@4" for r in ours if r["batch_size"] == 4)
     by = {r["variant"]: r for r in rows}
     for b in (1, 4):
-        for e in ("spec", "spec-r4"):
+        for e in ("spec", "spec-r3" if b == 1 else "spec-r12"):
             assert by[f"{e}@{b}"]["x_plain"] == by[f"{e}@{b}"]["tokens_per_s"] / by[f"plain@{b}"]["tokens_per_s"]
         assert by[f"plain@{b}"]["x_hf"] == by[f"plain@{b}"]["tokens_per_s"] / by[f"hf@{b}"]["tokens_per_s"]
-    assert "spec / plain" in proc.stdout and "spec-r4 / plain" in proc.stdout and "8 rows appended" in proc.stdout
+    assert "spec / plain" in proc.stdout and "spec-r12 / plain" in proc.stdout and "8 rows appended" in proc.stdout
     assert not any(r["exact"] for r in rows)
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the throughput plot
 

@@ -157,10 +157,9 @@ def check_tree(tree: Any, root: int, budget: int, vocab: int, who: str) -> Draft
 
 def _consistent(tree: DraftTree, root: int, vocab: int) -> bool:
     """Every invariant holds (`tree.invariants_hold`), the root is the last committed token, and
-    every token is in the vocabulary. numpy over the tensors' memory (a tree on the device is
-    copied once)."""
-    tokens, parents, depths, sizes = (x.numpy(force=True) for x in (tree.tokens, tree.parents, tree.depths, tree.subtree_sizes))
-    if not (tokens[0] == root and tokens.min() >= 0 and tokens.max() < vocab):
+    every token is in the vocabulary (a tree on the device is copied once)."""
+    tokens, parents, depths, sizes = (x.tolist() for x in (tree.tokens, tree.parents, tree.depths, tree.subtree_sizes))
+    if not (tokens[0] == root and min(tokens) >= 0 and max(tokens) < vocab):
         return False
     return invariants_hold(tokens, parents, depths, sizes)
 

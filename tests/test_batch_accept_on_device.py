@@ -40,6 +40,40 @@ def test_one_call_for_the_step_gives_each_sequence_its_own_acceptance(trees, see
     assert len(batch) == len(alone) and all(torch.equal(b, a) for b, a in zip(batch, alone))
 
 
+@settings(max_examples=25, deadline=None)
+@given(trees=st.lists(st.one_of(draft_trees(vocab=VOCAB, max_nodes=40), st.just(None)), min_size=1, max_size=6),
+       seed=st.integers(0, 2**16))
+def test_the_trees_of_one_upload_are_walked_in_one_launch_as_each_alone(trees, seed):
+    """On CUDA (here: Triton's interpreter) a step's trees, uploaded end to end by `TreeUpload.many`,
+    go through one `walk_many` launch whose results equal the one-tree walk's; trees uploaded
+    one by one are not one block and go tree by tree."""
+    from unittest.mock import patch
+
+    from jetspec.core import on_device
+    from jetspec.core.tree import DraftTree
+    from jetspec.verifiers import triton_walk
+    from jetspec.verifiers.greedy import walk_ops
+
+    trees = [DraftTree.root_only(7) if t is None else t for t in trees]
+    if all(t.size == 1 for t in trees):
+        trees.append(DraftTree.chain([3, 4, 5]))  # a step of roots alone is packed by one op, not walked
+    dtrees, _ = TreeUpload("cpu", capacity=8).many(trees, [3 * s for s in range(len(trees))])
+    cu = [0]
+    for t in trees:
+        cu.append(cu[-1] + t.size)
+    choice_logits = torch.randn(cu[-1], VOCAB, generator=torch.Generator().manual_seed(seed))  # [R, V]
+    alone = [walk_ops(d, choice_logits[cu[s] : cu[s + 1]].argmax(-1)) for s, d in enumerate(dtrees)]
+    verifier = GreedyVerifier()
+    with (patch.object(on_device, "fused", lambda x: True),
+          patch.object(triton_walk, "walk_many", wraps=triton_walk.walk_many) as many):
+        assert triton_walk.one_block(dtrees, cu)
+        batch = verifier.accept_batch_on_device(dtrees, choice_logits, cu)
+        assert many.call_count == 1
+        singles = [TreeUpload("cpu")(t, 0) for t in trees]  # separate buffers: not one block
+        assert len(trees) == 1 or not triton_walk.one_block(singles, cu)
+    assert all(torch.equal(b, a) for b, a in zip(batch, alone))
+
+
 def test_the_step_call_needs_one_class_that_defines_it_with_the_one_sequence_form():
     class OwnDeviceRule(GreedyVerifier):  # overrides the one-sequence form alone: the batch form would not follow it
         def accept_on_device(self, tree, logits, state):

@@ -97,9 +97,15 @@ class GreedyVerifier:
                                cu_rows: Sequence[int]) -> list[torch.Tensor]:
         """`AcceptsBatchOnDevice` (greedy keeps no per-sequence state): one argmax over the step's
         R rows; a step of roots alone (plain decoding) packs [1, 0, choice_s] for every sequence in
-        one op, else each tree is walked over its own rows of the choice."""
+        one op; else on CUDA the trees of one block are walked in one launch (`walk_many`), and
+        otherwise each over its own rows of the choice."""
         choice = logits.argmax(dim=-1)  # [R]
         if all(t.size == 1 for t in trees):  # as `walk_ops` packs a root alone: k = 1, path [0], its token
             packed = torch.stack((torch.ones_like(choice), torch.zeros_like(choice), choice), dim=1)  # [S, 3]
             return list(packed.unbind(0))
+        if on_device.fused(choice):
+            from .triton_walk import one_block, walk_many
+
+            if one_block(trees, cu_rows):  # the engine's trees (`TreeUpload.many`): one launch for the step
+                return walk_many(trees, choice, cu_rows)
         return [walk_on_device(t, choice[cu_rows[s] : cu_rows[s + 1]]) for s, t in enumerate(trees)]

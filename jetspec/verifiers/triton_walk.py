@@ -20,6 +20,8 @@ the same [2D + 3] integers, padding included (`tests/test_fused_walk.py` holds t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
 import triton.language as tl
@@ -32,8 +34,10 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit(do_not_specialize=["n", "d"])  # size and depth change every round: one compile per BLOCK (>= 32)
-def _walk(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK: tl.constexpr):
+@triton.jit
+def _walk_tree(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK: tl.constexpr):
+    """One tree's walk: its rows at the pointers (tree-local parents and ends), its packed result
+    [2D + 3] at packed_ptr."""
     i = tl.arange(0, BLOCK)  # [BLOCK] node index; lanes i >= n are padding
     live = i < n
     tokens = tl.load(tokens_ptr + i, mask=live, other=0)
@@ -53,6 +57,23 @@ def _walk(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK
     tl.store(packed_ptr, k)
 
 
+@triton.jit(do_not_specialize=["n", "d"])  # size and depth change every round: one compile per BLOCK (>= 32)
+def _walk(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK: tl.constexpr):
+    _walk_tree(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, packed_ptr, n, d, BLOCK)
+
+
+@triton.jit(do_not_specialize=["s_count"])
+def _walk_many(tokens_ptr, parents_ptr, ends_ptr, choice_ptr, meta_ptr, packed_ptr, s_count, BLOCK: tl.constexpr):
+    """Program s walks tree s of a packed step: meta [4, S] = its first row, N_s, D_s and the
+    offset of its packed result."""
+    s = tl.program_id(0)
+    first = tl.load(meta_ptr + s)
+    n = tl.load(meta_ptr + s_count + s)
+    d = tl.load(meta_ptr + 2 * s_count + s)
+    out = tl.load(meta_ptr + 3 * s_count + s)
+    _walk_tree(tokens_ptr + first, parents_ptr + first, ends_ptr + first, choice_ptr + first, packed_ptr + out, n, d, BLOCK)
+
+
 def walk(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     """choice [>= N] int64 (rows past N are not read) -> packed [2D + 3] int64, on choice's device,
     no host sync: `greedy.walk_ops`'s result in one launch."""
@@ -60,3 +81,33 @@ def walk(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
     packed = torch.empty(2 * d + 3, dtype=torch.int64, device=choice.device)  # [2D + 3]
     _walk[(1,)](tree.tokens, tree.parents, tree.ends, choice.contiguous(), packed, n, d, BLOCK=max(32, triton.next_power_of_2(n)))
     return packed
+
+
+def one_block(trees: Sequence[DeviceTree], cu_rows: Sequence[int]) -> bool:
+    """Whether the trees lie end to end in one block, as `TreeUpload.many` puts a step's: the rows
+    of tree s start cu_rows[s] entries after tree 0's (int64 rows of stride 1)."""
+    rows = [(t.tokens, t.parents, t.ends) for t in trees]
+    if any(x.dtype != torch.int64 or x.stride(0) != 1 for x in rows[0]):
+        return False
+    base = [x.data_ptr() for x in rows[0]]
+    return all(x.data_ptr() == b + 8 * cu_rows[s] for s, r in enumerate(rows) for x, b in zip(r, base))
+
+
+def walk_many(trees: Sequence[DeviceTree], choice: torch.Tensor, cu_rows: Sequence[int]) -> list[torch.Tensor]:
+    """The trees of a packed step, end to end in one block (`one_block`), choice [R] int64 ->
+    each tree's packed [2D_s + 3], as `walk` gives it alone, from ONE launch (a program per tree)
+    and one small host-to-device copy of the trees' offsets, sizes and depths."""
+    s = len(trees)
+    sizes = [t.size for t in trees]
+    depths = [t.max_depth for t in trees]
+    lengths = [2 * d + 3 for d in depths]
+    outs = [0] * s
+    for i in range(1, s):
+        outs[i] = outs[i - 1] + lengths[i - 1]
+    meta = torch.tensor([list(cu_rows[:s]), sizes, depths, outs], dtype=torch.int64,
+                        pin_memory=choice.is_cuda).to(choice.device, non_blocking=True)  # [4, S]
+    packed = torch.empty(outs[-1] + lengths[-1], dtype=torch.int64, device=choice.device)  # [sum 2D_s + 3]
+    first = trees[0]  # its rows start the block's rows
+    _walk_many[(s,)](first.tokens, first.parents, first.ends, choice.contiguous(), meta, packed, s,
+                     BLOCK=max(32, triton.next_power_of_2(max(sizes))))
+    return list(packed.split(lengths))

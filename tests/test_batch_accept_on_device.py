@@ -86,6 +86,7 @@ def test_the_step_call_needs_one_class_that_defines_it_with_the_one_sequence_for
 
 
 def test_the_batched_engine_asks_once_a_step_and_decodes_as_without_it():
+    """...and stages the step's K/V moves through the page pool's one call (`stage_commit_many`)."""
     calls: list[int] = []
 
     class Counting(GreedyVerifier):
@@ -100,13 +101,19 @@ def test_the_batched_engine_asks_once_a_step_and_decodes_as_without_it():
         def accept_on_device(self, tree, logits, state):
             return super().accept_on_device(tree, logits, state)
 
+    from unittest.mock import patch
+
+    from jetspec.caches.paged import PagedKVCache
+
     prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5, 6, 4, 5], [7, 8, 9], [3, 3, 3, 3]]
     outputs = {}
     for verifier in (Counting, OnePerSequence):
         pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder(0)).drafter("ngram").kv_cache("paged")
                 .generation(budget=4, max_new_tokens=12, accept_on_device="always").build())
         pipe.new_verifier = verifier
-        outputs[verifier] = [r.tokens for r in pipe.generate_many(prompts, batch_size=3)]
+        with patch.object(PagedKVCache, "stage_commit_many", autospec=True, side_effect=PagedKVCache.stage_commit_many) as staged:
+            outputs[verifier] = [r.tokens for r in pipe.generate_many(prompts, batch_size=3)]
+        assert staged.call_count > 0, "a step's staged commits go through the pool's one call"
     steps = len(calls)
     assert steps > 0 and sum(calls) >= steps, "the step call was never made"
     assert max(calls) <= 3, "one call covers at most the batch's sequences"

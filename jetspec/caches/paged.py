@@ -244,6 +244,32 @@ class PagedKVCache:
             self.slot_table[t : t + m] = self.slot_table[t : t + self._pending][keep]
         self._staged = m
 
+    def stage_commit_many(self, caches: Sequence["PagedKVCache"], keeps: torch.Tensor,
+                          moves: Sequence[tuple[int, int, int]]) -> bool:
+        """`CommitsBatchOnDevice`: for every s, caches[s].stage_commit(keeps[o : o + M].clamp(0, N - 1))
+        with (o, M, N) = moves[s] — on CUDA in ONE launch for the whole step (`move_rows_many`),
+        elsewhere one call each. False, with nothing done, unless every cache is of this pool and
+        slot-map table (`sequences`) and commit strategy."""
+        if not all(isinstance(c, PagedKVCache) and c.k is self.k and c.slot_tables is self.slot_tables
+                   and c.options.commit == self.options.commit for c in caches):
+            return False
+        if not on_device.fused(keeps):
+            for c, (o, m, n) in zip(caches, moves):
+                c.stage_commit(keeps[o : o + m].clamp(0, n - 1))
+            return True
+        from .triton_rows import move_rows_many
+
+        row = self.slot_tables.shape[1]  # C: a sequence's slot map starts at slot_row * C of the flat table
+        at = [(o, m, n - 1, c.slot_row * row + c._committed) for c, (o, m, n) in zip(caches, moves)]
+        flat = self.slot_tables.view(-1)
+        if self.options.commit == "gather":  # K and V rows, every layer, through the flat slot table
+            move_rows_many(self._flat(self.k), self._flat(self.v), keeps, at, flat)
+        else:  # the slot maps' entries themselves, as one layer of one-element rows
+            move_rows_many(flat.view(1, -1), None, keeps, at)
+        for c, (_, m, _) in zip(caches, moves):
+            c._staged = m
+        return True
+
     def commit(self, keep: Sequence[int]) -> None:
         keep = [int(j) for j in keep]
         t, n = self._committed, self._pending

@@ -33,15 +33,12 @@ def _move_pool(pool_ptr, layer_base, src, dst, cols, live, width):
     tl.store(rows + dst[:, None] * width + cols[None, :], x, mask=mask)
 
 
-@triton.jit(do_not_specialize=["start", "m"])  # they change every round: no compile per value class
-def _move(first_ptr, second_ptr, slots_ptr, keep_ptr, start, m, layer_stride, width,
-          PAIRED: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    layer_base = tl.program_id(0).to(tl.int64) * layer_stride
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    j = tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    live = j < m
-    src = start + tl.load(keep_ptr + j, mask=live, other=0)  # logical slots
-    dst = start + j
+@triton.jit
+def _move_seq(first_ptr, second_ptr, slots_ptr, keep, start, live, layer_base, cols, width,
+              PAIRED: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One sequence's move: logical slots start + keep[j] -> start + j for the live j < BLOCK_M."""
+    src = start + keep  # logical slots
+    dst = start + tl.arange(0, BLOCK_M)
     if SLOTS:  # logical slot -> physical row
         src = tl.load(slots_ptr + src, mask=live, other=0)
         dst = tl.load(slots_ptr + dst, mask=live, other=0)
@@ -49,6 +46,41 @@ def _move(first_ptr, second_ptr, slots_ptr, keep_ptr, start, m, layer_stride, wi
     _move_pool(first_ptr, layer_base, src, dst, cols, live, width)
     if PAIRED:
         _move_pool(second_ptr, layer_base, src, dst, cols, live, width)
+
+
+@triton.jit(do_not_specialize=["start", "m"])  # they change every round: no compile per value class
+def _move(first_ptr, second_ptr, slots_ptr, keep_ptr, start, m, layer_stride, width,
+          PAIRED: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    layer_base = tl.program_id(0).to(tl.int64) * layer_stride
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    j = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    live = j < m
+    keep = tl.load(keep_ptr + j, mask=live, other=0)
+    _move_seq(first_ptr, second_ptr, slots_ptr, keep, start, live, layer_base, cols, width, PAIRED, SLOTS, BLOCK_M)
+
+
+@triton.jit(do_not_specialize=["s_count"])
+def _move_many(first_ptr, second_ptr, slots_ptr, keep_ptr, meta_ptr, s_count, layer_stride, width,
+               PAIRED: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program (l, c, s) moves sequence s's rows: meta [4, S] = where its keep indices start in
+    keep_ptr, M_s, the largest index allowed (N_s - 1: indices are clamped into it), its start
+    (in the slot table, or the flat rows)."""
+    layer_base = tl.program_id(0).to(tl.int64) * layer_stride
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    s = tl.program_id(2)
+    at = tl.load(meta_ptr + s)
+    m = tl.load(meta_ptr + s_count + s)
+    top = tl.load(meta_ptr + 2 * s_count + s)
+    start = tl.load(meta_ptr + 3 * s_count + s)
+    j = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    live = j < m
+    keep = tl.minimum(tl.maximum(tl.load(keep_ptr + at + j, mask=live, other=0), 0), top)
+    _move_seq(first_ptr, second_ptr, slots_ptr, keep, start, live, layer_base, cols, width, PAIRED, SLOTS, BLOCK_M)
+
+
+def _blocks(m: int, width: int) -> tuple[int, int]:
+    block_m = max(16, triton.next_power_of_2(m))  # at least 16: few compiled variants, no 1-wide blocks
+    return block_m, max(16, min(triton.next_power_of_2(width), ELEMENTS // block_m))
 
 
 def move_rows(first: torch.Tensor, second: torch.Tensor | None, keep: torch.Tensor, start: int,
@@ -59,8 +91,23 @@ def move_rows(first: torch.Tensor, second: torch.Tensor | None, keep: torch.Tens
     layers, rows = first.shape[0], first.shape[1]
     width = math.prod(first.shape[2:])  # elements per row
     keep, m = keep.contiguous(), keep.numel()  # (a no-op, no dispatch, for the pipeline's fresh index)
-    block_m = max(16, triton.next_power_of_2(m))  # at least 16: few compiled variants, no 1-wide blocks
-    block_c = max(16, min(triton.next_power_of_2(width), ELEMENTS // block_m))
+    block_m, block_c = _blocks(m, width)
     grid = (layers, triton.cdiv(width, block_c))
     _move[grid](first, first if second is None else second, keep if slots is None else slots, keep, start, m,
                 rows * width, width, PAIRED=second is not None, SLOTS=slots is not None, BLOCK_M=block_m, BLOCK_C=block_c)
+
+
+def move_rows_many(first: torch.Tensor, second: torch.Tensor | None, keeps: torch.Tensor,
+                   moves: list[tuple[int, int, int, int]], slots: torch.Tensor | None = None) -> None:
+    """Several sequences' `move_rows` in ONE launch: moves[s] = (offset of its keep indices in
+    `keeps` [K] int64 on the device, M_s, N_s - 1 (indices are clamped into [0, N_s - 1]), its
+    start), over the same pools and flat slot table; one small host-to-device copy of `moves`.
+    Sequences must move disjoint rows (each its own pages)."""
+    layers, rows = first.shape[0], first.shape[1]
+    width = math.prod(first.shape[2:])
+    s = len(moves)
+    meta = torch.tensor(list(zip(*moves)), dtype=torch.int64, pin_memory=keeps.is_cuda).to(keeps.device, non_blocking=True)  # [4, S]
+    block_m, block_c = _blocks(max(m for _, m, _, _ in moves), width)
+    grid = (layers, triton.cdiv(width, block_c), s)
+    _move_many[grid](first, first if second is None else second, keeps if slots is None else slots, keeps, meta, s,
+                     rows * width, width, PAIRED=second is not None, SLOTS=slots is not None, BLOCK_M=block_m, BLOCK_C=block_c)

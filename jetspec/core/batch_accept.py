@@ -6,7 +6,8 @@ Device path (a verifier with `accept_on_device`, when `generation.accept_on_devi
 sequence's tree is on the device (`TreeUpload.many`: the step's trees end to end, one copy),
 each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`; verifiers with
 `accept_batch_on_device`, greedy, return all of them from one call), a cache with
-`stage_commit` moves its kept K/V behind it, and ONE read-back of all the packed results, laid end
+`stage_commit` moves its kept K/V behind it (caches with `stage_commit_many`, the paged pool's:
+the whole step's moves in one call), and ONE read-back of all the packed results, laid end
 to end, brings the whole step's paths to the host: the step waits for the device once, not once
 per sequence.
 
@@ -21,7 +22,7 @@ import torch
 from .batch import BatchMeta
 from .checks import Blame, check_acceptance
 from .errors import JetSpecError, PluginError
-from .interfaces import Acceptance, CommitsOnDevice, DecodeState, KVCache, Verifier, conforms
+from .interfaces import Acceptance, CommitsBatchOnDevice, CommitsOnDevice, DecodeState, KVCache, Verifier, conforms
 from .on_device import DeviceTree, Readback, unpack
 from .tree import DraftTree
 
@@ -71,7 +72,9 @@ def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: 
                      who: str, vocab: int, batch: bool = False) -> list[Accepted]:
     packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
     paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
+    staged: list[tuple[KVCache, int, int, int]] = []  # (cache, offset of its path in the step's results, D_s + 1, N_s)
     results = _results(verifiers, dtrees, logits, meta, states, who, batch)
+    offset = 0
     for s, (p, tree, dtree, cache) in enumerate(zip(results, trees, dtrees, caches)):
         d = dtree.max_depth
         try:
@@ -83,12 +86,19 @@ def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: 
         except JetSpecError as e:
             paths.append(e)
             continue
-        path = p[1 : d + 2]  # [D + 1]; its first k entries are checked below
         if tree.size > 1 and conforms(cache, CommitsOnDevice):
-            cache.stage_commit(path.clamp(0, tree.size - 1))  # clamped: a wrong path fails the check, not an index
+            staged.append((cache, offset + 1, d + 1, tree.size))
         packed.append(p)
-        paths.append(path)
-    values = readback(torch.cat(packed)) if packed else []  # the step's one wait for the device
+        paths.append(p[1 : d + 2])  # [D + 1]; its first k entries are checked below
+        offset += 2 * d + 3
+    flat = torch.cat(packed) if packed else None  # [sum 2 D_s + 3]: the step's results end to end
+    if staged:  # each kept K/V moved behind its path (clamped: a wrong path fails the check, not an index)
+        first = staged[0][0]
+        if not (conforms(first, CommitsBatchOnDevice)
+                and first.stage_commit_many([c for c, *_ in staged], flat, [m for _, *m in staged])):
+            for cache, o, m, n in staged:
+                cache.stage_commit(flat[o : o + m].clamp(0, n - 1))
+    values = readback(flat) if packed else []  # the step's one wait for the device
     out: list[Accepted] = []
     start = 0
     for tree, dtree, path in zip(trees, dtrees, paths):

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -239,4 +239,16 @@ class CommitsOnDevice(Protocol):
     def stage_commit(self, keep: torch.Tensor) -> None:
         """keep [M <= n] int64 on the device, pending indices in [0, n): pending entry keep[j] becomes
         logical slot committed + j for j < M, no sync. Next comes `commit(keep[:k])`, k <= M."""
+        ...
+
+
+@runtime_checkable
+class CommitsBatchOnDevice(Protocol):
+    """A `CommitsOnDevice` cache whose sibling caches (one pool: `BatchedKVCache.sequences`) can
+    stage a packed step's commits together: one launch for the step, not one per sequence."""
+
+    def stage_commit_many(self, caches: Sequence[Any], keeps: torch.Tensor, moves: Sequence[tuple[int, int, int]]) -> bool:
+        """keeps [K] int64 on the device; moves[s] = (offset, M_s, N_s) -> as
+        `caches[s].stage_commit(keeps[offset : offset + M_s].clamp(0, N_s - 1))` for every s, no
+        sync; False, with nothing done, where these caches cannot (the engine then asks each)."""
         ...

@@ -103,3 +103,53 @@ def test_the_kit_finds_the_built_in_caches_staged_commit_on_cuda_equal_to_their_
 
     s = resolve("kv_cache", name, options, jetspec.default_registry())
     check_commits_on_device(s, lambda info, capacity: build(s, info, capacity), examples=40, seed=0, device="cuda")
+
+
+@settings(max_examples=25, deadline=None)
+@given(mode=st.sampled_from(["gather", "remap"]), page=st.sampled_from([1, 4]), seed=st.integers(0, 99),
+       steps=st.lists(st.lists(st.integers(1, 9), min_size=3, max_size=3), min_size=1, max_size=3), data=st.data())
+def test_a_steps_staged_commits_in_one_launch_equal_each_caches_own(mode, page, seed, steps, data):
+    """`stage_commit_many` over the caches of one pool (`sequences`): the one-launch path (what CUDA
+    runs) leaves K, V and the slot-map table bit for bit as each cache's own torch `stage_commit`
+    does, steps after steps of 3 sequences' trees of N_s nodes with paths padded past their end
+    (clamped into the tree) and K/V offsets anywhere in the step's results."""
+    info = small_info(2, 2, 4, DEVICE)
+    opts = PagedCacheOptions(page_size=page, commit=mode)
+    capacity = sum(max(s) for s in steps) + 1
+    fused, torch_ops = (PagedKVCache(info, capacity, opts).sequences(3) for _ in range(2))
+    g = torch.Generator().manual_seed(seed)
+    for sizes in steps:
+        moves, keeps, offset = [], [], 0
+        for n in sizes:
+            kept = [0] + sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=n - 1) if n > 1 else st.just(set())))
+            path = (kept + data.draw(st.lists(st.integers(-2, n + 2), max_size=3)))[:n]  # padding past k, clamped; M <= N
+            junk = data.draw(st.integers(0, 2))  # results of other kinds sit between the paths
+            keeps += [7] * junk + path
+            moves.append((offset + junk, len(path), n))
+            offset += junk + len(path)
+        for pool in (fused, torch_ops):
+            for c, n in zip(pool, sizes):
+                c.begin(n)
+        for layer in range(2):
+            for c_f, c_t, n in zip(fused, torch_ops, sizes):
+                k, v = (torch.randn(n, 2, 4, generator=g).to(DEVICE) for _ in range(2))  # [n, Hkv, D]
+                c_f.write(layer, k, v)
+                c_t.write(layer, k, v)
+        flat = torch.tensor(keeps, device=DEVICE)  # [K]
+        with fused_here():
+            assert fused[0].stage_commit_many(fused, flat, moves)
+        with patch.object(on_device, "fused", lambda x: False):
+            assert torch_ops[0].stage_commit_many(torch_ops, flat, moves)
+        assert torch.equal(fused[0].k, torch_ops[0].k) and torch.equal(fused[0].v, torch_ops[0].v)
+        assert torch.equal(fused[0].slot_tables, torch_ops[0].slot_tables)
+        for pool in (fused, torch_ops):
+            for c, (o, m, n) in zip(pool, moves):
+                first = flat[o : o + m].clamp(0, n - 1).tolist()
+                k = next((i for i in range(1, len(first)) if first[i] <= first[i - 1]), len(first))
+                c.commit(first[:k])  # the ascending head of the staged path: what acceptance commits
+
+
+def test_caches_of_different_pools_are_not_staged_together():
+    info = small_info(2, 2, 4, "cpu")
+    a, b = PagedKVCache(info, 8).sequences(1)[0], PagedKVCache(info, 8).sequences(1)[0]
+    assert not a.stage_commit_many([a, b], torch.zeros(4, dtype=torch.int64), [(0, 1, 1), (1, 1, 1)])

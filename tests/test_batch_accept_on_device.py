@@ -57,21 +57,23 @@ def test_the_trees_of_one_upload_are_walked_in_one_launch_as_each_alone(trees, s
     trees = [DraftTree.root_only(7) if t is None else t for t in trees]
     if all(t.size == 1 for t in trees):
         trees.append(DraftTree.chain([3, 4, 5]))  # a step of roots alone is packed by one op, not walked
-    dtrees, _ = TreeUpload("cpu", capacity=8).many(trees, [3 * s for s in range(len(trees))])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel compiled on a GPU machine, else interpreted
+    dtrees, _ = TreeUpload(device, capacity=8).many(trees, [3 * s for s in range(len(trees))])
     cu = [0]
     for t in trees:
         cu.append(cu[-1] + t.size)
-    choice_logits = torch.randn(cu[-1], VOCAB, generator=torch.Generator().manual_seed(seed))  # [R, V]
-    alone = [walk_ops(d, choice_logits[cu[s] : cu[s + 1]].argmax(-1)) for s, d in enumerate(dtrees)]
+    choice_logits = torch.randn(cu[-1], VOCAB, generator=torch.Generator().manual_seed(seed)).to(device)  # [R, V]
+    host, _ = TreeUpload("cpu").many(trees, [3 * s for s in range(len(trees))])
+    alone = [walk_ops(d, choice_logits[cu[s] : cu[s + 1]].argmax(-1).cpu()) for s, d in enumerate(host)]
     verifier = GreedyVerifier()
     with (patch.object(on_device, "fused", lambda x: True),
           patch.object(triton_walk, "walk_many", wraps=triton_walk.walk_many) as many):
         assert triton_walk.one_block(dtrees, cu)
         batch = verifier.accept_batch_on_device(dtrees, choice_logits, cu)
         assert many.call_count == 1
-        singles = [TreeUpload("cpu")(t, 0) for t in trees]  # separate buffers: not one block
+        singles = [TreeUpload(device)(t, 0) for t in trees]  # separate buffers: not one block
         assert len(trees) == 1 or not triton_walk.one_block(singles, cu)
-    assert all(torch.equal(b, a) for b, a in zip(batch, alone))
+    assert all(torch.equal(b.cpu(), a) for b, a in zip(batch, alone))
 
 
 def test_the_step_call_needs_one_class_that_defines_it_with_the_one_sequence_form():

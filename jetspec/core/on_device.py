@@ -56,24 +56,49 @@ ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree
 
 @dataclass(frozen=True)
 class DeviceTree:
-    """A round's tree on the target's device (views into `TreeUpload`'s buffer, valid for one
-    round). The root's parent is stored as 0, not -1, so that `x[parents]` gathers need no clamp.
-    `ends` and `index` are derived on the host, where they ride along in the same copy."""
+    """A round's tree on the target's device: columns start .. start + N - 1 of `TreeUpload`'s
+    [7, R] block (valid for one round), its rows read as views when asked for (a batched step
+    makes one DeviceTree per sequence; seven views each cost more than the rest of its upload).
+    The root's parent is stored as 0, not -1, so that `x[parents]` gathers need no clamp. `ends`
+    and `index` are derived on the host, where they ride along in the same copy."""
 
-    tokens: torch.Tensor  # [N] int64
-    parents: torch.Tensor  # [N] int64, parents[0] = 0 (the root)
-    depths: torch.Tensor  # [N] int64
-    subtree_sizes: torch.Tensor  # [N] int64
-    positions: torch.Tensor  # [N] int64, prefix_len + depth (RoPE positions)
-    # [N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i]); the root's is stored as
-    # 0 (the root is no draft and rejects nothing: `greedy.walk_ops`)
-    ends: torch.Tensor
-    index: torch.Tensor  # [N] int64, 0 .. N - 1
+    block: torch.Tensor  # [7, R] int64 on the device: the rows below, of every tree of the upload
+    start: int  # this tree's first column
+    size: int  # N
     max_depth: int  # D, on the host
 
+    def _row(self, k: int) -> torch.Tensor:
+        return self.block[k, self.start : self.start + self.size]
+
     @property
-    def size(self) -> int:
-        return int(self.tokens.shape[0])
+    def tokens(self) -> torch.Tensor:  # [N] int64
+        return self._row(0)
+
+    @property
+    def parents(self) -> torch.Tensor:  # [N] int64, parents[0] = 0 (the root)
+        return self._row(1)
+
+    @property
+    def depths(self) -> torch.Tensor:  # [N] int64
+        return self._row(2)
+
+    @property
+    def subtree_sizes(self) -> torch.Tensor:  # [N] int64
+        return self._row(3)
+
+    @property
+    def positions(self) -> torch.Tensor:  # [N] int64, prefix_len + depth (RoPE positions)
+        return self._row(4)
+
+    @property
+    def ends(self) -> torch.Tensor:
+        """[N] int64, i + subtree_sizes[i]: node i's subtree is [i, ends[i]); the root's is stored
+        as 0 (the root is no draft and rejects nothing: `greedy.walk_ops`)."""
+        return self._row(5)
+
+    @property
+    def index(self) -> torch.Tensor:  # [N] int64, 0 .. N - 1
+        return self._row(6)
 
 
 class TreeUpload:
@@ -95,7 +120,6 @@ class TreeUpload:
         self._host_np = self._host.numpy()  # the same memory: the host side is filled with numpy
         self._dev = self._host if self.device.type == "cpu" else torch.empty_like(self._host, device=self.device)
         self._arange = np.arange(capacity, dtype=np.int64)  # [cap]
-        self._views: dict[int, tuple[torch.Tensor, ...]] = {}  # N -> the 7 device rows of an N-node tree
 
     def __call__(self, tree: DraftTree, prefix_len: int) -> DeviceTree:
         return self.many([tree], [prefix_len])[0][0]
@@ -119,15 +143,10 @@ class TreeUpload:
             self._dev[: ROWS * r].copy_(self._host[: ROWS * r], non_blocking=True)
             if self._cuda:
                 self._done.record()
-        if len(trees) == 1:  # one sequence's round: an N's views persist, refilled in place
-            views = self._views.get(r)
-            if views is None:
-                views = self._views[r] = self._dev[: ROWS * r].view(ROWS, r).unbind(0)
-            return [DeviceTree(*views, max_depth=depths[0])], self._dev[: ROWS * r].view(ROWS, r)
         block = self._dev[: ROWS * r].view(ROWS, r)  # [7, R] on the device
         out, start = [], 0
         for tree, d in zip(trees, depths):
-            out.append(DeviceTree(*block[:, start : start + tree.size].unbind(0), max_depth=d))
+            out.append(DeviceTree(block, start, tree.size, d))
             start += tree.size
         return out, block
 

@@ -45,7 +45,10 @@ class Acceptance:
     bonus: int
 
     def new_tokens(self, tree: DraftTree) -> list[int]:
-        return [int(tree.tokens[i]) for i in self.path[1:]] + [self.bonus]
+        if len(self.path) == 1:  # no draft accepted (every plain round)
+            return [self.bonus]
+        tokens = tree.tokens.tolist()
+        return [tokens[i] for i in self.path[1:]] + [self.bonus]
 
     @property
     def accepted_drafts(self) -> int:

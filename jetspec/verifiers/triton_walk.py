@@ -84,17 +84,14 @@ def walk(tree: DeviceTree, choice: torch.Tensor) -> torch.Tensor:
 
 
 def one_block(trees: Sequence[DeviceTree], cu_rows: Sequence[int]) -> bool:
-    """Whether the trees lie end to end in one block, as `TreeUpload.many` puts a step's: the rows
-    of tree s start cu_rows[s] entries after tree 0's (int64 rows of stride 1)."""
-    rows = [(t.tokens, t.parents, t.ends) for t in trees]
-    if any(x.dtype != torch.int64 or x.stride(0) != 1 for x in rows[0]):
-        return False
-    base = [x.data_ptr() for x in rows[0]]
-    return all(x.data_ptr() == b + 8 * cu_rows[s] for s, r in enumerate(rows) for x, b in zip(r, base))
+    """Whether the trees lie end to end in one upload block, as `TreeUpload.many` puts a step's:
+    tree s's columns start at cu_rows[s]."""
+    block = trees[0].block
+    return all(t.block is block and t.start == cu_rows[s] for s, t in enumerate(trees))
 
 
 def walk_many(trees: Sequence[DeviceTree], choice: torch.Tensor, cu_rows: Sequence[int]) -> list[torch.Tensor]:
-    """The trees of a packed step, end to end in one block (`one_block`), choice [R] int64 ->
+    """The trees of a packed step, end to end in one upload block (`one_block`), choice [R] int64 ->
     each tree's packed [2D_s + 3], as `walk` gives it alone, from ONE launch (a program per tree)
     and one small host-to-device copy of the trees' offsets, sizes and depths."""
     s = len(trees)
@@ -107,7 +104,7 @@ def walk_many(trees: Sequence[DeviceTree], choice: torch.Tensor, cu_rows: Sequen
     meta = torch.tensor([list(cu_rows[:s]), sizes, depths, outs], dtype=torch.int64,
                         pin_memory=choice.is_cuda).to(choice.device, non_blocking=True)  # [4, S]
     packed = torch.empty(outs[-1] + lengths[-1], dtype=torch.int64, device=choice.device)  # [sum 2D_s + 3]
-    first = trees[0]  # its rows start the block's rows
-    _walk_many[(s,)](first.tokens, first.parents, first.ends, choice.contiguous(), meta, packed, s,
+    block = trees[0].block  # [7, R]: rows 0, 1 and 5 are tokens, tree-local parents and ends
+    _walk_many[(s,)](block[0], block[1], block[5], choice.contiguous(), meta, packed, s,
                      BLOCK=max(32, triton.next_power_of_2(max(sizes))))
     return list(packed.split(lengths))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 
+import jetspec.core.checks as checks
 import jetspec.core.interfaces as interfaces
 from jetspec import Implementation
 from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
@@ -200,6 +201,6 @@ def test_conforms_is_isinstance_answered_once_per_class():
         pass
 
     for obj in (Resets(), Plain(), GreedyVerifier()):
-        assert interfaces.conforms(obj, interfaces.ResettableVerifier) == isinstance(obj, interfaces.ResettableVerifier)
-    assert interfaces.conforms(Resets(), interfaces.ResettableVerifier) and not interfaces.conforms(Plain(), interfaces.ResettableVerifier)
-    assert interfaces._CONFORMS[(Resets, interfaces.ResettableVerifier)] is True  # asked once per class
+        assert checks.conforms(obj, interfaces.ResettableVerifier) == isinstance(obj, interfaces.ResettableVerifier)
+    assert checks.conforms(Resets(), interfaces.ResettableVerifier) and not checks.conforms(Plain(), interfaces.ResettableVerifier)
+    assert checks._CONFORMS[(Resets, interfaces.ResettableVerifier)] is True  # asked once per class

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from .batch import BatchMeta
-from .checks import Blame, check_acceptance
+from .checks import Blame, check_acceptance, conforms
 from .errors import JetSpecError, PluginError
-from .interfaces import Acceptance, CommitsBatchOnDevice, CommitsOnDevice, DecodeState, KVCache, Verifier, conforms
+from .interfaces import Acceptance, CommitsBatchOnDevice, CommitsOnDevice, DecodeState, KVCache, Verifier
 from .on_device import DeviceTree, Readback, unpack
 from .tree import DraftTree
 

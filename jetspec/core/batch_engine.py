@@ -37,11 +37,11 @@ import torch
 
 from .batch import BatchMeta, SequenceParts
 from .batch_accept import accept_on_device, accept_on_host
-from .checks import Blame, Checked
+from .checks import Blame, Checked, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
-    accepts_batch_on_device, accepts_on_device, conforms, extra_pending, observed_layers,
+    accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
 from .on_device import DeviceTree, Readback, TreeUpload
 from .results import GenerationResult, GenerationStats

@@ -30,20 +30,6 @@ if TYPE_CHECKING:
 
 
 
-_CONFORMS: dict[tuple[type, type], bool] = {}
-
-
-def conforms(obj: Any, protocol: type) -> bool:
-    """isinstance(obj, protocol), answered once per (class, protocol), for runtime-checkable
-    Protocols whose members are methods (a method is found on the class; a data member may differ
-    between instances: check those with isinstance). A Protocol isinstance looks up every member
-    on each call (~10 µs), and the batched engine asks per sequence per step."""
-    key = (type(obj), protocol)
-    hit = _CONFORMS.get(key)
-    if hit is None:
-        hit = _CONFORMS[key] = isinstance(obj, protocol)
-    return hit
-
 # ---------------------------------------------------------------------------- protocols
 @runtime_checkable
 class Proposal(Protocol):

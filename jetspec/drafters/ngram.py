@@ -2,7 +2,7 @@
 the current suffix in the prompt and the generated text.
 
 For n = n_max .. n_min, look up the last n committed tokens (the root included) among earlier
-n-grams; take the continuations (up to `max_depth` tokens) after the `max_matches` most recent
+n-grams; take the continuations (up to min(`max_depth`, budget) tokens) after the `max_matches` most recent
 occurrences of the longest n that matches, and merge them into a trie whose edge log-probs are
 the empirical conditionals log(count(path + t) / count(path)). Frequent continuations thus score
 higher, and the tree scorer decides how much of the trie to verify.
@@ -54,17 +54,19 @@ class NgramDrafter:
         self._indexed = len(tokens)
 
     def proposal_key(self, budget: int):
-        """The continuations ignore the budget (the scorer cuts them): one proposal for all."""
-        return ()
+        """Continuations are cut at min(max_depth, budget) tokens (a tree of `budget` drafts is at
+        most that deep, and a path's counts depend on the continuations' prefixes alone, so the
+        scorer's tree is the same): budgets from max_depth up share one proposal."""
+        return min(budget, self.options.max_depth)
 
     def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:
         tokens = state.tokens
         self._extend_index(tokens)
         o = self.options
-        length = len(tokens)
+        length, depth = len(tokens), min(o.max_depth, max(budget, 1))
         for n in range(min(o.n_max, length), o.n_min - 1, -1):
             ends = self._index.get(tuple(tokens[length - n :]), [])  # ascending; the suffix itself ends at `length`
             recent = [s for s in ends[-o.max_matches - 1 :] if s < length][-o.max_matches :]
             if recent:
-                return TokenTrie.from_counts(tokens[s : s + o.max_depth] for s in recent)
+                return TokenTrie.from_counts(tokens[s : s + depth] for s in recent)
         return EmptyProposal()

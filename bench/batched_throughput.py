@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
     ap.add_argument("--plot", help="also write this run's tokens/s against batch size to this PNG")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="also cProfile our variants' timed runs: one <variant>.pstats and a top-40 .txt per variant in this folder "
+                    help="also cProfile our variants' timed runs: one <engine>_<B>.pstats and a top-40 .txt per variant in this folder "
                          "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             prof = cProfile.Profile()
             results, seconds = timed(args.device, lambda: prof.runcall(run))
             args.profile.mkdir(parents=True, exist_ok=True)
-            prof.dump_stats(args.profile / f"{variant}.pstats")
-            with open(args.profile / f"{variant}.txt", "w") as f:
+            name = variant.replace("@", "_")  # spec_8: file names a device call brings back (no '@')
+            prof.dump_stats(args.profile / f"{name}.pstats")
+            with open(args.profile / f"{name}.txt", "w") as f:
                 pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
         else:
             results, seconds = timed(args.device, run)

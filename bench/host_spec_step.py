@@ -1,0 +1,95 @@
+"""What the batched engine itself costs the host per sequence and step of speculative decoding, on
+the CPU (issue 20): the target's forward replaced by a deterministic rule, so every second is the
+engine's — drafting, tree building and checks, metadata, the tree upload, acceptance, commit.
+
+    python -m bench.host_spec_step [--batch-sizes 8,32,64] [--prompts-per-slot 4] [--new 128] [--repeats 3] \
+        [--label after] [--out bench/results/host_spec_step.jsonl]
+
+Setup: a tiny random llama through the real `decoder` target (paged KV, torch attention, n-gram
+drafts, best-first, budget 16, `accept_on_device = "always"`: the device path's host side), whose
+`forward_batch` is replaced by logits that put all mass on next = F[token] (a fixed random map:
+every walk ends in a cycle, so prompt lookup finds matches) except at positions divisible by 5,
+where next = G[token] (another map: some drafts fail). `--prompts-per-slot` waves of B prompts of
+40 tokens, `--new` tokens each. µs per sequence-step = wall time / sum of the sequences' rounds (least
+of `--repeats`), and each phase's share (`GenerationStats.seconds`, summed over sequences). A CPU
+figure: it ranks host costs and shows changes to them; on a GPU the same Python costs the host
+about as much, plus the launches this stub does not make.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import jetspec
+from jetspec.bench.rows import append_row, run_row
+from jetspec.core.records import TargetOutput
+from jetspec.testing.models import tiny_hf_model
+
+VOCAB = 256
+FIRST = 8  # tokens below this are never produced (no EOS: every sequence runs to --new)
+
+
+def rule(seed: int = 0):
+    """-> forward_batch(tokens, meta, caches, layers) of the deterministic target."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randint(FIRST, VOCAB, (VOCAB,), generator=g)  # [V] the usual next token
+    other = torch.randint(FIRST, VOCAB, (VOCAB,), generator=g)  # [V] the next token at positions % 5 == 0
+
+    def forward_batch(tokens, meta, caches, hidden_layers=()):
+        r = tokens.numel()
+        nxt = torch.where(meta.positions % 5 == 0, other[tokens], f[tokens])  # [R]
+        logits = torch.zeros(r, VOCAB)  # [R, V]
+        logits[torch.arange(r), nxt] = 1.0
+        return TargetOutput(logits=logits, hidden=None)
+
+    return forward_batch
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", default="8,32,64")
+    ap.add_argument("--prompts-per-slot", type=int, default=4)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    folder = Path(tempfile.mkdtemp()) / "model"
+    tiny_hf_model("llama", seed=3, vocab=VOCAB, hidden=64, layers=2).save_pretrained(folder)
+    pipe = (jetspec.builder().target("decoder", path=str(folder), device="cpu", dtype="float32", cuda_graphs=False)
+            .attention("torch").kv_cache("paged").drafter("ngram")
+            .generation(budget=16, max_new_tokens=args.new, accept_on_device="always").build())  # fmt: skip
+    pipe.target.forward_batch = rule()
+    stamp = run_row("python -m bench.host_spec_step " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), {})
+    for b in [int(x) for x in args.batch_sizes.split(",")]:
+        prompts = [[FIRST + (i * 7 + j * 3) % (VOCAB - FIRST) for j in range(40)] for i in range(args.prompts_per_slot * b)]  # [P, 40]
+        pipe.generate_many(prompts[:b], batch_size=b, max_new_tokens=8)  # warm-up
+        best, results = float("inf"), []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            res = pipe.generate_many(prompts, batch_size=b)
+            if time.perf_counter() - t0 < best:
+                best, results = time.perf_counter() - t0, res
+        rounds = sum(r.stats.rounds for r in results)
+        tokens = sum(len(r.tokens) for r in results)
+        phases = {k: sum(r.stats.seconds[k] for r in results) for k in results[0].stats.seconds}
+        total = sum(phases.values())
+        row = {"kind": "host_spec_step", "label": args.label, "batch_size": b, "prompts": len(prompts), "new": args.new,
+               "tau": tokens / rounds, "us_per_sequence_step": 1e6 * best / rounds,
+               "phase_shares": {k: round(v / total, 3) for k, v in phases.items()},
+               **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}  # fmt: skip
+        print(f"B={b:>3}  {row['us_per_sequence_step']:7.1f} us per sequence-step  tau {row['tau']:.2f}  "
+              + " ".join(f"{k} {v:.2f}" for k, v in row["phase_shares"].items()), flush=True)
+        if args.out:
+            append_row(args.out, row)
+
+
+if __name__ == "__main__":
+    main()

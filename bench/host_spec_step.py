@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens = sum(len(r.tokens) for r in results)
         phases = {k: sum(r.stats.seconds[k] for r in results) for k in results[0].stats.seconds}
         total = sum(phases.values())
-        row = {"kind": "host_spec_step", "label": args.label, "batch_size": b, "prompts": len(prompts), "new": args.new,
+        row = {"kind": "host_spec_step", "label": args.label, "batch_size": b, "dtype": "float32", "prompts": len(prompts), "new": args.new,
                "tau": tokens / rounds, "us_per_sequence_step": 1e6 * best / rounds,
                "phase_shares": {k: round(v / total, 3) for k, v in phases.items()},
                **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}  # fmt: skip

@@ -18,6 +18,6 @@ def test_one_row_per_batch_size_with_phase_shares(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["batch_size"] for r in rows] == [2, 3] and all(r["label"] == "t" for r in rows)
     for r in rows:
-        assert {"date", "machine", "command", "torch"} <= set(r) and r["us_per_sequence_step"] > 0
+        assert {"date", "machine", "command", "torch", "dtype"} <= set(r) and r["us_per_sequence_step"] > 0
         assert abs(sum(r["phase_shares"].values()) - 1) < 0.01 and r["phase_shares"]["build"] > 0  # it drafted
         assert r["tau"] > 1  # the rule's cycles let prompt lookup's drafts be accepted

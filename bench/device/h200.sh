@@ -47,7 +47,8 @@
 # cute-e2e         SmolLM2 end to end with cute (both kernels) and triton (needs `model`) -> $OUT/cute.tar
 # cute-bench       bench/kernel_bench.py: triton, cute and cute:mma=warp at all shapes, then cute
 #                  variants at 64 and 256 nodes (same run) -> $OUT/cute.tar
-# tau              the fp32 τ table, smollm2_h200_tau.toml in TAU_SHARDS processes side by side -> $OUT/smollm2_h200_tau.tar
+# tau              the fp32 τ table, TAU_CONFIG (smollm2_h200_tau; smollm2_h200_tau_heads: 3 budgets, 25 prompts a set)
+#                  in TAU_SHARDS processes side by side -> $OUT/TAU_CONFIG.tar
 #                  (TAU_LIMIT: at most that many prompts per set; TAU_RESUME=1: go on from the last call)
 # bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
@@ -284,7 +285,7 @@ for step in "$@"; do
     tau)
       install_heads || exit 1
       # replay: no trees verified; 15 live-decoding processes (2026-11-28) ran out of GPU memory
-      sharded smollm2_h200_tau ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} ${TAU_LIMIT:+--limit $TAU_LIMIT} || failed="$failed $step" ;;
+      sharded ${TAU_CONFIG:-smollm2_h200_tau} ${TAU_SHARDS:-12} ${TAU_MINUTES:-6} ${TAU_TIMEOUT:-500} ${TAU_RESUME:+--resume} ${TAU_LIMIT:+--limit $TAU_LIMIT} || failed="$failed $step" ;;
     cute-smoke)
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
@@ -370,9 +371,10 @@ for step in "$@"; do
         python3 -m pip install -q --no-index --no-deps --target $TOOLS /tmp/keep/{scikit_build_core,pathspec,packaging}-*.whl || exit 1
         python3 -m pip install -q --no-index --no-deps --target $L /tmp/keep/diskcache-*.whl || exit 1
         # built in place, in a kept build folder: a call cut off by the timeout is continued by the next
+        # niced: a head training may share the call (ablation-bg), and its processes need their cores
         PYTHONPATH=$TOOLS:$PYTHONPATH CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
           CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=off" \
-          timeout ${LLAMA_BUILD_TIMEOUT:-560} python3 -m pip install -v --no-index --no-deps --no-build-isolation --upgrade \
+          timeout ${LLAMA_BUILD_TIMEOUT:-560} nice -n 10 python3 -m pip install -v --no-index --no-deps --no-build-isolation --upgrade \
           --target $L -C build-dir=/tmp/keep/llama-cmake $SRC > /tmp/keep/llama_build.log 2>&1
         rc=$?; grep -E "^\s*\[[0-9]+/[0-9]+\]" /tmp/keep/llama_build.log | tail -1 | cut -c1-120; tail -3 /tmp/keep/llama_build.log
         [ $rc = 0 ] || { echo "llama-build: exit $rc (124: out of time; run llama-build again to go on)"; failed="$failed $step"; }

@@ -11,7 +11,8 @@ drafts, best-first, budget 16, `accept_on_device = "always"`: the device path's 
 every walk ends in a cycle, so prompt lookup finds matches) except at positions divisible by 5,
 where next = G[token] (another map: some drafts fail). `--prompts-per-slot` waves of B prompts of
 40 tokens, `--new` tokens each. µs per sequence-step = wall time / sum of the sequences' rounds (least
-of `--repeats`), and each phase's share (`GenerationStats.seconds`, summed over sequences). A CPU
+of `--repeats`), each phase's share (`GenerationStats.seconds`, summed over sequences) and the share
+of the wall that Python's cyclic garbage collector ran (`gc.callbacks`) in that repeat. A CPU
 figure: it ranks host costs and shows changes to them; on a GPU the same Python costs the host
 about as much, plus the launches this stub does not make.
 """
@@ -19,6 +20,7 @@ about as much, plus the launches this stub does not make.
 from __future__ import annotations
 
 import argparse
+import gc
 import shlex
 import sys
 import tempfile
@@ -52,6 +54,23 @@ def rule(seed: int = 0):
     return forward_batch
 
 
+class GcClock:
+    """Seconds the cyclic garbage collector has run since `reset`, timed by `gc.callbacks`."""
+
+    def __init__(self):
+        self.seconds, self._t0 = 0.0, 0.0
+        gc.callbacks.append(self._tick)
+
+    def _tick(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="8,32,64")
@@ -68,25 +87,27 @@ def main(argv: list[str] | None = None) -> None:
             .generation(budget=16, max_new_tokens=args.new, accept_on_device="always").build())  # fmt: skip
     pipe.target.forward_batch = rule()
     stamp = run_row("python -m bench.host_spec_step " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), {})
+    clock = GcClock()
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         prompts = [[FIRST + (i * 7 + j * 3) % (VOCAB - FIRST) for j in range(40)] for i in range(args.prompts_per_slot * b)]  # [P, 40]
         pipe.generate_many(prompts[:b], batch_size=b, max_new_tokens=8)  # warm-up
-        best, results = float("inf"), []
+        best, results, gc_best = float("inf"), [], 0.0
         for _ in range(args.repeats):
+            clock.reset()
             t0 = time.perf_counter()
             res = pipe.generate_many(prompts, batch_size=b)
             if time.perf_counter() - t0 < best:
-                best, results = time.perf_counter() - t0, res
+                best, results, gc_best = time.perf_counter() - t0, res, clock.seconds
         rounds = sum(r.stats.rounds for r in results)
         tokens = sum(len(r.tokens) for r in results)
         phases = {k: sum(r.stats.seconds[k] for r in results) for k in results[0].stats.seconds}
         total = sum(phases.values())
         row = {"kind": "host_spec_step", "label": args.label, "batch_size": b, "dtype": "float32", "prompts": len(prompts), "new": args.new,
                "tau": tokens / rounds, "us_per_sequence_step": 1e6 * best / rounds,
-               "phase_shares": {k: round(v / total, 3) for k, v in phases.items()},
+               "phase_shares": {k: round(v / total, 3) for k, v in phases.items()}, "gc_share": round(gc_best / best, 3),
                **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}  # fmt: skip
         print(f"B={b:>3}  {row['us_per_sequence_step']:7.1f} us per sequence-step  tau {row['tau']:.2f}  "
-              + " ".join(f"{k} {v:.2f}" for k, v in row["phase_shares"].items()), flush=True)
+              + " ".join(f"{k} {v:.2f}" for k, v in row["phase_shares"].items()) + f"  | gc {row['gc_share']:.3f} of the wall", flush=True)
         if args.out:
             append_row(args.out, row)
 

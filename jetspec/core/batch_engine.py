@@ -39,6 +39,7 @@ from .batch import BatchMeta, SequenceParts
 from .batch_accept import accept_on_device, accept_on_host
 from .checks import Blame, Checked, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
+from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
     accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
@@ -120,21 +121,22 @@ class BatchEngine:
         caches = self._caches(max(lengths) + max_new + self._budget) if lengths else []
         queue = list(range(len(prompts)))[::-1]  # pop() takes the next prompt in input order
         slots: list[_Sequence | None] = [None] * self.batch_size
-        while queue or any(slots):
-            admitted: list[_Sequence] = []
-            for slot in range(self.batch_size):  # continuous batching: a free slot takes the next prompt
-                while slots[slot] is None and queue:
-                    i = queue.pop()
-                    if isinstance(encoded[i], Exception):
-                        yield Finished(i, None, encoded[i], 0.0)
-                        continue
-                    slots[slot] = self._admit(i, slot, encoded[i], caches[slot])
-                    admitted.append(slots[slot])
-            for group in _prefill_groups(admitted):
-                yield from self._prefill(group, caches, slots)
-            active = [s for s in slots if s is not None]
-            if active:
-                yield from self._step(active, caches, slots)
+        with frozen_heap():  # no full collection of the pre-existing heap stalls the steps (until the run ends or is closed)
+            while queue or any(slots):
+                admitted: list[_Sequence] = []
+                for slot in range(self.batch_size):  # continuous batching: a free slot takes the next prompt
+                    while slots[slot] is None and queue:
+                        i = queue.pop()
+                        if isinstance(encoded[i], Exception):
+                            yield Finished(i, None, encoded[i], 0.0)
+                            continue
+                        slots[slot] = self._admit(i, slot, encoded[i], caches[slot])
+                        admitted.append(slots[slot])
+                for group in _prefill_groups(admitted):
+                    yield from self._prefill(group, caches, slots)
+                active = [s for s in slots if s is not None]
+                if active:
+                    yield from self._step(active, caches, slots)
 
     def _admissible(self, ids: list[int]) -> list[int]:
         limit = self.pipe.target.info.max_positions

@@ -34,6 +34,7 @@ from .checks import Blame, Checked, check_acceptance, check_tree
 from .config import PipelineConfig
 from .distributed import share_path, share_tree
 from .errors import CapacityError, InputError, JetSpecError, PluginError
+from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance,
     AttentionMeta,
@@ -167,13 +168,14 @@ class Pipeline:
         hidden_layers = observed_layers(self.drafter if speculating else None)
         stopped = "length"
         try:
-            self._prefill(state, cache, drafter, hidden_layers, stats)
-            while stopped == "length" and len(state.tokens) - state.prompt_len < max_new:
-                room = max_new - (len(state.tokens) - state.prompt_len)
-                new, stopped = self._round(state, cache, drafter, hidden_layers, budget if speculating else 0, room,
-                                           stops, stats)
-                if on_tokens:
-                    on_tokens(new)
+            with frozen_heap():  # no full collection of the pre-existing heap stalls the loop
+                self._prefill(state, cache, drafter, hidden_layers, stats)
+                while stopped == "length" and len(state.tokens) - state.prompt_len < max_new:
+                    room = max_new - (len(state.tokens) - state.prompt_len)
+                    new, stopped = self._round(state, cache, drafter, hidden_layers, budget if speculating else 0, room,
+                                               stops, stats)
+                    if on_tokens:
+                        on_tokens(new)
         except JetSpecError as e:
             e.partial = self._result(state, stats, prompt_ids, "error")  # nothing produced is lost
             raise

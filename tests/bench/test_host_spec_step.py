@@ -1,5 +1,6 @@
 """`python -m bench.host_spec_step`: the engine's host cost per sequence-step of speculative
-decoding, one row per batch size with its phase shares, the command, machine and date."""
+decoding, one row per batch size with its phase shares and the garbage collector's share of the
+wall, the command, machine and date."""
 
 import json
 import subprocess
@@ -21,3 +22,4 @@ def test_one_row_per_batch_size_with_phase_shares(tmp_path):
         assert {"date", "machine", "command", "torch", "dtype"} <= set(r) and r["us_per_sequence_step"] > 0
         assert abs(sum(r["phase_shares"].values()) - 1) < 0.01 and r["phase_shares"]["build"] > 0  # it drafted
         assert r["tau"] > 1  # the rule's cycles let prompt lookup's drafts be accepted
+        assert 0 <= r["gc_share"] < 1

@@ -59,6 +59,8 @@ DRAFTERS = {  # name -> what children(()) returns (or what propose returns), and
     "bare-token": ([7], "expected (token, log-prob) pairs"),
     "nan-logp": ([(7, float("nan"))], "not NaN"),
     "duplicate": ([(7, -1.0), (7, -2.0)], "offers token 7 twice"),
+    "oov-tuple": (((VOCAB + 5, -1.0),), "token 101 is outside the vocabulary [0, 96)"),  # an immutable row is checked too
+    "duplicate-tuple": (((7, -1.0), (7, -2.0)), "offers token 7 twice"),
     "propose-raises": ("raise", "raised RuntimeError: drafter bug in propose"),
     "propose-exits": ("exit", "raised SystemExit: 4 in propose"),
 }
@@ -287,3 +289,21 @@ def test_a_bad_target_output_is_one_line_naming_the_target(how, expected):
     with pytest.raises(PluginError) as info:
         pipe.generate(PROMPT)
     assert_one_line_with_partial(info.value, "target 'ShortLogits'", expected)
+
+
+def test_a_row_offered_again_is_trusted_only_if_nothing_in_it_can_change():
+    """`Checked` reads an immutable row (a tuple of tuples) once; a tuple of lists may change after
+    it was checked, so it is read again each time it is offered."""
+    from jetspec.core.checks import Checked
+
+    row = ([7, -1.0],)
+
+    class Shifty:
+        def children(self, path):
+            return row
+
+    checked = Checked(Shifty(), "drafter 'shifty'", VOCAB)
+    assert list(checked.children(())) == [[7, -1.0]]
+    row[0][0] = VOCAB + 4
+    with pytest.raises(PluginError, match="token 100 is outside the vocabulary"):
+        checked.children((7,))

@@ -23,7 +23,7 @@ def test_children_are_the_union_with_each_tokens_best_log_prob_best_first(a, b, 
     path = tuple(path[:-1])
     merged = MergedProposal(ta, EmptyProposal(), tb).children(path)
     expected: dict[int, float] = {}
-    for token, logp in ta.children(path) + tb.children(path):
+    for token, logp in [*ta.children(path), *tb.children(path)]:
         expected[token] = max(logp, expected.get(token, -1e9))
     assert dict(merged) == expected and len(merged) == len(expected)
     assert [lp for _, lp in merged] == sorted((lp for _, lp in merged), reverse=True)
@@ -36,7 +36,7 @@ def test_a_copied_continuation_extends_below_the_heads_candidates():
     copy = TokenTrie()
     copy.add_sequence([5, 1, 2])
     m = MergedProposal(head, copy)
-    assert m.children(()) == [(5, 0.0), (4, -0.5)]  # 5 from both: log 1 from the copy wins
-    assert m.children((5,)) == [(1, 0.0), (6, -0.25), (7, -2.0)]
-    assert m.children((5, 1, 2)) == []  # past the head's depth and the copy's end
-    assert m.children((4, 6)) == [(8, -0.125), (9, -3.0)]  # the head alone: its own order
+    assert list(m.children(())) == [(5, 0.0), (4, -0.5)]  # 5 from both: log 1 from the copy wins
+    assert list(m.children((5,))) == [(1, 0.0), (6, -0.25), (7, -2.0)]
+    assert list(m.children((5, 1, 2))) == []  # past the head's depth and the copy's end
+    assert list(m.children((4, 6))) == [(8, -0.125), (9, -3.0)]  # the head alone: its own order

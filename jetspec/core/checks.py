@@ -73,13 +73,15 @@ def conforms(obj: Any, protocol: type) -> bool:
 class Checked:
     """A proposal whose `children` lists are checked as a scorer reads them.
 
-    The fast path accepts a list of (int, float) pairs inside the vocabulary with one generator
-    over it; anything else (other number types, a malformed item) goes through `_strict`, which
+    The fast path accepts a list or tuple of (int, float) pairs inside the vocabulary with one
+    generator over it, and a tuple it has accepted before (the same object: a parallel head's
+    per-depth row, offered under every path of that length) without reading it again; anything
+    else (other number types, a malformed item) goes through `_strict`, which
     converts what it can and names what it cannot. Twin siblings are not looked for here (the
     tree check finds them): when a build or a tree check fails, `blame` re-reads every path the
     scorer asked for strictly, so a drafter's fault is reported as the drafter's."""
 
-    __slots__ = ("inner", "who", "vocab", "paths", "fault")
+    __slots__ = ("inner", "who", "vocab", "paths", "fault", "_accepted")
 
     def __init__(self, inner: Any, who: str, vocab: int):
         if not conforms(inner, Proposal):
@@ -87,13 +89,18 @@ class Checked:
         self.inner, self.who, self.vocab = inner, who, vocab
         self.paths: list[tuple[int, ...]] = []
         self.fault: PluginError | None = None
+        self._accepted: dict[int, tuple] = {}  # id -> tuple that passed (held, so that its id is not reused)
 
     def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
         self.paths.append(path)
         kids = self._read(path)
+        if type(kids) is tuple and self._accepted.get(id(kids)) is kids:  # immutable, checked already
+            return kids
         vocab = self.vocab
         try:
             if all(type(t) is int and 0 <= t < vocab and type(lp) is float and lp == lp for t, lp in kids):
+                if type(kids) is tuple and all(type(pair) is tuple for pair in kids):  # immutable all the way down
+                    self._accepted[id(kids)] = kids
                 return kids
         except (TypeError, ValueError):  # not pairs
             pass
@@ -114,7 +121,7 @@ class Checked:
             raise
         except (Exception, SystemExit) as e:
             self._fail(f"{self.who} raised {one_line(e)} in children({path})", e)
-        return kids if type(kids) is list or kids is None else list(kids)
+        return kids if type(kids) is list or type(kids) is tuple or kids is None else list(kids)
 
     def _fail(self, message: str, cause: BaseException | None = None) -> None:
         self.fault = PluginError(message)

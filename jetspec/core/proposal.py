@@ -50,9 +50,9 @@ class TokenTrie:
                 trie._children.setdefault(parent, {})[path[-1]] = math.log(c / counts[parent])
         return trie
 
-    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
-        kids = self._children.get(tuple(path), {})
-        return sorted(kids.items(), key=lambda kv: (-kv[1], kv[0]))
+    def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
+        kids = self._children.get(tuple(path))
+        return sorted(kids.items(), key=lambda kv: (-kv[1], kv[0])) if kids else []
 
 
 class DepthMarginals:
@@ -62,18 +62,15 @@ class DepthMarginals:
 
     def __init__(self, tokens: torch.Tensor, logps: torch.Tensor):
         # tokens [D, K] int64, logps [D, K] float, each row sorted descending
-        self._tokens = tokens.tolist()
-        self._logps = logps.float().tolist()
+        self._kids = tuple(tuple(zip(t, lp)) for t, lp in zip(tokens.tolist(), logps.float().tolist()))  # [D][K] (token, logp)
 
     @property
     def depth(self) -> int:
-        return len(self._tokens)
+        return len(self._kids)
 
-    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+    def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
         d = len(path)
-        if d >= len(self._tokens):
-            return []
-        return list(zip(self._tokens[d], self._logps[d]))
+        return self._kids[d] if d < len(self._kids) else []  # the same (immutable) row for every path of length d
 
 
 class MergedProposal:
@@ -85,10 +82,10 @@ class MergedProposal:
     def __init__(self, *parts: "object"):
         self.parts = parts  # each has children(path) -> [(token, logp)]
 
-    def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:
+    def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
         found = [kids for part in self.parts if (kids := part.children(path))]  # type: ignore[attr-defined]
         if len(found) < 2:  # most paths leave all but one part (already sorted): nothing to merge
-            return list(found[0]) if found else []
+            return found[0] if found else []
         best: dict[int, float] = {}
         for kids in found:
             for token, logp in kids:

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                     build()
                 best = min(best, (time.perf_counter() - t0) / args.reps)
             row = {"kind": "tree_build", "label": args.label, "proposal": name, "budget": budget, "nodes": size,
+                   "dtype": "float32",  # the head's log-probs (`DepthMarginals` reads them as float32)
                    "us_per_build": 1e6 * best, **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}
             print(f"{name:>7} @{budget:<3} {size:3d} nodes  {row['us_per_build']:7.1f} us per build", flush=True)
             if args.out:

@@ -70,6 +70,7 @@ def conforms(obj: Any, protocol: type) -> bool:
         hit = _CONFORMS[key] = isinstance(obj, protocol)
     return hit
 
+
 class Checked:
     """A proposal whose `children` lists are checked as a scorer reads them.
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from .batch import BatchMeta, PackedTables
 
 
-
 # ---------------------------------------------------------------------------- protocols
 @runtime_checkable
 class Proposal(Protocol):

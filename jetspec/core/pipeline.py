@@ -354,8 +354,9 @@ class Pipeline:
         `generation.batch_size`; `core/batch_engine.py`), each prompt's output exactly what
         `generate` gives it alone; a step verifies at most `max_verify_rows` rows (default
         `generation.max_verify_rows`), which the sequences' budgets share. -> results in input
-        order; `on_result(index, result)` is called as each finishes (any order). The first failure is raised, its `partial` holding what that
-        prompt had committed (`jetspec run` records failures per row instead)."""
+        order; `on_result(index, result)` is called as each finishes (any order). The first
+        failure is raised, its `partial` holding what that prompt had committed (`jetspec run`
+        records failures per row instead)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise InputError("generate_many takes a list of prompts (texts or token-id lists), not one prompt; "
                              "use generate for one")

@@ -44,3 +44,17 @@ def test_llama_cpp_continues_our_prompt_tokens_like_plain_decoding(ours, precisi
             assert greedy == plain, ours.target.tokenizer.decode(greedy)
         # q4_1 (the shipped file) rounds weights otherwise: its output may leave ours at a near-tie, even
         # at the first token (HumanEval/98 on 2026-12-02); the bench rows record where
+
+
+def test_lookup_runs_past_llama_cpps_batch_of_512_positions(ours):
+    """A prompt and continuation longer than llama.cpp's n_batch (512): llama-cpp-python keeps a draft
+    model's logits in a table of n_batch rows unless it is built with logits_all (HumanEval/124 and
+    /130 on the H200, 2026-12-03: "could not broadcast input array from shape (540672,) into shape
+    (393216,)"); the lookup peer must still give its greedy output."""
+    config = PeersConfig(include=list(LLAMA_CPP_PEERS), llama_cpp_gguf="q4_1")
+    peers = LlamaCppPeers(config, Component(name="decoder"), ours.target, LLAMA_CPP_PEERS)
+    eos = list(ours.target.info.eos_token_ids)
+    ids = ours.encode("Repeat this list back to me, exactly: " + ", ".join(f"item {i}" for i in range(88)))
+    assert 460 < len(ids) < 512 < len(ids) + NEW
+    greedy = peers.generate("llama.cpp:greedy", ids, NEW, eos)
+    assert peers.generate("llama.cpp:lookup", ids, NEW, eos) == greedy

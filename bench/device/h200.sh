@@ -77,7 +77,8 @@
 #                  then on f16), alone on the GPU (needs `model`, `llama-build`) -> $OUT/peers.tar
 # flashinfer       install flashinfer-python from .stage7 + .stage8 into /tmp/site (pure Python; it
 #                  JIT-compiles with nvcc into /tmp/keep/.cache/flashinfer, kept on a warm machine), then
-#                  bench/kernel_bench.py triton vs flashinfer (and flex, sdpa) at every shape -> $OUT/kernels_flashinfer.jsonl
+#                  bench/kernel_bench.py triton vs flashinfer (fa2 as it picks; its tensor-core decode; fa3, which
+#                  refuses a custom mask on sm_90) and flex, sdpa at every shape -> $OUT/kernels_flashinfer.jsonl
 # tp-tests         (2 GPUs: nvidia-h200-x2) the tensor- and data-parallel tests over NCCL: TP = 2 logits vs one
 #                  process, speculative == plain at TP = 2, `jetspec run` over 2 ranks, a dying rank -> $OUT/tp_tests.log
 # tp-round-cost    (2 GPUs) bench/round_cost.py at the Qwen3-8B shape, TP = 1 then TP = 2 (torchrun), one file
@@ -400,7 +401,7 @@ for step in "$@"; do
           /tmp/keep/apache_tvm_ffi-*.whl /tmp/keep/nvidia_ml_py-*.whl || exit 1
       fi
       python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || exit 1
-      timeout ${FLASHINFER_TIMEOUT:-560} python3 bench/kernel_bench.py --backends triton triton-autotune flashinfer flex sdpa \
+      timeout ${FLASHINFER_TIMEOUT:-560} python3 bench/kernel_bench.py --backends triton triton-autotune flashinfer flashinfer:use_tensor_cores=1 flashinfer:backend=fa3 flex sdpa \
         --out $OUT/kernels_flashinfer.jsonl 2>&1 | tee $OUT/kernel_bench_flashinfer.log | grep -v Warning | tail -30
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     tp-tests)

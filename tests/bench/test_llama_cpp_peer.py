@@ -204,10 +204,11 @@ def test_a_worker_that_dies_is_a_one_line_reason_not_an_exception_and_keeps_what
         assert str(e.value) == why
 
 
-def test_a_bench_run_whose_worker_dies_keeps_the_rows_before_and_records_why(tmp_path, monkeypatch, gguf_file):
-    stand_in(monkeypatch, tmp_path, script=(5, 6, 7, 8), vocab=VOCAB, die=2)
+def bench_config(tmp_path, texts: list[str], peers: str) -> None:
+    """tmp_path/bench.toml: a tiny `transformers` target, `texts` as its one prompt set, an n-gram
+    pipeline, and `peers` as the [peers] table's lines; rows go to tmp_path/out."""
     save_tiny_hf_folder(tmp_path / "model")
-    (tmp_path / "mine.jsonl").write_text('{"text": "a b a b a b"}\n{"text": "b a b a"}\n')
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     (tmp_path / "bench.toml").write_text(f"""
 name = "llama"
 target = {{ name = "transformers", path = "{tmp_path / 'model'}" }}
@@ -218,9 +219,13 @@ output = "{tmp_path / 'out'}"
 [[pipelines]]
 name = "ngram"
 [peers]
-include = ["llama.cpp:greedy"]
-llama_cpp_gguf = "{gguf_file}"
+{peers}
 """)
+
+
+def test_a_bench_run_whose_worker_dies_keeps_the_rows_before_and_records_why(tmp_path, monkeypatch, gguf_file):
+    stand_in(monkeypatch, tmp_path, script=(5, 6, 7, 8), vocab=VOCAB, die=2)
+    bench_config(tmp_path, ["a b a b a b", "b a b a"], f'include = ["llama.cpp:greedy"]\nllama_cpp_gguf = "{gguf_file}"')
     main(["bench", "--config", str(tmp_path / "bench.toml"), "--no-progress"])
     rows = [r for r in read_rows(tmp_path / "out" / "results" / "llama.jsonl") if r["kind"] == "peer"]
     assert [r["pipeline"] for r in rows] == ["llama.cpp:greedy"] * 2
@@ -237,20 +242,7 @@ def test_llama_cpp_rows_are_named_and_keyed_apart_from_the_transformers_peers():
 
 def test_a_bench_run_without_llama_cpp_records_why_and_runs_the_rest(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
-    save_tiny_hf_folder(tmp_path / "model")
-    (tmp_path / "mine.jsonl").write_text('{"text": "a b a b a b"}\n')
-    (tmp_path / "bench.toml").write_text(f"""
-name = "llama"
-target = {{ name = "transformers", path = "{tmp_path / 'model'}" }}
-datasets = [{{ name = "mine", path = "{tmp_path / 'mine.jsonl'}", field = "text" }}]
-max_new_tokens = 4
-warmup_tokens = 0
-output = "{tmp_path / 'out'}"
-[[pipelines]]
-name = "ngram"
-[peers]
-include = ["llama.cpp:greedy", "llama.cpp:lookup"]
-""")
+    bench_config(tmp_path, ["a b a b a b"], 'include = ["llama.cpp:greedy", "llama.cpp:lookup"]')
     assert main(["bench", "--config", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
     rows = read_rows(tmp_path / "out" / "results" / "llama.jsonl")
     run = next(r for r in rows if r["kind"] == "run")

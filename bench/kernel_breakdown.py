@@ -4,11 +4,14 @@
     python -m bench.kernel_breakdown --model qwen3-8b --exact on --nodes 1 64
     python -m bench.kernel_breakdown --model smollm2 --exact on --graphs    # replays
     python -m bench.kernel_breakdown --model tiny-llama --exact on off      # any machine
+    python -m bench.kernel_breakdown --model smollm2 --exact on --graphs --split-keys 128 256 512
 
 Builds our `DecoderTarget` with random weights of the named shape (`round_cost.random_target`:
 the kernels a forward launches do not depend on the weights' values), a paged cache (page 16) with
 `--context` committed tokens, and runs forwards of N = `--nodes` tokens (1: a plain step; N > 1:
-a best-first tree, as round_cost.py) after `--warmup` untimed ones.
+a best-first tree, as round_cost.py) after `--warmup` untimed ones. `--split-keys`: in exact mode, one
+run per value of the triton backend's `split_keys` (keys per split-K range: part of the reduction
+order, so a model's plain and speculative decoding must share it; free to choose per model).
 
 * CUDA: `torch.profiler` records `--steps` forwards; the table groups device kernels by name:
   launches per forward, per layer (launches / L, for kernels launched at least L times: the others
@@ -199,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=None, help="committed tokens (default 1024; CPU: 32)")
     ap.add_argument("--steps", type=int, default=None, help="forwards profiled (default 20; CPU: 1)")
     ap.add_argument("--graphs", action="store_true", help="CUDA: profile CUDA-graph replays, not eager forwards")
-    ap.add_argument("--out", help="append one JSON row per (exact, nodes)")
+    ap.add_argument("--split-keys", type=int, nargs="+", default=[None],
+                    help="exact mode: the triton backend's keys per split-K range, one run each (default: its own)")
+    ap.add_argument("--out", help="append one JSON row per (exact, split keys, nodes)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -207,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MODELS[args.model]
     context = args.context or (1024 if cuda else 32)
     steps = args.steps or (20 if cuda else 1)
-    for mode in args.exact:
-        exact = mode == "on"
+    runs = [(mode == "on", keys) for mode in args.exact for keys in (args.split_keys if mode == "on" else [None])]
+    for exact, split_keys in runs:
         backend = "triton" if cuda or exact else "torch"
-        target = random_target(cfg, device, dtype, backend, autotune=False, graphs=cuda and args.graphs, exact=exact)
+        target = random_target(cfg, device, dtype, backend, autotune=False, graphs=cuda and args.graphs, exact=exact,
+                               split_keys=split_keys)
+        keys = target.attention.options.split_keys if exact else None  # what ran: the backend's default if not given
         for nodes in args.nodes:
             cache = new_cache(target, "paged", context + nodes + target.extra_pending, seed=0)
             fill(cache, target.info, context, seed=0)
@@ -229,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             inside, outside = per_layer(full, one, cfg.num_layers)
             total_us = sum(us for _, us in full.values())
             where = "graph replays" if target.graphs is not None else "eager"
-            print(f"\n{args.model} {str(dtype).removeprefix('torch.')} exact={exact} nodes={nodes} context={context} "
+            print(f"\n{args.model} {str(dtype).removeprefix('torch.')} exact={exact}{f' split_keys={keys}' if exact else ''} "
+                  f"nodes={nodes} context={context} "
                   f"({where}, {steps} forwards{', ' + torch.cuda.get_device_name() if cuda else ', CPU: launches counted'})")
             table("per layer", inside, total_us / cfg.num_layers, cuda)
             table("per forward, outside the layers", outside, total_us, cuda)
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; kernels {total_us / 1e3:.3f} ms of GPU time, forward {ms:.3f} ms" if cuda else ""))
             if args.out:
                 stamp = run_row("python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]), {})
-                row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, nodes=nodes,
+                row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, split_keys=keys, nodes=nodes,
                            context=context, graphs=target.graphs is not None, steps=steps, kernels_per_layer=n_layer,
                            kernels_per_forward=n_fwd, kernel_ms=total_us / 1e3 if cuda else None, forward_ms=ms,
                            device=torch.cuda.get_device_name() if cuda else "cpu",

@@ -143,10 +143,11 @@ class Clock:
 # ---------------------------------------------------------------------------- the target
 def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, backend: str, autotune: bool,
                   graphs: bool, seed: int = 0, exact: bool = False, name: str = "tiny-random",
-                  ranks: Ranks | None = None) -> DecoderTarget:
+                  ranks: Ranks | None = None, split_keys: int | None = None) -> DecoderTarget:
     """Our DecoderTarget with random weights allocated and initialised on `device` (no fp32 copy, no
     checkpoint): linear/embedding weights ~ N(0, 0.02), norm weights 1, biases 0. With `ranks`:
-    this rank's slices of a tensor-parallel target (their values are random too)."""
+    this rank's slices of a tensor-parallel target (their values are random too). `split_keys`: the
+    triton backend's keys per split-K range in exact mode (None: its default)."""
     tp = 1 if ranks is None else ranks.world
     with torch.device("meta"):
         model = DecoderModel(cfg if tp == 1 else local_config(cfg, tp))
@@ -170,7 +171,8 @@ def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
     if backend == "triton":
         from jetspec.kernels.triton_backend import TritonAttention, TritonAttentionOptions
 
-        attention = TritonAttention(TritonAttentionOptions(autotune=autotune), invariant=exact)
+        fixed = {} if split_keys is None else {"split_keys": split_keys}
+        attention = TritonAttention(TritonAttentionOptions(autotune=autotune, **fixed), invariant=exact)
     else:
         from jetspec.kernels.reference import TorchAttention
 

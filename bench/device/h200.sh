@@ -64,6 +64,10 @@
 #                  the packed attention kernels, the single-sequence graphs -> $OUT/batch_tests.log
 # breakdown        bench/kernel_breakdown.py: SmolLM2 and Qwen3-8B shapes, exact on and off, 1 and 64 nodes, CUDA-graph
 #                  replays under torch.profiler: kernels per layer and GPU µs each -> $OUT/kernel_breakdown.{jsonl,log}
+# split-keys       exact mode's split-K range (`split_keys`, part of the reduction order, free per model): SmolLM2's
+#                  graphed step per layer at SPLIT_KEYS ("64 128 256 512"), 1 and 16 nodes, SPLIT_CONTEXT (512)
+#                  committed tokens; then kernel_bench's Qwen3-8B shapes, triton-exact at 128 / 256 / 512
+#                  -> $OUT/kernel_breakdown_split.{jsonl,log}, $OUT/kernels_split.jsonl
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -339,6 +343,13 @@ for step in "$@"; do
           | grep -v Warning | tee -a $OUT/kernel_breakdown.log | grep -E "kernels per layer|forward_ms|summary|Error" | head -20
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    split-keys)
+      timeout 400 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 --context ${SPLIT_CONTEXT:-512} \
+        --split-keys ${SPLIT_KEYS:-64 128 256 512} --out $OUT/kernel_breakdown_split.jsonl 2>&1 | tee $OUT/kernel_breakdown_split.log | grep "exact=\|=>"
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout 300 python3 bench/kernel_bench.py --backends triton triton-exact:split_keys=128 triton-exact:split_keys=256 triton-exact \
+        --out $OUT/kernels_split.jsonl 2>&1 | grep -v Warning | tail -30
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

@@ -39,6 +39,20 @@ def test_kernel_breakdown_rows_name_their_command_machine_date_and_dtype(tmp_pat
     assert row["machine"] and row["date"].endswith("UTC") and row["dtype"] and row["kernels_per_layer"] > 0
 
 
+def test_kernel_breakdown_runs_exact_mode_once_per_split_keys_value(tmp_path):
+    """--split-keys: one exact-mode pass per value, each row naming the split the backend ran with;
+    the free-order pass (no split_keys there) runs once."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.kernel_breakdown", "--model", "tiny-llama", "--exact", "on", "off",
+           "--split-keys", "64", "128", "--context", "80", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["exact"], r["split_keys"]) for r in rows] == [(True, 64), (True, 128), (False, None)]
+    assert "split_keys=64" in proc.stdout and "split_keys=128" in proc.stdout
+
+
 def test_host_step_rows_count_launches_per_step_at_each_batch_size(tmp_path):
     """bench/host_step.py: one row per batch size, with the engine's host ms, launches and torch
     operators per step, and the command, machine and date RESULTS.md cites."""

@@ -116,6 +116,10 @@ class Peers:
             return None
         return _load(folder, info.dtype, info.device)
 
+    def close(self) -> None:
+        """End what runs outside this process (the llama.cpp worker)."""
+        self.llama.close()
+
     def describe(self, peer: str) -> dict[str, Any]:
         """Fields a peer's rows add: what a llama.cpp peer ran (GGUF, version, GPU offload)."""
         return {"llama_cpp": self.llama.settings} if peer in LLAMA_CPP_PEERS else {}

@@ -167,6 +167,19 @@ class BenchRun:
                         f"the target allows {first.target.info.max_positions}"
                     )
         peers = Peers(config.peers.model_copy(update={"include": peer_names}), config.target, first.target)
+        try:
+            self._decode(engine, items, bps, pipes, first, peers, ids, bar)
+        finally:
+            peers.close()
+        del pipes, first, peers, shared
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _decode(self, engine: tuple[str, str], items: list, bps: list, pipes: dict, first: Any, peers: Peers,
+                ids: dict, bar: Any) -> None:
+        """Every prompt of `items` through plain decoding, its pipelines and its peers, a row each."""
+        plan, config = self.plan, self.config
         self.run["skipped_peers"].update(peers.skipped)
         if config.warmup_tokens:
             warm = ids[items[0][0]]
@@ -208,10 +221,6 @@ class BenchRun:
                 bar.set_postfix_str(f"{prompt.dataset} {row_name(peer)}")
                 self.write(self.peer_row(peers, peer, first, prompt_ids, plain, plain_wall, base))
                 bar.update(1)
-        del pipes, first, peers, shared
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def spec_row(self, bp: BenchPipeline, pipe: Pipeline, prompt_ids: list[int], plain: Any, plain_wall: float, base: dict) -> dict:
         c, temp = bp.config, self.plan.temperature[bp.name]

@@ -233,6 +233,22 @@ def test_a_bench_run_whose_worker_dies_keeps_the_rows_before_and_records_why(tmp
     assert rows[1]["error"] == "LlamaCppError: llama.cpp worker exited with signal SIGSEGV: ggml_cuda_error: a stand-in crash"
 
 
+def test_a_bench_run_ends_its_llama_cpp_worker(tmp_path, monkeypatch, gguf_file):
+    stand_in(monkeypatch, tmp_path, script=(5, 6, 7, 8), vocab=VOCAB)
+    started = []
+    popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr("jetspec.bench.llama_cpp_peer.subprocess.Popen", spy)
+    bench_config(tmp_path, ["a b a b a b"], f'include = ["llama.cpp:greedy"]\nllama_cpp_gguf = "{gguf_file}"')
+    assert main(["bench", "--config", str(tmp_path / "bench.toml"), "--no-progress"]) == 0
+    (worker,) = started
+    assert worker.poll() == 0  # it was told the run is over (end of input) and exited, not left running
+
+
 def test_llama_cpp_rows_are_named_and_keyed_apart_from_the_transformers_peers():
     assert [row_name(p) for p in ["generate", *BOTH]] == ["hf:generate", *BOTH]
     a, b = PeersConfig(llama_cpp_gguf="f16"), PeersConfig(llama_cpp_gguf="q4_1")

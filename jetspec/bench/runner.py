@@ -40,6 +40,7 @@ from .plots import write_plots
 from .report import summarize, write_results_md
 from .replay import SharedProposals, context_hidden, replay
 from .rows import append_row, done_keys, latest_prompt_rows, read_rows, replace_summaries, run_row
+from .timing import timed
 
 
 @dataclass
@@ -50,20 +51,6 @@ class BenchOutcome:
     plots: list[Path]
     stopped_early: bool = False
     errors: list[str] = field(default_factory=list)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int | None]:
-    """(result, wall seconds, peak CUDA bytes or None), synchronised around the call."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    result = fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - t0
-    return result, wall, (torch.cuda.max_memory_allocated(device) if cuda else None)
 
 
 def _registry_with_target(registry: Registry, name: str, target: Any) -> Registry:
@@ -203,7 +190,7 @@ class BenchRun:
             info = first.target.info
             base = {"dataset": prompt.dataset, "prompt_id": prompt.id, "target": config.target.name, "prompt_tokens": len(prompt_ids),
                     "dtype": str(info.dtype).removeprefix("torch."), "exact": info.exact}
-            plain, plain_wall, peak = _timed(lambda: first.generate_plain(prompt_ids), device)
+            plain, plain_wall, peak = timed(lambda: first.generate_plain(prompt_ids), device)
             s = plain.stats
             self.write({
                 **base, "kind": "plain", "pipeline": plain_name, "key": plan.keys[plain_name], "drafter": None,
@@ -232,7 +219,7 @@ class BenchRun:
         if self.config.replay:
             return self.replay_row(bp, pipe, prompt_ids, plain, row)
         try:
-            result, wall, peak = _timed(lambda: pipe.generate(prompt_ids), pipe.target.info.device)
+            result, wall, peak = timed(lambda: pipe.generate(prompt_ids), pipe.target.info.device)
         except Exception as e:  # one failing pipeline must not end a long run: recorded, redone by --resume
             return self._error(row, e)
         s = result.stats
@@ -302,7 +289,7 @@ class BenchRun:
         row = {**base, "kind": "peer", "pipeline": name, "key": self.plan.keys[name], "drafter": name, "budget": None,
                "temperature": 0.0, **peers.describe(peer)}
         try:
-            tokens, wall, peak = _timed(lambda: peers.generate(peer, prompt_ids, self.config.max_new_tokens), pipe.target.info.device)
+            tokens, wall, peak = timed(lambda: peers.generate(peer, prompt_ids, self.config.max_new_tokens), pipe.target.info.device)
         except Exception as e:
             return self._error(row, e)
         mismatch = describe_mismatch(pipe, prompt_ids, plain.tokens, tokens, self.config.near_tie_gap)

@@ -91,7 +91,6 @@ class LlamaCppPeers:
         self.config = config
         self.skipped: dict[str, str] = {}  # peer -> why it does not run
         self.settings: dict[str, Any] = {}  # what the run row records about this peer
-        self.last_seconds: float | None = None  # the worker's own time of the last generation (no pipe round trip)
         self._peers: list[str] = []
         self._process: subprocess.Popen[str] | None = None
         self._stderr: IO[bytes] | None = None
@@ -202,10 +201,8 @@ class LlamaCppPeers:
         if need > self.config.llama_cpp_n_ctx:
             raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens (+ a draft) need {need} positions; "
                              f"raise peers.llama_cpp_n_ctx ({self.config.llama_cpp_n_ctx})")
-        self.last_seconds = None
         reply = self._ask({"peer": peer, "prompt": [int(t) for t in prompt], "max_new_tokens": int(max_new_tokens),
                            "eos": [int(t) for t in eos]})
         if "error" in reply:
             raise LlamaCppError(str(reply["error"]))
-        self.last_seconds = float(reply["seconds"])
         return [int(t) for t in reply["tokens"]]

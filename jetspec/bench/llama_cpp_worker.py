@@ -35,7 +35,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
     del sys.path[0]
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:  # llama_cpp_peer._first_line's twin: this script imports no jetspec
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 

@@ -35,7 +35,7 @@ def test_builtin_conforms(kind, name):
         if unavailable():
             pytest.skip(f"cute: {unavailable()}")
         pytest.skip("cute is bf16-only and the kit's lossless check runs an fp32 tiny decoder: its numerics are "
-                    "tests/kernels/test_cute_attention.py, its lossless check tests/targets/test_smollm2_gpu.py")
+                    "tests/kernel_tests/test_cute_attention.py, its lossless check tests/targets/test_smollm2_gpu.py")
     # the kit's lossless check is equality with plain greedy: `sampling` is checked at its greedy
     # limit here (its T > 0 exactness is tests/test_sampling.py's statistical job)
     options = {"temperature": 0.0} if (kind, name) == ("verifier", "sampling") else None

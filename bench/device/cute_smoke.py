@@ -9,7 +9,7 @@ import sys
 import torch
 
 from jetspec.kernels.cute_backend import CuteAttention, CuteAttentionOptions
-from tests.kernels.cases import build_problem, random_tree
+from tests.kernel_tests.cases import build_problem, random_tree
 
 failed = 0
 for nodes, prefix in ((40, 100), (256, 3000)):

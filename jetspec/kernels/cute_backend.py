@@ -3,7 +3,7 @@ bf16, head dim 64 or 128, GQA, tree mask from the DFS intervals in-kernel, keys 
 slot map. Under `exact = true` (`position_invariant`), `cute_invariant_attention`'s kernel: a
 query's bits depend on its position alone. Otherwise two kernels: warpgroup MMA (wgmma) for trees of >= 64 packed rows per kv head, warp MMA
 (mma.sync) for decode and small trees; `cute_tree_attention.choose_tiling` picks one per call,
-option `mma` forces one. Checked on an H200 by tests/kernels/test_cute_attention.py and, end to
+option `mma` forces one. Checked on an H200 by tests/kernel_tests/test_cute_attention.py and, end to
 end with SmolLM2, tests/targets/test_smollm2_gpu.py; timed by bench/kernel_bench.py (bench/RESULTS.md).
 
 Same inputs as the `triton` backend (capability `kv_rows`: the `paged` and `dense` caches).

@@ -1,7 +1,7 @@
 """Paged tree attention in CuTe DSL (nvidia-cutlass-dsl): the warp-MMA kernel, and the launcher of
 the `cute` backend (which picks this kernel or the warpgroup-MMA one, `cute_wgmma_attention`).
 
-Compiled for sm_90a on any machine, run and checked on an H200 (tests/kernels/test_cute_attention.py).
+Compiled for sm_90a on any machine, run and checked on an H200 (tests/kernel_tests/test_cute_attention.py).
 Same contract as `triton_tree_attention.paged_tree_attention`:
 
     q [N, Hq, D] bf16; k_rows, v_rows [R, Hkv, D] bf16 (a layer's pool, rows flattened);

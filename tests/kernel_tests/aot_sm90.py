@@ -77,7 +77,7 @@ assert compile_for_sm90(kernels._combine_splits, types, dict(HEAD_DIM=128, BLOCK
 print("combine_splits: ok")
 
 # the exact (row- and position-invariant) kernels, launched with fp fusion off as the backend does
-from jetspec.core.invariant import LAUNCH  # noqa: E402
+from jetspec.core.invariant import LAUNCH, block_k  # noqa: E402
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
 from importlib import import_module  # noqa: E402
 
@@ -116,20 +116,18 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
                                       ("bf16", "bf16", 12288, 4096, "swiglu", True), ("fp32", "fp32", 64, 64, "swiglu", True),
                                       ("bf16", "bf16", 960, 576, "plain", True), ("bf16", "bf16", 1536, 576, "swiglu", True),
                                       ("bf16", "fp32", 49152, 576, "plain", True)):
-    _, block_k = inv_linear.tiles(n, k_)
     types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", G=f"*{dtype}", Y=f"*{out}", M="i32", N="i32",
                  K="i32", eps="fp32", stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32")
     for m in (1, 64, 256):
-        block_m, block_n, warps = inv_linear.row_tiles(m, n, k_, swiglu=form == "swiglu")
-        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, BLOCK_M=block_m,
-                      BLOCK_N=block_n, BLOCK_K=block_k, BY_SUM=False)
-        k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=warps,
-                             num_stages=4 if block_m <= 64 else 3, **LAUNCH)
+        t = inv_linear.launch_tiles(m, n, k_, swiglu=form == "swiglu")
+        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, BLOCK_M=t.block_m,
+                      BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k_), BY_SUM=False)
+        k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
         assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, k.metadata.shared)
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_}: ok, "
           f"{k.metadata.shared} B shared at M=256")
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
-                 stride_y="i32"), dict(BLOCK_K=inv_linear.tiles(4096, 4096)[1]), **LAUNCH)
+                 stride_y="i32"), dict(BLOCK_K=block_k(4096)), **LAUNCH)
 print("invariant_rmsnorm: ok")
 # per_row: a packed batch's tokens, each written to its own sequence's pool row
 for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, True, False), ("fp32", 6, 2, 24, True, True, False),

@@ -68,6 +68,13 @@
 #                  graphed step per layer at SPLIT_KEYS ("64 128 256 512"), 1 and 16 nodes, SPLIT_CONTEXT (512)
 #                  committed tokens; then kernel_bench's Qwen3-8B shapes, triton-exact at 128 / 256 / 512
 #                  -> $OUT/kernel_breakdown_split.{jsonl,log}, $OUT/kernels_split.jsonl
+# linear-tiles     bench/linear_tiles.py: the invariant projection kernel at other (BLOCK_N, BLOCK_K, warps) for a plain
+#                  step's one row, SmolLM2 and Qwen3-8B projections: µs, % of the floor, and whether each row keeps the
+#                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
+# ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
+#                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes), each run twice, alternating the
+#                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
+#                  && rm -rf .old/jetspec/assets`) and the working tree -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -196,7 +203,7 @@ for step in "$@"; do
     gpu-tests)  # what changed most recently first: each pytest reports even if a later one runs out of time
       timeout 200 python3 -m pytest -q -rs tests/targets/test_cuda_graphs.py tests/test_head_drafter.py 2>&1 | tee $OUT/gpu_tests.log | grep -v Warning | tail -8
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      timeout ${KERNEL_TESTS_TIMEOUT:-200} python3 -m pytest -q -rs tests/kernels/test_triton_tree_attention.py 2>&1 | tee -a $OUT/gpu_tests.log | grep -v Warning | tail -5
+      timeout ${KERNEL_TESTS_TIMEOUT:-200} python3 -m pytest -q -rs tests/kernel_tests/test_triton_tree_attention.py 2>&1 | tee -a $OUT/gpu_tests.log | grep -v Warning | tail -5
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     kernels)
       timeout 400 python3 bench/kernel_bench.py --out $OUT/kernels.jsonl 2>&1 | tee $OUT/kernel_bench.log | tail -45
@@ -294,7 +301,7 @@ for step in "$@"; do
     cute-smoke)
       timeout 120 python3 bench/device/cute_smoke.py 2>&1 | grep -v Warning | tee /tmp/keep/cute_smoke.log; [ ${PIPESTATUS[0]} = 0 ] || exit 1 ;;
     cute-tests)
-      timeout ${CUTE_TESTS_TIMEOUT:-420} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -30
+      timeout ${CUTE_TESTS_TIMEOUT:-420} python3 -m pytest -q -rs tests/kernel_tests/test_cute_attention.py 2>&1 | tee /tmp/keep/cute_tests.log | grep -v Warning | tail -30
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       tar -C /tmp/keep -cf $OUT/cute.tar $(cd /tmp/keep && ls cute_*.log kernels_cute.jsonl kernel_bench_cute*.log 2>/dev/null) ;;
     cute-e2e)
@@ -318,10 +325,10 @@ for step in "$@"; do
       done ;;
     exact-tests)
       timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py tests/targets/test_cuda_graphs.py \
-        tests/kernels/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
+        tests/kernel_tests/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     cute-exact)
-      timeout ${CUTE_EXACT_TIMEOUT:-300} python3 -m pytest -q -rs tests/kernels/test_cute_attention.py -k invariant 2>&1 | tee $OUT/cute_exact_tests.log | grep -v Warning | tail -8
+      timeout ${CUTE_EXACT_TIMEOUT:-300} python3 -m pytest -q -rs tests/kernel_tests/test_cute_attention.py -k invariant 2>&1 | tee $OUT/cute_exact_tests.log | grep -v Warning | tail -8
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py 2>&1 | tee -a $OUT/cute_exact_tests.log | grep -v Warning | tail -8
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
@@ -331,10 +338,10 @@ for step in "$@"; do
     engine-tests)
       timeout ${ENGINE_TESTS_TIMEOUT:-450} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
         tests/test_fused_walk.py tests/caches/test_fused_row_move.py tests/test_head_drafter.py tests/test_graph_set.py \
-        tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
+        tests/test_one_readback.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batch-tests)
-      timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernels/test_triton_packed.py \
+      timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py \
         tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/batch_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     breakdown)
@@ -347,9 +354,24 @@ for step in "$@"; do
       timeout 400 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 --context ${SPLIT_CONTEXT:-512} \
         --split-keys ${SPLIT_KEYS:-64 128 256 512} --out $OUT/kernel_breakdown_split.jsonl 2>&1 | tee $OUT/kernel_breakdown_split.log | grep "exact=\|=>"
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      timeout 300 python3 bench/kernel_bench.py --backends triton triton-exact:split_keys=128 triton-exact:split_keys=256 triton-exact \
+      timeout 300 python3 bench/kernel_bench.py --backends triton triton-exact:split_keys=64 triton-exact:split_keys=128 triton-exact:split_keys=256 triton-exact \
         --out $OUT/kernels_split.jsonl 2>&1 | grep -v Warning | tail -30
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    linear-tiles)
+      timeout ${LINEAR_TILES_TIMEOUT:-300} python3 -m bench.linear_tiles ${LINEAR_TILES_ARGS:-} --out $OUT/linear_tiles.jsonl 2>&1 \
+        | grep -v Warning | tee $OUT/linear_tiles.log | grep -E "=>|copy bandwidth|Error"
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    ab)  # the working tree against an older one carried in .old/ (AB_ARGS below), alternating, one call
+      [ -d .old/jetspec ] || { echo "ab: no .old/jetspec (see the step's comment at the top)"; failed="$failed $step"; continue; }
+      for side in before after before after; do
+        dir=$PWD; [ $side = before ] && dir=$PWD/.old
+        (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on --contexts 1024 4096 16384 \
+          --trees 1 16 64 256 --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+        (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 90 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 \
+          --context 512 --out $OUT/kernel_breakdown_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep "exact=\|=>")
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 # The float32 compositions are bitwise only where torch and the kernel round alike: in the interpreter
 # (numpy). Compiled for a GPU, fp contraction may fuse a multiply-add that torch rounds twice; there the
-# decoder-level bitwise property (test_exact_gpu.py) and bench/device/invariance_probe.py check these kernels.
+# decoder-level bitwise property (test_exact_gpu.py) and bench/linear_tiles.py (every tile vs a 256-row launch, bit for bit) check these kernels.
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="kernel compositions on CPU tensors in Triton's interpreter; "
                                 "on a GPU see tests/targets/test_exact_gpu.py")
 
@@ -161,14 +161,16 @@ def test_norm_prologue_is_rmsnorm_then_the_projection(dtype, bias, form):
 
 @pytest.mark.parametrize("form", sorted(NORMED))
 def test_norm_prologue_bits_do_not_depend_on_the_tile(form, monkeypatch):
-    """The row and column tiles follow M on a GPU (`row_tiles`); a row's statistic and dot products
-    are reduced over K alone. Forced tiles — 16 to 128 rows, narrow and wide columns — give the same bits."""
+    """The row and column tiles follow M on a GPU (`launch_tiles`); a row's statistic and dot products
+    are reduced over K alone. Forced tiles — 16 to 128 rows, narrow and wide columns — give the same bits
+    (the chunk BLOCK_K stays block_k(K) here: the interpreter sums a chunk before adding it)."""
     ours, _ = NORMED[form]
     x, w, b, norm = normed_inputs(form, torch.bfloat16, True, m=70)
     want = ours(x, w, b, norm)
     linear_module = importlib.import_module("jetspec.targets.decoder.invariant.linear")
     for block_m, block_n in ((32, 16), (64, 64), (128, 32)):
-        monkeypatch.setattr(linear_module, "row_tiles", lambda *_, bm=block_m, bn=block_n, **__: (bm, bn, 4))
+        forced = linear_module.Tiles(block_m, block_n, block_k(x.shape[-1]), 4, 4)
+        monkeypatch.setattr(linear_module, "_tiles", lambda *_, t=forced: t)  # what `_launch` asks
         assert torch.equal(ours(x, w, b, norm), want), (block_m, block_n)
 
 

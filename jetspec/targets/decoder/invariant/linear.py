@@ -7,21 +7,24 @@
 
     acc[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32)
 
-The K loop runs in fixed BLOCK_K steps from 0 upwards with no split-K, BLOCK_K a function of K
-alone: row m's sum has the same order whether the launch has 1 row or 512. The row and column
-tiles (BLOCK_M, BLOCK_N, warps) follow M, for speed: an output element is accumulated from its own
-row and column over the same K chunks whatever the tile, and on the H200 a row's bits were the
-same for BLOCK_M 16 / 32 (mma.sync) and 64 / 128 (wgmma), 4 or 8 warps, at every Qwen3-8B and
-SmolLM2 projection shape (bench/device/invariance_probe.py; bench/RESULTS.md). The M tiles of one
-N tile are neighbours in the launch, so they read that weight tile while it is in L2.
+The K loop runs from 0 upwards with no split-K: row m's sum has the same order whether the launch
+has 1 row or 512. On a GPU the tensor cores chain their k-steps (16 for bf16) into one accumulator
+in k order, so the chunk a loop iteration loads (BLOCK_K) is free like the row and column tiles
+(BLOCK_M, BLOCK_N, warps, stages), which follow M for speed: an output element is accumulated from
+its own row and column in the same order whatever the tiles. On the H200 a row's bits were the
+same for BLOCK_M 16 / 32 (mma.sync) and 64 / 128 (wgmma), BLOCK_N 16 to 128, BLOCK_K 64 or 128,
+1 to 8 warps, at every Qwen3-8B and SmolLM2 projection shape (`bench/linear_tiles.py`, which fails
+when the tiles in use change a bit; bench/RESULTS.md). Triton's CPU interpreter sums each chunk
+before adding it (`mm`), so there BLOCK_K is `block_k(K)`, fixed. The M tiles of one N tile are
+neighbours in the launch, so they read that weight tile while it is in L2.
 
 The epilogues are elementwise and round where the unfused composition rounds (the product to the
 output dtype, then the add; silu to the dtype, then the product): `linear(x, W) + r` and
 `silu(g) * u` of a rounded [g | u] give the same bits as the fused forms.
 
 The norm prologue makes two passes over a tile's rows of x: the first reduces each row's sum of
-squares (`rmsnorm.sum_squares`: BLOCK_K chunks from 0 up, then a pairwise tree — an order fixed
-by K, not by the tile, unlike a `tl.sum` of a [BLOCK_M, BLOCK_K] tile, whose order follows the
+squares (`rmsnorm.sum_squares`: NORM_K = block_k(K) chunks from 0 up, then a pairwise tree — an
+order fixed by K, not by the tile, unlike a `tl.sum` of a [BLOCK_M, BLOCK_K] tile, whose order follows the
 layout the compiler picks for BLOCK_M); the second normalises each chunk as it enters the dot,
 rounding as `rmsnorm` rounds (`rms_scale`: to x's dtype, then the weight's product to x's dtype).
 So `linear(x, W, norm=(g, eps))` is `linear(rmsnorm(x, g, eps), W)` bit for bit. Every program of
@@ -31,6 +34,7 @@ a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -44,7 +48,7 @@ from .rmsnorm import rms_denominator, rms_scale, sum_squares
 def _linear_kernel(
     X, W, B, R, G, Y, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BY_SUM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, BY_SUM: tl.constexpr,
 ):
     # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N)
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
@@ -55,8 +59,8 @@ def _linear_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # SWIGLU: x Wu^T
     if NORM:  # G: the norm's weight [K]
-        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, BLOCK_K), K, eps)  # [BLOCK_M, 1]
-    for k0 in range(0, K, BLOCK_K):  # the one reduction order, fixed by K
+        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
+    for k0 in range(0, K, BLOCK_K):  # k from 0 up: the one reduction order
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -83,34 +87,55 @@ def _linear_kernel(
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=out_ok)
 
 
-def tiles(n: int, k: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K) of a decode step for a weight [N, K]. BLOCK_K — the reduction order —
-    is `block_k(K)`, a function of K alone (and of the machine: Triton's CPU interpreter pays per
-    program and per step, so it takes the largest tiles)."""
+@dataclass(frozen=True)
+class Tiles:
+    block_m: int
+    block_n: int
+    block_k: int  # the chunk one loop iteration loads; the sum's order is k from 0 up whatever it is
+    warps: int
+    stages: int
+
+
+def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
+    """The tiles of a launch of M rows against a weight [N, K] (swiglu: N columns of each half).
+    None of them changes a row's bits (module docstring); they are chosen for speed, by regime,
+    from `bench/linear_tiles.py` on the H200 at the SmolLM2-135M and Qwen3-8B projections
+    (bench/RESULTS.md, 2026-12-04):
+    * a plain step or a small tree (M <= 16; M <= 64 for a small weight, N·K <= 4M, whose launch
+      is latency-bound): one 16-row tile, narrow column tiles so that many programs stream the
+      weight (16 columns up to N = 768, or up to 4096 where K >= 4096 — with 2 warps there; else
+      32; 64 for the logits), K in 128-wide chunks (64 for the swiglu form's two tiles and the logits);
+    * trees up to 64 rows: one 64-row (wgmma) tile, wider columns as N grows;
+    * larger trees: 64- or 128-row tiles, 128 columns (compute-bound: weights read once per tile).
+    Triton's CPU interpreter pays per program and per step: the largest tiles, BLOCK_K = block_k(K)."""
     if interpreted():
-        return min(triton.next_power_of_2(n), 128), block_k(k)
-    return 32 if n <= 4096 else 64, block_k(k)
-
-
-def row_tiles(m: int, n: int, k: int, swiglu: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, warps) for M rows: skinny tiles for a decode step (bandwidth-bound, many
-    programs), square ones for large trees (compute-bound, weights read once per 128 rows); the
-    swiglu form keeps two accumulators, so its large tiles are half as wide."""
-    block_n, _ = tiles(n, k)
-    if interpreted() or m <= 16:
-        return 16, block_n, 4
+        return Tiles(16, min(triton.next_power_of_2(n), 128), block_k(k), 4, 4)
+    wide = n > 16384  # the logits
+    if m <= 16 or (m <= 64 and n * k <= 1 << 22 and not wide):
+        if swiglu or wide:
+            return Tiles(16, 64 if wide else 32, 64, 4, 4)
+        if k >= 4096:
+            return Tiles(16, 16 if n <= 4096 else 32, 128, 2, 4)
+        return Tiles(16, 16 if n <= 768 else 32, 128, 4, 4)
     if m <= 64:
-        return 64, block_n, 4
-    return 128, 64 if swiglu else 128, 8
+        if swiglu:
+            return Tiles(64, 128, 64, 8, 3)
+        if wide:
+            return Tiles(64, 128, 64, 4, 3) if k > 1024 else Tiles(64, 64, 64, 4, 4)
+        return Tiles(64, 32, 128, 4, 4) if n <= 4096 else Tiles(64, 64, 128, 8, 3)
+    if swiglu:
+        return Tiles(128, 128, 64, 8, 3)
+    if wide:
+        return Tiles(128, 128, 64, 4, 3)
+    return Tiles(64, 128, 128 if n <= 4096 else 64, 4, 3)
 
 
 @functools.lru_cache(maxsize=4096)
-def _shape(m: int, n: int, k: int, swiglu: bool, interp: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_K, BLOCK_M, BLOCK_N, warps) of a launch, remembered: an eager step launches ~120
-    projections, and the rules' Python (env lookups included) cost more than the launch's own.
-    `interp` (whether Triton interprets) is part of the key: the rules follow it."""
-    block_m, block_n, warps = row_tiles(m, n, k, swiglu)
-    return tiles(n, k)[1], block_m, block_n, warps
+def _tiles(m: int, n: int, k: int, swiglu: bool, interp: bool) -> Tiles:
+    """`launch_tiles`, remembered: an eager step launches ~120 projections, and the rules' Python
+    (env lookups included) cost more than the launch's own. `interp` (whether Triton interprets)
+    is part of the key: the rules follow it."""
+    return launch_tiles(m, n, k, swiglu)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -144,14 +169,14 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         if r.stride(-1) != 1:
             r = r.contiguous()
     interp = interpreted()
-    chunk, block_m, block_n, warps = _shape(m, n, k, swiglu, interp)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    t = _tiles(m, n, k, swiglu, interp)
+    grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n))
     norm_weight, eps = norm if norm is not None else (w, 0.0)
     _linear_kernel[grid](
         x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, m, n, k, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=chunk, BY_SUM=interp,
-        num_warps=warps, num_stages=4 if block_m <= 64 else 3, **LAUNCH,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), BY_SUM=interp,
+        num_warps=t.warps, num_stages=t.stages, **LAUNCH,
     )
     return y.view(*lead, n)

@@ -34,8 +34,19 @@ class TritonAttentionOptions(BaseModel):
     num_warps: Literal[1, 2, 4, 8] | None = None
     num_stages: int | None = Field(None, ge=1, le=8)
     autotune: bool = Field(False, description="on CUDA, time a few configs per (N, context) bucket once")
-    split_keys: int = Field(512, ge=64, le=65536, multiple_of=64,
-                            description="position-invariant mode (exact = true): keys per split-K range, fixed")
+    split_keys: int | None = Field(None, ge=64, le=65536, multiple_of=64,
+                                   description="position-invariant mode (exact = true): keys per split-K range, part of "
+                                               "the reduction order; default by the model's KV heads (`split_keys_for`)")
+
+
+def split_keys_for(kv_heads: int) -> int:
+    """The exact mode's keys per split-K range when the options leave it open: a function of the
+    model alone (so a model's plain steps, trees and batches share it). A program per (split, KV
+    head): with few KV heads (SmolLM2's 3) 256-key splits keep more programs busy on short contexts;
+    with more (Qwen3-8B's 8) the extra splits' partials and folds cost more than they save
+    (bench/RESULTS.md, H200 2026-12-04: SmolLM2 decode attention 9.1 vs 13.1 µs a layer at 512
+    keys; Qwen3-8B 36 vs 55 µs at 16k keys)."""
+    return 256 if kv_heads <= 4 else 512
 
 
 @dataclass(frozen=True)
@@ -213,24 +224,30 @@ class TritonAttention(RowKernelInputs):
                       scale: float) -> torch.Tensor:
         """`AttendsPackedTables` (the position-invariant mode): the packed launch over `tables`
         (`attend_batch` makes them per forward; a CUDA graph keeps them in static buffers)."""
-        from .triton_invariant_attention import BLOCK_N, packed_invariant_attention
+        from .triton_invariant_attention import packed_invariant_attention
 
         if not self.invariant:
             raise IncompatibleError("packed attention tables are read by the position-invariant mode (exact = true)")
         o = self.options
         return packed_invariant_attention(q.contiguous(), k_rows, v_rows, tables.slots, tables.positions, tables.ancestors,
                                           tables.prefix_lens, tables.tiles, tables.tail, tables.capacity, scale,
-                                          o.split_keys // BLOCK_N, tables.chain, tables.block_m, o.num_warps or 0,
+                                          self._split_blocks(k_rows), tables.chain, tables.block_m, o.num_warps or 0,
                                           o.num_stages or 0, one_launch=int(tables.one_launch))
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
-        from .triton_invariant_attention import BLOCK_N, invariant_tree_attention
+        from .triton_invariant_attention import invariant_tree_attention
 
         positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
         o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
-                                        o.split_keys // BLOCK_N, meta.chain, o.block_m or 0, o.num_warps or 0,
+                                        self._split_blocks(k_rows), meta.chain, o.block_m or 0, o.num_warps or 0,
                                         o.num_stages or 0)
+
+    def _split_blocks(self, k_rows: torch.Tensor) -> int:
+        """Key blocks per split-K range of the exact mode (k_rows [rows, Hkv, D])."""
+        from .triton_invariant_attention import BLOCK_N
+
+        return (self.options.split_keys or split_keys_for(k_rows.shape[1])) // BLOCK_N
 
     # ------------------------------------------------------------------ configs
     def config(self, n: int, group: int, kv_heads: int, keys: int, head_dim: int, q: torch.Tensor,

@@ -84,6 +84,7 @@ class TrainConfig:
     loss: str = "kl"  # "kl": forward KL to the teacher; "ce": cross-entropy on its argmax (objective.py)
     gamma: float = 0.0  # per-depth loss weight exp(-(d - 1) / gamma); 0: uniform
     intermediate_size: int | None = None  # head MLP width; default 8/3 H (HeadConfig.for_target)
+    init: str | None = None  # a head folder to start from (same architecture and target): weights only
 
     def __post_init__(self) -> None:
         if self.kind not in ("causal", "dflash", "eagle"):
@@ -193,6 +194,7 @@ def train(
 
     step, elapsed, before, runs, data_rows = 0, 0.0, None, [], len(data)
     state_path = out_dir / "train_state.pt"
+    init = warm_start(head, cfg.init) if cfg.init else None  # a resumed run's state overwrites the weights below
     if resume and state_path.is_file():
         state = load_train_state(state_path, device)
         if state["config"].get("kind") != cfg.kind:
@@ -292,7 +294,7 @@ def train(
     total_minutes = round(sum(r["minutes"] for r in runs), 2)
     summary = {"kind": cfg.kind, "steps": step, "seconds": round(elapsed, 1), "parameters": head.num_parameters(),
                "train_rows": len(train_rows), "eval_rows": len(eval_rows), "before": before, "after": after,
-               "runs": len(runs), "minutes_total": total_minutes,
+               "runs": len(runs), "minutes_total": total_minutes, "init": init,
                "config": asdict(cfg) | {"target_layers": list(config.target_layers)}}  # fmt: skip
     head.config.extra = {"training": summary, "data": dict(data.meta)}
     checkpoint()
@@ -301,6 +303,24 @@ def train(
     log.close()
     plot()
     return summary
+
+
+def warm_start(head: DraftHead, folder: str | Path) -> dict:
+    """Load into `head` the weights of the head saved in `folder`, which must have this run's
+    architecture and target (every HeadConfig field but its training record); the optimizer and
+    the schedule start afresh. -> where the weights come from and how long they had trained, for
+    the new head's record (a head trained over several runs, when a run's state could not travel)."""
+    from .checkpoint import load_head  # the head's own module: imported by the drafter too
+
+    start = load_head(folder)
+    mine, theirs = asdict(head.config), asdict(start.config)
+    differ = [k for k in mine if k != "extra" and mine[k] != theirs[k]]
+    if differ:
+        raise InputError(f"--init {folder}: its {', '.join(f'{k} {theirs[k]!r}' for k in differ)} differ from this run's "
+                         f"({', '.join(f'{mine[k]!r}' for k in differ)}); start from a head with the same settings")
+    head.load_state_dict(start.state_dict())  # copied onto the head's device; bf16-saved weights, now float32
+    record = start.config.extra.get("training", {})
+    return {"from": str(folder), "steps": record.get("steps"), "minutes_total": record.get("minutes_total")}
 
 
 # ------------------------------------------------------------------------------------ entry points

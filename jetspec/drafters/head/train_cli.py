@@ -35,6 +35,8 @@ def _parser(formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentP
     ap.add_argument("--prompts", default=None, help="training prompts, .jsonl(.gz), answered by the target first (instead of --corpus)")
     ap.add_argument("--out", default=None, help="output folder (checkpoint, training state, log, curves)")
     ap.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR with its own settings")
+    ap.add_argument("--init", default=None, metavar="HEAD_DIR",
+                    help="a new run starting from the weights of the head in HEAD_DIR (same settings and target; fresh optimizer and schedule)")
     ap.add_argument("--kind", default=d.kind, choices=["causal", "dflash", "eagle"], help="which head to train")
     ap.add_argument("--steps", type=int, default=d.steps, help="the run's total optimizer steps (the schedule's horizon)")
     ap.add_argument("--minutes", type=float, default=None, help="this call's time budget; it saves and stops (default: none)")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None, formatter_class: type[argparse.HelpForma
         anchors=a["anchors"], lr=a["lr"], seed=a["seed"], max_len=a["max_len"], eval_rows=a["eval_rows"],
         eval_every=a.get("eval_every") or 0, save_every=a["save_every"], loss=a.get("loss", "kl"),
         gamma=a.get("gamma", 0.0), intermediate_size=a.get("intermediate_size"), target_layers=a.get("target_layers"),
+        init=a.get("init"),
     )  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0

@@ -102,3 +102,19 @@ def write_tiny_eval_sets(folder: Path, leaked: str = "") -> Path:
         f.write(json.dumps({"prompt": "def add(a, b):", "canonical_solution": "    return a + b"}) + "\n")
     (folder / "spec_bench.jsonl").write_text(json.dumps({"turns": ["Tell me a joke.", "Another one."]}) + "\n")
     return folder
+
+
+def tiny_corpus(root: Path, prompts: list[str], rows: int, chunk: int = 64):
+    """The tiny chat model in root/tiny-chat and a corpus it wrote in root/corpus (short questions and
+    answers, 90% from `prompts` as GSM8K-train stand-ins, checked against tiny evaluation sets)
+    -> (model folder, model, its identity, corpus folder)."""
+    from jetspec.drafters.head.contamination import EvalOverlap
+    from jetspec.drafters.head.frozen_target import load_hf_target
+    from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
+
+    folder = save_tiny_chat_model(root / "tiny-chat")
+    model, tokenizer = load_hf_target(folder, "cpu", torch.float32)
+    identity = hf_identity(model, folder.name)
+    cfg = CorpusConfig(rows=rows, chunk_size=chunk, batch_size=chunk, max_question_tokens=8, max_answer_tokens=10, gsm8k_share=0.9)
+    make_corpus(model, tokenizer, root / "corpus", cfg, identity, prompts, EvalOverlap(write_tiny_eval_sets(root / "eval")), progress=False)
+    return folder, model, identity, root / "corpus"

@@ -5,13 +5,9 @@ replay config over the trained heads (a tiny random chat model on the CPU)."""
 import json
 
 import pytest
-import torch
 
-from head_fixtures import save_tiny_chat_model, write_tiny_eval_sets
+from head_fixtures import tiny_corpus
 from jetspec.bench.config import BenchConfig
-from jetspec.drafters.head.contamination import EvalOverlap
-from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
-from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
 
 from bench import head_ablation as ablation
 
@@ -43,12 +39,8 @@ kind = "eagle"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
-    folder = save_tiny_chat_model(root / "tiny-chat")
-    model, tokenizer = load_hf_target(folder, "cpu", torch.float32)
     prompts = [f"Ann has {i} apples and buys {i + 4} more; how many now?" for i in range(40)]
-    cfg = CorpusConfig(rows=60, chunk_size=32, batch_size=32, max_question_tokens=8, max_answer_tokens=10, gsm8k_share=0.9)
-    make_corpus(model, tokenizer, root / "corpus", cfg, hf_identity(model, folder.name), prompts,
-                EvalOverlap(write_tiny_eval_sets(root / "eval")), progress=False)
+    folder = tiny_corpus(root, prompts, rows=60, chunk=32)[0]
     (root / "ablation.toml").write_text(CONFIG)
     return root, folder
 

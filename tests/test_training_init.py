@@ -8,13 +8,10 @@ import json
 import pytest
 import torch
 
-from head_fixtures import save_tiny_chat_model, write_tiny_eval_sets
+from head_fixtures import tiny_corpus
 from jetspec.core.errors import InputError
 from jetspec.drafters.head import load_head
-from jetspec.drafters.head.contamination import EvalOverlap
 from jetspec.drafters.head.corpus import load_corpus
-from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
-from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
 from jetspec.drafters.head.model import DraftHead
 from jetspec.drafters.head.train import TrainConfig, train, warm_start
 from jetspec.drafters.head.train_cli import main
@@ -25,15 +22,11 @@ SMALL = dict(batch_size=4, anchors=4, block_size=5, lr=3e-3, eval_rows=4, log_ev
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("init")
-    folder = save_tiny_chat_model(root / "tiny-chat")
-    model, tokenizer = load_hf_target(folder, "cpu", torch.float32)
-    identity = hf_identity(model, folder.name)
     prompts = [f"Ann has {i} apples and buys {i % 5 + 2} more; how many now?" for i in range(40)]
-    cfg = CorpusConfig(rows=60, chunk_size=64, batch_size=64, max_question_tokens=8, max_answer_tokens=10, gsm8k_share=0.9)
-    make_corpus(model, tokenizer, root / "corpus", cfg, identity, prompts, EvalOverlap(write_tiny_eval_sets(root / "eval")), progress=False)
-    data = load_corpus(root / "corpus")
+    folder, model, identity, corpus = tiny_corpus(root, prompts, rows=60)
+    data = load_corpus(corpus)
     first = train(model, data, root / "first", TrainConfig(steps=5, **SMALL), identity, progress=False)
-    return folder, model, identity, data, root / "corpus", root / "first", first
+    return folder, model, identity, data, corpus, root / "first", first
 
 
 def test_a_warm_start_begins_from_the_saved_heads_weights_and_records_them(setup, tmp_path):

@@ -7,13 +7,10 @@ import json
 import pytest
 import torch
 
-from head_fixtures import save_tiny_chat_model, write_tiny_eval_sets
+from head_fixtures import save_tiny_chat_model, tiny_corpus
 from jetspec.core.errors import InputError
 from jetspec.drafters.head import load_head
-from jetspec.drafters.head.contamination import EvalOverlap
 from jetspec.drafters.head.corpus import load_corpus
-from jetspec.drafters.head.frozen_target import hf_identity, load_hf_target
-from jetspec.drafters.head.make_corpus import CorpusConfig, make_corpus
 from jetspec.drafters.head.rows import rows_for_step, split_rows
 from jetspec.drafters.head.train import TrainConfig, train
 from jetspec.drafters.head.train_cli import main
@@ -23,14 +20,8 @@ SMALL = dict(batch_size=8, anchors=4, block_size=5, lr=3e-3, eval_rows=8, log_ev
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    folder = save_tiny_chat_model(root / "tiny-chat")
-    model, tokenizer = load_hf_target(folder, "cpu", torch.float32)
-    identity = hf_identity(model, folder.name)
     prompts = [f"Sam reads {i} pages on day {i % 7} and {2 * i + 3} pages the next day; how many in all?" for i in range(60)]
-    cfg = CorpusConfig(rows=110, chunk_size=64, batch_size=64, max_question_tokens=8, max_answer_tokens=10, gsm8k_share=0.9)
-    make_corpus(model, tokenizer, root / "corpus", cfg, identity, prompts, EvalOverlap(write_tiny_eval_sets(root / "eval")), progress=False)
-    return folder, model, identity, root / "corpus"
+    return tiny_corpus(tmp_path_factory.mktemp("runs"), prompts, rows=110)
 
 
 def test_the_data_cursor_visits_every_training_row_once_per_epoch():

@@ -106,7 +106,9 @@ def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
       weight (16 columns up to N = 768, or up to 4096 where K >= 4096 — with 2 warps there; else
       32; 64 for the logits), K in 128-wide chunks (64 for the swiglu form's two tiles and the logits);
     * trees up to 64 rows: one 64-row (wgmma) tile, wider columns as N grows;
-    * larger trees: 64- or 128-row tiles, 128 columns (compute-bound: weights read once per tile).
+    * larger trees: 64- or 128-row tiles, 128 columns (compute-bound: weights read once per tile);
+      measured at K >= 4096 only: smaller weights (SmolLM2's batched verifications) keep the square
+      128-row tiles they had.
     Triton's CPU interpreter pays per program and per step: the largest tiles, BLOCK_K = block_k(K)."""
     if interpreted():
         return Tiles(16, min(triton.next_power_of_2(n), 128), block_k(k), 4, 4)
@@ -123,6 +125,8 @@ def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
         if wide:
             return Tiles(64, 128, 64, 4, 3) if k > 1024 else Tiles(64, 64, 64, 4, 4)
         return Tiles(64, 32, 128, 4, 4) if n <= 4096 else Tiles(64, 64, 128, 8, 3)
+    if k < 4096:  # not measured past 64 rows for small weights: the square tiles of before
+        return Tiles(128, 64 if swiglu else 128, block_k(k), 8, 3)
     if swiglu:
         return Tiles(128, 128, 64, 8, 3)
     if wide:

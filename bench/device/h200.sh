@@ -75,6 +75,8 @@
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes), each run twice, alternating the
 #                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
 #                  && rm -rf .old/jetspec/assets`) and the working tree -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl
+# memory           bench/memory_budget.py: peak GPU memory of Qwen3-8B-shape decoding (exact, 1/64/256 nodes) against weights +
+#                  KV cache + graph pools, at MEMORY_CONTEXTS (4096 16384) -> $OUT/memory_budget.jsonl
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -370,6 +372,11 @@ for step in "$@"; do
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 90 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 \
           --context 512 --out $OUT/kernel_breakdown_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep "exact=\|=>")
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
+    memory)
+      for c in ${MEMORY_CONTEXTS:-4096 16384}; do
+        timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
     round-cost-exact)

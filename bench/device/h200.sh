@@ -258,12 +258,14 @@ for step in "$@"; do
       cp $R/head.safetensors $R/curves.png $OUT/ 2>/dev/null
       tar -C $R -cf $OUT/train_head.tar $(cd $R && ls head.json log.jsonl run.json 2>/dev/null) ;;
     ablation)
+      install_heads || true  # the head a variant's `init` names (gamma-3-block-8-more: the shipped causal head)
       timeout ${ABLATION_TIMEOUT:-590} python3 bench/head_ablation.py train "${ABLATION_FLAGS[@]}" 2>&1 \
         | grep -v Warning | grep -E "head_ablation|Error|error" | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       ablation_out || failed="$failed $step" ;;
     ablation-bg)  # the same in its own process session, beside the next steps (tests: not timings); ablation-wait ends it
       rm -f /tmp/keep/ablation.done
+      install_heads || true
       setsid nohup bash -c "python3 bench/head_ablation.py train ${ABLATION_FLAGS[*]} > /tmp/keep/ablation_bg.log 2>&1; \
         echo \$? > /tmp/keep/ablation.done" > /dev/null 2>&1 < /dev/null &
       sleep 5; grep -v Warning /tmp/keep/ablation_bg.log ;;

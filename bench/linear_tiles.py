@@ -130,7 +130,8 @@ def main() -> None:
     from bench.kernel_bench import copy_bandwidth
 
     bandwidth = copy_bandwidth()
-    stamp = run_row(shlex.join([sys.executable, *sys.argv]), {}) | {"kind": "linear_tile", "bandwidth": bandwidth}
+    stamp = run_row(shlex.join([sys.executable, *sys.argv]), {}) | {"kind": "linear_tile", "bandwidth": bandwidth,
+                                                                   "dtype": "bfloat16"}  # x, W; the logits' y float32
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; reference = today's tiles at M = 256")
     bad_current = 0
     for model in args.models:

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core.errors import CheckpointError, InputError
-from .checkpoint import save_head
+from .checkpoint import load_head, save_head
 from .curves import write_curves
 from .corpus import load_corpus
 from .data import TokenData, encode_chat, generate_answers, read_questions
@@ -310,8 +310,6 @@ def warm_start(head: DraftHead, folder: str | Path) -> dict:
     architecture and target (every HeadConfig field but its training record); the optimizer and
     the schedule start afresh. -> where the weights come from and how long they had trained, for
     the new head's record (a head trained over several runs, when a run's state could not travel)."""
-    from .checkpoint import load_head  # the head's own module: imported by the drafter too
-
     start = load_head(folder)
     mine, theirs = asdict(head.config), asdict(start.config)
     differ = [k for k in mine if k != "extra" and mine[k] != theirs[k]]

@@ -38,10 +38,19 @@ def test_a_warm_start_begins_from_the_saved_heads_weights_and_records_them(setup
     second = train(model, data, tmp_path, TrainConfig(steps=3, init=str(first_dir), **SMALL), identity, progress=False)
     # its first validation is the saved head's last one, but for the checkpoint's bfloat16 rounding
     assert second["before"]["eval_kl"] == pytest.approx(first["after"]["eval_kl"], rel=1e-3)
-    assert second["init"] == {"from": str(first_dir), "steps": 5, "minutes_total": first["minutes_total"]}
+    assert second["init"] == {"from": str(first_dir), "steps": 5, "minutes_total": first["minutes_total"], "steps_all": 5, "init": None}
     assert load_head(tmp_path).config.extra["training"]["init"]["steps"] == 5
     cold = train(model, data, tmp_path / "cold", TrainConfig(steps=3, **SMALL), identity, progress=False)
     assert cold["before"]["eval_kl"] != pytest.approx(first["after"]["eval_kl"], rel=1e-3) and cold["init"] is None
+
+
+def test_a_chain_of_warm_starts_keeps_every_link_and_the_steps_behind_the_weights(setup, tmp_path):
+    _, model, identity, data, _, first_dir, _ = setup
+    train(model, data, tmp_path / "second", TrainConfig(steps=3, init=str(first_dir), **SMALL), identity, progress=False)
+    third = train(model, data, tmp_path / "third", TrainConfig(steps=2, init=str(tmp_path / "second"), **SMALL), identity, progress=False)
+    assert third["init"]["from"] == str(tmp_path / "second") and third["init"]["steps"] == 3
+    assert third["init"]["init"]["from"] == str(first_dir) and third["init"]["init"]["init"] is None
+    assert third["init"]["steps_all"] == 3 + 5 and third["steps"] + third["init"]["steps_all"] == 10
 
 
 def test_a_resumed_warm_started_run_goes_on_from_its_own_state(setup, tmp_path):

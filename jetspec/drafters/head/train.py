@@ -309,7 +309,9 @@ def warm_start(head: DraftHead, folder: str | Path) -> dict:
     """Load into `head` the weights of the head saved in `folder`, which must have this run's
     architecture and target (every HeadConfig field but its training record); the optimizer and
     the schedule start afresh. -> where the weights come from and how long they had trained, for
-    the new head's record (a head trained over several runs, when a run's state could not travel)."""
+    the new head's record (a head trained over several runs, when a run's state could not travel):
+    the saved head's own `init` nests inside, and steps_all = its steps + its init's steps_all, the
+    steps behind the weights over the whole chain of warm starts."""
     start = load_head(folder)
     mine, theirs = asdict(head.config), asdict(start.config)
     differ = [k for k in mine if k != "extra" and mine[k] != theirs[k]]
@@ -318,7 +320,10 @@ def warm_start(head: DraftHead, folder: str | Path) -> dict:
                          f"({', '.join(f'{mine[k]!r}' for k in differ)}); start from a head with the same settings")
     head.load_state_dict(start.state_dict())  # copied onto the head's device; bf16-saved weights, now float32
     record = start.config.extra.get("training", {})
-    return {"from": str(folder), "steps": record.get("steps"), "minutes_total": record.get("minutes_total")}
+    earlier = record.get("init") or None  # the saved head's own warm start, if it had one
+    steps_all = (record.get("steps") or 0) + ((earlier or {}).get("steps_all") or (earlier or {}).get("steps") or 0)
+    return {"from": str(folder), "steps": record.get("steps"), "minutes_total": record.get("minutes_total"),
+            "steps_all": steps_all, "init": earlier}
 
 
 # ------------------------------------------------------------------------------------ entry points

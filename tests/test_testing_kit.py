@@ -90,6 +90,18 @@ def test_a_proposal_out_of_order_names_the_drafter_and_the_example():
     assert re.search(r"example \d+ \(kit seed 0\): target tiny-decoder-\d, prompt \[", msg)
 
 
+class AheadRaises(NgramDrafter):
+    """Claims `DraftsAhead`; its draft_ahead fails: only the device path calls it."""
+
+    def draft_ahead(self, hidden, packed, budget):
+        raise RuntimeError("queue full\nsecond line")
+
+
+def test_a_drafter_that_drafts_ahead_is_run_on_the_device_path_too():
+    fails(check_drafter, drafter("ahead", AheadRaises),
+          match=r"^drafter 'ahead': draft_ahead: raised RuntimeError: queue full \(budget \d+\).*accept_on_device always", **FAST)
+
+
 class GreedyOverBudget(BestFirstScorer):
     def build(self, proposal, root, budget):
         return super().build(proposal, root, budget + 1)

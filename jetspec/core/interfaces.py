@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_che
 import torch
 
 from .distributed import Ranks
-from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, accepts_batch_on_device,
+from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, DraftsAhead, accepts_batch_on_device,
                         accepts_on_device)
 from .records import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
 from .tree import DraftTree
@@ -43,7 +43,7 @@ class Proposal(Protocol):
 @runtime_checkable
 class Drafter(Protocol):
     """Proposes candidate continuations of the committed tokens.
-    Optional: `ReadsHiddenStates`, `KeyedProposals`."""
+    Optional: `ReadsHiddenStates`, `KeyedProposals`, `DraftsAhead`."""
 
     def reset(self, state: DecodeState) -> None:
         """Start a new sequence (after prefill; `state.tokens` is the prompt)."""
@@ -371,6 +371,7 @@ __all__ = [
     "DecodeState",
     "DeviceTree",
     "Drafter",
+    "DraftsAhead",
     "GraphSafe",
     "KVCache",
     "KeyedProposals",

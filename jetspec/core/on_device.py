@@ -251,6 +251,23 @@ def accepts_on_device(verifier: Verifier) -> bool:
 
 
 @runtime_checkable
+class DraftsAhead(Protocol):
+    """A drafter whose next round starts on the device before the host reads this round's result.
+    What it needs there, the accepted path and the bonus token, `packed` holds on the device, so its
+    device work (say, the context append and the next draft forward) is queued behind the
+    acceptance and done by the time the read-back returns, instead of after it with the host
+    waiting. The pipeline calls it once per round on the device path, after `accept_on_device`
+    and `stage_commit`, before the read-back; the next round's `observe` and `propose` use what it
+    queued when the round committed every token `packed` names (a round cut short by a stop token
+    or the length limit ends the generation), and do the work themselves otherwise."""
+
+    def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
+        """hidden [N, k, H]: the verify pass's hidden rows of the drafter's observed layers (None when
+        it observes none); packed [2D + 3] int64 (layout above); budget: the next round's. No sync."""
+        ...
+
+
+@runtime_checkable
 class CommitsOnDevice(Protocol):
     """A KV cache that moves the kept pending entries on the device before the host knows which
     they are; the `commit(path)` that follows only does bookkeeping."""

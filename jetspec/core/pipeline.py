@@ -18,8 +18,10 @@ make a round fail in one line, never make the output wrong.
 The tree goes to the device in one copy (`on_device.TreeUpload`). A verifier with
 `accept_on_device` decides there, a cache with `stage_commit` moves the kept K/V there behind it,
 and the host reads the packed path back in one small copy (`on_device.Readback`): the round's
-only wait for the device. Other verifiers and caches take the host path (`accept`, `commit`), and
-so does a CPU target unless `generation.accept_on_device = "always"`.
+only wait for the device. A drafter with `draft_ahead` (`DraftsAhead`) queues its next round's
+device work there too, before that read-back, so the wait covers it (the time it takes the host
+to queue counts in the `accept` phase). Other verifiers and caches take the host path (`accept`,
+`commit`), and so does a CPU target unless `generation.accept_on_device = "always"`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .interfaces import (
     CommitsOnDevice,
     DecodeState,
     Drafter,
+    DraftsAhead,
     KVCache,
     ResettableVerifier,
     Target,
@@ -85,6 +88,7 @@ class Pipeline:
         self._upload = TreeUpload(target.info.device)  # the round's one host-to-device copy
         self._readback = Readback(target.info.device)  # its one device-to-host copy
         self._on_device = (False, False)  # (verifier accepts on the device, cache stages commits): per generate
+        self._ahead: DraftsAhead | None = None  # the drafter, when it queues its next round before the read-back: per generate
         # a tensor-parallel target's group: rank 0 drafts and accepts, the others verify what it shares
         self._ranks = ranks_of(target)
         self._leads = self._ranks is None or self._ranks.leads
@@ -163,6 +167,7 @@ class Pipeline:
         if isinstance(self.verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             self.verifier.reset(state)
         self._on_device = self._device_path(cache)
+        self._ahead = drafter if self._on_device[0] and self._ranks is None and isinstance(drafter, DraftsAhead) else None
         # every rank asks for the same hidden states, so that their CUDA graphs (keyed by them, with
         # the collectives inside) are captured at the same forward, whoever drafts
         hidden_layers = observed_layers(self.drafter if speculating else None)
@@ -239,7 +244,10 @@ class Pipeline:
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)
         t3 = clock()
-        acc, path_dev = self._accept(tree, dtree, out.logits, cache, state) if self._leads else (None, None)
+        ahead = None
+        if self._ahead is not None:  # the drafter's next round, queued on the device behind this one's acceptance
+            ahead = lambda packed: self._ahead.draft_ahead(out.hidden, packed, budget)  # noqa: E731
+        acc, path_dev = self._accept(tree, dtree, out.logits, cache, state, ahead) if self._leads else (None, None)
         if self._ranks is not None:  # every rank commits rank 0's path (a sampling verifier draws there alone)
             path, bonus = share_path(acc.path if acc else None, acc.bonus if acc else -1, budget, self._ranks)
             acc = acc or Acceptance(path=path, bonus=bonus)
@@ -259,11 +267,12 @@ class Pipeline:
             stats.seconds[phase] += dt
         return new, stopped
 
-    def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache,
-                state: DecodeState) -> tuple[Acceptance, torch.Tensor | None]:
+    def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache, state: DecodeState,
+                ahead: Callable[[torch.Tensor], None] | None = None) -> tuple[Acceptance, torch.Tensor | None]:
         """The round's acceptance, checked, and the path on the device (None on the host path).
-        On the device path the KV gather is staged before the one read-back; the path it reads
-        is clamped into the tree, so a wrong plugin path fails the check, not a device index."""
+        On the device path the KV gather is staged before the one read-back, and so is `ahead`
+        (the drafter's `draft_ahead` of the packed result); the path the gather reads is clamped
+        into the tree, so a wrong plugin path fails the check, not a device index."""
         who, vocab = self.labels["verifier"], self.target.info.vocab_size
         accepts, stages = self._on_device
         if not accepts:
@@ -279,6 +288,9 @@ class Pipeline:
         path_dev = packed[1 : d + 2]  # [D + 1]; its first k entries are checked below
         if n > 1 and stages:
             cache.stage_commit(path_dev.clamp(0, n - 1))
+        if ahead is not None:
+            with Blame(self.labels["drafter"], "in draft_ahead"):
+                ahead(packed)
         path, tokens = unpack(self._readback(packed))
         acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)
         return check_acceptance(acc, tree, vocab, who), path_dev

@@ -27,14 +27,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ..core.interfaces import AttentionBackend, BatchedAttention, DecodeState, Drafter, TreeScorer, Verifier
+from ..core.interfaces import AttentionBackend, BatchedAttention, DecodeState, Drafter, DraftsAhead, TreeScorer, Verifier
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
 from .invariance import check_position_invariance
 from .batched import PromptOracle, assemble_batched, check_batched_lossless, default_batched
 from .kv_semantics import check_kv_semantics, small_info
-from .lossless import CheckedDrafter, CheckedScorer, CheckedVerifier, Example, assemble, check_lossless
+from .lossless import CheckedScorer, CheckedVerifier, Example, assemble, check_lossless, checked_drafter
 from .models import FAMILIES, VOCAB, TinyDecoder, tiny_decoder
 from .on_device import check_accepts_on_device, check_commits_on_device
 from .optional_members import check_drafter_members, check_graph_safe, check_kv_rows, check_verifier_members
@@ -95,15 +95,19 @@ def check_drafter(
 
     def pipeline(ex: Example):
         inner = check_instance(s, build(s, ex.target), Drafter)
-        return assemble(ex.target, drafter=CheckedDrafter(s, inner, VOCAB))
+        # a drafter that drafts ahead (`DraftsAhead`) runs half its examples on the device path, which calls it
+        ahead = isinstance(inner, DraftsAhead) and ex.draw(st.booleans())
+        if ahead:
+            ex.notes["accept_on_device"] = "always"
+        return assemble(ex.target, drafter=checked_drafter(s, inner, VOCAB), accept_on_device="always" if ahead else "auto")
 
     check_lossless(s, pipeline, examples, targets, seed, shrink)
     scale = default_examples(examples) if at_scale is None else at_scale
     if scale:
-        check_at_scale(s, lambda t: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
+        check_at_scale(s, lambda t: checked_drafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
     def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
         t = tiny_decoder(model_seed)
-        return assemble_batched(t, lambda: CheckedDrafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap)
+        return assemble_batched(t, lambda: checked_drafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap)
 
     _check_batched(s, batched, examples, seed, shrink, batched_pipeline)
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from ..caches.dense import DenseKVCache
 from ..core.config import GenerationConfig, PipelineConfig
 from ..core.interfaces import (
-    DecodeState, Drafter, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
+    DecodeState, Drafter, DraftsAhead, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
 )
 from ..core.pipeline import Pipeline
 from ..core.results import first_difference
@@ -73,15 +73,17 @@ def assemble(
     scorer: TreeScorer | None = None,
     verifier: Verifier | None = None,
     new_cache: Callable[[int], KVCache] | None = None,
+    accept_on_device: str = "auto",
 ) -> Pipeline:
-    """A pipeline of reference parts (best-first, greedy, dense) with any of them replaced."""
+    """A pipeline of reference parts (best-first, greedy, dense) with any of them replaced;
+    `accept_on_device = "always"` takes the device path on a CPU target too."""
     return Pipeline(
         target=target,
         drafter=drafter,
         scorer=scorer or BestFirstScorer(),
         verifier=verifier or GreedyVerifier(),
         new_cache=new_cache or (lambda capacity: DenseKVCache(target.info, capacity)),
-        config=PipelineConfig(generation=GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW)),
+        config=PipelineConfig(generation=GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, accept_on_device=accept_on_device)),
     )
 
 
@@ -174,6 +176,20 @@ class CheckedDrafter:
         if mine != theirs:
             self.s.fail("proposal_key", f"budgets {budget} and {other} share the key {key!r} but get different proposals "
                                         f"(root children {mine[:6]} vs {theirs[:6]}){where}")
+
+
+class CheckedAheadDrafter(CheckedDrafter):
+    """The proxy of a `DraftsAhead` drafter: `draft_ahead` passes through too, so that the
+    pipeline's device path drives it (and an exception in it is a one-line failure)."""
+
+    def draft_ahead(self, hidden: Any, packed: Any, budget: int) -> None:
+        with self.s.calling("draft_ahead", f" (budget {budget})"):
+            self.inner.draft_ahead(hidden, packed, budget)
+
+
+def checked_drafter(s: Subject, inner: Drafter, vocab: int) -> CheckedDrafter:
+    """The checking proxy of `inner`, with the optional members the pipeline looks for."""
+    return (CheckedAheadDrafter if isinstance(inner, DraftsAhead) else CheckedDrafter)(s, inner, vocab)
 
 
 class CheckedScorer:

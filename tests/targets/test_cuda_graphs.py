@@ -1,6 +1,8 @@
 """The fast GPU path: our decoder replaying CUDA graphs (Triton attention, dense or paged KV)
 gives the same tokens as eager execution, and speculative == plain greedy through it."""
 
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -63,6 +65,15 @@ def test_speculative_equals_plain_with_graphed_head_drafting(folder, drafter, op
     prompts = [[5, 6, 7, 5, 6, 7, 5], list(range(10, 50)), [3] * 30]
     graphed = pipe(folder, "paged", True, drafter=drafter, budget=48, **options)
     assert graphed.drafter.graphs is not None
-    for p in prompts:
-        assert graphed.generate(p).tokens == graphed.generate_plain(p).tokens
+    kept = []  # jetspec: the rounds whose head context was appended ahead, from device data (`DraftsAhead`)
+    observe = type(graphed.drafter).observe
+
+    def counted(drafter, state, hidden):
+        observe(drafter, state, hidden)
+        kept.append(drafter.kept_ahead)
+
+    with patch.object(type(graphed.drafter), "observe", counted):
+        for p in prompts:
+            assert graphed.generate(p).tokens == graphed.generate_plain(p).tokens
     assert graphed.drafter.graphs.graphs  # captured, not silently eager
+    assert any(kept) == (drafter == "jetspec")  # on a GPU the head drafts ahead through its graphs

@@ -4,6 +4,12 @@ just committed are fused and projected to each head layer's K/V, and appended.
 
 Invariant between rounds: `length == len(state.tokens) - 1` (the root's hidden is not known yet),
 the same as the target's committed KV length; the anchor (root) sits at position `length`.
+
+Appended ahead (`append_ahead`, for `DraftsAhead`): before the host knows which nodes a round
+accepted, the rows of the whole accepted-path slot [D + 1] (`packed`'s path, on the device) are
+written at `length`; the `observe` that follows only advances `length` when the round committed
+the whole path (its `hidden` has as many rows as it committed tokens). Rows past the path's true
+length are finite rows past `length`, which the invariant of `ContextCache` allows.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class ContextDrafter:
         c = head.config
         self.cache = ContextCache(c.num_layers, c.num_kv_heads, c.head_dim, info.dtype, info.device)
         self.graphs = None  # HeadGraphs on CUDA (use_graphs)
+        self.appended_ahead: tuple[int, int] | None = None  # (start, rows) of the last append_ahead
+        self.kept_ahead = False  # the last observe kept the rows appended ahead (the round committed its whole path)
 
     def use_graphs(self, enabled: bool) -> None:
         """Replay the per-round steps from CUDA graphs where the device is a CUDA GPU."""
@@ -90,6 +98,7 @@ class ContextDrafter:
 
     def reset(self, state: DecodeState) -> None:
         self.cache.reset()
+        self.appended_ahead, self.kept_ahead = None, False
 
     @torch.no_grad()
     def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
@@ -103,16 +112,35 @@ class ContextDrafter:
                 f"head context out of step: {self.cache.length} cached + {n} new hidden states, "
                 f"but {len(state.tokens) - 1} tokens are committed before the root"
             )
+        ahead, self.appended_ahead = self.appended_ahead, None
+        self.kept_ahead = ahead is not None and ahead[0] == self.cache.length and n == need <= ahead[1]
+        if self.kept_ahead:
+            self.cache.length += need  # append_ahead wrote these rows: the round committed its whole path
+            return
         if need == 0:
             return
-        rows = hidden[:need].to(self.cache._device)  # [need, k, H]
-        if self.graphs is not None and need <= self.graphs.append_rows:
-            self.cache.reserve(self.cache.length + self.graphs.append_rows)  # room for the padded write; may bump the version
-            self.graphs.append(self.cache.version, rows, self.cache.length, self.write_context)  # replayed from a CUDA graph
-        else:
-            self.cache.reserve(self.cache.length + need)
-            self.write_context(rows, torch.tensor([self.cache.length], device=self.cache._device))
+        self.append(hidden[:need].to(self.cache._device), self.cache.length)  # [need, k, H]
         self.cache.length += need
+
+    def append(self, rows: torch.Tensor, start: int) -> None:
+        """rows [n, k, H] -> their fused context's K/V at cache rows start .. start + n - 1 (room made
+        here; the caller advances `length`): from a CUDA graph of APPEND_ROWS padded rows where there
+        is one, else eagerly."""
+        if self.graphs is not None and rows.shape[0] <= self.graphs.append_rows:
+            self.cache.reserve(start + self.graphs.append_rows)  # room for the padded write; may bump the version
+            self.graphs.append(self.cache.version, rows, start, self.write_context)  # replayed from a CUDA graph
+        else:
+            self.cache.reserve(start + rows.shape[0])
+            self.write_context(rows, torch.tensor([start], device=self.cache._device))
+
+    def append_ahead(self, hidden: torch.Tensor, path: torch.Tensor) -> None:
+        """The next `observe`'s append queued before the host knows the accepted path: hidden
+        [N, k, H] the verify pass's rows, path [D + 1] int64 on the device (`packed`'s path slot,
+        clamped into the tree: a verifier's bad index must not become a device fault) -> the rows of
+        path[0 .. D] at `length` .. `length` + D."""
+        rows = hidden.index_select(0, path.clamp(0, hidden.shape[0] - 1)).to(self.cache._device)  # [D + 1, k, H]
+        self.append(rows, self.cache.length)
+        self.appended_ahead = (self.cache.length, rows.shape[0])
 
     def write_context(self, hidden: torch.Tensor, start: torch.Tensor) -> None:
         """hidden [R, k, H] target hidden states of R committed tokens, start [1] int64 on the

@@ -18,6 +18,13 @@ head is trained for this: with some probability a block reveals its first r draf
 With `lookup = true`, the `ngram` drafter's continuations of earlier matches of the current suffix
 join the proposal (`MergedProposal`): text that repeats its context (code, quoted passages) is
 drafted by copying, the rest by the head, in one tree under one budget.
+
+Drafted ahead (`DraftsAhead`, the pipeline's device path): the context append and the one-forward
+draft of the next round are queued before the host reads this round's result, from what the
+device holds (`packed`: the accepted path and the bonus token, which is the next root; the next
+anchor is length + k). They read the whole context buffers with the keys from the anchor on
+masked, as the CUDA graphs always do, and `propose` takes the queued draft when `observe` found
+the round's whole path committed (else it drafts itself).
 """
 
 from __future__ import annotations
@@ -119,11 +126,38 @@ class HeadDrafter(ContextDrafter):
         self.options = options
         self.lookup = NgramDrafter() if options.lookup else None
         self.use_graphs(options.cuda_graphs)
+        self._drafted: tuple[torch.Tensor, torch.Tensor] | None = None  # (logp, tokens) of the draft queued ahead
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
+        self._drafted = None
         if self.lookup is not None:
             self.lookup.reset(state)
+
+    @torch.no_grad()
+    def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
+        """`DraftsAhead`: append the round's accepted path (all D + 1 slots; `observe` keeps the
+        committed ones) and draft from the bonus token at anchor length + k, all on the device."""
+        self._drafted = None
+        if hidden is None:
+            return
+        d1 = (packed.numel() - 1) // 2  # D + 1
+        start = self.cache.length
+        self.append_ahead(hidden, packed[1 : 1 + d1])
+        k = packed[:1].clamp(1, d1)  # [1] the accepted path's length, root included
+        root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
+        self._drafted = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
+
+    def _draft(self, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
+               context: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logp, tokens) [depths, k] of the one-forward draft: replayed from a CUDA graph (over the
+        whole buffers) where there is one, else eagerly over `context`."""
+        if self.graphs is not None:
+            return self.graphs.draft(self.cache.version, root, anchor, depths,
+                                     lambda r, an: self.draft_block(r, an, self.cache.buffers(), depths))  # run at capture only
+        dev = self.cache._device
+        ids = [x if isinstance(x, torch.Tensor) else torch.tensor([x], device=dev) for x in (root, anchor)]
+        return self.draft_block(*ids, context, depths)
 
     def draft_block(self, root: torch.Tensor, anchor: torch.Tensor, context: list, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The one-forward draft. root, anchor [1] int64 on the device (anchor = a, the committed
@@ -150,13 +184,11 @@ class HeadDrafter(ContextDrafter):
     def propose(self, state: DecodeState, budget: int) -> Proposal:
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
-        if self.graphs is not None:
-            logp, tokens = self.graphs.draft(self.cache.version, root, a, depths,
-                                             lambda r, an: self.draft_block(r, an, self.cache.buffers(), depths))  # run at capture only
+        drafted, self._drafted = self._drafted, None
+        if drafted is not None and self.kept_ahead and drafted[0].shape[0] == depths:  # the round committed the path drafted from
+            logp, tokens = drafted
         else:
-            dev = self.cache._device
-            ids = torch.tensor([root], device=dev), torch.tensor([a], device=dev)
-            logp, tokens = self.draft_block(*ids, self.cache.context(), depths)
+            logp, tokens = self._draft(root, a, depths, self.cache.context())
         proposal: Proposal = DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
             candidates = accum_logp(proposal, root, nodes)

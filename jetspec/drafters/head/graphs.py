@@ -53,11 +53,13 @@ class HeadGraphs:
             self.graphs.drop(lambda k: k[0] != version)  # graphs of buffers that no longer exist
         return self.graphs.replay(key, fn)
 
-    def draft(self, version: int, root: int, anchor: int, depths: int, draft: Draft) -> tuple[torch.Tensor, torch.Tensor]:
+    def draft(self, version: int, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
+              draft: Draft) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logp, tokens) [depths, k] of `draft` over the static root and anchor, views into graph
-        memory valid until the next replay. `version`: the context buffers' (a new one recaptures)."""
-        self.root.fill_(root)
-        self.anchor.fill_(anchor)
+        memory valid until the next replay. `version`: the context buffers' (a new one recaptures).
+        root, anchor: host integers, or [1] int64 on the device (a draft queued ahead: no sync)."""
+        for static, value in ((self.root, root), (self.anchor, anchor)):
+            static.copy_(value) if isinstance(value, torch.Tensor) else static.fill_(value)
         return self._replay(version, ("draft", depths), lambda: draft(self.root, self.anchor))
 
     def append(self, version: int, rows: torch.Tensor, start: int, write: Write) -> None:

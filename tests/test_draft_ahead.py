@@ -1,0 +1,136 @@
+"""A head drafter queues its next round on the device before the host reads the round's result
+(`DraftsAhead`, the pipeline's device path): the context append of the accepted path and the next
+one-forward draft, from the bonus token, run behind the acceptance. What that must keep: the output
+(speculative == plain), the drafts (the queued draft is the one `propose` would have made), a clean
+start for the next generation after a round cut short, and one-line errors for a bad verifier."""
+
+from unittest.mock import patch
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jetspec
+from jetspec.core.errors import PluginError
+from jetspec.core.interfaces import DraftsAhead
+from jetspec.drafters.head.drafter import HeadDrafter
+from jetspec.verifiers.greedy import GreedyVerifier
+from support.models import FAMILIES, tiny_target
+from support.plain import plain_output
+from support.registry import make_test_registry
+
+REG = make_test_registry()
+HEADS = {
+    "jetspec": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": False},
+    "jetspec+lookup": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": True},
+    "jetspec+rescore": {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
+    "dflash": {"checkpoint": "random", "block_size": 6, "top_k": 4},
+}
+
+
+def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: int, head_seed: int = 0):
+    """A head pipeline on the device path (`accept_on_device = "always"`: on a CPU the device is the host)."""
+    return (jetspec.builder(REG).target(tiny_target(family, seed)).drafter(head.split("+")[0], seed=head_seed, **HEADS[head])
+            .kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always").build())  # fmt: skip
+
+
+class Calls:
+    """Counts `draft_ahead` calls and the drafts `propose` makes itself (`_draft` from a host root)."""
+
+    def __init__(self):
+        self.ahead = self.own = 0
+
+    def __enter__(self):
+        ahead, draft = HeadDrafter.draft_ahead, HeadDrafter._draft
+
+        def counted_ahead(drafter, *args):
+            self.ahead += 1
+            return ahead(drafter, *args)
+
+        def counted_draft(drafter, root, *args):
+            self.own += not isinstance(root, torch.Tensor)
+            return draft(drafter, root, *args)
+
+        self._patches = [patch.object(HeadDrafter, "draft_ahead", counted_ahead), patch.object(HeadDrafter, "_draft", counted_draft)]
+        for p in self._patches:
+            p.start()
+        return self
+
+    def __exit__(self, *exc):
+        for p in self._patches:
+            p.stop()
+
+
+prompts = st.lists(st.integers(0, 95), min_size=1, max_size=12).flatmap(lambda base: st.lists(st.sampled_from(base), min_size=1, max_size=30))
+
+
+@settings(max_examples=25, deadline=None)
+@given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 2), prompt=prompts, max_new=st.integers(1, 32),
+       budget=st.integers(1, 40), head=st.sampled_from(sorted(HEADS)), head_seed=st.integers(0, 3))  # fmt: skip
+def test_drafting_ahead_keeps_speculative_equal_to_plain(family, seed, prompt, max_new, budget, head, head_seed):
+    pipe = device_path_pipe(family, seed, head, budget, max_new, head_seed)
+    assert isinstance(pipe.drafter, DraftsAhead)
+    with Calls() as calls:
+        result = pipe.generate(list(prompt))
+    assert tuple(result.tokens) == plain_output(family, seed, tuple(prompt), max_new)
+    # every round queues the next one; propose drafts itself only in the first round after prefill
+    assert calls.ahead == result.stats.rounds and calls.own == 1
+
+
+def test_the_queued_drafts_and_the_heads_context_are_those_of_the_host_path():
+    """Round by round, the draft `propose` hands on and the head's context cache are those of the
+    same generation on the host path, which drafts after the read-back (equal up to float
+    rounding: the queued draft attends over the whole buffer with the tail masked)."""
+    seen = {}
+    propose = HeadDrafter.propose
+
+    def recording(drafter, state, budget):
+        drafter_logp = drafter._drafted[0].clone() if drafter._drafted is not None and drafter.kept_ahead else None
+        context = [(k.clone(), v.clone()) for k, v in drafter.cache.context()]
+        proposal = propose(drafter, state, budget)
+        seen.setdefault(mode, []).append((len(state.tokens), context, drafter_logp, proposal))
+        return proposal
+
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6, 9, 11]
+    for mode in ("never", "always"):
+        pipe = (jetspec.builder(REG).target(tiny_target(FAMILIES[0], 0)).drafter("jetspec", **HEADS["jetspec"]).kv_cache("paged")
+                .generation(budget=16, max_new_tokens=40, accept_on_device=mode).build())  # fmt: skip
+        with patch.object(HeadDrafter, "propose", recording):
+            pipe.generate(prompt)
+    host, ahead = seen["never"], seen["always"]
+    assert len(host) == len(ahead) > 3
+    assert sum(logp is not None for *_, logp, _ in ahead) == len(ahead) - 1  # all but the first round's draft was queued
+    for (n, context, _, proposal), (n2, context2, logp2, proposal2) in zip(host, ahead):
+        assert n == n2
+        assert all(torch.allclose(k, k2, atol=1e-5) and torch.allclose(v, v2, atol=1e-5) for (k, v), (k2, v2) in zip(context, context2))
+        for depth in range(proposal.depth):
+            kids, kids2 = proposal.children((0,) * depth), proposal2.children((0,) * depth)
+            assert [t for t, _ in kids] == [t for t, _ in kids2]
+            assert [lp for _, lp in kids] == pytest.approx([lp for _, lp in kids2], abs=1e-5)
+
+
+def test_a_generation_cut_short_leaves_the_next_one_nothing_stale():
+    """A round cut by max_new_tokens (or a stop token) ends its generation with a draft queued for a
+    round that never comes; the next generation, same pipeline, must start from its own prefill."""
+    family = FAMILIES[0]
+    pipe = device_path_pipe(family, 1, "jetspec+lookup", budget=24, max_new=5)
+    for prompt, max_new in (([3, 4, 5, 3, 4, 5, 3], 5), ([9, 8, 7, 6], 3), ([3, 4, 5, 3, 4, 5, 3], 17), ([1, 2], 1)):
+        with Calls() as calls:
+            result = pipe.generate(prompt, max_new_tokens=max_new)
+        assert tuple(result.tokens) == plain_output(family, 1, tuple(prompt), max_new)
+        assert calls.own == 1
+
+
+def test_a_verifier_whose_path_leaves_the_tree_fails_in_one_line_not_in_the_queued_draft():
+    class NotAChild(GreedyVerifier):
+        def accept_on_device(self, tree, logits, state):
+            packed = super().accept_on_device(tree, logits, state)
+            packed[0], packed[2 : tree.max_depth + 2] = 2, 10**6  # a path [0, 10**6]: no such node
+            return packed
+
+    pipe = device_path_pipe(FAMILIES[0], 0, "jetspec", budget=8, max_new=16)
+    pipe.verifier = NotAChild()
+    with pytest.raises(PluginError, match=r"accepted path \[0, 1000000\]: node 1000000 is not a child of node 0") as e:
+        pipe.generate([5, 6, 7, 5, 6, 7, 5, 6])
+    assert "\n" not in str(e.value)

@@ -29,9 +29,9 @@ HEADS = {
 }
 
 
-def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: int, head_seed: int = 0):
+def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: int, head_seed: int = 0, **options):
     """A head pipeline on the device path (`accept_on_device = "always"`: on a CPU the device is the host)."""
-    return (jetspec.builder(REG).target(tiny_target(family, seed)).drafter(head.split("+")[0], seed=head_seed, **HEADS[head])
+    return (jetspec.builder(REG).target(tiny_target(family, seed)).drafter(head.split("+")[0], seed=head_seed, **HEADS[head], **options)
             .kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always").build())  # fmt: skip
 
 
@@ -108,6 +108,18 @@ def test_the_queued_drafts_and_the_heads_context_are_those_of_the_host_path():
             kids, kids2 = proposal.children((0,) * depth), proposal2.children((0,) * depth)
             assert [t for t, _ in kids] == [t for t, _ in kids2]
             assert [lp for _, lp in kids] == pytest.approx([lp for _, lp in kids2], abs=1e-5)
+
+
+def test_draft_ahead_false_drafts_after_the_read_back_with_the_same_output():
+    family = FAMILIES[1]
+    prompt = [4, 5, 6, 4, 5, 6, 4, 5, 7]
+    on = device_path_pipe(family, 2, "jetspec", budget=12, max_new=30)
+    off = device_path_pipe(family, 2, "jetspec", budget=12, max_new=30, draft_ahead=False)
+    with Calls() as calls:
+        result = off.generate(prompt)
+    assert calls.own == result.stats.rounds  # every round drafted by propose itself
+    assert off.drafter.appended_ahead is None and not off.drafter.kept_ahead
+    assert result.tokens == on.generate(prompt).tokens == list(plain_output(family, 2, tuple(prompt), 30))
 
 
 def test_a_generation_cut_short_leaves_the_next_one_nothing_stale():

@@ -139,7 +139,7 @@ class HeadDrafter(ContextDrafter):
         """`DraftsAhead`: append the round's accepted path (all D + 1 slots; `observe` keeps the
         committed ones) and draft from the bonus token at anchor length + k, all on the device."""
         self._drafted = None
-        if hidden is None:
+        if hidden is None or not self.options.draft_ahead:
             return
         d1 = (packed.numel() - 1) // 2  # D + 1
         start = self.cache.length

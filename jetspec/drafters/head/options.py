@@ -37,6 +37,9 @@ class HeadOptions(BaseModel):
     # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).
     lookup: bool = True
     cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
+    # on the pipeline's device path, queue the next round's context append and draft before the
+    # host reads this round's result (`DraftsAhead`); false: after it (the same drafts, later)
+    draft_ahead: bool = True
     seed: int = 0  # random init when there is no checkpoint
 
 

@@ -29,10 +29,13 @@ HEADS = {
 }
 
 
-def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: int, head_seed: int = 0, **options):
+def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: int, head_seed: int = 0,
+                     verifier: str = "greedy", **options):  # fmt: skip
     """A head pipeline on the device path (`accept_on_device = "always"`: on a CPU the device is the host)."""
-    return (jetspec.builder(REG).target(tiny_target(family, seed)).drafter(head.split("+")[0], seed=head_seed, **HEADS[head], **options)
-            .kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always").build())  # fmt: skip
+    b = jetspec.builder(REG).target(tiny_target(family, seed)).drafter(head.split("+")[0], seed=head_seed, **HEADS[head], **options)
+    if verifier == "sampling":  # its device walk at the greedy limit: the same packed result, its own kernels
+        b = b.verifier("sampling", temperature=0.0)
+    return b.kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always").build()
 
 
 class Calls:
@@ -67,9 +70,10 @@ prompts = st.lists(st.integers(0, 95), min_size=1, max_size=12).flatmap(lambda b
 
 @settings(max_examples=25, deadline=None)
 @given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 2), prompt=prompts, max_new=st.integers(1, 32),
-       budget=st.integers(1, 40), head=st.sampled_from(sorted(HEADS)), head_seed=st.integers(0, 3))  # fmt: skip
-def test_drafting_ahead_keeps_speculative_equal_to_plain(family, seed, prompt, max_new, budget, head, head_seed):
-    pipe = device_path_pipe(family, seed, head, budget, max_new, head_seed)
+       budget=st.integers(1, 40), head=st.sampled_from(sorted(HEADS)), head_seed=st.integers(0, 3),
+       verifier=st.sampled_from(["greedy", "sampling"]))  # fmt: skip
+def test_drafting_ahead_keeps_speculative_equal_to_plain(family, seed, prompt, max_new, budget, head, head_seed, verifier):
+    pipe = device_path_pipe(family, seed, head, budget, max_new, head_seed, verifier)
     assert isinstance(pipe.drafter, DraftsAhead)
     with Calls() as calls:
         result = pipe.generate(list(prompt))

@@ -46,6 +46,7 @@ from .interfaces import (
 )
 from .on_device import DeviceTree, Readback, TreeUpload
 from .results import GenerationResult, GenerationStats
+from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class BatchEngine:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
         budget = gen.budget if budget is None else budget
         speculative = speculative and budget > 0 and all(p.drafter is not None for p in self.parts)
-        stops = set(pipe.target.info.eos_token_ids) | pipe._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        stops = stop_set(pipe.target.info, gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
         self._max_new, self._budget, self._stops, self._speculative = max_new, budget if speculative else 0, stops, speculative
         mode, device = gen.accept_on_device, pipe.target.info.device
         self._on_device = (mode == "always" or (mode == "auto" and device.type != "cpu")) and all(
@@ -313,7 +314,7 @@ class BatchEngine:
         pipe, t0 = self.pipe, time.perf_counter()
         cache.commit(acc.path)
         room = self._max_new - len(seq.state.generated)
-        new, stopped = pipe._cut_at_stop(acc.new_tokens(tree)[:room], self._stops)
+        new, stopped = cut_at_stop(acc.new_tokens(tree)[:room], self._stops, pipe.target.info)
         seq.state.tokens.extend(new)
         if self._speculative and stopped == "length" and len(seq.state.generated) < self._max_new:
             if hidden is not None:  # [path, k, H]

@@ -18,10 +18,9 @@ make a round fail in one line, never make the output wrong.
 The tree goes to the device in one copy (`on_device.TreeUpload`). A verifier with
 `accept_on_device` decides there, a cache with `stage_commit` moves the kept K/V there behind it,
 and the host reads the packed path back in one small copy (`on_device.Readback`): the round's
-only wait for the device. A drafter with `draft_ahead` (`DraftsAhead`) queues its next round's
-device work there too, before that read-back, so the wait covers it (the time it takes the host
-to queue counts in the `accept` phase). Other verifiers and caches take the host path (`accept`,
-`commit`), and so does a CPU target unless `generation.accept_on_device = "always"`.
+only wait for the device; a drafter with `draft_ahead` (`DraftsAhead`) queues its next round's
+device work before it too (timed as `accept`). Other verifiers and caches take the host path
+(`accept`, `commit`), and so does a CPU target unless `generation.accept_on_device = "always"`.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from .interfaces import (
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
 from .results import PHASES, GenerationResult, GenerationStats
+from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
 
 class Pipeline:
@@ -158,7 +158,7 @@ class Pipeline:
         budget = gen.budget if budget is None else budget
         speculating = speculative and budget > 0 and self.drafter is not None
         drafter = self.drafter if speculating and self._leads else None  # tensor-parallel: rank 0 drafts
-        stops = set(self.target.info.eos_token_ids) | self._stop_ids(gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        stops = stop_set(self.target.info, gen.stop_token_ids if stop_token_ids is None else stop_token_ids)
 
         prompt_ids = self.encode(prompt)
         cache = self._sequence_cache(len(prompt_ids), max_new, budget if speculating else 0)
@@ -244,16 +244,14 @@ class Pipeline:
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)
         t3 = clock()
-        ahead = None
-        if self._ahead is not None:  # the drafter's next round, queued on the device behind this one's acceptance
-            ahead = lambda packed: self._ahead.draft_ahead(out.hidden, packed, budget)  # noqa: E731
+        ahead = None if self._ahead is None else lambda packed: self._ahead.draft_ahead(out.hidden, packed, budget)  # noqa: E731
         acc, path_dev = self._accept(tree, dtree, out.logits, cache, state, ahead) if self._leads else (None, None)
         if self._ranks is not None:  # every rank commits rank 0's path (a sampling verifier draws there alone)
             path, bonus = share_path(acc.path if acc else None, acc.bonus if acc else -1, budget, self._ranks)
             acc = acc or Acceptance(path=path, bonus=bonus)
         t4 = clock()
         cache.commit(acc.path)
-        new, stopped = self._cut_at_stop(acc.new_tokens(tree)[:room], stops)
+        new, stopped = cut_at_stop(acc.new_tokens(tree)[:room], stops, self.target.info)
         state.tokens.extend(new)
         if drafter and stopped == "length":
             hidden = None
@@ -270,9 +268,9 @@ class Pipeline:
     def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache, state: DecodeState,
                 ahead: Callable[[torch.Tensor], None] | None = None) -> tuple[Acceptance, torch.Tensor | None]:
         """The round's acceptance, checked, and the path on the device (None on the host path).
-        On the device path the KV gather is staged before the one read-back, and so is `ahead`
-        (the drafter's `draft_ahead` of the packed result); the path the gather reads is clamped
-        into the tree, so a wrong plugin path fails the check, not a device index."""
+        On the device path the KV gather and `ahead` (the drafter's next round) are queued before
+        the one read-back; the path the gather reads is clamped into the tree, so a wrong plugin
+        path fails the check, not a device index."""
         who, vocab = self.labels["verifier"], self.target.info.vocab_size
         accepts, stages = self._on_device
         if not accepts:
@@ -295,13 +293,6 @@ class Pipeline:
         acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)
         return check_acceptance(acc, tree, vocab, who), path_dev
 
-    def _cut_at_stop(self, new: list[int], stops: set[int]) -> tuple[list[int], str]:
-        """`new` up to and including its first stop token, and why it stopped ("length": none)."""
-        for j, tok in enumerate(new):
-            if tok in stops:
-                return new[: j + 1], "eos" if tok in self.target.info.eos_token_ids else "stop_token"
-        return new, "length"
-
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]) -> TargetOutput:
         """target.forward, its output's shapes checked (no sync: shapes live on the host)."""
         who, n = self.labels["target"], tokens.numel()
@@ -315,13 +306,6 @@ class Pipeline:
             got = None if out.hidden is None else tuple(out.hidden.shape)
             raise PluginError(f"{who} returned hidden states of shape {got} for {n} tokens and {len(hidden_layers)} layers")
         return out
-
-    def _stop_ids(self, ids: Sequence[int]) -> set[int]:
-        vocab = self.target.info.vocab_size
-        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
-        if bad:
-            raise InputError(f"stop token id {bad[0]!r} is not a token of this target; ids must be integers in [0, {vocab})")
-        return set(ids)
 
     def propose(self, state: DecodeState, budget: int) -> Checked:
         """The drafter's proposal for this round, its children checked as they are read."""

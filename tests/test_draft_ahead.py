@@ -90,7 +90,7 @@ def test_the_queued_drafts_and_the_heads_context_are_those_of_the_host_path():
     propose = HeadDrafter.propose
 
     def recording(drafter, state, budget):
-        drafter_logp = drafter._drafted[0].clone() if drafter._drafted is not None and drafter.kept_ahead else None
+        drafter_logp = drafter._drafted[0].clone() if drafter._drafted is not None and drafter.kept_ahead else None  # [depths, k]
         context = [(k.clone(), v.clone()) for k, v in drafter.cache.context()]
         proposal = propose(drafter, state, budget)
         seen.setdefault(mode, []).append((len(state.tokens), context, drafter_logp, proposal))

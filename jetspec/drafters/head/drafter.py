@@ -23,8 +23,9 @@ Drafted ahead (`DraftsAhead`, the pipeline's device path): the context append an
 draft of the next round are queued before the host reads this round's result, from what the
 device holds (`packed`: the accepted path and the bonus token, which is the next root; the next
 anchor is length + k). They read the whole context buffers with the keys from the anchor on
-masked, as the CUDA graphs always do, and `propose` takes the queued draft when `observe` found
-the round's whole path committed (else it drafts itself).
+masked, as the CUDA graphs always do; the draft's top-k goes to a pinned host buffer behind it,
+so the round's one read-back waits for it too, and `propose` takes it from there when `observe`
+found the round's whole path committed (else it drafts itself).
 """
 
 from __future__ import annotations
@@ -126,7 +127,10 @@ class HeadDrafter(ContextDrafter):
         self.options = options
         self.lookup = NgramDrafter() if options.lookup else None
         self.use_graphs(options.cuda_graphs)
-        self._drafted: tuple[torch.Tensor, torch.Tensor] | None = None  # (logp, tokens) of the draft queued ahead
+        self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
+        self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
+        # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
+        self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
@@ -139,14 +143,19 @@ class HeadDrafter(ContextDrafter):
         """`DraftsAhead`: append the round's accepted path (all D + 1 slots; `observe` keeps the
         committed ones) and draft from the bonus token at anchor length + k, all on the device."""
         self._drafted = None
-        if hidden is None or not self.options.draft_ahead:
+        if hidden is None or not self._ahead:
             return
         d1 = (packed.numel() - 1) // 2  # D + 1
         start = self.cache.length
         self.append_ahead(hidden, packed[1 : 1 + d1])
         k = packed[:1].clamp(1, d1)  # [1] the accepted path's length, root included
         root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
-        self._drafted = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
+        logp, tokens = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
+        both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
+        if self._drafted_host is None or self._drafted_host.shape != both.shape:
+            self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
+        # to the host behind the draft: the round's read-back waits for it, so `propose` reads it without another wait
+        self._drafted = self._drafted_host.copy_(both, non_blocking=True)
 
     def _draft(self, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
                context: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +194,8 @@ class HeadDrafter(ContextDrafter):
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
         drafted, self._drafted = self._drafted, None
-        if drafted is not None and self.kept_ahead and drafted[0].shape[0] == depths:  # the round committed the path drafted from
-            logp, tokens = drafted
+        if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:  # the round committed the path drafted from
+            logp, tokens = drafted[0], drafted[1].long()
         else:
             logp, tokens = self._draft(root, a, depths, self.cache.context())
         proposal: Proposal = DepthMarginals(tokens, logp)

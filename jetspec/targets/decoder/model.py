@@ -81,6 +81,8 @@ class DecoderTarget:
         self.ops: LayerOps = InvariantOps() if info.exact else TorchOps()
         for layer in self.model.layers:
             layer.fuse()  # q/k/v and gate/up as one projection each
+            if info.device.type == "cuda":  # hand the parts' freed blocks back now: the next layer's fused weight
+                torch.cuda.empty_cache()  # is larger than any of them, so kept cached they would add up layer by layer
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):

@@ -78,6 +78,9 @@
 #                  && rm -rf .old/jetspec/assets`) and the working tree -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl
 # memory           bench/memory_budget.py: peak GPU memory of Qwen3-8B-shape decoding (exact, 1/64/256 nodes) against weights +
 #                  KV cache + graph pools, at MEMORY_CONTEXTS (4096 16384) -> $OUT/memory_budget.jsonl
+# host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
+#                  phases, CUDA runtime calls, torch operators, Python functions per round, plain and ngram@32
+#                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -385,6 +388,10 @@ for step in "$@"; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    host-profile)
+      timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 --out $OUT/host_profile.jsonl 2>&1 \
+        | grep -v Warning | tee $OUT/host_profile.log | grep -v '^   ' | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

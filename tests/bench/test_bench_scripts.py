@@ -69,3 +69,22 @@ def test_host_step_rows_count_launches_per_step_at_each_batch_size(tmp_path):
         assert r["dtype"] == "bfloat16"
         assert r["steps"] >= 1 and r["host_ms_per_step"] > 0
         assert r["launches_per_step"] >= 2 * 3  # per layer: the projections, rope_write and attention
+
+
+def test_host_profile_rows_split_each_round_into_host_phases_runtime_calls_and_python(tmp_path):
+    """bench/host_profile.py: one row per pipeline with the phases per round (host = every phase but the
+    wait), the profiled operators and Python functions, and the command, machine and date RESULTS.md cites."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.host_profile", "--pipelines", "plain", "ngram@8", "--new", "12", "--top", "5",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["pipeline"] for r in rows] == ["plain", "ngram@8"]
+    for r in rows:
+        us = r["us_per_round"]
+        assert us["host"] == sum(us[p] for p in ("draft", "build", "verify", "commit")) and us["wait"] == us["accept"]
+        assert r["rounds"] >= 1 and 1 <= len(r["operators"]) <= 5 and 1 <= len(r["python"]) <= 5
+        assert r["command"].startswith("python -m bench.host_profile --pipelines plain ngram@8") and r["date"].endswith("UTC")
+    assert rows[0]["rounds"] == 12 and rows[1]["rounds"] < 12  # plain: one token a round; n-gram drafts on the repeats

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             append_row(args.out, {**run_row(command, {}), "kind": "host_profile", "model": model, "pipeline": name,
                                   "device": str(device), "rounds": rounds, "tau": res.stats.tau,
                                   "tokens_per_s": res.stats.tokens_per_second, "us_per_round": phases,
-                                  "runtime_calls": runtime, "operators": ops, "python": py})
+                                  "runtime_calls": runtime, "operators": ops, "python_functions": py})
     return 0
 
 

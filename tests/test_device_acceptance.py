@@ -17,6 +17,7 @@ from jetspec.testing.models import tiny_decoder
 from jetspec.testing.strategies import draft_trees, trees_and_choices
 from jetspec.verifiers.greedy import GreedyVerifier, accept_greedy, walk_on_device
 from jetspec.verifiers.sampling import SamplingOptions, SamplingVerifier
+from support.bad_verifiers import NotAChild
 from support.registry import make_test_registry
 
 VOCAB = 96
@@ -106,13 +107,6 @@ def test_a_subclass_that_overrides_accept_alone_keeps_the_host_path():
 class WrongShape(GreedyVerifier):
     def accept_on_device(self, tree, logits, state):
         return logits.argmax(dim=-1).float()  # [N] float: not a packed path
-
-
-class NotAChild(GreedyVerifier):
-    def accept_on_device(self, tree, logits, state):
-        packed = super().accept_on_device(tree, logits, state)
-        packed[0], packed[2 : tree.max_depth + 2] = 2, 10 ** 6  # a path [0, 10**6]: no such node
-        return packed
 
 
 @pytest.mark.parametrize("verifier, match", [

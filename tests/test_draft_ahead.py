@@ -15,7 +15,7 @@ import jetspec
 from jetspec.core.errors import PluginError
 from jetspec.core.interfaces import DraftsAhead
 from jetspec.drafters.head.drafter import HeadDrafter
-from jetspec.verifiers.greedy import GreedyVerifier
+from support.bad_verifiers import NotAChild
 from support.models import FAMILIES, tiny_target
 from support.plain import plain_output
 from support.registry import make_test_registry
@@ -139,12 +139,6 @@ def test_a_generation_cut_short_leaves_the_next_one_nothing_stale():
 
 
 def test_a_verifier_whose_path_leaves_the_tree_fails_in_one_line_not_in_the_queued_draft():
-    class NotAChild(GreedyVerifier):
-        def accept_on_device(self, tree, logits, state):
-            packed = super().accept_on_device(tree, logits, state)
-            packed[0], packed[2 : tree.max_depth + 2] = 2, 10**6  # a path [0, 10**6]: no such node
-            return packed
-
     pipe = device_path_pipe(FAMILIES[0], 0, "jetspec", budget=8, max_new=16)
     pipe.verifier = NotAChild()
     with pytest.raises(PluginError, match=r"accepted path \[0, 1000000\]: node 1000000 is not a child of node 0") as e:

@@ -51,7 +51,8 @@
 # tau              the fp32 τ table, TAU_CONFIG (smollm2_h200_tau; smollm2_h200_tau_heads: 3 budgets, 25 prompts a set)
 #                  in TAU_SHARDS processes side by side -> $OUT/TAU_CONFIG.tar
 #                  (TAU_LIMIT: at most that many prompts per set; TAU_RESUME=1: go on from the last call)
-# bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES
+# bench            the speed run, smollm2_h200.toml, alone on the GPU -> $OUT/bench.tar; BENCH_MINUTES. Its eagle row
+#                  needs the baselines: .stage5 carried by an earlier call on this machine (or trained on it)
 # generate         the README's main job on the GPU: `jetspec generate ... --compare` with the defaults
 # exact-tests      the exactness tests (Qwen3-8B-shaped bitwise property, graphs) + kernel and graph tests; exit 1 on failure
 # cute-exact       the cute backend's position-invariant mode: its kernel tests (vs the fp32 reference) and the

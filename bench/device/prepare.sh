@@ -11,7 +11,8 @@
 #              nvidia-cutlass-dsl wheels (with .whl on a fresh machine)
 #   .stage4/   the rest of it                                               } the next one
 #   .stage5/   the dflash and eagle baselines' weights (31 MB: a call of    } with .corpus/, for their
-#              their own, beside the corpus)                                }   training or a τ table
+#              their own, beside the corpus)                                }   training, a τ table or
+#                                                                           }   the speed run's eagle row
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -72,8 +72,11 @@ class PipelineSpec(BaseModel):
     verifier: Component = _component("greedy")
     kv_cache: Component = _component("dense")
     attention: Component = _component("torch")
-    budget: int | None = Field(None, ge=1, le=4096, description="draft nodes per round")
+    budget: int | None = Field(None, ge=0, le=4096, description="draft nodes per round (0: plain decoding through this "
+                               "pipeline's own settings, a row timed against the bench's plain row)")
     budgets: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, min_length=1, max_length=64, description="a sweep: one pipeline per budget")
+    plain_ahead: bool = Field(True, description="its generation.plain_ahead (with budget = 0 and false: plain decoding one "
+                              "step at a time, against the bench's plain row, which queues each step ahead where it can)")
 
     @field_validator("drafter", "scorer", "verifier", "kv_cache", "attention", mode="before")
     @classmethod
@@ -181,13 +184,14 @@ class BenchPipeline:
 def expand(bench: BenchConfig) -> list[BenchPipeline]:
     out = []
     for spec in bench.pipelines:
-        budgets = spec.budgets if spec.budgets is not None else [spec.budget or 32]
+        budgets = spec.budgets if spec.budgets is not None else [32 if spec.budget is None else spec.budget]
         for b in budgets:
             name = f"{spec.name}@{b}" if spec.budgets is not None else spec.name
             config = PipelineConfig(
                 target=bench.target,
                 **{k: getattr(spec, k) for k in PIPELINE_KINDS},
-                generation=GenerationConfig(max_new_tokens=bench.max_new_tokens, budget=b, chat_template=bench.chat_template),
+                generation=GenerationConfig(max_new_tokens=bench.max_new_tokens, budget=b, chat_template=bench.chat_template,
+                                            plain_ahead=spec.plain_ahead),
             )
             out.append(BenchPipeline(name, config, spec))
     return out

@@ -51,6 +51,8 @@ class GenerationConfig(BaseModel):
     accept_on_device: Literal["auto", "always", "never"] = Field(
         "auto", description="accept on the target's device and stage the KV commit there, where the verifier and cache can "
         "(one small read-back per round); auto: unless the target runs on the CPU, where the host walk costs less")
+    plain_ahead: bool = Field(True, description="plain decoding on the device path queues each step's forward before the "
+                              "host reads the step before (its input token taken on the device): the host's work overlaps the GPU's")
     batch_size: int = Field(1, ge=1, le=4096, description="sequences decoded at once by generate_many and `jetspec run` "
                             "(continuous batching; > 1 needs target 'decoder' with attention 'torch' or 'triton' (kv_cache 'paged'; "
                             "exact = true: 'triton'))")

@@ -176,20 +176,30 @@ class Readback:
         self._cuda = self.device.type == "cuda"
         self._done = torch.cuda.Event() if self._cuda else None
         self._host = torch.empty(capacity, dtype=torch.int64, pin_memory=self._cuda)  # [cap]
+        self._pending = self._host[:0]  # the view `start` copied into
         self.copies = 0
 
     def __call__(self, x: torch.Tensor) -> list[int]:
         """x [M] int64 on the device -> its values on the host."""
+        self.start(x)
+        return self.wait()
+
+    def start(self, x: torch.Tensor) -> None:
+        """Queue the copy of x [M] int64 (one at a time: `wait` for it before the next `start`)."""
         m = x.numel()
         if m > self._host.numel():
             self._host = torch.empty(max(m, 2 * self._host.numel()), dtype=torch.int64, pin_memory=self._cuda)
-        host = self._host[:m]
-        host.copy_(x, non_blocking=True)
+        self._pending = self._host[:m]
+        self._pending.copy_(x, non_blocking=True)
         if self._cuda:
             self._done.record()
+
+    def wait(self) -> list[int]:
+        """The values of the copy `start` queued, once it (and only what was queued before it) is done."""
+        if self._cuda:
             self._done.synchronize()
         self.copies += 1
-        return host.tolist()
+        return self._pending.tolist()
 
 
 def unpack(values: list[int]) -> tuple[list[int], list[int]]:

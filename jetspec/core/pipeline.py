@@ -55,6 +55,7 @@ from .interfaces import (
     ranks_of,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
+from .plain_ahead import plain_ahead
 from .results import PHASES, GenerationResult, GenerationStats
 from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
@@ -175,6 +176,8 @@ class Pipeline:
         try:
             with frozen_heap():  # no full collection of the pre-existing heap stalls the loop
                 self._prefill(state, cache, drafter, hidden_layers, stats)
+                if not speculating and self._on_device[0] and self._ranks is None and self.config.generation.plain_ahead:
+                    stopped = plain_ahead(self, state, cache, max_new, stops, stats, on_tokens)
                 while stopped == "length" and len(state.tokens) - state.prompt_len < max_new:
                     room = max_new - (len(state.tokens) - state.prompt_len)
                     new, stopped = self._round(state, cache, drafter, hidden_layers, budget if speculating else 0, room,
@@ -278,11 +281,7 @@ class Pipeline:
                 acc = self.verifier.accept(tree, logits, state)
             return check_acceptance(acc, tree, vocab, who), None
         n, d = tree.size, dtree.max_depth
-        with Blame(who, "in accept_on_device"):
-            packed = self.verifier.accept_on_device(dtree, logits, state)
-        if not (isinstance(packed, torch.Tensor) and packed.shape == (2 * d + 3,) and packed.dtype == torch.int64):
-            got = tuple(packed.shape) if isinstance(packed, torch.Tensor) else type(packed).__name__
-            raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
+        packed = self._packed(dtree, logits, state)
         path_dev = packed[1 : d + 2]  # [D + 1]; its first k entries are checked below
         if n > 1 and stages:
             cache.stage_commit(path_dev.clamp(0, n - 1))
@@ -292,6 +291,16 @@ class Pipeline:
         path, tokens = unpack(self._readback(packed))
         acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)
         return check_acceptance(acc, tree, vocab, who), path_dev
+
+    def _packed(self, dtree: DeviceTree, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """The verifier's `accept_on_device`, its result's shape checked -> packed [2D + 3] int64 (`on_device`)."""
+        who, d = self.labels["verifier"], dtree.max_depth
+        with Blame(who, "in accept_on_device"):
+            packed = self.verifier.accept_on_device(dtree, logits, state)
+        if not (isinstance(packed, torch.Tensor) and packed.shape == (2 * d + 3,) and packed.dtype == torch.int64):
+            got = tuple(packed.shape) if isinstance(packed, torch.Tensor) else type(packed).__name__
+            raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
+        return packed
 
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]) -> TargetOutput:
         """target.forward, its output's shapes checked (no sync: shapes live on the host)."""

@@ -46,6 +46,15 @@ def test_a_budget_sweep_is_one_pipeline_per_budget(tmp_path):
     assert all(p.config.generation.max_new_tokens == 32 for p in pipes)
 
 
+def test_budget_zero_is_plain_decoding_through_the_pipeline_s_own_settings(tmp_path):
+    """A budget-0 pipeline (no default budget in its place) with `plain_ahead = false`: plain decoding one
+    step at a time, timed as a row of its own against the bench's plain row."""
+    (p,) = expand(bench(tmp_path, pipelines=[{"name": "plain-step-by-step", "budget": 0, "plain_ahead": False}]))
+    assert (p.config.generation.budget, p.config.generation.plain_ahead) == (0, False)
+    (q,) = expand(bench(tmp_path, pipelines=[{"name": "ng"}]))
+    assert (q.config.generation.budget, q.config.generation.plain_ahead) == (32, True)
+
+
 @pytest.mark.parametrize("over, message", [
     ({"pipelines": [{"name": "x", "budget": 8, "budgets": [8]}]}, "give `budget` or `budgets`, not both"),
     ({"pipelines": [{"name": "x"}, {"name": "x"}]}, "pipeline names must be unique; repeated: x"),

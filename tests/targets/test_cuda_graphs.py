@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import jetspec
+from jetspec.core.plain_ahead import plain_ahead as plain_ahead_fn
 from support.models import tiny_hf_model
 from support.registry import make_test_registry
 
@@ -43,6 +44,22 @@ def test_graph_replay_equals_eager(folder, cache):
         reference = eager.generate_plain(p).tokens
         assert graphed.generate_plain(p).tokens == reference
         assert graphed.generate(p).tokens == reference
+
+
+@pytest.mark.parametrize("cache", ["dense", "paged"])
+@pytest.mark.parametrize("graphs", [False, True])
+def test_plain_decoding_with_the_next_step_queued_ahead_gives_the_step_by_step_tokens(folder, cache, graphs):
+    """`plain_ahead` (the default on CUDA): each forward queued before the read-back of the step
+    before, its token written on the device — through graphs, the same tokens as one step at a time."""
+    ahead, step_by_step = pipe(folder, cache, graphs), pipe(folder, cache, graphs)
+    step_by_step.config.generation.plain_ahead = False
+    with patch("jetspec.core.pipeline.plain_ahead", wraps=plain_ahead_fn) as used:
+        for p, max_new in (([5, 6, 7, 5, 6, 7, 5], 64), ([9], 1), ([9], 2), (list(range(10, 50)), 33)):
+            reference = step_by_step.generate_plain(p, max_new_tokens=max_new).tokens
+            assert ahead.generate_plain(p, max_new_tokens=max_new).tokens == reference
+            stop = reference[len(reference) // 2]
+            assert ahead.generate_plain(p, max_new_tokens=max_new, stop_token_ids=[stop]).tokens == reference[: reference.index(stop) + 1]
+    assert used.call_count == 8
 
 
 @pytest.mark.parametrize("budget", [1, 7, 64, 255])

@@ -1,6 +1,10 @@
 """The τ table of a replay run: one line per (dataset, drafter), τ at every budget, rank-1 faithfulness.
 
     python -m bench.tau_table bench/results/smollm2_h200_tau.jsonl [--faith-budget 64]
+    python -m bench.tau_table A.jsonl:jetspec-head,jetspec-rescore B.jsonl:dflash,eagle   # one table of two runs
+
+Several files make one table (runs of the same prompts, e.g. heads retrained apart); `FILE:NAME,NAME` takes
+only those drafters' lines from that file, and a (dataset, drafter) line found in two files is an error.
 
 Reads the `jetspec bench` results file: its summary rows give τ (new tokens ÷ rounds, pooled over
 the prompts) and `faithful` (share of sampled rounds whose rank-1 branch log-likelihood under the
@@ -72,14 +76,36 @@ def tau_table(rows: list[dict], faith_budget: int = 64) -> str:
     return "\n".join(lines)
 
 
+def drafter_of(row: dict) -> str | None:
+    return str(row["pipeline"]).rsplit("@", 1)[0] if row.get("kind") in ("summary", "spec") and "pipeline" in row else None
+
+
+def merged(sources: list[str]) -> list[dict]:
+    """The rows of `FILE[:NAME,NAME]` sources (each in today's names, only the named drafters), as one run's."""
+    rows, owner = [], {}
+    for source in sources:
+        path, _, names = source.partition(":")
+        if not Path(path).is_file():
+            raise SystemExit(f"tau_table: no results file at {path}; pass `jetspec bench` results .jsonl files")
+        keep = set(names.split(",")) if names else None
+        for r in renamed(read_rows(Path(path))):
+            d = drafter_of(r)
+            if d is None or d == "plain" or (keep is not None and d not in keep):
+                continue
+            line = (r["dataset"], d)
+            if owner.setdefault(line, path) != path:
+                raise SystemExit(f"tau_table: {d} on {r['dataset']} is in both {owner[line]} and {path}; name the drafters "
+                                 "to take from each (FILE:NAME,NAME)")
+            rows.append(r)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path)
+    ap.add_argument("results", nargs="+", help="FILE or FILE:DRAFTER,DRAFTER (only those drafters from that file)")
     ap.add_argument("--faith-budget", type=int, default=64)
     args = ap.parse_args()
-    if not args.results.is_file():
-        raise SystemExit(f"tau_table: no results file at {args.results}; pass a `jetspec bench` results .jsonl")
-    print(tau_table(read_rows(args.results), args.faith_budget))
+    print(tau_table(merged(args.results), args.faith_budget))
 
 
 if __name__ == "__main__":

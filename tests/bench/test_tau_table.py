@@ -38,3 +38,25 @@ def test_drafters_come_in_one_order_and_an_old_file_is_shown_in_todays_names():
     assert lines[0].split(" | ")[3] == "3.00" and lines[1].split(" | ")[3] == "2.00"  # the default, the head alone
     new = [summary("gsm8k", "jetspec", 64, 3.0), summary("gsm8k", "jetspec-head", 64, 2.0)]
     assert [line.split(" | ")[1] for line in tau_table(new).splitlines()[2:]] == ["jetspec", "jetspec-head"]
+
+
+def test_two_runs_make_one_table_each_giving_the_drafters_it_is_named_for(tmp_path):
+    """The fair table of issue 17: the causal head's rows from one run, retrained baselines' from another;
+    a line in both files is an error unless each file is given the drafters to take from it."""
+    import json
+
+    import pytest
+
+    from bench.tau_table import merged
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    a = write("a.jsonl", [summary("gsm8k", "jetspec-head", 64, 2.0), summary("gsm8k", "eagle", 64, 9.0)])
+    b = write("b.jsonl", [summary("gsm8k", "eagle", 64, 3.0)])
+    lines = tau_table(merged([f"{a}:jetspec-head", b])).splitlines()[2:]
+    assert [(line.split(" | ")[1], line.split(" | ")[3]) for line in lines] == [("jetspec-head", "2.00"), ("eagle", "3.00")]
+    with pytest.raises(SystemExit, match=r"eagle on gsm8k is in both .*a\.jsonl and .*b\.jsonl"):
+        merged([a, b])

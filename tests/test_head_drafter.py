@@ -105,6 +105,34 @@ def test_rescoring_conditions_children_on_their_actual_parent(target):
     assert any(abs(kids1[t] - kids2[t]) > 1e-4 for t in shared) or set(kids1) != set(kids2)
 
 
+def test_each_rescoring_pass_conditions_the_children_the_pass_before_proposed(target):
+    """rescore_passes = 2: the second candidate tree is grown from the first pass's trie, so a child the
+    first pass proposed (a token of its own conditional top-k, not among the marginals' candidates) is a
+    node of the second tree, and the final trie scores that node's children given it."""
+    options = HeadOptions(checkpoint="random", top_k=2, block_size=6, rescore=True, rescore_top_k=3, rescore_passes=2)
+    drafter = jetspec_drafter(options, target)
+    trees = []
+    real = drafter.rescore
+
+    def recording(tree, a):
+        trees.append(tree)
+        return real(tree, a)
+
+    drafter.rescore = recording
+    trie = drafter.propose(observed(drafter, target, PROMPT), budget=8)
+    assert len(trees) == 2
+    paths = [set(), set()]
+    for tree, seen in zip(trees, paths):
+        tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+        at = [()]
+        for i in range(1, tree.size):
+            at.append(at[parents[i]] + (tokens[i],))
+        seen.update(at)
+    new = paths[1] - paths[0]  # nodes only the first pass's conditioned children could have made
+    assert new
+    assert any(trie.children(path) for path in new if len(path) < 5)
+
+
 def test_rescoring_needs_a_causal_head(target):
     with pytest.raises(ConfigError, match="causal"):
         jetspec_drafter(HeadOptions(checkpoint="random", causal=False, rescore=True), target)

@@ -15,6 +15,8 @@ REG = make_test_registry()
 HEADS = {
     "jetspec": {"checkpoint": "random", "block_size": 6, "top_k": 4},
     "jetspec+rescore": {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2},
+    "jetspec+rescore2": {"checkpoint": "random", "block_size": 6, "top_k": 4, "rescore": True, "rescore_top_k": 2,
+                         "rescore_passes": 2},
     "jetspec+lookup": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": True},
     "jetspec+head-alone": {"checkpoint": "random", "block_size": 6, "top_k": 4, "lookup": False},
     "dflash": {"checkpoint": "random", "block_size": 6, "top_k": 4},

@@ -14,6 +14,8 @@ With `rescore = true`, a second forward conditions every child on its actual par
                           log q(. | context, root, path to n) = log_softmax(LM_head(h_{MASK_n}))
 The scorer then rebuilds the tree under the budget from these conditional log-probs. The causal
 head is trained for this: with some probability a block reveals its first r drafted tokens.
+`rescore_passes = P` repeats it: pass p + 1's candidate tree is grown from pass p's trie, so the
+children a pass proposed are conditioned on in the next (P + 1 head forwards a round).
 
 With `lookup = true`, the `ngram` drafter's continuations of earlier matches of the current suffix
 join the proposal (`MergedProposal`): text that repeats its context (code, quoted passages) is
@@ -200,8 +202,8 @@ class HeadDrafter(ContextDrafter):
             logp, tokens = self._draft(root, a, depths, self.cache.context())
         proposal: Proposal = DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
-            candidates = accum_logp(proposal, root, nodes)
-            proposal = self.rescore(candidates, a)
+            for _ in range(self.options.rescore_passes):  # pass p + 1 conditions the children that pass p proposed
+                proposal = self.rescore(accum_logp(proposal, root, nodes), a)
         if self.lookup is not None:
             copied = self.lookup.propose(state, budget)
             if not isinstance(copied, EmptyProposal):

@@ -28,7 +28,7 @@ from jetspec.bench.report import fmt
 from jetspec.bench.rows import read_rows
 
 
-ORDER = ("jetspec", "jetspec-head", "jetspec-rescore", "dflash", "eagle", "ngram")
+ORDER = ("jetspec", "jetspec-head", "jetspec-rescore", "jetspec-rescore-p3", "dflash", "eagle", "ngram")
 OLD_NAMES = {"jetspec": "jetspec-head", "jetspec-lookup": "jetspec", "jetspec-t1": "jetspec-head-t1"}
 
 

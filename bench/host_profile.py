@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if cuda else "cpu")
     model = args.model or ("smollm2" if cuda else "tiny-llama")
     cfg = MODELS[model]
-    target = random_target(cfg, device, torch.bfloat16 if cuda else torch.float32, "triton" if cuda else "torch",
-                           autotune=False, graphs=cuda, exact=cuda)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    target = random_target(cfg, device, dtype, "triton" if cuda else "torch", autotune=False, graphs=cuda, exact=cuda)
     g = torch.Generator().manual_seed(0)
     words = torch.randint(3, cfg.vocab_size, (40,), generator=g).tolist()
     prompt = words * 3  # [120] token ids
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {r['function'][:70]:70} {r['calls']:7.2f} {r['own_us']:8.1f} {r['cum_us']:8.1f}")
         if args.out:
             append_row(args.out, {**run_row(command, {}), "kind": "host_profile", "model": model, "pipeline": name,
-                                  "device": str(device), "rounds": rounds, "tau": res.stats.tau,
-                                  "tokens_per_s": res.stats.tokens_per_second, "us_per_round": phases,
+                                  "device": str(device), "dtype": str(dtype).removeprefix("torch."), "exact": cuda,
+                                  "rounds": rounds, "tau": res.stats.tau, "tokens_per_s": res.stats.tokens_per_second,
+                                  "us_per_round": phases,
                                   "runtime_calls": runtime, "operators": ops, "python_functions": py})
     return 0
 

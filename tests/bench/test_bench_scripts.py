@@ -88,4 +88,5 @@ def test_host_profile_rows_split_each_round_into_host_phases_runtime_calls_and_p
         assert r["rounds"] >= 1 and 1 <= len(r["operators"]) <= 5 and 1 <= len(r["python_functions"]) <= 5
         assert r["command"].startswith("python -m bench.host_profile --pipelines plain ngram@8") and r["date"].endswith("UTC")
         assert r["python"].count(".") == 2  # the interpreter's version, beside the functions
+        assert (r["dtype"], r["exact"]) == ("float32", False)  # the CPU dry run: torch attention, free order
     assert rows[0]["rounds"] == 12 and rows[1]["rounds"] < 12  # plain: one token a round; n-gram drafts on the repeats

@@ -6,7 +6,7 @@ as a round reads it.
 
 Proposals (fixed by a seed, the same in every run):
 * `ngram`  - prompt lookup over a 480-token text whose last 80 tokens repeat an earlier stretch
-             (`NgramDrafter.propose`: a trie of observed continuations)
+             (`NgramDrafter.propose`: a trie of observed continuations, proposed afresh for each build)
 * `head`   - a parallel head's per-depth top-8 over a 49,152-token vocabulary at 7 depths (block 8,
              the shipped SmolLM2 head's shape): `DepthMarginals`
 * `merged` - both in one tree, as the default `jetspec` drafter proposes (`MergedProposal`)
@@ -44,11 +44,15 @@ def proposals(budget: int) -> tuple[int, dict]:
     lookup = NgramDrafter()
     state = DecodeState(tokens=list(text), prompt_len=100)
     lookup.reset(state)
-    copied = lookup.propose(state, budget)
+    lookup.propose(state, budget)  # indexes the text once; later calls only look the suffix up
+
+    def copied():  # made afresh, as a round makes it (a trie keeps the rows it has sorted)
+        return lookup.propose(state, budget)
+
     return text[-1], {
-        "ngram": lambda: copied,
+        "ngram": copied,
         "head": lambda: DepthMarginals(top.indices, top.values),
-        "merged": lambda: MergedProposal(DepthMarginals(top.indices, top.values), copied),
+        "merged": lambda: MergedProposal(DepthMarginals(top.indices, top.values), copied()),
     }
 
 

@@ -40,3 +40,15 @@ def test_a_copied_continuation_extends_below_the_heads_candidates():
     assert list(m.children((5,))) == [(1, 0.0), (6, -0.25), (7, -2.0)]
     assert list(m.children((5, 1, 2))) == []  # past the head's depth and the copy's end
     assert list(m.children((4, 6))) == [(8, -0.125), (9, -3.0)]  # the head alone: its own order
+
+
+def test_a_trie_row_read_before_a_new_edge_is_made_again_after_it():
+    """A trie hands out the same sorted row for a path until an edge is added under that path."""
+    t = TokenTrie()
+    t.add_edge((), 3, -1.0)
+    first = t.children(())
+    assert first == ((3, -1.0),) and t.children(()) is first  # one immutable row, made once
+    t.add_edge((), 2, -0.5)
+    t.add_edge((3,), 4, -0.1)  # another path: the root's row is not touched by it
+    assert t.children(()) == ((2, -0.5), (3, -1.0))
+    assert t.children((3,)) == ((4, -0.1),) and t.children((9,)) == ()

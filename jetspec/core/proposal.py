@@ -17,15 +17,19 @@ import torch
 class TokenTrie:
     """An explicit trie (n-gram continuations, rescored trees, oracles).
 
-    Built from paths with log-probs; a child's conditional log-prob is given per edge."""
+    Built from paths with log-probs; a child's conditional log-prob is given per edge. A path's
+    sorted row is made once, when first asked for, and handed out as the same immutable tuple
+    after (a scorer reads some paths more than once; the pipeline's checks read a tuple once)."""
 
     def __init__(self) -> None:
         self._children: dict[tuple[int, ...], dict[int, float]] = {}
+        self._rows: dict[tuple[int, ...], tuple[tuple[int, float], ...]] = {}  # path -> its sorted children
 
     def add_edge(self, path: tuple[int, ...], token: int, logp: float) -> None:
         """Add `token` after `path` (keeping the larger log-prob if it exists)."""
         kids = self._children.setdefault(path, {})
         kids[token] = max(logp, kids.get(token, -math.inf))
+        self._rows.pop(path, None)
 
     def add_sequence(self, tokens: Sequence[int], logps: Sequence[float] | None = None) -> None:
         """Add a whole continuation; edge d gets `logps[d]` (default 0: log 1)."""
@@ -51,8 +55,11 @@ class TokenTrie:
         return trie
 
     def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
-        kids = self._children.get(tuple(path))
-        return sorted(kids.items(), key=lambda kv: (-kv[1], kv[0])) if kids else []
+        row = self._rows.get(path)
+        if row is None:
+            kids = self._children.get(tuple(path))
+            row = self._rows[path] = tuple(sorted(kids.items(), key=lambda kv: (-kv[1], kv[0]))) if kids else ()
+        return row
 
 
 class DepthMarginals:
@@ -87,10 +94,10 @@ class MergedProposal:
         if len(found) < 2:  # most paths leave all but one part (already sorted): nothing to merge
             return found[0] if found else []
         best: dict[int, float] = {}
-        for kids in found:
+        for kids in found:  # the parts' pairs as they gave them (the pipeline checks the merged row)
             for token, logp in kids:
                 if logp > best.get(token, -math.inf):
-                    best[int(token)] = float(logp)
+                    best[token] = logp
         return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
 
 

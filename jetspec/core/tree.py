@@ -45,7 +45,8 @@ class DraftTree:
         scores: Sequence[float] | None = None,
     ) -> "DraftTree":
         """Build from nodes in any order where node 0 is the root and every parent index is
-        valid; nodes are re-laid in DFS pre-order (children keep their given relative order)."""
+        valid; nodes are re-laid in DFS pre-order (children keep their given relative order).
+        The layout makes every invariant of `validate` but distinct sibling tokens, checked here."""
         n = len(tokens)
         if n == 0 or len(parents) != n or (scores is not None and len(scores) != n):
             raise InputError(
@@ -61,28 +62,37 @@ class DraftTree:
                 raise InputError(f"node {i} has parent {p}; parents must name another node 0..{n - 1}")
             children[p].append(i)
         order: list[int] = []
+        new_index = [0] * n
         stack = [0]
         while stack:  # iterative pre-order DFS
             v = stack.pop()
+            new_index[v] = len(order)
             order.append(v)
-            stack.extend(reversed(children[v]))
+            if kids := children[v]:
+                stack.extend(kids[::-1])
         if len(order) != n:
             raise InputError(f"the draft tree is not connected: {n - len(order)} node(s) unreachable from the root")
-        new_index = [0] * n
-        for new, old in enumerate(order):
-            new_index[old] = new
-        new_tokens = [tokens[o] for o in order]
         new_parents = [-1] + [new_index[parents[o]] for o in order[1:]]
-        new_scores = None if scores is None else [scores[o] for o in order]
-        return DraftTree.from_preorder(new_tokens, new_parents, new_scores)
+        depths = [0] * n
+        for i in range(1, n):
+            depths[i] = depths[new_parents[i]] + 1
+        sizes = [1] * n
+        for i in range(n - 1, 0, -1):  # children come after parents in pre-order
+            sizes[new_parents[i]] += sizes[i]
+        new_tokens = [tokens[o] for o in order]
+        if len({(new_parents[i], new_tokens[i]) for i in range(1, n)}) != n - 1:  # the one invariant not made here
+            seen: set[tuple[int, int]] = set()
+            for i in range(1, n):
+                if (new_parents[i], new_tokens[i]) in seen:
+                    raise InputError(f"node {new_parents[i]} has two children with token {new_tokens[i]}; sibling tokens must differ")
+                seen.add((new_parents[i], new_tokens[i]))
+        return DraftTree._assemble(new_tokens, new_parents, depths, sizes, None if scores is None else [scores[o] for o in order])
 
     @staticmethod
     def from_preorder(
         tokens: Sequence[int], parents: Sequence[int], scores: Sequence[float] | None = None
     ) -> "DraftTree":
-        """Build from nodes already in DFS pre-order (checked as `validate` checks). The four int
-        vectors are rows of one [4, N] int64 array made by numpy (one allocation; a torch.tensor
-        per field cost more than the rest of a small tree's construction)."""
+        """Build from nodes already in DFS pre-order (checked as `validate` checks)."""
         n = len(tokens)
         depths = [0] * n
         for i in range(1, n):
@@ -90,17 +100,24 @@ class DraftTree:
         sizes = [1] * n
         for i in range(n - 1, 0, -1):  # children come after parents in pre-order
             sizes[parents[i]] += sizes[i]
-        try:
-            ints = np.array((tokens, parents, depths, sizes), dtype=np.int64)  # [4, N]
-            floats = np.zeros(n, np.float32) if scores is None else np.array(scores, dtype=np.float32)  # [N]
-        except (TypeError, ValueError, OverflowError) as e:
-            raise InputError(f"a draft tree's tokens and parents must be integers and its scores numbers: {e}") from None
-        rows = torch.from_numpy(ints)
-        tree = DraftTree(tokens=rows[0], parents=rows[1], depths=rows[2], subtree_sizes=rows[3],
-                         scores=torch.from_numpy(floats))
+        tree = DraftTree._assemble(tokens, parents, depths, sizes, scores)
         if not invariants_hold(list(tokens), list(parents), depths, sizes):
             tree.validate()  # names the first broken invariant
         return tree
+
+    @staticmethod
+    def _assemble(tokens: Sequence[int], parents: Sequence[int], depths: list[int], sizes: list[int],
+                  scores: Sequence[float] | None) -> "DraftTree":
+        """The tensors of a pre-order tree, unchecked: the four int vectors are rows of one [4, N]
+        int64 array made by numpy (one allocation; a torch.tensor per field cost more than the rest
+        of a small tree's construction)."""
+        try:
+            ints = np.array((tokens, parents, depths, sizes), dtype=np.int64)  # [4, N]
+            floats = np.zeros(len(tokens), np.float32) if scores is None else np.array(scores, dtype=np.float32)  # [N]
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InputError(f"a draft tree's tokens and parents must be integers and its scores numbers: {e}") from None
+        rows = torch.from_numpy(ints)
+        return DraftTree(tokens=rows[0], parents=rows[1], depths=rows[2], subtree_sizes=rows[3], scores=torch.from_numpy(floats))
 
     @staticmethod
     def chain(tokens: Sequence[int], scores: Sequence[float] | None = None) -> "DraftTree":

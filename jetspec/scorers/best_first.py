@@ -36,32 +36,34 @@ class BestFirstScorer:
         self.options = options or BestFirstOptions()
 
     def build(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
-        max_depth = self.options.max_depth
+        deepest = self.options.max_depth or budget  # a tree of `budget` drafts is at most `budget` deep
         tokens, parents, scores, depths = [root], [-1], [0.0], [0]
         paths: list[tuple[int, ...]] = [()]
-        kids: list[Sequence[tuple[int, float]]] = [proposal.children(())]
+        kids: list[Sequence[tuple[int, float]]] = [proposal.children(()) if budget >= 1 else ()]
         heap: list[tuple[float, int, int, int]] = []  # (-score, tie-break, parent node, child rank)
-        counter = 0
-
-        def push(parent: int, rank: int) -> None:
-            nonlocal counter
-            if rank < len(kids[parent]) and (max_depth is None or depths[parent] < max_depth):
-                heapq.heappush(heap, (-(scores[parent] + kids[parent][rank][1]), counter, parent, rank))
-                counter += 1
-
-        push(0, 0)
-        while heap and len(tokens) <= budget:
-            neg_score, _, parent, rank = heapq.heappop(heap)
-            token = int(kids[parent][rank][0])
-            node = len(tokens)
+        if kids[0]:
+            heap.append((-(0.0 + kids[0][0][1]), 0, 0, 0))
+        counter, push, pop = 1, heapq.heappush, heapq.heappop
+        while heap:
+            neg_score, _, parent, rank = pop(heap)
+            row = kids[parent]
+            token = int(row[rank][0])
+            node, depth, path = len(tokens), depths[parent] + 1, paths[parent] + (int(row[rank][0]),)
             tokens.append(token)
             parents.append(parent)
             scores.append(-neg_score)
-            depths.append(depths[parent] + 1)
-            paths.append(paths[parent] + (token,))
-            kids.append(proposal.children(paths[node]))
-            push(parent, rank + 1)  # next sibling
-            push(node, 0)  # first child
+            depths.append(depth)
+            if node == budget:  # full: the last node's children are never read
+                break
+            paths.append(path)
+            if rank + 1 < len(row):  # next sibling
+                push(heap, (-(scores[parent] + row[rank + 1][1]), counter, parent, rank + 1))
+                counter += 1
+            mine = proposal.children(path) if depth < deepest else ()
+            kids.append(mine)
+            if mine:  # first child
+                push(heap, (-(scores[node] + mine[0][1]), counter, node, 0))
+                counter += 1
         return DraftTree.from_parents(tokens, parents, scores)
 
 

@@ -17,9 +17,6 @@ head is trained for this: with some probability a block reveals its first r draf
 `rescore_passes = P` repeats it: pass p + 1's candidate tree is grown from pass p's trie, so the
 children a pass proposed are conditioned on in the next (P + 1 head forwards a round).
 
-With `calibrated = true`, depth d's candidates are scored log sigmoid(a_d log q_d + b_d), their fitted
-probability of acceptance given an accepted parent (`calibration.py`), instead of log q_d.
-
 With `lookup = true`, the `ngram` drafter's continuations of earlier matches of the current suffix
 join the proposal (`MergedProposal`): text that repeats its context (code, quoted passages) is
 drafted by copying, the rest by the head, in one tree under one budget.
@@ -49,7 +46,6 @@ from ...core.tree_search import accum_logp
 from ..ngram import NgramDrafter
 from .checkpoint import UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
-from .calibration import Calibration
 from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
@@ -132,10 +128,6 @@ class HeadDrafter(ContextDrafter):
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
         self.lookup = NgramDrafter() if options.lookup else None
-        self.calibration = Calibration.load(options.checkpoint) if options.calibrated else None
-        if self.calibration is not None and len(self.calibration.slope) < self.config.block_size - 1:
-            raise ConfigError(f"{options.checkpoint}/calibration.json covers {len(self.calibration.slope)} depths; "
-                              f"the head drafts {self.config.block_size - 1}")
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
@@ -208,8 +200,6 @@ class HeadDrafter(ContextDrafter):
             logp, tokens = drafted[0], drafted[1].long()
         else:
             logp, tokens = self._draft(root, a, depths, self.cache.context())
-        if self.calibration is not None:
-            logp = self.calibration.apply(logp)  # log P(accepted | parent accepted), order kept
         proposal: Proposal = DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
             for _ in range(self.options.rescore_passes):  # pass p + 1 conditions the children that pass p proposed

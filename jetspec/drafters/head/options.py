@@ -33,9 +33,6 @@ class HeadOptions(BaseModel):
     rescore_factor: float = Field(2.0, ge=1.0, le=16.0)  # candidate tree = factor x budget nodes
     rescore_top_k: int = Field(4, ge=0, le=MAX_TOP_K)  # new children per rescored node from its own distribution
     rescore_passes: int = Field(1, ge=1, le=4)  # conditioned passes: each rebuilds the candidate tree from the last one's trie
-    # score each depth's candidates by their fitted P(accepted | parent accepted) instead of the head's
-    # marginal log-prob: the checkpoint's calibration.json (`calibration.py` makes it)
-    calibrated: bool = False
     # prompt lookup in the same tree: the `ngram` drafter's continuations (default options) are
     # merged into the head's proposal, and the scorer spends the budget on the best of both. On
     # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).

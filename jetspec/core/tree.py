@@ -73,12 +73,7 @@ class DraftTree:
         if len(order) != n:
             raise InputError(f"the draft tree is not connected: {n - len(order)} node(s) unreachable from the root")
         new_parents = [-1] + [new_index[parents[o]] for o in order[1:]]
-        depths = [0] * n
-        for i in range(1, n):
-            depths[i] = depths[new_parents[i]] + 1
-        sizes = [1] * n
-        for i in range(n - 1, 0, -1):  # children come after parents in pre-order
-            sizes[new_parents[i]] += sizes[i]
+        depths, sizes = _depths_and_sizes(new_parents)
         new_tokens = [tokens[o] for o in order]
         if len({(new_parents[i], new_tokens[i]) for i in range(1, n)}) != n - 1:  # the one invariant not made here
             seen: set[tuple[int, int]] = set()
@@ -93,13 +88,7 @@ class DraftTree:
         tokens: Sequence[int], parents: Sequence[int], scores: Sequence[float] | None = None
     ) -> "DraftTree":
         """Build from nodes already in DFS pre-order (checked as `validate` checks)."""
-        n = len(tokens)
-        depths = [0] * n
-        for i in range(1, n):
-            depths[i] = depths[parents[i]] + 1
-        sizes = [1] * n
-        for i in range(n - 1, 0, -1):  # children come after parents in pre-order
-            sizes[parents[i]] += sizes[i]
+        depths, sizes = _depths_and_sizes(parents)
         tree = DraftTree._assemble(tokens, parents, depths, sizes, scores)
         if not invariants_hold(list(tokens), list(parents), depths, sizes):
             tree.validate()  # names the first broken invariant
@@ -203,6 +192,18 @@ class DraftTree:
         if recount != sizes:
             bad = next(i for i in range(n) if recount[i] != sizes[i])
             raise InputError(f"node {bad} has subtree size {sizes[bad]} but {recount[bad]} descendants-or-self")
+
+
+def _depths_and_sizes(parents: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Depths and subtree sizes of a tree in pre-order (parents[i] < i), from its parents alone."""
+    n = len(parents)
+    depths = [0] * n
+    for i in range(1, n):
+        depths[i] = depths[parents[i]] + 1
+    sizes = [1] * n
+    for i in range(n - 1, 0, -1):  # children come after parents in pre-order
+        sizes[parents[i]] += sizes[i]
+    return depths, sizes
 
 
 def invariants_hold(tokens: list[int], parents: list[int], depths: list[int], sizes: list[int]) -> bool:

@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] [--exact on|off] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
+        [--budget 16] [--b1-prompts 16] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -13,6 +13,8 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
                --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
+    V+ov@B     any of ours with `generation.overlap` (--overlap on / both): the slots' two halves in
+               alternating steps, one verified on the device while the host makes the other's
 
 Both of ours run the decoder over one paged page pool with the packed Triton kernel (--attention
 triton, the default on CUDA) or the reference attention (torch), replayed from CUDA graphs where the
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-verify-rows", default="none",
                     help="verify-row caps per step, comma-separated, 'none' = uncapped: one speculative variant per cap "
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
+    ap.add_argument("--overlap", choices=("off", "on", "both"), default="off",
+                    help="our variants one step at a time (off), with the slots' halves overlapped (on: V+ov@B), or both")
     ap.add_argument("--attention", choices=("triton", "torch"), default=None,
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
@@ -145,12 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
-             cap: int | None = None) -> tuple[list[list[int]], float, dict[str, Any]]:
+             cap: int | None = None, overlap: bool = False) -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else min(eos)
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap]
     reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
@@ -224,20 +230,22 @@ def main(argv: list[str] | None = None) -> None:
         if b in hf_sizes:
             outs, s = timed(args.device, lambda p=prompts, b=b: hf_generate(model, p, b, args.new, pad, eos, args.device))
             record("hf", b, outs, s, reference)
-        outs, s, extra = ours(f"plain@{b}", b, False, prompts)
-        if b > 1 and not wide:
-            wide.append((f"plain@{b}", outs))
-        extra.pop("tau")
-        record("plain", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra)
-        for cap in caps:
-            if cap is not None and not 2 * b <= cap < b * (args.budget + 1):
-                why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
-                print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
-                continue
-            engine = "spec" if cap is None else f"spec-r{cap}"
-            outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap)
-            record(engine, b, outs, s, reference, over=("x_plain", f"plain@{b}"), **extra, drafter=args.drafter,
-                   budget=args.budget, max_verify_rows=cap)
+        for ov in modes if b > 1 else (False,):  # overlap needs two halves
+            tag = "+ov" if ov else ""
+            outs, s, extra = ours(f"plain{tag}@{b}", b, False, prompts, overlap=ov)
+            if b > 1 and not wide:
+                wide.append((f"plain{tag}@{b}", outs))
+            extra.pop("tau")
+            record(f"plain{tag}", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra, overlap=ov)
+            for cap in caps:
+                if cap is not None and not 2 * b <= cap < b * (args.budget + 1):
+                    why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
+                    print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
+                    continue
+                engine = ("spec" if cap is None else f"spec-r{cap}") + tag
+                outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov)
+                record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
+                       budget=args.budget, max_verify_rows=cap, overlap=ov)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         line = f"batch {b:>3}: " + ", ".join(f"{e} / plain = {by[f'{e}@{b}'] / by[f'plain@{b}']:.2f}x"

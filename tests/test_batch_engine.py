@@ -201,7 +201,7 @@ def test_device_acceptance_reads_back_once_a_step_for_the_whole_batch():
     results = pipe.generate_many(prompts)
     assert [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
     steps = [what for kind, what in log if kind == "step"]
-    assert len(steps) > 1 and engine._readback.copies == len(steps)  # one read-back per step, not one per sequence
+    assert len(steps) > 1 and sum(r.copies for r in engine._readbacks) == len(steps)  # one read-back per step, not one per sequence
     assert [len(what) for kind, what in log if kind == "prefill"][0] == 3  # the first three prompts' prefills: one forward
 
 
@@ -216,3 +216,28 @@ def test_a_seeded_sample_in_a_batch_is_the_prompts_seeded_sample_alone(on_device
     alone = [pipe.generate(p).tokens for p in prompts]
     assert len({tuple(t) for t in alone}) > 1
     assert [r.tokens for r in pipe.generate_many(prompts, batch_size=3)] == alone
+
+
+def test_with_overlap_one_half_is_verified_while_the_other_half_is_committed():
+    """`overlap`: the slots in two halves (even, odd) whose steps alternate — a half's step is queued
+    (its forward and its result's copy started) before the other half's step is read back and
+    committed, so the device always has a step while the host works. Outputs stay plain decoding's."""
+    from jetspec.core.config import GenerationConfig
+
+    log, seed = [], 5
+    target = Spy(tiny_decoder(seed), log)
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3), batch_size=4)
+    pipe.config.generation = GenerationConfig(budget=6, max_new_tokens=10, batch_size=4, accept_on_device="always",
+                                              overlap=True)
+    engine = pipe.batched()
+    for half, readback in enumerate(engine._readbacks):  # log each half's wait for its step's result
+        wait = readback.wait
+        readback.wait = lambda wait=wait, half=half: (log.append(("wait", half)), wait())[1]
+    prompts = [[1, 2, 1], [4, 4, 4, 4], [9, 7], [6, 5, 6, 5], [3, 3], [8, 1, 8]]
+    assert [tuple(r.tokens) for r in pipe.generate_many(prompts)] == [answer(tuple(p))[:10] for p in prompts]
+    events = [e for e in log if e[0] != "prefill"]
+    # while both halves have prompts: two steps queued, then each wait is followed by that half's next step
+    assert [kind for kind, _ in events[:12]] == ["step", "step"] + ["wait", "step"] * 5
+    assert [half for kind, half in events[:12] if kind == "wait"] == [0, 1, 0, 1, 0]  # the halves land in turn
+    assert all(rows == [7, 7] for kind, rows in events[:12] if kind == "step")  # each step: one half's two sequences

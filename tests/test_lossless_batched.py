@@ -1,7 +1,8 @@
 """Lossless per sequence (issue #20, part 3): every prompt's output at batch size B equals its plain
 batch-1 output, token for token, for any tiny decoder, prompts of any lengths in any arrival order,
 batch size, drafter (n-gram lookup, random trees, a near-perfect oracle), KV cache, budget, row cap
-and length, accepting on the host or on the device (fp32, CPU, our `decoder` target with the
+and length, accepting on the host or on the device, one step at a time or the slots' two halves in
+alternating steps (`overlap`) (fp32, CPU, our `decoder` target with the
 reference attention, greedy verifier)."""
 
 import functools
@@ -79,13 +80,14 @@ def pipeline(target: tuple[str, int], drafter: str, cache: str, generation: dict
     budget=st.integers(1, 24),
     max_new=st.integers(1, MAX_NEW),
     on_device=st.sampled_from(["auto", "always"]),  # host acceptance, or device acceptance with one read-back a step
+    overlap=st.booleans(),  # the slots' two halves in alternating steps, one in flight while the other is made
     data=st.data(),
 )
 def test_each_sequence_of_a_batch_decodes_as_it_would_alone(target, prompts, batch_size, drafter, cache, budget, max_new,
-                                                            on_device, data):
+                                                            on_device, overlap, data):
     cap = data.draw(st.one_of(st.none(), st.integers(batch_size, 4 * batch_size)), label="max_verify_rows")
     pipe = pipeline(target, drafter, cache, {"budget": budget, "batch_size": batch_size, "max_verify_rows": cap,
-                                             "accept_on_device": on_device})
+                                             "accept_on_device": on_device, "overlap": overlap})
     finished = []
     results = pipe.generate_many(prompts, max_new_tokens=max_new, on_result=lambda i, r: finished.append(i))
     for p, result in zip(prompts, results):

@@ -70,6 +70,17 @@ def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.
 def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
                      meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
                      who: str, vocab: int, batch: bool = False) -> list[Accepted]:
+    """The step's acceptance on the device: `start_on_device`, then `finish_on_device` (its one wait)."""
+    pending = start_on_device(verifiers, trees, dtrees, logits, meta, states, caches, readback, who, batch)
+    return finish_on_device(pending, trees, dtrees, readback, who, vocab)
+
+
+def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
+                    meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
+                    who: str, batch: bool = False) -> list[torch.Tensor | JetSpecError]:
+    """Queue the step's device work — each result, the staged K/V moves, the copy of the results to
+    the host (`readback.start`) — with no wait -> per sequence its path on the device [D_s + 1], or
+    its error (what `finish_on_device` takes)."""
     packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
     paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
     staged: list[tuple[KVCache, int, int, int]] = []  # (cache, offset of its path in the step's results, D_s + 1, N_s)
@@ -98,7 +109,16 @@ def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: 
                 and first.stage_commit_many([c for c, *_ in staged], flat, [m for _, *m in staged])):
             for cache, o, m, n in staged:
                 cache.stage_commit(flat[o : o + m].clamp(0, n - 1))
-    values = readback(flat) if packed else []  # the step's one wait for the device
+    if packed:
+        readback.start(flat)
+    return paths
+
+
+def finish_on_device(paths: list[torch.Tensor | JetSpecError], trees: list[DraftTree], dtrees: list[DeviceTree],
+                     readback: Readback, who: str, vocab: int) -> list[Accepted]:
+    """Wait for the copy `start_on_device` queued (the step's one wait for the device) and check
+    each sequence's acceptance against its tree."""
+    values = readback.wait() if any(isinstance(p, torch.Tensor) for p in paths) else []
     out: list[Accepted] = []
     start = 0
     for tree, dtree, path in zip(trees, dtrees, paths):

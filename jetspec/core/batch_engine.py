@@ -13,6 +13,15 @@
     finish     a sequence that reached max_new_tokens or a stop token leaves, reported at once;
                its slot takes the next prompt before the next step
 
+Overlap (`generation.overlap`): the slots in two halves (even, odd) whose steps alternate. A step
+is launched (trees built, forward and acceptance queued, the copy of its result started) and
+landed (its one wait, then commit and observe) later: half A's step is launched, then half B's
+last step landed and its next one launched, then A's landed, ... so the device verifies one half
+while the host drafts, builds and commits the other. The hidden rows a step's drafters observe are
+copied at launch (the other half's forward may reuse a CUDA graph's output buffers before the
+commit reads them); each half has its own upload and read-back buffers. Per sequence nothing
+changes: its rounds are the same calls in the same order.
+
 Row cap: with `max_verify_rows` = C and A sequences in flight, sequence s verifies its root and
 b_s = min(budget, C // A - 1) drafts, so a step has at most A * (C // A) <= C rows. C >= B is
 required: every sequence verifies at least its root.
@@ -30,13 +39,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from .batch import BatchMeta, SequenceParts
-from .batch_accept import accept_on_device, accept_on_host
+from .batch_records import Finished, LaunchedStep, SequenceInFlight
+from .batch_accept import accept_on_host, finish_on_device, start_on_device
 from .checks import Blame, Checked, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
@@ -51,26 +60,6 @@ from .tree import DraftTree
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
-
-
-@dataclass
-class Finished:
-    """One prompt done: `result` (None if it failed before its prefill) and `error` (None if it
-    succeeded; else the one-line error, with `error.partial` what it had committed)."""
-
-    index: int  # the prompt's position in the input list
-    result: GenerationResult | None
-    error: Exception | None
-    seconds: float  # wall time from admission to finish
-
-
-@dataclass
-class _Sequence:
-    index: int
-    slot: int
-    state: DecodeState
-    stats: GenerationStats
-    started: float
 
 
 class BatchEngine:
@@ -91,8 +80,10 @@ class BatchEngine:
         self.pipe, self.batch_size, self.max_verify_rows = pipe, batch_size, max_verify_rows
         self.parts = [new_parts() for _ in range(batch_size)]  # slot -> its own drafter and verifier
         device = target.info.device
-        self._upload = TreeUpload(device)  # a step's trees, end to end, in one copy to the device
-        self._readback = Readback(device)  # the step's one device-to-host copy (device acceptance)
+        # per half of the slots (`generation.overlap`: two steps in flight), a step's trees end to end in one
+        # copy to the device and its one device-to-host copy (device acceptance)
+        self._uploads = (TreeUpload(device), TreeUpload(device))
+        self._readbacks = (Readback(device), Readback(device))
 
     # ------------------------------------------------------------------ the run
     def run(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None,
@@ -121,23 +112,40 @@ class BatchEngine:
         lengths = [len(e) for e in encoded if isinstance(e, list)]
         caches = self._caches(max(lengths) + max_new + self._budget) if lengths else []
         queue = list(range(len(prompts)))[::-1]  # pop() takes the next prompt in input order
-        slots: list[_Sequence | None] = [None] * self.batch_size
+        slots: list[SequenceInFlight | None] = [None] * self.batch_size
+        self._overlap = gen.overlap and self.batch_size > 1
+        halves = (range(0, self.batch_size, 2), range(1, self.batch_size, 2)) if self._overlap else (range(self.batch_size),)
+        in_flight: list[LaunchedStep | None] = [None, None]  # per half: its step queued on the device, not landed yet
         with frozen_heap():  # no full collection of the pre-existing heap stalls the steps (until the run ends or is closed)
             while queue or any(slots):
-                admitted: list[_Sequence] = []
-                for slot in range(self.batch_size):  # continuous batching: a free slot takes the next prompt
-                    while slots[slot] is None and queue:
-                        i = queue.pop()
-                        if isinstance(encoded[i], Exception):
-                            yield Finished(i, None, encoded[i], 0.0)
-                            continue
-                        slots[slot] = self._admit(i, slot, encoded[i], caches[slot])
-                        admitted.append(slots[slot])
-                for group in _prefill_groups(admitted):
-                    yield from self._prefill(group, caches, slots)
-                active = [s for s in slots if s is not None]
-                if active:
-                    yield from self._step(active, caches, slots)
+                for half, mine in enumerate(halves):  # one half: every step; two: while one half's step runs, the other's is made
+                    admitted = yield from self._admit_free(mine, queue, encoded, caches, slots)
+                    for group in _prefill_groups(admitted):
+                        yield from self._prefill(group, caches, slots)
+                    active = [slots[i] for i in mine if slots[i] is not None]
+                    launched = (yield from self._launch(active, caches, slots, half)) if active else None
+                    other, in_flight[1 - half] = in_flight[1 - half], None
+                    if other is not None:
+                        yield from self._land(other, caches, slots)
+                    if not self._overlap and launched is not None:
+                        yield from self._land(launched, caches, slots)
+                    else:
+                        in_flight[half] = launched
+
+    def _admit_free(self, mine: range, queue: list[int], encoded: list, caches: list[KVCache],
+                    slots: list[SequenceInFlight | None]) -> Iterator[Finished]:
+        """Continuous batching: each free slot of `mine` takes the next prompt (a prompt that failed to
+        encode is reported and skipped) -> (generator return) the admitted sequences."""
+        admitted: list[SequenceInFlight] = []
+        for slot in mine:
+            while slots[slot] is None and queue:
+                i = queue.pop()
+                if isinstance(encoded[i], Exception):
+                    yield Finished(i, None, encoded[i], 0.0)
+                    continue
+                slots[slot] = self._admit(i, slot, encoded[i], caches[slot])
+                admitted.append(slots[slot])
+        return admitted
 
     def _admissible(self, ids: list[int]) -> list[int]:
         limit = self.pipe.target.info.max_positions
@@ -155,15 +163,15 @@ class BatchEngine:
             return first.sequences(self.batch_size)
         return [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)]
 
-    def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> _Sequence:
-        seq = _Sequence(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
+    def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> SequenceInFlight:
+        seq = SequenceInFlight(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())
         cache.reset()
         verifier = self.parts[slot].verifier
         if conforms(verifier, ResettableVerifier):  # a sampling verifier re-seeds here
             verifier.reset(seq.state)
         return seq
 
-    def _prefill(self, group: list[_Sequence], caches: list[KVCache], slots: list[_Sequence | None]) -> Iterator[Finished]:
+    def _prefill(self, group: list[SequenceInFlight], caches: list[KVCache], slots: list[SequenceInFlight | None]) -> Iterator[Finished]:
         """The prompts of newly admitted sequences, each but its last token (its first root), as
         chains packed into ONE forward; then each drafter starts and observes its prompt's hidden
         states, as `Pipeline._prefill` does for one sequence."""
@@ -206,19 +214,19 @@ class BatchEngine:
                 yield self._finish(seq, caches, slots, "error", e)
 
     # ------------------------------------------------------------------ one step
-    def _step(self, active: list[_Sequence], caches: list[KVCache], slots: list[_Sequence | None]) -> Iterator[Finished]:
-        """Draft and build per sequence, verify all in one forward, accept and commit per sequence."""
+    def _launch(self, active: list[SequenceInFlight], caches: list[KVCache], slots: list[SequenceInFlight | None],
+                half: int) -> Iterator[Finished]:
+        """Draft and build per sequence, verify all in one forward, and queue the acceptance on the
+        device (the host path decides it here) -> (generator return) the step for `_land`, or None."""
         pipe, clock = self.pipe, time.perf_counter
         share = self.max_verify_rows // len(active) if self.max_verify_rows else None  # rows per sequence
         budget = self._budget if share is None else min(self._budget, share - 1)
-        trees: list[tuple[_Sequence, DraftTree]] = []
+        trees: list[tuple[SequenceInFlight, DraftTree]] = []
         for seq in active:
             try:
                 trees.append((seq, self._tree(seq, budget)))
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
-        if not trees:
-            return
         t0 = clock()
         device = pipe.target.info.device
         reserved = []
@@ -231,11 +239,11 @@ class BatchEngine:
             reserved.append((seq, tree))
         trees = reserved
         if not trees:
-            return
+            return None
         prefixes = [caches[seq.slot].committed for seq, _ in trees]
         dtrees: list[DeviceTree] = []
         if self._on_device:  # the step's one copy to the device: every tree, end to end; the metadata is read from there
-            dtrees, block = self._upload.many([t for _, t in trees], prefixes)  # block [7, R]
+            dtrees, block = self._uploads[half].many([t for _, t in trees], prefixes)  # block [7, R]
             metas = [AttentionMeta(p, positions=d.positions, subtree_sizes=d.subtree_sizes) for p, d in zip(prefixes, dtrees)]
             meta = BatchMeta.pack(metas, packed=(block[4], block[3]))
             tokens = block[0]  # [R]
@@ -248,24 +256,41 @@ class BatchEngine:
         except JetSpecError as e:  # the target failed: every sequence of the step fails with it
             for seq, _ in trees:
                 yield self._finish(seq, caches, slots, "error", e)
-            return
+            return None
         t1 = clock()
+        # with two steps in flight the other half's forward may reuse this one's output buffers (a CUDA
+        # graph's) before `_land` reads the hidden rows: copied now, in stream order
+        hidden = out.hidden.clone() if self._overlap and out.hidden is not None else out.hidden  # [R, k, H]
+        launched = LaunchedStep(trees, meta, dtrees, hidden, self._readbacks[half], t0, t1)
         verifiers = [self.parts[seq.slot].verifier for seq, _ in trees]
         states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
-        who, vocab = pipe.labels["verifier"], pipe.target.info.vocab_size
+        who = pipe.labels["verifier"]
         if self._on_device:
-            accepted = accept_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
-                                        self._readback, who, vocab, self._batch_accept)
+            launched.paths = start_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
+                                             launched.readback, who, self._batch_accept)
         else:
-            accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who, vocab)
-        verify, accept = (t1 - t0) / len(trees), (clock() - t1) / len(trees)  # shared work, split evenly
+            launched.accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who,
+                                               pipe.target.info.vocab_size)
+        launched.queued = clock() - t1
+        return launched
+
+    def _land(self, step: LaunchedStep, caches: list[KVCache], slots: list[SequenceInFlight | None]) -> Iterator[Finished]:
+        """The step's acceptance read back (its one wait) and checked, then commit per sequence."""
+        clock, trees = time.perf_counter, step.trees
+        t2 = clock()
+        accepted = step.accepted
+        if accepted is None:
+            accepted = finish_on_device(step.paths, [t for _, t in trees], step.dtrees, step.readback,
+                                        self.pipe.labels["verifier"], self.pipe.target.info.vocab_size)
+        verify = (step.t1 - step.t0) / len(trees)  # shared work, split evenly
+        accept = (step.queued + clock() - t2) / len(trees)
         for s, ((seq, tree), (acc, path)) in enumerate(zip(trees, accepted)):
             seq.stats.seconds["verify"] += verify
             seq.stats.seconds["accept"] += accept
             try:
                 if isinstance(acc, JetSpecError):
                     raise acc
-                hidden = None if out.hidden is None else out.hidden[meta.rows(s)]  # [N_s, k, H]
+                hidden = None if step.hidden is None else step.hidden[step.meta.rows(s)]  # [N_s, k, H]
                 stopped = self._commit(seq, tree, acc, path, hidden, caches[seq.slot])
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
@@ -273,7 +298,7 @@ class BatchEngine:
             if stopped != "length" or len(seq.state.generated) >= self._max_new:
                 yield self._finish(seq, caches, slots, stopped, None)
 
-    def _tree(self, seq: _Sequence, budget: int) -> DraftTree:
+    def _tree(self, seq: SequenceInFlight, budget: int) -> DraftTree:
         """Sequence `seq`'s tree for this step, checked as `Pipeline` checks it."""
         pipe, clock = self.pipe, time.perf_counter
         root = seq.state.tokens[-1]
@@ -307,7 +332,7 @@ class BatchEngine:
             raise PluginError(f"{who} returned hidden states of shape {got} for {r} rows and {len(layers)} layers")
         return out
 
-    def _commit(self, seq: _Sequence, tree: DraftTree, acc: Acceptance, path: torch.Tensor | None,
+    def _commit(self, seq: SequenceInFlight, tree: DraftTree, acc: Acceptance, path: torch.Tensor | None,
                 hidden: torch.Tensor | None, cache: KVCache) -> str:
         """Commit `acc`, extend the state, let the drafter observe the committed nodes' hidden
         states (gathered by the device path where there is one) -> why it stops ("length": goes on)."""
@@ -325,7 +350,7 @@ class BatchEngine:
         seq.stats.seconds["commit"] += time.perf_counter() - t0
         return stopped
 
-    def _finish(self, seq: _Sequence, caches: list[KVCache], slots: list[_Sequence | None], stopped: str,
+    def _finish(self, seq: SequenceInFlight, caches: list[KVCache], slots: list[SequenceInFlight | None], stopped: str,
                 error: Exception | None) -> Finished:
         """Report `seq` and free its slot (its cache's storage goes back to the pool)."""
         caches[seq.slot].reset()
@@ -340,10 +365,10 @@ class BatchEngine:
 PREFILL_ROWS = 4096  # prompt rows one packed prefill takes at most: its logits are [rows, V]
 
 
-def _prefill_groups(admitted: list[_Sequence]) -> list[list[_Sequence]]:
+def _prefill_groups(admitted: list[SequenceInFlight]) -> list[list[SequenceInFlight]]:
     """The admitted sequences in order, cut into groups of at most PREFILL_ROWS prompt rows (a
     longer prompt alone)."""
-    groups: list[list[_Sequence]] = []
+    groups: list[list[SequenceInFlight]] = []
     rows = 0
     for seq in admitted:
         n = seq.state.prompt_len - 1

@@ -91,3 +91,24 @@ def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):
     assert [r["variant"] for r in rows] == ["plain@4", "spec@4"]
     assert all(r["exact"] and r["attention"] == "triton" and r["dtype"] == "bfloat16" for r in rows)
     assert all(r["identical"] == 1.0 for r in rows)
+
+
+def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlapped(tmp_path):
+    """--overlap both: every variant of ours at batch > 1 also with the slots' halves overlapped (V+ov@B),
+    compared with the plain run of its own mode; outputs identical either way."""
+    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "4", "--b1-prompts", "2", "--new", "6", "--batch-sizes", "4", "--budget", "4", "--no-hf",
+           "--overlap", "both", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["variant"], r["overlap"]) for r in rows] == [("plain@4", False), ("spec@4", False), ("plain+ov@4", True),
+                                                            ("spec+ov@4", True)]
+    by = {r["variant"]: r for r in rows}
+    assert by["spec+ov@4"]["x_plain"] == by["spec+ov@4"]["tokens_per_s"] / by["plain+ov@4"]["tokens_per_s"]
+    assert all(r["identical"] == 1.0 for r in rows) and all(r["identical_all"] == 1.0 for r in rows if r["batch_size"] == 4)

@@ -134,6 +134,7 @@ prompts = st.lists(st.integers(0, 999), min_size=1, max_size=8).flatmap(
 def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, batch, batch_size, budget, drafter, data):
     exact, graphed, _ = models
     cap = data.draw(st.one_of(st.none(), st.integers(batch_size, 8 * batch_size)), label="max_verify_rows")
+    overlap = data.draw(st.booleans(), label="overlap")  # two halves of the slots, one step of each in flight
 
     def pipeline(target, size: int) -> Pipeline:
         def new_drafter():
@@ -141,7 +142,7 @@ def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, b
                 return NgramDrafter(NgramOptions())
             return OracleDrafter(OracleOptions(reference=[], extra_branches=6, depth=8, vocab_size=1000))
 
-        gen = GenerationConfig(budget=budget, max_new_tokens=48, batch_size=size, max_verify_rows=cap)
+        gen = GenerationConfig(budget=budget, max_new_tokens=48, batch_size=size, max_verify_rows=cap, overlap=overlap)
         return Pipeline(target=target, drafter=new_drafter(), scorer=BestFirstScorer(), verifier=GreedyVerifier(),
                         new_cache=lambda c: PagedKVCache(target.info, c, PagedCacheOptions(page_size=PAGE)),
                         config=PipelineConfig(generation=gen), new_drafter=new_drafter, new_verifier=GreedyVerifier)
@@ -150,3 +151,41 @@ def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, b
     for target in (exact, graphed):  # the packed forward eager, then replayed from CUDA graphs
         results = pipeline(target, batch_size).generate_many(batch)
         assert [r.tokens for r in results] == plain
+
+
+def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models):
+    """With `overlap` the other half's forward is queued before a step's commit reads its hidden rows
+    (a CUDA graph's output buffers, shared by equal-sized steps): a head drafter (random weights,
+    observing the target's hidden states) must draft from the same rows as one step at a time — the
+    same candidates and log-probs at every (prompt, length) — and the output is plain decoding's."""
+    import jetspec
+
+    _, graphed, _ = models
+    prompts = [[(7 * i + j) % 1000 for j in range(5 + 3 * i)] for i in range(6)]
+
+    def run(overlap: bool) -> tuple[list, dict]:
+        pipe = (jetspec.builder().target(graphed).drafter("jetspec", checkpoint="random", lookup=False, target_layers=[0, 1])
+                .kv_cache("paged", page_size=PAGE).generation(budget=8, max_new_tokens=24, batch_size=4, overlap=overlap)
+                .build())
+        drafted, make = {}, pipe.new_drafter
+
+        def new_drafter():  # logs each proposal's first three depths under (prompt, committed length)
+            d = make()
+            real = d.propose
+
+            def propose(state, budget):
+                p = real(state, budget)
+                drafted[(tuple(state.tokens[: state.prompt_len]), len(state.tokens))] = [tuple(p.children((0,) * k)) for k in range(3)]
+                return p
+
+            d.propose = propose
+            return d
+
+        pipe.new_drafter = new_drafter
+        results = pipe.generate_many(prompts)
+        assert [r.tokens for r in results] == [pipe.generate_plain(p, max_new_tokens=24).tokens for p in prompts]
+        return results, drafted
+
+    alone, drafted_alone = run(False)
+    overlapped, drafted_overlapped = run(True)
+    assert len(drafted_alone) > len(prompts) and drafted_overlapped == drafted_alone

@@ -367,10 +367,10 @@ class PagedKVCache:
             self._pending = 0
 
     # host -> device writes: only what changed, and non-blocking (a blocking copy would wait for
-    # every kernel queued before it; the source is a fresh host tensor nobody reuses)
+    # every kernel queued before it; the source is a fresh host tensor nobody reuses, pinned on a GPU)
     def _sync_slots(self, lo: int, hi: int) -> None:
         if hi > lo:
-            self.slot_table[lo:hi].copy_(torch.tensor(self._slots[lo:hi], dtype=torch.int32), non_blocking=True)
+            self.slot_table[lo:hi].copy_(self._host(self._slots[lo:hi]), non_blocking=True)
         self._sync_block_table()
 
     def _sync_pages(self) -> None:
@@ -379,13 +379,16 @@ class PagedKVCache:
         p, hi = self.page_size, min(len(self._pages) * self.page_size, self.capacity)
         if hi > self._synced:
             rows = [self._pages[s // p] * p + s % p for s in range(self._synced, hi)]
-            self.slot_table[self._synced : hi].copy_(torch.tensor(rows, dtype=torch.int32), non_blocking=True)
+            self.slot_table[self._synced : hi].copy_(self._host(rows), non_blocking=True)
             self._synced = hi
         self._sync_block_table()
 
+    def _host(self, values: list[int]) -> torch.Tensor:
+        return on_device.pinned(torch.tensor(values, dtype=torch.int32), self.slot_table.device)
+
     def _sync_block_table(self) -> None:
         if self._pages and self._pages_changed:
-            self.block_table[: len(self._pages)].copy_(torch.tensor(self._pages, dtype=torch.int32), non_blocking=True)
+            self.block_table[: len(self._pages)].copy_(self._host(self._pages), non_blocking=True)
         self._pages_changed = False
 
     @staticmethod

@@ -51,6 +51,13 @@ def fused(x: torch.Tensor) -> bool:
     return x.is_cuda and _TRITON
 
 
+def pinned(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x (host memory) as the source of a non-blocking copy to `device`: in pinned memory when the
+    device is a GPU. From pageable memory the driver may first wait for the stream's queued work
+    (it stages the copy), which would serialize a step behind the one still running (`overlap`)."""
+    return x.pin_memory() if device.type == "cuda" else x
+
+
 ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree ends, node index
 
 

@@ -54,7 +54,7 @@ from .interfaces import (
     accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, pinned
-from .results import GenerationResult, GenerationStats
+from .results import GenerationStats
 from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
 

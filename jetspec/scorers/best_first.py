@@ -48,7 +48,7 @@ class BestFirstScorer:
             neg_score, _, parent, rank = pop(heap)
             row = kids[parent]
             token = int(row[rank][0])
-            node, depth, path = len(tokens), depths[parent] + 1, paths[parent] + (int(row[rank][0]),)
+            node, depth, path = len(tokens), depths[parent] + 1, paths[parent] + (token,)
             tokens.append(token)
             parents.append(parent)
             scores.append(-neg_score)

@@ -181,8 +181,10 @@ class PagedKVCache:
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
         self._committed = self._pending = self._staged = 0
-        self._synced = 0  # gather: slot_table[:_synced] holds the rows the pages give (nothing to send)
-        self._pages_changed = False  # block_table is behind _pages
+        # what the device's tables hold, so that a page given back and taken again (the allocator is
+        # last-in first-out: a round's spare page comes back the next round) is not sent again
+        self._table = _Mirror()  # gather: slot_table's rows are those of these pages, in order
+        self._blocks = _Mirror()  # block_table[: len] holds these pages
 
     def begin(self, n: int) -> None:
         t = self._committed
@@ -297,7 +299,8 @@ class PagedKVCache:
         keep_pages = math.ceil((t + k) / self.page_size)
         self.allocator.release(self._pages[keep_pages:])
         del self._pages[keep_pages:]  # block_table past the pages in use is never read
-        self._synced = min(self._synced, keep_pages * self.page_size)
+        self._table.cut(keep_pages)
+        self._blocks.cut(keep_pages)
 
     def _commit_remap(self, t: int, keep: list[int]) -> None:
         pending = self._slots[t:]
@@ -318,7 +321,6 @@ class PagedKVCache:
         """Physical rows for n pending tokens, after acquiring `new_pages`."""
         p = self.page_size
         self._pages.extend(new_pages)
-        self._pages_changed |= bool(new_pages)
         if self.options.commit == "gather":
             t = self._committed
             return [self._pages[s // p] * p + s % p for s in range(t, t + n)]
@@ -351,7 +353,7 @@ class PagedKVCache:
             gone = set(empty)
             self._pages = [page for page in self._pages if page not in gone]
             self.allocator.release(empty)
-            self._pages_changed = True
+            self._blocks.cut(0)  # a page left from the middle: compare from the start
         self._sync_block_table()
 
     def _discard_pending(self) -> None:
@@ -374,22 +376,24 @@ class PagedKVCache:
         self._sync_block_table()
 
     def _sync_pages(self) -> None:
-        """Gather mode: slot_table[:_synced] holds the rows the pages give; extend it over every page
-        held (one copy when a page comes, none on the steps that fill it)."""
-        p, hi = self.page_size, min(len(self._pages) * self.page_size, self.capacity)
-        if hi > self._synced:
-            rows = [self._pages[s // p] * p + s % p for s in range(self._synced, hi)]
-            self.slot_table[self._synced : hi].copy_(self._host(rows), non_blocking=True)
-            self._synced = hi
+        """Gather mode: slot_table holds the rows of `_table`'s pages; send the rows of the pages held
+        that differ from them (one copy when a new page comes, none on the steps that fill it or
+        when a page given back comes back)."""
+        p = self.page_size
+        same = self._table.sync(self._pages)
+        lo, hi = same * p, min(len(self._pages) * p, self.capacity)
+        if hi > lo:
+            rows = [self._pages[s // p] * p + s % p for s in range(lo, hi)]
+            self.slot_table[lo:hi].copy_(self._host(rows), non_blocking=True)
         self._sync_block_table()
 
     def _host(self, values: list[int]) -> torch.Tensor:
         return on_device.pinned(torch.tensor(values, dtype=torch.int32), self.slot_table.device)
 
     def _sync_block_table(self) -> None:
-        if self._pages and self._pages_changed:
-            self.block_table[: len(self._pages)].copy_(self._host(self._pages), non_blocking=True)
-        self._pages_changed = False
+        same = self._blocks.sync(self._pages)
+        if len(self._pages) > same:
+            self.block_table[same : len(self._pages)].copy_(self._host(self._pages[same:]), non_blocking=True)
 
     @staticmethod
     def _flat(pool: torch.Tensor) -> torch.Tensor:
@@ -398,3 +402,27 @@ class PagedKVCache:
     @staticmethod
     def _rows(pool: torch.Tensor, layer: int) -> torch.Tensor:
         return pool[layer].view(-1, *pool.shape[3:])  # [pages * P, Hkv, D]
+
+
+class _Mirror:
+    """The page list a device table holds (its entries past the pages in use stay there, unread), and
+    how many leading pages are known to be what the host holds. Pages change at the tail (a commit
+    gives back the last ones, a begin takes new ones), so a sync compares only past that prefix."""
+
+    def __init__(self) -> None:
+        self.pages: list[int] = []
+        self.known = 0  # leading pages known equal to the host's
+
+    def cut(self, n: int) -> None:
+        """The host's pages from index n on were given back (others may take their place)."""
+        self.known = min(self.known, n)
+
+    def sync(self, pages: list[int]) -> int:
+        """The host now holds `pages` -> how many leading pages the table already has (the caller
+        sends the rest); the table then holds `pages` (and what it held past them)."""
+        same = min(self.known, len(pages))
+        while same < len(pages) and same < len(self.pages) and pages[same] == self.pages[same]:
+            same += 1
+        self.pages[: len(pages)] = pages
+        self.known = len(pages)
+        return same

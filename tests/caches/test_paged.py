@@ -150,3 +150,24 @@ def test_a_cache_that_cannot_fit_in_memory_is_one_line_before_anything_is_alloca
                       device=torch.device("cpu"))  # 2 x 1000 x 2^22 x 64 x 128 x 4 bytes = 256 TiB
     with pytest.raises(CapacityError, match=r"KV cache .* needs .* GiB but only .* GiB are free on cpu"):
         (DenseKVCache(info, 1 << 22) if kind == "dense" else PagedKVCache(info, 1 << 22))
+
+
+def test_a_spare_page_that_comes_back_is_not_sent_to_the_device_again():
+    """Gather mode: a round's tree reaches into a page its commit gives back; the next round's begin
+    takes that same page again (the allocator is last-in first-out), so the slot and block tables
+    already hold it: nothing is copied. A page another cache took in between is sent."""
+    a, b = PagedKVCache(info(), 64, PagedCacheOptions(page_size=4)).sequences(2)
+    sent = []
+    real = a._host
+    a._host = lambda values: (sent.append(list(values)), real(values))[1]
+    a.begin(6)  # pages p0, p1
+    a.commit(range(3))  # keeps p0, gives p1 back
+    sent.clear()
+    a.begin(4)  # tokens 3..6: p0 and p1 again
+    assert sent == [] and a.slot_mapping.tolist() == [a._pages[s // 4] * 4 + s % 4 for s in range(7)]
+    a.commit(range(1))  # 4 committed; p1 given back again
+    b.begin(4)  # the other cache takes p1
+    a.begin(4)  # tokens 4..7 need a page: another one than p1 now
+    assert len(sent) == 2  # its rows, and the block table's new entry
+    assert a.slot_mapping.tolist() == [a._pages[s // 4] * 4 + s % 4 for s in range(8)]
+    assert set(a._pages).isdisjoint(b._pages)

@@ -9,7 +9,8 @@ each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`;
 `stage_commit` moves its kept K/V behind it (caches with `stage_commit_many`, the paged pool's:
 the whole step's moves in one call), and ONE read-back of all the packed results, laid end
 to end, brings the whole step's paths to the host: the step waits for the device once, not once
-per sequence.
+per sequence. `start_on_device` queues all of it, `finish_on_device` waits and checks: with
+`generation.overlap` the other half's step is launched in between.
 
 A sequence whose verifier fails (an exception, a malformed result, a path that is not in its
 tree) gets its error; the others are unaffected.
@@ -65,14 +66,6 @@ def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.
         except JetSpecError as e:
             out.append(e)
     return out
-
-
-def accept_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
-                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
-                     who: str, vocab: int, batch: bool = False) -> list[Accepted]:
-    """The step's acceptance on the device: `start_on_device`, then `finish_on_device` (its one wait)."""
-    pending = start_on_device(verifiers, trees, dtrees, logits, meta, states, caches, readback, who, batch)
-    return finish_on_device(pending, trees, dtrees, readback, who, vocab)
 
 
 def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,

@@ -55,9 +55,10 @@ class TokenTrie:
         return trie
 
     def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
+        path = path if type(path) is tuple else tuple(path)
         row = self._rows.get(path)
         if row is None:
-            kids = self._children.get(tuple(path))
+            kids = self._children.get(path)
             row = self._rows[path] = tuple(sorted(kids.items(), key=lambda kv: (-kv[1], kv[0]))) if kids else ()
         return row
 

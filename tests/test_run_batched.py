@@ -1,5 +1,6 @@
 """`jetspec run --batch-size B` (or `generation.batch_size` in the config): the same rows as one
-prompt at a time — one per prompt, each answer identical to its batch-1 answer — appended as
+prompt at a time — one per prompt, each answer identical to its batch-1 answer (steps of the slots' two
+halves overlapped too: `overlap = true`) — appended as
 prompts finish; resume after a partial, torn output answers every prompt once; a failing prompt
 is recorded in its row and the batch goes on; what cannot batch fails before any row, in one line."""
 
@@ -18,7 +19,8 @@ PROMPTS = [{"id": f"p{i}", "text": text} for i, text in enumerate(
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_batched")
     save_tiny_hf_folder(root / "model", seed=1)
-    for name, target, extra in (("decoder", "decoder", "batch_size = 3\n"), ("hf", "transformers", "")):
+    for name, target, extra in (("decoder", "decoder", "batch_size = 3\n"), ("overlap", "decoder", "batch_size = 4\noverlap = true\n"),
+                                ("hf", "transformers", "")):
         (root / f"{name}.toml").write_text(f"""
 target = {{ name = "{target}", path = "{root / 'model'}", device = "cpu" }}
 drafter = {{ name = "ngram", n_max = 3 }}
@@ -43,8 +45,9 @@ def test_batched_rows_equal_one_at_a_time_rows(root, tmp_path, capsys):
     assert run(root, "decoder", prompts, one, "--batch-size", "1") == 0
     assert run(root, "decoder", prompts, cfg) == 0  # batch_size = 3 from the config
     assert run(root, "decoder", prompts, flag, "--batch-size", "5", "--max-verify-rows", "12") == 0
+    assert run(root, "overlap", prompts, tmp_path / "overlap.jsonl") == 0  # two halves in alternating steps
     assert set(texts(one)) == {p["id"] for p in PROMPTS}
-    assert texts(cfg) == texts(one) and texts(flag) == texts(one)
+    assert texts(cfg) == texts(one) and texts(flag) == texts(one) and texts(tmp_path / "overlap.jsonl") == texts(one)
     assert all(r["tau"] >= 1 and r["seconds"] > 0 and "error" not in r for r in read_rows(flag))
     assert "[jetspec run] 7 prompts done, 0 skipped, 0 errors" in capsys.readouterr().err
 

@@ -42,6 +42,7 @@ from ..core import on_device
 from ..core.errors import CapacityError, InputError
 from ..core.interfaces import TargetInfo
 from ..core.memory import check_fits
+from .table_mirror import TableMirror
 
 
 class PagedCacheOptions(BaseModel):
@@ -181,10 +182,8 @@ class PagedKVCache:
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
         self._committed = self._pending = self._staged = 0
-        # what the device's tables hold, so that a page given back and taken again (the allocator is
-        # last-in first-out: a round's spare page comes back the next round) is not sent again
-        self._table = _Mirror()  # gather: slot_table's rows are those of these pages, in order
-        self._blocks = _Mirror()  # block_table[: len] holds these pages
+        self._table = TableMirror()  # gather: the pages whose rows slot_table holds, in order
+        self._blocks = TableMirror()  # the pages block_table holds
 
     def begin(self, n: int) -> None:
         t = self._committed
@@ -350,8 +349,7 @@ class PagedKVCache:
         for page in empty:
             del self._holes[page], self._live[page]
         if empty:
-            gone = set(empty)
-            self._pages = [page for page in self._pages if page not in gone]
+            self._pages = [page for page in self._pages if page in self._live]  # the empty ones just left it
             self.allocator.release(empty)
             self._blocks.cut(0)  # a page left from the middle: compare from the start
         self._sync_block_table()
@@ -368,17 +366,15 @@ class PagedKVCache:
                 self._free_rows(dropped)
             self._pending = 0
 
-    # host -> device writes: only what changed, and non-blocking (a blocking copy would wait for
-    # every kernel queued before it; the source is a fresh host tensor nobody reuses, pinned on a GPU)
+    # host -> device writes: only what changed, non-blocking, from a fresh host tensor (pinned on a GPU)
     def _sync_slots(self, lo: int, hi: int) -> None:
         if hi > lo:
             self.slot_table[lo:hi].copy_(self._host(self._slots[lo:hi]), non_blocking=True)
         self._sync_block_table()
 
     def _sync_pages(self) -> None:
-        """Gather mode: slot_table holds the rows of `_table`'s pages; send the rows of the pages held
-        that differ from them (one copy when a new page comes, none on the steps that fill it or
-        when a page given back comes back)."""
+        """Gather mode: send the rows of the pages held that slot_table does not hold yet (one copy when a
+        new page comes; none when a page given back comes back: the allocator is last-in first-out)."""
         p = self.page_size
         same = self._table.sync(self._pages)
         lo, hi = same * p, min(len(self._pages) * p, self.capacity)
@@ -387,7 +383,7 @@ class PagedKVCache:
             self.slot_table[lo:hi].copy_(self._host(rows), non_blocking=True)
         self._sync_block_table()
 
-    def _host(self, values: list[int]) -> torch.Tensor:
+    def _host(self, values: list[int]) -> torch.Tensor:  # [len(values)] int32, the source of one of those writes
         return on_device.pinned(torch.tensor(values, dtype=torch.int32), self.slot_table.device)
 
     def _sync_block_table(self) -> None:
@@ -402,27 +398,3 @@ class PagedKVCache:
     @staticmethod
     def _rows(pool: torch.Tensor, layer: int) -> torch.Tensor:
         return pool[layer].view(-1, *pool.shape[3:])  # [pages * P, Hkv, D]
-
-
-class _Mirror:
-    """The page list a device table holds (its entries past the pages in use stay there, unread), and
-    how many leading pages are known to be what the host holds. Pages change at the tail (a commit
-    gives back the last ones, a begin takes new ones), so a sync compares only past that prefix."""
-
-    def __init__(self) -> None:
-        self.pages: list[int] = []
-        self.known = 0  # leading pages known equal to the host's
-
-    def cut(self, n: int) -> None:
-        """The host's pages from index n on were given back (others may take their place)."""
-        self.known = min(self.known, n)
-
-    def sync(self, pages: list[int]) -> int:
-        """The host now holds `pages` -> how many leading pages the table already has (the caller
-        sends the rest); the table then holds `pages` (and what it held past them)."""
-        same = min(self.known, len(pages))
-        while same < len(pages) and same < len(self.pages) and pages[same] == self.pages[same]:
-            same += 1
-        self.pages[: len(pages)] = pages
-        self.known = len(pages)
-        return same

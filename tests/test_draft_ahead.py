@@ -144,3 +144,23 @@ def test_a_verifier_whose_path_leaves_the_tree_fails_in_one_line_not_in_the_queu
     with pytest.raises(PluginError, match=r"accepted path \[0, 1000000\]: node 1000000 is not a child of node 0") as e:
         pipe.generate([5, 6, 7, 5, 6, 7, 5, 6])
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
+    """The batched engine on the device path queues each sequence's next draft before the step's one
+    read-back, as the one-sequence pipeline does: every prompt's output is plain decoding's, and each
+    sequence's `propose` drafts itself only in its first round (with `overlap` too: a half's drafts
+    are then ready before the other half's step is read back)."""
+    from jetspec.testing.models import tiny_decoder_target
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7], [5, 6, 5, 6, 5]]
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec+lookup"])
+            .kv_cache("paged").generation(budget=12, max_new_tokens=14, accept_on_device="always", batch_size=3,
+                                          overlap=overlap).build())
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    with Calls() as calls:
+        results = pipe.generate_many(prompts)
+    assert [r.tokens for r in results] == plain
+    assert calls.own == len(prompts)  # one draft of its own per prompt: the first round's
+    assert calls.ahead == sum(r.stats.rounds for r in results)

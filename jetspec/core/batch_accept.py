@@ -18,6 +18,8 @@ tree) gets its error; the others are unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .batch import BatchMeta
@@ -70,13 +72,15 @@ def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.
 
 def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
-                    who: str, batch: bool = False) -> list[torch.Tensor | JetSpecError]:
-    """Queue the step's device work — each result, the staged K/V moves, the copy of the results to
-    the host (`readback.start`) — with no wait -> per sequence its path on the device [D_s + 1], or
-    its error (what `finish_on_device` takes)."""
-    packed: list[torch.Tensor] = []  # the well-formed results, each [2 D_s + 3] int64 on the device
+                    who: str, batch: bool = False,
+                    ahead: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor | JetSpecError]:
+    """Queue the step's device work — each result, the staged K/V moves, `ahead(s, packed_s)` for each
+    well-formed result (a drafter's next round, `DraftsAhead`; it keeps its own errors), the copy of
+    the results to the host (`readback.start`) — with no wait -> per sequence its path on the device
+    [D_s + 1], or its error (what `finish_on_device` takes)."""
     paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
     staged: list[tuple[KVCache, int, int, int]] = []  # (cache, offset of its path in the step's results, D_s + 1, N_s)
+    made: list[tuple[int, torch.Tensor]] = []  # (sequence, its well-formed result [2 D_s + 3] int64 on the device)
     results = _results(verifiers, dtrees, logits, meta, states, who, batch)
     offset = 0
     for s, (p, tree, dtree, cache) in enumerate(zip(results, trees, dtrees, caches)):
@@ -92,17 +96,20 @@ def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: l
             continue
         if tree.size > 1 and conforms(cache, CommitsOnDevice):
             staged.append((cache, offset + 1, d + 1, tree.size))
-        packed.append(p)
+        made.append((s, p))
         paths.append(p[1 : d + 2])  # [D + 1]; its first k entries are checked below
         offset += 2 * d + 3
-    flat = torch.cat(packed) if packed else None  # [sum 2 D_s + 3]: the step's results end to end
+    flat = torch.cat([p for _, p in made]) if made else None  # [sum 2 D_s + 3]: the step's results end to end
     if staged:  # each kept K/V moved behind its path (clamped: a wrong path fails the check, not an index)
         first = staged[0][0]
         if not (conforms(first, CommitsBatchOnDevice)
                 and first.stage_commit_many([c for c, *_ in staged], flat, [m for _, *m in staged])):
             for cache, o, m, n in staged:
                 cache.stage_commit(flat[o : o + m].clamp(0, n - 1))
-    if packed:
+    if ahead is not None:  # before the read-back starts, so that its wait covers what `ahead` queued
+        for s, p in made:
+            ahead(s, p)
+    if made:
         readback.start(flat)
     return paths
 

@@ -51,7 +51,7 @@ from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, 
 from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
-    accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
+    DraftsAhead, accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, pinned
 from .results import GenerationStats
@@ -102,6 +102,8 @@ class BatchEngine:
         self._on_device = (mode == "always" or (mode == "auto" and device.type != "cpu")) and all(
             accepts_on_device(p.verifier) for p in self.parts)  # as `Pipeline` decides it, for every slot
         self._batch_accept = self._on_device and accepts_batch_on_device([p.verifier for p in self.parts])  # one call a step
+        # drafters that queue their next round before the step's read-back (`DraftsAhead`), as `Pipeline` does
+        self._drafts_ahead = self._on_device and speculative and all(isinstance(p.drafter, DraftsAhead) for p in self.parts)
 
         encoded: list[list[int] | Exception] = []
         for p in prompts:
@@ -267,8 +269,17 @@ class BatchEngine:
         states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
         who = pipe.labels["verifier"]
         if self._on_device:
+            ahead = None
+            if self._drafts_ahead:
+                def ahead(s: int, packed: torch.Tensor) -> None:  # sequence s's next draft, queued before the read-back
+                    try:
+                        with Blame(pipe.labels["drafter"], "in draft_ahead"):
+                            self.parts[trees[s][0].slot].drafter.draft_ahead(
+                                None if out.hidden is None else out.hidden[meta.rows(s)], packed, budget)
+                    except JetSpecError as e:
+                        launched.failed[s] = e
             launched.paths = start_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
-                                             launched.readback, who, self._batch_accept)
+                                             launched.readback, who, self._batch_accept, ahead)
         else:
             launched.accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who,
                                                pipe.target.info.vocab_size)
@@ -283,6 +294,7 @@ class BatchEngine:
         if accepted is None:
             accepted = finish_on_device(step.paths, [t for _, t in trees], step.dtrees, step.readback,
                                         self.pipe.labels["verifier"], self.pipe.target.info.vocab_size)
+            accepted = [(step.failed[s], None) if s in step.failed else a for s, a in enumerate(accepted)]
         verify = (step.t1 - step.t0) / len(trees)  # shared work, split evenly
         accept = (step.queued + clock() - t2) / len(trees)
         for s, ((seq, tree), (acc, path)) in enumerate(zip(trees, accepted)):

@@ -3,7 +3,7 @@ and per prompt finished."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,3 +52,4 @@ class LaunchedStep:
     paths: list[torch.Tensor | JetSpecError] | None = None  # device path: `start_on_device`'s
     accepted: list[Accepted] | None = None  # host path: decided at launch
     queued: float = 0.0  # host seconds queueing (device path) or deciding (host path) the acceptance
+    failed: dict[int, JetSpecError] = field(default_factory=dict)  # sequence -> its drafter's `draft_ahead` error

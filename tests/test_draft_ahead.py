@@ -164,3 +164,27 @@ def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
     assert [r.tokens for r in results] == plain
     assert calls.own == len(prompts)  # one draft of its own per prompt: the first round's
     assert calls.ahead == sum(r.stats.rounds for r in results)
+
+
+def test_a_failing_draft_ahead_in_a_batch_fails_its_own_sequence_in_one_line():
+    from jetspec.testing.models import tiny_decoder_target
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2]]
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec"])
+            .kv_cache("paged").generation(budget=8, max_new_tokens=10, accept_on_device="always", batch_size=3).build())
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    engine = pipe.batched()
+    broken = engine.parts[1].drafter  # the second slot's: the second prompt's
+    real = HeadDrafter.draft_ahead
+
+    def draft_ahead(drafter, *args):
+        if drafter is broken:
+            raise RuntimeError("device lost")
+        return real(drafter, *args)
+
+    with patch.object(HeadDrafter, "draft_ahead", draft_ahead):
+        done = {f.index: f for f in engine.run(prompts)}
+    assert isinstance(done[1].error, PluginError) and "\n" not in str(done[1].error)
+    assert "raised RuntimeError: device lost in draft_ahead" in str(done[1].error)
+    assert done[1].result.tokens == []  # its first round failed: nothing committed, nothing lost
+    assert [done[i].result.tokens for i in (0, 2)] == [plain[0], plain[2]] and done[0].error is done[2].error is None

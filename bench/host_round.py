@@ -212,7 +212,7 @@ def main() -> None:
     common = {
         "bench": "host_round", "label": args.label, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"dev machine, {os.cpu_count()}-core {cpu_name()} (shared), CPU only, torch {torch.__version__}, 1 thread",
-        "command": "python " + shlex.join(sys.argv), "vocab": args.vocab,
+        "command": "python " + shlex.join(sys.argv), "vocab": args.vocab, "dtype": str(target.info.dtype).removeprefix("torch."),
         "note": "CPU host overhead per round, target forward stubbed and subtracted; not a GPU figure",
     }
     if args.kernels:

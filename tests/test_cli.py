@@ -33,7 +33,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     bad.write_text('[target]\nname = "transformers"\npath = "/x"\n[drafter]\nname = "ngram"\nnmax = 3\n')
     proc = run("config", "check", str(bad))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "jetspec: error: drafter 'ngram': nmax: unknown field (options: n_max, n_min, max_matches, max_depth)"
+    assert proc.stderr.strip() == "jetspec: error: drafter 'ngram': nmax: unknown field (options: n_max, n_min, max_matches, max_depth, calibration)"
     proc = run("generate", "hi", "--target-path", str(tmp_path / "missing"), "--drafter", "ngram")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 

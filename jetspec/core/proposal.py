@@ -9,7 +9,7 @@ proposal may be infinite in principle (per-depth marginals) and is never materia
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -37,21 +37,20 @@ class TokenTrie:
             self.add_edge(tuple(tokens[:d]), int(tok), 0.0 if logps is None else float(logps[d]))
 
     @staticmethod
-    def from_counts(continuations: Iterable[Sequence[int]]) -> "TokenTrie":
+    def from_counts(continuations: Iterable[Sequence[int]],
+                    edge_logp: Callable[[int, int, int], float] | None = None) -> "TokenTrie":
         """Edge log-prob = log(count(path + token) / count(path)) over the given continuations:
-        the empirical conditional distribution of a set of observed continuations."""
-        counts: dict[tuple[int, ...], int] = {(): 0}  # path -> continuations through it
-        for seq in continuations:
-            counts[()] += 1
-            path: tuple[int, ...] = ()
-            for token in seq:
-                path += (int(token),)
-                counts[path] = counts.get(path, 0) + 1
+        the empirical conditional distribution of a set of observed continuations. `edge_logp`
+        (depth of the edge, count(path + token), count(path)) -> log-prob <= 0 scores the edges
+        instead (a calibration, `drafters/lookup_calibration.py`)."""
+        counts = path_counts(continuations)
         trie = TokenTrie()
         for path, c in counts.items():
             if path:  # each (parent, token) once: no max to keep
                 parent = path[:-1]
-                trie._children.setdefault(parent, {})[path[-1]] = math.log(c / counts[parent])
+                whole = counts[parent]
+                logp = math.log(c / whole) if edge_logp is None else edge_logp(len(path), c, whole)
+                trie._children.setdefault(parent, {})[path[-1]] = logp
         return trie
 
     def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
@@ -61,6 +60,18 @@ class TokenTrie:
             kids = self._children.get(path)
             row = self._rows[path] = tuple(sorted(kids.items(), key=lambda kv: (-kv[1], kv[0]))) if kids else ()
         return row
+
+
+def path_counts(continuations: Iterable[Sequence[int]]) -> dict[tuple[int, ...], int]:
+    """path -> how many of the continuations start with it (the empty path: all of them)."""
+    counts: dict[tuple[int, ...], int] = {(): 0}
+    for seq in continuations:
+        counts[()] += 1
+        path: tuple[int, ...] = ()
+        for token in seq:
+            path += (int(token),)
+            counts[path] = counts.get(path, 0) + 1
+    return counts
 
 
 class DepthMarginals:

@@ -6,6 +6,11 @@ n-grams; take the continuations (up to min(`max_depth`, budget) tokens) after th
 occurrences of the longest n that matches, and merge them into a trie whose edge log-probs are
 the empirical conditionals log(count(path + t) / count(path)). Frequent continuations thus score
 higher, and the tree scorer decides how much of the trie to verify.
+
+With a calibration (`calibration = "lookup.json"`, made by `jetspec fit-lookup`; the `jetspec`
+drafter reads the one beside its head), an edge scores the acceptance rate measured for edges like
+it instead — by match length n, depth and count fraction (`lookup_calibration.py`): a continuation
+seen once after a 1-token match is not "certain" (log 1 = 0) but what such edges turned out to be.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..core.errors import ConfigError
 from ..core.interfaces import DecodeState
 from ..core.proposal import EmptyProposal, TokenTrie
+from .lookup_calibration import LookupCalibration
 
 
 class NgramOptions(BaseModel):
@@ -23,6 +30,8 @@ class NgramOptions(BaseModel):
     n_min: int = Field(1, ge=1, le=16, description="shortest suffix n-gram to match")
     max_matches: int = Field(8, ge=1, le=256, description="most recent occurrences merged into the trie")
     max_depth: int = Field(16, ge=1, le=1024, description="longest continuation proposed")
+    calibration: str | None = Field(None, description="a lookup.json of `jetspec fit-lookup`: edges scored by measured "
+                                                      "acceptance (None: by count fractions)")
 
     @model_validator(mode="after")
     def _order(self) -> "NgramOptions":
@@ -34,8 +43,14 @@ class NgramOptions(BaseModel):
 class NgramDrafter:
     hidden_layers: tuple[int, ...] = ()
 
-    def __init__(self, options: NgramOptions | None = None, target=None):
+    def __init__(self, options: NgramOptions | None = None, target=None, calibration: LookupCalibration | None = None):
         self.options = options or NgramOptions()
+        if calibration is None and self.options.calibration is not None:
+            calibration = LookupCalibration.load(self.options.calibration)
+        if calibration is not None and calibration.n_max < self.options.n_max:
+            raise ConfigError(f"lookup calibration {calibration.origin} was fitted for matches up to n_max={calibration.n_max}; "
+                              f"this drafter matches up to {self.options.n_max}")
+        self.calibration = calibration
         self._index: dict[tuple[int, ...], list[int]] = {}  # n-gram -> positions right after it
         self._indexed = 0  # tokens[:_indexed] have their n-grams ending there indexed
 
@@ -59,14 +74,25 @@ class NgramDrafter:
         scorer's tree is the same): budgets from max_depth up share one proposal."""
         return min(budget, self.options.max_depth)
 
-    def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:
-        tokens = state.tokens
+    def match(self, tokens: list[int]) -> tuple[int, list[int]] | None:
+        """(n, ends): the longest suffix n-gram (n_max .. n_min) that occurred before, and the
+        positions right after its `max_matches` most recent earlier occurrences; None: no match.
+        Indexes the n-grams of `tokens` it has not seen (`tokens` only ever grows)."""
         self._extend_index(tokens)
-        o = self.options
-        length, depth = len(tokens), min(o.max_depth, max(budget, 1))
+        o, length = self.options, len(tokens)
         for n in range(min(o.n_max, length), o.n_min - 1, -1):
             ends = self._index.get(tuple(tokens[length - n :]), [])  # ascending; the suffix itself ends at `length`
             recent = [s for s in ends[-o.max_matches - 1 :] if s < length][-o.max_matches :]
             if recent:
-                return TokenTrie.from_counts(tokens[s : s + depth] for s in recent)
-        return EmptyProposal()
+                return n, recent
+        return None
+
+    def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:
+        tokens = state.tokens
+        found = self.match(tokens)
+        if found is None:
+            return EmptyProposal()
+        n, recent = found
+        depth = min(self.options.max_depth, max(budget, 1))
+        score = None if self.calibration is None else self.calibration.edge_logp(n)
+        return TokenTrie.from_counts((tokens[s : s + depth] for s in recent), score)

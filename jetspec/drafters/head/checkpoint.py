@@ -1,6 +1,8 @@
 """Head checkpoints: a folder with `head.safetensors` (the head's own weights only: no embedding,
 no LM head; bfloat16, the dtype heads run in on GPUs: ~16 MB for a 2-layer SmolLM2 head) and `head.json` (its `HeadConfig`, which records the target's name, fingerprint and
-fused layer ids). Loading onto another target is a one-line `CheckpointError`.
+fused layer ids). Loading onto another target is a one-line `CheckpointError`. A folder may also
+hold `lookup.json`: the acceptance rates of prompt lookup on the head's target, which the
+`jetspec` drafter scores its lookup edges with (`jetspec fit-lookup`, `drafters/lookup_calibration.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ...core.errors import CheckpointError
 from ...core.interfaces import TargetInfo
 from .model import DraftHead, HeadConfig
 
-WEIGHTS, CONFIG = "head.safetensors", "head.json"
+WEIGHTS, CONFIG, CALIBRATION = "head.safetensors", "head.json", "lookup.json"
 
 
 def save_head(head: DraftHead, folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:

@@ -19,7 +19,9 @@ children a pass proposed are conditioned on in the next (P + 1 head forwards a r
 
 With `lookup = true`, the `ngram` drafter's continuations of earlier matches of the current suffix
 join the proposal (`MergedProposal`): text that repeats its context (code, quoted passages) is
-drafted by copying, the rest by the head, in one tree under one budget.
+drafted by copying, the rest by the head, in one tree under one budget. The lookup's edges are
+scored by the acceptance rates measured for the head's target (`lookup.json` beside the head,
+`drafters/lookup_calibration.py`), so that a copied token and a drafted one compete as probabilities.
 
 Drafted ahead (`DraftsAhead`, the pipeline's device path): the context append and the one-forward
 draft of the next round are queued before the host reads this round's result, from what the
@@ -43,8 +45,9 @@ from ...core.interfaces import DecodeState, Proposal
 from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
 from ...core.tree import DraftTree, with_prefix
 from ...core.tree_search import accum_logp
+from ..lookup_calibration import LookupCalibration
 from ..ngram import NgramDrafter
-from .checkpoint import UntrainedHeadError, check_target, load_head, read_config
+from .checkpoint import CALIBRATION, UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
@@ -127,7 +130,7 @@ class HeadDrafter(ContextDrafter):
         if options.rescore and not head.config.causal:
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
-        self.lookup = NgramDrafter() if options.lookup else None
+        self.lookup = NgramDrafter(calibration=lookup_calibration(options)) if options.lookup else None
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
@@ -238,6 +241,14 @@ class HeadDrafter(ContextDrafter):
             for token in ks:
                 trie.add_edge(paths[node], token, next(edge_logp))
         return trie
+
+
+def lookup_calibration(options: HeadOptions) -> LookupCalibration | None:
+    """The checkpoint's `lookup.json`, where it has one and `lookup_calibration` is on."""
+    if not options.lookup_calibration or options.checkpoint in (None, RANDOM):
+        return None
+    path = Path(options.checkpoint) / CALIBRATION
+    return LookupCalibration.load(path) if path.is_file() else None
 
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "heads"  # <target name>/causal/head.json

@@ -37,6 +37,9 @@ class HeadOptions(BaseModel):
     # merged into the head's proposal, and the scorer spends the budget on the best of both. On
     # SmolLM2 this beats the head and n-gram alone on every prompt set (bench/RESULTS.md).
     lookup: bool = True
+    # score the lookup's edges by the acceptance rates measured for the head's target, the
+    # checkpoint's `lookup.json` (`jetspec fit-lookup`), where it has one; false: by count fractions
+    lookup_calibration: bool = True
     cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
     # on the pipeline's device path, queue the next round's context append and draft before the
     # host reads this round's result (`DraftsAhead`); false: after it (the same drafts, later)

@@ -12,8 +12,6 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
                budget --budget
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
                --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
-    spec-rCs@B the same cap shared by score (`row_sharing = "scores"`, --row-sharing scores / both): the
-               C - S draft nodes of highest score over all the sequences' trees
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
     V+ov@B     any of ours with `generation.overlap` (--overlap on / both): the slots' two halves in
                alternating steps, one verified on the device while the host makes the other's
@@ -104,8 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--drafter-options", default="{}", help='the drafter\'s options as JSON, e.g. \'{"calibration": "lookup.json"}\'')
     ap.add_argument("--budget", type=int, default=16)
-    ap.add_argument("--row-sharing", choices=("even", "scores", "both"), default="even",
-                    help="how a capped step shares its rows (`generation.row_sharing`); scores: variants spec-rCs@B")
     ap.add_argument("--max-verify-rows", default="none",
                     help="verify-row caps per step, comma-separated, 'none' = uncapped: one speculative variant per cap "
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
@@ -155,13 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
-             cap: int | None = None, overlap: bool = False, sharing: str = "even") -> tuple[list[list[int]], float, dict[str, Any]]:
+             cap: int | None = None, overlap: bool = False) -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "row_sharing": sharing})
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
@@ -229,7 +225,6 @@ def main(argv: list[str] | None = None) -> None:
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap]
-    sharings = {"even": ("even",), "scores": ("scores",), "both": ("even", "scores")}[args.row_sharing]
     reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
@@ -249,12 +244,10 @@ def main(argv: list[str] | None = None) -> None:
                     why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
                     print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
                     continue
-                for sharing in sharings if cap is not None else ("even",):
-                    engine = ("spec" if cap is None else f"spec-r{cap}{'s' if sharing == 'scores' else ''}") + tag
-                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, sharing=sharing)
-                    record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
-                           drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap,
-                           row_sharing=sharing, overlap=ov)
+                engine = ("spec" if cap is None else f"spec-r{cap}") + tag
+                outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov)
+                record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
+                       drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         line = f"batch {b:>3}: " + ", ".join(f"{e} / plain = {by[f'{e}@{b}'] / by[f'plain@{b}']:.2f}x"

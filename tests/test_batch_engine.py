@@ -61,9 +61,8 @@ def test_packed_rows_name_their_sequence_position_and_tree():
 
 
 @settings(max_examples=12)
-@given(batch_size=st.integers(1, 4), cap=st.one_of(st.none(), st.integers(4, 12)), n=st.integers(1, 7), seed=st.integers(0, 3),
-       sharing=st.sampled_from(["even", "scores"]))
-def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_size, cap, n, seed, sharing):
+@given(batch_size=st.integers(1, 4), cap=st.one_of(st.none(), st.integers(4, 12)), n=st.integers(1, 7), seed=st.integers(0, 3))
+def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_size, cap, n, seed):
     log = []
     target = Spy(tiny_decoder(seed), log)
     prompts = [[5 + i, 6, 5 + i, 6, 7 + i] for i in range(n)]
@@ -71,7 +70,7 @@ def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_
     cap = None if cap is None else max(cap, batch_size)
     in_call = seed % 2 == 1  # the cap from the generation config, or from generate_many's argument
     pipe = assemble_batched(target, lambda: PromptOracle(answer, corrupt_p=0.3, seed=seed), batch_size=batch_size,
-                            max_verify_rows=None if in_call else cap, row_sharing=sharing)
+                            max_verify_rows=None if in_call else cap)
     results = pipe.generate_many(prompts, max_new_tokens=12, budget=16, on_result=lambda i, r: log.append(("done", i)),
                                  max_verify_rows=cap if in_call else None)
     waiting = n  # prompts not finished
@@ -83,10 +82,8 @@ def test_no_slot_idles_while_prompts_wait_and_no_step_exceeds_the_row_cap(batch_
             assert 1 <= len(what) <= batch_size and set(what) == {4}  # each prompt but its last token
             continue
         assert len(what) == min(batch_size, waiting)  # every free slot took the next prompt
-        if cap is not None and sharing == "even":
+        if cap is not None:
             assert sum(what) <= cap and max(what) <= cap // len(what)  # root + min(budget, cap // S - 1) drafts
-        elif cap is not None:
-            assert sum(what) <= cap and min(what) >= 1  # every root, and the best cap - S drafts over all the trees
     assert waiting == 0 and [tuple(r.tokens) for r in results] == [answer(tuple(p))[:12] for p in prompts]
 
 

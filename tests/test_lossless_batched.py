@@ -86,9 +86,8 @@ def pipeline(target: tuple[str, int], drafter: str, cache: str, generation: dict
 def test_each_sequence_of_a_batch_decodes_as_it_would_alone(target, prompts, batch_size, drafter, cache, budget, max_new,
                                                             on_device, overlap, data):
     cap = data.draw(st.one_of(st.none(), st.integers(batch_size, 4 * batch_size)), label="max_verify_rows")
-    sharing = data.draw(st.sampled_from(["even", "scores"]), label="row_sharing")
     pipe = pipeline(target, drafter, cache, {"budget": budget, "batch_size": batch_size, "max_verify_rows": cap,
-                                             "accept_on_device": on_device, "overlap": overlap, "row_sharing": sharing})
+                                             "accept_on_device": on_device, "overlap": overlap})
     finished = []
     results = pipe.generate_many(prompts, max_new_tokens=max_new, on_result=lambda i, r: finished.append(i))
     for p, result in zip(prompts, results):

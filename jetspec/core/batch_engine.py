@@ -22,9 +22,9 @@ copied at launch (the other half's forward may reuse a CUDA graph's output buffe
 commit reads them); each half has its own upload and read-back buffers. Per sequence nothing
 changes: its rounds are the same calls in the same order.
 
-Row cap: with `max_verify_rows` = C and A sequences in flight, a step verifies at most C rows: every
-root, and C - A drafts shared evenly or by score (`generation.row_sharing`, `row_sharing.py`). C >= B
-is required: every sequence verifies at least its root.
+Row cap: with `max_verify_rows` = C and A sequences in flight, sequence s verifies its root and
+b_s = min(budget, C // A - 1) drafts, so a step has at most A * (C // A) <= C rows. C >= B is
+required: every sequence verifies at least its root.
 
 Lossless per sequence: a row attends to its own sequence's keys only, and a sequence's drafter,
 verifier and cache are its own, so each sequence sees exactly the calls `Pipeline.generate` would
@@ -55,7 +55,6 @@ from .interfaces import (
 )
 from .on_device import DeviceTree, Readback, TreeUpload, pinned
 from .results import GenerationStats
-from .row_sharing import keep_best
 from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
 
@@ -224,16 +223,13 @@ class BatchEngine:
         device (the host path decides it here) -> (generator return) the step for `_land`, or None."""
         pipe, clock = self.pipe, time.perf_counter
         share = self.max_verify_rows // len(active) if self.max_verify_rows else None  # rows per sequence
-        by_score = share is not None and self.pipe.config.generation.row_sharing == "scores"
-        budget = self._budget if share is None or by_score else min(self._budget, share - 1)
+        budget = self._budget if share is None else min(self._budget, share - 1)
         trees: list[tuple[SequenceInFlight, DraftTree]] = []
         for seq in active:
             try:
                 trees.append((seq, self._tree(seq, budget)))
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
-        if by_score:  # the cap's draft rows where the scores say they are likeliest to be accepted
-            trees = list(zip([s for s, _ in trees], keep_best([t for _, t in trees], self.max_verify_rows - len(trees))))
         t0 = clock()
         device = pipe.target.info.device
         reserved = []

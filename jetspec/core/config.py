@@ -57,10 +57,7 @@ class GenerationConfig(BaseModel):
                             "(continuous batching; > 1 needs target 'decoder' with attention 'torch' or 'triton' (kv_cache 'paged'; "
                             "exact = true: 'triton'))")
     max_verify_rows: int | None = Field(None, ge=1, le=1 << 20, description="cap on the tree rows verified per step over "
-                                        "all sequences (shared as row_sharing says); none: no cap")
-    row_sharing: Literal["even", "scores"] = Field("even", description="how max_verify_rows is shared: even (each sequence "
-                                                   "gets min(budget, cap // sequences - 1) drafts) or scores (the draft nodes of "
-                                                   "highest score over all the sequences' trees; core/row_sharing.py)")
+                                        "all sequences (each gets min(budget, cap // sequences - 1) drafts); none: no cap")
     overlap: bool = Field(False, description="batched runs: the slots in two halves whose steps alternate, so that the host "
                           "drafts, builds and commits one half while the device verifies the other (batch_size >= 2; "
                           "each half's step is a step for max_verify_rows)")

@@ -54,13 +54,11 @@ def assemble_batched(
     new_cache: Callable[[int], KVCache] | None = None,
     batch_size: int = 2,
     max_verify_rows: int | None = None,
-    row_sharing: str = "even",
 ) -> Pipeline:
     """A pipeline of reference parts with any replaced, whose `generate_many` gives each slot a
     drafter and verifier of its own from the factories."""
     new_verifier = new_verifier or GreedyVerifier
-    gen = GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, batch_size=batch_size, max_verify_rows=max_verify_rows,
-                           row_sharing=row_sharing)
+    gen = GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, batch_size=batch_size, max_verify_rows=max_verify_rows)
     return Pipeline(
         target=target, drafter=new_drafter() if new_drafter else None, scorer=scorer or BestFirstScorer(),
         verifier=new_verifier(), new_cache=new_cache or (lambda capacity: DenseKVCache(target.info, capacity)),

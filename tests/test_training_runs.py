@@ -14,6 +14,7 @@ from jetspec.drafters.head.corpus import load_corpus
 from jetspec.drafters.head.rows import rows_for_step, split_rows
 from jetspec.drafters.head.train import TrainConfig, train
 from jetspec.drafters.head.train_cli import main
+from jetspec.drafters.lookup_calibration import LookupCalibration
 
 SMALL = dict(batch_size=8, anchors=4, block_size=5, lr=3e-3, eval_rows=8, log_every=1, save_every=1000, layers=1)
 
@@ -88,6 +89,9 @@ def test_the_command_line_run_accumulates_with_a_log_curves_and_validation_by_de
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "run.json").read_text())["corpus"] == str(corpus)
     assert load_head(out).config.extra["training"]["steps"] == 6
+    rates = LookupCalibration.load(out / "lookup.json")  # prompt lookup's acceptance rates, beside the head
+    assert rates.source["command"].startswith("jetspec train-head") and rates.source["rows"] >= 1
+    assert rates.source["target_fingerprint"] == load_head(out).config.target_fingerprint
 
 
 def test_a_resumed_call_may_not_change_the_runs_settings(setup, tmp_path):

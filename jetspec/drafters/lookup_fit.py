@@ -2,6 +2,8 @@
 
     jetspec fit-lookup --corpus CORPUS_DIR --out HEAD_DIR/lookup.json [--rows 4000]
 
+(`jetspec train-head` writes one beside every head it saves, from the answers it trained on.)
+
 The text is the greedy answers of a self-distilled corpus (`jetspec make-corpus`): what plain
 decoding of the target produces, i.e. what verification will compare drafts with. Never the
 evaluation sets (the corpus is checked against them when it is made).
@@ -21,8 +23,10 @@ import shlex
 import sys
 from typing import Iterable, Sequence
 
+from ..core.errors import InputError
 from ..core.interfaces import DecodeState
 from ..core.proposal import path_counts
+from .head.data import TokenData
 from .lookup_calibration import BUCKETS, DEPTHS, LookupCalibration, fraction_bucket
 from .ngram import NgramDrafter, NgramOptions
 
@@ -68,6 +72,20 @@ def _walk(counts: dict[tuple[int, ...], int], truth: Sequence[int], trials: list
         path += (true,)  # where `true` was not among them, this path has no children: the walk ends
 
 
+def fit_answers(data: TokenData, rows: int = 4000, options: NgramOptions | None = None, source: dict | None = None) -> LookupCalibration:
+    """The calibration on `rows` greedy answers of `data` (a corpus, or `train-head`'s own answers:
+    greedy all of them), evenly spaced over it; a one-line InputError where it has none."""
+    temperature = data.columns.get("temperature")
+    greedy = list(range(len(data))) if temperature is None else (temperature == 0).nonzero().flatten().tolist()
+    if not greedy or rows < 1:
+        raise InputError("no greedy answers to measure prompt lookup on" if not greedy else f"rows must be at least 1, got {rows}")
+    chosen = greedy[:: max(1, len(greedy) // rows)][:rows]
+    source = {**(source or {}), "rows": len(chosen), "target_name": data.meta.get("target_name"),
+              "target_fingerprint": data.meta.get("target_fingerprint"),
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
+    return fit(((data.row(s).tolist(), int(data.prompt_lens[s])) for s in chosen), options, source)
+
+
 def main(argv: list[str] | None = None, formatter_class=argparse.HelpFormatter) -> int:
     from .head.corpus import load_corpus
 
@@ -80,22 +98,10 @@ def main(argv: list[str] | None = None, formatter_class=argparse.HelpFormatter) 
             ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=info.default, help=f"the ngram drafter's {name}")
     args = ap.parse_args(argv)
     options = NgramOptions(n_max=args.n_max, n_min=args.n_min, max_matches=args.max_matches, max_depth=args.max_depth)
-    data = load_corpus(args.corpus)
-    greedy = (data.columns["temperature"] == 0).nonzero().flatten().tolist()
-    if not greedy or args.rows < 1:
-        print(f"jetspec fit-lookup: error: {args.corpus} has no greedy answers to measure on" if not greedy
-              else "jetspec fit-lookup: error: --rows must be at least 1", file=sys.stderr)
-        return 2
-    step = max(1, len(greedy) // args.rows)
-    chosen = greedy[::step][: args.rows]
-    source = {"command": "jetspec fit-lookup " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv)),
-              "corpus": str(args.corpus), "rows": len(chosen), "target_name": data.meta.get("target_name"),
-              "target_fingerprint": data.meta.get("target_fingerprint"),
-              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
-    rows = ((data.row(s).tolist(), int(data.prompt_lens[s])) for s in chosen)
-    cal = fit(rows, options, source)
+    command = "jetspec fit-lookup " + " ".join(shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv))
+    cal = fit_answers(load_corpus(args.corpus), args.rows, options, {"command": command, "corpus": str(args.corpus)})
     path = cal.save(args.out)
-    print(f"{path}: {len(chosen)} greedy answers; acceptance rate of a continuation all occurrences agree on, by depth:")
+    print(f"{path}: {cal.source['rows']} greedy answers; acceptance rate of a continuation all occurrences agree on, by depth:")
     for n in range(cal.n_min, cal.n_max + 1):
         cells = cal.rates[n - 1]
         print(f"  match of {n}: " + " ".join(f"{cells[d][2]:.2f}" for d in range(DEPTHS)))

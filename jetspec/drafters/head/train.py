@@ -41,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core.errors import CheckpointError, InputError
-from .checkpoint import load_head, save_head
+from ..lookup_fit import fit_answers
+from .checkpoint import CALIBRATION, load_head, save_head
 from .curves import write_curves
 from .corpus import load_corpus
 from .data import TokenData, encode_chat, generate_answers, read_questions
@@ -52,6 +53,7 @@ from .rows import rows_for_step, split_rows
 from .options import MAX_BLOCK, MAX_LAYERS
 
 EVAL_SEED = 12345
+LOOKUP_ROWS = 2000  # greedy answers the lookup calibration written beside a trained head is measured on
 
 
 TRAIN_LIMITS = (  # (field, lowest, highest): a typo must be an error, not an allocation
@@ -383,4 +385,7 @@ def train_head(
         data = prepare_data(model, tokenizer, prompts_path, data_path or Path(out_dir) / "answers.safetensors", identity,
                             max_new_tokens=max_new_tokens, max_prompts=max_prompts)  # fmt: skip
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume, progress=progress)
+    summary = train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume, progress=progress)
+    # beside the head: prompt lookup's acceptance rates on the same answers, which the `jetspec` drafter scores its lookup with
+    fit_answers(data, LOOKUP_ROWS, source={"command": "jetspec train-head (its training answers)"}).save(Path(out_dir) / CALIBRATION)
+    return summary

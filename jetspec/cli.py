@@ -81,12 +81,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def check_files(options: dict[str, Any]) -> None:
-    """What `config check` looks at beyond the schema: the built-in targets' model folder and the
-    head drafters' checkpoint exist and can be read (plugins' own paths are theirs to check)."""
+    """What `config check` looks at beyond the schema: the built-in targets' model folder, the
+    head drafters' checkpoint and the n-gram drafter's calibration file exist and can be read
+    (plugins' own paths are theirs to check)."""
     from pathlib import Path
 
     from .drafters.head.checkpoint import WEIGHTS, read_config
     from .drafters.head.options import RANDOM, EagleOptions, HeadOptions
+    from .drafters.lookup_calibration import LookupCalibration
+    from .drafters.ngram import NgramOptions
     from .targets.decoder.loading import DecoderTargetOptions
     from .targets.transformers_adapter import TransformersTargetOptions
 
@@ -95,6 +98,8 @@ def check_files(options: dict[str, Any]) -> None:
         if not Path(target.path).is_dir():
             raise JetSpecError(f"target path {target.path} is not a folder (a Hugging Face model folder or `jetspec convert` output)")
     drafter = options["drafter"]
+    if isinstance(drafter, NgramOptions) and drafter.calibration is not None:
+        LookupCalibration.load(drafter.calibration)  # one-line InputError if it is missing or malformed
     if isinstance(drafter, (HeadOptions, EagleOptions)) and drafter.checkpoint not in (None, RANDOM):
         read_config(drafter.checkpoint)  # one-line CheckpointError if head.json is missing or unreadable
         if not (Path(drafter.checkpoint) / WEIGHTS).is_file():

@@ -165,7 +165,7 @@ def test_temperature_nan_says_what_is_wrong(tmp_path):
         "jetspec: error: verifier 'sampling': temperature: must be a finite number, got nan (options: temperature, top_k, top_p, seed)")
 
 
-def test_config_check_looks_at_the_model_folder_and_the_head_checkpoint(tmp_path):
+def test_config_check_looks_at_the_model_folder_the_head_checkpoint_and_the_lookup_rates(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "head").mkdir()
     cases = [
@@ -174,6 +174,8 @@ def test_config_check_looks_at_the_model_folder_and_the_head_checkpoint(tmp_path
          f'drafter = {{ name = "jetspec", checkpoint = "{tmp_path}/head" }}\n', "no head checkpoint at", "head.json is missing"),
         (f'target = {{ name = "transformers", path = "{tmp_path}/model" }}\n'
          f'drafter = {{ name = "eagle", checkpoint = "random" }}\n', None, None),
+        (f'target = {{ name = "transformers", path = "{tmp_path}/model" }}\n'
+         f'drafter = {{ name = "ngram", calibration = "{tmp_path}/lookup.json" }}\n', "lookup calibration", "jetspec fit-lookup"),
     ]
     for i, (text, start, end) in enumerate(cases):
         (tmp_path / f"c{i}.toml").write_text(text)

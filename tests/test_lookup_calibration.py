@@ -125,9 +125,14 @@ def test_a_calibrated_drafter_scores_every_edge_by_its_cells_rate(tokens, n_max,
             assert row[path[-1]] == pytest.approx(math.log((100 * n + 10 * d + f + 1) / 1000))
 
 
-def test_a_drafter_matching_longer_ngrams_than_the_fit_is_a_one_line_config_error():
-    with pytest.raises(ConfigError, match="fitted for matches up to n_max=2; this drafter matches up to 4"):
+def test_a_drafter_matching_ngrams_the_fit_did_not_measure_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match="fitted for matches of 1..2 tokens; this drafter matches 1..4"):
         NgramDrafter(NgramOptions(n_max=4), calibration=distinct_rates(2))
+    shorter = distinct_rates(4)
+    shorter.n_min = 2
+    with pytest.raises(ConfigError, match="fitted for matches of 2..4 tokens; this drafter matches 1..4"):
+        NgramDrafter(NgramOptions(n_max=4, n_min=1), calibration=shorter)
+    NgramDrafter(NgramOptions(n_max=3, n_min=2), calibration=shorter)  # inside what was measured
 
 
 def test_a_calibration_file_round_trips(tmp_path):

@@ -47,9 +47,9 @@ class NgramDrafter:
         self.options = options or NgramOptions()
         if calibration is None and self.options.calibration is not None:
             calibration = LookupCalibration.load(self.options.calibration)
-        if calibration is not None and calibration.n_max < self.options.n_max:
-            raise ConfigError(f"lookup calibration {calibration.origin} was fitted for matches up to n_max={calibration.n_max}; "
-                              f"this drafter matches up to {self.options.n_max}")
+        if calibration is not None and not calibration.n_min <= self.options.n_min <= self.options.n_max <= calibration.n_max:
+            raise ConfigError(f"lookup calibration {calibration.origin} was fitted for matches of {calibration.n_min}..{calibration.n_max} "
+                              f"tokens; this drafter matches {self.options.n_min}..{self.options.n_max}")
         self.calibration = calibration
         self._index: dict[tuple[int, ...], list[int]] = {}  # n-gram -> positions right after it
         self._indexed = 0  # tokens[:_indexed] have their n-grams ending there indexed

@@ -293,7 +293,9 @@ def test_the_same_seed_gives_the_same_output_and_another_seed_another():
     assert run(1) == run(1) and run(1, False) == run(1, False)
     assert run(1) != run(2)
     pipe = jetspec.builder(REG).target(tiny_target("llama", 0)).verifier("sampling").generation(budget=0, max_new_tokens=24).build()
-    assert pipe.generate([5, 6]).tokens != pipe.generate([5, 6]).tokens  # seed None: fresh entropy per generate
+    # seed None: fresh entropy per generate. Two draws can agree by chance (both stop at once), four
+    # all alike only if the entropy is not fresh
+    assert len({tuple(pipe.generate([5, 6]).tokens) for _ in range(4)}) > 1
 
 
 @settings(max_examples=60)

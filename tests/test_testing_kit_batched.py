@@ -46,3 +46,15 @@ def test_a_drafter_that_holds_one_sequence_for_all_instances_fails_in_batches():
     check_drafter(impl, **FAST, at_scale=0, batched=0)
     fails(check_drafter, impl, match=r"^drafter 'one-seq': propose: raised RuntimeError: proposing for a sequence I was not "
                                      r"reset for .*; batched example \d+ .*batch_size [2-4]", **FAST, at_scale=0, batched=12)
+
+
+def test_a_batch_of_one_under_a_cap_of_one_row_is_an_example_the_kit_can_build():
+    """The kit draws a row cap from batch_size up; its pipeline's default batch size must not make a
+    cap of 1 for a batch of 1 an invalid config (a fresh-seed run failed on it, 1 in ~25)."""
+    from jetspec.testing.batched import assemble_batched
+    from jetspec.testing.models import tiny_decoder
+    from jetspec.testing.lossless import plain_greedy
+
+    pipe = assemble_batched(tiny_decoder(0), None, max_verify_rows=1)
+    [result] = pipe.generate_many([[3, 4, 5]], batch_size=1, max_new_tokens=3, budget=1)
+    assert tuple(result.tokens) == plain_greedy("decoder", 0, (3, 4, 5))[:3]

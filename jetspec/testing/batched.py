@@ -54,11 +54,15 @@ def assemble_batched(
     new_cache: Callable[[int], KVCache] | None = None,
     batch_size: int = 2,
     max_verify_rows: int | None = None,
+    accept_on_device: str = "auto",
 ) -> Pipeline:
     """A pipeline of reference parts with any replaced, whose `generate_many` gives each slot a
     drafter and verifier of its own from the factories."""
     new_verifier = new_verifier or GreedyVerifier
-    gen = GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, batch_size=batch_size, max_verify_rows=max_verify_rows)
+    if max_verify_rows is not None:  # a cap below the default batch size is valid for the smaller batches `generate_many` asks for
+        batch_size = min(batch_size, max_verify_rows)
+    gen = GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, batch_size=batch_size, max_verify_rows=max_verify_rows,
+                           accept_on_device=accept_on_device)
     return Pipeline(
         target=target, drafter=new_drafter() if new_drafter else None, scorer=scorer or BestFirstScorer(),
         verifier=new_verifier(), new_cache=new_cache or (lambda capacity: DenseKVCache(target.info, capacity)),

@@ -15,6 +15,7 @@ import jetspec
 from jetspec.core.errors import PluginError
 from jetspec.core.interfaces import DraftsAhead
 from jetspec.drafters.head.drafter import HeadDrafter
+from jetspec.drafters.head.pool import ContextPool
 from support.bad_verifiers import NotAChild
 from support.models import FAMILIES, tiny_target
 from support.plain import plain_output
@@ -39,23 +40,30 @@ def device_path_pipe(family: str, seed: int, head: str, budget: int, max_new: in
 
 
 class Calls:
-    """Counts `draft_ahead` calls and the drafts `propose` makes itself (`_draft` from a host root)."""
+    """Counts the rounds drafted ahead (`draft_ahead` calls, and the sequences of a batch's
+    `ContextPool` jobs: `together`) and the drafts `propose` makes itself (`_draft` from a host root)."""
 
     def __init__(self):
-        self.ahead = self.own = 0
+        self.ahead = self.own = self.together = 0
 
     def __enter__(self):
-        ahead, draft = HeadDrafter.draft_ahead, HeadDrafter._draft
+        ahead, draft, pooled = HeadDrafter.draft_ahead, HeadDrafter._draft, ContextPool.draft_ahead
 
         def counted_ahead(drafter, *args):
             self.ahead += 1
             return ahead(drafter, *args)
 
+        def counted_pooled(pool, peers, *args):
+            self.ahead += len(peers)
+            self.together += len(peers)
+            return pooled(pool, peers, *args)
+
         def counted_draft(drafter, root, *args):
             self.own += not isinstance(root, torch.Tensor)
             return draft(drafter, root, *args)
 
-        self._patches = [patch.object(HeadDrafter, "draft_ahead", counted_ahead), patch.object(HeadDrafter, "_draft", counted_draft)]
+        self._patches = [patch.object(HeadDrafter, "draft_ahead", counted_ahead), patch.object(HeadDrafter, "_draft", counted_draft),
+                         patch.object(ContextPool, "draft_ahead", counted_pooled)]
         for p in self._patches:
             p.start()
         return self
@@ -164,6 +172,7 @@ def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
     assert [r.tokens for r in results] == plain
     assert calls.own == len(prompts)  # one draft of its own per prompt: the first round's
     assert calls.ahead == sum(r.stats.rounds for r in results)
+    assert calls.together > calls.ahead // 2  # most rounds drafted in one job with the step's other sequences
 
 
 def test_a_failing_draft_ahead_in_a_batch_fails_its_own_sequence_in_one_line():
@@ -182,9 +191,36 @@ def test_a_failing_draft_ahead_in_a_batch_fails_its_own_sequence_in_one_line():
             raise RuntimeError("device lost")
         return real(drafter, *args)
 
-    with patch.object(HeadDrafter, "draft_ahead", draft_ahead):
+    declined = patch.object(HeadDrafter, "draft_ahead_together", lambda *a: False)  # each drafter on its own
+    with patch.object(HeadDrafter, "draft_ahead", draft_ahead), declined:
         done = {f.index: f for f in engine.run(prompts)}
     assert isinstance(done[1].error, PluginError) and "\n" not in str(done[1].error)
     assert "raised RuntimeError: device lost in draft_ahead" in str(done[1].error)
     assert done[1].result.tokens == []  # its first round failed: nothing committed, nothing lost
     assert [done[i].result.tokens for i in (0, 2)] == [plain[0], plain[2]] and done[0].error is done[2].error is None
+
+
+def test_a_failing_pooled_draft_fails_the_sequences_it_drafted_for_in_one_line():
+    """Drafted together (one `ContextPool` job for the step), a failure belongs to every sequence of
+    that job: each ends with the drafter's one-line error; what they committed before is kept."""
+    from jetspec.testing.models import tiny_decoder_target
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2]]
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec"])
+            .kv_cache("paged").generation(budget=8, max_new_tokens=10, accept_on_device="always", batch_size=3).build())
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    real, jobs = ContextPool.draft_ahead, []
+
+    def draft_ahead(pool, peers, *args):
+        jobs.append(len(peers))
+        if len(jobs) == 2:
+            raise RuntimeError("device lost")
+        return real(pool, peers, *args)
+
+    with patch.object(ContextPool, "draft_ahead", draft_ahead):
+        done = [f for f in pipe.batched().run(prompts)]
+    assert jobs[:2] == [3, 3]
+    for f in done:
+        assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
+        assert "raised RuntimeError: device lost in draft_ahead_together" in str(f.error)
+        assert f.result.tokens == plain[f.index][: len(f.result.tokens)] and f.result.tokens  # its first round's tokens kept

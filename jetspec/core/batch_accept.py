@@ -73,9 +73,9 @@ def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.
 def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
                     who: str, batch: bool = False,
-                    ahead: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor | JetSpecError]:
-    """Queue the step's device work — each result, the staged K/V moves, `ahead(s, packed_s)` for each
-    well-formed result (a drafter's next round, `DraftsAhead`; it keeps its own errors), the copy of
+                    ahead: Callable[[list[tuple[int, torch.Tensor]]], None] | None = None) -> list[torch.Tensor | JetSpecError]:
+    """Queue the step's device work — each result, the staged K/V moves, `ahead([(s, packed_s), ...])`
+    over the well-formed results (the drafters' next rounds, `batch_ahead.py`; it keeps their errors), the copy of
     the results to the host (`readback.start`) — with no wait -> per sequence its path on the device
     [D_s + 1], or its error (what `finish_on_device` takes)."""
     paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
@@ -106,9 +106,8 @@ def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: l
                 and first.stage_commit_many([c for c, *_ in staged], flat, [m for _, *m in staged])):
             for cache, o, m, n in staged:
                 cache.stage_commit(flat[o : o + m].clamp(0, n - 1))
-    if ahead is not None:  # before the read-back starts, so that its wait covers what `ahead` queued
-        for s, p in made:
-            ahead(s, p)
+    if ahead is not None and made:  # before the read-back starts, so that its wait covers what `ahead` queued
+        ahead(made)
     if made:
         readback.start(flat)
     return paths

@@ -46,6 +46,7 @@ import torch
 from .batch import BatchMeta, SequenceParts
 from .batch_records import Finished, LaunchedStep, SequenceInFlight
 from .batch_accept import accept_on_host, finish_on_device, start_on_device
+from .batch_ahead import draft_ahead_step
 from .checks import Blame, Checked, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
@@ -271,13 +272,10 @@ class BatchEngine:
         if self._on_device:
             ahead = None
             if self._drafts_ahead:
-                def ahead(s: int, packed: torch.Tensor) -> None:  # sequence s's next draft, queued before the read-back
-                    try:
-                        with Blame(pipe.labels["drafter"], "in draft_ahead"):
-                            self.parts[trees[s][0].slot].drafter.draft_ahead(
-                                None if out.hidden is None else out.hidden[meta.rows(s)], packed, budget)
-                    except JetSpecError as e:
-                        launched.failed[s] = e
+                def ahead(made: list[tuple[int, torch.Tensor]]) -> None:  # the next drafts, queued before the read-back
+                    drafters = [self.parts[trees[s][0].slot].drafter for s, _ in made]
+                    rows = [None if out.hidden is None else out.hidden[meta.rows(s)] for s, _ in made]
+                    launched.failed.update(draft_ahead_step(drafters, rows, made, budget, pipe.labels["drafter"]))
             launched.paths = start_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
                                              launched.readback, who, self._batch_accept, ahead)
         else:

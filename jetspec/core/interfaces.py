@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_che
 import torch
 
 from .distributed import Ranks
-from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, DraftsAhead, accepts_batch_on_device,
+from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, DraftsAhead, DraftsAheadTogether,
+                        accepts_batch_on_device,
                         accepts_on_device)
 from .records import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
 from .tree import DraftTree

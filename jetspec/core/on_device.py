@@ -285,6 +285,22 @@ class DraftsAhead(Protocol):
 
 
 @runtime_checkable
+class DraftsAheadTogether(Protocol):
+    """`DraftsAhead` for the sequences of a batched step, in one call: drafters made alike (one per
+    sequence) queue their next rounds as one batched device job (say, one draft forward for all)
+    instead of one job each. The batch engine calls it on the step's first drafter with every
+    drafter of the step (itself first) in the step's order, where `draft_ahead` would be called
+    on each; a False return means it did nothing (these peers cannot draft together), and the
+    engine calls `draft_ahead` on each instead. What each drafter's next `observe` and `propose`
+    see is what its own `draft_ahead` would have left."""
+
+    def draft_ahead_together(self, peers: list[Any], hidden: list[torch.Tensor | None], packed: list[torch.Tensor],
+                             budget: int) -> bool:
+        """peers: the drafters (self first); hidden, packed: each one's `draft_ahead` arguments. No sync."""
+        ...
+
+
+@runtime_checkable
 class CommitsOnDevice(Protocol):
     """A KV cache that moves the kept pending entries on the device before the host knows which
     they are; the `commit(path)` that follows only does bookkeeping."""

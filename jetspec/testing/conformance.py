@@ -107,7 +107,11 @@ def check_drafter(
         check_at_scale(s, lambda t: checked_drafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
     def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
         t = tiny_decoder(model_seed)
-        return assemble_batched(t, lambda: checked_drafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap)
+        # a drafter that drafts ahead runs the batches of odd model seeds on the device path, which
+        # calls it (`draft_ahead_together` first, where it has one)
+        ahead = model_seed % 2 and isinstance(build(s, t), DraftsAhead)
+        return assemble_batched(t, lambda: checked_drafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap,
+                                accept_on_device="always" if ahead else "auto")
 
     _check_batched(s, batched, examples, seed, shrink, batched_pipeline)
 

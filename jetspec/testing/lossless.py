@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from ..caches.dense import DenseKVCache
 from ..core.config import GenerationConfig, PipelineConfig
 from ..core.interfaces import (
-    DecodeState, Drafter, DraftsAhead, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
+    DecodeState, Drafter, DraftsAhead, DraftsAheadTogether, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
 )
 from ..core.pipeline import Pipeline
 from ..core.results import first_difference
@@ -187,8 +187,23 @@ class CheckedAheadDrafter(CheckedDrafter):
             self.inner.draft_ahead(hidden, packed, budget)
 
 
+class CheckedTogetherDrafter(CheckedAheadDrafter):
+    """The proxy of a `DraftsAheadTogether` drafter: its peers reach it unwrapped (the drafters it
+    was made alike with), and what it returns must say whether it drafted."""
+
+    def draft_ahead_together(self, peers: list, hidden: list, packed: list, budget: int) -> bool:
+        inner = [p.inner if isinstance(p, CheckedDrafter) else p for p in peers]
+        with self.s.calling("draft_ahead_together", f" ({len(peers)} sequences, budget {budget})"):
+            done = self.inner.draft_ahead_together(inner, hidden, packed, budget)
+        if not isinstance(done, bool):
+            self.s.fail("draft_ahead_together", f"returned {type(done).__name__}; expected True (drafted) or False (declined)")
+        return done
+
+
 def checked_drafter(s: Subject, inner: Drafter, vocab: int) -> CheckedDrafter:
     """The checking proxy of `inner`, with the optional members the pipeline looks for."""
+    if isinstance(inner, DraftsAheadTogether):
+        return CheckedTogetherDrafter(s, inner, vocab)
     return (CheckedAheadDrafter if isinstance(inner, DraftsAhead) else CheckedDrafter)(s, inner, vocab)
 
 

@@ -14,13 +14,16 @@ length are finite rows past `length`, which the invariant of `ContextCache` allo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...core.errors import IncompatibleError, InputError
 from ...core.interfaces import DecodeState, LendsEmbeddings
 from .model import DraftHead
+
+if TYPE_CHECKING:
+    from .pool import ContextPool
 
 
 class ContextCache:
@@ -41,17 +44,26 @@ class ContextCache:
         self._v = [zeros() for _ in range(num_layers)]
         self.length = 0
         self.version = 0
+        self.pool: ContextPool | None = None  # the pool whose slot views these buffers are (`pool.py`), if any
 
     @property
     def capacity(self) -> int:
         return self._k[0].shape[0]
 
+    def bind(self, k: list[torch.Tensor], v: list[torch.Tensor], version: int) -> None:
+        """Serve from other buffers, per layer [capacity, Hkv, D] holding this cache's rows (a pool
+        slot's views); `version` (above every earlier one) makes graphs over the old buffers recapture."""
+        self._k, self._v, self.version = k, v, version
+
     def reset(self) -> None:
         self.length = 0
 
     def reserve(self, rows: int) -> None:
-        """Make room for `rows` rows in all (doubling; a reallocation bumps `version`)."""
-        if rows > self.capacity:
+        """Make room for `rows` rows in all (doubling; a reallocation bumps `version`; a pooled
+        cache's pool grows every slot)."""
+        if self.pool is not None:
+            self.pool.reserve(rows)
+        elif rows > self.capacity:
             cap = self.capacity
             while cap < rows:
                 cap *= 2

@@ -52,6 +52,7 @@ from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
+from .pool import ContextPool
 
 
 # target -> {what a head is built from: its DraftHead}. A batched run makes one drafter per slot
@@ -161,6 +162,19 @@ class HeadDrafter(ContextDrafter):
             self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         # to the host behind the draft: the round's read-back waits for it, so `propose` reads it without another wait
         self._drafted = self._drafted_host.copy_(both, non_blocking=True)
+
+    def draft_ahead_together(self, peers: list, hidden: list[torch.Tensor | None], packed: list[torch.Tensor],
+                             budget: int) -> bool:
+        """`DraftsAheadTogether`: peers alike (this class, this head, drafting ahead the same depths and
+        top-k) share one `ContextPool`, made at their first call, and draft ahead in one job."""
+        depths = self._depths(budget)[1]
+        alike = all(type(p) is type(self) and p.head is self.head and p._ahead and p.options.draft_together
+                    and p.options.top_k == self.options.top_k and p._depths(budget)[1] == depths for p in peers)
+        pool = ContextPool.of(peers) if alike and all(h is not None for h in hidden) else None
+        if pool is None:
+            return False
+        pool.draft_ahead(peers, hidden, packed, depths)
+        return True
 
     def _draft(self, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
                context: list) -> tuple[torch.Tensor, torch.Tensor]:

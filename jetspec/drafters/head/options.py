@@ -44,6 +44,9 @@ class HeadOptions(BaseModel):
     # on the pipeline's device path, queue the next round's context append and draft before the
     # host reads this round's result (`DraftsAhead`); false: after it (the same drafts, later)
     draft_ahead: bool = True
+    # in a batch, the drafters of a step's sequences draft ahead in one job over one pool of their
+    # contexts (`pool.py`); false: each in its own (the same drafts, S jobs)
+    draft_together: bool = True
     seed: int = 0  # random init when there is no checkpoint
 
 

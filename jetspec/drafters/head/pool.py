@@ -1,0 +1,145 @@
+"""`ContextPool`: the context caches of a batch's head drafters in one buffer per head layer, so that
+a batched step's drafters append and draft ahead in ONE job (`HeadDrafter.draft_ahead_together`)
+instead of one per sequence — on a GPU one CUDA graph of ~100 small kernels per step, not S of them.
+
+    buffers   per head layer k, v [S, capacity, Hkv, D]; slot s's rows are member s's ContextCache
+              (`ContextCache.bind`: its buffers are views of slot s), so its own observe, append
+              and draft read and write the pool; growing one grows all (`reserve`, doubling)
+    job       for every slot s (static inputs hidden [S, A, k, H], start [S], root [S], anchor [S]):
+                  append  the fused context K/V of hidden[s] at rows start_s .. start_s + A - 1
+                  draft   inputs [root_s, MASK x (B - 1)] at positions anchor_s + 0 .. B - 1 over
+                          slot s's keys t < anchor_s -> (logp, tokens) [S, depths, k], top-k of q_d
+              A = APPEND_ROWS: a member drafting ahead has its accepted path's D + 1 rows first; a
+              member not in the step gets its own length as start and anchor and a stale hidden:
+              its rows past `length` take finite values, which ContextCache's invariant allows
+
+Per member this is what its own `draft_ahead` does (append_ahead, then the draft from the bonus
+token at anchor length + k), up to float rounding (the pool's capacity may be larger than the
+member's own, and a batched forward may reduce in another order): the drafts feed a lossless
+verifier, so rounding changes no output.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ...core.cuda_graphs import GraphSet
+from ...core.on_device import pinned
+from .graphs import APPEND_ROWS
+from .masks import block_mask
+
+if TYPE_CHECKING:
+    from .drafter import HeadDrafter
+
+
+class ContextPool:
+    def __init__(self, members: list[HeadDrafter]):
+        caches = [m.cache for m in members]
+        first = caches[0]
+        self.members = members
+        self.slot = {id(m): s for s, m in enumerate(members)}
+        self.capacity = max(c.capacity for c in caches)
+        self.version = max(c.version for c in caches) + 1
+        s, shape, dev, dtype = len(caches), first._shape, first._device, first._dtype
+        zeros = lambda: torch.zeros(s, self.capacity, *shape, dtype=dtype, device=dev)  # noqa: E731
+        self._k = [zeros() for _ in first._k]  # per head layer [S, capacity, Hkv, D]
+        self._v = [zeros() for _ in first._v]
+        for i, c in enumerate(caches):  # every row (rows past length too: finite, as the invariant wants)
+            for pool, own in zip(self._k + self._v, c._k + c._v):
+                pool[i, : own.shape[0]].copy_(own)
+        self._bind()
+        k = len(members[0].hidden_layers)
+        h = members[0].config.hidden_size
+        self.hidden = torch.zeros(s, APPEND_ROWS, k, h, dtype=dtype, device=dev)  # [S, A, k, H] static input
+        self.start = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
+        self.root = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
+        self.anchor = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
+        self.graphs = GraphSet() if members[0].graphs is not None else None
+        self._host: torch.Tensor | None = None  # [S, 2, depths, k] the drafts' (pinned) host buffer
+
+    @staticmethod
+    def of(members: list[HeadDrafter]) -> ContextPool | None:
+        """The pool that holds every member (made now if none is pooled yet), else None (mixed)."""
+        pools = {id(m.cache.pool): m.cache.pool for m in members}
+        if len(pools) != 1:
+            return None
+        (pool,) = pools.values()
+        if pool is None:
+            if len({id(m) for m in members}) != len(members):
+                return None
+            pool = ContextPool(members)
+        return pool if all(id(m) in pool.slot for m in members) else None
+
+    def _bind(self) -> None:
+        for i, m in enumerate(self.members):
+            m.cache.pool = self
+            m.cache.bind([k[i] for k in self._k], [v[i] for v in self._v], self.version)
+
+    def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head layer (k, v) [S, capacity, Hkv, D]."""
+        return list(zip(self._k, self._v))
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` rows in every slot (doubling; every member's version moves with the pool's)."""
+        if rows <= self.capacity:
+            return
+        cap = self.capacity
+        while cap < rows:
+            cap *= 2
+        grow = lambda t: torch.cat([t, t.new_zeros(t.shape[0], cap - t.shape[1], *t.shape[2:])], dim=1)  # noqa: E731
+        self._k, self._v = [grow(t) for t in self._k], [grow(t) for t in self._v]
+        self.capacity, self.version = cap, self.version + 1
+        self._bind()
+
+    @torch.no_grad()
+    def draft_ahead(self, peers: list[HeadDrafter], hidden: list[torch.Tensor], packed: list[torch.Tensor],
+                    depths: int) -> None:
+        """Each peer's `draft_ahead(hidden[i], packed[i], budget)` in one job. packed[i] [2 D_i + 3]
+        int64 (`core/on_device.py`): [k, path slots 0..D_i, tokens 0..D_i]."""
+        dev, a = self.start.device, APPEND_ROWS
+        starts = [m.cache.length for m in self.members]
+        self.reserve(max(starts) + a)  # every slot writes A rows at its start
+        d1 = np.array([(p.numel() - 1) // 2 for p in packed])  # [P] D_i + 1
+        ints = np.stack([  # [5, P]: where each peer's result and hidden rows start, D_i + 1, N_i, its slot
+            np.cumsum([0] + [p.numel() for p in packed[:-1]]), d1, [h.shape[0] for h in hidden],
+            np.cumsum([0] + [h.shape[0] for h in hidden[:-1]]), [self.slot[id(m)] for m in peers]])
+        poff, d1_, n, hoff, slots = pinned(torch.from_numpy(ints.astype(np.int64)), dev).to(dev, non_blocking=True)
+        flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
+        j = torch.arange(a, device=dev)  # [A]
+        path = flat[poff[:, None] + 1 + torch.minimum(j[None], d1_[:, None] - 1)]  # [P, A]: the path, its last slot repeated
+        path = torch.minimum(path.clamp(min=0), n[:, None] - 1) + hoff[:, None]  # clamped into each tree: rows of `rows`
+        k = torch.minimum(flat[poff].clamp(min=1), d1_)  # [P] accepted nodes, root included
+        start = pinned(torch.tensor(starts, dtype=torch.int64), dev).to(dev, non_blocking=True)  # [S]
+        self.start.copy_(start)
+        self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
+        self.hidden.index_copy_(0, slots, rows.index_select(0, path.flatten()).view(len(peers), a, *rows.shape[1:]))
+        self.root.index_copy_(0, slots, flat[poff + k + d1_])  # the bonus token: the next root
+        self.anchor.index_copy_(0, slots, start[slots] + k)
+        job = lambda: self._job(peers[0], depths)  # noqa: E731
+        logp, tokens = job() if self.graphs is None else self.graphs.replay((self.version, depths), job)
+        both = torch.stack([logp.float(), tokens.float()], dim=1)  # [S, 2, depths, k]
+        if self._host is None or self._host.shape != both.shape:
+            self._host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
+        host = self._host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
+        for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
+            m.appended_ahead, m._drafted = (starts[s], d), host[s]
+
+    def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""
+        head, s, a = first.head, self.start.shape[0], APPEND_ROWS
+        rows = self.start[:, None] + torch.arange(a, device=self.start.device)  # [S, A] cache rows = positions
+        fused = head.fuse_context(self.hidden)  # [S, A, H]
+        slot = torch.arange(s, device=rows.device)[:, None].expand(s, a)  # [S, A]
+        for (k_buf, v_buf), (k, v) in zip(self.buffers(), head.context_kv(fused, rows)):
+            k_buf.index_put_((slot, rows), k.to(k_buf.dtype))
+            v_buf.index_put_((slot, rows), v.to(v_buf.dtype))
+        b = first.config.block_size
+        x = torch.cat([first.embed(self.root)[:, None], head.mask_embedding.expand(s, b - 1, -1)], dim=1)  # [S, B, H]
+        pos = self.anchor[:, None] + torch.arange(b, device=rows.device)  # [S, B]
+        mask = block_mask(self.anchor[:, None], b, self.capacity, first.config.causal)  # [S, B, C + B]
+        h = head(x, pos, self.buffers(), mask)[:, 1 : 1 + depths]  # [S, depths, H]
+        logp, tokens = first.log_probs(h.reshape(s * depths, -1)).topk(first.options.top_k, dim=-1)  # [S * depths, k]
+        return logp.view(s, depths, -1), tokens.view(s, depths, -1)

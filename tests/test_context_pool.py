@@ -1,0 +1,133 @@
+"""Head drafters of a batch drafting ahead together (`ContextPool`): one job for the step's
+sequences leaves each drafter what its own `draft_ahead` leaves — the context rows, the queued
+draft, the bookkeeping its next `observe` and `propose` read — for the sequences in the step, and
+nothing changed for a pooled drafter that is not."""
+
+import pytest
+import torch
+
+from head_fixtures import HeadTarget, observed, tiny_llama
+from jetspec.core.interfaces import DecodeState, DraftsAheadTogether
+from jetspec.drafters.head import HeadOptions, jetspec_drafter
+from jetspec.drafters.head.context import ContextCache
+
+PROMPTS = [[5, 17, 33, 8, 61, 12, 40, 9], [3, 4, 5], [70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81]]
+OPTIONS = dict(checkpoint="random", block_size=6, top_k=4, lookup=False)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return HeadTarget(tiny_llama())
+
+
+def drafters(target, n, capacity=None, **options):
+    made = [jetspec_drafter(HeadOptions(**{**OPTIONS, **options}), target) for _ in range(n)]
+    assert all(len(d.hidden_layers) == LAYERS for d in made)
+    for d in made:
+        if capacity:  # a small cache, to make the pool grow
+            c = d.config
+            d.cache = ContextCache(c.num_layers, c.num_kv_heads, c.head_dim, torch.float32, torch.device("cpu"), capacity)
+    return made
+
+
+LAYERS = 1  # the random head's fused target layers (`drafters` checks)
+
+
+def round_result(seed: int, n: int, d: int, k: int):
+    """A verify pass's hidden rows [N, k, H] and an acceptance result [2D + 3] (k nodes accepted of a
+    path of D + 1 slots, `core/on_device.py`'s layout)."""
+    g = torch.Generator().manual_seed(seed)
+    path = [0] + sorted(torch.randperm(n - 1, generator=g)[:d].add(1).tolist())  # [D + 1] node indices
+    tokens = torch.randint(0, 90, (d + 1,), generator=g).tolist()
+    return torch.randn(n, LAYERS, 64, generator=g), torch.tensor([k] + path + tokens)
+
+
+def contexts(drafter):
+    return [(k.clone(), v.clone()) for k, v in drafter.cache.context()]
+
+
+def assert_same_state(solo, pooled, rows):
+    """Same bookkeeping, the same first `rows` context rows and the same queued draft (up to rounding)."""
+    assert pooled.appended_ahead == solo.appended_ahead and pooled.cache.length == solo.cache.length
+    for (ks, vs), (kp, vp) in zip(solo.cache.buffers(), pooled.cache.buffers()):
+        assert torch.allclose(ks[0, :rows], kp[0, :rows], atol=1e-5) and torch.allclose(vs[0, :rows], vp[0, :rows], atol=1e-5)
+    assert torch.equal(solo._drafted[1], pooled._drafted[1])  # the drafted token ids
+    assert torch.allclose(solo._drafted[0], pooled._drafted[0], atol=1e-5)  # their log-probs
+
+
+def test_drafting_together_leaves_each_drafter_what_drafting_alone_leaves(target):
+    solo, pooled = drafters(target, 3), drafters(target, 3)
+    assert isinstance(pooled[0], DraftsAheadTogether)
+    states = [observed(d, target, p) for d, p in zip(solo, PROMPTS)]
+    for d, p in zip(pooled, PROMPTS):
+        observed(d, target, p)
+    for step in range(3):
+        results = [round_result(10 * step + i, n=7 + i, d=2 + i, k=1 + (step + i) % 3) for i in range(3)]
+        for d, (hidden, packed) in zip(solo, results):
+            d.draft_ahead(hidden, packed, budget=16)
+        assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+        for s, p, (_, packed), state in zip(solo, pooled, results, states):
+            assert_same_state(s, p, rows=s.cache.length + (len(packed) - 1) // 2)
+            k = int(packed[0])  # the round committed its k accepted tokens and the bonus: observe keeps the rows
+            state.tokens += packed[(len(packed) + 1) // 2 : (len(packed) + 1) // 2 + k].tolist()
+            hidden = torch.zeros(k, LAYERS, 64)  # not read: the rows were appended ahead
+            s.observe(state, hidden)
+            p.observe(state, hidden)
+            assert s.kept_ahead and p.kept_ahead
+            ps, pp = s.propose(state, 16), p.propose(state, 16)
+            for depth in range(5):
+                assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
+
+
+def test_a_pooled_drafter_not_in_the_step_keeps_its_context_and_drafts_as_before(target):
+    solo, pooled = drafters(target, 3), drafters(target, 3)
+    states = [observed(d, target, p) for d, p in zip(solo, PROMPTS)]
+    for d, p in zip(pooled, PROMPTS):
+        observed(d, target, p)
+    results = [round_result(i, n=6, d=3, k=2) for i in range(3)]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+    assert all(d.cache.pool is pooled[0].cache.pool for d in pooled)
+    before = contexts(pooled[1])
+    # a step without the second sequence (it finished): the pool drafts for the two others
+    assert pooled[0].draft_ahead_together([pooled[0], pooled[2]], [results[0][0], results[2][0]],
+                                          [results[0][1], results[2][1]], budget=16)  # fmt: skip
+    for (k, v), (k2, v2) in zip(before, contexts(pooled[1])):
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+    solo[1].reset(states[1])  # its slot takes a new prompt: as a fresh drafter would
+    observed(solo[1], target, PROMPTS[0])
+    state = observed(pooled[1], target, PROMPTS[0])
+    ps, pp = solo[1].propose(state, 16), pooled[1].propose(state, 16)
+    for depth in range(5):
+        assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
+
+
+def test_the_pool_grows_every_slot_and_keeps_their_rows(target):
+    pooled = drafters(target, 2, capacity=16)
+    for d, p in zip(pooled, PROMPTS[:2]):
+        observed(d, target, p)
+    results = [round_result(i, n=5, d=2, k=1) for i in range(2)]
+    rows = [contexts(d) for d in pooled]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=8)
+    pool = pooled[0].cache.pool
+    assert pool.capacity == 64 and all(d.cache.capacity == 64 and d.cache.version == pool.version for d in pooled)  # 8 + 32 rows
+    for d, before in zip(pooled, rows):
+        for (k, v), (k2, v2) in zip(before, d.cache.buffers()):
+            assert torch.equal(k[0], k2[0, : k.shape[1]]) and torch.equal(v[0], v2[0, : v.shape[1]])
+    state = DecodeState(tokens=PROMPTS[2] * 6, prompt_len=72)  # one member's own growth grows the pool
+    pooled[1].reset(state)
+    pooled[1].observe(state, target.hidden(state.tokens[:-1], pooled[1].hidden_layers))
+    assert pool.capacity == 128 and pooled[0].cache.capacity == 128 and pooled[0].cache.version == pool.version
+
+
+def test_drafters_that_cannot_draft_together_decline(target):
+    a, b = drafters(target, 2)
+    other = drafters(target, 1, top_k=3)[0]
+    for d, p in zip((a, b, other), PROMPTS):
+        observed(d, target, p)
+    results = [round_result(i, n=5, d=2, k=1) for i in range(2)]
+    hidden, packed = [h for h, _ in results], [p for _, p in results]
+    assert not a.draft_ahead_together([a, other], hidden, packed, budget=8)  # another top-k
+    assert not a.draft_ahead_together([a, b], [hidden[0], None], packed, budget=8)  # one observes no hidden rows
+    off = drafters(target, 2, draft_together=False)
+    assert not off[0].draft_ahead_together(off, hidden, packed, budget=8)  # asked not to
+    assert a.cache.pool is None and b.cache.pool is None

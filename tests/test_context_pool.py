@@ -131,3 +131,35 @@ def test_drafters_that_cannot_draft_together_decline(target):
     off = drafters(target, 2, draft_together=False)
     assert not off[0].draft_ahead_together(off, hidden, packed, budget=8)  # asked not to
     assert a.cache.pool is None and b.cache.pool is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_graphed_pool_drafts_what_each_drafter_drafts_alone_across_pool_growth():
+    """On a GPU the pool's job is replayed from a CUDA graph (one per pool buffer version): drafting
+    together through it equals each drafter's own eager draft_ahead, step after step, while the
+    contexts outgrow the pool twice."""
+    gpu = HeadTarget(tiny_llama(), device="cuda")
+    solo = [jetspec_drafter(HeadOptions(**OPTIONS, cuda_graphs=False), gpu) for _ in range(3)]
+    pooled = [jetspec_drafter(HeadOptions(**OPTIONS), gpu) for _ in range(3)]
+    for d in solo + pooled:
+        c = d.config
+        d.cache = ContextCache(c.num_layers, c.num_kv_heads, c.head_dim, torch.float32, torch.device("cuda"), capacity=16)
+    states = [observed(d, gpu, p) for d, p in zip(solo, PROMPTS)]
+    for d, p in zip(pooled, PROMPTS):
+        observed(d, gpu, p)
+    for step in range(12):  # 3-4 rows a step: past 48 and 80 rows with the 32 rows each job writes
+        results = [round_result(10 * step + i, n=6, d=3, k=3) for i in range(3)]
+        results = [(h.cuda(), p.cuda()) for h, p in results]
+        for d, (hidden, packed) in zip(solo, results):
+            d.draft_ahead(hidden, packed, budget=16)
+        assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+        torch.cuda.synchronize()
+        for s, p, (_, packed), state in zip(solo, pooled, results, states):
+            assert p.appended_ahead == s.appended_ahead
+            assert torch.equal(s._drafted[1], p._drafted[1]) and torch.allclose(s._drafted[0], p._drafted[0], atol=1e-4)
+            state.tokens += packed[5:8].tolist()  # k = 3 accepted of D + 1 = 4 slots: tokens at 1 + 4 .. 1 + 4 + 2
+            for d in (s, p):
+                d.observe(state, torch.zeros(3, LAYERS, 64, device="cuda"))
+                assert d.kept_ahead
+    pool = pooled[0].cache.pool
+    assert pool.capacity >= 64 and pool.graphs is not None and len(pool.graphs) == 1  # stale versions' graphs dropped

@@ -119,7 +119,12 @@ class ContextPool:
         self.root.index_copy_(0, slots, flat[poff + k + d1_])  # the bonus token: the next root
         self.anchor.index_copy_(0, slots, start[slots] + k)
         job = lambda: self._job(peers[0], depths)  # noqa: E731
-        logp, tokens = job() if self.graphs is None else self.graphs.replay((self.version, depths), job)
+        if self.graphs is None:
+            logp, tokens = job()
+        else:
+            if (self.version, depths) not in self.graphs:
+                self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
+            logp, tokens = self.graphs.replay((self.version, depths), job)
         both = torch.stack([logp.float(), tokens.float()], dim=1)  # [S, 2, depths, k]
         if self._host is None or self._host.shape != both.shape:
             self._host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)

@@ -11,8 +11,9 @@ then counts under a `TorchDispatchMode` the aten operators of
   the draft queued ahead run), the top-k of depths 1..7;
 * append: `ContextDrafter.write_context` of APPEND_ROWS rows (what the append's graph runs).
 "compute" = operators that are not views (on a GPU, each launches about one kernel; SDPA launches
-one or two, and a CPU run picks the CPU's SDPA operator, not the efficient-attention one);
-"views" = view operators (host work only). Counts do not depend on the sizes, only on the code.
+one or two, and a CPU run picks the CPU's SDPA operator, not the efficient-attention one; torch's
+rms_norm is five operators here and one fused kernel on CUDA); "views" = view and aliasing
+operators (host work only). Counts do not depend on the sizes, only on the code.
 Run it from any checkout: PYTHONPATH=<checkout> python <this file> counts that checkout's head.
 """
 
@@ -35,6 +36,8 @@ from jetspec.drafters.head import HeadOptions, jetspec_drafter
 from jetspec.drafters.head.graphs import APPEND_ROWS
 
 VOCAB = 49152
+# operators that alias their input without the view flag on their schema: no kernel either
+ALIASING = {"_unsafe_view", "split", "split_with_sizes", "unbind", "chunk", "alias", "detach"}
 
 
 class Ops(TorchDispatchMode):
@@ -48,7 +51,7 @@ class Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket).removeprefix("aten.")
         self.count[name] += 1
-        if func.is_view:
+        if func.is_view or name in ALIASING:
             self.views.add(name)
         return func(*args, **(kwargs or {}))
 

@@ -24,19 +24,24 @@ In float32 the two RMSNorm roundings agree bit for bit; they part in bf16 / fp16
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, scale_in_float32: bool) -> torch.Tensor:
     """x [..., H], weight [H] or None (no scale) -> [..., H] in x's dtype (the weight's, if wider,
     when `scale_in_float32` is False). The statistic and the division run in float32; then
     `scale_in_float32=False`: round to x's dtype, multiply by the weight in that dtype (Hugging Face);
-    `scale_in_float32=True`: multiply by the weight in float32, round once (the draft heads)."""
+    `scale_in_float32=True`: multiply by the weight in float32, round once (the draft heads). There the
+    statistic is torch's rms_norm of the float32 x: on the CPU the same passes as below, bit for bit;
+    on CUDA one fused kernel, whose sum may round differently. A weight narrower than float32 is
+    widened inside the multiply (type promotion: exact, and no float32 copy of it)."""
+    if scale_in_float32:
+        y = F.rms_norm(x.float(), x.shape[-1:], eps=eps)  # x / sqrt(mean(x^2) + eps) in float32
+        return (y if weight is None else y * weight).to(x.dtype)
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if weight is None:
         return y.to(x.dtype)
-    if scale_in_float32:
-        return (y * weight.float()).to(x.dtype)
     return weight * y.to(x.dtype)
 
 
@@ -68,10 +73,11 @@ def rope_cos_sin(positions: torch.Tensor, frequencies: torch.Tensor, scale: floa
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, in_float32: bool) -> torch.Tensor:
     """x [..., D], cos / sin broadcastable to x -> x * cos + rotate_half(x) * sin in x's dtype:
     computed in x's dtype (`in_float32=False`: cos / sin given in it; Hugging Face) or in float32
-    and rounded once (`in_float32=True`: the draft heads)."""
+    and rounded once (`in_float32=True`: the draft heads; x is widened inside the multiplies by the
+    float32 cos / sin, which is exact: no float32 copy of x, and rotate_half moves x's own values)."""
     dtype = x.dtype
     if in_float32:
-        x = x.float()
+        cos, sin = cos.float(), sin.float()
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(dtype)

@@ -90,7 +90,7 @@ class ContextDrafter:
                 "lends neither (give it embed(tokens) and lm_head(hidden): LendsEmbeddings)"
             )
         info = target.info
-        self.head = head.to(device=info.device, dtype=info.dtype).eval()
+        self.head = head.to(device=info.device, dtype=info.dtype).freeze()  # shared by the drafters of a target: frozen once
         self.target = target
         self.config = head.config
         self.hidden_layers: tuple[int, ...] = tuple(head.config.target_layers)
@@ -170,4 +170,4 @@ class ContextDrafter:
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """h [n, H] head outputs -> [n, V] float32 log-probs through the target's own LM head."""
-        return torch.log_softmax(self.target.lm_head(h).float(), dim=-1)
+        return torch.log_softmax(self.target.lm_head(h), dim=-1, dtype=torch.float32)  # CUDA: no float32 copy of the logits

@@ -25,8 +25,9 @@ def block_mask(anchors: torch.Tensor, block_size: int, context_len: int, causal:
     ctx = (t[None, None, :] < anchors[:, :, None])  # [Bt, A, C]
     ctx = ctx[:, :, None, :].expand(bt, a, b, context_len).reshape(bt, a * b, context_len)
     i = torch.arange(a * b, device=dev)
-    same_block = (i[:, None] // b) == (i[None, :] // b)  # [A*B, A*B]
-    blocks = same_block & (i[None, :] % b <= i[:, None] % b) if causal else same_block
+    block, slot = i // b, i % b  # [A*B] each: input i is slot i % b of block i // b
+    same_block = block[:, None] == block[None, :]  # [A*B, A*B]
+    blocks = same_block & (slot[None, :] <= slot[:, None]) if causal else same_block
     return torch.cat([ctx, blocks[None].expand(bt, -1, -1)], dim=2)
 
 

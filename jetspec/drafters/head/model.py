@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...core.layer_math import rope_cos_sin, rope_frequencies
-from .layers import DecoderLayer, RMSNorm
+from .layers import DecoderLayer, RMSNorm, folded_bias
 
 KINDS = ("causal", "dflash", "eagle")
 # what a head.json may ask for, checked before anything is allocated (`HeadConfig._check_sizes`)
@@ -142,7 +142,27 @@ class DraftHead(nn.Module):
             for _ in range(c.num_layers)
         )
         self.norm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.frequencies: torch.Tensor | None = None  # [D/2] float32 RoPE frequencies, once frozen (`freeze`)
         self.reset_parameters()
+
+    @property
+    def frozen(self) -> bool:
+        return self.frequencies is not None
+
+    def freeze(self) -> "DraftHead":
+        """The head as the drafters run it: no gradients, eval mode, each layer's q/k/v and gate/up
+        projections stacked into one matrix (their weights become views of it: `layers.stack_weights`),
+        the RoPE frequencies computed once; `forward` and `context_kv` then take the layers' fused
+        path. Call it after the last `.to()`, which would part the views. Idempotent: a frozen head
+        allocates nothing anew (CUDA graphs of the drafters that share it read its memory)."""
+        self.requires_grad_(False).eval()
+        for layer in self.layers:
+            layer.attn.fuse()
+            layer.mlp.fuse()
+        c, device = self.config, self.fuse.weight.device
+        if self.frequencies is None or self.frequencies.device != device:
+            self.frequencies = rope_frequencies(c.head_dim, c.rope_theta, reciprocal=False, device=device)
+        return self
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -157,6 +177,8 @@ class DraftHead(nn.Module):
     def context_kv(self, fused: torch.Tensor, pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """fused [Bt, C, H] at positions pos [Bt, C] -> per head layer (k, v) [Bt, C, Hkv, D]."""
         cos, sin = self.rotary(pos)
+        if self.frozen:
+            return [layer.attn.fused_kv(fused, cos, sin) for layer in self.layers]
         return [layer.attn.kv(fused, cos, sin) for layer in self.layers]
 
     def forward(
@@ -169,15 +191,22 @@ class DraftHead(nn.Module):
         """-> [Bt, M, H] final-normed hidden states, ready for the target's LM head."""
         cos, sin = self.rotary(pos)
         h = x.to(self.fuse.weight.dtype)
-        for layer, prefix in zip(self.layers, context):
-            h = layer(h, cos, sin, prefix, mask)
+        if self.frozen:
+            c = self.config
+            bias = folded_bias(mask, c.num_heads // c.num_kv_heads, h.dtype)  # [Bt, 1, G*M, C + M], one for all layers
+            for layer, prefix in zip(self.layers, context):
+                h = layer.fused_forward(h, cos, sin, prefix, bias)
+        else:
+            for layer, prefix in zip(self.layers, context):
+                h = layer(h, cos, sin, prefix, mask)
         return self.norm(h)
 
     def rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pos [...] int64 -> cos, sin [..., D] float32, with the frequencies the heads were trained
         with (theta^(-2i/D) computed directly, on pos's device: `core.layer_math`)."""
         c = self.config
-        return rope_cos_sin(pos, rope_frequencies(c.head_dim, c.rope_theta, reciprocal=False, device=pos.device))
+        frequencies = self.frequencies if self.frozen else rope_frequencies(c.head_dim, c.rope_theta, reciprocal=False, device=pos.device)
+        return rope_cos_sin(pos, frequencies)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,6 +1,6 @@
 """Torch operators dispatched by one round of the causal draft head, counted on the CPU (issue 18/17).
 
-    python bench/head_ops.py [--dtype bfloat16] [--context 300] [--label after] [--out bench/results/head_ops.jsonl]
+    python bench/head_ops.py [--dtype bfloat16] [--context 300] [--together S] [--label after] [--out bench/results/head_ops.jsonl]
 
 On the H200 the one-forward draft is ~100 tiny kernels (~5 us each, ~0.6 ms a round even replayed
 from a CUDA graph): its cost is their number, which a CPU can count. This builds a random causal
@@ -9,7 +9,9 @@ intermediate 1536) on a stub target that lends an embedding and a tied LM head o
 then counts under a `TorchDispatchMode` the aten operators of
 * draft: `HeadDrafter.draft_block` over the context cache's whole buffers (what the CUDA graph and
   the draft queued ahead run), the top-k of depths 1..7;
-* append: `ContextDrafter.write_context` of APPEND_ROWS rows (what the append's graph runs).
+* append: `ContextDrafter.write_context` of APPEND_ROWS rows (what the append's graph runs);
+* with --together S: a batched step's drafting ahead for S sequences, each drafter's `draft_ahead`
+  against one `draft_ahead_together` (the pool's one append and one draft).
 "compute" = operators that are not views (on a GPU, each launches about one kernel; SDPA launches
 one or two, and a CPU run picks the CPU's SDPA operator, not the efficient-attention one; torch's
 rms_norm is five operators here and one fused kernel on CUDA); "views" = view and aliasing
@@ -104,24 +106,58 @@ def count(dtype: torch.dtype, context: int) -> dict[str, dict]:
     return counts
 
 
+def count_ahead(dtype: torch.dtype, context: int, sequences: int) -> dict[str, dict]:
+    """A batched step's drafting ahead for S sequences: each drafter's own `draft_ahead` (S appends
+    and S drafts), against one `draft_ahead_together` (their `ContextPool`: one append and one draft
+    for all; on a GPU each is one CUDA graph's kernels, so the kernels a step runs scale the same way)."""
+    torch.manual_seed(0)
+    target = StubTarget(dtype)
+    options = HeadOptions(checkpoint="random", layers=2, block_size=8, top_k=8, cuda_graphs=False, lookup=False)
+    counts = {}
+    for name in ("ahead_each", "ahead_together"):
+        drafters = [jetspec_drafter(options, target) for _ in range(sequences)]
+        k = len(drafters[0].hidden_layers)
+        hidden = [torch.randn(17, k, 576, dtype=dtype) for _ in drafters]  # [N, k, H] a 17-node tree's rows each
+        packed = [torch.tensor([3, 0, 4, 9, 12] + [5, 6, 7, 8]) for _ in drafters]  # [2D + 3]: 3 of D + 1 = 4 slots accepted
+        with torch.no_grad():
+            for d in drafters:
+                d.cache.reserve(context + APPEND_ROWS)
+                d.write_context(torch.randn(context, k, 576, dtype=dtype), torch.tensor([0]))  # the prefill, uncounted
+                d.cache.length = context
+            if name == "ahead_each":
+                step = lambda: [d.draft_ahead(h, p, 16) for d, h, p in zip(drafters, hidden, packed)]  # noqa: E731
+            else:
+                step = lambda: drafters[0].draft_ahead_together(drafters, hidden, packed, 16)  # noqa: E731
+            step()  # warm (the together call makes the pool here)
+            with Ops() as ops:
+                step()
+        counts[name] = ops.summary()
+    return counts
+
+
 def print_table(counts: dict[str, dict]) -> None:
     names = sorted(set().union(*(c["per_op"] for c in counts.values())))
-    print(f"{'aten op':<44}" + "".join(f"{step:>10}" for step in counts))
+    w = max(10, *(len(step) + 2 for step in counts))
+    print(f"{'aten op':<44}" + "".join(f"{step:>{w}}" for step in counts))
     for op in names:
-        print(f"{op:<44}" + "".join(f"{c['per_op'].get(op, 0):>10}" for c in counts.values()))
+        print(f"{op:<44}" + "".join(f"{c['per_op'].get(op, 0):>{w}}" for c in counts.values()))
     for row in ("compute", "views", "total"):
-        print(f"{'= ' + row:<44}" + "".join(f"{c[row]:>10}" for c in counts.values()))
+        print(f"{'= ' + row:<44}" + "".join(f"{c[row]:>{w}}" for c in counts.values()))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--context", type=int, default=300, help="committed context rows before the draft")
+    p.add_argument("--together", type=int, default=0, metavar="S",
+                   help="also count a batched step's drafting ahead for S sequences, each alone and together")
     p.add_argument("--label", default="")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "head_ops.jsonl")
     args = p.parse_args()
     torch.set_num_threads(1)
     counts = count(getattr(torch, args.dtype), args.context)
+    if args.together:
+        counts |= count_ahead(getattr(torch, args.dtype), args.context, args.together)
     print_table(counts)
     import jetspec
 
@@ -129,7 +165,7 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     run = run_row(shlex.join([Path(sys.executable).name, *sys.argv]), {})
     row = {"kind": "head_ops", "label": args.label, "checkout": str(checkout), "commit": commit, "dtype": args.dtype,
-           "context": args.context, **{k: run[k] for k in ("date", "machine", "command", "python", "torch")},
+           "context": args.context, "sequences": args.together or None, **{k: run[k] for k in ("date", "machine", "command", "python", "torch")},
            "counts": counts}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     append_row(args.out, row)

@@ -188,15 +188,22 @@ class HeadDrafter(ContextDrafter):
         return self.draft_block(*ids, context, depths)
 
     def draft_block(self, root: torch.Tensor, anchor: torch.Tensor, context: list, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one-forward draft. root, anchor [1] int64 on the device (anchor = a, the committed
-        context length); context: per head layer (k, v) [1, C, Hkv, D], C >= a, keys t >= a
-        masked -> (logp, tokens) [depths, k]: the top-k of q_d for d = 1..depths."""
-        b = self.config.block_size
-        x = torch.cat([self.embed(root), self.head.mask_embedding.expand(b - 1, -1)])  # [B, H]
-        pos = anchor + torch.arange(b, device=anchor.device)  # [B]
-        mask = block_mask(anchor[None], b, context[0][0].shape[1], self.config.causal)  # [1, B, C + B]
-        h = self.head(x[None], pos[None], context, mask)[0]  # [B, H]
-        return self.log_probs(h[1 : 1 + depths]).topk(self.options.top_k, dim=-1)
+        """The one-forward draft of one sequence: `draft_many` with S = 1 -> (logp, tokens) [depths, k]."""
+        logp, tokens = self.draft_many(root, anchor, context, depths)
+        return logp[0], tokens[0]
+
+    def draft_many(self, root: torch.Tensor, anchor: torch.Tensor, context: list, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one-forward draft of S sequences (a batch's: `pool.py`). root, anchor [S] int64 on the
+        device (anchor = a_s, the committed context length); context: per head layer (k, v)
+        [S, C, Hkv, D], C >= a_s, keys t >= a_s masked -> (logp, tokens) [S, depths, k]: the top-k of
+        q_d for d = 1..depths."""
+        s, b = root.shape[0], self.config.block_size
+        x = torch.cat([self.embed(root)[:, None], self.head.mask_embedding.expand(s, b - 1, -1)], dim=1)  # [S, B, H]
+        pos = anchor[:, None] + torch.arange(b, device=anchor.device)  # [S, B]
+        mask = block_mask(anchor[:, None], b, context[0][0].shape[1], self.config.causal)  # [S, B, C + B]
+        h = self.head(x, pos, context, mask)[:, 1 : 1 + depths]  # [S, depths, H]
+        logp, tokens = self.log_probs(h.reshape(s * depths, -1)).topk(self.options.top_k, dim=-1)  # [S * depths, k]
+        return logp.view(s, depths, -1), tokens.view(s, depths, -1)
 
     def _depths(self, budget: int) -> tuple[int, int]:
         """(candidate nodes, depth slots drafted): a tree of n nodes is at most n deep."""

@@ -29,7 +29,6 @@ import torch
 from ...core.cuda_graphs import GraphSet
 from ...core.on_device import pinned
 from .graphs import APPEND_ROWS
-from .masks import block_mask
 
 if TYPE_CHECKING:
     from .drafter import HeadDrafter
@@ -141,10 +140,4 @@ class ContextPool:
         for (k_buf, v_buf), (k, v) in zip(self.buffers(), head.context_kv(fused, rows)):
             k_buf.index_put_((slot, rows), k.to(k_buf.dtype))
             v_buf.index_put_((slot, rows), v.to(v_buf.dtype))
-        b = first.config.block_size
-        x = torch.cat([first.embed(self.root)[:, None], head.mask_embedding.expand(s, b - 1, -1)], dim=1)  # [S, B, H]
-        pos = self.anchor[:, None] + torch.arange(b, device=rows.device)  # [S, B]
-        mask = block_mask(self.anchor[:, None], b, self.capacity, first.config.causal)  # [S, B, C + B]
-        h = head(x, pos, self.buffers(), mask)[:, 1 : 1 + depths]  # [S, depths, H]
-        logp, tokens = first.log_probs(h.reshape(s * depths, -1)).topk(first.options.top_k, dim=-1)  # [S * depths, k]
-        return logp.view(s, depths, -1), tokens.view(s, depths, -1)
+        return first.draft_many(self.root, self.anchor, self.buffers(), depths)

@@ -6,6 +6,7 @@
     jetspec generate "a prompt" --temperature 0.8 --top-p 0.95 --seed 1   # lossless sampling
     jetspec run --config run.toml --prompts FILE.jsonl[.gz] --out OUT.jsonl [--resume]
     jetspec fit-lookup --corpus DIR --out HEAD_DIR/lookup.json   # prompt lookup's acceptance rates
+    jetspec calibrate-head --head HEAD_DIR --corpus DIR         # a parallel head's acceptance rates
     jetspec plugins                        # every registered implementation, by kind
     jetspec config schema | show | check FILE
     jetspec bench --config bench/configs/cpu_smoke.toml [--resume | --overwrite]
@@ -145,6 +146,13 @@ def cmd_fit_lookup(args: argparse.Namespace) -> int:
     return fit_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec fit-lookup --help`)
 
 
+@command("calibrate-head")
+def cmd_calibrate_head(args: argparse.Namespace) -> int:
+    from .drafters.head.calibration_fit import main as calibrate_main
+
+    return calibrate_main(args.rest, formatter_class=DefaultsHelp)  # its own options (`jetspec calibrate-head --help`)
+
+
 # ---------------------------------------------------------------------------- main
 class DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """`--help` shows each option's default, except where there is none to show (None, a flag's
@@ -184,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
     mc.add_argument("rest", nargs=argparse.REMAINDER)
     fl = sub.add_parser("fit-lookup", add_help=False, help="measure prompt lookup's acceptance rates on a corpus (lookup.json)")
     fl.add_argument("rest", nargs=argparse.REMAINDER)
+    ch = sub.add_parser("calibrate-head", add_help=False, help="measure a parallel head's acceptance rates on held-out answers (head_rates.json)")
+    ch.add_argument("rest", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("bench", help="benchmark pipelines against plain decoding and transformers peers", formatter_class=DefaultsHelp)
     from .bench.cli import add_arguments
@@ -233,7 +243,7 @@ class _prefixed:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["train-head"], ["make-corpus"], ["fit-lookup"]):  # their options belong to their own parsers
+    if argv[:1] in (["train-head"], ["make-corpus"], ["fit-lookup"], ["calibrate-head"]):  # their options belong to their own parsers
         args = argparse.Namespace(command=argv[0], rest=argv[1:])
     else:
         args = parser().parse_args(argv)

@@ -10,6 +10,7 @@ import torch
 from head_fixtures import save_tiny_chat_model, tiny_corpus
 from jetspec.core.errors import InputError
 from jetspec.drafters.head import load_head
+from jetspec.drafters.head.calibration import HeadCalibration
 from jetspec.drafters.head.corpus import load_corpus
 from jetspec.drafters.head.rows import rows_for_step, split_rows
 from jetspec.drafters.head.train import TrainConfig, train
@@ -92,6 +93,9 @@ def test_the_command_line_run_accumulates_with_a_log_curves_and_validation_by_de
     rates = LookupCalibration.load(out / "lookup.json")  # prompt lookup's acceptance rates, beside the head
     assert rates.source["command"].startswith("jetspec train-head") and rates.source["rows"] >= 1
     assert rates.source["target_fingerprint"] == load_head(out).config.target_fingerprint
+    head_rates = HeadCalibration.load(out / "head_rates.json")  # and the head's own, on the answers it was validated on
+    assert head_rates.source["command"].startswith("jetspec train-head") and head_rates.source["rows"] == 4
+    assert head_rates.depths == 4 and sum(head_rates.trials[0][0]) > 0
 
 
 def test_a_resumed_call_may_not_change_the_runs_settings(setup, tmp_path):

@@ -23,6 +23,10 @@ drafted by copying, the rest by the head, in one tree under one budget. The look
 scored by the acceptance rates measured for the head's target (`lookup.json` beside the head,
 `drafters/lookup_calibration.py`), so that a copied token and a drafted one compete as probabilities.
 
+With a calibration beside the checkpoint (`head_rates.json`, `calibration.py`), the marginals
+are scored by the acceptance rates measured for this head instead of log q: by depth, q and the
+rank of the parent in its own row (`CalibratedMarginals`), which the tree's scorer then sums.
+
 Drafted ahead (`DraftsAhead`, the pipeline's device path): the context append and the one-forward
 draft of the next round are queued before the host reads this round's result, from what the
 device holds (`packed`: the accepted path and the bonus token, which is the next root; the next
@@ -47,6 +51,7 @@ from ...core.tree import DraftTree, with_prefix
 from ...core.tree_search import accum_logp
 from ..lookup_calibration import LookupCalibration
 from ..ngram import NgramDrafter
+from .calibration import FILE as HEAD_RATES, HeadCalibration
 from .checkpoint import CALIBRATION, UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors
@@ -132,6 +137,7 @@ class HeadDrafter(ContextDrafter):
             raise ConfigError("rescore needs a causal head; this checkpoint is bidirectional (dflash)")
         self.options = options
         self.lookup = NgramDrafter(calibration=lookup_calibration(options)) if options.lookup else None
+        self.calibration = head_calibration(options, head)
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
@@ -224,7 +230,7 @@ class HeadDrafter(ContextDrafter):
             logp, tokens = drafted[0], drafted[1].long()
         else:
             logp, tokens = self._draft(root, a, depths, self.cache.context())
-        proposal: Proposal = DepthMarginals(tokens, logp)
+        proposal: Proposal = self.calibration.marginals(tokens, logp) if self.calibration else DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
             for _ in range(self.options.rescore_passes):  # pass p + 1 conditions the children that pass p proposed
                 proposal = self.rescore(accum_logp(proposal, root, nodes), a)
@@ -270,6 +276,21 @@ def lookup_calibration(options: HeadOptions) -> LookupCalibration | None:
         return None
     path = Path(options.checkpoint) / CALIBRATION
     return LookupCalibration.load(path) if path.is_file() else None
+
+
+def head_calibration(options: HeadOptions, head: DraftHead) -> HeadCalibration | None:
+    """The checkpoint's `head_rates.json`, where it has one and `head_calibration` is on; one that
+    was measured for a head of another depth is a one-line CheckpointError."""
+    if not options.head_calibration or options.checkpoint in (None, RANDOM):
+        return None
+    path = Path(options.checkpoint) / HEAD_RATES
+    if not path.is_file():
+        return None
+    calibration = HeadCalibration.load(path)
+    if calibration.depths != head.config.block_size - 1:
+        raise CheckpointError(f"head calibration {path} has {calibration.depths} depths, the head drafts "
+                              f"{head.config.block_size - 1}; re-measure it with `jetspec calibrate-head --head {options.checkpoint}`")
+    return calibration
 
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "heads"  # <target name>/causal/head.json

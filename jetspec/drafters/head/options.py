@@ -28,7 +28,7 @@ class HeadOptions(BaseModel):
     block_size: int | None = Field(None, ge=2, le=MAX_BLOCK)  # B = anchor + B - 1 drafted depths (default 16)
     target_layers: list[int] | None = Field(None, max_length=MAX_LAYERS)  # fused target layers (default: evenly spaced 1 .. N-3)
     causal: bool | None = None  # mask inside the block (default True; `dflash` default False)
-    top_k: int = Field(8, ge=1, le=MAX_TOP_K)  # candidates per depth
+    top_k: int = Field(16, ge=1, le=MAX_TOP_K)  # candidates per depth (the scorer takes as many as the budget pays for)
     rescore: bool = False  # parent-conditioned rescoring: a second head pass over a candidate tree
     rescore_factor: float = Field(2.0, ge=1.0, le=16.0)  # candidate tree = factor x budget nodes
     rescore_top_k: int = Field(4, ge=0, le=MAX_TOP_K)  # new children per rescored node from its own distribution
@@ -40,6 +40,10 @@ class HeadOptions(BaseModel):
     # score the lookup's edges by the acceptance rates measured for the head's target, the
     # checkpoint's `lookup.json` (`jetspec fit-lookup`), where it has one; false: by count fractions
     lookup_calibration: bool = True
+    # score the head's candidates by the acceptance rates measured for it on held-out answers (the
+    # checkpoint's `head_rates.json`, `jetspec calibrate-head`: by depth, the parent's rank and q),
+    # where it has one; false: by the head's log q
+    head_calibration: bool = True
     cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
     # on the pipeline's device path, queue the next round's context append and draft before the
     # host reads this round's result (`DraftsAhead`); false: after it (the same drafts, later)

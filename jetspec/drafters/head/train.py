@@ -42,6 +42,8 @@ from tqdm.auto import tqdm
 
 from ...core.errors import CheckpointError, InputError
 from ..lookup_fit import fit_answers
+from .calibration import FILE as HEAD_RATES
+from .calibration_fit import calibrate
 from .checkpoint import CALIBRATION, load_head, save_head
 from .curves import write_curves
 from .corpus import load_corpus
@@ -50,7 +52,7 @@ from .frozen_target import eos_ids, hf_identity, load_hf_target
 from .model import DraftHead, HeadConfig
 from .objective import LOSSES, head_loss, make_batch
 from .rows import rows_for_step, split_rows
-from .options import MAX_BLOCK, MAX_LAYERS
+from .options import MAX_BLOCK, MAX_LAYERS, HeadOptions
 
 EVAL_SEED = 12345
 LOOKUP_ROWS = 2000  # greedy answers the lookup calibration written beside a trained head is measured on
@@ -388,4 +390,10 @@ def train_head(
     summary = train(model, data, out_dir, cfg, identity, pad_id=pad, resume=resume, progress=progress)
     # beside the head: prompt lookup's acceptance rates on the same answers, which the `jetspec` drafter scores its lookup with
     fit_answers(data, LOOKUP_ROWS, source={"command": "jetspec train-head (its training answers)"}).save(Path(out_dir) / CALIBRATION)
+    if kind in ("causal", "dflash"):  # and the head's own acceptance rates, on the answers it was validated on
+        head = load_head(out_dir).to(dev).eval()
+        held = split_rows(data, cfg.max_len, cfg.eval_rows)[1]
+        if held:
+            calibrate(head, model, data, held, HeadOptions.model_fields["top_k"].default,
+                      {"command": "jetspec train-head (its held-out answers)"}, progress).save(Path(out_dir) / HEAD_RATES)
     return summary

@@ -6,6 +6,7 @@ its cell's rate, below a rank-1 parent differently than below a rank-3 one; the 
 reads the rates beside its head; `jetspec calibrate-head` measures a head's held-out answers; bad
 files fail in one line."""
 
+import hashlib
 import json
 import math
 
@@ -161,6 +162,11 @@ def test_the_jetspec_drafter_scores_its_head_with_the_rates_beside_it(tmp_path):
     assert {t for t, _ in calibrated.children(())} == {t for t, _ in raw.children(())}
     assert all(math.log(0.001) <= s <= math.log(0.008) for _, s in calibrated.children(()))  # depth 1, root group
     assert isinstance(proposal(head_calibration=False), DepthMarginals)
+    other = distinct(3)
+    other.source = {"head_sha256": "0" * 64}  # measured for other weights
+    other.save(folder / "head_rates.json")
+    with pytest.raises(CheckpointError, match="was measured for other weights"):
+        proposal()
     distinct(5).save(folder / "head_rates.json")  # measured for a head of another depth
     with pytest.raises(CheckpointError, match="has 5 depths, the head drafts 3"):
         proposal()
@@ -170,6 +176,7 @@ def test_the_shipped_rates_were_measured_for_the_shipped_head():
     cal = HeadCalibration.load(f"{SHIPPED}/head_rates.json")
     head = json.loads(open(f"{SHIPPED}/head.json").read())
     assert cal.source["target_fingerprint"] == head["target_fingerprint"] and cal.depths == head["block_size"] - 1
+    assert cal.source["head_sha256"] == hashlib.sha256(open(f"{SHIPPED}/head.safetensors", "rb").read()).hexdigest()
     assert cal.source["rows"] >= 200 and sum(cal.trials[0][0]) > 10_000
 
 
@@ -200,6 +207,7 @@ def test_jetspec_calibrate_head_writes_the_rates_beside_the_head_and_records_its
     cal = HeadCalibration.load(head_dir / "head_rates.json")
     assert cal.depths == load_head(head_dir).config.block_size - 1 == 3
     assert cal.source["rows"] == 2 and cal.source["command"].startswith("jetspec calibrate-head --head")
+    assert cal.source["head_sha256"] == hashlib.sha256((head_dir / "head.safetensors").read_bytes()).hexdigest()
     assert sum(cal.trials[0][0]) > 0 and str(head_dir) in capsys.readouterr().out
 
 

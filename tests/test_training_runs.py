@@ -2,6 +2,7 @@
 random chat model on a CPU: the data cursor, the held-out questions, validation by depth, one log
 row per call, curves, time budgets that save and stop, and the settings a resumed call may change."""
 
+import hashlib
 import json
 
 import pytest
@@ -96,6 +97,7 @@ def test_the_command_line_run_accumulates_with_a_log_curves_and_validation_by_de
     head_rates = HeadCalibration.load(out / "head_rates.json")  # and the head's own, on the answers it was validated on
     assert head_rates.source["command"].startswith("jetspec train-head") and head_rates.source["rows"] == 4
     assert head_rates.depths == 4 and sum(head_rates.trials[0][0]) > 0
+    assert head_rates.source["head_sha256"] == hashlib.sha256((out / "head.safetensors").read_bytes()).hexdigest()
 
 
 def test_a_resumed_call_may_not_change_the_runs_settings(setup, tmp_path):

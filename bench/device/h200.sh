@@ -137,7 +137,9 @@ HEAD_DIRS="causal=jetspec/assets/heads/SmolLM2-135M-Instruct/causal dflash=bench
 install_heads() {  # heads trained in this machine's session win; else the committed ones
   for kd in $HEAD_DIRS; do
     k=${kd%%=*}; d=${kd#*=}; mkdir -p $d
-    if [ -f $HEADS/$k/head.json ]; then cp $HEADS/$k/head.{json,safetensors} $d/
+    if [ -f $HEADS/$k/head.json ]; then  # its acceptance rates go with it (none: the committed head's must not stay)
+      cp $HEADS/$k/head.{json,safetensors} $d/
+      if [ -f $HEADS/$k/head_rates.json ]; then cp $HEADS/$k/head_rates.json $d/; else rm -f $d/head_rates.json; fi
     elif [ ! -f $d/head.safetensors ] && [ -f /tmp/keep/committed/$k/head.safetensors ]; then cp /tmp/keep/committed/$k/head.safetensors $d/
     fi
     [ -f $d/head.safetensors ] || { echo "no $k head: not in $d, not staged, not trained"; [ $k != causal ] && [ -z "${ALL_HEADS:-}" ] || return 1; }
@@ -173,7 +175,7 @@ ABLATION_FLAGS=(--config bench/head_ablation.toml --root $ABL --target $JETSPEC_
   --parallel ${ABLATION_PARALLEL:-1} ${ABLATION_STEPS:+--steps $ABLATION_STEPS})
 ablation_out() {
   for f in $ABL/*.log; do [ -f "$f" ] && { echo "-- $f"; grep -v Warning "$f" | tail -4; }; done
-  tar -C $ABL -cf $OUT/head_ablation.tar $(cd $ABL && ls */head.json */log.jsonl */run.json */curves.png 2>/dev/null)
+  tar -C $ABL -cf $OUT/head_ablation.tar $(cd $ABL && ls */head.json */head_rates.json */log.jsonl */run.json */curves.png 2>/dev/null)
   if [ -n "${ABLATION_WEIGHTS:-}" ]; then  # the trained heads too (~15 MB each), as NAME.head.safetensors
     for d in $ABL/*/; do [ -f $d/head.safetensors ] && cp $d/head.safetensors $OUT/$(basename $d).head.safetensors; done
   fi
@@ -287,6 +289,7 @@ for step in "$@"; do
       for kv in ${ABLATION_SHIP:-causal=base dflash=dflash eagle=eagle}; do
         k=${kv%%=*}; v=${kv#*=}; [ -f $ABL/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
         mkdir -p $HEADS/$k && cp $ABL/$v/head.{json,safetensors} $HEADS/$k/ && cp $HEADS/$k/head.safetensors $OUT/$k.safetensors
+        rm -f $HEADS/$k/head_rates.json; [ -f $ABL/$v/head_rates.json ] && cp $ABL/$v/head_rates.json $HEADS/$k/ $OUT/$k.head_rates.json
       done ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

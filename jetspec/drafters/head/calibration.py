@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -152,6 +153,22 @@ class HeadCalibration:
         if not all(0.0 < r < 1.0 for rows in rates for row in rows for r in row):
             raise InputError(f"head calibration {path}: every rate must lie in (0, 1)")
         return HeadCalibration(depths, rates, body.get("trials", []), body.get("successes", []), body.get("source", {}), str(path))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> sha256: a batch's drafters hash once
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of a head's weights file: what a calibration was measured for."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def _non_decreasing(values: list[float], weights: list[float]) -> list[float]:

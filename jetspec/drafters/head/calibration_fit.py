@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core.errors import InputError
-from .calibration import FILE, HeadCalibration
+from .calibration import FILE, HeadCalibration, weights_digest
 from .data import TokenData
 from .frozen_target import teacher_forward
 from .masks import block_mask
@@ -83,7 +83,7 @@ def calibrate(head: DraftHead, model: Any, data: TokenData, rows: list[int], top
 
 
 def main(argv: list[str] | None = None, formatter_class=argparse.HelpFormatter) -> int:
-    from .checkpoint import load_head
+    from .checkpoint import WEIGHTS, load_head
     from .corpus import load_corpus
     from .frozen_target import hf_identity, load_hf_target
     from .options import HeadOptions
@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None, formatter_class=argparse.HelpFormatter) 
     training = head.config.extra.get("training", {}) if isinstance(head.config.extra, dict) else {}
     held = split_rows(data, 1024, int(training.get("eval_rows") or 256))[1]
     rows = held[: args.rows] if args.rows else held
-    cal = calibrate(head, model, data, rows, args.top_k, {"command": command, "corpus": str(args.corpus), "head": str(args.head)},
+    source = {"command": command, "corpus": str(args.corpus), "head": str(args.head),
+              "head_sha256": weights_digest(Path(args.head) / WEIGHTS)}  # fmt: skip
+    cal = calibrate(head, model, data, rows, args.top_k, source,
                     progress=not args.no_progress)
     path = cal.save(Path(args.head) / FILE)
     print(f"{path}: {len(rows)} held-out answers; rate of a rank-1 parent's child by depth (q bins 0.5-0.6 / 0.8-0.9):")

@@ -51,8 +51,8 @@ from ...core.tree import DraftTree, with_prefix
 from ...core.tree_search import accum_logp
 from ..lookup_calibration import LookupCalibration
 from ..ngram import NgramDrafter
-from .calibration import FILE as HEAD_RATES, HeadCalibration
-from .checkpoint import CALIBRATION, UntrainedHeadError, check_target, load_head, read_config
+from .calibration import FILE as HEAD_RATES, HeadCalibration, weights_digest
+from .checkpoint import CALIBRATION, WEIGHTS, UntrainedHeadError, check_target, load_head, read_config
 from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
@@ -287,6 +287,10 @@ def head_calibration(options: HeadOptions, head: DraftHead) -> HeadCalibration |
     if not path.is_file():
         return None
     calibration = HeadCalibration.load(path)
+    measured = calibration.source.get("head_sha256")
+    if measured is not None and measured != weights_digest(Path(options.checkpoint) / WEIGHTS):
+        raise CheckpointError(f"head calibration {path} was measured for other weights than {Path(options.checkpoint) / WEIGHTS}; "
+                              f"re-measure it with `jetspec calibrate-head --head {options.checkpoint}`")
     if calibration.depths != head.config.block_size - 1:
         raise CheckpointError(f"head calibration {path} has {calibration.depths} depths, the head drafts "
                               f"{head.config.block_size - 1}; re-measure it with `jetspec calibrate-head --head {options.checkpoint}`")

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 
 from ...core.errors import CheckpointError, InputError
 from ..lookup_fit import fit_answers
-from .calibration import FILE as HEAD_RATES
+from .calibration import FILE as HEAD_RATES, weights_digest
 from .calibration_fit import calibrate
-from .checkpoint import CALIBRATION, load_head, save_head
+from .checkpoint import CALIBRATION, WEIGHTS, load_head, save_head
 from .curves import write_curves
 from .corpus import load_corpus
 from .data import TokenData, encode_chat, generate_answers, read_questions
@@ -395,5 +395,6 @@ def train_head(
         held = split_rows(data, cfg.max_len, cfg.eval_rows)[1]
         if held:
             calibrate(head, model, data, held, HeadOptions.model_fields["top_k"].default,
-                      {"command": "jetspec train-head (its held-out answers)"}, progress).save(Path(out_dir) / HEAD_RATES)
+                      {"command": "jetspec train-head (its held-out answers)",
+                       "head_sha256": weights_digest(Path(out_dir) / WEIGHTS)}, progress).save(Path(out_dir) / HEAD_RATES)
     return summary

@@ -151,6 +151,7 @@ def test_the_jetspec_drafter_scores_its_head_with_the_rates_beside_it(tmp_path):
     tokens = [5, 17, 33, 8, 61, 12, 40, 9]
 
     def proposal(**options):
+        options = {"head_calibration": True, **options}
         drafter = jetspec_drafter(HeadOptions(checkpoint=str(folder), lookup=False, top_k=3, **options), target)
         return drafter.propose(observed(drafter, target, tokens), budget=16)
 
@@ -162,6 +163,7 @@ def test_the_jetspec_drafter_scores_its_head_with_the_rates_beside_it(tmp_path):
     assert {t for t, _ in calibrated.children(())} == {t for t, _ in raw.children(())}
     assert all(math.log(0.001) <= s <= math.log(0.008) for _, s in calibrated.children(()))  # depth 1, root group
     assert isinstance(proposal(head_calibration=False), DepthMarginals)
+    assert jetspec_drafter(HeadOptions(checkpoint=str(folder)), target).calibration is None  # off by default
     other = distinct(3)
     other.source = {"head_sha256": "0" * 64}  # measured for other weights
     other.save(folder / "head_rates.json")
@@ -225,7 +227,7 @@ def test_a_calibrated_head_drafts_losslessly(tmp_path_factory, family, prompt, b
     folder = tmp_path_factory.mktemp("head")
     save_head(jetspec_drafter(HeadOptions(checkpoint="random", block_size=5), target).head, folder, dtype=torch.float32)
     distinct(4).save(folder / "head_rates.json")
-    pipe = (jetspec.builder(make_test_registry()).target(target).drafter("jetspec", checkpoint=str(folder), lookup=lookup)
+    pipe = (jetspec.builder(make_test_registry()).target(target).drafter("jetspec", checkpoint=str(folder), lookup=lookup, head_calibration=True)
             .generation(budget=budget, max_new_tokens=20).build())  # fmt: skip
     assert isinstance(pipe.drafter.calibration, HeadCalibration)
     assert tuple(pipe.generate(list(prompt)).tokens) == plain_output(family, 0, tuple(prompt), 20)

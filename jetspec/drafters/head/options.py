@@ -40,10 +40,12 @@ class HeadOptions(BaseModel):
     # score the lookup's edges by the acceptance rates measured for the head's target, the
     # checkpoint's `lookup.json` (`jetspec fit-lookup`), where it has one; false: by count fractions
     lookup_calibration: bool = True
-    # score the head's candidates by the acceptance rates measured for it on held-out answers (the
-    # checkpoint's `head_rates.json`, `jetspec calibrate-head`: by depth, the parent's rank and q),
-    # where it has one; false: by the head's log q
-    head_calibration: bool = True
+    # true: score the head's candidates by the acceptance rates measured for it on held-out answers
+    # (the checkpoint's `head_rates.json`, `jetspec calibrate-head`: by depth, the parent's rank and
+    # q), where it has one; false: by the head's log q. Off by default: on SmolLM2 it lifts the
+    # default drafter's τ ~1-2 % at budget 16 and not at 64 or 256, for ~90 µs more host time a
+    # round on a 2-core CPU (bench/RESULTS.md, 2026-12-05 09:07)
+    head_calibration: bool = False
     cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
     # on the pipeline's device path, queue the next round's context append and draft before the
     # host reads this round's result (`DraftsAhead`); false: after it (the same drafts, later)

@@ -15,6 +15,7 @@ A calibration scores each edge by what edges like it turned out to be:
       g = 0: the root's children (d = 0); 1, 2: the parent is rank 1 / rank 2 of its row; 3: a lower rank
       b = bin of q_d(t) over BIN_EDGES
 
+The `jetspec` drafter uses it with `head_calibration = true` (off by default: bench/RESULTS.md).
 `calibration_fit.py` measures it on held-out greedy answers (`jetspec calibrate-head`; `jetspec
 train-head` writes one beside every head it saves). Rates are smoothed ((s + 1) / (t + 2)), a thin
 cell (< MIN_TRIALS) takes its depth and bin's rate over all groups, and each (d, g) row is made

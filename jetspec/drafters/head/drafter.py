@@ -23,7 +23,7 @@ drafted by copying, the rest by the head, in one tree under one budget. The look
 scored by the acceptance rates measured for the head's target (`lookup.json` beside the head,
 `drafters/lookup_calibration.py`), so that a copied token and a drafted one compete as probabilities.
 
-With a calibration beside the checkpoint (`head_rates.json`, `calibration.py`), the marginals
+With `head_calibration = true` and a calibration beside the checkpoint (`head_rates.json`, `calibration.py`), the marginals
 are scored by the acceptance rates measured for this head instead of log q: by depth, q and the
 rank of the parent in its own row (`CalibratedMarginals`), which the tree's scorer then sums.
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import InputError
+from ..core.format_file import read_format_file
 
 FORMAT = "jetspec-lookup-calibration/1"
 DEPTHS = 8  # depth buckets: 1 .. DEPTHS - 1, and DEPTHS for every deeper edge
@@ -82,12 +83,7 @@ class LookupCalibration:
     def load(path: str | Path) -> "LookupCalibration":
         """Read a calibration file; anything else is a one-line InputError naming the file."""
         path = Path(path)
-        try:
-            body = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"lookup calibration {path}: cannot be read as JSON ({type(e).__name__}); make one with `jetspec fit-lookup`") from e
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise InputError(f"lookup calibration {path}: not a {FORMAT} file; make one with `jetspec fit-lookup`")
+        body = read_format_file(path, "lookup calibration", FORMAT, "make one with `jetspec fit-lookup`")
         try:
             n_min, n_max = int(body["n_min"]), int(body["n_max"])
             rates = [[[float(r) for r in cell] for cell in row] for row in body["rates"]]

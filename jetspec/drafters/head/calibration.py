@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ...core.errors import InputError
+from ...core.format_file import read_format_file
 
 FORMAT = "jetspec-head-calibration/1"
 FILE = "head_rates.json"  # beside head.json
@@ -134,14 +135,8 @@ class HeadCalibration:
     @staticmethod
     def load(path: str | Path) -> "HeadCalibration":
         """Read a calibration file; anything else is a one-line InputError naming the file."""
-        path = Path(path)
-        how = "make one with `jetspec calibrate-head`"
-        try:
-            body = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"head calibration {path}: cannot be read as JSON ({type(e).__name__}); {how}") from e
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise InputError(f"head calibration {path}: not a {FORMAT} file; {how}")
+        path, how = Path(path), "make one with `jetspec calibrate-head`"
+        body = read_format_file(path, "head calibration", FORMAT, how)
         try:
             depths = int(body["depths"])
             rates = [[[float(r) for r in row] for row in rows] for rows in body["rates"]]

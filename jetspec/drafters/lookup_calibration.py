@@ -19,14 +19,13 @@ below 0 and the best-first scorer's tree stays prefix-closed.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..core.errors import InputError
-from ..core.format_file import read_format_file
+from ..core.format_file import read_format_file, write_format_file
 
 FORMAT = "jetspec-lookup-calibration/1"
 DEPTHS = 8  # depth buckets: 1 .. DEPTHS - 1, and DEPTHS for every deeper edge
@@ -70,14 +69,9 @@ class LookupCalibration:
         return lambda depth, count, whole: logs[min(depth - 1, last)][fraction_bucket(count, whole)]
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
         body = {"format": FORMAT, "n_min": self.n_min, "n_max": self.n_max, "depths": DEPTHS, "buckets": BUCKETS,
                 "rates": self.rates, "trials": self.trials, "successes": self.successes, "source": self.source}  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_format_file(path, body, indent=1)
 
     @staticmethod
     def load(path: str | Path) -> "LookupCalibration":

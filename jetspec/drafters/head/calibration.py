@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from ...core.errors import InputError
-from ...core.format_file import read_format_file
+from ...core.format_file import read_format_file, write_format_file
 
 FORMAT = "jetspec-head-calibration/1"
 FILE = "head_rates.json"  # beside head.json
@@ -65,8 +64,7 @@ class HeadCalibration:
     rates: list[list[list[float]]]
     trials: list[list[list[int]]]
     successes: list[list[list[int]]]
-    source: dict = field(default_factory=dict)  # how it was made: command, rows, head, target
-    origin: str = "(in memory)"
+    source: dict = field(default_factory=dict)  # how it was made: command, rows, head, target, weights' sha256
 
     # ---------------------------------------------------------------------------------- fitting
     @staticmethod
@@ -123,14 +121,9 @@ class HeadCalibration:
 
     # ---------------------------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
         body = {"format": FORMAT, "depths": self.depths, "groups": GROUPS, "bin_edges": list(BIN_EDGES),
                 "rates": self.rates, "trials": self.trials, "successes": self.successes, "source": self.source}  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body) + "\n")
-        tmp.replace(path)
-        return path
+        return write_format_file(path, body)
 
     @staticmethod
     def load(path: str | Path) -> "HeadCalibration":
@@ -148,7 +141,7 @@ class HeadCalibration:
             raise InputError(f"head calibration {path}: rates must be [depths][{GROUPS}][{BINS}] over this version's bins; {how}")
         if not all(0.0 < r < 1.0 for rows in rates for row in rows for r in row):
             raise InputError(f"head calibration {path}: every rate must lie in (0, 1)")
-        return HeadCalibration(depths, rates, body.get("trials", []), body.get("successes", []), body.get("source", {}), str(path))
+        return HeadCalibration(depths, rates, body.get("trials", []), body.get("successes", []), body.get("source", {}))
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> sha256: a batch's drafters hash once

@@ -58,7 +58,7 @@
 # cute-exact       the cute backend's position-invariant mode: its kernel tests (vs the fp32 reference) and the
 #                  bitwise decoder property with both backends (needs `cutlass`), then kernel_bench triton-exact
 #                  vs cute-exact vs cute -> $OUT/kernels_exact.jsonl
-# head-tests       the head drafters on CUDA (frozen head's fused forward, pooled drafting, graphs) -> $OUT/head_tests.log
+# head-tests       the head drafters on CUDA (frozen head's fused forward, pooled drafting, graphs, compiled steps) -> $OUT/head_tests.log
 # engine-tests     the on-device acceptance and staged commit (issue 18) on CUDA — the fused walk and row-move
 #                  kernels against the torch ops, and through the conformance kit — graphs, and the bitwise
 #                  exactness property through them, one sequence and packed batches -> $OUT/engine_tests.log
@@ -358,7 +358,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     head-tests)  # the head drafters on CUDA: the frozen head's fused forward, pooled drafting, their CUDA graphs
       timeout ${HEAD_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/test_head_fused.py tests/test_context_pool.py tests/test_head_drafter.py \
-        tests/test_draft_ahead.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
+        tests/test_draft_ahead.py tests/test_head_compiled.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batch-tests)
       timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py \

@@ -1,0 +1,79 @@
+"""`compiled = true`: the head drafter's one-forward draft and context append through torch.compile.
+The compiled steps draft what the eager ones draft (up to float rounding: the same top-k tokens,
+log-probs within 1e-4), across rounds and context-buffer growth, without a recompile per shape or
+per drafter; on CUDA replayed from the CUDA graphs as before. Drafts only, so generation stays
+exactly plain decoding. Compiling takes ~10-20 s of a CPU per test process (inductor, C++)."""
+
+import shutil
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import jetspec
+from head_fixtures import HeadTarget, observed, tiny_llama
+from jetspec.core.interfaces import DecodeState
+from jetspec.drafters.head import HeadOptions, jetspec_drafter
+from support.models import tiny_target
+from support.plain import plain_output
+from support.registry import make_test_registry
+
+PROMPT = [5, 17, 33, 8, 61, 12, 40, 9]
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and not torch.cuda.is_available(),
+                                reason="torch.compile on a CPU needs a C compiler; this machine has none")
+
+
+def drafts_alike(eager, compiled, gpu: HeadTarget, capacity: int = 8) -> None:
+    """Six steps, fresh prompts and appended rounds alternating, the context outgrowing its buffer
+    twice: each step's proposals (top-k tokens and log-probs at depths 0..4) equal."""
+    for drafter in (eager, compiled):
+        drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads, drafter.config.head_dim,
+                                            torch.float32, gpu.info.device, capacity=capacity)  # fmt: skip
+    tokens = list(PROMPT)
+    for step in range(6):
+        tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
+        if step % 2:  # a round: append the 3 new tokens' context to what is there
+            for drafter in (eager, compiled):
+                state = DecodeState(tokens=list(tokens), prompt_len=len(PROMPT))
+                drafter.observe(state, gpu.hidden(tokens[:-1], drafter.hidden_layers)[drafter.cache.length :])
+            se = sc = state
+        else:  # a fresh generation over the longer prompt
+            se, sc = observed(eager, gpu, tokens), observed(compiled, gpu, tokens)
+        for (ke, ve), (kc, vc) in zip(eager.cache.context(), compiled.cache.context()):
+            assert torch.allclose(ke, kc, atol=1e-4) and torch.allclose(ve, vc, atol=1e-4)
+        pe, pc = eager.propose(se, budget=16), compiled.propose(sc, budget=16)
+        for depth in range(5):
+            assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pc.children((0,) * depth)]
+            assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
+                                  torch.tensor([lp for _, lp in pc.children((0,) * depth)]), atol=1e-4)  # fmt: skip
+
+
+def test_compiled_steps_draft_what_the_eager_steps_draft_with_one_compile_for_every_shape_and_drafter():
+    target = HeadTarget(tiny_llama())
+    eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), target)
+    drafts_alike(eager, compiled, target)
+    graphs = counters["stats"]["unique_graphs"]
+    another = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), target)
+    drafts_alike(eager, another, target, capacity=4)
+    assert counters["stats"]["unique_graphs"] == graphs  # another drafter, other buffers: nothing compiled again
+
+
+def test_a_compiled_head_drafts_losslessly():
+    target = tiny_target("llama", 0)
+    pipe = (jetspec.builder(make_test_registry()).target(target).drafter("jetspec", checkpoint="random", block_size=5, compiled=True)
+            .generation(budget=12, max_new_tokens=24).build())  # fmt: skip
+    for prompt in ([3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 3, 2, 3, 8, 4]):
+        assert tuple(pipe.generate(prompt).tokens) == plain_output("llama", 0, tuple(prompt), 24)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
+def test_compiled_steps_replayed_from_cuda_graphs_draft_what_the_eager_steps_draft():
+    gpu = HeadTarget(tiny_llama(), device="cuda")
+    eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, cuda_graphs=False), gpu)
+    compiled = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), gpu)
+    assert compiled.graphs is not None
+    drafts_alike(eager, compiled, gpu)
+    assert len(compiled.graphs.graphs) == 2  # draft + append over the last buffers; stale ones dropped

@@ -16,7 +16,8 @@
 #                  (packed triton attention, exact = true unless BATCHED_ARGS="--exact off", one paged pool) vs transformers generate()
 #                  at BATCHED_HF (32,1), batch BATCHED_SIZES (8,32,64,1: batch 1 last, it is slow), BATCHED_PROMPTS (256)
 #                  GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.{jsonl,png}
-#                  (rows appended as each variant ends: BATCHED_TIMEOUT (540 s) cuts a run without losing them)
+#                  (rows appended as each variant ends: BATCHED_TIMEOUT (540 s) cuts a run without losing them; run the step
+#                  again with other BATCHED_ARGS in the same call for more drafters: rows and log accumulate, the plot is the last run's)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
 # corpus           `jetspec make-corpus` (issue 17): SmolLM2 writes its training corpus into /tmp/keep/corpus,
 #                  CORPUS_MINUTES (8) per call; a later call appends until CORPUS_ROWS (60000) -> $OUT/corpus_manifest.json
@@ -233,7 +234,7 @@ for step in "$@"; do
     batched)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       timeout ${BATCHED_TIMEOUT:-540} python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-256} --b1-prompts 16 --new 256 \
-        --batch-sizes ${BATCHED_SIZES:-8,32,64,1} --hf-batch-sizes ${BATCHED_HF:-32,1} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee $OUT/batched_throughput.log | grep -v Warning
+        --batch-sizes ${BATCHED_SIZES:-8,32,64,1} --hf-batch-sizes ${BATCHED_HF:-32,1} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee -a $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

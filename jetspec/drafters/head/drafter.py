@@ -138,9 +138,9 @@ class HeadDrafter(ContextDrafter):
         self.options = options
         self.lookup = NgramDrafter(calibration=lookup_calibration(options)) if options.lookup else None
         self.calibration = head_calibration(options, head)
-        if options.compiled:  # the same two steps, their small operators fused by inductor
-            self.draft_many = torch.compile(self.draft_many, fullgraph=True, dynamic=True)  # type: ignore[method-assign]
-            self.context_rows = torch.compile(self.context_rows, fullgraph=True, dynamic=True)  # type: ignore[method-assign]
+        if options.compiled:  # the same two steps, their small operators fused by inductor (what it cannot trace runs eagerly)
+            self.draft_many = torch.compile(self.draft_many, dynamic=True)  # type: ignore[method-assign]
+            self.context_rows = torch.compile(self.context_rows, dynamic=True)  # type: ignore[method-assign]
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused

@@ -77,3 +77,19 @@ def test_compiled_steps_replayed_from_cuda_graphs_draft_what_the_eager_steps_dra
     assert compiled.graphs is not None
     drafts_alike(eager, compiled, gpu)
     assert len(compiled.graphs.graphs) == 2  # draft + append over the last buffers; stale ones dropped
+
+
+def test_compiled_drafters_drafting_together_leave_what_eager_drafters_drafting_together_leave():
+    from test_context_pool import PROMPTS, assert_same_state, drafters, round_result
+
+    target = HeadTarget(tiny_llama())
+    eager, compiled = drafters(target, 3), drafters(target, 3, compiled=True)
+    for group in (eager, compiled):
+        for d, p in zip(group, PROMPTS):
+            observed(d, target, p)
+    for step in range(2):
+        results = [round_result(10 * step + i, n=7 + i, d=2 + i, k=1 + (step + i) % 3) for i in range(3)]
+        for group in (eager, compiled):
+            assert group[0].draft_ahead_together(group, [h for h, _ in results], [p for _, p in results], budget=16)
+        for e, c, (_, packed) in zip(eager, compiled, results):
+            assert_same_state(e, c, rows=e.cache.length + (len(packed) - 1) // 2)

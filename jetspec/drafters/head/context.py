@@ -158,17 +158,17 @@ class ContextDrafter:
         """hidden [R, k, H] target hidden states of R committed tokens, start [1] int64 on the
         device: their fused context's K/V go to rows start .. start + R - 1 of every head layer
         (the caller made room and advances `length`)."""
-        rows, kv = self.context_rows(hidden, start)
+        rows, kv = self.context_rows(hidden[None], start)  # [1, R], per head layer (k, v) [1, R, Hkv, D]
         for (k_buf, v_buf), (k, v) in zip(self.cache.buffers(), kv):
-            k_buf[0].index_copy_(0, rows, k[0].to(k_buf.dtype))
-            v_buf[0].index_copy_(0, rows, v[0].to(v_buf.dtype))
+            k_buf[0].index_copy_(0, rows[0], k[0].to(k_buf.dtype))
+            v_buf[0].index_copy_(0, rows[0], v[0].to(v_buf.dtype))
 
     def context_rows(self, hidden: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """What `write_context` writes: rows [R] (positions = cache rows) and per head layer the
-        context's (k, v) [1, R, Hkv, D] (no state read or written: a compiled form is pure)."""
-        rows = start + torch.arange(hidden.shape[0], device=start.device)  # [R]
-        fused = self.head.fuse_context(hidden[None])  # [1, R, H]
-        return rows, self.head.context_kv(fused, rows[None])
+        """What a context append of S sequences writes: hidden [S, R, k, H], start [S] int64 -> rows
+        [S, R] (positions = cache rows: start_s + r) and per head layer the context's (k, v)
+        [S, R, Hkv, D]. Reads and writes no state (a compiled form is a pure function)."""
+        rows = start[:, None] + torch.arange(hidden.shape[1], device=start.device)  # [S, R]
+        return rows, self.head.context_kv(self.head.fuse_context(hidden), rows)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [n] -> [n, H] through the target's own embedding."""

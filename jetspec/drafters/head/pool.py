@@ -133,11 +133,10 @@ class ContextPool:
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""
-        head, s, a = first.head, self.start.shape[0], APPEND_ROWS
-        rows = self.start[:, None] + torch.arange(a, device=self.start.device)  # [S, A] cache rows = positions
-        fused = head.fuse_context(self.hidden)  # [S, A, H]
+        s, a = self.start.shape[0], APPEND_ROWS
+        rows, kv = first.context_rows(self.hidden, self.start)  # [S, A] cache rows = positions, (k, v) [S, A, Hkv, D] per layer
         slot = torch.arange(s, device=rows.device)[:, None].expand(s, a)  # [S, A]
-        for (k_buf, v_buf), (k, v) in zip(self.buffers(), head.context_kv(fused, rows)):
+        for (k_buf, v_buf), (k, v) in zip(self.buffers(), kv):
             k_buf.index_put_((slot, rows), k.to(k_buf.dtype))
             v_buf.index_put_((slot, rows), v.to(v_buf.dtype))
         return first.draft_many(self.root, self.anchor, self.buffers(), depths)

@@ -93,3 +93,20 @@ def test_compiled_drafters_drafting_together_leave_what_eager_drafters_drafting_
             assert group[0].draft_ahead_together(group, [h for h, _ in results], [p for _, p in results], budget=16)
         for e, c, (_, packed) in zip(eager, compiled, results):
             assert_same_state(e, c, rows=e.cache.length + (len(packed) - 1) // 2)
+
+
+def test_compiled_rescoring_conditions_children_as_eager_rescoring_does():
+    target = HeadTarget(tiny_llama())
+    options = dict(checkpoint="random", block_size=6, top_k=4, lookup=False, rescore=True, rescore_passes=2)
+    eager = jetspec_drafter(HeadOptions(**options), target)
+    compiled = jetspec_drafter(HeadOptions(**options, compiled=True), target)
+    for prompt in (PROMPT, PROMPT + [21, 22, 23, 24, 25]):  # two context lengths, two candidate trees
+        pe, pc = eager.propose(observed(eager, target, prompt), budget=12), compiled.propose(observed(compiled, target, prompt), budget=12)
+        paths, i = [()], 0
+        while i < min(len(paths), 12):  # breadth-first over eager's proposal: the same children, the same log-probs
+            path, i = paths[i], i + 1
+            ke, kc = pe.children(path), pc.children(path)
+            assert [t for t, _ in ke] == [t for t, _ in kc]
+            assert torch.allclose(torch.tensor([lp for _, lp in ke]), torch.tensor([lp for _, lp in kc]), atol=1e-4)
+            paths += [path + (t,) for t, _ in ke]
+        assert len(paths) > 12  # the trie was read below its root

@@ -31,6 +31,11 @@ class TokenTrie:
         kids[token] = max(logp, kids.get(token, -math.inf))
         self._rows.pop(path, None)
 
+    def set_children(self, path: tuple[int, ...], kids: dict[int, float]) -> None:
+        """All of `path`'s children at once (distinct tokens -> log-probs), replacing any it had."""
+        self._children[path] = kids
+        self._rows.pop(path, None)
+
     def add_sequence(self, tokens: Sequence[int], logps: Sequence[float] | None = None) -> None:
         """Add a whole continuation; edge d gets `logps[d]` (default 0: log 1)."""
         for d, tok in enumerate(tokens):

@@ -141,6 +141,7 @@ class HeadDrafter(ContextDrafter):
         if options.compiled:  # the same two steps, their small operators fused by inductor (what it cannot trace runs eagerly)
             self.draft_many = torch.compile(self.draft_many, dynamic=True)  # type: ignore[method-assign]
             self.context_rows = torch.compile(self.context_rows, dynamic=True)  # type: ignore[method-assign]
+            self.conditioned_log_probs = torch.compile(self.conditioned_log_probs, dynamic=True)  # type: ignore[method-assign]
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
@@ -214,6 +215,17 @@ class HeadDrafter(ContextDrafter):
         logp, tokens = self.log_probs(h.reshape(s * depths, -1)).topk(self.options.top_k, dim=-1)  # [S * depths, k]
         return logp.view(s, depths, -1), tokens.view(s, depths, -1)
 
+    def conditioned_log_probs(self, tokens: torch.Tensor, depths: torch.Tensor, queried: torch.Tensor, mask: torch.Tensor,
+                              context: list) -> torch.Tensor:
+        """Rescoring's one head forward: a candidate tree's N nodes (tokens, depths [N] int64, each node
+        seeing its ancestors: `mask` [N + Q, a + N + Q], a = the context length) and one MASK query below
+        each queried node ([Q] int64) -> [Q, V] float32 log q(child | the queried node's path)."""
+        a = mask.shape[1] - mask.shape[0]
+        x = torch.cat([self.embed(tokens), self.head.mask_embedding.expand(queried.shape[0], -1)])  # [N + Q, H]
+        pos = a + torch.cat([depths, depths[queried] + 1])  # [N + Q]
+        h = self.head(x[None], pos[None], context, mask[None])[0]  # [N + Q, H]
+        return self.log_probs(h[tokens.shape[0] :])
+
     def _depths(self, budget: int) -> tuple[int, int]:
         """(candidate nodes, depth slots drafted): a tree of n nodes is at most n deep."""
         nodes = max(budget, round(self.options.rescore_factor * budget)) if self.options.rescore else budget
@@ -247,13 +259,10 @@ class HeadDrafter(ContextDrafter):
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:
         """Conditional log-probs of every candidate node's children given its actual path."""
         dev = self.cache._device
-        depths = tree.depths.to(dev)
-        queried = torch.nonzero(depths < self.config.block_size - 1).flatten()  # [Q] nodes whose children the head can place
-        ancestors = rescore_ancestors(tree.ancestor_mask().to(dev), queried)  # [N + Q, N + Q]
-        x = torch.cat([self.embed(tree.tokens), self.head.mask_embedding.expand(queried.numel(), -1)])  # [N + Q, H]
-        pos = a + torch.cat([depths, depths[queried] + 1])  # [N + Q]
-        h = self.head(x[None], pos[None], self.cache.context(), with_prefix(ancestors, a)[None])[0]
-        logp = self.log_probs(h[tree.size :])  # [Q, V]: log q(child | path to queried node)
+        queried = torch.nonzero(tree.depths < self.config.block_size - 1).flatten()  # [Q] nodes whose children the head can place (host)
+        depths, queried = tree.depths.to(dev), queried.to(dev)
+        mask = with_prefix(rescore_ancestors(tree.ancestor_mask().to(dev), queried), a)  # [N + Q, a + N + Q]
+        logp = self.conditioned_log_probs(tree.tokens.to(dev), depths, queried, mask, self.cache.context())  # [Q, V]
         top = logp.topk(self.options.rescore_top_k, dim=-1).indices.tolist() if self.options.rescore_top_k else None
         tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
         paths: list[tuple[int, ...]] = [()]
@@ -265,11 +274,11 @@ class HeadDrafter(ContextDrafter):
         kids = [sorted(set(children[n]) | set(top[q] if top else ())) for q, n in enumerate(nodes)]
         rows = torch.tensor([q for q, ks in enumerate(kids) for _ in ks], device=dev)  # [E] one per edge
         cols = torch.tensor([t for ks in kids for t in ks], device=dev)  # [E]
-        edge_logp = iter(logp[rows, cols].tolist())  # one gather, one wait for the device (was one per node)
-        trie = TokenTrie()
-        for node, ks in zip(nodes, kids):
-            for token in ks:
-                trie.add_edge(paths[node], token, next(edge_logp))
+        edge_logp = logp[rows, cols].tolist()  # one gather, one wait for the device (was one per node)
+        trie, e = TokenTrie(), 0
+        for node, ks in zip(nodes, kids):  # a node's children are distinct tokens: one row each
+            trie.set_children(paths[node], dict(zip(ks, edge_logp[e : e + len(ks)])))
+            e += len(ks)
         return trie
 
 

@@ -47,8 +47,8 @@ class HeadOptions(BaseModel):
     # round on a 2-core CPU (bench/RESULTS.md, 2026-12-05 09:07)
     head_calibration: bool = False
     cuda_graphs: bool = True  # on CUDA, replay the one-forward draft and the context append from captured graphs
-    # the one-forward draft and the context append through torch.compile (inductor fuses their ~100
-    # and ~30 small operators into a few kernels; the CUDA graphs capture those). Drafts only, so the
+    # the one-forward draft, the context append and rescoring's forward through torch.compile (inductor
+    # fuses their ~100 and ~30 small operators into a few kernels; the CUDA graphs capture those). Drafts only, so the
     # output stays exact whatever the fused arithmetic rounds. The first draft of a process compiles
     # (seconds; one compile serves every shape and drafter of the head's class)
     compiled: bool = False

@@ -63,6 +63,32 @@ def observed(drafter, target: HeadTarget, tokens: list[int]) -> DecodeState:
     return state
 
 
+def assert_drafts_alike(eager, compiled, gpu: HeadTarget, capacity: int = 8) -> None:
+    """Two drafters over one target for six steps, fresh prompts and appended rounds alternating, each
+    drafter's context outgrowing its buffer (`capacity` rows) on the way: equal contexts and, each step,
+    equal proposals (top-k tokens, and log-probs within 1e-4, at depths 0..4)."""
+    for drafter in (eager, compiled):
+        drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads, drafter.config.head_dim,
+                                            torch.float32, gpu.info.device, capacity=capacity)  # fmt: skip
+    tokens = [5, 17, 33, 8, 61, 12, 40, 9]
+    for step in range(6):
+        tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
+        if step % 2:  # a round: append the 3 new tokens' context to what is there
+            for drafter in (eager, compiled):
+                state = DecodeState(tokens=list(tokens), prompt_len=8)
+                drafter.observe(state, gpu.hidden(tokens[:-1], drafter.hidden_layers)[drafter.cache.length :])
+            se = sc = state
+        else:  # a fresh generation over the longer prompt
+            se, sc = observed(eager, gpu, tokens), observed(compiled, gpu, tokens)
+        for (ke, ve), (kc, vc) in zip(eager.cache.context(), compiled.cache.context()):
+            assert torch.allclose(ke, kc, atol=1e-4) and torch.allclose(ve, vc, atol=1e-4)
+        pe, pc = eager.propose(se, budget=16), compiled.propose(sc, budget=16)
+        for depth in range(5):
+            assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pc.children((0,) * depth)]
+            assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
+                                  torch.tensor([lp for _, lp in pc.children((0,) * depth)]), atol=1e-4)  # fmt: skip
+
+
 def save_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
     """A Hugging Face folder (weights + character-level tokenizer with a chat template)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

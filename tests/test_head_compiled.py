@@ -11,8 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import jetspec
-from head_fixtures import HeadTarget, observed, tiny_llama
-from jetspec.core.interfaces import DecodeState
+from head_fixtures import HeadTarget, assert_drafts_alike, observed, tiny_llama
 from jetspec.drafters.head import HeadOptions, jetspec_drafter
 from support.models import tiny_target
 from support.plain import plain_output
@@ -23,41 +22,16 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and not torch.cuda.is
                                 reason="torch.compile on a CPU needs a C compiler; this machine has none")
 
 
-def drafts_alike(eager, compiled, gpu: HeadTarget, capacity: int = 8) -> None:
-    """Six steps, fresh prompts and appended rounds alternating, the context outgrowing its buffer
-    twice: each step's proposals (top-k tokens and log-probs at depths 0..4) equal."""
-    for drafter in (eager, compiled):
-        drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads, drafter.config.head_dim,
-                                            torch.float32, gpu.info.device, capacity=capacity)  # fmt: skip
-    tokens = list(PROMPT)
-    for step in range(6):
-        tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
-        if step % 2:  # a round: append the 3 new tokens' context to what is there
-            for drafter in (eager, compiled):
-                state = DecodeState(tokens=list(tokens), prompt_len=len(PROMPT))
-                drafter.observe(state, gpu.hidden(tokens[:-1], drafter.hidden_layers)[drafter.cache.length :])
-            se = sc = state
-        else:  # a fresh generation over the longer prompt
-            se, sc = observed(eager, gpu, tokens), observed(compiled, gpu, tokens)
-        for (ke, ve), (kc, vc) in zip(eager.cache.context(), compiled.cache.context()):
-            assert torch.allclose(ke, kc, atol=1e-4) and torch.allclose(ve, vc, atol=1e-4)
-        pe, pc = eager.propose(se, budget=16), compiled.propose(sc, budget=16)
-        for depth in range(5):
-            assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pc.children((0,) * depth)]
-            assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
-                                  torch.tensor([lp for _, lp in pc.children((0,) * depth)]), atol=1e-4)  # fmt: skip
-
-
 def test_compiled_steps_draft_what_the_eager_steps_draft_with_one_compile_for_every_shape_and_drafter():
     target = HeadTarget(tiny_llama())
     eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target)
     torch._dynamo.reset()
     counters.clear()
     compiled = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), target)
-    drafts_alike(eager, compiled, target)
+    assert_drafts_alike(eager, compiled, target)
     graphs = counters["stats"]["unique_graphs"]
     another = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), target)
-    drafts_alike(eager, another, target, capacity=4)
+    assert_drafts_alike(eager, another, target, capacity=4)
     assert counters["stats"]["unique_graphs"] == graphs  # another drafter, other buffers: nothing compiled again
 
 
@@ -75,7 +49,7 @@ def test_compiled_steps_replayed_from_cuda_graphs_draft_what_the_eager_steps_dra
     eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, cuda_graphs=False), gpu)
     compiled = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False, compiled=True), gpu)
     assert compiled.graphs is not None
-    drafts_alike(eager, compiled, gpu)
+    assert_drafts_alike(eager, compiled, gpu)
     assert len(compiled.graphs.graphs) == 2  # draft + append over the last buffers; stale ones dropped
 
 

@@ -4,7 +4,7 @@ parent-conditioned rescoring."""
 import pytest
 import torch
 
-from head_fixtures import HeadTarget, observed, tiny_llama
+from head_fixtures import HeadTarget, assert_drafts_alike, observed, tiny_llama
 from jetspec.core.errors import ConfigError, InputError
 from jetspec.core.interfaces import DecodeState
 from jetspec.core.proposal import DepthMarginals
@@ -224,24 +224,5 @@ def test_a_replayed_draft_equals_the_eager_draft_across_rounds_and_buffer_growth
     eager = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, cuda_graphs=False), gpu)
     graphed = jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4), gpu)
     assert eager.graphs is None and graphed.graphs is not None
-    for drafter in (eager, graphed):
-        drafter.cache = type(drafter.cache)(drafter.config.num_layers, drafter.config.num_kv_heads,
-                                            drafter.config.head_dim, torch.float32, torch.device("cuda"), capacity=8)  # fmt: skip
-    tokens = list(PROMPT)
-    for step in range(6):  # the context outgrows 8 and 16 rows on the way: new buffers, new graphs
-        tokens = tokens + [(7 * step + 3) % 90, (11 * step + 5) % 90, (13 * step + 1) % 90]
-        if step % 2:  # a round: append the 3 new tokens' context (the graphed append) to what is there
-            for drafter in (eager, graphed):
-                state = DecodeState(tokens=list(tokens), prompt_len=len(PROMPT))
-                drafter.observe(state, gpu.hidden(tokens[:-1], drafter.hidden_layers)[drafter.cache.length :])
-            se = sg = state
-        else:  # a fresh generation over the longer prompt
-            se, sg = observed(eager, gpu, tokens), observed(graphed, gpu, tokens)
-        for (ke, ve), (kg, vg) in zip(eager.cache.context(), graphed.cache.context()):
-            assert torch.allclose(ke, kg, atol=1e-4) and torch.allclose(ve, vg, atol=1e-4)
-        pe, pg = eager.propose(se, budget=16), graphed.propose(sg, budget=16)
-        for depth in range(5):
-            assert [t for t, _ in pe.children((0,) * depth)] == [t for t, _ in pg.children((0,) * depth)]
-            assert torch.allclose(torch.tensor([lp for _, lp in pe.children((0,) * depth)]),
-                                  torch.tensor([lp for _, lp in pg.children((0,) * depth)]), atol=1e-4)  # fmt: skip
+    assert_drafts_alike(eager, graphed, gpu)  # the context outgrows 8 and 16 rows on the way: new buffers, new graphs
     assert graphed.cache.capacity >= 32 and len(graphed.graphs.graphs) == 2  # draft + append; stale ones dropped

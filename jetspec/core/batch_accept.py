@@ -26,7 +26,7 @@ from .batch import BatchMeta
 from .checks import Blame, check_acceptance, conforms
 from .errors import JetSpecError, PluginError
 from .interfaces import Acceptance, CommitsBatchOnDevice, CommitsOnDevice, DecodeState, KVCache, Verifier
-from .on_device import DeviceTree, Readback, unpack
+from .on_device import DeviceTree, Readback, pinned, unpack
 from .tree import DraftTree
 
 Accepted = tuple[Acceptance | JetSpecError, torch.Tensor | None]  # (acceptance or its error, path on the device or None)
@@ -132,3 +132,25 @@ def finish_on_device(paths: list[torch.Tensor | JetSpecError], trees: list[Draft
         except JetSpecError as e:
             out.append((e, None))
     return out
+
+
+def committed_rows(hidden: torch.Tensor | None, meta: BatchMeta, accepted: list[Acceptance | JetSpecError]) -> list[torch.Tensor | None]:
+    """Each sequence's committed nodes' hidden rows [k_s, k, H] (what its drafter observes), from the
+    step's packed rows hidden [R, k, H], in ONE device gather for the whole step (the host has every
+    accepted path once the read-back is in) -> per sequence a view, or None (no hidden rows, or its
+    acceptance failed)."""
+    if hidden is None:
+        return [None] * len(accepted)
+    rows: list[int] = []  # the packed row of every committed node, sequence after sequence
+    spans: list[tuple[int, int] | None] = []  # (first, count) of each sequence's entries in `rows`
+    for s, acc in enumerate(accepted):
+        if isinstance(acc, JetSpecError):
+            spans.append(None)
+            continue
+        first = meta.rows(s).start
+        spans.append((len(rows), len(acc.path)))
+        rows.extend(first + i for i in acc.path)
+    dev = hidden.device
+    index = pinned(torch.tensor(rows, dtype=torch.int64), dev).to(dev, non_blocking=True)  # [sum k_s]
+    gathered = hidden.index_select(0, index)  # [sum k_s, k, H]
+    return [None if span is None else gathered[span[0] : span[0] + span[1]] for span in spans]

@@ -45,7 +45,7 @@ import torch
 
 from .batch import BatchMeta, SequenceParts
 from .batch_records import Finished, LaunchedStep, SequenceInFlight
-from .batch_accept import accept_on_host, finish_on_device, start_on_device
+from .batch_accept import accept_on_host, committed_rows, finish_on_device, start_on_device
 from .batch_ahead import draft_ahead_step
 from .checks import Blame, Checked, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
@@ -295,14 +295,14 @@ class BatchEngine:
             accepted = [(step.failed[s], None) if s in step.failed else a for s, a in enumerate(accepted)]
         verify = (step.t1 - step.t0) / len(trees)  # shared work, split evenly
         accept = (step.queued + clock() - t2) / len(trees)
-        for s, ((seq, tree), (acc, path)) in enumerate(zip(trees, accepted)):
+        hidden = committed_rows(step.hidden if self._speculative else None, step.meta, [acc for acc, _ in accepted])
+        for s, ((seq, tree), (acc, _)) in enumerate(zip(trees, accepted)):
             seq.stats.seconds["verify"] += verify
             seq.stats.seconds["accept"] += accept
             try:
                 if isinstance(acc, JetSpecError):
                     raise acc
-                hidden = None if step.hidden is None else step.hidden[step.meta.rows(s)]  # [N_s, k, H]
-                stopped = self._commit(seq, tree, acc, path, hidden, caches[seq.slot])
+                stopped = self._commit(seq, tree, acc, hidden[s], caches[seq.slot])
             except JetSpecError as e:
                 yield self._finish(seq, caches, slots, "error", e)
                 continue
@@ -343,18 +343,16 @@ class BatchEngine:
             raise PluginError(f"{who} returned hidden states of shape {got} for {r} rows and {len(layers)} layers")
         return out
 
-    def _commit(self, seq: SequenceInFlight, tree: DraftTree, acc: Acceptance, path: torch.Tensor | None,
-                hidden: torch.Tensor | None, cache: KVCache) -> str:
+    def _commit(self, seq: SequenceInFlight, tree: DraftTree, acc: Acceptance, hidden: torch.Tensor | None,
+                cache: KVCache) -> str:
         """Commit `acc`, extend the state, let the drafter observe the committed nodes' hidden
-        states (gathered by the device path where there is one) -> why it stops ("length": goes on)."""
+        states (hidden [k, k_layers, H]: the path's rows, `committed_rows`) -> why it stops ("length": goes on)."""
         pipe, t0 = self.pipe, time.perf_counter()
         cache.commit(acc.path)
         room = self._max_new - len(seq.state.generated)
         new, stopped = cut_at_stop(acc.new_tokens(tree)[:room], self._stops, pipe.target.info)
         seq.state.tokens.extend(new)
         if self._speculative and stopped == "length" and len(seq.state.generated) < self._max_new:
-            if hidden is not None:  # [path, k, H]
-                hidden = hidden[acc.path] if path is None else hidden.index_select(0, path[: len(acc.path)])
             with Blame(pipe.labels["drafter"], "in observe"):
                 self.parts[seq.slot].drafter.observe(seq.state, hidden)
         seq.stats.record_round(len(new), acc.accepted_drafts, tree.budget)

@@ -120,3 +120,27 @@ def test_the_batched_engine_asks_once_a_step_and_decodes_as_without_it():
     assert steps > 0 and sum(calls) >= steps, "the step call was never made"
     assert max(calls) <= 3, "one call covers at most the batch's sequences"
     assert outputs[Counting] == outputs[OnePerSequence]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6), data=st.data())
+def test_the_steps_committed_hidden_rows_are_each_sequences_path_rows_in_one_gather(sizes, data):
+    from jetspec.core.batch import BatchMeta
+    from jetspec.core.batch_accept import committed_rows
+    from jetspec.core.errors import PluginError
+    from jetspec.core.interfaces import Acceptance, AttentionMeta
+
+    metas = [AttentionMeta(prefix_len=4, positions=torch.arange(n) + 4, subtree_sizes=torch.ones(n, dtype=torch.int64)) for n in sizes]
+    meta = BatchMeta.pack(metas)
+    hidden = torch.randn(sum(sizes), 2, 8)  # [R, k, H]
+    accepted = []
+    for n in sizes:  # a path through each sequence's rows, or a failed acceptance
+        path = [0] + sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=n - 1))) if n > 1 else [0]
+        accepted.append(PluginError("bad path") if data.draw(st.booleans()) and data.draw(st.booleans()) else Acceptance(path=path, bonus=1))
+    got = committed_rows(hidden, meta, accepted)
+    for s, acc in enumerate(accepted):
+        if isinstance(acc, PluginError):
+            assert got[s] is None
+        else:
+            assert torch.equal(got[s], hidden[meta.rows(s)][acc.path])
+    assert committed_rows(None, meta, accepted) == [None] * len(sizes)

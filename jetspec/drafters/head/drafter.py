@@ -138,7 +138,7 @@ class HeadDrafter(ContextDrafter):
         self.options = options
         self.lookup = NgramDrafter(calibration=lookup_calibration(options)) if options.lookup else None
         self.calibration = head_calibration(options, head)
-        if options.compiled:  # the same two steps, their small operators fused by inductor (what it cannot trace runs eagerly)
+        if options.compiled:  # draft, append and rescoring, their small operators fused by inductor (what it cannot trace runs eagerly)
             self.draft_many = torch.compile(self.draft_many, dynamic=True)  # type: ignore[method-assign]
             self.context_rows = torch.compile(self.context_rows, dynamic=True)  # type: ignore[method-assign]
             self.conditioned_log_probs = torch.compile(self.conditioned_log_probs, dynamic=True)  # type: ignore[method-assign]

@@ -259,10 +259,10 @@ class HeadDrafter(ContextDrafter):
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:
         """Conditional log-probs of every candidate node's children given its actual path."""
         dev = self.cache._device
-        queried = torch.nonzero(tree.depths < self.config.block_size - 1).flatten()  # [Q] nodes whose children the head can place (host)
-        depths, queried = tree.depths.to(dev), queried.to(dev)
+        nodes = torch.nonzero(tree.depths < self.config.block_size - 1).flatten().tolist()  # the Q nodes whose children the head can place
+        queried = torch.tensor(nodes, dtype=torch.int64, device=dev)  # [Q]
         mask = with_prefix(rescore_ancestors(tree.ancestor_mask().to(dev), queried), a)  # [N + Q, a + N + Q]
-        logp = self.conditioned_log_probs(tree.tokens.to(dev), depths, queried, mask, self.cache.context())  # [Q, V]
+        logp = self.conditioned_log_probs(tree.tokens.to(dev), tree.depths.to(dev), queried, mask, self.cache.context())  # [Q, V]
         top = logp.topk(self.options.rescore_top_k, dim=-1).indices.tolist() if self.options.rescore_top_k else None
         tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
         paths: list[tuple[int, ...]] = [()]
@@ -270,7 +270,6 @@ class HeadDrafter(ContextDrafter):
         for i in range(1, tree.size):
             paths.append(paths[parents[i]] + (tokens[i],))
             children[parents[i]].append(tokens[i])
-        nodes = queried.tolist()
         kids = [sorted(set(children[n]) | set(top[q] if top else ())) for q, n in enumerate(nodes)]
         rows = torch.tensor([q for q, ks in enumerate(kids) for _ in ks], device=dev)  # [E] one per edge
         cols = torch.tensor([t for ks in kids for t in ks], device=dev)  # [E]

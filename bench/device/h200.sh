@@ -84,6 +84,9 @@
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
 #                  phases, CUDA runtime calls, torch operators, Python functions per round, plain and ngram@32
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
+# graph-launch     bench/graph_launch.py: the host µs of each step that starts a verification forward (begin, tree upload,
+#                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
+#                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
@@ -359,7 +362,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     head-tests)  # the head drafters on CUDA: the frozen head's fused forward, pooled drafting, their CUDA graphs
       timeout ${HEAD_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/test_head_fused.py tests/test_context_pool.py tests/test_head_drafter.py \
-        tests/test_draft_ahead.py tests/test_head_compiled.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
+        tests/test_draft_ahead.py tests/test_head_compiled.py tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batch-tests)
       timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py \
@@ -401,6 +404,9 @@ for step in "$@"; do
     host-profile)
       timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 --out $OUT/host_profile.jsonl 2>&1 \
         | grep -v Warning | tee $OUT/host_profile.log | grep -v '^   ' | tail -20
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    graph-launch)
+      timeout ${GRAPH_LAUNCH_TIMEOUT:-150} python3 -m bench.graph_launch --out $OUT/graph_launch.jsonl 2>&1 | grep -v Warning | tee $OUT/graph_launch.log
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     round-cost-exact)
       timeout 500 python3 bench/round_cost.py --exact off on --reps 20 --out $OUT/round_cost.jsonl 2>&1 | tee $OUT/round_cost.log | grep -v Warning | tail -40

@@ -272,11 +272,15 @@ class DraftsAhead(Protocol):
     """A drafter whose next round starts on the device before the host reads this round's result.
     What it needs there, the accepted path and the bonus token, `packed` holds on the device, so its
     device work (say, the context append and the next draft forward) is queued behind the
-    acceptance and done by the time the read-back returns, instead of after it with the host
-    waiting. The pipeline calls it once per round on the device path, after `accept_on_device`
-    and `stage_commit`, before the read-back; the next round's `observe` and `propose` use what it
-    queued when the round committed every token `packed` names (a round cut short by a stop token
-    or the length limit ends the generation), and do the work themselves otherwise."""
+    acceptance, instead of after the read-back with the device idle. The pipeline calls it once per
+    round on the device path, after `accept_on_device`, `stage_commit` and the read-back's copy are
+    queued, before the host waits for that copy: the host reads the round's result while the
+    device still runs what `draft_ahead` queued, so a drafter that brings its results to the host
+    waits for its own copy (an event) before it reads them. (The batched engine waits for its
+    step's drafting before it reads back: there the wait covers it.) The next round's `observe`
+    and `propose` use what it queued when the round committed every token `packed` names (a
+    round cut short by a stop token or the length limit ends the generation), and do the work
+    themselves otherwise."""
 
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
         """hidden [N, k, H]: the verify pass's hidden rows of the drafter's observed layers (None when

@@ -271,9 +271,11 @@ class Pipeline:
     def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache, state: DecodeState,
                 ahead: Callable[[torch.Tensor], None] | None = None) -> tuple[Acceptance, torch.Tensor | None]:
         """The round's acceptance, checked, and the path on the device (None on the host path).
-        On the device path the KV gather and `ahead` (the drafter's next round) are queued before
-        the one read-back; the path the gather reads is clamped into the tree, so a wrong plugin
-        path fails the check, not a device index."""
+        On the device path the KV gather and the one read-back are queued, then `ahead` (the
+        drafter's next round), so that the host reads this round's result and does its bookkeeping
+        while the device drafts the next (the drafter waits for its own results where it reads
+        them); the path the gather reads is clamped into the tree, so a wrong plugin path fails
+        the check, not a device index."""
         who, vocab = self.labels["verifier"], self.target.info.vocab_size
         accepts, stages = self._on_device
         if not accepts:
@@ -285,10 +287,11 @@ class Pipeline:
         path_dev = packed[1 : d + 2]  # [D + 1]; its first k entries are checked below
         if n > 1 and stages:
             cache.stage_commit(path_dev.clamp(0, n - 1))
+        self._readback.start(packed)  # queued before the drafter's next round: the host reads this round while the device drafts
         if ahead is not None:
             with Blame(self.labels["drafter"], "in draft_ahead"):
                 ahead(packed)
-        path, tokens = unpack(self._readback(packed))
+        path, tokens = unpack(self._readback.wait())
         acc = Acceptance(path=path, bonus=tokens[-1] if tokens else -1)
         return check_acceptance(acc, tree, vocab, who), path_dev
 

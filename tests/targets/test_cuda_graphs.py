@@ -94,3 +94,32 @@ def test_speculative_equals_plain_with_graphed_head_drafting(folder, drafter, op
             assert graphed.generate(p).tokens == graphed.generate_plain(p).tokens
     assert graphed.drafter.graphs.graphs  # captured, not silently eager
     assert any(kept) == (drafter == "jetspec")  # on a GPU the head drafts ahead through its graphs
+
+
+def test_propose_reads_the_draft_queued_ahead_only_once_its_copy_is_done(folder):
+    """The round's read-back is queued before the drafter's next round (`DraftsAhead`), so the host
+    reads a round's result while the device still drafts: the draft `propose` hands on must be the
+    one the device drafted, never the previous round's left in the host buffer. A 10 ms GPU spin
+    after every draft makes reading the buffer before its copy is done certain to be caught."""
+    from jetspec.drafters.head.drafter import HeadDrafter
+
+    spec = pipe(folder, "paged", True, drafter="jetspec", budget=16, block_size=6, lookup=False, checkpoint="random")
+    drafted, checked = [], []
+    draft, propose = HeadDrafter._draft, HeadDrafter.propose
+
+    def slow_draft(drafter, *args):
+        logp, tokens = draft(drafter, *args)
+        drafted.append(tokens.clone())  # [depths, k] on the device, queued behind the draft
+        torch.cuda._sleep(20_000_000)
+        return logp, tokens
+
+    def checked_propose(drafter, state, budget):
+        proposal = propose(drafter, state, budget)
+        truth = drafted[-1].tolist()  # waits for the device
+        checked.append([[t for t, _ in proposal.children((0,) * d)] for d in range(len(truth))] == truth)
+        return proposal
+
+    with patch.object(HeadDrafter, "_draft", slow_draft), patch.object(HeadDrafter, "propose", checked_propose):
+        prompt = [5, 6, 7, 5, 6, 7, 5]
+        assert spec.generate(prompt).tokens == spec.generate_plain(prompt).tokens
+    assert len(checked) > 3 and all(checked)

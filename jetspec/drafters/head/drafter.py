@@ -145,6 +145,7 @@ class HeadDrafter(ContextDrafter):
         self.use_graphs(options.cuda_graphs)
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
+        self._drafted_ready: torch.cuda.Event | None = None  # recorded behind its copy (None: nothing to wait for)
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
 
@@ -170,8 +171,11 @@ class HeadDrafter(ContextDrafter):
         both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
         if self._drafted_host is None or self._drafted_host.shape != both.shape:
             self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
-        # to the host behind the draft: the round's read-back waits for it, so `propose` reads it without another wait
+        # to the host behind the draft, which runs while the host reads the round's result; `propose` waits for the copy
         self._drafted = self._drafted_host.copy_(both, non_blocking=True)
+        if both.is_cuda:
+            self._drafted_ready = self._drafted_ready or torch.cuda.Event()
+            self._drafted_ready.record()
 
     def draft_ahead_together(self, peers: list, hidden: list[torch.Tensor | None], packed: list[torch.Tensor],
                              budget: int) -> bool:
@@ -242,6 +246,8 @@ class HeadDrafter(ContextDrafter):
         nodes, depths = self._depths(budget)
         drafted, self._drafted = self._drafted, None
         if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:  # the round committed the path drafted from
+            if self._drafted_ready is not None:
+                self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
             logp, tokens = drafted[0], drafted[1].long()
         else:
             logp, tokens = self._draft(root, a, depths, self.cache.context())

@@ -129,7 +129,7 @@ class ContextPool:
             self._host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         host = self._host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
-            m.appended_ahead, m._drafted = (starts[s], d), host[s]
+            m.appended_ahead, m._drafted, m._drafted_ready = (starts[s], d), host[s], None
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""

@@ -43,7 +43,9 @@ HOST_PHASES = [p for p in PHASES if p not in ("accept", "prefill")]  # accept: t
 
 def build(target, drafter: str | None, budget: int, new: int):
     b = jetspec.builder().target(target).kv_cache("paged", page_size=16).scorer("best-first")
-    if drafter:
+    if drafter == "jetspec":  # a random head (the random target has no trained one): junk drafts, the real per-round machinery
+        b = b.drafter(drafter, checkpoint="random")
+    elif drafter:
         b = b.drafter(drafter, n_max=4)
     return b.generation(budget=budget, max_new_tokens=new, stop_token_ids=[]).build()
 
@@ -87,7 +89,7 @@ def torch_top(run, rounds: int, top: int, cuda: bool) -> tuple[list[dict], list[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default=None, help="the shape (default: smollm2 on CUDA, tiny-llama on the CPU)")
-    ap.add_argument("--pipelines", nargs="+", default=["plain", "ngram@32"], help="plain, or DRAFTER@BUDGET (ngram)")
+    ap.add_argument("--pipelines", nargs="+", default=["plain", "ngram@32"], help="plain, or DRAFTER@BUDGET (ngram; jetspec: a random head with prompt lookup)")
     ap.add_argument("--new", type=int, default=256, help="new tokens per generate")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, default=None)

@@ -82,7 +82,7 @@
 # memory           bench/memory_budget.py: peak GPU memory of Qwen3-8B-shape decoding (exact, 1/64/256 nodes) against weights +
 #                  KV cache + graph pools, at MEMORY_CONTEXTS (4096 16384) -> $OUT/memory_budget.jsonl
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
-#                  phases, CUDA runtime calls, torch operators, Python functions per round, plain and ngram@32
+#                  phases, CUDA runtime calls, torch operators, Python functions per round, plain, ngram@32 and jetspec@32 (random head)
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
 # graph-launch     bench/graph_launch.py: the host µs of each step that starts a verification forward (begin, tree upload,
 #                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
@@ -402,7 +402,7 @@ for step in "$@"; do
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
     host-profile)
-      timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 --out $OUT/host_profile.jsonl 2>&1 \
+      timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 jetspec@32 --out $OUT/host_profile.jsonl 2>&1 \
         | grep -v Warning | tee $OUT/host_profile.log | grep -v '^   ' | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     graph-launch)

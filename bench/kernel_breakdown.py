@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graphs", action="store_true", help="CUDA: profile CUDA-graph replays, not eager forwards")
     ap.add_argument("--split-keys", type=int, nargs="+", default=[None],
                     help="exact mode: the triton backend's keys per split-K range, one run each (default: its own)")
-    ap.add_argument("--out", help="append one JSON row per (exact, split keys, nodes)")
+    ap.add_argument("--linear-chunks", type=int, nargs="+", default=[None],
+                    help="exact mode: the projections' K chunks (the decoder's linear_chunk option), one run each (default: one chunk)")
+    ap.add_argument("--out", help="append one JSON row per (exact, split keys, linear chunk, nodes)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -212,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MODELS[args.model]
     context = args.context or (1024 if cuda else 32)
     steps = args.steps or (20 if cuda else 1)
-    runs = [(mode == "on", keys) for mode in args.exact for keys in (args.split_keys if mode == "on" else [None])]
-    for exact, split_keys in runs:
+    runs = [(mode == "on", keys, chunk) for mode in args.exact for keys in (args.split_keys if mode == "on" else [None])
+            for chunk in (args.linear_chunks if mode == "on" else [None])]
+    for exact, split_keys, chunk in runs:
         backend = "triton" if cuda or exact else "torch"
         target = random_target(cfg, device, dtype, backend, autotune=False, graphs=cuda and args.graphs, exact=exact,
-                               split_keys=split_keys)
+                               split_keys=split_keys, linear_chunk=chunk)
         keys = target.attention.options.split_keys if exact else None  # what ran: the backend's default if not given
         for nodes in args.nodes:
             cache = new_cache(target, "paged", context + nodes + target.extra_pending, seed=0)
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             inside, outside = per_layer(full, one, cfg.num_layers)
             total_us = sum(us for _, us in full.values())
             where = "graph replays" if target.graphs is not None else "eager"
-            print(f"\n{args.model} {str(dtype).removeprefix('torch.')} exact={exact}{f' split_keys={keys}' if exact else ''} "
+            print(f"\n{args.model} {str(dtype).removeprefix('torch.')} exact={exact}{f' split_keys={keys} linear_chunk={chunk}' if exact else ''} "
                   f"nodes={nodes} context={context} "
                   f"({where}, {steps} forwards{', ' + torch.cuda.get_device_name() if cuda else ', CPU: launches counted'})")
             table("per layer", inside, total_us / cfg.num_layers, cuda)
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; kernels {total_us / 1e3:.3f} ms of GPU time, forward {ms:.3f} ms" if cuda else ""))
             if args.out:
                 stamp = run_row("python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]), {})
-                row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, split_keys=keys, nodes=nodes,
+                row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, split_keys=keys, linear_chunk=chunk, nodes=nodes,
                            context=context, graphs=target.graphs is not None, steps=steps, kernels_per_layer=n_layer,
                            kernels_per_forward=n_fwd, kernel_ms=total_us / 1e3 if cuda else None, forward_ms=ms,
                            device=torch.cuda.get_device_name() if cuda else "cpu",

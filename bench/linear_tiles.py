@@ -77,21 +77,26 @@ def operands(p: Projection, m: int, device: str = "cuda") -> dict:
 
 
 def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int, warps: int, stages: int,
-             prenorm: bool = False):
+             prenorm: bool = False, chunk: int | None = None):
     """() -> y [M, N]: one launch of the invariant kernel at these tiles. prenorm: the norm as a
-    launch of its own (`rmsnorm`) before a projection without the prologue — the same bits."""
+    launch of its own (`rmsnorm`) before a projection without the prologue — the same bits. chunk:
+    K summed in chunks (`linear.k_chunks`; up to `linear.ACROSS_ROWS` rows each chunk a program)."""
     x, w, r, g = ops["x"], ops["w"], ops["r"], ops["norm"]
     m = x.shape[0]
     y = torch.empty(m, p.n, device=x.device, dtype=ops["out"])  # [M, N]
     grid = (triton.cdiv(m, block_m), triton.cdiv(p.n, block_n))
+    split = lin.k_chunks(p.k, chunk)
+    across = split > 1 and m <= lin.ACROSS_ROWS
+    part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
+    counters = lin.arrival_counters(x.device, grid[0] * grid[1]) if across else y
 
     def run():
         xin = rmsnorm(x, g, 1e-5) if prenorm else x  # [M, K]
         norm = g is not None and not prenorm
-        lin._linear_kernel[grid](
-            xin, w, w, r if r is not None else y, g if norm else w, y, m, p.n, p.k, 1e-5,
+        lin._linear_kernel[grid + ((split,) if across else ())](
+            xin, w, w, r if r is not None else y, g if norm else w, y, part, counters, m, p.n, p.k, p.k // split, 1e-5,
             xin.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
-            HAS_BIAS=False, RESIDUAL=r is not None, SWIGLU=p.form == "swiglu", NORM=norm,
+            HAS_BIAS=False, RESIDUAL=r is not None, SWIGLU=p.form == "swiglu", NORM=norm, SPLIT=split, ACROSS=across,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NORM_K=block_k_of(p.k), BY_SUM=False,
             num_warps=warps, num_stages=stages, **LAUNCH)
         return y
@@ -121,6 +126,8 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", type=int, default=[4])
     ap.add_argument("--block-m", nargs="+", type=int, default=None, help="row tiles (default: the rules' for M)")
     ap.add_argument("--prenorm", action="store_true", help="also each tile with the norm as a launch of its own")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="K summed in chunks of this many (the decoder's linear_chunk), reference included; default one chunk")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -137,7 +144,7 @@ def main() -> None:
     for model in args.models:
         for p in MODELS[model]:
             full = operands(p, 256)
-            ref = launcher(p, full, *current(p, 256))().clone()  # [256, N]
+            ref = launcher(p, full, *current(p, 256), chunk=args.chunk)().clone()  # [256, N]
             for m in args.rows:
                 ops = full | {"x": full["x"][:m].contiguous(), "r": None if full["r"] is None else full["r"][:m].contiguous()}
                 now = current(p, m)
@@ -148,13 +155,14 @@ def main() -> None:
                     tiles = (block_m, block_n, block_k, warps, stages)
                     if block_k > triton.next_power_of_2(p.k) or block_m * block_n * block_k > 128 * 128 * 128:
                         continue
-                    results.append(measure(p, ops, ref[:m], tiles, do_bench_cudagraph, pre))
+                    results.append(measure(p, ops, ref[:m], tiles, do_bench_cudagraph, pre, args.chunk))
                 if now not in [r["tiles"] for r in results if not r["prenorm"]]:
-                    results.append(measure(p, ops, ref[:m], now, do_bench_cudagraph, False))
+                    results.append(measure(p, ops, ref[:m], now, do_bench_cudagraph, False, args.chunk))
                 fl = floor_us(p, m, bandwidth)
                 for r in results:
                     r["is_current"] = r["tiles"] == now and not r["prenorm"]
-                    row = stamp | dict(model=model, projection=p.name, n=p.n, k=p.k, form=p.form, rows=m, floor_us=fl, **r)
+                    row = stamp | dict(model=model, projection=p.name, n=p.n, k=p.k, form=p.form, rows=m, floor_us=fl,
+                                       chunk=args.chunk, chunks=lin.k_chunks(p.k, args.chunk), **r)
                     if args.out:
                         append_row(args.out, row)
                     print(f"{model:>8} {p.name:>8} M{m:<4} tiles(M,N,K,w,s)={r['tiles']} "
@@ -170,8 +178,9 @@ def main() -> None:
     sys.exit(1 if bad_current else 0)  # today's tiles must keep a row's bits
 
 
-def measure(p: Projection, ops: dict, ref: torch.Tensor, tiles: tuple, do_bench_cudagraph, prenorm: bool) -> dict:
-    run = launcher(p, ops, *tiles, prenorm=prenorm)
+def measure(p: Projection, ops: dict, ref: torch.Tensor, tiles: tuple, do_bench_cudagraph, prenorm: bool,
+            chunk: int | None = None) -> dict:
+    run = launcher(p, ops, *tiles, prenorm=prenorm, chunk=chunk)
     try:
         y = run()
         torch.cuda.synchronize()

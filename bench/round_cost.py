@@ -143,11 +143,12 @@ class Clock:
 # ---------------------------------------------------------------------------- the target
 def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, backend: str, autotune: bool,
                   graphs: bool, seed: int = 0, exact: bool = False, name: str = "tiny-random",
-                  ranks: Ranks | None = None, split_keys: int | None = None) -> DecoderTarget:
+                  ranks: Ranks | None = None, split_keys: int | None = None, linear_chunk: int | None = None) -> DecoderTarget:
     """Our DecoderTarget with random weights allocated and initialised on `device` (no fp32 copy, no
     checkpoint): linear/embedding weights ~ N(0, 0.02), norm weights 1, biases 0. With `ranks`:
     this rank's slices of a tensor-parallel target (their values are random too). `split_keys`: the
-    triton backend's keys per split-K range in exact mode (None: its default)."""
+    triton backend's keys per split-K range in exact mode (None: its default). `linear_chunk`: the exact
+    projections' K chunks (the decoder's `linear_chunk` option; None: one)."""
     tp = 1 if ranks is None else ranks.world
     with torch.device("meta"):
         model = DecoderModel(cfg if tp == 1 else local_config(cfg, tp))
@@ -177,7 +178,7 @@ def random_target(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype, 
         from jetspec.kernels.reference import TorchAttention
 
         attention = TorchAttention()
-    return DecoderTarget(model, attention, info, cuda_graphs=graphs, ranks=ranks)
+    return DecoderTarget(model, attention, info, cuda_graphs=graphs, ranks=ranks, linear_chunk=linear_chunk)
 
 
 def new_cache(target: DecoderTarget, kind: str, capacity: int, seed: int):
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact", nargs="+", choices=["on", "off"], default=["off"],
                     help="the target's exact mode(s), each a full sweep in this run (on: row-invariant kernels)")
     ap.add_argument("--model", choices=sorted(MODELS), default="qwen3-8b", help="the shape (ignored with --tiny)")
+    ap.add_argument("--linear-chunk", type=int, default=None,
+                    help="exact mode: the projections' K chunks (the decoder's linear_chunk option; default one chunk)")
     args = ap.parse_args(argv)
     with process_group() as ranks:  # torchrun: tensor parallel over its ranks; else None
         return sweep(args, ranks)
@@ -323,7 +326,7 @@ def sweep(args: argparse.Namespace, ranks: Ranks | None) -> int:
         t = time.time()
         exact = mode == "on"
         target = random_target(cfg, device, dtype, backend, args.autotune, graphs=cuda, exact=exact, name=name,
-                               ranks=ranks)
+                               ranks=ranks, linear_chunk=args.linear_chunk)
         params = weight_params(target.model)
         elem = torch.empty((), dtype=dtype).element_size()
         say(f"exact = {exact}. {stamp['model']}: {params / 1e9:.3f} B weights read per forward (+ embedding), "
@@ -349,7 +352,8 @@ def sweep(args: argparse.Namespace, ranks: Ranks | None) -> int:
                 floor_ms = max(bytes_ms, mm_ms + attn_ms)
                 row = dict(context=context, nodes=nodes, time_ms=None, gpu_ms=None, plain_ms=plain_ms, ratio=None,
                            floor_ms=floor_ms, bytes_floor_ms=bytes_ms, matmul_floor_ms=mm_ms, attention_floor_ms=attn_ms,
-                           weight_params=params, bandwidth_Bps=bandwidth, matmul_flops=rate, **stamp, exact=exact)
+                           weight_params=params, bandwidth_Bps=bandwidth, matmul_flops=rate, **stamp, exact=exact,
+                           linear_chunk=args.linear_chunk if exact else None)
                 try:
                     if setup_error:
                         raise RuntimeError(f"cache setup failed: {setup_error}")

@@ -84,6 +84,9 @@
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
 #                  phases, CUDA runtime calls, torch operators, Python functions per round, plain, ngram@32 and jetspec@32 (random head)
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
+# linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
+#                  chunked bitwise GPU tests, bench/linear_tiles.py at Qwen3-8B (M = 1-256, a small tile grid), then
+#                  bench/round_cost.py --exact on at 1k/4k, 1-256 nodes -> $OUT/linear_chunk_*.{jsonl,log}, round_cost_chunk.*
 # graph-launch     bench/graph_launch.py: the host µs of each step that starts a verification forward (begin, tree upload,
 #                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
 #                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
@@ -405,6 +408,19 @@ for step in "$@"; do
       timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 jetspec@32 --out $OUT/host_profile.jsonl 2>&1 \
         | grep -v Warning | tee $OUT/host_profile.log | grep -v '^   ' | tail -20
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    linear-chunk)  # issue 18: the projections' K summed in chunks (the decoder's linear_chunk) against one chunk, same call
+      timeout ${CHUNK_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py -k chunks 2>&1 | tee $OUT/linear_chunk_tests.log | grep -v Warning | tail -4
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      for c in "" ${LINEAR_CHUNKS:-1024}; do
+        timeout 200 python3 -m bench.linear_tiles --models qwen3-8b --rows 1 16 64 256 --block-n 16 32 --block-k 128 --warps 2 4 \
+          ${c:+--chunk $c} --out $OUT/linear_chunk_tiles.jsonl 2>&1 | grep -v Warning | tee -a $OUT/linear_chunk_tiles.log | grep '^=>'
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done
+      for c in "" ${LINEAR_CHUNKS:-1024}; do
+        timeout 240 python3 -m bench.round_cost --exact on --contexts 1024 4096 --trees 1 16 64 256 ${c:+--linear-chunk $c} \
+          --out $OUT/round_cost_chunk.jsonl 2>&1 | grep -v Warning | tee -a $OUT/round_cost_chunk.log | tail -9
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
     graph-launch)
       timeout ${GRAPH_LAUNCH_TIMEOUT:-150} python3 -m bench.graph_launch --out $OUT/graph_launch.jsonl 2>&1 | grep -v Warning | tee $OUT/graph_launch.log
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

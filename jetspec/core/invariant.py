@@ -7,8 +7,8 @@ a tree verification computes for a node are bit for bit those of a one-token ste
 prefix, and speculative output equals plain output in any dtype.
 
 What breaks it, and what each invariant kernel does instead:
-* a matmul library picks its tiling and split-K from M: ours loops over K in fixed BLOCK_K steps,
-  tile shapes chosen from (N, K) alone, no split-K;
+* a matmul library picks its tiling and split-K from M: ours loops over K from 0 up, in chunks
+  (a split-K) fixed by K and the model's `linear_chunk` alone, whatever the tiles M picks;
 * a reduction library splits rows across threads by how many rows there are: ours reduces a
   row in one program with a layout fixed by the row length — or, where a program holds a tile of
   rows whose shape follows M (a norm in a projection's prologue), in `block_k(K)` chunks from 0
@@ -26,10 +26,34 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
 LAUNCH = {"enable_fp_fusion": False}  # launch options of every invariant kernel
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown counters: graphs captured on them still read them, so never freed
+
+
+def arrival_counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """The arrival counters of a split launch's last-program merge (split-K attention, split-K
+    projections): a zeroed int32 buffer per device that every launch leaves zeroed again, shared by
+    every kernel (launches on one stream run one after another). Grown, never shrunk, outside CUDA
+    graph capture (an outgrown buffer is kept: graphs captured on it read it); during capture a
+    too-small buffer cannot be made safely (its zeroing would only happen on replay), so None and
+    the caller takes a path without counters. One stream at a time per device: two split launches
+    running concurrently on different streams would share counters."""
+    buf = _COUNTERS.get(device)
+    if buf is not None and buf.numel() >= needed:
+        return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if buf is not None:
+        _RETIRED.append(buf)
+    _COUNTERS[device] = buf = torch.zeros(max(needed, 4096), dtype=torch.int32, device=device)
+    return buf
 
 
 def interpreted() -> bool:

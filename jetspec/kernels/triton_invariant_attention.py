@@ -50,11 +50,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import LAUNCH, interpreted
+from ..core.invariant import LAUNCH, arrival_counters, interpreted
 from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
                                      _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
-from .triton_tree_attention import LOG2E, NEG_BIG, _counters
+from .triton_tree_attention import LOG2E, NEG_BIG
 
 BLOCK_N = 64  # fixed: key blocks are part of the reduction order
 
@@ -323,7 +323,7 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
         split = num_splits > 1
         o_part = torch.empty(num_splits, n, hq, d, **f32) if split else out  # [S, N, Hq, D]
         lse_part = torch.empty(num_splits, n, hq, **f32) if split else out  # [S, N, Hq]
-        counters = _counters(q.device, tiles[0] * hkv) if split else None
+        counters = arrival_counters(q.device, tiles[0] * hkv) if split else None
         fused = counters is not None
         _invariant_attention_fwd[(tiles[0], hkv, num_splits)](
             q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,

@@ -27,7 +27,7 @@ Work split (one program = one tile of BLOCK_M packed rows x one kv head x one sp
   FUSED (the default): after writing its partial, each program bumps a per-(tile, kv head)
   arrival counter (acq_rel); the last to arrive merges all splits and writes the output, then
   resets the counter to 0, so one launch does everything and a CUDA graph can replay it. The
-  counters live in a persistent zeroed int32 buffer per device (`_counters`). Otherwise (no
+  counters live in a persistent zeroed int32 buffer per device (`core.invariant.arrival_counters`). Otherwise (no
   buffer can be made, e.g. a too-small one during graph capture) `_combine_splits` merges in a
   second launch. With one split the program writes the output directly.
 * Pipelining: a key block's rows come from a load (the slot map), so Triton's pipeliner needs
@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from ..core.invariant import arrival_counters
 
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: keeps 2^(m_old - m_new) NaN-free
@@ -278,7 +280,7 @@ def _launch(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, tiles_table, ti
     if split:
         o_part = torch.empty(num_splits, n, hq, d, dtype=torch.float32, device=q.device)  # [S, N, Hq, D]
         lse_part = torch.empty(num_splits, n, hq, dtype=torch.float32, device=q.device)  # [S, N, Hq]
-        counters = _counters(q.device, tiles * hkv)
+        counters = arrival_counters(q.device, tiles * hkv)
     else:
         o_part = lse_part = out  # unused
     fused = counters is not None
@@ -299,26 +301,6 @@ def _launch(q, k_rows, v_rows, slots, subtree_sizes, prefix_len, tiles_table, ti
             HEAD_DIM=d, BLOCK_R=block_r, num_warps=4,
         )
     return out
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device, needed: int) -> torch.Tensor | None:
-    """The arrival counters of the fused split merge: a zeroed int32 buffer per device that every
-    launch leaves zeroed again. Grown (never shrunk) outside CUDA graph capture; during capture a
-    too-small buffer cannot be made safely (its zeroing would only happen on replay), so None,
-    and the caller merges with a second kernel instead. One stream at a time per device: two
-    split launches running concurrently on different streams would share counters."""
-    buf = _COUNTERS.get(device)
-    if buf is not None and buf.numel() >= needed:
-        return buf
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
-    if buf is not None and device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()  # launches queued on the old buffer finish first
-    _COUNTERS[device] = buf = torch.zeros(max(needed, 4096), dtype=torch.int32, device=device)
-    return buf
 
 
 @paged_tree_attention.register_fake

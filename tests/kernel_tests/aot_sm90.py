@@ -116,15 +116,18 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
                                       ("bf16", "bf16", 12288, 4096, "swiglu", True), ("fp32", "fp32", 64, 64, "swiglu", True),
                                       ("bf16", "bf16", 960, 576, "plain", True), ("bf16", "bf16", 1536, 576, "swiglu", True),
                                       ("bf16", "fp32", 49152, 576, "plain", True)):
-    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", G=f"*{dtype}", Y=f"*{out}", M="i32", N="i32",
-                 K="i32", eps="fp32", stride_xm="i32", stride_wn="i32", stride_rm="i32", stride_ym="i32")
-    for m in (1, 64, 256):
+    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", G=f"*{dtype}", Y=f"*{out}", PART="*fp32",
+                 COUNTERS="*i32", M="i32", N="i32", K="i32", chunk="i32", eps="fp32", stride_xm="i32", stride_wn="i32",
+                 stride_rm="i32", stride_ym="i32")
+    splits = (1, inv_linear.k_chunks(k_, 1024)) if k_ >= 2048 else (1,)  # K in one chunk; in 1024-wide ones (linear_chunk)
+    for m, split in ((m, s) for m in (1, 64, 256) for s in splits):
         t = inv_linear.launch_tiles(m, n, k_, swiglu=form == "swiglu")
-        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, BLOCK_M=t.block_m,
-                      BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k_), BY_SUM=False)
+        consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
+                      ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+                      BLOCK_K=t.block_k, NORM_K=block_k(k_), BY_SUM=False)
         k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
-        assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, k.metadata.shared)
-    print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_}: ok, "
+        assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
+    print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "
           f"{k.metadata.shared} B shared at M=256")
 compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
                  stride_y="i32"), dict(BLOCK_K=block_k(4096)), **LAUNCH)

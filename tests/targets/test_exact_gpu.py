@@ -82,3 +82,36 @@ def test_graph_replay_gives_the_eager_forward_bits(models, context, tree):
     replayed = graphed.forward(tree.tokens.cuda(), AttentionMeta.for_tree(tree, context, "cuda"), cache).logits
     assert graphed.graphs is not None and graphed.graphs.graphs, "no graph was captured"
     assert first_inexact_node(replayed, eager) is None, first_inexact_node(replayed, eager)
+
+
+@pytest.fixture(scope="module")
+def chunked(models):
+    """The exact decoder of `models` with its projections' K in 1024-wide chunks (`linear_chunk`: K = 4096 in 4,
+    the down projection's 12288 in 12), eager and graphed."""
+    exact, _, _ = models
+    return tuple(type(exact)(exact.model, exact.attention, exact.info, cuda_graphs=g, linear_chunk=1024) for g in (False, True))
+
+
+@settings(max_examples=25)
+@given(context=st.integers(1, 3000), tree=trees(), pads=st.integers(0, 7), commit=st.sampled_from(["gather", "remap"]),
+       data=st.data())
+def test_with_projections_summed_in_k_chunks_every_tree_node_gets_the_logits_of_plain_decoding_bit_for_bit(
+        models, chunked, context, tree, pads, commit, data):
+    """Up to 16 rows a chunk is a program of its own and the last to arrive adds the chunks; past 16 rows a
+    program adds them in turn: plain steps take the first way, most trees the second, and the bits agree."""
+    _, _, fast = models
+    check_tree(chunked[0], fast, context, tree, pads, commit, data)
+
+
+@settings(max_examples=8)
+@given(context=st.integers(1, 2000), tree=trees())
+def test_with_k_chunks_graph_replay_gives_the_eager_forward_bits(models, chunked, context, tree):
+    _, _, fast = models
+    eager, graphed = chunked
+    cache = paged_cache(eager, CAPACITY, "gather")
+    fill(fast, cache, context, seed=context)
+    want = padded_tree_logits(eager, cache, tree)
+    cache.begin(tree.size)  # the graphs key on the cache object: replay on this one
+    got = graphed.forward(tree.tokens.cuda(), AttentionMeta.for_tree(tree, context, "cuda"), cache).logits
+    assert graphed.graphs is not None and graphed.graphs.graphs, "no graph was captured"
+    assert first_inexact_node(got, want) is None, first_inexact_node(got, want)

@@ -250,3 +250,35 @@ def test_rope_write_is_row_invariant(dtype, qk_norm):
             row = int(one.slot_table[prefix + r])
             for a, b in ((full.k, one.k), (full.v, one.v)):
                 assert torch.equal(a[0].view(-1, *a.shape[-2:])[row], b[0].view(-1, *b.shape[-2:])[row]), (m, r)
+
+
+# ---------------------------------------------------------------------------- K in chunks (`linear_chunk`)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", ["linear", "residual", "swiglu", "norm"])
+def test_k_summed_in_chunks_keeps_each_rows_bits_whatever_the_rows(dtype, form):
+    """K = 1024 in four 256-wide chunks: up to 16 rows each chunk is a program of its own (the last to
+    arrive adds them), past 16 a program adds them in turn; a row's bits are its 1-row launch's either
+    way, and the result is the projection within rounding tolerance."""
+    m, n, k = 33, 40, 1024
+    x, w, r = rand(m, k, dtype=dtype, seed=7), rand(2 * n, k, dtype=dtype, seed=8, scale=0.05), rand(m, n, dtype=dtype, seed=9)
+    g = rand(k, dtype=dtype, seed=10, scale=0.1) + 1.0
+    run = {
+        "linear": lambda s, c: invariant.linear(x[s], w[:n], chunk=c),
+        "residual": lambda s, c: invariant.linear(x[s], w[:n], residual=r[s], chunk=c),
+        "swiglu": lambda s, c: invariant.swiglu(x[s], w, chunk=c),
+        "norm": lambda s, c: invariant.linear(x[s], w[:n], norm=(g, 1e-6), chunk=c),
+    }[form]
+    for rows in ROWS:
+        assert_rows_invariant(lambda s: run(s, 256), rows)
+    torch.testing.assert_close(run(slice(0, m), 256).float(), run(slice(0, m), None).float(), **TOL[dtype])
+
+
+def test_k_chunks_are_a_reduction_order_of_their_own():
+    """In float32 the chunked sum (P_0 + P_1) + ... differs from the one-chunk sum somewhere: the option is
+    part of the model's numerics (one value per model), and a K its chunk does not divide is one chunk."""
+    from jetspec.targets.decoder.invariant.linear import k_chunks
+
+    x, w = rand(16, 1024, dtype=torch.float32, seed=11), rand(64, 1024, dtype=torch.float32, seed=12)
+    assert not torch.equal(invariant.linear(x, w, chunk=256), invariant.linear(x, w))
+    assert (k_chunks(1024, 256), k_chunks(1024, 1024), k_chunks(1000, 256), k_chunks(576, None)) == (4, 1, 1, 1)
+    assert torch.equal(invariant.linear(x[:, :1000], w[:, :1000], chunk=256), invariant.linear(x[:, :1000], w[:, :1000]))

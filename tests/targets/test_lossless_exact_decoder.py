@@ -59,3 +59,19 @@ def test_speculative_equals_plain_through_the_exact_decoder(folders, family, dty
     plain = pipe.generate_plain(list(prompt))
     spec = pipe.generate(list(prompt))
     assert spec.tokens == plain.tokens
+
+
+def test_speculative_equals_plain_with_the_projections_k_in_chunks(tmp_path):
+    """`linear_chunk = 128`: the down projection's K = 256 summed in two chunks (a plain step's as two programs,
+    a tree's in turn past 16 rows), and speculative output stays plain output."""
+    cls_name, fields = EXACT_FAMILIES["llama"]
+    random_hf_model(cls_name, dict(fields, intermediate_size=256), seed=4).save_pretrained(tmp_path)
+    for drafter in sorted(DRAFTERS):
+        pipe = (jetspec.builder()
+                .target("decoder", path=str(tmp_path), dtype="float32", device="cpu", exact=True, linear_chunk=128)
+                .attention("triton").kv_cache("paged").drafter(drafter, **DRAFTERS[drafter])
+                .generation(budget=20, max_new_tokens=12)
+                .build())  # fmt: skip
+        assert pipe.target.ops.chunk == 128
+        for prompt in ([5, 6, 7, 5, 6, 7, 5], [9, 10] * 6):
+            assert pipe.generate(prompt).tokens == pipe.generate_plain(prompt).tokens

@@ -75,15 +75,15 @@ class BatchGraphForward:
     def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int,
                  max_rows: int = 2048, capture: bool = True):
         from ...kernels.triton_invariant_attention import TAIL_ROWS, row_tiles  # imports triton: here, not at import
-        from ...kernels.triton_tree_attention import _counters
+        from ...core.invariant import arrival_counters
 
         self.device, self.attention, self.group, self.capture = device, attention, group, capture
         self.tail_rows = TAIL_ROWS  # the kernel's tail tile: tiles <= rows needs group <= this
         self.buckets = tuple(b for b in ROW_BUCKETS if b <= max_rows)
         self.row_tiles = row_tiles
         r = self.buckets[-1]
-        if device.type == "cuda":  # the split merge's counters, grown now: growth would free what earlier graphs read
-            _counters(device, r * kv_heads)
+        if device.type == "cuda":  # the split merge's counters, grown now: a capture cannot grow them
+            arrival_counters(device, r * kv_heads)
         self.tokens = torch.zeros(r, dtype=torch.int64, device=device)  # [Rmax]
         self.positions = torch.zeros(r, dtype=torch.int64, device=device)  # [Rmax]
         self.graphs = GraphSet()  # key (Rb, width, one launch, block_m, hidden layers) -> graph, static output

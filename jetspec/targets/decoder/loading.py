@@ -37,6 +37,10 @@ class DecoderTargetOptions(BaseModel):
     # bit-exact verification (row- and position-invariant kernels): None = on CUDA whenever the
     # attention backend has a position-invariant mode; true demands it; false = torch's kernels
     exact: bool | None = None
+    linear_chunk: int | None = Field(None, ge=128, le=65536, multiple_of=128, description=(
+        "exact = true: each projection sums a row's K products in chunks of this many, P_0 + P_1 + ... in that order "
+        "(split-K in a fixed order: part of the reduction order, free per model; a plain step's chunks run as programs "
+        "of their own); None: one chunk, k from 0 up"))
     tensor_parallel: int = Field(1, ge=1, description=(
         "ranks the model is split over (torchrun --nproc-per-node N, N = this); it must divide the KV heads and the "
         "intermediate size. 1: the whole model in this process"))
@@ -101,7 +105,8 @@ def load_decoder_target(options: DecoderTargetOptions, attention: AttentionBacke
         exact=exact,
         tensor_parallel=options.tensor_parallel,
     )
-    return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs, ranks=ranks)
+    return DecoderTarget(model, attention, info, tokenizer, cuda_graphs=options.cuda_graphs, ranks=ranks,
+                         linear_chunk=options.linear_chunk)
 
 
 def _ranks(cfg: DecoderConfig, degree: int):

@@ -67,6 +67,7 @@ class DecoderTarget:
         tokenizer: Any | None = None,
         cuda_graphs: bool = True,
         ranks: Ranks | None = None,
+        linear_chunk: int | None = None,
     ):
         self.ranks = ranks
         if ranks is not None:
@@ -78,7 +79,7 @@ class DecoderTarget:
         self.attention = attention
         self.info = info
         self.tokenizer = tokenizer
-        self.ops: LayerOps = InvariantOps() if info.exact else TorchOps()
+        self.ops: LayerOps = InvariantOps(linear_chunk) if info.exact else TorchOps()
         for layer in self.model.layers:
             layer.fuse()  # q/k/v and gate/up as one projection each
             if info.device.type == "cuda":  # hand the parts' freed blocks back now: the next layer's fused weight

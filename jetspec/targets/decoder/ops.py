@@ -94,22 +94,23 @@ class TorchOps:
 
 
 class InvariantOps:
-    def __init__(self) -> None:
+    def __init__(self, linear_chunk: int | None = None) -> None:
         from . import invariant  # imports triton
 
         self.kernels = invariant
+        self.chunk = linear_chunk  # the projections' K chunks (`invariant.linear.k_chunks`); the logits sum in one
         self._prefix: tuple[AttentionMeta, torch.Tensor] | None = None  # eager forwards: (meta, T [1] int32)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                residual: torch.Tensor | None = None, norm: Norm | None = None) -> torch.Tensor:
-        return self.kernels.linear(x, weight, bias, residual=residual, norm=norm)
+        return self.kernels.linear(x, weight, bias, residual=residual, norm=norm, chunk=self.chunk)
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self.kernels.rmsnorm(x, weight, eps)
 
     def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None,
                norm: Norm | None = None) -> torch.Tensor:
-        return self.kernels.swiglu(x, gate_up_weight, gate_up_bias, norm=norm)
+        return self.kernels.swiglu(x, gate_up_weight, gate_up_bias, norm=norm, chunk=self.chunk)
 
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
         """The K/V go straight into the cache's pool rows, where the attention kernels read them

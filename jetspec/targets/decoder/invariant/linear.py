@@ -7,8 +7,13 @@
 
     acc[m, n] = sum_{k0 = 0, BK, 2BK, ...} sum_{k in [k0, k0 + BK)} x[m, k] W[n, k]     (fp32)
 
-The K loop runs from 0 upwards with no split-K: row m's sum has the same order whether the launch
-has 1 row or 512. On a GPU the tensor cores chain their k-steps (16 for bf16) into one accumulator
+The K loop runs from 0 upwards: row m's sum has the same order whether the launch has 1 row or 512.
+With `chunk` (the decoder's `linear_chunk`, exact mode's split-K) K is cut into S = K / chunk
+chunks and acc = P_0 + P_1 + ... + P_{S-1}, added in that order, P_s the chunk's sum from its first
+k up in a fresh accumulator: an order fixed by K and the chunk alone. Up to 16 rows (a plain step,
+a small tree: few column tiles, SMs idle) each chunk is a program of its own, writing P_s to a
+float32 buffer, and the last of a tile's S programs to arrive (an arrival counter) adds them; past
+16 rows each program adds its chunks in turn — the same additions, so the same bits. On a GPU the tensor cores chain their k-steps (16 for bf16) into one accumulator
 in k order, so the chunk a loop iteration loads (BLOCK_K) is free like the row and column tiles
 (BLOCK_M, BLOCK_N, warps, stages), which follow M for speed: an output element is accumulated from
 its own row and column in the same order whatever the tiles. On the H200 a row's bits were the
@@ -40,27 +45,20 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH, block_k, interpreted, mm
+from ....core.invariant import LAUNCH, arrival_counters, block_k, interpreted, mm
 from .rmsnorm import rms_denominator, rms_scale, sum_squares
 
 
 @triton.jit
-def _linear_kernel(
-    X, W, B, R, G, Y, M, N, K, eps, stride_xm, stride_wn, stride_rm, stride_ym,
-    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, BY_SUM: tl.constexpr,
-):
-    # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N)
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
+def _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, k_lo, chunk, denominator,
+               SWIGLU: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, BY_SUM: tl.constexpr):
+    """(acc, acc_up) [BLOCK_M, BLOCK_N] float32: the dot products over k in [k_lo, k_lo + chunk), from
+    k_lo up, into fresh accumulators (acc_up: x Wu^T with SWIGLU, else zeros)."""
     offs_k = tl.arange(0, BLOCK_K)
-    m_ok, n_ok = offs_m < M, offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # SWIGLU: x Wu^T
-    if NORM:  # G: the norm's weight [K]
-        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
-    for k0 in range(0, K, BLOCK_K):  # k from 0 up: the one reduction order
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(k_lo, k_lo + chunk, BLOCK_K):  # k from k_lo up: the one reduction order within a chunk
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -73,6 +71,13 @@ def _linear_kernel(
         if SWIGLU:
             w_up = tl.load(W + (offs_n + N)[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
             acc_up = mm(x, tl.trans(w_up), acc_up, BY_SUM)
+    return acc, acc_up
+
+
+@triton.jit
+def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym,
+            HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr):
+    """The epilogues on the finished sums, and the store of y."""
     if HAS_BIAS:
         acc = acc + tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if SWIGLU:
@@ -85,6 +90,58 @@ def _linear_kernel(
     if RESIDUAL:
         y = y + tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=out_ok, other=0.0).to(tl.float32)
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _linear_kernel(
+    X, W, B, R, G, Y, PART, COUNTERS, M, N, K, chunk, eps, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
+    SPLIT: tl.constexpr, ACROSS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, BY_SUM: tl.constexpr,
+):
+    # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N).
+    # K in SPLIT chunks of `chunk`: acc = P_0 + P_1 + ... + P_{SPLIT-1}, added in that order, P_s the chunk's
+    # sum from its first k up. ACROSS: program (m, n, s) computes P_s into PART [SPLIT, 2, M, N] and the last
+    # of a tile's SPLIT programs to arrive (COUNTERS) adds them; else each program computes them in turn.
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    denominator = tl.zeros([BLOCK_M, 1], tl.float32)
+    if NORM:  # G: the norm's weight [K]
+        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
+    if ACROSS:
+        s = tl.program_id(2)
+        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, s * chunk, chunk,
+                                 denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
+        out_ok = m_ok[:, None] & n_ok[None, :]
+        part = offs_m[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N] in one [M, N] plane of PART
+        tl.store(PART + (2 * s) * M * N + part, acc, mask=out_ok)
+        if SWIGLU:
+            tl.store(PART + (2 * s + 1) * M * N + part, acc_up, mask=out_ok)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        counter = COUNTERS + pid_m * tl.num_programs(1) + pid_n
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")  # chunks of this tile done before us
+        if arrived == SPLIT - 1:  # the last: add P_0 .. P_{SPLIT-1} in order
+            tl.debug_barrier()
+            acc = tl.load(PART + part, mask=out_ok, other=0.0, cache_modifier=".cg")
+            if SWIGLU:
+                acc_up = tl.load(PART + M * N + part, mask=out_ok, other=0.0, cache_modifier=".cg")
+            for t in range(1, SPLIT):
+                acc = acc + tl.load(PART + (2 * t) * M * N + part, mask=out_ok, other=0.0, cache_modifier=".cg")
+                if SWIGLU:
+                    acc_up = acc_up + tl.load(PART + (2 * t + 1) * M * N + part, mask=out_ok, other=0.0, cache_modifier=".cg")
+            _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
+            tl.atomic_xchg(counter, 0)  # every chunk has arrived: ready for the next launch / replay
+    else:
+        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, 0, chunk,
+                                 denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
+        for t in range(1, SPLIT):
+            p, p_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, t * chunk, chunk,
+                                 denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
+            acc = acc + p
+            acc_up = acc_up + p_up
+        _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
 
 
 @dataclass(frozen=True)
@@ -142,24 +199,37 @@ def _tiles(m: int, n: int, k: int, swiglu: bool, interp: bool) -> Tiles:
     return launch_tiles(m, n, k, swiglu)
 
 
+def k_chunks(k: int, chunk: int | None) -> int:
+    """How many chunks a row's K products are summed in, P_0 + P_1 + ... in order (the split-K of
+    `linear_chunk`, part of the reduction order): K / chunk where chunk divides K into two or more,
+    else 1 (the whole row from k = 0 up)."""
+    return k // chunk if chunk and k > chunk and k % chunk == 0 else 1
+
+
+ACROSS_ROWS = 16  # up to this many rows a split row's chunks run as programs of their own (more programs
+# streaming the weight, where a plain step's few column tiles leave SMs idle); past it a program sums its chunks in turn
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None,
-           norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+           norm: tuple[torch.Tensor, float] | None = None, chunk: int | None = None) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias [N]) (+ residual [..., N]) -> [..., N] in `out_dtype`
     (default x's dtype; float32 returns the accumulator unrounded, as the logits want). With
-    norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place."""
-    return _launch(x, weight, bias, out_dtype or x.dtype, residual, norm, swiglu=False)
+    norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place. `chunk`: K summed in chunks of this
+    many (`k_chunks`); None: in one."""
+    return _launch(x, weight, bias, out_dtype or x.dtype, residual, norm, swiglu=False, chunk=chunk)
 
 
 def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None = None,
-           norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+           norm: tuple[torch.Tensor, float] | None = None, chunk: int | None = None) -> torch.Tensor:
     """x [..., K], gate_up_weight [2I, K] = [Wg | Wu] -> silu(x Wg^T + bg) * (x Wu^T + bu) [..., I].
-    With norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place."""
-    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, norm, swiglu=True)
+    With norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place. `chunk`: as `linear`'s."""
+    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, norm, swiglu=True, chunk=chunk)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            residual: torch.Tensor | None, norm: tuple[torch.Tensor, float] | None, swiglu: bool) -> torch.Tensor:
+            residual: torch.Tensor | None, norm: tuple[torch.Tensor, float] | None, swiglu: bool,
+            chunk: int | None = None) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
@@ -174,12 +244,19 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
             r = r.contiguous()
     interp = interpreted()
     t = _tiles(m, n, k, swiglu, interp)
+    split = k_chunks(k, chunk)
+    if split > 1 and (k // split) % t.block_k:
+        raise ValueError(f"linear_chunk {k // split} is not a multiple of the {t.block_k}-wide K tile")
     grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n))
+    counters = arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and m <= ACROSS_ROWS else None
+    across = counters is not None  # (during a capture with too few counters: in turn, the same sums)
+    part = torch.empty(split, 2, m, n, dtype=torch.float32, device=x.device) if across else y  # [S, 2, M, N] P_s (and its up half)
     norm_weight, eps = norm if norm is not None else (w, 0.0)
-    _linear_kernel[grid](
-        x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, m, n, k, eps,
+    _linear_kernel[grid + ((split,) if across else ())](
+        x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, part,
+        counters if across else y, m, n, k, k // split, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
-        HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None,
+        HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), BY_SUM=interp,
         num_warps=t.warps, num_stages=t.stages, **LAUNCH,
     )

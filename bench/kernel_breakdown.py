@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-keys", type=int, nargs="+", default=[None],
                     help="exact mode: the triton backend's keys per split-K range, one run each (default: its own)")
     ap.add_argument("--linear-chunks", type=int, nargs="+", default=[None],
-                    help="exact mode: the projections' K chunks (the decoder's linear_chunk option), one run each (default: one chunk)")
+                    help="exact mode: the projections' K chunks (the decoder's linear_chunk option; 0: one chunk), one run each (default: one chunk)")
     ap.add_argument("--out", help="append one JSON row per (exact, split keys, linear chunk, nodes)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for exact, split_keys, chunk in runs:
         backend = "triton" if cuda or exact else "torch"
         target = random_target(cfg, device, dtype, backend, autotune=False, graphs=cuda and args.graphs, exact=exact,
-                               split_keys=split_keys, linear_chunk=chunk)
+                               split_keys=split_keys, linear_chunk=chunk or None)
         keys = target.attention.options.split_keys if exact else None  # what ran: the backend's default if not given
         for nodes in args.nodes:
             cache = new_cache(target, "paged", context + nodes + target.extra_pending, seed=0)

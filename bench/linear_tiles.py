@@ -86,6 +86,8 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
     y = torch.empty(m, p.n, device=x.device, dtype=ops["out"])  # [M, N]
     grid = (triton.cdiv(m, block_m), triton.cdiv(p.n, block_n))
     split = lin.k_chunks(p.k, chunk)
+    if split > 1 and (p.k // split) % block_k:  # as the decoder launches it: a chunk is whole K tiles
+        block_k = 64
     across = split > 1 and m <= lin.ACROSS_ROWS
     part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
     counters = lin.arrival_counters(x.device, grid[0] * grid[1]) if across else y

@@ -87,6 +87,8 @@
 # linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
 #                  chunked bitwise GPU tests, bench/linear_tiles.py at Qwen3-8B (M = 1-256, a small tile grid), then
 #                  bench/round_cost.py --exact on at 1k/4k, 1-256 nodes -> $OUT/linear_chunk_*.{jsonl,log}, round_cost_chunk.*
+# linear-chunk-smollm2  SmolLM2's shapes at linear_chunk 192: linear_tiles (bits vs 256 rows), kernel_breakdown's graphed
+#                  forward at 1 and 16 nodes, one chunk / 192 alternating twice -> $OUT/linear_chunk_{tiles,breakdown}.*
 # graph-launch     bench/graph_launch.py: the host µs of each step that starts a verification forward (begin, tree upload,
 #                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
 #                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
@@ -421,6 +423,13 @@ for step in "$@"; do
           --out $OUT/round_cost_chunk.jsonl 2>&1 | grep -v Warning | tee -a $OUT/round_cost_chunk.log | tail -9
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    linear-chunk-smollm2)  # the same at SmolLM2's shapes (K = 576, 1536), linear_chunk 192: tiles, then the graphed forward
+      timeout 150 python3 -m bench.linear_tiles --models smollm2 --rows 1 16 64 --block-n 16 32 --block-k 64 --warps 2 4 --chunk 192 \
+        --out $OUT/linear_chunk_tiles.jsonl 2>&1 | grep -v Warning | tee -a $OUT/linear_chunk_tiles.log | grep '^=>'
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      timeout 240 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 --context 512 --linear-chunks 0 192 0 192 \
+        --out $OUT/linear_chunk_breakdown.jsonl 2>&1 | grep -v Warning | tee $OUT/linear_chunk_breakdown.log | grep -E '^smollm2|=>'
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     graph-launch)
       timeout ${GRAPH_LAUNCH_TIMEOUT:-150} python3 -m bench.graph_launch --out $OUT/graph_launch.jsonl 2>&1 | grep -v Warning | tee $OUT/graph_launch.log
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

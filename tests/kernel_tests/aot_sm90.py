@@ -119,12 +119,14 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
     types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", R=f"*{dtype}", G=f"*{dtype}", Y=f"*{out}", PART="*fp32",
                  COUNTERS="*i32", M="i32", N="i32", K="i32", chunk="i32", eps="fp32", stride_xm="i32", stride_wn="i32",
                  stride_rm="i32", stride_ym="i32")
-    splits = (1, inv_linear.k_chunks(k_, 1024)) if k_ >= 2048 else (1,)  # K in one chunk; in 1024-wide ones (linear_chunk)
+    chunk = 1024 if k_ >= 2048 else 192  # linear_chunk as the Qwen3-8B and SmolLM2 shapes would take it
+    splits = tuple(sorted({1, inv_linear.k_chunks(k_, chunk)}))  # K in one chunk; in chunks
     for m, split in ((m, s) for m in (1, 64, 256) for s in splits):
         t = inv_linear.launch_tiles(m, n, k_, swiglu=form == "swiglu")
+        bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=t.block_k, NORM_K=block_k(k_), BY_SUM=False)
+                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False)
         k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
         assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "

@@ -37,7 +37,7 @@ class DecoderTargetOptions(BaseModel):
     # bit-exact verification (row- and position-invariant kernels): None = on CUDA whenever the
     # attention backend has a position-invariant mode; true demands it; false = torch's kernels
     exact: bool | None = None
-    linear_chunk: int | None = Field(None, ge=128, le=65536, multiple_of=128, description=(
+    linear_chunk: int | None = Field(None, ge=64, le=65536, multiple_of=64, description=(
         "exact = true: each projection sums a row's K products in chunks of this many, P_0 + P_1 + ... in that order "
         "(split-K in a fixed order: part of the reduction order, free per model; a plain step's chunks run as programs "
         "of their own); None: one chunk, k from 0 up"))

@@ -245,8 +245,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
     interp = interpreted()
     t = _tiles(m, n, k, swiglu, interp)
     split = k_chunks(k, chunk)
-    if split > 1 and (k // split) % t.block_k:
-        raise ValueError(f"linear_chunk {k // split} is not a multiple of the {t.block_k}-wide K tile")
+    if split > 1 and (k // split) % t.block_k:  # a chunk is whole K tiles: 64 wide divides every chunk the option allows
+        t = Tiles(t.block_m, t.block_n, 64, t.warps, t.stages)
     grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n))
     counters = arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and m <= ACROSS_ROWS else None
     across = counters is not None  # (during a capture with too few counters: in turn, the same sums)

@@ -270,12 +270,9 @@ class Pipeline:
 
     def _accept(self, tree: DraftTree, dtree: DeviceTree, logits: torch.Tensor, cache: KVCache, state: DecodeState,
                 ahead: Callable[[torch.Tensor], None] | None = None) -> tuple[Acceptance, torch.Tensor | None]:
-        """The round's acceptance, checked, and the path on the device (None on the host path).
-        On the device path the KV gather and the one read-back are queued, then `ahead` (the
-        drafter's next round), so that the host reads this round's result and does its bookkeeping
-        while the device drafts the next (the drafter waits for its own results where it reads
-        them); the path the gather reads is clamped into the tree, so a wrong plugin path fails
-        the check, not a device index."""
+        """The round's acceptance, checked, and its path on the device (None on the host path). The
+        device path queues the KV gather (its path clamped into the tree: a wrong plugin path fails
+        the check, not an index), the read-back, then `ahead`: the host reads while the device drafts."""
         who, vocab = self.labels["verifier"], self.target.info.vocab_size
         accepts, stages = self._on_device
         if not accepts:

@@ -147,7 +147,7 @@ def test_gpu_bf16_at_qwen3_8b_shapes(nodes, prefix, commit):
 def test_fused_split_merge_leaves_its_counters_zeroed_for_the_next_launch():
     """The last split of each (tile, kv head) merges and resets its arrival counter, so repeated
     launches (CUDA-graph replays) with other split counts and tile counts stay exact."""
-    from jetspec.kernels import triton_tree_attention as kernels
+    from jetspec.core import invariant
 
     p = build_problem(random_tree([0, 0, 1, 2]), 70, kv_heads=2, group=2, head_dim=16, dtype=torch.float32, page_size=4)
     expected = p.reference()
@@ -155,4 +155,4 @@ def test_fused_split_merge_leaves_its_counters_zeroed_for_the_next_launch():
         out = TritonAttention(TritonAttentionOptions(block_m=16, block_n=block_n, num_splits=splits)).attend(
             p.q, p.cache, 0, p.meta, p.scale)
         torch.testing.assert_close(out, expected, atol=2e-5, rtol=2e-5)
-        assert int(kernels._COUNTERS[out.device].abs().sum()) == 0
+        assert int(invariant._COUNTERS[out.device].abs().sum()) == 0

@@ -282,3 +282,16 @@ def test_k_chunks_are_a_reduction_order_of_their_own():
     assert not torch.equal(invariant.linear(x, w, chunk=256), invariant.linear(x, w))
     assert (k_chunks(1024, 256), k_chunks(1024, 1024), k_chunks(1000, 256), k_chunks(576, None)) == (4, 1, 1, 1)
     assert torch.equal(invariant.linear(x[:, :1000], w[:, :1000], chunk=256), invariant.linear(x[:, :1000], w[:, :1000]))
+
+
+def test_a_chunked_launch_leaves_its_arrival_counters_zeroed_for_the_next():
+    """The last of a tile's chunk programs adds the chunks and resets the tile's counter, so the next launch
+    (a CUDA-graph replay, another shape) starts from zero and adds its own chunks only."""
+    from jetspec.core import invariant as rule
+
+    x, w = rand(3, 512, dtype=torch.float32, seed=13), rand(48, 512, dtype=torch.float32, seed=14)
+    first = invariant.linear(x, w, chunk=128)
+    for rows, n in ((1, 48), (3, 16), (3, 48)):
+        invariant.linear(x[:rows], w[:n], chunk=128)
+        assert int(rule._COUNTERS[x.device].abs().sum()) == 0
+    assert torch.equal(invariant.linear(x, w, chunk=128), first)

@@ -63,15 +63,17 @@ def test_speculative_equals_plain_through_the_exact_decoder(folders, family, dty
 
 def test_speculative_equals_plain_with_the_projections_k_in_chunks(tmp_path):
     """`linear_chunk = 128`: the down projection's K = 256 summed in two chunks (a plain step's as two programs,
-    a tree's in turn past 16 rows), and speculative output stays plain output."""
+    a tree's in turn past 16 rows), and speculative output stays plain output, one sequence and batched."""
     cls_name, fields = EXACT_FAMILIES["llama"]
     random_hf_model(cls_name, dict(fields, intermediate_size=256), seed=4).save_pretrained(tmp_path)
     for drafter in sorted(DRAFTERS):
         pipe = (jetspec.builder()
                 .target("decoder", path=str(tmp_path), dtype="float32", device="cpu", exact=True, linear_chunk=128)
                 .attention("triton").kv_cache("paged").drafter(drafter, **DRAFTERS[drafter])
-                .generation(budget=20, max_new_tokens=12)
+                .generation(budget=20, max_new_tokens=8)
                 .build())  # fmt: skip
         assert pipe.target.ops.chunk == 128
-        for prompt in ([5, 6, 7, 5, 6, 7, 5], [9, 10] * 6):
-            assert pipe.generate(prompt).tokens == pipe.generate_plain(prompt).tokens
+        prompts = ([5, 6, 7, 5, 6, 7, 5], [9, 10] * 6)
+        plain = [pipe.generate_plain(p).tokens for p in prompts]
+        assert [pipe.generate(p).tokens for p in prompts] == plain
+        assert [r.tokens for r in pipe.generate_many(list(prompts), batch_size=2)] == plain  # packed steps: rows of 2 trees

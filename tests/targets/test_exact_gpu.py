@@ -75,6 +75,11 @@ def check_tree(exact, fast, context, tree, pads, commit, data) -> None:
 @given(context=st.integers(1, 2000), tree=trees())
 def test_graph_replay_gives_the_eager_forward_bits(models, context, tree):
     exact, graphed, fast = models
+    check_replay(exact, graphed, fast, context, tree)
+
+
+def check_replay(exact, graphed, fast, context, tree) -> None:
+    """The graphed target's replay of `tree` after `context` committed tokens gives the eager target's bits."""
     cache = paged_cache(exact, CAPACITY, "gather")
     fill(fast, cache, context, seed=context)
     eager = padded_tree_logits(exact, cache, tree)
@@ -106,12 +111,4 @@ def test_with_projections_summed_in_k_chunks_every_tree_node_gets_the_logits_of_
 @settings(max_examples=8)
 @given(context=st.integers(1, 2000), tree=trees())
 def test_with_k_chunks_graph_replay_gives_the_eager_forward_bits(models, chunked, context, tree):
-    _, _, fast = models
-    eager, graphed = chunked
-    cache = paged_cache(eager, CAPACITY, "gather")
-    fill(fast, cache, context, seed=context)
-    want = padded_tree_logits(eager, cache, tree)
-    cache.begin(tree.size)  # the graphs key on the cache object: replay on this one
-    got = graphed.forward(tree.tokens.cuda(), AttentionMeta.for_tree(tree, context, "cuda"), cache).logits
-    assert graphed.graphs is not None and graphed.graphs.graphs, "no graph was captured"
-    assert first_inexact_node(got, want) is None, first_inexact_node(got, want)
+    check_replay(*chunked, models[2], context, tree)

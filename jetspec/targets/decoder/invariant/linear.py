@@ -13,14 +13,16 @@ chunks and acc = P_0 + P_1 + ... + P_{S-1}, added in that order, P_s the chunk's
 k up in a fresh accumulator: an order fixed by K and the chunk alone. Up to 16 rows (a plain step,
 a small tree: few column tiles, SMs idle) each chunk is a program of its own, writing P_s to a
 float32 buffer, and the last of a tile's S programs to arrive (an arrival counter) adds them; past
-16 rows each program adds its chunks in turn — the same additions, so the same bits. On a GPU the tensor cores chain their k-steps (16 for bf16) into one accumulator
+16 rows each program adds its chunks in turn — the same additions, so the same bits.
+
+On a GPU the tensor cores chain their k-steps (16 for bf16) into one accumulator
 in k order, so the chunk a loop iteration loads (BLOCK_K) is free like the row and column tiles
 (BLOCK_M, BLOCK_N, warps, stages), which follow M for speed: an output element is accumulated from
 its own row and column in the same order whatever the tiles. On the H200 a row's bits were the
 same for BLOCK_M 16 / 32 (mma.sync) and 64 / 128 (wgmma), BLOCK_N 16 to 128, BLOCK_K 64 or 128,
 1 to 8 warps, at every Qwen3-8B and SmolLM2 projection shape (`bench/linear_tiles.py`, which fails
 when the tiles in use change a bit; bench/RESULTS.md). Triton's CPU interpreter sums each chunk
-before adding it (`mm`), so there BLOCK_K is `block_k(K)`, fixed. The M tiles of one N tile are
+before adding it (`mm`), so there BLOCK_K is `block_k(K)` (64 where K chunks need it), fixed. The M tiles of one N tile are
 neighbours in the launch, so they read that weight tile while it is in L2.
 
 The epilogues are elementwise and round where the unfused composition rounds (the product to the

@@ -31,6 +31,7 @@ import time
 from typing import Callable
 
 import torch
+from pathlib import Path
 
 from bench.kernel_bench import best_first_tree
 from bench.kernel_breakdown import MODELS
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 16, 20, 32, 48])
     ap.add_argument("--reps", type=int, default=200)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("graph_launch: no CUDA device here; it measures CUDA launches only")

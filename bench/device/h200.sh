@@ -414,11 +414,13 @@ for step in "$@"; do
       timeout ${CHUNK_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py -k chunks 2>&1 | tee $OUT/linear_chunk_tests.log | grep -v Warning | tail -4
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       for c in "" ${LINEAR_CHUNKS:-1024}; do
-        timeout 200 python3 -m bench.linear_tiles --models qwen3-8b --rows 1 16 64 256 --block-n 16 32 --block-k 128 --warps 2 4 \
+        timeout 200 python3 -m bench.linear_tiles --models qwen3-8b --rows ${LINEAR_CHUNK_ROWS:-1 16 64 256} --block-n 16 32 --block-k 128 --warps 2 4 \
           ${c:+--chunk $c} --out $OUT/linear_chunk_tiles.jsonl 2>&1 | grep -v Warning | tee -a $OUT/linear_chunk_tiles.log | grep '^=>'
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done
-      for c in "" ${LINEAR_CHUNKS:-1024}; do
+      rc_chunks="one ${LINEAR_CHUNKS:-1024}"; [ "${LINEAR_CHUNK_ROUND_COST:-1}" = 1 ] || rc_chunks=""  # 0: tiles only
+      for c in $rc_chunks; do
+        [ $c = one ] && c=""
         timeout 240 python3 -m bench.round_cost --exact on --contexts 1024 4096 --trees 1 16 64 256 ${c:+--linear-chunk $c} \
           --out $OUT/round_cost_chunk.jsonl 2>&1 | grep -v Warning | tee -a $OUT/round_cost_chunk.log | tail -9
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"

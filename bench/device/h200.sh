@@ -86,7 +86,8 @@
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
 # linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
 #                  chunked bitwise GPU tests, bench/linear_tiles.py at Qwen3-8B (M = 1-256, a small tile grid), then
-#                  bench/round_cost.py --exact on at 1k/4k, 1-256 nodes -> $OUT/linear_chunk_*.{jsonl,log}, round_cost_chunk.*
+#                  bench/round_cost.py --exact on at 1k/4k, 1-256 nodes (LINEAR_CHUNK_ROWS: the tiles' M, "1 16 64 256";
+#                  LINEAR_CHUNK_ROUND_COST=0: no round_cost) -> $OUT/linear_chunk_*.{jsonl,log}, round_cost_chunk.*
 # linear-chunk-smollm2  SmolLM2's shapes at linear_chunk 192: linear_tiles (bits vs 256 rows), kernel_breakdown's graphed
 #                  forward at 1 and 16 nodes, one chunk / 192 alternating twice -> $OUT/linear_chunk_{tiles,breakdown}.*
 # graph-launch     bench/graph_launch.py: the host µs of each step that starts a verification forward (begin, tree upload,

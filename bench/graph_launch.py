@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>4} {b:>6} " + " ".join(f"{row[s]:12.1f}" for s in row))
         if args.out:
             for step, us in row.items():
-                append_row(args.out, {"kind": "graph_launch", "model": args.model, "context": args.context, "nodes": n,
+                append_row(args.out, {"kind": "graph_launch", "model": args.model, "dtype": "bfloat16", "exact": True,
+                                      "context": args.context, "nodes": n,
                                       "bucket": b, "step": step, "host_us": us, **{k: stamp[k] for k in ("date", "machine", "command", "torch")}})
     return 0
 

@@ -85,12 +85,10 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
     m = x.shape[0]
     y = torch.empty(m, p.n, device=x.device, dtype=ops["out"])  # [M, N]
     grid = (triton.cdiv(m, block_m), triton.cdiv(p.n, block_n))
-    split = lin.k_chunks(p.k, chunk)
-    if split > 1 and (p.k // split) % block_k:  # as the decoder launches it: a chunk is whole K tiles
-        block_k = 64
-    across = split > 1 and m <= lin.ACROSS_ROWS
+    t, split, counters = lin.chunk_plan(m, p.n, p.k, chunk, lin.Tiles(block_m, block_n, block_k, warps, stages), x.device)
+    block_k, across = t.block_k, counters is not None  # as the decoder launches it
     part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
-    counters = lin.arrival_counters(x.device, grid[0] * grid[1]) if across else y
+    counters = counters if across else y
 
     def run():
         xin = rmsnorm(x, g, 1e-5) if prenorm else x  # [M, K]

@@ -212,6 +212,18 @@ ACROSS_ROWS = 16  # up to this many rows a split row's chunks run as programs of
 # streaming the weight, where a plain step's few column tiles leave SMs idle); past it a program sums its chunks in turn
 
 
+def chunk_plan(m: int, n: int, k: int, chunk: int | None, t: Tiles,
+               device: torch.device) -> tuple[Tiles, int, torch.Tensor | None]:
+    """How a launch of M rows sums K in chunks -> (its tiles: a chunk is whole K tiles, 64 wide where 128
+    does not divide it; S chunks; the arrival counters when each chunk is a program of its own, else None —
+    past ACROSS_ROWS rows, or during a capture with too few counters: the same sums in turn)."""
+    split = k_chunks(k, chunk)
+    if split > 1 and (k // split) % t.block_k:  # 64 divides every chunk the option allows
+        t = Tiles(t.block_m, t.block_n, 64, t.warps, t.stages)
+    tiles = triton.cdiv(m, t.block_m) * triton.cdiv(n, t.block_n)
+    return t, split, arrival_counters(device, tiles) if split > 1 and m <= ACROSS_ROWS else None
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None,
            norm: tuple[torch.Tensor, float] | None = None, chunk: int | None = None) -> torch.Tensor:
@@ -245,13 +257,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         if r.stride(-1) != 1:
             r = r.contiguous()
     interp = interpreted()
-    t = _tiles(m, n, k, swiglu, interp)
-    split = k_chunks(k, chunk)
-    if split > 1 and (k // split) % t.block_k:  # a chunk is whole K tiles: 64 wide divides every chunk the option allows
-        t = Tiles(t.block_m, t.block_n, 64, t.warps, t.stages)
+    t, split, counters = chunk_plan(m, n, k, chunk, _tiles(m, n, k, swiglu, interp), x.device)
     grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n))
-    counters = arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and m <= ACROSS_ROWS else None
-    across = counters is not None  # (during a capture with too few counters: in turn, the same sums)
+    across = counters is not None
     part = torch.empty(split, 2, m, n, dtype=torch.float32, device=x.device) if across else y  # [S, 2, M, N] P_s (and its up half)
     norm_weight, eps = norm if norm is not None else (w, 0.0)
     _linear_kernel[grid + ((split,) if across else ())](

@@ -81,7 +81,10 @@ class PageAllocator:
         return out
 
     def release(self, pages: Sequence[int]) -> None:
-        self._free.extend(pages)
+        """Give pages back; an `allocate` of as many right after returns them in the same order
+        (a round's tree that reaches past its commit takes the same pages, in order, next round:
+        the tables on the device already hold them, nothing is sent)."""
+        self._free.extend(reversed(pages))
 
     def reset(self) -> None:
         self._free = list(range(self.num_pages - 1, -1, -1))

@@ -171,3 +171,21 @@ def test_a_spare_page_that_comes_back_is_not_sent_to_the_device_again():
     assert len(sent) == 2  # its rows, and the block table's new entry
     assert a.slot_mapping.tolist() == [a._pages[s // 4] * 4 + s % 4 for s in range(8)]
     assert set(a._pages).isdisjoint(b._pages)
+
+
+def test_pages_given_back_come_back_in_their_order_and_are_not_sent_again():
+    """A tree reaching two pages past the commit gets both back next round, in the same order: the
+    slot and block tables already hold them, so the begin copies nothing to the device."""
+    a = PagedKVCache(info(), 64, PagedCacheOptions(page_size=4))
+    sent = []
+    real = a._host
+    a._host = lambda values: (sent.append(list(values)), real(values))[1]
+    a.begin(11)  # pages p0, p1, p2
+    first = list(a._pages)
+    a.commit(range(3))  # keeps p0, gives p1 and p2 back
+    sent.clear()
+    a.begin(9)  # tokens 3..11: p0, p1, p2 again
+    assert a._pages == first and sent == []
+    a.begin(9)  # a second begin without commit: the same pages again, nothing sent
+    assert a._pages == first and sent == []
+    assert a.slot_mapping.tolist() == [first[s // 4] * 4 + s % 4 for s in range(12)]

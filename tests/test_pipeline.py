@@ -4,7 +4,8 @@ import pytest
 
 import jetspec
 from jetspec.core.errors import CapacityError, InputError
-from support.models import tiny_target
+from jetspec.core.interfaces import PadsForward
+from support.models import tiny_hf_model, tiny_target
 from support.registry import make_test_registry
 
 REG = make_test_registry()
@@ -80,3 +81,25 @@ def test_a_prompt_that_is_not_utf8_is_one_line():
     """Undecodable command-line bytes reach Python as lone surrogates (surrogateescape)."""
     with pytest.raises(InputError, match=r"^the prompt is not valid UTF-8 text \(character 2 cannot be encoded\)"):
         pipe().generate(b"hi\xff".decode("utf-8", "surrogateescape"))
+
+
+def test_a_round_reserves_the_pending_slots_its_target_says_a_forward_writes(tmp_path):
+    """`PadsForward.pending_for`: a target whose forward of n tokens writes more (a CUDA graph's
+    padded bucket) finds them reserved when its forward starts, so it need not reserve again."""
+    tiny_hf_model("llama", seed=3, hidden=64, layers=2).save_pretrained(tmp_path)
+    p = (jetspec.builder(REG).target("decoder", path=str(tmp_path), dtype="float32", device="cpu").drafter("ngram")
+         .generation(budget=16, max_new_tokens=30).build())
+    prompt = [4, 5, 6, 4, 5, 6, 4, 5]
+    reference = p.generate(prompt).tokens
+    assert isinstance(p.target, PadsForward)
+    target, forward, seen = p.target, p.target.forward, []
+
+    def padded_forward(tokens, meta, cache, hidden_layers=()):
+        seen.append((tokens.numel(), cache.pending))
+        cache.begin(tokens.numel())  # this eager forward writes n after all
+        return forward(tokens, meta, cache, hidden_layers)
+
+    target.pending_for, target.forward = (lambda n, cache: n + 2), padded_forward
+    assert p.generate(prompt).tokens == reference
+    rounds = seen[1:]  # the first forward is the prompt's
+    assert rounds and all(pending == n + 2 for n, pending in rounds)

@@ -80,10 +80,7 @@ class PageAllocator:
         del self._free[len(self._free) - n :]
         return out
 
-    def release(self, pages: Sequence[int]) -> None:
-        """Give pages back; an `allocate` of as many right after returns them in the same order
-        (a round's tree that reaches past its commit takes the same pages, in order, next round:
-        the tables on the device already hold them, nothing is sent)."""
+    def release(self, pages: Sequence[int]) -> None:  # an `allocate` of as many next returns them in this order
         self._free.extend(reversed(pages))
 
     def reset(self) -> None:

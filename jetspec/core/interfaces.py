@@ -281,13 +281,22 @@ class LendsEmbeddings(Protocol):
 @runtime_checkable
 class PadsForward(Protocol):
     """A target whose forward may write more pending K/V entries than it has tokens (a CUDA
-    graph replayed at a padded size): the pipeline sizes its cache that much larger."""
+    graph replayed at a padded size): the pipeline sizes its cache that much larger, and its
+    round reserves `pending_for(n, cache)` slots, so that the forward need not reserve again."""
 
     extra_pending: int  # pending entries a forward may write beyond its N tokens
+
+    def pending_for(self, n: int, cache: KVCache) -> int:
+        """The pending entries a forward of n tokens on `cache` writes: n, or n <= m <= n + extra_pending."""
+        ...
 
 
 def extra_pending(target: Target) -> int:
     return int(target.extra_pending) if isinstance(target, PadsForward) else 0
+
+
+def pending_for(target: Target, n: int, cache: KVCache) -> int:
+    return int(target.pending_for(n, cache)) if isinstance(target, PadsForward) else n
 
 
 @runtime_checkable
@@ -359,42 +368,11 @@ class BatchedKVCache(Protocol):
 
 
 __all__ = [
-    "Acceptance",
-    "AcceptsBatchOnDevice",
-    "AcceptsOnDevice",
-    "AttendsPackedTables",
-    "AttentionBackend",
-    "AttentionMeta",
-    "BatchedAttention",
-    "BatchedKVCache",
-    "BatchedTarget",
-    "CommitsOnDevice",
-    "DecodeState",
-    "DeviceTree",
-    "Drafter",
-    "DraftsAhead",
-    "GraphSafe",
-    "KVCache",
-    "KeyedProposals",
-    "LendsEmbeddings",
-    "PadsForward",
-    "PooledSlotTables",
-    "PositionInvariantAttention",
-    "Proposal",
-    "ReadsHiddenStates",
-    "Ranks",
-    "ResettableVerifier",
-    "RowKVCache",
-    "SpansRanks",
-    "Target",
-    "TargetInfo",
-    "TargetOutput",
-    "TreeScorer",
-    "Verifier",
-    "accepts_batch_on_device",
-    "accepts_on_device",
-    "extra_pending",
-    "is_graph_safe",
-    "observed_layers",
-    "ranks_of",
+    "Acceptance", "AcceptsBatchOnDevice", "AcceptsOnDevice", "AttendsPackedTables", "AttentionBackend",
+    "AttentionMeta", "BatchedAttention", "BatchedKVCache", "BatchedTarget", "CommitsOnDevice", "DecodeState",
+    "DeviceTree", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LendsEmbeddings",
+    "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ReadsHiddenStates", "Ranks",
+    "ResettableVerifier", "RowKVCache", "SpansRanks", "Target", "TargetInfo", "TargetOutput", "TreeScorer",
+    "Verifier", "accepts_batch_on_device", "accepts_on_device", "extra_pending", "pending_for", "is_graph_safe",
+    "observed_layers", "ranks_of",
 ]

@@ -37,21 +37,8 @@ from .distributed import share_path, share_tree
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
 from .interfaces import (
-    Acceptance,
-    AttentionMeta,
-    CommitsOnDevice,
-    DecodeState,
-    Drafter,
-    DraftsAhead,
-    KVCache,
-    ResettableVerifier,
-    Target,
-    TargetOutput,
-    TreeScorer,
-    Verifier,
-    accepts_on_device,
-    extra_pending,
-    observed_layers,
+    Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, ResettableVerifier,
+    Target, TargetOutput, TreeScorer, Verifier, accepts_on_device, extra_pending, pending_for, observed_layers,
     ranks_of,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
@@ -242,7 +229,7 @@ class Pipeline:
             tree = share_tree(tree, budget, self._ranks)
         t2 = clock()
         prefix = cache.committed
-        cache.begin(tree.size)
+        cache.begin(pending_for(self.target, tree.size, cache))  # a padded graph's slots too: reserved once
         dtree = self._upload(tree, prefix)
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)

@@ -123,3 +123,56 @@ def test_propose_reads_the_draft_queued_ahead_only_once_its_copy_is_done(folder)
         prompt = [5, 6, 7, 5, 6, 7, 5]
         assert spec.generate(prompt).tokens == spec.generate_plain(prompt).tokens
     assert len(checked) > 3 and all(checked)
+
+
+def test_a_padded_replay_keeps_its_bits_whatever_earlier_trees_left_in_the_pad_columns(folder):
+    """A tree of N < B nodes replays bucket B's graph; the B - N pad columns keep an earlier tree's
+    tokens, positions and subtree sizes (nothing refills them). The N real rows are bitwise those
+    of the same forward right after the capture, where the pads hold what the capture put there."""
+    from jetspec.core.interfaces import AttentionMeta, pending_for
+    from jetspec.core.tree import DraftTree
+
+    def tree(n: int, seed: int) -> DraftTree:  # random parents, each before its child
+        g = torch.Generator().manual_seed(seed)
+        parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+        return DraftTree.from_parents([int(t) for t in torch.randint(1, 90, (n,), generator=g)], parents)
+
+    def forward(p, cache, t: DraftTree, prefix: int) -> torch.Tensor:
+        cache.begin(pending_for(p.target, t.size, cache))
+        out = p.target.forward(t.tokens.cuda(), AttentionMeta.for_tree(t, prefix, "cuda"), cache).logits.clone()
+        cache.commit([])
+        return out
+
+    small, big = tree(20, 1), tree(31, 2)  # both in bucket 32; big is a deeper, wider tree
+    prompt = torch.randint(1, 90, (8,), generator=torch.Generator().manual_seed(0)).cuda()  # bucket 8: columns 8.. untouched
+    outs = []
+    for stale in (False, True):
+        p = pipe(folder, "paged", True)
+        cache = p.new_cache(256)
+        cache.begin(8)
+        p.target.forward(prompt, AttentionMeta.for_chain(8, 0, "cuda"), cache)  # captures every bucket
+        cache.commit(range(8))
+        if stale:
+            forward(p, cache, big, 8)
+        outs.append(forward(p, cache, small, 8))
+        assert cache.pending == 0 and p.target.graphs.graphs  # replayed, not eager
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_a_round_reserves_its_padded_bucket_once(folder):
+    """The pipeline reserves a forward's graph bucket (`pending_for`): the graphed forward begins nothing more."""
+    from jetspec.caches.paged import PagedKVCache
+
+    p = pipe(folder, "paged", True, budget=20)
+    prompt = [5, 6, 7, 5, 6, 7, 5]
+    p.generate(prompt)  # captures
+    begin, counts = PagedKVCache.begin, []
+
+    def counted(cache, n):
+        counts.append(n)
+        begin(cache, n)
+
+    with patch.object(PagedKVCache, "begin", counted):
+        result = p.generate(prompt)
+    assert len(counts) == result.stats.rounds + 1  # the prompt's, then one per round
+    assert all(n in p.target.graphs.buckets for n in counts[1:]) and len(set(counts[1:])) > 1

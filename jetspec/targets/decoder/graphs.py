@@ -12,11 +12,14 @@ replay reads lives in static buffers that are refreshed eagerly before it:
                           `cache.write`; the exact path's fused write (`invariant/rope_write.py`)
                           reads `cache.slot_table` at T + j, T from `prefix`
 
-A tree of N < B nodes is padded with B - N single-node "pad" leaves after it in pre-order
-(size 1 each): by the interval rule j <= i < j + size[j], a pad sees the prefix and itself and
-no real node sees a pad (pads come after every real node and own no subtree), so the real
-nodes' outputs are exactly those of an N-node forward. Pad K/V go to pending slots that commit
-discards. Outputs are views into graph memory, valid until the next forward.
+A tree of N < B nodes is padded with the B - N "pad" columns after it, which keep whatever an
+earlier forward left there (nothing is written to them): a token id, a RoPE position and a
+subtree size >= 1 that were all valid inputs once (the buffers start as 0, 0, 1). By the interval
+rule j <= i < j + size[j], no real node i < N sees a pad j >= N, whatever the pad's size, and
+every row of the forward but attention is row-wise, so the real nodes' outputs are exactly those
+of an N-node forward; a pad sees the prefix, itself and maybe other pads. Pad K/V go to pending
+slots that commit discards: the caller reserves B of them (`pending_for`, `PadsForward`), or
+`forward` re-reserves. Outputs are views into graph memory, valid until the next forward.
 
 Graphs are kept per (KV cache, hidden layers, bucket), so pipelines sharing one target (a bench
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
@@ -65,6 +68,10 @@ class CudaGraphForward:
         """Extra pending slots a padded forward may use beyond N."""
         return max(b - a - 1 for a, b in zip((0,) + self.buckets, self.buckets))
 
+    def bucket(self, n: int) -> int:
+        """The size of the graph that serves n queries (n <= the largest bucket)."""
+        return self.buckets[bisect_left(self.buckets, n)]
+
     def handles(self, n: int, cache: KVCache) -> bool:
         """A replay can serve n queries: a bucket holds them, the cache has room for the padded
         bucket (not so for a prefill near capacity), and the cache is graph-safe."""
@@ -74,34 +81,31 @@ class CudaGraphForward:
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int], eager: Eager) -> TargetOutput:
         n = tokens.numel()
-        b = self.buckets[bisect_left(self.buckets, n)]
+        b = self.bucket(n)
         hidden_layers = tuple(hidden_layers)
         if (id(cache), hidden_layers) not in self.seen:
             try:
                 self._capture_all(n, meta, cache, hidden_layers, eager)
             except RuntimeError as e:
                 raise GraphCaptureFailed(f"CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}") from e
-        if b > n:
-            cache.begin(b)  # re-reserve: the pads need pending slots too
+        if cache.pending < b:
+            cache.begin(b)  # the caller reserved n: the pads need pending slots too
         self.tokens[:n].copy_(tokens, non_blocking=True)
         self.positions[:n].copy_(meta.positions, non_blocking=True)
         self.sizes[:n].copy_(meta.subtree_sizes, non_blocking=True)
-        if b > n:
-            self.tokens[n:b].zero_()
-            self.positions[n:b].fill_(meta.prefix_len)
-            self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
         out = self.graphs.replay((id(cache), hidden_layers, b), lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
     def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> None:
         """Capture every bucket that fits the cache now (pending slots left), then restore the
-        caller's reservation of n slots."""
+        caller's reservation (n slots, or n's bucket)."""
         if len(self.caches) >= 64:  # a long-lived target seeing many caches: start over
             self.graphs.clear()
             self.caches.clear()
             self.seen.clear()
         self.caches[id(cache)] = cache
+        reserved = max(cache.pending, n)
         room = cache.capacity - cache.committed
         self.positions.fill_(meta.prefix_len)
         self.sizes.fill_(1)
@@ -115,7 +119,7 @@ class CudaGraphForward:
                 break
             self.graphs.captured((id(cache), hidden_layers, b), lambda b=b: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         self.seen.add((id(cache), hidden_layers))
-        cache.begin(n)
+        cache.begin(reserved)
 
     def _bucket(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> TargetOutput:
         """The forward of bucket b over the static buffers (what a capture records; a replay runs none of this)."""

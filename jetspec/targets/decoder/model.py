@@ -98,6 +98,10 @@ class DecoderTarget:
         """Pending KV slots a forward may use beyond its N tokens (CUDA-graph padding)."""
         return self.graphs.max_padding if self.graphs is not None else 0
 
+    def pending_for(self, n: int, cache: KVCache) -> int:
+        """`PadsForward`: the pending slots a forward of n tokens writes — its graph's bucket when one replays it."""
+        return self.graphs.bucket(n) if self.graphs is not None and self.graphs.handles(n, cache) else n
+
     @torch.no_grad()
     def forward(
         self,

@@ -9,7 +9,8 @@ times each host step alone, on the real decoder with random weights of the model
 graphs, paged KV, Triton attention; `round_cost.random_target`), at `--context` committed tokens, for
 trees of each `--nodes` (best-first shaped, `kernel_bench.best_first_tree`):
 
-    begin          cache.begin(N)                                   (host bookkeeping, slot-table sync)
+    begin          cache.begin(pending_for(N))                      (host bookkeeping, slot-table sync; the
+                                                                     graph's bucket, as the pipeline reserves)
     upload         TreeUpload.many([tree])                          (the round's one tree copy)
     forward        target.forward(tokens, meta, cache)              (static-input copies, padding, replay)
     replay         the bucket's graph.replay() alone
@@ -39,6 +40,12 @@ from bench.round_cost import fill, new_cache, random_target
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.on_device import TreeUpload
+
+try:
+    from jetspec.core.interfaces import pending_for
+except ImportError:  # a tree from before 2026-12-05 (h200.sh host-ab's "before" side): its round reserved N
+    def pending_for(target, n: int, cache) -> int:
+        return n
 
 
 def host_us(fn: Callable[[], object], reps: int, before: Callable[[], object] = torch.cuda.synchronize) -> float:
@@ -88,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         graph = graphs[(id(cache), (), b)][0]
         other = graphs[(id(cache), (), 1 if b != 1 else 2)][0]
         row = {
-            "begin": host_us(lambda: cache.begin(n), args.reps),
+            "begin": host_us(lambda: cache.begin(pending_for(target, n, cache)), args.reps),
             "upload": host_us(lambda: upload.many([tree], [args.context]), args.reps),
-            "forward": host_us(lambda: target.forward(tokens, meta, cache), args.reps, before=lambda: (torch.cuda.synchronize(), cache.begin(n))),
+            "forward": host_us(lambda: target.forward(tokens, meta, cache), args.reps,
+                               before=lambda: (torch.cuda.synchronize(), cache.begin(pending_for(target, n, cache)))),
             "replay": host_us(graph.replay, args.reps),
             "replay_other": host_us(graph.replay, args.reps, before=lambda: (other.replay(), torch.cuda.synchronize())),
             "replay_busy": host_us(graph.replay, args.reps, before=lambda: None),

@@ -9,6 +9,9 @@ from a prompt of random tokens said three times (the random model's output soon 
 lookup drafts). Per pipeline: one warm-up generate (compiles, captures), then
 * a timed generate: the phases of `GenerationStats` per round — host = draft + build + verify + commit,
   wait = accept (the round's one read-back), i.e. what the bench's phases show, on this run's model;
+* the same generate with the verify phase split: the cache's `begin`, the tree's upload and the
+  target's forward call (static-input copies, graph replay), host µs per round each — what the pipeline
+  pays in its loop, beside `bench/graph_launch.py`'s same steps timed alone;
 * the same generate under `cProfile`: the Python functions by own time per round (what to cut);
 * the same under `torch.profiler` (CPU and CUDA activities): per round, the CUDA runtime calls by name
   (cudaLaunchKernel, cudaGraphLaunch, cudaMemcpyAsync, ...: count and host us) and the torch operators
@@ -25,6 +28,7 @@ import os
 import pstats
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -57,6 +61,31 @@ def per_round(stats) -> dict[str, float]:
     out["host"] = sum(out[p] for p in HOST_PHASES)
     out["wait"] = out["accept"]
     return out
+
+
+def verify_split(pipe, run, rounds: int) -> dict[str, float]:
+    """The verify phase's host µs per round by step: the pipeline's cache's `begin` (the prompt's one
+    included), its tree upload, its forward call. Wrappers on the instances, taken off after."""
+    spent = {"begin": 0.0, "upload": 0.0, "forward": 0.0}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - t0
+            return out
+        return call
+
+    wrapped = [(pipe._cache, "begin", "begin"), (pipe, "_upload", "upload"), (pipe, "_forward", "forward")]
+    before = [owner.__dict__.get(attr) for owner, attr, _ in wrapped]  # the TreeUpload; None: a method of the class
+    for owner, attr, name in wrapped:
+        setattr(owner, attr, timed(name, getattr(owner, attr)))
+    try:
+        run()
+    finally:
+        for (owner, attr, _), old in zip(wrapped, before):
+            setattr(owner, attr, old) if old is not None else delattr(owner, attr)
+    return {name: 1e6 * t / rounds for name, t in spent.items()}
 
 
 def python_top(run, rounds: int, top: int) -> list[dict]:
@@ -112,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         res = run()
         rounds = res.stats.rounds
         phases = per_round(res.stats)
+        split = verify_split(pipe, run, rounds)
         py = python_top(run, rounds, args.top)
         runtime, ops = torch_top(run, rounds, args.top, cuda)
         print(f"\n== {name}: {rounds} rounds, tau {res.stats.tau:.2f}, {res.stats.tokens_per_second:.1f} tok/s; us per round: "
               + "  ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+        print("-- verify, host us per round: " + "  ".join(f"{k} {v:.0f}" for k, v in split.items()))
         print("-- CUDA runtime calls per round (calls, host us under the profiler)")
         for r in runtime:
             print(f"   {r['name'][:60]:60} {r['calls']:7.2f} {r['self_cpu_us']:8.1f}")
@@ -129,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             append_row(args.out, {**run_row(command, {}), "kind": "host_profile", "model": model, "pipeline": name,
                                   "device": str(device), "dtype": str(dtype).removeprefix("torch."), "exact": cuda,
                                   "rounds": rounds, "tau": res.stats.tau, "tokens_per_s": res.stats.tokens_per_second,
-                                  "us_per_round": phases,
+                                  "us_per_round": phases, "verify_us_per_round": split,
                                   "runtime_calls": runtime, "operators": ops, "python_functions": py})
     return 0
 

@@ -84,6 +84,8 @@
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
 #                  phases, CUDA runtime calls, torch operators, Python functions per round, plain, ngram@32 and jetspec@32 (random head)
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
+# host-ab          host-profile (with its verify split: begin / upload / forward) and graph-launch for the working tree
+#                  against an older jetspec/ in .old/, alternating HOST_AB_TIMES (2) times -> $OUT/{host_profile,graph_launch}_{before,after}.jsonl
 # linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
 #                  chunked bitwise GPU tests, bench/linear_tiles.py at Qwen3-8B (M = 1-256, a small tile grid), then
 #                  bench/round_cost.py --exact on at 1k/4k, 1-256 nodes (LINEAR_CHUNK_ROWS: the tiles' M, "1 16 64 256";
@@ -406,6 +408,20 @@ for step in "$@"; do
       for c in ${MEMORY_CONTEXTS:-4096 16384}; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
+    host-ab)  # issue 18: host_profile and graph_launch for the working tree against .old/jetspec alone
+      # (`rm -rf .old && mkdir .old && git archive REV jetspec ':!*.safetensors' | tar -x -C .old`), alternating HOST_AB_TIMES (2) times, one call
+      [ -d .old/jetspec ] || { echo "host-ab: no .old/jetspec (see the step's comment)"; failed="$failed $step"; continue; }
+      for i in $(seq ${HOST_AB_TIMES:-2}); do
+        for side in before after; do
+          dir=$PWD; [ $side = before ] && dir=$PWD/.old  # run from $dir: `python -m` puts it first, so its jetspec wins
+          (cd $dir && PYTHONPATH=/tmp/site:$dir:$OLDPWD timeout 240 python3 -m bench.host_profile --pipelines plain ngram@32 jetspec@32 \
+            --top 15 --out $OUT/host_profile_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/host_ab_$side.log | grep "^==\|^-- verify")
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          (cd $dir && PYTHONPATH=/tmp/site:$dir:$OLDPWD timeout 120 python3 -m bench.graph_launch --reps 100 \
+            --out $OUT/graph_launch_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/host_ab_$side.log)
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+        done
       done ;;
     host-profile)
       timeout ${HOST_PROFILE_TIMEOUT:-300} python3 -m bench.host_profile --pipelines plain ngram@32 jetspec@32 --out $OUT/host_profile.jsonl 2>&1 \

@@ -84,6 +84,7 @@
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
 #                  phases, CUDA runtime calls, torch operators, Python functions per round, plain, ngram@32 and jetspec@32 (random head)
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
+# pytest           python3 -m pytest $PYTEST_ARGS (PYTEST_TIMEOUT 300 s, PYTEST_TAIL lines of output) -> $OUT/pytest.log
 # host-ab          host-profile (with its verify split: begin / upload / forward) and graph-launch for the working tree
 #                  against an older jetspec/ in .old/, alternating HOST_AB_TIMES (2) times -> $OUT/{host_profile,graph_launch}_{before,after}.jsonl
 # linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
@@ -409,6 +410,9 @@ for step in "$@"; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    pytest)  # any GPU tests: PYTEST_ARGS (a failure's traceback in the tail: e.g. "-x -q tests/targets/test_cuda_graphs.py")
+      timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest ${PYTEST_ARGS:--q tests} 2>&1 | tee $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60}
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     host-ab)  # issue 18: host_profile and graph_launch for the working tree against .old/jetspec alone
       # (`rm -rf .old && mkdir .old && git archive REV jetspec ':!*.safetensors' | tar -x -C .old`), alternating HOST_AB_TIMES (2) times, one call
       [ -d .old/jetspec ] || { echo "host-ab: no .old/jetspec (see the step's comment)"; failed="$failed $step"; continue; }

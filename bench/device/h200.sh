@@ -410,9 +410,11 @@ for step in "$@"; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
-    pytest)  # any GPU tests: PYTEST_ARGS (a failure's traceback in the tail: e.g. "-x -q tests/targets/test_cuda_graphs.py")
-      timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest ${PYTEST_ARGS:--q tests} 2>&1 | tee $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60}
-      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
+    pytest)  # any GPU tests: PYTEST_ARGS (a failure's traceback in the tail: e.g. "-x -q tests/targets/test_cuda_graphs.py");
+      # PYTEST_TREE=.old: with the older jetspec/ carried in .old/ (run from there: its jetspec is imported first; the tests are ours)
+      (cd ${PYTEST_TREE:-.} && PYTHONPATH=/tmp/site:$PWD:$OLDPWD timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest --rootdir $OLDPWD \
+        ${PYTEST_ARGS:--q tests} 2>&1 | tee -a $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60})
+      [ $? = 0 ] || failed="$failed $step" ;;
     host-ab)  # issue 18: host_profile and graph_launch for the working tree against .old/jetspec alone
       # (`rm -rf .old && mkdir .old && git archive REV jetspec ':!*.safetensors' | tar -x -C .old`), alternating HOST_AB_TIMES (2) times, one call
       [ -d .old/jetspec ] || { echo "host-ab: no .old/jetspec (see the step's comment)"; failed="$failed $step"; continue; }

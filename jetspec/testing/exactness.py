@@ -59,16 +59,16 @@ def plain_logits(target: Target, cache: KVCache, tree: DraftTree) -> torch.Tenso
 
 
 def padded_tree_logits(target: Target, cache: KVCache, tree: DraftTree, pads: int = 0) -> torch.Tensor:
-    """Verify `tree`, followed by `pads` columns that repeat its own nodes (token, position,
-    subtree size: what an earlier tree leaves in a CUDA-graph bucket's pad columns, valid inputs
-    once), in one forward on a copy of `cache` -> the real nodes' logits [N, V]."""
+    """Verify `tree`, followed by `pads` single-node leaves at depth 0 (as CUDA-graph buckets pad),
+    in one forward on a copy of `cache` -> the real nodes' logits [N, V]."""
     cache = copy.deepcopy(cache)
     t, n, dev = cache.committed, tree.size, target.info.device
     meta = AttentionMeta.for_tree(tree, t, dev)
-    cols = torch.arange(n + pads, device=dev) % n  # [N + pads]: node i, then nodes 0, 1, ... again
-    meta = AttentionMeta(t, meta.positions[cols], meta.subtree_sizes[cols])
+    meta = AttentionMeta(t, torch.cat([meta.positions, torch.full((pads,), t, device=dev)]),
+                         torch.cat([meta.subtree_sizes, torch.ones(pads, dtype=meta.subtree_sizes.dtype, device=dev)]))
     cache.begin(n + pads)
-    return target.forward(tree.tokens.to(dev)[cols], meta, cache).logits[:n].clone()
+    tokens = torch.cat([tree.tokens, torch.zeros(pads, dtype=torch.int64)]).to(dev)
+    return target.forward(tokens, meta, cache).logits[:n].clone()
 
 
 def packed_and_alone(target: Target, caches: list[KVCache], metas: list[AttentionMeta], tokens: list[torch.Tensor]

@@ -125,10 +125,9 @@ def test_propose_reads_the_draft_queued_ahead_only_once_its_copy_is_done(folder)
     assert len(checked) > 3 and all(checked)
 
 
-def test_a_padded_replay_keeps_its_bits_whatever_earlier_trees_left_in_the_pad_columns(folder):
-    """A tree of N < B nodes replays bucket B's graph; the B - N pad columns keep an earlier tree's
-    tokens, positions and subtree sizes (nothing refills them). The N real rows are bitwise those
-    of the same forward right after the capture, where the pads hold what the capture put there."""
+def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(folder):
+    """A tree of N < B nodes replays bucket B's graph after a 31-node tree filled B's columns: its N
+    real rows are bitwise those of the same forward right after the capture (the pads are rewritten)."""
     from jetspec.core.interfaces import AttentionMeta, pending_for
     from jetspec.core.tree import DraftTree
 

@@ -12,14 +12,14 @@ replay reads lives in static buffers that are refreshed eagerly before it:
                           `cache.write`; the exact path's fused write (`invariant/rope_write.py`)
                           reads `cache.slot_table` at T + j, T from `prefix`
 
-A tree of N < B nodes is padded with the B - N "pad" columns after it, which keep whatever an
-earlier forward left there (nothing is written to them): a token id, a RoPE position and a
-subtree size >= 1 that were all valid inputs once (the buffers start as 0, 0, 1). By the interval
-rule j <= i < j + size[j], no real node i < N sees a pad j >= N, whatever the pad's size, and
-every row of the forward but attention is row-wise, so the real nodes' outputs are exactly those
-of an N-node forward; a pad sees the prefix, itself and maybe other pads. Pad K/V go to pending
-slots that commit discards: the caller reserves B of them (`pending_for`, `PadsForward`), or
-`forward` re-reserves. Outputs are views into graph memory, valid until the next forward.
+A tree of N < B nodes is padded with B - N single-node "pad" leaves after it in pre-order
+(token 0, position T, size 1 each): by the interval rule j <= i < j + size[j], a pad sees the
+prefix and itself and no real node sees a pad (pads come after every real node and own no
+subtree), so the real nodes' outputs are exactly those of an N-node forward. Pad K/V go to
+pending slots that commit discards: the caller reserves B of them (`pending_for`, `PadsForward`),
+or `forward` re-reserves. The pads are written every forward (three fills): leaving an earlier
+tree's values there instead faulted a non-exact replay on the GPU (bench/RESULTS.md).
+Outputs are views into graph memory, valid until the next forward.
 
 Graphs are kept per (KV cache, hidden layers, bucket), so pipelines sharing one target (a bench
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
@@ -93,6 +93,10 @@ class CudaGraphForward:
         self.tokens[:n].copy_(tokens, non_blocking=True)
         self.positions[:n].copy_(meta.positions, non_blocking=True)
         self.sizes[:n].copy_(meta.subtree_sizes, non_blocking=True)
+        if b > n:  # the pads: token 0, position T, their own subtree
+            self.tokens[n:b].zero_()
+            self.positions[n:b].fill_(meta.prefix_len)
+            self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
         out = self.graphs.replay((id(cache), hidden_layers, b), lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])

@@ -101,5 +101,4 @@ def test_a_round_reserves_the_pending_slots_its_target_says_a_forward_writes(tmp
 
     target.pending_for, target.forward = (lambda n, cache: n + 2), padded_forward
     assert p.generate(prompt).tokens == reference
-    rounds = seen[1:]  # the first forward is the prompt's
-    assert rounds and all(pending == n + 2 for n, pending in rounds)
+    assert len(seen) > 1 and all(pending == n + 2 for n, pending in seen)  # the prompt's forward, then the rounds'

@@ -204,7 +204,7 @@ class Pipeline:
         hidden = None
         if n > 0:
             device = self.target.info.device
-            cache.begin(n)
+            cache.begin(pending_for(self.target, n, cache))
             chain = torch.tensor(state.tokens[:n], device=device)
             hidden = self._forward(chain, AttentionMeta.for_chain(n, 0, device), cache, hidden_layers).hidden
             cache.commit(range(n))

@@ -131,10 +131,10 @@ def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(f
     from jetspec.core.interfaces import AttentionMeta, pending_for
     from jetspec.core.tree import DraftTree
 
-    def tree(n: int, seed: int) -> DraftTree:  # random parents, each before its child
+    def tree(n: int, seed: int) -> DraftTree:  # random parents, each before its child; distinct tokens
         g = torch.Generator().manual_seed(seed)
         parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
-        return DraftTree.from_parents([int(t) for t in torch.randint(1, 90, (n,), generator=g)], parents)
+        return DraftTree.from_parents((torch.randperm(90, generator=g)[:n] + 1).tolist(), parents)
 
     def forward(p, cache, t: DraftTree, prefix: int) -> torch.Tensor:
         cache.begin(pending_for(p.target, t.size, cache))
@@ -159,7 +159,8 @@ def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(f
 
 
 def test_a_round_reserves_its_padded_bucket_once(folder):
-    """The pipeline reserves a forward's graph bucket (`pending_for`): the graphed forward begins nothing more."""
+    """The pipeline reserves each forward's graph bucket (`pending_for`), the prompt's too: the graphed
+    forward begins nothing more."""
     from jetspec.caches.paged import PagedKVCache
 
     p = pipe(folder, "paged", True, budget=20)
@@ -174,4 +175,4 @@ def test_a_round_reserves_its_padded_bucket_once(folder):
     with patch.object(PagedKVCache, "begin", counted):
         result = p.generate(prompt)
     assert len(counts) == result.stats.rounds + 1  # the prompt's, then one per round
-    assert all(n in p.target.graphs.buckets for n in counts[1:]) and len(set(counts[1:])) > 1
+    assert all(n in p.target.graphs.buckets for n in counts)  # 8 for the prompt's 6 tokens

@@ -41,11 +41,11 @@ from jetspec.bench.rows import append_row, run_row
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.on_device import TreeUpload
 
-try:
-    from jetspec.core.interfaces import pending_for
-except ImportError:  # a tree from before 2026-12-05 (h200.sh host-ab's "before" side): its round reserved N
-    def pending_for(target, n: int, cache) -> int:
-        return n
+
+def pending_for(target, n: int, cache) -> int:
+    """What the pipeline reserves for a forward of n tokens (`PadsForward`); N on a jetspec/ from before
+    `pending_for` (h200.sh host-ab's "before" side), whose pipeline reserved N."""
+    return target.pending_for(n, cache) if hasattr(target, "pending_for") else n
 
 
 def host_us(fn: Callable[[], object], reps: int, before: Callable[[], object] = torch.cuda.synchronize) -> float:

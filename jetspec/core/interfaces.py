@@ -295,9 +295,6 @@ def extra_pending(target: Target) -> int:
     return int(target.extra_pending) if isinstance(target, PadsForward) else 0
 
 
-def pending_for(target: Target, n: int, cache: KVCache) -> int:
-    return int(target.pending_for(n, cache)) if isinstance(target, PadsForward) else n
-
 
 @runtime_checkable
 class SpansRanks(Protocol):
@@ -373,6 +370,6 @@ __all__ = [
     "DeviceTree", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LendsEmbeddings",
     "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ReadsHiddenStates", "Ranks",
     "ResettableVerifier", "RowKVCache", "SpansRanks", "Target", "TargetInfo", "TargetOutput", "TreeScorer",
-    "Verifier", "accepts_batch_on_device", "accepts_on_device", "extra_pending", "pending_for", "is_graph_safe",
+    "Verifier", "accepts_batch_on_device", "accepts_on_device", "extra_pending", "is_graph_safe",
     "observed_layers", "ranks_of",
 ]

@@ -37,8 +37,8 @@ from .distributed import share_path, share_tree
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
 from .interfaces import (
-    Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, ResettableVerifier,
-    Target, TargetOutput, TreeScorer, Verifier, accepts_on_device, extra_pending, pending_for, observed_layers,
+    Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, PadsForward,
+    ResettableVerifier, Target, TargetOutput, TreeScorer, Verifier, accepts_on_device, extra_pending, observed_layers,
     ranks_of,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
@@ -75,6 +75,7 @@ class Pipeline:
         self._cache: KVCache | None = None
         self._upload = TreeUpload(target.info.device)  # the round's one host-to-device copy
         self._readback = Readback(target.info.device)  # its one device-to-host copy
+        self._pads = isinstance(target, PadsForward)  # once: a Protocol check costs microseconds a round
         self._on_device = (False, False)  # (verifier accepts on the device, cache stages commits): per generate
         self._ahead: DraftsAhead | None = None  # the drafter, when it queues its next round before the read-back: per generate
         # a tensor-parallel target's group: rank 0 drafts and accepts, the others verify what it shares
@@ -204,7 +205,7 @@ class Pipeline:
         hidden = None
         if n > 0:
             device = self.target.info.device
-            cache.begin(pending_for(self.target, n, cache))
+            self._reserve(cache, n)
             chain = torch.tensor(state.tokens[:n], device=device)
             hidden = self._forward(chain, AttentionMeta.for_chain(n, 0, device), cache, hidden_layers).hidden
             cache.commit(range(n))
@@ -229,7 +230,7 @@ class Pipeline:
             tree = share_tree(tree, budget, self._ranks)
         t2 = clock()
         prefix = cache.committed
-        cache.begin(pending_for(self.target, tree.size, cache))  # a padded graph's slots too: reserved once
+        self._reserve(cache, tree.size)
         dtree = self._upload(tree, prefix)
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)
@@ -288,6 +289,10 @@ class Pipeline:
             got = tuple(packed.shape) if isinstance(packed, torch.Tensor) else type(packed).__name__
             raise PluginError(f"{who} returned {got} from accept_on_device; expected an int64 tensor of shape [{2 * d + 3}]")
         return packed
+
+    def _reserve(self, cache: KVCache, n: int) -> None:
+        """`cache.begin` for a forward of n tokens: a padded CUDA graph's slots too (`PadsForward`), reserved once."""
+        cache.begin(self.target.pending_for(n, cache) if self._pads else n)
 
     def _forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...]) -> TargetOutput:
         """target.forward, its output's shapes checked (no sync: shapes live on the host)."""

@@ -128,7 +128,7 @@ def test_propose_reads_the_draft_queued_ahead_only_once_its_copy_is_done(folder)
 def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(folder):
     """A tree of N < B nodes replays bucket B's graph after a 31-node tree filled B's columns: its N
     real rows are bitwise those of the same forward right after the capture (the pads are rewritten)."""
-    from jetspec.core.interfaces import AttentionMeta, pending_for
+    from jetspec.core.interfaces import AttentionMeta
     from jetspec.core.tree import DraftTree
 
     def tree(n: int, seed: int) -> DraftTree:  # random parents, each before its child; distinct tokens
@@ -137,7 +137,7 @@ def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(f
         return DraftTree.from_parents((torch.randperm(90, generator=g)[:n] + 1).tolist(), parents)
 
     def forward(p, cache, t: DraftTree, prefix: int) -> torch.Tensor:
-        cache.begin(pending_for(p.target, t.size, cache))
+        cache.begin(p.target.pending_for(t.size, cache))
         out = p.target.forward(t.tokens.cuda(), AttentionMeta.for_tree(t, prefix, "cuda"), cache).logits.clone()
         cache.commit([])
         return out

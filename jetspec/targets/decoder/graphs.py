@@ -75,9 +75,9 @@ class CudaGraphForward:
     def handles(self, n: int, cache: KVCache) -> bool:
         """A replay can serve n queries: a bucket holds them, the cache has room for the padded
         bucket (not so for a prefill near capacity), and the cache is graph-safe."""
-        if n > self.buckets[-1] or self.buckets[bisect_left(self.buckets, n)] > cache.capacity - cache.committed:
+        if n > self.buckets[-1] or self.bucket(n) > cache.capacity - cache.committed:
             return False
-        return is_graph_safe(cache)
+        return self.caches.get(id(cache)) is cache or is_graph_safe(cache)  # one with graphs was checked (a Protocol check is slow)
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int], eager: Eager) -> TargetOutput:
         n = tokens.numel()

@@ -85,6 +85,7 @@
 #                  phases, CUDA runtime calls, torch operators, Python functions per round, plain, ngram@32 and jetspec@32 (random head)
 #                  -> $OUT/host_profile.{jsonl,log}; needs no `model`
 # pytest           python3 -m pytest $PYTEST_ARGS (PYTEST_TIMEOUT 300 s, PYTEST_TAIL lines of output) -> $OUT/pytest.log
+# memcheck         the same tests under compute-sanitizer --tool memcheck (which kernel touched which address) -> $OUT/memcheck.log
 # host-ab          host-profile (with its verify split: begin / upload / forward) and graph-launch for the working tree
 #                  against an older jetspec/ in .old/, alternating HOST_AB_TIMES (2) times -> $OUT/{host_profile,graph_launch}_{before,after}.jsonl
 # linear-chunk     the exact projections' K in chunks (`linear_chunk`, LINEAR_CHUNKS: 1024) against one chunk, same call: the
@@ -415,6 +416,12 @@ for step in "$@"; do
       (cd ${PYTEST_TREE:-.} && PYTHONPATH=/tmp/site:$PWD:$OLDPWD timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest --rootdir $OLDPWD \
         ${PYTEST_ARGS:--q tests} 2>&1 | tee -a $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60})
       [ $? = 0 ] || failed="$failed $step" ;;
+    memcheck)  # PYTEST_ARGS under compute-sanitizer's memcheck: the kernel and address of an illegal access (slow: tiny models)
+      cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+      [ -n "$cs" ] || { echo "memcheck: no compute-sanitizer here"; failed="$failed $step"; continue; }
+      timeout ${PYTEST_TIMEOUT:-300} $cs --tool memcheck --print-limit 5 python3 -m pytest ${PYTEST_ARGS:--x -q tests/targets/test_cuda_graphs.py} 2>&1 \
+        | tee $OUT/memcheck.log | grep -v Warning | tail -${PYTEST_TAIL:-60}
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     host-ab)  # issue 18: host_profile and graph_launch for the working tree against .old/jetspec alone
       # (`rm -rf .old && mkdir .old && git archive REV jetspec ':!*.safetensors' | tar -x -C .old`), alternating HOST_AB_TIMES (2) times, one call
       [ -d .old/jetspec ] || { echo "host-ab: no .old/jetspec (see the step's comment)"; failed="$failed $step"; continue; }

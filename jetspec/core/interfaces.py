@@ -295,7 +295,6 @@ def extra_pending(target: Target) -> int:
     return int(target.extra_pending) if isinstance(target, PadsForward) else 0
 
 
-
 @runtime_checkable
 class SpansRanks(Protocol):
     """A target split over the processes of a torch.distributed group (tensor parallelism): its

@@ -411,11 +411,9 @@ for step in "$@"; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
-    pytest)  # any GPU tests: PYTEST_ARGS (a failure's traceback in the tail: e.g. "-x -q tests/targets/test_cuda_graphs.py");
-      # PYTEST_TREE=.old: with the older jetspec/ carried in .old/ (run from there: its jetspec is imported first; the tests are ours)
-      (cd ${PYTEST_TREE:-.} && PYTHONPATH=/tmp/site:$PWD:$OLDPWD timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest --rootdir $OLDPWD \
-        ${PYTEST_ARGS:--q tests} 2>&1 | tee -a $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60})
-      [ $? = 0 ] || failed="$failed $step" ;;
+    pytest)  # any GPU tests: PYTEST_ARGS (a failure's traceback in the tail: e.g. "-x -q tests/targets/test_cuda_graphs.py")
+      timeout ${PYTEST_TIMEOUT:-300} python3 -m pytest ${PYTEST_ARGS:--q tests} 2>&1 | tee -a $OUT/pytest.log | grep -v Warning | tail -${PYTEST_TAIL:-60}
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     memcheck)  # PYTEST_ARGS under compute-sanitizer's memcheck: the kernel and address of an illegal access (slow: tiny models)
       cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
       [ -n "$cs" ] || { echo "memcheck: no compute-sanitizer here"; failed="$failed $step"; continue; }

@@ -145,13 +145,13 @@ def test_a_padded_replay_keeps_its_bits_after_a_larger_tree_in_the_same_bucket(f
     small, big = tree(20, 1), tree(31, 2)  # both in bucket 32; big is a deeper, wider tree
     prompt = torch.randint(1, 90, (8,), generator=torch.Generator().manual_seed(0)).cuda()  # bucket 8: columns 8.. untouched
     outs = []
-    for stale in (False, True):
+    for after_big in (False, True):
         p = pipe(folder, "paged", True)
         cache = p.new_cache(256)
         cache.begin(8)
         p.target.forward(prompt, AttentionMeta.for_chain(8, 0, "cuda"), cache)  # captures every bucket
         cache.commit(range(8))
-        if stale:
+        if after_big:
             forward(p, cache, big, 8)
         outs.append(forward(p, cache, small, 8))
         assert cache.pending == 0 and p.target.graphs.graphs  # replayed, not eager

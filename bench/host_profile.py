@@ -27,6 +27,7 @@ import cProfile
 import os
 import pstats
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ import jetspec  # noqa: E402
 from bench.kernel_breakdown import MODELS  # noqa: E402
 from bench.round_cost import random_target  # noqa: E402
 from jetspec.bench.rows import append_row, run_row  # noqa: E402
+from jetspec.core.invariant import launch_options  # noqa: E402
 from jetspec.core.results import PHASES  # noqa: E402
 
 HOST_PHASES = [p for p in PHASES if p not in ("accept", "prefill")]  # accept: the wait for the GPU
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=256, help="new tokens per generate")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--speed-only", type=int, default=0, metavar="N",
+                    help="no profiling: N timed generates per pipeline after the warm-up, their tok/s (A/B runs)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -132,12 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(0)
     words = torch.randint(3, cfg.vocab_size, (40,), generator=g).tolist()
     prompt = words * 3  # [120] token ids
+    pdl = launch_options(device)["PDL"] if cuda else None
     command = "python -m bench.host_profile " + shlex.join(sys.argv[1:] if argv is None else argv)
     for name in args.pipelines:
         drafter, budget = (None, 0) if name == "plain" else (name.split("@")[0], int(name.split("@")[1]))
         pipe = build(target, drafter, budget, args.new)
         run = lambda: pipe.generate(prompt, speculative=drafter is not None)  # noqa: E731
         run()  # warm-up: compiles, captures
+        if args.speed_only:
+            speeds = [run().stats.tokens_per_second for _ in range(args.speed_only)]
+            print(f"== {name}: tok/s " + " ".join(f"{v:.1f}" for v in speeds) + f"; median {statistics.median(speeds):.1f}")
+            if args.out:
+                append_row(args.out, {**run_row(command, {}), "kind": "speed", "model": model, "pipeline": name,
+                                      "device": str(device), "dtype": str(dtype).removeprefix("torch."), "exact": cuda,
+                                      "pdl": pdl, "tokens_per_s": speeds, "median_tokens_per_s": statistics.median(speeds)})
+            continue
         res = run()
         rounds = res.stats.rounds
         phases = per_round(res.stats)
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {r['function'][:70]:70} {r['calls']:7.2f} {r['own_us']:8.1f} {r['cum_us']:8.1f}")
         if args.out:
             append_row(args.out, {**run_row(command, {}), "kind": "host_profile", "model": model, "pipeline": name,
-                                  "device": str(device), "dtype": str(dtype).removeprefix("torch."), "exact": cuda,
+                                  "device": str(device), "dtype": str(dtype).removeprefix("torch."), "exact": cuda, "pdl": pdl,
                                   "rounds": rounds, "tau": res.stats.tau, "tokens_per_s": res.stats.tokens_per_second,
                                   "us_per_round": phases, "verify_us_per_round": split,
                                   "runtime_calls": runtime, "operators": ops, "python_functions": py})

@@ -52,6 +52,7 @@ from bench.round_cost import QWEN3_8B, TINY, fill, new_cache, random_target  # n
 
 from jetspec.bench.rows import append_row, run_row  # noqa: E402
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
+from jetspec.core.invariant import launch_options  # noqa: E402
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig  # noqa: E402
 
 SMOLLM2_135M = DecoderConfig(  # HuggingFaceTB/SmolLM2-135M-Instruct config.json
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 stamp = run_row("python -m bench.kernel_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:]), {})
                 row = dict(model=args.model, dtype=str(dtype).removeprefix("torch."), exact=exact, split_keys=keys, linear_chunk=chunk, nodes=nodes,
-                           context=context, graphs=target.graphs is not None, steps=steps, kernels_per_layer=n_layer,
+                           context=context, graphs=target.graphs is not None, pdl=launch_options(device)["PDL"] if exact else None,
+                           steps=steps, kernels_per_layer=n_layer,
                            kernels_per_forward=n_fwd, kernel_ms=total_us / 1e3 if cuda else None, forward_ms=ms,
                            device=torch.cuda.get_device_name() if cuda else "cpu",
                            **{k: stamp[k] for k in ("command", "machine", "date", "torch")},

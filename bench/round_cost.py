@@ -65,6 +65,7 @@ import torch
 from bench.kernel_bench import best_first_tree
 from jetspec.core.distributed import Ranks, process_group
 from jetspec.core.interfaces import AttentionMeta, TargetInfo
+from jetspec.core.invariant import launch_options
 from jetspec.targets.decoder.config import DecoderConfig, RopeConfig
 from jetspec.targets.decoder.model import DecoderModel, DecoderTarget
 from jetspec.targets.decoder.parallel import check_degree, local_config
@@ -353,6 +354,7 @@ def sweep(args: argparse.Namespace, ranks: Ranks | None) -> int:
                 row = dict(context=context, nodes=nodes, time_ms=None, gpu_ms=None, plain_ms=plain_ms, ratio=None,
                            floor_ms=floor_ms, bytes_floor_ms=bytes_ms, matmul_floor_ms=mm_ms, attention_floor_ms=attn_ms,
                            weight_params=params, bandwidth_Bps=bandwidth, matmul_flops=rate, **stamp, exact=exact,
+                           pdl=launch_options(device)["PDL"] if exact else None,
                            linear_chunk=args.linear_chunk if exact else None)
                 try:
                     if setup_error:

@@ -98,6 +98,11 @@
 #                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
 #                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
+# pdl-ab           issue 18: the invariant kernels launched in turn (JETSPEC_PDL=0), with programmatic dependent launch (1),
+#                  and with it and the projections' weights prefetched before the wait (2, the default on Hopper), PDL_AB_MODES
+#                  ("0 1 2") in turn, PDL_AB_TIMES (1) times, one call: kernel_breakdown (SmolLM2, graphed, 1/16/64 nodes), round_cost
+#                  (Qwen3-8B, 1k/16k, 1/64/256 nodes), host_profile --speed-only (SmolLM2 shape, random weights: plain and
+#                  PDL_AB_PIPELINES) -> $OUT/{kernel_breakdown,round_cost,speed}_pdl.jsonl, $OUT/pdl_ab.log
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
 #                  EXACT_RESUME=1 goes on from the last call on the same warm machine (same EXACT_SHARDS)
@@ -354,8 +359,8 @@ for step in "$@"; do
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"  # --compare exits 1 when the outputs differ
       done ;;
     exact-tests)
-      timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_exact_gpu.py tests/targets/test_cuda_graphs.py \
-        tests/kernel_tests/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
+      timeout ${EXACT_TESTS_TIMEOUT:-400} python3 -m pytest -q -rs tests/targets/test_programmatic_launch.py tests/targets/test_exact_gpu.py \
+        tests/targets/test_cuda_graphs.py tests/kernel_tests/test_triton_tree_attention.py 2>&1 | tee $OUT/exact_tests.log | grep -v Warning | tail -15
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     cute-exact)
       timeout ${CUTE_EXACT_TIMEOUT:-300} python3 -m pytest -q -rs tests/kernel_tests/test_cute_attention.py -k invariant 2>&1 | tee $OUT/cute_exact_tests.log | grep -v Warning | tail -8
@@ -431,6 +436,21 @@ for step in "$@"; do
           [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
           (cd $dir && PYTHONPATH=/tmp/site:$dir:$OLDPWD timeout 120 python3 -m bench.graph_launch --reps 100 \
             --out $OUT/graph_launch_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/host_ab_$side.log)
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+        done
+      done ;;
+    pdl-ab)
+      for i in $(seq ${PDL_AB_TIMES:-1}); do
+        for pdl in ${PDL_AB_MODES:-0 1 2}; do
+          echo "-- JETSPEC_PDL=$pdl (pass $i)" | tee -a $OUT/pdl_ab.log
+          JETSPEC_PDL=$pdl timeout 120 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 --context 512 \
+            --out $OUT/kernel_breakdown_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "exact=\|=>"
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          JETSPEC_PDL=$pdl timeout 150 python3 bench/round_cost.py --exact on --contexts 1024 16384 --trees 1 64 256 --reps 20 \
+            --out $OUT/round_cost_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep -E "^ +[0-9]+ +[0-9]+ "
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          JETSPEC_PDL=$pdl timeout 150 python3 -m bench.host_profile --pipelines plain ${PDL_AB_PIPELINES:-ngram@32 jetspec@32} --speed-only 3 \
+            --out $OUT/speed_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "^=="
           [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
         done
       done ;;

@@ -30,7 +30,46 @@ import torch
 import triton
 import triton.language as tl
 
-LAUNCH = {"enable_fp_fusion": False}  # launch options of every invariant kernel
+LAUNCH = {"enable_fp_fusion": False}  # compile options of every invariant kernel
+
+
+_LAUNCH_ON: dict[tuple[str, int | None], dict] = {}
+
+
+def launch_options(device: torch.device) -> dict:
+    """The launch keywords of every invariant kernel on `device`: LAUNCH, and programmatic dependent
+    launch (PDL) where the GPU has it (Hopper and later, outside the interpreter). The kernels'
+    constexpr PDL: 0 off, 1 wait for the previous kernel first, 2 (the default) as 1, and a projection
+    first prefetches its weights' first lines into L2 — read-only data, so before the wait.
+    `JETSPEC_PDL=0` / `1` choose the others, for A/B runs and for ruling PDL out when a kernel misbehaves.
+
+    With PDL a kernel's programs may be scheduled while the kernel before it on the stream still
+    runs: its launch and prologue overlap the other's tail instead of following it. Each kernel
+    then begins with `after_previous_kernel(PDL)`, which waits until the previous kernel has
+    finished and its writes are visible (griddepcontrol.wait), so nothing a kernel computes can
+    change: the same instructions read the same bytes, in the same order."""
+    key = (device.type, device.index)
+    opts = _LAUNCH_ON.get(key)
+    if opts is None:
+        mode = os.environ.get("JETSPEC_PDL", "2")
+        if mode not in ("0", "1", "2"):
+            raise ValueError(f"JETSPEC_PDL={mode!r}: allowed are 0 (off), 1 (wait only), 2 (wait, weights prefetched first)")
+        hopper = device.type == "cuda" and not interpreted() and torch.cuda.get_device_capability(device) >= (9, 0)
+        pdl = int(mode) if hopper else 0
+        _LAUNCH_ON[key] = opts = dict(LAUNCH, launch_pdl=pdl > 0, PDL=pdl)
+    return opts
+
+
+@triton.jit
+def after_previous_kernel(PDL: tl.constexpr):
+    """A PDL-launched kernel's first statement (`launch_options`): wait until the kernel before it
+    on the stream has finished and its writes are visible, then let the next one start launching.
+    No load or store may come before it: the previous kernel may still be writing (or reading) the
+    same buffers. Every program signals, so the next kernel's programs arrive once this kernel's
+    last wave is resident, never taking SM slots its earlier programs wait for."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import LAUNCH, arrival_counters, interpreted
+from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options
 from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
                                      _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
@@ -74,10 +74,11 @@ def _invariant_attention_fwd(
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr,
-    FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr,
+    FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr, PDL: tl.constexpr,
 ):
     """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
     blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all."""
+    after_previous_kernel(PDL)
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
     prefix_len = tl.load(PREFIX + seq)  # T_s, from memory: a captured graph serves any T
@@ -123,13 +124,14 @@ def _invariant_prefix_fwd(
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, PACKED: tl.constexpr,
-    BY_SUM: tl.constexpr,
+    BY_SUM: tl.constexpr, PDL: tl.constexpr,
 ):
     """Large trees, launch 1 of 2: the shared blocks in large tiles. Split s_T = b_shared // SB is
     the first with per-token blocks. PER_SPLIT: program (tile, kv head, split) — a split below s_T
     leaves its partial, s_T its running state (m, l, acc). Else program (tile, kv head, group of
     SPLIT_GROUP splits) folds its splits itself — a group below s_T's leaves its partial, s_T's group
     its fold (M, num, den) and s_T's running state. Programs past s_T do nothing."""
+    after_previous_kernel(PDL)
     tile, kvh, idx = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
     prefix_len = tl.load(PREFIX + seq)
@@ -189,13 +191,14 @@ def _invariant_tail_fwd(
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, PER_SPLIT: tl.constexpr, PACKED: tl.constexpr,
-    BY_SUM: tl.constexpr,
+    BY_SUM: tl.constexpr, PDL: tl.constexpr,
 ):
     """Large trees, launch 2 of 2, program (small tile, kv head): fold what launch 1 left (split
     partials, or group partials and s_T's group fold), resume s_T from its state, run the per-token
     blocks of every split the tile reaches (a dot per four tokens of the tile per block: small tiles),
     folding splits into groups and groups into the total at every SPLIT_GROUP-th split. Row by row
     the arithmetic of `_invariant_attention_fwd` + `_merge_splits`."""
+    after_previous_kernel(PDL)
     tile, kvh = tl.program_id(0), tl.program_id(1)
     row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
     prefix_len = tl.load(PREFIX + seq)
@@ -311,6 +314,7 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
     hkv = k_rows.shape[1]
     group = hq // hkv
     out = torch.empty_like(q)  # [N, Hq, D]
+    launch = launch_options(q.device)
     stages = stages or (5 if block_m >= 128 else 3)  # deep pipelines pay at 128-row tiles (large trees)
     num_splits = triton.cdiv(triton.cdiv(capacity, BLOCK_N), split_blocks)
     num_groups = triton.cdiv(num_splits, SPLIT_GROUP)
@@ -329,11 +333,11 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
             q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
             counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0),
             out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages,
-            **consts, **LAUNCH)
+            **consts, **launch)
         if split and not fused:  # a row's merge reads its own partials only: tiles of the packed rows in order
             _merge_kernel[(triton.cdiv(n * group, block_m), hkv)](
                 o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=d,
-                BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **LAUNCH)
+                BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **launch)
         return out
     if per_split < 0:  # a program per group when that still fills the GPU
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
@@ -346,11 +350,11 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
     states = (m_state, l_state, acc_state, f_m, f_num, f_den)
     _invariant_prefix_fwd[(tiles[0], hkv, parts)](
         q, k_rows, v_rows, slots, positions, prefix, o_part, lse_part, *states, table, n, scale * LOG2E, *strides,
-        BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts, **LAUNCH)
+        BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts, **launch)
     _invariant_tail_fwd[(tiles[1], hkv)](
         q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part, *states, tail_table, n,
         scale * LOG2E, ancestors.stride(0), *strides, out.stride(0), out.stride(1),
-        BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts, **LAUNCH)
+        BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts, **launch)
     return out
 
 

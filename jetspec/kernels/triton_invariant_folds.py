@@ -15,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..core.invariant import after_previous_kernel
 from .triton_tree_attention import NEG_BIG
 
 
@@ -112,8 +113,10 @@ def _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, num_spl
 
 @triton.jit
 def _merge_kernel(O_PART, LSE_PART, O, n_queries, num_splits, stride_on, stride_oh,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_GROUP: tl.constexpr):
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_GROUP: tl.constexpr,
+                  PDL: tl.constexpr):
     """The split merge as its own launch (when no arrival counters could be had)."""
+    after_previous_kernel(PDL)
     tile, kvh = tl.program_id(0), tl.program_id(1)
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = offs_m // GROUP

@@ -76,8 +76,21 @@ types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_rows="i32", num_head
 assert compile_for_sm90(kernels._combine_splits, types, dict(HEAD_DIM=128, BLOCK_R=32)).asm["ptx"]
 print("combine_splits: ok")
 
-# the exact (row- and position-invariant) kernels, launched with fp fusion off as the backend does
+# the exact (row- and position-invariant) kernels, launched with fp fusion off as the backend does, and with
+# programmatic dependent launch as on Hopper: each waits for the previous kernel first (griddepcontrol.wait)
 from jetspec.core.invariant import LAUNCH, block_k  # noqa: E402
+
+LAUNCH = dict(LAUNCH, launch_pdl=True)
+
+
+def waits_first(k, prefetches: bool = False) -> bool:
+    """The kernel's PTX waits for the previous grid before its first global load or store (and, where
+    `prefetches`, issues L2 prefetches before the wait)."""
+    body = k.asm["ptx"].split("griddepcontrol.wait")
+    return (len(body) > 1 and not re.search(r"\b(ld|st|atom|red)\.global", body[0])
+            and ("prefetch.global.L2" in body[0]) == prefetches)
+
+
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
 from importlib import import_module  # noqa: E402
 
@@ -92,7 +105,7 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
                     ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32", TILES="*i32")
     types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, PACKED=packed,
-                  BY_SUM=False)
+                  BY_SUM=False, PDL=True)
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
         if chain or rows <= inv.TAIL_ROWS:  # one launch
@@ -104,11 +117,12 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
             stages = 5 if kernel is inv._invariant_prefix_fwd and consts["BLOCK_M"] >= 128 else 3  # as launched
             k = compile_for_sm90(kernel, types, consts, num_warps=w, num_stages=stages, **LAUNCH)
             assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
+            assert waits_first(k), (kernel.__name__, "touches memory before waiting for the previous kernel")
     print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}{' packed' if packed else ''}: ok, "
           f"{k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
-assert compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP),
-                        num_warps=8, **LAUNCH).asm["ptx"]
+assert waits_first(compile_for_sm90(inv._merge_kernel, types, dict(GROUP=4, HEAD_DIM=128, BLOCK_M=128, SPLIT_GROUP=inv.SPLIT_GROUP,
+                                                                   PDL=True), num_warps=8, **LAUNCH))
 # the plain form (q/k/v, logits), the residual epilogue (o_proj, down_proj), the swiglu form (gate/up); with the
 # norm prologue where the decoder launches them so (q/k/v, gate/up, logits), at Qwen3-8B and SmolLM2-135M shapes
 for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True), ("bf16", "bf16", 6144, 4096, "plain", False),
@@ -126,13 +140,14 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False)
+                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False, PDL=2)
         k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
         assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
+        assert waits_first(k, prefetches=True), (n, k_, m, form, "touches memory before waiting for the previous kernel")
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "
           f"{k.metadata.shared} B shared at M=256")
-compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32", stride_x="i32",
-                 stride_y="i32"), dict(BLOCK_K=block_k(4096)), **LAUNCH)
+assert waits_first(compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32",
+                   stride_x="i32", stride_y="i32"), dict(BLOCK_K=block_k(4096), PDL=True), **LAUNCH))
 print("invariant_rmsnorm: ok")
 # per_row: a packed batch's tokens, each written to its own sequence's pool row
 for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, True, False), ("fp32", 6, 2, 24, True, True, False),
@@ -141,8 +156,8 @@ for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, Tr
                  K_ROWS=f"*{dtype}", V_ROWS=f"*{dtype}", SLOTS="*i32", PREFIX="*i32", eps="fp32", stride_qkv="i32",
                  stride_cos="i32", stride_q="i32", stride_row="i32", Hq="i32", Hkv="i32", D="i32")
     consts = dict(BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
-                  BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots, PER_ROW=per_row)
-    assert compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH).asm["ptx"]
+                  BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots, PER_ROW=per_row, PDL=True)
+    assert waits_first(compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH))
     print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots} per_row={per_row}: ok")
 # the round's small kernels (issue 18): the greedy walk per tree size class; the staged K/V move for
 # K+V through a slot map (paged gather), K+V of a dense cache with a deep path, the remap's int32 map

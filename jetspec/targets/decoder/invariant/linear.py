@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH, arrival_counters, block_k, interpreted, mm
+from ....core.invariant import after_previous_kernel, arrival_counters, block_k, interpreted, launch_options, mm
 from .rmsnorm import rms_denominator, rms_scale, sum_squares
 
 
@@ -95,11 +95,28 @@ def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stri
 
 
 @triton.jit
+def _prefetch_weights(W, offs_n, n_ok, stride_wn, N, K, k_lo, SWIGLU: tl.constexpr):
+    """L2 prefetches of W's rows offs_n (and their up half with SWIGLU), columns [k_lo, k_lo + 16 lines of
+    128 bytes): one `prefetch.global.L2` per line, a hint that loads nothing into registers and changes no
+    value. Lanes past N or K prefetch W's first line instead."""
+    LINE: tl.constexpr = 1024 // W.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
+    kk = k_lo + tl.arange(0, 16) * LINE  # [16] the lines' first columns
+    ok = n_ok[:, None] & (kk < K)[None, :]  # [BLOCK_N, 16]
+    lines = tl.where(ok, W + offs_n[:, None] * stride_wn + kk[None, :], W)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1)
+    if SWIGLU:
+        lines = tl.where(ok, W + (offs_n + N)[:, None] * stride_wn + kk[None, :], W)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@triton.jit
 def _linear_kernel(
     X, W, B, R, G, Y, PART, COUNTERS, M, N, K, chunk, eps, stride_xm, stride_wn, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
     SPLIT: tl.constexpr, ACROSS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, BY_SUM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N).
     # K in SPLIT chunks of `chunk`: acc = P_0 + P_1 + ... + P_{SPLIT-1}, added in that order, P_s the chunk's
@@ -109,6 +126,9 @@ def _linear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
     m_ok, n_ok = offs_m < M, offs_n < N
+    if PDL >= 2:  # while the previous kernel finishes: this program's first weight lines into L2 (no kernel writes W)
+        _prefetch_weights(W, offs_n, n_ok, stride_wn, N, K, tl.program_id(2) * chunk if ACROSS else 0, SWIGLU)
+    after_previous_kernel(PDL)
     denominator = tl.zeros([BLOCK_M, 1], tl.float32)
     if NORM:  # G: the norm's weight [K]
         denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
@@ -268,6 +288,6 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), BY_SUM=interp,
-        num_warps=t.warps, num_stages=t.stages, **LAUNCH,
+        num_warps=t.warps, num_stages=t.stages, **launch_options(x.device),
     )
     return y.view(*lead, n)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH, block_k, pairwise_sum
+from ....core.invariant import after_previous_kernel, block_k, launch_options, pairwise_sum
 
 
 @triton.jit
@@ -58,7 +58,8 @@ def rms_scale(x, w, denominator, dtype: tl.constexpr):
 
 
 @triton.jit
-def _rmsnorm_kernel(X, W, Y, H, eps, stride_x, stride_y, BLOCK_K: tl.constexpr):
+def _rmsnorm_kernel(X, W, Y, H, eps, stride_x, stride_y, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    after_previous_kernel(PDL)
     row = tl.program_id(0) + tl.zeros([1], tl.int32)  # [1]: one program per row
     denominator = rms_denominator(sum_squares(X, row, row >= 0, stride_x, H, 1, BLOCK_K), H, eps)  # [1, 1]
     for k0 in range(0, H, BLOCK_K):
@@ -78,5 +79,5 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)  # [rows, H]
     if x2.shape[0]:
         _rmsnorm_kernel[(x2.shape[0],)](x2, weight, y, h, eps, x2.stride(0), y.stride(0),
-                                        BLOCK_K=block_k(h), num_warps=4, **LAUNCH)
+                                        BLOCK_K=block_k(h), num_warps=4, **launch_options(x.device))
     return y.view(x.shape)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import LAUNCH
+from ....core.invariant import after_previous_kernel, launch_options
 from .rmsnorm import rms_denominator, rms_scale
 
 
@@ -55,8 +55,9 @@ def _rope_write_kernel(
     QKV, COS, SIN, QW, KW, Q, K_ROWS, V_ROWS, SLOTS, PREFIX, eps,
     stride_qkv, stride_cos, stride_q, stride_row, Hq, Hkv, D,
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_D: tl.constexpr,
-    QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr, PER_ROW: tl.constexpr,
+    QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr, PER_ROW: tl.constexpr, PDL: tl.constexpr,
 ):
+    after_previous_kernel(PDL)
     tok = tl.program_id(0)  # one program per token: all its heads
     offs = tl.arange(0, BLOCK_D)[None, :]
     d_ok = offs < D
@@ -111,6 +112,6 @@ def rope_write(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.
             qkv.stride(0), cos.stride(0), q.stride(0), k_rows.stride(0), num_heads, num_kv_heads, d,
             BLOCK_HQ=triton.next_power_of_2(num_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
             BLOCK_D=triton.next_power_of_2(d), QK_NORM=q_norm is not None, HAS_SLOTS=has_slots,
-            PER_ROW=per_row, num_warps=4, **LAUNCH,
+            PER_ROW=per_row, num_warps=4, **launch_options(qkv.device),
         )
     return q

@@ -90,3 +90,20 @@ def test_host_profile_rows_split_each_round_into_host_phases_runtime_calls_and_p
         assert r["python"].count(".") == 2  # the interpreter's version, beside the functions
         assert (r["dtype"], r["exact"]) == ("float32", False)  # the CPU dry run: torch attention, free order
     assert rows[0]["rounds"] == 12 and rows[1]["rounds"] < 12  # plain: one token a round; n-gram drafts on the repeats
+
+
+def test_host_profile_speed_only_times_n_generates_per_pipeline_without_profiling(tmp_path):
+    """--speed-only N: the A/B form (h200.sh pdl-ab) — N timed generates after the warm-up, no profiles, one
+    row per pipeline with every run's tok/s and their median, and the PDL mode the kernels ran in."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.host_profile", "--pipelines", "plain", "ngram@8", "--new", "12", "--speed-only", "3",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["kind"], r["pipeline"]) for r in rows] == [("speed", "plain"), ("speed", "ngram@8")]
+    for r in rows:
+        assert len(r["tokens_per_s"]) == 3 and r["median_tokens_per_s"] == sorted(r["tokens_per_s"])[1] > 0
+        assert r["pdl"] is None and "operators" not in r  # the CPU: no PDL; nothing profiled
+    assert "== plain: tok/s" in proc.stdout

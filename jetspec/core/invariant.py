@@ -34,14 +34,15 @@ LAUNCH = {"enable_fp_fusion": False}  # compile options of every invariant kerne
 
 
 _LAUNCH_ON: dict[tuple[str, int | None], dict] = {}
+PDL_DEFAULT = "0"  # off until the GPU tests and the A/B of `h200.sh pdl-ab` have run (bench/RESULTS.md)
 
 
 def launch_options(device: torch.device) -> dict:
     """The launch keywords of every invariant kernel on `device`: LAUNCH, and programmatic dependent
     launch (PDL) where the GPU has it (Hopper and later, outside the interpreter). The kernels'
-    constexpr PDL: 0 off, 1 wait for the previous kernel first, 2 (the default) as 1, and a projection
-    first prefetches its weights' first lines into L2 — read-only data, so before the wait.
-    `JETSPEC_PDL=0` / `1` choose the others, for A/B runs and for ruling PDL out when a kernel misbehaves.
+    constexpr PDL: 0 off, 1 wait for the previous kernel first, 2 as 1, and a projection first
+    prefetches its weights' first lines into L2 — read-only data, so before the wait. `JETSPEC_PDL`
+    chooses the mode (default PDL_DEFAULT), for A/B runs and for ruling PDL out when a kernel misbehaves.
 
     With PDL a kernel's programs may be scheduled while the kernel before it on the stream still
     runs: its launch and prologue overlap the other's tail instead of following it. Each kernel
@@ -51,7 +52,7 @@ def launch_options(device: torch.device) -> dict:
     key = (device.type, device.index)
     opts = _LAUNCH_ON.get(key)
     if opts is None:
-        mode = os.environ.get("JETSPEC_PDL", "2")
+        mode = os.environ.get("JETSPEC_PDL", PDL_DEFAULT)
         if mode not in ("0", "1", "2"):
             raise ValueError(f"JETSPEC_PDL={mode!r}: allowed are 0 (off), 1 (wait only), 2 (wait, weights prefetched first)")
         hopper = device.type == "cuda" and not interpreted() and torch.cuda.get_device_capability(device) >= (9, 0)

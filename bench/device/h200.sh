@@ -99,7 +99,7 @@
 #                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
 # pdl-ab           issue 18: the invariant kernels launched in turn (JETSPEC_PDL=0), with programmatic dependent launch (1),
-#                  and with it and the projections' weights prefetched before the wait (2, the default on Hopper), PDL_AB_MODES
+#                  and with it and the projections' weights prefetched before the wait (2), PDL_AB_MODES
 #                  ("0 1 2") in turn, PDL_AB_TIMES (1) times, one call: kernel_breakdown (SmolLM2, graphed, 1/16/64 nodes), round_cost
 #                  (Qwen3-8B, PDL_AB_ROUND_COST: "--contexts 1024 16384 --trees 1 64 256"), host_profile --speed-only (SmolLM2 shape, random weights: plain and
 #                  PDL_AB_PIPELINES) -> $OUT/{kernel_breakdown,round_cost,speed}_pdl.jsonl, $OUT/pdl_ab.log

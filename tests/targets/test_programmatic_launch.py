@@ -1,7 +1,7 @@
-"""Programmatic dependent launch (`core/invariant.launch_options`): on Hopper and later every invariant
-kernel may be scheduled while the kernel before it still runs, and waits for it before touching memory.
-It must change no bit — eager, under CUDA graphs, one token or a tree — and it is on only where the GPU
-has it (never in Triton's interpreter, never before sm_90, not with JETSPEC_PDL=0).
+"""Programmatic dependent launch (`core/invariant.launch_options`, JETSPEC_PDL=1 or 2): on Hopper and later
+every invariant kernel may be scheduled while the kernel before it still runs, and waits for it before touching
+memory. It must change no bit — eager, under CUDA graphs, one token or a tree — and it is on only where the GPU
+has it (never in Triton's interpreter, never before sm_90) and asked for (PDL_DEFAULT otherwise).
 The PTX side (each kernel waits before its first global load or store) is checked without a GPU by
 tests/kernel_tests/aot_sm90.py."""
 

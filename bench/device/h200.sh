@@ -102,7 +102,7 @@
 #                  and with it and the projections' weights prefetched before the wait (2), PDL_AB_MODES
 #                  ("0 1 2") in turn, PDL_AB_TIMES (1) times, one call: kernel_breakdown (SmolLM2, graphed, 1/16/64 nodes), round_cost
 #                  (Qwen3-8B, PDL_AB_ROUND_COST: "--contexts 1024 16384 --trees 1 64 256"), host_profile --speed-only (SmolLM2 shape, random weights: plain and
-#                  PDL_AB_PIPELINES) -> $OUT/{kernel_breakdown,round_cost,speed}_pdl.jsonl, $OUT/pdl_ab.log
+#                  PDL_AB_PIPELINES); PDL_AB_PARTS ("breakdown round-cost speed") -> $OUT/{kernel_breakdown,round_cost,speed}_pdl.jsonl, $OUT/pdl_ab.log
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
 # exact-bench      smollm2_h200_exact.toml (50 prompts per set) in EXACT_SHARDS processes -> $OUT/smollm2_h200_exact.tar;
 #                  EXACT_RESUME=1 goes on from the last call on the same warm machine (same EXACT_SHARDS)
@@ -440,18 +440,25 @@ for step in "$@"; do
         done
       done ;;
     pdl-ab)
+      parts=" ${PDL_AB_PARTS:-breakdown round-cost speed} "
       for i in $(seq ${PDL_AB_TIMES:-1}); do
         for pdl in ${PDL_AB_MODES:-0 1 2}; do
           echo "-- JETSPEC_PDL=$pdl (pass $i)" | tee -a $OUT/pdl_ab.log
-          JETSPEC_PDL=$pdl timeout 120 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 --context 512 \
-            --out $OUT/kernel_breakdown_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "exact=\|=>"
-          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-          JETSPEC_PDL=$pdl timeout 150 python3 bench/round_cost.py --exact on ${PDL_AB_ROUND_COST:---contexts 1024 16384 --trees 1 64 256} --reps 20 \
-            --out $OUT/round_cost_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep -E "^ +[0-9]+ +[0-9]+ "
-          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-          JETSPEC_PDL=$pdl timeout 150 python3 -m bench.host_profile --pipelines plain ${PDL_AB_PIPELINES:-ngram@32 jetspec@32} --speed-only 3 \
-            --out $OUT/speed_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "^=="
-          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          if [[ $parts == *" breakdown "* ]]; then
+            JETSPEC_PDL=$pdl timeout 120 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 --context 512 \
+              --out $OUT/kernel_breakdown_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "exact=\|=>"
+            [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          fi
+          if [[ $parts == *" round-cost "* ]]; then
+            JETSPEC_PDL=$pdl timeout 150 python3 bench/round_cost.py --exact on ${PDL_AB_ROUND_COST:---contexts 1024 16384 --trees 1 64 256} --reps 20 \
+              --out $OUT/round_cost_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep -E "^ +[0-9]+ +[0-9]+ "
+            [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          fi
+          if [[ $parts == *" speed "* ]]; then
+            JETSPEC_PDL=$pdl timeout 150 python3 -m bench.host_profile --pipelines plain ${PDL_AB_PIPELINES:-ngram@32 jetspec@32} --speed-only 3 \
+              --out $OUT/speed_pdl.jsonl 2>&1 | grep -v Warning | tee -a $OUT/pdl_ab.log | grep "^=="
+            [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+          fi
         done
       done ;;
     host-profile)

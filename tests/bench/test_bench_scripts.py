@@ -71,16 +71,20 @@ def test_host_step_rows_count_launches_per_step_at_each_batch_size(tmp_path):
         assert r["launches_per_step"] >= 2 * 3  # per layer: the projections, rope_write and attention
 
 
+def host_profile(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """bench/host_profile.py on the CPU (plain and ngram@8, 12 new tokens, `flags` more) -> (its process, its rows)."""
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.host_profile", "--pipelines", "plain", "ngram@8", "--new", "12", *flags, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, [json.loads(line) for line in out.read_text().splitlines()]
+
+
 def test_host_profile_rows_split_each_round_into_host_phases_runtime_calls_and_python(tmp_path):
     """bench/host_profile.py: one row per pipeline with the phases per round (host = every phase but the
     wait), the profiled operators and Python functions, and the command, machine and date RESULTS.md cites."""
-    out = tmp_path / "rows.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.host_profile", "--pipelines", "plain", "ngram@8", "--new", "12", "--top", "5",
-           "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    _, rows = host_profile(tmp_path, "--top", "5")
     assert [r["pipeline"] for r in rows] == ["plain", "ngram@8"]
     for r in rows:
         us = r["us_per_round"]
@@ -95,13 +99,7 @@ def test_host_profile_rows_split_each_round_into_host_phases_runtime_calls_and_p
 def test_host_profile_speed_only_times_n_generates_per_pipeline_without_profiling(tmp_path):
     """--speed-only N: the A/B form (h200.sh pdl-ab) — N timed generates after the warm-up, no profiles, one
     row per pipeline with every run's tok/s and their median, and the PDL mode the kernels ran in."""
-    out = tmp_path / "rows.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.host_profile", "--pipelines", "plain", "ngram@8", "--new", "12", "--speed-only", "3",
-           "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    proc, rows = host_profile(tmp_path, "--speed-only", "3")
     assert [(r["kind"], r["pipeline"]) for r in rows] == [("speed", "plain"), ("speed", "ngram@8")]
     for r in rows:
         assert len(r["tokens_per_s"]) == 3 and r["median_tokens_per_s"] == sorted(r["tokens_per_s"])[1] > 0

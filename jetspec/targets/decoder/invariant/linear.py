@@ -95,19 +95,23 @@ def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stri
 
 
 @triton.jit
+def _prefetch_rows(W, rows, stride_wn, kk, ok):
+    """`prefetch.global.L2` of W[rows, kk] where ok, else of W's first line: a hint that loads nothing into
+    registers and changes no value."""
+    lines = tl.where(ok, W + rows[:, None] * stride_wn + kk[None, :], W)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _prefetch_weights(W, offs_n, n_ok, stride_wn, N, K, k_lo, SWIGLU: tl.constexpr):
     """L2 prefetches of W's rows offs_n (and their up half with SWIGLU), columns [k_lo, k_lo + 16 lines of
-    128 bytes): one `prefetch.global.L2` per line, a hint that loads nothing into registers and changes no
-    value. Lanes past N or K prefetch W's first line instead."""
+    128 bytes), one per line. Lanes past N or K prefetch W's first line instead."""
     LINE: tl.constexpr = 1024 // W.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
     kk = k_lo + tl.arange(0, 16) * LINE  # [16] the lines' first columns
     ok = n_ok[:, None] & (kk < K)[None, :]  # [BLOCK_N, 16]
-    lines = tl.where(ok, W + offs_n[:, None] * stride_wn + kk[None, :], W)
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1)
+    _prefetch_rows(W, offs_n, stride_wn, kk, ok)
     if SWIGLU:
-        lines = tl.where(ok, W + (offs_n + N)[:, None] * stride_wn + kk[None, :], W)
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False,
-                                  pack=1)
+        _prefetch_rows(W, offs_n + N, stride_wn, kk, ok)
 
 
 @triton.jit

@@ -98,7 +98,7 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
             xin.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
             HAS_BIAS=False, RESIDUAL=r is not None, SWIGLU=p.form == "swiglu", NORM=norm, SPLIT=split, ACROSS=across,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NORM_K=block_k_of(p.k), BY_SUM=False,
-            num_warps=warps, num_stages=stages, **launch_options(x.device))
+            num_warps=warps, num_stages=stages, **launch_options(x.device, grid[0] * grid[1] * (split if across else 1)))
         return y
 
     return run

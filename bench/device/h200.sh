@@ -98,9 +98,8 @@
 #                  the graphed forward's call, its replay alone / after another bucket / behind a busy GPU), SmolLM2 shape,
 #                  1-48 nodes -> $OUT/graph_launch.{jsonl,log}; needs no `model`
 # round-cost-exact bench/round_cost.py with exact off and on, one process -> $OUT/round_cost.jsonl
-# pdl-ab           issue 18: the invariant kernels launched in turn (JETSPEC_PDL=0), with programmatic dependent launch (1),
-#                  and with it and the projections' weights prefetched before the wait (2), PDL_AB_MODES
-#                  ("0 1 2") in turn, PDL_AB_TIMES (1) times, one call: kernel_breakdown (SmolLM2, graphed, 1/16/64 nodes), round_cost
+# pdl-ab           issue 18: the invariant kernels launched in turn (JETSPEC_PDL=0) and with programmatic dependent launch
+#                  (1), PDL_AB_MODES ("0 1") in turn, PDL_AB_TIMES (1) times, one call: kernel_breakdown (SmolLM2, graphed, 1/16/64 nodes), round_cost
 #                  (Qwen3-8B, PDL_AB_ROUND_COST: "--contexts 1024 16384 --trees 1 64 256"), host_profile --speed-only (SmolLM2 shape, random weights: plain and
 #                  PDL_AB_PIPELINES); PDL_AB_PARTS ("breakdown round-cost speed") -> $OUT/{kernel_breakdown,round_cost,speed}_pdl.jsonl, $OUT/pdl_ab.log
 # exact-e2e        SmolLM2 speculative vs plain through triton (exact) and cute (near-ties) (needs `model`)
@@ -442,7 +441,7 @@ for step in "$@"; do
     pdl-ab)
       parts=" ${PDL_AB_PARTS:-breakdown round-cost speed} "
       for i in $(seq ${PDL_AB_TIMES:-1}); do
-        for pdl in ${PDL_AB_MODES:-0 1 2}; do
+        for pdl in ${PDL_AB_MODES:-0 1}; do
           echo "-- JETSPEC_PDL=$pdl (pass $i)" | tee -a $OUT/pdl_ab.log
           if [[ $parts == *" breakdown "* ]]; then
             JETSPEC_PDL=$pdl timeout 120 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 --context 512 \

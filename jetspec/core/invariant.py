@@ -33,41 +33,46 @@ import triton.language as tl
 LAUNCH = {"enable_fp_fusion": False}  # compile options of every invariant kernel
 
 
-_LAUNCH_ON: dict[tuple[str, int | None], dict] = {}
-PDL_DEFAULT = "0"  # off until the GPU tests and the A/B of `h200.sh pdl-ab` have run (bench/RESULTS.md)
+_LAUNCH_ON: dict[tuple[str, int | None], tuple[dict, dict, int]] = {}  # device -> (in turn, early, SMs)
+PDL_DEFAULT = "1"
 
 
-def launch_options(device: torch.device) -> dict:
-    """The launch keywords of every invariant kernel on `device`: LAUNCH, and programmatic dependent
-    launch (PDL) where the GPU has it (Hopper and later, outside the interpreter). The kernels'
-    constexpr PDL: 0 off, 1 wait for the previous kernel first, 2 as 1, and a projection first
-    prefetches its weights' first lines into L2 — read-only data, so before the wait. `JETSPEC_PDL`
-    chooses the mode (default PDL_DEFAULT), for A/B runs and for ruling PDL out when a kernel misbehaves.
+def launch_options(device: torch.device, programs: int = 0) -> dict:
+    """The launch keywords of an invariant kernel of `programs` programs on `device`: LAUNCH, the
+    constexpr PDL, and whether it may be launched early (programmatic dependent launch, PDL).
 
-    With PDL a kernel's programs may be scheduled while the kernel before it on the stream still
-    runs: its launch and prologue overlap the other's tail instead of following it. Each kernel
-    then begins with `after_previous_kernel(PDL)`, which waits until the previous kernel has
-    finished and its writes are visible (griddepcontrol.wait), so nothing a kernel computes can
-    change: the same instructions read the same bytes, in the same order."""
+    PDL = 1 where the GPU has it (Hopper and later, outside the interpreter) and `JETSPEC_PDL`
+    (default PDL_DEFAULT) does not say 0: every kernel then begins with `after_previous_kernel`,
+    which waits until the kernel before it on the stream has finished and its writes are visible
+    (griddepcontrol.wait), then lets the next one launch. A kernel launched early (`launch_pdl`)
+    has its programs scheduled while the previous kernel still runs: its launch and prologue
+    overlap that kernel's tail instead of following it. Nothing a kernel computes can change: the
+    same instructions read the same bytes, in the same order.
+
+    Only a grid of at most one program per SM is launched early. Early programs are placed on the
+    SMs while the previous kernel still holds them; a projection of a few hundred programs (the 8B
+    shape at one token) placed so ran slower than launched in turn (bench/RESULTS.md, 2026-12-06).
+    Launched in turn, its wait returns at once."""
     key = (device.type, device.index)
-    opts = _LAUNCH_ON.get(key)
-    if opts is None:
+    entry = _LAUNCH_ON.get(key)
+    if entry is None:
         mode = os.environ.get("JETSPEC_PDL", PDL_DEFAULT)
-        if mode not in ("0", "1", "2"):
-            raise ValueError(f"JETSPEC_PDL={mode!r}: allowed are 0 (off), 1 (wait only), 2 (wait, weights prefetched first)")
+        if mode not in ("0", "1"):
+            raise ValueError(f"JETSPEC_PDL={mode!r}: allowed are 0 (off) and 1 (small grids launched early)")
         hopper = device.type == "cuda" and not interpreted() and torch.cuda.get_device_capability(device) >= (9, 0)
         pdl = int(mode) if hopper else 0
-        _LAUNCH_ON[key] = opts = dict(LAUNCH, launch_pdl=pdl > 0, PDL=pdl)
-    return opts
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if pdl else 0
+        entry = _LAUNCH_ON[key] = (dict(LAUNCH, launch_pdl=False, PDL=pdl), dict(LAUNCH, launch_pdl=pdl > 0, PDL=pdl), sms)
+    in_turn, early, sms = entry
+    return early if programs <= sms else in_turn
 
 
 @triton.jit
 def after_previous_kernel(PDL: tl.constexpr):
-    """A PDL-launched kernel's first statement (`launch_options`): wait until the kernel before it
+    """An invariant kernel's first statement (`launch_options`): wait until the kernel before it
     on the stream has finished and its writes are visible, then let the next one start launching.
     No load or store may come before it: the previous kernel may still be writing (or reading) the
-    same buffers. Every program signals, so the next kernel's programs arrive once this kernel's
-    last wave is resident, never taking SM slots its earlier programs wait for."""
+    same buffers."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

@@ -46,6 +46,8 @@ sequence is a chain or fits one TAIL_ROWS tile, else two.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -314,7 +316,7 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
     hkv = k_rows.shape[1]
     group = hq // hkv
     out = torch.empty_like(q)  # [N, Hq, D]
-    launch = launch_options(q.device)
+    device = q.device
     stages = stages or (5 if block_m >= 128 else 3)  # deep pipelines pay at 128-row tiles (large trees)
     num_splits = triton.cdiv(triton.cdiv(capacity, BLOCK_N), split_blocks)
     num_groups = triton.cdiv(num_splits, SPLIT_GROUP)
@@ -329,15 +331,17 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
         lse_part = torch.empty(num_splits, n, hq, **f32) if split else out  # [S, N, Hq]
         counters = arrival_counters(q.device, tiles[0] * hkv) if split else None
         fused = counters is not None
-        _invariant_attention_fwd[(tiles[0], hkv, num_splits)](
+        grid = (tiles[0], hkv, num_splits)
+        _invariant_attention_fwd[grid](
             q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
             counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0),
             out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages,
-            **consts, **launch)
+            **consts, **launch_options(device, math.prod(grid)))
         if split and not fused:  # a row's merge reads its own partials only: tiles of the packed rows in order
-            _merge_kernel[(triton.cdiv(n * group, block_m), hkv)](
+            grid = (triton.cdiv(n * group, block_m), hkv)
+            _merge_kernel[grid](
                 o_part, lse_part, out, n, num_splits, out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=d,
-                BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **launch)
+                BLOCK_M=block_m, SPLIT_GROUP=SPLIT_GROUP, num_warps=warps, **launch_options(device, math.prod(grid)))
         return out
     if per_split < 0:  # a program per group when that still fills the GPU
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
@@ -348,13 +352,17 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
     m_state, l_state, f_m, f_den = (torch.empty(n, hq, **f32) for _ in range(4))  # [N, Hq] each
     acc_state, f_num = (torch.empty(n, hq, d, **f32) for _ in range(2))  # [N, Hq, D] each
     states = (m_state, l_state, acc_state, f_m, f_num, f_den)
-    _invariant_prefix_fwd[(tiles[0], hkv, parts)](
+    grid = (tiles[0], hkv, parts)
+    _invariant_prefix_fwd[grid](
         q, k_rows, v_rows, slots, positions, prefix, o_part, lse_part, *states, table, n, scale * LOG2E, *strides,
-        BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts, **launch)
-    _invariant_tail_fwd[(tiles[1], hkv)](
+        BLOCK_M=block_m, PER_SPLIT=bool(per_split), num_warps=warps, num_stages=stages, **consts,
+        **launch_options(device, math.prod(grid)))
+    grid = (tiles[1], hkv)
+    _invariant_tail_fwd[grid](
         q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part, *states, tail_table, n,
         scale * LOG2E, ancestors.stride(0), *strides, out.stride(0), out.stride(1),
-        BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts, **launch)
+        BLOCK_M=TAIL_ROWS, PER_SPLIT=bool(per_split), num_warps=4, num_stages=3, **consts,
+        **launch_options(device, math.prod(grid)))
     return out
 
 

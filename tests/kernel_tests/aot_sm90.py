@@ -83,12 +83,10 @@ from jetspec.core.invariant import LAUNCH, block_k  # noqa: E402
 LAUNCH = dict(LAUNCH, launch_pdl=True)
 
 
-def waits_first(k, prefetches: bool = False) -> bool:
-    """The kernel's PTX waits for the previous grid before its first global load or store (and, where
-    `prefetches`, issues L2 prefetches before the wait)."""
+def waits_first(k) -> bool:
+    """The kernel's PTX waits for the previous grid before its first global load, store or prefetch."""
     body = k.asm["ptx"].split("griddepcontrol.wait")
-    return (len(body) > 1 and not re.search(r"\b(ld|st|atom|red)\.global", body[0])
-            and ("prefetch.global.L2" in body[0]) == prefetches)
+    return len(body) > 1 and not re.search(r"\b(ld|st|atom|red|prefetch)\.global", body[0])
 
 
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
@@ -140,10 +138,10 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False, PDL=2)
+                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False, PDL=True)
         k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
         assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
-        assert waits_first(k, prefetches=True), (n, k_, m, form, "touches memory before waiting for the previous kernel")
+        assert waits_first(k), (n, k_, m, form, "touches memory before waiting for the previous kernel")
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "
           f"{k.metadata.shared} B shared at M=256")
 assert waits_first(compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32",

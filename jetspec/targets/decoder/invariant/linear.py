@@ -41,6 +41,7 @@ a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,26 +96,6 @@ def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stri
 
 
 @triton.jit
-def _prefetch_rows(W, rows, stride_wn, kk, ok):
-    """`prefetch.global.L2` of W[rows, kk] where ok, else of W's first line: a hint that loads nothing into
-    registers and changes no value."""
-    lines = tl.where(ok, W + rows[:, None] * stride_wn + kk[None, :], W)
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_weights(W, offs_n, n_ok, stride_wn, N, K, k_lo, SWIGLU: tl.constexpr):
-    """L2 prefetches of W's rows offs_n (and their up half with SWIGLU), columns [k_lo, k_lo + 16 lines of
-    128 bytes), one per line. Lanes past N or K prefetch W's first line instead."""
-    LINE: tl.constexpr = 1024 // W.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
-    kk = k_lo + tl.arange(0, 16) * LINE  # [16] the lines' first columns
-    ok = n_ok[:, None] & (kk < K)[None, :]  # [BLOCK_N, 16]
-    _prefetch_rows(W, offs_n, stride_wn, kk, ok)
-    if SWIGLU:
-        _prefetch_rows(W, offs_n + N, stride_wn, kk, ok)
-
-
-@triton.jit
 def _linear_kernel(
     X, W, B, R, G, Y, PART, COUNTERS, M, N, K, chunk, eps, stride_xm, stride_wn, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
@@ -130,8 +111,6 @@ def _linear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
     m_ok, n_ok = offs_m < M, offs_n < N
-    if PDL >= 2:  # while the previous kernel finishes: this program's first weight lines into L2 (no kernel writes W)
-        _prefetch_weights(W, offs_n, n_ok, stride_wn, N, K, tl.program_id(2) * chunk if ACROSS else 0, SWIGLU)
     after_previous_kernel(PDL)
     denominator = tl.zeros([BLOCK_M, 1], tl.float32)
     if NORM:  # G: the norm's weight [K]
@@ -282,16 +261,16 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
             r = r.contiguous()
     interp = interpreted()
     t, split, counters = chunk_plan(m, n, k, chunk, _tiles(m, n, k, swiglu, interp), x.device)
-    grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n))
     across = counters is not None
+    grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n)) + ((split,) if across else ())
     part = torch.empty(split, 2, m, n, dtype=torch.float32, device=x.device) if across else y  # [S, 2, M, N] P_s (and its up half)
     norm_weight, eps = norm if norm is not None else (w, 0.0)
-    _linear_kernel[grid + ((split,) if across else ())](
+    _linear_kernel[grid](
         x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, part,
         counters if across else y, m, n, k, k // split, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), BY_SUM=interp,
-        num_warps=t.warps, num_stages=t.stages, **launch_options(x.device),
+        num_warps=t.warps, num_stages=t.stages, **launch_options(x.device, math.prod(grid)),
     )
     return y.view(*lead, n)

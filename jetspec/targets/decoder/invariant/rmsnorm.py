@@ -79,5 +79,5 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)  # [rows, H]
     if x2.shape[0]:
         _rmsnorm_kernel[(x2.shape[0],)](x2, weight, y, h, eps, x2.stride(0), y.stride(0),
-                                        BLOCK_K=block_k(h), num_warps=4, **launch_options(x.device))
+                                        BLOCK_K=block_k(h), num_warps=4, **launch_options(x.device, x2.shape[0]))
     return y.view(x.shape)

@@ -112,6 +112,6 @@ def rope_write(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.
             qkv.stride(0), cos.stride(0), q.stride(0), k_rows.stride(0), num_heads, num_kv_heads, d,
             BLOCK_HQ=triton.next_power_of_2(num_heads), BLOCK_HKV=triton.next_power_of_2(num_kv_heads),
             BLOCK_D=triton.next_power_of_2(d), QK_NORM=q_norm is not None, HAS_SLOTS=has_slots,
-            PER_ROW=per_row, num_warps=4, **launch_options(qkv.device),
+            PER_ROW=per_row, num_warps=4, **launch_options(qkv.device, n),
         )
     return q

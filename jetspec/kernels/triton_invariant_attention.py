@@ -104,17 +104,23 @@ def _invariant_attention_fwd(
                                      tl.maximum(b_lo, b_shared), b_hi, prefix_len, qk_scale, stride_anc,
                                      stride_kr, stride_vr, HEAD_DIM, BLOCK_M, BLOCK_N, BY_SUM)
     o, lse = _split_result(m_i, l_i, acc)
-    if SPLIT:
-        _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
-        if FUSED:  # the last split of this (tile, kv head) to arrive merges them all
+    if SPLIT and FUSED:
+        # The tile's rows reach splits [0, active); the grid's later splits (it is sized for the cache's capacity) are
+        # empty for each of them: they leave no partial and do not arrive, and the merge folds the first `active`
+        # (a trailing empty partial would leave the fold as it was: `_fold`).
+        active = tl.cdiv(n_blocks, SPLIT_BLOCKS)
+        if split < active:  # the last split of this (tile, kv head) to arrive merges them
+            _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
             tl.debug_barrier()
             counter = COUNTERS + tile * tl.num_programs(1) + kvh
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == tl.num_programs(2) - 1:
+            if arrived == active - 1:
                 tl.debug_barrier()
-                _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, tl.num_programs(2),
+                _merge_splits(O_PART, LSE_PART, O, tok, head, row_ok, n_queries, hq, active,
                               stride_on, stride_oh, BLOCK_M, HEAD_DIM, SPLIT_GROUP)
                 tl.atomic_xchg(counter, 0)
+    elif SPLIT:  # every split's partial, for the merge kernel
+        _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
     else:  # the only split: its fold would return o itself
         _store_out(O, o, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 

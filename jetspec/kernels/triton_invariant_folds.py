@@ -31,13 +31,16 @@ def _split_result(m_i, l_i, acc):
 def _fold(big_m, num, den, o, lse):
     """Partial (o, lse) into the running fold (M, num, den), partials taken in order:
         M' = max(M, lse),  num' = num·2^(M - M') + 2^(lse - M')·o,  den' = den·2^(M - M') + 2^(lse - M')
-    (2^(x - M') read as 0 while M' = -inf). An empty partial (0, -inf) leaves a fold with finite M
-    bit for bit as it was (factors 1 and 0)."""
+    (2^(x - M') read as 0 while M' = -inf). An empty partial (0, -inf) leaves the fold as it was,
+    selected rather than computed (num·1 + 0 would turn a -0 into +0), so folding a row's trailing
+    empty splits, however many, changes no bit: a launch may stop at the last split any row of its
+    tile reaches."""
     m_new = tl.maximum(big_m, lse)
     ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     c = tl.math.exp2(big_m - ref)
     w = tl.math.exp2(lse - ref)
-    return m_new, num * c[:, None] + w[:, None] * o, den * c + w
+    empty = lse == float("-inf")
+    return m_new, tl.where(empty[:, None], num, num * c[:, None] + w[:, None] * o), tl.where(empty, den, den * c + w)
 
 
 @triton.jit

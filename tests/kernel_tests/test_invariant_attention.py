@@ -104,12 +104,13 @@ def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_
 @given(t=st.integers(0, 300), spare=st.integers(1, 700), group=st.sampled_from([1, 3]),
        split_blocks=st.sampled_from([1, 2, 4]), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
        seed=st.integers(0, 2**16))
-def test_a_step_sees_every_key_up_to_its_own_and_its_bits_do_not_depend_on_the_caches_capacity(
+def test_a_step_sees_every_key_up_to_its_own_and_its_bits_depend_neither_on_the_caches_capacity_nor_on_the_chain_form(
         t, spare, group, split_blocks, dtype, seed):
     """The one-launch grid has a program per split of the cache's capacity C, most of them past the
     step's keys: those leave nothing and the merge folds only the splits the tile reaches. The step
     at position t must read all of keys 0..t (close to the reference softmax) and give the same bits
-    in a cache of t + 1 slots as in one with `spare` more."""
+    in a cache of t + 1 slots as in one with `spare` more — and as a chain (a CUDA graph's one-token
+    bucket), which reads its keys without the ancestor table."""
     from jetspec.kernels.triton_invariant_attention import invariant_tree_attention
 
     torch.manual_seed(seed)
@@ -122,12 +123,13 @@ def test_a_step_sees_every_key_up_to_its_own_and_its_bits_do_not_depend_on_the_c
     prefix = torch.tensor([t], dtype=torch.int32, device=DEVICE)
     anc = torch.zeros(1, 1, dtype=torch.int32, device=DEVICE)
 
-    def step(capacity: int) -> torch.Tensor:
+    def step(capacity: int, chain: bool = False) -> torch.Tensor:
         return invariant_tree_attention(q, k_rows, v_rows, slots[:capacity].contiguous(), pos, anc, prefix, 0.25,
-                                        split_blocks, False)
+                                        split_blocks, chain)
 
     tight, roomy = step(t + 1), step(rows)
     assert torch.equal(tight, roomy)
+    assert torch.equal(step(rows, chain=True), roomy)
     keys = slots[: t + 1].long()
     k, v = k_rows[keys].double(), v_rows[keys].double()  # [t+1, Hkv, D]
     scores = torch.einsum("hgd,khd->hgk", q[0].double().view(hkv, group, d), k) * 0.25  # [Hkv, G, t+1]

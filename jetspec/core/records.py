@@ -74,10 +74,12 @@ class AttentionMeta:
 
     @staticmethod
     def for_tree(tree: DraftTree, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
+        """A one-node tree (a plain step) is a chain: the invariant kernels then read no ancestor table."""
         return AttentionMeta(
             prefix_len=prefix_len,
             positions=tree.position_ids(prefix_len).to(device),
             subtree_sizes=tree.subtree_sizes.to(device),
+            chain=tree.size == 1,
         )
 
     @staticmethod

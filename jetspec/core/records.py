@@ -72,14 +72,16 @@ class AttentionMeta:
     prefix_len_t: torch.Tensor | None = None
     chain: bool = False  # the queries form a chain (prefill): query i's ancestors are 0..i
 
+    def __post_init__(self) -> None:
+        if not self.chain and self.positions.numel() == 1:  # one query (a plain step) is a chain: no ancestor table
+            object.__setattr__(self, "chain", True)
+
     @staticmethod
     def for_tree(tree: DraftTree, prefix_len: int, device: torch.device | str = "cpu") -> "AttentionMeta":
-        """A one-node tree (a plain step) is a chain: the invariant kernels then read no ancestor table."""
         return AttentionMeta(
             prefix_len=prefix_len,
             positions=tree.position_ids(prefix_len).to(device),
             subtree_sizes=tree.subtree_sizes.to(device),
-            chain=tree.size == 1,
         )
 
     @staticmethod

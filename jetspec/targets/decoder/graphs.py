@@ -127,6 +127,5 @@ class CudaGraphForward:
 
     def _bucket(self, b: int, prefix_len: int, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> TargetOutput:
         """The forward of bucket b over the static buffers (what a capture records; a replay runs none of this)."""
-        # bucket 1 only ever holds a one-token step, a chain: its attention reads no ancestor table (none is built)
-        meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix, chain=b == 1)
+        meta = AttentionMeta(prefix_len, self.positions[:b], self.sizes[:b], prefix_len_t=self.prefix)
         return eager(self.tokens[:b], meta, cache, hidden_layers)

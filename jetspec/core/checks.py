@@ -74,8 +74,8 @@ def conforms(obj: Any, protocol: type) -> bool:
 class Checked:
     """A proposal whose `children` lists are checked as a scorer reads them.
 
-    The fast path accepts a list or tuple of (int, float) pairs inside the vocabulary with one
-    generator over it, and a tuple it has accepted before (the same object: a parallel head's
+    The fast path accepts a list or tuple of (int, float) pairs inside the vocabulary in one
+    loop over it, and a tuple it has accepted before (the same object: a parallel head's
     per-depth row, offered under every path of that length) without reading it again; anything
     else (other number types, a malformed item) goes through `_strict`, which
     converts what it can and names what it cannot. Twin siblings are not looked for here (the
@@ -95,17 +95,25 @@ class Checked:
     def children(self, path: tuple[int, ...]) -> Sequence[tuple[int, float]]:
         self.paths.append(path)
         kids = self._read(path)
-        if type(kids) is tuple and self._accepted.get(id(kids)) is kids:  # immutable, checked already
+        frozen = type(kids) is tuple  # immutable all the way down if every pair is a tuple too
+        if frozen and self._accepted.get(id(kids)) is kids:  # checked already
             return kids
+        if kids is None:
+            return self._strict(path, kids, twins=False)
         vocab = self.vocab
-        try:
-            if all(type(t) is int and 0 <= t < vocab and type(lp) is float and lp == lp for t, lp in kids):
-                if type(kids) is tuple and all(type(pair) is tuple for pair in kids):  # immutable all the way down
-                    self._accepted[id(kids)] = kids
-                return kids
-        except (TypeError, ValueError):  # not pairs
-            pass
-        return self._strict(path, kids, twins=False)
+        for pair in kids:  # one pass, no generator: a scorer reads ~one row per node it adds
+            if type(pair) is not tuple:
+                if type(pair) is not list or len(pair) != 2:
+                    return self._strict(path, kids, twins=False)
+                frozen = False
+            elif len(pair) != 2:
+                return self._strict(path, kids, twins=False)
+            t, lp = pair
+            if type(t) is not int or not 0 <= t < vocab or type(lp) is not float or lp != lp:
+                return self._strict(path, kids, twins=False)
+        if frozen:
+            self._accepted[id(kids)] = kids
+        return kids
 
     def blame(self) -> None:
         """Raise the drafter's fault, if any path the scorer read was malformed."""

@@ -79,7 +79,8 @@ def _invariant_attention_fwd(
     FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr, PDL: tl.constexpr,
 ):
     """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
-    blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all."""
+    blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all — or, where
+    the tile reaches one split only (a context within one split's keys), that split stores its output itself."""
     after_previous_kernel(PDL)
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
@@ -109,7 +110,10 @@ def _invariant_attention_fwd(
         # empty for each of them: they leave no partial and do not arrive, and the merge folds the first `active`
         # (a trailing empty partial would leave the fold as it was: `_fold`).
         active = tl.cdiv(n_blocks, SPLIT_BLOCKS)
-        if split < active:  # the last split of this (tile, kv head) to arrive merges them
+        if active == 1:  # one split reached (a context within one split's keys): its fold would return o itself,
+            if split == 0:  # so it is stored as the grid of one split stores it, with no partial, arrival or merge
+                _store_out(O, o, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
+        elif split < active:  # the last split of this (tile, kv head) to arrive merges them
             _store_part(O_PART, LSE_PART, split, o, lse, tok, head, row_ok, n_queries, hq, HEAD_DIM)
             tl.debug_barrier()
             counter = COUNTERS + tile * tl.num_programs(1) + kvh

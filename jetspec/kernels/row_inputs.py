@@ -55,7 +55,7 @@ class RowKernelInputs:
             return meta.subtree_sizes, meta.prefix_len_t
         if self._meta is not meta or self._meta_tensors is None or self._meta_tensors[0].device != device:
             sizes = meta.subtree_sizes.to(device=device, dtype=torch.int32).contiguous()  # [N]
-            prefix = torch.tensor([meta.prefix_len], dtype=torch.int32).to(device)  # [1]
+            prefix = torch.full((1,), meta.prefix_len, dtype=torch.int32, device=device)  # [1]: a fill, no copy to wait for
             self._meta, self._meta_tensors = meta, (sizes, prefix)
         return self._meta_tensors
 

@@ -197,13 +197,13 @@ def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models):
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("graphs", [True, False])
 def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overlap, graphs):
-    """With CUDA graphs and acceptance on the device, a batched run (admissions and packed prefills,
-    then steps: drafts, trees, the upload, the graphed forward, the acceptance, the K/V moves,
-    commits) makes no synchronizing CUDA call outside a graph's capture — torch's sync debug mode
-    reports none: the host waits for the device only through each step's one read-back (an event).
-    A synchronizing call would make the host wait for the whole queue at every step; with `overlap`,
-    for the other half's forward, which is what the halves are there to hide. Graphed and eager
-    (the packed forward's tables made per step)."""
+    """With acceptance on the device, a batched run (admissions and packed prefills, then steps:
+    drafts, trees, the upload, the packed forward — replayed from CUDA graphs, or eager with its
+    tables made per step — the acceptance, the K/V moves, commits) makes no synchronizing CUDA call
+    outside a graph's capture — torch's sync debug mode reports none: the host waits for the device
+    only through each step's one read-back (an event). A synchronizing call would make the host wait
+    for the whole queue at every step; with `overlap`, for the other half's forward, which is what
+    the halves are there to hide."""
     import traceback
     import warnings
 

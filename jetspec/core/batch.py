@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import IncompatibleError
-from .on_device import pinned
+from .on_device import to_device
 from .interfaces import (AttentionBackend, AttentionMeta, BatchedAttention, Drafter, KVCache, RowKVCache, TargetInfo,
                          Verifier)
 
@@ -57,7 +57,7 @@ class BatchMeta:
             cu.append(cu[-1] + n)
         device = seqs[0].positions.device
         ids = np.concatenate((np.repeat(np.arange(len(sizes)), sizes), [m.prefix_len for m in seqs]))  # [R + S]
-        ids = pinned(torch.from_numpy(ids.astype(np.int64)), device).to(device, non_blocking=True)  # seq_ids and T_s: one copy
+        ids = to_device(torch.from_numpy(ids.astype(np.int64)), device)  # seq_ids and T_s: one copy
         positions, subtree = packed if packed is not None else (
             torch.cat([m.positions.to(device) for m in seqs]),
             torch.cat([m.subtree_sizes.to(device=device, dtype=torch.int64) for m in seqs]))

@@ -26,7 +26,7 @@ from .batch import BatchMeta
 from .checks import Blame, check_acceptance, conforms
 from .errors import JetSpecError, PluginError
 from .interfaces import Acceptance, CommitsBatchOnDevice, CommitsOnDevice, DecodeState, KVCache, Verifier
-from .on_device import DeviceTree, Readback, pinned, unpack
+from .on_device import DeviceTree, Readback, to_device, unpack
 from .tree import DraftTree
 
 Accepted = tuple[Acceptance | JetSpecError, torch.Tensor | None]  # (acceptance or its error, path on the device or None)
@@ -151,6 +151,6 @@ def committed_rows(hidden: torch.Tensor | None, meta: BatchMeta, accepted: list[
         spans.append((len(rows), len(acc.path)))
         rows.extend(first + i for i in acc.path)
     dev = hidden.device
-    index = pinned(torch.tensor(rows, dtype=torch.int64), dev).to(dev, non_blocking=True)  # [sum k_s]
+    index = to_device(torch.tensor(rows, dtype=torch.int64), dev)  # [sum k_s]
     gathered = hidden.index_select(0, index)  # [sum k_s, k, H]
     return [None if span is None else gathered[span[0] : span[0] + span[1]] for span in spans]

@@ -54,7 +54,7 @@ from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
     DraftsAhead, accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
-from .on_device import DeviceTree, Readback, TreeUpload, pinned
+from .on_device import DeviceTree, Readback, TreeUpload, to_device
 from .results import GenerationStats
 from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
@@ -193,7 +193,7 @@ class BatchEngine:
         if chains:
             meta = BatchMeta.pack([AttentionMeta.for_chain(s.state.prompt_len - 1, 0, device) for s in chains])
             tokens = torch.tensor([t for s in chains for t in s.state.tokens[: s.state.prompt_len - 1]])  # [R]
-            tokens = pinned(tokens, device).to(device, non_blocking=True)  # behind the other half's step, not waiting for it
+            tokens = to_device(tokens, device)  # behind the other half's step, not waiting for it
             try:
                 out = self._forward(tokens, meta, [caches[s.slot] for s in chains], layers)
             except JetSpecError as e:

@@ -58,6 +58,12 @@ def pinned(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.pin_memory() if device.type == "cuda" else x
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x (host memory) on `device`, by a non-blocking copy from pinned memory (`pinned`): queued
+    behind the stream's work, the host does not wait for it."""
+    return pinned(x, device).to(device, non_blocking=True)
+
+
 ROWS = 7  # tokens, parents (root: 0), depths, subtree sizes, positions, subtree ends, node index
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.errors import IncompatibleError
 from ..core.batch import BatchMeta, PackedTables
 from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
-from ..core.on_device import pinned
+from ..core.on_device import to_device
 from .row_inputs import RowKernelInputs, ancestor_table
 
 
@@ -193,7 +193,7 @@ class TritonAttention(RowKernelInputs):
             lengths = [m.prefix_len + m.num_queries for m in meta.seqs]
             starts = [sum(lengths[:s]) for s in range(len(lengths))]
             flat = torch.cat([sl[:n] for sl, n in zip(slots, lengths)]).to(device=device, dtype=torch.int32)
-            tiles = pinned(pack_tiles(list(meta.cu_rows), starts, group, block_m), device).to(device, non_blocking=True)
+            tiles = to_device(pack_tiles(list(meta.cu_rows), starts, group, block_m), device)
             self._packed = (meta, block_m, (flat, meta.subtree_sizes.to(device=device, dtype=torch.int32).contiguous(),
                                   meta.prefix_lens.to(device=device, dtype=torch.int32), tiles))
         return self._packed[2]
@@ -211,11 +211,11 @@ class TritonAttention(RowKernelInputs):
             flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
             chain = all(m.chain for m in meta.seqs)
             positions, seq = meta.positions.to(q.device), meta.seq_ids.to(q.device)  # [R] int64 each
-            first = pinned(torch.tensor(meta.cu_rows[:-1]), q.device).to(q.device, non_blocking=True)[seq]  # [R]: its sequence's first row
+            first = to_device(torch.tensor(meta.cu_rows[:-1]), q.device)[seq]  # [R]: its sequence's first row
             ancestors = positions.view(-1, 1) if chain else ancestor_table(
                 positions, meta.prefix_lens.to(q.device)[seq], first, largest)  # [R, max N_s]
             starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
-            tail = pinned(pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS), q.device).to(q.device, non_blocking=True)
+            tail = to_device(pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS), q.device)
             tables = PackedTables(flat, positions, ancestors, prefix, tiles, tail, max(sl.numel() for sl in slots), chain,
                                   chain or tail.shape[0] == meta.num_sequences, block_m)
             self._packed_invariant = (meta, tables)

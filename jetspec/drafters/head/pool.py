@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...core.cuda_graphs import GraphSet
-from ...core.on_device import pinned
+from ...core.on_device import to_device
 from .graphs import APPEND_ROWS
 
 if TYPE_CHECKING:
@@ -105,13 +105,13 @@ class ContextPool:
         ints = np.stack([  # [5, P]: where each peer's result and hidden rows start, D_i + 1, N_i, its slot
             np.cumsum([0] + [p.numel() for p in packed[:-1]]), d1, [h.shape[0] for h in hidden],
             np.cumsum([0] + [h.shape[0] for h in hidden[:-1]]), [self.slot[id(m)] for m in peers]])
-        poff, d1_, n, hoff, slots = pinned(torch.from_numpy(ints.astype(np.int64)), dev).to(dev, non_blocking=True)
+        poff, d1_, n, hoff, slots = to_device(torch.from_numpy(ints.astype(np.int64)), dev)
         flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
         j = torch.arange(a, device=dev)  # [A]
         path = flat[poff[:, None] + 1 + torch.minimum(j[None], d1_[:, None] - 1)]  # [P, A]: the path, its last slot repeated
         path = torch.minimum(path.clamp(min=0), n[:, None] - 1) + hoff[:, None]  # clamped into each tree: rows of `rows`
         k = torch.minimum(flat[poff].clamp(min=1), d1_)  # [P] accepted nodes, root included
-        start = pinned(torch.tensor(starts, dtype=torch.int64), dev).to(dev, non_blocking=True)  # [S]
+        start = to_device(torch.tensor(starts, dtype=torch.int64), dev)  # [S]
         self.start.copy_(start)
         self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
         self.hidden.index_copy_(0, slots, rows.index_select(0, path.flatten()).view(len(peers), a, *rows.shape[1:]))

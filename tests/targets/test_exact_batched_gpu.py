@@ -204,6 +204,7 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
     only through each step's one read-back (an event). A synchronizing call would make the host wait
     for the whole queue at every step; with `overlap`, for the other half's forward, which is what
     the halves are there to hide."""
+    import threading
     import traceback
     import warnings
 
@@ -218,9 +219,10 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
 
     def record(message, category, filename, lineno, file=None, line=None):  # called where the warning is raised
         stack = traceback.extract_stack()[:-1]
-        if "synchroniz" in str(message) and not any(f.name == "capture" and f.filename.endswith("cuda_graphs.py") for f in stack):
-            ours = [f"{f.filename.split('jetspec/')[-1]}:{f.lineno} {f.name}" for f in stack if "/jetspec/" in f.filename]
-            syncs.add(" <- ".join(reversed(ours[-4:])))
+        if "synchronizing CUDA operation" in str(message) and not any(f.name == "capture" and f.filename.endswith("cuda_graphs.py") for f in stack):
+            ours = [f"{f.filename.split('jetspec/')[-1]}:{f.lineno} {f.name}" for f in stack if "/jetspec/" in "/" + f.filename]
+            where = ours[-4:] or [f"{f.filename}:{f.lineno} {f.name}" for f in stack[-6:]]  # outside jetspec: say where
+            syncs.add(f"[{threading.current_thread().name}] {message} at " + " <- ".join(reversed(where)))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -228,7 +230,9 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
         torch.cuda.set_sync_debug_mode("warn")
         try:
             again = pipe.generate_many(prompts)
+            assert not syncs, "synchronizing CUDA calls: " + " | ".join(sorted(syncs))
+            torch.ones(1, device="cuda").item()  # the control: a read-back the mode must report
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert not syncs, "synchronizing CUDA calls: " + " | ".join(sorted(syncs))
+    assert len(syncs) == 1, "torch's sync debug mode did not report a read-back: this check sees nothing"
     assert [r.tokens for r in again] == [r.tokens for r in first]

@@ -307,7 +307,7 @@ for step in "$@"; do
       for kv in ${ABLATION_SHIP:-causal=base dflash=dflash eagle=eagle}; do
         k=${kv%%=*}; v=${kv#*=}; [ -f $ABL/$v/head.json ] || { echo "no ablation head $v"; failed="$failed $step"; continue; }
         mkdir -p $HEADS/$k && cp $ABL/$v/head.{json,safetensors} $HEADS/$k/ && cp $HEADS/$k/head.safetensors $OUT/$k.safetensors
-        rm -f $HEADS/$k/head_rates.json; [ -f $ABL/$v/head_rates.json ] && cp $ABL/$v/head_rates.json $HEADS/$k/ $OUT/$k.head_rates.json
+        rm -f $HEADS/$k/head_rates.json; [ -f $ABL/$v/head_rates.json ] && cp $ABL/$v/head_rates.json $HEADS/$k/ && cp $ABL/$v/head_rates.json $OUT/$k.head_rates.json
       done ;;
     train-bg)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct

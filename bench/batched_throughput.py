@@ -74,6 +74,40 @@ def timed(device: str, run: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def traced(device: str, run: Callable[[], Any], folder: Path, name: str) -> tuple[Any, float]:
+    """`timed(run)` under torch.profiler; writes folder/<name>.trace.txt (kernels by GPU time: name,
+    launches, total ms) and appends to folder/trace.jsonl {variant, wall_s, gpu_busy_s (the union of
+    the device events' intervals: time the GPU ran anything), gpu_sum_s (their durations summed),
+    kernels (device events)}."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        out, seconds = timed(device, run)
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, reach = 0.0, float("-inf")  # union of [start, end) intervals, in µs
+    for a, b in spans:
+        if b > reach:
+            busy += b - max(a, reach)
+            reach = b
+    by_name: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            c = by_name.setdefault(e.name, [0, 0.0])
+            c[0] += 1
+            c[1] += e.time_range.end - e.time_range.start
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.trace.txt", "w") as f:
+        f.write(f"{name}: wall {seconds:.3f} s, GPU busy {busy / 1e6:.3f} s, {len(spans)} device events\n")
+        for kname, (n, us) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]:
+            f.write(f"{us / 1e3:10.2f} ms {n:8d}x  {kname[:150]}\n")
+    with open(folder / "trace.jsonl", "a") as f:
+        f.write(json.dumps({"variant": name, "wall_s": round(seconds, 4), "gpu_busy_s": round(busy / 1e6, 4),
+                            "gpu_sum_s": round(sum(b - a for a, b in spans) / 1e6, 4), "kernels": len(spans)}) + "\n")
+    return out, seconds
+
+
 def hf_generate(model: Any, ids: list[list[int]], batch_size: int, new: int, pad: int, eos: set[int], device: str) -> list[list[int]]:
     """`transformers` greedy `generate()` on batches of left-padded prompts; each output cut after
     its first EOS (what our engine returns)."""
@@ -122,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="also cProfile our variants' timed runs: one <engine>_<B>.pstats and a top-40 .txt per variant in this folder "
                          "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="also run our variants' timed runs under torch.profiler (CPU and CUDA activity): per variant a "
+                         "<engine>_<B>.trace.txt of its kernels by GPU time and a line in trace.jsonl — wall seconds, GPU busy seconds "
+                         "(kernels and copies summed), kernel count: GPU-bound (busy ~ wall) or host-bound (busy << wall); "
+                         "the profiler slows the host: those runs' tok/s are not comparable and get 'profiled': true")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
@@ -172,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             prof.dump_stats(args.profile / f"{name}.pstats")
             with open(args.profile / f"{name}.txt", "w") as f:
                 pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
+        elif args.trace:
+            results, seconds = traced(args.device, run, args.trace, variant.replace("@", "_"))
         else:
             results, seconds = timed(args.device, run)
         outs = [r.tokens for r in results]
@@ -182,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             after = captured()
             extra["graph_captures"], extra["capture_seconds"] = after[0] - before[0], round(after[1] - before[1], 3)
             extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])
-        if args.profile:
+        if args.profile or args.trace:
             extra["profiled"] = True
         return outs, seconds, extra
 

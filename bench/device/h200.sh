@@ -15,7 +15,7 @@
 # batched          bench/batched_throughput.py (issue 20): ours speculative and plain through the batched engine
 #                  (packed triton attention, exact = true unless BATCHED_ARGS="--exact off", one paged pool) vs transformers generate()
 #                  at BATCHED_HF (32,1), batch BATCHED_SIZES (8,32,64,1: batch 1 last, it is slow), BATCHED_PROMPTS (256)
-#                  GSM8K-test prompts, 256 new tokens, batch 1 on the first 16 -> $OUT/batched_throughput.{jsonl,png}
+#                  GSM8K-test prompts, 256 new tokens, batch 1 on the first BATCHED_B1 (16) -> $OUT/batched_throughput.{jsonl,png}
 #                  (rows appended as each variant ends: BATCHED_TIMEOUT (540 s) cuts a run without losing them; run the step
 #                  again with other BATCHED_ARGS in the same call for more drafters: rows and log accumulate, the plot is the last run's)
 # train            bench/train_heads_gpu.py: the three heads for SmolLM2 -> /tmp/keep/heads (foreground)
@@ -75,6 +75,7 @@
 # linear-tiles     bench/linear_tiles.py: the invariant projection kernel at other (BLOCK_N, BLOCK_K, warps) for a plain
 #                  step's one row, SmolLM2 and Qwen3-8B projections: µs, % of the floor, and whether each row keeps the
 #                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
+# ab-batched       the same for bench/batched_throughput.py (BATCHED_* as `batched`; 128 prompts, batch 1 on 4), alternating
 # ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens), each run twice, alternating the
 #                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
@@ -250,7 +251,8 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batched)
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
-      timeout ${BATCHED_TIMEOUT:-540} python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-256} --b1-prompts 16 --new 256 \
+      install_heads || true  # --drafter jetspec / jetspec-head: the shipped head, moved out of a staging call's tree
+      timeout ${BATCHED_TIMEOUT:-540} python3 -m bench.batched_throughput --target $M --prompts ${BATCHED_PROMPTS:-256} --b1-prompts ${BATCHED_B1:-16} --new 256 \
         --batch-sizes ${BATCHED_SIZES:-8,32,64,1} --hf-batch-sizes ${BATCHED_HF:-32,1} ${BATCHED_ARGS:-} --out $OUT/batched_throughput.jsonl --plot $OUT/batched_throughput.png 2>&1 | tee -a $OUT/batched_throughput.log | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     train)
@@ -408,6 +410,19 @@ for step in "$@"; do
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 90 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 \
           --context ${AB_CONTEXT:-512} --out $OUT/kernel_breakdown_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep "exact=\|=>")
+        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+      done ;;
+    ab-batched)  # bench/batched_throughput.py (as `batched`, BATCHED_* alike) for the working tree and the older one in .old/,
+      # alternating before / after / before / after, one call -> $OUT/batched_throughput_{before,after}.jsonl, ab_batched_*.log
+      [ -d .old/jetspec ] || { echo "ab-batched: no .old/jetspec (see the ab step's comment at the top)"; failed="$failed $step"; continue; }
+      install_heads || true
+      for kd in $HEAD_DIRS; do d=${kd#*=}; [ -f $d/head.safetensors ] && mkdir -p .old/$d && cp $d/head.* .old/$d/; done
+      M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
+      for side in before after before after; do
+        dir=$PWD; [ $side = before ] && dir=$PWD/.old
+        (cd $dir && PYTHONPATH=/tmp/site:$dir timeout ${BATCHED_TIMEOUT:-120} python3 -m bench.batched_throughput --target $M \
+          --prompts ${BATCHED_PROMPTS:-128} --b1-prompts ${BATCHED_B1:-4} --new 256 --batch-sizes ${BATCHED_SIZES:-8,32} --no-hf \
+          ${BATCHED_ARGS:-} --out $OUT/batched_throughput_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_batched_$side.log | grep "@\|x$")
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
     memory)

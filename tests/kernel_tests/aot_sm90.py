@@ -133,7 +133,7 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
                  stride_rm="i32", stride_ym="i32")
     chunk = 1024 if k_ >= 2048 else 192  # linear_chunk as the Qwen3-8B and SmolLM2 shapes would take it
     splits = tuple(sorted({1, inv_linear.k_chunks(k_, chunk)}))  # K in one chunk; in chunks
-    for m, split in ((m, s) for m in (1, 64, 256) for s in splits):
+    for m, split in ((m, s) for m in (1, 64, 128, 256) for s in splits):
         t = inv_linear.launch_tiles(m, n, k_, swiglu=form == "swiglu")
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,

@@ -168,9 +168,12 @@ def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
       weight (16 columns up to N = 768, or up to 4096 where K >= 4096 — with 2 warps there; else
       32; 64 for the logits), K in 128-wide chunks (64 for the swiglu form's two tiles and the logits);
     * trees up to 64 rows: one 64-row (wgmma) tile, wider columns as N grows;
-    * larger trees: 64- or 128-row tiles, 128 columns (compute-bound: weights read once per tile);
-      measured at K >= 4096 only: smaller weights (SmolLM2's batched verifications) keep the square
-      128-row tiles they had.
+    * larger trees of a small weight (N·K <= 4M, or the logits at K <= 1024: SmolLM2's batched
+      verifications, 72-288 rows; measured on the H100 at 72 / 128 / 256 rows, bench/RESULTS.md
+      2026-12-06): 16- to 64-row tiles, 32 to 128 columns, so that the launch still has ~20-150
+      programs — the square 128-row tiles of before left 5-48 of them and took 2-2.7x longer;
+    * larger trees of a large weight: 64- or 128-row tiles, 128 columns (compute-bound: weights
+      read once per tile), measured at K >= 4096; mid-size weights keep the square 128-row tiles.
     Triton's CPU interpreter pays per program and per step: the largest tiles, BLOCK_K = block_k(K)."""
     if interpreted():
         return Tiles(16, min(triton.next_power_of_2(n), 128), block_k(k), 4, 4)
@@ -187,7 +190,15 @@ def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
         if wide:
             return Tiles(64, 128, 64, 4, 3) if k > 1024 else Tiles(64, 64, 64, 4, 4)
         return Tiles(64, 32, 128, 4, 4) if n <= 4096 else Tiles(64, 64, 128, 8, 3)
-    if k < 4096:  # not measured past 64 rows for small weights: the square tiles of before
+    if n * k <= 1 << 22 or (wide and k <= 1024):  # a small weight's batched verification (SmolLM2: 72-288 rows)
+        if wide:
+            return Tiles(64, 128, 64, 4, 3)
+        if swiglu:
+            return Tiles(16, 64, 64, 8, 3) if m <= 96 else Tiles(16, 128, 64, 4, 3) if m <= 160 else Tiles(32, 128, 64, 8, 3)
+        if n <= 768:
+            return Tiles(16 if m <= 96 else 64, 32, 64, 4, 3)
+        return Tiles(16, 64 if m <= 160 else 128, 64, 4, 3)
+    if k < 4096:  # not measured past 64 rows for mid-size weights: the square tiles of before
         return Tiles(128, 64 if swiglu else 128, block_k(k), 8, 3)
     if swiglu:
         return Tiles(128, 128, 64, 8, 3)

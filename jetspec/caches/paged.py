@@ -63,28 +63,59 @@ class CacheFootprint:
 
 
 class PageAllocator:
-    """A free list of the physical pages of one pool (LIFO: recently freed pages are warm)."""
+    """A free list of the physical pages of one pool (LIFO: recently freed pages are warm).
+
+    `allocate(n, prefer)` hands out the pages of `prefer` that are still free first, in that order,
+    then the most recently freed: a sequence of a batch asks for the pages it gave back at its last
+    commit, which the other sequences' commits have since buried in the list. Getting them back
+    keeps its device tables as they are (`TableMirror`: no upload), where plain LIFO would give it
+    another sequence's page every round. A page taken through `prefer` stays in the list as a stale
+    entry, skipped when reached (`_taken`) and dropped when the list is compacted."""
 
     def __init__(self, num_pages: int):
         self.num_pages = num_pages
-        self._free = list(range(num_pages - 1, -1, -1))
+        self.reset()
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        return self._count
 
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):  # callers check first; reaching this is a bug, not a user error
-            raise RuntimeError(f"page pool exhausted: {n} pages asked, {len(self._free)} free")
-        out = self._free[len(self._free) - n :][::-1]
-        del self._free[len(self._free) - n :]
+    def allocate(self, n: int, prefer: Sequence[int] = ()) -> list[int]:
+        if n > self._count:  # callers check first; reaching this is a bug, not a user error
+            raise RuntimeError(f"page pool exhausted: {n} pages asked, {self._count} free")
+        out: list[int] = []
+        for page in prefer:
+            if len(out) == n:
+                break
+            if not self._taken[page]:
+                self._taken[page] = True
+                out.append(page)
+        stack, taken = self._free, self._taken
+        while len(out) < n:
+            page = stack.pop()
+            if not taken[page]:  # else a stale entry: taken through `prefer` since it was freed
+                taken[page] = True
+                out.append(page)
+        self._count -= n
         return out
 
     def release(self, pages: Sequence[int]) -> None:  # an `allocate` of as many next returns them in this order
-        self._free.extend(reversed(pages))
+        for page in reversed(pages):
+            self._taken[page] = False
+            self._free.append(page)
+        self._count += len(pages)
+        if len(self._free) > 2 * self.num_pages:  # stale entries: keep each free page's latest one, in order
+            kept, seen = [], set()
+            for page in reversed(self._free):
+                if not self._taken[page] and page not in seen:
+                    seen.add(page)
+                    kept.append(page)
+            self._free = kept[::-1]
 
     def reset(self) -> None:
-        self._free = list(range(self.num_pages - 1, -1, -1))
+        self._free = list(range(self.num_pages - 1, -1, -1))  # the stack: its end is handed out first
+        self._taken = [False] * self.num_pages  # [pages] whether a page is in use
+        self._count = self.num_pages
 
 
 @dataclass
@@ -178,6 +209,7 @@ class PagedKVCache:
         else:
             self.allocator.reset()
         self._pages: list[int] = []  # owned physical pages, in order of acquisition
+        self._given_back: list[int] = []  # the pages the last commit gave back, in their order
         self._slots: list[int] = []  # host mirror of slot_table[: T + n]
         self._holes: dict[int, list[int]] = {}  # remap: page -> free rows in it
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
@@ -200,7 +232,7 @@ class PagedKVCache:
                 f"KV page pool full: {n} new tokens need {new_pages} more pages of {self.page_size}, "
                 f"{self.allocator.free} of {self.num_pages} free"
             )
-        rows = self._take_rows(n, self.allocator.allocate(new_pages))
+        rows = self._take_rows(n, self.allocator.allocate(new_pages, prefer=self._given_back))
         self._slots[t:] = rows
         if self.options.commit == "gather":  # a logical slot's row changes only with its page: send whole pages, once
             self._sync_pages()
@@ -296,7 +328,8 @@ class PagedKVCache:
                 flat[:, dst] = flat[:, src]  # the right side is gathered first: overlap is safe
         del self._slots[t + k :]
         keep_pages = math.ceil((t + k) / self.page_size)
-        self.allocator.release(self._pages[keep_pages:])
+        self._given_back = self._pages[keep_pages:]  # the next begin asks for them again (`PageAllocator.allocate`)
+        self.allocator.release(self._given_back)
         del self._pages[keep_pages:]  # block_table past the pages in use is never read
         self._table.cut(keep_pages)
         self._blocks.cut(keep_pages)

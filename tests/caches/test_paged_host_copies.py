@@ -67,7 +67,7 @@ def test_sequences_of_a_batch_get_their_own_pages_back_so_a_steady_step_uploads_
 
 
 def test_the_allocator_hands_out_preferred_pages_still_free_then_the_most_recently_freed():
-    from jetspec.caches.paged import PageAllocator
+    from jetspec.caches.page_pool import PageAllocator
 
     pool = PageAllocator(8)
     a = pool.allocate(3)  # [0, 1, 2]

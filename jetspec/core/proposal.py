@@ -9,6 +9,7 @@ proposal may be infinite in principle (per-depth marginals) and is never materia
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -110,12 +111,17 @@ class MergedProposal:
         found = [kids for part in self.parts if (kids := part.children(path))]  # type: ignore[attr-defined]
         if len(found) < 2:  # most paths leave all but one part (already sorted): nothing to merge
             return found[0] if found else []
-        best: dict[int, float] = {}
-        for kids in found:  # the parts' pairs as they gave them (the pipeline checks the merged row)
+        best = dict(found[0])  # the parts' pairs as they gave them (the pipeline checks the merged row)
+        if len(best) < len(found[0]):  # a token twice in one row: the dict kept its last log-prob, not its best
+            best = {}
+            found = found[:1] + found
+        for kids in found[1:]:
             for token, logp in kids:
                 if logp > best.get(token, -math.inf):
                     best[token] = logp
-        return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+        row = sorted(best.items())  # by token: the order of equal log-probs
+        row.sort(key=itemgetter(1), reverse=True)  # best first (a stable sort: equal log-probs stay in token order)
+        return row
 
 
 class EmptyProposal:

@@ -111,11 +111,10 @@ class MergedProposal:
         found = [kids for part in self.parts if (kids := part.children(path))]  # type: ignore[attr-defined]
         if len(found) < 2:  # most paths leave all but one part (already sorted): nothing to merge
             return found[0] if found else []
-        best = dict(found[0])  # the parts' pairs as they gave them (the pipeline checks the merged row)
+        best, rest = dict(found[0]), found[1:]  # the parts' pairs as they gave them (the pipeline checks the merged row)
         if len(best) < len(found[0]):  # a token twice in one row: the dict kept its last log-prob, not its best
-            best = {}
-            found = found[:1] + found
-        for kids in found[1:]:
+            best, rest = {}, found
+        for kids in rest:
             for token, logp in kids:
                 if logp > best.get(token, -math.inf):
                     best[token] = logp

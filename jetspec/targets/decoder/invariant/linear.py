@@ -171,7 +171,7 @@ def launch_tiles(m: int, n: int, k: int, swiglu: bool = False) -> Tiles:
     * larger trees of a small weight (N·K <= 4M, or the logits at K <= 1024: SmolLM2's batched
       verifications, 72-288 rows; measured on the H100 at 72 / 128 / 256 rows, bench/RESULTS.md
       2026-12-06): 16- to 64-row tiles, 32 to 128 columns, so that the launch still has ~20-150
-      programs — the square 128-row tiles of before left 5-48 of them and took 2-2.7x longer;
+      programs — the square 128-row tiles of before left 5-48 of them and took 1.5-2.8x longer;
     * larger trees of a large weight: 64- or 128-row tiles, 128 columns (compute-bound: weights
       read once per tile), measured at K >= 4096; mid-size weights keep the square 128-row tiles.
     Triton's CPU interpreter pays per program and per step: the largest tiles, BLOCK_K = block_k(K)."""

@@ -74,11 +74,11 @@ def timed(device: str, run: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def traced(device: str, run: Callable[[], Any], folder: Path, name: str) -> tuple[Any, float]:
+def traced(device: str, run: Callable[[], Any], folder: Path, name: str, stamp: dict[str, Any]) -> tuple[Any, float]:
     """`timed(run)` under torch.profiler; writes folder/<name>.trace.txt (kernels by GPU time: name,
     launches, total ms) and appends to folder/trace.jsonl {variant, wall_s, gpu_busy_s (the union of
     the device events' intervals: time the GPU ran anything), gpu_sum_s (their durations summed),
-    kernels (device events)}."""
+    kernels (device events)} and the run's stamp (date, machine, command, dtype)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -104,7 +104,7 @@ def traced(device: str, run: Callable[[], Any], folder: Path, name: str) -> tupl
             f.write(f"{us / 1e3:10.2f} ms {n:8d}x  {kname[:150]}\n")
     with open(folder / "trace.jsonl", "a") as f:
         f.write(json.dumps({"variant": name, "wall_s": round(seconds, 4), "gpu_busy_s": round(busy / 1e6, 4),
-                            "gpu_sum_s": round(sum(b - a for a, b in spans) / 1e6, 4), "kernels": len(spans)}) + "\n")
+                            "gpu_sum_s": round(sum(b - a for a, b in spans) / 1e6, 4), "kernels": len(spans)} | stamp) + "\n")
     return out, seconds
 
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.profile / f"{name}.txt", "w") as f:
                 pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
         elif args.trace:
-            results, seconds = traced(args.device, run, args.trace, variant.replace("@", "_"))
+            results, seconds = traced(args.device, run, args.trace, variant.replace("@", "_"), stamp)
         else:
             results, seconds = timed(args.device, run)
         outs = [r.tokens for r in results]

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     seq_steps = args.steps * args.batch_size
     stamp = run_row("python -m bench.paged_host " + shlex.join(sys.argv[1:] if argv is None else argv), {})
     row = {"kind": "paged_host", "label": args.label, "batch_size": args.batch_size, "pending": args.pending,
-           "keep": args.keep, "steps": args.steps, "us_per_sequence_step": 1e6 * best / seq_steps,
+           "keep": args.keep, "steps": args.steps, "dtype": "float32", "us_per_sequence_step": 1e6 * best / seq_steps,
            "uploads_per_sequence_step": sum(d == torch.int32 for d in made) / seq_steps,
            **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}
     print(f"B={args.batch_size} pending {args.pending} keep {args.keep}: {row['us_per_sequence_step']:.1f} us and "

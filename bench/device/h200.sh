@@ -72,6 +72,8 @@
 #                  graphed step per layer at SPLIT_KEYS ("64 128 256 512"), 1 and 16 nodes, SPLIT_CONTEXT (512)
 #                  committed tokens; then kernel_bench's Qwen3-8B shapes, triton-exact at 128 / 256 / 512
 #                  -> $OUT/kernel_breakdown_split.{jsonl,log}, $OUT/kernels_split.jsonl
+# packed-attention bench/packed_attention.py: the exact packed attention of batched verifications (SmolLM2 heads), one
+#                  launch or two, row tiles: µs and bits (PACKED_ATTENTION_ARGS: more flags) -> $OUT/packed_attention.{jsonl,log}
 # linear-tiles     bench/linear_tiles.py: the invariant projection kernel at other (BLOCK_N, BLOCK_K, warps) for a plain
 #                  step's one row, SmolLM2 and Qwen3-8B projections: µs, % of the floor, and whether each row keeps the
 #                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
@@ -412,6 +414,10 @@ for step in "$@"; do
           --context ${AB_CONTEXT:-512} --out $OUT/kernel_breakdown_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep "exact=\|=>")
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    packed-attention)
+      timeout ${PACKED_ATTENTION_TIMEOUT:-240} python3 -m bench.packed_attention ${PACKED_ATTENTION_ARGS:-} --out $OUT/packed_attention.jsonl 2>&1 \
+        | grep -v Warning | tee $OUT/packed_attention.log
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     ab-batched)  # bench/batched_throughput.py (as `batched`, BATCHED_* alike) for the working tree and the older one in .old/,
       # alternating before / after / before / after, one call -> $OUT/batched_throughput_{before,after}.jsonl, ab_batched_*.log
       [ -d .old/jetspec ] || { echo "ab-batched: no .old/jetspec (see the ab step's comment at the top)"; failed="$failed $step"; continue; }

@@ -105,7 +105,7 @@ class PackedTables:
     tail: torch.Tensor
     capacity: int  # the longest slot map: it fixes the split count
     chain: bool  # every sequence a chain (decode steps, prefills)
-    one_launch: bool  # chain, or every tree fits one tail tile
+    one_launch: bool  # chain, or every tree small enough for one launch (`one_launch_for`)
     block_m: int  # launch 1's rows per tile (no bit depends on it)
 
 

@@ -204,7 +204,7 @@ class TritonAttention(RowKernelInputs):
         depends on it), each row's ancestors within its own tree [R, largest], the TAIL_ROWS tile
         table — made at the forward's first layer, shared by the rest."""
         if self._packed_invariant is None or self._packed_invariant[0] is not meta:  # once per forward
-            from .triton_invariant_attention import TAIL_ROWS, row_tiles
+            from .triton_invariant_attention import TAIL_ROWS, one_launch_for, row_tiles
             from .triton_tree_attention import pack_tiles
 
             block_m = self.options.block_m or row_tiles(largest * group)[0]
@@ -217,7 +217,7 @@ class TritonAttention(RowKernelInputs):
             starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
             tail = to_device(pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS), q.device)
             tables = PackedTables(flat, positions, ancestors, prefix, tiles, tail, max(sl.numel() for sl in slots), chain,
-                                  chain or tail.shape[0] == meta.num_sequences, block_m)
+                                  one_launch_for(largest * group, chain), block_m)
             self._packed_invariant = (meta, tables)
         return self.attend_tables(q, k_rows, v_rows, self._packed_invariant[1], scale)
 

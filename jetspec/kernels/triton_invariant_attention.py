@@ -29,9 +29,9 @@ How a tile of rows (packed (token, head) pairs, GQA) gets each row's virtual key
   product uses only its own row of Q and its own keys, so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
   its logical ones.
 
-Who computes what is free, the arithmetic is not. Decode steps and small trees: a program per
-split, then a fold of the splits' partials. Large trees (a tile's per-token blocks cost a dot per four
-tokens) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
+Who computes what is free, the arithmetic is not. Decode steps and trees of up to ONE_LAUNCH_ROWS
+packed rows: one launch, a program per split, then a fold of the splits' partials. Larger trees (a
+tile's per-token blocks cost a dot per four tokens) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
 a program per split or per group (folding its splits in registers: no partial traffic), then the
 per-token blocks in tiles of TAIL_ROWS rows, which resume each row's running state (m, l, acc) and
 fold (M, num, den), stored exactly in fp32, and finish the folds.
@@ -41,7 +41,7 @@ end to end over one shared page pool. A tile table (`pack_tiles`, as the free-or
 gives each tile its sequence — first row, N_s, T_s, where its slot map starts — and a tile never
 spans two sequences, so each row runs exactly the arithmetic above over its own sequence's
 virtual keys. The whole batch takes the launches one sequence would: one per layer while every
-sequence is a chain or fits one TAIL_ROWS tile, else two.
+sequence is a chain or has at most ONE_LAUNCH_ROWS packed rows, else two.
 """
 
 from __future__ import annotations
@@ -265,6 +265,15 @@ def _invariant_tail_fwd(
 
 
 TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
+ONE_LAUNCH_ROWS = 64  # a tree of at most this many packed (token, head) rows per sequence runs in one launch
+
+
+def one_launch_for(rows_per_sequence: int, chain: bool) -> bool:
+    """One launch or two for a forward whose largest tree has `rows_per_sequence` packed rows
+    (N_s * group). A launch costs a graphed verification ~10-20 µs a layer whatever its work, and
+    a tree of up to ONE_LAUNCH_ROWS rows adds at most two dots a gathered block to each program of
+    the one-launch grid (bench/packed_attention.py, bench/RESULTS.md). No bit depends on it."""
+    return chain or rows_per_sequence <= ONE_LAUNCH_ROWS
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 
 
@@ -278,8 +287,8 @@ def invariant_tree_attention(
     fixes the split count, so one launch shape serves any T); positions [N] int64; ancestors
     [N, N] int32 (unused when `chain`); prefix_len [1] int32 -> [N, Hq, D].
 
-    Up to TAIL_ROWS packed rows (decode steps, small trees) and chains: one launch, a program per
-    split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
+    Up to ONE_LAUNCH_ROWS packed rows (decode steps, small trees) and chains: one launch, a program
+    per split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
     (`per_split` = 1) or per group of splits (0; -1: whichever fills the GPU), launch 2 the
     per-token blocks in tiles of TAIL_ROWS rows and the folds. block_m, warps, stages: launch 1's
     tiling (0: chosen here). None of these choices changes a bit of any row."""
@@ -288,7 +297,7 @@ def invariant_tree_attention(
     block_m, warps = block_m or auto_m, warps or auto_warps
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, None, None,
                    (triton.cdiv(rows, block_m), triton.cdiv(rows, TAIL_ROWS)), slots.numel(), scale, split_blocks,
-                   chain, chain or rows <= TAIL_ROWS, block_m, warps, stages, per_split)
+                   chain, one_launch_for(rows, chain), block_m, warps, stages, per_split)
 
 
 @torch.library.custom_op("jetspec::packed_invariant_attention", mutates_args=())
@@ -307,11 +316,10 @@ def packed_invariant_attention(
     map's (it fixes the split count, as C does for one sequence) -> [R, Hq, D].
 
     A tile serves one sequence (its rows, T_s and slot map from the table), so the launches are
-    those of one sequence: one while every sequence is a chain or fits one tail tile, else two.
-    one_launch: 1 or 0 says which (tables padded with empty tiles for a CUDA graph); -1 reads it
-    from the tables (one tail tile per sequence)."""
+    those of one sequence: `one_launch_for` the largest tree. one_launch: 1 or 0 says which (a CUDA
+    graph's bucket decides it); -1: the rule for ancestors' width (the largest tree's nodes)."""
     if one_launch < 0:
-        one_launch = int(chain or tail_tiles.shape[0] == prefix_lens.numel())  # N_s * G <= TAIL_ROWS for every s
+        one_launch = int(one_launch_for(ancestors.shape[1] * (q.shape[1] // k_rows.shape[1]), chain))
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles,
                    (tiles.shape[0], tail_tiles.shape[0]), capacity, scale, split_blocks, chain, bool(one_launch), block_m,
                    warps or row_tiles(block_m)[1], stages, per_split)

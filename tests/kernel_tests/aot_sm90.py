@@ -106,7 +106,7 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
                   BY_SUM=False, PDL=True)
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
-        if chain or rows <= inv.TAIL_ROWS:  # one launch
+        if inv.one_launch_for(rows, chain):  # one launch
             launches = [(inv._invariant_attention_fwd, dict(common, BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=split), warps)]
         else:  # a large tree: shared blocks (per split or per group), then the per-token blocks and the folds
             launches = [(inv._invariant_prefix_fwd, dict(common, BLOCK_M=block_m, PER_SPLIT=p), warps) for p in (True, False)]

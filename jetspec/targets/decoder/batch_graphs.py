@@ -74,13 +74,13 @@ class TablesAttention:
 class BatchGraphForward:
     def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int,
                  max_rows: int = 2048, capture: bool = True):
-        from ...kernels.triton_invariant_attention import TAIL_ROWS, row_tiles  # imports triton: here, not at import
+        from ...kernels.triton_invariant_attention import TAIL_ROWS, one_launch_for, row_tiles  # imports triton: here
         from ...core.invariant import arrival_counters
 
         self.device, self.attention, self.group, self.capture = device, attention, group, capture
         self.tail_rows = TAIL_ROWS  # the kernel's tail tile: tiles <= rows needs group <= this
         self.buckets = tuple(b for b in ROW_BUCKETS if b <= max_rows)
-        self.row_tiles = row_tiles
+        self.row_tiles, self.one_launch_for = row_tiles, one_launch_for
         r = self.buckets[-1]
         if device.type == "cuda":  # the split merge's counters, grown now: a capture cannot grow them
             arrival_counters(device, r * kv_heads)
@@ -116,7 +116,7 @@ class BatchGraphForward:
         chain = all(m.chain for m in meta.seqs)
         wide = min(WIDTH_BUCKETS[bisect_left(WIDTH_BUCKETS, largest)], rb)  # the largest tree, bucketed
         width = 0 if chain else wide  # the ancestor table's
-        one_launch = chain or largest * self.group <= self.tail_rows
+        one_launch = self.one_launch_for(largest * self.group, chain)
         block_m = self.row_tiles(wide * self.group)[0]  # launch 1's tiles: no bit depends on them
         table = caches[0].slot_tables  # [S', C]
         if table is not self._table:  # a new pool: the old one's graphs point at freed memory

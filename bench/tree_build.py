@@ -1,6 +1,6 @@
 """Host cost of building one round's tree (the `build` phase), on the CPU: the best-first scorer over
-each kind of proposal a drafter hands it, read through the pipeline's checks (`core/checks.Checked`)
-as a round reads it.
+each kind of proposal a drafter hands it, read as a round reads it (`core/checks.reading`: a
+built-in kind as it is, any other through `Checked`).
 
     python -m bench.tree_build [--budgets 16,32,64] [--reps 2000] [--label after] [--out bench/results/tree_build.jsonl]
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from jetspec.bench.rows import append_row, run_row
-from jetspec.core.checks import Checked
+from jetspec.core.checks import reading
 from jetspec.core.interfaces import DecodeState
 from jetspec.core.proposal import DepthMarginals, MergedProposal
 from jetspec.drafters.head.calibration import HeadCalibration
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         root, made = proposals(budget, args.top_k)
         for name, make in made.items():
             def build():
-                return scorer.build(Checked(make(), "drafter", VOCAB), root, budget)
+                return scorer.build(reading(make(), "drafter", VOCAB), root, budget)
 
             size = build().size
             best = float("inf")

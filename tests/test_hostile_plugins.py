@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import jetspec
 from jetspec.core.errors import PluginError
 from jetspec.core.interfaces import Acceptance
+from jetspec.core.proposal import MergedProposal, TokenTrie
 from jetspec.core.registry import Implementation, Registry
 from jetspec.core.tree import DraftTree
 from jetspec.drafters.ngram import NgramDrafter, NgramOptions
@@ -61,6 +62,9 @@ DRAFTERS = {  # name -> what children(()) returns (or what propose returns), and
     "duplicate": ([(7, -1.0), (7, -2.0)], "offers token 7 twice"),
     "oov-tuple": (((VOCAB + 5, -1.0),), "token 101 is outside the vocabulary [0, 96)"),  # an immutable row is checked too
     "duplicate-tuple": (((7, -1.0), (7, -2.0)), "offers token 7 twice"),
+    # built-in proposal kinds, read unchecked (core/proposal.WellFormed): a bad tree re-reads them through the checks
+    "oov-trie": ("trie:oov", "token 101 is outside the vocabulary [0, 96)"),
+    "oov-merged": ("merged:oov", "token 101 is outside the vocabulary [0, 96)"),
     "propose-raises": ("raise", "raised RuntimeError: drafter bug in propose"),
     "propose-exits": ("exit", "raised SystemExit: 4 in propose"),
 }
@@ -120,6 +124,15 @@ class HostileDrafter(Countdown):
             raise RuntimeError("drafter bug\nwith a second line")
         if self.kids == "exit":
             sys.exit(4)
+        if self.kids == "trie:oov":  # a built-in kind holding a token outside the vocabulary
+            trie = TokenTrie()
+            trie.add_edge((), VOCAB + 5, -1.0)
+            return trie
+        if self.kids in ("merged:oov", "merged:nan"):  # a merge of built-in kinds, one bad
+            good, bad = TokenTrie(), TokenTrie()
+            good.add_edge((), 7, -1.0)
+            bad.add_edge((), 8, float("nan")) if self.kids == "merged:nan" else bad.add_edge((7,), VOCAB + 5, -0.5)
+            return MergedProposal(good, bad)
         return None if self.kids is None else BadChildren(self.kids)
 
 
@@ -184,6 +197,21 @@ def test_a_bad_proposal_is_one_line_naming_the_drafter(name):
     with pytest.raises(PluginError) as info:
         run(drafter=name)
     assert_one_line_with_partial(info.value, f"drafter '{name}' (plugin 'hostile')", DRAFTERS[name][1])
+
+
+def test_a_nan_log_prob_in_a_built_in_proposal_kind_changes_no_output():
+    """Built-in kinds are read without the per-row checks: a NaN log-prob there (which a bad head
+    could produce) makes a poor tree, not a wrong one — the tree check still holds every node to
+    the round, and the output stays plain decoding's."""
+
+    class NanDrafters:
+        @jetspec.hookimpl
+        def jetspec_drafters(self):
+            return [Implementation("nan-merged", lambda o, t: HostileDrafter("merged:nan", t), ChainOptions)]
+
+    reg = Registry.create(builtin_modules=jetspec.BUILTINS, extra_plugins=[("nan", NanDrafters())], entry_points=False)
+    pipe = jetspec.builder(reg).target(TARGET).drafter("nan-merged").generation(budget=8, max_new_tokens=40).build()
+    assert pipe.generate(PROMPT).tokens == PLAIN
 
 
 @pytest.mark.parametrize("name", VERIFIERS)

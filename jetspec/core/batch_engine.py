@@ -47,7 +47,7 @@ from .batch import BatchMeta, SequenceParts
 from .batch_records import Finished, LaunchedStep, SequenceInFlight
 from .batch_accept import accept_on_host, committed_rows, finish_on_device, start_on_device
 from .batch_ahead import draft_ahead_step
-from .checks import Blame, Checked, conforms
+from .checks import Blame, conforms, reading
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
 from .interfaces import (
@@ -318,7 +318,7 @@ class BatchEngine:
             return DraftTree.root_only(root)
         t0 = clock()
         with Blame(pipe.labels["drafter"], "in propose"):
-            proposal = Checked(drafter.propose(seq.state, budget), pipe.labels["drafter"], pipe.target.info.vocab_size)
+            proposal = reading(drafter.propose(seq.state, budget), pipe.labels["drafter"], pipe.target.info.vocab_size)
         t1 = clock()
         tree = pipe.build_tree(proposal, root, budget)
         seq.stats.seconds["draft"] += t1 - t0

@@ -5,7 +5,9 @@ crash: a tree with another root, more nodes than the budget or broken DFS interv
 changes the output. So each round
 
 * every `children(path)` list a proposal gives is checked as the scorer reads it (`Checked`):
-  (token, log-prob) pairs, tokens distinct integers inside the vocabulary, log-probs real numbers;
+  (token, log-prob) pairs, tokens distinct integers inside the vocabulary, log-probs real numbers —
+  except a built-in kind's (`core/proposal.WellFormed`, `reading`), well-formed by construction;
+  when its tree fails, it is re-read through `Checked` to name the fault's owner (`blame_proposal`);
 * the tree is checked against the round (`check_tree`): its root is the last committed token, it
   has at most `budget` drafts, in-vocabulary tokens, and the invariants of `DraftTree.validate`
   (parents, depths, subtree sizes, distinct siblings), vectorised: a handful of array ops over
@@ -27,6 +29,7 @@ import torch
 
 from .errors import InputError, JetSpecError, PluginError
 from .interfaces import Acceptance, Proposal
+from .proposal import MergedProposal, WellFormed
 from .tree import DraftTree, invariants_hold
 
 
@@ -69,6 +72,31 @@ def conforms(obj: Any, protocol: type) -> bool:
     if hit is None:
         hit = _CONFORMS[key] = isinstance(obj, protocol)
     return hit
+
+
+def well_formed(proposal: Any) -> bool:
+    """A built-in kind (`WellFormed`), or a `MergedProposal` of such."""
+    if type(proposal) is MergedProposal:
+        return all(well_formed(p) for p in proposal.parts)
+    return isinstance(proposal, WellFormed)
+
+
+def reading(proposal: Any, who: str, vocab: int) -> Any:
+    """`proposal` as the round's scorer reads it: a well-formed one as it is, any other `Checked`."""
+    return proposal if well_formed(proposal) else Checked(proposal, who, vocab)
+
+
+def blame_proposal(proposal: Any, build: Any, who: str, vocab: int) -> None:
+    """After a failed build or tree check: raise the drafter's fault, if the proposal has one. A
+    `Checked` one re-reads the paths the scorer asked for; an unchecked (well-formed) one is built
+    again, `build(checked)`, through `Checked` first."""
+    if not isinstance(proposal, Checked):
+        proposal = Checked(proposal, who, vocab)
+        try:
+            build(proposal)
+        except Exception:  # the scorer's failure again, or the drafter's fault, raised by blame below
+            pass
+    proposal.blame()
 
 
 class Checked:

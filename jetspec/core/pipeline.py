@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .checks import Blame, Checked, check_acceptance, check_tree
+from .checks import Blame, blame_proposal, check_acceptance, check_tree, reading
 from .config import PipelineConfig
 from .distributed import share_path, share_tree
 from .errors import CapacityError, InputError, JetSpecError, PluginError
 from .frozen_heap import frozen_heap
 from .interfaces import (
-    Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, PadsForward,
+    Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, PadsForward, Proposal,
     ResettableVerifier, Target, TargetOutput, TreeScorer, Verifier, accepts_on_device, extra_pending, observed_layers,
     ranks_of,
 )
@@ -308,25 +308,27 @@ class Pipeline:
             raise PluginError(f"{who} returned hidden states of shape {got} for {n} tokens and {len(hidden_layers)} layers")
         return out
 
-    def propose(self, state: DecodeState, budget: int) -> Checked:
-        """The drafter's proposal for this round, its children checked as they are read."""
+    def propose(self, state: DecodeState, budget: int) -> Proposal:
+        """The drafter's proposal for this round, its children checked as they are read (a
+        built-in kind's need not be: `core/checks.reading`)."""
         who = self.labels["drafter"]
         with Blame(who, "in propose"):
-            return Checked(self.drafter.propose(state, budget), who, self.target.info.vocab_size)
+            return reading(self.drafter.propose(state, budget), who, self.target.info.vocab_size)
 
-    def build_tree(self, proposal: Checked, root: int, budget: int) -> DraftTree:
+    def build_tree(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
         """The scorer's tree for this round, checked against it (`core/checks.py`). When the build
         or the check fails, the proposal is re-read first: a drafter's fault is the drafter's."""
-        who = self.labels["scorer"]
+        who, vocab = self.labels["scorer"], self.target.info.vocab_size
+        blame = lambda: blame_proposal(proposal, lambda p: self.scorer.build(p, root, budget), self.labels["drafter"], vocab)  # noqa: E731
         try:
             with Blame(who, "in build"):
                 tree = self.scorer.build(proposal, root, budget)
-            return check_tree(tree, root, budget, self.target.info.vocab_size, who)
+            return check_tree(tree, root, budget, vocab, who)
         except PluginError:
-            proposal.blame()
+            blame()
             raise
         except InputError as e:  # a DraftTree constructor refused what the scorer assembled
-            proposal.blame()
+            blame()
             raise PluginError(f"{who} built an invalid tree: {e}") from e
 
     def _result(self, state: DecodeState, stats: GenerationStats, prompt_ids: list[int], stopped: str) -> GenerationResult:

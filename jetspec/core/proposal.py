@@ -15,7 +15,17 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 
-class TokenTrie:
+class WellFormed:
+    """Marker of a proposal kind whose rows are (int token, float log-prob) tuples by construction
+    (the built-in kinds: a trie, per-depth marginals, their calibrated forms, nothing). A round
+    reads such a proposal (and a `MergedProposal` of them) without `core/checks.Checked`'s pass
+    over every row; the tree built from it is still checked whole (`check_tree`), and a build or
+    check that fails re-reads the proposal through `Checked`, so a drafter's fault stays its own."""
+
+    __slots__ = ()
+
+
+class TokenTrie(WellFormed):
     """An explicit trie (n-gram continuations, rescored trees, oracles).
 
     Built from paths with log-probs; a child's conditional log-prob is given per edge. A path's
@@ -80,7 +90,7 @@ def path_counts(continuations: Iterable[Sequence[int]]) -> dict[tuple[int, ...],
     return counts
 
 
-class DepthMarginals:
+class DepthMarginals(WellFormed):
     """Per-depth top-k distributions from a parallel drafter: the children of ANY path of length
     d are the same top-k candidates of depth d + 1, with their marginal log-probs. A branch's
     score is then the sum of per-depth log-probs (the product of marginals)."""
@@ -123,7 +133,7 @@ class MergedProposal:
         return row
 
 
-class EmptyProposal:
+class EmptyProposal(WellFormed):
     """No candidates: the round verifies the root alone (plain decoding)."""
 
     def children(self, path: tuple[int, ...]) -> list[tuple[int, float]]:

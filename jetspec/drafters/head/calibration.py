@@ -38,6 +38,7 @@ import torch
 
 from ...core.errors import InputError
 from ...core.format_file import read_format_file, write_format_file
+from ...core.proposal import WellFormed
 
 FORMAT = "jetspec-head-calibration/1"
 FILE = "head_rates.json"  # beside head.json
@@ -172,7 +173,7 @@ def _non_decreasing(values: list[float], weights: list[float]) -> list[float]:
     return [v for v, _, n in blocks for _ in range(n)]
 
 
-class CalibratedMarginals:
+class CalibratedMarginals(WellFormed):
     """A parallel head's draft scored by a `HeadCalibration`: the children of a path of length d
     are the head's depth-(d + 1) candidates, scored log rate[d][g][bin(q)] with g from the rank of
     the path's last token in its own row, sorted descending. Depths the calibration has no rows for

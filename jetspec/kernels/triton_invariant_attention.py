@@ -265,15 +265,18 @@ def _invariant_tail_fwd(
 
 
 TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
-ONE_LAUNCH_ROWS = 64  # a tree of at most this many packed (token, head) rows per sequence runs in one launch
+ONE_LAUNCH_ROWS = TAIL_ROWS  # a tree of at most this many packed (token, head) rows per sequence runs in one launch
 
 
 def one_launch_for(rows_per_sequence: int, chain: bool) -> bool:
     """One launch or two for a forward whose largest tree has `rows_per_sequence` packed rows
-    (N_s * group). A launch costs a graphed verification ~10-20 µs a layer whatever its work, and
-    a tree of up to ONE_LAUNCH_ROWS rows adds at most two dots a gathered block to each program of
-    the one-launch grid (bench/packed_attention.py, bench/RESULTS.md). No bit depends on it."""
+    (N_s * group): one while it fits one tail tile. `bench/packed_attention.py` times both forms
+    (bench/RESULTS.md): one launch in the rules' 64-row tiles is slower than two for trees of 9-33
+    nodes; in 16-row tiles it is faster only while the batch's tiles times its key blocks stay few
+    (it reads the prefix once per 16 rows). No bit depends on the choice."""
     return chain or rows_per_sequence <= ONE_LAUNCH_ROWS
+
+
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 
 

@@ -422,7 +422,7 @@ for step in "$@"; do
       # alternating before / after / before / after, one call -> $OUT/batched_throughput_{before,after}.jsonl, ab_batched_*.log
       [ -d .old/jetspec ] || { echo "ab-batched: no .old/jetspec (see the ab step's comment at the top)"; failed="$failed $step"; continue; }
       install_heads || true
-      for kd in $HEAD_DIRS; do d=${kd#*=}; [ -f $d/head.safetensors ] && mkdir -p .old/$d && cp $d/head.* .old/$d/; done
+      for kd in $HEAD_DIRS; do d=${kd#*=}; [ -f $d/head.safetensors ] && mkdir -p .old/$d && cp $d/* .old/$d/; done  # the head and its calibration files
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
       for side in before after before after; do
         dir=$PWD; [ $side = before ] && dir=$PWD/.old

@@ -49,6 +49,7 @@ import torch
 import jetspec
 from jetspec.bench.datasets import prompts_dir, read_jsonl
 from jetspec.bench.rows import append_row, run_row
+from jetspec.core.errors import JetSpecError
 
 
 def read_prompts(path: Path, n: int) -> list[str]:
@@ -176,10 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     attention = args.attention or ("triton" if args.device.startswith("cuda") else "torch")
     exact = args.exact == "on" if args.exact else (attention == "triton" and args.device.startswith("cuda"))
     stamp |= {"attention": attention, "exact": exact, "cuda_graphs": args.cuda_graphs == "on"}
-    pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
-                                     cuda_graphs=args.cuda_graphs == "on")
-            .attention(attention).kv_cache("paged").drafter(args.drafter, **json.loads(args.drafter_options))
-            .generation(budget=args.budget, max_new_tokens=args.new).build())
+    try:
+        pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
+                                         cuda_graphs=args.cuda_graphs == "on")
+                .attention(attention).kv_cache("paged").drafter(args.drafter, **json.loads(args.drafter_options))
+                .generation(budget=args.budget, max_new_tokens=args.new).build())
+    except JetSpecError as e:  # e.g. --device cuda (the default) on a machine without one: one line, not a traceback
+        raise SystemExit(f"batched_throughput: {e}")
     ids = [pipe.encode(t) for t in texts]
     rows: list[dict[str, Any]] = []
 

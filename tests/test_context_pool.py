@@ -101,6 +101,36 @@ def test_a_pooled_drafter_not_in_the_step_keeps_its_context_and_drafts_as_before
         assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
 
 
+def test_calibrated_drafters_of_a_pool_score_their_own_drafts_with_one_pass_for_the_step(target, monkeypatch):
+    """With a calibration (one object for every drafter, as a checkpoint's file gives them) each
+    pooled drafter's proposal is its own queued draft scored by the rates, exactly as `marginals`
+    scores it alone — and the step calibrates every slot's draft in one pass (`PooledDrafts`)."""
+    from jetspec.drafters.head.calibration import BINS, GROUPS, HeadCalibration
+
+    depths = 5  # block_size 6: five drafted depths
+    rates = [[[(1 + 100 * d + 10 * g + 0.5 * b) / 1000 for b in range(BINS)] for g in range(GROUPS)] for d in range(depths)]
+    calibration = HeadCalibration(depths, rates, [], [])
+    pooled = drafters(target, 3)
+    states = [observed(d, target, p) for d, p in zip(pooled, PROMPTS)]
+    for d in pooled:
+        d.calibration = calibration
+    passes = []
+    made = HeadCalibration.drafts
+    monkeypatch.setattr(HeadCalibration, "drafts", lambda self, *a: passes.append(1) or made(self, *a))
+    results = [round_result(i, n=7, d=2, k=2) for i in range(3)]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+    for d, (_, packed), state in zip(pooled, results, states):
+        drafted = d._drafted.clone()  # [2, depths, k]: what propose reads
+        state.tokens += packed[(len(packed) + 1) // 2 : (len(packed) + 1) // 2 + 2].tolist()
+        d.observe(state, torch.zeros(2, LAYERS, 64))
+        got = d.propose(state, 16)
+        want = made(calibration, drafted[1].long().numpy()[None], drafted[0].numpy()[None]).marginals(0)
+        top = [t for t, _ in want.children(())]
+        for path in [()] + [(t,) for t in top] + [(top[0], t) for t, _ in want.children((top[0],))]:
+            assert got.children(path) == want.children(path), path
+    assert len(passes) == 1  # one pass for the three drafters
+
+
 def test_the_pool_grows_every_slot_and_keeps_their_rows(target):
     pooled = drafters(target, 2, capacity=16)
     for d, p in zip(pooled, PROMPTS[:2]):

@@ -118,6 +118,26 @@ def test_a_calibrated_draft_scores_each_candidate_by_its_cell_below_its_parents_
     assert p.children((7, 4, 1)) == ()
 
 
+@settings(max_examples=20, deadline=None)
+@given(slots=st.integers(1, 6), depths=st.integers(1, 4), measured=st.integers(1, 4), k=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_a_pooled_steps_drafts_calibrated_together_give_each_member_the_proposal_it_makes_alone(slots, depths, measured, k, seed):
+    """`PooledDrafts` calibrates a batch's drafts in one pass of array ops; member s must read
+    exactly the rows `marginals` makes from its own draft alone, below every parent rank."""
+    from jetspec.drafters.head.pool import PooledDrafts
+
+    g = torch.Generator().manual_seed(seed)
+    logp, tokens = torch.randn(slots, depths, 50, generator=g).log_softmax(-1).topk(k, dim=-1)  # [S, D, k] each
+    host = torch.stack([logp, tokens.float()], dim=1)  # [S, 2, D, k]: as the pool copies them
+    calibration, pooled = distinct(measured), PooledDrafts(host)
+    for s in range(slots):
+        alone, together = calibration.marginals(tokens[s], logp[s]), pooled.marginals(calibration, s)
+        paths = [()] + [(t,) for t in tokens[s, 0].tolist() + [999]]  # every parent rank, and a path the head did not draft
+        if depths > 1:
+            paths += [(tokens[s, 0, 0].item(), t) for t in tokens[s, 1].tolist()[:2]]
+        for path in paths:
+            assert together.children(path) == alone.children(path), (s, path)
+
+
 def test_a_calibration_file_round_trips(tmp_path):
     cal = distinct(3)
     cal.source = {"command": "jetspec calibrate-head ..."}

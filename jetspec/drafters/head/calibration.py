@@ -110,7 +110,12 @@ class HeadCalibration:
     # ---------------------------------------------------------------------------------- drafting
     def marginals(self, tokens: torch.Tensor, logp: torch.Tensor) -> "CalibratedMarginals":
         """The head's draft (tokens, logp [D, K], rows sorted by q) as a proposal scored by the rates."""
-        return CalibratedMarginals(self, tokens, logp)
+        tok, lp = tokens.cpu().numpy(), logp.float().cpu().numpy()  # [D, K] each (a device's: one copy each)
+        return self.drafts(tok[None], lp[None]).marginals(0)
+
+    def drafts(self, tokens: np.ndarray, logp: np.ndarray) -> "CalibratedDrafts":
+        """S drafts at once (a pooled step's: tokens [S, D, K] int64, logp [S, D, K] float32)."""
+        return CalibratedDrafts(self, tokens, logp)
 
     @functools.cached_property
     def log_rates(self) -> np.ndarray:
@@ -173,23 +178,42 @@ def _non_decreasing(values: list[float], weights: list[float]) -> list[float]:
     return [v for v, _, n in blocks for _ in range(n)]
 
 
+class CalibratedDrafts:
+    """The calibrated orders of S drafts (tokens, logp [S, D, K], rows sorted by q), computed for
+    all of them in one pass of array ops — a pooled step's drafters share one (`pool.PooledDrafts`)
+    instead of paying the ops' overhead each; `marginals(s)` is draft s's proposal.
+
+        bins   [S, d, K]     bin of q over BIN_EDGES, d = min(D, the calibration's depths)
+        scores [S, d, G, K]  log rate[depth][group][bin], each (s, depth, group) row sorted best first
+                             (stable: ties keep the head's order), the tokens in that order beside it"""
+
+    def __init__(self, calibration: HeadCalibration, tokens: np.ndarray, logp: np.ndarray):
+        d = min(tokens.shape[1], calibration.depths)
+        bins = (np.searchsorted(calibration.edges, np.exp(logp[:, :d]), side="right") - 1).clip(0, BINS - 1)  # [S, d, K]
+        scores = calibration.log_rates[np.arange(d)[None, :, None, None], np.arange(GROUPS)[None, None, :, None],
+                                       bins[:, :, None, :]]  # [S, d, G, K]
+        order = np.argsort(-scores, axis=-1, kind="stable")  # best first; ties keep the head's order
+        self.tokens = np.take_along_axis(np.broadcast_to(tokens[:, :d, None, :], scores.shape), order, -1)  # [S, d, G, K]
+        self.scores = np.take_along_axis(scores, order, -1)  # [S, d, G, K]
+        self.q_tokens, self.q_logp, self.depths = tokens, logp, d  # [S, D, K] each: the head's own order
+
+    def marginals(self, s: int) -> "CalibratedMarginals":
+        return CalibratedMarginals(self, s)
+
+
 class CalibratedMarginals(WellFormed):
     """A parallel head's draft scored by a `HeadCalibration`: the children of a path of length d
     are the head's depth-(d + 1) candidates, scored log rate[d][g][bin(q)] with g from the rank of
     the path's last token in its own row, sorted descending. Depths the calibration has no rows for
     keep the raw log q (never the case for the head it was measured on). Scores and orders of every
-    (depth, group) are computed at once on the tensors; a row becomes Python pairs when first read."""
+    (depth, group) are computed at once (`CalibratedDrafts`); a row becomes Python pairs when first read."""
 
-    def __init__(self, calibration: HeadCalibration, tokens: torch.Tensor, logp: torch.Tensor):
-        tok, lp = tokens.cpu().numpy(), logp.float().cpu().numpy()  # [D, K] each, rows sorted by q (a device's: one copy each)
-        d = min(tok.shape[0], calibration.depths)
-        bins = (np.searchsorted(calibration.edges, np.exp(lp[:d]), side="right") - 1).clip(0, BINS - 1)  # [d, K]
-        scores = calibration.log_rates[np.arange(d)[:, None, None], np.arange(GROUPS)[None, :, None], bins[:, None, :]]  # [d, G, K]
-        order = np.argsort(-scores, axis=-1, kind="stable")  # best first; ties keep the head's order
-        self._tokens = np.take_along_axis(np.broadcast_to(tok[:d, None, :], scores.shape), order, -1).tolist()  # [d][G][K]
-        self._scores = np.take_along_axis(scores, order, -1).tolist()  # [d][G][K]
-        self._raw = list(zip(tok[d:].tolist(), lp[d:].tolist()))  # depths past the calibration: log q
-        self._q_order = tok.tolist()  # [D][K] the head's own order (ranks)
+    def __init__(self, drafts: CalibratedDrafts, s: int):
+        d = drafts.depths
+        self._tokens = drafts.tokens[s].tolist()  # [d][G][K]
+        self._scores = drafts.scores[s].tolist()  # [d][G][K]
+        self._raw = list(zip(drafts.q_tokens[s, d:].tolist(), drafts.q_logp[s, d:].tolist()))  # depths past the calibration: log q
+        self._q_order = drafts.q_tokens[s].tolist()  # [D][K] the head's own order (ranks)
         self._rows: dict[tuple[int, int], tuple[tuple[int, float], ...]] = {}
         self._rank: dict[int, dict[int, int]] = {}
 

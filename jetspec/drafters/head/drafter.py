@@ -57,7 +57,7 @@ from .context import ContextDrafter
 from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
-from .pool import ContextPool
+from .pool import ContextPool, PooledDrafts
 
 
 # target -> {what a head is built from: its DraftHead}. A batched run makes one drafter per slot
@@ -146,12 +146,13 @@ class HeadDrafter(ContextDrafter):
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
         self._drafted_ready: torch.cuda.Event | None = None  # recorded behind its copy (None: nothing to wait for)
+        self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
-        self._drafted = None
+        self._drafted = self._pooled = None
         if self.lookup is not None:
             self.lookup.reset(state)
 
@@ -159,7 +160,7 @@ class HeadDrafter(ContextDrafter):
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
         """`DraftsAhead`: append the round's accepted path (all D + 1 slots; `observe` keeps the
         committed ones) and draft from the bonus token at anchor length + k, all on the device."""
-        self._drafted = None
+        self._drafted = self._pooled = None
         if hidden is None or not self._ahead:
             return
         d1 = (packed.numel() - 1) // 2  # D + 1
@@ -244,14 +245,18 @@ class HeadDrafter(ContextDrafter):
     def propose(self, state: DecodeState, budget: int) -> Proposal:
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
-        drafted, self._drafted = self._drafted, None
+        (drafted, self._drafted), (pooled, self._pooled) = (self._drafted, None), (self._pooled, None)
+        proposal: Proposal | None = None
         if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:  # the round committed the path drafted from
             if self._drafted_ready is not None:
                 self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
+            if pooled is not None and self.calibration:  # the step's drafts, calibrated together
+                proposal = pooled[0].marginals(self.calibration, pooled[1])
             logp, tokens = drafted[0], drafted[1].long()
         else:
             logp, tokens = self._draft(root, a, depths, self.cache.context())
-        proposal: Proposal = self.calibration.marginals(tokens, logp) if self.calibration else DepthMarginals(tokens, logp)
+        if proposal is None:
+            proposal = self.calibration.marginals(tokens, logp) if self.calibration else DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
             for _ in range(self.options.rescore_passes):  # pass p + 1 conditions the children that pass p proposed
                 proposal = self.rescore(accum_logp(proposal, root, nodes), a)
@@ -295,6 +300,9 @@ def lookup_calibration(options: HeadOptions) -> LookupCalibration | None:
     return LookupCalibration.load(path) if path.is_file() else None
 
 
+_CALIBRATIONS: dict[tuple[str, int, int], HeadCalibration] = {}  # (path, mtime, size) -> the file's calibration
+
+
 def head_calibration(options: HeadOptions, head: DraftHead) -> HeadCalibration | None:
     """The checkpoint's `head_rates.json`, where it has one and `head_calibration` is on; one that
     was measured for a head of another depth is a one-line CheckpointError."""
@@ -303,7 +311,11 @@ def head_calibration(options: HeadOptions, head: DraftHead) -> HeadCalibration |
     path = Path(options.checkpoint) / HEAD_RATES
     if not path.is_file():
         return None
-    calibration = HeadCalibration.load(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    calibration = _CALIBRATIONS.get(key)
+    if calibration is None:  # one object per file: a batch's drafters share it (`pool.PooledDrafts` calibrates once a step)
+        calibration = _CALIBRATIONS[key] = HeadCalibration.load(path)
     measured = calibration.source.get("head_sha256")
     if measured is not None and measured != weights_digest(Path(options.checkpoint) / WEIGHTS):
         raise CheckpointError(f"head calibration {path} was measured for other weights than {Path(options.checkpoint) / WEIGHTS}; "

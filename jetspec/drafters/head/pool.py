@@ -31,6 +31,7 @@ from ...core.on_device import to_device
 from .graphs import APPEND_ROWS
 
 if TYPE_CHECKING:
+    from .calibration import CalibratedDrafts, CalibratedMarginals, HeadCalibration
     from .drafter import HeadDrafter
 
 
@@ -128,8 +129,9 @@ class ContextPool:
         if self._host is None or self._host.shape != both.shape:
             self._host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         host = self._host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
+        drafts = PooledDrafts(host)
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
-            m.appended_ahead, m._drafted, m._drafted_ready = (starts[s], d), host[s], None
+            m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), host[s], None, (drafts, s)
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""
@@ -140,3 +142,20 @@ class ContextPool:
             k_buf.index_put_((slot, rows), k.to(k_buf.dtype))
             v_buf.index_put_((slot, rows), v.to(v_buf.dtype))
         return first.draft_many(self.root, self.anchor, self.buffers(), depths)
+
+
+class PooledDrafts:
+    """A pooled step's drafts on the host, host [S, 2, depths, k] (logp, token ids), calibrated for
+    every slot at once when the first member's `propose` asks (`CalibratedDrafts`): S members pay
+    one pass of array ops, not S. Read after the step's read-back, which waited for the copy."""
+
+    def __init__(self, host: torch.Tensor):
+        self.host = host
+        self._made: dict[int, tuple[HeadCalibration, CalibratedDrafts]] = {}  # id(calibration) -> it, its drafts
+
+    def marginals(self, calibration: HeadCalibration, s: int) -> CalibratedMarginals:
+        made = self._made.get(id(calibration))
+        if made is None or made[0] is not calibration:
+            arr = self.host.numpy()  # [S, 2, depths, k]
+            made = self._made[id(calibration)] = (calibration, calibration.drafts(arr[:, 1].astype(np.int64), arr[:, 0]))
+        return made[1].marginals(s)

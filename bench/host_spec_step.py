@@ -3,7 +3,7 @@ the CPU (issue 20): the target's forward replaced by a deterministic rule, so ev
 engine's — drafting, tree building and checks, metadata, the tree upload, acceptance, commit.
 
     python -m bench.host_spec_step [--batch-sizes 8,32,64] [--prompts-per-slot 4] [--new 128] [--repeats 3] \
-        [--label after] [--out bench/results/host_spec_step.jsonl]
+        [--drafter ngram|jetspec] [--label after] [--out bench/results/host_spec_step.jsonl]
 
 Setup: a tiny random llama through the real `decoder` target (paged KV, torch attention, n-gram
 drafts, best-first, budget 16, `accept_on_device = "always"`: the device path's host side), whose
@@ -11,10 +11,16 @@ drafts, best-first, budget 16, `accept_on_device = "always"`: the device path's 
 every walk ends in a cycle, so prompt lookup finds matches) except at positions divisible by 5,
 where next = G[token] (another map: some drafts fail). `--prompts-per-slot` waves of B prompts of
 40 tokens, `--new` tokens each. µs per sequence-step = wall time / sum of the sequences' rounds (least
-of `--repeats`), each phase's share (`GenerationStats.seconds`, summed over sequences) and the share
+of `--repeats`), each phase's µs per sequence-step and share (`GenerationStats.seconds`, summed over sequences) and the share
 of the wall that Python's cyclic garbage collector ran (`gc.callbacks`) in that repeat. A CPU
 figure: it ranks host costs and shows changes to them; on a GPU the same Python costs the host
 about as much, plus the launches this stub does not make.
+
+`--drafter jetspec`: the default drafter's kind of proposal instead — a random head (7 drafted
+depths, top-16, as the shipped SmolLM2 head) scored by the shipped head's rates
+(`head_rates.json`), merged with prompt lookup; the stub's hidden states are zeros. Its drafts
+are not the target's rule (τ is low): the figure is the host cost of its rounds (drafting together
+in one pooled job, calibration, the merged tree), not a speed.
 """
 
 from __future__ import annotations
@@ -32,9 +38,13 @@ import torch
 import jetspec
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.records import TargetOutput
+from jetspec.drafters.head import drafter as head_drafter
+from jetspec.drafters.head.calibration import HeadCalibration
 from jetspec.testing.models import tiny_hf_model
 
 VOCAB = 256
+HIDDEN = 64
+RATES = Path(__file__).resolve().parents[1] / "jetspec/assets/heads/SmolLM2-135M-Instruct/causal/head_rates.json"
 FIRST = 8  # tokens below this are never produced (no EOS: every sequence runs to --new)
 
 
@@ -49,7 +59,8 @@ def rule(seed: int = 0):
         nxt = torch.where(meta.positions % 5 == 0, other[tokens], f[tokens])  # [R]
         logits = torch.zeros(r, VOCAB)  # [R, V]
         logits[torch.arange(r), nxt] = 1.0
-        return TargetOutput(logits=logits, hidden=None)
+        hidden = torch.zeros(r, len(hidden_layers), HIDDEN) if hidden_layers else None  # [R, k, H]: a head drafter observes them
+        return TargetOutput(logits=logits, hidden=hidden)
 
     return forward_batch
 
@@ -77,13 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts-per-slot", type=int, default=4)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--drafter", choices=("ngram", "jetspec"), default="ngram")
     ap.add_argument("--label", default="")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp()) / "model"
-    tiny_hf_model("llama", seed=3, vocab=VOCAB, hidden=64, layers=2).save_pretrained(folder)
+    tiny_hf_model("llama", seed=3, vocab=VOCAB, hidden=HIDDEN, layers=2).save_pretrained(folder)
+    drafter = {"ngram": {}, "jetspec": dict(checkpoint="random", block_size=8, top_k=16)}[args.drafter]
+    if args.drafter == "jetspec":  # a random head has no rates file: the shipped head's, as its checkpoint would give them
+        rates = HeadCalibration.load(RATES)
+        head_drafter.head_calibration = lambda options, head: rates
     pipe = (jetspec.builder().target("decoder", path=str(folder), device="cpu", dtype="float32", cuda_graphs=False)
-            .attention("torch").kv_cache("paged").drafter("ngram")
+            .attention("torch").kv_cache("paged").drafter(args.drafter, **drafter)
             .generation(budget=16, max_new_tokens=args.new, accept_on_device="always").build())  # fmt: skip
     pipe.target.forward_batch = rule()
     stamp = run_row("python -m bench.host_spec_step " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), {})
@@ -102,12 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         tokens = sum(len(r.tokens) for r in results)
         phases = {k: sum(r.stats.seconds[k] for r in results) for k in results[0].stats.seconds}
         total = sum(phases.values())
-        row = {"kind": "host_spec_step", "label": args.label, "batch_size": b, "dtype": "float32", "prompts": len(prompts), "new": args.new,
+        row = {"kind": "host_spec_step", "label": args.label, "drafter": args.drafter, "batch_size": b, "dtype": "float32", "prompts": len(prompts), "new": args.new,
                "tau": tokens / rounds, "us_per_sequence_step": 1e6 * best / rounds,
-               "phase_shares": {k: round(v / total, 3) for k, v in phases.items()}, "gc_share": round(gc_best / best, 3),
+               "phase_shares": {k: round(v / total, 3) for k, v in phases.items()},
+               "phase_us_per_sequence_step": {k: round(1e6 * v / rounds, 1) for k, v in phases.items()}, "gc_share": round(gc_best / best, 3),
                **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}  # fmt: skip
         print(f"B={b:>3}  {row['us_per_sequence_step']:7.1f} us per sequence-step  tau {row['tau']:.2f}  "
-              + " ".join(f"{k} {v:.2f}" for k, v in row["phase_shares"].items()) + f"  | gc {row['gc_share']:.3f} of the wall", flush=True)
+              + " ".join(f"{k} {v:.0f}" for k, v in row["phase_us_per_sequence_step"].items()) + f" us  | gc {row['gc_share']:.3f} of the wall",
+              flush=True)
         if args.out:
             append_row(args.out, row)
 

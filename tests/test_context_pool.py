@@ -101,6 +101,48 @@ def test_a_pooled_drafter_not_in_the_step_keeps_its_context_and_drafts_as_before
         assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
 
 
+def test_halves_of_a_pooled_batch_drafting_in_turn_leave_each_drafter_what_drafting_alone_leaves(target):
+    """A pipeline reused with `overlap` (its slots' halves step in turn) finds its drafters in the one
+    pool of an earlier run: a half's job must not touch the other half's drafts in flight (queued
+    drafts, context rows appended ahead), so the half gets a pool of its own."""
+    prompts = PROMPTS + [[9, 8, 7, 6, 5]]
+    solo, pooled = drafters(target, 4, capacity=16), drafters(target, 4, capacity=16)  # small: the pools grow as they go
+    states = [observed(d, target, p) for d, p in zip(solo, prompts)]
+    for d, p in zip(pooled, prompts):
+        observed(d, target, p)
+
+    def step(half: list[int], seed: int) -> None:
+        results = {i: round_result(seed + i, n=7 + i, d=2 + i % 2, k=1 + (seed + i) % 2) for i in half}
+        for i in half:
+            solo[i].draft_ahead(*results[i], budget=16)
+        assert pooled[half[0]].draft_ahead_together([pooled[i] for i in half], [results[i][0] for i in half],
+                                                    [results[i][1] for i in half], budget=16)  # fmt: skip
+        return results
+
+    def land(results) -> None:
+        for i, (_, packed) in results.items():
+            k = int(packed[0])
+            states[i].tokens += packed[(len(packed) + 1) // 2 : (len(packed) + 1) // 2 + k].tolist()
+            for d in (solo[i], pooled[i]):
+                d.observe(states[i], torch.zeros(k, LAYERS, 64))
+            assert_same_state(solo[i], pooled[i], rows=solo[i].cache.length)
+            ps, pp = solo[i].propose(states[i], 16), pooled[i].propose(states[i], 16)
+            for depth in range(5):
+                assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)], (i, depth)
+
+    land(step([0, 1, 2, 3], 0))  # one step of the whole batch: one pool of four
+    first = pooled[0].cache.pool
+    a = step([0, 2], 10)  # then the halves in turn, each with the other's drafts in flight
+    for n in range(6):
+        b = step([1, 3], 20 + 10 * n)
+        land(a)
+        first.reserve(4 * first.capacity)  # the first pool growing binds only what is still its own
+        a = step([0, 2], 30 + 10 * n)
+        land(b)
+    land(a)
+    assert pooled[0].cache.pool is pooled[2].cache.pool is not pooled[1].cache.pool is pooled[3].cache.pool
+
+
 def test_calibrated_drafters_of_a_pool_score_their_own_drafts_with_one_pass_for_the_step(target, monkeypatch):
     """With a calibration (one object for every drafter, as a checkpoint's file gives them) each
     pooled drafter's proposal is its own queued draft scored by the rates, exactly as `marginals`

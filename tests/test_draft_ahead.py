@@ -175,6 +175,35 @@ def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
     assert calls.together > calls.ahead // 2  # most rounds drafted in one job with the step's other sequences
 
 
+def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halves_overlapped():
+    """Per sequence, `overlap` changes no call: a pipeline whose head drafters were pooled by a run of
+    the whole batch, run again with its halves stepping in turn, drafts every round from the
+    sequence's own context (a half's pooled job once overwrote the other half's drafts in flight:
+    the same outputs from staler drafts)."""
+    from jetspec.testing.models import tiny_decoder_target
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7], [5, 6, 5, 6, 5], [2, 3, 2, 3]]
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec+lookup"])
+            .kv_cache("paged").generation(budget=12, max_new_tokens=24, accept_on_device="always", batch_size=4).build())
+    real, stale = HeadDrafter.propose, []
+
+    def propose(drafter, state, budget):  # a draft queued ahead must be the one the drafter would make now
+        drafted = drafter._drafted
+        if drafted is not None and drafter.kept_ahead:
+            _, tokens = drafter._draft(state.tokens[-1], drafter.cache.length, drafted.shape[1], drafter.cache.context())
+            stale.append(not torch.equal(tokens.float(), drafted[1]))
+        return real(drafter, state, budget)
+
+    runs = []
+    with patch.object(HeadDrafter, "propose", propose):
+        for overlap in (False, True, False):
+            pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
+            runs.append(pipe.generate_many(prompts))
+    assert [r.tokens for r in runs[1]] == [r.tokens for r in runs[0]] == [r.tokens for r in runs[2]]
+    assert [r.stats.rounds for r in runs[1]] == [r.stats.rounds for r in runs[0]] == [r.stats.rounds for r in runs[2]]
+    assert len(stale) > len(prompts) and not any(stale)  # drafts queued ahead were read, and every one was current
+
+
 def test_a_failing_draft_ahead_in_a_batch_fails_its_own_sequence_in_one_line():
     from jetspec.testing.models import tiny_decoder_target
 

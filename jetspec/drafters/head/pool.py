@@ -50,7 +50,7 @@ class ContextPool:
         for i, c in enumerate(caches):  # every row (rows past length too: finite, as the invariant wants)
             for pool, own in zip(self._k + self._v, c._k + c._v):
                 pool[i, : own.shape[0]].copy_(own)
-        self._bind()
+        self._bind(made=True)
         k = len(members[0].hidden_layers)
         h = members[0].config.hidden_size
         self.hidden = torch.zeros(s, APPEND_ROWS, k, h, dtype=dtype, device=dev)  # [S, A, k, H] static input
@@ -62,21 +62,32 @@ class ContextPool:
 
     @staticmethod
     def of(members: list[HeadDrafter]) -> ContextPool | None:
-        """The pool that holds every member (made now if none is pooled yet), else None (mixed)."""
+        """The pool that holds every member (made now if none is pooled yet), else None (mixed). A
+        pool whose other members have a draft in flight (the other half of an overlapped batch, in
+        a pool made by an earlier run of the pipeline) is not used: its job would write their slots
+        (`draft_ahead`: a member not in the step gets a stale draft and rows at its length) — the
+        members get a pool of their own, which takes their slots out of the old one."""
         pools = {id(m.cache.pool): m.cache.pool for m in members}
         if len(pools) != 1:
             return None
         (pool,) = pools.values()
+        if pool is not None:
+            ids = {id(m) for m in members}
+            if any(o.cache.pool is pool and o.in_flight() for o in pool.members if id(o) not in ids):
+                pool = None
         if pool is None:
             if len({id(m) for m in members}) != len(members):
                 return None
             pool = ContextPool(members)
         return pool if all(id(m) in pool.slot for m in members) else None
 
-    def _bind(self) -> None:
+    def _bind(self, made: bool = False) -> None:
+        """Each member's cache onto its slot: every member when the pool is made, later only those
+        still its own (a member moved to a pool of its own, `of`, stays there)."""
         for i, m in enumerate(self.members):
-            m.cache.pool = self
-            m.cache.bind([k[i] for k in self._k], [v[i] for v in self._v], self.version)
+            if made or m.cache.pool is self:
+                m.cache.pool = self
+                m.cache.bind([k[i] for k in self._k], [v[i] for v in self._v], self.version)
 
     def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per head layer (k, v) [S, capacity, Hkv, D]."""

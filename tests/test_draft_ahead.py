@@ -177,8 +177,8 @@ def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
 
 def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halves_overlapped():
     """Per sequence, `overlap` changes no call: a pipeline whose head drafters were pooled by a run of
-    the whole batch, run again with its halves stepping in turn, drafts every round from the
-    sequence's own context (a half's pooled job once overwrote the other half's drafts in flight:
+    the whole batch, run again with its halves stepping in turn (then again as one), drafts every
+    round from the sequence's own context, most of them pooled (a half's pooled job once overwrote the other half's drafts in flight:
     the same outputs from staler drafts)."""
     from jetspec.testing.models import tiny_decoder_target
 
@@ -198,7 +198,9 @@ def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halv
     with patch.object(HeadDrafter, "propose", propose):
         for overlap in (False, True, False):
             pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
-            runs.append(pipe.generate_many(prompts))
+            with Calls() as calls:
+                runs.append(pipe.generate_many(prompts))
+            assert calls.together > calls.ahead // 2  # still pooled: one pool, then one per half, then one again
     assert [r.tokens for r in runs[1]] == [r.tokens for r in runs[0]] == [r.tokens for r in runs[2]]
     assert [r.stats.rounds for r in runs[1]] == [r.stats.rounds for r in runs[0]] == [r.stats.rounds for r in runs[2]]
     assert len(stale) > len(prompts) and not any(stale)  # drafts queued ahead were read, and every one was current

@@ -62,22 +62,20 @@ class ContextPool:
 
     @staticmethod
     def of(members: list[HeadDrafter]) -> ContextPool | None:
-        """The pool that holds every member (made now if none is pooled yet), else None (mixed). A
-        pool whose other members have a draft in flight (the other half of an overlapped batch, in
-        a pool made by an earlier run of the pipeline) is not used: its job would write their slots
-        (`draft_ahead`: a member not in the step gets a stale draft and rows at its length) — the
-        members get a pool of their own, which takes their slots out of the old one."""
-        pools = {id(m.cache.pool): m.cache.pool for m in members}
-        if len(pools) != 1:
+        """The pool that holds every member, else one made now for them (None: a member twice).
+        A pool whose other members have a draft in flight (the other half of an overlapped batch,
+        in a pool made by an earlier run of the pipeline) is not used: its job would write their
+        slots (`draft_ahead`: a member not in the step gets a stale draft and rows at its length).
+        A new pool copies its members' contexts and takes them out of their old pools, whose other
+        members keep their slots as they were."""
+        ids = {id(m) for m in members}
+        if len(ids) != len(members):
             return None
-        (pool,) = pools.values()
-        if pool is not None:
-            ids = {id(m) for m in members}
-            if any(o.cache.pool is pool and o.in_flight() for o in pool.members if id(o) not in ids):
-                pool = None
+        pools = {id(m.cache.pool): m.cache.pool for m in members}
+        pool = next(iter(pools.values())) if len(pools) == 1 else None  # members of several pools: a new one
+        if pool is not None and any(o.cache.pool is pool and o.in_flight() for o in pool.members if id(o) not in ids):
+            pool = None
         if pool is None:
-            if len({id(m) for m in members}) != len(members):
-                return None
             pool = ContextPool(members)
         return pool if all(id(m) in pool.slot for m in members) else None
 

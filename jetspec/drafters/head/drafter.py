@@ -250,16 +250,14 @@ class HeadDrafter(ContextDrafter):
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
         (drafted, self._drafted), (pooled, self._pooled) = (self._drafted, None), (self._pooled, None)
-        proposal: Proposal | None = None
-        if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:  # the round committed the path drafted from
-            if self._drafted_ready is not None:
-                self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
-            if pooled is not None and self.calibration:  # the step's drafts, calibrated together
-                proposal = pooled[0].marginals(self.calibration, pooled[1])
-            logp, tokens = drafted[0], drafted[1].long()
+        ahead = drafted is not None and self.kept_ahead and drafted.shape[1] == depths  # the round committed the path drafted from
+        if ahead and self._drafted_ready is not None:
+            self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
+        proposal: Proposal
+        if ahead and pooled is not None and self.calibration:  # the step's drafts, calibrated together
+            proposal = pooled[0].marginals(self.calibration, pooled[1])
         else:
-            logp, tokens = self._draft(root, a, depths, self.cache.context())
-        if proposal is None:
+            logp, tokens = (drafted[0], drafted[1].long()) if ahead else self._draft(root, a, depths, self.cache.context())
             proposal = self.calibration.marginals(tokens, logp) if self.calibration else DepthMarginals(tokens, logp)
         if self.options.rescore and budget >= 1:
             for _ in range(self.options.rescore_passes):  # pass p + 1 conditions the children that pass p proposed

@@ -178,10 +178,6 @@ class HeadDrafter(ContextDrafter):
             self._drafted_ready = self._drafted_ready or torch.cuda.Event()
             self._drafted_ready.record()
 
-    def in_flight(self) -> bool:
-        """A draft queued ahead or context rows appended ahead that this drafter has not consumed yet."""
-        return self._drafted is not None or self.appended_ahead is not None
-
     def draft_ahead_together(self, peers: list, hidden: list[torch.Tensor | None], packed: list[torch.Tensor],
                              budget: int) -> bool:
         """`DraftsAheadTogether`: peers alike (this class, this head, drafting ahead the same depths and

@@ -10,8 +10,12 @@ instead of one per sequence — on a GPU one CUDA graph of ~100 small kernels pe
                   draft   inputs [root_s, MASK x (B - 1)] at positions anchor_s + 0 .. B - 1 over
                           slot s's keys t < anchor_s -> (logp, tokens) [S, depths, k], top-k of q_d
               A = APPEND_ROWS: a member drafting ahead has its accepted path's D + 1 rows first; a
-              member not in the step gets its own length as start and anchor and a stale hidden:
-              its rows past `length` take finite values, which ContextCache's invariant allows
+              member not in the step (its sequence ended, or it is the other half of an overlapped
+              batch) gets its own length as start and anchor and its own last hidden rows: its rows
+              past `length` take finite values, which ContextCache's invariant allows, and rows it
+              appended ahead are written again as they were
+    drafts    to a host buffer of the job's own, so a member's queued draft is never overwritten by a
+              later job it is not in (the other half's, with overlap)
 
 Per member this is what its own `draft_ahead` does (append_ahead, then the draft from the bonus
 token at anchor length + k), up to float rounding (the pool's capacity may be larger than the
@@ -58,30 +62,23 @@ class ContextPool:
         self.root = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.anchor = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.graphs = GraphSet() if members[0].graphs is not None else None
-        self._host: torch.Tensor | None = None  # [S, 2, depths, k] the drafts' (pinned) host buffer
 
     @staticmethod
     def of(members: list[HeadDrafter]) -> ContextPool | None:
-        """The pool that holds every member, else one made now for them (None: a member twice).
-        A pool whose other members have a draft in flight (the other half of an overlapped batch,
-        in a pool made by an earlier run of the pipeline) is not used: its job would write their
-        slots (`draft_ahead`: a member not in the step gets a stale draft and rows at its length).
-        A new pool copies its members' contexts and takes them out of their old pools, whose other
-        members keep their slots as they were."""
-        ids = {id(m) for m in members}
-        if len(ids) != len(members):
+        """The pool that holds every member, else one made now for them (None: a member twice). A
+        new pool copies its members' contexts and takes them out of their old pools (members of
+        several pools: a batch run as one after its halves ran overlapped, each half in a pool)."""
+        if len({id(m) for m in members}) != len(members):
             return None
         pools = {id(m.cache.pool): m.cache.pool for m in members}
-        pool = next(iter(pools.values())) if len(pools) == 1 else None  # members of several pools: a new one
-        if pool is not None and any(o.cache.pool is pool and o.in_flight() for o in pool.members if id(o) not in ids):
-            pool = None
+        pool = next(iter(pools.values())) if len(pools) == 1 else None
         if pool is None:
             pool = ContextPool(members)
         return pool if all(id(m) in pool.slot for m in members) else None
 
     def _bind(self, made: bool = False) -> None:
         """Each member's cache onto its slot: every member when the pool is made, later only those
-        still its own (a member moved to a pool of its own, `of`, stays there)."""
+        still its own (a member moved to a newer pool, `of`, stays there)."""
         for i, m in enumerate(self.members):
             if made or m.cache.pool is self:
                 m.cache.pool = self
@@ -135,9 +132,8 @@ class ContextPool:
                 self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
             logp, tokens = self.graphs.replay((self.version, depths), job)
         both = torch.stack([logp.float(), tokens.float()], dim=1)  # [S, 2, depths, k]
-        if self._host is None or self._host.shape != both.shape:
-            self._host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
-        host = self._host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
+        host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
+        host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), host[s], None, (drafts, s)

@@ -29,9 +29,9 @@ How a tile of rows (packed (token, head) pairs, GQA) gets each row's virtual key
   product uses only its own row of Q and its own keys, so the two ways give it the same bits. A chain (prefill) needs no gather: its virtual keys are
   its logical ones.
 
-Who computes what is free, the arithmetic is not. Decode steps and trees of up to ONE_LAUNCH_ROWS
-packed rows: one launch, a program per split, then a fold of the splits' partials. Larger trees (a
-tile's per-token blocks cost a dot per four tokens) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
+Who computes what is free, the arithmetic is not. Decode steps and small trees: a program per
+split, then a fold of the splits' partials. Large trees (a tile's per-token blocks cost a dot per four
+tokens) run in two launches: the shared blocks in large tiles (which read the prefix once per tile),
 a program per split or per group (folding its splits in registers: no partial traffic), then the
 per-token blocks in tiles of TAIL_ROWS rows, which resume each row's running state (m, l, acc) and
 fold (M, num, den), stored exactly in fp32, and finish the folds.
@@ -41,7 +41,7 @@ end to end over one shared page pool. A tile table (`pack_tiles`, as the free-or
 gives each tile its sequence — first row, N_s, T_s, where its slot map starts — and a tile never
 spans two sequences, so each row runs exactly the arithmetic above over its own sequence's
 virtual keys. The whole batch takes the launches one sequence would: one per layer while every
-sequence is a chain or has at most ONE_LAUNCH_ROWS packed rows, else two.
+sequence is a chain or fits one TAIL_ROWS tile, else two (`one_launch_for`).
 """
 
 from __future__ import annotations
@@ -265,7 +265,6 @@ def _invariant_tail_fwd(
 
 
 TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
-ONE_LAUNCH_ROWS = TAIL_ROWS  # a tree of at most this many packed (token, head) rows per sequence runs in one launch
 
 
 def one_launch_for(rows_per_sequence: int, chain: bool) -> bool:
@@ -274,7 +273,7 @@ def one_launch_for(rows_per_sequence: int, chain: bool) -> bool:
     (bench/RESULTS.md): one launch in the rules' 64-row tiles is slower than two for trees of 9-33
     nodes; in 16-row tiles it is faster only while the batch's tiles times its key blocks stay few
     (it reads the prefix once per 16 rows). No bit depends on the choice."""
-    return chain or rows_per_sequence <= ONE_LAUNCH_ROWS
+    return chain or rows_per_sequence <= TAIL_ROWS
 
 
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
@@ -290,8 +289,8 @@ def invariant_tree_attention(
     fixes the split count, so one launch shape serves any T); positions [N] int64; ancestors
     [N, N] int32 (unused when `chain`); prefix_len [1] int32 -> [N, Hq, D].
 
-    Up to ONE_LAUNCH_ROWS packed rows (decode steps, small trees) and chains: one launch, a program
-    per split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
+    Up to TAIL_ROWS packed rows (decode steps, small trees) and chains: one launch, a program per
+    split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
     (`per_split` = 1) or per group of splits (0; -1: whichever fills the GPU), launch 2 the
     per-token blocks in tiles of TAIL_ROWS rows and the folds. block_m, warps, stages: launch 1's
     tiling (0: chosen here). None of these choices changes a bit of any row."""

@@ -74,9 +74,9 @@ def one_step(q_u, k_rows, v_rows, slots, path_rows, prefix_len, split_blocks):
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
 def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_step(
         nodes, prefix_len, group, split_blocks, split_group, per_split, dtype, data):
-    """Trees of more than ONE_LAUNCH_ROWS packed rows run as two launches (shared blocks in large
-    tiles, a program per split or per group of splits, then the per-token blocks and the folds);
-    one-token steps and smaller trees run as one, a program per split. Each node's row must still be bitwise its step's,
+    """Trees of more than TAIL_ROWS packed rows run as two launches (shared blocks in large tiles, a
+    program per split or per group of splits, then the per-token blocks and the folds); one-token
+    steps and smaller trees run as one, a program per split (`one_launch_for`). Each node's row must still be bitwise its step's,
     whether the tree stays in one key block or crosses blocks, splits and groups of splits."""
     from jetspec.kernels import triton_invariant_attention as inv
     from jetspec.kernels.row_inputs import ancestor_table

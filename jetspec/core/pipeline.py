@@ -319,16 +319,14 @@ class Pipeline:
         """The scorer's tree for this round, checked against it (`core/checks.py`). When the build
         or the check fails, the proposal is re-read first: a drafter's fault is the drafter's."""
         who, vocab = self.labels["scorer"], self.target.info.vocab_size
-        blame = lambda: blame_proposal(proposal, lambda p: self.scorer.build(p, root, budget), self.labels["drafter"], vocab)  # noqa: E731
         try:
             with Blame(who, "in build"):
                 tree = self.scorer.build(proposal, root, budget)
             return check_tree(tree, root, budget, vocab, who)
-        except PluginError:
-            blame()
-            raise
-        except InputError as e:  # a DraftTree constructor refused what the scorer assembled
-            blame()
+        except (PluginError, InputError) as e:  # InputError: a DraftTree constructor refused what the scorer assembled
+            blame_proposal(proposal, lambda p: self.scorer.build(p, root, budget), self.labels["drafter"], vocab)
+            if isinstance(e, PluginError):
+                raise
             raise PluginError(f"{who} built an invalid tree: {e}") from e
 
     def _result(self, state: DecodeState, stats: GenerationStats, prompt_ids: list[int], stopped: str) -> GenerationResult:

@@ -26,9 +26,9 @@ REG = make_test_registry()
 FAST = dict(registry=REG, examples=3, targets=("decoder",), shrink=False)
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["ReadsHiddenStates", "KeyedProposals", "ResettableVerifier", "GraphSafe", "RowKVCache", "LendsEmbeddings", "PadsForward",
-            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks"]
+            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks", "LaunchForms"]
 MEMBERS = ["hidden_layers", "proposal_key", "reset", "graph_safe", "k", "v", "slot_table", "embed", "lm_head", "extra_pending",
-           "accept_on_device", "stage_commit", "ranks"]
+           "accept_on_device", "stage_commit", "ranks", "launch_form"]
 
 
 class NoOptions(BaseModel):
@@ -161,6 +161,24 @@ def test_graph_safe_must_be_a_bool():
 
     fails(check_kv_cache, Implementation("vague", lambda o, info, c: Vague(info, c), NoOptions),
           match=r"^kv_cache 'vague': graph_safe: graph_safe is 'yes'; declare True or False", **FAST)
+
+
+def test_a_launch_form_that_changes_between_calls_fails_the_kit():
+    from jetspec.kernels.triton_backend import TritonAttention
+    from jetspec.testing.optional_members import check_launch_forms
+    from jetspec.testing.subject import Subject
+
+    class Restless(TritonAttention):
+        calls = 0
+
+        def launch_form(self, rows, prefix_len, chain):
+            self.calls += 1
+            return self.calls % 2
+
+    s = Subject("attention", Implementation("restless", lambda o: Restless(), NoOptions), NoOptions(), REG)
+    fails(check_launch_forms, s, Restless(), match=r"^attention 'restless': launch_form: launch_form\(1, 0, True\) returned 1, "
+                                                  r"then 0: it must return the same int each time$")
+    check_launch_forms(s, TritonAttention(invariant=True))  # the built-in: passes
 
 
 class ShallowOnDevice(GreedyVerifier):

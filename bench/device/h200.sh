@@ -79,7 +79,7 @@
 #                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
 # ab-batched       the same for bench/batched_throughput.py (BATCHED_* as `batched`; 128 prompts, batch 1 on 4), alternating
 # ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
-#                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens), each run twice, alternating the
+#                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens), each run AB_TIMES (2) times, alternating the
 #                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
 #                  && rm -rf .old/jetspec/assets`) and the working tree -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl
 # memory           bench/memory_budget.py: peak GPU memory of Qwen3-8B-shape decoding (exact, 1/64/256 nodes) against weights +
@@ -405,7 +405,7 @@ for step in "$@"; do
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     ab)  # the working tree against an older one carried in .old/ (AB_ARGS below), alternating, one call
       [ -d .old/jetspec ] || { echo "ab: no .old/jetspec (see the step's comment at the top)"; failed="$failed $step"; continue; }
-      for side in before after before after; do
+      for side in $(for i in $(seq ${AB_TIMES:-2}); do echo before after; done); do
         dir=$PWD; [ $side = before ] && dir=$PWD/.old
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on --contexts 1024 4096 16384 \
           --trees 1 16 64 256 --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")

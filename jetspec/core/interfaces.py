@@ -131,7 +131,7 @@ class KVCache(Protocol):
 @runtime_checkable
 class AttentionBackend(Protocol):
     """Computes attention of N queries over the cache with the tree mask of `meta`.
-    Optional: `PositionInvariantAttention`, `GraphSafe`."""
+    Optional: `PositionInvariantAttention`, `GraphSafe`, `LaunchForms`."""
 
     def attend(self, q: torch.Tensor, cache: KVCache, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         """q [N, Hq, D] (after RoPE) -> out [N, Hq, D]. The layer's pending K/V are already written."""
@@ -265,6 +265,18 @@ class AttendsPackedTables(Protocol):
 
 
 @runtime_checkable
+class LaunchForms(Protocol):
+    """An attention backend whose launches for one sequence's forward take one of several forms,
+    chosen on the host from the tree's size and T (the `triton` exact kernel: one launch or two).
+    A CUDA graph records the form of its capture, so the target keys its graphs on it as well."""
+
+    def launch_form(self, rows: int, prefix_len: int, chain: bool) -> int:
+        """The form `attend` takes for `rows` packed (token, head) rows (N * the GQA group) over
+        `prefix_len` committed keys; no output bit may depend on it."""
+        ...
+
+
+@runtime_checkable
 class LendsEmbeddings(Protocol):
     """A target that lends its input embedding and LM head to draft heads (the head drafters
     need it; both built-in targets and the kit's tiny targets have it)."""
@@ -366,7 +378,7 @@ class BatchedKVCache(Protocol):
 __all__ = [
     "Acceptance", "AcceptsBatchOnDevice", "AcceptsOnDevice", "AttendsPackedTables", "AttentionBackend",
     "AttentionMeta", "BatchedAttention", "BatchedKVCache", "BatchedTarget", "CommitsOnDevice", "DecodeState",
-    "DeviceTree", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LendsEmbeddings",
+    "DeviceTree", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LaunchForms", "LendsEmbeddings",
     "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ReadsHiddenStates", "Ranks",
     "ResettableVerifier", "RowKVCache", "SpansRanks", "Target", "TargetInfo", "TargetOutput", "TreeScorer",
     "Verifier", "accepts_batch_on_device", "accepts_on_device", "extra_pending", "is_graph_safe",

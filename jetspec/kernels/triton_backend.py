@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal, Sequence
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,7 @@ from ..core.errors import IncompatibleError
 from ..core.batch import BatchMeta, PackedTables
 from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
 from ..core.on_device import to_device
+from .invariant_launch_forms import TAIL_ROWS, one_launch_for, one_launch_tiles, row_tiles
 from .row_inputs import RowKernelInputs, ancestor_table
 
 
@@ -204,12 +206,14 @@ class TritonAttention(RowKernelInputs):
         depends on it), each row's ancestors within its own tree [R, largest], the TAIL_ROWS tile
         table — made at the forward's first layer, shared by the rest."""
         if self._packed_invariant is None or self._packed_invariant[0] is not meta:  # once per forward
-            from .triton_invariant_attention import TAIL_ROWS, one_launch_for, row_tiles
             from .triton_tree_attention import pack_tiles
 
-            block_m = self.options.block_m or row_tiles(largest * group)[0]
-            flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
             chain = all(m.chain for m in meta.seqs)
+            rows = np.diff(np.asarray(meta.cu_rows)) * group  # [S] packed rows of each sequence
+            block_m = self.options.block_m or row_tiles(largest * group)[0]  # launch 1's, were it two
+            one = one_launch_for(rows, [m.prefix_len for m in meta.seqs], block_m, chain)
+            block_m = self.options.block_m or one_launch_tiles(one, chain, block_m)
+            flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
             positions, seq = meta.positions.to(q.device), meta.seq_ids.to(q.device)  # [R] int64 each
             first = to_device(torch.tensor(meta.cu_rows[:-1]), q.device)[seq]  # [R]: its sequence's first row
             ancestors = positions.view(-1, 1) if chain else ancestor_table(
@@ -217,7 +221,7 @@ class TritonAttention(RowKernelInputs):
             starts = [sum(m.prefix_len + m.num_queries for m in meta.seqs[:s]) for s in range(meta.num_sequences)]
             tail = to_device(pack_tiles(list(meta.cu_rows), starts, group, TAIL_ROWS), q.device)
             tables = PackedTables(flat, positions, ancestors, prefix, tiles, tail, max(sl.numel() for sl in slots), chain,
-                                  one_launch_for(largest * group, chain), block_m)
+                                  one, block_m)
             self._packed_invariant = (meta, tables)
         return self.attend_tables(q, k_rows, v_rows, self._packed_invariant[1], scale)
 
@@ -235,14 +239,22 @@ class TritonAttention(RowKernelInputs):
                                           self._split_blocks(k_rows), tables.chain, tables.block_m, o.num_warps or 0,
                                           o.num_stages or 0, one_launch=int(tables.one_launch))
 
+    def launch_form(self, rows: int, prefix_len: int, chain: bool) -> int:
+        """`LaunchForms`: exact mode's one launch (1) or two (0) for one sequence's `rows` packed
+        (token, head) rows over `prefix_len` committed keys (`invariant_launch_forms.py`); 0 otherwise."""
+        if not self.invariant:
+            return 0
+        return int(one_launch_for([rows], [prefix_len], self.options.block_m or row_tiles(rows)[0], chain))
+
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import invariant_tree_attention
 
         positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
         o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
+        one = self.launch_form(q.shape[0] * (q.shape[1] // k_rows.shape[1]), meta.prefix_len, meta.chain)
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
                                         self._split_blocks(k_rows), meta.chain, o.block_m or 0, o.num_warps or 0,
-                                        o.num_stages or 0)
+                                        o.num_stages or 0, one_launch=one)
 
     def _split_blocks(self, k_rows: torch.Tensor) -> int:
         """Key blocks per split-K range of the exact mode (k_rows [rows, Hkv, D])."""

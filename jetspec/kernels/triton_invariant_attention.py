@@ -40,8 +40,8 @@ Packed batches (`packed_invariant_attention`, PACKED; batched decoding): the row
 end to end over one shared page pool. A tile table (`pack_tiles`, as the free-order kernel's)
 gives each tile its sequence — first row, N_s, T_s, where its slot map starts — and a tile never
 spans two sequences, so each row runs exactly the arithmetic above over its own sequence's
-virtual keys. The whole batch takes the launches one sequence would: one per layer while every
-sequence is a chain or fits one TAIL_ROWS tile, else two (`one_launch_for`).
+virtual keys. The whole batch takes one launch form (`invariant_launch_forms.py`: one launch in
+TAIL_ROWS tiles while its extra prefix reads stay few, else two).
 """
 
 from __future__ import annotations
@@ -53,20 +53,13 @@ import triton
 import triton.language as tl
 
 from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options
+from .invariant_launch_forms import TAIL_ROWS, one_launch_tiles, row_tiles
 from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
                                      _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
 from .triton_tree_attention import LOG2E, NEG_BIG
 
 BLOCK_N = 64  # fixed: key blocks are part of the reduction order
-
-
-def row_tiles(rows: int) -> tuple[int, int]:
-    """(BLOCK_M, warps) for `rows` packed (token, head) rows. Free to follow the shape: a row's
-    arithmetic does not depend on it (see `_online_softmax`)."""
-    if interpreted() or rows <= 16:
-        return 16, 4
-    return (64, 4) if rows <= 64 else (128, 8)
 
 
 @triton.jit
@@ -264,18 +257,6 @@ def _invariant_tail_fwd(
     _store_out(O, out, tok, head, row_ok, stride_on, stride_oh, HEAD_DIM)
 
 
-TAIL_ROWS = 16  # row tile of launch 2: per-token blocks cost a dot per four tokens of the tile
-
-
-def one_launch_for(rows_per_sequence: int, chain: bool) -> bool:
-    """One launch or two for a forward whose largest tree has `rows_per_sequence` packed rows
-    (N_s * group): one while it fits one tail tile. `bench/packed_attention.py` times both forms
-    (bench/RESULTS.md): one launch in the rules' 64-row tiles is slower than two for trees of 9-33
-    nodes; in 16-row tiles it is faster only while the batch's tiles times its key blocks stay few
-    (it reads the prefix once per 16 rows). No bit depends on the choice."""
-    return chain or rows_per_sequence <= TAIL_ROWS
-
-
 SPLIT_GROUP = 8  # fixed: splits are folded in groups of this many, groups into the output
 
 
@@ -284,22 +265,25 @@ def invariant_tree_attention(
     q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
     positions: torch.Tensor, ancestors: torch.Tensor, prefix_len: torch.Tensor, scale: float,
     split_blocks: int, chain: bool, block_m: int = 0, warps: int = 0, stages: int = 0, per_split: int = -1,
+    one_launch: int = -1,
 ) -> torch.Tensor:
     """q [N, Hq, D]; k_rows, v_rows [R, Hkv, D]; slots [C] int32 (C = the cache's capacity: it
     fixes the split count, so one launch shape serves any T); positions [N] int64; ancestors
     [N, N] int32 (unused when `chain`); prefix_len [1] int32 -> [N, Hq, D].
 
-    Up to TAIL_ROWS packed rows (decode steps, small trees) and chains: one launch, a program per
-    split. Larger trees: launch 1 runs the shared blocks in large tiles, a program per split
-    (`per_split` = 1) or per group of splits (0; -1: whichever fills the GPU), launch 2 the
-    per-token blocks in tiles of TAIL_ROWS rows and the folds. block_m, warps, stages: launch 1's
-    tiling (0: chosen here). None of these choices changes a bit of any row."""
+    one_launch 1: one launch, a program per split, in TAIL_ROWS tiles (a chain: launch 1's). 0: two,
+    launch 1 the shared blocks in large tiles, a program per split (`per_split` = 1) or per group of
+    splits (0; -1: whichever fills the GPU), launch 2 the per-token blocks in tiles of TAIL_ROWS rows
+    and the folds. -1: one for chains and trees of one TAIL_ROWS tile, else two (T is on the device:
+    a caller that knows it asks `one_launch_for`). block_m, warps, stages: launch 1's tiling (0:
+    chosen here). None of these choices changes a bit of any row."""
     rows = q.shape[0] * (q.shape[1] // k_rows.shape[1])  # packed (token, head) rows
-    auto_m, auto_warps = row_tiles(rows)
-    block_m, warps = block_m or auto_m, warps or auto_warps
+    one = chain or rows <= TAIL_ROWS if one_launch < 0 else bool(one_launch)
+    block_m = block_m or one_launch_tiles(one, chain, row_tiles(rows)[0])
+    warps = warps or row_tiles(block_m)[1]
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, None, None,
                    (triton.cdiv(rows, block_m), triton.cdiv(rows, TAIL_ROWS)), slots.numel(), scale, split_blocks,
-                   chain, one_launch_for(rows, chain), block_m, warps, stages, per_split)
+                   chain, one, block_m, warps, stages, per_split)
 
 
 @torch.library.custom_op("jetspec::packed_invariant_attention", mutates_args=())
@@ -318,10 +302,12 @@ def packed_invariant_attention(
     map's (it fixes the split count, as C does for one sequence) -> [R, Hq, D].
 
     A tile serves one sequence (its rows, T_s and slot map from the table), so the launches are
-    those of one sequence: `one_launch_for` the largest tree. one_launch: 1 or 0 says which (a CUDA
-    graph's bucket decides it); -1: the rule for ancestors' width (the largest tree's nodes)."""
+    those of one sequence. one_launch: 1 or 0 says which form (`one_launch_for`; a CUDA graph's key
+    holds it): one launch runs `tiles`, which a tree's caller makes for TAIL_ROWS rows
+    (`one_launch_tiles`); -1: one for chains and for trees of one TAIL_ROWS tile (ancestors' width:
+    the largest tree's nodes), else two."""
     if one_launch < 0:
-        one_launch = int(one_launch_for(ancestors.shape[1] * (q.shape[1] // k_rows.shape[1]), chain))
+        one_launch = int(chain or ancestors.shape[1] * (q.shape[1] // k_rows.shape[1]) <= TAIL_ROWS)
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_lens, tiles, tail_tiles,
                    (tiles.shape[0], tail_tiles.shape[0]), capacity, scale, split_blocks, chain, bool(one_launch), block_m,
                    warps or row_tiles(block_m)[1], stages, per_split)
@@ -388,7 +374,7 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
 
 @invariant_tree_attention.register_fake
 def _(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, scale, split_blocks, chain, block_m=0, warps=0, stages=0,
-      per_split=-1):
+      per_split=-1, one_launch=-1):
     return torch.empty_like(q)
 
 

@@ -27,7 +27,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ..core.interfaces import AttentionBackend, BatchedAttention, DecodeState, Drafter, DraftsAhead, TreeScorer, Verifier
+from ..core.interfaces import (AttentionBackend, BatchedAttention, DecodeState, Drafter, DraftsAhead,
+                               PositionInvariantAttention, TreeScorer, Verifier)
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
@@ -37,7 +38,8 @@ from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedScorer, CheckedVerifier, Example, assemble, check_lossless, checked_drafter
 from .models import FAMILIES, VOCAB, TinyDecoder, tiny_decoder
 from .on_device import check_accepts_on_device, check_commits_on_device
-from .optional_members import check_drafter_members, check_graph_safe, check_kv_rows, check_verifier_members
+from .optional_members import (check_drafter_members, check_graph_safe, check_kv_rows, check_launch_forms,
+                               check_verifier_members)
 from .oracle import OracleDrafter, OracleOptions
 from .protocol import build, check_acceptance, check_capabilities, check_instance, check_registration, check_tree
 from .strategies import draft_trees, proposals
@@ -253,6 +255,9 @@ def check_attention_backend(
     _static(s)
     backend = check_instance(s, build(s), AttentionBackend)
     check_graph_safe(s, backend)
+    check_launch_forms(s, backend)
+    if isinstance(backend, PositionInvariantAttention):
+        check_launch_forms(s, backend.position_invariant())
     cache = resolve("kv_cache", kv_cache, None, s.registry)
 
     def new_cache(info, capacity):

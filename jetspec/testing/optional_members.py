@@ -6,6 +6,8 @@ has one keeps its contract, or the kit fails with one line naming the member.
   equal keys give equal proposals from the same state (checked in the lossless runs, `lossless.py`);
 * verifier `reset(state)` (`ResettableVerifier`): runs, and the pipeline calls it in every run;
 * cache / attention `graph_safe` (`GraphSafe`): a bool;
+* attention `launch_form(rows, prefix_len, chain)` (`LaunchForms`): an int, the same for the same
+  arguments (a CUDA graph's key holds it); that no bit depends on it, the invariance runs check;
 * cache `k`, `v`, `slot_table` (`RowKVCache`, required by `provides={"kv_rows"}`): the rows the
   kernels gather through `slot_table` hold what `read` returns, after writes and a commit;
 * verifier `accept_on_device` (`AcceptsOnDevice`) and cache `stage_commit` (`CommitsOnDevice`): the
@@ -22,6 +24,7 @@ from ..core.interfaces import (
     DecodeState,
     GraphSafe,
     KeyedProposals,
+    LaunchForms,
     KVCache,
     ReadsHiddenStates,
     ResettableVerifier,
@@ -65,6 +68,17 @@ def check_verifier_members(s: Subject, verifier: Any) -> None:
 def check_graph_safe(s: Subject, component: Any) -> None:
     if isinstance(component, GraphSafe) and not isinstance(component.graph_safe, bool):
         s.fail("graph_safe", f"graph_safe is {component.graph_safe!r}; declare True or False")
+
+
+def check_launch_forms(s: Subject, backend: Any) -> None:
+    if not isinstance(backend, LaunchForms):
+        return
+    for rows, prefix_len, chain in ((1, 0, True), (3, 100, True), (48, 10, False), (99, 1000, False), (600, 20000, False)):
+        with s.calling("launch_form", f" (rows {rows}, prefix_len {prefix_len}, chain {chain})"):
+            form, again = backend.launch_form(rows, prefix_len, chain), backend.launch_form(rows, prefix_len, chain)
+        if type(form) is not int or form != again:
+            s.fail("launch_form", f"launch_form({rows}, {prefix_len}, {chain}) returned {form!r}, then {again!r}: "
+                                  "it must return the same int each time")
 
 
 def check_kv_rows(s: Subject, new_cache: Callable[[TargetInfo, int], KVCache], device: str = "cpu") -> None:

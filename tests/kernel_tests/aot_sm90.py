@@ -106,10 +106,13 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
                   BY_SUM=False, PDL=True)
     for rows in (4, 64, 1024):
         block_m, warps = inv.row_tiles(rows)
-        if inv.one_launch_for(rows, chain):  # one launch
-            launches = [(inv._invariant_attention_fwd, dict(common, BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=split), warps)]
-        else:  # a large tree: shared blocks (per split or per group), then the per-token blocks and the folds
-            launches = [(inv._invariant_prefix_fwd, dict(common, BLOCK_M=block_m, PER_SPLIT=p), warps) for p in (True, False)]
+        one = dict(common, CHAIN=chain, SPLIT=split, FUSED=split)
+        if chain or rows <= inv.TAIL_ROWS:  # one launch: a chain in launch 1's tiles, a small tree in one tail tile
+            launches = [(inv._invariant_attention_fwd, dict(one, BLOCK_M=block_m), warps)]
+        else:  # a larger tree: one launch in tail tiles, or two — shared blocks (per split or per group), then the
+            # per-token blocks and the folds (`invariant_launch_forms.py` chooses)
+            launches = [(inv._invariant_attention_fwd, dict(one, BLOCK_M=inv.TAIL_ROWS), 4)]
+            launches += [(inv._invariant_prefix_fwd, dict(common, BLOCK_M=block_m, PER_SPLIT=p), warps) for p in (True, False)]
             launches += [(inv._invariant_tail_fwd, dict(common, BLOCK_M=inv.TAIL_ROWS, PER_SPLIT=p), 4) for p in (True, False)]
         for kernel, consts, w in launches:
             stages = 5 if kernel is inv._invariant_prefix_fwd and consts["BLOCK_M"] >= 128 else 3  # as launched

@@ -71,13 +71,13 @@ def one_step(q_u, k_rows, v_rows, slots, path_rows, prefix_len, split_blocks):
 @settings(max_examples=10, deadline=None)
 @given(nodes=st.integers(2, 40), prefix_len=st.integers(1, 250), group=st.sampled_from([1, 3, 4]),
        split_blocks=st.sampled_from([1, 2, 8]), split_group=st.sampled_from([2, 8]), per_split=st.sampled_from([0, 1]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
+       one_launch=st.sampled_from([-1, 0, 1]), dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
 def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_step(
-        nodes, prefix_len, group, split_blocks, split_group, per_split, dtype, data):
-    """Trees of more than TAIL_ROWS packed rows run as two launches (shared blocks in large tiles, a
-    program per split or per group of splits, then the per-token blocks and the folds); one-token
-    steps and smaller trees run as one, a program per split (`one_launch_for`). Each node's row must still be bitwise its step's,
-    whether the tree stays in one key block or crosses blocks, splits and groups of splits."""
+        nodes, prefix_len, group, split_blocks, split_group, per_split, one_launch, dtype, data):
+    """A tree runs as two launches (shared blocks in large tiles, a program per split or per group of
+    splits, then the per-token blocks and the folds) or as one, a program per split in TAIL_ROWS tiles
+    (`one_launch` 0 / 1; -1: one only for trees of one tile, as one-token steps). Each node's row must still be
+    bitwise its step's, whether the tree stays in one key block or crosses blocks, splits and groups of splits."""
     from jetspec.kernels import triton_invariant_attention as inv
     from jetspec.kernels.row_inputs import ancestor_table
     from jetspec.kernels.triton_invariant_attention import invariant_tree_attention
@@ -94,7 +94,7 @@ def test_trees_in_one_or_two_launches_give_every_node_the_bits_of_its_one_token_
         positions = tree.position_ids(prefix_len).to(DEVICE)
         prefix = torch.tensor([prefix_len], dtype=torch.int32, device=DEVICE)
         got = invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestor_table(positions, prefix), prefix, 0.125,
-                                       split_blocks, False, per_split=per_split)
+                                       split_blocks, False, per_split=per_split, one_launch=one_launch)
         for u in range(nodes):
             path_rows = slots[prefix_len + torch.tensor(tree.path_to(u), device=DEVICE)]
             assert torch.equal(got[u], one_step(q[u], k_rows, v_rows, slots, path_rows, prefix_len, split_blocks)), u

@@ -89,6 +89,28 @@ def check_replay(exact, graphed, fast, context, tree) -> None:
     assert first_inexact_node(replayed, eager) is None, first_inexact_node(replayed, eager)
 
 
+def test_a_bucket_whose_tree_takes_the_other_launch_form_at_a_longer_context_is_captured_in_that_form(models):
+    """The exact attention runs a 40-node tree (48-node bucket, 4 query heads a KV head: 192 rows) as one
+    launch in 12 tiles at a short context, as two at a long one (`invariant_launch_forms.py`); a
+    graph records one form, so the bucket gets a graph per form, and each replay has the eager bits."""
+    from jetspec.kernels.invariant_launch_forms import one_launch_for
+
+    exact, graphed, fast = models
+    tree = DraftTree.from_parents(list(range(40)), [-1] + [i // 2 for i in range(39)])
+    forms = {}
+    for context in (100, 2000):
+        forms[context] = exact.attention.launch_form(48 * 4, context, False)
+        assert forms[context] == one_launch_for([192], [context], 128, False)
+        cache = paged_cache(exact, CAPACITY, "gather")
+        fill(fast, cache, context, seed=context)
+        eager = padded_tree_logits(exact, cache, tree)
+        cache.begin(tree.size)
+        replayed = graphed.forward(tree.tokens.cuda(), AttentionMeta.for_tree(tree, context, "cuda"), cache).logits
+        assert (id(cache), (), 48, forms[context]) in graphed.graphs.graphs, "the replay's graph is not its form's"
+        assert first_inexact_node(replayed, eager) is None, first_inexact_node(replayed, eager)
+    assert forms == {100: 1, 2000: 0}
+
+
 @pytest.fixture(scope="module")
 def chunked(models):
     """The exact decoder of `models` with its projections' K in 1024-wide chunks (`linear_chunk`: K = 4096 in 4,

@@ -49,6 +49,7 @@ import torch
 from ...core.batch import BatchMeta, PackedKV, PackedTables
 from ...core.cuda_graphs import GraphSet
 from ...core.interfaces import AttendsPackedTables, KVCache, PooledSlotTables, RowKVCache, TargetOutput
+from ...kernels.invariant_launch_forms import TAIL_ROWS, one_launch_for, one_launch_tiles, row_tiles
 from ...kernels.row_inputs import ancestor_table
 from .graphs import GraphCaptureFailed
 
@@ -74,13 +75,11 @@ class TablesAttention:
 class BatchGraphForward:
     def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int,
                  max_rows: int = 2048, capture: bool = True):
-        from ...kernels.triton_invariant_attention import TAIL_ROWS, one_launch_for, row_tiles  # imports triton: here
         from ...core.invariant import arrival_counters
 
         self.device, self.attention, self.group, self.capture = device, attention, group, capture
         self.tail_rows = TAIL_ROWS  # the kernel's tail tile: tiles <= rows needs group <= this
         self.buckets = tuple(b for b in ROW_BUCKETS if b <= max_rows)
-        self.row_tiles, self.one_launch_for = row_tiles, one_launch_for
         r = self.buckets[-1]
         if device.type == "cuda":  # the split merge's counters, grown now: a capture cannot grow them
             arrival_counters(device, r * kv_heads)
@@ -112,17 +111,21 @@ class BatchGraphForward:
                 hidden_layers: Sequence[int], eager: Eager) -> TargetOutput:
         r = meta.num_queries
         rb = self.buckets[bisect_left(self.buckets, r)]
-        largest = max(m.num_queries for m in meta.seqs)
+        cu = np.asarray(meta.cu_rows, dtype=np.int64)  # [S + 1]
+        counts = np.diff(cu)  # [S] N_s
+        prefix = np.fromiter((m.prefix_len for m in meta.seqs), dtype=np.int64, count=meta.num_sequences)  # [S] T_s
+        largest = int(counts.max())
         chain = all(m.chain for m in meta.seqs)
         wide = min(WIDTH_BUCKETS[bisect_left(WIDTH_BUCKETS, largest)], rb)  # the largest tree, bucketed
         width = 0 if chain else wide  # the ancestor table's
-        one_launch = self.one_launch_for(largest * self.group, chain)
-        block_m = self.row_tiles(wide * self.group)[0]  # launch 1's tiles: no bit depends on them
+        block_m = row_tiles(wide * self.group)[0]  # launch 1's tiles, were it two: no bit depends on them
+        one_launch = one_launch_for(counts * self.group, prefix, block_m, chain)
+        block_m = one_launch_tiles(one_launch, chain, block_m)
         table = caches[0].slot_tables  # [S', C]
         if table is not self._table:  # a new pool: the old one's graphs point at freed memory
             self.graphs.clear()
             self._table, self._block = table, None
-        self._fill(tokens, meta, caches, rb, block_m, table)
+        self._fill(tokens, meta, caches, rb, block_m, table, cu, prefix)
         hidden_layers = tuple(hidden_layers)
         run = lambda: self._bucket(rb, width, one_launch, block_m, meta, caches, hidden_layers, eager)  # noqa: E731
         if not self.capture:
@@ -136,9 +139,10 @@ class BatchGraphForward:
         return TargetOutput(logits=out.logits[:r], hidden=None if out.hidden is None else out.hidden[:r])
 
     def _fill(self, tokens: torch.Tensor, meta: BatchMeta, caches: Sequence[KVCache], rb: int, block_m: int,
-              table: torch.Tensor) -> None:
-        """The static inputs of this forward: tokens and positions by device copies, the rest in
-        one host block and one copy (layout in the module docstring)."""
+              table: torch.Tensor, cu: np.ndarray, prefix: np.ndarray) -> None:
+        """The static inputs of this forward (cu [S + 1] the rows' offsets, prefix [S] T_s): tokens
+        and positions by device copies, the rest in one host block and one copy (layout in the
+        module docstring)."""
         from ...kernels.triton_tree_attention import pack_tiles
 
         rmax, (seqs, cap) = self.buckets[-1], table.shape
@@ -149,9 +153,7 @@ class BatchGraphForward:
         if self._done is not None:
             self._done.synchronize()  # the last copy out of the host block has finished
         r, s = meta.num_queries, meta.num_sequences
-        cu = np.asarray(meta.cu_rows, dtype=np.int64)  # [S + 1]
         counts = np.diff(cu)  # [S] N_s
-        prefix = np.fromiter((m.prefix_len for m in meta.seqs), dtype=np.int64, count=s)  # [S] T_s
         slot_rows = np.fromiter((c.slot_row for c in caches), dtype=np.int64, count=s)  # [S]
         seq = np.repeat(np.arange(s), counts)  # [R] each row's sequence
         write_at, writes, row_prefix, first_row = (block[k * rmax : (k + 1) * rmax] for k in range(4))

@@ -21,7 +21,11 @@ or `forward` re-reserves. The pads are written every forward (three fills): leav
 tree's values there instead faulted a non-exact replay on the GPU (bench/RESULTS.md).
 Outputs are views into graph memory, valid until the next forward.
 
-Graphs are kept per (KV cache, hidden layers, bucket), so pipelines sharing one target (a bench
+An attention backend with several launch forms (`LaunchForms`: the exact triton kernel's one
+launch or two, by the tree's size and T) is recorded in one form per capture: the key holds the
+form `forms(B, T)` asks for, and a replay whose T wants the other form captures it once.
+
+Graphs are kept per (KV cache, hidden layers, bucket, form), so pipelines sharing one target (a bench
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
 that fits the cache at once, so that capture cost falls in warm-up, not in timed rounds.
 
@@ -52,14 +56,16 @@ class GraphCaptureFailed(JetSpecError):
 
 
 class CudaGraphForward:
-    def __init__(self, device: torch.device, buckets: Sequence[int] = BUCKETS):
+    def __init__(self, device: torch.device, buckets: Sequence[int] = BUCKETS,
+                 forms: Callable[[int, int], int] | None = None):
         self.buckets = tuple(sorted(buckets))
+        self.forms = forms or (lambda b, prefix_len: 0)  # (bucket, T) -> the attention's launch form
         b = self.buckets[-1]
         self.tokens = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
         self.positions = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
         self.sizes = torch.ones(b, dtype=torch.int32, device=device)  # [B]
         self.prefix = torch.zeros(1, dtype=torch.int32, device=device)  # [1]
-        self.graphs = GraphSet()  # key (cache id, hidden layers, bucket) -> graph, static TargetOutput
+        self.graphs = GraphSet()  # key (cache id, hidden layers, bucket, form) -> graph, static TargetOutput
         self.caches: dict[int, KVCache] = {}  # id -> cache, kept alive while its graphs are
         self.seen: set[tuple[int, tuple[int, ...]]] = set()  # (cache id, hidden layers) whose buckets were captured at once
 
@@ -98,7 +104,8 @@ class CudaGraphForward:
             self.positions[n:b].fill_(meta.prefix_len)
             self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        out = self.graphs.replay((id(cache), hidden_layers, b), lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
+        key = (id(cache), hidden_layers, b, self.forms(b, meta.prefix_len))
+        out = self.graphs.replay(key, lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
     def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> None:
@@ -121,7 +128,8 @@ class CudaGraphForward:
                 cache.begin(b)
             except CapacityError:  # e.g. a paged pool without pages to spare: capture it later
                 break
-            self.graphs.captured((id(cache), hidden_layers, b), lambda b=b: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
+            self.graphs.captured((id(cache), hidden_layers, b, self.forms(b, meta.prefix_len)),
+                                 lambda b=b: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         self.seen.add((id(cache), hidden_layers))
         cache.begin(reserved)
 

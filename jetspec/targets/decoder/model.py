@@ -20,8 +20,8 @@ from torch import nn
 from ...core.batch import BatchMeta, PackedAttention, PackedKV, batch_attention_problem
 from ...core.distributed import Ranks
 from ...core.errors import IncompatibleError, InputError
-from ...core.interfaces import (AttendsPackedTables, AttentionBackend, AttentionMeta, BatchedAttention, KVCache, TargetInfo,
-                                TargetOutput, is_graph_safe)
+from ...core.interfaces import (AttendsPackedTables, AttentionBackend, AttentionMeta, BatchedAttention, KVCache,
+                                LaunchForms, TargetInfo, TargetOutput, is_graph_safe)
 from .config import DecoderConfig
 from .batch_graphs import BatchGraphForward
 from .graphs import CudaGraphForward, GraphCaptureFailed
@@ -86,11 +86,15 @@ class DecoderTarget:
                 torch.cuda.empty_cache()  # is larger than any of them, so kept cached they would add up layer by layer
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
+        group = self.cfg.num_heads // self.cfg.num_kv_heads
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
-            self.graphs = CudaGraphForward(info.device)
+            forms = None  # a backend of several launch forms: the graphs key on the one a bucket at T takes
+            if isinstance(attention, LaunchForms):
+                forms = lambda b, prefix_len: attention.launch_form(b * group, prefix_len, b == 1)  # noqa: E731
+            self.graphs = CudaGraphForward(info.device, forms=forms)
         self.batch_graphs = None  # the packed forward's graphs: exact mode, a backend that reads static tables
         if cuda_graphs and info.device.type == "cuda" and info.exact and isinstance(attention, AttendsPackedTables):
-            self.batch_graphs = BatchGraphForward(info.device, attention, self.cfg.num_heads // self.cfg.num_kv_heads,
+            self.batch_graphs = BatchGraphForward(info.device, attention, group,
                                                   info.kv_heads_here)
 
     @property

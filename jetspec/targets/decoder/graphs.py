@@ -23,7 +23,7 @@ Outputs are views into graph memory, valid until the next forward.
 
 An attention backend with several launch forms (`LaunchForms`: the exact triton kernel's one
 launch or two, by the tree's size and T) is recorded in one form per capture: the key holds the
-form `forms(B, T)` asks for, and a replay whose T wants the other form captures it once.
+form the model's `form(B, T)` names (passed per call, as the eager forward), and a replay whose T wants the other form captures it once.
 
 Graphs are kept per (KV cache, hidden layers, bucket, form), so pipelines sharing one target (a bench
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket
@@ -47,6 +47,7 @@ from ...core.errors import CapacityError, JetSpecError
 from ...core.interfaces import AttentionMeta, KVCache, TargetOutput, is_graph_safe
 
 Eager = Callable[[torch.Tensor, AttentionMeta, KVCache, Sequence[int]], TargetOutput]  # the model's forward without graphs
+Form = Callable[[int, int], int]  # (bucket, T) -> the attention's launch form there (the model's `launch_form`)
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -56,10 +57,8 @@ class GraphCaptureFailed(JetSpecError):
 
 
 class CudaGraphForward:
-    def __init__(self, device: torch.device, buckets: Sequence[int] = BUCKETS,
-                 forms: Callable[[int, int], int] | None = None):
+    def __init__(self, device: torch.device, buckets: Sequence[int] = BUCKETS):
         self.buckets = tuple(sorted(buckets))
-        self.forms = forms or (lambda b, prefix_len: 0)  # (bucket, T) -> the attention's launch form
         b = self.buckets[-1]
         self.tokens = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
         self.positions = torch.zeros(b, dtype=torch.int64, device=device)  # [B]
@@ -85,13 +84,14 @@ class CudaGraphForward:
             return False
         return self.caches.get(id(cache)) is cache or is_graph_safe(cache)  # one with graphs was checked (a Protocol check is slow)
 
-    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int], eager: Eager) -> TargetOutput:
+    def forward(self, tokens: torch.Tensor, meta: AttentionMeta, cache: KVCache, hidden_layers: Sequence[int], eager: Eager,
+                form: Form) -> TargetOutput:
         n = tokens.numel()
         b = self.bucket(n)
         hidden_layers = tuple(hidden_layers)
         if (id(cache), hidden_layers) not in self.seen:
             try:
-                self._capture_all(n, meta, cache, hidden_layers, eager)
+                self._capture_all(n, meta, cache, hidden_layers, eager, form)
             except RuntimeError as e:
                 raise GraphCaptureFailed(f"CUDA graph capture failed, running eagerly: {str(e).splitlines()[0]}") from e
         if cache.pending < b:
@@ -104,11 +104,12 @@ class CudaGraphForward:
             self.positions[n:b].fill_(meta.prefix_len)
             self.sizes[n:b].fill_(1)
         self.prefix.fill_(meta.prefix_len)
-        key = (id(cache), hidden_layers, b, self.forms(b, meta.prefix_len))
+        key = (id(cache), hidden_layers, b, form(b, meta.prefix_len))
         out = self.graphs.replay(key, lambda: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         return TargetOutput(logits=out.logits[:n], hidden=None if out.hidden is None else out.hidden[:n])
 
-    def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager) -> None:
+    def _capture_all(self, n: int, meta: AttentionMeta, cache: KVCache, hidden_layers: tuple[int, ...], eager: Eager,
+                     form: Form) -> None:
         """Capture every bucket that fits the cache now (pending slots left), then restore the
         caller's reservation (n slots, or n's bucket)."""
         if len(self.caches) >= 64:  # a long-lived target seeing many caches: start over
@@ -128,7 +129,7 @@ class CudaGraphForward:
                 cache.begin(b)
             except CapacityError:  # e.g. a paged pool without pages to spare: capture it later
                 break
-            self.graphs.captured((id(cache), hidden_layers, b, self.forms(b, meta.prefix_len)),
+            self.graphs.captured((id(cache), hidden_layers, b, form(b, meta.prefix_len)),
                                  lambda b=b: self._bucket(b, meta.prefix_len, cache, hidden_layers, eager))
         self.seen.add((id(cache), hidden_layers))
         cache.begin(reserved)

@@ -86,16 +86,21 @@ class DecoderTarget:
                 torch.cuda.empty_cache()  # is larger than any of them, so kept cached they would add up layer by layer
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
-        group = self.cfg.num_heads // self.cfg.num_kv_heads
+        self._forms = attention if isinstance(attention, LaunchForms) else None  # checked once: a Protocol check is slow
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
-            forms = None  # a backend of several launch forms: the graphs key on the one a bucket at T takes
-            if isinstance(attention, LaunchForms):
-                forms = lambda b, prefix_len: attention.launch_form(b * group, prefix_len, b == 1)  # noqa: E731
-            self.graphs = CudaGraphForward(info.device, forms=forms)
+            self.graphs = CudaGraphForward(info.device)
         self.batch_graphs = None  # the packed forward's graphs: exact mode, a backend that reads static tables
         if cuda_graphs and info.device.type == "cuda" and info.exact and isinstance(attention, AttendsPackedTables):
-            self.batch_graphs = BatchGraphForward(info.device, attention, group,
+            self.batch_graphs = BatchGraphForward(info.device, attention, self.cfg.num_heads // self.cfg.num_kv_heads,
                                                   info.kv_heads_here)
+
+    def launch_form(self, b: int, prefix_len: int) -> int:
+        """The attention's launch form for a graphed forward of bucket b at T = prefix_len, which the
+        graph's key holds (`LaunchForms`; 0 for a backend of one form): b * group packed rows, a
+        chain when b = 1 (as the graph's meta is)."""
+        if self._forms is None:
+            return 0
+        return self._forms.launch_form(b * (self.cfg.num_heads // self.cfg.num_kv_heads), prefix_len, b == 1)
 
     @property
     def extra_pending(self) -> int:
@@ -118,7 +123,7 @@ class DecoderTarget:
         On CUDA with a graph-safe attention backend and cache, replays a captured graph."""
         if self.graphs is not None and self.graphs.handles(tokens.numel(), cache):
             try:
-                return self.graphs.forward(tokens, meta, cache, hidden_layers, self._forward)
+                return self.graphs.forward(tokens, meta, cache, hidden_layers, self._forward, self.launch_form)
             except GraphCaptureFailed as e:  # keep generating: eager for good, said once
                 print(f"jetspec: {e}", file=sys.stderr)
                 self.graphs = None

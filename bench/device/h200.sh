@@ -383,7 +383,7 @@ for step in "$@"; do
         tests/test_draft_ahead.py tests/test_head_compiled.py tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batch-tests)
-      timeout ${BATCH_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py \
+      timeout ${BATCH_TESTS_TIMEOUT:-480} python3 -m pytest -q -rs -x tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py \
         tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/batch_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     breakdown)

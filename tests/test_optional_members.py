@@ -171,12 +171,12 @@ def test_a_launch_form_that_changes_between_calls_fails_the_kit():
     class Restless(TritonAttention):
         calls = 0
 
-        def launch_form(self, rows, prefix_len, chain):
+        def launch_form(self, rows, prefix_len, chain, key_bytes):
             self.calls += 1
             return self.calls % 2
 
     s = Subject("attention", Implementation("restless", lambda o: Restless(), NoOptions), NoOptions(), REG)
-    fails(check_launch_forms, s, Restless(), match=r"^attention 'restless': launch_form: launch_form\(1, 0, True\) returned 1, "
+    fails(check_launch_forms, s, Restless(), match=r"^attention 'restless': launch_form: launch_form\(1, 0, True, 768\) returned 1, "
                                                   r"then 0: it must return the same int each time$")
     check_launch_forms(s, TritonAttention(invariant=True))  # the built-in: passes
 

@@ -270,9 +270,10 @@ class LaunchForms(Protocol):
     chosen on the host from the tree's size and T (the `triton` exact kernel: one launch or two).
     A CUDA graph records the form of its capture, so the target keys its graphs on it as well."""
 
-    def launch_form(self, rows: int, prefix_len: int, chain: bool) -> int:
+    def launch_form(self, rows: int, prefix_len: int, chain: bool, key_bytes: int) -> int:
         """The form `attend` takes for `rows` packed (token, head) rows (N * the GQA group) over
-        `prefix_len` committed keys; no output bit may depend on it."""
+        `prefix_len` committed keys of `key_bytes` each in one layer's cache (K and V of every KV
+        head); no output bit may depend on it."""
         ...
 
 

@@ -10,10 +10,13 @@ For sequences s of R_s packed (token, head) rows over T_s committed keys, one la
 
     extra = sum_s (cdiv(R_s, TAIL_ROWS) - cdiv(R_s, B)) * T_s      (B: launch 1's tile rows)
 
-prefix keys more than two do, and saves a launch and the states' round trip through memory. It is
-taken while extra <= ONE_LAUNCH_EXTRA_KEYS — always for chains and for trees of one TAIL_ROWS tile
-(extra = 0). The threshold is where `bench/packed_attention.py` measured the two forms equal
-(bench/RESULTS.md: SmolLM2 heads, 1-32 sequences of 9-33 nodes, 256 and 1024 keys).
+prefix keys more than two do, each of `key_bytes` (K and V of every KV head in one layer), and
+saves a launch and the states' round trip through memory. It is taken while extra * key_bytes <=
+ONE_LAUNCH_EXTRA_BYTES — always for chains and for trees of one TAIL_ROWS tile (extra = 0). The
+threshold is where `bench/packed_attention.py` measured the two forms equal at SmolLM2's keys
+(bench/RESULTS.md: 3 KV heads x 64 dims in bf16, 768 B; 1-32 sequences of 9-33 nodes, 256 and 1024
+keys), counted in bytes so that larger keys (Qwen3-8B: 4 KiB) take one launch for fewer extra keys
+(not measured there).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 TAIL_ROWS = 16  # row tile of the one launch and of launch 2: per-token blocks cost a dot per four tokens of the tile
-ONE_LAUNCH_EXTRA_KEYS = 12_288  # the most extra prefix keys (the sum above) one launch may read
+ONE_LAUNCH_EXTRA_BYTES = 12_288 * 768  # the most extra prefix bytes one launch may read: 12,288 of SmolLM2's keys
 
 
 def row_tiles(rows: int) -> tuple[int, int]:
@@ -36,15 +39,20 @@ def row_tiles(rows: int) -> tuple[int, int]:
     return (64, 4) if rows <= 64 else (128, 8)
 
 
+def key_bytes(kv_heads: int, head_dim: int, element_size: int) -> int:
+    """Bytes of one committed key in one layer's pool: K and V of every KV head."""
+    return 2 * kv_heads * head_dim * element_size
+
+
 def one_launch_for(rows: Sequence[int] | np.ndarray, prefix_lens: Sequence[int] | np.ndarray, block_m: int,
-                   chain: bool) -> bool:
+                   chain: bool, key_bytes: int) -> bool:
     """One launch or two (module docstring) for sequences of rows[s] packed rows over prefix_lens[s]
-    committed keys, launch 1 in tiles of block_m rows."""
+    committed keys of key_bytes each, launch 1 in tiles of block_m rows."""
     if chain:
         return True
     r = np.asarray(rows, dtype=np.int64)  # [S]
-    extra = (-(-r // TAIL_ROWS) + (-r // block_m)) * np.asarray(prefix_lens, dtype=np.int64)  # [S]
-    return int(extra.sum()) <= ONE_LAUNCH_EXTRA_KEYS
+    extra = (-(-r // TAIL_ROWS) + (-r // block_m)) * np.asarray(prefix_lens, dtype=np.int64)  # [S] keys
+    return int(extra.sum()) * key_bytes <= ONE_LAUNCH_EXTRA_BYTES
 
 
 def one_launch_tiles(one_launch: bool, chain: bool, block_m: int) -> int:

@@ -22,7 +22,7 @@ from ..core.errors import IncompatibleError
 from ..core.batch import BatchMeta, PackedTables
 from ..core.interfaces import AttentionMeta, KVCache, RowKVCache
 from ..core.on_device import to_device
-from .invariant_launch_forms import TAIL_ROWS, one_launch_for, one_launch_tiles, row_tiles
+from .invariant_launch_forms import TAIL_ROWS, key_bytes, one_launch_for, one_launch_tiles, row_tiles
 from .row_inputs import RowKernelInputs, ancestor_table
 
 
@@ -211,7 +211,7 @@ class TritonAttention(RowKernelInputs):
             chain = all(m.chain for m in meta.seqs)
             rows = np.diff(np.asarray(meta.cu_rows)) * group  # [S] packed rows of each sequence
             block_m = self.options.block_m or row_tiles(largest * group)[0]  # launch 1's, were it two
-            one = one_launch_for(rows, [m.prefix_len for m in meta.seqs], block_m, chain)
+            one = one_launch_for(rows, [m.prefix_len for m in meta.seqs], block_m, chain, _key_bytes(k_rows))
             block_m = self.options.block_m or one_launch_tiles(one, chain, block_m)
             flat, _, prefix, tiles = self._packed_inputs(meta, slots, group, block_m, q.device)
             positions, seq = meta.positions.to(q.device), meta.seq_ids.to(q.device)  # [R] int64 each
@@ -239,19 +239,19 @@ class TritonAttention(RowKernelInputs):
                                           self._split_blocks(k_rows), tables.chain, tables.block_m, o.num_warps or 0,
                                           o.num_stages or 0, one_launch=int(tables.one_launch))
 
-    def launch_form(self, rows: int, prefix_len: int, chain: bool) -> int:
+    def launch_form(self, rows: int, prefix_len: int, chain: bool, key_bytes: int) -> int:
         """`LaunchForms`: exact mode's one launch (1) or two (0) for one sequence's `rows` packed
         (token, head) rows over `prefix_len` committed keys (`invariant_launch_forms.py`); 0 otherwise."""
         if not self.invariant:
             return 0
-        return int(one_launch_for([rows], [prefix_len], self.options.block_m or row_tiles(rows)[0], chain))
+        return int(one_launch_for([rows], [prefix_len], self.options.block_m or row_tiles(rows)[0], chain, key_bytes))
 
     def _attend_invariant(self, q, k_rows, v_rows, slots, layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor:
         from .triton_invariant_attention import invariant_tree_attention
 
         positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
         o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
-        one = self.launch_form(q.shape[0] * (q.shape[1] // k_rows.shape[1]), meta.prefix_len, meta.chain)
+        one = self.launch_form(q.shape[0] * (q.shape[1] // k_rows.shape[1]), meta.prefix_len, meta.chain, _key_bytes(k_rows))
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
                                         self._split_blocks(k_rows), meta.chain, o.block_m or 0, o.num_warps or 0,
                                         o.num_stages or 0, one_launch=one)
@@ -324,3 +324,8 @@ def _fastest(configs: list[KernelConfig], run: Callable[[KernelConfig], torch.Te
             except Exception:
                 continue
     return min(times, key=times.get)
+
+
+def _key_bytes(k_rows: torch.Tensor) -> int:
+    """One committed key's bytes in a layer's pool rows k_rows [rows, Hkv, D] (its V alike)."""
+    return key_bytes(k_rows.shape[1], k_rows.shape[2], k_rows.element_size())

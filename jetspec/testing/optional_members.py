@@ -6,7 +6,7 @@ has one keeps its contract, or the kit fails with one line naming the member.
   equal keys give equal proposals from the same state (checked in the lossless runs, `lossless.py`);
 * verifier `reset(state)` (`ResettableVerifier`): runs, and the pipeline calls it in every run;
 * cache / attention `graph_safe` (`GraphSafe`): a bool;
-* attention `launch_form(rows, prefix_len, chain)` (`LaunchForms`): an int, the same for the same
+* attention `launch_form(rows, prefix_len, chain, key_bytes)` (`LaunchForms`): an int, the same for the same
   arguments (a CUDA graph's key holds it); that no bit depends on it, the invariance runs check;
 * cache `k`, `v`, `slot_table` (`RowKVCache`, required by `provides={"kv_rows"}`): the rows the
   kernels gather through `slot_table` hold what `read` returns, after writes and a commit;
@@ -75,9 +75,9 @@ def check_launch_forms(s: Subject, backend: Any) -> None:
         return
     for rows, prefix_len, chain in ((1, 0, True), (3, 100, True), (48, 10, False), (99, 1000, False), (600, 20000, False)):
         with s.calling("launch_form", f" (rows {rows}, prefix_len {prefix_len}, chain {chain})"):
-            form, again = backend.launch_form(rows, prefix_len, chain), backend.launch_form(rows, prefix_len, chain)
+            form, again = backend.launch_form(rows, prefix_len, chain, 768), backend.launch_form(rows, prefix_len, chain, 768)
         if type(form) is not int or form != again:
-            s.fail("launch_form", f"launch_form({rows}, {prefix_len}, {chain}) returned {form!r}, then {again!r}: "
+            s.fail("launch_form", f"launch_form({rows}, {prefix_len}, {chain}, 768) returned {form!r}, then {again!r}: "
                                   "it must return the same int each time")
 
 

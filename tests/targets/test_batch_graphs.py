@@ -20,6 +20,7 @@ from jetspec.caches.paged import PagedCacheOptions, PagedKVCache
 from jetspec.core.batch import BatchMeta
 from jetspec.core.interfaces import AttentionMeta
 from jetspec.core.tree import DraftTree
+from jetspec.kernels.invariant_launch_forms import key_bytes
 from jetspec.targets.decoder.batch_graphs import BatchGraphForward
 from support.hf_checkpoints import COMMON, exact_and_fast_targets
 
@@ -65,8 +66,10 @@ def test_padded_static_forwards_give_the_eager_packed_forwards_bits(targets, fam
             fast.forward(torch.randint(0, VOCAB, (context,), generator=g), AttentionMeta.for_chain(context, 0), cache)
             cache.commit(range(context))
     static = copy.deepcopy(eager)  # the same pool, slot-map table and pages, copied together
+    info = exact.info
     graphs = BatchGraphForward(torch.device("cpu"), exact.attention, exact.cfg.num_heads // exact.cfg.num_kv_heads,
-                               exact.info.kv_heads_here, max_rows=64, capture=False)
+                               info.kv_heads_here, key_bytes(info.kv_heads_here, info.head_dim, info.dtype.itemsize),
+                               max_rows=64, capture=False)
     for batch in steps:
         metas, tokens = [], []
         for s, what in batch:
@@ -95,7 +98,7 @@ def test_padded_static_forwards_give_the_eager_packed_forwards_bits(targets, fam
 def test_a_batch_over_separate_pools_is_not_graphed(targets):
     """The graph reads one slot-map table and one pool: caches of two pools stay eager."""
     exact, _ = targets("llama", "float32", 512)
-    graphs = BatchGraphForward(torch.device("cpu"), exact.attention, 3, 1, max_rows=64, capture=False)
+    graphs = BatchGraphForward(torch.device("cpu"), exact.attention, 3, 1, 768, max_rows=64, capture=False)
     one = PagedKVCache(exact.info, CAPACITY).sequences(2)
     other = PagedKVCache(exact.info, CAPACITY).sequences(1)
     meta = BatchMeta.make_dummy([1, 1], [0, 0])

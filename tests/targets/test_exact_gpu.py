@@ -99,8 +99,8 @@ def test_a_bucket_whose_tree_takes_the_other_launch_form_at_a_longer_context_is_
     tree = DraftTree.from_parents(list(range(40)), [-1] + [i // 2 for i in range(39)])
     forms = {}
     for context in (100, 2000):
-        forms[context] = exact.attention.launch_form(48 * 4, context, False)
-        assert forms[context] == one_launch_for([192], [context], 128, False)
+        forms[context] = exact.attention.launch_form(48 * 4, context, False, 2 * 8 * 128 * 2)  # K, V: 8 heads x 128, bf16
+        assert forms[context] == one_launch_for([192], [context], 128, False, 4096) == exact.launch_form(48, context)
         cache = paged_cache(exact, CAPACITY, "gather")
         fill(fast, cache, context, seed=context)
         eager = padded_tree_logits(exact, cache, tree)

@@ -81,16 +81,17 @@ def test_the_decoder_asks_its_backend_for_a_bucket_of_queries_times_the_group_a_
     asked = []
 
     class Asked(TorchAttention):
-        def launch_form(self, rows: int, prefix_len: int, chain: bool) -> int:
-            asked.append((rows, prefix_len, chain))
+        def launch_form(self, rows: int, prefix_len: int, chain: bool, key_bytes: int) -> int:
+            asked.append((rows, prefix_len, chain, key_bytes))
             return len(asked)
 
     target = decoder(Asked())
     assert [target.launch_form(b, t) for b, t in ((1, 7), (16, 100), (48, 20_000))] == [1, 2, 3]
-    assert asked == [(GROUP, 7, True), (16 * GROUP, 100, False), (48 * GROUP, 20_000, False)]
+    kv = 2 * 2 * 4 * 4  # K and V of 2 KV heads of 4 dims in float32
+    assert asked == [(GROUP, 7, True, kv), (16 * GROUP, 100, False, kv), (48 * GROUP, 20_000, False, kv)]
 
 
 def test_backends_of_one_form_key_every_graph_alike():
     assert decoder(TorchAttention()).launch_form(48, 10**6) == 0
-    assert TritonAttention().launch_form(48 * GROUP, 10**6, False) == 0  # not exact: one form
+    assert TritonAttention().launch_form(48 * GROUP, 10**6, False, 768) == 0  # not exact: one form
     assert isinstance(TritonAttention(invariant=True), LaunchForms)

@@ -73,11 +73,12 @@ class TablesAttention:
 
 
 class BatchGraphForward:
-    def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int,
+    def __init__(self, device: torch.device, attention: AttendsPackedTables, group: int, kv_heads: int, key_bytes: int,
                  max_rows: int = 2048, capture: bool = True):
+        """group: query heads per KV head; kv_heads: this rank's; key_bytes: one cached key's K and V, one layer."""
         from ...core.invariant import arrival_counters
 
-        self.device, self.attention, self.group, self.capture = device, attention, group, capture
+        self.device, self.attention, self.group, self.key_bytes, self.capture = device, attention, group, key_bytes, capture
         self.tail_rows = TAIL_ROWS  # the kernel's tail tile: tiles <= rows needs group <= this
         self.buckets = tuple(b for b in ROW_BUCKETS if b <= max_rows)
         r = self.buckets[-1]
@@ -119,7 +120,7 @@ class BatchGraphForward:
         wide = min(WIDTH_BUCKETS[bisect_left(WIDTH_BUCKETS, largest)], rb)  # the largest tree, bucketed
         width = 0 if chain else wide  # the ancestor table's
         block_m = row_tiles(wide * self.group)[0]  # launch 1's tiles, were it two: no bit depends on them
-        one_launch = one_launch_for(counts * self.group, prefix, block_m, chain)
+        one_launch = one_launch_for(counts * self.group, prefix, block_m, chain, self.key_bytes)
         block_m = one_launch_tiles(one_launch, chain, block_m)
         table = caches[0].slot_tables  # [S', C]
         if table is not self._table:  # a new pool: the old one's graphs point at freed memory

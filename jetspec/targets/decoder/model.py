@@ -22,8 +22,9 @@ from ...core.distributed import Ranks
 from ...core.errors import IncompatibleError, InputError
 from ...core.interfaces import (AttendsPackedTables, AttentionBackend, AttentionMeta, BatchedAttention, KVCache,
                                 LaunchForms, TargetInfo, TargetOutput, is_graph_safe)
-from .config import DecoderConfig
+from ...kernels.invariant_launch_forms import key_bytes
 from .batch_graphs import BatchGraphForward
+from .config import DecoderConfig
 from .graphs import CudaGraphForward, GraphCaptureFailed
 from .layers import DecoderLayer, RMSNorm
 from .ops import InvariantOps, LayerOps, TorchOps, fp32_logits
@@ -87,12 +88,13 @@ class DecoderTarget:
         self.rotary = RotaryTable(self.cfg.rope, self.cfg.head_dim, self.cfg.max_positions, info.dtype, info.device)
         self.graphs = None
         self._forms = attention if isinstance(attention, LaunchForms) else None  # checked once: a Protocol check is slow
+        self._key_bytes = key_bytes(info.kv_heads_here, info.head_dim, info.dtype.itemsize)  # a cached key, one layer
         if cuda_graphs and info.device.type == "cuda" and is_graph_safe(attention):
             self.graphs = CudaGraphForward(info.device)
         self.batch_graphs = None  # the packed forward's graphs: exact mode, a backend that reads static tables
         if cuda_graphs and info.device.type == "cuda" and info.exact and isinstance(attention, AttendsPackedTables):
             self.batch_graphs = BatchGraphForward(info.device, attention, self.cfg.num_heads // self.cfg.num_kv_heads,
-                                                  info.kv_heads_here)
+                                                  info.kv_heads_here, self._key_bytes)
 
     def launch_form(self, b: int, prefix_len: int) -> int:
         """The attention's launch form for a graphed forward of bucket b at T = prefix_len, which the
@@ -100,7 +102,7 @@ class DecoderTarget:
         chain when b = 1 (as the graph's meta is)."""
         if self._forms is None:
             return 0
-        return self._forms.launch_form(b * (self.cfg.num_heads // self.cfg.num_kv_heads), prefix_len, b == 1)
+        return self._forms.launch_form(b * (self.cfg.num_heads // self.cfg.num_kv_heads), prefix_len, b == 1, self._key_bytes)
 
     @property
     def extra_pending(self) -> int:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 TAIL_ROWS = 16  # row tile of the one launch and of launch 2: per-token blocks cost a dot per four tokens of the tile
 ONE_LAUNCH_EXTRA_BYTES = 12_288 * 768  # the most extra prefix bytes one launch may read: 12,288 of SmolLM2's keys
 
@@ -44,15 +42,14 @@ def key_bytes(kv_heads: int, head_dim: int, element_size: int) -> int:
     return 2 * kv_heads * head_dim * element_size
 
 
-def one_launch_for(rows: Sequence[int] | np.ndarray, prefix_lens: Sequence[int] | np.ndarray, block_m: int,
-                   chain: bool, key_bytes: int) -> bool:
+def one_launch_for(rows: Sequence[int], prefix_lens: Sequence[int], block_m: int, chain: bool, key_bytes: int) -> bool:
     """One launch or two (module docstring) for sequences of rows[s] packed rows over prefix_lens[s]
-    committed keys of key_bytes each, launch 1 in tiles of block_m rows."""
+    committed keys of key_bytes each, launch 1 in tiles of block_m rows. Python ints: asked once per
+    forward on the host, where a numpy call costs more than the sum (S <= a batch)."""
     if chain:
         return True
-    r = np.asarray(rows, dtype=np.int64)  # [S]
-    extra = (-(-r // TAIL_ROWS) + (-r // block_m)) * np.asarray(prefix_lens, dtype=np.int64)  # [S] keys
-    return int(extra.sum()) * key_bytes <= ONE_LAUNCH_EXTRA_BYTES
+    extra = sum((-(-r // TAIL_ROWS) + (-r // block_m)) * t for r, t in zip(rows, prefix_lens))  # keys
+    return extra * key_bytes <= ONE_LAUNCH_EXTRA_BYTES
 
 
 def one_launch_tiles(one_launch: bool, chain: bool, block_m: int) -> int:

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal, Sequence
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -209,7 +208,7 @@ class TritonAttention(RowKernelInputs):
             from .triton_tree_attention import pack_tiles
 
             chain = all(m.chain for m in meta.seqs)
-            rows = np.diff(np.asarray(meta.cu_rows)) * group  # [S] packed rows of each sequence
+            rows = [m.num_queries * group for m in meta.seqs]  # packed rows of each sequence
             block_m = self.options.block_m or row_tiles(largest * group)[0]  # launch 1's, were it two
             one = one_launch_for(rows, [m.prefix_len for m in meta.seqs], block_m, chain, _key_bytes(k_rows))
             block_m = self.options.block_m or one_launch_tiles(one, chain, block_m)

@@ -278,7 +278,7 @@ def invariant_tree_attention(
     a caller that knows it asks `one_launch_for`). block_m, warps, stages: launch 1's tiling (0:
     chosen here). None of these choices changes a bit of any row."""
     rows = q.shape[0] * (q.shape[1] // k_rows.shape[1])  # packed (token, head) rows
-    one = chain or rows <= TAIL_ROWS if one_launch < 0 else bool(one_launch)
+    one = (chain or rows <= TAIL_ROWS) if one_launch < 0 else bool(one_launch)
     block_m = block_m or one_launch_tiles(one, chain, row_tiles(rows)[0])
     warps = warps or row_tiles(block_m)[1]
     return _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix_len, None, None,

@@ -120,7 +120,7 @@ class BatchGraphForward:
         wide = min(WIDTH_BUCKETS[bisect_left(WIDTH_BUCKETS, largest)], rb)  # the largest tree, bucketed
         width = 0 if chain else wide  # the ancestor table's
         block_m = row_tiles(wide * self.group)[0]  # launch 1's tiles, were it two: no bit depends on them
-        one_launch = one_launch_for(counts * self.group, prefix, block_m, chain, self.key_bytes)
+        one_launch = one_launch_for((counts * self.group).tolist(), prefix.tolist(), block_m, chain, self.key_bytes)
         block_m = one_launch_tiles(one_launch, chain, block_m)
         table = caches[0].slot_tables  # [S', C]
         if table is not self._table:  # a new pool: the old one's graphs point at freed memory

@@ -23,7 +23,8 @@ Outputs are views into graph memory, valid until the next forward.
 
 An attention backend with several launch forms (`LaunchForms`: the exact triton kernel's one
 launch or two, by the tree's size and T) is recorded in one form per capture: the key holds the
-form the model's `form(B, T)` names (passed per call, as the eager forward), and a replay whose T wants the other form captures it once.
+form the model's `form(B, T)` names (passed per call, as the eager forward), and a replay whose T
+wants the other form captures it once.
 
 Graphs are kept per (KV cache, hidden layers, bucket, form), so pipelines sharing one target (a bench
 sweep) do not recapture; the first forward on a new (cache, hidden layers) captures every bucket

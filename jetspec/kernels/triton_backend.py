@@ -128,6 +128,7 @@ class TritonAttention(RowKernelInputs):
         self._packed: tuple | None = None  # (BatchMeta, block_m, its packed device inputs): per forward
         self._packed_invariant: tuple[BatchMeta, PackedTables] | None = None  # exact = true: per forward
         self._plan: tuple | None = None  # (BatchMeta, cache ids, slot maps, row counts): per forward
+        self._form: tuple[AttentionMeta, int] | None = None  # exact mode's launch form: per forward
 
     def position_invariant(self) -> "TritonAttention":
         return TritonAttention(self.options, invariant=True)
@@ -250,7 +251,10 @@ class TritonAttention(RowKernelInputs):
 
         positions, ancestors, prefix = self._invariant_tensors(meta, layer, q.device)
         o = self.options  # tiling, if set: free to follow the shape (no bit depends on it)
-        one = self.launch_form(q.shape[0] * (q.shape[1] // k_rows.shape[1]), meta.prefix_len, meta.chain, _key_bytes(k_rows))
+        if layer == 0 or self._form is None or self._form[0] is not meta:  # once per forward, as its ancestor table
+            rows = q.shape[0] * (q.shape[1] // k_rows.shape[1])
+            self._form = (meta, self.launch_form(rows, meta.prefix_len, meta.chain, _key_bytes(k_rows)))
+        one = self._form[1]
         return invariant_tree_attention(q, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
                                         self._split_blocks(k_rows), meta.chain, o.block_m or 0, o.num_warps or 0,
                                         o.num_stages or 0, one_launch=one)

@@ -13,6 +13,8 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
                --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
+    spec-host@B  the speculative variants with `generation.build_on_device = false` (--build-on-device off /
+               both): the trees built on the host and uploaded, not grown on the device
     V+ov@B     any of ours with `generation.overlap` (--overlap on / both): the slots' two halves in
                alternating steps, one verified on the device while the host makes the other's
 
@@ -50,6 +52,7 @@ import jetspec
 from jetspec.bench.datasets import prompts_dir, read_jsonl
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.errors import JetSpecError
+from jetspec.scorers.best_first import BestFirstScorer
 
 
 def read_prompts(path: Path, n: int) -> list[str]:
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
     ap.add_argument("--overlap", choices=("off", "on", "both"), default="off",
                     help="our variants one step at a time (off), with the slots' halves overlapped (on: V+ov@B), or both")
+    ap.add_argument("--build-on-device", choices=("on", "off", "both"), default="on",
+                    help="speculative variants with their trees grown on the device where the drafter and scorer can "
+                         "(on, `generation.build_on_device`), built on the host (off: V-host@B), or both")
     ap.add_argument("--attention", choices=("triton", "torch"), default=None,
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
@@ -189,18 +195,19 @@ def main(argv: list[str] | None = None) -> None:
 
     # the decoder's graph owners (one sequence's forward, the packed forward); none where eager or another target
     graph_sets = [g.graphs for g in (getattr(pipe.target, "graphs", None), getattr(pipe.target, "batch_graphs", None)) if g is not None]
+    graph_sets += [pipe.scorer.device_graphs] if isinstance(pipe.scorer, BestFirstScorer) else []  # the device build's
 
     def captured() -> tuple[int, float]:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
-             cap: int | None = None, overlap: bool = False) -> tuple[list[list[int]], float, dict[str, Any]]:
+             cap: int | None = None, overlap: bool = False, grow: bool = True) -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grow})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
@@ -270,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap]
+    grows = {"off": (False,), "on": (True,), "both": (True, False)}[args.build_on_device]
     reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
@@ -289,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
                     why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
                     print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
                     continue
-                engine = ("spec" if cap is None else f"spec-r{cap}") + tag
-                outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov)
-                record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
-                       drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov)
+                for grow in grows:
+                    engine = ("spec" if cap is None else f"spec-r{cap}") + ("" if grow else "-host") + tag
+                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, grow=grow)
+                    record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
+                           drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov,
+                           build_on_device=grow)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         line = f"batch {b:>3}: " + ", ".join(f"{e} / plain = {by[f'{e}@{b}'] / by[f'plain@{b}']:.2f}x"

@@ -175,27 +175,31 @@ def test_a_batch_of_head_drafters_drafts_ahead_too(overlap):
     assert calls.together > calls.ahead // 2  # most rounds drafted in one job with the step's other sequences
 
 
-def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halves_overlapped():
+@pytest.mark.parametrize("build_on_device", [True, False])
+def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halves_overlapped(build_on_device):
     """Per sequence, `overlap` changes no call: a pipeline whose head drafters were pooled by a run of
     the whole batch, run again with its halves stepping in turn (then again as one), drafts every
     round from the sequence's own context, most of them pooled (a half's pooled job once overwrote the other half's drafts in flight:
-    the same outputs from staler drafts)."""
+    the same outputs from staler drafts). With the trees grown on the device the drafts are read there
+    (`propose_on_device`), on the host otherwise (`propose`)."""
     from jetspec.testing.models import tiny_decoder_target
 
     prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7], [5, 6, 5, 6, 5], [2, 3, 2, 3]]
     pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec+lookup"])
-            .kv_cache("paged").generation(budget=12, max_new_tokens=24, accept_on_device="always", batch_size=4).build())
-    real, stale = HeadDrafter.propose, []
+            .kv_cache("paged").generation(budget=12, max_new_tokens=24, accept_on_device="always", batch_size=4,
+                                          build_on_device=build_on_device).build())
+    method = "propose_on_device" if build_on_device else "propose"
+    real, stale = getattr(HeadDrafter, method), []
 
     def propose(drafter, state, budget):  # a draft queued ahead must be the one the drafter would make now
-        drafted = drafter._drafted
+        drafted = drafter._drafted_dev if build_on_device else drafter._drafted
         if drafted is not None and drafter.kept_ahead:
             _, tokens = drafter._draft(state.tokens[-1], drafter.cache.length, drafted.shape[1], drafter.cache.context())
             stale.append(not torch.equal(tokens.float(), drafted[1]))
         return real(drafter, state, budget)
 
     runs = []
-    with patch.object(HeadDrafter, "propose", propose):
+    with patch.object(HeadDrafter, method, propose):
         for overlap in (False, True, False):
             pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap})
             with Calls() as calls:

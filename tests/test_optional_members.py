@@ -26,9 +26,9 @@ REG = make_test_registry()
 FAST = dict(registry=REG, examples=3, targets=("decoder",), shrink=False)
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["ReadsHiddenStates", "KeyedProposals", "ResettableVerifier", "GraphSafe", "RowKVCache", "LendsEmbeddings", "PadsForward",
-            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks", "LaunchForms"]
+            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks", "LaunchForms", "ProposesOnDevice", "BuildsOnDevice"]
 MEMBERS = ["hidden_layers", "proposal_key", "reset", "graph_safe", "k", "v", "slot_table", "embed", "lm_head", "extra_pending",
-           "accept_on_device", "stage_commit", "ranks", "launch_form"]
+           "accept_on_device", "stage_commit", "ranks", "launch_form", "propose_on_device", "build_on_device"]
 
 
 class NoOptions(BaseModel):
@@ -53,7 +53,8 @@ def test_no_component_member_is_read_through_getattr_with_a_default():
 def test_each_optional_member_is_a_protocol_named_by_its_kind_and_in_the_plugin_guide(name):
     proto = getattr(interfaces, name)
     assert name in interfaces.__all__ and getattr(proto, "_is_runtime_protocol", False) and proto.__doc__
-    kinds = [interfaces.Drafter, interfaces.Verifier, interfaces.KVCache, interfaces.AttentionBackend, interfaces.Target]
+    kinds = [interfaces.Drafter, interfaces.TreeScorer, interfaces.Verifier, interfaces.KVCache, interfaces.AttentionBackend,
+             interfaces.Target]
     assert any(name in (k.__doc__ or "") for k in kinds), f"no kind's Protocol says it may have {name}"
     assert name in (ROOT / "docs" / "plugins.md").read_text(), f"docs/plugins.md does not mention {name}"
 

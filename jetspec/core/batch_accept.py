@@ -70,7 +70,7 @@ def _results(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.
     return out
 
 
-def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: list[DeviceTree], logits: torch.Tensor,
+def start_on_device(verifiers: list[Verifier], dtrees: list[DeviceTree], logits: torch.Tensor,
                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
                     who: str, batch: bool = False,
                     ahead: Callable[[list[tuple[int, torch.Tensor]]], None] | None = None) -> list[torch.Tensor | JetSpecError]:
@@ -83,7 +83,7 @@ def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: l
     made: list[tuple[int, torch.Tensor]] = []  # (sequence, its well-formed result [2 D_s + 3] int64 on the device)
     results = _results(verifiers, dtrees, logits, meta, states, who, batch)
     offset = 0
-    for s, (p, tree, dtree, cache) in enumerate(zip(results, trees, dtrees, caches)):
+    for s, (p, dtree, cache) in enumerate(zip(results, dtrees, caches)):
         d = dtree.max_depth
         try:
             if isinstance(p, JetSpecError):
@@ -94,8 +94,8 @@ def start_on_device(verifiers: list[Verifier], trees: list[DraftTree], dtrees: l
         except JetSpecError as e:
             paths.append(e)
             continue
-        if tree.size > 1 and conforms(cache, CommitsOnDevice):
-            staged.append((cache, offset + 1, d + 1, tree.size))
+        if dtree.size > 1 and conforms(cache, CommitsOnDevice):
+            staged.append((cache, offset + 1, d + 1, dtree.size))
         made.append((s, p))
         paths.append(p[1 : d + 2])  # [D + 1]; its first k entries are checked below
         offset += 2 * d + 3

@@ -47,14 +47,17 @@ from .batch import BatchMeta, SequenceParts
 from .batch_records import Finished, LaunchedStep, SequenceInFlight
 from .batch_accept import accept_on_host, committed_rows, finish_on_device, start_on_device
 from .batch_ahead import draft_ahead_step
-from .checks import Blame, conforms, reading
+from .batch_grow import Grower
+from .batch_trees import StepTrees
+from .checks import Blame, conforms
 from .errors import CapacityError, IncompatibleError, InputError, JetSpecError, PluginError
+from .device_proposal import builds_on_device, proposes_on_device
 from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
     DraftsAhead, accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
 )
-from .on_device import DeviceTree, Readback, TreeUpload, to_device
+from .on_device import Readback, TreeUpload, to_device
 from .results import GenerationStats
 from .stops import cut_at_stop, stop_set
 from .tree import DraftTree
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 
-class BatchEngine:
+class BatchEngine(StepTrees):
     def __init__(self, pipe: Pipeline, new_parts: Callable[[], SequenceParts], batch_size: int,
                  max_verify_rows: int | None = None):
         if batch_size < 1:
@@ -84,6 +87,7 @@ class BatchEngine:
         # per half of the slots (`generation.overlap`: two steps in flight), a step's trees end to end in one
         # copy to the device and its one device-to-host copy (device acceptance)
         self._uploads = (TreeUpload(device), TreeUpload(device))
+        self._growers = (Grower(device), Grower(device))  # per half: a grown step's staging and tree read-back
         self._readbacks = (Readback(device), Readback(device))
 
     # ------------------------------------------------------------------ the run
@@ -105,6 +109,9 @@ class BatchEngine:
         self._batch_accept = self._on_device and accepts_batch_on_device([p.verifier for p in self.parts])  # one call a step
         # drafters that queue their next round before the step's read-back (`DraftsAhead`), as `Pipeline` does
         self._drafts_ahead = self._on_device and speculative and all(isinstance(p.drafter, DraftsAhead) for p in self.parts)
+        # trees grown on the device (`batch_grow.py`) where every drafter and the scorer can
+        self._grows = self._on_device and speculative and gen.build_on_device and builds_on_device(pipe.scorer) and all(
+            proposes_on_device(p.drafter) for p in self.parts)
 
         encoded: list[list[int] | Exception] = []
         for p in prompts:
@@ -225,35 +232,11 @@ class BatchEngine:
         pipe, clock = self.pipe, time.perf_counter
         share = self.max_verify_rows // len(active) if self.max_verify_rows else None  # rows per sequence
         budget = self._budget if share is None else min(self._budget, share - 1)
-        trees: list[tuple[SequenceInFlight, DraftTree]] = []
-        for seq in active:
-            try:
-                trees.append((seq, self._tree(seq, budget)))
-            except JetSpecError as e:
-                yield self._finish(seq, caches, slots, "error", e)
-        t0 = clock()
-        device = pipe.target.info.device
-        reserved = []
-        for seq, tree in trees:
-            try:
-                caches[seq.slot].begin(tree.size)  # a shared page pool may be full: this sequence ends, the others go on
-            except JetSpecError as e:
-                yield self._finish(seq, caches, slots, "error", e)
-                continue
-            reserved.append((seq, tree))
-        trees = reserved
-        if not trees:
+        grows = self._grows and budget >= 1
+        made = yield from (self._grown if grows else self._built)(active, caches, slots, budget, half)
+        if made is None:
             return None
-        prefixes = [caches[seq.slot].committed for seq, _ in trees]
-        dtrees: list[DeviceTree] = []
-        if self._on_device:  # the step's one copy to the device: every tree, end to end; the metadata is read from there
-            dtrees, block = self._uploads[half].many([t for _, t in trees], prefixes)  # block [7, R]
-            metas = [AttentionMeta(p, positions=d.positions, subtree_sizes=d.subtree_sizes) for p, d in zip(prefixes, dtrees)]
-            meta = BatchMeta.pack(metas, packed=(block[4], block[3]))
-            tokens = block[0]  # [R]
-        else:
-            meta = BatchMeta.pack([AttentionMeta.for_tree(t, p, device) for (_, t), p in zip(trees, prefixes)])
-            tokens = torch.cat([t.tokens for _, t in trees]).to(device)  # [R]
+        trees, tokens, meta, dtrees, t0 = made
         layers = observed_layers(self.parts[trees[0][0].slot].drafter) if self._speculative else ()
         try:
             out = self._forward(tokens, meta, [caches[seq.slot] for seq, _ in trees], layers)
@@ -265,7 +248,8 @@ class BatchEngine:
         # with two steps in flight the other half's forward may reuse this one's output buffers (a CUDA
         # graph's) before `_land` reads the hidden rows: copied now, in stream order
         hidden = out.hidden.clone() if self._overlap and out.hidden is not None else out.hidden  # [R, k, H]
-        launched = LaunchedStep(trees, meta, dtrees, hidden, self._readbacks[half], t0, t1)
+        launched = LaunchedStep(trees, meta, dtrees, hidden, self._readbacks[half], t0, t1,
+                                grower=self._growers[half] if trees[0][1] is None else None)
         verifiers = [self.parts[seq.slot].verifier for seq, _ in trees]
         states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
         who = pipe.labels["verifier"]
@@ -276,7 +260,7 @@ class BatchEngine:
                     drafters = [self.parts[trees[s][0].slot].drafter for s, _ in made]
                     rows = [None if out.hidden is None else out.hidden[meta.rows(s)] for s, _ in made]
                     launched.failed.update(draft_ahead_step(drafters, rows, made, budget, pipe.labels["drafter"]))
-            launched.paths = start_on_device(verifiers, [t for _, t in trees], dtrees, out.logits, meta, states, mine,
+            launched.paths = start_on_device(verifiers, dtrees, out.logits, meta, states, mine,
                                              launched.readback, who, self._batch_accept, ahead)
         else:
             launched.accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who,
@@ -289,6 +273,8 @@ class BatchEngine:
         clock, trees = time.perf_counter, step.trees
         t2 = clock()
         accepted = step.accepted
+        if step.grower is not None:  # grown on the device: the trees come back with the step, checked
+            trees = step.trees = self._read_trees(step, caches)
         if accepted is None:
             accepted = finish_on_device(step.paths, [t for _, t in trees], step.dtrees, step.readback,
                                         self.pipe.labels["verifier"], self.pipe.target.info.vocab_size)
@@ -308,22 +294,6 @@ class BatchEngine:
                 continue
             if stopped != "length" or len(seq.state.generated) >= self._max_new:
                 yield self._finish(seq, caches, slots, stopped, None)
-
-    def _tree(self, seq: SequenceInFlight, budget: int) -> DraftTree:
-        """Sequence `seq`'s tree for this step, checked as `Pipeline` checks it."""
-        pipe, clock = self.pipe, time.perf_counter
-        root = seq.state.tokens[-1]
-        drafter = self.parts[seq.slot].drafter
-        if not self._speculative or budget < 1:
-            return DraftTree.root_only(root)
-        t0 = clock()
-        with Blame(pipe.labels["drafter"], "in propose"):
-            proposal = reading(drafter.propose(seq.state, budget), pipe.labels["drafter"], pipe.target.info.vocab_size)
-        t1 = clock()
-        tree = pipe.build_tree(proposal, root, budget)
-        seq.stats.seconds["draft"] += t1 - t0
-        seq.stats.seconds["build"] += clock() - t1
-        return tree
 
     def _forward(self, tokens: torch.Tensor, meta: BatchMeta, caches: list[KVCache], layers: tuple[int, ...]) -> TargetOutput:
         """target.forward_batch, its output's shapes checked."""

@@ -9,6 +9,7 @@ import torch
 
 from .batch import BatchMeta
 from .batch_accept import Accepted
+from .batch_grow import Grower
 from .errors import JetSpecError
 from .interfaces import DecodeState
 from .on_device import DeviceTree, Readback
@@ -42,7 +43,7 @@ class SequenceInFlight:
 class LaunchedStep:
     """A step queued on the device whose host side is not done yet (`BatchEngine._land`)."""
 
-    trees: list[tuple[SequenceInFlight, DraftTree]]
+    trees: list[tuple[SequenceInFlight, DraftTree | None]]  # None: grown on the device, read back when it lands
     meta: BatchMeta
     dtrees: list[DeviceTree]  # the device path's (empty on the host path)
     hidden: torch.Tensor | None  # [R, k, H] the rows the drafters observe
@@ -52,4 +53,5 @@ class LaunchedStep:
     paths: list[torch.Tensor | JetSpecError] | None = None  # device path: `start_on_device`'s
     accepted: list[Accepted] | None = None  # host path: decided at launch
     queued: float = 0.0  # host seconds queueing (device path) or deciding (host path) the acceptance
-    failed: dict[int, JetSpecError] = field(default_factory=dict)  # sequence -> its drafter's `draft_ahead` error
+    failed: dict[int, JetSpecError] = field(default_factory=dict)  # sequence -> its `draft_ahead` error, or its grown tree's
+    grower: Grower | None = None  # the trees were grown on the device: read back by this half's `Grower` when it lands

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_che
 
 import torch
 
+from .device_proposal import (BuildsOnDevice, DeviceProposal, DeviceProposals, DeviceTrees, ProposesOnDevice, builds_on_device,
+                              proposes_on_device)
 from .distributed import Ranks
 from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, DraftsAhead, DraftsAheadTogether,
                         accepts_batch_on_device,
@@ -44,7 +46,7 @@ class Proposal(Protocol):
 @runtime_checkable
 class Drafter(Protocol):
     """Proposes candidate continuations of the committed tokens.
-    Optional: `ReadsHiddenStates`, `KeyedProposals`, `DraftsAhead`."""
+    Optional: `ReadsHiddenStates`, `KeyedProposals`, `DraftsAhead`, `ProposesOnDevice`."""
 
     def reset(self, state: DecodeState) -> None:
         """Start a new sequence (after prefill; `state.tokens` is the prompt)."""
@@ -63,7 +65,8 @@ class Drafter(Protocol):
 
 @runtime_checkable
 class TreeScorer(Protocol):
-    """Chooses at most `budget` draft nodes out of a proposal."""
+    """Chooses at most `budget` draft nodes out of a proposal.
+    Optional: `BuildsOnDevice`."""
 
     def build(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
         """A tree of the root and at most `budget` draft nodes, chosen from `proposal`.
@@ -378,10 +381,10 @@ class BatchedKVCache(Protocol):
 
 __all__ = [
     "Acceptance", "AcceptsBatchOnDevice", "AcceptsOnDevice", "AttendsPackedTables", "AttentionBackend",
-    "AttentionMeta", "BatchedAttention", "BatchedKVCache", "BatchedTarget", "CommitsOnDevice", "DecodeState",
-    "DeviceTree", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LaunchForms", "LendsEmbeddings",
-    "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ReadsHiddenStates", "Ranks",
+    "AttentionMeta", "BatchedAttention", "BatchedKVCache", "BatchedTarget", "BuildsOnDevice", "CommitsOnDevice", "DecodeState",
+    "DeviceProposal", "DeviceProposals", "DeviceTree", "DeviceTrees", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LaunchForms", "LendsEmbeddings",
+    "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ProposesOnDevice", "ReadsHiddenStates", "Ranks",
     "ResettableVerifier", "RowKVCache", "SpansRanks", "Target", "TargetInfo", "TargetOutput", "TreeScorer",
-    "Verifier", "accepts_batch_on_device", "accepts_on_device", "extra_pending", "is_graph_safe",
-    "observed_layers", "ranks_of",
+    "Verifier", "accepts_batch_on_device", "accepts_on_device", "builds_on_device", "extra_pending", "is_graph_safe",
+    "observed_layers", "proposes_on_device", "ranks_of",
 ]

@@ -217,6 +217,13 @@ class Readback:
         self.copies += 1
         return self._pending.tolist()
 
+    def wait_array(self) -> np.ndarray:
+        """As `wait`, the values as a numpy array (a copy: the next `start` reuses the buffer)."""
+        if self._cuda:
+            self._done.synchronize()
+        self.copies += 1
+        return self._pending.numpy().copy()
+
 
 def unpack(values: list[int]) -> tuple[list[int], list[int]]:
     """Read-back `packed` values [2D + 3] -> (path, committed tokens), k of each; a k outside

@@ -16,10 +16,14 @@ from __future__ import annotations
 import heapq
 from typing import Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..core.cuda_graphs import GraphSet
+from ..core.device_proposal import DeviceProposals, DeviceTrees
 from ..core.interfaces import Proposal
 from ..core.tree import DraftTree
+from .best_first_device import GraphedGrowth, fills, grow
 
 
 class BestFirstOptions(BaseModel):
@@ -34,6 +38,22 @@ class ChainOptions(BaseModel):
 class BestFirstScorer:
     def __init__(self, options: BestFirstOptions | None = None):
         self.options = options or BestFirstOptions()
+        self._graphed = GraphedGrowth()  # CUDA: `build_on_device` replayed from graphs (none captured elsewhere)
+
+    @property
+    def device_graphs(self) -> GraphSet:
+        """The device build's CUDA graphs (the bench counts their captures)."""
+        return self._graphed.graphs
+
+    def build_on_device(self, proposals: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor,
+                        budget: int) -> DeviceTrees | None:
+        """`BuildsOnDevice`: the same top-B set, grown level by level on the device for every
+        sequence at once (`best_first_device.py`); None where a proposal holds fewer than `budget` nodes."""
+        if budget < 1 or not fills(proposals, budget, self.options.max_depth):
+            return None
+        if not roots.is_cuda:
+            return grow(proposals, roots, prefix_lens, budget, self.options.max_depth)
+        return self._graphed(proposals, roots, prefix_lens, budget, self.options.max_depth)
 
     def build(self, proposal: Proposal, root: int, budget: int) -> DraftTree:
         deepest = self.options.max_depth or budget  # a tree of `budget` drafts is at most `budget` deep

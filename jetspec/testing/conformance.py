@@ -29,11 +29,13 @@ from hypothesis import strategies as st
 
 from ..core.interfaces import (AttentionBackend, BatchedAttention, DecodeState, Drafter, DraftsAhead,
                                PositionInvariantAttention, TreeScorer, Verifier)
+from ..core.device_proposal import proposes_on_device
 from ..core.registry import Implementation, Registry
 from .at_scale import check_at_scale, default_examples
 from .attention import check_attention_numerics
 from .invariance import check_position_invariance
 from .batched import PromptOracle, assemble_batched, check_batched_lossless, default_batched
+from .device_build import check_builds_on_device
 from .kv_semantics import check_kv_semantics, small_info
 from .lossless import CheckedScorer, CheckedVerifier, Example, assemble, check_lossless, checked_drafter
 from .models import FAMILIES, VOCAB, TinyDecoder, tiny_decoder
@@ -109,9 +111,9 @@ def check_drafter(
         check_at_scale(s, lambda t: checked_drafter(s, check_instance(s, build(s, t), Drafter), t.info.vocab_size), scale, seed, shrink)
     def batched_pipeline(model_seed: int, answer: Callable, cap: int | None):
         t = tiny_decoder(model_seed)
-        # a drafter that drafts ahead runs the batches of odd model seeds on the device path, which
-        # calls it (`draft_ahead_together` first, where it has one)
-        ahead = model_seed % 2 and isinstance(build(s, t), DraftsAhead)
+        # a drafter that drafts ahead or proposes on the device runs the batches of odd model seeds on the
+        # device path, which calls it (`draft_ahead_together` first, where it has one; `propose_on_device`)
+        ahead = model_seed % 2 and (isinstance(build(s, t), DraftsAhead) or proposes_on_device(build(s, t)))
         return assemble_batched(t, lambda: checked_drafter(s, check_instance(s, build(s, t), Drafter), VOCAB), max_verify_rows=cap,
                                 accept_on_device="always" if ahead else "auto")
 
@@ -144,6 +146,7 @@ def check_scorer(
         check_tree(s, tree, proposal, root, budget, where=f" (budget {budget})")
 
     run_property(trees_are_valid, examples * 3, seed, shrink)  # cheap: no model
+    check_builds_on_device(s, obj, VOCAB, examples, seed, shrink)
     check_lossless(
         s, lambda ex: assemble(ex.target, drafter=_oracle(ex), scorer=CheckedScorer(s, build(s))), examples, targets, seed
     )

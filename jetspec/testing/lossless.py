@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from ..caches.dense import DenseKVCache
 from ..core.config import GenerationConfig, PipelineConfig
+from ..core.device_proposal import proposes_on_device
 from ..core.interfaces import (
     DecodeState, Drafter, DraftsAhead, DraftsAheadTogether, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
 )
@@ -31,6 +32,7 @@ from ..core.tree import DraftTree
 from ..scorers.best_first import BestFirstScorer
 from ..verifiers.greedy import GreedyVerifier
 from .models import VOCAB, any_tiny_target
+from .device_build import checked_device_proposal
 from .protocol import check_acceptance, check_proposal, check_tree
 from .subject import ConformanceError, Subject, run_property
 
@@ -202,9 +204,27 @@ class CheckedTogetherDrafter(CheckedAheadDrafter):
 
 def checked_drafter(s: Subject, inner: Drafter, vocab: int) -> CheckedDrafter:
     """The checking proxy of `inner`, with the optional members the pipeline looks for."""
-    if isinstance(inner, DraftsAheadTogether):
-        return CheckedTogetherDrafter(s, inner, vocab)
-    return (CheckedAheadDrafter if isinstance(inner, DraftsAhead) else CheckedDrafter)(s, inner, vocab)
+    kind = CheckedTogetherDrafter if isinstance(inner, DraftsAheadTogether) else CheckedAheadDrafter if isinstance(
+        inner, DraftsAhead) else CheckedDrafter
+    if proposes_on_device(inner):
+        kind = _ON_DEVICE[kind]
+    return kind(s, inner, vocab)
+
+
+def _propose_on_device(self: CheckedDrafter, state: DecodeState, budget: int) -> Any:
+    """`ProposesOnDevice` passed through, its result's form checked (`device_build.py`)."""
+    where = f" (after {len(state.generated)} generated tokens)"
+    with self.s.calling("propose_on_device", where):
+        p = self.inner.propose_on_device(state, budget)
+    if p is not None:
+        checked_device_proposal(self.s, p, self.vocab, None, where)
+    return p
+
+
+# each proxy kind with `propose_on_device` defined on the proxy class itself, below `propose`
+# (`proposes_on_device` asks where each is defined)
+_ON_DEVICE = {k: type(f"{k.__name__}OnDevice", (k,), {"propose_on_device": _propose_on_device})
+              for k in (CheckedDrafter, CheckedAheadDrafter, CheckedTogetherDrafter)}
 
 
 class CheckedScorer:

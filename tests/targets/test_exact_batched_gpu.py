@@ -153,7 +153,8 @@ def test_each_prompt_of_an_exact_batch_decodes_as_plain_decoding_alone(models, b
         assert [r.tokens for r in results] == plain
 
 
-def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models):
+@pytest.mark.parametrize("build_on_device", [True, False])
+def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models, build_on_device):
     """With `overlap` the other half's forward is queued before a step's commit reads its hidden rows
     (a CUDA graph's output buffers, shared by equal-sized steps): a head drafter (random weights,
     observing the target's hidden states) must draft from the same rows as one step at a time — the
@@ -168,20 +169,27 @@ def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models):
         # apart in bf16, and this test compares bits (tests/test_context_pool.py checks pooled drafting)
         pipe = (jetspec.builder().target(graphed).drafter("jetspec", checkpoint="random", lookup=False, target_layers=[0, 1],
                                                           draft_together=False)
-                .kv_cache("paged", page_size=PAGE).generation(budget=8, max_new_tokens=24, batch_size=4, overlap=overlap)
+                .kv_cache("paged", page_size=PAGE).generation(budget=8, max_new_tokens=24, batch_size=4, overlap=overlap,
+                                                              build_on_device=build_on_device)
                 .build())
         drafted, make = {}, pipe.new_drafter
 
         def new_drafter():  # logs each proposal's first three depths under (prompt, committed length)
             d = make()
-            real = d.propose
+            real, real_on_device = d.propose, d.propose_on_device
 
             def propose(state, budget):
                 p = real(state, budget)
                 drafted[(tuple(state.tokens[: state.prompt_len]), len(state.tokens))] = [tuple(p.children((0,) * k)) for k in range(3)]
                 return p
 
-            d.propose = propose
+            def propose_on_device(state, budget):  # the trees grown on the device: the rows stay there
+                p = real_on_device(state, budget)
+                drafted[(tuple(state.tokens[: state.prompt_len]), len(state.tokens))] = [
+                    tuple(zip(p.tokens[k].tolist(), p.logp[k].float().tolist())) for k in range(3)]
+                return p
+
+            d.propose, d.propose_on_device = propose, propose_on_device
             return d
 
         pipe.new_drafter = new_drafter

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from ...core.device_proposal import DeviceProposal
 from ...core.errors import CheckpointError, ConfigError
 from ...core.interfaces import DecodeState, Proposal
 from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
@@ -146,13 +147,14 @@ class HeadDrafter(ContextDrafter):
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
         self._drafted_ready: torch.cuda.Event | None = None  # recorded behind its copy (None: nothing to wait for)
+        self._drafted_dev: torch.Tensor | None = None  # [2, depths, k] the same draft on the device (`propose_on_device`)
         self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
-        self._drafted = self._pooled = None
+        self._drafted = self._pooled = self._drafted_dev = None
         if self.lookup is not None:
             self.lookup.reset(state)
 
@@ -160,7 +162,7 @@ class HeadDrafter(ContextDrafter):
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
         """`DraftsAhead`: append the round's accepted path (all D + 1 slots; `observe` keeps the
         committed ones) and draft from the bonus token at anchor length + k, all on the device."""
-        self._drafted = self._pooled = None
+        self._drafted = self._pooled = self._drafted_dev = None
         if hidden is None or not self._ahead:
             return
         d1 = (packed.numel() - 1) // 2  # D + 1
@@ -169,7 +171,7 @@ class HeadDrafter(ContextDrafter):
         k = packed[:1].clamp(1, d1)  # [1] the accepted path's length, root included
         root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
         logp, tokens = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
-        both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
+        both = self._drafted_dev = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
         if self._drafted_host is None or self._drafted_host.shape != both.shape:
             self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         # to the host behind the draft, which runs while the host reads the round's result; `propose` waits for the copy
@@ -246,6 +248,7 @@ class HeadDrafter(ContextDrafter):
         a, root = self.cache.length, state.tokens[-1]
         nodes, depths = self._depths(budget)
         (drafted, self._drafted), (pooled, self._pooled) = (self._drafted, None), (self._pooled, None)
+        self._drafted_dev = None
         ahead = drafted is not None and self.kept_ahead and drafted.shape[1] == depths  # the round committed the path drafted from
         if ahead and self._drafted_ready is not None:
             self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
@@ -263,6 +266,23 @@ class HeadDrafter(ContextDrafter):
             if not isinstance(copied, EmptyProposal):
                 proposal = MergedProposal(proposal, copied)
         return proposal
+
+    @torch.no_grad()
+    def propose_on_device(self, state: DecodeState, budget: int) -> DeviceProposal | None:
+        """`ProposesOnDevice`: the same proposal as `propose` — the head's rows merged with the prompt
+        lookup's trie — with the rows left on the device (the draft queued ahead where the round kept
+        it, else drafted now). None where rows are not the whole proposal: rescoring or a calibration."""
+        if self.options.rescore or self.calibration is not None:
+            return None
+        depths = self._depths(budget)[1]
+        drafted, self._drafted, self._pooled, self._drafted_dev = self._drafted_dev, None, None, None
+        if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:
+            logp, tokens = drafted[0], drafted[1].long()  # ids travel as float32: exact below 2^24
+        else:
+            logp, tokens = self._draft(state.tokens[-1], self.cache.length, depths, self.cache.context())
+            logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them
+        trie = self.lookup.propose(state, budget) if self.lookup is not None else None
+        return DeviceProposal(tokens, logp, trie if isinstance(trie, TokenTrie) else None)
 
     @torch.no_grad()
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:

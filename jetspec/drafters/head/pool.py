@@ -137,6 +137,7 @@ class ContextPool:
         drafts = PooledDrafts(host)
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), host[s], None, (drafts, s)
+            m._drafted_dev = both[s]  # [2, depths, k] this job's own tensor: a later job never rewrites it
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""

@@ -1,0 +1,125 @@
+"""A batched step's trees grown on the device (`device_proposal.py`), for `BatchEngine`.
+
+    host    per sequence: drafter.propose_on_device(state, budget) -> DeviceProposal
+            (its marginals already on the device; its prompt-lookup trie on the host)
+            one copy up: roots, prefix lengths, the tries [S, L]            (`Grower.grow`)
+    device  scorer.build_on_device -> DeviceTrees, the block [7, S * N] the verification reads
+            one copy down of the block, queued behind it (the host reads it at the step's landing,
+            after the step's one wait: `host_trees`)
+
+The host never holds a tree before the step lands; it reads the block back with the accepted
+paths and checks every tree there (`host_trees`): a scorer's malformed tree fails its own sequence
+before anything is committed, naming the scorer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .checks import Blame
+from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, pack_tries
+from .errors import JetSpecError, PluginError
+from .on_device import Readback, pinned
+from .tree import DraftTree, invariants_hold
+
+
+class Grower:
+    """One half's buffers: the staging block of the step's integers and the tree block's read-back."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.readback = Readback(device)
+
+    def grow(self, drafters: list, scorer: object, states: list, prefixes: list[int], budget: int,
+             who: dict[str, str]) -> tuple[DeviceTrees | None, dict[int, JetSpecError]]:
+        """-> (the step's trees, or None where a proposal or the scorer declines: build on the host;
+        {sequence: its drafter's error} — those sequences are not in the trees)."""
+        props: list[DeviceProposal] = []
+        failed: dict[int, JetSpecError] = {}
+        for s, (drafter, state) in enumerate(zip(drafters, states)):
+            try:
+                with Blame(who["drafter"], "in propose_on_device"):
+                    p = drafter.propose_on_device(state, budget)
+                if p is None:
+                    return None, {}
+                _check_proposal(p, props[0] if props else None, self.device, who["drafter"])
+                props.append(p)
+            except JetSpecError as e:
+                failed[s] = e
+        if not props:
+            return None, failed
+        kept = [s for s in range(len(states)) if s not in failed]
+        ints, logp, deepest = pack_tries([p.trie for p in props])
+        s, width = ints.shape[1], ints.shape[2]
+        host = np.empty(2 * s + 4 * s * width, dtype=np.int64)  # roots, prefixes, tokens, parents, depths, logp (float64 bits)
+        host[:s] = [states[k].tokens[-1] for k in kept]
+        host[s : 2 * s] = [prefixes[k] for k in kept]
+        host[2 * s : 2 * s + 3 * s * width] = ints.reshape(-1)
+        host[2 * s + 3 * s * width :].view(np.float64)[:] = logp.reshape(-1)
+        up = pinned(torch.from_numpy(host), self.device).to(self.device, non_blocking=True)
+        roots, lens = up[:s], up[s : 2 * s]
+        trie = up[2 * s : 2 * s + 3 * s * width].view(3, s, width)
+        proposals = DeviceProposals(torch.stack([p.tokens for p in props]), torch.stack([p.logp for p in props]).float(),
+                                    trie[0], trie[1], up[2 * s + 3 * s * width :].view(torch.float64).view(s, width).float(),
+                                    trie[2], deepest)
+        with Blame(who["scorer"], "in build_on_device"):
+            trees = scorer.build_on_device(proposals, roots, lens, budget)
+        if trees is None:
+            return None, failed
+        n = budget + 1
+        if not (isinstance(trees, DeviceTrees) and trees.nodes == n and isinstance(trees.max_depth, int) and 1 <= trees.max_depth <= budget
+                and isinstance(trees.block, torch.Tensor) and trees.block.shape == (7, s * n) and trees.block.dtype == torch.int64
+                and trees.block.device == self.device):
+            raise PluginError(f"{who['scorer']} returned {_describe(trees)} from build_on_device; expected DeviceTrees of a "
+                              f"[7, {s * n}] int64 block on {self.device}, {n} nodes a tree, max_depth in [1, {budget}]")
+        self.readback.start(trees.block.view(-1))
+        return trees, failed
+
+
+def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[int], vocab: int,
+               who: str) -> list[DraftTree | JetSpecError]:
+    """The step's tree block, read back [7, S * N], as host trees — each checked as a host-built tree
+    is (`DraftTree`'s invariants, its root, tokens in the vocabulary) and against the rows the
+    verification used (positions = prefix + depth, ends, index); a broken one is the scorer's error."""
+    block = values.reshape(7, len(roots), nodes)
+    out: list[DraftTree | JetSpecError] = []
+    index = np.arange(nodes)
+    for s, (root, prefix) in enumerate(zip(roots, prefixes)):
+        tok, par, dep, size, pos, ends, idx = block[:, s]
+        parents = par.copy()
+        parents[0] = -1
+        ok = (tok[0] == root and (tok >= 0).all() and (tok < vocab).all() and (idx == index).all()
+              and (pos == prefix + dep).all() and (ends[1:] == index[1:] + size[1:]).all() and ends[0] == 0 and par[0] == 0
+              and invariants_hold(tok.tolist(), parents.tolist(), dep.tolist(), size.tolist()))
+        if not ok:
+            out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok)}, parents {_head(parents)}, "
+                                   f"sizes {_head(size)}); a tree is in DFS pre-order with consistent depths, sizes and positions"))
+            continue
+        rows = torch.from_numpy(np.stack([tok, parents, dep, size]))
+        out.append(DraftTree(tokens=rows[0], parents=rows[1], depths=rows[2], subtree_sizes=rows[3],
+                             scores=torch.zeros(nodes, dtype=torch.float32)))
+    return out
+
+
+def _check_proposal(p: object, first: DeviceProposal | None, device: torch.device, who: str) -> None:
+    if not isinstance(p, DeviceProposal):
+        raise PluginError(f"{who} returned {type(p).__name__} from propose_on_device; expected a DeviceProposal or None")
+    shape = tuple(p.tokens.shape)
+    if not (p.tokens.dim() == 2 and p.tokens.dtype == torch.int64 and p.logp.shape == p.tokens.shape
+            and p.logp.is_floating_point() and p.tokens.device == device and p.logp.device == device and shape[0] >= 1):
+        raise PluginError(f"{who} returned marginals {shape} {p.tokens.dtype} / {tuple(p.logp.shape)} {p.logp.dtype} from "
+                          f"propose_on_device; expected int64 tokens and float log-probs of one shape [D >= 1, K] on {device}")
+    if first is not None and shape != tuple(first.tokens.shape):
+        raise PluginError(f"{who} returned marginals of shape {shape} from propose_on_device; the step's first was "
+                          f"{tuple(first.tokens.shape)} (one shape per step)")
+
+
+def _head(x: np.ndarray) -> str:
+    return str(x.tolist()[:8])[:-1] + (", ...]" if x.size > 8 else "]")
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, DeviceTrees) and isinstance(x.block, torch.Tensor):
+        return f"DeviceTrees(block {tuple(x.block.shape)} {x.block.dtype} on {x.block.device}, nodes {x.nodes}, max_depth {x.max_depth})"
+    return type(x).__name__

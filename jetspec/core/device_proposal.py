@@ -1,0 +1,149 @@
+"""Proposals and trees that stay on the device: a batched step's drafts built into trees there.
+
+A parallel head's draft is already on the device (per-depth top-k rows, queued a step ahead:
+`DraftsAhead`); bringing it to the host, growing the tree there in Python and copying the tree
+back costs a batched step more host time than the GPU spends verifying it. A drafter that can
+hand its proposal over as device tensors (`ProposesOnDevice`) and a scorer that can grow trees
+from them there (`BuildsOnDevice`) let the batched engine skip all three: the host uploads a few
+integers (roots, prefix lengths, the prompt-lookup tries) and reads back the accepted paths.
+
+`DeviceProposals`, S sequences' proposals of one kind — per-depth marginals merged with an
+explicit trie, i.e. on the host `MergedProposal(DepthMarginals(tokens[s], logp[s]), trie_s)`:
+
+    tokens, logp      [S, D, K]  int64 / float32: the children of ANY path of length d are row d
+                                 (sorted by logp, descending; tokens distinct in a row)
+    trie_tokens       [S, L]     int64: an explicit trie's nodes, parents before children
+    trie_parents      [S, L]     int64: -1 for a child of the root, else the parent's index (< own);
+                                 PAD_PARENT for padding
+    trie_logp         [S, L]     float32: log q(node | its parent's path)
+    trie_depths       [S, L]     int64: 1 .. ; 0 for padding
+    trie_depth        int        (host) the deepest trie node over all S (0: no trie)
+
+A path's children are the union of row d and the trie's children of that path; a token in both
+keeps the larger log-prob (`MergedProposal`'s rule).
+
+`DeviceTrees`: what `BuildsOnDevice.build_on_device` returns — the trees in `TreeUpload`'s block
+layout ([7, S * N], sequence s in columns s * N .. s * N + N - 1, every tree N = budget + 1 nodes),
+so the verification and acceptance read them as they read an uploaded step's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from .proposal import TokenTrie
+
+PAD_PARENT = -3  # a padding trie entry's parent: equal to no node's code (`scorers/best_first_device.py`)
+
+
+@dataclass(frozen=True)
+class DeviceProposals:
+    tokens: torch.Tensor  # [S, D, K] int64
+    logp: torch.Tensor  # [S, D, K] float32
+    trie_tokens: torch.Tensor  # [S, L] int64
+    trie_parents: torch.Tensor  # [S, L] int64
+    trie_logp: torch.Tensor  # [S, L] float32
+    trie_depths: torch.Tensor  # [S, L] int64
+    trie_depth: int  # host: the deepest trie node (0: none)
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class DeviceTrees:
+    block: torch.Tensor  # [7, S * N] int64 on the device: `on_device.TreeUpload`'s rows
+    nodes: int  # N, every tree's size (budget + 1)
+    max_depth: int  # host: an upper bound on every tree's depth (the acceptance's packed size)
+
+
+@dataclass(frozen=True)
+class DeviceProposal:
+    """One sequence's part of a `DeviceProposals` (what `ProposesOnDevice.propose_on_device`
+    returns): its marginals on the device and its trie (prompt lookup) on the host."""
+
+    tokens: torch.Tensor  # [D, K] int64 on the device
+    logp: torch.Tensor  # [D, K] float32 on the device
+    trie: TokenTrie | None  # None: no trie
+
+
+@runtime_checkable
+class ProposesOnDevice(Protocol):
+    """A drafter whose proposal can stay on the device (`DeviceProposal`), for a scorer that
+    builds there (`BuildsOnDevice`). None: this round it cannot (the engine asks `propose`)."""
+
+    def propose_on_device(self, state: object, budget: int) -> DeviceProposal | None:
+        ...
+
+
+@runtime_checkable
+class BuildsOnDevice(Protocol):
+    """A tree scorer that grows S trees on the device from `DeviceProposals`, each what its `build`
+    would choose from the same proposal (ties aside), laid out as `DeviceTrees`."""
+
+    def build_on_device(self, proposals: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor,
+                        budget: int) -> DeviceTrees | None:
+        """roots, prefix_lens [S] int64 on the device -> S trees of budget + 1 nodes each; None: these
+        proposals cannot fill them (the engine builds on the host)."""
+        ...
+
+
+def builds_on_device(scorer: object) -> bool:
+    """The engine may call `build_on_device`: the scorer has it, defined no higher in its class tree
+    than `build` (a subclass that overrides `build` alone keeps the host path)."""
+    return isinstance(scorer, BuildsOnDevice) and _owns(scorer, "build_on_device", "build")
+
+
+def proposes_on_device(drafter: object) -> bool:
+    """The engine may call `propose_on_device`: as `builds_on_device`, against `propose`."""
+    return isinstance(drafter, ProposesOnDevice) and _owns(drafter, "propose_on_device", "propose")
+
+
+def _owns(x: object, device: str, host: str) -> bool:
+    owner = {m: next((c for c in type(x).__mro__ if m in vars(c)), None) for m in (device, host)}
+    return None in owner.values() or issubclass(owner[device], owner[host])
+
+
+def trie_rows(trie: TokenTrie | None) -> tuple[list[int], list[int], list[float], list[int]]:
+    """A trie's nodes, parents before children -> (tokens, parents (-1: the root), log-probs, depths)."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    logps: list[float] = []
+    depths: list[int] = []
+    if trie is None:
+        return tokens, parents, logps, depths
+    frontier: list[tuple[tuple[int, ...], int]] = [((), -1)]  # (path, its node index)
+    while frontier:
+        path, me = frontier.pop()
+        for token, logp in trie.children(path):
+            frontier.append((path + (token,), len(tokens)))
+            tokens.append(int(token))
+            parents.append(me)
+            logps.append(float(logp))
+            depths.append(len(path) + 1)
+    return tokens, parents, logps, depths
+
+
+def pack_tries(tries: Sequence[TokenTrie | None]) -> tuple[np.ndarray, np.ndarray, int]:
+    """S tries -> (ints [3, S, L] int64: tokens, parents, depths; logp [S, L] float32; the deepest
+    node). L: the largest trie's size rounded up to 0, 8, 16, 32, ... (few shapes for a scorer's
+    CUDA graphs); padding: parent PAD_PARENT, depth 0, log-prob -inf."""
+    rows = [trie_rows(t) for t in tries]
+    largest = max([len(r[0]) for r in rows] + [0])
+    width = 0 if largest == 0 else 8
+    while width < largest:
+        width *= 2
+    ints = np.zeros((3, len(rows), width), dtype=np.int64)
+    ints[1] = PAD_PARENT
+    logp = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    deepest = 0
+    for s, (tok, par, lp, dep) in enumerate(rows):
+        n = len(tok)
+        ints[0, s, :n], ints[1, s, :n], ints[2, s, :n], logp[s, :n] = tok, par, dep, lp
+        deepest = max([deepest] + dep)
+    return ints, logp, deepest

@@ -1,0 +1,173 @@
+"""The best-first tree of `best_first.py`, grown on the device for S sequences at once.
+
+The host scorer pops a max-heap one node at a time; here the same set is found level by level:
+
+    score(v) = sum of the edge log-probs on root -> v, every edge <= 0 (clamped), so
+    score(child) <= score(parent) and the top-B nodes form a prefix-closed set, and
+    a node at depth d among the top B is among the top B of depth d.
+
+So a beam of width B per depth loses nothing the top-B set needs:
+
+    frontier_0 = {root}
+    for d = 0 .. levels - 1:
+        candidates = every child of a frontier_d node         [S, W * K]  row d of the marginals
+                   + every trie node of depth d + 1 whose     [S, L]      parent is in frontier_d
+        (a marginal child whose token is also a trie child of the same node is that trie node:
+         its edge is max(trie log-prob, row log-prob), `MergedProposal`'s rule)
+        frontier_{d+1} = the best B candidates
+    tree = the best B of all frontiers, ranked (score desc, depth asc): a parent always ranks
+           before its child, so the chosen set is prefix-closed and in a parents-first order
+
+then laid out in DFS pre-order (children in rank order) with the interval encoding
+(`core/tree.py`):
+
+    anc[i, j]   j is an ancestor-or-self of i             (levels gathers up the parent pointers)
+    size[j]   = sum_i anc[i, j]
+    pre[i]    = sum over ancestors-or-self j != root of (1 + sum of the sizes of j's earlier siblings)
+
+Every candidate is a real child of its parent's path, so any tree this makes is a valid one (a
+lossless verification needs nothing more); the same set as `build` wherever scores do not tie.
+Scores that are NaN or -inf rank last among real candidates (as -1e30); the host only asks for
+budgets the proposals can fill (`fills`), so no tree holds a padding slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from ..core.cuda_graphs import GraphSet
+from ..core.device_proposal import DeviceProposals, DeviceTrees
+
+FLOOR = -1e30  # a real candidate's lowest score: NaN and -inf edges rank last, above padding (-inf)
+
+
+def fills(proposals: DeviceProposals, budget: int, max_depth: int | None = None) -> bool:
+    """Whether every sequence's merged proposal has at least `budget` nodes within `levels`: the
+    marginals alone give min(B, K^d) real candidates at depth d (a trie child that takes a row's
+    token replaces its candidate, never removes one)."""
+    _, d, k = proposals.tokens.shape
+    levels = min(d, budget, max_depth or budget)
+    room, width = 0, 1
+    for _ in range(levels):
+        width = min(budget, width * k)
+        room += width
+    return room >= budget
+
+
+def levels_for(proposals: DeviceProposals, budget: int, max_depth: int | None = None) -> int:
+    """How many depths the beam walks: the marginals' and the trie's, at most budget / max_depth."""
+    return min(budget, max_depth or budget, max(proposals.tokens.shape[1], proposals.trie_depth))
+
+
+class GraphedGrowth:
+    """`grow` on CUDA, replayed from a graph per shape (its ~15 small operators a depth launched at
+    once): the step's proposals, roots and prefix lengths are copied into the shape's static inputs
+    first. The trees it returns are the graph's static block, valid until the next replay of that
+    shape — later in stream order than everything a step queues on them."""
+
+    def __init__(self) -> None:
+        self.graphs = GraphSet()
+        self._inputs: dict[tuple, tuple[DeviceProposals, torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, budget: int,
+                 max_depth: int | None = None) -> DeviceTrees:
+        levels = levels_for(p, budget, max_depth)
+        key = (tuple(p.tokens.shape), tuple(p.trie_tokens.shape), budget, max_depth, levels)
+        if key not in self._inputs:
+            tensors = {f.name: getattr(p, f.name).clone() for f in fields(p) if f.name != "trie_depth"}
+            self._inputs[key] = (DeviceProposals(**tensors, trie_depth=p.trie_depth), roots.clone(), prefix_lens.clone())
+        static, r, t = self._inputs[key]
+        for f in fields(p):
+            if f.name != "trie_depth":
+                getattr(static, f.name).copy_(getattr(p, f.name))
+        r.copy_(roots)
+        t.copy_(prefix_lens)
+        return self.graphs.replay(key, lambda: grow(static, r, t, budget, max_depth))
+
+
+@torch.no_grad()
+def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, budget: int,
+         max_depth: int | None = None) -> DeviceTrees:
+    """S trees of budget + 1 nodes (the caller checked `fills`) -> `DeviceTrees`."""
+    s, d_rows, k = p.tokens.shape
+    dev, w = p.tokens.device, budget
+    levels = levels_for(p, budget, max_depth)
+    # node table, level by level; slot 0 is the root
+    score = torch.zeros(s, 1, device=dev)  # [S, 1] the frontier's scores
+    code = torch.full((s, 1), -1, dtype=torch.int64, device=dev)  # [S, F]: -1 root, t a trie node, -2 a row child
+    real = torch.ones(s, 1, dtype=torch.bool, device=dev)  # [S, F]
+    slot = torch.zeros(s, 1, dtype=torch.int64, device=dev)  # [S, F] the frontier's slots in the table
+    t_score, t_real, t_tok, t_par = [score], [real], [roots[:, None]], [slot]
+    used, lp_trie = 1, p.trie_logp.clamp(max=0.0)
+    for d in range(levels):
+        f = score.shape[1]
+        parts_score, parts_real, parts_tok, parts_from, parts_code = [], [], [], [], []
+        at = p.trie_depths == d + 1  # [S, L] trie nodes of this depth
+        if d < d_rows:
+            row_tok, row_lp = p.tokens[:, d], p.logp[:, d].clamp(max=0.0)  # [S, K]
+            child = (p.trie_parents[:, None, :] == code[:, :, None]) & at[:, None, :]  # [S, F, L] trie children of each frontier node
+            same = row_tok[:, :, None] == p.trie_tokens[:, None, :]  # [S, K, L]
+            taken = (child[:, :, None, :] & same[:, None, :, :]).any(-1)  # [S, F, K] a trie node holds this token
+            parts_score.append((score[:, :, None] + row_lp[:, None, :]).reshape(s, f * k))
+            parts_real.append((real[:, :, None] & ~taken).reshape(s, f * k))
+            parts_tok.append(row_tok[:, None, :].expand(s, f, k).reshape(s, f * k))
+            parts_from.append(torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k))
+            parts_code.append(torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
+            in_row = torch.where(same, row_lp[:, :, None], float("-inf")).amax(1)  # [S, L] the row's log-prob of each trie token
+            edge = torch.maximum(lp_trie, in_row)
+        else:
+            edge = lp_trie
+        if p.trie_tokens.shape[1]:
+            match = (p.trie_parents[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the parent in the frontier
+            parent = match.to(torch.int8).argmax(-1)  # [S, L]
+            parts_score.append(score.gather(1, parent) + edge)
+            parts_real.append(at & match.any(-1))
+            parts_tok.append(p.trie_tokens)
+            parts_from.append(parent)
+            parts_code.append(torch.arange(p.trie_tokens.shape[1], device=dev)[None].expand_as(p.trie_tokens))
+        cand = torch.cat(parts_score, 1).nan_to_num(nan=FLOOR, neginf=FLOOR).clamp(min=FLOOR)  # [S, C]
+        ok = torch.cat(parts_real, 1)
+        keep = torch.where(ok, cand, float("-inf")).topk(min(w, cand.shape[1]), dim=1).indices  # [S, W]
+        score, real = cand.gather(1, keep), ok.gather(1, keep)
+        code = torch.cat(parts_code, 1).gather(1, keep)
+        parent_slot = slot.gather(1, torch.cat(parts_from, 1).gather(1, keep))
+        slot = used + torch.arange(keep.shape[1], device=dev)[None].expand_as(keep)
+        used += keep.shape[1]
+        t_score.append(score)
+        t_real.append(real)
+        t_tok.append(torch.cat(parts_tok, 1).gather(1, keep))
+        t_par.append(parent_slot)
+    return _lay_out(torch.cat(t_score, 1), torch.cat(t_real, 1), torch.cat(t_tok, 1), torch.cat(t_par, 1),
+                    prefix_lens, budget, levels)
+
+
+def _lay_out(score: torch.Tensor, real: torch.Tensor, tok: torch.Tensor, par: torch.Tensor,
+             prefix_lens: torch.Tensor, budget: int, levels: int) -> DeviceTrees:
+    """The node table [S, T] (slot 0 the root, then level by level) -> the best `budget` nodes and the
+    root as DFS pre-order trees in `TreeUpload`'s block layout."""
+    s, dev, n = score.shape[0], score.device, budget + 1
+    key = torch.where(real, score, float("-inf"))[:, 1:]  # [S, T - 1]
+    chosen = 1 + key.sort(dim=1, descending=True, stable=True).indices[:, :budget]  # [S, B] slots, best first (ties: shallower)
+    order = torch.cat([torch.zeros(s, 1, dtype=torch.int64, device=dev), chosen], 1)  # [S, N] slot of node i (rank order)
+    node_of = torch.zeros_like(score, dtype=torch.int64).scatter_(1, order, torch.arange(n, device=dev)[None].expand(s, n))
+    parent = node_of.gather(1, par.gather(1, order))  # [S, N] rank-order parent (root: 0)
+    idx = torch.arange(n, device=dev)
+    anc = idx[None, :, None] == idx[None, None, :]  # [1, N, N] anc[i, j]: j is an ancestor-or-self of i
+    anc = anc.expand(s, n, n).clone()
+    up = idx[None].expand(s, n)
+    for _ in range(levels):
+        up = parent.gather(1, up)
+        anc.scatter_(2, up[:, :, None], True)
+    size = anc.sum(1)  # [S, N]
+    sibling = (parent[:, :, None] == parent[:, None, :]) & (idx[None, None, :] < idx[None, :, None]) & (idx > 0)[None, None, :]
+    weight = 1 + (sibling * size[:, None, :]).sum(-1)  # [S, N] 1 + the sizes of each node's earlier siblings
+    weight[:, 0] = 0
+    pre = (anc * weight[:, None, :]).sum(-1)  # [S, N] DFS pre-order index of node i
+    depth = anc.sum(2) - 1  # [S, N] from the parent pointers themselves: positions always match the tree
+    rows = torch.stack([tok.gather(1, order), pre.gather(1, parent), depth, size, prefix_lens[:, None] + depth,
+                        pre + size, pre])  # [7, S, N] in rank order: tokens, parents, depths, sizes, positions, ends, index
+    rows[5].masked_fill_(pre == 0, 0)  # the root's end is stored as 0 (`DeviceTree.ends`)
+    block = torch.empty_like(rows).scatter_(2, pre[None].expand_as(rows), rows)  # [7, S, N] in pre-order
+    return DeviceTrees(block.reshape(7, s * n), n, levels)

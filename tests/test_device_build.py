@@ -1,0 +1,332 @@
+"""Trees grown on the device (`core/device_proposal.py`, `scorers/best_first_device.py`,
+`core/batch_grow.py`): the best-first scorer's device form chooses the nodes its host form
+chooses, lays them out as a valid tree, and a batched run that grows its trees there decodes
+exactly what plain decoding does; a scorer or drafter that breaks the device contract fails its
+sequence in one line, naming itself."""
+
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jetspec
+import jetspec.scorers.best_first as best_first
+from jetspec.core.batch_grow import host_trees
+from jetspec.core.device_proposal import (DeviceProposal, DeviceProposals, DeviceTrees, builds_on_device, pack_tries,
+                                          proposes_on_device, trie_rows)
+from jetspec.core.errors import PluginError
+from jetspec.core.proposal import DepthMarginals, MergedProposal, TokenTrie
+from jetspec.core.tree import DraftTree
+from jetspec.drafters.head.drafter import HeadDrafter
+from jetspec.scorers.best_first import BestFirstOptions, BestFirstScorer
+from jetspec.scorers.best_first_device import fills, grow
+from jetspec.testing.models import tiny_decoder_target
+from support.registry import make_test_registry
+
+REG = make_test_registry()
+VOCAB = 20
+
+
+@st.composite
+def step_proposals(draw, ties: bool = False):
+    """S sequences' merged proposals: [S, D, K] marginals (distinct tokens a row, sorted log-probs)
+    and a prompt-lookup-like trie each (or none). Log-probs distinct unless `ties`."""
+    s, d, k = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(2, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 1 << 30)))
+    tokens = np.stack([[rng.permutation(VOCAB)[:k] for _ in range(d)] for _ in range(s)])  # [S, D, K]
+    raw = rng.integers(0, 3, (s, d, k)).astype(float) if ties else rng.exponential(2.0, (s, d, k))
+    logp = -np.sort(raw, axis=-1).astype(np.float32)  # [S, D, K] rows descending
+    tries = []
+    for _ in range(s):
+        if draw(st.booleans()):
+            tries.append(None)
+            continue
+        trie = TokenTrie()
+        for _ in range(draw(st.integers(1, 3))):
+            n = int(rng.integers(1, 8))
+            lp = -rng.integers(0, 3, n).astype(float) if ties else -rng.exponential(1.0, n)
+            trie.add_sequence(rng.integers(0, VOCAB, n).tolist(), lp.tolist())
+        tries.append(trie)
+    return torch.from_numpy(tokens).long(), torch.from_numpy(logp), tries
+
+
+def on_device_form(tokens, logp, tries) -> DeviceProposals:
+    ints, trie_logp, deepest = pack_tries(tries)
+    return DeviceProposals(tokens, logp, torch.from_numpy(ints[0]), torch.from_numpy(ints[1]), torch.from_numpy(trie_logp),
+                           torch.from_numpy(ints[2]), deepest)
+
+
+def host_form(tokens, logp, tries, s):
+    marginals = DepthMarginals(tokens[s], logp[s])
+    return marginals if tries[s] is None else MergedProposal(marginals, tries[s])
+
+
+def paths(tree: DraftTree) -> dict[tuple[int, ...], int]:
+    """path (draft tokens below the root) -> node index."""
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    out: dict[tuple[int, ...], int] = {}
+    for i in range(1, tree.size):
+        out[out_path(tokens, parents, i)] = i
+    return out
+
+
+def out_path(tokens, parents, i):
+    p = []
+    while i > 0:
+        p.append(tokens[i])
+        i = parents[i]
+    return tuple(p[::-1])
+
+
+def score_of(proposal, path) -> float:
+    total = 0.0
+    for d in range(len(path)):
+        total += dict(proposal.children(path[:d]))[path[d]]
+    return total
+
+
+def grown_trees(proposals, budget, max_depth=None, roots=None, prefixes=None):
+    s = proposals.size
+    roots = torch.arange(s) + 7 if roots is None else roots
+    prefixes = torch.arange(s) * 5 + 3 if prefixes is None else prefixes
+    made = grow(proposals, roots, prefixes, budget, max_depth)
+    values = made.block.numpy().reshape(-1)
+    return made, host_trees(values, budget + 1, roots.tolist(), prefixes.tolist(), 10_000, "scorer 'best-first'")
+
+
+# ---------------------------------------------------------------------------- the device build
+@settings(max_examples=80, deadline=None)
+@given(case=step_proposals(), budget=st.integers(1, 24), max_depth=st.sampled_from([None, 1, 2, 3]))
+def test_the_device_build_chooses_the_nodes_the_host_build_chooses(case, budget, max_depth):
+    tokens, logp, tries = case
+    proposals = on_device_form(tokens, logp, tries)
+    if not fills(proposals, budget, max_depth):
+        assert BestFirstScorer(BestFirstOptions(max_depth=max_depth)).build_on_device(proposals, torch.zeros(1), torch.zeros(1), budget) is None
+        return
+    made, trees = grown_trees(proposals, budget, max_depth)
+    assert made.max_depth <= (max_depth or budget)
+    for s, tree in enumerate(trees):
+        assert isinstance(tree, DraftTree), tree  # checked as a host-built tree is (`host_trees`)
+        assert tree.size == budget + 1 and int(tree.tokens[0]) == 7 + s
+        host = BestFirstScorer(BestFirstOptions(max_depth=max_depth)).build(host_form(tokens, logp, tries, s), 7 + s, budget)
+        assert set(paths(tree)) == set(paths(host))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=step_proposals(ties=True), budget=st.integers(1, 24))
+def test_with_tied_scores_the_device_tree_is_a_best_budget_set_of_real_candidates(case, budget):
+    """Ties may pick other nodes than the heap, never a worse set: the same sorted scores, and every
+    node a candidate its proposal offers under its parent's path."""
+    tokens, logp, tries = case
+    proposals = on_device_form(tokens, logp, tries)
+    if not fills(proposals, budget):
+        return
+    _, trees = grown_trees(proposals, budget)
+    for s, tree in enumerate(trees):
+        proposal = host_form(tokens, logp, tries, s)
+        mine = sorted(score_of(proposal, p) for p in paths(tree))  # score_of fails on a path the proposal does not offer
+        host = BestFirstScorer().build(proposal, 7 + s, budget)
+        assert mine == pytest.approx(sorted(score_of(proposal, p) for p in paths(host)), abs=1e-5)
+
+
+def test_positions_ends_and_index_rows_are_those_of_the_upload():
+    from jetspec.core.on_device import TreeUpload
+
+    tokens, logp = torch.tensor([[[3, 4], [5, 6]]]), torch.tensor([[[-0.1, -2.0], [-0.3, -0.5]]])
+    proposals = on_device_form(tokens, logp, [None])
+    made = grow(proposals, torch.tensor([9]), torch.tensor([40]), 4)
+    tree = host_trees(made.block.numpy().reshape(-1), 5, [9], [40], 100, "s")[0]
+    uploaded, _ = TreeUpload("cpu").many([tree], [40])
+    assert torch.equal(made.block, uploaded[0].block)
+    assert set(paths(tree)) == {(3,), (3, 5), (3, 6), (4,)}
+
+
+def test_nan_and_minus_infinity_log_probs_still_make_a_valid_tree():
+    tokens = torch.tensor([[[1, 2, 3], [4, 5, 6]]])
+    logp = torch.tensor([[[float("nan"), -1.0, float("-inf")], [-0.5, float("nan"), float("-inf")]]])
+    _, trees = grown_trees(on_device_form(tokens, logp, [None]), 8)
+    assert isinstance(trees[0], DraftTree) and trees[0].size == 9
+
+
+def test_tries_are_flattened_parents_first_and_padded_to_a_few_widths():
+    trie = TokenTrie()
+    trie.add_sequence([1, 2, 3], [-0.1, -0.2, -0.3])
+    trie.add_sequence([1, 4], [-0.1, -0.5])
+    tokens, parents, logps, depths = trie_rows(trie)
+    assert all(p < i for i, p in enumerate(parents)) and sorted(zip(depths, tokens)) == [(1, 1), (2, 2), (2, 4), (3, 3)]
+    ints, logp, deepest = pack_tries([trie, None])
+    assert ints.shape == (3, 2, 8) and deepest == 3 and (ints[2, 1] == 0).all() and np.isinf(logp[1]).all()
+
+
+def test_a_proposal_too_small_for_the_budget_is_built_on_the_host():
+    proposals = on_device_form(torch.tensor([[[1, 2]]]), torch.tensor([[[-0.1, -0.2]]]), [None])  # 2 nodes in all
+    assert BestFirstScorer().build_on_device(proposals, torch.tensor([0]), torch.tensor([0]), 3) is None
+
+
+def test_host_trees_name_the_scorer_of_a_broken_tree():
+    tokens, logp = torch.tensor([[[3, 4], [5, 6]]]), torch.tensor([[[-0.1, -2.0], [-0.3, -0.5]]])
+    made = grow(on_device_form(tokens, logp, [None]), torch.tensor([9]), torch.tensor([40]), 4)
+    for row, column in ((3, 2), (4, 1), (0, 0), (1, 3)):  # a subtree size, a position, the root token, a parent
+        values = made.block.clone()
+        values[row, column] += 1
+        out = host_trees(values.numpy().reshape(-1), 5, [9], [40], 100, "scorer 'odd'")
+        assert isinstance(out[0], PluginError) and str(out[0]).startswith("scorer 'odd' built an invalid tree on the device"), (row, column)
+
+
+def test_only_the_class_that_defines_the_host_method_or_below_may_have_the_device_one():
+    class HostOnly(BestFirstScorer):
+        def build(self, proposal, root, budget):
+            return super().build(proposal, root, budget)
+
+    assert builds_on_device(BestFirstScorer()) and not builds_on_device(HostOnly())
+
+    class Proposes(HeadDrafter):
+        def propose(self, state, budget):
+            return super().propose(state, budget)
+
+    assert proposes_on_device.__doc__ and not proposes_on_device(object.__new__(Proposes))
+    assert proposes_on_device(object.__new__(HeadDrafter))
+
+
+# ---------------------------------------------------------------------------- in a batched run
+def grown_pipe(batch: int, lookup: bool, budget: int = 12, max_new: int = 16, **generation):
+    """The default drafter's kind (the causal head, prompt lookup merged in) on the device path; on a
+    CPU the device is the host, so the device build runs its torch form."""
+    return (jetspec.builder(REG).target(tiny_decoder_target("llama", 0))
+            .drafter("jetspec", checkpoint="random", block_size=6, top_k=4, lookup=lookup)
+            .kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always",
+                                          batch_size=batch, **generation).build())
+
+
+class Builds:
+    """Counts host builds and device builds."""
+
+    def __enter__(self):
+        self.host = self.device = 0
+        host, device = BestFirstScorer.build, best_first.grow
+
+        def on_host(scorer, *args):
+            self.host += 1
+            return host(scorer, *args)
+
+        def on_device(*args):
+            self.device += 1
+            return device(*args)
+
+        self._patches = [patch.object(BestFirstScorer, "build", on_host), patch.object(best_first, "grow", on_device)]
+        for p in self._patches:
+            p.start()
+        return self
+
+    def __exit__(self, *exc):
+        for p in self._patches:
+            p.stop()
+
+
+repeating = st.lists(st.integers(0, 95), min_size=1, max_size=6).flatmap(lambda base: st.lists(st.sampled_from(base), min_size=1, max_size=20))
+
+
+@settings(max_examples=8, deadline=None)
+@given(prompts=st.lists(repeating, min_size=1, max_size=5), batch=st.integers(2, 3), lookup=st.booleans(), overlap=st.booleans(),
+       budget=st.sampled_from([4, 12]))
+def test_a_batched_run_that_grows_its_trees_on_the_device_decodes_what_plain_decoding_does(prompts, batch, lookup, overlap, budget):
+    pipe = grown_pipe(batch, lookup, budget, overlap=overlap)
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    with Builds() as builds:
+        results = pipe.generate_many(prompts)
+    assert [r.tokens for r in results] == plain
+    assert builds.device > 0 and builds.host == 0
+
+
+def test_build_on_device_false_builds_on_the_host_with_the_same_trees():
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7]]
+    taus = {}
+    for on_device in (True, False):
+        pipe = grown_pipe(3, True, build_on_device=on_device)
+        with Builds() as builds:
+            results = pipe.generate_many(prompts)
+        assert [r.tokens for r in results] == [pipe.generate_plain(p).tokens for p in prompts]
+        assert (builds.device > 0, builds.host > 0) == (on_device, not on_device)
+        taus[on_device] = [r.stats.tau for r in results]
+    assert taus[True] == taus[False]  # distinct random log-probs: the same trees, so the same rounds
+
+
+class Scrambled(BestFirstScorer):
+    """Grows its trees on the device, then breaks them: each tree's first subtree size is off by one."""
+
+    def build_on_device(self, proposals, roots, prefix_lens, budget):
+        made = super().build_on_device(proposals, roots, prefix_lens, budget)
+        block = made.block.clone()
+        block[3, 1 :: budget + 1] += 1
+        return DeviceTrees(block, made.nodes, made.max_depth)
+
+
+def test_a_scorer_whose_device_trees_are_broken_fails_their_sequences_in_one_line_before_any_commit():
+    pipe = grown_pipe(2, False)
+    pipe.scorer = Scrambled()
+    done = list(pipe.batched().run([[3, 4, 5, 3], [9, 8, 7]]))
+    assert len(done) == 2
+    for f in done:
+        assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
+        assert str(f.error).startswith("scorer 'best-first' (plugin 'jetspec.builtins') built an invalid tree on the device (tokens [")
+        assert f.error.partial.tokens == []  # its first round's tree was broken: nothing committed
+
+
+class Shapeless(BestFirstScorer):
+    def build_on_device(self, proposals, roots, prefix_lens, budget):
+        return DeviceTrees(torch.zeros(7, 3, dtype=torch.int64), budget + 1, 1)
+
+
+def test_a_scorer_whose_device_trees_have_the_wrong_shape_is_one_line():
+    pipe = grown_pipe(2, False)
+    pipe.scorer = Shapeless()
+    done = list(pipe.batched().run([[3, 4, 5, 3], [9, 8, 7]]))
+    for f in done:
+        assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
+        assert str(f.error).startswith("scorer 'best-first' (plugin 'jetspec.builtins') returned DeviceTrees(block (7, 3) torch.int64 on cpu, nodes 13, "
+                                       "max_depth 1) from build_on_device; expected DeviceTrees of a [7, 26] int64 block")
+
+
+def test_a_drafter_whose_device_proposal_is_malformed_fails_its_own_sequence_the_others_go_on():
+    pipe = grown_pipe(2, True)
+    calls = {"n": 0}
+    real = HeadDrafter.propose_on_device
+
+    def sometimes_wrong(drafter, state, budget):
+        calls["n"] += 1
+        p = real(drafter, state, budget)
+        return p if calls["n"] != 3 else DeviceProposal(p.tokens.float(), p.logp, p.trie)
+
+    prompts = [[3, 4, 5, 3], [9, 8, 7], [1, 2, 1, 2]]
+    with patch.object(HeadDrafter, "propose_on_device", sometimes_wrong):
+        done = sorted(pipe.batched().run(prompts), key=lambda f: f.index)
+    failed = [f for f in done if f.error is not None]
+    assert len(failed) == 1 and str(failed[0].error).startswith("drafter 'jetspec' (plugin 'jetspec.builtins') returned marginals (")
+    assert "expected int64 tokens and float log-probs of one shape [D >= 1, K]" in str(failed[0].error)
+    for f in done:
+        if f.error is None:
+            assert f.result.tokens == pipe.generate_plain(prompts[f.index]).tokens
+
+
+# ---------------------------------------------------------------------------- on a GPU
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device build's CUDA graphs need a CUDA GPU")
+@settings(max_examples=12, deadline=None)
+@given(cases=st.lists(step_proposals(), min_size=2, max_size=4), budget=st.sampled_from([8, 24]))
+def test_the_graphed_device_build_gives_the_eager_builds_trees_on_cuda(cases, budget):
+    """Each shape's graph replayed with the step's proposals copied in: the eager build's block exactly,
+    step after step (a replay must not keep a value of the capture's inputs)."""
+    scorer = BestFirstScorer()
+    for tokens, logp, tries in cases:
+        proposals = on_device_form(tokens, logp, tries)
+        if not fills(proposals, budget):
+            continue
+        cuda = DeviceProposals(*(getattr(proposals, f).cuda() for f in ("tokens", "logp", "trie_tokens", "trie_parents",
+                                                                          "trie_logp", "trie_depths")), proposals.trie_depth)
+        roots, prefixes = torch.arange(proposals.size) + 3, torch.arange(proposals.size) * 7
+        graphed = scorer.build_on_device(cuda, roots.cuda(), prefixes.cuda(), budget)
+        eager = grow(proposals, roots, prefixes, budget)
+        assert torch.equal(graphed.block.cpu(), eager.block) and graphed.max_depth == eager.max_depth
+    assert len(scorer.device_graphs) >= 1

@@ -15,6 +15,8 @@ So a beam of width B per depth loses nothing the top-B set needs:
         (a marginal child whose token is also a trie child of the same node is that trie node:
          its edge is max(trie log-prob, row log-prob), `MergedProposal`'s rule)
         frontier_{d+1} = the best B candidates
+    below the rows' D depths only trie paths go on: their nodes join at once, each scored by its
+    depth-D ancestor's frontier entry plus its trie log-probs below it (`_trie_tail`)
     tree = the best B of all frontiers, ranked (score desc, depth asc): a parent always ranks
            before its child, so the chosen set is prefix-closed and in a parents-first order
 
@@ -101,24 +103,22 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
     slot = torch.zeros(s, 1, dtype=torch.int64, device=dev)  # [S, F] the frontier's slots in the table
     t_score, t_real, t_tok, t_par = [score], [real], [roots[:, None]], [slot]
     used, lp_trie = 1, p.trie_logp.clamp(max=0.0)
-    for d in range(levels):
+    for d in range(min(levels, d_rows)):
         f = score.shape[1]
         parts_score, parts_real, parts_tok, parts_from, parts_code = [], [], [], [], []
         at = p.trie_depths == d + 1  # [S, L] trie nodes of this depth
-        if d < d_rows:
-            row_tok, row_lp = p.tokens[:, d], p.logp[:, d].clamp(max=0.0)  # [S, K]
-            child = (p.trie_parents[:, None, :] == code[:, :, None]) & at[:, None, :]  # [S, F, L] trie children of each frontier node
-            same = row_tok[:, :, None] == p.trie_tokens[:, None, :]  # [S, K, L]
-            taken = (child[:, :, None, :] & same[:, None, :, :]).any(-1)  # [S, F, K] a trie node holds this token
-            parts_score.append((score[:, :, None] + row_lp[:, None, :]).reshape(s, f * k))
-            parts_real.append((real[:, :, None] & ~taken).reshape(s, f * k))
-            parts_tok.append(row_tok[:, None, :].expand(s, f, k).reshape(s, f * k))
-            parts_from.append(torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k))
-            parts_code.append(torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
-            in_row = torch.where(same, row_lp[:, :, None], float("-inf")).amax(1)  # [S, L] the row's log-prob of each trie token
-            edge = torch.maximum(lp_trie, in_row)
-        else:
-            edge = lp_trie
+        # the rows' children of every frontier node
+        row_tok, row_lp = p.tokens[:, d], p.logp[:, d].clamp(max=0.0)  # [S, K]
+        child = (p.trie_parents[:, None, :] == code[:, :, None]) & at[:, None, :]  # [S, F, L] trie children of each frontier node
+        same = row_tok[:, :, None] == p.trie_tokens[:, None, :]  # [S, K, L]
+        taken = (child[:, :, None, :] & same[:, None, :, :]).any(-1)  # [S, F, K] a trie node holds this token
+        parts_score.append((score[:, :, None] + row_lp[:, None, :]).reshape(s, f * k))
+        parts_real.append((real[:, :, None] & ~taken).reshape(s, f * k))
+        parts_tok.append(row_tok[:, None, :].expand(s, f, k).reshape(s, f * k))
+        parts_from.append(torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k))
+        parts_code.append(torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
+        in_row = torch.where(same, row_lp[:, :, None], float("-inf")).amax(1)  # [S, L] the row's log-prob of each trie token
+        edge = torch.maximum(lp_trie, in_row)
         if p.trie_tokens.shape[1]:
             match = (p.trie_parents[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the parent in the frontier
             parent = match.to(torch.int8).argmax(-1)  # [S, L]
@@ -139,8 +139,35 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
         t_real.append(real)
         t_tok.append(torch.cat(parts_tok, 1).gather(1, keep))
         t_par.append(parent_slot)
+    if levels > d_rows:  # below the rows only the tries go on: every such node at once (`_trie_tail`)
+        tail = _trie_tail(p, lp_trie, score, code, real, slot, used, d_rows, levels)
+        for table, x in zip((t_score, t_real, t_tok, t_par), tail):
+            table.append(x)
     return _lay_out(torch.cat(t_score, 1), torch.cat(t_real, 1), torch.cat(t_tok, 1), torch.cat(t_par, 1),
                     prefix_lens, budget, levels)
+
+
+def _trie_tail(p: DeviceProposals, lp_trie: torch.Tensor, score: torch.Tensor, code: torch.Tensor, real: torch.Tensor,
+               slot: torch.Tensor, used: int, d_rows: int, levels: int) -> tuple[torch.Tensor, ...]:
+    """Trie nodes deeper than the rows (depth D < e <= levels), as one block of the node table (slots
+    used .. used + L - 1, one per trie entry): below depth D a path's only children are its trie's,
+    so the beam would keep them whole wherever it could; keeping all of them is exact (the final
+    ranking takes the best B). A node is real where its depth-D ancestor is a real frontier node:
+
+        score(t) = score(ancestor at D) + sum of the trie's log-probs on the path below it
+        parent slot: the frontier slot of that ancestor (depth D + 1), else used + its trie parent"""
+    n = p.trie_tokens.shape[1]
+    depth, parents = p.trie_depths, p.trie_parents.clamp(min=0)  # [S, L]; padding: depth 0
+    below, up = torch.zeros_like(lp_trie), torch.arange(n, device=lp_trie.device)[None].expand_as(depth)
+    for _ in range(levels - d_rows):  # climb to the depth-D ancestor, summing the edges passed
+        deeper = depth.gather(1, up) > d_rows  # [S, L]
+        below = below + torch.where(deeper, lp_trie.gather(1, up), 0.0)
+        up = torch.where(deeper, parents.gather(1, up), up)
+    match = (up[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the ancestor in the frontier
+    at = match.to(torch.int8).argmax(-1)  # [S, L]
+    ok = match.any(-1) & (depth > d_rows) & (depth <= levels)
+    par = torch.where(depth == d_rows + 1, slot.gather(1, at), used + parents)
+    return score.gather(1, at) + below, ok, p.trie_tokens, par
 
 
 def _lay_out(score: torch.Tensor, real: torch.Tensor, tok: torch.Tensor, par: torch.Tensor,

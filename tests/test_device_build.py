@@ -176,6 +176,57 @@ def test_host_trees_name_the_scorer_of_a_broken_tree():
         assert isinstance(out[0], PluginError) and str(out[0]).startswith("scorer 'odd' built an invalid tree on the device"), (row, column)
 
 
+def slow_verdict(block: np.ndarray, root: int, prefix: int, vocab: int) -> bool:
+    """One tree's rows [7, N] judged node by node: `invariants_hold` plus the rows the verification reads."""
+    from jetspec.core.tree import invariants_hold
+
+    tok, par, dep, size, pos, ends, idx = block
+    n = tok.shape[0]
+    parents = [-1] + par[1:].tolist()
+    return bool(tok[0] == root and par[0] == 0 and ends[0] == 0 and all(0 <= t < vocab for t in tok)
+                and idx.tolist() == list(range(n)) and (pos == prefix + dep).all()
+                and all(ends[i] == i + size[i] for i in range(1, n))
+                and invariants_hold(tok.tolist(), parents, dep.tolist(), size.tolist()))
+
+
+@pytest.mark.parametrize("mode", ["entry", "size", "depth", "parent", "reparent"])
+@settings(max_examples=100, deadline=None)
+@given(case=step_proposals(), budget=st.integers(2, 12), row=st.integers(0, 6), column=st.integers(0, 40), by=st.sampled_from([-1, 1, 5]))
+def test_the_step_wide_tree_check_judges_each_tree_as_a_node_by_node_check_does(mode, case, budget, row, column, by):
+    """Broken one entry at a time, or consistently (a size with its end; a parent with its node's
+    depth and position), so that each check is the only one that can see some break."""
+    tokens, logp, tries = case
+    proposals = on_device_form(tokens, logp, tries)
+    if not fills(proposals, budget):
+        return
+    n, roots, prefixes = budget + 1, list(range(7, 7 + proposals.size)), [5 * i + 3 for i in range(proposals.size)]
+    block = grow(proposals, torch.tensor(roots), torch.tensor(prefixes), budget).block.numpy().copy()  # [7, S * N]
+    t, i = column % proposals.size, 1 + column % budget  # a tree, and a node of it other than the root
+    c = t * n + i
+    if mode == "entry":
+        block[row, column % block.shape[1]] += by
+    elif mode == "size":  # sizes and ends alike: only the recount or the intervals can tell
+        block[3, c] += by
+        block[5, c] += by
+    elif mode == "depth":  # a depth with its position: only the depth rule can tell
+        block[2, c] += by
+        block[4, c] += by
+    else:  # another parent, then its depth and position ("parent") or every row rederived ("reparent"): only
+        tree = block[:, t * n : (t + 1) * n]  # the pre-order intervals, the sizes or the siblings can tell
+        new = (tree[1, i] + by) % i
+        tree[1, i], tree[2, i], tree[4, i] = new, tree[2, new] + 1, tree[4, new] + 1
+        if mode == "reparent":
+            from jetspec.core.tree import _depths_and_sizes
+
+            depths, sizes = _depths_and_sizes([-1] + tree[1, 1:].tolist())
+            tree[2], tree[3] = depths, sizes
+            tree[4], tree[5] = prefixes[t] + tree[2], np.arange(n) + tree[3]
+            tree[5, 0] = 0
+    judged = host_trees(block.reshape(-1), n, roots, prefixes, VOCAB, "s")
+    for i, tree in enumerate(judged):
+        assert isinstance(tree, DraftTree) == slow_verdict(block[:, i * n : (i + 1) * n], roots[i], prefixes[i], VOCAB)
+
+
 def test_only_the_class_that_defines_the_host_method_or_below_may_have_the_device_one():
     class HostOnly(BestFirstScorer):
         def build(self, proposal, root, budget):

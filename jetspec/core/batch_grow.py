@@ -21,7 +21,7 @@ from .checks import Blame
 from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, pack_tries
 from .errors import JetSpecError, PluginError
 from .on_device import Readback, pinned
-from .tree import DraftTree, invariants_hold
+from .tree import DraftTree
 
 
 class Grower:
@@ -81,24 +81,41 @@ def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[
                who: str) -> list[DraftTree | JetSpecError]:
     """The step's tree block, read back [7, S * N], as host trees — each checked as a host-built tree
     is (`DraftTree`'s invariants, its root, tokens in the vocabulary) and against the rows the
-    verification used (positions = prefix + depth, ends, index); a broken one is the scorer's error."""
-    block = values.reshape(7, len(roots), nodes)
-    out: list[DraftTree | JetSpecError] = []
+    verification used (positions = prefix + depth, ends, index); a broken one is the scorer's error.
+    Every check is one array operation over the whole step ([S, N]), the host's only pass over its trees:
+
+        root         tokens[:, 0] = the sequence's root; parents[:, 0] = 0 (the device's convention); depth 0
+        pre-order    0 <= parents[i] < i <= parents[i] + sizes[parents[i]] - 1     (inside its parent's interval)
+        depths       depths[i] = depths[parents[i]] + 1;  positions = prefix + depths
+        sizes        sizes[j] = 1 + the sum of its children's sizes;  sizes[:, 0] = N;  ends = index + sizes (root: 0)
+        siblings     (parent, token) distinct within each tree"""
+    s = len(roots)
+    tok, par, dep, size, pos, ends, idx = values.reshape(7, s, nodes)  # [S, N] each
     index = np.arange(nodes)
-    for s, (root, prefix) in enumerate(zip(roots, prefixes)):
-        tok, par, dep, size, pos, ends, idx = block[:, s]
-        parents = par.copy()
-        parents[0] = -1
-        ok = (tok[0] == root and (tok >= 0).all() and (tok < vocab).all() and (idx == index).all()
-              and (pos == prefix + dep).all() and (ends[1:] == index[1:] + size[1:]).all() and ends[0] == 0 and par[0] == 0
-              and invariants_hold(tok.tolist(), parents.tolist(), dep.tolist(), size.tolist()))
-        if not ok:
-            out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok)}, parents {_head(parents)}, "
-                                   f"sizes {_head(size)}); a tree is in DFS pre-order with consistent depths, sizes and positions"))
+    rows = np.arange(s)[:, None]
+    p = par[:, 1:]  # [S, N - 1]
+    inside = (p >= 0) & (p < index[1:])
+    p_safe = np.where(inside, p, 0)
+    recount = np.ones((s, nodes), dtype=np.int64)
+    np.add.at(recount, (np.broadcast_to(rows, p.shape), p_safe), size[:, 1:])
+    keys = np.sort(p_safe * (vocab + 1) + np.clip(tok[:, 1:], 0, vocab), axis=1)  # [S, N - 1]
+    ok = ((tok[:, 0] == np.asarray(roots)) & (par[:, 0] == 0) & (dep[:, 0] == 0) & (size[:, 0] == nodes) & (ends[:, 0] == 0)
+          & (tok >= 0).all(1) & (tok < vocab).all(1) & (idx == index).all(1) & inside.all(1)
+          & (index[1:] < p_safe + size[rows, p_safe]).all(1) & (dep[:, 1:] == dep[rows, p_safe] + 1).all(1)
+          & (pos == np.asarray(prefixes)[:, None] + dep).all(1) & (ends[:, 1:] == index[1:] + size[:, 1:]).all(1)
+          & (recount == size).all(1) & (np.diff(keys, axis=1) != 0).all(1))
+    parents = par.copy()
+    parents[:, 0] = -1
+    made = torch.from_numpy(np.stack([tok, parents, dep, size], axis=1))  # [S, 4, N]
+    zeros = torch.zeros(nodes, dtype=torch.float32)  # scores: the device build keeps none (never read by a verifier)
+    out: list[DraftTree | JetSpecError] = []
+    for i in range(s):
+        if not ok[i]:
+            out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok[i])}, parents {_head(parents[i])}, "
+                                   f"sizes {_head(size[i])}); a tree is in DFS pre-order with consistent depths, sizes and positions"))
             continue
-        rows = torch.from_numpy(np.stack([tok, parents, dep, size]))
-        out.append(DraftTree(tokens=rows[0], parents=rows[1], depths=rows[2], subtree_sizes=rows[3],
-                             scores=torch.zeros(nodes, dtype=torch.float32)))
+        t = made[i]
+        out.append(DraftTree(tokens=t[0], parents=t[1], depths=t[2], subtree_sizes=t[3], scores=zeros))
     return out
 
 

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # the decoder's graph owners (one sequence's forward, the packed forward); none where eager or another target
     graph_sets = [g.graphs for g in (getattr(pipe.target, "graphs", None), getattr(pipe.target, "batch_graphs", None)) if g is not None]
-    graph_sets += [pipe.scorer.device_graphs] if isinstance(pipe.scorer, BestFirstScorer) else []  # the device build's
+    if isinstance(pipe.scorer, BestFirstScorer) and args.device.startswith("cuda"):
+        graph_sets.append(pipe.scorer.device_graphs)  # the device build's (none on a CPU: it runs eagerly there)
 
     def captured() -> tuple[int, float]:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)

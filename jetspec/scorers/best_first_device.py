@@ -103,22 +103,23 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
     slot = torch.zeros(s, 1, dtype=torch.int64, device=dev)  # [S, F] the frontier's slots in the table
     t_score, t_real, t_tok, t_par = [score], [real], [roots[:, None]], [slot]
     used, lp_trie = 1, p.trie_logp.clamp(max=0.0)
+    rows_lp = p.logp.clamp(max=0.0)  # [S, D, K] (each level's operators are few: they run once a level)
+    same_all = p.tokens[:, :, :, None] == p.trie_tokens[:, None, None, :]  # [S, D, K, L] a row's token is trie node l's
+    edge_all = torch.maximum(lp_trie[:, None], torch.where(same_all, rows_lp[..., None], float("-inf")).amax(2))  # [S, D, L]
+    at_all = p.trie_depths[None] == torch.arange(1, d_rows + 1, device=dev)[:, None, None]  # [D, S, L] trie nodes of depth d + 1
     for d in range(min(levels, d_rows)):
         f = score.shape[1]
         parts_score, parts_real, parts_tok, parts_from, parts_code = [], [], [], [], []
-        at = p.trie_depths == d + 1  # [S, L] trie nodes of this depth
+        at, same, edge = at_all[d], same_all[:, d], edge_all[:, d]  # [S, L], [S, K, L], [S, L]: max(trie, row) log-prob
         # the rows' children of every frontier node
-        row_tok, row_lp = p.tokens[:, d], p.logp[:, d].clamp(max=0.0)  # [S, K]
+        row_tok, row_lp = p.tokens[:, d], rows_lp[:, d]  # [S, K]
         child = (p.trie_parents[:, None, :] == code[:, :, None]) & at[:, None, :]  # [S, F, L] trie children of each frontier node
-        same = row_tok[:, :, None] == p.trie_tokens[:, None, :]  # [S, K, L]
         taken = (child[:, :, None, :] & same[:, None, :, :]).any(-1)  # [S, F, K] a trie node holds this token
         parts_score.append((score[:, :, None] + row_lp[:, None, :]).reshape(s, f * k))
         parts_real.append((real[:, :, None] & ~taken).reshape(s, f * k))
         parts_tok.append(row_tok[:, None, :].expand(s, f, k).reshape(s, f * k))
         parts_from.append(torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k))
         parts_code.append(torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
-        in_row = torch.where(same, row_lp[:, :, None], float("-inf")).amax(1)  # [S, L] the row's log-prob of each trie token
-        edge = torch.maximum(lp_trie, in_row)
         if p.trie_tokens.shape[1]:
             match = (p.trie_parents[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the parent in the frontier
             parent = match.to(torch.int8).argmax(-1)  # [S, L]

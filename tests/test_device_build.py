@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import jetspec
 import jetspec.scorers.best_first as best_first
 from jetspec.core.batch_grow import host_trees
-from jetspec.core.device_proposal import (DeviceProposal, DeviceProposals, DeviceTrees, builds_on_device, pack_tries,
+from jetspec.core.device_proposal import (DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, builds_on_device, pack_tries,
                                           proposes_on_device, trie_rows)
 from jetspec.core.errors import PluginError
 from jetspec.core.proposal import DepthMarginals, MergedProposal, TokenTrie
@@ -54,7 +54,7 @@ def step_proposals(draw, ties: bool = False):
 
 
 def on_device_form(tokens, logp, tries) -> DeviceProposals:
-    ints, trie_logp, deepest = pack_tries(tries)
+    ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
     return DeviceProposals(tokens, logp, torch.from_numpy(ints[0]), torch.from_numpy(ints[1]), torch.from_numpy(trie_logp),
                            torch.from_numpy(ints[2]), deepest)
 
@@ -157,7 +157,7 @@ def test_tries_are_flattened_parents_first_and_padded_to_a_few_widths():
     trie.add_sequence([1, 4], [-0.1, -0.5])
     tokens, parents, logps, depths = trie_rows(trie)
     assert all(p < i for i, p in enumerate(parents)) and sorted(zip(depths, tokens)) == [(1, 1), (2, 2), (2, 4), (3, 3)]
-    ints, logp, deepest = pack_tries([trie, None])
+    ints, logp, deepest = pack_tries([FlatTrie.of(trie), None])
     assert ints.shape == (3, 2, 8) and deepest == 3 and (ints[2, 1] == 0).all() and np.isinf(logp[1]).all()
 
 
@@ -369,15 +369,73 @@ def test_a_drafter_whose_device_proposal_is_malformed_fails_its_own_sequence_the
 def test_the_graphed_device_build_gives_the_eager_builds_trees_on_cuda(cases, budget):
     """Each shape's graph replayed with the step's proposals copied in: the eager build's block exactly,
     step after step (a replay must not keep a value of the capture's inputs)."""
-    scorer = BestFirstScorer()
+    scorer, built = BestFirstScorer(), 0
     for tokens, logp, tries in cases:
         proposals = on_device_form(tokens, logp, tries)
         if not fills(proposals, budget):
             continue
+        built += 1
         cuda = DeviceProposals(*(getattr(proposals, f).cuda() for f in ("tokens", "logp", "trie_tokens", "trie_parents",
                                                                           "trie_logp", "trie_depths")), proposals.trie_depth)
         roots, prefixes = torch.arange(proposals.size) + 3, torch.arange(proposals.size) * 7
         graphed = scorer.build_on_device(cuda, roots.cuda(), prefixes.cuda(), budget)
         eager = grow(proposals, roots, prefixes, budget)
         assert torch.equal(graphed.block.cpu(), eager.block) and graphed.max_depth == eager.max_depth
-    assert len(scorer.device_graphs) >= 1
+    assert len(scorer.device_graphs) >= min(built, 1)
+
+
+# ---------------------------------------------------------------------------- prompt lookup, flat
+def edges(flat: FlatTrie) -> dict[tuple[int, ...], float]:
+    """path -> its last edge's log-prob."""
+    paths: list[tuple[int, ...]] = []
+    for t, p in zip(flat.tokens, flat.parents):
+        paths.append((paths[p] if p >= 0 else ()) + (t,))
+    return dict(zip(paths, flat.logps))
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.integers(0, 6), min_size=1, max_size=60), budget=st.integers(1, 20), calibrated=st.booleans())
+def test_the_lookups_flat_trie_is_its_trie(tokens, budget, calibrated):
+    from jetspec.core.interfaces import DecodeState
+    from jetspec.drafters.lookup_calibration import LookupCalibration
+    from jetspec.drafters.ngram import NgramDrafter
+    from jetspec.drafters.head.drafter import SHIPPED
+
+    calibration = LookupCalibration.load(SHIPPED / "SmolLM2-135M-Instruct" / "causal" / "lookup.json") if calibrated else None
+    state = DecodeState(tokens=tokens, prompt_len=1)
+    flat, trie = NgramDrafter(calibration=calibration).propose_flat(state, budget), NgramDrafter(calibration=calibration).propose(state, budget)
+    if flat is None:
+        assert not trie.children(())
+        return
+    assert flat.problem(7) is None
+    want = edges(FlatTrie.of(trie))
+    assert edges(flat).keys() == want.keys()
+    assert list(edges(flat).values()) == pytest.approx([want[k] for k in edges(flat)], abs=1e-12)
+
+
+@pytest.mark.parametrize("broken, says", [
+    (FlatTrie([1, 2], [-1, 1], [-0.1, -0.2], [1, 2]), "parent is not an earlier node"),
+    (FlatTrie([1, 2], [-1, 0], [-0.1, -0.2], [1, 3]), "depth is not its parent's + 1"),
+    (FlatTrie([1, 99], [-1, 0], [-0.1, -0.2], [1, 2]), "outside the vocabulary [0, 20)"),
+    (FlatTrie([1, 2], [-1, 0], [-0.1, float("nan")], [1, 2]), "NaN or above 0"),
+    (FlatTrie([1, 1], [-1, -1], [-0.1, -0.2], [1, 1]), "two children with one token"),
+    (FlatTrie([1, 2], [-1], [-0.1, -0.2], [1, 2]), "lists differ in length"),
+])
+def test_a_flat_trie_that_is_no_trie_is_named(broken, says):
+    assert says in broken.problem(VOCAB)
+
+
+def test_a_drafter_whose_device_trie_holds_a_foreign_token_fails_its_own_sequence_in_one_line():
+    pipe = grown_pipe(2, True)
+    real = HeadDrafter.propose_on_device
+
+    def foreign(drafter, state, budget):
+        p = real(drafter, state, budget)
+        return DeviceProposal(p.tokens, p.logp, FlatTrie([10_000_000], [-1], [-0.5], [1]))
+
+    with patch.object(HeadDrafter, "propose_on_device", foreign):
+        done = list(pipe.batched().run([[3, 4, 5, 3], [9, 8, 7]]))
+    for f in done:
+        assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
+        assert str(f.error).startswith("drafter 'jetspec' (plugin 'jetspec.builtins') returned a DeviceProposal from "
+                                       "propose_on_device whose trie is wrong: a FlatTrie holds a token outside the vocabulary")

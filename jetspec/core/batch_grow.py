@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checks import Blame
-from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, pack_tries
+from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, pack_tries
 from .errors import JetSpecError, PluginError
 from .on_device import Readback, pinned
 from .tree import DraftTree
@@ -32,7 +32,7 @@ class Grower:
         self.readback = Readback(device)
 
     def grow(self, drafters: list, scorer: object, states: list, prefixes: list[int], budget: int,
-             who: dict[str, str]) -> tuple[DeviceTrees | None, dict[int, JetSpecError]]:
+             who: dict[str, str], vocab: int) -> tuple[DeviceTrees | None, dict[int, JetSpecError]]:
         """-> (the step's trees, or None where a proposal or the scorer declines: build on the host;
         {sequence: its drafter's error} — those sequences are not in the trees)."""
         props: list[DeviceProposal] = []
@@ -43,7 +43,7 @@ class Grower:
                     p = drafter.propose_on_device(state, budget)
                 if p is None:
                     return None, {}
-                _check_proposal(p, props[0] if props else None, self.device, who["drafter"])
+                _check_proposal(p, props[0] if props else None, self.device, who["drafter"], vocab)
                 props.append(p)
             except JetSpecError as e:
                 failed[s] = e
@@ -70,7 +70,7 @@ class Grower:
         n = budget + 1
         if not (isinstance(trees, DeviceTrees) and trees.nodes == n and isinstance(trees.max_depth, int) and 1 <= trees.max_depth <= budget
                 and isinstance(trees.block, torch.Tensor) and trees.block.shape == (7, s * n) and trees.block.dtype == torch.int64
-                and trees.block.device == self.device):
+                and _on(trees.block, self.device)):
             raise PluginError(f"{who['scorer']} returned {_describe(trees)} from build_on_device; expected DeviceTrees of a "
                               f"[7, {s * n}] int64 block on {self.device}, {n} nodes a tree, max_depth in [1, {budget}]")
         self.readback.start(trees.block.view(-1))
@@ -119,17 +119,26 @@ def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[
     return out
 
 
-def _check_proposal(p: object, first: DeviceProposal | None, device: torch.device, who: str) -> None:
+def _check_proposal(p: object, first: DeviceProposal | None, device: torch.device, who: str, vocab: int) -> None:
     if not isinstance(p, DeviceProposal):
         raise PluginError(f"{who} returned {type(p).__name__} from propose_on_device; expected a DeviceProposal or None")
     shape = tuple(p.tokens.shape)
     if not (p.tokens.dim() == 2 and p.tokens.dtype == torch.int64 and p.logp.shape == p.tokens.shape
-            and p.logp.is_floating_point() and p.tokens.device == device and p.logp.device == device and shape[0] >= 1):
+            and p.logp.is_floating_point() and _on(p.tokens, device) and _on(p.logp, device) and shape[0] >= 1):
         raise PluginError(f"{who} returned marginals {shape} {p.tokens.dtype} / {tuple(p.logp.shape)} {p.logp.dtype} from "
                           f"propose_on_device; expected int64 tokens and float log-probs of one shape [D >= 1, K] on {device}")
+    if p.trie is not None:
+        problem = p.trie.problem(vocab) if isinstance(p.trie, FlatTrie) else f"its trie is a {type(p.trie).__name__}, not a FlatTrie"
+        if problem:
+            raise PluginError(f"{who} returned a DeviceProposal from propose_on_device whose trie is wrong: {problem}")
     if first is not None and shape != tuple(first.tokens.shape):
         raise PluginError(f"{who} returned marginals of shape {shape} from propose_on_device; the step's first was "
                           f"{tuple(first.tokens.shape)} (one shape per step)")
+
+
+def _on(x: torch.Tensor, device: torch.device) -> bool:
+    """x is on `device` ("cuda" names the current GPU: cuda:0 is on it)."""
+    return x.device.type == device.type and (device.index is None or x.device.index == device.index)
 
 
 def _head(x: np.ndarray) -> str:

@@ -92,7 +92,8 @@ class StepTrees:
         prefixes = [caches[seq.slot].committed for seq in reserved]
         try:
             grown, failed = self._growers[half].grow([self.parts[seq.slot].drafter for seq in reserved], self.pipe.scorer,
-                                                     [seq.state for seq in reserved], prefixes, budget, self.pipe.labels)
+                                                     [seq.state for seq in reserved], prefixes, budget, self.pipe.labels,
+                                                     self.pipe.target.info.vocab_size)
         except JetSpecError as e:  # the scorer failed: every sequence of the step fails with it
             for seq in reserved:
                 yield self._finish(seq, caches, slots, "error", e)

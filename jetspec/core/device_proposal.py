@@ -63,13 +63,58 @@ class DeviceTrees:
 
 
 @dataclass(frozen=True)
+class FlatTrie:
+    """An explicit trie as flat lists, parents before children (what `DeviceProposals` packs):
+    node i is token tokens[i] below node parents[i] (-1: the root) at depth depths[i], its edge
+    scored logps[i] = log q(token | its parent's path). Sibling tokens distinct."""
+
+    tokens: list[int]
+    parents: list[int]
+    logps: list[float]
+    depths: list[int]
+
+    @staticmethod
+    def of(trie: TokenTrie) -> FlatTrie:
+        """A `TokenTrie`'s nodes, walked from the root."""
+        return FlatTrie(*trie_rows(trie))
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def problem(self, vocab: int) -> str | None:
+        """What makes it no trie of this vocabulary, or None: equal lengths, parents before children
+        (-1 <= parents[i] < i), depth = parent's + 1, tokens in [0, vocab), log-probs <= 0 (no NaN),
+        sibling tokens distinct."""
+        n = self.size
+        if not (len(self.parents) == len(self.logps) == len(self.depths) == n):
+            return f"a FlatTrie's lists differ in length ({n}, {len(self.parents)}, {len(self.logps)}, {len(self.depths)})"
+        if not n:
+            return None
+        tok, par, dep = (np.asarray(x, dtype=np.int64) for x in (self.tokens, self.parents, self.depths))
+        lp = np.asarray(self.logps, dtype=np.float64)
+        index = np.arange(n)
+        if not ((par >= -1) & (par < index)).all():
+            return "a FlatTrie node's parent is not an earlier node (or -1, the root)"
+        if not (dep == np.where(par < 0, 0, dep[np.maximum(par, 0)]) + 1).all():
+            return "a FlatTrie node's depth is not its parent's + 1"
+        if not ((tok >= 0) & (tok < vocab)).all():
+            return f"a FlatTrie holds a token outside the vocabulary [0, {vocab})"
+        if not (lp <= 0).all():
+            return "a FlatTrie edge's log-prob is NaN or above 0"
+        if len(set(zip(self.parents, self.tokens))) != n:
+            return "a FlatTrie node has two children with one token"
+        return None
+
+
+@dataclass(frozen=True)
 class DeviceProposal:
     """One sequence's part of a `DeviceProposals` (what `ProposesOnDevice.propose_on_device`
     returns): its marginals on the device and its trie (prompt lookup) on the host."""
 
     tokens: torch.Tensor  # [D, K] int64 on the device
     logp: torch.Tensor  # [D, K] float32 on the device
-    trie: TokenTrie | None  # None: no trie
+    trie: FlatTrie | None  # None: no trie
 
 
 @runtime_checkable
@@ -129,21 +174,22 @@ def trie_rows(trie: TokenTrie | None) -> tuple[list[int], list[int], list[float]
     return tokens, parents, logps, depths
 
 
-def pack_tries(tries: Sequence[TokenTrie | None]) -> tuple[np.ndarray, np.ndarray, int]:
+def pack_tries(tries: Sequence[FlatTrie | None]) -> tuple[np.ndarray, np.ndarray, int]:
     """S tries -> (ints [3, S, L] int64: tokens, parents, depths; logp [S, L] float32; the deepest
     node). L: the largest trie's size rounded up to 0, 8, 16, 32, ... (few shapes for a scorer's
     CUDA graphs); padding: parent PAD_PARENT, depth 0, log-prob -inf."""
-    rows = [trie_rows(t) for t in tries]
-    largest = max([len(r[0]) for r in rows] + [0])
+    largest = max([t.size for t in tries if t is not None] + [0])
     width = 0 if largest == 0 else 8
     while width < largest:
         width *= 2
-    ints = np.zeros((3, len(rows), width), dtype=np.int64)
+    ints = np.zeros((3, len(tries), width), dtype=np.int64)
     ints[1] = PAD_PARENT
-    logp = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    logp = np.full((len(tries), width), -np.inf, dtype=np.float32)
     deepest = 0
-    for s, (tok, par, lp, dep) in enumerate(rows):
-        n = len(tok)
-        ints[0, s, :n], ints[1, s, :n], ints[2, s, :n], logp[s, :n] = tok, par, dep, lp
-        deepest = max([deepest] + dep)
+    for s, t in enumerate(tries):
+        if t is None or not t.size:
+            continue
+        n = t.size
+        ints[0, s, :n], ints[1, s, :n], ints[2, s, :n], logp[s, :n] = t.tokens, t.parents, t.depths, t.logps
+        deepest = max(deepest, max(t.depths))
     return ints, logp, deepest

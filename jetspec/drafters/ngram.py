@@ -15,9 +15,12 @@ seen once after a 1-token match is not "certain" (log 1 = 0) but what such edges
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..core.device_proposal import FlatTrie
 from ..core.errors import ConfigError
 from ..core.interfaces import DecodeState
 from ..core.proposal import EmptyProposal, TokenTrie
@@ -86,6 +89,41 @@ class NgramDrafter:
             if recent:
                 return n, recent
         return None
+
+    def propose_flat(self, state: DecodeState, budget: int) -> FlatTrie | None:
+        """`propose`'s trie as flat lists (`FlatTrie`, for a proposal grown on the device), made in
+        one pass over the continuations: a node per distinct path, keyed by (parent node, token),
+        its edge scored from count(path) / count(parent path) as `TokenTrie.from_counts` scores it.
+        None: no match."""
+        found = self.match(state.tokens)
+        if found is None:
+            return None
+        n, recent = found
+        depth, tokens = min(self.options.max_depth, max(budget, 1)), state.tokens
+        node_of: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        toks: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        counts: list[int] = []
+        for s in recent:
+            parent = -1
+            for t in tokens[s : s + depth]:
+                node = node_of.get((parent, t))
+                if node is None:
+                    node = node_of[(parent, t)] = len(toks)
+                    toks.append(t)
+                    parents.append(parent)
+                    depths.append(1 if parent < 0 else depths[parent] + 1)
+                    counts.append(0)
+                counts[node] += 1
+                parent = node
+        whole = [len(recent) if p < 0 else counts[p] for p in parents]
+        if self.calibration is None:
+            logps = [math.log(c / w) for c, w in zip(counts, whole)]
+        else:
+            score = self.calibration.edge_logp(n)
+            logps = [score(d, c, w) for d, c, w in zip(depths, counts, whole)]
+        return FlatTrie(toks, parents, logps, depths)
 
     def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:
         tokens = state.tokens

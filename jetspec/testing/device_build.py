@@ -21,9 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.batch_grow import host_trees
-from ..core.device_proposal import DeviceProposal, DeviceProposals, builds_on_device, pack_tries
+from ..core.device_proposal import DeviceProposal, DeviceProposals, FlatTrie, builds_on_device, pack_tries
 from ..core.proposal import DepthMarginals, MergedProposal, TokenTrie
-from .protocol import check_proposal
 from .subject import Subject, run_property
 
 
@@ -56,7 +55,7 @@ def check_builds_on_device(s: Subject, scorer: Any, vocab: int, examples: int, s
     @given(case=step_proposals(vocab), budget=st.integers(1, 24))
     def device_trees_are_the_host_trees(case, budget):
         tokens, logp, tries = case
-        ints, trie_logp, deepest = pack_tries(tries)
+        ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
         p = DeviceProposals(tokens.to(device), logp.to(device), *(torch.from_numpy(x).to(device) for x in (ints[0], ints[1], trie_logp, ints[2])),
                             deepest)
         roots, prefixes = torch.arange(p.size) + 1, torch.arange(p.size) * 3
@@ -116,5 +115,6 @@ def checked_device_proposal(s: Subject, p: Any, vocab: int, device: torch.device
         s.fail("propose_on_device", f"proposes a log-prob that is NaN or above 0; log-probs must be <= 0{where}")
     if t.shape[1] > 1 and (bool((lp[:, 1:] > lp[:, :-1]).any()) or bool((t.sort(dim=1).values.diff(dim=1) == 0).any())):
         s.fail("propose_on_device", f"rows must hold distinct tokens sorted by log-prob, descending{where}")
-    if p.trie is not None:
-        check_proposal(s, p.trie, vocab, where=where)
+    problem = None if p.trie is None else p.trie.problem(vocab) if isinstance(p.trie, FlatTrie) else "not a FlatTrie"
+    if problem:
+        s.fail("propose_on_device", f"returned a trie that is wrong: {problem}{where}")

@@ -281,8 +281,7 @@ class HeadDrafter(ContextDrafter):
         else:
             logp, tokens = self._draft(state.tokens[-1], self.cache.length, depths, self.cache.context())
             logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them
-        trie = self.lookup.propose(state, budget) if self.lookup is not None else None
-        return DeviceProposal(tokens, logp, trie if isinstance(trie, TokenTrie) else None)
+        return DeviceProposal(tokens, logp, self.lookup.propose_flat(state, budget) if self.lookup is not None else None)
 
     @torch.no_grad()
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:

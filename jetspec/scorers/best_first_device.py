@@ -42,6 +42,7 @@ import torch
 from ..core.cuda_graphs import GraphSet
 from ..core.device_proposal import DeviceProposals, DeviceTrees
 
+TENSORS = tuple(f.name for f in fields(DeviceProposals) if f.name != "trie_depth")  # a proposal's device tensors
 FLOOR = -1e30  # a real candidate's lowest score: NaN and -inf edges rank last, above padding (-inf)
 
 
@@ -78,12 +79,11 @@ class GraphedGrowth:
         levels = levels_for(p, budget, max_depth)
         key = (tuple(p.tokens.shape), tuple(p.trie_tokens.shape), budget, max_depth, levels)
         if key not in self._inputs:
-            tensors = {f.name: getattr(p, f.name).clone() for f in fields(p) if f.name != "trie_depth"}
+            tensors = {name: getattr(p, name).clone() for name in TENSORS}
             self._inputs[key] = (DeviceProposals(**tensors, trie_depth=p.trie_depth), roots.clone(), prefix_lens.clone())
         static, r, t = self._inputs[key]
-        for f in fields(p):
-            if f.name != "trie_depth":
-                getattr(static, f.name).copy_(getattr(p, f.name))
+        for name in TENSORS:
+            getattr(static, name).copy_(getattr(p, name))
         r.copy_(roots)
         t.copy_(prefix_lens)
         return self.graphs.replay(key, lambda: grow(static, r, t, budget, max_depth))

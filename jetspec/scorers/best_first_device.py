@@ -23,7 +23,7 @@ So a beam of width B per depth loses nothing the top-B set needs:
 then laid out in DFS pre-order (children in rank order) with the interval encoding
 (`core/tree.py`):
 
-    anc[i, j]   j is an ancestor-or-self of i             (levels gathers up the parent pointers)
+    anc[i, j]   j is an ancestor-or-self of i             (self-or-parent squared log2(levels) times)
     size[j]   = sum_i anc[i, j]
     pre[i]    = sum over ancestors-or-self j != root of (1 + sum of the sizes of j's earlier siblings)
 
@@ -35,6 +35,7 @@ budgets the proposals can fill (`fills`), so no tree holds a padding slot.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 import torch
@@ -43,7 +44,7 @@ from ..core.cuda_graphs import GraphSet
 from ..core.device_proposal import DeviceProposals, DeviceTrees
 
 TENSORS = tuple(f.name for f in fields(DeviceProposals) if f.name != "trie_depth")  # a proposal's device tensors
-FLOOR = -1e30  # a real candidate's lowest score: NaN and -inf edges rank last, above padding (-inf)
+FLOOR = -1e20  # an edge's lowest log-prob: a NaN or -inf edge ranks its path below every finite one, above padding (-inf)
 
 
 def fills(proposals: DeviceProposals, budget: int, max_depth: int | None = None) -> bool:
@@ -102,11 +103,14 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
     real = torch.ones(s, 1, dtype=torch.bool, device=dev)  # [S, F]
     slot = torch.zeros(s, 1, dtype=torch.int64, device=dev)  # [S, F] the frontier's slots in the table
     t_score, t_real, t_tok, t_par = [score], [real], [roots[:, None]], [slot]
-    used, lp_trie = 1, p.trie_logp.clamp(max=0.0)
-    rows_lp = p.logp.clamp(max=0.0)  # [S, D, K] (each level's operators are few: they run once a level)
+    # every edge in [FLOOR, 0] once, here (NaN and -inf -> FLOOR): sums of them need no cleaning a level
+    used, lp_trie = 1, p.trie_logp.nan_to_num(nan=FLOOR, neginf=FLOOR).clamp(FLOOR, 0.0)  # [S, L]
+    rows_lp = p.logp.nan_to_num(nan=FLOOR, neginf=FLOOR).clamp(FLOOR, 0.0)  # [S, D, K]
     same_all = p.tokens[:, :, :, None] == p.trie_tokens[:, None, None, :]  # [S, D, K, L] a row's token is trie node l's
     edge_all = torch.maximum(lp_trie[:, None], torch.where(same_all, rows_lp[..., None], float("-inf")).amax(2))  # [S, D, L]
     at_all = p.trie_depths[None] == torch.arange(1, d_rows + 1, device=dev)[:, None, None]  # [D, S, L] trie nodes of depth d + 1
+    consts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    trie_code = torch.arange(p.trie_tokens.shape[1], device=dev)[None].expand_as(p.trie_tokens)  # [S, L]
     for d in range(min(levels, d_rows)):
         f = score.shape[1]
         parts_score, parts_real, parts_tok, parts_from, parts_code = [], [], [], [], []
@@ -118,8 +122,11 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
         parts_score.append((score[:, :, None] + row_lp[:, None, :]).reshape(s, f * k))
         parts_real.append((real[:, :, None] & ~taken).reshape(s, f * k))
         parts_tok.append(row_tok[:, None, :].expand(s, f, k).reshape(s, f * k))
-        parts_from.append(torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k))
-        parts_code.append(torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
+        if f not in consts:  # the frontier index and code of every row child: one pair per frontier width
+            consts[f] = (torch.arange(f, device=dev).repeat_interleave(k)[None].expand(s, f * k),
+                         torch.full((s, f * k), -2, dtype=torch.int64, device=dev))
+        parts_from.append(consts[f][0])
+        parts_code.append(consts[f][1])
         if p.trie_tokens.shape[1]:
             match = (p.trie_parents[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the parent in the frontier
             parent = match.to(torch.int8).argmax(-1)  # [S, L]
@@ -127,8 +134,8 @@ def grow(p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, bud
             parts_real.append(at & match.any(-1))
             parts_tok.append(p.trie_tokens)
             parts_from.append(parent)
-            parts_code.append(torch.arange(p.trie_tokens.shape[1], device=dev)[None].expand_as(p.trie_tokens))
-        cand = torch.cat(parts_score, 1).nan_to_num(nan=FLOOR, neginf=FLOOR).clamp(min=FLOOR)  # [S, C]
+            parts_code.append(trie_code)
+        cand = torch.cat(parts_score, 1)  # [S, C]
         ok = torch.cat(parts_real, 1)
         keep = torch.where(ok, cand, float("-inf")).topk(min(w, cand.shape[1]), dim=1).indices  # [S, W]
         score, real = cand.gather(1, keep), ok.gather(1, keep)
@@ -159,11 +166,12 @@ def _trie_tail(p: DeviceProposals, lp_trie: torch.Tensor, score: torch.Tensor, c
         parent slot: the frontier slot of that ancestor (depth D + 1), else used + its trie parent"""
     n = p.trie_tokens.shape[1]
     depth, parents = p.trie_depths, p.trie_parents.clamp(min=0)  # [S, L]; padding: depth 0
-    below, up = torch.zeros_like(lp_trie), torch.arange(n, device=lp_trie.device)[None].expand_as(depth)
-    for _ in range(levels - d_rows):  # climb to the depth-D ancestor, summing the edges passed
-        deeper = depth.gather(1, up) > d_rows  # [S, L]
-        below = below + torch.where(deeper, lp_trie.gather(1, up), 0.0)
-        up = torch.where(deeper, parents.gather(1, up), up)
+    deeper = depth > d_rows  # [S, L] one hop up (and the edge passed) until depth D: pointer doubling after it
+    up = torch.where(deeper, parents, torch.arange(n, device=lp_trie.device)[None])
+    below = torch.where(deeper, lp_trie, 0.0)
+    for _ in range(math.ceil(math.log2(levels - d_rows))):  # 2^j hops -> 2^(j+1)
+        below = below + below.gather(1, up)
+        up = up.gather(1, up)
     match = (up[:, :, None] == code[:, None, :]) & real[:, None, :]  # [S, L, F] the ancestor in the frontier
     at = match.to(torch.int8).argmax(-1)  # [S, L]
     ok = match.any(-1) & (depth > d_rows) & (depth <= levels)
@@ -182,12 +190,11 @@ def _lay_out(score: torch.Tensor, real: torch.Tensor, tok: torch.Tensor, par: to
     node_of = torch.zeros_like(score, dtype=torch.int64).scatter_(1, order, torch.arange(n, device=dev)[None].expand(s, n))
     parent = node_of.gather(1, par.gather(1, order))  # [S, N] rank-order parent (root: 0)
     idx = torch.arange(n, device=dev)
-    anc = idx[None, :, None] == idx[None, None, :]  # [1, N, N] anc[i, j]: j is an ancestor-or-self of i
-    anc = anc.expand(s, n, n).clone()
-    up = idx[None].expand(s, n)
-    for _ in range(levels):
-        up = parent.gather(1, up)
-        anc.scatter_(2, up[:, :, None], True)
+    reach = (idx[None, :, None] == idx[None, None, :]) | (parent[:, :, None] == idx[None, None, :])  # [S, N, N] self or parent
+    reach = reach.float()
+    for _ in range(math.ceil(math.log2(levels))) if levels > 1 else ():  # paths of <= 2^j hops -> 2^(j+1)
+        reach = torch.bmm(reach, reach).clamp(max=1.0)
+    anc = reach.long()  # [S, N, N] anc[i, j]: j is an ancestor-or-self of i (counts <= N: exact in float32)
     size = anc.sum(1)  # [S, N]
     sibling = (parent[:, :, None] == parent[:, None, :]) & (idx[None, None, :] < idx[None, :, None]) & (idx > 0)[None, None, :]
     weight = 1 + (sibling * size[:, None, :]).sum(-1)  # [S, N] 1 + the sizes of each node's earlier siblings

@@ -4,6 +4,8 @@ chooses, lays them out as a valid tree, and a batched run that grows its trees t
 exactly what plain decoding does; a scorer or drafter that breaks the device contract fails its
 sequence in one line, naming itself."""
 
+import dataclasses
+from contextlib import contextmanager
 from unittest.mock import patch
 
 import numpy as np
@@ -23,6 +25,7 @@ from jetspec.core.tree import DraftTree
 from jetspec.drafters.head.drafter import HeadDrafter
 from jetspec.scorers.best_first import BestFirstOptions, BestFirstScorer
 from jetspec.scorers.best_first_device import fills, grow
+from jetspec.testing.device_build import step_proposals as kit_step_proposals
 from jetspec.testing.models import tiny_decoder_target
 from support.registry import make_test_registry
 
@@ -30,27 +33,8 @@ REG = make_test_registry()
 VOCAB = 20
 
 
-@st.composite
-def step_proposals(draw, ties: bool = False):
-    """S sequences' merged proposals: [S, D, K] marginals (distinct tokens a row, sorted log-probs)
-    and a prompt-lookup-like trie each (or none). Log-probs distinct unless `ties`."""
-    s, d, k = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(2, 5))
-    rng = np.random.default_rng(draw(st.integers(0, 1 << 30)))
-    tokens = np.stack([[rng.permutation(VOCAB)[:k] for _ in range(d)] for _ in range(s)])  # [S, D, K]
-    raw = rng.integers(0, 3, (s, d, k)).astype(float) if ties else rng.exponential(2.0, (s, d, k))
-    logp = -np.sort(raw, axis=-1).astype(np.float32)  # [S, D, K] rows descending
-    tries = []
-    for _ in range(s):
-        if draw(st.booleans()):
-            tries.append(None)
-            continue
-        trie = TokenTrie()
-        for _ in range(draw(st.integers(1, 3))):
-            n = int(rng.integers(1, 8))
-            lp = -rng.integers(0, 3, n).astype(float) if ties else -rng.exponential(1.0, n)
-            trie.add_sequence(rng.integers(0, VOCAB, n).tolist(), lp.tolist())
-        tries.append(trie)
-    return torch.from_numpy(tokens).long(), torch.from_numpy(logp), tries
+def step_proposals(ties: bool = False):
+    return kit_step_proposals(VOCAB, ties)
 
 
 def on_device_form(tokens, logp, tries) -> DeviceProposals:
@@ -252,29 +236,22 @@ def grown_pipe(batch: int, lookup: bool, budget: int = 12, max_new: int = 16, **
                                           batch_size=batch, **generation).build())
 
 
-class Builds:
-    """Counts host builds and device builds."""
+@contextmanager
+def counted_builds():
+    """-> {"host": scorer.build calls, "device": grow calls}, counted while the block runs."""
+    counts = {"host": 0, "device": 0}
+    host, device = BestFirstScorer.build, best_first.grow
 
-    def __enter__(self):
-        self.host = self.device = 0
-        host, device = BestFirstScorer.build, best_first.grow
+    def on_host(scorer, *args):
+        counts["host"] += 1
+        return host(scorer, *args)
 
-        def on_host(scorer, *args):
-            self.host += 1
-            return host(scorer, *args)
+    def on_device(*args):
+        counts["device"] += 1
+        return device(*args)
 
-        def on_device(*args):
-            self.device += 1
-            return device(*args)
-
-        self._patches = [patch.object(BestFirstScorer, "build", on_host), patch.object(best_first, "grow", on_device)]
-        for p in self._patches:
-            p.start()
-        return self
-
-    def __exit__(self, *exc):
-        for p in self._patches:
-            p.stop()
+    with patch.object(BestFirstScorer, "build", on_host), patch.object(best_first, "grow", on_device):
+        yield counts
 
 
 repeating = st.lists(st.integers(0, 95), min_size=1, max_size=6).flatmap(lambda base: st.lists(st.sampled_from(base), min_size=1, max_size=20))
@@ -286,10 +263,10 @@ repeating = st.lists(st.integers(0, 95), min_size=1, max_size=6).flatmap(lambda 
 def test_a_batched_run_that_grows_its_trees_on_the_device_decodes_what_plain_decoding_does(prompts, batch, lookup, overlap, budget):
     pipe = grown_pipe(batch, lookup, budget, overlap=overlap)
     plain = [pipe.generate_plain(p).tokens for p in prompts]
-    with Builds() as builds:
+    with counted_builds() as builds:
         results = pipe.generate_many(prompts)
     assert [r.tokens for r in results] == plain
-    assert builds.device > 0 and builds.host == 0
+    assert builds["device"] > 0 and builds["host"] == 0
 
 
 def test_build_on_device_false_builds_on_the_host_with_the_same_trees():
@@ -297,10 +274,10 @@ def test_build_on_device_false_builds_on_the_host_with_the_same_trees():
     taus = {}
     for on_device in (True, False):
         pipe = grown_pipe(3, True, build_on_device=on_device)
-        with Builds() as builds:
+        with counted_builds() as builds:
             results = pipe.generate_many(prompts)
         assert [r.tokens for r in results] == [pipe.generate_plain(p).tokens for p in prompts]
-        assert (builds.device > 0, builds.host > 0) == (on_device, not on_device)
+        assert (builds["device"] > 0, builds["host"] > 0) == (on_device, not on_device)
         taus[on_device] = [r.stats.tau for r in results]
     assert taus[True] == taus[False]  # distinct random log-probs: the same trees, so the same rounds
 
@@ -439,3 +416,36 @@ def test_a_drafter_whose_device_trie_holds_a_foreign_token_fails_its_own_sequenc
         assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
         assert str(f.error).startswith("drafter 'jetspec' (plugin 'jetspec.builtins') returned a DeviceProposal from "
                                        "propose_on_device whose trie is wrong: a FlatTrie holds a token outside the vocabulary")
+
+
+# ---------------------------------------------------------------------------- the conformance kit
+class Contrary(BestFirstScorer):
+    """Grows valid trees on the device from its rows ranked worst first: real candidates, not the
+    nodes its `build` picks."""
+
+    def build_on_device(self, proposals, roots, prefix_lens, budget):
+        worst = dataclasses.replace(proposals, tokens=proposals.tokens.flip(-1))
+        return super().build_on_device(worst, roots, prefix_lens, budget)
+
+
+@pytest.mark.parametrize("scorer, says", [
+    (Contrary, r"build_on_device: sequence \d's device tree has paths \[.*\] that build leaves out and lacks \[.*\]"),
+    (Scrambled, r"build_on_device: scorer 'odd' .*built an invalid tree on the device"),
+])
+def test_the_kit_fails_a_scorer_whose_device_trees_are_not_its_host_trees(scorer, says):
+    import re
+
+    from jetspec import Implementation
+    from jetspec.scorers.best_first import BestFirstOptions as Options
+    from jetspec.testing import ConformanceError, check_scorer
+
+    with pytest.raises(ConformanceError) as e:
+        check_scorer(Implementation("odd", lambda o: scorer(), Options), registry=REG, examples=20, targets=("decoder",),
+                     shrink=False, batched=0)
+    assert "\n" not in str(e.value) and re.search(says, str(e.value)), str(e.value)
+
+
+def test_the_kit_passes_the_built_in_scorer_and_drafter_on_the_device_path():
+    from jetspec.testing import check_scorer
+
+    check_scorer("best-first", registry=REG, examples=10, targets=("decoder",), shrink=False, batched=0)

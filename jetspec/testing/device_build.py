@@ -27,13 +27,14 @@ from .subject import Subject, run_property
 
 
 @st.composite
-def step_proposals(draw: Any, vocab: int) -> tuple[torch.Tensor, torch.Tensor, list[TokenTrie | None]]:
-    """S sequences' proposals: rows [S, D, K] (distinct tokens, distinct sorted log-probs) and a
-    prompt-lookup-like trie each, or none."""
+def step_proposals(draw: Any, vocab: int, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[TokenTrie | None]]:
+    """S sequences' proposals: rows [S, D, K] (distinct tokens, sorted log-probs) and a
+    prompt-lookup-like trie each, or none. Log-probs distinct (continuous) unless `ties` (0, -1, -2)."""
     s, d, k = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(2, 5))
     rng = np.random.default_rng(draw(st.integers(0, 1 << 30)))
-    tokens = np.stack([[rng.permutation(vocab)[:k] for _ in range(d)] for _ in range(s)])
-    logp = -np.sort(rng.exponential(2.0, (s, d, k)), axis=-1).astype(np.float32)
+    tokens = np.stack([[rng.permutation(vocab)[:k] for _ in range(d)] for _ in range(s)])  # [S, D, K]
+    raw = rng.integers(0, 3, (s, d, k)).astype(float) if ties else rng.exponential(2.0, (s, d, k))
+    logp = -np.sort(raw, axis=-1).astype(np.float32)  # [S, D, K] rows descending
     tries: list[TokenTrie | None] = []
     for _ in range(s):
         if draw(st.booleans()):
@@ -42,7 +43,8 @@ def step_proposals(draw: Any, vocab: int) -> tuple[torch.Tensor, torch.Tensor, l
         trie = TokenTrie()
         for _ in range(draw(st.integers(1, 3))):
             n = int(rng.integers(1, 8))
-            trie.add_sequence(rng.integers(0, vocab, n).tolist(), (-rng.exponential(1.0, n)).tolist())
+            lp = -rng.integers(0, 3, n).astype(float) if ties else -rng.exponential(1.0, n)
+            trie.add_sequence(rng.integers(0, vocab, n).tolist(), lp.tolist())
         tries.append(trie)
     return torch.from_numpy(tokens).long(), torch.from_numpy(logp), tries
 

@@ -212,17 +212,17 @@ class Readback:
 
     def wait(self) -> list[int]:
         """The values of the copy `start` queued, once it (and only what was queued before it) is done."""
-        if self._cuda:
-            self._done.synchronize()
-        self.copies += 1
-        return self._pending.tolist()
+        return self._landed().tolist()
 
     def wait_array(self) -> np.ndarray:
         """As `wait`, the values as a numpy array (a copy: the next `start` reuses the buffer)."""
+        return self._landed().numpy().copy()
+
+    def _landed(self) -> torch.Tensor:
         if self._cuda:
             self._done.synchronize()
         self.copies += 1
-        return self._pending.numpy().copy()
+        return self._pending
 
 
 def unpack(values: list[int]) -> tuple[list[int], list[int]]:

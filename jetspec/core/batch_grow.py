@@ -25,7 +25,7 @@ from .tree import DraftTree
 
 
 class Grower:
-    """One half's buffers: the staging block of the step's integers and the tree block's read-back."""
+    """One half's tree read-back (the step's integers go up in one pinned copy made per step)."""
 
     def __init__(self, device: torch.device):
         self.device = device

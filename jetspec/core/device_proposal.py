@@ -35,6 +35,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from .on_device import defined_below
 from .proposal import TokenTrie
 
 PAD_PARENT = -3  # a padding trie entry's parent: equal to no node's code (`scorers/best_first_device.py`)
@@ -141,17 +142,12 @@ class BuildsOnDevice(Protocol):
 def builds_on_device(scorer: object) -> bool:
     """The engine may call `build_on_device`: the scorer has it, defined no higher in its class tree
     than `build` (a subclass that overrides `build` alone keeps the host path)."""
-    return isinstance(scorer, BuildsOnDevice) and _owns(scorer, "build_on_device", "build")
+    return isinstance(scorer, BuildsOnDevice) and defined_below(scorer, "build_on_device", "build")
 
 
 def proposes_on_device(drafter: object) -> bool:
     """The engine may call `propose_on_device`: as `builds_on_device`, against `propose`."""
-    return isinstance(drafter, ProposesOnDevice) and _owns(drafter, "propose_on_device", "propose")
-
-
-def _owns(x: object, device: str, host: str) -> bool:
-    owner = {m: next((c for c in type(x).__mro__ if m in vars(c)), None) for m in (device, host)}
-    return None in owner.values() or issubclass(owner[device], owner[host])
+    return isinstance(drafter, ProposesOnDevice) and defined_below(drafter, "propose_on_device", "propose")
 
 
 def trie_rows(trie: TokenTrie | None) -> tuple[list[int], list[int], list[float], list[int]]:

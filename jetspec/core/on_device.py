@@ -270,8 +270,7 @@ def accepts_batch_on_device(verifiers: Sequence[Verifier]) -> bool:
         return False
     if any(type(v) is not type(first) for v in verifiers):
         return False
-    owner = {m: next(c for c in type(first).__mro__ if m in vars(c)) for m in ("accept_on_device", "accept_batch_on_device")}
-    return issubclass(owner["accept_batch_on_device"], owner["accept_on_device"])
+    return defined_below(first, "accept_batch_on_device", "accept_on_device")
 
 
 def accepts_on_device(verifier: Verifier) -> bool:
@@ -279,8 +278,16 @@ def accepts_on_device(verifier: Verifier) -> bool:
     class tree than `accept` (a subclass that overrides `accept` alone keeps the host path)."""
     if not isinstance(verifier, AcceptsOnDevice):
         return False
-    owner = {m: next((c for c in type(verifier).__mro__ if m in vars(c)), None) for m in ("accept", "accept_on_device")}
-    return None in owner.values() or issubclass(owner["accept_on_device"], owner["accept"])
+    return defined_below(verifier, "accept_on_device", "accept")
+
+
+def defined_below(x: object, member: str, than: str) -> bool:
+    """`member` is defined no higher in x's class tree than `than` (the class that defines it is
+    `than`'s or a subclass of it), or one of them is defined by no class (an instance attribute).
+    An optional device form is used only where this holds: a subclass that overrides the host form
+    alone keeps the host path, instead of inheriting a device form that no longer matches it."""
+    owner = {m: next((c for c in type(x).__mro__ if m in vars(c)), None) for m in (member, than)}
+    return None in owner.values() or issubclass(owner[member], owner[than])
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ import jetspec
 import jetspec.scorers.best_first as best_first
 from jetspec.core.batch_grow import host_trees
 from jetspec.core.device_proposal import (DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, builds_on_device, pack_tries,
-                                          proposes_on_device, trie_rows)
+                                          proposes_on_device, trie_faults, trie_rows)
 from jetspec.core.errors import PluginError
 from jetspec.core.proposal import DepthMarginals, MergedProposal, TokenTrie
 from jetspec.core.tree import DraftTree
@@ -390,16 +390,46 @@ def test_the_lookups_flat_trie_is_its_trie(tokens, budget, calibrated):
     assert list(edges(flat).values()) == pytest.approx([want[k] for k in edges(flat)], abs=1e-12)
 
 
-@pytest.mark.parametrize("broken, says", [
+BROKEN = [
     (FlatTrie([1, 2], [-1, 1], [-0.1, -0.2], [1, 2]), "parent is not an earlier node"),
     (FlatTrie([1, 2], [-1, 0], [-0.1, -0.2], [1, 3]), "depth is not its parent's + 1"),
     (FlatTrie([1, 99], [-1, 0], [-0.1, -0.2], [1, 2]), "outside the vocabulary [0, 20)"),
     (FlatTrie([1, 2], [-1, 0], [-0.1, float("nan")], [1, 2]), "NaN or above 0"),
+    (FlatTrie([1, 2], [-1, 0], [-0.1, 0.5], [1, 2]), "NaN or above 0"),
     (FlatTrie([1, 1], [-1, -1], [-0.1, -0.2], [1, 1]), "two children with one token"),
     (FlatTrie([1, 2], [-1], [-0.1, -0.2], [1, 2]), "lists differ in length"),
-])
+    (FlatTrie([1, "x"], [-1, 0], [-0.1, -0.2], [1, 2]), "something other than int tokens"),
+]
+
+
+@pytest.mark.parametrize("broken, says", BROKEN)
 def test_a_flat_trie_that_is_no_trie_is_named(broken, says):
     assert says in broken.problem(VOCAB)
+
+
+@pytest.mark.parametrize("broken", [b for b, says in BROKEN if "differ in length" not in says and "other than" not in says])
+def test_the_step_check_of_packed_tries_finds_what_problem_finds(broken):
+    good = FlatTrie([1, 2, 3], [-1, 0, -1], [-0.1, -0.2, 0.0], [1, 2, 1])
+    tries = [good, broken, None, good]
+    ints, logp, _ = pack_tries(tries)
+    assert trie_faults(ints, logp, [3, broken.size, 0, 3], VOCAB).tolist() == [False, True, False, False]
+
+
+@pytest.mark.parametrize("broken, says", [BROKEN[5], BROKEN[7]])  # found by the step's array check; lists that do not convert
+def test_a_drafter_whose_device_trie_is_broken_for_one_sequence_fails_that_sequence_alone(broken, says):
+    pipe = grown_pipe(2, True)
+    real = HeadDrafter.propose_on_device
+
+    def broken_for_the_first_prompt(drafter, state, budget):
+        p = real(drafter, state, budget)
+        return DeviceProposal(p.tokens, p.logp, broken) if state.tokens[0] == 3 else p
+
+    prompts = [[3, 4, 5, 3], [9, 8, 7], [6, 5, 6, 5]]
+    with patch.object(HeadDrafter, "propose_on_device", broken_for_the_first_prompt):
+        done = {f.index: f for f in pipe.batched().run(prompts)}
+    assert isinstance(done[0].error, PluginError) and "whose trie is wrong: a FlatTrie" in str(done[0].error) and says in str(done[0].error)
+    for i in (1, 2):
+        assert done[i].error is None and done[i].result.tokens == pipe.generate_plain(prompts[i]).tokens
 
 
 def test_a_drafter_whose_device_trie_holds_a_foreign_token_fails_its_own_sequence_in_one_line():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checks import Blame
-from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, pack_tries
+from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, pack_tries, trie_faults
 from .errors import JetSpecError, PluginError
 from .on_device import Readback, pinned
 from .tree import DraftTree
@@ -37,20 +37,30 @@ class Grower:
         {sequence: its drafter's error} — those sequences are not in the trees)."""
         props: list[DeviceProposal] = []
         failed: dict[int, JetSpecError] = {}
+        kept: list[int] = []  # the sequences of props
         for s, (drafter, state) in enumerate(zip(drafters, states)):
             try:
                 with Blame(who["drafter"], "in propose_on_device"):
                     p = drafter.propose_on_device(state, budget)
                 if p is None:
                     return None, {}
-                _check_proposal(p, props[0] if props else None, self.device, who["drafter"], vocab)
+                _check_proposal(p, props[0] if props else None, self.device, who["drafter"])
                 props.append(p)
+                kept.append(s)
             except JetSpecError as e:
                 failed[s] = e
         if not props:
             return None, failed
-        kept = [s for s in range(len(states)) if s not in failed]
-        ints, logp, deepest = pack_tries([p.trie for p in props])
+        packed = _packed([p.trie for p in props], vocab)
+        if isinstance(packed, dict):  # some tries are malformed: their sequences fail, the others go on
+            for j, problem in packed.items():
+                failed[kept[j]] = PluginError(f"{who['drafter']} returned a DeviceProposal from propose_on_device whose trie is wrong: {problem}")
+            props = [p for j, p in enumerate(props) if j not in packed]
+            kept = [k for j, k in enumerate(kept) if j not in packed]
+            if not props:
+                return None, failed
+            packed = pack_tries([p.trie for p in props])  # the well-formed ones
+        ints, logp, deepest = packed
         s, width = ints.shape[1], ints.shape[2]
         host = np.empty(2 * s + 4 * s * width, dtype=np.int64)  # roots, prefixes, tokens, parents, depths, logp (float64 bits)
         host[:s] = [states[k].tokens[-1] for k in kept]
@@ -119,7 +129,21 @@ def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[
     return out
 
 
-def _check_proposal(p: object, first: DeviceProposal | None, device: torch.device, who: str, vocab: int) -> None:
+def _packed(tries: list[FlatTrie | None], vocab: int) -> tuple[np.ndarray, np.ndarray, int] | dict[int, str]:
+    """`pack_tries`, checked in one pass (`trie_faults`) -> its arrays, or {index: what is wrong}
+    for the malformed tries (`FlatTrie.problem`, asked only of those)."""
+    try:
+        ints, logp, deepest = pack_tries(tries)
+        bad = trie_faults(ints, logp, [0 if t is None else t.size for t in tries], vocab)
+    except (ValueError, TypeError, OverflowError):  # lists that do not convert: find which
+        bad = np.array([t is not None and t.problem(vocab) is not None for t in tries], dtype=bool)
+    if not bad.any():
+        return ints, logp, deepest
+    return {int(j): tries[j].problem(vocab) or "it breaks a FlatTrie's rules" for j in np.flatnonzero(bad)}
+
+
+def _check_proposal(p: object, first: DeviceProposal | None, device: torch.device, who: str) -> None:
+    """A proposal's kind, its marginals' shapes, dtypes and device (its trie: `_packed`, for the step at once)."""
     if not isinstance(p, DeviceProposal):
         raise PluginError(f"{who} returned {type(p).__name__} from propose_on_device; expected a DeviceProposal or None")
     shape = tuple(p.tokens.shape)
@@ -127,10 +151,9 @@ def _check_proposal(p: object, first: DeviceProposal | None, device: torch.devic
             and p.logp.is_floating_point() and _on(p.tokens, device) and _on(p.logp, device) and shape[0] >= 1):
         raise PluginError(f"{who} returned marginals {shape} {p.tokens.dtype} / {tuple(p.logp.shape)} {p.logp.dtype} from "
                           f"propose_on_device; expected int64 tokens and float log-probs of one shape [D >= 1, K] on {device}")
-    if p.trie is not None:
-        problem = p.trie.problem(vocab) if isinstance(p.trie, FlatTrie) else f"its trie is a {type(p.trie).__name__}, not a FlatTrie"
-        if problem:
-            raise PluginError(f"{who} returned a DeviceProposal from propose_on_device whose trie is wrong: {problem}")
+    if p.trie is not None and not isinstance(p.trie, FlatTrie):
+        raise PluginError(f"{who} returned a DeviceProposal from propose_on_device whose trie is wrong: "
+                          f"its trie is a {type(p.trie).__name__}, not a FlatTrie")
     if first is not None and shape != tuple(first.tokens.shape):
         raise PluginError(f"{who} returned marginals of shape {shape} from propose_on_device; the step's first was "
                           f"{tuple(first.tokens.shape)} (one shape per step)")

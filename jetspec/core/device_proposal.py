@@ -30,6 +30,7 @@ so the verification and acceptance read them as they read an uploaded step's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -92,8 +93,11 @@ class FlatTrie:
             return f"a FlatTrie's lists differ in length ({n}, {len(self.parents)}, {len(self.logps)}, {len(self.depths)})"
         if not n:
             return None
-        tok, par, dep = (np.asarray(x, dtype=np.int64) for x in (self.tokens, self.parents, self.depths))
-        lp = np.asarray(self.logps, dtype=np.float64)
+        try:
+            tok, par, dep = (np.asarray(x, dtype=np.int64) for x in (self.tokens, self.parents, self.depths))
+            lp = np.asarray(self.logps, dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):
+            return "a FlatTrie's lists hold something other than int tokens, parents, depths and float log-probs"
         index = np.arange(n)
         if not ((par >= -1) & (par < index)).all():
             return "a FlatTrie node's parent is not an earlier node (or -1, the root)"
@@ -173,19 +177,46 @@ def trie_rows(trie: TokenTrie | None) -> tuple[list[int], list[int], list[float]
 def pack_tries(tries: Sequence[FlatTrie | None]) -> tuple[np.ndarray, np.ndarray, int]:
     """S tries -> (ints [3, S, L] int64: tokens, parents, depths; logp [S, L] float32; the deepest
     node). L: the largest trie's size rounded up to 0, 8, 16, 32, ... (few shapes for a scorer's
-    CUDA graphs); padding: parent PAD_PARENT, depth 0, log-prob -inf."""
-    largest = max([t.size for t in tries if t is not None] + [0])
+    CUDA graphs); padding: parent PAD_PARENT, depth 0, log-prob -inf. Every list goes to numpy in
+    one conversion (the step's tries concatenated), not one per trie. Raises ValueError or
+    TypeError where a trie's lists do not convert (`trie_faults` names the trie)."""
+    sizes = np.array([0 if t is None else t.size for t in tries], dtype=np.int64)  # [S]
+    largest = int(sizes.max(initial=0))
     width = 0 if largest == 0 else 8
     while width < largest:
         width *= 2
     ints = np.zeros((3, len(tries), width), dtype=np.int64)
     ints[1] = PAD_PARENT
     logp = np.full((len(tries), width), -np.inf, dtype=np.float32)
-    deepest = 0
-    for s, t in enumerate(tries):
-        if t is None or not t.size:
-            continue
-        n = t.size
-        ints[0, s, :n], ints[1, s, :n], ints[2, s, :n], logp[s, :n] = t.tokens, t.parents, t.depths, t.logps
-        deepest = max(deepest, max(t.depths))
-    return ints, logp, deepest
+    present = [t for t in tries if t is not None and t.size]
+    if not present:
+        return ints, logp, 0
+    for t in present:
+        if not (len(t.parents) == len(t.logps) == len(t.depths) == t.size):
+            raise ValueError(f"a FlatTrie's lists differ in length ({t.size}, {len(t.parents)}, {len(t.logps)}, {len(t.depths)})")
+    rows = np.repeat(np.arange(len(tries)), sizes)  # [T] every node's sequence
+    cols = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # [T] its index in its trie
+    for i, name in enumerate(("tokens", "parents", "depths")):
+        ints[i, rows, cols] = np.fromiter(chain.from_iterable(getattr(t, name) for t in present), np.int64, rows.size)
+    logp[rows, cols] = np.fromiter(chain.from_iterable(t.logps for t in present), np.float64, rows.size)
+    return ints, logp, int(ints[2].max())
+
+
+def trie_faults(ints: np.ndarray, logp: np.ndarray, sizes: Sequence[int], vocab: int) -> np.ndarray:
+    """`pack_tries`' arrays -> [S] bool: sequence s's trie breaks `FlatTrie.problem`'s rules (one
+    array pass over the step; `problem` then says what, for the few that do):
+
+        -1 <= parents[i] < i;   depths[i] = (depths[parents[i]] or 0 at the root) + 1;
+        0 <= tokens[i] < vocab;   logp[i] <= 0 (not NaN);   (parent, token) distinct"""
+    tok, par, dep = ints  # [S, L] each
+    s, width = tok.shape
+    index = np.arange(width)
+    live = index[None] < np.asarray(sizes, dtype=np.int64)[:, None]  # [S, L] real entries
+    rows = np.arange(s)[:, None]
+    linked = (par >= -1) & (par < index)
+    up = np.where(linked & (par >= 0), par, 0)
+    ok = linked & (dep == np.where(par < 0, 0, dep[rows, up]) + 1) & (tok >= 0) & (tok < vocab) & (logp <= 0)
+    keys = np.where(live & ok, (par + 1) * (vocab + 1) + np.clip(tok, 0, vocab), -1 - index)  # [S, L]: padding and faults unique
+    keys = np.sort(keys, axis=1)
+    twins = (np.diff(keys, axis=1) == 0).any(1) if width > 1 else np.zeros(s, dtype=bool)
+    return (live & ~ok).any(1) | twins

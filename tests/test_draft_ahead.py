@@ -192,10 +192,11 @@ def test_a_reused_pipeline_drafts_every_round_from_its_own_context_with_its_halv
     real, stale = getattr(HeadDrafter, method), []
 
     def propose(drafter, state, budget):  # a draft queued ahead must be the one the drafter would make now
-        drafted = drafter._drafted_dev if build_on_device else drafter._drafted
+        drafted = drafter._drafted_dev if build_on_device else drafter._drafted  # (logp, ids) / [2, depths, k]
         if drafted is not None and drafter.kept_ahead:
-            _, tokens = drafter._draft(state.tokens[-1], drafter.cache.length, drafted.shape[1], drafter.cache.context())
-            stale.append(not torch.equal(tokens.float(), drafted[1]))
+            ids = drafted[1].float()  # [depths, k]
+            _, tokens = drafter._draft(state.tokens[-1], drafter.cache.length, ids.shape[0], drafter.cache.context())
+            stale.append(not torch.equal(tokens.float(), ids))
         return real(drafter, state, budget)
 
     runs = []

@@ -147,7 +147,7 @@ class HeadDrafter(ContextDrafter):
         self._drafted: torch.Tensor | None = None  # [2, depths, k] (logp, token ids) of the draft queued ahead, on the host
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
         self._drafted_ready: torch.cuda.Event | None = None  # recorded behind its copy (None: nothing to wait for)
-        self._drafted_dev: torch.Tensor | None = None  # [2, depths, k] the same draft on the device (`propose_on_device`)
+        self._drafted_dev: tuple[torch.Tensor, torch.Tensor] | None = None  # the same draft on the device (`propose_on_device`): logp, ids [depths, k]
         self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
@@ -171,7 +171,8 @@ class HeadDrafter(ContextDrafter):
         k = packed[:1].clamp(1, d1)  # [1] the accepted path's length, root included
         root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
         logp, tokens = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
-        both = self._drafted_dev = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
+        both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
+        self._drafted_dev = (both[0], tokens.long().clone())  # a graph's outputs: the next replay rewrites them
         if self._drafted_host is None or self._drafted_host.shape != both.shape:
             self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         # to the host behind the draft, which runs while the host reads the round's result; `propose` waits for the copy
@@ -276,8 +277,8 @@ class HeadDrafter(ContextDrafter):
             return None
         depths = self._depths(budget)[1]
         drafted, self._drafted, self._pooled, self._drafted_dev = self._drafted_dev, None, None, None
-        if drafted is not None and self.kept_ahead and drafted.shape[1] == depths:
-            logp, tokens = drafted[0], drafted[1].long()  # ids travel as float32: exact below 2^24
+        if drafted is not None and self.kept_ahead and drafted[1].shape[0] == depths:
+            logp, tokens = drafted
         else:
             logp, tokens = self._draft(state.tokens[-1], self.cache.length, depths, self.cache.context())
             logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them

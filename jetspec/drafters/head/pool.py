@@ -132,12 +132,13 @@ class ContextPool:
                 self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
             logp, tokens = self.graphs.replay((self.version, depths), job)
         both = torch.stack([logp.float(), tokens.float()], dim=1)  # [S, 2, depths, k]
+        ids = tokens.long().clone()  # [S, depths, k] the token ids as int64, once for the step (`propose_on_device`)
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), host[s], None, (drafts, s)
-            m._drafted_dev = both[s]  # [2, depths, k] this job's own tensor: a later job never rewrites it
+            m._drafted_dev = (both[s, 0], ids[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""

@@ -24,24 +24,15 @@ def capture(fn: Callable[[], Any], pool: Any = None) -> tuple[torch.cuda.CUDAGra
     autotunes kernels and settles lazy allocations outside the capture. `pool`: a memory pool
     shared with earlier graphs of the same owner (pass `graph.pool()` of its first graph; a
     fresh `graph_pool_handle()` per capture tripped an allocator assertion in torch 2.11). Graphs
-    sharing a pool must never replay concurrently.
-
-    Captured with `capture_begin` / `capture_end` on the side stream, not `torch.cuda.graph`: that
-    context waits for the whole device and empties the allocator's device cache and its pinned host
-    cache first, so a capture in the middle of a run (a new shape) stalled for the device and made
-    the steps after it allocate their device and pinned buffers afresh."""
+    sharing a pool must never replay concurrently."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side):
-        graph.capture_begin(*(() if pool is None else (pool,)), capture_error_mode="global")
-        try:
-            out = fn()
-        finally:
-            graph.capture_end()
     torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
     return graph, out
 
 

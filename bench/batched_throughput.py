@@ -14,7 +14,9 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
                --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
     spec-host@B  the speculative variants with `generation.build_on_device = false` (--build-on-device off /
-               both): the trees built on the host and uploaded, not grown on the device
+               both / all): the trees built on the host and uploaded, not grown on the device
+    spec-triton@B  grown on the device by best-first's one-launch Triton build (`device_build = "triton"`,
+               --build-on-device triton / all) instead of its CUDA graph of the torch form
     V+ov@B     any of ours with `generation.overlap` (--overlap on / both): the slots' two halves in
                alternating steps, one verified on the device while the host makes the other's
 
@@ -145,9 +147,10 @@ def main(argv: list[str] | None = None) -> None:
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
     ap.add_argument("--overlap", choices=("off", "on", "both"), default="off",
                     help="our variants one step at a time (off), with the slots' halves overlapped (on: V+ov@B), or both")
-    ap.add_argument("--build-on-device", choices=("on", "off", "both"), default="on",
+    ap.add_argument("--build-on-device", choices=("on", "off", "both", "triton", "all"), default="on",
                     help="speculative variants with their trees grown on the device where the drafter and scorer can "
-                         "(on, `generation.build_on_device`), built on the host (off: V-host@B), or both")
+                         "(on, `generation.build_on_device`; triton: best-first's one-launch build, V-triton@B), built on "
+                         "the host (off: V-host@B), on and off (both), or all three")
     ap.add_argument("--attention", choices=("triton", "torch"), default=None,
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
@@ -202,13 +205,15 @@ def main(argv: list[str] | None = None) -> None:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
-             cap: int | None = None, overlap: bool = False, grow: bool = True) -> tuple[list[list[int]], float, dict[str, Any]]:
+             cap: int | None = None, overlap: bool = False, build: str = "graph") -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grow})
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": build != "host"})
+        if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
+            pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": build})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
@@ -278,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap]
-    grows = {"off": (False,), "on": (True,), "both": (True, False)}[args.build_on_device]
+    builds = {"off": ("host",), "on": ("graph",), "both": ("graph", "host"), "triton": ("triton",),
+              "all": ("graph", "triton", "host")}[args.build_on_device]
     reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
     for b in sizes:  # per batch size: transformers, our plain, our speculative
@@ -298,12 +304,12 @@ def main(argv: list[str] | None = None) -> None:
                     why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
                     print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
                     continue
-                for grow in grows:
-                    engine = ("spec" if cap is None else f"spec-r{cap}") + ("" if grow else "-host") + tag
-                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, grow=grow)
+                for build in builds:
+                    engine = ("spec" if cap is None else f"spec-r{cap}") + {"graph": "", "triton": "-triton", "host": "-host"}[build] + tag
+                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build)
                     record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
                            drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov,
-                           build_on_device=grow)
+                           build_on_device=build != "host", device_build=build)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         line = f"batch {b:>3}: " + ", ".join(f"{e} / plain = {by[f'{e}@{b}'] / by[f'plain@{b}']:.2f}x"

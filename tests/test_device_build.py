@@ -282,6 +282,27 @@ def test_build_on_device_false_builds_on_the_host_with_the_same_trees():
     assert taus[True] == taus[False]  # distinct random log-probs: the same trees, so the same rounds
 
 
+def test_the_triton_device_build_decodes_what_the_torch_form_does():
+    """`device_build = "triton"` (one launch a step, `best_first_kernel.py`; here in Triton's interpreter):
+    the same outputs and the same rounds as the torch form."""
+    import jetspec.scorers.best_first_kernel as kernel_module
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2]]
+    runs = {}
+    for form in ("graph", "triton"):
+        pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0))
+                .drafter("jetspec", checkpoint="random", block_size=6, top_k=4).scorer("best-first", device_build=form)
+                .kv_cache("paged").generation(budget=8, max_new_tokens=10, accept_on_device="always", batch_size=3).build())
+        calls = []
+        real = kernel_module.grow_kernel
+        with patch.object(kernel_module, "grow_kernel", lambda *a: calls.append(1) or real(*a)):
+            results = pipe.generate_many(prompts)
+        assert bool(calls) == (form == "triton")
+        runs[form] = [(r.tokens, r.stats.tau) for r in results]
+    assert runs["triton"] == runs["graph"]
+    assert [t for t, _ in runs["triton"]] == [pipe.generate_plain(p).tokens for p in prompts]
+
+
 class Scrambled(BestFirstScorer):
     """Grows its trees on the device, then breaks them: each tree's first subtree size is off by one."""
 

@@ -14,7 +14,7 @@ chain: the rank-1 path only (linear speculation), at most B deep.
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,12 +23,17 @@ from ..core.cuda_graphs import GraphSet
 from ..core.device_proposal import DeviceProposals, DeviceTrees
 from ..core.interfaces import Proposal
 from ..core.tree import DraftTree
+from ..core.invariant import interpreted
 from .best_first_device import GraphedGrowth, fills, grow
 
 
 class BestFirstOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_depth: int | None = Field(None, ge=1, le=4096, description="deepest draft level allowed (None: no limit)")
+    device_build: Literal["graph", "triton"] = Field(
+        "graph", description="how `build_on_device` runs on CUDA: the torch form replayed from a CUDA graph per shape "
+                             "(graph), or one Triton launch per step (triton, `best_first_kernel.py`); the same trees. "
+                             "On a CPU the torch form (the Triton one under TRITON_INTERPRET=1)")
 
 
 class ChainOptions(BaseModel):
@@ -51,6 +56,10 @@ class BestFirstScorer:
         sequence at once (`best_first_device.py`); None where a proposal holds fewer than `budget` nodes."""
         if budget < 1 or not fills(proposals, budget, self.options.max_depth):
             return None
+        if self.options.device_build == "triton" and (roots.is_cuda or interpreted()):
+            from .best_first_kernel import grow_kernel  # Triton, imported where it runs
+
+            return grow_kernel(proposals, roots, prefix_lens, budget, self.options.max_depth)
         if not roots.is_cuda:
             return grow(proposals, roots, prefix_lens, budget, self.options.max_depth)
         return self._graphed(proposals, roots, prefix_lens, budget, self.options.max_depth)

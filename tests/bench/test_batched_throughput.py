@@ -112,3 +112,25 @@ def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlappe
     by = {r["variant"]: r for r in rows}
     assert by["spec+ov@4"]["x_plain"] == by["spec+ov@4"]["tokens_per_s"] / by["plain+ov@4"]["tokens_per_s"]
     assert all(r["identical"] == 1.0 for r in rows) and all(r["identical_all"] == 1.0 for r in rows if r["batch_size"] == 4)
+
+
+def test_build_on_device_all_runs_the_graph_the_triton_and_the_host_build(tmp_path):
+    """--build-on-device all: the speculative variant grown by best-first's CUDA-graph form (spec@B), by
+    its one-launch Triton build (spec-triton@B: here in Triton's interpreter) and built on the host
+    (spec-host@B); the head drafter proposes on the device, so the first two grow their trees; every
+    output identical to plain, each row naming its build."""
+    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "3", "--b1-prompts", "2", "--new", "5", "--batch-sizes", "3", "--budget", "4", "--no-hf",
+           "--drafter", "jetspec", "--drafter-options", '{"checkpoint": "random", "block_size": 4, "top_k": 4}',
+           "--build-on-device", "all", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["variant"], r.get("device_build"), r.get("build_on_device")) for r in rows] == [
+        ("plain@3", None, None), ("spec@3", "graph", True), ("spec-triton@3", "triton", True), ("spec-host@3", "host", False)]
+    assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)

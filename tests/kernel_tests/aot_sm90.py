@@ -176,4 +176,14 @@ for dtype, paired, slots, block_m, block_c in (("bf16", True, True, 16, 256), ("
     consts = dict(PAIRED=paired, SLOTS=slots, BLOCK_M=block_m, BLOCK_C=block_c)
     assert compile_for_sm90(triton_rows._move, types, consts).asm["ptx"]
     print(f"row_move {dtype} paired={paired} slots={slots} m{block_m} c{block_c}: ok")
+# the batched step's device build in one launch: the default drafter's rows with a lookup trie and a tail,
+# rows alone, a wide budget
+from jetspec.scorers import best_first_kernel  # noqa: E402
+
+types = dict(tok_ptr="*i64", lp_ptr="*fp32", ttok_ptr="*i64", tpar_ptr="*i64", tlp_ptr="*fp32", tdep_ptr="*i64", root_ptr="*i64",
+             plen_ptr="*i64", fscr_ptr="*fp32", iscr_ptr="*i64", out_ptr="*i64", total_cols="i32", levels="i32", rows="i32",
+             hops="i32")
+for d, k, width, budget in ((7, 16, 64, 16), (7, 16, 0, 16), (7, 16, 32, 64)):
+    assert compile_for_sm90(best_first_kernel._grow_kernel, types, best_first_kernel.constants(d, k, width, budget)).asm["ptx"]
+    print(f"grow D{d} K{k} L{width} B{budget}: ok")
 sys.exit(0)

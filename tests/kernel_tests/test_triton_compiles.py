@@ -26,3 +26,4 @@ def test_every_kernel_compiles_for_sm90():
     assert "invariant_rmsnorm: ok" in proc.stdout and proc.stdout.count("invariant_rope_write") == 4, proc.stdout
     assert "per_row=True: ok" in proc.stdout, proc.stdout
     assert proc.stdout.count("greedy_walk") == 2 and proc.stdout.count("row_move") == 3, proc.stdout
+    assert proc.stdout.count("grow D") == 3, proc.stdout  # best-first's one-launch device build

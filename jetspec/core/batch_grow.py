@@ -134,9 +134,10 @@ def _packed(tries: list[FlatTrie | None], vocab: int) -> tuple[np.ndarray, np.nd
     for the malformed tries (`FlatTrie.problem`, asked only of those)."""
     try:
         ints, logp, deepest = pack_tries(tries)
-        bad = trie_faults(ints, logp, [0 if t is None else t.size for t in tries], vocab)
-    except (ValueError, TypeError, OverflowError):  # lists that do not convert: find which
-        bad = np.array([t is not None and t.problem(vocab) is not None for t in tries], dtype=bool)
+    except (ValueError, TypeError, OverflowError):  # lists that do not convert: name the tries that do not
+        problems = {j: t.problem(vocab) for j, t in enumerate(tries) if t is not None}
+        return {j: p for j, p in problems.items() if p} or {j: "its lists do not convert to ints and floats" for j in problems}
+    bad = trie_faults(ints, logp, [0 if t is None else t.size for t in tries], vocab)
     if not bad.any():
         return ints, logp, deepest
     return {int(j): tries[j].problem(vocab) or "it breaks a FlatTrie's rules" for j in np.flatnonzero(bad)}

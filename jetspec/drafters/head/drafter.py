@@ -148,6 +148,7 @@ class HeadDrafter(ContextDrafter):
         self._drafted_host: torch.Tensor | None = None  # its (pinned) buffer, reused
         self._drafted_ready: torch.cuda.Event | None = None  # recorded behind its copy (None: nothing to wait for)
         self._drafted_dev: tuple[torch.Tensor, torch.Tensor] | None = None  # the same draft on the device (`propose_on_device`): logp, ids [depths, k]
+        # (ids int64 from a pooled job, float32 from this drafter's own: exact below 2^24)
         self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
@@ -172,7 +173,7 @@ class HeadDrafter(ContextDrafter):
         root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
         logp, tokens = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
         both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]
-        self._drafted_dev = (both[0], tokens.long().clone())  # a graph's outputs: the next replay rewrites them
+        self._drafted_dev = (both[0], both[1])  # ids as float32 here (int64 only where `propose_on_device` asks)
         if self._drafted_host is None or self._drafted_host.shape != both.shape:
             self._drafted_host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)
         # to the host behind the draft, which runs while the host reads the round's result; `propose` waits for the copy
@@ -278,7 +279,7 @@ class HeadDrafter(ContextDrafter):
         depths = self._depths(budget)[1]
         drafted, self._drafted, self._pooled, self._drafted_dev = self._drafted_dev, None, None, None
         if drafted is not None and self.kept_ahead and drafted[1].shape[0] == depths:
-            logp, tokens = drafted
+            logp, tokens = drafted[0], drafted[1].long()  # a pooled draft's ids are int64 already (no launch)
         else:
             logp, tokens = self._draft(state.tokens[-1], self.cache.length, depths, self.cache.context())
             logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench/results/batched_throughput.jsonl")
     ap.add_argument("--plot", help="also write this run's tokens/s against batch size to this PNG")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="also cProfile our variants' timed runs: one <engine>_<B>.pstats and a top-40 .txt per variant in this folder "
+                    help="also cProfile our variants' timed runs: one <engine>_<B>.pstats and a .txt (top 40 by cumulative, then by own time) per variant in this folder "
                          "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
     ap.add_argument("--trace", type=Path, default=None,
                     help="also run our variants' timed runs under torch.profiler (CPU and CUDA activity): per variant a "
@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             name = variant.replace("@", "_")  # spec_8: file names a device call brings back (no '@')
             prof.dump_stats(args.profile / f"{name}.pstats")
-            with open(args.profile / f"{name}.txt", "w") as f:
+            with open(args.profile / f"{name}.txt", "w") as f:  # by cumulative time, then by own time
                 pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
+                pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
         elif args.trace:
             results, seconds = traced(args.device, run, args.trace, variant.replace("@", "_"), stamp)
         else:

@@ -25,6 +25,7 @@ from jetspec.core.tree import DraftTree
 from jetspec.drafters.head.drafter import HeadDrafter
 from jetspec.scorers.best_first import BestFirstOptions, BestFirstScorer
 from jetspec.scorers.best_first_device import fills, grow
+from jetspec.testing.device_build import device_proposals
 from jetspec.testing.device_build import step_proposals as kit_step_proposals
 from jetspec.testing.models import tiny_decoder_target
 from support.registry import make_test_registry
@@ -35,12 +36,6 @@ VOCAB = 20
 
 def step_proposals(ties: bool = False):
     return kit_step_proposals(VOCAB, ties)
-
-
-def on_device_form(tokens, logp, tries) -> DeviceProposals:
-    ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
-    return DeviceProposals(tokens, logp, torch.from_numpy(ints[0]), torch.from_numpy(ints[1]), torch.from_numpy(trie_logp),
-                           torch.from_numpy(ints[2]), deepest)
 
 
 def host_form(tokens, logp, tries, s):
@@ -86,7 +81,7 @@ def grown_trees(proposals, budget, max_depth=None, roots=None, prefixes=None):
 @given(case=step_proposals(), budget=st.integers(1, 24), max_depth=st.sampled_from([None, 1, 2, 3]))
 def test_the_device_build_chooses_the_nodes_the_host_build_chooses(case, budget, max_depth):
     tokens, logp, tries = case
-    proposals = on_device_form(tokens, logp, tries)
+    proposals = device_proposals(tokens, logp, tries)
     if not fills(proposals, budget, max_depth):
         assert BestFirstScorer(BestFirstOptions(max_depth=max_depth)).build_on_device(proposals, torch.zeros(1), torch.zeros(1), budget) is None
         return
@@ -105,7 +100,7 @@ def test_with_tied_scores_the_device_tree_is_a_best_budget_set_of_real_candidate
     """Ties may pick other nodes than the heap, never a worse set: the same sorted scores, and every
     node a candidate its proposal offers under its parent's path."""
     tokens, logp, tries = case
-    proposals = on_device_form(tokens, logp, tries)
+    proposals = device_proposals(tokens, logp, tries)
     if not fills(proposals, budget):
         return
     _, trees = grown_trees(proposals, budget)
@@ -120,7 +115,7 @@ def test_positions_ends_and_index_rows_are_those_of_the_upload():
     from jetspec.core.on_device import TreeUpload
 
     tokens, logp = torch.tensor([[[3, 4], [5, 6]]]), torch.tensor([[[-0.1, -2.0], [-0.3, -0.5]]])
-    proposals = on_device_form(tokens, logp, [None])
+    proposals = device_proposals(tokens, logp, [None])
     made = grow(proposals, torch.tensor([9]), torch.tensor([40]), 4)
     tree = host_trees(made.block.numpy().reshape(-1), 5, [9], [40], 100, "s")[0]
     uploaded, _ = TreeUpload("cpu").many([tree], [40])
@@ -131,7 +126,7 @@ def test_positions_ends_and_index_rows_are_those_of_the_upload():
 def test_nan_and_minus_infinity_log_probs_still_make_a_valid_tree():
     tokens = torch.tensor([[[1, 2, 3], [4, 5, 6]]])
     logp = torch.tensor([[[float("nan"), -1.0, float("-inf")], [-0.5, float("nan"), float("-inf")]]])
-    _, trees = grown_trees(on_device_form(tokens, logp, [None]), 8)
+    _, trees = grown_trees(device_proposals(tokens, logp, [None]), 8)
     assert isinstance(trees[0], DraftTree) and trees[0].size == 9
 
 
@@ -146,13 +141,13 @@ def test_tries_are_flattened_parents_first_and_padded_to_a_few_widths():
 
 
 def test_a_proposal_too_small_for_the_budget_is_built_on_the_host():
-    proposals = on_device_form(torch.tensor([[[1, 2]]]), torch.tensor([[[-0.1, -0.2]]]), [None])  # 2 nodes in all
+    proposals = device_proposals(torch.tensor([[[1, 2]]]), torch.tensor([[[-0.1, -0.2]]]), [None])  # 2 nodes in all
     assert BestFirstScorer().build_on_device(proposals, torch.tensor([0]), torch.tensor([0]), 3) is None
 
 
 def test_host_trees_name_the_scorer_of_a_broken_tree():
     tokens, logp = torch.tensor([[[3, 4], [5, 6]]]), torch.tensor([[[-0.1, -2.0], [-0.3, -0.5]]])
-    made = grow(on_device_form(tokens, logp, [None]), torch.tensor([9]), torch.tensor([40]), 4)
+    made = grow(device_proposals(tokens, logp, [None]), torch.tensor([9]), torch.tensor([40]), 4)
     for row, column in ((3, 2), (4, 1), (0, 0), (1, 3)):  # a subtree size, a position, the root token, a parent
         values = made.block.clone()
         values[row, column] += 1
@@ -180,7 +175,7 @@ def test_the_step_wide_tree_check_judges_each_tree_as_a_node_by_node_check_does(
     """Broken one entry at a time, or consistently (a size with its end; a parent with its node's
     depth and position), so that each check is the only one that can see some break."""
     tokens, logp, tries = case
-    proposals = on_device_form(tokens, logp, tries)
+    proposals = device_proposals(tokens, logp, tries)
     if not fills(proposals, budget):
         return
     n, roots, prefixes = budget + 1, list(range(7, 7 + proposals.size)), [5 * i + 3 for i in range(proposals.size)]
@@ -369,7 +364,7 @@ def test_the_graphed_device_build_gives_the_eager_builds_trees_on_cuda(cases, bu
     step after step (a replay must not keep a value of the capture's inputs)."""
     scorer, built = BestFirstScorer(), 0
     for tokens, logp, tries in cases:
-        proposals = on_device_form(tokens, logp, tries)
+        proposals = device_proposals(tokens, logp, tries)
         if not fills(proposals, budget):
             continue
         built += 1

@@ -49,6 +49,14 @@ def step_proposals(draw: Any, vocab: int, ties: bool = False) -> tuple[torch.Ten
     return torch.from_numpy(tokens).long(), torch.from_numpy(logp), tries
 
 
+def device_proposals(tokens: torch.Tensor, logp: torch.Tensor, tries: list[TokenTrie | None], device: str = "cpu") -> DeviceProposals:
+    """`step_proposals`' rows [S, D, K] and host tries as `DeviceProposals` on `device` (the tries packed
+    as the engine packs them, `pack_tries`)."""
+    ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
+    return DeviceProposals(tokens.to(device), logp.to(device), *(torch.from_numpy(x).to(device) for x in (ints[0], ints[1], trie_logp, ints[2])),
+                           deepest)
+
+
 def check_builds_on_device(s: Subject, scorer: Any, vocab: int, examples: int, seed: int | None, shrink: bool = True,
                            device: str = "cpu") -> None:
     if not builds_on_device(scorer):
@@ -57,9 +65,7 @@ def check_builds_on_device(s: Subject, scorer: Any, vocab: int, examples: int, s
     @given(case=step_proposals(vocab), budget=st.integers(1, 24))
     def device_trees_are_the_host_trees(case, budget):
         tokens, logp, tries = case
-        ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
-        p = DeviceProposals(tokens.to(device), logp.to(device), *(torch.from_numpy(x).to(device) for x in (ints[0], ints[1], trie_logp, ints[2])),
-                            deepest)
+        p = device_proposals(tokens, logp, tries, device)
         roots, prefixes = torch.arange(p.size) + 1, torch.arange(p.size) * 3
         where = f" (budget {budget}, rows {tuple(tokens.shape)}, trie sizes {[len(t.children(())) if t else 0 for t in tries]})"
         with s.calling("build_on_device", where):

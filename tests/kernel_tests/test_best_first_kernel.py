@@ -10,20 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetspec.core.batch_grow import host_trees
-from jetspec.core.device_proposal import DeviceProposals, FlatTrie, pack_tries
 from jetspec.scorers.best_first_device import fills, grow
 from jetspec.scorers.best_first_kernel import grow_kernel
-from jetspec.testing.device_build import step_proposals
+from jetspec.testing.device_build import device_proposals, step_proposals
 
 VOCAB = 20
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def device_form(case, device):
-    tokens, logp, tries = case
-    ints, trie_logp, deepest = pack_tries([None if t is None else FlatTrie.of(t) for t in tries])
-    return DeviceProposals(tokens.to(device), logp.to(device), *(torch.from_numpy(x).to(device) for x in (ints[0], ints[1], trie_logp, ints[2])),
-                           deepest)
+    return device_proposals(*case, device)
 
 
 def both(p, budget, max_depth):

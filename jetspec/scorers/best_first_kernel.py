@@ -45,6 +45,21 @@ def _key(score, tie, SPAN: tl.constexpr):
 
 
 @triton.jit
+def _lowest(SPAN: tl.constexpr):
+    """[SPAN] int64 keys below every `_key` (padding: ranked last)."""
+    return tl.full([SPAN], -2147483648, tl.int32).to(tl.int64) << 32
+
+
+@triton.jit
+def _in_frontier(codes, f_code, f_real, f_score, fi):
+    """Trie entries' codes [LP] against the frontier [BP] -> (whether a real frontier entry has the
+    code, that entry's index, its score); at most one entry matches a code."""
+    match = (codes[:, None] == f_code[None, :]) & f_real[None, :]  # [LP, BP]
+    inside = tl.max(match.to(tl.int32), axis=1) > 0
+    return inside, tl.sum(tl.where(match, fi[None, :], 0), axis=1), tl.sum(tl.where(match, f_score[None, :], 0.0), axis=1)
+
+
+@triton.jit
 def _clean(x, FLOOR_: tl.constexpr):
     """An edge's log-prob in [FLOOR, 0]; NaN and -inf -> FLOOR."""
     x = tl.where(x != x, FLOOR_, x)
@@ -79,7 +94,6 @@ def _grow_kernel(tok_ptr, lp_ptr, ttok_ptr, tpar_ptr, tlp_ptr, tdep_ptr, root_pt
     tdep = tl.load(tdep_ptr + s * L + ls, mask=lmask, other=0)
     tlp = _clean(tl.load(tlp_ptr + s * L + ls, mask=lmask, other=float("-inf")), FLOOR_)  # [LP]
     neg = tl.full([CP], float("-inf"), tl.float32)
-    lowest = tl.full([CP], -2147483648, tl.int32).to(tl.int64) << 32  # below every real key
 
     # the root: slot 0
     root = tl.load(root_ptr + s)
@@ -113,10 +127,7 @@ def _grow_kernel(tok_ptr, lp_ptr, ttok_ptr, tpar_ptr, tlp_ptr, tdep_ptr, root_pt
         tl.store(i_from + rc, tl.zeros([BP, KP], tl.int64) + fi[:, None].to(tl.int64), mask=r_live)
         tl.store(i_code + rc, tl.full([BP, KP], -2, tl.int64), mask=r_live)
         if L > 0:  # trie nodes of depth d + 1 whose parent is in the frontier, candidate W_d * K + l
-            match = (tpar[:, None] == f_code[None, :]) & f_real[None, :]  # [LP, BP]
-            inside = tl.max(match.to(tl.int32), axis=1) > 0
-            parent = tl.sum(tl.where(match, fi[None, :], 0), axis=1)  # [LP] the frontier entry (at most one matches)
-            p_score = tl.sum(tl.where(match, f_score[None, :], 0.0), axis=1)
+            inside, parent, p_score = _in_frontier(tpar, f_code, f_real, f_score, fi)  # [LP] each: the parent's entry
             same = (rtok[None, :] == ttok[:, None]) & kmask[None, :]  # [LP, KP]
             edge = tl.maximum(tlp, tl.max(tl.where(same, rlp[None, :], float("-inf")), axis=1))
             at = width * K + ls
@@ -130,7 +141,7 @@ def _grow_kernel(tok_ptr, lp_ptr, ttok_ptr, tpar_ptr, tlp_ptr, tdep_ptr, root_pt
         valid = cs < count
         c_score = tl.load(f_cand + cs, mask=valid, other=0.0)
         c_real = tl.load(i_real + cs, mask=valid, other=0) != 0
-        keys = tl.where(valid, _key(tl.where(c_real, c_score, neg), cs, CP), lowest)
+        keys = tl.where(valid, _key(tl.where(c_real, c_score, neg), cs, CP), _lowest(CP))
         tl.store(i_sorted + cs, tl.sort(keys, descending=True))
         tl.debug_barrier()
         new_width = tl.minimum(count, B)
@@ -162,10 +173,7 @@ def _grow_kernel(tok_ptr, lp_ptr, ttok_ptr, tpar_ptr, tlp_ptr, tdep_ptr, root_pt
             below = below + tl.load(f_below + up)
             up = tl.load(i_up + up)
             tl.debug_barrier()
-        match = (up[:, None] == f_code[None, :]) & f_real[None, :]  # [LP, BP]
-        inside = tl.max(match.to(tl.int32), axis=1) > 0
-        anc = tl.sum(tl.where(match, fi[None, :], 0), axis=1)
-        a_score = tl.sum(tl.where(match, f_score[None, :], 0.0), axis=1)
+        inside, anc, a_score = _in_frontier(up, f_code, f_real, f_score, fi)  # [LP] each: the depth-D ancestor's entry
         ok = inside & (tdep > D) & (tdep <= levels)
         par = tl.where(tdep == D + 1, base + anc, used + tl.maximum(tpar, 0))
         slot = used + ls
@@ -183,7 +191,7 @@ def _grow_kernel(tok_ptr, lp_ptr, ttok_ptr, tpar_ptr, tlp_ptr, tdep_ptr, root_pt
     t_ok = tl.load(t_real + ts, mask=inside, other=0) != 0
     keys = _key(tl.where(t_ok, t_score, float("-inf")), ts, TP)
     top = (tl.full([TP], 2147483647, tl.int32).to(tl.int64) << 32) | (TP - 1)  # above every real key: the root, slot 0
-    keys = tl.where(ts == 0, top, tl.where(inside, keys, tl.full([TP], -2147483648, tl.int32).to(tl.int64) << 32))
+    keys = tl.where(ts == 0, top, tl.where(inside, keys, _lowest(TP)))
     tl.store(t_sorted + ts, tl.sort(keys, descending=True))
     tl.debug_barrier()
     ns = tl.arange(0, NP)

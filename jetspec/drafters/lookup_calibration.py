@@ -49,6 +49,7 @@ class LookupCalibration:
     successes: list[list[list[int]]]
     source: dict = field(default_factory=dict)  # how it was made: command, corpus, rows, target
     origin: str = "(in memory)"  # the file it was read from, for messages
+    _logs: dict[int, list[list[float]]] = field(default_factory=dict, init=False, repr=False, compare=False)  # n -> `edge_logs(n)`
 
     @staticmethod
     def from_counts(n_min: int, n_max: int, trials: list, successes: list, source: dict | None = None) -> "LookupCalibration":
@@ -62,11 +63,18 @@ class LookupCalibration:
                     rates[n][d][f] = rates[n][d - 1][f] if d and t < MIN_TRIALS else (s + 1) / (t + 2)
         return LookupCalibration(n_min, n_max, rates, trials, successes, dict(source or {}))
 
+    def edge_logs(self, n: int) -> list[list[float]]:
+        """log rate[n][d][f] for a match of length n: [DEPTHS][BUCKETS], row d - 1 for depth d (made
+        once per n; the caller reads it, never writes it)."""
+        logs = self._logs.get(n)
+        if logs is None:
+            logs = self._logs[n] = [[math.log(r) for r in row] for row in self.rates[min(n, self.n_max) - 1]]
+        return logs
+
     def edge_logp(self, n: int) -> Callable[[int, int, int], float]:
         """`TokenTrie.from_counts`'s edge score for a match of length n: (depth, count, whole) -> log rate."""
-        logs = [[math.log(r) for r in row] for row in self.rates[min(n, self.n_max) - 1]]  # [DEPTHS][BUCKETS]
-        last = DEPTHS - 1
-        return lambda depth, count, whole: logs[min(depth - 1, last)][fraction_bucket(count, whole)]
+        logs = self.edge_logs(n)
+        return lambda depth, count, whole: logs[min(depth, DEPTHS) - 1][fraction_bucket(count, whole)]
 
     def save(self, path: str | Path) -> Path:
         body = {"format": FORMAT, "n_min": self.n_min, "n_max": self.n_max, "depths": DEPTHS, "buckets": BUCKETS,

@@ -24,7 +24,7 @@ from ..core.device_proposal import FlatTrie
 from ..core.errors import ConfigError
 from ..core.interfaces import DecodeState
 from ..core.proposal import EmptyProposal, TokenTrie
-from .lookup_calibration import LookupCalibration
+from .lookup_calibration import DEPTHS, LookupCalibration, fraction_bucket
 
 
 class NgramOptions(BaseModel):
@@ -105,24 +105,26 @@ class NgramDrafter:
         parents: list[int] = []
         depths: list[int] = []
         counts: list[int] = []
+        node_at = node_of.get
         for s in recent:
             parent = -1
             for t in tokens[s : s + depth]:
-                node = node_of.get((parent, t))
+                node = node_at((parent, t))
                 if node is None:
                     node = node_of[(parent, t)] = len(toks)
                     toks.append(t)
-                    parents.append(parent)
                     depths.append(1 if parent < 0 else depths[parent] + 1)
-                    counts.append(0)
-                counts[node] += 1
+                    parents.append(parent)
+                    counts.append(1)
+                else:
+                    counts[node] += 1
                 parent = node
         whole = [len(recent) if p < 0 else counts[p] for p in parents]
         if self.calibration is None:
             logps = [math.log(c / w) for c, w in zip(counts, whole)]
-        else:
-            score = self.calibration.edge_logp(n)
-            logps = [score(d, c, w) for d, c, w in zip(depths, counts, whole)]
+        else:  # the calibration's table read in place (`edge_logp`'s rule, without a call per edge)
+            logs = self.calibration.edge_logs(n)  # [DEPTHS][BUCKETS]
+            logps = [logs[min(d, DEPTHS) - 1][fraction_bucket(c, w)] for d, c, w in zip(depths, counts, whole)]
         return FlatTrie(toks, parents, logps, depths)
 
     def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:

@@ -118,7 +118,8 @@ def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlappe
 
 def test_overlap_on_alone_runs_only_overlapped_variants_and_compares_them_with_overlapped_plain(tmp_path):
     """--overlap on: only V+ov@B rows; the summary line sets each against plain+ov of its batch (there
-    is no plain@B row to divide by)."""
+    is no plain@B row to divide by). --sample: each timed run's host stack sampled, one text per
+    variant, its file name without '@' or '+' (a device call brings no other back)."""
     model = save_tiny_hf_folder(tmp_path / "model", seed=2)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz"]))
@@ -126,11 +127,14 @@ def test_overlap_on_alone_runs_only_overlapped_variants_and_compares_them_with_o
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
            "--prompts", "4", "--b1-prompts", "2", "--new", "6", "--batch-sizes", "4", "--budget", "4", "--no-hf",
-           "--overlap", "on", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+           "--overlap", "on", "--device", "cpu", "--dtype", "float32", "--out", str(out), "--sample", str(tmp_path / "s")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [json.loads(line)["variant"] for line in out.read_text().splitlines()] == ["plain+ov@4", "spec+ov@4"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["plain+ov@4", "spec+ov@4"] and all(r["sampled"] for r in rows)
     assert "batch   4: spec+ov / plain+ov = " in proc.stdout
+    assert {"plain_ov_4.sample.txt", "spec_ov_4.sample.txt"} <= {p.name for p in (tmp_path / "s").iterdir()}
+    assert "(generate_many)" in (tmp_path / "s" / "spec_ov_4.sample.txt").read_text()
 
 
 def test_build_on_device_all_runs_the_graph_the_triton_and_the_host_build(tmp_path):

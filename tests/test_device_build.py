@@ -224,12 +224,13 @@ def test_only_the_class_that_defines_the_host_method_or_below_may_have_the_devic
 
 # ---------------------------------------------------------------------------- in a batched run
 def grown_pipe(batch: int, lookup: bool, budget: int = 12, max_new: int = 16, **generation):
-    """The default drafter's kind (the causal head, prompt lookup merged in) on the device path; on a
-    CPU the device is the host, so the device build runs its torch form."""
+    """The default drafter's kind (the causal head, prompt lookup merged in) on the device path, every
+    step grown there (`build_on_device = true`, unless given); on a CPU the device is the host, so the
+    device build runs its torch form."""
     return (jetspec.builder(REG).target(tiny_decoder_target("llama", 0))
             .drafter("jetspec", checkpoint="random", block_size=6, top_k=4, lookup=lookup)
             .kv_cache("paged").generation(budget=budget, max_new_tokens=max_new, accept_on_device="always",
-                                          batch_size=batch, **generation).build())
+                                          batch_size=batch, **({"build_on_device": True} | generation)).build())
 
 
 @contextmanager
@@ -265,6 +266,27 @@ def test_a_batched_run_that_grows_its_trees_on_the_device_decodes_what_plain_dec
     assert builds["device"] > 0 and builds["host"] == 0
 
 
+def test_auto_grows_steps_of_at_least_grow_from_sequences_and_builds_smaller_ones_on_the_host(monkeypatch):
+    """`build_on_device = "auto"` (the default): a step of GROW_FROM sequences or more is grown on the
+    device, a smaller one built on the host (here the last prompt's steps, alone once the first three
+    finished); every output what plain decoding gives."""
+    import jetspec.core.batch_engine as batch_engine
+
+    assert jetspec.GenerationConfig().build_on_device == "auto"
+    monkeypatch.setattr(batch_engine, "GROW_FROM", 3)
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [5, 6, 5, 6, 5]]
+    pipe = grown_pipe(3, True, build_on_device="auto")
+    with counted_builds() as builds:
+        results = pipe.generate_many(prompts)
+    assert [r.tokens for r in results] == [pipe.generate_plain(p).tokens for p in prompts]
+    assert builds["device"] > 0 and builds["host"] > 0
+    monkeypatch.setattr(batch_engine, "GROW_FROM", 4)  # no step holds 4 sequences: all on the host
+    pipe = grown_pipe(3, True, build_on_device="auto")
+    with counted_builds() as builds:
+        pipe.generate_many(prompts)
+    assert builds["device"] == 0 and builds["host"] > 0
+
+
 def test_build_on_device_false_builds_on_the_host_with_the_same_trees():
     prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7]]
     taus = {}
@@ -290,7 +312,8 @@ def test_the_triton_device_build_decodes_what_the_torch_form_does():
     for form in ("graph", "triton"):
         pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0))
                 .drafter("jetspec", checkpoint="random", block_size=6, top_k=4).scorer("best-first", device_build=form)
-                .kv_cache("paged").generation(budget=8, max_new_tokens=10, accept_on_device="always", batch_size=3).build())
+                .kv_cache("paged").generation(budget=8, max_new_tokens=10, accept_on_device="always", batch_size=3,
+                                              build_on_device=True).build())
         calls = []
         real = kernel_module.grow_kernel
         with patch.object(kernel_module, "grow_kernel", lambda *a: calls.append(1) or real(*a)):

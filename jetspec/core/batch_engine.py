@@ -110,8 +110,9 @@ class BatchEngine(StepTrees):
         # drafters that queue their next round before the step's read-back (`DraftsAhead`), as `Pipeline` does
         self._drafts_ahead = self._on_device and speculative and all(isinstance(p.drafter, DraftsAhead) for p in self.parts)
         # trees grown on the device (`batch_grow.py`) where every drafter and the scorer can
-        self._grows = self._on_device and speculative and gen.build_on_device and builds_on_device(pipe.scorer) and all(
+        self._grows = self._on_device and speculative and gen.build_on_device is not False and builds_on_device(pipe.scorer) and all(
             proposes_on_device(p.drafter) for p in self.parts)
+        self._grow_from = GROW_FROM if gen.build_on_device == "auto" else 1  # sequences a step needs to be grown
 
         encoded: list[list[int] | Exception] = []
         for p in prompts:
@@ -232,7 +233,7 @@ class BatchEngine(StepTrees):
         pipe, clock = self.pipe, time.perf_counter
         share = self.max_verify_rows // len(active) if self.max_verify_rows else None  # rows per sequence
         budget = self._budget if share is None else min(self._budget, share - 1)
-        grows = self._grows and budget >= 1
+        grows = self._grows and budget >= 1 and len(active) >= self._grow_from
         made = yield from (self._grown if grows else self._built)(active, caches, slots, budget, half)
         if made is None:
             return None
@@ -340,6 +341,11 @@ class BatchEngine(StepTrees):
             error.partial = result  # nothing produced is lost
         return Finished(seq.index, result, error, time.perf_counter() - seq.started)
 
+
+# `generation.build_on_device = "auto"`: a step's trees are grown on the device from this many sequences
+# on, built on the host below it. Measured (bench/RESULTS.md, "auto" device build): grown lost to
+# host-built at 4 and 8 sequences a step and won at 16 and 32, on the H200 and the H100.
+GROW_FROM = 16
 
 PREFILL_ROWS = 4096  # prompt rows one packed prefill takes at most: its logits are [rows, V]
 

@@ -58,9 +58,11 @@ class GenerationConfig(BaseModel):
                             "exact = true: 'triton'))")
     max_verify_rows: int | None = Field(None, ge=1, le=1 << 20, description="cap on the tree rows verified per step over "
                                         "all sequences (each gets min(budget, cap // sequences - 1) drafts); none: no cap")
-    build_on_device: bool = Field(True, description="batched runs on the device path: each step's trees grown on the "
-                                  "device where the drafter and scorer can (`ProposesOnDevice`, `BuildsOnDevice`: the `jetspec` "
-                                  "head with best-first), not drafted to the host, built there and copied back; the same trees")
+    build_on_device: bool | Literal["auto"] = Field(
+        "auto", description="batched runs on the device path: each step's trees grown on the device where the drafter and "
+        "scorer can (`ProposesOnDevice`, `BuildsOnDevice`: the `jetspec` head with best-first), not drafted to the host, built "
+        "there and copied back; the same trees. true: every step; false: never; auto: a step of at least GROW_FROM (16) "
+        "sequences (fewer: the device build's small kernels cost the step more than the host's build)")
     overlap: bool = Field(False, description="batched runs: the slots in two halves whose steps alternate, so that the host "
                           "drafts, builds and commits one half while the device verifies the other (batch_size >= 2; "
                           "each half's step is a step for max_verify_rows)")

@@ -62,7 +62,7 @@ def assemble_batched(
     if max_verify_rows is not None:  # a cap below the default batch size is valid for the smaller batches `generate_many` asks for
         batch_size = min(batch_size, max_verify_rows)
     gen = GenerationConfig(budget=MAX_BUDGET, max_new_tokens=MAX_NEW, batch_size=batch_size, max_verify_rows=max_verify_rows,
-                           accept_on_device=accept_on_device)
+                           accept_on_device=accept_on_device, build_on_device=True)  # on the device path: every step grown where it can be
     return Pipeline(
         target=target, drafter=new_drafter() if new_drafter else None, scorer=scorer or BestFirstScorer(),
         verifier=new_verifier(), new_cache=new_cache or (lambda capacity: DenseKVCache(target.info, capacity)),

@@ -95,9 +95,9 @@ def test_exact_batches_in_bf16_equal_batch_1_plain(tmp_path):
     assert all(r["identical"] == 1.0 for r in rows)
 
 
-def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlapped(tmp_path):
-    """--overlap both: every variant of ours at batch > 1 also with the slots' halves overlapped (V+ov@B),
-    compared with the plain run of its own mode; outputs identical either way."""
+def batch_4_run(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Ours alone at batch 4 on four prompts (budget 4, 6 new tokens, fp32 CPU) with `flags` ->
+    (the process, its rows); it must succeed."""
     model = save_tiny_hf_folder(tmp_path / "model", seed=2)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz"]))
@@ -105,10 +105,16 @@ def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlappe
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
            "--prompts", "4", "--b1-prompts", "2", "--new", "6", "--batch-sizes", "4", "--budget", "4", "--no-hf",
-           "--overlap", "both", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+           "--device", "cpu", "--dtype", "float32", "--out", str(out), *flags]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return proc, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlapped(tmp_path):
+    """--overlap both: every variant of ours at batch > 1 also with the slots' halves overlapped (V+ov@B),
+    compared with the plain run of its own mode; outputs identical either way."""
+    _, rows = batch_4_run(tmp_path, "--overlap", "both")
     assert [(r["variant"], r["overlap"]) for r in rows] == [("plain@4", False), ("spec@4", False), ("plain+ov@4", True),
                                                             ("spec+ov@4", True)]
     by = {r["variant"]: r for r in rows}
@@ -120,17 +126,7 @@ def test_overlap_on_alone_runs_only_overlapped_variants_and_compares_them_with_o
     """--overlap on: only V+ov@B rows; the summary line sets each against plain+ov of its batch (there
     is no plain@B row to divide by). --sample: each timed run's host stack sampled, one text per
     variant, its file name without '@' or '+' (a device call brings no other back)."""
-    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi", "1 2 3 1 2 3", "xyz"]))
-    out = tmp_path / "rows.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
-           "--prompts", "4", "--b1-prompts", "2", "--new", "6", "--batch-sizes", "4", "--budget", "4", "--no-hf",
-           "--overlap", "on", "--device", "cpu", "--dtype", "float32", "--out", str(out), "--sample", str(tmp_path / "s")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    proc, rows = batch_4_run(tmp_path, "--overlap", "on", "--sample", str(tmp_path / "s"))
     assert [r["variant"] for r in rows] == ["plain+ov@4", "spec+ov@4"] and all(r["sampled"] for r in rows)
     assert "batch   4: spec+ov / plain+ov = " in proc.stdout
     assert {"plain_ov_4.sample.txt", "spec_ov_4.sample.txt"} <= {p.name for p in (tmp_path / "s").iterdir()}

@@ -343,8 +343,8 @@ class BatchEngine(StepTrees):
 
 
 # `generation.build_on_device = "auto"`: a step's trees are grown on the device from this many sequences
-# on, built on the host below it. Measured (bench/RESULTS.md, "auto" device build): grown lost to
-# host-built at 4 and 8 sequences a step and won at 16 and 32, on the H200 and the H100.
+# on, built on the host below it: grown steps lost to host-built ones at 4 and 8 sequences a step and
+# won at 16 and 32, on each GPU measured (bench/RESULTS.md, where it names `build_on_device = "auto"`).
 GROW_FROM = 16
 
 PREFILL_ROWS = 4096  # prompt rows one packed prefill takes at most: its logits are [rows, V]

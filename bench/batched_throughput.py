@@ -166,10 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="also cProfile our variants' timed runs: one <engine>_<B>.pstats and a .txt (top 40 by cumulative, then by own time) per variant in this folder "
                          "(the profiler slows Python: those runs' tok/s are not comparable and get 'profiled': true)")
-    ap.add_argument("--sample", type=Path, default=None,
-                    help="also sample the host's stack every millisecond in our variants' timed runs (`jetspec.bench.sampling`): "
-                         "one <engine>_<B>.sample.txt per variant in this folder, functions by own and by inclusive share of the "
-                         "wall — without cProfile's cost per call, which inflates code of many small calls; rows get 'sampled': true")
     ap.add_argument("--trace", type=Path, default=None,
                     help="also run our variants' timed runs under torch.profiler (CPU and CUDA activity): per variant a "
                          "<engine>_<B>.trace.txt of its kernels by GPU time and a line in trace.jsonl — wall seconds, GPU busy seconds "
@@ -222,14 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
         name = variant.replace("@", "_").replace("+", "_")  # spec_ov_8: file names a device call brings back (no '@', '+')
-        if args.sample:
-            from jetspec.bench.sampling import Sampler
-
-            with Sampler() as sampler:
-                results, seconds = timed(args.device, run)
-            args.sample.mkdir(parents=True, exist_ok=True)
-            sampler.report(args.sample / f"{name}.sample.txt")
-        elif args.profile:
+        if args.profile:
             import cProfile
             import pstats
 
@@ -254,8 +243,6 @@ def main(argv: list[str] | None = None) -> None:
             extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])
         if args.profile or args.trace:
             extra["profiled"] = True
-        elif args.sample:
-            extra["sampled"] = True
         return outs, seconds, extra
 
     out = Path(args.out)

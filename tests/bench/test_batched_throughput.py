@@ -124,13 +124,12 @@ def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlappe
 
 def test_overlap_on_alone_runs_only_overlapped_variants_and_compares_them_with_overlapped_plain(tmp_path):
     """--overlap on: only V+ov@B rows; the summary line sets each against plain+ov of its batch (there
-    is no plain@B row to divide by). --sample: each timed run's host stack sampled, one text per
-    variant, its file name without '@' or '+' (a device call brings no other back)."""
-    proc, rows = batch_4_run(tmp_path, "--overlap", "on", "--sample", str(tmp_path / "s"))
-    assert [r["variant"] for r in rows] == ["plain+ov@4", "spec+ov@4"] and all(r["sampled"] for r in rows)
+    is no plain@B row to divide by). --profile: one profile per variant, its file name without '@' or
+    '+' (a device call brings no other back)."""
+    proc, rows = batch_4_run(tmp_path, "--overlap", "on", "--profile", str(tmp_path / "p"))
+    assert [r["variant"] for r in rows] == ["plain+ov@4", "spec+ov@4"] and all(r["profiled"] for r in rows)
     assert "batch   4: spec+ov / plain+ov = " in proc.stdout
-    assert {"plain_ov_4.sample.txt", "spec_ov_4.sample.txt"} <= {p.name for p in (tmp_path / "s").iterdir()}
-    assert "(generate_many)" in (tmp_path / "s" / "spec_ov_4.sample.txt").read_text()
+    assert {"plain_ov_4.txt", "spec_ov_4.txt", "spec_ov_4.pstats"} <= {p.name for p in (tmp_path / "p").iterdir()}
 
 
 def test_build_on_device_all_runs_the_graph_the_triton_and_the_host_build(tmp_path):

@@ -32,8 +32,9 @@ class BestFirstOptions(BaseModel):
     max_depth: int | None = Field(None, ge=1, le=4096, description="deepest draft level allowed (None: no limit)")
     device_build: Literal["graph", "triton"] = Field(
         "graph", description="how `build_on_device` runs on CUDA: the torch form replayed from a CUDA graph per shape "
-                             "(graph), or one Triton launch per step (triton, `best_first_kernel.py`); the same trees. "
-                             "On a CPU the torch form (the Triton one under TRITON_INTERPRET=1)")
+                             "(graph), or one Triton launch per step (triton, `best_first_kernel.py`; measured slower end "
+                             "to end, bench/RESULTS.md); the same trees. On a CPU the torch form (the Triton one under "
+                             "TRITON_INTERPRET=1)")
 
 
 class ChainOptions(BaseModel):

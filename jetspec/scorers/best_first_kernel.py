@@ -21,6 +21,9 @@ A ranking is one `tl.sort` of int64 keys: the score's float bits made order-pres
 32 bits (-0.0 made +0.0 first), the tie-break index reversed in the low 32. Gathers by a computed
 index go through the scratch row (a store, a barrier, a load). The depths, the levels and the tail's
 doublings are runtime loops, so one compiled kernel serves a (D, K, trie width bucket, budget).
+
+Measured end to end it is slower than the graphed torch form (bench/RESULTS.md): a program walks its
+sequence's levels, sorts and table serially, where the graph's kernels spread each level over the GPU.
 """
 
 from __future__ import annotations

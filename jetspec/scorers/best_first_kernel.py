@@ -22,8 +22,9 @@ A ranking is one `tl.sort` of int64 keys: the score's float bits made order-pres
 index go through the scratch row (a store, a barrier, a load). The depths, the levels and the tail's
 doublings are runtime loops, so one compiled kernel serves a (D, K, trie width bucket, budget).
 
-Measured end to end it is slower than the graphed torch form (bench/RESULTS.md): a program walks its
-sequence's levels, sorts and table serially, where the graph's kernels spread each level over the GPU.
+Measured end to end it is slower than the graphed torch form (bench/RESULTS.md), which that run did
+not split into the kernel's time and its compiles (one per trie width bucket); a likely cause is that
+a program walks its sequence's levels, sorts and table serially, one program per sequence.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     calibration = str(SHIPPED) if args.calibration == "shipped" else None
     seconds, calls, nodes = min(one_pass(rows, calibration) for _ in range(args.repeats))
     stamp = run_row("python -m bench.lookup_cost " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), {})
-    row = {"kind": "lookup_cost", "label": args.label, "calibration": args.calibration, "rows": len(rows), "calls": calls,
+    row = {"kind": "lookup_cost", "label": args.label, "calibration": args.calibration, "dtype": "float64",  # Python floats
+           "rows": len(rows), "calls": calls,
            "us_per_call": 1e6 * seconds / calls, "nodes_per_call": nodes / calls,
            **{k: stamp[k] for k in ("date", "machine", "command", "python")}}  # fmt: skip
     print(f"{row['us_per_call']:.1f} us per propose_flat, {row['nodes_per_call']:.1f} nodes per trie, {calls} calls ({args.calibration})")

@@ -12,6 +12,7 @@ def test_a_run_writes_a_row_of_its_cost_per_call(tmp_path, capsys):
     lookup_cost.main(["--rows", "2", "--repeats", "1", "--calibration", "none", "--label", "t", "--out", str(out)])
     row = json.loads(out.read_text())
     assert row["kind"] == "lookup_cost" and row["label"] == "t" and row["rows"] == 2 and row["calibration"] == "none"
+    assert row["dtype"] == "float64" and {"command", "machine", "date"} <= row.keys()
     assert row["calls"] > 10 and row["us_per_call"] > 0 and row["nodes_per_call"] > 0
     assert "us per propose_flat" in capsys.readouterr().out
 

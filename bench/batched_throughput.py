@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
+        [--budget 16] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -26,13 +26,14 @@ target has them (`--cuda-graphs on`, the default: batch 1's forward, and in exac
 forward, `targets/decoder/batch_graphs.py`) or eagerly (`off`). `--exact on` (the default with triton on CUDA, as for users): the
 row-invariant kernels and the packed position-invariant attention, so every sequence's output
 must equal its batch-1 plain output bit for bit in bf16 too; `off`: the free-order kernels. tokens/s = tokens generated (to EOS or --new) / wall time of the
-whole variant, device synchronised, after a warm-up. `identical` = the fraction of prompts whose
+whole variant, device synchronised, after a warm-up (the variant's first B prompts to --warmup-new tokens: by
+default the full length, so the timed run meets no context length the warm-up did not). `identical` = the fraction of prompts whose
 output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow), `identical_all` = the fraction of
 all prompts whose output equals the first batched plain run's (batch size must not change a bit); `x_plain` = spec@B /
 plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). Our rows also carry `phases` (the
 engine's seconds per phase, summed over sequences: shares of the wall time; `accept` holds the wait
 for the device), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
-the kernel compiles the 16-token warm-up did not reach) and `tokens_per_s_steady` (without them). One JSON row per variant is appended to --out as
+the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.
 """
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--b1-prompts", type=int, default=16, help="prompts run at batch size 1 (the identity reference)")
     ap.add_argument("--new", type=int, default=256, help="max new tokens")
+    ap.add_argument("--warmup-new", type=int, default=None,
+                    help="max new tokens of each variant's warm-up on its first B prompts (default: --new, the timed run's "
+                         "length: its graph captures and kernel compiles then fall in the warm-up, not in the timed run)")
     ap.add_argument("--batch-sizes", default="1,8,32,64")
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--drafter-options", default="{}", help='the drafter\'s options as JSON, e.g. \'{"calibration": "lookup.json"}\'')
@@ -179,13 +183,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"batched_throughput: --max-verify-rows takes 'none' or row counts, comma-separated; got {args.max_verify_rows!r}")
     if not sizes or min(sizes) < 1:
         raise SystemExit(f"batched_throughput: --batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    warmup_new = args.new if args.warmup_new is None else args.warmup_new
+    if warmup_new < 1:
+        raise SystemExit(f"batched_throughput: --warmup-new must be a positive token count, got {warmup_new}")
     texts = read_prompts(Path(args.prompts_file) if args.prompts_file else prompts_dir() / "gsm8k_test.jsonl", args.prompts)
     stamp = run_row("python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]), {})
     stamp = {k: stamp[k] for k in ("date", "machine", "command", "torch")} | {"device": args.device, "dtype": args.dtype}
 
     attention = args.attention or ("triton" if args.device.startswith("cuda") else "torch")
     exact = args.exact == "on" if args.exact else (attention == "triton" and args.device.startswith("cuda"))
-    stamp |= {"attention": attention, "exact": exact, "cuda_graphs": args.cuda_graphs == "on"}
+    stamp |= {"attention": attention, "exact": exact, "cuda_graphs": args.cuda_graphs == "on", "warmup_new": warmup_new}
     try:
         pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
                                          cuda_graphs=args.cuda_graphs == "on")
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": build != "host"})
         if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
             pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": build})
-        pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=16, speculative=speculative, max_verify_rows=cap)  # warm-up
+        pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=warmup_new, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
         name = variant.replace("@", "_").replace("+", "_")  # spec_ov_8: file names a device call brings back (no '@', '+')

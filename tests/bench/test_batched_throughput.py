@@ -31,6 +31,7 @@ def test_tiny_run_appends_one_row_per_variant_and_batch_size(tmp_path):
         assert {"command", "machine", "date", "tokens_per_s", "identical", "batch_size"} <= set(r) and r["attention"] == "torch"  # CPU default
         assert r["command"].startswith("python ") and "--batch-sizes 1,4" in r["command"] and r["tokens_per_s"] > 0
         assert r["prompts"] == (3 if r["batch_size"] == 1 else 5)
+        assert r["warmup_new"] == 6  # each variant warmed up to the timed run's length (--new) by default
     for r in (r for r in rows if r["engine"] != "hf"):  # the engine's phases: shares of the wall time
         assert set(r["phases"]) >= {"prefill", "verify", "accept", "commit"} and 0 < sum(r["phases"].values()) <= 1.05 * r["seconds"]
         assert "graph_captures" not in r  # CPU: no packed-forward graphs
@@ -61,12 +62,13 @@ def test_hf_runs_only_at_the_sizes_asked_for(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
            "--prompts", "3", "--b1-prompts", "2", "--new", "4", "--batch-sizes", "1,4", "--hf-batch-sizes", "4",
-           "--budget", "4", "--device", "cpu", "--dtype", "float32", "--out", str(out), "--profile", str(tmp_path / "prof")]  # fmt: skip
+           "--budget", "4", "--warmup-new", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out), "--profile", str(tmp_path / "prof")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["plain@1", "spec@1", "hf@4", "plain@4", "spec@4"]
     assert "x_hf" not in rows[0] and "x_hf" in rows[3]
+    assert all(r["warmup_new"] == 2 for r in rows)  # --warmup-new: a shorter warm-up than the timed run
     # --profile: each of our variants' timed run profiled, marked so in its row
     assert all(r.get("profiled") for r in rows if r["engine"] != "hf") and "profiled" not in rows[2]
     text = (tmp_path / "prof" / "spec_4.txt").read_text()
@@ -152,3 +154,11 @@ def test_build_on_device_all_runs_the_graph_the_triton_and_the_host_build(tmp_pa
     assert [(r["variant"], r.get("device_build"), r.get("build_on_device")) for r in rows] == [
         ("plain@3", None, None), ("spec@3", "graph", True), ("spec-triton@3", "triton", True), ("spec-host@3", "host", False)]
     assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)
+
+
+def test_a_warm_up_of_no_tokens_is_refused_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), "--warmup-new", "0", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "batched_throughput: --warmup-new must be a positive token count, got 0"

@@ -15,6 +15,8 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
     spec-host@B  the speculative variants with `generation.build_on_device = false` (--build-on-device off /
                both / all): the trees built on the host and uploaded, not grown on the device
+    spec-auto@B  `generation.build_on_device = "auto"` (the default users get; --build-on-device auto): grown on the
+               device when a step verifies at least `GROW_FROM` sequences, else built on the host
     spec-triton@B  grown on the device by best-first's one-launch Triton build (`device_build = "triton"`,
                --build-on-device triton / all) instead of its CUDA graph of the torch form
     V+ov@B     any of ours with `generation.overlap` (--overlap on / both): the slots' two halves in
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> None:
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
     ap.add_argument("--overlap", choices=("off", "on", "both"), default="off",
                     help="our variants one step at a time (off), with the slots' halves overlapped (on: V+ov@B), or both")
-    ap.add_argument("--build-on-device", choices=("on", "off", "both", "triton", "all"), default="on",
+    ap.add_argument("--build-on-device", choices=("on", "off", "both", "auto", "triton", "all"), default="on",
                     help="speculative variants with their trees grown on the device where the drafter and scorer can "
                          "(on, `generation.build_on_device`; triton: best-first's one-launch build, V-triton@B), built on "
-                         "the host (off: V-host@B), on and off (both), or all three")
+                         "the host (off: V-host@B), on and off (both), or all three; auto: as users' default, grown where a step has "
+                         "GROW_FROM sequences or more (V-auto@B)")
     ap.add_argument("--attention", choices=("triton", "torch"), default=None,
                     help="ours: triton (the packed kernel, exact = false) or torch (default: triton on CUDA, else torch)")
     ap.add_argument("--device", default="cuda")
@@ -218,9 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": build != "host"})
+        grow = "auto" if build == "auto" else build != "host"
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grow})
         if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
-            pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": build})
+            pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": "triton" if build == "triton" else "graph"})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=warmup_new, speculative=speculative, max_verify_rows=cap)  # warm-up
         before = captured()
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_generate(model, ids[:2], 2, 4, pad, eos, args.device)  # warm-up
 
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap]
-    builds = {"off": ("host",), "on": ("graph",), "both": ("graph", "host"), "triton": ("triton",),
+    builds = {"off": ("host",), "on": ("graph",), "both": ("graph", "host"), "auto": ("auto",), "triton": ("triton",),
               "all": ("graph", "triton", "host")}[args.build_on_device]
     reference = ours("plain@1", 1, False, ids[: args.b1_prompts])[0] if args.b1_prompts else []
     wide: list[tuple[str, list[list[int]]]] = []  # (variant, outputs) of the first plain run over every prompt: identical_all's reference
@@ -313,11 +317,11 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
                     continue
                 for build in builds:
-                    engine = ("spec" if cap is None else f"spec-r{cap}") + {"graph": "", "triton": "-triton", "host": "-host"}[build] + tag
+                    engine = ("spec" if cap is None else f"spec-r{cap}") + {"graph": "", "triton": "-triton", "host": "-host", "auto": "-auto"}[build] + tag
                     outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build)
                     record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
                            drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov,
-                           build_on_device=build != "host", device_build=build)
+                           build_on_device="auto" if build == "auto" else build != "host", device_build=build)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         plain = {e: "plain+ov" if e.endswith("+ov") else "plain" for e in dict.fromkeys(r["engine"] for r in rows)

@@ -156,6 +156,25 @@ def test_build_on_device_all_runs_the_graph_the_triton_and_the_host_build(tmp_pa
     assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)
 
 
+def test_build_on_device_auto_runs_the_users_default_as_its_own_variant(tmp_path):
+    """--build-on-device auto: `generation.build_on_device = "auto"` (users' default) as spec-auto@B, its
+    row naming that build; the output identical to plain."""
+    model = save_tiny_hf_folder(tmp_path / "model", seed=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["a b a b", "hi hi hi"]))
+    out = tmp_path / "rows.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(model), "--prompts-file", str(prompts),
+           "--prompts", "2", "--b1-prompts", "2", "--new", "5", "--batch-sizes", "2", "--budget", "4", "--no-hf",
+           "--build-on-device", "auto", "--device", "cpu", "--dtype", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["variant"], r.get("device_build"), r.get("build_on_device")) for r in rows] == [
+        ("plain@2", None, None), ("spec-auto@2", "auto", "auto")]
+    assert all(r["identical"] == 1.0 for r in rows) and "spec-auto / plain" in proc.stdout
+
+
 def test_a_warm_up_of_no_tokens_is_refused_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), "--warmup-new", "0", "--device", "cpu"]

@@ -255,14 +255,12 @@ class BatchEngine(StepTrees):
         states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
         who = pipe.labels["verifier"]
         if self._on_device:
-            ahead = None
-            if self._drafts_ahead:
-                def ahead(made: list[tuple[int, torch.Tensor]]) -> None:  # the next drafts, queued before the read-back
-                    drafters = [self.parts[trees[s][0].slot].drafter for s, _ in made]
-                    rows = [None if out.hidden is None else out.hidden[meta.rows(s)] for s, _ in made]
-                    launched.failed.update(draft_ahead_step(drafters, rows, made, budget, pipe.labels["drafter"]))
+            def ahead(made: list[tuple[int, torch.Tensor]]) -> None:  # the next drafts, queued before the read-back
+                drafters = [self.parts[trees[s][0].slot].drafter for s, _ in made]
+                rows = [None if out.hidden is None else out.hidden[meta.rows(s)] for s, _ in made]
+                launched.failed.update(draft_ahead_step(drafters, rows, made, budget, pipe.labels["drafter"]))
             launched.paths = start_on_device(verifiers, dtrees, out.logits, meta, states, mine,
-                                             launched.readback, who, self._batch_accept, ahead)
+                                             launched.readback, who, self._batch_accept, ahead if self._drafts_ahead else None)
         else:
             launched.accepted = accept_on_host(verifiers, [t for _, t in trees], out.logits, meta, states, who,
                                                pipe.target.info.vocab_size)

@@ -193,8 +193,6 @@ def config_schema(registry: Registry) -> dict[str, Any]:
         variants = []
         for name in registry.names(kind):
             impl = registry.get(kind, name)
-            from typing import Literal
-
             m = create_model(
                 f"{kind}_{name}".replace("-", "_"),
                 __base__=impl.options,

@@ -33,8 +33,9 @@ default the full length, so the timed run meets no context length the warm-up di
 output equals plain@1's (the first --b1-prompts prompts: batch 1 is slow), `identical_all` = the fraction of
 all prompts whose output equals the first batched plain run's (batch size must not change a bit); `x_plain` = spec@B /
 plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). Our rows also carry `phases` (the
-engine's seconds per phase, summed over sequences: shares of the wall time; `accept` holds the wait
-for the device), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
+engine's seconds per phase, summed over sequences: shares of the wall time; `wait` is the host blocked on the
+step's read-back from the device, `accept` the host's own acceptance work — rows before 2026-12-07 have no `wait`,
+their `accept` holds it), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
 the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.

@@ -7,8 +7,9 @@ The real pipeline around our decoder with random weights of the model's shape (`
 exact, CUDA graphs, paged KV, Triton attention; no checkpoint, so it runs on a bare machine), greedy,
 from a prompt of random tokens said three times (the random model's output soon loops too, so prompt
 lookup drafts). Per pipeline: one warm-up generate (compiles, captures), then
-* a timed generate: the phases of `GenerationStats` per round — host = draft + build + verify + commit,
-  wait = accept (the round's one read-back), i.e. what the bench's phases show, on this run's model;
+* a timed generate: the phases of `GenerationStats` per round — host = draft + build + verify + accept +
+  commit, wait = the host blocked on the round's one read-back (`wait`; before 2026-12-07 the phases had no
+  `wait`, and this script counted all of `accept` as waiting), i.e. what the bench's phases show, on this run's model;
 * the same generate with the verify phase split: the cache's `begin`, the tree's upload and the
   target's forward call (static-input copies, graph replay), host µs per round each — what the pipeline
   pays in its loop, beside `bench/graph_launch.py`'s same steps timed alone;
@@ -44,7 +45,7 @@ from jetspec.bench.rows import append_row, run_row  # noqa: E402
 from jetspec.core.invariant import launch_options  # noqa: E402
 from jetspec.core.results import PHASES  # noqa: E402
 
-HOST_PHASES = [p for p in PHASES if p not in ("accept", "prefill")]  # accept: the wait for the GPU
+HOST_PHASES = [p for p in PHASES if p not in ("wait", "prefill")]  # wait: blocked on the GPU
 
 
 def build(target, drafter: str | None, budget: int, new: int):
@@ -57,11 +58,10 @@ def build(target, drafter: str | None, budget: int, new: int):
 
 
 def per_round(stats) -> dict[str, float]:
-    """us per round of each phase, and host (every phase but the wait and the prefill) / wait."""
+    """us per round of each phase (`wait` among them), and host: every phase but the wait and the prefill."""
     r = max(stats.rounds, 1)
     out = {p: 1e6 * stats.seconds[p] / r for p in PHASES if p != "prefill"}
     out["host"] = sum(out[p] for p in HOST_PHASES)
-    out["wait"] = out["accept"]
     return out
 
 

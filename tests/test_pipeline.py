@@ -22,7 +22,7 @@ def test_stats_count_rounds_tau_and_phases():
     s = r.stats
     assert streamed == r.tokens and s.new_tokens == len(r.tokens)
     assert s.tau == pytest.approx(len(r.tokens) / s.rounds)
-    assert set(s.seconds) == {"prefill", "draft", "build", "verify", "accept", "commit"}
+    assert set(s.seconds) == {"prefill", "draft", "build", "verify", "accept", "wait", "commit"}
     assert sum(s.accepted_by_depth[:1]) <= s.rounds
     plain = p.generate_plain([4, 5, 6, 4, 5, 6, 4, 5])
     assert plain.stats.rounds == len(plain.tokens) and plain.stats.tau == 1.0

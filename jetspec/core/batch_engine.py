@@ -270,7 +270,8 @@ class BatchEngine(StepTrees):
     def _land(self, step: LaunchedStep, caches: list[KVCache], slots: list[SequenceInFlight | None]) -> Iterator[Finished]:
         """The step's acceptance read back (its one wait) and checked, then commit per sequence."""
         clock, trees = time.perf_counter, step.trees
-        t2 = clock()
+        backs = [b for b in (step.readback, step.grower.readback if step.grower is not None else None) if b is not None]
+        t2, waited = clock(), sum(b.waited for b in backs)
         accepted = step.accepted
         if step.grower is not None:  # grown on the device: the trees come back with the step, checked
             trees = step.trees = self._read_trees(step, caches)
@@ -278,12 +279,14 @@ class BatchEngine(StepTrees):
             accepted = finish_on_device(step.paths, [t for _, t in trees], step.dtrees, step.readback,
                                         self.pipe.labels["verifier"], self.pipe.target.info.vocab_size)
             accepted = [(step.failed[s], None) if s in step.failed else a for s, a in enumerate(accepted)]
+        wait = sum(b.waited for b in backs) - waited  # blocked on the device's read-backs
         verify = (step.t1 - step.t0) / len(trees)  # shared work, split evenly
-        accept = (step.queued + clock() - t2) / len(trees)
+        accept = (step.queued + clock() - t2 - wait) / len(trees)
         hidden = committed_rows(step.hidden if self._speculative else None, step.meta, [acc for acc, _ in accepted])
         for s, ((seq, tree), (acc, _)) in enumerate(zip(trees, accepted)):
             seq.stats.seconds["verify"] += verify
             seq.stats.seconds["accept"] += accept
+            seq.stats.seconds["wait"] += wait / len(trees)
             try:
                 if isinstance(acc, JetSpecError):
                     raise acc

@@ -29,6 +29,7 @@ elsewhere their torch ops run, the reference the kernels are tested against.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -185,7 +186,8 @@ class TreeUpload:
 
 class Readback:
     """The round's one device-to-host copy: a small int64 tensor into a (pinned) host buffer,
-    then a wait for that copy alone. `copies` counts them (tests and the bench read it)."""
+    then a wait for that copy alone. `copies` counts them (tests and the bench read it); `waited`
+    sums the seconds the host spent blocked in those waits (the engines' `wait` phase)."""
 
     def __init__(self, device: torch.device | str, capacity: int = 64):
         self.device = torch.device(device)
@@ -194,6 +196,7 @@ class Readback:
         self._host = torch.empty(capacity, dtype=torch.int64, pin_memory=self._cuda)  # [cap]
         self._pending = self._host[:0]  # the view `start` copied into
         self.copies = 0
+        self.waited = 0.0
 
     def __call__(self, x: torch.Tensor) -> list[int]:
         """x [M] int64 on the device -> its values on the host."""
@@ -220,7 +223,9 @@ class Readback:
 
     def _landed(self) -> torch.Tensor:
         if self._cuda:
+            t0 = time.perf_counter()
             self._done.synchronize()
+            self.waited += time.perf_counter() - t0
         self.copies += 1
         return self._pending
 

@@ -234,13 +234,13 @@ class Pipeline:
         dtree = self._upload(tree, prefix)
         meta = AttentionMeta(prefix_len=prefix, positions=dtree.positions, subtree_sizes=dtree.subtree_sizes)
         out = self._forward(dtree.tokens, meta, cache, hidden_layers)
-        t3 = clock()
+        t3, waited = clock(), self._readback.waited
         ahead = None if self._ahead is None else lambda packed: self._ahead.draft_ahead(out.hidden, packed, budget)  # noqa: E731
         acc, path_dev = self._accept(tree, dtree, out.logits, cache, state, ahead) if self._leads else (None, None)
         if self._ranks is not None:  # every rank commits rank 0's path (a sampling verifier draws there alone)
             path, bonus = share_path(acc.path if acc else None, acc.bonus if acc else -1, budget, self._ranks)
             acc = acc or Acceptance(path=path, bonus=bonus)
-        t4 = clock()
+        t4, wait = clock(), self._readback.waited - waited
         cache.commit(acc.path)
         new, stopped = cut_at_stop(acc.new_tokens(tree)[:room], stops, self.target.info)
         state.tokens.extend(new)
@@ -252,7 +252,7 @@ class Pipeline:
                 drafter.observe(state, hidden)
         t5 = clock()
         stats.record_round(len(new), acc.accepted_drafts, tree.budget)
-        for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        for phase, dt in zip(PHASES[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3 - wait, wait, t5 - t4)):
             stats.seconds[phase] += dt
         return new, stopped
 

@@ -77,9 +77,9 @@ def plain_ahead(pipe: Pipeline, state: DecodeState, cache: KVCache, max_new: int
         t0 = clock()
         generated = len(state.tokens) - state.prompt_len
         step = forward(packed[2:3]) if generated + 1 < max_new else None  # token k + 1 is wanted after token k
-        t1 = clock()
+        t1, waited = clock(), pipe._readback.waited
         path, tokens = unpack(pipe._readback.wait())
-        t2 = clock()
+        t2, wait = clock(), pipe._readback.waited - waited
         tree = DraftTree.root_only(root)
         acc = check_acceptance(Acceptance(path=path, bonus=tokens[-1] if tokens else -1), tree, vocab, pipe.labels["verifier"])
         new, stopped = cut_at_stop(acc.new_tokens(tree), stops, info)
@@ -91,7 +91,7 @@ def plain_ahead(pipe: Pipeline, state: DecodeState, cache: KVCache, max_new: int
         if step is not None and stopped == "length":
             root = new[-1]
             packed = accept(step)
-        for phase, dt in (("verify", t1 - t0), ("accept", t2 - t1 + clock() - t3), ("commit", t3 - t2)):
+        for phase, dt in (("verify", t1 - t0), ("accept", t2 - t1 - wait + clock() - t3), ("wait", wait), ("commit", t3 - t2)):
             stats.seconds[phase] += dt
         if step is None or stopped != "length":
             return stopped

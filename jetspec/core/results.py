@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 
-PHASES = ("prefill", "draft", "build", "verify", "accept", "commit")
+# a round's phases, in order; `accept` is the host's acceptance work (the verifier's launches or host
+# walk, the checks, queued next drafts), `wait` the host blocked on the round's read-back from the device
+# (`Readback.waited`: what the GPU still had to do when the host got there; 0 on the CPU)
+PHASES = ("prefill", "draft", "build", "verify", "accept", "wait", "commit")
 
 
 @dataclass

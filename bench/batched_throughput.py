@@ -7,7 +7,9 @@ same target, same prompts, same run.
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
-    plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed
+    plain@B    our engine, `generate_many(batch_size=B, speculative=False)`: root-only trees, packed (at B = 1:
+               `generate` per prompt, as `jetspec run` runs batch 1 — since 2026-12-07; earlier rows at B = 1
+               measured a batch engine of one)
     spec@B     our engine, `generate_many(batch_size=B)`: n-gram drafts (or --drafter), best-first,
                budget --budget
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in

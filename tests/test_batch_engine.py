@@ -241,3 +241,18 @@ def test_with_overlap_one_half_is_verified_while_the_other_half_is_committed():
     assert [kind for kind, _ in events[:12]] == ["step", "step"] + ["wait", "step"] * 5
     assert [half for kind, half in events[:12] if kind == "wait"] == [0, 1, 0, 1, 0]  # the halves land in turn
     assert all(rows == [7, 7] for kind, rows in events[:12] if kind == "step")  # each step: one half's two sequences
+
+
+def test_a_batch_of_one_is_generate_per_prompt_with_no_engine(monkeypatch):
+    """generate_many at batch size 1 with no row cap runs `generate` for each prompt in order (what
+    `jetspec run --batch-size 1` runs: its loop queues work ahead of each read-back), building no
+    batch engine; a row cap still goes through the engine, which applies it."""
+    pipe = jetspec.builder(REG).target(TinyDecoder(2, exact=True)).drafter("ngram").kv_cache("paged").generation(
+        budget=6, max_new_tokens=8).build()
+    prompts = [[5, 6, 7, 5, 6], [9, 9], [1, 2, 1, 2, 1]]
+    alone = [pipe.generate(p).tokens for p in prompts]
+    seen = []
+    assert [r.tokens for r in pipe.generate_many(prompts, batch_size=1, on_result=lambda i, r: seen.append(i))] == alone
+    assert seen == [0, 1, 2] and pipe._engine is None
+    assert [r.tokens for r in pipe.generate_many(prompts, batch_size=1, max_verify_rows=3)] == alone
+    assert pipe._engine is not None

@@ -270,7 +270,7 @@ class BatchEngine(StepTrees):
     def _land(self, step: LaunchedStep, caches: list[KVCache], slots: list[SequenceInFlight | None]) -> Iterator[Finished]:
         """The step's acceptance read back (its one wait) and checked, then commit per sequence."""
         clock, trees = time.perf_counter, step.trees
-        backs = [b for b in (step.readback, step.grower.readback if step.grower is not None else None) if b is not None]
+        backs = [step.readback] + ([step.grower.readback] if step.grower is not None else [])  # the step's read-backs
         t2, waited = clock(), sum(b.waited for b in backs)
         accepted = step.accepted
         if step.grower is not None:  # grown on the device: the trees come back with the step, checked

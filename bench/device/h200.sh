@@ -231,7 +231,8 @@ for step in "$@"; do
       mkdir -p $JETSPEC_CACHE/downloads
       if [ ! -f $JETSPEC_CACHE/downloads/$WHEEL ]; then
         cat /tmp/keep/smol.part-* > $JETSPEC_CACHE/downloads/$WHEEL
-        echo "$SHA  $JETSPEC_CACHE/downloads/$WHEEL" | sha256sum -c - || exit 1
+        # a part missing (a call that staged .stage2 alone): no truncated wheel left for the next call to trust
+        echo "$SHA  $JETSPEC_CACHE/downloads/$WHEEL" | sha256sum -c - || { rm -f $JETSPEC_CACHE/downloads/$WHEEL; exit 1; }
       fi
       python3 -c "from jetspec.targets.default_model import default_model_path as p; print(p())" || exit 1 ;;
     gpu-tests)  # what changed most recently first: each pytest reports even if a later one runs out of time

@@ -256,3 +256,28 @@ def test_a_batch_of_one_is_generate_per_prompt_with_no_engine(monkeypatch):
     assert seen == [0, 1, 2] and pipe._engine is None
     assert [r.tokens for r in pipe.generate_many(prompts, batch_size=1, max_verify_rows=3)] == alone
     assert pipe._engine is not None
+
+
+def test_overlap_auto_splits_speculative_runs_of_at_least_overlap_from_slots_and_no_others(monkeypatch):
+    """`overlap = "auto"` (the default): a speculative run of OVERLAP_FROM slots or more steps its two
+    halves in turn (a step: one half's sequences), a smaller run or plain decoding steps every slot at
+    once; every output what plain decoding gives."""
+    import jetspec.core.batch_engine as batch_engine
+    from jetspec.core.config import GenerationConfig
+
+    assert GenerationConfig().overlap == "auto"
+    monkeypatch.setattr(batch_engine, "OVERLAP_FROM", 4)
+    seed, prompts = 5, [[1, 2, 1], [4, 4, 4, 4], [9, 7], [6, 5, 6, 5]]
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+
+    def widest_step(batch_size: int, speculative: bool) -> int:
+        log = []
+        pipe = assemble_batched(Spy(tiny_decoder(seed), log), lambda: PromptOracle(answer, corrupt_p=0.3), batch_size=batch_size)
+        pipe.config.generation = GenerationConfig(budget=6, max_new_tokens=8, batch_size=batch_size, accept_on_device="always")
+        outs = [tuple(r.tokens) for r in pipe.generate_many(prompts, speculative=speculative)]
+        assert outs == [answer(tuple(p))[:8] for p in prompts]
+        return max(len(rows) for kind, rows in log if kind == "step")
+
+    assert widest_step(4, speculative=True) == 2  # two halves of two sequences
+    assert widest_step(4, speculative=False) == 4  # plain decoding: not overlapped by default
+    assert widest_step(3, speculative=True) == 3  # fewer slots than OVERLAP_FROM

@@ -13,7 +13,8 @@
     finish     a sequence that reached max_new_tokens or a stop token leaves, reported at once;
                its slot takes the next prompt before the next step
 
-Overlap (`generation.overlap`): the slots in two halves (even, odd) whose steps alternate. A step
+Overlap (`generation.overlap`; "auto", the default: speculative runs of OVERLAP_FROM slots or more): the slots in two
+halves (even, odd) whose steps alternate. A step
 is launched (trees built, forward and acceptance queued, the copy of its result started) and
 landed (its one wait, then commit and observe) later: half A's step is launched, then half B's
 last step landed and its next one launched, then A's landed, ... so the device verifies one half
@@ -124,7 +125,8 @@ class BatchEngine(StepTrees):
         caches = self._caches(max(lengths) + max_new + self._budget) if lengths else []
         queue = list(range(len(prompts)))[::-1]  # pop() takes the next prompt in input order
         slots: list[SequenceInFlight | None] = [None] * self.batch_size
-        self._overlap = gen.overlap and self.batch_size > 1
+        self._overlap = self.batch_size > 1 and (gen.overlap is True or (
+            gen.overlap == "auto" and speculative and self.batch_size >= OVERLAP_FROM))
         halves = (range(0, self.batch_size, 2), range(1, self.batch_size, 2)) if self._overlap else (range(self.batch_size),)
         in_flight: list[LaunchedStep | None] = [None, None]  # per half: its step queued on the device, not landed yet
         with frozen_heap():  # no full collection of the pre-existing heap stalls the steps (until the run ends or is closed)
@@ -347,6 +349,12 @@ class BatchEngine(StepTrees):
 # on, built on the host below it: grown steps lost to host-built ones at 4 and 8 sequences a step and
 # won at 16 and 32, on each GPU measured (bench/RESULTS.md, where it names `build_on_device = "auto"`).
 GROW_FROM = 16
+
+# `generation.overlap = "auto"`: a speculative run overlaps its two halves from this many slots on (halves of 16
+# sequences, each grown on the device: GROW_FROM); speculative runs gained from overlap at 32 slots on both GPUs measured
+# and at 64 on the one that ran it, and lost at 8 (bench/RESULTS.md, where it names `overlap = "auto"`). Plain decoding
+# is not overlapped by default: its measured gains and losses were mixed.
+OVERLAP_FROM = 32
 
 PREFILL_ROWS = 4096  # prompt rows one packed prefill takes at most: its logits are [rows, V]
 

@@ -63,9 +63,11 @@ class GenerationConfig(BaseModel):
         "scorer can (`ProposesOnDevice`, `BuildsOnDevice`: the `jetspec` head with best-first), not drafted to the host, built "
         "there and copied back; the same trees. true: every step; false: never; auto: a step of at least GROW_FROM (16) "
         "sequences (fewer: the device build's small kernels cost the step more than the host's build)")
-    overlap: bool = Field(False, description="batched runs: the slots in two halves whose steps alternate, so that the host "
-                          "drafts, builds and commits one half while the device verifies the other (batch_size >= 2; "
-                          "each half's step is a step for max_verify_rows)")
+    overlap: bool | Literal["auto"] = Field(
+        "auto", description="batched runs: the slots in two halves whose steps alternate, so that the host drafts, builds and "
+        "commits one half while the device verifies the other (batch_size >= 2; each half's step is a step for "
+        "max_verify_rows). true: always; false: never; auto: a speculative run of at least OVERLAP_FROM (32) slots "
+        "(fewer: halves of few sequences launch twice the steps for what they hide)")
 
     @model_validator(mode="after")
     def _rows_fit_the_batch(self) -> "GenerationConfig":

@@ -13,15 +13,14 @@
     finish     a sequence that reached max_new_tokens or a stop token leaves, reported at once;
                its slot takes the next prompt before the next step
 
-Overlap (`generation.overlap`; "auto", the default: speculative runs of OVERLAP_FROM slots or more): the slots in two
-halves (even, odd) whose steps alternate. A step
-is launched (trees built, forward and acceptance queued, the copy of its result started) and
-landed (its one wait, then commit and observe) later: half A's step is launched, then half B's
-last step landed and its next one launched, then A's landed, ... so the device verifies one half
-while the host drafts, builds and commits the other. The hidden rows a step's drafters observe are
-copied at launch (the other half's forward may reuse a CUDA graph's output buffers before the
-commit reads them); each half has its own upload and read-back buffers. Per sequence nothing
-changes: its rounds are the same calls in the same order.
+Overlap (`generation.overlap`; "auto", the default: speculative runs of OVERLAP_FROM slots or more):
+the slots in two halves (even, odd) whose steps alternate. A step is launched (trees built, forward
+and acceptance queued, the copy of its result started) and landed (its one wait, then commit and
+observe) later: half A's step is launched, then half B's last step landed and its next one launched,
+then A's landed, ... so the device verifies one half while the host drafts, builds and commits the
+other. The hidden rows a step's drafters observe are copied at launch (the other half's forward may
+reuse a CUDA graph's output buffers before the commit reads them); each half has its own upload and
+read-back buffers. Per sequence nothing changes: its rounds are the same calls in the same order.
 
 Row cap: with `max_verify_rows` = C and A sequences in flight, sequence s verifies its root and
 b_s = min(budget, C // A - 1) drafts, so a step has at most A * (C // A) <= C rows. C >= B is

@@ -63,6 +63,17 @@ def test_a_failing_decode_gives_the_heap_back(pipe):
     assert gc.get_freeze_count() == 0
 
 
+def test_a_batched_run_that_raises_gives_the_heap_back_at_once(pipe):
+    """generate_many raising out of its loop closes the engine's run there: the heap comes back at
+    once, not when the traceback, which still holds generate_many's frame, is collected."""
+    def fail(i, result):
+        raise PluginError("boom")
+
+    with pytest.raises(PluginError) as raised:
+        pipe.generate_many([PROMPT, PROMPT[:5], PROMPT[2:]], on_result=fail)
+    assert raised.value.__traceback__ is not None and gc.get_freeze_count() == 0
+
+
 def test_nested_decodes_share_one_freeze(pipe):
     inner = []
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import closing
 from typing import Any, Callable, Sequence
 
 import torch
@@ -108,9 +109,7 @@ class Pipeline:
                 raise InputError("this target has no tokenizer; pass the prompt as token ids")
             use_template = self.config.generation.chat_template if chat_template is None else chat_template
             if use_template and getattr(tok, "chat_template", None):
-                ids = tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-                )
+                ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
                 if isinstance(ids, dict) or hasattr(ids, "keys"):
                     ids = ids["input_ids"]
             else:
@@ -353,24 +352,27 @@ class Pipeline:
         `generation.max_verify_rows`), which the sequences' budgets share. -> results in input
         order; `on_result(index, result)` is called as each finishes (any order). The first
         failure is raised, its `partial` holding what that prompt had committed (`jetspec run`
-        records failures per row instead). Batch size 1, uncapped: `generate` per prompt, as `jetspec
-        run` does (its loop queues each round's next work ahead of the read-back; an engine of one cannot)."""
+        records failures per row instead). Batch size 1, uncapped: `generate` per prompt, as `jetspec run` does."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise InputError("generate_many takes a list of prompts (texts or token-id lists), not one prompt; "
                              "use generate for one")
         results: list[GenerationResult | None] = [None] * len(prompts)
         kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, speculative=speculative, budget=budget)
         gen = self.config.generation
-        alone = (gen.batch_size if batch_size is None else batch_size) == 1 and (
-            gen.max_verify_rows if max_verify_rows is None else max_verify_rows) is None
-        finished = (((i, self.generate(p, **kw), None) for i, p in enumerate(prompts)) if alone
-                    else ((d.index, d.result, d.error) for d in self.batched(batch_size, max_verify_rows).run(prompts, **kw)))
-        for index, result, error in finished:
-            if error is not None:
-                raise error
-            results[index] = result
-            if on_result:
-                on_result(index, result)
+        if (gen.batch_size if batch_size is None else batch_size) == 1 and (
+                gen.max_verify_rows if max_verify_rows is None else max_verify_rows) is None:
+            for i, prompt in enumerate(prompts):
+                results[i] = self.generate(prompt, **kw)
+                if on_result:
+                    on_result(i, results[i])
+            return results  # type: ignore[return-value]
+        with closing(self.batched(batch_size, max_verify_rows).run(prompts, **kw)) as run:  # a failure closes the run:
+            for done in run:  # its frozen heap is given back now, not when a traceback holding it is collected
+                if done.error is not None:
+                    raise done.error
+                results[done.index] = done.result
+                if on_result:
+                    on_result(done.index, done.result)
         return results  # type: ignore[return-value]
 
     def batched(self, batch_size: int | None = None, max_verify_rows: int | None = None):

@@ -137,6 +137,11 @@ def hf_generate(model: Any, ids: list[list[int]], batch_size: int, new: int, pad
     return outs
 
 
+def grown(build: str) -> bool | str:
+    """A variant's build (graph, triton, host, auto) -> its `generation.build_on_device`."""
+    return "auto" if build == "auto" else build != "host"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", required=True, help="a Hugging Face model folder")
@@ -224,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        grow = "auto" if build == "auto" else build != "host"
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grow})
+        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grown(build)})
         if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
             pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": "triton" if build == "triton" else "graph"})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=warmup_new, speculative=speculative, max_verify_rows=cap)  # warm-up
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                     outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build)
                     record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
                            drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov,
-                           build_on_device="auto" if build == "auto" else build != "host", device_build=build)
+                           build_on_device=grown(build), device_build=build)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:
         plain = {e: "plain+ov" if e.endswith("+ov") else "plain" for e in dict.fromkeys(r["engine"] for r in rows)

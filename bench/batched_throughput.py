@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
+        [--budget 16[,32,...]] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -12,6 +12,8 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
                measured a batch engine of one)
     spec@B     our engine, `generate_many(batch_size=B)`: n-gram drafts (or --drafter), best-first,
                budget --budget
+    spec-bN@B  with several budgets (--budget 16,32): one speculative variant per budget N (any of the
+               forms below takes the -bN too)
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
                --max-verify-rows), shared by the sequences' budgets: min(budget, C // S - 1) drafts each
     hf@B       `transformers` `generate()` on batches of B left-padded prompts (its default attention)
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-sizes", default="1,8,32,64")
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--drafter-options", default="{}", help='the drafter\'s options as JSON, e.g. \'{"calibration": "lookup.json"}\'')
-    ap.add_argument("--budget", type=int, default=16)
+    ap.add_argument("--budget", default="16", help="draft nodes per sequence-round; several, comma-separated: one "
+                    "speculative variant per budget (V-bN@B)")
     ap.add_argument("--max-verify-rows", default="none",
                     help="verify-row caps per step, comma-separated, 'none' = uncapped: one speculative variant per cap "
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")
@@ -189,6 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
+        budgets = [int(x) for x in args.budget.split(",")]
+    except ValueError:
+        raise SystemExit(f"batched_throughput: --budget takes draft counts, comma-separated; got {args.budget!r}")
+    if not budgets or min(budgets) < 1:
+        raise SystemExit(f"batched_throughput: --budget must be positive draft counts, got {args.budget!r}")
+    try:
         caps = [None if c.strip() == "none" else int(c) for c in args.max_verify_rows.split(",")]
     except ValueError:
         raise SystemExit(f"batched_throughput: --max-verify-rows takes 'none' or row counts, comma-separated; got {args.max_verify_rows!r}")
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = (jetspec.builder().target("decoder", path=args.target, device=args.device, dtype=args.dtype, exact=exact,
                                          cuda_graphs=args.cuda_graphs == "on")
                 .attention(attention).kv_cache("paged").drafter(args.drafter, **json.loads(args.drafter_options))
-                .generation(budget=args.budget, max_new_tokens=args.new).build())
+                .generation(budget=budgets[0], max_new_tokens=args.new).build())
     except JetSpecError as e:  # e.g. --device cuda (the default) on a machine without one: one line, not a traceback
         raise SystemExit(f"batched_throughput: {e}")
     ids = [pipe.encode(t) for t in texts]
@@ -223,13 +232,15 @@ def main(argv: list[str] | None = None) -> None:
         return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
-             cap: int | None = None, overlap: bool = False, build: str = "graph") -> tuple[list[list[int]], float, dict[str, Any]]:
+             cap: int | None = None, overlap: bool = False, build: str = "graph",
+             budget: int | None = None) -> tuple[list[list[int]], float, dict[str, Any]]:
         """-> outputs, seconds, extra row fields: tau (tokens per sequence-round), phases (seconds of
         each engine phase summed over sequences: a step's shared work is split evenly among its
         sequences, so each phase sums to its share of the wall time), graph captures in the timed run
         (with the kernel compiles the warm-up did not reach: one-off costs of a process) and the
         tokens/s without them (`tokens_per_s_steady`)."""
-        pipe.config.generation = pipe.config.generation.model_copy(update={"overlap": overlap, "build_on_device": grown(build)})
+        pipe.config.generation = pipe.config.generation.model_copy(
+            update={"overlap": overlap, "build_on_device": grown(build), "budget": budgets[0] if budget is None else budget})
         if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
             pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": "triton" if build == "triton" else "graph"})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=warmup_new, speculative=speculative, max_verify_rows=cap)  # warm-up
@@ -254,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         outs = [r.tokens for r in results]
         rounds = sum(r.stats.rounds for r in results)
         phases = {k: round(sum(r.stats.seconds[k] for r in results), 4) for k in results[0].stats.seconds} if results else {}
-        extra: dict[str, Any] = {"tau": sum(map(len, outs)) / max(rounds, 1), "phases": phases}
+        extra: dict[str, Any] = {"tau": sum(map(len, outs)) / max(rounds, 1), "phases": phases,
+                                 "drafts_per_round": sum(r.stats.tree_nodes for r in results) / max(rounds, 1)}  # verified drafts
         if graph_sets:
             after = captured()
             extra["graph_captures"], extra["capture_seconds"] = after[0] - before[0], round(after[1] - before[1], 3)
@@ -316,18 +328,19 @@ def main(argv: list[str] | None = None) -> None:
             outs, s, extra = ours(f"plain{tag}@{b}", b, False, prompts, overlap=ov)
             if b > 1 and not wide:
                 wide.append((f"plain{tag}@{b}", outs))
-            extra.pop("tau")
+            extra.pop("tau"), extra.pop("drafts_per_round")
             record(f"plain{tag}", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra, overlap=ov)
-            for cap in caps:
-                if cap is not None and not 2 * b <= cap < b * (args.budget + 1):
+            for cap, budget in ((c, n) for c in caps for n in budgets):
+                if cap is not None and not 2 * b <= cap < b * (budget + 1):
                     why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
-                    print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {args.budget} {why}")
+                    print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {budget} {why}")
                     continue
                 for build in builds:
-                    engine = ("spec" if cap is None else f"spec-r{cap}") + {"graph": "", "triton": "-triton", "host": "-host", "auto": "-auto"}[build] + tag
-                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build)
+                    engine = (("spec" if cap is None else f"spec-r{cap}") + (f"-b{budget}" if len(budgets) > 1 else "")
+                              + {"graph": "", "triton": "-triton", "host": "-host", "auto": "-auto"}[build] + tag)
+                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build, budget=budget)
                     record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
-                           drafter_options=json.loads(args.drafter_options), budget=args.budget, max_verify_rows=cap, overlap=ov,
+                           drafter_options=json.loads(args.drafter_options), budget=budget, max_verify_rows=cap, overlap=ov,
                            build_on_device=grown(build), device_build=build)
     by = {r["variant"]: r["tokens_per_s"] for r in rows}
     for b in sizes:

@@ -181,3 +181,21 @@ def test_a_warm_up_of_no_tokens_is_refused_in_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "batched_throughput: --warmup-new must be a positive token count, got 0"
+
+
+def test_several_budgets_run_one_speculative_variant_each(tmp_path):
+    """--budget 1,4: spec-b1@4 and spec-b4@4, each row naming its budget and run with it (at most one
+    verified draft a round, against more); both equal plain."""
+    proc, rows = batch_4_run(tmp_path, "--budget", "1,4")
+    assert [(r["variant"], r.get("budget")) for r in rows] == [("plain@4", None), ("spec-b1@4", 1), ("spec-b4@4", 4)]
+    assert rows[1]["drafts_per_round"] <= 1 < rows[2]["drafts_per_round"] <= 4
+    assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)
+    assert "spec-b1 / plain" in proc.stdout and "spec-b4 / plain" in proc.stdout
+
+
+def test_a_budget_that_is_no_count_is_refused_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), "--budget", "16,x", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"

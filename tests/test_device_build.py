@@ -381,6 +381,58 @@ def test_a_drafter_whose_device_proposal_is_malformed_fails_its_own_sequence_the
             assert f.result.tokens == pipe.generate_plain(prompts[f.index]).tokens
 
 
+# ---------------------------------------------------------------------------- the graphed build's shapes
+class EagerGraphs:
+    """A stand-in for `GraphSet` on the CPU: runs the recorded function at every replay, keeps the keys."""
+
+    def __init__(self):
+        self.keys = []
+
+    def replay(self, key, fn):
+        self.keys.append(key)
+        return fn()
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases=st.lists(step_proposals(), min_size=1, max_size=4), budget=st.sampled_from([4, 8]))
+def test_the_graphed_build_pads_a_step_to_its_sequence_bucket_and_returns_its_own_trees(cases, budget):
+    """Graphs are kept for multiples of SEQUENCE_BUCKET sequences: a step of S fills the first S rows of
+    a bucket's static inputs (the rest: the first sequence's copies, or an earlier step's) and gets back
+    the trees of its own S sequences, bit for bit those of the eager build on those S alone."""
+    from jetspec.scorers.best_first_device import SEQUENCE_BUCKET, GraphedGrowth
+
+    graphed = GraphedGrowth()
+    graphed.graphs = EagerGraphs()
+    for tokens, logp, tries in cases:
+        proposals = device_proposals(tokens, logp, tries)
+        if not fills(proposals, budget):
+            continue
+        roots, prefixes = torch.arange(proposals.size) + 3, torch.arange(proposals.size) * 7
+        made = graphed(proposals, roots, prefixes, budget)
+        eager = grow(proposals, roots, prefixes, budget)
+        assert torch.equal(made.block, eager.block) and made.nodes == eager.nodes and made.max_depth == eager.max_depth
+        assert graphed.graphs.keys[-1][0] == SEQUENCE_BUCKET  # 1..3 sequences: one bucket
+
+
+def test_a_batch_draining_sequence_by_sequence_replays_one_shape_per_bucket():
+    """Sequences leaving a step one at a time (16 -> 9) keep one graph shape (16 rows), not eight."""
+    from jetspec.scorers.best_first_device import GraphedGrowth
+
+    rng = np.random.default_rng(5)
+    tokens = torch.from_numpy(np.stack([[rng.permutation(VOCAB)[:4] for _ in range(3)] for _ in range(16)])).long()  # [16, 3, 4]
+    logp = -torch.from_numpy(np.sort(rng.exponential(2.0, (16, 3, 4)), axis=-1)).float()  # [16, 3, 4]
+    tries = [TokenTrie() for _ in range(16)]
+    for trie in tries:
+        trie.add_sequence(rng.integers(0, VOCAB, 5).tolist(), (-rng.exponential(1.0, 5)).tolist())
+    graphed = GraphedGrowth()
+    graphed.graphs = EagerGraphs()
+    for s in range(16, 8, -1):
+        proposals = device_proposals(tokens[:s], logp[:s], tries[:s])
+        roots, prefixes = torch.arange(s) + 3, torch.arange(s) * 7
+        assert torch.equal(graphed(proposals, roots, prefixes, 6).block, grow(proposals, roots, prefixes, 6).block)
+    assert len(set(graphed.graphs.keys)) == 1 and graphed.graphs.keys[0][0] == 16
+
+
 # ---------------------------------------------------------------------------- on a GPU
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the device build's CUDA graphs need a CUDA GPU")
 @settings(max_examples=12, deadline=None)

@@ -44,6 +44,7 @@ from ..core.cuda_graphs import GraphSet
 from ..core.device_proposal import DeviceProposals, DeviceTrees
 
 TENSORS = tuple(f.name for f in fields(DeviceProposals) if f.name != "trie_depth")  # a proposal's device tensors
+SEQUENCE_BUCKET = 8  # the device build's graphs are captured for multiples of this many sequences (`GraphedGrowth`)
 FLOOR = -1e20  # an edge's lowest log-prob: a NaN or -inf edge ranks its path below every finite one, above padding (-inf)
 
 
@@ -69,7 +70,13 @@ class GraphedGrowth:
     """`grow` on CUDA, replayed from a graph per shape (its ~15 small operators a depth launched at
     once): the step's proposals, roots and prefix lengths are copied into the shape's static inputs
     first. The trees it returns are the graph's static block, valid until the next replay of that
-    shape — later in stream order than everything a step queues on them."""
+    shape — later in stream order than everything a step queues on them.
+
+    A shape's S is the step's sequences rounded up to a multiple of SEQUENCE_BUCKET: a batch whose
+    sequences drain one by one at its end replays a few graphs instead of capturing one per count
+    (each capture costs tens of ms). Every operator of `grow` works on each sequence's row alone, so
+    the rows past S (copies of the first sequence's inputs at capture, then whatever a step left
+    there: always valid inputs) change no bit of the others; their trees are dropped."""
 
     def __init__(self) -> None:
         self.graphs = GraphSet()
@@ -78,16 +85,23 @@ class GraphedGrowth:
     def __call__(self, p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, budget: int,
                  max_depth: int | None = None) -> DeviceTrees:
         levels = levels_for(p, budget, max_depth)
-        key = (tuple(p.tokens.shape), tuple(p.trie_tokens.shape), budget, max_depth, levels)
+        s = p.size
+        rows = -(-s // SEQUENCE_BUCKET) * SEQUENCE_BUCKET  # the shape's sequences, >= s
+        key = (rows, *p.tokens.shape[1:], p.trie_tokens.shape[1], budget, max_depth, levels)
         if key not in self._inputs:
-            tensors = {name: getattr(p, name).clone() for name in TENSORS}
-            self._inputs[key] = (DeviceProposals(**tensors, trie_depth=p.trie_depth), roots.clone(), prefix_lens.clone())
+            pad = lambda x: torch.cat([x, x[:1].expand(rows - s, *x.shape[1:])])  # noqa: E731  [rows, ...]
+            tensors = {name: pad(getattr(p, name)) for name in TENSORS}
+            self._inputs[key] = (DeviceProposals(**tensors, trie_depth=p.trie_depth), pad(roots), pad(prefix_lens))
         static, r, t = self._inputs[key]
         for name in TENSORS:
-            getattr(static, name).copy_(getattr(p, name))
-        r.copy_(roots)
-        t.copy_(prefix_lens)
-        return self.graphs.replay(key, lambda: grow(static, r, t, budget, max_depth))
+            getattr(static, name)[:s].copy_(getattr(p, name))
+        r[:s].copy_(roots)
+        t[:s].copy_(prefix_lens)
+        trees = self.graphs.replay(key, lambda: grow(static, r, t, budget, max_depth))
+        if rows == s:
+            return trees
+        n = trees.nodes
+        return DeviceTrees(trees.block.view(7, rows, n)[:, :s].reshape(7, s * n), n, trees.max_depth)  # [7, S * N], a copy
 
 
 @torch.no_grad()

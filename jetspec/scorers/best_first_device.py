@@ -62,8 +62,13 @@ def fills(proposals: DeviceProposals, budget: int, max_depth: int | None = None)
 
 
 def levels_for(proposals: DeviceProposals, budget: int, max_depth: int | None = None) -> int:
-    """How many depths the beam walks: the marginals' and the trie's, at most budget / max_depth."""
-    return min(budget, max_depth or budget, max(proposals.tokens.shape[1], proposals.trie_depth))
+    """How many depths the beam walks: the marginals' and the trie's, at most budget / max_depth. A
+    trie deeper than the marginals is walked to a power of two of depths (few graph shapes): a level
+    with no node adds none, and the tail's pointer doubling past its last hop adds zeros."""
+    rows, deep = proposals.tokens.shape[1], proposals.trie_depth
+    if deep > rows:
+        deep = 1 << (deep - 1).bit_length()  # 9..16 -> 16
+    return min(budget, max_depth or budget, max(rows, deep))
 
 
 class GraphedGrowth:

@@ -433,6 +433,19 @@ def test_a_batch_draining_sequence_by_sequence_replays_one_shape_per_bucket():
     assert len(set(graphed.graphs.keys)) == 1 and graphed.graphs.keys[0][0] == 16
 
 
+def test_tries_deeper_than_the_marginals_share_one_walk_depth_per_power_of_two():
+    """levels_for: 7 rows of marginals and a trie of depth t walk max(7, t) depths, t rounded up to a
+    power of two past the rows (the graph shapes by depth: 7, 8, 16), capped by the budget."""
+    from jetspec.scorers.best_first_device import levels_for
+
+    def levels(trie_depth, budget=16):
+        p = DeviceProposals(torch.zeros(1, 7, 4, dtype=torch.int64), torch.zeros(1, 7, 4), *([torch.zeros(1, 0)] * 4), trie_depth)
+        return levels_for(p, budget)
+
+    assert [levels(t) for t in range(0, 17)] == [7] * 8 + [8] + [16] * 8
+    assert levels(12, budget=12) == 12 and levels(3, budget=5) == 5
+
+
 # ---------------------------------------------------------------------------- on a GPU
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the device build's CUDA graphs need a CUDA GPU")
 @settings(max_examples=12, deadline=None)

@@ -89,10 +89,8 @@ class GraphedGrowth:
 
     def __call__(self, p: DeviceProposals, roots: torch.Tensor, prefix_lens: torch.Tensor, budget: int,
                  max_depth: int | None = None) -> DeviceTrees:
-        levels = levels_for(p, budget, max_depth)
-        s = p.size
-        rows = -(-s // SEQUENCE_BUCKET) * SEQUENCE_BUCKET  # the shape's sequences, >= s
-        key = (rows, *p.tokens.shape[1:], p.trie_tokens.shape[1], budget, max_depth, levels)
+        key = graph_key(p, budget, max_depth)
+        s, rows = p.size, key[0]
         if key not in self._inputs:
             pad = lambda x: torch.cat([x, x[:1].expand(rows - s, *x.shape[1:])])  # noqa: E731  [rows, ...]
             tensors = {name: pad(getattr(p, name)) for name in TENSORS}
@@ -107,6 +105,13 @@ class GraphedGrowth:
             return trees
         n = trees.nodes
         return DeviceTrees(trees.block.view(7, rows, n)[:, :s].reshape(7, s * n), n, trees.max_depth)  # [7, S * N], a copy
+
+
+def graph_key(p: DeviceProposals, budget: int, max_depth: int | None = None) -> tuple:
+    """The shape `GraphedGrowth` keeps a graph for: (sequences rounded up to SEQUENCE_BUCKET, D, K,
+    the tries' width, budget, max_depth, levels)."""
+    rows = -(-p.size // SEQUENCE_BUCKET) * SEQUENCE_BUCKET
+    return (rows, *p.tokens.shape[1:], p.trie_tokens.shape[1], budget, max_depth, levels_for(p, budget, max_depth))
 
 
 @torch.no_grad()

@@ -180,15 +180,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.distributed import RankLost, current
-    from .runs import read_prompts, run_prompts
+    from .runs import check_resume, read_prompts, run_prompts
 
     if args.limit is not None and args.limit < 1:
         raise JetSpecError(f"--limit must be at least 1, got {args.limit}")
+    check_resume(args.resume, args.retry_errors)  # before a model loads
     prompts = read_prompts(args.prompts, args.field)[: args.limit]  # before loading a model: bad lines show at once
     pipe = _build(args, _pipeline_config(args))
     ranks = current()
     try:
-        summary = run_prompts(pipe, prompts, args.out, resume=args.resume, progress=not args.no_progress, ranks=ranks)
+        summary = run_prompts(pipe, prompts, args.out, resume=args.resume, progress=not args.no_progress, ranks=ranks,
+                              retry_errors=args.retry_errors)
     except RankLost as e:
         raise RankLost(f"{e}; every row written so far is in {args.out}: run again with --resume to answer the rest") from None
     print(summary.line() + (f" · {ranks.world} ranks" if ranks else ""), file=sys.stderr)
@@ -249,6 +251,8 @@ def run_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> None:
     r.add_argument("--prompts", required=True, help="the prompts: JSON lines, gzip-compressed if the name ends in .gz")
     r.add_argument("--out", required=True, help="the output JSONL (rows appended as each prompt finishes)")
     r.add_argument("--resume", action="store_true", help="continue OUT: skip ids it already answers (without it, a non-empty OUT is an error)")
+    r.add_argument("--retry-errors", action="store_true", dest="retry_errors",
+                   help="with --resume: take OUT's error rows out and run their prompts again (each still ends with one row)")
     r.add_argument("--field", help="the input field holding the prompt (a string, or chat turns)")
     r.add_argument("--limit", type=int, help="answer only the first N usable prompts of the file")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

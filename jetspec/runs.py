@@ -15,6 +15,9 @@
   summary's rate is over the run's wall time.
 * Resume: every id with a row in the output, error or not, is answered; only the others run, so
   each prompt has exactly one row. A torn last line (a killed writer's) is cut off before reading.
+  With `retry_errors` (`--retry-errors`) the error rows are first taken out of the output (every
+  other line kept byte for byte, the file replaced in one rename), so those prompts run again and
+  still end with one row each.
 * Under torchrun (`run_prompts(..., ranks=...)`): data parallel over the ranks, or, for a
   tensor-parallel target, every rank on every prompt with rank 0 writing. A rank that dies ends
   the run with one line (`RankLost`); every row written before is on disk, and `--resume` (any
@@ -23,6 +26,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from .bench.datasets import jsonl_lines
 from .bench.rows import append_row, complete_length, read_rows
 from .core.distributed import RankLost, Ranks, barrier, patient_group, sum_counts
 from .core.errors import InputError, JetSpecError
-from .core.files import locked
+from .core.files import locked, write_atomic
 from .core.interfaces import ranks_of
 
 PROMPT_FIELDS = ("prompt", "question", "text", "problem")
@@ -103,19 +107,49 @@ def read_prompts(path: str | Path, field: str | None = None, warn: Callable[[str
     return prompts
 
 
-def answered_ids(out: Path) -> set[str]:
-    """Ids with a row in `out`, after cutting off a torn last line (a killed writer's)."""
+def check_resume(resume: bool, retry_errors: bool) -> None:
+    if retry_errors and not resume:
+        raise InputError("--retry-errors continues an output: give it with --resume")
+
+
+def answered_ids(out: Path, retry_errors: bool = False, warn: Callable[[str], None] = _warn) -> set[str]:
+    """Ids with a row in `out`, after cutting off a torn last line (a killed writer's); with
+    `retry_errors`, after taking the error rows out of `out` (`drop_error_rows`). Every rank of a run
+    calls this before any rank appends, so whichever rank drops the rows, all read the same ids."""
     if not out.is_file():
         return set()
-    with locked(out.parent), out.open("r+b") as f:
-        f.truncate(complete_length(f))
+    with locked(out.parent):
+        with out.open("r+b") as f:
+            f.truncate(complete_length(f))
+        dropped = drop_error_rows(out) if retry_errors else 0
+    if dropped:
+        warn(f"{dropped} error row(s) taken out of {out}; those prompts run again")
     return {str(r["id"]) for r in read_rows(out) if isinstance(r, dict) and "id" in r}
 
 
+def drop_error_rows(out: Path) -> int:
+    """Replace `out` (its lock held by the caller) by its lines without the error rows (`stopped`
+    "error"), in one rename; -> how many were dropped (none: the file is left as it is)."""
+    lines = out.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not _error_row(line)]
+    if len(kept) < len(lines):
+        write_atomic(out, "".join(kept))
+    return len(lines) - len(kept)
+
+
+def _error_row(line: str) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("stopped") == "error"
+
+
 def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = False, progress: bool = True,
-                ranks: Ranks | None = None, batch_size: int | None = None) -> RunSummary:
+                ranks: Ranks | None = None, batch_size: int | None = None, retry_errors: bool = False) -> RunSummary:
     """Generate an answer to every prompt not yet in `out` and append its row; -> the summary.
-    Without `resume`, an `out` that already holds rows is an error (nothing is overwritten).
+    Without `resume`, an `out` that already holds rows is an error (nothing is overwritten);
+    `retry_errors` (with `resume`): prompts whose row is an error run again (their rows replaced).
 
     `ranks` (under torchrun): with a tensor-parallel target every rank decodes every prompt in
     lockstep and rank 0 writes the rows; otherwise the ranks split the prompts (data parallel:
@@ -133,10 +167,11 @@ def run_prompts(pipe, prompts: list[RunPrompt], out: str | Path, resume: bool = 
     if ranks is not None and not lockstep:
         prompts = prompts[ranks.rank :: ranks.world]
     writes = ranks is None or not lockstep or ranks.leads
+    check_resume(resume, retry_errors)
     if not resume and out.is_file() and out.stat().st_size > 0:
         raise InputError(f"output '{out}' already holds rows; give --resume to continue it, or another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = answered_ids(out) if resume else set()
+    done = answered_ids(out, retry_errors) if resume else set()
     if ranks is not None:
         barrier(ranks)  # every rank has read `out` before any rank appends to it
     patient = patient_group(ranks) if ranks is not None and not lockstep else None  # for the end: shares end apart

@@ -121,6 +121,35 @@ def test_a_failed_generation_is_recorded_in_its_row_and_the_run_goes_on(root, tm
     assert "prompt long (line 1): CapacityError" in err and "1 errors" in err
 
 
+def test_retry_errors_runs_the_errored_prompts_again_and_keeps_every_other_row_as_it_was(root, tmp_path, capsys):
+    """--resume alone counts an error row as answered; --resume --retry-errors takes the error rows out
+    (the other lines byte for byte) and runs those prompts again: still one row per id."""
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "long", "text": "a " * 5000}, {"id": "ok", "text": "a b a b"}])
+    out = tmp_path / "out.jsonl"
+    assert run(root, prompts, out) == 0
+    assert answered(out)["long"]["stopped"] == "error"
+    ok_line = next(line for line in out.read_text().splitlines() if json.loads(line)["id"] == "ok")
+    write_prompts(prompts, [{"id": "long", "text": "a b c a b c"}, {"id": "ok", "text": "a b a b"}])  # the input mended
+    assert run(root, prompts, out, "--resume") == 0
+    assert answered(out)["long"]["stopped"] == "error" and "2 skipped" in capsys.readouterr().err
+    assert run(root, prompts, out, "--resume", "--retry-errors") == 0
+    rows = answered(out)
+    assert set(rows) == {"long", "ok"} and "error" not in rows["long"] and rows["long"]["tokens"] >= 1
+    assert ok_line in out.read_text().splitlines()  # untouched
+    err = capsys.readouterr().err
+    assert f"1 error row(s) taken out of {out}; those prompts run again" in err and "1 prompts done, 1 skipped" in err
+
+
+def test_retry_errors_without_resume_is_refused_in_one_line_before_a_model_loads(root, tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"text": "a b a b"}])
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "broken.toml"
+    config.write_text('target = { name = "transformers", path = "/nowhere" }\n')  # loading it would fail otherwise
+    assert main(["run", "--config", str(config), "--prompts", str(prompts), "--out", str(out), "--retry-errors"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--retry-errors continues an output: give it with --resume")
+    assert not out.exists()
+
+
 def test_gzip_input_and_a_named_field(root, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl.gz", [{"task_id": "t/1", "body": "a b a b", "prompt": "unused"}])
     out = tmp_path / "out.jsonl"

@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 16[,32,...]] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
+        [--budget 32[,16,...]] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -11,7 +11,8 @@ Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by 
                `generate` per prompt, as `jetspec run` runs batch 1 — since 2026-12-07; earlier rows at B = 1
                measured a batch engine of one)
     spec@B     our engine, `generate_many(batch_size=B)`: n-gram drafts (or --drafter), best-first,
-               budget --budget
+               budget --budget (default: users' default, 32; the rows before 2026-12-07 08:00 ran at 16, the old default
+               of this script)
     spec-bN@B  with several budgets (--budget 16,32): one speculative variant per budget N (any of the
                forms below takes the -bN too)
     spec-rC@B  the same with at most C verify rows a step (`max_verify_rows`, one variant per cap in
@@ -61,6 +62,7 @@ import torch
 import jetspec
 from jetspec.bench.datasets import prompts_dir, read_jsonl
 from jetspec.bench.rows import append_row, run_row
+from jetspec.core.config import GenerationConfig
 from jetspec.core.errors import JetSpecError
 from jetspec.scorers.best_first import BestFirstScorer
 
@@ -157,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-sizes", default="1,8,32,64")
     ap.add_argument("--drafter", default="ngram")
     ap.add_argument("--drafter-options", default="{}", help='the drafter\'s options as JSON, e.g. \'{"calibration": "lookup.json"}\'')
-    ap.add_argument("--budget", default="16", help="draft nodes per sequence-round; several, comma-separated: one "
-                    "speculative variant per budget (V-bN@B)")
+    ap.add_argument("--budget", default=str(GenerationConfig().budget),
+                    help="draft nodes per sequence-round (default: users' default, `generation.budget`); several, "
+                         "comma-separated: one speculative variant per budget (V-bN@B)")
     ap.add_argument("--max-verify-rows", default="none",
                     help="verify-row caps per step, comma-separated, 'none' = uncapped: one speculative variant per cap "
                          "(spec@B uncapped, spec-rC@B capped at C rows, which the sequences' budgets share)")

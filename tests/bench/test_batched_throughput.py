@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jetspec.testing.models import tiny_hf_model
 from support.hf_folder import VOCAB, char_tokenizer, save_tiny_hf_folder
 
@@ -175,12 +177,16 @@ def test_build_on_device_auto_runs_the_users_default_as_its_own_variant(tmp_path
     assert all(r["identical"] == 1.0 for r in rows) and "spec-auto / plain" in proc.stdout
 
 
-def test_a_warm_up_of_no_tokens_is_refused_in_one_line(tmp_path):
+@pytest.mark.parametrize("flag, value, line", [
+    ("--warmup-new", "0", "batched_throughput: --warmup-new must be a positive token count, got 0"),
+    ("--budget", "16,x", "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"),
+])
+def test_a_bad_flag_is_refused_in_one_line(tmp_path, flag, value, line):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), "--warmup-new", "0", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), flag, value, "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "batched_throughput: --warmup-new must be a positive token count, got 0"
+    assert proc.stderr.strip().splitlines()[-1] == line
 
 
 def test_several_budgets_run_one_speculative_variant_each(tmp_path):
@@ -192,10 +198,3 @@ def test_several_budgets_run_one_speculative_variant_each(tmp_path):
     assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)
     assert "spec-b1 / plain" in proc.stdout and "spec-b4 / plain" in proc.stdout
 
-
-def test_a_budget_that_is_no_count_is_refused_in_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), "--budget", "16,x", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"

@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
             outs, s, extra = ours(f"plain{tag}@{b}", b, False, prompts, overlap=ov)
             if b > 1 and not wide:
                 wide.append((f"plain{tag}@{b}", outs))
-            extra.pop("tau"), extra.pop("drafts_per_round")
+            for speculative_only in ("tau", "drafts_per_round"):
+                extra.pop(speculative_only)
             record(f"plain{tag}", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra, overlap=ov)
             for cap, budget in ((c, n) for c in caps for n in budgets):
                 if cap is not None and not 2 * b <= cap < b * (budget + 1):

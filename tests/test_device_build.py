@@ -350,14 +350,21 @@ class Shapeless(BestFirstScorer):
         return DeviceTrees(torch.zeros(7, 3, dtype=torch.int64), budget + 1, 1)
 
 
-def test_a_scorer_whose_device_trees_have_the_wrong_shape_is_one_line():
+class Strided(BestFirstScorer):
+    """The right shape, but a strided view (every other column of a wider block): not one flat read-back."""
+    def build_on_device(self, proposals, roots, prefix_lens, budget):
+        return DeviceTrees(torch.zeros(7, 2 * proposals.size * (budget + 1), dtype=torch.int64)[:, ::2], budget + 1, 1)
+
+
+@pytest.mark.parametrize("scorer, block", [(Shapeless, "block (7, 3) torch.int64"), (Strided, "block (7, 26) torch.int64")])
+def test_a_scorer_whose_device_trees_have_the_wrong_shape_is_one_line(scorer, block):
     pipe = grown_pipe(2, False)
-    pipe.scorer = Shapeless()
+    pipe.scorer = scorer()
     done = list(pipe.batched().run([[3, 4, 5, 3], [9, 8, 7]]))
     for f in done:
         assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
-        assert str(f.error).startswith("scorer 'best-first' (plugin 'jetspec.builtins') returned DeviceTrees(block (7, 3) torch.int64 on cpu, nodes 13, "
-                                       "max_depth 1) from build_on_device; expected DeviceTrees of a [7, 26] int64 block")
+        assert str(f.error).startswith(f"scorer 'best-first' (plugin 'jetspec.builtins') returned DeviceTrees({block} on cpu, nodes 13, "
+                                       "max_depth 1) from build_on_device; expected DeviceTrees of a contiguous [7, 26] int64 block")
 
 
 def test_a_drafter_whose_device_proposal_is_malformed_fails_its_own_sequence_the_others_go_on():
@@ -411,6 +418,7 @@ def test_the_graphed_build_pads_a_step_to_its_sequence_bucket_and_returns_its_ow
         made = graphed(proposals, roots, prefixes, budget)
         eager = grow(proposals, roots, prefixes, budget)
         assert torch.equal(made.block, eager.block) and made.nodes == eager.nodes and made.max_depth == eager.max_depth
+        assert made.block.is_contiguous()  # read back as one flat copy
         assert graphed.graphs.keys[-1][0] == SEQUENCE_BUCKET  # 1..3 sequences: one bucket
 
 

@@ -80,9 +80,10 @@ class Grower:
         n = budget + 1
         if not (isinstance(trees, DeviceTrees) and trees.nodes == n and isinstance(trees.max_depth, int) and 1 <= trees.max_depth <= budget
                 and isinstance(trees.block, torch.Tensor) and trees.block.shape == (7, s * n) and trees.block.dtype == torch.int64
+                and trees.block.is_contiguous()
                 and _on(trees.block, self.device)):
             raise PluginError(f"{who['scorer']} returned {_describe(trees)} from build_on_device; expected DeviceTrees of a "
-                              f"[7, {s * n}] int64 block on {self.device}, {n} nodes a tree, max_depth in [1, {budget}]")
+                              f"contiguous [7, {s * n}] int64 block on {self.device}, {n} nodes a tree, max_depth in [1, {budget}]")
         self.readback.start(trees.block.view(-1))
         return trees, failed
 

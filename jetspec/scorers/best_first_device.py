@@ -104,7 +104,7 @@ class GraphedGrowth:
         if rows == s:
             return trees
         n = trees.nodes
-        return DeviceTrees(trees.block.view(7, rows, n)[:, :s].reshape(7, s * n), n, trees.max_depth)  # [7, S * N], a copy
+        return DeviceTrees(trees.block.view(7, rows, n)[:, :s].contiguous().view(7, s * n), n, trees.max_depth)  # [7, S * N], a copy
 
 
 def graph_key(p: DeviceProposals, budget: int, max_depth: int | None = None) -> tuple:

@@ -3,7 +3,7 @@ sizes 1 / 8 / 32 / 64 against our own batched plain decoding and `transformers` 
 same target, same prompts, same run.
 
     python -m bench.batched_throughput --target PATH [--prompts 256] [--new 256] [--batch-sizes 1,8,32,64] \
-        [--budget 32[,16,...]] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
+        [--budget 32[,16,...]] [--b1-prompts 16] [--warmup-new 256] [--exact on|off] [--overlap off|on|both] [--split] [--hf-batch-sizes 1,32] --out bench/results/batched_throughput.jsonl \
         [--plot bench/plots/batched_throughput.png]
 
 Variants, for every batch size B (greedy; chat-templated prompts, GSM8K test by default):
@@ -41,7 +41,8 @@ plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). Our rows also ca
 engine's seconds per phase, summed over sequences: shares of the wall time; `wait` is the host blocked on the
 step's read-back from the device, `accept` the host's own acceptance work — rows before 2026-12-07 have no `wait`,
 their `accept` holds it), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
-the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them). One JSON row per variant is appended to --out as
+the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them); with --split, `host_split`
+(named engine functions' calls and seconds, `bench/host_split.py`). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.
 """
@@ -65,6 +66,8 @@ from jetspec.bench.rows import append_row, run_row
 from jetspec.core.config import GenerationConfig
 from jetspec.core.errors import JetSpecError
 from jetspec.scorers.best_first import BestFirstScorer
+
+from bench.host_split import split_timers
 
 
 def read_prompts(path: Path, n: int) -> list[str]:
@@ -192,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                          "<engine>_<B>.trace.txt of its kernels by GPU time and a line in trace.jsonl — wall seconds, GPU busy seconds "
                          "(kernels and copies summed), kernel count: GPU-bound (busy ~ wall) or host-bound (busy << wall); "
                          "the profiler slows the host: those runs' tok/s are not comparable and get 'profiled': true")
+    ap.add_argument("--split", action="store_true",
+                    help="also time named engine functions in our variants' timed runs (`bench/host_split.py`): each row gets "
+                         "host_split {name: [calls, seconds]}, inclusive of what each calls, and 'split': true")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
@@ -263,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
                 pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
         elif args.trace:
             results, seconds = traced(args.device, run, args.trace, name, stamp)
+        elif args.split:
+            with split_timers() as totals:
+                results, seconds = timed(args.device, run)
         else:
             results, seconds = timed(args.device, run)
         outs = [r.tokens for r in results]
@@ -276,6 +285,11 @@ def main(argv: list[str] | None = None) -> None:
             extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])
         if args.profile or args.trace:
             extra["profiled"] = True
+        if args.split:
+            extra["split"], extra["host_split"] = True, {k: [c, round(t, 4)] for k, (c, t) in totals.items()}
+            per = {k: 1e6 * t / max(rounds, 1) for k, (c, t) in totals.items() if c}
+            print(f"{variant} host split, µs per sequence-round (inclusive): "
+                  + " ".join(f"{k.split('.')[-1]} {v:.0f}" for k, v in per.items()), flush=True)
         return outs, seconds, extra
 
     out = Path(args.out)

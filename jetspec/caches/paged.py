@@ -81,7 +81,7 @@ class PagedKVCache:
         # `PooledSlotTables`: the slot maps of a pool's sequences are the rows of one table [S, capacity]
         self.slot_tables, self.slot_row = slot_tables, slot_row
         self.slot_table = slot_tables[slot_row]  # [capacity] int32
-        self.block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)
+        self._block_table = torch.zeros(math.ceil(capacity / p), dtype=torch.int32, device=info.device)  # sent when read
         self.allocator = pool.allocator
         self._pages: list[int] = []
         # pool rows of the pending tokens, in a persistent buffer so that a CUDA graph captured
@@ -141,7 +141,7 @@ class PagedKVCache:
         self._live: dict[int, int] = {}  # remap: page -> live rows in it
         self._committed = self._pending = self._staged = 0
         self._table = TableMirror()  # gather: the pages whose rows slot_table holds, in order
-        self._blocks = TableMirror()  # the pages block_table holds
+        self._blocks = TableMirror()  # the pages _block_table holds
 
     def begin(self, n: int) -> None:
         t = self._committed
@@ -311,7 +311,6 @@ class PagedKVCache:
             self._pages = [page for page in self._pages if page in self._live]  # the empty ones just left it
             self.allocator.release(empty)
             self._blocks.cut(0)  # a page left from the middle: compare from the start
-        self._sync_block_table()
 
     def _discard_pending(self) -> None:
         """A `begin` without `commit` of the previous one: drop those pending tokens."""
@@ -329,7 +328,6 @@ class PagedKVCache:
     def _sync_slots(self, lo: int, hi: int) -> None:
         if hi > lo:
             self.slot_table[lo:hi].copy_(self._host(self._slots[lo:hi]), non_blocking=True)
-        self._sync_block_table()
 
     def _sync_pages(self) -> None:
         """Gather mode: send the rows of the pages held that slot_table does not hold yet (one copy when a
@@ -340,15 +338,19 @@ class PagedKVCache:
         if hi > lo:
             rows = [self._pages[s // p] * p + s % p for s in range(lo, hi)]
             self.slot_table[lo:hi].copy_(self._host(rows), non_blocking=True)
-        self._sync_block_table()
 
     def _host(self, values: list[int]) -> torch.Tensor:  # [len(values)] int32, the source of one of those writes
         return on_device.pinned(torch.tensor(values, dtype=torch.int32), self.slot_table.device)
 
-    def _sync_block_table(self) -> None:
+    @property
+    def block_table(self) -> torch.Tensor:
+        """[pages of capacity] int32 on the device: the pages held, in order (entries past `pages_in_use`
+        unread). Sent when read, not at every `begin`: the engine's attention reads `slot_table` alone,
+        and a step should not pay a copy per sequence for a table only other readers (FlashInfer) use."""
         same = self._blocks.sync(self._pages)
         if len(self._pages) > same:
-            self.block_table[same : len(self._pages)].copy_(self._host(self._pages[same:]), non_blocking=True)
+            self._block_table[same : len(self._pages)].copy_(self._host(self._pages[same:]), non_blocking=True)
+        return self._block_table
 
     @staticmethod
     def _flat(pool: torch.Tensor) -> torch.Tensor:

@@ -198,3 +198,23 @@ def test_several_budgets_run_one_speculative_variant_each(tmp_path):
     assert all(r["identical"] == 1.0 and r["identical_all"] == 1.0 for r in rows)
     assert "spec-b1 / plain" in proc.stdout and "spec-b4 / plain" in proc.stdout
 
+
+
+def test_split_times_the_engines_named_functions_in_each_row(tmp_path):
+    """--split: each of our rows carries host_split {name: [calls, seconds]} for every engine function
+    `bench/host_split.py` names (0 calls: not on this run's path), marked split; on the host path every
+    round reserves rows, builds a tree, forwards and commits."""
+    from bench.host_split import SPLIT
+
+    proc, rows = batch_4_run(tmp_path, "--split")
+    assert [r["variant"] for r in rows] == ["plain@4", "spec@4"] and all(r["split"] for r in rows)
+    for r in rows:
+        split = r["host_split"]
+        assert set(split) == {name.split(":")[1] for name in SPLIT}
+        for name in ("PagedKVCache.begin", "StepTrees._tree", "BatchMeta.pack", "BatchEngine._forward", "BatchEngine._commit",
+                     "PagedKVCache.commit", "Pipeline._result"):
+            calls, seconds = split[name]
+            assert calls > 0 and seconds > 0, name
+        assert split["BatchEngine._commit"][1] >= split["PagedKVCache.commit"][1]  # inclusive of what it calls
+        assert split["Pipeline._result"][0] == 4  # one per prompt
+    assert "spec@4 host split, µs per sequence-round (inclusive): begin " in proc.stdout

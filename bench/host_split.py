@@ -24,12 +24,14 @@ SPLIT = (
     "jetspec.caches.paged:PagedKVCache.begin",                      # draft: rows reserved per sequence
     "jetspec.core.batch_grow:Grower.grow",                          # draft: a grown step's proposals, pack, build launch
     "jetspec.drafters.head.drafter:HeadDrafter.propose_on_device",  #   per sequence
+    "jetspec.drafters.head.drafter:HeadDrafter._draft",             #     a draft not queued ahead (a sequence's first)
     "jetspec.drafters.ngram:NgramDrafter.propose_flat",             #     its prompt lookup's trie
     "jetspec.core.batch_grow:_packed",                              #   the step's tries packed and checked
     "jetspec.scorers.best_first:BestFirstScorer.build_on_device",   #   the device build's launch (graph replay)
     "jetspec.core.batch_trees:StepTrees._tree",                     # draft + build of a host-built tree
     "jetspec.core.batch:BatchMeta.pack",                            # verify: the step's attention metadata
     "jetspec.core.batch_engine:BatchEngine._forward",               # verify: the packed forward's launch
+    "jetspec.targets.decoder.batch_graphs:BatchGraphForward._fill",  #   its graph's static inputs
     "jetspec.core.batch_engine:start_on_device",                    # accept: acceptance queued on the device
     "jetspec.core.batch_engine:draft_ahead_step",                   #   the next drafts queued (pooled head)
     "jetspec.drafters.head.pool:ContextPool.draft_ahead",           #     the pool's one job
@@ -40,6 +42,7 @@ SPLIT = (
     "jetspec.caches.paged:PagedKVCache.commit",                     #   the cache's bookkeeping
     "jetspec.drafters.head.context:ContextDrafter.observe",         #   the drafter's
     "jetspec.core.pipeline:Pipeline._result",                       # a finished sequence's result (text)
+    "jetspec.core.cuda_graphs:capture",                             # any CUDA graph captured (inside the above)
 )
 
 

@@ -10,7 +10,8 @@ maps' length; S': the rows of the pool's slot-map table, `PooledSlotTables`):
     tokens      [Rmax] int64   the packed rows' tokens (copied on the device), then stale pads
     positions   [Rmax] int64   T_s + depth (copied on the device), then stale pads (earlier
                                positions: in range, and no real row reads a pad)
-    block       [BLOCK(Rmax, S')] int64, filled on the host, ONE copy to the device, read as
+    block       [BLOCK(Rmax, S')] int64, filled on the host (on CUDA in two pinned blocks by turns: a fill
+                waits for its block's copy of two forwards ago, never the one just launched), ONE copy, read as
       write_at    [Rmax]       row r = cu_rows[s] + i: slot_row_s * C + T_s + i, the flat index of its
                                pending slot in the table (pads: 0)
       writes      [Rmax]       1 for a real row, 0 for a pad
@@ -19,7 +20,7 @@ maps' length; S': the rows of the pool's slot-map table, `PooledSlotTables`):
       tiles       [Rmax, 5]    `pack_tiles` for block_m rows, slot maps at slot_row_s * C, prefix index
                                slot_row_s; then pad tiles (N = 0: no row, nothing stored)
       tail        [Rmax, 5]    the same for the kernel's TAIL_ROWS tiles
-      prefix      [S']         T_s at row slot_row_s
+      prefix      [S']         T_s at row slot_row_s (rows of sequences not in the step: stale, unread)
 
 In the graph: pool row of row r = table.flat[write_at[r]] where writes[r], else -1 (rope_write
 writes a -1 row nowhere); the ancestor table from positions (`ancestor_table`); then the model's
@@ -88,8 +89,11 @@ class BatchGraphForward:
         self.positions = torch.zeros(r, dtype=torch.int64, device=device)  # [Rmax]
         self.graphs = GraphSet()  # key (Rb, width, one launch, block_m, hidden layers) -> graph, static output
         self._table: torch.Tensor | None = None  # the slot-map table whose graphs `graphs` holds
-        self._block: tuple[torch.Tensor, np.ndarray, torch.Tensor] | None = None  # host, its numpy view, device
-        self._done = torch.cuda.Event() if device.type == "cuda" else None  # the last block copy
+        # (host blocks with their numpy views, the device block): on CUDA two host blocks filled in turn, so
+        # that a step's fill never waits for the copy of the step just launched (the other half's, overlapped)
+        self._block: tuple[list[tuple[torch.Tensor, np.ndarray]], torch.Tensor] | None = None
+        self._done = [torch.cuda.Event(), torch.cuda.Event()] if device.type == "cuda" else None  # each host block's last copy
+        self._turn = 0  # the host block filled last
         self._checked: weakref.WeakValueDictionary[int, KVCache] = weakref.WeakValueDictionary()  # caches that qualify
 
     # ------------------------------------------------------------------ which forwards
@@ -148,11 +152,14 @@ class BatchGraphForward:
 
         rmax, (seqs, cap) = self.buckets[-1], table.shape
         if self._block is None:
-            host = torch.zeros(14 * rmax + seqs, dtype=torch.int64, pin_memory=self.device.type == "cuda")
-            self._block = (host, host.numpy(), host if self.device.type == "cpu" else torch.empty_like(host, device=self.device))
-        host, block, dev = self._block
+            cuda = self.device.type == "cuda"
+            hosts = [torch.zeros(14 * rmax + seqs, dtype=torch.int64, pin_memory=cuda) for _ in range(2 if cuda else 1)]
+            self._block = ([(h, h.numpy()) for h in hosts], torch.empty_like(hosts[0], device=self.device) if cuda else hosts[0])
+        hosts, dev = self._block
+        self._turn = (self._turn + 1) % len(hosts)
+        host, block = hosts[self._turn]
         if self._done is not None:
-            self._done.synchronize()  # the last copy out of the host block has finished
+            self._done[self._turn].synchronize()  # this block's last copy out (two forwards ago) has finished
         r, s = meta.num_queries, meta.num_sequences
         counts = np.diff(cu)  # [S] N_s
         slot_rows = np.fromiter((c.slot_row for c in caches), dtype=np.int64, count=s)  # [S]
@@ -175,14 +182,14 @@ class BatchGraphForward:
         block[14 * rmax + slot_rows] = prefix
         if dev is not host:
             dev.copy_(host, non_blocking=True)
-            self._done.record()
+            self._done[self._turn].record()
         self.tokens[:r].copy_(tokens, non_blocking=True)
         self.positions[:r].copy_(meta.positions, non_blocking=True)
 
     def _bucket(self, rb: int, width: int, one_launch: bool, block_m: int, meta: BatchMeta, caches: Sequence[KVCache],
                 hidden_layers: tuple[int, ...], eager: Eager) -> TargetOutput:
         """The forward of bucket rb over the static buffers (what a capture records; a replay runs none of this)."""
-        rmax, dev, table = self.buckets[-1], self._block[2], self._table
+        rmax, dev, table = self.buckets[-1], self._block[1], self._table
         flat = table.view(-1)  # [S' * C]
         write_at, writes, row_prefix, first_row = (dev[k * rmax : k * rmax + rb] for k in range(4))
         rows = torch.where(writes != 0, flat[write_at], -1).to(torch.int32)  # [Rb]: pool rows, -1 for pads

@@ -40,7 +40,8 @@ all prompts whose output equals the first batched plain run's (batch size must n
 plain@B, `x_hf` = plain@B / hf@B (hf only at --hf-batch-sizes). Our rows also carry `phases` (the
 engine's seconds per phase, summed over sequences: shares of the wall time; `wait` is the host blocked on the
 step's read-back from the device, `accept` the host's own acceptance work — rows before 2026-12-07 have no `wait`,
-their `accept` holds it), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run, with
+their `accept` holds it), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run by any owner — rows
+before 2026-12-07 10:10 UTC counted the target's and the device build's only, not the head drafters' — with
 the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them); with --split, `host_split`
 (named engine functions' calls and seconds, `bench/host_split.py`). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
@@ -64,6 +65,7 @@ import jetspec
 from jetspec.bench.datasets import prompts_dir, read_jsonl
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.config import GenerationConfig
+from jetspec.core.cuda_graphs import GraphSet
 from jetspec.core.errors import JetSpecError
 from jetspec.scorers.best_first import BestFirstScorer
 
@@ -232,13 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     ids = [pipe.encode(t) for t in texts]
     rows: list[dict[str, Any]] = []
 
-    # the decoder's graph owners (one sequence's forward, the packed forward); none where eager or another target
-    graph_sets = [g.graphs for g in (getattr(pipe.target, "graphs", None), getattr(pipe.target, "batch_graphs", None)) if g is not None]
-    if isinstance(pipe.scorer, BestFirstScorer) and args.device.startswith("cuda"):
-        graph_sets.append(pipe.scorer.device_graphs)  # the device build's (none on a CPU: it runs eagerly there)
+    # rows count captures where the run has CUDA graphs: the decoder's (one sequence's forward, the packed
+    # forward; none where eager or another target) or, on CUDA, the device build's
+    graphs_on = (any(getattr(pipe.target, a, None) is not None for a in ("graphs", "batch_graphs"))
+                 or (isinstance(pipe.scorer, BestFirstScorer) and args.device.startswith("cuda")))
 
-    def captured() -> tuple[int, float]:
-        return sum(g.captures for g in graph_sets), sum(g.capture_seconds for g in graph_sets)
+    def captured() -> tuple[int, float]:  # every graph set's: the target's, the device build's, the head drafters' own
+        return GraphSet.everywhere[0], GraphSet.everywhere[1]
 
     def ours(variant: str, batch: int, speculative: bool, prompts: list[list[int]],
              cap: int | None = None, overlap: bool = False, build: str = "graph",
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         phases = {k: round(sum(r.stats.seconds[k] for r in results), 4) for k in results[0].stats.seconds} if results else {}
         extra: dict[str, Any] = {"tau": sum(map(len, outs)) / max(rounds, 1), "phases": phases,
                                  "drafts_per_round": sum(r.stats.tree_nodes for r in results) / max(rounds, 1)}  # verified drafts
-        if graph_sets:
+        if graphs_on:
             after = captured()
             extra["graph_captures"], extra["capture_seconds"] = after[0] - before[0], round(after[1] - before[1], 3)
             extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])

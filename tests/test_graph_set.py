@@ -30,6 +30,7 @@ def fake_capture(log):
 def test_a_key_is_captured_once_then_replayed_and_every_capture_shares_the_first_pool(monkeypatch):
     log = []
     monkeypatch.setattr(cuda_graphs, "capture", fake_capture(log))
+    before = list(GraphSet.everywhere)
     graphs, calls = GraphSet(), []
     outs = [graphs.replay(k, lambda k=k: calls.append(k) or f"out {k}") for k in ("a", "a", "b", "a")]
     assert outs == ["out a", "out a", "out b", "out a"] and calls == ["a", "b"]  # fn ran only at capture
@@ -37,6 +38,10 @@ def test_a_key_is_captured_once_then_replayed_and_every_capture_shares_the_first
     assert graphs._graphs["a"][0].replays == 3 and len(graphs) == 2 and "b" in graphs
     assert graphs.captured("c", lambda: "out c") == "out c" and graphs._graphs["c"][0].replays == 0  # captured, not run
     assert graphs.captures == 3 and graphs.capture_seconds >= 0  # what a benchmark reports of a run's captures
+    other = GraphSet()
+    other.captured("x", lambda: "out x")
+    assert GraphSet.everywhere[0] == before[0] + 4  # every set's captures, counted process-wide too
+    assert GraphSet.everywhere[1] >= before[1] + graphs.capture_seconds + other.capture_seconds - 1e-9
 
 
 def test_drop_forgets_stale_graphs_and_keeps_the_pool_clear_forgets_both(monkeypatch):

@@ -69,7 +69,7 @@ from jetspec.core.cuda_graphs import GraphSet
 from jetspec.core.errors import JetSpecError
 from jetspec.scorers.best_first import BestFirstScorer
 
-from bench.host_split import split_timers
+from bench.host_split import SPLIT, split_timers
 
 
 def read_prompts(path: Path, n: int) -> list[str]:
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", action="store_true",
                     help="also time named engine functions in our variants' timed runs (`bench/host_split.py`): each row gets "
                          "host_split {name: [calls, seconds]}, inclusive of what each calls, and 'split': true")
+    ap.add_argument("--split-also", default="", help="--split: more functions to time, comma-separated 'module:Class.attr' names")
     args = ap.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.trace:
             results, seconds = traced(args.device, run, args.trace, name, stamp)
         elif args.split:
-            with split_timers() as totals:
+            with split_timers(SPLIT + tuple(n for n in args.split_also.split(",") if n)) as totals:
                 results, seconds = timed(args.device, run)
         else:
             results, seconds = timed(args.device, run)

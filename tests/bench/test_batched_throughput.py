@@ -206,11 +206,11 @@ def test_split_times_the_engines_named_functions_in_each_row(tmp_path):
     round reserves rows, builds a tree, forwards and commits."""
     from bench.host_split import SPLIT
 
-    proc, rows = batch_4_run(tmp_path, "--split")
+    proc, rows = batch_4_run(tmp_path, "--split", "--split-also", "jetspec.core.on_device:to_device")
     assert [r["variant"] for r in rows] == ["plain@4", "spec@4"] and all(r["split"] for r in rows)
     for r in rows:
         split = r["host_split"]
-        assert set(split) == {name.split(":")[1] for name in SPLIT}
+        assert set(split) == {name.split(":")[1] for name in SPLIT} | {"to_device"}  # --split-also: one more
         for name in ("PagedKVCache.begin", "StepTrees._tree", "BatchMeta.pack", "BatchEngine._forward", "BatchEngine._commit",
                      "PagedKVCache.commit", "Pipeline._result"):
             calls, seconds = split[name]

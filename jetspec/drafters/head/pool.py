@@ -136,9 +136,10 @@ class ContextPool:
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
+        hosts, logps, tokens_s = host.unbind(0), both[:, 0].unbind(0), ids.unbind(0)  # per slot, one call each (not 3 S)
         for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
-            m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), host[s], None, (drafts, s)
-            m._drafted_dev = (both[s, 0], ids[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
+            m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
+            m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""

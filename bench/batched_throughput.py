@@ -202,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                          "host_split {name: [calls, seconds]}, inclusive of what each calls, and 'split': true")
     ap.add_argument("--split-also", default="", help="--split: more functions to time, comma-separated 'module:Class.attr' names")
     args = ap.parse_args(argv)
+    if args.split and (args.profile or args.trace):
+        raise SystemExit("batched_throughput: --split times the runs without a profiler; use it without --profile and --trace")
+    if args.split_also and not args.split:
+        raise SystemExit("batched_throughput: --split-also names more functions for --split; add --split")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
         budgets = [int(x) for x in args.budget.split(",")]

@@ -177,13 +177,15 @@ def test_build_on_device_auto_runs_the_users_default_as_its_own_variant(tmp_path
     assert all(r["identical"] == 1.0 for r in rows) and "spec-auto / plain" in proc.stdout
 
 
-@pytest.mark.parametrize("flag, value, line", [
-    ("--warmup-new", "0", "batched_throughput: --warmup-new must be a positive token count, got 0"),
-    ("--budget", "16,x", "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"),
+@pytest.mark.parametrize("flags, line", [
+    (["--warmup-new", "0"], "batched_throughput: --warmup-new must be a positive token count, got 0"),
+    (["--budget", "16,x"], "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"),
+    (["--split", "--profile", "p"], "batched_throughput: --split times the runs without a profiler; use it without --profile and --trace"),
+    (["--split-also", "jetspec.core.pipeline:Pipeline._result"], "batched_throughput: --split-also names more functions for --split; add --split"),
 ])
-def test_a_bad_flag_is_refused_in_one_line(tmp_path, flag, value, line):
+def test_a_bad_flag_is_refused_in_one_line(tmp_path, flags, line):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), flag, value, "--device", "cpu"]
+    cmd = [sys.executable, "-m", "bench.batched_throughput", "--target", str(tmp_path), *flags, "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == line

@@ -108,22 +108,29 @@ class ContextPool:
         dev, a = self.start.device, APPEND_ROWS
         starts = [m.cache.length for m in self.members]
         self.reserve(max(starts) + a)  # every slot writes A rows at its start
-        d1 = np.array([(p.numel() - 1) // 2 for p in packed])  # [P] D_i + 1
-        ints = np.stack([  # [5, P]: where each peer's result and hidden rows start, D_i + 1, N_i, its slot
-            np.cumsum([0] + [p.numel() for p in packed[:-1]]), d1, [h.shape[0] for h in hidden],
-            np.cumsum([0] + [h.shape[0] for h in hidden[:-1]]), [self.slot[id(m)] for m in peers]])
-        poff, d1_, n, hoff, slots = to_device(torch.from_numpy(ints.astype(np.int64)), dev)
+        # the index arithmetic on the host, sent in ONE copy; the device gathers what only it holds (the results
+        # `flat`, peer i's from poff_i: [k, path slots 0..D_i, tokens 0..D_i]):
+        #   path[i, j] = min(max(flat[poff_i + 1 + min(j, D_i)], 0), N_i - 1) + hoff_i   (A slots: the last repeated;
+        #                a row of `rows`, clamped into tree i: a wrong path fails its check later, not an index here)
+        #   k_i = min(max(flat[poff_i], 1), D_i + 1)     accepted nodes, root included
+        #   root_i = flat[poff_i + D_i + 1 + k_i]        its k-th committed token (the bonus): the next root
+        p, d1 = len(peers), np.array([(x.numel() - 1) // 2 for x in packed])  # [P] D_i + 1
+        n = np.array([h.shape[0] for h in hidden])  # [P] N_i
+        poff = np.cumsum([0] + [x.numel() for x in packed[:-1]])  # [P]
+        slots = np.array([self.slot[id(m)] for m in peers])  # [P]
+        slot_at = poff[:, None] + 1 + np.minimum(np.arange(a)[None], d1[:, None] - 1)  # [P, A]
+        ints = np.concatenate([slot_at.ravel(), poff, d1, n - 1, np.cumsum(n) - n, slots, poff + d1, np.asarray(starts)[slots], starts])
+        up = to_device(torch.from_numpy(ints.astype(np.int64)), dev)  # [P A + 7 P + S]
+        slot_at_, (poff_, d1_, last, hoff, slots_, tokens_at, start_of) = up[: p * a].view(p, a), up[p * a : p * a + 7 * p].view(7, p)
+        start = up[p * a + 7 * p :]  # [S] every member's length
         flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
-        j = torch.arange(a, device=dev)  # [A]
-        path = flat[poff[:, None] + 1 + torch.minimum(j[None], d1_[:, None] - 1)]  # [P, A]: the path, its last slot repeated
-        path = torch.minimum(path.clamp(min=0), n[:, None] - 1) + hoff[:, None]  # clamped into each tree: rows of `rows`
-        k = torch.minimum(flat[poff].clamp(min=1), d1_)  # [P] accepted nodes, root included
-        start = to_device(torch.tensor(starts, dtype=torch.int64), dev)  # [S]
+        path = torch.minimum(flat[slot_at_].clamp_(min=0), last[:, None]).add_(hoff[:, None])  # [P, A]
+        k = torch.minimum(flat[poff_].clamp_(min=1), d1_)  # [P]
         self.start.copy_(start)
         self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
-        self.hidden.index_copy_(0, slots, rows.index_select(0, path.flatten()).view(len(peers), a, *rows.shape[1:]))
-        self.root.index_copy_(0, slots, flat[poff + k + d1_])  # the bonus token: the next root
-        self.anchor.index_copy_(0, slots, start[slots] + k)
+        self.hidden.index_copy_(0, slots_, rows.index_select(0, path.flatten()).view(p, a, *rows.shape[1:]))
+        self.root.index_copy_(0, slots_, flat[tokens_at + k])
+        self.anchor.index_copy_(0, slots_, start_of + k)
         job = lambda: self._job(peers[0], depths)  # noqa: E731
         if self.graphs is None:
             logp, tokens = job()
@@ -137,7 +144,7 @@ class ContextPool:
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
         hosts, logps, tokens_s = host.unbind(0), both[:, 0].unbind(0), ids.unbind(0)  # per slot, one call each (not 3 S)
-        for m, s, d in zip(peers, ints[4].tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
+        for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
 

@@ -6,7 +6,7 @@
 accepted paths into the pool's static inputs, replays the job's graph and queues the drafts' copy
 to the host. On a GPU every aten op it dispatches outside `_job` (the graph's body) costs the host
 a dispatch, and those on device tensors a kernel launch or copy; the GPU split (`--split`) put the
-whole call near 1 ms. Here a tiny random head (tests/head_fixtures.py) drafts for `--peers`
+whole call near 1 ms. Here a random head over a tiny random llama drafts for `--peers`
 sequences and a `TorchDispatchMode` counts the ops `draft_ahead` dispatches, `_job` excluded; one
 row per peer count: ops in total and by name. A count, not a time: no GPU figure.
 """
@@ -16,14 +16,22 @@ from __future__ import annotations
 import argparse
 import collections
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import jetspec
 from jetspec.bench.rows import append_row, run_row
+from jetspec.core.interfaces import DecodeState
+from jetspec.drafters.head import HeadOptions, jetspec_drafter
+from jetspec.drafters.head.pool import ContextPool
+from jetspec.testing.models import tiny_hf_model
 
-ROOT = Path(__file__).resolve().parents[1]
+VOCAB, HIDDEN = 96, 64
 
 
 class Dispatches(TorchDispatchMode):
@@ -41,25 +49,36 @@ class Dispatches(TorchDispatchMode):
 
 
 def count(peers: int) -> collections.Counter[str]:
-    """The ops of one pooled job of `peers` head drafters (the pool made by an earlier job)."""
-    if str(ROOT / "tests") not in sys.path:  # the head tests' tiny target and drafters
-        sys.path.insert(0, str(ROOT / "tests"))
-    from test_context_pool import HeadTarget, drafters, observed, round_result, tiny_llama
-
-    from jetspec.drafters.head.pool import ContextPool
-
-    target = HeadTarget(tiny_llama())
-    pooled = drafters(target, peers)
+    """The ops of one pooled job of `peers` head drafters (the pool made by an earlier job) over a tiny
+    random llama through the `decoder` target: each drafter has seen a short prompt, then each job
+    gets a tree of N_i rows and an acceptance of k_i of its D_i + 1 path slots (random, fixed)."""
+    folder = Path(tempfile.mkdtemp()) / "model"
+    tiny_hf_model("llama", seed=3, vocab=VOCAB, hidden=HIDDEN, layers=2).save_pretrained(folder)
+    target = (jetspec.builder().target("decoder", path=str(folder), device="cpu", dtype="float32", cuda_graphs=False)
+              .attention("torch").kv_cache("paged").drafter("ngram").build()).target
+    shutil.rmtree(folder.parent)
+    pooled = [jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target) for _ in range(peers)]
+    g = torch.Generator().manual_seed(0)
+    k = len(pooled[0].hidden_layers)
     for i, d in enumerate(pooled):
-        observed(d, target, [5 + i, 17, 33, 8, 61, 12, 40, 9][: 3 + i % 6])
-    def results(seed: int) -> list:  # every peer's tree rows and acceptance, made outside the count
-        return [round_result(seed + i, n=7 + i % 3, d=2 + i % 3, k=1 + i % 3) for i in range(peers)]
+        state = DecodeState(tokens=torch.randint(8, VOCAB, (4 + i % 5,), generator=g).tolist(), prompt_len=4 + i % 5)
+        d.reset(state)
+        d.observe(state, torch.randn(len(state.tokens) - 1, k, HIDDEN, generator=g))  # [n, k, H]
+
+    def results() -> list:  # per peer: its tree's hidden rows [N, k, H], its acceptance [2 D + 3]; made outside the count
+        made = []
+        for i in range(peers):
+            n, depth, accepted = 7 + i % 3, 2 + i % 3, 1 + i % 3
+            path = [0] + sorted(torch.randperm(n - 1, generator=g)[:depth].add(1).tolist())  # [D + 1] node indices
+            tokens = torch.randint(8, VOCAB, (depth + 1,), generator=g).tolist()
+            made.append((torch.randn(n, k, HIDDEN, generator=g), torch.tensor([accepted] + path + tokens)))
+        return made
 
     def step(made: list) -> None:  # one job over every peer
         assert pooled[0].draft_ahead_together(pooled, [h for h, _ in made], [p for _, p in made], budget=16)
 
-    step(results(0))  # makes the pool
-    counted = results(100)
+    step(results())  # makes the pool
+    counted = results()
     mode, job = Dispatches(), ContextPool._job
 
     def unseen_job(self, *args):

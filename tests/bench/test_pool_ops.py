@@ -7,4 +7,4 @@ from bench.pool_ops import count
 def test_a_pooled_jobs_dispatches_do_not_grow_with_its_peers():
     few, many = count(3), count(16)
     assert few == many and 0 < sum(many.values()) <= 40
-    assert many["aten.select"] <= 1 and many["aten.lift_fresh"] <= 1  # no view per peer, one host tensor sent
+    assert many["select"] <= 1 and many["lift_fresh"] <= 1  # no view per peer, one host tensor sent

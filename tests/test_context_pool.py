@@ -101,6 +101,24 @@ def test_a_pooled_drafter_not_in_the_step_keeps_its_context_and_drafts_as_before
         assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
 
 
+def test_a_pooled_drafters_own_draft_from_the_pools_slot_is_its_own_draft(target):
+    """`ContextPool.draft_one` (what a pooled drafter's own draft runs: a new sequence's first round)
+    picks the asking member's rows of the pool and drafts from its root at its anchor: the same
+    top-k as the member's own draft over its own context, for each slot, fresh prompts included."""
+    pooled = drafters(target, 3)
+    states = [observed(d, target, p) for d, p in zip(pooled, PROMPTS)]
+    results = [round_result(i, n=6, d=3, k=2) for i in range(3)]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+    pool = pooled[0].cache.pool
+    states[1] = observed(pooled[1], target, PROMPTS[2])  # its slot took a new prompt
+    for d, state in zip(pooled, states):
+        own = d.draft_block(torch.tensor([state.tokens[-1]]), torch.tensor([d.cache.length]), d.cache.context(), 5)
+        one = pool.draft_one(d, state.tokens[-1], d.cache.length, 5)
+        assert torch.equal(own[1], one[1]) and torch.allclose(own[0], one[0], atol=1e-5)
+        queued = pool.draft_one(d, torch.tensor([state.tokens[-1]]), torch.tensor([d.cache.length]), 5)  # device inputs
+        assert torch.equal(queued[1], one[1])
+
+
 def test_halves_of_a_pooled_batch_drafting_in_turn_leave_each_drafter_what_drafting_alone_leaves(target):
     """A pipeline reused with `overlap` (its slots' halves step in turn) finds its drafters in the one
     pool of an earlier run: a half's job must not touch the other half's drafts in flight — its
@@ -236,3 +254,27 @@ def test_a_graphed_pool_drafts_what_each_drafter_drafts_alone_across_pool_growth
                 assert d.kept_ahead
     pool = pooled[0].cache.pool
     assert pool.capacity >= 64 and pool.graphs is not None and len(pool.graphs) == 1  # stale versions' graphs dropped
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_pooled_drafters_draft_alone_from_one_graph_of_the_pool_not_one_each():
+    """A pooled drafter's own draft (its sequence's first round) replays the pool's one graph for
+    every slot: the same tokens as an eager drafter's, one capture for three drafters, none of
+    their own."""
+    gpu = HeadTarget(tiny_llama(), device="cuda")
+    solo = [jetspec_drafter(HeadOptions(**OPTIONS, cuda_graphs=False), gpu) for _ in range(3)]
+    pooled = [jetspec_drafter(HeadOptions(**OPTIONS), gpu) for _ in range(3)]
+    for d, p in zip(solo + pooled, PROMPTS + PROMPTS):
+        observed(d, gpu, p)
+    results = [tuple(x.cuda() for x in round_result(i, n=6, d=3, k=3)) for i in range(3)]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+    pool, before = pooled[0].cache.pool, len(pooled[0].cache.pool.graphs)
+    for rep in range(2):
+        for i, (s, p) in enumerate(zip(solo, pooled)):
+            prompt = PROMPTS[(i + rep) % 3]  # each slot takes a new prompt, twice
+            state, _ = observed(s, gpu, prompt), observed(p, gpu, prompt)
+            assert p.cache.pool is pool
+            ps, pp = s.propose(state, 16), p.propose(state, 16)
+            for depth in range(5):
+                assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
+    assert len(pool.graphs) == before + 1 and all(len(p.graphs.graphs) == 0 for p in pooled)

@@ -198,7 +198,11 @@ class HeadDrafter(ContextDrafter):
     def _draft(self, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
                context: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(logp, tokens) [depths, k] of the one-forward draft: replayed from a CUDA graph (over the
-        whole buffers) where there is one, else eagerly over `context`."""
+        whole buffers) where there is one — a pooled drafter's from its pool's one graph for every slot
+        (`ContextPool.draft_one`) — else eagerly over `context`."""
+        pool = self.cache.pool
+        if self.graphs is not None and pool is not None:
+            return pool.draft_one(self, root, anchor, depths)
         if self.graphs is not None:
             return self.graphs.draft(self.cache.version, root, anchor, depths,
                                      lambda r, an: self.draft_block(r, an, self.cache.buffers(), depths))  # run at capture only

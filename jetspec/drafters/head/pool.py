@@ -14,6 +14,8 @@ instead of one per sequence — on a GPU one CUDA graph of ~100 small kernels pe
               batch) gets its own length as start and anchor and its own last hidden rows: its rows
               past `length` take finite values, which ContextCache's invariant allows, and rows it
               appended ahead are written again as they were
+    one       a member's own draft (its sequence's first round, a round not drafted ahead: `draft_one`),
+              from one graph for every slot with the slot index a static input, not a graph per member
     drafts    to a host buffer of the job's own, so a member's queued draft is never overwritten by a
               later job it is not in (the other half's, with overlap)
 
@@ -61,6 +63,7 @@ class ContextPool:
         self.start = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.root = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.anchor = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
+        self.one = torch.zeros(3, dtype=torch.int64, device=dev)  # [3] a one-slot draft's static slot, root, anchor
         self.graphs = GraphSet() if members[0].graphs is not None else None
 
     @staticmethod
@@ -147,6 +150,33 @@ class ContextPool:
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
+
+    def draft_one(self, member: HeadDrafter, root: int | torch.Tensor, anchor: int | torch.Tensor,
+                  depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`member`'s own one-forward draft (a sequence's first round, a round not drafted ahead) from ONE
+        graph of the pool per buffer version and depth count, whichever slot asks: the static slot index
+        picks the member's rows of the buffers (a copy of [1, capacity, Hkv, D] per head layer), so a
+        batch does not capture a graph per member (and again per member at each new pool version).
+        root, anchor: host integers, or [1] int64 on the device -> (logp, tokens) [depths, k], the
+        caller's own copies (the next slot's draft replays the same graph)."""
+        values = (self.slot[id(member)], root, anchor)
+        for i, value in enumerate(values):
+            static = self.one[i : i + 1]
+            static.copy_(value) if isinstance(value, torch.Tensor) else static.fill_(value)
+        if self.graphs is None:
+            logp, tokens = self._one(member, depths)
+        else:
+            if (self.version, depths, "one") not in self.graphs:
+                self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
+            logp, tokens = self.graphs.replay((self.version, depths, "one"), lambda: self._one(member, depths))
+        return logp.clone(), tokens.clone()
+
+    def _one(self, member: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draft of the slot in `one[0]` over the static inputs -> [depths, k] each."""
+        slot, root, anchor = self.one[:1], self.one[1:2], self.one[2:]  # [1] each
+        context = [(k.index_select(0, slot), v.index_select(0, slot)) for k, v in self.buffers()]  # [1, capacity, Hkv, D]
+        logp, tokens = member.draft_many(root, anchor, context, depths)  # [1, depths, k]
+        return logp[0], tokens[0]
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""

@@ -142,15 +142,14 @@ def committed_rows(hidden: torch.Tensor | None, meta: BatchMeta, accepted: list[
     if hidden is None:
         return [None] * len(accepted)
     rows: list[int] = []  # the packed row of every committed node, sequence after sequence
-    spans: list[tuple[int, int] | None] = []  # (first, count) of each sequence's entries in `rows`
+    counts: list[int] = []  # k_s of each sequence whose acceptance stands
     for s, acc in enumerate(accepted):
-        if isinstance(acc, JetSpecError):
-            spans.append(None)
-            continue
-        first = meta.rows(s).start
-        spans.append((len(rows), len(acc.path)))
-        rows.extend(first + i for i in acc.path)
-    dev = hidden.device
-    index = to_device(torch.tensor(rows, dtype=torch.int64), dev)  # [sum k_s]
-    gathered = hidden.index_select(0, index)  # [sum k_s, k, H]
-    return [None if span is None else gathered[span[0] : span[0] + span[1]] for span in spans]
+        if not isinstance(acc, JetSpecError):
+            first = meta.cu_rows[s]
+            rows.extend([first + i for i in acc.path])
+            counts.append(len(acc.path))
+    if not counts:
+        return [None] * len(accepted)
+    index = to_device(torch.tensor(rows, dtype=torch.int64), hidden.device)  # [sum k_s]
+    views = iter(hidden.index_select(0, index).split(counts))  # [k_s, k, H] each: one call for the step, not one per sequence
+    return [None if isinstance(acc, JetSpecError) else next(views) for acc in accepted]

@@ -143,7 +143,9 @@ class ContextDrafter:
             self.graphs.append(self.cache.version, rows, start, self.write_context)  # replayed from a CUDA graph
         else:
             self.cache.reserve(start + rows.shape[0])
-            self.write_context(rows, torch.tensor([start], device=self.cache._device))
+            # start made on the device by a fill: torch.tensor([start], device=cuda) copies from pageable memory, which
+            # waits for the stream's queued work (a prefill's observe then waited for the other half's step)
+            self.write_context(rows, torch.full((1,), start, dtype=torch.int64, device=self.cache._device))
 
     def append_ahead(self, hidden: torch.Tensor, path: torch.Tensor) -> None:
         """The next `observe`'s append queued before the host knows the accepted path: hidden

@@ -345,9 +345,10 @@ class BatchEngine(StepTrees):
 
 
 # `generation.build_on_device = "auto"`: a step's trees are grown on the device from this many sequences
-# on, built on the host below it: grown steps lost to host-built ones at 4 and 8 sequences a step and
-# won at 16 and 32, on each GPU measured (bench/RESULTS.md, where it names `build_on_device = "auto"`).
-GROW_FROM = 16
+# on, built on the host below it: grown steps won at 16 and 32 sequences a step on each GPU measured, and at 8 since the
+# pooled drafts stopped costing grown steps more (lost at 4 and at 8 before: bench/RESULTS.md, where it names
+# `build_on_device = "auto"`).
+GROW_FROM = 8
 
 # `generation.overlap = "auto"`: a speculative run overlaps its two halves from this many slots on (halves of 16
 # sequences, each grown on the device: GROW_FROM); speculative runs gained from overlap at 32 slots on both GPUs measured

@@ -61,7 +61,7 @@ class GenerationConfig(BaseModel):
     build_on_device: bool | Literal["auto"] = Field(
         "auto", description="batched runs on the device path: each step's trees grown on the device where the drafter and "
         "scorer can (`ProposesOnDevice`, `BuildsOnDevice`: the `jetspec` head with best-first), not drafted to the host, built "
-        "there and copied back; the same trees. true: every step; false: never; auto: a step of at least GROW_FROM (16) "
+        "there and copied back; the same trees. true: every step; false: never; auto: a step of at least GROW_FROM (8) "
         "sequences (fewer: the device build's small kernels cost the step more than the host's build)")
     overlap: bool | Literal["auto"] = Field(
         "auto", description="batched runs: the slots in two halves whose steps alternate, so that the host drafts, builds and "

@@ -202,16 +202,19 @@ def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models, buil
     assert len(drafted_alone) > len(prompts) and drafted_overlapped == drafted_alone
 
 
+@pytest.mark.parametrize("drafter", ["ngram", "jetspec"])
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("graphs", [True, False])
-def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overlap, graphs):
+def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overlap, graphs, drafter):
     """With acceptance on the device, a batched run (admissions and packed prefills, then steps:
     drafts, trees, the upload, the packed forward — replayed from CUDA graphs, or eager with its
     tables made per step — the acceptance, the K/V moves, commits) makes no synchronizing CUDA call
     outside a graph's capture — torch's sync debug mode reports none: the host waits for the device
     only through each step's one read-back (an event). A synchronizing call would make the host wait
     for the whole queue at every step; with `overlap`, for the other half's forward, which is what
-    the halves are there to hide."""
+    the halves are there to hide. `jetspec`: a random head drafting ahead in a pool, whose prompts of
+    more than 32 tokens are appended to its context eagerly, its trees grown on the device (a tree
+    built on the host needs a sequence's first draft there: that wait is the host build's own)."""
     import threading
     import traceback
     import warnings
@@ -220,8 +223,11 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
 
     exact, graphed, _ = models
     prompts = [[(11 * i + 3 * j) % 1000 for j in range(6 + 5 * i)] + [7, 8, 9] * 4 for i in range(6)]
-    pipe = (jetspec.builder().target(graphed if graphs else exact).drafter("ngram").kv_cache("paged", page_size=PAGE)
-            .generation(budget=8, max_new_tokens=40, batch_size=4, overlap=overlap, accept_on_device="always").build())
+    options = {"ngram": {}, "jetspec": dict(checkpoint="random", lookup=False, target_layers=[0, 1])}[drafter]
+    assert max(len(p) for p in prompts) > 33  # a prompt's context append of more than 32 rows (the eager one)
+    pipe = (jetspec.builder().target(graphed if graphs else exact).drafter(drafter, **options).kv_cache("paged", page_size=PAGE)
+            .generation(budget=8, max_new_tokens=40, batch_size=4, overlap=overlap, accept_on_device="always",
+                        build_on_device=drafter == "jetspec").build())
     first = pipe.generate_many(prompts)  # compiles and autotunes every kernel the run launches
     syncs: set[str] = set()
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ...core.cuda_graphs import GraphSet
-from ...core.on_device import to_device
+from ...core.on_device import fused, to_device
 from .graphs import APPEND_ROWS
 
 if TYPE_CHECKING:
@@ -111,38 +111,30 @@ class ContextPool:
         dev, a = self.start.device, APPEND_ROWS
         starts = [m.cache.length for m in self.members]
         self.reserve(max(starts) + a)  # every slot writes A rows at its start
-        # the index arithmetic on the host, sent in ONE copy; the device gathers what only it holds (the results
-        # `flat`, peer i's from poff_i: [k, path slots 0..D_i, tokens 0..D_i]):
-        #   path[i, j] = min(max(flat[poff_i + 1 + min(j, D_i)], 0), N_i - 1) + hoff_i   (A slots: the last repeated;
-        #                a row of `rows`, clamped into tree i: a wrong path fails its check later, not an index here)
-        #   k_i = min(max(flat[poff_i], 1), D_i + 1)     accepted nodes, root included
-        #   root_i = flat[poff_i + D_i + 1 + k_i]        its k-th committed token (the bonus): the next root
+        # the static inputs from the step's results (`pool_fill.py`: the math): the index arithmetic on the host, sent
+        # in ONE copy; the device gathers what only it holds, the results `flat` and the trees' hidden `rows`
         p, d1 = len(peers), np.array([(x.numel() - 1) // 2 for x in packed])  # [P] D_i + 1
         n = np.array([h.shape[0] for h in hidden])  # [P] N_i
         poff = np.cumsum([0] + [x.numel() for x in packed[:-1]])  # [P]
         slots = np.array([self.slot[id(m)] for m in peers])  # [P]
-        slot_at = poff[:, None] + 1 + np.minimum(np.arange(a)[None], d1[:, None] - 1)  # [P, A]
-        ints = np.concatenate([slot_at.ravel(), poff, d1, n - 1, np.cumsum(n) - n, slots, poff + d1, np.asarray(starts)[slots], starts])
-        up = to_device(torch.from_numpy(ints.astype(np.int64)), dev)  # [P A + 7 P + S]
-        slot_at_, (poff_, d1_, last, hoff, slots_, tokens_at, start_of) = up[: p * a].view(p, a), up[p * a : p * a + 7 * p].view(7, p)
-        start = up[p * a + 7 * p :]  # [S] every member's length
         flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
-        path = torch.minimum(flat[slot_at_].clamp_(min=0), last[:, None]).add_(hoff[:, None])  # [P, A]
-        k = torch.minimum(flat[poff_].clamp_(min=1), d1_)  # [P]
-        self.start.copy_(start)
-        self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
-        self.hidden.index_copy_(0, slots_, rows.index_select(0, path.flatten()).view(p, a, *rows.shape[1:]))
-        self.root.index_copy_(0, slots_, flat[tokens_at + k])
-        self.anchor.index_copy_(0, slots_, start_of + k)
+        if fused(flat):  # one launch
+            from .pool_fill import fill, fill_ints  # imports triton
+
+            peer_of = np.full(len(self.members), -1)
+            peer_of[slots] = np.arange(p)
+            ints = to_device(torch.from_numpy(fill_ints(peer_of, np.asarray(starts), poff, d1, n)), dev)  # [2 S + 4 P]
+            fill(ints, flat, rows, self.hidden, self.start, self.root, self.anchor, p)
+        else:
+            self._fill_torch(flat, rows, poff, d1, n, slots, starts)
         job = lambda: self._job(peers[0], depths)  # noqa: E731
         if self.graphs is None:
-            logp, tokens = job()
+            both, ids = job()
         else:
             if (self.version, depths) not in self.graphs:
                 self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
-            logp, tokens = self.graphs.replay((self.version, depths), job)
-        both = torch.stack([logp.float(), tokens.float()], dim=1)  # [S, 2, depths, k]
-        ids = tokens.long().clone()  # [S, depths, k] the token ids as int64, once for the step (`propose_on_device`)
+            both, ids = (x.clone() for x in self.graphs.replay((self.version, depths), job))  # this job's own: a later
+            # replay (the other half's) rewrites the graph's outputs before these are read
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
@@ -150,6 +142,25 @@ class ContextPool:
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
+
+    def _fill_torch(self, flat: torch.Tensor, rows: torch.Tensor, poff: np.ndarray, d1: np.ndarray, n: np.ndarray,
+                    slots: np.ndarray, starts: list[int]) -> None:
+        """`pool_fill.fill` in torch operators (the reference; off CUDA):
+            path[i, j] = min(max(flat[poff_i + 1 + min(j, D_i)], 0), N_i - 1) + hoff_i     [P, A]
+            k_i = min(max(flat[poff_i], 1), D_i + 1);  root_i = flat[poff_i + D_i + 1 + k_i]"""
+        p, a = len(slots), APPEND_ROWS
+        slot_at = poff[:, None] + 1 + np.minimum(np.arange(a)[None], d1[:, None] - 1)  # [P, A]
+        ints = np.concatenate([slot_at.ravel(), poff, d1, n - 1, np.cumsum(n) - n, slots, poff + d1, np.asarray(starts)[slots], starts])
+        up = to_device(torch.from_numpy(ints.astype(np.int64)), flat.device)  # [P A + 7 P + S]
+        slot_at_, (poff_, d1_, last, hoff, slots_, tokens_at, start_of) = up[: p * a].view(p, a), up[p * a : p * a + 7 * p].view(7, p)
+        start = up[p * a + 7 * p :]  # [S] every member's length
+        path = torch.minimum(flat[slot_at_].clamp_(min=0), last[:, None]).add_(hoff[:, None])  # [P, A]
+        k = torch.minimum(flat[poff_].clamp_(min=1), d1_)  # [P]
+        self.start.copy_(start)
+        self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
+        self.hidden.index_copy_(0, slots_, rows.index_select(0, path.flatten()).view(p, a, *rows.shape[1:]))
+        self.root.index_copy_(0, slots_, flat[tokens_at + k])
+        self.anchor.index_copy_(0, slots_, start_of + k)
 
     def draft_one(self, member: HeadDrafter, root: int | torch.Tensor, anchor: int | torch.Tensor,
                   depths: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,14 +190,17 @@ class ContextPool:
         return logp[0], tokens[0]
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append, then draft, over the static inputs (what a capture records) -> [S, depths, k] each."""
+        """Append, then draft, over the static inputs (what a capture records) -> (logp, ids) [S, 2, depths, k]
+        float32, ids [S, depths, k] int64."""
         s, a = self.start.shape[0], APPEND_ROWS
         rows, kv = first.context_rows(self.hidden, self.start)  # [S, A] cache rows = positions, (k, v) [S, A, Hkv, D] per layer
         slot = torch.arange(s, device=rows.device)[:, None].expand(s, a)  # [S, A]
         for (k_buf, v_buf), (k, v) in zip(self.buffers(), kv):
             k_buf.index_put_((slot, rows), k.to(k_buf.dtype))
             v_buf.index_put_((slot, rows), v.to(v_buf.dtype))
-        return first.draft_many(self.root, self.anchor, self.buffers(), depths)
+        logp, tokens = first.draft_many(self.root, self.anchor, self.buffers(), depths)  # [S, depths, k] each
+        # (logp, token ids) [S, 2, depths, k] float32 for the host (ids exact below 2^24), the ids as int64 for the device
+        return torch.stack([logp.float(), tokens.float()], dim=1), tokens.long()
 
 
 class PooledDrafts:

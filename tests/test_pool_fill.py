@@ -1,0 +1,94 @@
+"""The pooled job's inputs in one launch are the torch ops' inputs: for any step — any peers of the
+pool, any result sizes, paths and accepted counts, out-of-range path entries included — the kernel
+(`drafters/head/pool_fill.py`, what CUDA runs) writes the static hidden rows, starts, roots and
+anchors bit for bit as `ContextPool._fill_torch` does, and leaves the slots not in the step as they
+were. On a CPU the kernel runs in Triton's interpreter (conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from head_fixtures import HeadTarget, tiny_llama  # noqa: E402
+from jetspec.drafters.head import HeadOptions, jetspec_drafter  # noqa: E402
+from jetspec.drafters.head.pool import ContextPool  # noqa: E402
+from jetspec.drafters.head.pool_fill import fill, fill_ints  # noqa: E402
+
+SLOTS = 4
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU machine, else the interpreter
+
+
+@pytest.fixture(scope="module")
+def pool():
+    target = HeadTarget(tiny_llama(), device=DEVICE)
+    return ContextPool([jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target)
+                        for _ in range(SLOTS)])
+
+
+def statics(pool) -> list[torch.Tensor]:
+    return [pool.hidden, pool.start, pool.root, pool.anchor]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_the_kernel_fills_what_the_torch_ops_fill(pool, data):
+    peers = data.draw(st.permutations(range(SLOTS)))[: data.draw(st.integers(1, SLOTS))]  # the step's slots, any order
+    slots = np.array(peers)
+    n = np.array([data.draw(st.integers(1, 12)) for _ in peers])  # [P] tree sizes
+    d1 = np.array([data.draw(st.integers(1, 9)) for _ in peers])  # [P] D + 1 path slots
+    packed = [torch.tensor([data.draw(st.integers(-2, d + 2))]  # k, any (clamped into 1 .. D + 1)
+                           + [data.draw(st.integers(-3, 14)) for _ in range(d)]  # path slots, some out of the tree
+                           + [data.draw(st.integers(0, 90)) for _ in range(d)]) for d in d1]  # tokens
+    starts = [data.draw(st.integers(0, 50)) for _ in range(SLOTS)]
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 999)))
+    rows = torch.randn(int(n.sum()), *pool.hidden.shape[2:], generator=g).to(DEVICE, pool.hidden.dtype)  # [sum N, k, H]
+    flat = torch.cat(packed).to(DEVICE)
+    poff = np.cumsum([0] + [x.numel() for x in packed[:-1]])
+    before = [torch.randint(-5, 5, t.shape, generator=g).to(DEVICE, t.dtype) for t in statics(pool)]  # what slots held
+
+    for t, b in zip(statics(pool), before):
+        t.copy_(b)
+    pool._fill_torch(flat, rows, poff, d1, n, slots, starts)
+    want = [t.clone() for t in statics(pool)]
+
+    for t, b in zip(statics(pool), before):
+        t.copy_(b)
+    peer_of = np.full(SLOTS, -1)
+    peer_of[slots] = np.arange(len(peers))
+    ints = torch.from_numpy(fill_ints(peer_of, np.asarray(starts), poff, d1, n)).to(DEVICE)
+    fill(ints, flat, rows, pool.hidden, pool.start, pool.root, pool.anchor, len(peers))
+
+    for got, w, name in zip(statics(pool), want, ("hidden", "start", "root", "anchor")):
+        assert torch.equal(got, w), name
+    idle = [s for s in range(SLOTS) if s not in peers]
+    assert torch.equal(pool.hidden[idle], before[0][idle]) and torch.equal(pool.root[idle], before[2][idle])
+
+
+def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops(monkeypatch):
+    """`ContextPool.draft_ahead` wired to the kernel (as on CUDA) drafts what it drafts through the torch
+    ops, for a step of some of the pool's slots."""
+    from head_fixtures import observed
+
+    from jetspec.drafters.head import pool as pool_module
+
+    target = HeadTarget(tiny_llama(), device=DEVICE)
+    prompts = [[5, 17, 33, 8, 61, 12, 40, 9], [3, 4, 5], [70, 71, 72, 73, 74, 75], [9, 8, 7, 6, 5]]
+    g = torch.Generator().manual_seed(3)
+    hidden = [torch.randn(6, 1, 64, generator=g).to(DEVICE) for _ in range(3)]  # [N, k, H] the random head's one layer
+    packed = [torch.tensor([k, 0, 2, 5, 1, 11, 12, 13, 14]).to(DEVICE) for k in (1, 3, 4)]  # D + 1 = 4 slots
+    drafts = []
+    for kernel in (False, True):
+        monkeypatch.setattr(pool_module, "fused", lambda x, kernel=kernel: kernel)
+        made = [jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target) for _ in prompts]
+        for d, p in zip(made, prompts):
+            observed(d, target, p)
+        peers = [made[2], made[0], made[3]]  # slot 1 not in the step
+        assert peers[0].draft_ahead_together(peers, hidden, packed, budget=16)
+        drafts.append([(d._drafted.clone(), d.appended_ahead) for d in peers])
+    for (want, ahead), (got, ahead2) in zip(*drafts):
+        assert torch.equal(want, got) and ahead == ahead2

@@ -190,8 +190,8 @@ class ContextPool:
         return logp[0], tokens[0]
 
     def _job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append, then draft, over the static inputs (what a capture records) -> (logp, ids) [S, 2, depths, k]
-        float32, ids [S, depths, k] int64."""
+        """Append, then draft, over the static inputs (what a capture records) -> (both, ids): both
+        [S, 2, depths, k] float32 (log-probs, token ids), ids [S, depths, k] int64."""
         s, a = self.start.shape[0], APPEND_ROWS
         rows, kv = first.context_rows(self.hidden, self.start)  # [S, A] cache rows = positions, (k, v) [S, A, Hkv, D] per layer
         slot = torch.arange(s, device=rows.device)[:, None].expand(s, a)  # [S, A]

@@ -1,6 +1,7 @@
 """Host dispatches of a pooled draft-ahead job outside its CUDA graph (issue 20), on the CPU.
 
     python -m bench.pool_ops [--peers 3,16] [--label after] [--out bench/results/pool_ops.jsonl]
+    TRITON_INTERPRET=1 python -m bench.pool_ops --kernel [...]
 
 `ContextPool.draft_ahead` (drafters/head/pool.py) runs once per batched step: it places the step's
 accepted paths into the pool's static inputs, replays the job's graph and queues the drafts' copy
@@ -8,16 +9,21 @@ to the host. On a GPU every aten op it dispatches outside `_job` (the graph's bo
 a dispatch, and those on device tensors a kernel launch or copy; the GPU split (`--split`) put the
 whole call near 1 ms. Here a random head over `bench.head_ops`' SmolLM2-shaped stub target drafts for `--peers`
 sequences and `bench.head_ops.Ops` counts the ops `draft_ahead` dispatches, `_job`'s taken out; one
-row per peer count: ops in total and by name. A count, not a time: no GPU figure.
+row per peer count: ops in total and by name. A count, not a time: no GPU figure. `--kernel`: the path CUDA
+runs (`on_device.fused`), the job's inputs in one Triton launch (`pool_fill.py`), in the interpreter; the
+launch counts as one op (`triton_launch`), the interpreter's own tensor handling inside it as none.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shlex
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -30,7 +36,7 @@ from jetspec.drafters.head.pool import ContextPool
 HIDDEN = 576  # `StubTarget`'s (SmolLM2-135M's) width
 
 
-def count(peers: int) -> collections.Counter[str]:
+def count(peers: int, kernel: bool = False) -> collections.Counter[str]:
     """The ops of one pooled job of `peers` random head drafters over `bench.head_ops.StubTarget` (the pool
     made by an earlier job), `_job`'s own taken out: each drafter has seen a short prompt, then each job
     gets a tree of N_i rows and an acceptance of k_i of its D_i + 1 path slots (random, fixed)."""
@@ -65,23 +71,48 @@ def count(peers: int) -> collections.Counter[str]:
 
     ContextPool._job = counted_job
     try:
-        with whole:
+        with whole, ExitStack() as stack:
+            if kernel:
+                stack.enter_context(kernel_path(whole, inside))
             step(counted)
     finally:
         ContextPool._job = job
     return whole.count - inside.count
 
 
+@contextmanager
+def kernel_path(whole: Ops, inside: Ops):
+    """The job's inputs through `pool_fill`'s Triton launch, as on CUDA (`fused` true), in the interpreter: each
+    launch counts as one op ("triton_launch"), the interpreter's own tensor handling inside it as none."""
+    from triton.runtime.interpreter import GridExecutor
+
+    from jetspec.drafters.head import pool
+
+    run = GridExecutor.__call__
+
+    def launch(executor, *args, **kwargs):
+        whole.count["triton_launch"] += 1
+        with inside:  # taken out with the job's
+            return run(executor, *args, **kwargs)
+
+    with patch.object(pool, "fused", lambda x: True), patch.object(GridExecutor, "__call__", launch):
+        yield
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", default="3,16")
     ap.add_argument("--label", default="")
+    ap.add_argument("--kernel", action="store_true", help="the CUDA path: the inputs in one Triton launch (needs TRITON_INTERPRET=1)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.kernel and os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("--kernel runs the Triton kernel on the CPU: set TRITON_INTERPRET=1")
     stamp = run_row("python -m bench.pool_ops " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), {})
     for peers in [int(p) for p in args.peers.split(",")]:
-        ops = count(peers)
-        row = {"kind": "pool_ops", "label": args.label, "peers": peers, "ops": sum(ops.values()), "by_op": dict(ops.most_common()),
+        ops = count(peers, args.kernel)
+        row = {"kind": "pool_ops", "label": args.label, "peers": peers, "kernel": args.kernel, "ops": sum(ops.values()),
+               "by_op": dict(ops.most_common()),
                "dtype": "float32", **{k: stamp[k] for k in ("date", "machine", "command", "python", "torch")}}
         print(f"{peers:3d} peers: {row['ops']} ops outside the job  " + " ".join(f"{k} {v}" for k, v in ops.most_common()))
         if args.out:

@@ -20,6 +20,8 @@ copies: the same bits as the torch ops (`tests/test_pool_fill.py`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import triton
@@ -69,5 +71,5 @@ def fill(ints: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor, hidden: tor
     (`fill_ints`, on the device), flat [sum 2 D_i + 3] int64 and rows [sum N_i, k, H] (rows and
     hidden contiguous, of one dtype)."""
     slots, a = start.shape[0], hidden.shape[1]
-    width = hidden[0, 0].numel()
+    width = math.prod(hidden.shape[2:])  # elements of one hidden row [k, H]
     _fill[(slots,)](ints, flat, rows, hidden, start, root, anchor, slots, peers, width, A=a, BLOCK=BLOCK)

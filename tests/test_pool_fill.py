@@ -89,6 +89,8 @@ def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops
             observed(d, target, p)
         peers = [made[2], made[0], made[3]]  # slot 1 not in the step
         assert peers[0].draft_ahead_together(peers, hidden, packed, budget=16)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()  # the drafts reach their pinned host block behind the job (a round's read-back waits)
         drafts.append([(d._drafted.clone(), d.appended_ahead) for d in peers])
     for (want, ahead), (got, ahead2) in zip(*drafts):
         assert torch.equal(want, got) and ahead == ahead2

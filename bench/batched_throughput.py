@@ -42,7 +42,8 @@ engine's seconds per phase, summed over sequences: shares of the wall time; `wai
 step's read-back from the device, `accept` the host's own acceptance work — rows before 2026-12-07 have no `wait`,
 their `accept` holds it), `graph_captures` and `capture_seconds` (CUDA graphs captured in the timed run by any owner — rows
 before 2026-12-07 10:10 UTC counted the target's and the device build's only, not the head drafters' — with
-the kernel compiles the warm-up did not reach) and `tokens_per_s_steady` (without them); with --split, `host_split`
+the kernel compiles the warm-up did not reach), `capture_log` (each of them: the captured function's name, its graph
+key, seconds; printed too) and `tokens_per_s_steady` (without them); with --split, `host_split`
 (named engine functions' calls and seconds, `bench/host_split.py`). One JSON row per variant is appended to --out as
 soon as the variant finishes (a run cut off by a timeout keeps what it did), with the command,
 machine and date.
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         if build != "host" and hasattr(pipe.scorer, "options") and "device_build" in type(pipe.scorer.options).model_fields:
             pipe.scorer.options = pipe.scorer.options.model_copy(update={"device_build": "triton" if build == "triton" else "graph"})
         pipe.generate_many(prompts[:batch], batch_size=batch, max_new_tokens=warmup_new, speculative=speculative, max_verify_rows=cap)  # warm-up
-        before = captured()
+        before, GraphSet.log = captured(), []  # which graphs the timed run captures (`capture_log`)
         run = lambda: pipe.generate_many(prompts, batch_size=batch, speculative=speculative, max_verify_rows=cap)  # noqa: E731
         name = variant.replace("@", "_").replace("+", "_")  # spec_ov_8: file names a device call brings back (no '@', '+')
         if args.profile:
@@ -290,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
             after = captured()
             extra["graph_captures"], extra["capture_seconds"] = after[0] - before[0], round(after[1] - before[1], 3)
             extra["tokens_per_s_steady"] = sum(map(len, outs)) / (seconds - extra["capture_seconds"])
+            extra["capture_log"] = [[name, key, round(t, 4)] for name, key, t in GraphSet.log or []]
+            if extra["capture_log"]:
+                print(f"{variant} captured in the timed run: " + "; ".join(f"{n} {k} {t * 1e3:.0f} ms" for n, k, t in extra["capture_log"]),
+                      flush=True)
+        GraphSet.log = None
         if args.profile or args.trace:
             extra["profiled"] = True
         if args.split:

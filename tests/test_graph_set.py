@@ -79,3 +79,29 @@ def test_the_graph_owners_hold_tensors_and_graphs_not_their_model():
     for owner in (CudaGraphForward(torch.device("cpu")), HeadGraphs(torch.device("cpu"), torch.float32, 2, 8)):
         held = {name: type(v).__name__ for name, v in vars(owner).items() if not isinstance(v, allowed)}
         assert held == {}, f"{type(owner).__name__} holds {held}"
+
+
+def test_with_a_log_every_capture_records_its_function_key_and_seconds_and_replays_record_nothing(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "capture", fake_capture([]))
+    monkeypatch.setattr(GraphSet, "log", [])
+
+    class Owner:
+        def job(self):
+            return "out"
+
+    graphs, owner = GraphSet(), Owner()
+    graphs.replay((3, "job"), owner.job)
+    graphs.replay((3, "job"), owner.job)  # a replay: nothing new
+    graphs.captured(7, lambda: None)
+    assert [(name, key) for name, key, _ in GraphSet.log] == [
+        ("test_with_a_log_every_capture_records_its_function_key_and_seconds_and_replays_record_nothing.<locals>.Owner.job",
+         "(3, 'job')"),
+        ("test_with_a_log_every_capture_records_its_function_key_and_seconds_and_replays_record_nothing.<locals>.<lambda>", "7")]
+    assert all(seconds >= 0 for _, _, seconds in GraphSet.log)
+
+
+def test_without_a_log_captures_record_nothing(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "capture", fake_capture([]))
+    assert GraphSet.log is None  # off by default: a long run keeps no list
+    GraphSet().captured(1, lambda: None)
+    assert GraphSet.log is None

@@ -47,6 +47,7 @@ class GraphSet:
     pool, nothing of the owner."""
 
     everywhere = [0, 0.0]  # captures and their seconds over every set of the process (a bench's one-off costs)
+    log: list[tuple[str, str, float]] | None = None  # a list: every capture of the process appends (its fn's name, key, seconds)
 
     def __init__(self) -> None:
         self.pool: Any = None
@@ -70,6 +71,8 @@ class GraphSet:
             self.capture_seconds += seconds
             GraphSet.everywhere[0] += 1
             GraphSet.everywhere[1] += seconds
+            if GraphSet.log is not None:  # which graphs a run captures, and why (a bench's `--captures`)
+                GraphSet.log.append((getattr(fn, "__qualname__", type(fn).__name__), repr(key), seconds))
             if self.pool is None:  # later captures share this graph's pool; replays never overlap
                 self.pool = self._graphs[key][0].pool()
         return self._graphs[key][1]

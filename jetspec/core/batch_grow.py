@@ -103,30 +103,29 @@ def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[
     s = len(roots)
     tok, par, dep, size, pos, ends, idx = values.reshape(7, s, nodes)  # [S, N] each
     index = np.arange(nodes)
-    rows = np.arange(s)[:, None]
     p = par[:, 1:]  # [S, N - 1]
     inside = (p >= 0) & (p < index[1:])
     p_safe = np.where(inside, p, 0)
-    recount = np.ones((s, nodes), dtype=np.int64)
-    np.add.at(recount, (np.broadcast_to(rows, p.shape), p_safe), size[:, 1:])
+    flat = (np.arange(s)[:, None] * nodes + p_safe).ravel()  # [S (N - 1)] each parent's place in the [S, N] block
+    recount = 1 + np.bincount(flat, weights=size[:, 1:].ravel(), minlength=s * nodes).reshape(s, nodes)  # [S, N] exact: counts < 2^53
     keys = np.sort(p_safe * (vocab + 1) + np.clip(tok[:, 1:], 0, vocab), axis=1)  # [S, N - 1]
+    below = (inside & (index[1:] < p_safe + size.ravel()[flat].reshape(s, -1)) & (dep[:, 1:] == dep.ravel()[flat].reshape(s, -1) + 1)
+             & (ends[:, 1:] == index[1:] + size[:, 1:]))  # [S, N - 1] every non-root node against its parent
+    every = (tok >= 0) & (tok < vocab) & (idx == index) & (pos == np.asarray(prefixes)[:, None] + dep) & (recount == size)  # [S, N]
     ok = ((tok[:, 0] == np.asarray(roots)) & (par[:, 0] == 0) & (dep[:, 0] == 0) & (size[:, 0] == nodes) & (ends[:, 0] == 0)
-          & (tok >= 0).all(1) & (tok < vocab).all(1) & (idx == index).all(1) & inside.all(1)
-          & (index[1:] < p_safe + size[rows, p_safe]).all(1) & (dep[:, 1:] == dep[rows, p_safe] + 1).all(1)
-          & (pos == np.asarray(prefixes)[:, None] + dep).all(1) & (ends[:, 1:] == index[1:] + size[:, 1:]).all(1)
-          & (recount == size).all(1) & (np.diff(keys, axis=1) != 0).all(1))
+          & below.all(1) & every.all(1) & (keys[:, 1:] != keys[:, :-1]).all(1))
     parents = par.copy()
     parents[:, 0] = -1
     made = torch.from_numpy(np.stack([tok, parents, dep, size], axis=1))  # [S, 4, N]
     zeros = torch.zeros(nodes, dtype=torch.float32)  # scores: the device build keeps none (never read by a verifier)
     out: list[DraftTree | JetSpecError] = []
-    for i in range(s):
+    for i, t in enumerate(made.unbind(0)):
         if not ok[i]:
             out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok[i])}, parents {_head(parents[i])}, "
                                    f"sizes {_head(size[i])}); a tree is in DFS pre-order with consistent depths, sizes and positions"))
             continue
-        t = made[i]
-        out.append(DraftTree(tokens=t[0], parents=t[1], depths=t[2], subtree_sizes=t[3], scores=zeros))
+        tokens, parents_i, depths, sizes = t.unbind(0)
+        out.append(DraftTree(tokens=tokens, parents=parents_i, depths=depths, subtree_sizes=sizes, scores=zeros))
     return out
 
 

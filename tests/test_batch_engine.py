@@ -179,6 +179,27 @@ def test_a_full_shared_page_pool_ends_only_the_sequence_that_needs_more():
     assert pipe.batched() is pipe.batched() and pipe.batched(3) is not pipe.batched(2)  # one engine per setting, kept
 
 
+def test_an_engines_runs_share_its_caches_until_one_needs_more_room():
+    """The slots' caches outlive a run (reset for the next), so the packed forward's CUDA graphs,
+    captured over their storage, stay valid: a warm-up and the runs after it share one storage
+    (capacity rounded up to a power of two from 1024). A run that needs more gets new caches."""
+    from jetspec.caches.paged import PagedKVCache
+
+    seed = 0
+    answer = lambda p: plain_greedy("decoder", seed, p)  # noqa: E731
+    target, made = tiny_decoder(seed), []
+    pipe = assemble_batched(target, lambda: PromptOracle(answer), batch_size=2,
+                            new_cache=lambda c: made.append(c) or PagedKVCache(target.info, c))
+    engine = pipe.batched()
+    short, long = [[1, 2, 3], [5, 6], [7, 8, 9, 10]], [[3] * 1100, [4, 5]]
+    made_by = []  # the capacities of the caches made by the end of each run
+    for prompts in (short, short, long, short):
+        done = sorted(engine.run(prompts, max_new_tokens=5, budget=3), key=lambda d: d.index)
+        assert [tuple(d.result.tokens) for d in done] == [answer(tuple(p))[:5] for p in prompts]
+        made_by.append(list(made))
+    assert made_by == [[1024], [1024], [1024, 2048], [1024, 2048]]  # the first run's storage served the second; the long run's, the last
+
+
 def test_one_prompt_given_where_a_list_of_prompts_belongs_is_a_one_line_error():
     pipe = jetspec.builder(REG).target(tiny_decoder(0)).drafter("ngram").build()
     for wrong in ("a prompt", [1, 2, 3]):

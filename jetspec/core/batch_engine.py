@@ -89,6 +89,7 @@ class BatchEngine(StepTrees):
         self._uploads = (TreeUpload(device), TreeUpload(device))
         self._growers = (Grower(device), Grower(device))  # per half: a grown step's staging and tree read-back
         self._readbacks = (Readback(device), Readback(device))
+        self._kept: tuple[int, list[KVCache]] | None = None  # (capacity, one cache per slot): `_caches`, kept across runs
 
     # ------------------------------------------------------------------ the run
     def run(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int | None = None,
@@ -168,12 +169,24 @@ class BatchEngine(StepTrees):
 
     def _caches(self, capacity: int) -> list[KVCache]:
         """One cache per slot: over one shared storage where the cache kind has a batched form
-        (`BatchedKVCache`: the paged cache's page pool), else one cache each."""
-        capacity += extra_pending(self.pipe.target)
+        (`BatchedKVCache`: the paged cache's page pool), else one cache each — kept across runs and
+        reset, reallocated only when a run needs more room (as `Pipeline` keeps its one cache): the
+        packed forward's CUDA graphs are captured over this storage, so a new one would capture
+        them all again. Capacity is rounded up to a power of two from 1024, so that a warm-up and
+        the runs after it share one storage."""
+        need = capacity + extra_pending(self.pipe.target)
+        if self._kept is not None and self._kept[0] >= need:
+            for cache in self._kept[1]:
+                cache.reset()
+            return self._kept[1]
+        self._kept = None  # free the old storage first
+        limit = self.pipe.target.info.max_positions + extra_pending(self.pipe.target)
+        capacity = min(max(1024, 1 << (need - 1).bit_length()), max(limit, need))
         first = self.pipe.new_cache(capacity)
-        if isinstance(first, BatchedKVCache):
-            return first.sequences(self.batch_size)
-        return [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)]
+        caches = first.sequences(self.batch_size) if isinstance(first, BatchedKVCache) else (
+            [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)])
+        self._kept = (capacity, caches)
+        return caches
 
     def _admit(self, index: int, slot: int, ids: list[int], cache: KVCache) -> SequenceInFlight:
         seq = SequenceInFlight(index, slot, DecodeState(tokens=list(ids), prompt_len=len(ids)), GenerationStats(), time.perf_counter())

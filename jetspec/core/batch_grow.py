@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checks import Blame
-from .device_proposal import DeviceProposal, DeviceProposals, DeviceTrees, FlatTrie, pack_tries, trie_faults
+from .device_proposal import PAD_PARENT, DeviceProposal, DeviceProposals, DeviceTrees, DeviceTrie, FlatTrie, pack_tries, trie_faults
 from .errors import JetSpecError, PluginError
 from .on_device import Readback, pinned
 from .tree import DraftTree
@@ -44,35 +44,43 @@ class Grower:
                     p = drafter.propose_on_device(state, budget)
                 if p is None:
                     return None, {}
-                _check_proposal(p, props[0] if props else None, self.device, who["drafter"])
+                _check_proposal(p, next((q for q in props if q.trie is not None), props[0] if props else None), self.device, who["drafter"])
                 props.append(p)
                 kept.append(s)
             except JetSpecError as e:
                 failed[s] = e
         if not props:
             return None, failed
-        packed = _packed([p.trie for p in props], vocab)
-        if isinstance(packed, dict):  # some tries are malformed: their sequences fail, the others go on
-            for j, problem in packed.items():
-                failed[kept[j]] = PluginError(f"{who['drafter']} returned a DeviceProposal from propose_on_device whose trie is wrong: {problem}")
-            props = [p for j, p in enumerate(props) if j not in packed]
-            kept = [k for j, k in enumerate(kept) if j not in packed]
-            if not props:
-                return None, failed
-            packed = pack_tries([p.trie for p in props])  # the well-formed ones
-        ints, logp, deepest = packed
-        s, width = ints.shape[1], ints.shape[2]
-        host = np.empty(2 * s + 4 * s * width, dtype=np.int64)  # roots, prefixes, tokens, parents, depths, logp (float64 bits)
-        host[:s] = [states[k].tokens[-1] for k in kept]
-        host[s : 2 * s] = [prefixes[k] for k in kept]
-        host[2 * s : 2 * s + 3 * s * width] = ints.reshape(-1)
-        host[2 * s + 3 * s * width :].view(np.float64)[:] = logp.reshape(-1)
-        up = pinned(torch.from_numpy(host), self.device).to(self.device, non_blocking=True)
-        roots, lens = up[:s], up[s : 2 * s]
-        trie = up[2 * s : 2 * s + 3 * s * width].view(3, s, width)
-        proposals = DeviceProposals(torch.stack([p.tokens for p in props]), torch.stack([p.logp for p in props]).float(),
-                                    trie[0], trie[1], up[2 * s + 3 * s * width :].view(torch.float64).view(s, width).float(),
-                                    trie[2], deepest)
+        if any(isinstance(p.trie, DeviceTrie) for p in props):  # the tries are on the device already
+            s = len(props)
+            host = np.array([states[k].tokens[-1] for k in kept] + [prefixes[k] for k in kept], dtype=np.int64)  # roots, prefixes
+            up = pinned(torch.from_numpy(host), self.device).to(self.device, non_blocking=True)
+            roots, lens = up[:s], up[s:]
+            proposals = DeviceProposals(torch.stack([p.tokens for p in props]), torch.stack([p.logp for p in props]).float(),
+                                        *stacked([p.trie for p in props], vocab))
+        else:
+            packed = _packed([p.trie for p in props], vocab)
+            if isinstance(packed, dict):  # some tries are malformed: their sequences fail, the others go on
+                for j, problem in packed.items():
+                    failed[kept[j]] = PluginError(f"{who['drafter']} returned a DeviceProposal from propose_on_device whose trie is wrong: {problem}")
+                props = [p for j, p in enumerate(props) if j not in packed]
+                kept = [k for j, k in enumerate(kept) if j not in packed]
+                if not props:
+                    return None, failed
+                packed = pack_tries([p.trie for p in props])  # the well-formed ones
+            ints, logp, deepest = packed
+            s, width = ints.shape[1], ints.shape[2]
+            host = np.empty(2 * s + 4 * s * width, dtype=np.int64)  # roots, prefixes, tokens, parents, depths, logp (float64 bits)
+            host[:s] = [states[k].tokens[-1] for k in kept]
+            host[s : 2 * s] = [prefixes[k] for k in kept]
+            host[2 * s : 2 * s + 3 * s * width] = ints.reshape(-1)
+            host[2 * s + 3 * s * width :].view(np.float64)[:] = logp.reshape(-1)
+            up = pinned(torch.from_numpy(host), self.device).to(self.device, non_blocking=True)
+            roots, lens = up[:s], up[s : 2 * s]
+            trie = up[2 * s : 2 * s + 3 * s * width].view(3, s, width)
+            proposals = DeviceProposals(torch.stack([p.tokens for p in props]), torch.stack([p.logp for p in props]).float(),
+                                        trie[0], trie[1], up[2 * s + 3 * s * width :].view(torch.float64).view(s, width).float(),
+                                        trie[2], deepest)
         with Blame(who["scorer"], "in build_on_device"):
             trees = scorer.build_on_device(proposals, roots, lens, budget)
         if trees is None:
@@ -86,6 +94,27 @@ class Grower:
                               f"contiguous [7, {s * n}] int64 block on {self.device}, {n} nodes a tree, max_depth in [1, {budget}]")
         self.readback.start(trees.block.view(-1))
         return trees, failed
+
+
+def stacked(tries: list[DeviceTrie | None], vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """A step's device tries (None: no trie) -> `DeviceProposals`' trie fields: tokens, parents [S, L],
+    logp [S, L] float32, depths [S, L], the deepest bound. An entry whose parent is not an earlier
+    entry or -1, whose token is outside [0, vocab) or whose depth is below 1 becomes padding (its
+    subtree is then unreachable): the entries are not read on the host."""
+    first = next(t for t in tries if t is not None)
+    empty = None
+    rows: list[list[torch.Tensor]] = [[], [], [], []]
+    for t in tries:
+        if t is None:
+            empty = empty or (torch.zeros_like(first.tokens), torch.full_like(first.parents, PAD_PARENT),
+                              torch.full_like(first.logp, float("-inf")), torch.zeros_like(first.depths))
+        for row, x in zip(rows, empty if t is None else (t.tokens, t.parents, t.logp, t.depths)):
+            row.append(x)
+    tokens, parents, logp, depths = (torch.stack(r) for r in rows)  # [S, L] each
+    index = torch.arange(tokens.shape[1], device=tokens.device)
+    ok = (parents >= -1) & (parents < index) & (tokens >= 0) & (tokens < vocab) & (depths >= 1)  # [S, L]
+    return (torch.where(ok, tokens, 0), torch.where(ok, parents, PAD_PARENT), torch.where(ok, logp.float(), float("-inf")),
+            torch.where(ok, depths, 0), max(t.depth for t in tries if t is not None))
 
 
 def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[int], vocab: int,
@@ -152,9 +181,23 @@ def _check_proposal(p: object, first: DeviceProposal | None, device: torch.devic
             and p.logp.is_floating_point() and _on(p.tokens, device) and _on(p.logp, device) and shape[0] >= 1):
         raise PluginError(f"{who} returned marginals {shape} {p.tokens.dtype} / {tuple(p.logp.shape)} {p.logp.dtype} from "
                           f"propose_on_device; expected int64 tokens and float log-probs of one shape [D >= 1, K] on {device}")
-    if p.trie is not None and not isinstance(p.trie, FlatTrie):
+    if p.trie is not None and not isinstance(p.trie, (FlatTrie, DeviceTrie)):
         raise PluginError(f"{who} returned a DeviceProposal from propose_on_device whose trie is wrong: "
-                          f"its trie is a {type(p.trie).__name__}, not a FlatTrie")
+                          f"its trie is a {type(p.trie).__name__}, not a FlatTrie or a DeviceTrie")
+    if isinstance(p.trie, DeviceTrie):
+        t, width = p.trie, p.trie.tokens.shape
+        if not (t.tokens.dim() == 1 and all(x.shape == width and _on(x, device) for x in (t.parents, t.logp, t.depths))
+                and t.tokens.dtype == t.parents.dtype == t.depths.dtype == torch.int64 and t.logp.is_floating_point()
+                and _on(t.tokens, device) and isinstance(t.depth, int) and t.depth >= 0):
+            raise PluginError(f"{who} returned a DeviceTrie from propose_on_device of shapes {tuple(t.tokens.shape)} / "
+                              f"{tuple(t.parents.shape)} / {tuple(t.logp.shape)} / {tuple(t.depths.shape)}; expected int64 tokens, "
+                              f"parents and depths and float log-probs of one shape [L] on {device}, and an int depth >= 0")
+    if first is not None and (isinstance(p.trie, FlatTrie) and isinstance(first.trie, DeviceTrie)
+                              or isinstance(p.trie, DeviceTrie) and isinstance(first.trie, FlatTrie)
+                              or isinstance(p.trie, DeviceTrie) and isinstance(first.trie, DeviceTrie)
+                              and p.trie.tokens.shape != first.trie.tokens.shape):
+        raise PluginError(f"{who} returned tries of two kinds or widths from propose_on_device in one step; a step's "
+                          "tries are all FlatTries or all DeviceTries of one width (None with either)")
     if first is not None and shape != tuple(first.tokens.shape):
         raise PluginError(f"{who} returned marginals of shape {shape} from propose_on_device; the step's first was "
                           f"{tuple(first.tokens.shape)} (one shape per step)")

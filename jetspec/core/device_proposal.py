@@ -113,13 +113,29 @@ class FlatTrie:
 
 
 @dataclass(frozen=True)
+class DeviceTrie:
+    """A trie already on the device, one sequence's row of `DeviceProposals`' trie layout (parents
+    before children, padding: parent PAD_PARENT, depth 0); `depth` (host) bounds its depths. The
+    engine cannot read its entries without waiting for the device, so it stacks a step's as they are
+    and drops a malformed entry as padding there (a parent that is not an earlier entry or -1, a
+    token outside the vocabulary): a drafter's bad trie can only make its own trees worse."""
+
+    tokens: torch.Tensor  # [L] int64
+    parents: torch.Tensor  # [L] int64
+    logp: torch.Tensor  # [L] float32
+    depths: torch.Tensor  # [L] int64
+    depth: int  # host: >= every entry's depth
+
+
+@dataclass(frozen=True)
 class DeviceProposal:
     """One sequence's part of a `DeviceProposals` (what `ProposesOnDevice.propose_on_device`
-    returns): its marginals on the device and its trie (prompt lookup) on the host."""
+    returns): its marginals on the device and its trie (prompt lookup) on the host, or on the
+    device (`DeviceTrie`: every trie of a step then is one, or None)."""
 
     tokens: torch.Tensor  # [D, K] int64 on the device
     logp: torch.Tensor  # [D, K] float32 on the device
-    trie: FlatTrie | None  # None: no trie
+    trie: FlatTrie | DeviceTrie | None  # None: no trie
 
 
 @runtime_checkable

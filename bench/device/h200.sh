@@ -377,10 +377,10 @@ for step in "$@"; do
     engine-tests)
       timeout ${ENGINE_TESTS_TIMEOUT:-450} python3 -m pytest -q -rs tests/test_device_acceptance.py tests/caches/test_staged_commit.py \
         tests/test_fused_walk.py tests/caches/test_fused_row_move.py tests/test_head_drafter.py tests/test_graph_set.py \
-        tests/test_one_readback.py tests/test_context_pool.py tests/test_pool_fill.py tests/test_device_build.py tests/kernel_tests/test_best_first_kernel.py tests/targets/test_programmatic_launch.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py tests/kernel_tests/test_invariant_attention.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
+        tests/test_one_readback.py tests/test_context_pool.py tests/test_pool_fill.py tests/test_pooled_lookup.py tests/test_lookup_device.py tests/test_device_build.py tests/kernel_tests/test_best_first_kernel.py tests/targets/test_programmatic_launch.py tests/targets/test_cuda_graphs.py tests/targets/test_exact_gpu.py tests/targets/test_exact_batched_gpu.py tests/kernel_tests/test_triton_packed.py tests/kernel_tests/test_invariant_attention.py 2>&1 | tee $OUT/engine_tests.log | grep -v Warning | tail -12
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     head-tests)  # the head drafters on CUDA: the frozen head's fused forward, pooled drafting, their CUDA graphs
-      timeout ${HEAD_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/test_head_fused.py tests/test_context_pool.py tests/test_pool_fill.py tests/test_head_drafter.py tests/test_device_build.py \
+      timeout ${HEAD_TESTS_TIMEOUT:-240} python3 -m pytest -q -rs tests/test_head_fused.py tests/test_context_pool.py tests/test_pool_fill.py tests/test_pooled_lookup.py tests/test_lookup_device.py tests/test_head_drafter.py tests/test_device_build.py \
         tests/test_draft_ahead.py tests/test_head_compiled.py tests/targets/test_cuda_graphs.py 2>&1 | tee $OUT/head_tests.log | grep -v Warning | tail -6
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     batch-tests)

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ..core.batch_grow import host_trees
-from ..core.device_proposal import DeviceProposal, DeviceProposals, FlatTrie, builds_on_device, pack_tries
+from ..core.device_proposal import PAD_PARENT, DeviceProposal, DeviceProposals, DeviceTrie, FlatTrie, builds_on_device, pack_tries
 from ..core.proposal import DepthMarginals, MergedProposal, TokenTrie
 from .subject import Subject, run_property
 
@@ -123,6 +123,27 @@ def checked_device_proposal(s: Subject, p: Any, vocab: int, device: torch.device
         s.fail("propose_on_device", f"proposes a log-prob that is NaN or above 0; log-probs must be <= 0{where}")
     if t.shape[1] > 1 and (bool((lp[:, 1:] > lp[:, :-1]).any()) or bool((t.sort(dim=1).values.diff(dim=1) == 0).any())):
         s.fail("propose_on_device", f"rows must hold distinct tokens sorted by log-prob, descending{where}")
-    problem = None if p.trie is None else p.trie.problem(vocab) if isinstance(p.trie, FlatTrie) else "not a FlatTrie"
+    problem = (None if p.trie is None else p.trie.problem(vocab) if isinstance(p.trie, FlatTrie)
+               else device_trie_problem(p.trie, vocab) if isinstance(p.trie, DeviceTrie) else "neither a FlatTrie nor a DeviceTrie")
     if problem:
         s.fail("propose_on_device", f"returned a trie that is wrong: {problem}{where}")
+
+
+def device_trie_problem(t: DeviceTrie, vocab: int) -> str | None:
+    """What makes a `DeviceTrie` no trie (read back: a test may wait for the device): its real entries
+    (depth >= 1) as a `FlatTrie`, parents among them; padding (depth 0) with parent PAD_PARENT; no
+    depth above `depth`."""
+    tokens, parents, depths, logp = (x.cpu() for x in (t.tokens, t.parents, t.depths, t.logp.float()))
+    real = depths >= 1
+    if bool((parents[~real] != PAD_PARENT).any()):
+        return "a padding entry (depth 0) whose parent is not PAD_PARENT"
+    if bool((depths > t.depth).any()):
+        return f"an entry deeper than its depth bound {t.depth}"
+    at = torch.cumsum(real.long(), 0) - 1  # a real entry's index among the real ones
+    par = parents[real]
+    ok = (par == -1) | ((par >= 0) & (par < len(parents)))
+    if not bool(ok.all()) or bool(((par >= 0) & ~real[par.clamp(0, len(parents) - 1)]).any()):
+        return "a DeviceTrie entry's parent is neither -1 nor a real entry"
+    flat = FlatTrie(tokens[real].tolist(), torch.where(par >= 0, at[par.clamp(min=0)], -1).tolist(), logp[real].tolist(),
+                    depths[real].tolist())
+    return flat.problem(vocab)

@@ -202,7 +202,7 @@ def test_overlapped_halves_give_a_head_drafter_the_same_hidden_rows(models, buil
     assert len(drafted_alone) > len(prompts) and drafted_overlapped == drafted_alone
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "jetspec"])
+@pytest.mark.parametrize("drafter", ["ngram", "jetspec", "jetspec-lookup-on-device"])
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("graphs", [True, False])
 def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overlap, graphs, drafter):
@@ -223,11 +223,13 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
 
     exact, graphed, _ = models
     prompts = [[(11 * i + 3 * j) % 1000 for j in range(6 + 5 * i)] + [7, 8, 9] * 4 for i in range(6)]
-    options = {"ngram": {}, "jetspec": dict(checkpoint="random", lookup=False, target_layers=[0, 1])}[drafter]
+    head = dict(checkpoint="random", lookup=False, target_layers=[0, 1])
+    options = {"ngram": {}, "jetspec": head, "jetspec-lookup-on-device": head | dict(lookup=True, lookup_on_device=True)}[drafter]
     assert max(len(p) for p in prompts) > 33  # a prompt's context append of more than 32 rows (the eager one)
-    pipe = (jetspec.builder().target(graphed if graphs else exact).drafter(drafter, **options).kv_cache("paged", page_size=PAGE)
+    pipe = (jetspec.builder().target(graphed if graphs else exact).drafter(drafter.split("-")[0], **options)
+            .kv_cache("paged", page_size=PAGE)
             .generation(budget=8, max_new_tokens=40, batch_size=4, overlap=overlap, accept_on_device="always",
-                        build_on_device=drafter == "jetspec").build())
+                        build_on_device=drafter != "ngram").build())
     first = pipe.generate_many(prompts)  # compiles and autotunes every kernel the run launches
     syncs: set[str] = set()
 
@@ -250,3 +252,26 @@ def test_a_batched_run_waits_for_the_device_only_at_its_read_backs(models, overl
             torch.cuda.set_sync_debug_mode("default")
     assert len(syncs) == 1, "torch's sync debug mode did not report a read-back: this check sees nothing"
     assert [r.tokens for r in again] == [r.tokens for r in first]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_lookup_on_the_device_grows_the_host_lookups_trees_through_cuda_graphs(models, overlap):
+    """`lookup_on_device`: each slot's history grown in the pooled job and its tries made in a CUDA
+    graph (the host lookup's tries entry for entry: tests/test_lookup_device.py; the same trees where
+    no scores tie: tests/test_pooled_lookup.py) — every output plain decoding's."""
+    from unittest.mock import patch
+
+    import jetspec
+    from jetspec.drafters.head import pool_lookup
+
+    _, graphed, _ = models
+    prompts = [[(7 * i + j % 5) % 1000 for j in range(12 + 4 * i)] * 2 for i in range(6)]  # repeats: the lookup matches
+    pipe = (jetspec.builder().target(graphed).drafter("jetspec", checkpoint="random", lookup=True, lookup_on_device=True,
+                                                      target_layers=[0, 1])
+            .kv_cache("paged", page_size=PAGE)
+            .generation(budget=8, max_new_tokens=40, batch_size=4, overlap=overlap, accept_on_device="always",
+                        build_on_device=True).build())
+    steps, step = [], pool_lookup.PooledLookup.step
+    with patch.object(pool_lookup.PooledLookup, "step", lambda self, *a: steps.append(1) or step(self, *a)):
+        results = pipe.generate_many(prompts)
+    assert steps and [r.tokens for r in results] == [pipe.generate_plain(p).tokens for p in prompts]

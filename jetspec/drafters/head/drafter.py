@@ -59,6 +59,7 @@ from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
 from .pool import ContextPool, PooledDrafts
+from .pool_lookup import PooledLookup, device_trie
 
 
 # target -> {what a head is built from: its DraftHead}. A batched run makes one drafter per slot
@@ -152,12 +153,24 @@ class HeadDrafter(ContextDrafter):
         self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
+        # `lookup_on_device`: the tokens of this sequence its pool's history holds (None: unknown, written at the next
+        # proposal), and whether the last pooled job appended the round's (its observe then knows how many)
+        self.history_len: int | None = None
+        self.history_pending = False
+        self._own_lookup: PooledLookup | None = None  # the lookup on the device while this drafter is in no pool
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
         self._drafted = self._pooled = self._drafted_dev = None
+        self.history_len, self.history_pending = None, False
         if self.lookup is not None:
             self.lookup.reset(state)
+
+    def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
+        super().observe(state, hidden)
+        # the pooled job appended the round's tokens to a current history, and the round committed all of them
+        self.history_len = len(state.tokens) if self.history_pending and self.history_len is not None else None
+        self.history_pending = False
 
     @torch.no_grad()
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
@@ -188,11 +201,12 @@ class HeadDrafter(ContextDrafter):
         top-k) share one `ContextPool`, made at their first call, and draft ahead in one job."""
         depths = self._depths(budget)[1]
         alike = all(type(p) is type(self) and p.head is self.head and p._ahead and p.options.draft_together
-                    and p.options.top_k == self.options.top_k and p._depths(budget)[1] == depths for p in peers)
+                    and p.options.top_k == self.options.top_k and p._depths(budget)[1] == depths
+                   and p.options.lookup_on_device == self.options.lookup_on_device for p in peers)
         pool = ContextPool.of(peers) if alike and all(h is not None for h in hidden) else None
         if pool is None:
             return False
-        pool.draft_ahead(peers, hidden, packed, depths)
+        pool.draft_ahead(peers, hidden, packed, depths, budget)
         return True
 
     def _draft(self, root: int | torch.Tensor, anchor: int | torch.Tensor, depths: int,
@@ -287,7 +301,9 @@ class HeadDrafter(ContextDrafter):
         else:
             logp, tokens = self._draft(state.tokens[-1], self.cache.length, depths, self.cache.context())
             logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them
-        return DeviceProposal(tokens, logp, self.lookup.propose_flat(state, budget) if self.lookup is not None else None)
+        if self.lookup is None or not self.options.lookup_on_device:
+            return DeviceProposal(tokens, logp, None if self.lookup is None else self.lookup.propose_flat(state, budget))
+        return DeviceProposal(tokens, logp, device_trie(self, state, budget))
 
     @torch.no_grad()
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:

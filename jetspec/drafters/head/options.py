@@ -58,6 +58,10 @@ class HeadOptions(BaseModel):
     # in a batch, the drafters of a step's sequences draft ahead in one job over one pool of their
     # contexts (`pool.py`); false: each in its own (the same drafts, S jobs)
     draft_together: bool = True
+    # with draft_together, the prompt lookup runs on the device in the pooled job (`lookup_device.py`: each slot's
+    # token history there, its trie made in array ops, the same trie as the host's) instead of on the host for each
+    # sequence; false: on the host. Off until measured on a GPU
+    lookup_on_device: bool = False
     seed: int = 0  # random init when there is no checkpoint
 
 

@@ -35,6 +35,7 @@ import torch
 from ...core.cuda_graphs import GraphSet
 from ...core.on_device import fused, to_device
 from .graphs import APPEND_ROWS
+from .pool_lookup import PooledLookup
 
 if TYPE_CHECKING:
     from .calibration import CalibratedDrafts, CalibratedMarginals, HeadCalibration
@@ -65,6 +66,11 @@ class ContextPool:
         self.anchor = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.one = torch.zeros(3, dtype=torch.int64, device=dev)  # [3] a one-slot draft's static slot, root, anchor
         self.graphs = GraphSet() if members[0].graphs is not None else None
+        m = members[0]  # the slots' prompt lookup on the device (`pool_lookup.py`), histories written at their next proposal
+        self.lookup = PooledLookup(m.lookup, s, self.capacity + APPEND_ROWS, dev, self.graphs is not None) if (
+            m.options.lookup_on_device and m.lookup is not None) else None
+        for m in members:
+            m.history_len, m.history_pending = None, False
 
     @staticmethod
     def of(members: list[HeadDrafter]) -> ContextPool | None:
@@ -105,9 +111,10 @@ class ContextPool:
 
     @torch.no_grad()
     def draft_ahead(self, peers: list[HeadDrafter], hidden: list[torch.Tensor], packed: list[torch.Tensor],
-                    depths: int) -> None:
+                    depths: int, budget: int) -> None:
         """Each peer's `draft_ahead(hidden[i], packed[i], budget)` in one job. packed[i] [2 D_i + 3]
-        int64 (`core/on_device.py`): [k, path slots 0..D_i, tokens 0..D_i]."""
+        int64 (`core/on_device.py`): [k, path slots 0..D_i, tokens 0..D_i]. With the lookup on the
+        device, its job too (`PooledLookup.step`)."""
         dev, a = self.start.device, APPEND_ROWS
         starts = [m.cache.length for m in self.members]
         self.reserve(max(starts) + a)  # every slot writes A rows at its start
@@ -138,6 +145,11 @@ class ContextPool:
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
         drafts = PooledDrafts(host)
+        if self.lookup is not None:  # the committed tokens onto each slot's history, then every slot's trie
+            self.lookup.reserve(self.capacity + a)
+            self.lookup.step(slots, flat, poff, d1, min(self.lookup.options.max_depth, max(budget, 1)))
+            for m, d in zip(peers, d1.tolist()):
+                m.history_pending = d <= a  # its observe learns how many of them the round committed
         hosts, logps, tokens_s = host.unbind(0), both[:, 0].unbind(0), ids.unbind(0)  # per slot, one call each (not 3 S)
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)

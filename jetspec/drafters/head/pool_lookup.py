@@ -1,0 +1,121 @@
+"""`PooledLookup`: the prompt lookup of a `ContextPool`'s slots on the device (`HeadOptions.lookup_on_device`).
+Each slot's token history lives there and grows in the pooled step's job, from the acceptance results
+(`packed`'s committed tokens), so the host never builds, packs or uploads a trie: every slot's trie is
+made by `lookup_tries` (`drafters/lookup_device.py`: the host lookup's trie, entry for entry) in one
+graph per (history width, depth).
+
+    history   [S, W + 1] int64: slot s's tokens at 0 .. length_s - 1; column W takes the writes of nothing
+    length    [S] int64
+    commit    [S, A] int64, count [S]: a step's committed tokens per slot and how many (0: not in the step)
+    job       history[s, length_s + a] = commit[s, a] for a < count_s;  length += count;  the tries of every slot
+    tries     tokens, parents, depths [S, M D] int64, logp [S, M D] float32: the job's static outputs
+
+A member knows its history is current when the host saw every token the job appended be committed
+(`HeadDrafter`: `history_len`, set at its `observe`); otherwise (a sequence's first round, a round its
+slot's job did not append) its tokens are written from the host first (`write`), and the job runs with
+no commits. Every replay remakes every slot's trie from its history, so a slot's trie is always its
+current history's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ...core.cuda_graphs import GraphSet
+from ...core.device_proposal import DeviceTrie
+from ...core.on_device import to_device
+from ..lookup_device import edge_tables, log_ratios, lookup_tries
+from ..ngram import NgramDrafter
+from .graphs import APPEND_ROWS
+
+if TYPE_CHECKING:
+    from ...core.interfaces import DecodeState
+    from .drafter import HeadDrafter
+
+
+def device_trie(member: HeadDrafter, state: DecodeState, budget: int) -> DeviceTrie:
+    """`member`'s lookup trie on the device for this round: its pool's (the slot's history written first
+    where it is not current), else from a history of the member's own, written each time."""
+    depth, pool = min(member.lookup.options.max_depth, max(budget, 1)), member.cache.pool
+    pooled = None if pool is None else pool.lookup
+    if pooled is None:
+        member._own_lookup = member._own_lookup or PooledLookup(member.lookup, 1, 1024, member.cache._device, graphs=False)
+        member._own_lookup.write(0, state.tokens, depth)
+        return member._own_lookup.trie(0)
+    slot = pool.slot[id(member)]
+    if member.history_len != len(state.tokens) or pooled.depth != depth or pooled.tries is None:
+        pooled.write(slot, state.tokens, depth)
+        member.history_len = len(state.tokens)
+    return pooled.trie(slot)
+
+
+class PooledLookup:
+    def __init__(self, lookup: NgramDrafter, slots: int, width: int, device: torch.device, graphs: bool):
+        self.options = lookup.options
+        self.ratios = log_ratios(self.options.max_matches, device)  # [M + 1, M + 1]
+        self.edges = None if lookup.calibration is None else edge_tables(lookup.calibration, self.options.n_max, device)
+        self.history = torch.zeros(slots, width + 1, dtype=torch.int64, device=device)  # [S, W + 1]
+        self.length = torch.zeros(slots, dtype=torch.int64, device=device)  # [S]
+        self.commit = torch.zeros(slots, APPEND_ROWS, dtype=torch.int64, device=device)  # [S, A]
+        self.count = torch.zeros(slots, dtype=torch.int64, device=device)  # [S]
+        self.graphs = GraphSet() if graphs else None
+        self.tries: tuple[torch.Tensor, ...] | None = None  # the last job's outputs
+        self.depth = 0  # their depth D
+
+    def reserve(self, width: int) -> None:
+        """Room for `width` tokens in every slot's history (doubling, the histories kept; new graphs)."""
+        if width <= self.history.shape[1] - 1:
+            return
+        w = self.history.shape[1] - 1
+        while w < width:
+            w *= 2
+        grown = self.history.new_zeros(self.history.shape[0], w + 1)
+        grown[:, : self.history.shape[1] - 1] = self.history[:, :-1]
+        self.history = grown
+        if self.graphs is not None:
+            self.graphs.clear()
+
+    def step(self, slots: np.ndarray, flat: torch.Tensor, poff: np.ndarray, d1: np.ndarray, depth: int) -> None:
+        """The pooled step's job: slots [P] in it, flat its acceptance results end to end (peer i's
+        [2 D_i + 3] from poff_i: k, path, tokens; d1 = D_i + 1 <= A) -> append each slot's committed
+        tokens flat[poff_i + D_i + 2 .. + k_i - 1] (k_i = min(max(flat[poff_i], 1), D_i + 1)), then the tries."""
+        a = APPEND_ROWS
+        at = poff[:, None] + d1[:, None] + 1 + np.minimum(np.arange(a)[None], d1[:, None] - 1)  # [P, A] token slots
+        up = to_device(torch.from_numpy(np.concatenate([at.ravel(), poff, d1, slots]).astype(np.int64)), flat.device)
+        p = len(slots)
+        at_, (poff_, d1_, slots_) = up[: p * a].view(p, a), up[p * a :].view(3, p)
+        self.count.zero_()
+        self.commit.index_copy_(0, slots_, flat[at_])
+        self.count.index_copy_(0, slots_, torch.minimum(flat[poff_].clamp(min=1), d1_))
+        self._run(depth)
+
+    def write(self, slot: int, tokens: list[int], depth: int) -> None:
+        """Slot `slot`'s history from the host (its sequence's tokens), then the tries (no commits)."""
+        self.reserve(len(tokens) + APPEND_ROWS)
+        n = len(tokens)
+        self.history[slot, :n].copy_(to_device(torch.tensor(tokens, dtype=torch.int64), self.history.device))
+        self.length[slot : slot + 1].fill_(n)
+        self.count.zero_()
+        self._run(depth)
+
+    def trie(self, slot: int) -> DeviceTrie:
+        """Slot `slot`'s trie of the last job (views: valid until the next job, later in stream order)."""
+        tokens, parents, depths, logp = (x[slot] for x in self.tries)
+        return DeviceTrie(tokens, parents, logp, depths, self.depth)
+
+    def _run(self, depth: int) -> None:
+        job = lambda: self._job(depth)  # noqa: E731
+        self.tries = job() if self.graphs is None else self.graphs.replay((self.history.shape[1], depth), job)
+        self.depth = depth
+
+    def _job(self, depth: int) -> tuple[torch.Tensor, ...]:
+        """Append the commits, then every slot's trie (over the static buffers: what a capture records)."""
+        w = self.history.shape[1] - 1
+        a = torch.arange(APPEND_ROWS, device=self.history.device)
+        at = torch.where(a[None] < self.count[:, None], self.length[:, None] + a[None], w).clamp(max=w)  # [S, A]; W: nothing
+        self.history.scatter_(1, at, self.commit)
+        self.length.add_(self.count)
+        return lookup_tries(self.history[:, :w], self.length, self.options, depth, self.ratios, self.edges)

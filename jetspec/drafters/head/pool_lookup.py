@@ -63,6 +63,7 @@ class PooledLookup:
         self.count = torch.zeros(slots, dtype=torch.int64, device=device)  # [S]
         self.graphs = GraphSet() if graphs else None
         self.tries: tuple[torch.Tensor, ...] | None = None  # the last job's outputs
+        self.rows: list[tuple[torch.Tensor, ...]] = []  # their rows per slot
         self.depth = 0  # their depth D
 
     def reserve(self, width: int) -> None:
@@ -103,12 +104,13 @@ class PooledLookup:
 
     def trie(self, slot: int) -> DeviceTrie:
         """Slot `slot`'s trie of the last job (views: valid until the next job, later in stream order)."""
-        tokens, parents, depths, logp = (x[slot] for x in self.tries)
+        tokens, parents, depths, logp = self.rows[slot]
         return DeviceTrie(tokens, parents, logp, depths, self.depth)
 
     def _run(self, depth: int) -> None:
         job = lambda: self._job(depth)  # noqa: E731
         self.tries = job() if self.graphs is None else self.graphs.replay((self.history.shape[1], depth), job)
+        self.rows = list(zip(*(x.unbind(0) for x in self.tries)))  # per slot its four rows: 4 views made per job, not 4 per slot
         self.depth = depth
 
     def _job(self, depth: int) -> tuple[torch.Tensor, ...]:

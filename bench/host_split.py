@@ -26,7 +26,9 @@ SPLIT = (
     "jetspec.drafters.head.drafter:HeadDrafter.propose_on_device",  #   per sequence
     "jetspec.drafters.head.drafter:HeadDrafter._draft",             #     a draft not queued ahead (a sequence's first)
     "jetspec.drafters.ngram:NgramDrafter.propose_flat",             #     its prompt lookup's trie
+    "jetspec.drafters.head.drafter:device_trie",                    #     or its trie on the device (`lookup_on_device`)
     "jetspec.core.batch_grow:_packed",                              #   the step's tries packed and checked
+    "jetspec.core.batch_grow:stacked",                              #   or the step's device tries stacked
     "jetspec.scorers.best_first:BestFirstScorer.build_on_device",   #   the device build's launch (graph replay)
     "jetspec.core.batch_trees:StepTrees._tree",                     # draft + build of a host-built tree
     "jetspec.core.batch:BatchMeta.pack",                            # verify: the step's attention metadata
@@ -35,6 +37,7 @@ SPLIT = (
     "jetspec.core.batch_engine:start_on_device",                    # accept: acceptance queued on the device
     "jetspec.core.batch_engine:draft_ahead_step",                   #   the next drafts queued (pooled head)
     "jetspec.drafters.head.pool:ContextPool.draft_ahead",           #     the pool's one job
+    "jetspec.drafters.head.pool_lookup:PooledLookup.step",          #       the lookup's job (`lookup_on_device`)
     "jetspec.core.batch_engine:finish_on_device",                   # accept: the read-back checked
     "jetspec.core.batch_trees:StepTrees._read_trees",               # accept: a grown step's trees read back, checked
     "jetspec.core.batch_engine:committed_rows",                     # accept: the kept hidden rows

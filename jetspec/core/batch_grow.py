@@ -1,8 +1,9 @@
 """A batched step's trees grown on the device (`device_proposal.py`), for `BatchEngine`.
 
     host    per sequence: drafter.propose_on_device(state, budget) -> DeviceProposal
-            (its marginals already on the device; its prompt-lookup trie on the host)
-            one copy up: roots, prefix lengths, the tries [S, L]            (`Grower.grow`)
+            (its marginals already on the device; its prompt-lookup trie on the host, or on the
+            device too: `DeviceTrie`, stacked there as it is, `stacked`)
+            one copy up: roots, prefix lengths, the host tries [S, L]       (`Grower.grow`)
     device  scorer.build_on_device -> DeviceTrees, the block [7, S * N] the verification reads
             one copy down of the block, queued behind it (the host reads it at the step's landing,
             after the step's one wait: `host_trees`)

@@ -39,13 +39,15 @@ class Grower:
         props: list[DeviceProposal] = []
         failed: dict[int, JetSpecError] = {}
         kept: list[int] = []  # the sequences of props
+        first: DeviceProposal | None = None  # what each proposal is checked against
         for s, (drafter, state) in enumerate(zip(drafters, states)):
             try:
                 with Blame(who["drafter"], "in propose_on_device"):
                     p = drafter.propose_on_device(state, budget)
                 if p is None:
                     return None, {}
-                _check_proposal(p, next((q for q in props if q.trie is not None), props[0] if props else None), self.device, who["drafter"])
+                _check_proposal(p, first, self.device, who["drafter"])
+                first = p if first is None or (first.trie is None and p.trie is not None) else first  # the step's first with a trie, else its first
                 props.append(p)
                 kept.append(s)
             except JetSpecError as e:

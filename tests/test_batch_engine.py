@@ -182,7 +182,7 @@ def test_a_full_shared_page_pool_ends_only_the_sequence_that_needs_more():
 def test_an_engines_runs_share_its_caches_until_one_needs_more_room():
     """The slots' caches outlive a run (reset for the next), so the packed forward's CUDA graphs,
     captured over their storage, stay valid: a warm-up and the runs after it share one storage
-    (capacity rounded up to a power of two from 1024). A run that needs more gets new caches."""
+    (capacity rounded up to a multiple of 1024). A run that needs more gets new caches."""
     from jetspec.caches.paged import PagedKVCache
 
     seed = 0

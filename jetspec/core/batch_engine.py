@@ -172,8 +172,9 @@ class BatchEngine(StepTrees):
         (`BatchedKVCache`: the paged cache's page pool), else one cache each — kept across runs and
         reset, reallocated only when a run needs more room (as `Pipeline` keeps its one cache): the
         packed forward's CUDA graphs are captured over this storage, so a new one would capture
-        them all again. Capacity is rounded up to a power of two from 1024, so that a warm-up and
-        the runs after it share one storage."""
+        them all again. Capacity is rounded up to a multiple of 1024, so that a warm-up and the runs
+        after it share one storage (at most 1023 positions a slot more than the run needs: a batch's
+        KV is slots x capacity, so not a power of two)."""
         need = capacity + extra_pending(self.pipe.target)
         if self._kept is not None and self._kept[0] >= need:
             for cache in self._kept[1]:
@@ -181,7 +182,7 @@ class BatchEngine(StepTrees):
             return self._kept[1]
         self._kept = None  # free the old storage first
         limit = self.pipe.target.info.max_positions + extra_pending(self.pipe.target)
-        capacity = min(max(1024, 1 << (need - 1).bit_length()), max(limit, need))
+        capacity = min(-(-need // 1024) * 1024, max(limit, need))
         first = self.pipe.new_cache(capacity)
         caches = first.sequences(self.batch_size) if isinstance(first, BatchedKVCache) else (
             [first] + [self.pipe.new_cache(capacity) for _ in range(self.batch_size - 1)])

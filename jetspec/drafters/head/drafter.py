@@ -202,7 +202,7 @@ class HeadDrafter(ContextDrafter):
         depths = self._depths(budget)[1]
         alike = all(type(p) is type(self) and p.head is self.head and p._ahead and p.options.draft_together
                     and p.options.top_k == self.options.top_k and p._depths(budget)[1] == depths
-                   and p.options.lookup_on_device == self.options.lookup_on_device for p in peers)
+                    and p.options.lookup_on_device == self.options.lookup_on_device for p in peers)
         pool = ContextPool.of(peers) if alike and all(h is not None for h in hidden) else None
         if pool is None:
             return False

@@ -46,7 +46,7 @@ def device_trie(member: HeadDrafter, state: DecodeState, budget: int) -> DeviceT
         member._own_lookup.write(0, state.tokens, depth)
         return member._own_lookup.trie(0)
     slot = pool.slot[id(member)]
-    if member.history_len != len(state.tokens) or pooled.depth != depth or pooled.tries is None:
+    if member.history_len != len(state.tokens) or pooled.depth != depth or not pooled.rows:
         pooled.write(slot, state.tokens, depth)
         member.history_len = len(state.tokens)
     return pooled.trie(slot)
@@ -62,8 +62,7 @@ class PooledLookup:
         self.commit = torch.zeros(slots, APPEND_ROWS, dtype=torch.int64, device=device)  # [S, A]
         self.count = torch.zeros(slots, dtype=torch.int64, device=device)  # [S]
         self.graphs = GraphSet() if graphs else None
-        self.tries: tuple[torch.Tensor, ...] | None = None  # the last job's outputs
-        self.rows: list[tuple[torch.Tensor, ...]] = []  # their rows per slot
+        self.rows: list[tuple[torch.Tensor, ...]] = []  # the last job's tries, per slot its four rows (none before a job)
         self.depth = 0  # their depth D
 
     def reserve(self, width: int) -> None:
@@ -109,8 +108,8 @@ class PooledLookup:
 
     def _run(self, depth: int) -> None:
         job = lambda: self._job(depth)  # noqa: E731
-        self.tries = job() if self.graphs is None else self.graphs.replay((self.history.shape[1], depth), job)
-        self.rows = list(zip(*(x.unbind(0) for x in self.tries)))  # per slot its four rows: 4 views made per job, not 4 per slot
+        tries = job() if self.graphs is None else self.graphs.replay((self.history.shape[1], depth), job)
+        self.rows = list(zip(*(x.unbind(0) for x in tries)))  # per slot its four rows: 4 views made per job, not 4 per slot
         self.depth = depth
 
     def _job(self, depth: int) -> tuple[torch.Tensor, ...]:

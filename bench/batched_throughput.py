@@ -55,10 +55,8 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import torch
 
@@ -70,6 +68,7 @@ from jetspec.core.cuda_graphs import GraphSet
 from jetspec.core.errors import JetSpecError
 from jetspec.scorers.best_first import BestFirstScorer
 
+from bench.gpu_timing import timed, traced
 from bench.host_split import SPLIT, split_timers
 
 
@@ -81,53 +80,6 @@ def read_prompts(path: Path, n: int) -> list[str]:
     if not texts:
         raise SystemExit(f"batched_throughput: no prompts in {path}")
     return texts[:n]
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(device: str, run: Callable[[], Any]) -> tuple[Any, float]:
-    sync(device)
-    t0 = time.perf_counter()
-    out = run()
-    sync(device)
-    return out, time.perf_counter() - t0
-
-
-def traced(device: str, run: Callable[[], Any], folder: Path, name: str, stamp: dict[str, Any]) -> tuple[Any, float]:
-    """`timed(run)` under torch.profiler; writes folder/<name>.trace.txt (kernels by GPU time: name,
-    launches, total ms) and appends to folder/trace.jsonl {variant, wall_s, gpu_busy_s (the union of
-    the device events' intervals: time the GPU ran anything), gpu_sum_s (their durations summed),
-    kernels (device events)} and the run's stamp (date, machine, command, dtype)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=activities) as prof:
-        out, seconds = timed(device, run)
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
-    busy, reach = 0.0, float("-inf")  # union of [start, end) intervals, in µs
-    for a, b in spans:
-        if b > reach:
-            busy += b - max(a, reach)
-            reach = b
-    by_name: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
-            c = by_name.setdefault(e.name, [0, 0.0])
-            c[0] += 1
-            c[1] += e.time_range.end - e.time_range.start
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.trace.txt", "w") as f:
-        f.write(f"{name}: wall {seconds:.3f} s, GPU busy {busy / 1e6:.3f} s, {len(spans)} device events\n")
-        for kname, (n, us) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]:
-            f.write(f"{us / 1e3:10.2f} ms {n:8d}x  {kname[:150]}\n")
-    with open(folder / "trace.jsonl", "a") as f:
-        f.write(json.dumps({"variant": name, "wall_s": round(seconds, 4), "gpu_busy_s": round(busy / 1e6, 4),
-                            "gpu_sum_s": round(sum(b - a for a, b in spans) / 1e6, 4), "kernels": len(spans)} | stamp) + "\n")
-    return out, seconds
 
 
 def hf_generate(model: Any, ids: list[list[int]], batch_size: int, new: int, pad: int, eos: set[int], device: str) -> list[list[int]]:
@@ -145,6 +97,42 @@ def hf_generate(model: Any, ids: list[list[int]], batch_size: int, new: int, pad
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             outs.append(row[:cut])
     return outs
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant: its pass of median tokens/s (the lower of the middle two)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    return [sorted(rs, key=lambda r: r["tokens_per_s"])[(len(rs) - 1) // 2] for rs in by.values()]
+
+
+def summary(rows: list[dict[str, Any]], b: int) -> str:
+    """Batch b's line: each spec engine over plain decoding of its overlap mode, and the best spec engine over
+    the best plain one (what a user choosing either gets) — per pass, then the median over the passes."""
+    passes = sorted({r.get("repeat", 1) for r in rows if r["batch_size"] == b and r["engine"] != "hf"})
+    per: dict[str, list[float]] = {}
+    for rep in passes:
+        by = {r["engine"]: r["tokens_per_s"] for r in rows if r["batch_size"] == b and r.get("repeat", 1) == rep and r["engine"] != "hf"}
+        for e in (e for e in by if e.startswith("spec")):
+            p = "plain+ov" if e.endswith("+ov") else "plain"
+            if p in by:
+                per.setdefault(f"{e} / {p}", []).append(by[e] / by[p])
+        specs, plains = [t for e, t in by.items() if e.startswith("spec")], [t for e, t in by.items() if e.startswith("plain")]
+        if specs and plains and len(by) > 2:
+            per.setdefault("best spec / best plain", []).append(max(specs) / max(plains))
+    hf = {r["engine"]: r["tokens_per_s"] for r in rows if r["batch_size"] == b and r.get("repeat", 1) == 1}
+    if "hf" in hf and "plain" in hf:
+        per["plain / hf"] = [hf["plain"] / hf["hf"]]
+    if len(passes) == 1:
+        return f"batch {b:>3}: " + ", ".join(f"{k} = {v[0]:.2f}x" for k, v in per.items())
+    return (f"batch {b:>3}, median of {len(passes)} passes: "
+            + ", ".join(f"{k} = {median(v):.2f}x" + (f" ({' '.join(f'{x:.2f}' for x in v)})" if len(v) > 1 else "") for k, v in per.items()))
 
 
 def grown(build: str) -> bool | str:
@@ -202,7 +190,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="also time named engine functions in our variants' timed runs (`bench/host_split.py`): each row gets "
                          "host_split {name: [calls, seconds]}, inclusive of what each calls, and 'split': true")
     ap.add_argument("--split-also", default="", help="--split: more functions to time, comma-separated 'module:Class.attr' names")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run each batch size's variants of ours this many times in turn (plain, spec, ..., plain, spec, ...): "
+                         "each row gets its pass as 'repeat' and its ratios against its own pass's plain; the summary gives the "
+                         "median over passes (a lent machine's host speed drifts within a call)")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"batched_throughput: --repeats must be a positive count of passes, got {args.repeats}")
     if args.split and (args.profile or args.trace):
         raise SystemExit("batched_throughput: --split times the runs without a profiler; use it without --profile and --trace")
     if args.split_also and not args.split:
@@ -320,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(outs) == len(ids) and wide:  # every prompt against the first full-width plain run's output
             to, ref = wide[0]
             row["identical_all"], row["identical_all_to"] = sum(o == r for o, r in zip(outs, ref)) / len(outs), to
-        base = next((r for r in rows if over and r["variant"] == over[1]), None)
+        base = next((r for r in reversed(rows) if over and r["variant"] == over[1]), None)  # this pass's
         if base is not None:
             row[over[0]] = row["tokens_per_s"] / base["tokens_per_s"]
         rows.append(row)
@@ -353,40 +347,34 @@ def main(argv: list[str] | None = None) -> None:
         if b in hf_sizes:
             outs, s = timed(args.device, lambda p=prompts, b=b: hf_generate(model, p, b, args.new, pad, eos, args.device))
             record("hf", b, outs, s, reference)
-        for ov in modes if b > 1 else (False,):  # overlap needs two halves
-            tag = "+ov" if ov else ""
-            outs, s, extra = ours(f"plain{tag}@{b}", b, False, prompts, overlap=ov)
-            if b > 1 and not wide:
-                wide.append((f"plain{tag}@{b}", outs))
-            for speculative_only in ("tau", "drafts_per_round"):
-                extra.pop(speculative_only)
-            record(f"plain{tag}", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra, overlap=ov)
-            for cap, budget in ((c, n) for c in caps for n in budgets):
-                if cap is not None and not 2 * b <= cap < b * (budget + 1):
-                    why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
-                    print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {budget} {why}")
-                    continue
-                for build in builds:
-                    engine = (("spec" if cap is None else f"spec-r{cap}") + (f"-b{budget}" if len(budgets) > 1 else "")
-                              + {"graph": "", "triton": "-triton", "host": "-host", "auto": "-auto"}[build] + tag)
-                    outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build, budget=budget)
-                    record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
-                           drafter_options=json.loads(args.drafter_options), budget=budget, max_verify_rows=cap, overlap=ov,
-                           build_on_device=grown(build), device_build=build)
-    by = {r["variant"]: r["tokens_per_s"] for r in rows}
+        for rep in range(1, args.repeats + 1):  # passes: every variant of ours once each
+            for ov in modes if b > 1 else (False,):  # overlap needs two halves
+                tag = "+ov" if ov else ""
+                outs, s, extra = ours(f"plain{tag}@{b}", b, False, prompts, overlap=ov)
+                if b > 1 and not wide:
+                    wide.append((f"plain{tag}@{b}", outs))
+                for speculative_only in ("tau", "drafts_per_round"):
+                    extra.pop(speculative_only)
+                record(f"plain{tag}", b, outs, s, reference, over=("x_hf", f"hf@{b}"), **extra, overlap=ov, repeat=rep)
+                for cap, budget in ((c, n) for c in caps for n in budgets):
+                    if cap is not None and not 2 * b <= cap < b * (budget + 1):
+                        why = "leaves no draft (each sequence verifies its root)" if cap < 2 * b else "caps nothing (= spec)"
+                        print(f"spec-r{cap}@{b} skipped: {cap} rows at batch {b}, budget {budget} {why}")
+                        continue
+                    for build in builds:
+                        engine = (("spec" if cap is None else f"spec-r{cap}") + (f"-b{budget}" if len(budgets) > 1 else "")
+                                  + {"graph": "", "triton": "-triton", "host": "-host", "auto": "-auto"}[build] + tag)
+                        outs, s, extra = ours(f"{engine}@{b}", b, True, prompts, cap, overlap=ov, build=build, budget=budget)
+                        record(engine, b, outs, s, reference, over=("x_plain", f"plain{tag}@{b}"), **extra, drafter=args.drafter,
+                               drafter_options=json.loads(args.drafter_options), budget=budget, max_verify_rows=cap, overlap=ov,
+                               build_on_device=grown(build), device_build=build, repeat=rep)
     for b in sizes:
-        plain = {e: "plain+ov" if e.endswith("+ov") else "plain" for e in dict.fromkeys(r["engine"] for r in rows)
-                 if e.startswith("spec")}  # each spec engine against plain decoding with the same overlap
-        line = f"batch {b:>3}: " + ", ".join(f"{e} / {p} = {by[f'{e}@{b}'] / by[f'{p}@{b}']:.2f}x"
-                                             for e, p in plain.items() if f"{e}@{b}" in by and f"{p}@{b}" in by)
-        if f"hf@{b}" in by and f"plain@{b}" in by:
-            line += f", plain / hf = {by[f'plain@{b}'] / by[f'hf@{b}']:.2f}x"
-        print(line)
+        print(summary(rows, b))
     print(f"{len(rows)} rows appended to {out}")
     if args.plot:
         from jetspec.bench.plots import write_throughput_plot
 
-        print(f"plot: {write_throughput_plot(rows, Path(args.plot), 'batched throughput')}")
+        print(f"plot: {write_throughput_plot(medians(rows), Path(args.plot), 'batched throughput')}")
 
 
 if __name__ == "__main__":

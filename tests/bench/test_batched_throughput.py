@@ -126,6 +126,23 @@ def test_overlap_both_runs_each_of_our_variants_one_step_at_a_time_and_overlappe
     assert all(r["identical"] == 1.0 for r in rows) and all(r["identical_all"] == 1.0 for r in rows if r["batch_size"] == 4)
 
 
+def test_repeats_run_every_variant_once_a_pass_and_summarise_the_median_of_the_passes_ratios(tmp_path):
+    """--repeats 2: plain, spec, plain+ov, spec+ov, then all four again; each row names its pass and divides
+    by its own pass's plain; the summary gives each ratio per pass and their median, and the best spec over
+    the best plain (what a user choosing either gets)."""
+    proc, rows = batch_4_run(tmp_path, "--overlap", "both", "--repeats", "2")
+    assert [(r["variant"], r["repeat"]) for r in rows] == [(v, rep) for rep in (1, 2) for v in ("plain@4", "spec@4", "plain+ov@4", "spec+ov@4")]
+    for spec, plain in ((rows[5], rows[4]), (rows[7], rows[6]), (rows[1], rows[0])):
+        assert spec["x_plain"] == spec["tokens_per_s"] / plain["tokens_per_s"]
+    ratios = [rows[1]["x_plain"], rows[5]["x_plain"]]  # spec / plain, pass by pass
+    best = [max(rows[i + 1]["tokens_per_s"], rows[i + 3]["tokens_per_s"]) / max(rows[i]["tokens_per_s"], rows[i + 2]["tokens_per_s"])
+            for i in (0, 4)]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("batch   4, median of 2 passes: "))
+    assert f"spec / plain = {sum(ratios) / 2:.2f}x ({ratios[0]:.2f} {ratios[1]:.2f})" in line  # the median of two: their mean
+    assert f"best spec / best plain = {sum(best) / 2:.2f}x ({best[0]:.2f} {best[1]:.2f})" in line
+    assert all(r["identical"] == 1.0 for r in rows)
+
+
 def test_overlap_on_alone_runs_only_overlapped_variants_and_compares_them_with_overlapped_plain(tmp_path):
     """--overlap on: only V+ov@B rows; the summary line sets each against plain+ov of its batch (there
     is no plain@B row to divide by). --profile: one profile per variant, its file name without '@' or
@@ -179,6 +196,7 @@ def test_build_on_device_auto_runs_the_users_default_as_its_own_variant(tmp_path
 
 @pytest.mark.parametrize("flags, line", [
     (["--warmup-new", "0"], "batched_throughput: --warmup-new must be a positive token count, got 0"),
+    (["--repeats", "0"], "batched_throughput: --repeats must be a positive count of passes, got 0"),
     (["--budget", "16,x"], "batched_throughput: --budget takes draft counts, comma-separated; got '16,x'"),
     (["--split", "--profile", "p"], "batched_throughput: --split times the runs without a profiler; use it without --profile and --trace"),
     (["--split-also", "jetspec.core.pipeline:Pipeline._result"], "batched_throughput: --split-also names more functions for --split; add --split"),

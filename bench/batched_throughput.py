@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                          "the profiler slows the host: those runs' tok/s are not comparable and get 'profiled': true")
     ap.add_argument("--split", action="store_true",
                     help="also time named engine functions in our variants' timed runs (`bench/host_split.py`): each row gets "
-                         "host_split {name: [calls, seconds]}, inclusive of what each calls, and 'split': true")
+                         "host_split {name: [calls, seconds]}, inclusive of what each calls, host_split_slowest {name: its slowest "
+                         "call's seconds} (a compile inside the run shows there) and 'split': true")
     ap.add_argument("--split-also", default="", help="--split: more functions to time, comma-separated 'module:Class.attr' names")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run each batch size's variants of ours this many times in turn (plain, spec, ..., plain, spec, ...): "
@@ -293,10 +294,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile or args.trace:
             extra["profiled"] = True
         if args.split:
-            extra["split"], extra["host_split"] = True, {k: [c, t] for k, (c, t) in totals.items()}  # unrounded: a few µs must not read 0
-            per = {k: 1e6 * t / max(rounds, 1) for k, (c, t) in totals.items() if c}
+            extra["split"], extra["host_split"] = True, {k: [c, t] for k, (c, t, _) in totals.items()}  # unrounded: a few µs must not read 0
+            extra["host_split_slowest"] = {k: slowest for k, (c, _, slowest) in totals.items() if c}  # one call's seconds
+            per = {k: 1e6 * t / max(rounds, 1) for k, (c, t, _) in totals.items() if c}
             print(f"{variant} host split, µs per sequence-round (inclusive): "
                   + " ".join(f"{k.split('.')[-1]} {v:.0f}" for k, v in per.items()), flush=True)
+            lumps = [f"{k.split('.')[-1]} {1e3 * m:.1f} of {1e3 * t:.1f} ms" for k, (c, t, m) in totals.items() if c > 1 and m > 0.2 * t]
+            if lumps:  # one call holding a fifth of a function's time or more: a one-off (a compile, an allocation), not its steady cost
+                print(f"{variant} host split, one call a large share of the total: " + ", ".join(lumps), flush=True)
         return outs, seconds, extra
 
     out = Path(args.out)

@@ -51,7 +51,8 @@ SPLIT = (
 
 @contextmanager
 def split_timers(names: tuple[str, ...] = SPLIT) -> Iterator[dict[str, list]]:
-    """Within the block every named function is timed -> {name: [calls, seconds]} (filled as it runs);
+    """Within the block every named function is timed -> {name: [calls, seconds, slowest call's seconds]}
+    (filled as it runs; the slowest call tells a one-off inside the run, such as a compile, from a steady cost);
     the originals are put back on exit. A name that does not resolve is an error, not a silent gap."""
     totals: dict[str, list] = {}
     undo = []
@@ -66,7 +67,7 @@ def split_timers(names: tuple[str, ...] = SPLIT) -> Iterator[dict[str, list]]:
             fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
             if inspect.isgeneratorfunction(fn):
                 raise ValueError(f"{name} is a generator function: a wrapper would time its creation only")
-            totals[path] = counts = [0, 0.0]
+            totals[path] = counts = [0, 0.0, 0.0]
             wrapped = _timed(fn, counts)
             setattr(owner, attr, type(raw)(wrapped) if isinstance(raw, (staticmethod, classmethod)) else wrapped)
             undo.append((owner, attr, raw))
@@ -85,7 +86,9 @@ def _timed(fn, counts: list):
         try:
             return fn(*args, **kwargs)
         finally:
+            t = clock() - t0
             counts[0] += 1
-            counts[1] += clock() - t0
+            counts[1] += t
+            counts[2] = max(counts[2], t)
 
     return timed

@@ -77,6 +77,7 @@
 # linear-tiles     bench/linear_tiles.py: the invariant projection kernel at other (BLOCK_N, BLOCK_K, warps) for a plain
 #                  step's one row, SmolLM2 and Qwen3-8B projections: µs, % of the floor, and whether each row keeps the
 #                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
+# launch-cost      bench/launch_cost.py: µs of host time one pool_fill launch costs (8/16/32 peers) beside a torch add -> $OUT/launch_cost.jsonl
 # ab-batched       the same for bench/batched_throughput.py (BATCHED_* as `batched`; 128 prompts, batch 1 on 4), alternating
 # ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens), each run AB_TIMES (2) times, alternating the
@@ -432,6 +433,9 @@ for step in "$@"; do
           ${BATCHED_ARGS:-} --out $OUT/batched_throughput_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_batched_$side.log | grep "@\|x$")
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
       done ;;
+    launch-cost)  # bench/launch_cost.py: the host cost of the pooled job's one Triton fill launch, beside a torch add
+      timeout 120 python3 -m bench.launch_cost ${LAUNCH_COST_ARGS:-} --out $OUT/launch_cost.jsonl 2>&1 | grep -v Warning
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     memory)
       for c in ${MEMORY_CONTEXTS:-4096 16384}; do
         timeout 240 python3 -m bench.memory_budget --context $c --trees 1 64 256 --out $OUT/memory_budget.jsonl 2>&1 | grep -v Warning | tail -3

@@ -236,5 +236,8 @@ def test_split_times_the_engines_named_functions_in_each_row(tmp_path):
             calls, seconds = split[name]
             assert calls > 0 and seconds > 0, name
         assert split["BatchEngine._commit"][1] >= split["PagedKVCache.commit"][1]  # inclusive of what it calls
+        slowest = r["host_split_slowest"]
+        assert set(slowest) == {k for k, (calls, _) in split.items() if calls}
+        assert all(0 < slowest[k] <= split[k][1] for k in slowest)  # one call: at most the function's total
         assert split["Pipeline._result"][0] == 4  # one per prompt
     assert "spec@4 host split, µs per sequence-round (inclusive): begin " in proc.stdout

@@ -16,8 +16,9 @@ def test_named_functions_are_timed_inside_the_block_and_restored_after():
         assert drafter.match([1, 2, 1, 2]) == (2, [2])
         assert drafter.match([1, 2, 1, 2, 1]) == (3, [3])
         assert isinstance(BatchMeta.__dict__["pack"], staticmethod)  # a staticmethod stays one
-    assert totals["NgramDrafter.match"][0] == 2 and totals["NgramDrafter.match"][1] > 0
-    assert totals["BatchMeta.pack"] == [0, 0.0]
+    calls, seconds, slowest = totals["NgramDrafter.match"]
+    assert calls == 2 and 0 < slowest <= seconds < 2 * slowest  # the slower of two calls: at least half their sum
+    assert totals["BatchMeta.pack"] == [0, 0.0, 0.0]
     assert NgramDrafter.match is original and BatchMeta.__dict__["pack"] is static
 
 

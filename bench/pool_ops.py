@@ -10,8 +10,10 @@ a dispatch, and those on device tensors a kernel launch or copy; the GPU split (
 whole call near 1 ms. Here a random head over `bench.head_ops`' SmolLM2-shaped stub target drafts for `--peers`
 sequences and `bench.head_ops.Ops` counts the ops `draft_ahead` dispatches, `_job`'s taken out; one
 row per peer count: ops in total and by name. A count, not a time: no GPU figure. `--kernel`: the path CUDA
-runs (`on_device.fused`), the job's inputs in one Triton launch (`pool_fill.py`), in the interpreter; the
-launch counts as one op (`triton_launch`), the interpreter's own tensor handling inside it as none.
+runs (`on_device.fused`), in the interpreter: the job's inputs copied into static buffers and filled by one
+Triton kernel (`pool_fill.py`) that is the first kernel of the job's graph (`ContextPool._filled_job`, taken
+out as `_job` is on the torch path); a launch outside a graph body would count as one op (`triton_launch`),
+the interpreter's own tensor handling inside it as none.
 """
 
 from __future__ import annotations
@@ -63,27 +65,35 @@ def count(peers: int, kernel: bool = False) -> collections.Counter[str]:
 
     step(results())  # makes the pool
     counted = results()
-    whole, inside, job = Ops(), Ops(), ContextPool._job
+    whole, inside = Ops(), Ops()
+    inside.active = False  # within the body now
+    body = "_filled_job" if kernel else "_job"  # what a CUDA graph replays: on CUDA the fill is in it
+    job = getattr(ContextPool, body)
 
     def counted_job(self, *args):  # its ops reach both counters (modes stack): taken out below
-        with inside:
-            return job(self, *args)
+        inside.active = True
+        try:
+            with inside:
+                return job(self, *args)
+        finally:
+            inside.active = False
 
-    ContextPool._job = counted_job
+    setattr(ContextPool, body, counted_job)
     try:
         with whole, ExitStack() as stack:
             if kernel:
                 stack.enter_context(kernel_path(whole, inside))
             step(counted)
     finally:
-        ContextPool._job = job
+        setattr(ContextPool, body, job)
     return whole.count - inside.count
 
 
 @contextmanager
 def kernel_path(whole: Ops, inside: Ops):
     """The job's inputs through `pool_fill`'s Triton launch, as on CUDA (`fused` true), in the interpreter: each
-    launch counts as one op ("triton_launch"), the interpreter's own tensor handling inside it as none."""
+    launch counts as one op ("triton_launch"; inside the job's graph body, taken out with it), the
+    interpreter's own tensor handling inside it as none."""
     from triton.runtime.interpreter import GridExecutor
 
     from jetspec.drafters.head import pool
@@ -92,7 +102,10 @@ def kernel_path(whole: Ops, inside: Ops):
 
     def launch(executor, *args, **kwargs):
         whole.count["triton_launch"] += 1
-        with inside:  # taken out with the job's
+        if inside.active:  # launched inside the job's graph body: no host launch on CUDA (its ops taken out with the body's)
+            inside.count["triton_launch"] += 1
+            return run(executor, *args, **kwargs)
+        with inside:  # the interpreter's own tensor handling: taken out
             return run(executor, *args, **kwargs)
 
     with patch.object(pool, "fused", lambda x: True), patch.object(GridExecutor, "__call__", launch):

@@ -60,8 +60,12 @@ def test_the_kernel_fills_what_the_torch_ops_fill(pool, data):
         t.copy_(b)
     peer_of = np.full(SLOTS, -1)
     peer_of[slots] = np.arange(len(peers))
-    ints = torch.from_numpy(fill_ints(peer_of, np.asarray(starts), poff, d1, n)).to(DEVICE)
-    fill(ints, flat, rows, pool.hidden, pool.start, pool.root, pool.anchor, len(peers))
+    stride = data.draw(st.integers(len(peers), SLOTS + 2))  # per-peer arrays padded (inside a graph: S every step)
+    ints = torch.from_numpy(fill_ints(peer_of, np.asarray(starts), poff, d1, n, stride=stride)).to(DEVICE)
+    spare = data.draw(st.integers(0, 3))  # static inputs longer than the step's: what lies past it is never read
+    flat = torch.cat([flat, torch.full((spare,), -7, device=DEVICE)])
+    rows = torch.cat([rows, torch.full((spare, *rows.shape[1:]), 9.0, device=DEVICE, dtype=rows.dtype)])
+    fill(ints, flat, rows, pool.hidden, pool.start, pool.root, pool.anchor, stride)
 
     for got, w, name in zip(statics(pool), want, ("hidden", "start", "root", "anchor")):
         assert torch.equal(got, w), name
@@ -69,9 +73,11 @@ def test_the_kernel_fills_what_the_torch_ops_fill(pool, data):
     assert torch.equal(pool.hidden[idle], before[0][idle]) and torch.equal(pool.root[idle], before[2][idle])
 
 
-def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops(monkeypatch):
-    """`ContextPool.draft_ahead` wired to the kernel (as on CUDA) drafts what it drafts through the torch
-    ops, for a step of some of the pool's slots."""
+@pytest.mark.parametrize("nodes", [6, 100])
+def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops(monkeypatch, nodes):
+    """`ContextPool.draft_ahead` wired to the kernel (as on CUDA: the fill first in the job, over static
+    copies of its inputs) drafts what it drafts through the torch ops, for a step of some of the pool's
+    slots — trees of 100 nodes too, more hidden rows than the static inputs first hold (they grow)."""
     from head_fixtures import observed
 
     from jetspec.drafters.head import pool as pool_module
@@ -79,7 +85,7 @@ def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops
     target = HeadTarget(tiny_llama(), device=DEVICE)
     prompts = [[5, 17, 33, 8, 61, 12, 40, 9], [3, 4, 5], [70, 71, 72, 73, 74, 75], [9, 8, 7, 6, 5]]
     g = torch.Generator().manual_seed(3)
-    hidden = [torch.randn(6, 1, 64, generator=g).to(DEVICE) for _ in range(3)]  # [N, k, H] the random head's one layer
+    hidden = [torch.randn(nodes, 1, 64, generator=g).to(DEVICE) for _ in range(3)]  # [N, k, H] the random head's one layer
     packed = [torch.tensor([k, 0, 2, 5, 1, 11, 12, 13, 14]).to(DEVICE) for k in (1, 3, 4)]  # D + 1 = 4 slots
     drafts = []
     for kernel in (False, True):
@@ -87,10 +93,14 @@ def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops
         made = [jetspec_drafter(HeadOptions(checkpoint="random", block_size=6, top_k=4, lookup=False), target) for _ in prompts]
         for d, p in zip(made, prompts):
             observed(d, target, p)
-        peers = [made[2], made[0], made[3]]  # slot 1 not in the step
+        assert made[0].draft_ahead_together(made, hidden + hidden[:1], packed + packed[:1], budget=16)  # the pool: 4 slots
+        peers = [made[2], made[0], made[3]]  # slot 1 not in this step: 3 peers of a pool of 4
         assert peers[0].draft_ahead_together(peers, hidden, packed, budget=16)
+        assert len(peers[0].cache.pool.members) == 4
         if DEVICE == "cuda":
             torch.cuda.synchronize()  # the drafts reach their pinned host block behind the job (a round's read-back waits)
         drafts.append([(d._drafted.clone(), d.appended_ahead) for d in peers])
+        if kernel:
+            assert peers[0].cache.pool.rows_in.shape[0] >= 3 * nodes  # grown where the step needed it
     for (want, ahead), (got, ahead2) in zip(*drafts):
         assert torch.equal(want, got) and ahead == ahead2

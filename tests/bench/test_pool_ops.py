@@ -10,10 +10,11 @@ def test_a_pooled_jobs_dispatches_do_not_grow_with_its_peers():
     assert many["select"] <= 1 and many["lift_fresh"] <= 1  # no view per peer, one host tensor sent
 
 
-def test_on_the_kernel_path_the_jobs_inputs_are_one_launch_and_no_gathers():
-    """--kernel (what CUDA runs, in Triton's interpreter: conftest.py): one launch in place of the
-    torch path's gathers and copies into the static inputs, fewer dispatches in all, none per peer."""
+def test_on_the_kernel_path_the_jobs_inputs_are_copies_and_the_fill_is_in_the_graph():
+    """--kernel (what CUDA runs, in Triton's interpreter: conftest.py): the step's inputs copied into
+    static buffers in place of the torch path's gathers, the fill's launch inside the job's graph body
+    (no host launch), fewer dispatches in all, none per peer."""
     torch_path, kernel = count(16), count(16, kernel=True)
-    assert kernel == count(3, kernel=True) and kernel["triton_launch"] == 1
+    assert kernel == count(3, kernel=True) and kernel["triton_launch"] == 0
     assert not {"index", "index_copy_", "index_select", "minimum"} & set(kernel)
     assert sum(kernel.values()) < sum(torch_path.values())

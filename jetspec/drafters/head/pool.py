@@ -18,6 +18,10 @@ instead of one per sequence — on a GPU one CUDA graph of ~100 small kernels pe
               from one graph for every slot with the slot index a static input, not a graph per member
     drafts    to a host buffer of the job's own, so a member's queued draft is never overwritten by a
               later job it is not in (the other half's, with overlap)
+    inputs    the static inputs above from the step's acceptance results (`pool_fill.py`): on CUDA by the
+              first kernel of the job's own graph, over static copies of the results and the trees' hidden
+              rows (`_staged`, grown on demand) and one upload of the step's integers — the host launches no
+              kernel for them; elsewhere by torch ops before the job (`_fill_torch`, the reference)
 
 Per member this is what its own `draft_ahead` does (append_ahead, then the draft from the bonus
 token at anchor length + k), up to float rounding (the pool's capacity may be larger than the
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from ...core.cuda_graphs import GraphSet
-from ...core.on_device import fused, to_device
+from ...core.on_device import fused, pinned, to_device
 from .graphs import APPEND_ROWS
 from .pool_lookup import PooledLookup
 
@@ -65,6 +69,10 @@ class ContextPool:
         self.root = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.anchor = torch.zeros(s, dtype=torch.int64, device=dev)  # [S]
         self.one = torch.zeros(3, dtype=torch.int64, device=dev)  # [3] a one-slot draft's static slot, root, anchor
+        # the filled job's (CUDA) static inputs, grown on demand: its integers, the step's results and hidden rows
+        self.ints = torch.zeros(6 * s, dtype=torch.int64, device=dev)  # [6 S] `pool_fill.fill_ints`, per-peer arrays S long
+        self.flat_in = torch.zeros(s * 64, dtype=torch.int64, device=dev)  # [F] >= sum 2 D_i + 3
+        self.rows_in = torch.zeros(s * 64, k, h, dtype=dtype, device=dev)  # [R, k, H], R >= sum N_i
         self.graphs = GraphSet() if members[0].graphs is not None else None
         m = members[0]  # the slots' prompt lookup on the device (`pool_lookup.py`), histories written at their next proposal
         self.lookup = PooledLookup(m.lookup, s, self.capacity + APPEND_ROWS, dev, self.graphs is not None) if (
@@ -124,23 +132,25 @@ class ContextPool:
         n = np.array([h.shape[0] for h in hidden])  # [P] N_i
         poff = np.cumsum([0] + [x.numel() for x in packed[:-1]])  # [P]
         slots = np.array([self.slot[id(m)] for m in peers])  # [P]
-        flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
-        if fused(flat):  # one launch
-            from .pool_fill import fill, fill_ints  # imports triton
-
+        if fused(packed[0]):  # CUDA: the fill is the job graph's first kernel, over static copies of its inputs
+            flat, _ = self._staged(packed, hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]: views of the static inputs
             peer_of = np.full(len(self.members), -1)
             peer_of[slots] = np.arange(p)
-            ints = to_device(torch.from_numpy(fill_ints(peer_of, np.asarray(starts), poff, d1, n)), dev)  # [2 S + 4 P]
-            fill(ints, flat, rows, self.hidden, self.start, self.root, self.anchor, p)
+            from .pool_fill import fill_ints  # imports triton
+
+            ints = fill_ints(peer_of, np.asarray(starts), poff, d1, n, stride=len(self.members))  # [6 S]
+            self.ints.copy_(pinned(torch.from_numpy(ints), dev), non_blocking=True)
+            job, key = (lambda: self._filled_job(peers[0], depths)), (self.version, depths, "filled", *self._staged_room())
         else:
+            flat, rows = torch.cat(packed), torch.cat(hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]
             self._fill_torch(flat, rows, poff, d1, n, slots, starts)
-        job = lambda: self._job(peers[0], depths)  # noqa: E731
+            job, key = (lambda: self._job(peers[0], depths)), (self.version, depths)
         if self.graphs is None:
             both, ids = job()
         else:
-            if (self.version, depths) not in self.graphs:
-                self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
-            both, ids = (x.clone() for x in self.graphs.replay((self.version, depths), job))  # this job's own: a later
+            if key not in self.graphs:  # graphs of buffers that no longer exist
+                self.graphs.drop(lambda k: k[0] != self.version or (k[2:3] == ("filled",) and k[3:] != key[3:]))
+            both, ids = (x.clone() for x in self.graphs.replay(key, job))  # this job's own: a later
             # replay (the other half's) rewrites the graph's outputs before these are read
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
         host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
@@ -154,6 +164,31 @@ class ContextPool:
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
+
+    def _staged(self, packed: list[torch.Tensor], hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's results and hidden rows, end to end, copied into the filled job's static inputs
+        (grown by doubling where a step needs more: the job's graphs over the old ones are dropped at
+        its next replay) -> views of them: flat [sum 2 D_i + 3], rows [sum N_i, k, H]."""
+        m, r = sum(x.numel() for x in packed), sum(h.shape[0] for h in hidden)
+        if m > self.flat_in.numel():
+            self.flat_in = self.flat_in.new_zeros(max(m, 2 * self.flat_in.numel()))
+        if r > self.rows_in.shape[0]:
+            self.rows_in = self.rows_in.new_zeros(max(r, 2 * self.rows_in.shape[0]), *self.rows_in.shape[1:])
+        flat, rows = self.flat_in[:m], self.rows_in[:r]
+        torch.cat(packed, out=flat)
+        torch.cat(hidden, out=rows)
+        return flat, rows
+
+    def _staged_room(self) -> tuple[int, int]:
+        """What the filled job's graphs are captured over: the static inputs' sizes (new ones, new graphs)."""
+        return self.flat_in.numel(), self.rows_in.shape[0]
+
+    def _filled_job(self, first: HeadDrafter, depths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The job with its inputs' fill first (`pool_fill.fill`, one kernel; CUDA), all over static buffers."""
+        from .pool_fill import fill
+
+        fill(self.ints, self.flat_in, self.rows_in, self.hidden, self.start, self.root, self.anchor, len(self.members))
+        return self._job(first, depths)
 
     def _fill_torch(self, flat: torch.Tensor, rows: torch.Tensor, poff: np.ndarray, d1: np.ndarray, n: np.ndarray,
                     slots: np.ndarray, starts: list[int]) -> None:

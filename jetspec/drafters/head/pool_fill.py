@@ -15,7 +15,11 @@ tokens); rows [sum N_i, k, H]: the trees' hidden rows end to end (peer i's from 
 entry is clamped into its own tree: a verifier's bad index fails its check later, not here. Only
 copies: the same bits as the torch ops (`tests/test_pool_fill.py`).
 
-    ints [2 S + 4 P] int64: peer_of [S], starts [S], then per peer poff, D + 1, N - 1, hoff [P] each
+    ints [2 S + 4 Q] int64: peer_of [S], starts [S], then per peer poff, D + 1, N - 1, hoff [Q] each (Q >= P,
+                      the launch's `peers`: entries past P are never read, peer_of names peers below P)
+
+On CUDA the launch is the first kernel of the pooled job's CUDA graph (`ContextPool._filled_job`), over
+static copies of its inputs and Q = S: a step pays no Triton launch on the host.
 """
 
 from __future__ import annotations
@@ -59,17 +63,22 @@ def _fill(ints_ptr, flat_ptr, rows_ptr, hidden_ptr, start_ptr, root_ptr, anchor_
         tl.store(anchor_ptr + s, begin)
 
 
-def fill_ints(peer_of: np.ndarray, starts: np.ndarray, poff: np.ndarray, d1: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """The launch's integers [2 S + 4 P] (module docstring), from per-slot peer_of, starts [S] and
-    per-peer result offsets, D + 1 and tree sizes N [P]."""
-    return np.concatenate([peer_of, starts, poff, d1, n - 1, np.cumsum(n) - n]).astype(np.int64)
+def fill_ints(peer_of: np.ndarray, starts: np.ndarray, poff: np.ndarray, d1: np.ndarray, n: np.ndarray,
+              stride: int | None = None) -> np.ndarray:
+    """The launch's integers [2 S + 4 Q] (module docstring), from per-slot peer_of, starts [S] and
+    per-peer result offsets, D + 1 and tree sizes N [P], each per-peer array padded with zeros to
+    Q = `stride` >= P entries (default P): a launch inside a CUDA graph passes Q = S every step (its
+    `peers` argument is recorded), a direct launch P."""
+    q = len(poff) if stride is None else stride
+    pad = lambda x: np.concatenate([x, np.zeros(q - len(x), dtype=np.int64)])  # noqa: E731
+    return np.concatenate([peer_of, starts, pad(poff), pad(d1), pad(n - 1), pad(np.cumsum(n) - n)]).astype(np.int64)
 
 
 def fill(ints: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor, hidden: torch.Tensor, start: torch.Tensor,
          root: torch.Tensor, anchor: torch.Tensor, peers: int) -> None:
     """Write the job's static inputs: hidden [S, A, k, H], start, root, anchor [S] (int64), from ints
-    (`fill_ints`, on the device), flat [sum 2 D_i + 3] int64 and rows [sum N_i, k, H] (rows and
-    hidden contiguous, of one dtype)."""
+    (`fill_ints` with stride `peers`, on the device), flat [>= sum 2 D_i + 3] int64 and rows
+    [>= sum N_i, k, H] (rows and hidden contiguous, of one dtype)."""
     slots, a = start.shape[0], hidden.shape[1]
     width = math.prod(hidden.shape[2:])  # elements of one hidden row [k, H]
     _fill[(slots,)](ints, flat, rows, hidden, start, root, anchor, slots, peers, width, A=a, BLOCK=BLOCK)

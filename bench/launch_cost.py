@@ -2,7 +2,7 @@
 
     python -m bench.launch_cost [--peers 8,16,32] [--slots 32] [--calls 2000] [--out bench/results/launch_cost.jsonl]
 
-A batched `--split` run put `pool_fill.fill` (ONE Triton launch a step) at ~0.7 ms a call at 32 sequences
+A batched `--split` run put `pool_fill.fill` (then ONE host Triton launch a step; since 94910f8 inside the pooled job's graph) at ~0.7 ms a call at 32 sequences
 with overlap. Here the same launch, on inputs of the shapes a step gives it (random paths, SmolLM2's hidden
 width), `--calls` times back to back: µs of host time a call (the clock read before the final synchronize)
 and per call with the device drained, beside a one-element torch add (a plain aten launch) for scale.

@@ -230,6 +230,14 @@ class Readback:
         return self._pending
 
 
+def accepted_count(k: torch.Tensor, d1: torch.Tensor | int) -> torch.Tensor:
+    """A packed result's k (packed[0], [P] or [1]) as device work reads it before the host has checked
+    it: min(max(k, 1), D + 1) (d1 = D + 1, per result or one int), so that a verifier's bad count can
+    only make a wrong gather the check then rejects, never an index outside its result. (Triton
+    kernels that read k write the same rule: `drafters/head/pool_fill.py`.)"""
+    return k.clamp(1, d1) if isinstance(d1, int) else torch.minimum(k.clamp(min=1), d1)
+
+
 def unpack(values: list[int]) -> tuple[list[int], list[int]]:
     """Read-back `packed` values [2D + 3] -> (path, committed tokens), k of each; a k outside
     [1, D + 1] gives empty lists (the pipeline's acceptance check names it)."""

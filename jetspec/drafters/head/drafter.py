@@ -47,6 +47,7 @@ import torch
 from ...core.device_proposal import DeviceProposal
 from ...core.errors import CheckpointError, ConfigError
 from ...core.interfaces import DecodeState, Proposal
+from ...core.on_device import accepted_count
 from ...core.proposal import DepthMarginals, EmptyProposal, MergedProposal, TokenTrie
 from ...core.tree import DraftTree, with_prefix
 from ...core.tree_search import accum_logp
@@ -182,7 +183,7 @@ class HeadDrafter(ContextDrafter):
         d1 = (packed.numel() - 1) // 2  # D + 1
         start = self.cache.length
         self.append_ahead(hidden, packed[1 : 1 + d1])
-        k = packed[:1].clamp(1, d1)  # [1] the accepted path's length, root included
+        k = accepted_count(packed[:1], d1)  # [1] the accepted path's length, root included
         root, anchor = packed.index_select(0, k + d1), k + start  # [1] the bonus token (the next root), [1] its position
         logp, tokens = self._draft(root, anchor, self._depths(budget)[1], self.cache.buffers())
         both = torch.stack([logp.float(), tokens.float()])  # [2, depths, k]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ...core.cuda_graphs import GraphSet
-from ...core.on_device import fused, pinned, to_device
+from ...core.on_device import accepted_count, fused, pinned, to_device
 from .graphs import APPEND_ROWS
 from .pool_lookup import PooledLookup
 
@@ -202,7 +202,7 @@ class ContextPool:
         slot_at_, (poff_, d1_, last, hoff, slots_, tokens_at, start_of) = up[: p * a].view(p, a), up[p * a : p * a + 7 * p].view(7, p)
         start = up[p * a + 7 * p :]  # [S] every member's length
         path = torch.minimum(flat[slot_at_].clamp_(min=0), last[:, None]).add_(hoff[:, None])  # [P, A]
-        k = torch.minimum(flat[poff_].clamp_(min=1), d1_)  # [P]
+        k = accepted_count(flat[poff_], d1_)  # [P]
         self.start.copy_(start)
         self.anchor.copy_(start)  # a member not in the step: its own length (its draft is not read)
         self.hidden.index_copy_(0, slots_, rows.index_select(0, path.flatten()).view(p, a, *rows.shape[1:]))

@@ -26,7 +26,7 @@ import torch
 
 from ...core.cuda_graphs import GraphSet
 from ...core.device_proposal import DeviceTrie
-from ...core.on_device import to_device
+from ...core.on_device import accepted_count, to_device
 from ..lookup_device import edge_tables, log_ratios, lookup_tries
 from ..ngram import NgramDrafter
 from .graphs import APPEND_ROWS
@@ -89,7 +89,7 @@ class PooledLookup:
         at_, (poff_, d1_, slots_) = up[: p * a].view(p, a), up[p * a :].view(3, p)
         self.count.zero_()
         self.commit.index_copy_(0, slots_, flat[at_])
-        self.count.index_copy_(0, slots_, torch.minimum(flat[poff_].clamp(min=1), d1_))
+        self.count.index_copy_(0, slots_, accepted_count(flat[poff_], d1_))
         self._run(depth)
 
     def write(self, slot: int, tokens: list[int], depth: int) -> None:

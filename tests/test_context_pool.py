@@ -119,6 +119,55 @@ def test_a_pooled_drafters_own_draft_from_the_pools_slot_is_its_own_draft(target
         assert torch.equal(queued[1], one[1])
 
 
+class EagerGraphs:
+    """In place of a pool's `GraphSet` on a CPU (no CUDA graphs there): every replay runs its job as it
+    is asked for, and the keys asked for are kept."""
+
+    def __init__(self):
+        self.keys = []
+
+    def __contains__(self, key):
+        return True
+
+    def drop(self, stale):
+        pass
+
+    def replay(self, key, fn):
+        self.keys.append(key)
+        return fn()
+
+
+def test_a_pooled_drafters_appends_through_the_pools_graphs_write_what_its_own_eager_append_writes(target):
+    """`ContextPool.append_one` (on a GPU a pooled drafter's context appends: a new sequence's prompt, a
+    round not drafted ahead) writes the asking member's rows as its own eager append does, the rows
+    padded to a bucket whose graph every slot shares, the other slots untouched; above the largest
+    bucket it declines (the drafter appends eagerly)."""
+    from jetspec.drafters.head.graphs import HeadGraphs
+
+    solo, pooled = drafters(target, 3), drafters(target, 3)
+    for d, p in zip(solo + pooled, PROMPTS + PROMPTS):
+        observed(d, target, p)
+    results = [round_result(i, n=6, d=3, k=2) for i in range(3)]
+    assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
+    pool = pooled[0].cache.pool
+    pool.graphs = EagerGraphs()
+    for d in pooled:  # graphed drafters, as on a GPU (their own graphs are never replayed here: the pool takes every append)
+        d.graphs = HeadGraphs(torch.device("cpu"), torch.float32, LAYERS, 64)
+    others = [contexts(pooled[i]) for i in (0, 2)]
+    prompt = [(7 * j) % 90 for j in range(100)]  # a new sequence in slot 1: 99 rows before its root
+    state, _ = observed(solo[1], target, prompt), observed(pooled[1], target, prompt)
+    state.tokens += [4, 5, 6]  # a round not drafted ahead: three rows appended
+    for d in (solo[1], pooled[1]):
+        d.observe(state, torch.randn(3, LAYERS, 64, generator=torch.Generator().manual_seed(1)))
+    assert pool.graphs.keys == [(pool.version, "append", 128), (pool.version, "append", 32)]
+    (ks, vs), (kp, vp) = solo[1].cache.context()[0], pooled[1].cache.context()[0]
+    assert kp.shape[1] == 102 and torch.allclose(ks, kp, atol=1e-5) and torch.allclose(vs, vp, atol=1e-5)
+    for i, before in zip((0, 2), others):
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(contexts(pooled[i]), before))
+    assert torch.isfinite(pooled[1].cache.buffers()[0][0]).all()  # the padded rows past its length: finite
+    assert not pool.append_one(pooled[1], torch.zeros(2049, LAYERS, 64), 0) and len(pool.graphs.keys) == 2
+
+
 def test_halves_of_a_pooled_batch_drafting_in_turn_leave_each_drafter_what_drafting_alone_leaves(target):
     """A pipeline reused with `overlap` (its slots' halves step in turn) finds its drafters in the one
     pool of an earlier run: a half's job must not touch the other half's drafts in flight — its
@@ -258,9 +307,9 @@ def test_a_graphed_pool_drafts_what_each_drafter_drafts_alone_across_pool_growth
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_pooled_drafters_draft_alone_from_one_graph_of_the_pool_not_one_each():
-    """A pooled drafter's own draft (its sequence's first round) replays the pool's one graph for
-    every slot: the same tokens as an eager drafter's, one capture for three drafters, no draft
-    graph of their own."""
+    """A pooled drafter's own draft (its sequence's first round) and its context appends replay the
+    pool's graphs for every slot: the same tokens as an eager drafter's, one capture each for three
+    drafters, no graph of their own."""
     gpu = HeadTarget(tiny_llama(), device="cuda")
     solo = [jetspec_drafter(HeadOptions(**OPTIONS, cuda_graphs=False), gpu) for _ in range(3)]
     pooled = [jetspec_drafter(HeadOptions(**OPTIONS), gpu) for _ in range(3)]
@@ -269,6 +318,7 @@ def test_pooled_drafters_draft_alone_from_one_graph_of_the_pool_not_one_each():
     results = [tuple(x.cuda() for x in round_result(i, n=6, d=3, k=3)) for i in range(3)]
     assert pooled[0].draft_ahead_together(pooled, [h for h, _ in results], [p for _, p in results], budget=16)
     pool, before = pooled[0].cache.pool, len(pooled[0].cache.pool.graphs)
+    own = [len(p.graphs.graphs) for p in pooled]  # their first prompts' appends, before the pool
     for rep in range(2):
         for i, (s, p) in enumerate(zip(solo, pooled)):
             prompt = PROMPTS[(i + rep) % 3]  # each slot takes a new prompt, twice
@@ -277,5 +327,6 @@ def test_pooled_drafters_draft_alone_from_one_graph_of_the_pool_not_one_each():
             ps, pp = s.propose(state, 16), p.propose(state, 16)
             for depth in range(5):
                 assert [t for t, _ in ps.children((0,) * depth)] == [t for t, _ in pp.children((0,) * depth)]
-    assert len(pool.graphs) == before + 1  # the pool's one-slot draft (its own short appends are graphed apart)
-    assert all((p.cache.version, "draft", 5) not in p.graphs.graphs for p in pooled)  # no draft graph of their own
+    assert len(pool.graphs) == before + 2  # the pool's one-slot draft and its append of <= 32 rows (the new prompts)
+    assert all((p.cache.version, "draft", 5) not in p.graphs.graphs for p in pooled)  # no draft graph of their own,
+    assert [len(p.graphs.graphs) for p in pooled] == own  # nor an append graph since

@@ -136,8 +136,10 @@ class ContextDrafter:
 
     def append(self, rows: torch.Tensor, start: int) -> None:
         """rows [n, k, H] -> their fused context's K/V at cache rows start .. start + n - 1 (room made
-        here; the caller advances `length`): from a CUDA graph of APPEND_ROWS padded rows where there
-        is one, else eagerly."""
+        here; the caller advances `length`): a pooled drafter's from its pool's graphs (a prompt's too),
+        else from a CUDA graph of APPEND_ROWS padded rows where there is one, else eagerly."""
+        if self.graphs is not None and self.cache.pool is not None and self.cache.pool.append_one(self, rows, start):
+            return  # a pooled drafter's: from its pool's graphs, shared by every slot (`ContextPool.append_one`)
         if self.graphs is not None and rows.shape[0] <= self.graphs.append_rows:
             self.cache.reserve(start + self.graphs.append_rows)  # room for the padded write; may bump the version
             self.graphs.append(self.cache.version, rows, start, self.write_context)  # replayed from a CUDA graph

@@ -73,6 +73,8 @@ class ContextPool:
         self.ints = torch.zeros(6 * s, dtype=torch.int64, device=dev)  # [6 S] `pool_fill.fill_ints`, per-peer arrays S long
         self.flat_in = torch.zeros(s * 64, dtype=torch.int64, device=dev)  # [F] >= sum 2 D_i + 3
         self.rows_in = torch.zeros(s * 64, k, h, dtype=dtype, device=dev)  # [R, k, H], R >= sum N_i
+        self.one_rows = torch.zeros(APPEND_ROWS, k, h, dtype=dtype, device=dev)  # [L, k, H] `append_one`'s static rows (grown)
+        self.one_at = torch.zeros(2, dtype=torch.int64, device=dev)  # [2] its static slot and start
         self.graphs = GraphSet() if members[0].graphs is not None else None
         m = members[0]  # the slots' prompt lookup on the device (`pool_lookup.py`), histories written at their next proposal
         self.lookup = PooledLookup(m.lookup, s, self.capacity + APPEND_ROWS, dev, self.graphs is not None) if (
@@ -209,6 +211,38 @@ class ContextPool:
         self.root.index_copy_(0, slots_, flat[tokens_at + k])
         self.anchor.index_copy_(0, slots_, start_of + k)
 
+    def append_one(self, member: HeadDrafter, rows: torch.Tensor, start: int) -> bool:
+        """`member`'s context append of rows [n, k, H] at rows start .. start + n - 1 (a round's, or its
+        sequence's prompt) from ONE graph per buffer version and row bucket L (`APPEND_BUCKETS`, the least
+        L >= n) whichever slot asks, as `draft_one` drafts: the rows padded to L with whatever the static
+        buffer held, so rows start + n .. start + L - 1 get finite values, which rows past a context's
+        length may hold -> False (nothing done) without graphs or above the largest bucket: the caller
+        appends otherwise. Eagerly a prompt's append is tens of launches (~1 ms of host on a lent H100),
+        and graphs of each member's own would be captured per member."""
+        n = rows.shape[0]
+        if self.graphs is None or n > APPEND_BUCKETS[-1]:
+            return False
+        bucket = next(b for b in APPEND_BUCKETS if n <= b)
+        self.reserve(start + bucket)  # room for the padded write; may bump the version
+        if bucket > self.one_rows.shape[0]:  # a longer append than any before: a larger static buffer, its graphs anew
+            self.one_rows = self.one_rows.new_zeros(bucket, *self.one_rows.shape[1:])
+            self.graphs.drop(lambda key: key[1:2] == ("append",))
+        self.one_rows[:n].copy_(rows)
+        self.one_at[:1].fill_(self.slot[id(member)])
+        self.one_at[1:].fill_(start)
+        if (self.version, "append", bucket) not in self.graphs:
+            self.graphs.drop(lambda key: key[0] != self.version)  # graphs of buffers that no longer exist
+        self.graphs.replay((self.version, "append", bucket), lambda: self._append_one(bucket))
+        return True
+
+    def _append_one(self, bucket: int) -> None:
+        """The context K/V of the static rows [:bucket] into the static slot's rows start .. start + bucket - 1."""
+        slot, start = self.one_at[:1], self.one_at[1:]  # [1] each
+        rows, kv = self.members[0].context_rows(self.one_rows[None, :bucket], start)  # [1, L], (k, v) [1, L, Hkv, D] per layer
+        for (k_buf, v_buf), (k, v) in zip(self.buffers(), kv):
+            k_buf.index_put_((slot.expand(bucket), rows[0]), k[0].to(k_buf.dtype))
+            v_buf.index_put_((slot.expand(bucket), rows[0]), v[0].to(v_buf.dtype))
+
     def draft_one(self, member: HeadDrafter, root: int | torch.Tensor, anchor: int | torch.Tensor,
                   depths: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`member`'s own one-forward draft (a sequence's first round, a round not drafted ahead) from ONE
@@ -248,6 +282,9 @@ class ContextPool:
         logp, tokens = first.draft_many(self.root, self.anchor, self.buffers(), depths)  # [S, depths, k] each
         # (logp, token ids) [S, 2, depths, k] float32 for the host (ids exact below 2^24), the ids as int64 for the device
         return torch.stack([logp.float(), tokens.float()], dim=1), tokens.long()
+
+
+APPEND_BUCKETS = (APPEND_ROWS, 64, 128, 256, 512, 1024, 2048)  # `append_one`'s row buckets: a graph each, shared by every slot
 
 
 class PooledDrafts:

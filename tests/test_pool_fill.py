@@ -104,3 +104,34 @@ def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops
             assert peers[0].cache.pool.rows_in.shape[0] >= 3 * nodes  # grown where the step needed it
     for (want, ahead), (got, ahead2) in zip(*drafts):
         assert torch.equal(want, got) and ahead == ahead2
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_batched_run_through_the_kernel_path_drafts_the_rounds_of_the_torch_path(monkeypatch, overlap):
+    """The engine with the pooled job's kernel path (as on CUDA: the fill inside the job, over static
+    inputs), overlapped halves or not: the same rounds as through the torch ops (the same drafts),
+    every prompt its plain output."""
+    import random
+
+    import jetspec
+    from jetspec.drafters.head import pool as pool_module
+    from jetspec.testing.models import tiny_decoder_target
+    from support.registry import make_test_registry
+
+    rng = random.Random(1)
+    prompts = [[rng.randrange(90) for _ in range(rng.randrange(5, 40))] for _ in range(9)]
+    pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder_target("llama", 0))
+            .drafter("jetspec", checkpoint="random", block_size=6, top_k=4, lookup=True).kv_cache("paged")
+            .generation(budget=12, max_new_tokens=24, accept_on_device="always", batch_size=4, build_on_device=True,
+                        overlap=overlap).build())
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    filled, real = [], pool_module.ContextPool._filled_job
+    monkeypatch.setattr(pool_module.ContextPool, "_filled_job", lambda self, *a: filled.append(1) or real(self, *a))
+    rounds = {}
+    for kernel in (False, True):
+        monkeypatch.setattr(pool_module, "fused", lambda x, kernel=kernel: kernel)
+        results = pipe.generate_many(prompts)
+        assert [r.tokens for r in results] == plain
+        rounds[kernel] = [r.stats.rounds for r in results]
+        assert bool(filled) == kernel  # the kernel path ran the filled job; the torch path never did
+    assert rounds[True] == rounds[False]

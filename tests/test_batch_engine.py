@@ -226,6 +226,31 @@ def test_device_acceptance_reads_back_once_a_step_for_the_whole_batch():
     assert [len(what) for kind, what in log if kind == "prefill"][0] == 3  # the first three prompts' prefills: one forward
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_steps_read_back_is_queued_before_its_drafters_next_rounds(monkeypatch, overlap):
+    """The host's one wait a step is for the acceptance alone: the copy of the step's results to the
+    host is queued before the drafters' next rounds (the pooled head job), which the device runs while
+    the host reads the results; a drafter's host copy of its drafts carries its own event."""
+    import sys
+
+    from jetspec.core.on_device import Readback
+    from jetspec.drafters.head.pool import ContextPool
+    from jetspec.testing.models import tiny_decoder_target
+
+    order: list[str] = []
+    start, job = Readback.start, ContextPool.draft_ahead
+    monkeypatch.setattr(Readback, "start", lambda self, x: order.append(sys._getframe(1).f_code.co_name) or start(self, x))
+    monkeypatch.setattr(ContextPool, "draft_ahead", lambda self, *a: order.append("job") or job(self, *a))
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0))
+            .drafter("jetspec", checkpoint="random", block_size=6, top_k=4, lookup=True).kv_cache("paged")
+            .generation(budget=8, max_new_tokens=16, accept_on_device="always", batch_size=4, overlap=overlap).build())
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7], [5, 6, 5, 6, 5, 6, 5, 6]]
+    results = pipe.generate_many(prompts)
+    assert [r.tokens for r in results] == [pipe.generate_plain(p).tokens for p in prompts]
+    jobs = [i for i, what in enumerate(order) if what == "job"]
+    assert jobs and all(order[i - 1] == "start_on_device" for i in jobs)  # each job right behind its step's read-back
+
+
 @pytest.mark.parametrize("on_device", ["auto", "always"])
 def test_a_seeded_sample_in_a_batch_is_the_prompts_seeded_sample_alone(on_device):
     """Seeded sampling (T = 1) stays reproducible under batching: each sequence draws u_t for its own

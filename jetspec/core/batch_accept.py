@@ -9,8 +9,9 @@ each verifier returns its packed result [2 D_s + 3] int64 there (`on_device.py`;
 `stage_commit` moves its kept K/V behind it (caches with `stage_commit_many`, the paged pool's:
 the whole step's moves in one call), and ONE read-back of all the packed results, laid end
 to end, brings the whole step's paths to the host: the step waits for the device once, not once
-per sequence. `start_on_device` queues all of it, `finish_on_device` waits and checks: with
-`generation.overlap` the other half's step is launched in between.
+per sequence, and only for the acceptance (the read-back is queued before the K/V moves and the
+drafters' next rounds). `start_on_device` queues all of it, `finish_on_device` waits and checks:
+with `generation.overlap` the other half's step is launched in between.
 
 A sequence whose verifier fails (an exception, a malformed result, a path that is not in its
 tree) gets its error; the others are unaffected.
@@ -74,10 +75,11 @@ def start_on_device(verifiers: list[Verifier], dtrees: list[DeviceTree], logits:
                     meta: BatchMeta, states: list[DecodeState], caches: list[KVCache], readback: Readback,
                     who: str, batch: bool = False,
                     ahead: Callable[[list[tuple[int, torch.Tensor]]], None] | None = None) -> list[torch.Tensor | JetSpecError]:
-    """Queue the step's device work — each result, the staged K/V moves, `ahead([(s, packed_s), ...])`
-    over the well-formed results (the drafters' next rounds, `batch_ahead.py`; it keeps their errors), the copy of
-    the results to the host (`readback.start`) — with no wait -> per sequence its path on the device
-    [D_s + 1], or its error (what `finish_on_device` takes)."""
+    """Queue the step's device work — each result, the copy of the results to the host (`readback.start`),
+    the staged K/V moves, `ahead([(s, packed_s), ...])` over the well-formed results (the drafters' next
+    rounds, `batch_ahead.py`; it keeps their errors) — with no wait -> per sequence its path on the device
+    [D_s + 1], or its error (what `finish_on_device` takes). The read-back is queued before the moves and
+    the drafts, so the host's one wait is for the acceptance alone while the device goes on with them."""
     paths: list[torch.Tensor | JetSpecError] = []  # per sequence: its path on the device [D_s + 1], or its error
     staged: list[tuple[KVCache, int, int, int]] = []  # (cache, offset of its path in the step's results, D_s + 1, N_s)
     made: list[tuple[int, torch.Tensor]] = []  # (sequence, its well-formed result [2 D_s + 3] int64 on the device)
@@ -100,16 +102,16 @@ def start_on_device(verifiers: list[Verifier], dtrees: list[DeviceTree], logits:
         paths.append(p[1 : d + 2])  # [D + 1]; its first k entries are checked below
         offset += 2 * d + 3
     flat = torch.cat([p for _, p in made]) if made else None  # [sum 2 D_s + 3]: the step's results end to end
+    if made:  # first: the step's one wait is for the acceptance alone; the K/V moves and the next drafts below
+        readback.start(flat)  # run on the device while the host reads it (they are read there, in stream order)
     if staged:  # each kept K/V moved behind its path (clamped: a wrong path fails the check, not an index)
         first = staged[0][0]
         if not (conforms(first, CommitsBatchOnDevice)
                 and first.stage_commit_many([c for c, *_ in staged], flat, [m for _, *m in staged])):
             for cache, o, m, n in staged:
                 cache.stage_commit(flat[o : o + m].clamp(0, n - 1))
-    if ahead is not None and made:  # before the read-back starts, so that its wait covers what `ahead` queued
+    if ahead is not None and made:  # behind the read-back: a drafter's host copy of its drafts has an event of its own
         ahead(made)
-    if made:
-        readback.start(flat)
     return paths
 
 

@@ -270,7 +270,7 @@ class BatchEngine(StepTrees):
         states, mine = [seq.state for seq, _ in trees], [caches[seq.slot] for seq, _ in trees]
         who = pipe.labels["verifier"]
         if self._on_device:
-            def ahead(made: list[tuple[int, torch.Tensor]]) -> None:  # the next drafts, queued before the read-back
+            def ahead(made: list[tuple[int, torch.Tensor]]) -> None:  # the next drafts, queued behind the read-back
                 drafters = [self.parts[trees[s][0].slot].drafter for s, _ in made]
                 rows = [None if out.hidden is None else out.hidden[meta.rows(s)] for s, _ in made]
                 launched.failed.update(draft_ahead_step(drafters, rows, made, budget, pipe.labels["drafter"]))

@@ -272,7 +272,7 @@ class HeadDrafter(ContextDrafter):
         self._drafted_dev = None
         ahead = drafted is not None and self.kept_ahead and drafted.shape[1] == depths  # the round committed the path drafted from
         if ahead and self._drafted_ready is not None:
-            self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's was waited for by its step)
+            self._drafted_ready.synchronize()  # the copy `draft_ahead` queued (a pooled draft's: its job's, one event for all)
         proposal: Proposal
         if ahead and pooled is not None and self.calibration:  # the step's drafts, calibrated together
             proposal = pooled[0].marginals(self.calibration, pooled[1])

@@ -155,7 +155,10 @@ class ContextPool:
             both, ids = (x.clone() for x in self.graphs.replay(key, job))  # this job's own: a later
             # replay (the other half's) rewrites the graph's outputs before these are read
         host = torch.empty(both.shape, dtype=torch.float32, pin_memory=both.is_cuda)  # this job's own (a cached pinned block)
-        host.copy_(both, non_blocking=True)  # behind the job: the round's read-back waits for it
+        host.copy_(both, non_blocking=True)  # behind the job, after the step's read-back: a host reader waits for `ready`
+        ready = torch.cuda.Event() if both.is_cuda else None
+        if ready is not None:
+            ready.record()
         drafts = PooledDrafts(host)
         if self.lookup is not None:  # the committed tokens onto each slot's history, then every slot's trie
             self.lookup.reserve(self.capacity + a)
@@ -164,7 +167,7 @@ class ContextPool:
                 m.history_pending = d <= a  # its observe learns how many of them the round committed
         hosts, logps, tokens_s = host.unbind(0), both[:, 0].unbind(0), ids.unbind(0)  # per slot, one call each (not 3 S)
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
-            m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], None, (drafts, s)
+            m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], ready, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
 
     def _staged(self, packed: list[torch.Tensor], hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +293,8 @@ APPEND_BUCKETS = (APPEND_ROWS, 64, 128, 256, 512, 1024, 2048)  # `append_one`'s 
 class PooledDrafts:
     """A pooled step's drafts on the host, host [S, 2, depths, k] (logp, token ids), calibrated for
     every slot at once when the first member's `propose` asks (`CalibratedDrafts`): S members pay
-    one pass of array ops, not S. Read after the step's read-back, which waited for the copy."""
+    one pass of array ops, not S. Read by a member's `propose` after it waited for the job's copy
+    (`_drafted_ready`: the job's event; the step's read-back is queued before the job)."""
 
     def __init__(self, host: torch.Tensor):
         self.host = host

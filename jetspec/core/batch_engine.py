@@ -108,7 +108,7 @@ class BatchEngine(StepTrees):
         self._on_device = (mode == "always" or (mode == "auto" and device.type != "cpu")) and all(
             accepts_on_device(p.verifier) for p in self.parts)  # as `Pipeline` decides it, for every slot
         self._batch_accept = self._on_device and accepts_batch_on_device([p.verifier for p in self.parts])  # one call a step
-        # drafters that queue their next round before the step's read-back (`DraftsAhead`), as `Pipeline` does
+        # drafters that queue their next round before the host waits for the step's read-back (`DraftsAhead`), as `Pipeline` does
         self._drafts_ahead = self._on_device and speculative and all(isinstance(p.drafter, DraftsAhead) for p in self.parts)
         # trees grown on the device (`batch_grow.py`) where every drafter and the scorer can
         self._grows = self._on_device and speculative and gen.build_on_device is not False and builds_on_device(pipe.scorer) and all(

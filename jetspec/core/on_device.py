@@ -312,8 +312,8 @@ class DraftsAhead(Protocol):
     round on the device path, after `accept_on_device`, `stage_commit` and the read-back's copy are
     queued, before the host waits for that copy: the host reads the round's result while the
     device still runs what `draft_ahead` queued, so a drafter that brings its results to the host
-    waits for its own copy (an event) before it reads them. (The batched engine waits for its
-    step's drafting before it reads back: there the wait covers it.) The next round's `observe`
+    waits for its own copy (an event) before it reads them — in the batched engine too, whose step's
+    read-back is queued before its drafters' next rounds (`DraftsAheadTogether`). The next round's `observe`
     and `propose` use what it queued when the round committed every token `packed` names (a
     round cut short by a stop token or the length limit ends the generation), and do the work
     themselves otherwise."""

@@ -32,8 +32,9 @@ draft of the next round are queued before the host reads this round's result, fr
 device holds (`packed`: the accepted path and the bonus token, which is the next root; the next
 anchor is length + k). They read the whole context buffers with the keys from the anchor on
 masked, as the CUDA graphs always do; the draft's top-k goes to a pinned host buffer behind it,
-so the round's one read-back waits for it too, and `propose` takes it from there when `observe`
-found the round's whole path committed (else it drafts itself).
+with an event (`_drafted_ready`: the round's read-back was queued before, so it does not cover the
+copy), and `propose` waits for it and takes it from there when `observe` found the round's whole path
+committed (else it drafts itself).
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class ContextPool:
         poff = np.cumsum([0] + [x.numel() for x in packed[:-1]])  # [P]
         slots = np.array([self.slot[id(m)] for m in peers])  # [P]
         if fused(packed[0]):  # CUDA: the fill is the job graph's first kernel, over static copies of its inputs
-            flat, _ = self._staged(packed, hidden)  # [sum 2 D_i + 3], [sum N_i, k, H]: views of the static inputs
+            flat = self._staged(packed, hidden)  # [sum 2 D_i + 3]: a view of the static results
             peer_of = np.full(len(self.members), -1)
             peer_of[slots] = np.arange(p)
             from .pool_fill import fill_ints  # imports triton
@@ -170,19 +170,19 @@ class ContextPool:
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], ready, (drafts, s)
             m._drafted_dev = (logps[s], tokens_s[s])  # [depths, k] each, this job's own tensors: a later job never rewrites them
 
-    def _staged(self, packed: list[torch.Tensor], hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _staged(self, packed: list[torch.Tensor], hidden: list[torch.Tensor]) -> torch.Tensor:
         """The step's results and hidden rows, end to end, copied into the filled job's static inputs
         (grown by doubling where a step needs more: the job's graphs over the old ones are dropped at
-        its next replay) -> views of them: flat [sum 2 D_i + 3], rows [sum N_i, k, H]."""
+        its next replay) -> the results' view, flat [sum 2 D_i + 3] (the hidden rows go to rows_in[:sum N_i])."""
         m, r = sum(x.numel() for x in packed), sum(h.shape[0] for h in hidden)
         if m > self.flat_in.numel():
             self.flat_in = self.flat_in.new_zeros(max(m, 2 * self.flat_in.numel()))
         if r > self.rows_in.shape[0]:
             self.rows_in = self.rows_in.new_zeros(max(r, 2 * self.rows_in.shape[0]), *self.rows_in.shape[1:])
-        flat, rows = self.flat_in[:m], self.rows_in[:r]
+        flat = self.flat_in[:m]
         torch.cat(packed, out=flat)
-        torch.cat(hidden, out=rows)
-        return flat, rows
+        torch.cat(hidden, out=self.rows_in[:r])
+        return flat
 
     def _staged_room(self) -> tuple[int, int]:
         """What the filled job's graphs are captured over: the static inputs' sizes (new ones, new graphs)."""

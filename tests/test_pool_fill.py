@@ -108,8 +108,8 @@ def test_drafting_together_through_the_kernel_leaves_the_drafts_of_the_torch_ops
 
 @pytest.mark.parametrize("overlap", [False, True])
 def test_a_batched_run_through_the_kernel_path_drafts_the_rounds_of_the_torch_path(monkeypatch, overlap):
-    """The engine with the pooled job's kernel path (as on CUDA: the fill inside the job, over static
-    inputs), overlapped halves or not: the same rounds as through the torch ops (the same drafts),
+    """The engine with the pooled job's kernel path (the fill inside the job, over static inputs;
+    compiled and inside the job's CUDA graph on a GPU machine), overlapped halves or not: the same rounds as through the torch ops (the same drafts),
     every prompt its plain output."""
     import random
 
@@ -120,7 +120,7 @@ def test_a_batched_run_through_the_kernel_path_drafts_the_rounds_of_the_torch_pa
 
     rng = random.Random(1)
     prompts = [[rng.randrange(90) for _ in range(rng.randrange(5, 40))] for _ in range(9)]
-    pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder_target("llama", 0))
+    pipe = (jetspec.builder(make_test_registry()).target(tiny_decoder_target("llama", 0, device=DEVICE))
             .drafter("jetspec", checkpoint="random", block_size=6, top_k=4, lookup=True).kv_cache("paged")
             .generation(budget=12, max_new_tokens=24, accept_on_device="always", batch_size=4, build_on_device=True,
                         overlap=overlap).build())

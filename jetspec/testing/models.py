@@ -223,9 +223,10 @@ def any_tiny_target(kind: str, seed: int) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def tiny_decoder_target(family: str = "llama", seed: int = 0, attention: str = "torch"):
+def tiny_decoder_target(family: str = "llama", seed: int = 0, attention: str = "torch", device: str = "cpu"):
     """Our `decoder` target (`targets/decoder`) over `tiny_hf_model(family, seed)`'s weights, fp32
-    on the CPU, attention 'torch' (cached; the checkpoint is written once to a temporary folder)."""
+    on `device` (the CPU unless a GPU test names "cuda"), attention 'torch', no CUDA graphs (cached;
+    the checkpoint is written once to a temporary folder)."""
     import tempfile
 
     from ..kernels.reference import TorchAttention
@@ -235,5 +236,5 @@ def tiny_decoder_target(family: str = "llama", seed: int = 0, attention: str = "
         raise ValueError(f"tiny_decoder_target takes attention 'torch' only, got {attention!r}")
     folder = tempfile.mkdtemp(prefix=f"jetspec-tiny-{family}-{seed}-")
     tiny_hf_model(family, seed).save_pretrained(folder)
-    options = DecoderTargetOptions(path=folder, device="cpu", dtype="float32", cuda_graphs=False)
+    options = DecoderTargetOptions(path=folder, device=device, dtype="float32", cuda_graphs=False)
     return load_decoder_target(options, TorchAttention())

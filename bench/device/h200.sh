@@ -79,6 +79,7 @@
 #                  bits of a 256-row verification (LINEAR_TILES_ARGS: more flags) -> $OUT/linear_tiles.{jsonl,log}
 # launch-cost      bench/launch_cost.py: µs of host time one pool_fill launch costs (8/16/32 peers) beside a torch add -> $OUT/launch_cost.jsonl
 # ab-batched       the same for bench/batched_throughput.py (BATCHED_* as `batched`; 128 prompts, batch 1 on 4), alternating
+#                  AB_BATCHED_TIMES (2) pairs, then bench/ab_pairs.py reads them in pairs -> $OUT/ab_pairs.txt
 # ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens), each run AB_TIMES (2) times, alternating the
 #                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
@@ -426,13 +427,15 @@ for step in "$@"; do
       install_heads || true
       for kd in $HEAD_DIRS; do d=${kd#*=}; [ -f $d/head.safetensors ] && mkdir -p .old/$d && cp $d/* .old/$d/; done  # the head and its calibration files
       M=$JETSPEC_CACHE/models/SmolLM2-135M-Instruct
-      for side in before after before after; do
+      for side in $(for i in $(seq ${AB_BATCHED_TIMES:-2}); do echo before after; done); do
         dir=$PWD; [ $side = before ] && dir=$PWD/.old
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout ${BATCHED_TIMEOUT:-120} python3 -m bench.batched_throughput --target $M \
           --prompts ${BATCHED_PROMPTS:-128} --b1-prompts ${BATCHED_B1:-4} --new 256 --batch-sizes ${BATCHED_SIZES:-8,32} --no-hf \
           ${BATCHED_ARGS:-} --out $OUT/batched_throughput_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_batched_$side.log | grep "@\|x$")
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
-      done ;;
+      done
+      python3 -m bench.ab_pairs $OUT/batched_throughput_before.jsonl $OUT/batched_throughput_after.jsonl | tee $OUT/ab_pairs.txt
+      [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     launch-cost)  # bench/launch_cost.py: the host cost of the pooled job's one Triton fill launch, beside a torch add
       timeout 120 python3 -m bench.launch_cost ${LAUNCH_COST_ARGS:-} --out $OUT/launch_cost.jsonl 2>&1 | grep -v Warning
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;

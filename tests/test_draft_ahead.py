@@ -4,6 +4,7 @@ one-forward draft, from the bonus token, run behind the acceptance. What that mu
 (speculative == plain), the drafts (the queued draft is the one `propose` would have made), a clean
 start for the next generation after a round cut short, and one-line errors for a bad verifier."""
 
+from contextlib import ExitStack
 from unittest.mock import patch
 
 import pytest
@@ -260,3 +261,70 @@ def test_a_failing_pooled_draft_fails_the_sequences_it_drafted_for_in_one_line()
         assert isinstance(f.error, PluginError) and "\n" not in str(f.error)
         assert "raised RuntimeError: device lost in draft_ahead_together" in str(f.error)
         assert f.result.tokens == plain[f.index][: len(f.result.tokens)] and f.result.tokens  # its first round's tokens kept
+
+
+class Observed:
+    """Each `HeadDrafter.observe` call after the prompt's: (rows given or None, tokens it commits)."""
+
+    def __init__(self):
+        self.calls: list[tuple[int | None, int]] = []
+
+    def __enter__(self):
+        real = HeadDrafter.observe
+
+        def observe(drafter, state, hidden):
+            if drafter.cache.length:  # not the prompt's
+                self.calls.append((None if hidden is None else hidden.shape[0], len(state.tokens) - 1 - drafter.cache.length))
+            return real(drafter, state, hidden)
+
+        self._patch = patch.object(HeadDrafter, "observe", observe)
+        self._patch.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.stop()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_drafter_keeping_its_rows_ahead_observes_no_rows_and_drafts_the_same_rounds(batch_size):
+    """`KeepsRowsAhead`: after a drafted-ahead round that committed its whole path the head's
+    `observe` gets no hidden rows — none are gathered for it — and the rows `draft_ahead` appended
+    stand: the same rounds as when the rows are gathered and handed over, every draft but the
+    first round's taken from ahead, every output plain decoding's. A round cut short by the length
+    limit still gets its rows (one generation alone: the batched engine ends such a sequence unobserved)."""
+    from jetspec.core import batch_engine, pipeline
+    from jetspec.testing.models import tiny_decoder_target
+
+    prompts = [[3, 4, 5, 3, 4, 5, 3], [9, 8, 7, 6], [1, 2, 1, 2, 1, 2], [7, 7, 7]]
+    pipe = (jetspec.builder(REG).target(tiny_decoder_target("llama", 0)).drafter("jetspec", **HEADS["jetspec+lookup"])
+            .kv_cache("paged").generation(budget=12, max_new_tokens=13, accept_on_device="always", batch_size=batch_size).build())
+    plain = [pipe.generate_plain(p).tokens for p in prompts]
+    run = {}
+    for keeps in (False, True):
+        with ExitStack() as stack:
+            if not keeps:  # as for a drafter that keeps no rows: the engines gather and hand them over
+                for module in (pipeline, batch_engine):
+                    stack.enter_context(patch.object(module, "rows_kept_ahead", lambda drafter: False))
+            seen, calls = stack.enter_context(Observed()), stack.enter_context(Calls())
+            results = pipe.generate_many(prompts)
+        assert [r.tokens for r in results] == plain
+        assert calls.own == len(prompts)  # one draft of its own per prompt: the first round's
+        run[keeps] = ([r.stats.rounds for r in results], seen.calls)
+    assert run[True][0] == run[False][0]  # the same rounds: the same drafts
+    assert all(rows is not None for rows, _ in run[False][1])
+    whole = [(rows, need) for rows, need in run[True][1] if rows is None]
+    cut = [(rows, need) for rows, need in run[True][1] if rows is not None]
+    assert len(whole) == len(run[False][1]) - len(cut) and whole  # every whole round observed without rows
+    assert all(rows > need for rows, need in cut) and bool(cut) == (batch_size == 1)  # cut rounds: their path's rows
+
+
+def test_observing_no_rows_where_none_were_appended_ahead_is_an_error_in_one_line():
+    pipe = device_path_pipe(FAMILIES[0], 0, "jetspec", budget=8, max_new=16)
+    pipe.generate([5, 6, 7, 5, 6, 7, 5, 6])
+    drafter = pipe.drafter
+    state = jetspec.core.interfaces.DecodeState(tokens=[5, 6, 7, 5, 6], prompt_len=3)
+    drafter.reset(state)
+    drafter.observe(jetspec.core.interfaces.DecodeState(tokens=[5, 6, 7], prompt_len=3), torch.zeros(2, len(drafter.hidden_layers), drafter.config.hidden_size))
+    with pytest.raises(jetspec.core.errors.InputError, match=r"out of step: 2 cached \+ no hidden states and no rows appended ahead") as e:
+        drafter.observe(state, None)
+    assert "\n" not in str(e.value)

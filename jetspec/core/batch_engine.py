@@ -55,7 +55,7 @@ from .device_proposal import builds_on_device, proposes_on_device
 from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance, AttentionMeta, BatchedKVCache, BatchedTarget, DecodeState, KVCache, ResettableVerifier, TargetOutput,
-    DraftsAhead, accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers,
+    DraftsAhead, accepts_batch_on_device, accepts_on_device, extra_pending, observed_layers, rows_kept_ahead,
 )
 from .on_device import Readback, TreeUpload, to_device
 from .results import GenerationStats
@@ -110,6 +110,8 @@ class BatchEngine(StepTrees):
         self._batch_accept = self._on_device and accepts_batch_on_device([p.verifier for p in self.parts])  # one call a step
         # drafters that queue their next round before the host waits for the step's read-back (`DraftsAhead`), as `Pipeline` does
         self._drafts_ahead = self._on_device and speculative and all(isinstance(p.drafter, DraftsAhead) for p in self.parts)
+        # drafters that keep a drafted-ahead round's committed rows themselves: the step gathers none for them (`KeepsRowsAhead`)
+        self._rows_ahead = self._drafts_ahead and all(rows_kept_ahead(p.drafter) for p in self.parts)
         # trees grown on the device (`batch_grow.py`) where every drafter and the scorer can
         self._grows = self._on_device and speculative and gen.build_on_device is not False and builds_on_device(pipe.scorer) and all(
             proposes_on_device(p.drafter) for p in self.parts)
@@ -263,7 +265,8 @@ class BatchEngine(StepTrees):
         t1 = clock()
         # with two steps in flight the other half's forward may reuse this one's output buffers (a CUDA
         # graph's) before `_land` reads the hidden rows: copied now, in stream order
-        hidden = out.hidden.clone() if self._overlap and out.hidden is not None else out.hidden  # [R, k, H]
+        hidden = None if self._rows_ahead else out.hidden  # [R, k, H] the rows `_land` gathers for the drafters' observe
+        hidden = hidden.clone() if self._overlap and hidden is not None else hidden
         launched = LaunchedStep(trees, meta, dtrees, hidden, self._readbacks[half], t0, t1,
                                 grower=self._growers[half] if trees[0][1] is None else None)
         verifiers = [self.parts[seq.slot].verifier for seq, _ in trees]

@@ -23,7 +23,7 @@ from .device_proposal import (BuildsOnDevice, DeviceProposal, DeviceProposals, D
                               proposes_on_device)
 from .distributed import Ranks
 from .on_device import (AcceptsBatchOnDevice, AcceptsOnDevice, CommitsBatchOnDevice, CommitsOnDevice, DeviceTree, DraftsAhead, DraftsAheadTogether,
-                        accepts_batch_on_device,
+                        KeepsRowsAhead, accepts_batch_on_device, rows_kept_ahead,
                         accepts_on_device)
 from .records import Acceptance, AttentionMeta, DecodeState, TargetInfo, TargetOutput
 from .tree import DraftTree
@@ -46,7 +46,7 @@ class Proposal(Protocol):
 @runtime_checkable
 class Drafter(Protocol):
     """Proposes candidate continuations of the committed tokens.
-    Optional: `ReadsHiddenStates`, `KeyedProposals`, `DraftsAhead`, `ProposesOnDevice`."""
+    Optional: `ReadsHiddenStates`, `KeyedProposals`, `DraftsAhead` (and `KeepsRowsAhead`), `ProposesOnDevice`."""
 
     def reset(self, state: DecodeState) -> None:
         """Start a new sequence (after prefill; `state.tokens` is the prompt)."""
@@ -382,9 +382,9 @@ class BatchedKVCache(Protocol):
 __all__ = [
     "Acceptance", "AcceptsBatchOnDevice", "AcceptsOnDevice", "AttendsPackedTables", "AttentionBackend",
     "AttentionMeta", "BatchedAttention", "BatchedKVCache", "BatchedTarget", "BuildsOnDevice", "CommitsOnDevice", "DecodeState",
-    "DeviceProposal", "DeviceProposals", "DeviceTree", "DeviceTrees", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeyedProposals", "LaunchForms", "LendsEmbeddings",
+    "DeviceProposal", "DeviceProposals", "DeviceTree", "DeviceTrees", "Drafter", "DraftsAhead", "GraphSafe", "KVCache", "KeepsRowsAhead", "KeyedProposals", "LaunchForms", "LendsEmbeddings",
     "PadsForward", "PooledSlotTables", "PositionInvariantAttention", "Proposal", "ProposesOnDevice", "ReadsHiddenStates", "Ranks",
     "ResettableVerifier", "RowKVCache", "SpansRanks", "Target", "TargetInfo", "TargetOutput", "TreeScorer",
     "Verifier", "accepts_batch_on_device", "accepts_on_device", "builds_on_device", "extra_pending", "is_graph_safe",
-    "observed_layers", "proposes_on_device", "ranks_of",
+    "observed_layers", "proposes_on_device", "ranks_of", "rows_kept_ahead",
 ]

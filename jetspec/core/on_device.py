@@ -316,12 +316,29 @@ class DraftsAhead(Protocol):
     read-back is queued before its drafters' next rounds (`DraftsAheadTogether`). The next round's `observe`
     and `propose` use what it queued when the round committed every token `packed` names (a
     round cut short by a stop token or the length limit ends the generation), and do the work
-    themselves otherwise."""
+    themselves otherwise; a drafter that keeps the round's rows itself says so (`KeepsRowsAhead`)
+    and then observes such a round with no rows."""
 
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
         """hidden [N, k, H]: the verify pass's hidden rows of the drafter's observed layers (None when
         it observes none); packed [2D + 3] int64 (layout above); budget: the next round's. No sync."""
         ...
+
+
+@runtime_checkable
+class KeepsRowsAhead(Protocol):
+    """A `DraftsAhead` drafter whose `draft_ahead` keeps the round's accepted-path rows itself (say,
+    appends them to its context on the device) when `keeps_rows_ahead` is true: after a round whose
+    `draft_ahead` ran and that committed every node of its accepted path, its `observe` gets
+    `hidden=None` — the pipeline gathers no committed rows for it (a device gather and its index
+    upload a round fewer). Any other round's `observe` still gets the rows."""
+
+    keeps_rows_ahead: bool
+
+
+def rows_kept_ahead(drafter: object) -> bool:
+    """The drafter keeps its committed rows itself after a drafted-ahead round (`KeepsRowsAhead`)."""
+    return isinstance(drafter, DraftsAhead) and isinstance(drafter, KeepsRowsAhead) and drafter.keeps_rows_ahead is True
 
 
 @runtime_checkable

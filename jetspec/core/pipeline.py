@@ -40,7 +40,7 @@ from .frozen_heap import frozen_heap
 from .interfaces import (
     Acceptance, AttentionMeta, CommitsOnDevice, DecodeState, Drafter, DraftsAhead, KVCache, PadsForward, Proposal,
     ResettableVerifier, Target, TargetOutput, TreeScorer, Verifier, accepts_on_device, extra_pending, observed_layers,
-    ranks_of,
+    ranks_of, rows_kept_ahead,
 )
 from .on_device import DeviceTree, Readback, TreeUpload, unpack
 from .plain_ahead import plain_ahead
@@ -79,6 +79,7 @@ class Pipeline:
         self._pads = isinstance(target, PadsForward)  # once: a Protocol check costs microseconds a round
         self._on_device = (False, False)  # (verifier accepts on the device, cache stages commits): per generate
         self._ahead: DraftsAhead | None = None  # the drafter, when it queues its next round before the read-back: per generate
+        self._rows_ahead = False  # ... and keeps its committed rows itself (`KeepsRowsAhead`): per generate
         # a tensor-parallel target's group: rank 0 drafts and accepts, the others verify what it shares
         self._ranks = ranks_of(target)
         self._leads = self._ranks is None or self._ranks.leads
@@ -88,8 +89,7 @@ class Pipeline:
         kept cache keeps captured CUDA graphs valid across generate calls)."""
         if self._cache is None or self._cache.capacity < capacity:
             self._cache = None  # free the old buffers first
-            # round up (powers of two from 1024) so that a warm-up and the runs after it share one
-            # cache, and with it their captured CUDA graphs
+            # round up (powers of two from 1024): a warm-up and the runs after it share one cache, and its CUDA graphs
             limit = self.target.info.max_positions + extra_pending(self.target)
             self._cache = self.new_cache(min(max(1024, 1 << (capacity - 1).bit_length()), max(limit, capacity)))
         self._cache.reset()
@@ -156,6 +156,7 @@ class Pipeline:
             self.verifier.reset(state)
         self._on_device = self._device_path(cache)
         self._ahead = drafter if self._on_device[0] and self._ranks is None and isinstance(drafter, DraftsAhead) else None
+        self._rows_ahead = self._ahead is not None and rows_kept_ahead(drafter)
         # every rank asks for the same hidden states, so that their CUDA graphs (keyed by them, with
         # the collectives inside) are captured at the same forward, whoever drafts
         hidden_layers = observed_layers(self.drafter if speculating else None)
@@ -197,8 +198,7 @@ class Pipeline:
 
     def _prefill(self, state: DecodeState, cache: KVCache, drafter: Drafter | None, hidden_layers: tuple[int, ...],
                  stats: GenerationStats) -> None:
-        """The prompt but its last token (the first root) in one chain forward; the drafter starts
-        and observes the prompt's hidden states."""
+        """The prompt but its last token (the first root) in one chain forward; the drafter starts and observes it."""
         t0 = time.perf_counter()
         n = state.prompt_len - 1
         hidden = None
@@ -244,8 +244,8 @@ class Pipeline:
         new, stopped = cut_at_stop(acc.new_tokens(tree)[:room], stops, self.target.info)
         state.tokens.extend(new)
         if drafter and stopped == "length":
-            hidden = None
-            if out.hidden is not None:  # the committed nodes' rows; a device index where there is one
+            hidden = None  # also where draft_ahead kept the whole committed path's rows (`KeepsRowsAhead`): none gathered
+            if out.hidden is not None and not (self._rows_ahead and len(new) == len(acc.path)):  # a device index where there is one
                 hidden = out.hidden[acc.path] if path_dev is None else out.hidden.index_select(0, path_dev[: len(acc.path)])
             with Blame(who["drafter"], "in observe"):
                 drafter.observe(state, hidden)

@@ -8,7 +8,8 @@ the same as the target's committed KV length; the anchor (root) sits at position
 Appended ahead (`append_ahead`, for `DraftsAhead`): before the host knows which nodes a round
 accepted, the rows of the whole accepted-path slot [D + 1] (`packed`'s path, on the device) are
 written at `length`; the `observe` that follows only advances `length` when the round committed
-the whole path (its `hidden` has as many rows as it committed tokens). Rows past the path's true
+the whole path (its `hidden` has as many rows as it committed tokens, or is None: the engines
+gather no rows for a drafter that keeps them ahead, `KeepsRowsAhead`). Rows past the path's true
 length are finite rows past `length`, which the invariant of `ContextCache` allows.
 """
 
@@ -116,14 +117,11 @@ class ContextDrafter:
     def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
         """Append the fused context of the newly committed tokens. `hidden` [n, k, H] may cover
         more tokens than were committed (a round cut short by max_new_tokens); the extra rows
-        are dropped. Fewer is an error: the cache would fall out of step with the target's."""
+        are dropped. None after a drafted-ahead round that committed its whole path (`KeepsRowsAhead`):
+        the rows `append_ahead` wrote are the round's. Fewer rows than committed tokens is an error:
+        the cache would fall out of step with the target's."""
         need = len(state.tokens) - 1 - self.cache.length
-        n = 0 if hidden is None else hidden.shape[0]
-        if n < need:
-            raise InputError(
-                f"head context out of step: {self.cache.length} cached + {n} new hidden states, "
-                f"but {len(state.tokens) - 1} tokens are committed before the root"
-            )
+        n = need if hidden is None else hidden.shape[0]  # None: the rows appended ahead stand for the round's
         ahead, self.appended_ahead = self.appended_ahead, None
         self.kept_ahead = ahead is not None and ahead[0] == self.cache.length and n == need <= ahead[1]
         if self.kept_ahead:
@@ -131,6 +129,10 @@ class ContextDrafter:
             return
         if need == 0:
             return
+        if hidden is None or n < need:
+            got = "no hidden states and no rows appended ahead" if hidden is None else f"{n} new hidden states"
+            raise InputError(f"head context out of step: {self.cache.length} cached + {got}, "
+                             f"but {len(state.tokens) - 1} tokens are committed before the root")
         self.append(hidden[:need].to(self.cache._device), self.cache.length)  # [need, k, H]
         self.cache.length += need
 

@@ -155,6 +155,7 @@ class HeadDrafter(ContextDrafter):
         self._pooled: tuple[PooledDrafts, int] | None = None  # a pooled draft's step-wide drafts and this drafter's slot
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
+        self.keeps_rows_ahead = self._ahead  # `KeepsRowsAhead`: draft_ahead appends the path's rows (observe then gets none)
         # `lookup_on_device`: the tokens of this sequence its pool's history holds (None: unknown, written at the next
         # proposal), and whether the last pooled job appended the round's (its observe then knows how many)
         self.history_len: int | None = None

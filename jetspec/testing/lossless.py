@@ -25,6 +25,7 @@ from ..core.config import GenerationConfig, PipelineConfig
 from ..core.device_proposal import proposes_on_device
 from ..core.interfaces import (
     DecodeState, Drafter, DraftsAhead, DraftsAheadTogether, KeyedProposals, KVCache, Proposal, ResettableVerifier, Target, TreeScorer, Verifier, observed_layers,
+    rows_kept_ahead,
 )
 from ..core.pipeline import Pipeline
 from ..core.results import first_difference
@@ -182,7 +183,12 @@ class CheckedDrafter:
 
 class CheckedAheadDrafter(CheckedDrafter):
     """The proxy of a `DraftsAhead` drafter: `draft_ahead` passes through too, so that the
-    pipeline's device path drives it (and an exception in it is a one-line failure)."""
+    pipeline's device path drives it (and an exception in it is a one-line failure), and
+    `keeps_rows_ahead` is the drafter's (`KeepsRowsAhead`: its observe then gets no rows there)."""
+
+    def __init__(self, s: Subject, inner: Drafter, vocab: int):
+        super().__init__(s, inner, vocab)
+        self.keeps_rows_ahead = rows_kept_ahead(inner)
 
     def draft_ahead(self, hidden: Any, packed: Any, budget: int) -> None:
         with self.s.calling("draft_ahead", f" (budget {budget})"):

@@ -4,6 +4,8 @@ has one keeps its contract, or the kit fails with one line naming the member.
 * drafter `hidden_layers` (`ReadsHiddenStates`): distinct layer indices of the target;
 * drafter `proposal_key(budget)` (`KeyedProposals`): hashable, the same for the same budget, and
   equal keys give equal proposals from the same state (checked in the lossless runs, `lossless.py`);
+* drafter `keeps_rows_ahead` (`KeepsRowsAhead`): a bool; where true, the device-path runs hand its
+  `observe` no rows after a drafted-ahead round (`lossless.py`'s proxy keeps the member);
 * verifier `reset(state)` (`ResettableVerifier`): runs, and the pipeline calls it in every run;
 * cache / attention `graph_safe` (`GraphSafe`): a bool;
 * attention `launch_form(rows, prefix_len, chain, key_bytes)` (`LaunchForms`): an int, the same for the same
@@ -23,6 +25,7 @@ import torch
 from ..core.interfaces import (
     DecodeState,
     GraphSafe,
+    KeepsRowsAhead,
     KeyedProposals,
     LaunchForms,
     KVCache,
@@ -45,6 +48,8 @@ def check_drafter_members(s: Subject, drafter: Any, num_layers: int) -> None:
             s.fail("hidden_layers", f"hidden_layers is {drafter.hidden_layers!r}, not a sequence of layer indices")
         if not all(type(l) is int and 0 <= l < num_layers for l in layers) or len(set(layers)) != len(layers):
             s.fail("hidden_layers", f"hidden_layers {list(layers)} must be distinct layers of the target, 0..{num_layers - 1}")
+    if isinstance(drafter, KeepsRowsAhead) and not isinstance(drafter.keeps_rows_ahead, bool):
+        s.fail("keeps_rows_ahead", f"keeps_rows_ahead is {drafter.keeps_rows_ahead!r}; declare True or False")
     if isinstance(drafter, KeyedProposals):
         for budget in BUDGETS:
             with s.calling("proposal_key", f" (budget {budget})"):

@@ -530,6 +530,43 @@ def test_the_step_check_of_packed_tries_finds_what_problem_finds(broken):
     assert trie_faults(ints, logp, [3, broken.size, 0, 3], VOCAB).tolist() == [False, True, False, False]
 
 
+@st.composite
+def flat_tries(draw) -> FlatTrie:
+    """A FlatTrie, well-formed or broken in one entry: a parent not earlier (or below -1), a depth off by
+    one, a token outside [0, VOCAB), a log-prob above 0 or NaN, a sibling's token repeated."""
+    n = draw(st.integers(1, VOCAB))  # at most VOCAB siblings: distinct tokens for all
+    parents = [-1] + [draw(st.integers(-1, i - 1)) for i in range(1, n)]
+    depths: list[int] = []
+    for p in parents:
+        depths.append(1 if p < 0 else depths[p] + 1)
+    tokens: list[int] = []
+    for p in parents:  # each a token its siblings do not have
+        free = [t for t in range(VOCAB) if (p, t) not in set(zip(parents, tokens))]
+        tokens.append(free[draw(st.integers(0, len(free) - 1))])
+    logps = [-draw(st.floats(0, 30)) for _ in range(n)]
+    j, fault = draw(st.integers(0, n - 1)), draw(st.sampled_from(["none", "parent", "depth", "token", "logp", "twin"]))
+    if fault == "parent":
+        parents[j] = draw(st.sampled_from([j, j + 1, -2, n + 5]))
+    elif fault == "depth":
+        depths[j] += draw(st.sampled_from([-1, 1, 7]))
+    elif fault == "token":
+        tokens[j] = draw(st.sampled_from([-1, VOCAB, 10**12]))
+    elif fault == "logp":
+        logps[j] = draw(st.sampled_from([0.5, float("nan"), float("inf")]))
+    elif fault == "twin" and j > 0:
+        tokens[j], parents[j], depths[j] = tokens[0], parents[0], depths[0]  # the root's sibling with its token
+    return FlatTrie(tokens, parents, logps, depths)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tries=st.lists(st.one_of(st.none(), flat_tries()), min_size=1, max_size=9))
+def test_the_step_check_of_packed_tries_is_problem_on_every_trie(tries):
+    """`trie_faults` over a step's packed tries marks exactly the tries `FlatTrie.problem` rejects."""
+    ints, logp, _ = pack_tries(tries)
+    sizes = [0 if t is None else t.size for t in tries]
+    assert trie_faults(ints, logp, sizes, VOCAB).tolist() == [t is not None and t.problem(VOCAB) is not None for t in tries]
+
+
 @pytest.mark.parametrize("broken, says", [BROKEN[5], BROKEN[7]])  # found by the step's array check; lists that do not convert
 def test_a_drafter_whose_device_trie_is_broken_for_one_sequence_fails_that_sequence_alone(broken, says):
     pipe = grown_pipe(2, True)

@@ -196,8 +196,8 @@ def pack_tries(tries: Sequence[FlatTrie | None]) -> tuple[np.ndarray, np.ndarray
     CUDA graphs); padding: parent PAD_PARENT, depth 0, log-prob -inf. Every list goes to numpy in
     one conversion (the step's tries concatenated), not one per trie. Raises ValueError or
     TypeError where a trie's lists do not convert (`trie_faults` names the trie)."""
-    sizes = np.array([0 if t is None else t.size for t in tries], dtype=np.int64)  # [S]
-    largest = int(sizes.max(initial=0))
+    sizes = [0 if t is None else t.size for t in tries]  # [S]
+    largest = max(sizes, default=0)
     width = 0 if largest == 0 else 8
     while width < largest:
         width *= 2
@@ -210,11 +210,13 @@ def pack_tries(tries: Sequence[FlatTrie | None]) -> tuple[np.ndarray, np.ndarray
     for t in present:
         if not (len(t.parents) == len(t.logps) == len(t.depths) == t.size):
             raise ValueError(f"a FlatTrie's lists differ in length ({t.size}, {len(t.parents)}, {len(t.logps)}, {len(t.depths)})")
-    rows = np.repeat(np.arange(len(tries)), sizes)  # [T] every node's sequence
-    cols = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # [T] its index in its trie
-    for i, name in enumerate(("tokens", "parents", "depths")):
-        ints[i, rows, cols] = np.fromiter(chain.from_iterable(getattr(t, name) for t in present), np.int64, rows.size)
-    logp[rows, cols] = np.fromiter(chain.from_iterable(t.logps for t in present), np.float64, rows.size)
+    n, total = np.array(sizes, dtype=np.int64), sum(sizes)
+    at = np.arange(total) + np.repeat(np.arange(len(tries)) * width - (np.cumsum(n) - n), n)  # [T] node -> row * L + col
+    fields = (chain.from_iterable(t.tokens for t in present), chain.from_iterable(t.parents for t in present),
+              chain.from_iterable(t.depths for t in present))
+    flat = np.fromiter(chain(*fields), np.int64, 3 * total).reshape(3, total)  # [3, T] tokens, parents, depths
+    ints.reshape(3, -1)[:, at] = flat
+    logp.reshape(-1)[at] = np.fromiter(chain.from_iterable(t.logps for t in present), np.float64, total)
     return ints, logp, int(ints[2].max())
 
 
@@ -225,14 +227,13 @@ def trie_faults(ints: np.ndarray, logp: np.ndarray, sizes: Sequence[int], vocab:
         -1 <= parents[i] < i;   depths[i] = (depths[parents[i]] or 0 at the root) + 1;
         0 <= tokens[i] < vocab;   logp[i] <= 0 (not NaN);   (parent, token) distinct"""
     tok, par, dep = ints  # [S, L] each
-    s, width = tok.shape
-    index = np.arange(width)
-    live = index[None] < np.asarray(sizes, dtype=np.int64)[:, None]  # [S, L] real entries
-    rows = np.arange(s)[:, None]
+    index = np.arange(tok.shape[1])
+    live = index < np.asarray(sizes, dtype=np.int64)[:, None]  # [S, L] real entries
     linked = (par >= -1) & (par < index)
-    up = np.where(linked & (par >= 0), par, 0)
-    ok = linked & (dep == np.where(par < 0, 0, dep[rows, up]) + 1) & (tok >= 0) & (tok < vocab) & (logp <= 0)
-    keys = np.where(live & ok, (par + 1) * (vocab + 1) + np.clip(tok, 0, vocab), -1 - index)  # [S, L]: padding and faults unique
-    keys = np.sort(keys, axis=1)
-    twins = (np.diff(keys, axis=1) == 0).any(1) if width > 1 else np.zeros(s, dtype=bool)
+    up = np.where(linked, par, 0)  # [S, L] a safe index of each entry's parent (the root's: 0, unread)
+    ok = linked & (dep == np.where(par < 0, 0, np.take_along_axis(dep, up, axis=1)) + 1) & (tok >= 0) & (tok < vocab) & (logp <= 0)
+    # (parent, token) as one key; padding and faults get unique negative keys (where ok, 0 <= token < vocab)
+    keys = np.where(live & ok, (par + 1) * (vocab + 1) + tok, -1 - index)  # [S, L]
+    keys.sort(axis=1)
+    twins = (keys[:, 1:] == keys[:, :-1]).any(1)
     return (live & ~ok).any(1) | twins

@@ -90,6 +90,7 @@ def test_the_device_build_chooses_the_nodes_the_host_build_chooses(case, budget,
     assert made.max_depth <= (max_depth or budget)
     for s, tree in enumerate(trees):
         assert isinstance(tree, DraftTree), tree  # checked as a host-built tree is (`host_trees`)
+        tree.validate()  # a host tree's invariants: the root's parent -1, pre-order, depths, sizes, distinct siblings
         assert tree.size == budget + 1 and int(tree.tokens[0]) == 7 + s
         host = BestFirstScorer(BestFirstOptions(max_depth=max_depth)).build(host_form(tokens, logp, tries, s), 7 + s, budget)
         assert set(paths(tree)) == set(paths(host))

@@ -140,24 +140,22 @@ def host_trees(values: np.ndarray, nodes: int, roots: list[int], prefixes: list[
     p_safe = np.where(inside, p, 0)
     flat = (np.arange(s)[:, None] * nodes + p_safe).ravel()  # [S (N - 1)] each parent's place in the [S, N] block
     recount = 1 + np.bincount(flat, weights=size[:, 1:].ravel(), minlength=s * nodes).reshape(s, nodes)  # [S, N] exact: counts < 2^53
-    keys = np.sort(p_safe * (vocab + 1) + np.clip(tok[:, 1:], 0, vocab), axis=1)  # [S, N - 1]
+    keys = np.sort(p_safe * (vocab + 1) + tok[:, 1:], axis=1)  # [S, N - 1] exact where every token is in range (else `every` fails)
     below = (inside & (index[1:] < p_safe + size.ravel()[flat].reshape(s, -1)) & (dep[:, 1:] == dep.ravel()[flat].reshape(s, -1) + 1)
              & (ends[:, 1:] == index[1:] + size[:, 1:]))  # [S, N - 1] every non-root node against its parent
     every = (tok >= 0) & (tok < vocab) & (idx == index) & (pos == np.asarray(prefixes)[:, None] + dep) & (recount == size)  # [S, N]
     ok = ((tok[:, 0] == np.asarray(roots)) & (par[:, 0] == 0) & (dep[:, 0] == 0) & (size[:, 0] == nodes) & (ends[:, 0] == 0)
           & below.all(1) & every.all(1) & (keys[:, 1:] != keys[:, :-1]).all(1))
-    parents = par.copy()
-    parents[:, 0] = -1
-    made = torch.from_numpy(np.stack([tok, parents, dep, size], axis=1))  # [S, 4, N]
+    four = values.reshape(7, s, nodes)[:4].copy()  # [4, S, N] tokens, parents, depths, sizes: the host trees' own
+    four[1, :, 0] = -1  # the root's parent, as a host tree has it
     zeros = torch.zeros(nodes, dtype=torch.float32)  # scores: the device build keeps none (never read by a verifier)
     out: list[DraftTree | JetSpecError] = []
-    for i, t in enumerate(made.unbind(0)):
+    for i, (tokens, parents, depths, sizes) in enumerate(zip(*(x.unbind(0) for x in torch.from_numpy(four).unbind(0)))):
         if not ok[i]:
-            out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok[i])}, parents {_head(parents[i])}, "
+            out.append(PluginError(f"{who} built an invalid tree on the device (tokens {_head(tok[i])}, parents {_head(four[1, i])}, "
                                    f"sizes {_head(size[i])}); a tree is in DFS pre-order with consistent depths, sizes and positions"))
             continue
-        tokens, parents_i, depths, sizes = t.unbind(0)
-        out.append(DraftTree(tokens=tokens, parents=parents_i, depths=depths, subtree_sizes=sizes, scores=zeros))
+        out.append(DraftTree(tokens=tokens, parents=parents, depths=depths, subtree_sizes=sizes, scores=zeros))
     return out
 
 

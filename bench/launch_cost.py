@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         add = per_call(lambda: x.add_(1), args.calls)
         launch = per_call(lambda: fill(*a), args.calls)
         row = {"kind": "launch_cost", "peers": peers, "slots": max(args.slots, peers), "calls": args.calls,
-               "fill_host_us": launch[0], "fill_drained_us": launch[1], "add_host_us": add[0], "add_drained_us": add[1]} | stamp
+               "fill_host_us": launch[0], "fill_drained_us": launch[1], "add_host_us": add[0], "add_drained_us": add[1],
+               "dtype": "bfloat16"} | stamp  # the hidden rows the fill copies
         append_row(Path(args.out), row)
         print(f"peers {peers:3d}: fill {launch[0]:7.1f} µs host, {launch[1]:7.1f} drained; torch add {add[0]:6.1f} / {add[1]:6.1f}", flush=True)
 

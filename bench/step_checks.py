@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         packed = least_us(lambda: _packed(tries, VOCAB), args.calls, args.repeats)
         trees = least_us(lambda: host_trees(block, args.nodes, roots, prefixes, VOCAB, "s"), args.calls, args.repeats)
         row = {"kind": "step_checks", "sequences": s, "nodes": args.nodes, "calls": args.calls, "repeats": args.repeats,
-               "packed_us": packed, "host_trees_us": trees, "label": args.label} | stamp
+               "packed_us": packed, "host_trees_us": trees, "label": args.label, "dtype": "int64 + float32 (host numpy)"} | stamp
         append_row(Path(args.out), row)
         print(f"S {s:3d}: _packed {packed:7.1f} µs, host_trees {trees:7.1f} µs a call", flush=True)
 

@@ -26,4 +26,5 @@ def test_each_size_gets_a_row_with_its_command_machine_and_date(tmp_path, capsys
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sequences"] for r in rows] == [2, 4] and all(r["packed_us"] > 0 and r["host_trees_us"] > 0 for r in rows)
     assert rows[0]["command"].startswith("python -m bench.step_checks --sizes 2,4") and rows[0]["machine"] and rows[0]["date"].endswith("UTC")
+    assert rows[0]["dtype"]
     assert "_packed" in capsys.readouterr().out

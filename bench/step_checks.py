@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.batch_grow import _packed, host_trees
 from jetspec.core.device_proposal import FlatTrie
+from jetspec.core.on_device import TreeUpload
 from jetspec.core.tree import DraftTree
 
 VOCAB = 49152  # SmolLM2's
@@ -50,18 +50,13 @@ def lookup_tries(sequences: int, rng: random.Random) -> list[FlatTrie | None]:
 
 
 def tree_block(sequences: int, nodes: int, rng: random.Random) -> tuple[np.ndarray, list[int], list[int]]:
-    """A grown step's block read back, [7 * S * N] int64 (tokens, parents with the root's 0, depths,
-    sizes, positions, ends with the root's 0, index), its roots and prefix lengths."""
-    cols, roots, prefixes = [], [], []
-    for s in range(sequences):
-        tree = DraftTree.from_parents([rng.randrange(VOCAB) for _ in range(nodes)], [-1] + [rng.randrange(0, i) for i in range(1, nodes)])
-        parents, ends = tree.parents.clone(), torch.arange(nodes) + tree.subtree_sizes
-        parents[0], ends[0] = 0, 0
-        prefix = 100 + 7 * s
-        cols.append(torch.stack([tree.tokens, parents, tree.depths, tree.subtree_sizes, prefix + tree.depths, ends, torch.arange(nodes)]))
-        roots.append(int(tree.tokens[0]))
-        prefixes.append(prefix)
-    return torch.cat(cols, 1).numpy().reshape(-1).copy(), roots, prefixes
+    """A grown step's block read back, [7 * S * N] int64, as `TreeUpload.many` lays out host trees (the
+    layout the device build writes), its roots and prefix lengths."""
+    trees = [DraftTree.from_parents([rng.randrange(VOCAB) for _ in range(nodes)], [-1] + [rng.randrange(0, i) for i in range(1, nodes)])
+             for _ in range(sequences)]
+    prefixes = [100 + 7 * s for s in range(sequences)]
+    _, block = TreeUpload("cpu", sequences * nodes).many(trees, prefixes)  # [7, S * N]
+    return block.numpy().reshape(-1).copy(), [int(t.tokens[0]) for t in trees], prefixes
 
 
 def least_us(fn, calls: int, repeats: int) -> float:

@@ -410,9 +410,11 @@ for step in "$@"; do
       [ -d .old/jetspec ] || { echo "ab: no .old/jetspec (see the step's comment at the top)"; failed="$failed $step"; continue; }
       for side in $(for i in $(seq ${AB_TIMES:-2}); do echo before after; done); do
         dir=$PWD; [ $side = before ] && dir=$PWD/.old
-        (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on --contexts 1024 4096 16384 \
-          --trees 1 16 64 256 --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")
-        [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+        if [ "${AB_ROUND_COST:-1}" = 1 ]; then  # AB_ROUND_COST=0: SmolLM2's breakdown alone
+          (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on --contexts 1024 4096 16384 \
+            --trees 1 16 64 256 --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")
+          [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
+        fi
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 90 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 \
           --context ${AB_CONTEXT:-512} --out $OUT/kernel_breakdown_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep "exact=\|=>")
         [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"

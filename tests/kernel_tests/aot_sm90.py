@@ -160,23 +160,6 @@ for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, Tr
                   BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots, PER_ROW=per_row, PDL=True)
     assert waits_first(compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH))
     print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots} per_row={per_row}: ok")
-# q/k/v, RoPE and the write in one kernel (models without a q/k norm): SmolLM2's heads at a plain step and a batched
-# verification's rows (a paged pool; a packed batch's per-row pool rows), and a Llama-8B-like shape with a bias
-inv_qkv_rope = import_module("jetspec.targets.decoder.invariant.qkv_rope")
-for dtype, hq, hkv, d, k_, m, slots, per_row, bias in (("bf16", 9, 3, 64, 576, 1, True, False, False),
-                                                      ("bf16", 9, 3, 64, 576, 256, False, True, False),
-                                                      ("bf16", 32, 8, 128, 4096, 64, True, False, True)):
-    types = dict(X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", G=f"*{dtype}", COS=f"*{dtype}", SIN=f"*{dtype}", Q=f"*{dtype}",
-                 K_ROWS=f"*{dtype}", V_ROWS=f"*{dtype}", SLOTS="*i32", PREFIX="*i32", M="i32", K="i32", eps="fp32",
-                 stride_xm="i32", stride_wn="i32", stride_cos="i32", stride_q="i32", stride_row="i32", Hq="i32", Hkv="i32",
-                 D="i32")
-    block_m, block_p, bk, warps, stages = inv_qkv_rope.pair_tiles(m, (hq + 2 * hkv) * d, k_, d)
-    consts = dict(HAS_BIAS=bias, NORM=True, HAS_SLOTS=slots, PER_ROW=per_row, BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_K=bk,
-                  NORM_K=block_k(k_), BY_SUM=False, PDL=True)
-    k = compile_for_sm90(inv_qkv_rope._qkv_rope_kernel, types, consts, num_warps=warps, num_stages=stages, **LAUNCH)
-    assert k.metadata.shared <= SMEM and waits_first(k), (hq, hkv, d, m)
-    print(f"invariant_qkv_rope {dtype} Hq{hq} Hkv{hkv} D{d} K{k_} M{m} slots={slots} per_row={per_row}: ok, "
-          f"{k.metadata.shared} B shared")
 # the round's small kernels (issue 18): the greedy walk per tree size class; the staged K/V move for
 # K+V through a slot map (paged gather), K+V of a dense cache with a deep path, the remap's int32 map
 from jetspec.caches import triton_rows  # noqa: E402

@@ -22,8 +22,8 @@ maps' length; S': the rows of the pool's slot-map table, `PooledSlotTables`):
       tail        [Rmax, 5]    the same for the kernel's TAIL_ROWS tiles
       prefix      [S']         T_s at row slot_row_s (rows of sequences not in the step: stale, unread)
 
-In the graph: pool row of row r = table.flat[write_at[r]] where writes[r], else -1 (the K/V
-write writes a -1 row nowhere); the ancestor table from positions (`ancestor_table`); then the model's
+In the graph: pool row of row r = table.flat[write_at[r]] where writes[r], else -1 (rope_write
+writes a -1 row nowhere); the ancestor table from positions (`ancestor_table`); then the model's
 own eager forward with `PackedKV(rows=...)` and the backend's `attend_tables` over the static
 `PackedTables`.
 

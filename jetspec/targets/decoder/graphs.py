@@ -9,7 +9,7 @@ replay reads lives in static buffers that are refreshed eagerly before it:
     sizes     [B] int32   DFS subtree sizes (the tree mask)
     prefix    [1] int32   T, the committed length (kernels read it from memory)
     cache._write_rows     where each pending token's K/V goes (set by `cache.begin`), for
-                          `cache.write`; the exact path's fused write (`invariant/qkv_rope.py`, `rope_write.py`)
+                          `cache.write`; the exact path's fused write (`invariant/rope_write.py`)
                           reads `cache.slot_table` at T + j, T from `prefix`
 
 A tree of N < B nodes is padded with B - N single-node "pad" leaves after it in pre-order

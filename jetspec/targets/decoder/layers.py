@@ -85,12 +85,12 @@ class Attention(nn.Module):
         """x [N, H] (the residual stream), norm the input norm, cos/sin [N, 1, D]
         -> x + attention(rmsnorm(x)) [N, H]. Writes this layer's pending K/V into `cache`."""
         n = x.shape[0]
+        qkv = ops.linear(x, self.qkv_weight, self.qkv_bias, norm=norm)  # [N, Hq·D + 2·Hkv·D]
         qk_norm = None
         if self.q_norm is not None:
             qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
         heads = (self.num_heads, self.num_kv_heads, self.head_dim)
-        q = ops.qkv_rope_write(x, self.qkv_weight, self.qkv_bias, norm, heads, cos, sin, qk_norm, cache, self.layer,
-                               meta)  # [N, Hq, D]; K/V written
+        q = ops.rope_write(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta)  # [N, Hq, D]; K/V written
         out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]
         out = out.reshape(n, self.num_heads * self.head_dim)  # [N, Hq·D]
         if self.reduce is None:

@@ -150,11 +150,11 @@ class DecoderTarget:
         replays it (`batch_graphs.py`; sequences of one page pool, up to 2048 rows), else eagerly.
 
         With `info.exact` a row's bits are those of its own sequence's `forward`, and so of plain
-        one-token steps: the projection, norm and K/V-write kernels are row-invariant (the write
-        puts row r's K/V in its own sequence's pending pool row, `PackedKV.shared_rows`), and
+        one-token steps: the linear, norm and rope_write kernels are row-invariant (rope_write
+        writes row r's K/V to its own sequence's pending pool row, `PackedKV.shared_rows`), and
         `attend_batch` in position-invariant mode reduces each row over its own sequence's prefix
         and ancestors in the order one sequence's launch would. Launches per layer as for one
-        sequence, whatever S: the row-invariant kernels and one or two of attention."""
+        sequence, whatever S: the seven row-invariant kernels and one or two of attention."""
         problem = self.batch_problem()
         if problem:
             raise IncompatibleError(problem)

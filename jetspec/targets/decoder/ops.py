@@ -4,10 +4,9 @@
   a token's bits can depend on how many tokens the forward has), one per elementary step;
 * `InvariantOps` (`exact = true`): our row-invariant Triton kernels (`invariant/`), so a token's
   bits depend on its own row alone (`jetspec.core.invariant`), with the elementwise steps fused
-  into them: four launches per layer besides attention (four projections — the two norms run as
-  the prologues of q/k/v and gate/up, RoPE and the K/V write as the epilogue of q/k/v, the residual
-  adds as the epilogues of o and down; a model with a q/k norm launches rope_write after q/k/v),
-  and one for the final norm and the logits.
+  into them: five launches per layer besides attention (four projections — the two norms run as
+  the prologues of q/k/v and gate/up, the residual adds as the epilogues of o and down — and
+  rope_write), and one for the final norm and the logits.
 
 A step's contract is the unfused composition written in its docstring; `TorchOps` is that
 composition, and `InvariantOps` rounds where it rounds. `norm = (weight [K], eps)` on a
@@ -47,14 +46,12 @@ class LayerOps(Protocol):
         bias, norm=norm)."""
         ...
 
-    def qkv_rope_write(self, x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None, norm: Norm,
-                       heads: tuple[int, int, int], cos: torch.Tensor, sin: torch.Tensor,
-                       qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, cache: KVCache, layer: int,
-                       meta: AttentionMeta) -> torch.Tensor:
-        """x [N, H] -> q [N, Hq, D], this layer's K/V written into `cache`: the composition
-        qkv = linear(x, qkv_weight, qkv_bias, norm=norm) [N, Hq·D + 2·Hkv·D], heads (Hq, Hkv, D);
+    def rope_write(self, qkv: torch.Tensor, heads: tuple[int, int, int], cos: torch.Tensor, sin: torch.Tensor,
+                   qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, cache: KVCache, layer: int,
+                   meta: AttentionMeta) -> torch.Tensor:
+        """qkv [N, Hq·D + 2·Hkv·D], heads (Hq, Hkv, D), cos/sin [N, 1, D] -> q [N, Hq, D]:
         split q, k, v; with qk_norm = (q weight [D], k weight [D], eps) RMSNorm each head of q
-        and k; apply_rope (cos/sin [N, 1, D]) to q and k; `cache.write(layer, k, v)`."""
+        and k; apply_rope to q and k; `cache.write(layer, k, v)`."""
         ...
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
@@ -77,12 +74,7 @@ class TorchOps:
         g, u = F.linear(self._normed(x, norm), gate_up_weight, gate_up_bias).chunk(2, dim=-1)  # [..., I] each
         return F.silu(g) * u
 
-    def qkv_rope_write(self, x, qkv_weight, qkv_bias, norm, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
-        qkv = self.linear(x, qkv_weight, qkv_bias, norm=norm)  # [N, Hq·D + 2·Hkv·D]
-        return self.rope_write(qkv, heads, cos, sin, qk_norm, cache, layer, meta)
-
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
-        """`qkv_rope_write` after its projection: qkv [N, Hq·D + 2·Hkv·D] -> q [N, Hq, D]."""
         n, (hq, hkv, d) = qkv.shape[0], heads
         q = qkv[:, : hq * d].view(n, hq, d)  # [N, Hq, D]
         k = qkv[:, hq * d : (hq + hkv) * d].view(n, hkv, d)  # [N, Hkv, D]
@@ -120,30 +112,12 @@ class InvariantOps:
                norm: Norm | None = None) -> torch.Tensor:
         return self.kernels.swiglu(x, gate_up_weight, gate_up_bias, norm=norm, chunk=self.chunk)
 
-    def qkv_rope_write(self, x, qkv_weight, qkv_bias, norm, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
-        """One kernel (`invariant/qkv_rope.py`) where the model has no q/k norm and the projection
-        sums K in one chunk; else the projection, then `rope_write` — the same bits either way."""
-        hq, hkv, _ = heads
-        if qk_norm is not None or self.kernels.k_chunks(x.shape[-1], self.chunk) > 1:
-            qkv = self.linear(x, qkv_weight, qkv_bias, norm=norm)  # [N, Hq·D + 2·Hkv·D]
-            return self.rope_write(qkv, heads, cos, sin, qk_norm, cache, layer, meta)
-        k_rows, v_rows, slots, prefix, rows = self._pool_rows(cache, layer, meta)
-        return self.kernels.qkv_rope_write(x, qkv_weight, qkv_bias, norm, hq, hkv, cos, sin, k_rows, v_rows, slots, prefix,
-                                           rows)
-
     def rope_write(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta) -> torch.Tensor:
-        """`qkv_rope_write` after its projection, in one kernel (`invariant/rope_write.py`)."""
+        """The K/V go straight into the cache's pool rows, where the attention kernels read them
+        (`RowKVCache`: `k`, `v` [L, ..., Hkv, D], `slot_table`, or None for logical order); a
+        packed batch's (`PackedKV`) each into its own sequence's pending row of the shared pool."""
         hq, hkv, _ = heads
         q_weight, k_weight, eps = qk_norm if qk_norm is not None else (None, None, 0.0)
-        k_rows, v_rows, slots, prefix, rows = self._pool_rows(cache, layer, meta)
-        return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows, slots, prefix,
-                                       rows)
-
-    def _pool_rows(self, cache: KVCache, layer: int, meta: AttentionMeta):
-        """Where a layer's K/V go -> (k_rows, v_rows [R, Hkv, D], slots, prefix, rows): straight into the
-        cache's pool rows, where the attention kernels read them (`RowKVCache`: `k`, `v` [L, ..., Hkv, D],
-        `slot_table`, or None for logical order; T on the device); a packed batch's (`PackedKV`) each into
-        its own sequence's pending row of the shared pool (rows [R] int32)."""
         if isinstance(cache, PackedKV):
             k, v, rows = cache.shared_rows()  # pools [L, ..., Hkv, D], rows [R] int32
             slots = prefix = None
@@ -154,7 +128,8 @@ class InvariantOps:
             raise IncompatibleError(f"exact = true writes K/V into a paged or dense KV cache, not {type(cache).__name__}")
         k_rows = k[layer].view(-1, *k.shape[-2:])  # [R, Hkv, D]
         v_rows = v[layer].view(-1, *v.shape[-2:])  # [R, Hkv, D]
-        return k_rows, v_rows, slots, prefix, rows
+        return self.kernels.rope_write(qkv, hq, hkv, cos, sin, q_weight, k_weight, eps, k_rows, v_rows, slots, prefix,
+                                       rows)
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
         return self.kernels.linear(h, weight, out_dtype=torch.float32, norm=norm)

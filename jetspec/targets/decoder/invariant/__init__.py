@@ -1,12 +1,10 @@
-"""Row-invariant kernels of the decoder (`exact = true`); a layer launches four besides attention
-(five with a q/k norm: rope_write after the q/k/v projection):
+"""Row-invariant kernels of the decoder (`exact = true`); a layer launches five besides attention:
 
     linear.py      x W^T + b                                 q/k/v
                    and its prologue: rmsnorm(x) first        q/k/v, gate/up (input, post-attention norms)
                    its epilogues: + residual                 o_proj, down_proj
                    silu(g) * u                               gate/up
     rope_write.py  q/k norm, RoPE of q and k, the K/V write  after the q/k/v projection
-    qkv_rope.py    the q/k/v projection, RoPE, the K/V write  both in one launch (models without a q/k norm)
     rmsnorm.py     RMSNorm: the statistic's order, shared    (the unfused form: no launch in a forward)
 
 and one after the layers: the final norm as the prologue of the logits projection.
@@ -16,9 +14,8 @@ does not depend on how many tokens the forward has (see `jetspec.core.invariant`
 a position-invariant attention backend they make a tree verification reproduce plain decoding
 bit for bit. Importing this package imports triton."""
 
-from .linear import k_chunks, linear, swiglu
-from .qkv_rope import qkv_rope_write
+from .linear import linear, swiglu
 from .rmsnorm import rmsnorm
 from .rope_write import rope_write
 
-__all__ = ["k_chunks", "linear", "qkv_rope_write", "rmsnorm", "rope_write", "swiglu"]
+__all__ = ["linear", "rmsnorm", "rope_write", "swiglu"]

@@ -53,12 +53,11 @@ from .rmsnorm import rms_denominator, rms_scale, sum_squares
 
 
 @triton.jit
-def _chunk_dot(X, W, G, offs_m, offs_n, offs_up, m_ok, n_ok, stride_xm, stride_wn, K, k_lo, chunk, denominator,
-               TWO: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, k_lo, chunk, denominator,
+               SWIGLU: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr, BY_SUM: tl.constexpr):
     """(acc, acc_up) [BLOCK_M, BLOCK_N] float32: the dot products over k in [k_lo, k_lo + chunk), from
-    k_lo up, into fresh accumulators — acc with W's rows offs_n, acc_up with W's rows offs_up where TWO
-    (swiglu's up rows; `qkv_rope.py`'s RoPE partners), else zeros."""
+    k_lo up, into fresh accumulators (acc_up: x Wu^T with SWIGLU, else zeros)."""
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -72,8 +71,8 @@ def _chunk_dot(X, W, G, offs_m, offs_n, offs_up, m_ok, n_ok, stride_xm, stride_w
         w_ok = n_ok[:, None] & k_ok[None, :]
         w = tl.load(W + offs_n[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
         acc = mm(x, tl.trans(w), acc, BY_SUM)  # [BLOCK_M, BLOCK_N]
-        if TWO:
-            w_up = tl.load(W + offs_up[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
+        if SWIGLU:
+            w_up = tl.load(W + (offs_n + N)[:, None] * stride_wn + kk[None, :], mask=w_ok, other=0.0)
             acc_up = mm(x, tl.trans(w_up), acc_up, BY_SUM)
     return acc, acc_up
 
@@ -118,7 +117,7 @@ def _linear_kernel(
         denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
     if ACROSS:
         s = tl.program_id(2)
-        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, offs_n + N, m_ok, n_ok, stride_xm, stride_wn, K, s * chunk, chunk,
+        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, s * chunk, chunk,
                                  denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
         out_ok = m_ok[:, None] & n_ok[None, :]
         part = offs_m[:, None] * N + offs_n[None, :]  # [BLOCK_M, BLOCK_N] in one [M, N] plane of PART
@@ -140,10 +139,10 @@ def _linear_kernel(
             _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
             tl.atomic_xchg(counter, 0)  # every chunk has arrived: ready for the next launch / replay
     else:
-        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, offs_n + N, m_ok, n_ok, stride_xm, stride_wn, K, 0, chunk,
+        acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, 0, chunk,
                                  denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
         for t in range(1, SPLIT):
-            p, p_up = _chunk_dot(X, W, G, offs_m, offs_n, offs_n + N, m_ok, n_ok, stride_xm, stride_wn, K, t * chunk, chunk,
+            p, p_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, t * chunk, chunk,
                                  denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
             acc = acc + p
             acc_up = acc_up + p_up

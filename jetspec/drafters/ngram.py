@@ -24,7 +24,7 @@ from ..core.device_proposal import FlatTrie
 from ..core.errors import ConfigError
 from ..core.interfaces import DecodeState
 from ..core.proposal import EmptyProposal, TokenTrie
-from .lookup_calibration import DEPTHS, LookupCalibration, fraction_bucket
+from .lookup_calibration import DEPTHS, LookupCalibration
 
 
 class NgramOptions(BaseModel):
@@ -122,9 +122,11 @@ class NgramDrafter:
         whole = [len(recent) if p < 0 else counts[p] for p in parents]
         if self.calibration is None:
             logps = [math.log(c / w) for c, w in zip(counts, whole)]
-        else:  # the calibration's table read in place (`edge_logp`'s rule, without a call per edge)
+        else:  # the calibration's table read in place: `edge_logp`'s rule with `fraction_bucket` inlined (a call per
+            # edge is a lookup's largest avoidable cost, bench/RESULTS.md); tests/test_device_build.py holds them to one rule
             logs = self.calibration.edge_logs(n)  # [DEPTHS][BUCKETS]
-            logps = [logs[min(d, DEPTHS) - 1][fraction_bucket(c, w)] for d, c, w in zip(depths, counts, whole)]
+            logps = [logs[(d if d < DEPTHS else DEPTHS) - 1][2 if c == w else 1 if 2 * c >= w else 0]
+                     for d, c, w in zip(depths, counts, whole)]
         return FlatTrie(toks, parents, logps, depths)
 
     def propose(self, state: DecodeState, budget: int) -> TokenTrie | EmptyProposal:

@@ -33,8 +33,8 @@ from jetspec.core.tree import DraftTree
 VOCAB = 49152  # SmolLM2's
 
 
-def lookup_tries(sequences: int, rng: random.Random) -> list[FlatTrie | None]:
-    """A step's lookup tries: 5-29 nodes each, parents earlier, depths consistent, distinct tokens."""
+def random_tries(sequences: int, rng: random.Random) -> list[FlatTrie | None]:
+    """A step's random lookup-sized tries: 5-29 nodes each, parents earlier, depths consistent, distinct tokens."""
     tries: list[FlatTrie | None] = []
     for _ in range(sequences):
         if rng.random() < 0.2:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = {k: stamp[k] for k in ("date", "machine", "command", "torch")}
     for s in (int(x) for x in args.sizes.split(",")):
         rng = random.Random(s)
-        tries = lookup_tries(s, rng)
+        tries = random_tries(s, rng)
         block, roots, prefixes = tree_block(s, args.nodes, rng)
         packed = least_us(lambda: _packed(tries, VOCAB), args.calls, args.repeats)
         trees = least_us(lambda: host_trees(block, args.nodes, roots, prefixes, VOCAB, "s"), args.calls, args.repeats)

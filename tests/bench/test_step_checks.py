@@ -4,15 +4,15 @@ its lookup tries pack without a fault, its tree block reads back as valid trees 
 import json
 import random
 
-from bench.step_checks import VOCAB, lookup_tries, main, tree_block
+from bench.step_checks import VOCAB, random_tries, main, tree_block
 from jetspec.core.batch_grow import _packed, host_trees
 from jetspec.core.tree import DraftTree
 
 
 def test_its_inputs_are_a_steps_well_formed_tries_and_trees():
     rng = random.Random(0)
-    tries = lookup_tries(8, rng)
-    assert not isinstance(_packed(tries, VOCAB), dict) and any(t is None for t in lookup_tries(20, rng))
+    tries = random_tries(8, rng)
+    assert not isinstance(_packed(tries, VOCAB), dict) and any(t is None for t in random_tries(20, rng))
     block, roots, prefixes = tree_block(8, 17, rng)
     trees = host_trees(block, 17, roots, prefixes, VOCAB, "s")
     assert len(trees) == 8 and all(isinstance(t, DraftTree) for t in trees)

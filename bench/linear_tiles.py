@@ -38,7 +38,7 @@ import triton
 from jetspec.bench.rows import append_row, run_row
 from jetspec.core.invariant import launch_options
 from jetspec.core.invariant import block_k as block_k_of
-from jetspec.targets.decoder.invariant.rmsnorm import rmsnorm
+from jetspec.targets.decoder.invariant.rmsnorm import rmsnorm, unroll
 
 from importlib import import_module
 
@@ -77,10 +77,11 @@ def operands(p: Projection, m: int, device: str = "cuda") -> dict:
 
 
 def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int, warps: int, stages: int,
-             prenorm: bool = False, chunk: int | None = None):
+             prenorm: bool = False, chunk: int | None = None, norm_unroll: int = 0):
     """() -> y [M, N]: one launch of the invariant kernel at these tiles. prenorm: the norm as a
     launch of its own (`rmsnorm`) before a projection without the prologue — the same bits. chunk:
-    K summed in chunks (`linear.k_chunks`; up to `linear.ACROSS_ROWS` rows each chunk a program)."""
+    K summed in chunks (`linear.k_chunks`; up to `linear.ACROSS_ROWS` rows each chunk a program).
+    norm_unroll: the norm statistic's chunks in flight together (0: `rmsnorm.unroll`'s, as the decoder's)."""
     x, w, r, g = ops["x"], ops["w"], ops["r"], ops["norm"]
     m = x.shape[0]
     y = torch.empty(m, p.n, device=x.device, dtype=ops["out"])  # [M, N]
@@ -89,6 +90,9 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
     block_k, across = t.block_k, counters is not None  # as the decoder launches it
     part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
     counters = counters if across else y
+    options = launch_options(x.device, grid[0] * grid[1] * (split if across else 1))
+    lines, step = lin.prefetch_lines(options, p.k // split if across else p.k, w, m)  # as the decoder launches it
+    unrolled = norm_unroll or unroll(p.k, block_k_of(p.k), block_m, warps, m)
 
     def run():
         xin = rmsnorm(x, g, 1e-5) if prenorm else x  # [M, K]
@@ -97,8 +101,8 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
             xin, w, w, r if r is not None else y, g if norm else w, y, part, counters, m, p.n, p.k, p.k // split, 1e-5,
             xin.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
             HAS_BIAS=False, RESIDUAL=r is not None, SWIGLU=p.form == "swiglu", NORM=norm, SPLIT=split, ACROSS=across,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NORM_K=block_k_of(p.k), BY_SUM=False,
-            num_warps=warps, num_stages=stages, **launch_options(x.device, grid[0] * grid[1] * (split if across else 1)))
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NORM_K=block_k_of(p.k), NORM_UNROLL=unrolled, BY_SUM=False,
+            PREFETCH=lines, STEP=step, num_warps=warps, num_stages=stages, **options)
         return y
 
     return run
@@ -128,6 +132,8 @@ def main() -> None:
     ap.add_argument("--prenorm", action="store_true", help="also each tile with the norm as a launch of its own")
     ap.add_argument("--chunk", type=int, default=None,
                     help="K summed in chunks of this many (the decoder's linear_chunk), reference included; default one chunk")
+    ap.add_argument("--norm-unroll", nargs="+", type=int, default=[0],
+                    help="the norm statistic's chunks in flight together (0: the decoder's rule, `rmsnorm.unroll`; 1: one at a time)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -150,23 +156,25 @@ def main() -> None:
                 now = current(p, m)
                 results = []
                 prenorms = (False, True) if args.prenorm and ops["norm"] is not None else (False,)
-                for block_m, block_n, block_k, warps, stages, pre in itertools.product(
-                        args.block_m or [now[0]], args.block_n, args.block_k, args.warps, args.stages, prenorms):
+                unrolls = args.norm_unroll if ops["norm"] is not None else [0]  # only a normed projection has the statistic
+                for block_m, block_n, block_k, warps, stages, pre, nu in itertools.product(
+                        args.block_m or [now[0]], args.block_n, args.block_k, args.warps, args.stages, prenorms, unrolls):
                     tiles = (block_m, block_n, block_k, warps, stages)
-                    if block_k > triton.next_power_of_2(p.k) or block_m * block_n * block_k > 128 * 128 * 128:
+                    if block_k > triton.next_power_of_2(p.k) or block_m * block_n * block_k > 128 * 128 * 128 or (pre and nu):
                         continue
-                    results.append(measure(p, ops, ref[:m], tiles, do_bench_cudagraph, pre, args.chunk))
-                if now not in [r["tiles"] for r in results if not r["prenorm"]]:
+                    results.append(measure(p, ops, ref[:m], tiles, do_bench_cudagraph, pre, args.chunk, nu))
+                if not any(r["tiles"] == now and not r["prenorm"] and not r["norm_unroll"] for r in results):
                     results.append(measure(p, ops, ref[:m], now, do_bench_cudagraph, False, args.chunk))
                 fl = floor_us(p, m, bandwidth)
                 for r in results:
-                    r["is_current"] = r["tiles"] == now and not r["prenorm"]
+                    r["is_current"] = r["tiles"] == now and not r["prenorm"] and not r["norm_unroll"]
                     row = stamp | dict(model=model, projection=p.name, n=p.n, k=p.k, form=p.form, rows=m, floor_us=fl,
                                        chunk=args.chunk, chunks=lin.k_chunks(p.k, args.chunk), **r)
                     if args.out:
                         append_row(args.out, row)
+                    unrolled = f" norm_unroll {r['norm_unroll']}" if r["norm_unroll"] else ""
                     print(f"{model:>8} {p.name:>8} M{m:<4} tiles(M,N,K,w,s)={r['tiles']} "
-                          f"{' prenorm' if r['prenorm'] else ''} {fmt(r['us'])} us {pct(fl, r['us'])} bits {'ok' if r['bits'] else 'DIFFER'}"
+                          f"{' prenorm' if r['prenorm'] else ''}{unrolled} {fmt(r['us'])} us {pct(fl, r['us'])} bits {'ok' if r['bits'] else 'DIFFER'}"
                           f"{' <- current' if r['is_current'] else ''}", flush=True)
                 cur = next(r for r in results if r["is_current"])
                 bad_current += not cur["bits"]
@@ -179,8 +187,8 @@ def main() -> None:
 
 
 def measure(p: Projection, ops: dict, ref: torch.Tensor, tiles: tuple, do_bench_cudagraph, prenorm: bool,
-            chunk: int | None = None) -> dict:
-    run = launcher(p, ops, *tiles, prenorm=prenorm, chunk=chunk)
+            chunk: int | None = None, norm_unroll: int = 0) -> dict:
+    run = launcher(p, ops, *tiles, prenorm=prenorm, chunk=chunk, norm_unroll=norm_unroll)
     try:
         y = run()
         torch.cuda.synchronize()
@@ -188,8 +196,9 @@ def measure(p: Projection, ops: dict, ref: torch.Tensor, tiles: tuple, do_bench_
         us = do_bench_cudagraph(run, rep=50, return_mode="median") * 1e3
     except Exception as e:  # a tile the compiler refuses (shared memory, layout): recorded, not fatal
         torch.cuda.synchronize()
-        return dict(tiles=tiles, prenorm=prenorm, us=None, bits=False, error=f"{type(e).__name__}: {str(e)[:160]}")
-    return dict(tiles=tiles, prenorm=prenorm, us=us, bits=bits)
+        return dict(tiles=tiles, prenorm=prenorm, norm_unroll=norm_unroll, us=None, bits=False,
+                    error=f"{type(e).__name__}: {str(e)[:160]}")
+    return dict(tiles=tiles, prenorm=prenorm, norm_unroll=norm_unroll, us=us, bits=bits)
 
 
 def fmt(us: float | None) -> str:

@@ -72,10 +72,22 @@ def after_previous_kernel(PDL: tl.constexpr):
     """An invariant kernel's first statement (`launch_options`): wait until the kernel before it
     on the stream has finished and its writes are visible, then let the next one start launching.
     No load or store may come before it: the previous kernel may still be writing (or reading) the
-    same buffers."""
+    same buffers. Only hints may: `prefetch_l2` of lines the kernel will read (and, to aim them, reads
+    that bypass L1, whose values nothing but the hint uses)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask the L2 cache for the 128-byte lines holding `ptrs` (any shape): `prefetch.global.L2`, a
+    hint — nothing is read into a register, so no value any kernel computes can change, and L2 is
+    the one point every SM reads through, so a line it holds is never stale. What it buys: an
+    early-launched kernel (`launch_options`) asks for its weights while the kernel before it still
+    runs, and reads them from L2 after its wait instead of from memory. Only on a GPU (PTX)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}

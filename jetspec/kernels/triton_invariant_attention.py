@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options
+from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options, prefetch_l2
 from .invariant_launch_forms import TAIL_ROWS, one_launch_tiles, row_tiles
 from .triton_invariant_blocks import _gathered_blocks, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
@@ -63,17 +63,42 @@ BLOCK_N = 64  # fixed: key blocks are part of the reduction order
 
 
 @triton.jit
+def _prefetch_committed(K, V, SLOTS, PREFIX, kvh, split, n_slots, kv_rows, stride_kr, stride_kh, stride_vr, stride_vh,
+                        SPLIT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, LINES: tl.constexpr,
+                        STEP: tl.constexpr):
+    """Ask L2 for the K and V lines (LINES of STEP elements a key) of kv head `kvh`'s committed keys in split
+    `split`'s blocks. Run before the wait: T and the slot map are read bypassing L1 (`.cg`: nothing stale
+    is left there for the reads after the wait) and may be stale — they only aim a hint, and every row
+    is clamped into the pool's [0, kv_rows) and T into the slot map's n_slots, so no address is invalid."""
+    prefix_len = tl.minimum(tl.load(PREFIX, cache_modifier=".cg"), n_slots)
+    keys = split * SPLIT_BLOCKS * BLOCK_N + tl.arange(0, SPLIT_BLOCKS * BLOCK_N)  # [SB·BN] the split's virtual keys
+    live = keys < prefix_len
+    rows = tl.load(SLOTS + keys, mask=live, other=0, cache_modifier=".cg")
+    rows = tl.minimum(tl.maximum(rows, 0), kv_rows - 1).to(tl.int64)[:, None]  # [SB·BN, 1]
+    cols = tl.minimum(tl.arange(0, LINES) * STEP, HEAD_DIM - 1)[None, :]  # [1, LINES] within the key's D
+    if split * SPLIT_BLOCKS * BLOCK_N < prefix_len:
+        prefetch_l2(K + kvh * stride_kh + rows * stride_kr + cols)
+        prefetch_l2(V + kvh * stride_vh + rows * stride_vr + cols)
+
+
+@triton.jit
 def _invariant_attention_fwd(
     Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS, TILES,
-    n_queries, qk_scale, stride_anc,
+    n_queries, qk_scale, stride_anc, n_slots, kv_rows,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr,
-    FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr, PDL: tl.constexpr,
+    FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
     blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all — or, where
-    the tile reaches one split only (a context within one split's keys), that split stores its output itself."""
+    the tile reaches one split only (a context within one split's keys), that split stores its output itself.
+    PREFETCH (a plain step of one sequence, launched early): the split's committed K/V asked of L2 while the
+    kernel before runs."""
+    if PREFETCH:
+        _prefetch_committed(K, V, SLOTS, PREFIX, tl.program_id(1), tl.program_id(2), n_slots, kv_rows, stride_kr, stride_kh,
+                            stride_vr, stride_vh, SPLIT_BLOCKS, BLOCK_N, HEAD_DIM, PREFETCH, STEP)
     after_previous_kernel(PDL)
     tile, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row0, n_seq, local, slot0, seq = _tile_sequence(TILES, tile, n_queries, PACKED)
@@ -338,11 +363,15 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
         counters = arrival_counters(q.device, tiles[0] * hkv) if split else None
         fused = counters is not None
         grid = (tiles[0], hkv, num_splits)
+        options = launch_options(device, math.prod(grid))
+        step = 128 // k_rows.element_size()  # elements per 128-byte line
+        plain = options["launch_pdl"] and tiles_table is None and n == 1  # a plain step launched early (trees: `rmsnorm.unroll`)
+        lines = triton.next_power_of_2(triton.cdiv(d, step)) if plain else 0  # a key's lines asked of L2
         _invariant_attention_fwd[grid](
             q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
-            counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), *strides, out.stride(0),
-            out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, num_warps=warps, num_stages=stages,
-            **consts, **launch_options(device, math.prod(grid)))
+            counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), slots.numel(), k_rows.shape[0], *strides,
+            out.stride(0), out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, PREFETCH=lines,
+            STEP=step, num_warps=warps, num_stages=stages, **consts, **options)
         if split and not fused:  # a row's merge reads its own partials only: tiles of the packed rows in order
             grid = (triton.cdiv(n * group, block_m), hkv)
             _merge_kernel[grid](

@@ -83,10 +83,22 @@ from jetspec.core.invariant import LAUNCH, block_k  # noqa: E402
 LAUNCH = dict(LAUNCH, launch_pdl=True)
 
 
-def waits_first(k) -> bool:
-    """The kernel's PTX waits for the previous grid before its first global load, store or prefetch."""
+def waits_first(k, prefetches: bool = False) -> bool:
+    """The kernel's PTX waits for the previous grid before its first global load, store or prefetch —
+    with `prefetches`, it asks L2 for lines before the wait (a hint that reads nothing) and still loads
+    and stores nothing before it."""
     body = k.asm["ptx"].split("griddepcontrol.wait")
-    return len(body) > 1 and not re.search(r"\b(ld|st|atom|red|prefetch)\.global", body[0])
+    if len(body) < 2 or re.search(r"\b(ld|st|atom|red)\.global", body[0]):
+        return False
+    return ("prefetch.global.L2" in body[0]) if prefetches else not re.search(r"\bprefetch\.", body[0])
+
+
+def reads_hints_first(k) -> bool:
+    """Before its wait the kernel only asks L2 for lines, and reads what aims them bypassing L1
+    (`ld.global.cg`: nothing it reads there can be stale in L1 for the reads after the wait)."""
+    body = k.asm["ptx"].split("griddepcontrol.wait")
+    return (len(body) > 1 and "prefetch.global.L2" in body[0] and not re.search(r"\b(st|atom|red)\.global", body[0])
+            and all(".cg" in load for load in re.findall(r"\bld\.global\S*", body[0])))
 
 
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
@@ -101,7 +113,7 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
     pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
                     O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", M_STATE="*fp32", L_STATE="*fp32",
                     ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32", TILES="*i32")
-    types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", **{s_: "i32" for s_ in STRIDES})
+    types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", n_slots="i32", kv_rows="i32", **{s_: "i32" for s_ in STRIDES})
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, PACKED=packed,
                   BY_SUM=False, PDL=True)
     for rows in (4, 64, 1024):
@@ -116,9 +128,14 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
             launches += [(inv._invariant_tail_fwd, dict(common, BLOCK_M=inv.TAIL_ROWS, PER_SPLIT=p), 4) for p in (True, False)]
         for kernel, consts, w in launches:
             stages = 5 if kernel is inv._invariant_prefix_fwd and consts["BLOCK_M"] >= 128 else 3  # as launched
-            k = compile_for_sm90(kernel, types, consts, num_warps=w, num_stages=stages, **LAUNCH)
-            assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
-            assert waits_first(k), (kernel.__name__, "touches memory before waiting for the previous kernel")
+            step = 128 // (2 if dtype == "bf16" else 4)  # one sequence launched early: its committed K/V asked for first
+            lines = triton.next_power_of_2(triton.cdiv(d, step))
+            prefetches = ((0,) if packed else (0, lines)) if kernel is inv._invariant_attention_fwd else (None,)
+            for prefetch in prefetches:
+                extra = {} if prefetch is None else dict(PREFETCH=prefetch, STEP=step)
+                k = compile_for_sm90(kernel, types, dict(consts, **extra), num_warps=w, num_stages=stages, **LAUNCH)
+                assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
+                assert (reads_hints_first(k) if prefetch else waits_first(k)), (kernel.__name__, prefetch, "touches memory before waiting")
     print(f"invariant_attention {dtype} d{d} g{group} chain={chain} split={split}{' packed' if packed else ''}: ok, "
           f"{k.metadata.shared} B shared")
 types = dict(O_PART="*fp32", LSE_PART="*fp32", O="*bf16", n_queries="i32", num_splits="i32", stride_on="i32", stride_oh="i32")
@@ -141,10 +158,14 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=bk, NORM_K=block_k(k_), BY_SUM=False, PDL=True)
-        k = compile_for_sm90(inv_linear._linear_kernel, types, consts, num_warps=t.warps, num_stages=t.stages, **LAUNCH)
-        assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
-        assert waits_first(k), (n, k_, m, form, "touches memory before waiting for the previous kernel")
+                      BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.block_m, t.warps, m), BY_SUM=False, PDL=True)
+        step = 128 // (2 if dtype == "bf16" else 4)  # as `linear` launches it early: its weight tile's lines asked for first
+        lines = triton.next_power_of_2(triton.cdiv(k_ // split if consts["ACROSS"] else k_, step))
+        for prefetch in (0, lines):
+            k = compile_for_sm90(inv_linear._linear_kernel, types, dict(consts, PREFETCH=prefetch, STEP=step),
+                                 num_warps=t.warps, num_stages=t.stages, **LAUNCH)
+            assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
+            assert waits_first(k, prefetches=prefetch > 0), (n, k_, m, form, prefetch, "touches memory before waiting")
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "
           f"{k.metadata.shared} B shared at M=256")
 assert waits_first(compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32",

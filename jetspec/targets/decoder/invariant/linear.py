@@ -36,6 +36,14 @@ layout the compiler picks for BLOCK_M); the second normalises each chunk as it e
 rounding as `rmsnorm` rounds (`rms_scale`: to x's dtype, then the weight's product to x's dtype).
 So `linear(x, W, norm=(g, eps))` is `linear(rmsnorm(x, g, eps), W)` bit for bit. Every program of
 a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W's tile.
+
+A plain step's launch (one row) waits on chains of memory latency, not on bandwidth, so there:
+* the statistic's chunks are loaded side by side (`rmsnorm.unroll`), then added in the same order;
+* launched early (`launch_options`), each program asks L2 for its weight tile before its wait
+  (`prefetch_lines`, `core/invariant.prefetch_l2`): the weights, which no kernel writes, arrive
+  while the kernel before it runs, and its loads after the wait hit L2.
+Neither changes an operation or its order: the same bits (tests/targets/test_programmatic_launch.py,
+bench/linear_tiles.py on the GPU).
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import after_previous_kernel, arrival_counters, block_k, interpreted, launch_options, mm
-from .rmsnorm import rms_denominator, rms_scale, sum_squares
+from ....core.invariant import (after_previous_kernel, arrival_counters, block_k, interpreted, launch_options, mm,
+                               prefetch_l2)
+from .rmsnorm import rms_denominator, rms_scale, sum_squares, unroll
 
 
 @triton.jit
@@ -78,6 +87,19 @@ def _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, 
 
 
 @triton.jit
+def _prefetch_weights(W, offs_n, N, stride_wn, k_lo, k_hi, SWIGLU: tl.constexpr, LINES: tl.constexpr,
+                      STEP: tl.constexpr):
+    """Ask L2 for the program's weight tile — rows offs_n (and offs_n + N with SWIGLU), k in [k_lo, k_hi)
+    — one address per 128-byte line (STEP elements), LINES >= the lines of a row (the ones past it
+    clamped onto its last element, columns past N onto row N - 1)."""
+    kk = tl.minimum(k_lo + tl.arange(0, LINES) * STEP, k_hi - 1)  # [LINES]
+    rows = tl.minimum(offs_n, N - 1)  # [BLOCK_N]
+    prefetch_l2(W + rows[:, None] * stride_wn + kk[None, :])
+    if SWIGLU:
+        prefetch_l2(W + (rows + N)[:, None] * stride_wn + kk[None, :])
+
+
+@triton.jit
 def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym,
             HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr):
     """The epilogues on the finished sums, and the store of y."""
@@ -100,8 +122,8 @@ def _linear_kernel(
     X, W, B, R, G, Y, PART, COUNTERS, M, N, K, chunk, eps, stride_xm, stride_wn, stride_rm, stride_ym,
     HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
     SPLIT: tl.constexpr, ACROSS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, BY_SUM: tl.constexpr,
-    PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, NORM_UNROLL: tl.constexpr,
+    BY_SUM: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
 ):
     # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N).
     # K in SPLIT chunks of `chunk`: acc = P_0 + P_1 + ... + P_{SPLIT-1}, added in that order, P_s the chunk's
@@ -111,10 +133,13 @@ def _linear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] rows of x
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] rows of W (of Wg)
     m_ok, n_ok = offs_m < M, offs_n < N
+    if PREFETCH:  # launched early: the weights (no kernel writes them) asked for while the previous kernel runs
+        k_lo = tl.program_id(2) * chunk if ACROSS else 0
+        _prefetch_weights(W, offs_n, N, stride_wn, k_lo, k_lo + (chunk if ACROSS else K), SWIGLU, PREFETCH, STEP)
     after_previous_kernel(PDL)
     denominator = tl.zeros([BLOCK_M, 1], tl.float32)
     if NORM:  # G: the norm's weight [K]
-        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K), K, eps)  # [BLOCK_M, 1]
+        denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K, NORM_UNROLL), K, eps)  # [BLOCK_M, 1]
     if ACROSS:
         s = tl.program_id(2)
         acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, s * chunk, chunk,
@@ -238,6 +263,15 @@ def chunk_plan(m: int, n: int, k: int, chunk: int | None, t: Tiles,
     return t, split, arrival_counters(device, tiles) if split > 1 and m <= ACROSS_ROWS else None
 
 
+def prefetch_lines(options: dict, k_per_program: int, weight: torch.Tensor, rows: int) -> tuple[int, int]:
+    """(PREFETCH, STEP) of a launch of `rows` rows with these `launch_options`: a program's weight lines per
+    row to ask L2 for before its wait (a power of 2 >= k_per_program's 128-byte lines), and STEP, elements
+    a line. PREFETCH = 0 where the launch is not early (launched in turn, its wait returns at once: nothing
+    to overlap) or has more than one row (trees: measured slower with it, `rmsnorm.unroll`)."""
+    step = 128 // weight.element_size()
+    return (triton.next_power_of_2(triton.cdiv(k_per_program, step)) if options["launch_pdl"] and rows == 1 else 0), step
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out_dtype: torch.dtype | None = None, residual: torch.Tensor | None = None,
            norm: tuple[torch.Tensor, float] | None = None, chunk: int | None = None) -> torch.Tensor:
@@ -276,12 +310,14 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
     grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n)) + ((split,) if across else ())
     part = torch.empty(split, 2, m, n, dtype=torch.float32, device=x.device) if across else y  # [S, 2, M, N] P_s (and its up half)
     norm_weight, eps = norm if norm is not None else (w, 0.0)
+    options = launch_options(x.device, math.prod(grid))
+    lines, step = prefetch_lines(options, k // split if across else k, w, m)
     _linear_kernel[grid](
         x2, w, bias if bias is not None else w, r if r is not None else y, norm_weight, y, part,
         counters if across else y, m, n, k, k // split, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
-        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), BY_SUM=interp,
-        num_warps=t.warps, num_stages=t.stages, **launch_options(x.device, math.prod(grid)),
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), NORM_UNROLL=unroll(k, block_k(k), t.block_m, t.warps, m), BY_SUM=interp,
+        PREFETCH=lines, STEP=step, num_warps=t.warps, num_stages=t.stages, **options,
     )
     return y.view(*lead, n)

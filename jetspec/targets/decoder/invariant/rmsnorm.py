@@ -31,16 +31,33 @@ from ....core.invariant import after_previous_kernel, block_k, launch_options, p
 
 
 @triton.jit
-def sum_squares(X, rows, rows_ok, stride_x, H, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def sum_squares(X, rows, rows_ok, stride_x, H, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr = 1):
     """rows [BLOCK_M] of X (row r at X + r * stride_x, H features; rows_ok masks them) ->
-    sum_k x[r, k]^2 [BLOCK_M, 1] float32 in the order above."""
+    sum_k x[r, k]^2 [BLOCK_M, 1] float32 in the order above. UNROLL chunks are loaded side by side
+    (independent loads in flight together, not one memory latency per chunk; `unroll`), then added
+    in order; a chunk past H adds 0, which leaves every lane as it was: the same bits for any UNROLL."""
     lanes = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(X + rows[:, None] * stride_x + kk[None, :], mask=rows_ok[:, None] & (kk < H)[None, :], other=0.0)
-        x = x.to(tl.float32)  # [BLOCK_M, BLOCK_K]
-        lanes = lanes + x * x
+    for k0 in range(0, H, BLOCK_K * UNROLL):
+        for u in tl.static_range(UNROLL):
+            kk = k0 + u * BLOCK_K + tl.arange(0, BLOCK_K)
+            x = tl.load(X + rows[:, None] * stride_x + kk[None, :], mask=rows_ok[:, None] & (kk < H)[None, :], other=0.0)
+            x = x.to(tl.float32)  # [BLOCK_M, BLOCK_K]
+            lanes = lanes + x * x
     return pairwise_sum(lanes, BLOCK_M)
+
+
+def unroll(h: int, block_k: int, block_m: int, warps: int, rows: int) -> int:
+    """`sum_squares`' chunks in flight together in a launch of `rows` rows, tiles of block_m rows of h
+    features, each chunk [block_m, block_k] in x's 2-byte dtype. For one row (a plain step, whose time
+    is this chain of loads) as many as 256 bytes a thread holds (64 registers), at most all of them:
+    SmolLM2's 576 features, 9 chunks of 64, one memory latency instead of 9; Qwen3-8B's 4096 in tiles of
+    2 warps, 4 chunks of 128 at a time, 8 latencies instead of 32. More rows: one at a time, as measured
+    faster for trees (bench/RESULTS.md, H100 2026-12-08: with the weights' prefetch, 16- and 64-node
+    SmolLM2 trees ran 7-9 % slower, one token 17 % faster; the cause not isolated)."""
+    if rows > 1:
+        return 1
+    fits = (256 * warps * 32) // (block_m * block_k * 2)
+    return max(1, min(triton.cdiv(h, block_k), fits))
 
 
 @triton.jit

@@ -80,7 +80,8 @@
 # launch-cost      bench/launch_cost.py: µs of host time one pool_fill launch costs (8/16/32 peers) beside a torch add -> $OUT/launch_cost.jsonl
 # ab-batched       the same for bench/batched_throughput.py (BATCHED_* as `batched`; 128 prompts, batch 1 on 4), alternating
 #                  AB_BATCHED_TIMES (2) pairs, then bench/ab_pairs.py reads them in pairs -> $OUT/ab_pairs.txt
-# ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes) and
+# ab               before and after in one call: bench/round_cost.py (exact, Qwen3-8B shape, 1k/4k/16k, 1-256 nodes; AB_ROUND_ARGS:
+#                  other --contexts / --trees) and
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens; AB_ROUND_COST=0: this one alone),
 #                  each run AB_TIMES (2) times, alternating the
 #                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
@@ -412,8 +413,8 @@ for step in "$@"; do
       for side in $(for i in $(seq ${AB_TIMES:-2}); do echo before after; done); do
         dir=$PWD; [ $side = before ] && dir=$PWD/.old
         if [ "${AB_ROUND_COST:-1}" = 1 ]; then  # AB_ROUND_COST=0: SmolLM2's breakdown alone
-          (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on --contexts 1024 4096 16384 \
-            --trees 1 16 64 256 --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")
+          (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on ${AB_ROUND_ARGS:---contexts 1024 4096 16384 \
+            --trees 1 16 64 256} --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")
           [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step"
         fi
         (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 90 python3 -m bench.kernel_breakdown --model smollm2 --exact on --graphs --nodes 1 16 64 \

@@ -92,7 +92,7 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
     counters = counters if across else y
     options = launch_options(x.device, grid[0] * grid[1] * (split if across else 1))
     lines, step = lin.prefetch_lines(options, p.k // split if across else p.k, w, m)  # as the decoder launches it
-    unrolled = norm_unroll or unroll(p.k, block_k_of(p.k), block_m, warps, m)
+    unrolled = norm_unroll or unroll(p.k, block_k_of(p.k), block_m, warps, m, x.element_size())
 
     def run():
         xin = rmsnorm(x, g, 1e-5) if prenorm else x  # [M, K]

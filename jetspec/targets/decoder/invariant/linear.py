@@ -267,7 +267,7 @@ def prefetch_lines(options: dict, k_per_program: int, weight: torch.Tensor, rows
     """(PREFETCH, STEP) of a launch of `rows` rows with these `launch_options`: a program's weight lines per
     row to ask L2 for before its wait (a power of 2 >= k_per_program's 128-byte lines), and STEP, elements
     a line. PREFETCH = 0 where the launch is not early (launched in turn, its wait returns at once: nothing
-    to overlap) or has more than one row (trees: measured slower with it, `rmsnorm.unroll`)."""
+    to overlap) or has more than one row (trees: see `rmsnorm.unroll`)."""
     step = 128 // weight.element_size()
     return (triton.next_power_of_2(triton.cdiv(k_per_program, step)) if options["launch_pdl"] and rows == 1 else 0), step
 
@@ -317,7 +317,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         counters if across else y, m, n, k, k // split, eps,
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
-        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k), NORM_UNROLL=unroll(k, block_k(k), t.block_m, t.warps, m), BY_SUM=interp,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k),
+        NORM_UNROLL=unroll(k, block_k(k), t.block_m, t.warps, m, x2.element_size()), BY_SUM=interp,
         PREFETCH=lines, STEP=step, num_warps=t.warps, num_stages=t.stages, **options,
     )
     return y.view(*lead, n)

@@ -46,17 +46,16 @@ def sum_squares(X, rows, rows_ok, stride_x, H, BLOCK_M: tl.constexpr, BLOCK_K: t
     return pairwise_sum(lanes, BLOCK_M)
 
 
-def unroll(h: int, block_k: int, block_m: int, warps: int, rows: int) -> int:
+def unroll(h: int, block_k: int, block_m: int, warps: int, rows: int, itemsize: int = 2) -> int:
     """`sum_squares`' chunks in flight together in a launch of `rows` rows, tiles of block_m rows of h
-    features, each chunk [block_m, block_k] in x's 2-byte dtype. For one row (a plain step, whose time
-    is this chain of loads) as many as 256 bytes a thread holds (64 registers), at most all of them:
-    SmolLM2's 576 features, 9 chunks of 64, one memory latency instead of 9; Qwen3-8B's 4096 in tiles of
-    2 warps, 4 chunks of 128 at a time, 8 latencies instead of 32. More rows: one at a time, as measured
-    faster for trees (bench/RESULTS.md, H100 2026-12-08: with the weights' prefetch, 16- and 64-node
-    SmolLM2 trees ran 7-9 % slower, one token 17 % faster; the cause not isolated)."""
+    features, each chunk [block_m, block_k] of `itemsize`-byte elements. For one row (a plain step, whose
+    time is this chain of loads) as many as 256 bytes a thread holds (64 registers), at most all of
+    them: SmolLM2's 576 bf16 features, 9 chunks of 64, one memory latency instead of 9; Qwen3-8B's 4096
+    in tiles of 2 warps, 4 chunks of 128 at a time, 8 latencies instead of 32. More rows: one at a time
+    (trees ran slower with this and the weights' prefetch together: bench/RESULTS.md, 2026-12-08)."""
     if rows > 1:
         return 1
-    fits = (256 * warps * 32) // (block_m * block_k * 2)
+    fits = (256 * warps * 32) // (block_m * block_k * itemsize)
     return max(1, min(triton.cdiv(h, block_k), fits))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..core.invariant import mm
+from ..core.invariant import mm, prefetch_l2
 
 
 @triton.jit
@@ -146,3 +146,22 @@ def _gathered_blocks(q, K, V, SLOTS, ANC, POS, tok, pos, tok_lo, tok_hi, m_i, l_
             p_all = tl.where(mine[:, :, None], tl.broadcast_to(p[:, None, :], [BLOCK_M, TOKENS, BLOCK_N]), 0.0)
             acc = mm(tl.reshape(p_all.to(p.dtype), [BLOCK_M, TOKENS * BLOCK_N]), v, acc, BY_SUM)
     return m_i, l_i, acc
+
+
+@triton.jit
+def _prefetch_committed(K, V, SLOTS, PREFIX, kvh, split, n_slots, kv_rows, stride_kr, stride_kh, stride_vr, stride_vh,
+                        SPLIT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, LINES: tl.constexpr,
+                        STEP: tl.constexpr):
+    """Ask L2 for the K and V lines (LINES of STEP elements a key) of kv head `kvh`'s committed keys in split
+    `split`'s blocks. Run before the wait: T and the slot map are read bypassing L1 (`.cg`: nothing stale
+    is left there for the reads after the wait) and may be stale — they only aim a hint, and every row
+    is clamped into the pool's [0, kv_rows) and T into the slot map's n_slots, so no address is invalid."""
+    prefix_len = tl.minimum(tl.load(PREFIX, cache_modifier=".cg"), n_slots)
+    keys = split * SPLIT_BLOCKS * BLOCK_N + tl.arange(0, SPLIT_BLOCKS * BLOCK_N)  # [SB·BN] the split's virtual keys
+    live = keys < prefix_len
+    rows = tl.load(SLOTS + keys, mask=live, other=0, cache_modifier=".cg")
+    rows = tl.minimum(tl.maximum(rows, 0), kv_rows - 1).to(tl.int64)[:, None]  # [SB·BN, 1]
+    cols = tl.minimum(tl.arange(0, LINES) * STEP, HEAD_DIM - 1)[None, :]  # [1, LINES] within the key's D
+    if split * SPLIT_BLOCKS * BLOCK_N < prefix_len:
+        prefetch_l2(K + kvh * stride_kh + rows * stride_kr + cols)
+        prefetch_l2(V + kvh * stride_vh + rows * stride_vr + cols)

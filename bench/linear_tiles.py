@@ -36,7 +36,7 @@ import torch
 import triton
 
 from jetspec.bench.rows import append_row, run_row
-from jetspec.core.invariant import launch_options
+from jetspec.core.invariant import launch_options, prefetch_lines
 from jetspec.core.invariant import block_k as block_k_of
 from jetspec.targets.decoder.invariant.rmsnorm import rmsnorm, unroll
 
@@ -91,7 +91,7 @@ def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int,
     part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
     counters = counters if across else y
     options = launch_options(x.device, grid[0] * grid[1] * (split if across else 1))
-    lines, step = lin.prefetch_lines(options, p.k // split if across else p.k, w, m)  # as the decoder launches it
+    lines, step = prefetch_lines(options, p.k // split if across else p.k, w, m)  # as the decoder launches it
     unrolled = norm_unroll or unroll(p.k, block_k_of(p.k), block_m, warps, m, x.element_size())
 
     def run():

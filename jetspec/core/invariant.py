@@ -90,6 +90,16 @@ def prefetch_l2(ptrs):
                               dtype=tl.int32, is_pure=False, pack=1)
 
 
+def prefetch_lines(options: dict, per_row: int, tensor: torch.Tensor, rows: int) -> tuple[int, int]:
+    """(PREFETCH, STEP) of a launch of `rows` rows with these `launch_options`, for a kernel that asks L2
+    (`prefetch_l2`) for `per_row` elements of `tensor` a row before its wait (a projection: its weight tile's
+    K; the attention: a key's D): a power of 2 >= those elements' 128-byte lines, and STEP, elements a
+    line. PREFETCH = 0 where the launch is not early (launched in turn, its wait returns at once: nothing
+    to overlap) or has more than one row (trees: see `targets/decoder/invariant/rmsnorm.unroll`)."""
+    step = 128 // tensor.element_size()
+    return (triton.next_power_of_2(triton.cdiv(per_row, step)) if options["launch_pdl"] and rows == 1 else 0), step
+
+
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown counters: graphs captured on them still read them, so never freed
 

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options
+from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options, prefetch_lines
 from .invariant_launch_forms import TAIL_ROWS, one_launch_tiles, row_tiles
 from .triton_invariant_blocks import _gathered_blocks, _prefetch_committed, _shared_blocks, _tile_rows, _tile_sequence
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
@@ -345,9 +345,8 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
         fused = counters is not None
         grid = (tiles[0], hkv, num_splits)
         options = launch_options(device, math.prod(grid))
-        step = 128 // k_rows.element_size()  # elements per 128-byte line
-        plain = options["launch_pdl"] and tiles_table is None and n == 1  # a plain step launched early (trees: `rmsnorm.unroll`)
-        lines = triton.next_power_of_2(triton.cdiv(d, step)) if plain else 0  # a key's lines asked of L2
+        lines, step = prefetch_lines(options, d, k_rows, n)  # a key's lines asked of L2: a plain step launched early
+        lines = lines if tiles_table is None else 0  # one sequence's (a packed batch's slot maps are not prefetched)
         _invariant_attention_fwd[grid](
             q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
             counters if fused else slots, table, n, scale * LOG2E, ancestors.stride(0), slots.numel(), k_rows.shape[0], *strides,

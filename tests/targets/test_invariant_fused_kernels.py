@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="kernel compos
                                 "on a GPU see tests/targets/test_exact_gpu.py")
 
 from jetspec.core.interfaces import AttentionMeta  # noqa: E402
-from jetspec.core.invariant import block_k  # noqa: E402
+from jetspec.core.invariant import block_k, prefetch_lines  # noqa: E402
 from jetspec.targets.decoder import invariant  # noqa: E402
 from jetspec.targets.decoder.ops import TorchOps  # noqa: E402
 
@@ -178,18 +178,17 @@ def test_a_plain_step_loads_the_statistics_chunks_together_and_asks_l2_for_its_w
     """The one-row rules (linear.py's docstring): chunks in flight as 64 registers a thread hold, all of
     SmolLM2's 9; a weight prefetch only for an early launch of one row."""
     rmsnorm_module = importlib.import_module("jetspec.targets.decoder.invariant.rmsnorm")
-    linear_module = importlib.import_module("jetspec.targets.decoder.invariant.linear")
     assert [rmsnorm_module.unroll(576, 64, 16, 4, rows) for rows in (1, 2, 64)] == [9, 1, 1]  # SmolLM2
     assert rmsnorm_module.unroll(4096, 128, 16, 2, 1) == 4 and rmsnorm_module.unroll(4096, 64, 16, 4, 1) == 16  # Qwen3-8B
     w = torch.zeros(960, 576, dtype=torch.bfloat16)
     early, in_turn = {"launch_pdl": True}, {"launch_pdl": False}
-    assert linear_module.prefetch_lines(early, 576, w, 1) == (16, 64)  # 9 lines of 64 elements a row, rounded up
-    assert [linear_module.prefetch_lines(o, 576, w, rows)[0] for o, rows in ((early, 2), (in_turn, 1))] == [0, 0]
+    assert prefetch_lines(early, 576, w, 1) == (16, 64)  # 9 lines of 64 elements a row, rounded up
+    assert [prefetch_lines(o, 576, w, rows)[0] for o, rows in ((early, 2), (in_turn, 1))] == [0, 0]
 
 
 @pytest.mark.parametrize("form", sorted(NORMED))
 def test_a_one_row_launchs_statistic_loaded_in_flight_together_keeps_the_bits_of_a_tree_rows(form):
-    """SmolLM2's 576 features (5 chunks in the interpreter, all loaded together in a one-row launch, one at a
+    """SmolLM2's 576 features (5 chunks in the interpreter, loaded 4 at a time in a float32 one-row launch, one at a
     time in a tree's): row r alone is bit for bit row r of the 33-row launch."""
     ours, _ = NORMED[form]
     x, w, b, norm = normed_inputs(form, torch.float32, True, k=576)

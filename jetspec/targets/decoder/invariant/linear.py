@@ -40,7 +40,7 @@ a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W
 A plain step's launch (one row) waits on chains of memory latency, not on bandwidth, so there:
 * the statistic's chunks are loaded side by side (`rmsnorm.unroll`), then added in the same order;
 * launched early (`launch_options`), each program asks L2 for its weight tile before its wait
-  (`prefetch_lines`, `core/invariant.prefetch_l2`): the weights, which no kernel writes, arrive
+  (`core/invariant.prefetch_lines`, `prefetch_l2`): the weights, which no kernel writes, arrive
   while the kernel before it runs, and its loads after the wait hit L2.
 Neither changes an operation or its order: the same bits (tests/targets/test_programmatic_launch.py,
 bench/linear_tiles.py on the GPU).
@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from ....core.invariant import (after_previous_kernel, arrival_counters, block_k, interpreted, launch_options, mm,
-                               prefetch_l2)
+                               prefetch_l2, prefetch_lines)
 from .rmsnorm import rms_denominator, rms_scale, sum_squares, unroll
 
 
@@ -261,15 +261,6 @@ def chunk_plan(m: int, n: int, k: int, chunk: int | None, t: Tiles,
         t = Tiles(t.block_m, t.block_n, 64, t.warps, t.stages)
     tiles = triton.cdiv(m, t.block_m) * triton.cdiv(n, t.block_n)
     return t, split, arrival_counters(device, tiles) if split > 1 and m <= ACROSS_ROWS else None
-
-
-def prefetch_lines(options: dict, k_per_program: int, weight: torch.Tensor, rows: int) -> tuple[int, int]:
-    """(PREFETCH, STEP) of a launch of `rows` rows with these `launch_options`: a program's weight lines per
-    row to ask L2 for before its wait (a power of 2 >= k_per_program's 128-byte lines), and STEP, elements
-    a line. PREFETCH = 0 where the launch is not early (launched in turn, its wait returns at once: nothing
-    to overlap) or has more than one row (trees: see `rmsnorm.unroll`)."""
-    step = 128 // weight.element_size()
-    return (triton.next_power_of_2(triton.cdiv(k_per_program, step)) if options["launch_pdl"] and rows == 1 else 0), step
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

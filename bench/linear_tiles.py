@@ -36,13 +36,11 @@ import torch
 import triton
 
 from jetspec.bench.rows import append_row, run_row
-from jetspec.core.invariant import launch_options, prefetch_lines
-from jetspec.core.invariant import block_k as block_k_of
-from jetspec.targets.decoder.invariant.rmsnorm import rmsnorm, unroll
+from jetspec.targets.decoder.invariant.rmsnorm import rmsnorm
 
 from importlib import import_module
 
-lin = import_module("jetspec.targets.decoder.invariant.linear")
+lin = import_module("jetspec.targets.decoder.invariant.linear")  # the module (the package re-exports its `linear` function)
 
 
 @dataclass(frozen=True)
@@ -78,32 +76,17 @@ def operands(p: Projection, m: int, device: str = "cuda") -> dict:
 
 def launcher(p: Projection, ops: dict, block_m: int, block_n: int, block_k: int, warps: int, stages: int,
              prenorm: bool = False, chunk: int | None = None, norm_unroll: int = 0):
-    """() -> y [M, N]: one launch of the invariant kernel at these tiles. prenorm: the norm as a
-    launch of its own (`rmsnorm`) before a projection without the prologue — the same bits. chunk:
-    K summed in chunks (`linear.k_chunks`; up to `linear.ACROSS_ROWS` rows each chunk a program).
-    norm_unroll: the norm statistic's chunks in flight together (0: `rmsnorm.unroll`'s, as the decoder's)."""
+    """() -> y [M, N]: one launch of the invariant kernel at these tiles, by the decoder's own `linear.launch`.
+    prenorm: the norm as a launch of its own (`rmsnorm`) before a projection without the prologue — the
+    same bits. chunk: K summed in chunks (`linear.k_chunks`; up to `linear.ACROSS_ROWS` rows each chunk a
+    program). norm_unroll: the norm statistic's chunks in flight together (0: `rmsnorm.unroll`'s, as the decoder's)."""
     x, w, r, g = ops["x"], ops["w"], ops["r"], ops["norm"]
-    m = x.shape[0]
-    y = torch.empty(m, p.n, device=x.device, dtype=ops["out"])  # [M, N]
-    grid = (triton.cdiv(m, block_m), triton.cdiv(p.n, block_n))
-    t, split, counters = lin.chunk_plan(m, p.n, p.k, chunk, lin.Tiles(block_m, block_n, block_k, warps, stages), x.device)
-    block_k, across = t.block_k, counters is not None  # as the decoder launches it
-    part = torch.empty(split, 2, m, p.n, device=x.device, dtype=torch.float32) if across else y  # [S, 2, M, N]
-    counters = counters if across else y
-    options = launch_options(x.device, grid[0] * grid[1] * (split if across else 1))
-    lines, step = prefetch_lines(options, p.k // split if across else p.k, w, m)  # as the decoder launches it
-    unrolled = norm_unroll or unroll(p.k, block_k_of(p.k), block_m, warps, m, x.element_size())
+    tiles = lin.Tiles(block_m, block_n, block_k, warps, stages)
+    norm = None if g is None or prenorm else (g, 1e-5)
 
     def run():
         xin = rmsnorm(x, g, 1e-5) if prenorm else x  # [M, K]
-        norm = g is not None and not prenorm
-        lin._linear_kernel[grid + ((split,) if across else ())](
-            xin, w, w, r if r is not None else y, g if norm else w, y, part, counters, m, p.n, p.k, p.k // split, 1e-5,
-            xin.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
-            HAS_BIAS=False, RESIDUAL=r is not None, SWIGLU=p.form == "swiglu", NORM=norm, SPLIT=split, ACROSS=across,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, NORM_K=block_k_of(p.k), NORM_UNROLL=unrolled, BY_SUM=False,
-            PREFETCH=lines, STEP=step, num_warps=warps, num_stages=stages, **options)
-        return y
+        return lin.launch(xin, w, None, ops["out"], r, norm, p.form == "swiglu", chunk, tiles=tiles, norm_unroll=norm_unroll)
 
     return run
 

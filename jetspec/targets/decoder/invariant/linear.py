@@ -270,19 +270,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (default x's dtype; float32 returns the accumulator unrounded, as the logits want). With
     norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place. `chunk`: K summed in chunks of this
     many (`k_chunks`); None: in one."""
-    return _launch(x, weight, bias, out_dtype or x.dtype, residual, norm, swiglu=False, chunk=chunk)
+    return launch(x, weight, bias, out_dtype or x.dtype, residual, norm, swiglu=False, chunk=chunk)
 
 
 def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, gate_up_bias: torch.Tensor | None = None,
            norm: tuple[torch.Tensor, float] | None = None, chunk: int | None = None) -> torch.Tensor:
     """x [..., K], gate_up_weight [2I, K] = [Wg | Wu] -> silu(x Wg^T + bg) * (x Wu^T + bu) [..., I].
     With norm = (g [K], eps), rmsnorm(x, g, eps) takes x's place. `chunk`: as `linear`'s."""
-    return _launch(x, gate_up_weight, gate_up_bias, x.dtype, None, norm, swiglu=True, chunk=chunk)
+    return launch(x, gate_up_weight, gate_up_bias, x.dtype, None, norm, swiglu=True, chunk=chunk)
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            residual: torch.Tensor | None, norm: tuple[torch.Tensor, float] | None, swiglu: bool,
-            chunk: int | None = None) -> torch.Tensor:
+def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+           residual: torch.Tensor | None, norm: tuple[torch.Tensor, float] | None, swiglu: bool,
+           chunk: int | None = None, tiles: Tiles | None = None, norm_unroll: int = 0) -> torch.Tensor:
+    """The one launch of `_linear_kernel` behind `linear` and `swiglu` (their arguments). `tiles`: other
+    tiles than the rules' (`launch_tiles`), and `norm_unroll`: the norm statistic's chunks in flight
+    together (0: `rmsnorm.unroll`'s rule) — for `bench/linear_tiles.py`, which times other variants
+    exactly as the decoder launches its own."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
@@ -296,7 +300,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         if r.stride(-1) != 1:
             r = r.contiguous()
     interp = interpreted()
-    t, split, counters = chunk_plan(m, n, k, chunk, _tiles(m, n, k, swiglu, interp), x.device)
+    t, split, counters = chunk_plan(m, n, k, chunk, tiles or _tiles(m, n, k, swiglu, interp), x.device)
     across = counters is not None
     grid = (triton.cdiv(m, t.block_m), triton.cdiv(n, t.block_n)) + ((split,) if across else ())
     part = torch.empty(split, 2, m, n, dtype=torch.float32, device=x.device) if across else y  # [S, 2, M, N] P_s (and its up half)
@@ -309,7 +313,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k),
-        NORM_UNROLL=unroll(k, block_k(k), t.block_m, t.warps, m, x2.element_size()), BY_SUM=interp,
+        NORM_UNROLL=norm_unroll or unroll(k, block_k(k), t.block_m, t.warps, m, x2.element_size()), BY_SUM=interp,
         PREFETCH=lines, STEP=step, num_warps=t.warps, num_stages=t.stages, **options,
     )
     return y.view(*lead, n)

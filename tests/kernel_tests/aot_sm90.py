@@ -2,8 +2,9 @@
 kernel variant. Run in a process of its own: the kernels must not be defined in interpreter mode.
 
 Pointers and strides carry the divisibility-by-16 hint the JIT gives them on the GPU (Qwen-like
-shapes: every stride is a multiple of 16), so what compiles here is what the GPU runs, software
-pipelining and shared-memory use included. Each variant prints its shared memory and the K/V
+shapes: every stride is a multiple of 16), and the projections' integer arguments are specialized by
+their values at a launch as the JIT does (`compile_for_sm90`'s `values`: M = 1 a constant, a multiple of
+16 aligned), so what compiles here is what the GPU runs, software pipelining and shared-memory use included. Each variant prints its shared memory and the K/V
 buffering the pipeliner chose ("kv buffers N, overlap yes/no")."""
 
 import os
@@ -23,12 +24,18 @@ STRIDES = ["stride_qn", "stride_qh", "stride_kr", "stride_kh", "stride_vr", "str
 SMEM = 227 * 1024  # Hopper's shared memory per block
 
 
-def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4, num_stages: int = 2, **options):
-    names = fn.arg_names
+def compile_for_sm90(fn, types: dict, consts: dict, num_warps: int = 4, num_stages: int = 2, values: dict | None = None,
+                     **options):
+    """`values`: integer arguments' values at a launch, specialized as the JIT does on the GPU — 1 becomes a
+    constant, a multiple of 16 gets the divisibility hint (which lets the pipeliner copy masked tiles
+    asynchronously); any other integer gets nothing."""
+    names, values = fn.arg_names, values or {}
     signature = {n: types.get(n, "constexpr") for n in names}
-    constexprs = {(names.index(n),): v for n, v in consts.items()}
+    ones = {n for n, v in values.items() if v == 1}
+    signature.update({n: "constexpr" for n in ones})
+    constexprs = {(names.index(n),): v for n, v in consts.items()} | {(names.index(n),): 1 for n in ones}
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items()
-               if t.startswith("*") or n.startswith("stride")}
+               if t.startswith("*") or (n.startswith("stride") and n not in values) or (n in values and values[n] % 16 == 0)}
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
                           target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages, **options})
 
@@ -84,11 +91,12 @@ LAUNCH = dict(LAUNCH, launch_pdl=True)
 
 
 def waits_first(k, prefetches: bool = False) -> bool:
-    """The kernel's PTX waits for the previous grid before its first global load, store or prefetch —
+    """The kernel's PTX waits for the previous grid before its first global load (a copy to shared memory
+    included), store or prefetch —
     with `prefetches`, it asks L2 for lines before the wait (a hint that reads nothing) and still loads
     and stores nothing before it."""
     body = k.asm["ptx"].split("griddepcontrol.wait")
-    if len(body) < 2 or re.search(r"\b(ld|st|atom|red)\.global", body[0]):
+    if len(body) < 2 or re.search(r"\b(ld|st|atom|red)\.global|\bcp\.async", body[0]):
         return False
     return ("prefetch.global.L2" in body[0]) if prefetches else not re.search(r"\bprefetch\.", body[0])
 
@@ -97,7 +105,7 @@ def reads_hints_first(k) -> bool:
     """Before its wait the kernel only asks L2 for lines, and reads what aims them bypassing L1
     (`ld.global.cg`: nothing it reads there can be stale in L1 for the reads after the wait)."""
     body = k.asm["ptx"].split("griddepcontrol.wait")
-    return (len(body) > 1 and "prefetch.global.L2" in body[0] and not re.search(r"\b(st|atom|red)\.global", body[0])
+    return (len(body) > 1 and "prefetch.global.L2" in body[0] and not re.search(r"\b(st|atom|red)\.global|\bcp\.async", body[0])
             and all(".cg" in load for load in re.findall(r"\bld\.global\S*", body[0])))
 
 
@@ -161,9 +169,10 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
                       BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.block_m, t.warps, m, 2 if dtype == "bf16" else 4), BY_SUM=False, PDL=True)
         step = 128 // (2 if dtype == "bf16" else 4)  # as `linear` launches it early: its weight tile's lines asked for first
         lines = triton.next_power_of_2(triton.cdiv(k_ // split if consts["ACROSS"] else k_, step))
+        values = dict(M=m, N=n, K=k_, chunk=k_ // split, stride_xm=k_, stride_wn=k_, stride_rm=n, stride_ym=n)  # as launched
         for prefetch in (0, lines):
             k = compile_for_sm90(inv_linear._linear_kernel, types, dict(consts, PREFETCH=prefetch, STEP=step),
-                                 num_warps=t.warps, num_stages=t.stages, **LAUNCH)
+                                 num_warps=t.warps, num_stages=t.stages, values=values, **LAUNCH)
             assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
             assert waits_first(k, prefetches=prefetch > 0), (n, k_, m, form, prefetch, "touches memory before waiting")
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "

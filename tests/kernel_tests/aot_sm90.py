@@ -109,6 +109,14 @@ def reads_hints_first(k) -> bool:
             and all(".cg" in load for load in re.findall(r"\bld\.global\S*", body[0])))
 
 
+def loads_before_stores(k) -> bool:
+    """After its wait the kernel issues every global load before its first global store (a load is not
+    moved past a store it might alias: one in between costs the program another memory latency in turn)."""
+    after = k.asm["ptx"].split("griddepcontrol.wait")[-1]
+    first_store = re.search(r"\bst\.global", after)
+    return first_store is not None and not re.search(r"\bld\.global", after[first_store.start():])
+
+
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
 from importlib import import_module  # noqa: E402
 
@@ -188,7 +196,8 @@ for dtype, hq, hkv, d, qk_norm, slots, per_row in (("bf16", 32, 8, 128, True, Tr
                  stride_cos="i32", stride_q="i32", stride_row="i32", Hq="i32", Hkv="i32", D="i32")
     consts = dict(BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
                   BLOCK_D=triton.next_power_of_2(d), QK_NORM=qk_norm, HAS_SLOTS=slots, PER_ROW=per_row, PDL=True)
-    assert waits_first(compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH))
+    k = compile_for_sm90(inv_rope._rope_write_kernel, types, consts, **LAUNCH)
+    assert waits_first(k) and loads_before_stores(k), (dtype, hq, hkv, d, "a store before a load: one more memory latency in turn")
     print(f"invariant_rope_write {dtype} Hq{hq} Hkv{hkv} D{d} qk_norm={qk_norm} slots={slots} per_row={per_row}: ok")
 # the round's small kernels (issue 18): the greedy walk per tree size class; the staged K/V move for
 # K+V through a slot map (paged gather), K+V of a dense cache with a deep path, the remap's int32 map

@@ -30,24 +30,44 @@ from .rmsnorm import rms_denominator, rms_scale
 
 
 @triton.jit
-def _norm_rope(ROW, W, cos, sin, n_heads, D, eps,
-               BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr, dtype: tl.constexpr):
-    """Heads [0, n_heads) starting at ROW, D features each -> rope(norm(x)) [BLOCK_H, BLOCK_D] in
-    `dtype`; cos, sin [1, BLOCK_D] float32."""
+def _heads(ROW, n_heads, D, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Heads [0, n_heads) starting at ROW, D features each -> x, rotate_half's partner of x
+    [BLOCK_H, BLOCK_D] float32 (x_partner[h, i] = x[h, i + D/2 or i - D/2])."""
     heads = tl.arange(0, BLOCK_H)[:, None]
     offs = tl.arange(0, BLOCK_D)[None, :]
     half = D // 2
-    partner = tl.where(offs < half, offs + half, offs - half)  # rotate_half(x) = [-x_hi, x_lo]
+    partner = tl.where(offs < half, offs + half, offs - half)
     ok = (heads < n_heads) & (offs < D)
     x = tl.load(ROW + heads * D + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
     x_partner = tl.load(ROW + heads * D + partner, mask=ok, other=0.0).to(tl.float32)
+    return x, x_partner
+
+
+@triton.jit
+def _norm_rope(x, x_partner, w, w_partner, cos, sin, D, eps, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr,
+               dtype: tl.constexpr):
+    """x, x_partner [BLOCK_H, BLOCK_D] float32 (`_heads`) -> rope(norm(x)) in `dtype`; w, w_partner [1, BLOCK_D]
+    the norm's weight at x's and the partners' features (`_weights`, QK_NORM); cos, sin [1, BLOCK_D] float32."""
+    offs = tl.arange(0, BLOCK_D)[None, :]
     if QK_NORM:
         # [BLOCK_H, 1]: one statistic per head (a tl.sum in this program's one layout), for both orders
         denominator = rms_denominator(tl.sum(x * x, axis=1, keep_dims=True), D, eps)
-        x = rms_scale(x, tl.load(W + offs, mask=offs < D, other=0.0), denominator, dtype)
-        x_partner = rms_scale(x_partner, tl.load(W + partner, mask=offs < D, other=0.0), denominator, dtype)
-    rotated = tl.where(offs < half, -x_partner, x_partner)
+        x = rms_scale(x, w, denominator, dtype)
+        x_partner = rms_scale(x_partner, w_partner, denominator, dtype)
+    rotated = tl.where(offs < D // 2, -x_partner, x_partner)  # rotate_half(x) = [-x_hi, x_lo]
     return ((x * cos).to(dtype).to(tl.float32) + (rotated * sin).to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def _weights(W, D, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr):
+    """A head norm's weight [D] at each feature and at its rotate_half partner -> two [1, BLOCK_D] float32
+    (zeros: no norm)."""
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    if QK_NORM:
+        partner = tl.where(offs < D // 2, offs + D // 2, offs - D // 2)
+        return (tl.load(W + offs, mask=offs < D, other=0.0).to(tl.float32),  # exact: rms_scale takes w in float32
+                tl.load(W + partner, mask=offs < D, other=0.0).to(tl.float32))
+    return tl.zeros((1, BLOCK_D), tl.float32), tl.zeros((1, BLOCK_D), tl.float32)
 
 
 @triton.jit
@@ -58,32 +78,39 @@ def _rope_write_kernel(
     QK_NORM: tl.constexpr, HAS_SLOTS: tl.constexpr, PER_ROW: tl.constexpr, PDL: tl.constexpr,
 ):
     after_previous_kernel(PDL)
+    # Every load before any store, the slot's chain (T, then the slot map) begun first: after the wait the
+    # program waits on two memory latencies (its inputs together, then the slot map), not one per store —
+    # loads in program order are not moved past a store to memory they might share.
     tok = tl.program_id(0)  # one program per token: all its heads
+    if PER_ROW:  # a packed batch: SLOTS holds each token's pool row; -1: a CUDA graph's pad row, written nowhere
+        slot = tl.load(SLOTS + tok).to(tl.int64)
+    else:
+        t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
     offs = tl.arange(0, BLOCK_D)[None, :]
     d_ok = offs < D
     row = QKV + tok * stride_qkv  # [q heads | k heads | v heads], D features each
     cos = tl.load(COS + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)  # [1, BLOCK_D]
     sin = tl.load(SIN + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)
-    dtype = Q.dtype.element_ty
-
-    q_heads = tl.arange(0, BLOCK_HQ)[:, None]
-    q = _norm_rope(row, QW, cos, sin, Hq, D, eps, BLOCK_HQ, BLOCK_D, QK_NORM, dtype)
-    tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
-
-    if PER_ROW:  # a packed batch: SLOTS holds each token's pool row; -1: a CUDA graph's pad row, written nowhere
-        slot = tl.load(SLOTS + tok).to(tl.int64)
-    else:
-        t = tl.load(PREFIX) + tok  # logical slot of pending token `tok`
+    q_x, q_partner = _heads(row, Hq, D, BLOCK_HQ, BLOCK_D)  # [BLOCK_HQ, BLOCK_D] each
+    k_x, k_partner = _heads(row + Hq * D, Hkv, D, BLOCK_HKV, BLOCK_D)  # [BLOCK_HKV, BLOCK_D] each
+    kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
+    v = tl.load(row + (Hq + Hkv) * D + kv_heads * D + offs, mask=(kv_heads < Hkv) & d_ok)  # [BLOCK_HKV, BLOCK_D]
+    qw, qw_partner = _weights(QW, D, BLOCK_D, QK_NORM)  # [1, BLOCK_D] each
+    kw, kw_partner = _weights(KW, D, BLOCK_D, QK_NORM)
+    if not PER_ROW:
         if HAS_SLOTS:
             slot = tl.load(SLOTS + t).to(tl.int64)
         else:
             slot = t.to(tl.int64)
-    kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
+    dtype = Q.dtype.element_ty
+
+    q_heads = tl.arange(0, BLOCK_HQ)[:, None]
+    q = _norm_rope(q_x, q_partner, qw, qw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
+    tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
     kv_ok = (kv_heads < Hkv) & d_ok & (kv_heads * 0 + slot >= 0)  # a block mask (a scalar one fails in the interpreter)
     slot = tl.maximum(slot, 0)
-    k = _norm_rope(row + Hq * D, KW, cos, sin, Hkv, D, eps, BLOCK_HKV, BLOCK_D, QK_NORM, dtype)
+    k = _norm_rope(k_x, k_partner, kw, kw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
     tl.store(K_ROWS + slot * stride_row + kv_heads * D + offs, k, mask=kv_ok)
-    v = tl.load(row + (Hq + Hkv) * D + kv_heads * D + offs, mask=kv_ok)
     tl.store(V_ROWS + slot * stride_row + kv_heads * D + offs, v, mask=kv_ok)
 
 

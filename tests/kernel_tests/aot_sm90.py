@@ -117,6 +117,14 @@ def loads_before_stores(k) -> bool:
     return first_store is not None and not re.search(r"\bld\.global", after[first_store.start():])
 
 
+def epilogue_reads_nothing(k) -> bool:
+    """No global load after the kernel's last product (mma, or fma where the dot is unrolled): the
+    epilogue's inputs were read before the sum, so its end waits on no memory."""
+    after = k.asm["ptx"].split("griddepcontrol.wait")[-1]
+    last = max(after.rfind("mma.sync"), after.rfind("wgmma.mma_async"), after.rfind("fma.rn"))
+    return last >= 0 and not re.search(r"\bld\.global", after[last:])
+
+
 from jetspec.kernels import triton_invariant_attention as inv  # noqa: E402
 from importlib import import_module  # noqa: E402
 
@@ -174,7 +182,8 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.block_m, t.warps, m, 2 if dtype == "bf16" else 4), BY_SUM=False, PDL=True)
+                      BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.block_m, t.warps, m, 2 if dtype == "bf16" else 4), BY_SUM=False,
+                      INPUTS_FIRST=m == 1, PDL=True)
         step = 128 // (2 if dtype == "bf16" else 4)  # as `linear` launches it early: its weight tile's lines asked for first
         lines = triton.next_power_of_2(triton.cdiv(k_ // split if consts["ACROSS"] else k_, step))
         values = dict(M=m, N=n, K=k_, chunk=k_ // split, stride_xm=k_, stride_wn=k_, stride_rm=n, stride_ym=n)  # as launched
@@ -183,6 +192,7 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
                                  num_warps=t.warps, num_stages=t.stages, values=values, **LAUNCH)
             assert k.metadata.shared <= SMEM, (n, k_, m, form, norm, split, k.metadata.shared)
             assert waits_first(k, prefetches=prefetch > 0), (n, k_, m, form, prefetch, "touches memory before waiting")
+            assert split > 1 or m > 1 or epilogue_reads_nothing(k), (n, k_, form, "a one-row launch reads its epilogue's inputs last")
     print(f"invariant_linear {form}{' norm' if norm else ''} {dtype}->{out} N{n} K{k_} chunks {splits}: ok, "
           f"{k.metadata.shared} B shared at M=256")
 assert waits_first(compile_for_sm90(inv_rmsnorm._rmsnorm_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", H="i32", eps="fp32",

@@ -41,8 +41,10 @@ A plain step's launch (one row) waits on chains of memory latency, not on bandwi
 * the statistic's chunks are loaded side by side (`rmsnorm.unroll`), then added in the same order;
 * launched early (`launch_options`), each program asks L2 for its weight tile before its wait
   (`core/invariant.prefetch_lines`, `prefetch_l2`): the weights, which no kernel writes, arrive
-  while the kernel before it runs, and its loads after the wait hit L2.
-Neither changes an operation or its order: the same bits (tests/targets/test_programmatic_launch.py,
+  while the kernel before it runs, and its loads after the wait hit L2;
+* the epilogue's inputs (the residual, the bias) are read with the first reads (INPUTS_FIRST), not
+  after the sum: the epilogue then waits on no memory.
+None changes an operation or its order: the same bits (tests/targets/test_programmatic_launch.py,
 bench/linear_tiles.py on the GPU).
 """
 
@@ -100,20 +102,37 @@ def _prefetch_weights(W, offs_n, N, stride_wn, k_lo, k_hi, SWIGLU: tl.constexpr,
 
 
 @triton.jit
-def _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym,
-            HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr):
-    """The epilogues on the finished sums, and the store of y."""
+def _epilogue_inputs(B, R, offs_m, offs_n, m_ok, n_ok, N, stride_rm, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                     SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What the epilogues read -> bias, the up half's bias [1, BLOCK_N], the residual [BLOCK_M, BLOCK_N], in
+    float32 (exact widenings; zeros where absent)."""
+    bias = tl.zeros([1, BLOCK_N], tl.float32)
+    bias_up = tl.zeros([1, BLOCK_N], tl.float32)
+    r = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if HAS_BIAS:
-        acc = acc + tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if SWIGLU:
-            acc_up = acc_up + tl.load(B + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            bias_up = tl.load(B + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if RESIDUAL:
+        r = tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+    return bias, bias_up, r
+
+
+@triton.jit
+def _finish(acc, acc_up, bias, bias_up, r, Y, offs_m, offs_n, m_ok, n_ok, stride_ym,
+            HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr):
+    """The epilogues on the finished sums (their inputs: `_epilogue_inputs`), and the store of y."""
+    if HAS_BIAS:
+        acc = acc + bias
+        if SWIGLU:
+            acc_up = acc_up + bias_up
     out_ok = m_ok[:, None] & n_ok[None, :]
     y = acc.to(Y.dtype.element_ty).to(tl.float32)  # the projection, rounded as F.linear rounds it
     if SWIGLU:  # silu(g) rounded, times u rounded: F.silu(g) * u
         up = acc_up.to(Y.dtype.element_ty).to(tl.float32)
         y = (y / (1.0 + tl.exp(-y))).to(Y.dtype.element_ty).to(tl.float32) * up
     if RESIDUAL:
-        y = y + tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=out_ok, other=0.0).to(tl.float32)
+        y = y + r
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=out_ok)
 
 
@@ -123,7 +142,7 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, NORM: tl.constexpr,
     SPLIT: tl.constexpr, ACROSS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_K: tl.constexpr, NORM_UNROLL: tl.constexpr,
-    BY_SUM: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
+    BY_SUM: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr, INPUTS_FIRST: tl.constexpr, PDL: tl.constexpr,
 ):
     # N: output columns; with SWIGLU, W holds 2N rows, Wg = rows [0, N), Wu = rows [N, 2N).
     # K in SPLIT chunks of `chunk`: acc = P_0 + P_1 + ... + P_{SPLIT-1}, added in that order, P_s the chunk's
@@ -137,6 +156,9 @@ def _linear_kernel(
         k_lo = tl.program_id(2) * chunk if ACROSS else 0
         _prefetch_weights(W, offs_n, N, stride_wn, k_lo, k_lo + (chunk if ACROSS else K), SWIGLU, PREFETCH, STEP)
     after_previous_kernel(PDL)
+    if INPUTS_FIRST:  # the epilogue's reads issued with the first ones, not after the sum
+        bias, bias_up, r = _epilogue_inputs(B, R, offs_m, offs_n, m_ok, n_ok, N, stride_rm, HAS_BIAS, RESIDUAL, SWIGLU,
+                                            BLOCK_M, BLOCK_N)
     denominator = tl.zeros([BLOCK_M, 1], tl.float32)
     if NORM:  # G: the norm's weight [K]
         denominator = rms_denominator(sum_squares(X, offs_m, m_ok, stride_xm, K, BLOCK_M, NORM_K, NORM_UNROLL), K, eps)  # [BLOCK_M, 1]
@@ -161,7 +183,10 @@ def _linear_kernel(
                 acc = acc + tl.load(PART + (2 * t) * M * N + part, mask=out_ok, other=0.0, cache_modifier=".cg")
                 if SWIGLU:
                     acc_up = acc_up + tl.load(PART + (2 * t + 1) * M * N + part, mask=out_ok, other=0.0, cache_modifier=".cg")
-            _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
+            if not INPUTS_FIRST:
+                bias, bias_up, r = _epilogue_inputs(B, R, offs_m, offs_n, m_ok, n_ok, N, stride_rm, HAS_BIAS, RESIDUAL, SWIGLU,
+                                                    BLOCK_M, BLOCK_N)
+            _finish(acc, acc_up, bias, bias_up, r, Y, offs_m, offs_n, m_ok, n_ok, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
             tl.atomic_xchg(counter, 0)  # every chunk has arrived: ready for the next launch / replay
     else:
         acc, acc_up = _chunk_dot(X, W, G, offs_m, offs_n, m_ok, n_ok, stride_xm, stride_wn, N, K, 0, chunk,
@@ -171,7 +196,10 @@ def _linear_kernel(
                                  denominator, SWIGLU, NORM, BLOCK_M, BLOCK_N, BLOCK_K, BY_SUM)
             acc = acc + p
             acc_up = acc_up + p_up
-        _finish(acc, acc_up, B, R, Y, offs_m, offs_n, m_ok, n_ok, N, stride_rm, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
+        if not INPUTS_FIRST:
+            bias, bias_up, r = _epilogue_inputs(B, R, offs_m, offs_n, m_ok, n_ok, N, stride_rm, HAS_BIAS, RESIDUAL, SWIGLU,
+                                                BLOCK_M, BLOCK_N)
+        _finish(acc, acc_up, bias, bias_up, r, Y, offs_m, offs_n, m_ok, n_ok, stride_ym, HAS_BIAS, RESIDUAL, SWIGLU)
 
 
 @dataclass(frozen=True)
@@ -314,6 +342,6 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k),
         NORM_UNROLL=norm_unroll or unroll(k, block_k(k), t.block_m, t.warps, m, x2.element_size()), BY_SUM=interp,
-        PREFETCH=lines, STEP=step, num_warps=t.warps, num_stages=t.stages, **options,
+        PREFETCH=lines, STEP=step, INPUTS_FIRST=m == 1, num_warps=t.warps, num_stages=t.stages, **options,
     )
     return y.view(*lead, n)

@@ -84,8 +84,9 @@
 #                  other --contexts / --trees) and
 #                  bench/kernel_breakdown.py (SmolLM2, exact, graphed, 1/16/64 nodes, AB_CONTEXT (512) tokens; AB_ROUND_COST=0: this one alone),
 #                  each run AB_TIMES (2) times, alternating the
-#                  older tree carried in .old/ (`rm -rf .old && mkdir .old && git archive REV jetspec bench/*.py | tar -x -C .old
-#                  && rm -rf .old/jetspec/assets`) and the working tree -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl
+#                  older tree carried in .old/ (`bash bench/device/variant.sh .old REV`) and the working tree
+#                  -> $OUT/{round_cost,kernel_breakdown}_{before,after}.jsonl; AB_SIDES ("before=.old after=."): more
+#                  trees side by side, NAME=DIR each (variant.sh makes them: a revision with edits), -> ..._NAME.jsonl
 # memory           bench/memory_budget.py: peak GPU memory of Qwen3-8B-shape decoding (exact, 1/64/256 nodes) against weights +
 #                  KV cache + graph pools, at MEMORY_CONTEXTS (4096 16384) -> $OUT/memory_budget.jsonl
 # host-profile     bench/host_profile.py: the host's share of a round (SmolLM2 shape, random weights, exact, graphs):
@@ -409,9 +410,11 @@ for step in "$@"; do
         | grep -v Warning | tee $OUT/linear_tiles.log | grep -E "=>|copy bandwidth|Error"
       [ ${PIPESTATUS[0]} = 0 ] || failed="$failed $step" ;;
     ab)  # the working tree against an older one carried in .old/ (AB_ARGS below), alternating, one call
-      [ -d .old/jetspec ] || { echo "ab: no .old/jetspec (see the step's comment at the top)"; failed="$failed $step"; continue; }
-      for side in $(for i in $(seq ${AB_TIMES:-2}); do echo before after; done); do
-        dir=$PWD; [ $side = before ] && dir=$PWD/.old
+      sides="${AB_SIDES:-before=.old after=.}"
+      for sd in $sides; do [ -d ${sd#*=}/jetspec ] || { echo "ab: no ${sd#*=}/jetspec (bench/device/variant.sh makes one)"; failed="$failed $step"; continue 2; }; done
+      for sd in $(for i in $(seq ${AB_TIMES:-2}); do echo $sides; done); do
+        side=${sd%%=*}; dir=$(cd ${sd#*=} && pwd)
+        echo "-- $side ($dir)" | tee -a $OUT/ab_$side.log
         if [ "${AB_ROUND_COST:-1}" = 1 ]; then  # AB_ROUND_COST=0: SmolLM2's breakdown alone
           (cd $dir && PYTHONPATH=/tmp/site:$dir timeout 120 python3 bench/round_cost.py --exact on ${AB_ROUND_ARGS:---contexts 1024 4096 16384 \
             --trees 1 16 64 256} --reps 20 --out $OUT/round_cost_$side.jsonl 2>&1 | grep -v Warning | tee -a $OUT/ab_$side.log | grep -E "^ +[0-9]+ +[0-9]+ ")

@@ -182,7 +182,7 @@ for dtype, out, n, k_, form, norm in (("bf16", "bf16", 6144, 4096, "plain", True
         bk = 64 if split > 1 and (k_ // split) % t.block_k else t.block_k  # as `linear` launches it
         consts = dict(HAS_BIAS=True, RESIDUAL=form == "residual", SWIGLU=form == "swiglu", NORM=norm, SPLIT=split,
                       ACROSS=split > 1 and m <= inv_linear.ACROSS_ROWS, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                      BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.block_m, t.warps, m, 2 if dtype == "bf16" else 4), BY_SUM=False,
+                      BLOCK_K=bk, NORM_K=block_k(k_), NORM_UNROLL=inv_rmsnorm.unroll(k_, block_k(k_), t.warps, m, 2 if dtype == "bf16" else 4), BY_SUM=False,
                       INPUTS_FIRST=m == 1, PDL=True)
         step = 128 // (2 if dtype == "bf16" else 4)  # as `linear` launches it early: its weight tile's lines asked for first
         lines = triton.next_power_of_2(triton.cdiv(k_ // split if consts["ACROSS"] else k_, step))

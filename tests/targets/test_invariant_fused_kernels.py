@@ -175,11 +175,12 @@ def test_norm_prologue_bits_do_not_depend_on_the_tile(form, monkeypatch):
 
 
 def test_a_plain_step_loads_the_statistics_chunks_together_and_asks_l2_for_its_weights_trees_do_not():
-    """The one-row rules (linear.py's docstring): chunks in flight as 64 registers a thread hold, all of
-    SmolLM2's 9; a weight prefetch only for an early launch of one row."""
+    """The one-row rules (linear.py's docstring): chunks of the one row in flight as 64 registers a thread
+    hold — all of SmolLM2's 9 and of Qwen3-8B's 32; a weight prefetch only for an early launch of one row."""
     rmsnorm_module = importlib.import_module("jetspec.targets.decoder.invariant.rmsnorm")
-    assert [rmsnorm_module.unroll(576, 64, 16, 4, rows) for rows in (1, 2, 64)] == [9, 1, 1]  # SmolLM2
-    assert rmsnorm_module.unroll(4096, 128, 16, 2, 1) == 4 and rmsnorm_module.unroll(4096, 64, 16, 4, 1) == 16  # Qwen3-8B
+    assert [rmsnorm_module.unroll(576, 64, 4, rows) for rows in (1, 2, 64)] == [9, 1, 1]  # SmolLM2
+    assert rmsnorm_module.unroll(4096, 128, 2, 1) == 32  # Qwen3-8B, tiles of 2 warps
+    assert rmsnorm_module.unroll(16384, 128, 2, 1) == 64  # past 64 registers a thread: 64 of 128 chunks at a time
     w = torch.zeros(960, 576, dtype=torch.bfloat16)
     early, in_turn = {"launch_pdl": True}, {"launch_pdl": False}
     assert prefetch_lines(early, 576, w, 1) == (16, 64)  # 9 lines of 64 elements a row, rounded up

@@ -38,7 +38,8 @@ So `linear(x, W, norm=(g, eps))` is `linear(rmsnorm(x, g, eps), W)` bit for bit.
 a row tile recomputes the statistic: a re-read of x [BLOCK_M, K], small beside W's tile.
 
 A plain step's launch (one row) waits on chains of memory latency, not on bandwidth, so there:
-* the statistic's chunks are loaded side by side (`rmsnorm.unroll`), then added in the same order;
+* the statistic's chunks are loaded side by side (`rmsnorm.unroll`: all of them where they fit), then
+  added in the same order;
 * launched early (`launch_options`), each program asks L2 for its weight tile before its wait
   (`core/invariant.prefetch_lines`, `prefetch_l2`): the weights, which no kernel writes, arrive
   while the kernel before it runs, and its loads after the wait hit L2;
@@ -341,7 +342,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out
         x2.stride(0), w.stride(0), r.stride(0) if r is not None else 0, y.stride(0),
         HAS_BIAS=bias is not None, RESIDUAL=r is not None, SWIGLU=swiglu, NORM=norm is not None, SPLIT=split, ACROSS=across,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, NORM_K=block_k(k),
-        NORM_UNROLL=norm_unroll or unroll(k, block_k(k), t.block_m, t.warps, m, x2.element_size()), BY_SUM=interp,
+        NORM_UNROLL=norm_unroll or unroll(k, block_k(k), t.warps, m, x2.element_size()), BY_SUM=interp,
         PREFETCH=lines, STEP=step, INPUTS_FIRST=m == 1, num_warps=t.warps, num_stages=t.stages, **options,
     )
     return y.view(*lead, n)

@@ -46,16 +46,18 @@ def sum_squares(X, rows, rows_ok, stride_x, H, BLOCK_M: tl.constexpr, BLOCK_K: t
     return pairwise_sum(lanes, BLOCK_M)
 
 
-def unroll(h: int, block_k: int, block_m: int, warps: int, rows: int, itemsize: int = 2) -> int:
-    """`sum_squares`' chunks in flight together in a launch of `rows` rows, tiles of block_m rows of h
-    features, each chunk [block_m, block_k] of `itemsize`-byte elements. For one row (a plain step, whose
-    time is this chain of loads) as many as 256 bytes a thread holds (64 registers), at most all of
-    them: SmolLM2's 576 bf16 features, 9 chunks of 64, one memory latency instead of 9; Qwen3-8B's 4096
-    in tiles of 2 warps, 4 chunks of 128 at a time, 8 latencies instead of 32. More rows: one at a time
-    (trees ran slower with this and the weights' prefetch together: bench/RESULTS.md, 2026-12-08)."""
+def unroll(h: int, block_k: int, warps: int, rows: int, itemsize: int = 2) -> int:
+    """`sum_squares`' chunks in flight together in a launch of `rows` rows of h features, each chunk block_k
+    elements of `itemsize` bytes. For one row (a plain step, whose time is this chain of loads) as many as
+    256 bytes of that row a thread holds (64 registers), at most all of them: SmolLM2's 576 bf16 features,
+    9 chunks of 64, and Qwen3-8B's 4096, 32 chunks of 128 in tiles of 2 warps — one memory latency instead
+    of 9 or 32. Counted for the one row, not the tile's: on a GPU a launch's M = 1 is a constant (Triton's
+    JIT specializes an integer argument equal to 1, as tests/kernel_tests/aot_sm90.py compiles it), so the
+    tile's other rows fold away. More rows: one at a time (trees ran slower with this and the weights'
+    prefetch together: bench/RESULTS.md, 2026-12-08)."""
     if rows > 1:
         return 1
-    fits = (256 * warps * 32) // (block_m * block_k * itemsize)
+    fits = (256 * warps * 32) // (block_k * itemsize)
     return max(1, min(triton.cdiv(h, block_k), fits))
 
 

@@ -26,7 +26,7 @@ SPLIT = (
     "jetspec.drafters.head.drafter:HeadDrafter.propose_on_device",  #   per sequence
     "jetspec.drafters.head.drafter:HeadDrafter._draft",             #     a draft not queued ahead (a sequence's first)
     "jetspec.drafters.ngram:NgramDrafter.propose_flat",             #     its prompt lookup's trie
-    "jetspec.drafters.head.drafter:device_trie",                    #     or its trie on the device (`lookup_on_device`)
+    "jetspec.drafters.head.pool_lookup:LookupHistory.trie",          #     or its trie on the device (`lookup_on_device`)
     "jetspec.core.batch_grow:_packed",                              #   the step's tries packed and checked
     "jetspec.core.batch_grow:stacked",                              #   or the step's device tries stacked
     "jetspec.scorers.best_first:BestFirstScorer.build_on_device",   #   the device build's launch (graph replay)

@@ -61,7 +61,7 @@ from .masks import block_mask, rescore_ancestors
 from .model import DraftHead, HeadConfig
 from .options import RANDOM, DFlashOptions, EagleOptions, HeadOptions
 from .pool import ContextPool, PooledDrafts
-from .pool_lookup import PooledLookup, device_trie
+from .pool_lookup import LookupHistory
 
 
 # target -> {what a head is built from: its DraftHead}. A batched run makes one drafter per slot
@@ -156,24 +156,18 @@ class HeadDrafter(ContextDrafter):
         # token ids travel as float32 beside the log-probs: exact below 2^24, which every vocabulary we know is
         self._ahead = options.draft_ahead and target.info.vocab_size <= 1 << 24
         self.keeps_rows_ahead = self._ahead  # `KeepsRowsAhead`: draft_ahead appends the path's rows (observe then gets none)
-        # `lookup_on_device`: the tokens of this sequence its pool's history holds (None: unknown, written at the next
-        # proposal), and whether the last pooled job appended the round's (its observe then knows how many)
-        self.history_len: int | None = None
-        self.history_pending = False
-        self._own_lookup: PooledLookup | None = None  # the lookup on the device while this drafter is in no pool
+        self.lookup_history = LookupHistory()  # `lookup_on_device`: what its pool slot's token history holds
 
     def reset(self, state: DecodeState) -> None:
         super().reset(state)
         self._drafted = self._pooled = self._drafted_dev = None
-        self.history_len, self.history_pending = None, False
+        self.lookup_history.reset()
         if self.lookup is not None:
             self.lookup.reset(state)
 
     def observe(self, state: DecodeState, hidden: torch.Tensor | None) -> None:
         super().observe(state, hidden)
-        # the pooled job appended the round's tokens to a current history, and the round committed all of them
-        self.history_len = len(state.tokens) if self.history_pending and self.history_len is not None else None
-        self.history_pending = False
+        self.lookup_history.observed(len(state.tokens))
 
     @torch.no_grad()
     def draft_ahead(self, hidden: torch.Tensor | None, packed: torch.Tensor, budget: int) -> None:
@@ -306,7 +300,10 @@ class HeadDrafter(ContextDrafter):
             logp, tokens = logp.float(), tokens.clone()  # a graph's outputs: the next replay rewrites them
         if self.lookup is None or not self.options.lookup_on_device:
             return DeviceProposal(tokens, logp, None if self.lookup is None else self.lookup.propose_flat(state, budget))
-        return DeviceProposal(tokens, logp, device_trie(self, state, budget))
+        pool = self.cache.pool
+        trie = self.lookup_history.trie(self.lookup, pool, None if pool is None else pool.slot[id(self)], state, budget,
+                                        self.cache._device)
+        return DeviceProposal(tokens, logp, trie)
 
     @torch.no_grad()
     def rescore(self, tree: DraftTree, a: int) -> TokenTrie:

@@ -80,7 +80,7 @@ class ContextPool:
         self.lookup = PooledLookup(m.lookup, s, self.capacity + APPEND_ROWS, dev, self.graphs is not None) if (
             m.options.lookup_on_device and m.lookup is not None) else None
         for m in members:
-            m.history_len, m.history_pending = None, False
+            m.lookup_history.reset()
 
     @staticmethod
     def of(members: list[HeadDrafter]) -> ContextPool | None:
@@ -164,7 +164,7 @@ class ContextPool:
             self.lookup.reserve(self.capacity + a)
             self.lookup.step(slots, flat, poff, d1, min(self.lookup.options.max_depth, max(budget, 1)))
             for m, d in zip(peers, d1.tolist()):
-                m.history_pending = d <= a  # its observe learns how many of them the round committed
+                m.lookup_history.pending = d <= a  # its observe learns how many of them the round committed
         hosts, logps, tokens_s = host.unbind(0), both[:, 0].unbind(0), ids.unbind(0)  # per slot, one call each (not 3 S)
         for m, s, d in zip(peers, slots.tolist(), d1.tolist()):  # what each one's own draft_ahead leaves
             m.appended_ahead, m._drafted, m._drafted_ready, m._pooled = (starts[s], d), hosts[s], ready, (drafts, s)

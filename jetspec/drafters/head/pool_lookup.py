@@ -11,7 +11,7 @@ graph per (history width, depth).
     tries     tokens, parents, depths [S, M D] int64, logp [S, M D] float32: the job's static outputs
 
 A member knows its history is current when the host saw every token the job appended be committed
-(`HeadDrafter`: `history_len`, set at its `observe`); otherwise (a sequence's first round, a round its
+(`LookupHistory`, updated at its `observe`); otherwise (a sequence's first round, a round its
 slot's job did not append) its tokens are written from the host first (`write`), and the job runs with
 no commits. Every replay remakes every slot's trie from its history, so a slot's trie is always its
 current history's.
@@ -33,23 +33,42 @@ from .graphs import APPEND_ROWS
 
 if TYPE_CHECKING:
     from ...core.interfaces import DecodeState
-    from .drafter import HeadDrafter
+    from .pool import ContextPool
 
 
-def device_trie(member: HeadDrafter, state: DecodeState, budget: int) -> DeviceTrie:
-    """`member`'s lookup trie on the device for this round: its pool's (the slot's history written first
-    where it is not current), else from a history of the member's own, written each time."""
-    depth, pool = min(member.lookup.options.max_depth, max(budget, 1)), member.cache.pool
-    pooled = None if pool is None else pool.lookup
-    if pooled is None:
-        member._own_lookup = member._own_lookup or PooledLookup(member.lookup, 1, 1024, member.cache._device, graphs=False)
-        member._own_lookup.write(0, state.tokens, depth)
-        return member._own_lookup.trie(0)
-    slot = pool.slot[id(member)]
-    if member.history_len != len(state.tokens) or pooled.depth != depth or not pooled.rows:
-        pooled.write(slot, state.tokens, depth)
-        member.history_len = len(state.tokens)
-    return pooled.trie(slot)
+class LookupHistory:
+    """A member's side of the lookup on the device: how many of its sequence's tokens its pool slot's
+    history holds (`length`; None: unknown, written at the next proposal), whether the last pooled job
+    appended the round's tokens (`pending`: its `observe` then learns how many the round committed), and
+    the one-slot lookup it uses while in no pool."""
+
+    def __init__(self):
+        self.length: int | None = None
+        self.pending = False
+        self._own: PooledLookup | None = None
+
+    def reset(self) -> None:
+        self.length, self.pending = None, False
+
+    def observed(self, tokens: int) -> None:
+        """The round is committed, `tokens` long: the history is current where the job appended all of it."""
+        self.length = tokens if self.pending and self.length is not None else None
+        self.pending = False
+
+    def trie(self, lookup: NgramDrafter, pool: ContextPool | None, slot: int | None, state: DecodeState, budget: int,
+             device: torch.device) -> DeviceTrie:
+        """This round's lookup trie on the device: its pool's slot (the history written first where it is not
+        current), else from a one-slot lookup of its own, written each time."""
+        depth = min(lookup.options.max_depth, max(budget, 1))
+        pooled = None if pool is None else pool.lookup
+        if pooled is None:
+            self._own = self._own or PooledLookup(lookup, 1, 1024, device, graphs=False)
+            self._own.write(0, state.tokens, depth)
+            return self._own.trie(0)
+        if self.length != len(state.tokens) or pooled.depth != depth or not pooled.rows:
+            pooled.write(slot, state.tokens, depth)
+            self.length = len(state.tokens)
+        return pooled.trie(slot)
 
 
 class PooledLookup:

@@ -69,8 +69,8 @@ EXACT_FAMILIES = {  # for the Triton kernels (head dim 16); GQA groups 2, 4 and 
 
 
 def exact_and_fast_targets(tmp_path_factory, seed: int):
-    """get(family, dtype, split_keys) -> (the DecoderTarget of EXACT_FAMILIES[family] with exact = true
-    over triton attention, the same weights with torch's kernels: it fills committed contexts fast, the
+    """get(family, dtype, split_keys, **attention options) -> (the DecoderTarget of EXACT_FAMILIES[family] with
+    exact = true over triton attention, the same weights with torch's kernels: it fills committed contexts fast, the
     interpreter being slow). Folders and targets are made once per key."""
     import jetspec
 
@@ -84,10 +84,10 @@ def exact_and_fast_targets(tmp_path_factory, seed: int):
         return (jetspec.builder().target("decoder", path=str(folders[family]), dtype=dtype, device="cpu", exact=exact)
                 .attention("triton" if exact else "torch", **attention).drafter("ngram").build().target)
 
-    def get(family: str, dtype: str, split_keys: int):
-        key = (family, dtype, split_keys)
+    def get(family: str, dtype: str, split_keys: int, **attention):
+        key = (family, dtype, split_keys, *sorted(attention.items()))
         if key not in built:
-            built[key] = (target(family, dtype, True, split_keys=split_keys), target(family, dtype, False))
+            built[key] = (target(family, dtype, True, split_keys=split_keys, **attention), target(family, dtype, False))
         return built[key]
 
     return get

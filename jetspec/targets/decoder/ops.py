@@ -6,7 +6,8 @@
   bits depend on its own row alone (`jetspec.core.invariant`), with the elementwise steps fused
   into them: five launches per layer besides attention (four projections — the two norms run as
   the prologues of q/k/v and gate/up, the residual adds as the epilogues of o and down — and
-  rope_write), and one for the final norm and the logits.
+  rope_write), and one for the final norm and the logits. A backend that `AttendsRoped` (the triton
+  backend's `fuse_rope`) takes rope_write into its attention launch where a step allows (`rope_attend`).
 
 A step's contract is the unfused composition written in its docstring; `TorchOps` is that
 composition, and `InvariantOps` rounds where it rounds. `norm = (weight [K], eps)` on a
@@ -15,7 +16,7 @@ projection is an RMSNorm of x before it (`rmsnorm`): the residual stream stays u
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,24 @@ class LayerOps(Protocol):
         accumulator, not rounded to h's dtype)."""
         ...
 
+    def rope_attend(self, qkv: torch.Tensor, heads: tuple[int, int, int], cos: torch.Tensor, sin: torch.Tensor,
+                    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, cache: KVCache, layer: int,
+                    meta: AttentionMeta, attention: object, scale: float) -> torch.Tensor | None:
+        """`rope_write` then `attention.attend` in one step where the backend can (`AttendsRoped`) -> [N, Hq, D];
+        None: the caller runs the two."""
+        ...
+
+
+@runtime_checkable
+class AttendsRoped(Protocol):
+    """An attention backend that takes a step's q/k/v row instead of q: it applies RoPE (no q/k norm) as
+    `rope_write` rounds it, writes the K/V into the cache and attends, in fewer launches. None: not this step."""
+
+    def attend_roped(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, cache: KVCache,
+                     layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor | None:
+        """qkv [N, Hq·D + 2·Hkv·D], cos/sin [N, 1, D] -> [N, Hq, D], the layer's K/V written; or None."""
+        ...
+
 
 class TorchOps:
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -89,6 +108,9 @@ class TorchOps:
     def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
         return fp32_logits(self._normed(h, norm), weight)
 
+    def rope_attend(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta, attention, scale) -> None:
+        return None
+
     def _normed(self, x: torch.Tensor, norm: Norm | None) -> torch.Tensor:
         return x if norm is None else self.rmsnorm(x, *norm)
 
@@ -100,6 +122,7 @@ class InvariantOps:
         self.kernels = invariant
         self.chunk = linear_chunk  # the projections' K chunks (`invariant.linear.k_chunks`); the logits sum in one
         self._prefix: tuple[AttentionMeta, torch.Tensor] | None = None  # eager forwards: (meta, T [1] int32)
+        self._roped: tuple[object, bool] | None = None  # (the last attention backend, whether it is `AttendsRoped`)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                residual: torch.Tensor | None = None, norm: Norm | None = None) -> torch.Tensor:
@@ -133,6 +156,15 @@ class InvariantOps:
 
     def logits(self, h: torch.Tensor, weight: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
         return self.kernels.linear(h, weight, out_dtype=torch.float32, norm=norm)
+
+    def rope_attend(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta, attention, scale) -> torch.Tensor | None:
+        """The backend's one launch for a step without a q/k norm (its `rope_write` reduces each head's norm in
+        a layout of its own), else None."""
+        if self._roped is None or self._roped[0] is not attention:  # a Protocol check per backend, not per layer
+            self._roped = (attention, isinstance(attention, AttendsRoped))
+        if qk_norm is not None or not self._roped[1] or isinstance(cache, PackedKV):
+            return None
+        return attention.attend_roped(qkv, cos, sin, heads[2], cache, layer, meta, scale)
 
     def _prefix_tensor(self, meta: AttentionMeta, device: torch.device) -> torch.Tensor:
         """T [1] int32 on the device: a graph replay's static `meta.prefix_len_t`, else made once

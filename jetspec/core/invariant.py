@@ -163,3 +163,35 @@ def mm(a, b, acc, BY_SUM: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def rms_denominator(sum_sq, n, eps):
+    """sum_sq float32 (sum of x^2 over n features) -> sqrt(sum_sq / n + eps)."""
+    return tl.sqrt(sum_sq / n + eps)
+
+
+@triton.jit
+def rms_scale(x, w, denominator, dtype: tl.constexpr):
+    """x float32, w the weight -> w * (x / denominator): the quotient rounded to `dtype`, then the
+    product rounded to `dtype`; returned in float32."""
+    normed = (x / denominator).to(dtype)
+    return (w.to(tl.float32) * normed.to(tl.float32)).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def norm_rope(x, x_partner, w, w_partner, cos, sin, D, eps, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr,
+              dtype: tl.constexpr):
+    """Heads x, their rotate_half partners x_partner [H, BLOCK_D] float32 (x_partner[h, i] = x[h, i ± D/2])
+    -> rope(norm(x)) in `dtype`, rounded as the unfused composition rounds (each product to the dtype, then
+    the sum). QK_NORM: each head's RMSNorm first (w, w_partner [1, BLOCK_D] its weight at x's and the
+    partners' features), its statistic a `pairwise_sum` over the BLOCK_D features — an order of D alone, so
+    `rope_write` (all heads of a token) and the attention's fused form (`kernels/triton_invariant_rope.py`,
+    one kv head's group) get the same bits. cos, sin [1, BLOCK_D] float32."""
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    if QK_NORM:
+        denominator = rms_denominator(pairwise_sum(x * x, x.shape[0]), D, eps)  # [H, 1]: one statistic per head
+        x = rms_scale(x, w, denominator, dtype)
+        x_partner = rms_scale(x_partner, w_partner, denominator, dtype)
+    rotated = tl.where(offs < D // 2, -x_partner, x_partner)  # rotate_half(x) = [-x_hi, x_lo]
+    return ((x * cos).to(dtype).to(tl.float32) + (rotated * sin).to(dtype).to(tl.float32)).to(dtype)

@@ -39,9 +39,9 @@ class TritonAttentionOptions(BaseModel):
     split_keys: int | None = Field(None, ge=64, le=65536, multiple_of=64,
                                    description="position-invariant mode (exact = true): keys per split-K range, part of "
                                                "the reduction order; default by the model's KV heads (`split_keys_for`)")
-    fuse_rope: bool = Field(False, description="position-invariant mode: a one-token step of one sequence (no q/k norm) "
-                                               "does its RoPE and K/V write in the attention launch, one kernel a layer "
-                                               "fewer (`triton_invariant_rope.py`); the same bits either way")
+    fuse_rope: bool = Field(False, description="position-invariant mode: a one-token step of one sequence does its "
+                                               "RoPE (and q/k norm) and K/V write in the attention launch, one kernel a "
+                                               "layer fewer (`triton_invariant_rope.py`); the same bits either way")
 
 
 def split_keys_for(kv_heads: int) -> int:
@@ -152,7 +152,8 @@ class TritonAttention(RowKernelInputs):
         return paged_tree_attention(q, k_rows, v_rows, slots, sizes, prefix, scale,
                                     cfg.block_m, cfg.block_n, cfg.num_splits, cfg.num_warps, cfg.num_stages)
 
-    def attend_roped(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, cache: KVCache,
+    def attend_roped(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, head_dim: int, cache: KVCache,
                      layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor | None:
         """`AttendsRoped` (`fuse_rope`): a one-token step's RoPE, K/V write and attention in one launch -> [1, Hq, D];
         None where this step is not that (the caller runs `rope_write`, then `attend`)."""
@@ -167,7 +168,7 @@ class TritonAttention(RowKernelInputs):
             return None
         self._check(q, k_rows, meta, slots)
         positions, ancestors, prefix = self._invariant_tensors(meta, layer, qkv.device)
-        return invariant_rope_attention(qkv, cos, sin, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
+        return invariant_rope_attention(qkv, cos, sin, qk_norm, k_rows, v_rows, slots, positions, ancestors, prefix, scale,
                                         self._split_blocks(k_rows), head_dim, meta.chain)
 
     def attend_batch(self, q: torch.Tensor, caches: Sequence[KVCache], layer: int, meta: BatchMeta,

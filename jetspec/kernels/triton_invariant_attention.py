@@ -55,7 +55,7 @@ import triton.language as tl
 from ..core.invariant import after_previous_kernel, arrival_counters, interpreted, launch_options, prefetch_lines
 from .invariant_launch_forms import TAIL_ROWS, one_launch_tiles, row_tiles
 from .triton_invariant_blocks import _gathered_blocks, _prefetch_committed, _shared_blocks, _tile_rows, _tile_sequence
-from .triton_invariant_rope import _rope_q, _write_pending
+from .triton_invariant_rope import _rope_step
 from .triton_invariant_folds import (_close_group, _empty_fold, _empty_split, _fold, _fold_parts, _fold_result,
                                      _load_part, _merge_kernel, _merge_splits, _split_result, _store_out, _store_part)
 from .triton_tree_attention import LOG2E, NEG_BIG
@@ -65,20 +65,20 @@ BLOCK_N = 64  # fixed: key blocks are part of the reduction order
 
 @triton.jit
 def _invariant_attention_fwd(
-    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS, TILES, COS, SIN,
+    Q, K, V, SLOTS, POS, ANC, PREFIX, O, O_PART, LSE_PART, COUNTERS, TILES, COS, SIN, QW, KW, eps,
     n_queries, qk_scale, stride_anc, n_slots, kv_rows,
     stride_qn, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_on, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT_BLOCKS: tl.constexpr, SPLIT_GROUP: tl.constexpr, CHAIN: tl.constexpr, SPLIT: tl.constexpr,
     FUSED: tl.constexpr, PACKED: tl.constexpr, BY_SUM: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr,
-    ROPE: tl.constexpr, PDL: tl.constexpr,
+    ROPE: tl.constexpr, QK_NORM: tl.constexpr, PDL: tl.constexpr,
 ):
     """One launch (decode steps, small trees, chains), program (tile, kv head, split): the split's
     blocks, shared then per-token, its partial; the last split to arrive (FUSED) folds them all — or, where
     the tile reaches one split only (a context within one split's keys), that split stores its output itself.
     PREFETCH (a plain step of one sequence, launched early): the split's committed K/V asked of L2 while the
-    kernel before runs. ROPE (`triton_invariant_rope.py`): Q is the step's q/k/v row, whose RoPE and K/V
-    write this launch does (COS, SIN: its rows)."""
+    kernel before runs. ROPE (`triton_invariant_rope.py`): Q is the step's q/k/v row, whose RoPE (COS, SIN),
+    q/k norm (QK_NORM: QW, KW, eps) and K/V write this launch does."""
     if PREFETCH:
         _prefetch_committed(K, V, SLOTS, PREFIX, tl.program_id(1), tl.program_id(2), n_slots, kv_rows, stride_kr, stride_kh,
                             stride_vr, stride_vh, SPLIT_BLOCKS, BLOCK_N, HEAD_DIM, PREFETCH, STEP)
@@ -91,10 +91,9 @@ def _invariant_attention_fwd(
     O, O_PART, LSE_PART = O + row0 * stride_on, O_PART + row0 * hq * HEAD_DIM, LSE_PART + row0 * hq
     tok, head, row_ok, pos, q, tok_lo, tok_hi, n_blocks = _tile_rows(
         Q, POS, local, kvh, n_seq, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
-    if ROPE:  # q as loaded is its heads' raw features: rope them; the split reading position T writes its K/V first
-        q = _rope_q(Q, COS, SIN, q, head, row_ok, stride_qh, HEAD_DIM)
-        _write_pending(Q, COS, SIN, K, V, SLOTS, prefix_len, kvh, split, hq, tl.num_programs(1), stride_kr, stride_kh,
-                       stride_vr, stride_vh, HEAD_DIM, BLOCK_N, SPLIT_BLOCKS)
+    if ROPE:  # q from its heads' raw features; the split reading position T writes the step's K/V first
+        q = _rope_step(Q, COS, SIN, QW, KW, eps, K, V, SLOTS, head, row_ok, prefix_len, kvh, split, hq, tl.num_programs(1),
+                       stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, QK_NORM, HEAD_DIM, BLOCK_N, SPLIT_BLOCKS)
     b_lo = split * SPLIT_BLOCKS
     b_hi = tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks)
     b_shared = prefix_len // BLOCK_N  # blocks [0, b_shared) hold committed keys only
@@ -327,10 +326,10 @@ def packed_invariant_attention(
 
 def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table, tail_table, tiles: tuple[int, int],
             capacity: int, scale: float, split_blocks: int, chain: bool, one_launch: bool, block_m: int, warps: int,
-            stages: int, per_split: int, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            stages: int, per_split: int, rope: tuple | None = None) -> torch.Tensor:
     """Both forms' launches; `tiles`: (launch 1's tiles of block_m rows, launch 2's of TAIL_ROWS);
-    `tiles_table`, `tail_table`: the packed form's, else None. rope = (cos, sin) [D] each: q is the step's
-    q/k/v row [1, Hq + 2 Hkv, D] (`invariant_rope_attention`, one launch)."""
+    `tiles_table`, `tail_table`: the packed form's, else None. rope = (cos, sin, q weight, k weight, eps, qk norm?):
+    q is the step's q/k/v row [1, Hq + 2 Hkv, D] (`invariant_rope_attention`, one launch)."""
     n, hkv, d = q.shape[0], k_rows.shape[1], q.shape[2]
     hq = q.shape[1] - (2 * hkv if rope is not None else 0)
     group = hq // hkv
@@ -354,11 +353,12 @@ def _launch(q, k_rows, v_rows, slots, positions, ancestors, prefix, tiles_table,
         options = launch_options(device, math.prod(grid))
         lines, step = prefetch_lines(options, d, k_rows, n)  # a key's lines asked of L2: a plain step launched early
         lines = lines if tiles_table is None else 0  # one sequence's (a packed batch's slot maps are not prefetched)
+        cos, sin, q_w, k_w, eps, qk_norm = rope or (q, q, q, q, 0.0, False)  # unread without ROPE
         _invariant_attention_fwd[grid](
-            q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part,
-            counters if fused else slots, table, *(rope or (q, q)), n, scale * LOG2E, ancestors.stride(0), slots.numel(), k_rows.shape[0],
-            *strides, out.stride(0), out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, PREFETCH=lines,
-            STEP=step, ROPE=rope is not None, num_warps=warps, num_stages=stages, **consts, **options)
+            q, k_rows, v_rows, slots, positions, ancestors, prefix, out, o_part, lse_part, counters if fused else slots, table,
+            cos, sin, q_w, k_w, eps, n, scale * LOG2E, ancestors.stride(0), slots.numel(), k_rows.shape[0], *strides,
+            out.stride(0), out.stride(1), BLOCK_M=block_m, CHAIN=chain, SPLIT=split, FUSED=fused, PREFETCH=lines, STEP=step,
+            ROPE=rope is not None, QK_NORM=qk_norm, num_warps=warps, num_stages=stages, **consts, **options)
         if split and not fused:  # a row's merge reads its own partials only: tiles of the packed rows in order
             grid = (triton.cdiv(n * group, block_m), hkv)
             _merge_kernel[grid](

@@ -136,8 +136,9 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
                                               ("bf16", 64, 3, True, True, True)):
     pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", SLOTS="*i32", POS="*i64", ANC="*i32", PREFIX="*i32",
                     O=f"*{dtype}", O_PART="*fp32", LSE_PART="*fp32", COUNTERS="*i32", M_STATE="*fp32", L_STATE="*fp32",
-                    ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32", TILES="*i32", COS=f"*{dtype}", SIN=f"*{dtype}")
-    types = dict(pointers, n_queries="i32", qk_scale="fp32", stride_anc="i32", n_slots="i32", kv_rows="i32", **{s_: "i32" for s_ in STRIDES})
+                    ACC_STATE="*fp32", F_M="*fp32", F_NUM="*fp32", F_DEN="*fp32", TILES="*i32", COS=f"*{dtype}", SIN=f"*{dtype}",
+                    QW=f"*{dtype}", KW=f"*{dtype}")
+    types = dict(pointers, eps="fp32", n_queries="i32", qk_scale="fp32", stride_anc="i32", n_slots="i32", kv_rows="i32", **{s_: "i32" for s_ in STRIDES})
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=inv.BLOCK_N, SPLIT_BLOCKS=8, SPLIT_GROUP=inv.SPLIT_GROUP, PACKED=packed,
                   BY_SUM=False, PDL=True)
     for rows in (4, 64, 1024):
@@ -156,9 +157,9 @@ for dtype, d, group, chain, split, packed in (("bf16", 128, 4, False, True, Fals
             lines = triton.next_power_of_2(triton.cdiv(d, step))
             prefetches = ((0,) if packed else (0, lines)) if kernel is inv._invariant_attention_fwd else (None,)
             # a plain step's RoPE and K/V write in the launch (`fuse_rope`): one sequence, one token, a tile of rows
-            ropes = (False, True) if kernel is inv._invariant_attention_fwd and not packed and rows == 4 else (False,)
+            ropes = (0, 1, 2) if kernel is inv._invariant_attention_fwd and not packed and rows == 4 else (0,)  # 2: q/k norm too
             for prefetch, rope in ((p, r) for p in prefetches for r in ropes):
-                extra = {} if prefetch is None else dict(PREFETCH=prefetch, STEP=step, ROPE=rope)
+                extra = {} if prefetch is None else dict(PREFETCH=prefetch, STEP=step, ROPE=rope > 0, QK_NORM=rope == 2)
                 k = compile_for_sm90(kernel, types, dict(consts, **extra), num_warps=w, num_stages=stages, **LAUNCH)
                 assert k.metadata.shared <= SMEM, (dtype, d, kernel.__name__, block_m, k.metadata.shared)
                 assert (reads_hints_first(k) if prefetch else waits_first(k)), (kernel.__name__, prefetch, "touches memory before waiting")

@@ -1,6 +1,7 @@
 """`fuse_rope` (the triton backend, exact = true): a one-token step's RoPE and K/V write run inside its attention
 launch (`kernels/triton_invariant_rope.py`) — the step's logits and the K/V it leaves in the cache are bit for bit
-those of `rope_write` then the attention, so a tree verified the two-launch way still gets every plain step's logits.
+those of `rope_write` then the attention (q/k norm included), so a tree verified the two-launch way still gets every
+plain step's logits.
 CPU interpreter (tests/conftest.py), and on a GPU at the SmolLM2 shape (the last test)."""
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ def filled(target, fast, context: list[int], order: list[int]):
 
 
 @cpu_form
-@settings(max_examples=8, deadline=None)
-@given(dtype=st.sampled_from(["float32", "bfloat16"]), split_keys=st.sampled_from([64, 512]),
-       context=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=150), token=st.integers(0, VOCAB - 1),
-       order=st.permutations(range(16)))
-def test_a_fused_step_leaves_the_logits_and_the_cache_of_the_two_launches(targets, dtype, split_keys, context, token, order):
-    fused, fast = targets("llama", dtype, split_keys, fuse_rope=True)
-    apart, _ = targets("llama", dtype, split_keys)
+@settings(max_examples=10, deadline=None)
+@given(family=st.sampled_from(["llama", "qwen3"]), dtype=st.sampled_from(["float32", "bfloat16"]),
+       split_keys=st.sampled_from([64, 512]), context=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=150),
+       token=st.integers(0, VOCAB - 1), order=st.permutations(range(16)))
+def test_a_fused_step_leaves_the_logits_and_the_cache_of_the_two_launches(targets, family, dtype, split_keys, context,
+                                                                          token, order):
+    """Llama (RoPE alone) and Qwen3 (each head's q/k norm first: `core/invariant.norm_rope` in both kernels)."""
+    fused, fast = targets(family, dtype, split_keys, fuse_rope=True)
+    apart, _ = targets(family, dtype, split_keys)
     a, b = filled(fused, fast, context, order), filled(apart, fast, context, order)
     got, want = step(fused, a, token), step(apart, b, token)  # the step committed in each
     assert torch.equal(got, want)
@@ -62,15 +65,19 @@ def test_a_tree_gets_the_logits_of_fused_plain_steps(targets, dtype, context, pa
 
 
 @cpu_form
-def test_a_model_with_a_qk_norm_keeps_the_two_launches(targets, monkeypatch):
-    """Qwen3's q/k norm reduces each head in `rope_write`'s own layout: its steps are not fused."""
-    fused, fast = targets("qwen3", "float32", 64, fuse_rope=True)
-    calls = []
-    backend = type(fused.attention)
-    monkeypatch.setattr(backend, "attend_roped", lambda self, *a, **k: calls.append(1))
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_one_token_step_of_one_sequence_takes_the_fused_launch_in_every_layer(targets, family, monkeypatch):
+    from jetspec.kernels import triton_invariant_rope
+
+    fused, fast = targets(family, "float32", 64, fuse_rope=True)
+    launched = []
+    real = triton_invariant_rope.invariant_rope_attention
+    monkeypatch.setattr(triton_invariant_rope, "invariant_rope_attention", lambda *a: launched.append(1) or real(*a))
     cache = filled(fused, fast, [5, 6, 7], list(range(16)))
     step(fused, cache, 9)
-    assert calls == []
+    assert len(launched) == fused.info.num_layers
+    padded_tree_logits(fused, cache, DraftTree.from_parents([9, 4], [-1, 0]))  # a tree: the two launches
+    assert len(launched) == fused.info.num_layers
 
 
 SMOLLM2_LIKE = dict(architecture="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=2,

@@ -90,7 +90,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
         heads = (self.num_heads, self.num_kv_heads, self.head_dim)
-        out = ops.rope_attend(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta, attention, self.scale)  # [N, Hq, D] or None
+        out = ops.rope_attend(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta, attention, self.scale)  # [N, Hq, D]
         if out is None:  # the two steps
             q = ops.rope_write(qkv, heads, cos, sin, qk_norm, cache, self.layer, meta)  # [N, Hq, D]; K/V written
             out = attention.attend(q, cache, self.layer, meta, self.scale)  # [N, Hq, D]

@@ -70,12 +70,14 @@ class LayerOps(Protocol):
 
 @runtime_checkable
 class AttendsRoped(Protocol):
-    """An attention backend that takes a step's q/k/v row instead of q: it applies RoPE (no q/k norm) as
-    `rope_write` rounds it, writes the K/V into the cache and attends, in fewer launches. None: not this step."""
+    """An attention backend that takes a step's q/k/v row instead of q: it applies the q/k norm and RoPE as
+    `rope_write` rounds them, writes the K/V into the cache and attends, in fewer launches. None: not this step."""
 
-    def attend_roped(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int, cache: KVCache,
+    def attend_roped(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None, head_dim: int, cache: KVCache,
                      layer: int, meta: AttentionMeta, scale: float) -> torch.Tensor | None:
-        """qkv [N, Hq·D + 2·Hkv·D], cos/sin [N, 1, D] -> [N, Hq, D], the layer's K/V written; or None."""
+        """qkv [N, Hq·D + 2·Hkv·D], cos/sin [N, 1, D], qk_norm as `rope_write`'s -> [N, Hq, D], the layer's K/V
+        written; or None."""
         ...
 
 
@@ -158,13 +160,12 @@ class InvariantOps:
         return self.kernels.linear(h, weight, out_dtype=torch.float32, norm=norm)
 
     def rope_attend(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta, attention, scale) -> torch.Tensor | None:
-        """The backend's one launch for a step without a q/k norm (its `rope_write` reduces each head's norm in
-        a layout of its own), else None."""
+        """The backend's one launch where it `AttendsRoped` this step (one sequence's), else None."""
         if self._roped is None or self._roped[0] is not attention:  # a Protocol check per backend, not per layer
             self._roped = (attention, isinstance(attention, AttendsRoped))
-        if qk_norm is not None or not self._roped[1] or isinstance(cache, PackedKV):
+        if not self._roped[1] or isinstance(cache, PackedKV):
             return None
-        return attention.attend_roped(qkv, cos, sin, heads[2], cache, layer, meta, scale)
+        return attention.attend_roped(qkv, cos, sin, qk_norm, heads[2], cache, layer, meta, scale)
 
     def _prefix_tensor(self, meta: AttentionMeta, device: torch.device) -> torch.Tensor:
         """T [1] int32 on the device: a graph replay's static `meta.prefix_len_t`, else made once

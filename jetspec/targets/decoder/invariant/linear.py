@@ -60,8 +60,8 @@ import triton
 import triton.language as tl
 
 from ....core.invariant import (after_previous_kernel, arrival_counters, block_k, interpreted, launch_options, mm,
-                               prefetch_l2, prefetch_lines)
-from .rmsnorm import rms_denominator, rms_scale, sum_squares, unroll
+                               prefetch_l2, prefetch_lines, rms_denominator, rms_scale)
+from .rmsnorm import sum_squares, unroll
 
 
 @triton.jit

@@ -9,8 +9,8 @@
 
   never by how many rows the tile has, so `rmsnorm` (one row a program) and the prologue of
   `linear(..., norm=)` (a tile of rows that follows M) get the same bits for a row;
-* `rms_denominator`: sqrt(sum / H + eps);
-* `rms_scale`: the quotient rounded to the dtype, then the weight's product rounded to the dtype,
+* `rms_denominator` (core/invariant.py): sqrt(sum / H + eps);
+* `rms_scale` (core/invariant.py): the quotient rounded to the dtype, then the weight's product rounded to the dtype,
   as `TorchOps.rmsnorm` (Hugging Face) rounds.
 
 `rope_write`'s per-head q/k norm reduces its D features with `tl.sum` in a layout fixed by
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import after_previous_kernel, block_k, launch_options, pairwise_sum
+from ....core.invariant import after_previous_kernel, block_k, launch_options, pairwise_sum, rms_denominator, rms_scale
 
 
 @triton.jit
@@ -59,20 +59,6 @@ def unroll(h: int, block_k: int, warps: int, rows: int, itemsize: int = 2) -> in
         return 1
     fits = (256 * warps * 32) // (block_k * itemsize)
     return max(1, min(triton.cdiv(h, block_k), fits))
-
-
-@triton.jit
-def rms_denominator(sum_sq, n, eps):
-    """sum_sq float32 (sum of x^2 over n features) -> sqrt(sum_sq / n + eps)."""
-    return tl.sqrt(sum_sq / n + eps)
-
-
-@triton.jit
-def rms_scale(x, w, denominator, dtype: tl.constexpr):
-    """x float32, w the weight -> w * (x / denominator): the quotient rounded to `dtype`, then the
-    product rounded to `dtype`; returned in float32."""
-    normed = (x / denominator).to(dtype)
-    return (w.to(tl.float32) * normed.to(tl.float32)).to(dtype).to(tl.float32)
 
 
 @triton.jit

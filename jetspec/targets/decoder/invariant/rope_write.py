@@ -6,9 +6,10 @@
     K[slot(T + j)], V[slot(T + j)] = k[j], v[j]   pending token j's row of the layer's pool
     return q                                      [N, Hq, D]
 
-One program per token, all its heads; a head's norm reduces its D features in one layout fixed
-by (heads, D), and RoPE is elementwise, so a token's bits do not depend on N. Rounding follows
-the unfused composition: the norm as `rmsnorm` (`rms_scale`), then x * cos and
+One program per token, all its heads; a head's norm reduces its D features as a fixed binary tree
+(`core/invariant.norm_rope`, whatever the layout), and RoPE is elementwise, so a token's bits do not
+depend on N — nor on which kernel does it (the attention's fused form shares `norm_rope`). Rounding
+follows the unfused composition: the norm as `rmsnorm` (`rms_scale`), then x * cos and
 rotate_half(x) * sin each rounded to the dtype, then their sum.
 
 The pool rows come from the cache the way the attention kernels read it (`kernels/row_inputs.py`):
@@ -25,8 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import after_previous_kernel, launch_options
-from .rmsnorm import rms_denominator, rms_scale
+from ....core.invariant import after_previous_kernel, launch_options, norm_rope
 
 
 @triton.jit
@@ -41,21 +41,6 @@ def _heads(ROW, n_heads, D, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     x = tl.load(ROW + heads * D + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
     x_partner = tl.load(ROW + heads * D + partner, mask=ok, other=0.0).to(tl.float32)
     return x, x_partner
-
-
-@triton.jit
-def _norm_rope(x, x_partner, w, w_partner, cos, sin, D, eps, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr,
-               dtype: tl.constexpr):
-    """x, x_partner [BLOCK_H, BLOCK_D] float32 (`_heads`) -> rope(norm(x)) in `dtype`; w, w_partner [1, BLOCK_D]
-    the norm's weight at x's and the partners' features (`_weights`, QK_NORM); cos, sin [1, BLOCK_D] float32."""
-    offs = tl.arange(0, BLOCK_D)[None, :]
-    if QK_NORM:
-        # [BLOCK_H, 1]: one statistic per head (a tl.sum in this program's one layout), for both orders
-        denominator = rms_denominator(tl.sum(x * x, axis=1, keep_dims=True), D, eps)
-        x = rms_scale(x, w, denominator, dtype)
-        x_partner = rms_scale(x_partner, w_partner, denominator, dtype)
-    rotated = tl.where(offs < D // 2, -x_partner, x_partner)  # rotate_half(x) = [-x_hi, x_lo]
-    return ((x * cos).to(dtype).to(tl.float32) + (rotated * sin).to(dtype).to(tl.float32)).to(dtype)
 
 
 @triton.jit
@@ -105,11 +90,11 @@ def _rope_write_kernel(
     dtype = Q.dtype.element_ty
 
     q_heads = tl.arange(0, BLOCK_HQ)[:, None]
-    q = _norm_rope(q_x, q_partner, qw, qw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
+    q = norm_rope(q_x, q_partner, qw, qw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
     tl.store(Q + tok * stride_q + q_heads * D + offs, q, mask=(q_heads < Hq) & d_ok)
     kv_ok = (kv_heads < Hkv) & d_ok & (kv_heads * 0 + slot >= 0)  # a block mask (a scalar one fails in the interpreter)
     slot = tl.maximum(slot, 0)
-    k = _norm_rope(k_x, k_partner, kw, kw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
+    k = norm_rope(k_x, k_partner, kw, kw_partner, cos, sin, D, eps, BLOCK_D, QK_NORM, dtype)
     tl.store(K_ROWS + slot * stride_row + kv_heads * D + offs, k, mask=kv_ok)
     tl.store(V_ROWS + slot * stride_row + kv_heads * D + offs, v, mask=kv_ok)
 

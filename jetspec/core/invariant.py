@@ -180,6 +180,30 @@ def rms_scale(x, w, denominator, dtype: tl.constexpr):
 
 
 @triton.jit
+def rope_heads(ROW, heads, ok, D, BLOCK_D: tl.constexpr):
+    """Heads `heads` [H] of a q/k/v row (head h's D features at ROW + h * D; `ok` [H] masks them) -> x and its
+    rotate_half partners [H, BLOCK_D] float32 (x_partner[h, i] = x[h, i + D/2 or i - D/2]): `norm_rope`'s inputs."""
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    partner = tl.where(offs < D // 2, offs + D // 2, offs - D // 2)
+    mask = ok[:, None] & (offs < D)
+    x = tl.load(ROW + heads[:, None] * D + offs, mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(ROW + heads[:, None] * D + partner, mask=mask, other=0.0).to(tl.float32)
+    return x, x_partner
+
+
+@triton.jit
+def rope_weights(W, D, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr):
+    """A head norm's weight [D] at each feature and at its rotate_half partner -> two [1, BLOCK_D] float32
+    (exact widenings: `rms_scale` takes w in float32; zeros, unread, without a norm)."""
+    offs = tl.arange(0, BLOCK_D)[None, :]
+    if QK_NORM:
+        partner = tl.where(offs < D // 2, offs + D // 2, offs - D // 2)
+        return (tl.load(W + offs, mask=offs < D, other=0.0).to(tl.float32),
+                tl.load(W + partner, mask=offs < D, other=0.0).to(tl.float32))
+    return tl.zeros((1, BLOCK_D), tl.float32), tl.zeros((1, BLOCK_D), tl.float32)
+
+
+@triton.jit
 def norm_rope(x, x_partner, w, w_partner, cos, sin, D, eps, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr,
               dtype: tl.constexpr):
     """Heads x, their rotate_half partners x_partner [H, BLOCK_D] float32 (x_partner[h, i] = x[h, i ± D/2])

@@ -93,7 +93,7 @@ def _invariant_attention_fwd(
         Q, POS, local, kvh, n_seq, stride_qn, stride_qh, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N)
     if ROPE:  # q from its heads' raw features; the split reading position T writes the step's K/V first
         q = _rope_step(Q, COS, SIN, QW, KW, eps, K, V, SLOTS, head, row_ok, prefix_len, kvh, split, hq, tl.num_programs(1),
-                       stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, QK_NORM, HEAD_DIM, BLOCK_N, SPLIT_BLOCKS)
+                       stride_kr, stride_kh, stride_vr, stride_vh, QK_NORM, HEAD_DIM, BLOCK_N, SPLIT_BLOCKS)
     b_lo = split * SPLIT_BLOCKS
     b_hi = tl.minimum(b_lo + SPLIT_BLOCKS, n_blocks)
     b_shared = prefix_len // BLOCK_N  # blocks [0, b_shared) hold committed keys only

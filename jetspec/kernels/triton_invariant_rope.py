@@ -19,33 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..core.invariant import norm_rope
+from ..core.invariant import norm_rope, rope_heads, rope_weights
 from .invariant_launch_forms import TAIL_ROWS
 
 
 @triton.jit
-def _partners(ROW, heads, ok, stride_h, HEAD_DIM: tl.constexpr):
-    """Heads `heads` [H] of a q/k/v row (features at ROW + h * stride_h) -> x, x_partner [H, D] float32."""
-    offs_d = tl.arange(0, HEAD_DIM)
-    partner = tl.where(offs_d < HEAD_DIM // 2, offs_d + HEAD_DIM // 2, offs_d - HEAD_DIM // 2)
-    x = tl.load(ROW + heads[:, None] * stride_h + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    x_partner = tl.load(ROW + heads[:, None] * stride_h + partner[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    return x, x_partner
-
-
-@triton.jit
-def _norm_weights(W, QK_NORM: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """A head norm's weight at each feature and at its rotate_half partner -> two [1, D] float32 (no norm: unread)."""
-    offs_d = tl.arange(0, HEAD_DIM)[None, :]
-    if QK_NORM:
-        partner = tl.where(offs_d < HEAD_DIM // 2, offs_d + HEAD_DIM // 2, offs_d - HEAD_DIM // 2)
-        return tl.load(W + offs_d).to(tl.float32), tl.load(W + partner).to(tl.float32)
-    return tl.zeros((1, HEAD_DIM), tl.float32), tl.zeros((1, HEAD_DIM), tl.float32)
-
-
-@triton.jit
-def _rope_step(QKV, COS, SIN, QW, KW, eps, K, V, SLOTS, head, row_ok, prefix_len, kvh, split, hq, hkv, stride_qh,
-               stride_kr, stride_kh, stride_vr, stride_vh, QK_NORM: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _rope_step(QKV, COS, SIN, QW, KW, eps, K, V, SLOTS, head, row_ok, prefix_len, kvh, split, hq, hkv, stride_kr,
+               stride_kh, stride_vr, stride_vh, QK_NORM: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_N: tl.constexpr, SPLIT_BLOCKS: tl.constexpr):
     """This program's q rows (heads `head` [BLOCK_M]) = rope(norm(q)) from the q/k/v row -> [BLOCK_M, D]; the program of
     split s_T first writes kv head `kvh`'s k = rope(norm(k)), v to the pool row slot(T); all meet the barrier."""
@@ -54,15 +34,15 @@ def _rope_step(QKV, COS, SIN, QW, KW, eps, K, V, SLOTS, head, row_ok, prefix_len
     sin = tl.load(SIN + offs_d).to(tl.float32)[None, :]
     if split == (prefix_len // BLOCK_N) // SPLIT_BLOCKS:
         kv = kvh + tl.zeros([1], tl.int32)  # [1]
-        x, x_partner = _partners(QKV + hq * stride_qh, kv, kv >= 0, stride_qh, HEAD_DIM)  # [1, D]
-        w, w_partner = _norm_weights(KW, QK_NORM, HEAD_DIM)
+        x, x_partner = rope_heads(QKV + hq * HEAD_DIM, kv, kv >= 0, HEAD_DIM, HEAD_DIM)  # [1, D]
+        w, w_partner = rope_weights(KW, HEAD_DIM, HEAD_DIM, QK_NORM)
         k = norm_rope(x, x_partner, w, w_partner, cos, sin, HEAD_DIM, eps, HEAD_DIM, QK_NORM, K.dtype.element_ty)
-        v = tl.load(QKV + (hq + hkv + kvh) * stride_qh + offs_d[None, :])  # [1, D]
+        v = tl.load(QKV + (hq + hkv + kvh) * HEAD_DIM + offs_d[None, :])  # [1, D]
         slot = tl.load(SLOTS + prefix_len).to(tl.int64)
         tl.store(K + slot * stride_kr + kvh * stride_kh + offs_d[None, :], k)
         tl.store(V + slot * stride_vr + kvh * stride_vh + offs_d[None, :], v)
-    x, x_partner = _partners(QKV, head, row_ok, stride_qh, HEAD_DIM)  # [BLOCK_M, D]
-    w, w_partner = _norm_weights(QW, QK_NORM, HEAD_DIM)
+    x, x_partner = rope_heads(QKV, head, row_ok, HEAD_DIM, HEAD_DIM)  # [BLOCK_M, D]
+    w, w_partner = rope_weights(QW, HEAD_DIM, HEAD_DIM, QK_NORM)
     q = norm_rope(x, x_partner, w, w_partner, cos, sin, HEAD_DIM, eps, HEAD_DIM, QK_NORM, K.dtype.element_ty)
     tl.debug_barrier()
     return q

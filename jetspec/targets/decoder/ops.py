@@ -161,9 +161,11 @@ class InvariantOps:
 
     def rope_attend(self, qkv, heads, cos, sin, qk_norm, cache, layer, meta, attention, scale) -> torch.Tensor | None:
         """The backend's one launch where it `AttendsRoped` this step (one sequence's), else None."""
+        if isinstance(cache, PackedKV):  # a batch's rows: the two launches
+            return None
         if self._roped is None or self._roped[0] is not attention:  # a Protocol check per backend, not per layer
             self._roped = (attention, isinstance(attention, AttendsRoped))
-        if not self._roped[1] or isinstance(cache, PackedKV):
+        if not self._roped[1]:
             return None
         return attention.attend_roped(qkv, cos, sin, qk_norm, heads[2], cache, layer, meta, scale)
 

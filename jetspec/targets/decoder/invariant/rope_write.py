@@ -26,33 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ....core.invariant import after_previous_kernel, launch_options, norm_rope
-
-
-@triton.jit
-def _heads(ROW, n_heads, D, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Heads [0, n_heads) starting at ROW, D features each -> x, rotate_half's partner of x
-    [BLOCK_H, BLOCK_D] float32 (x_partner[h, i] = x[h, i + D/2 or i - D/2])."""
-    heads = tl.arange(0, BLOCK_H)[:, None]
-    offs = tl.arange(0, BLOCK_D)[None, :]
-    half = D // 2
-    partner = tl.where(offs < half, offs + half, offs - half)
-    ok = (heads < n_heads) & (offs < D)
-    x = tl.load(ROW + heads * D + offs, mask=ok, other=0.0).to(tl.float32)  # [BLOCK_H, BLOCK_D]
-    x_partner = tl.load(ROW + heads * D + partner, mask=ok, other=0.0).to(tl.float32)
-    return x, x_partner
-
-
-@triton.jit
-def _weights(W, D, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr):
-    """A head norm's weight [D] at each feature and at its rotate_half partner -> two [1, BLOCK_D] float32
-    (zeros: no norm)."""
-    offs = tl.arange(0, BLOCK_D)[None, :]
-    if QK_NORM:
-        partner = tl.where(offs < D // 2, offs + D // 2, offs - D // 2)
-        return (tl.load(W + offs, mask=offs < D, other=0.0).to(tl.float32),  # exact: rms_scale takes w in float32
-                tl.load(W + partner, mask=offs < D, other=0.0).to(tl.float32))
-    return tl.zeros((1, BLOCK_D), tl.float32), tl.zeros((1, BLOCK_D), tl.float32)
+from ....core.invariant import after_previous_kernel, launch_options, norm_rope, rope_heads, rope_weights
 
 
 @triton.jit
@@ -76,12 +50,13 @@ def _rope_write_kernel(
     row = QKV + tok * stride_qkv  # [q heads | k heads | v heads], D features each
     cos = tl.load(COS + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)  # [1, BLOCK_D]
     sin = tl.load(SIN + tok * stride_cos + offs, mask=d_ok, other=0.0).to(tl.float32)
-    q_x, q_partner = _heads(row, Hq, D, BLOCK_HQ, BLOCK_D)  # [BLOCK_HQ, BLOCK_D] each
-    k_x, k_partner = _heads(row + Hq * D, Hkv, D, BLOCK_HKV, BLOCK_D)  # [BLOCK_HKV, BLOCK_D] each
-    kv_heads = tl.arange(0, BLOCK_HKV)[:, None]
+    hq_ids, hkv_ids = tl.arange(0, BLOCK_HQ), tl.arange(0, BLOCK_HKV)
+    q_x, q_partner = rope_heads(row, hq_ids, hq_ids < Hq, D, BLOCK_D)  # [BLOCK_HQ, BLOCK_D] each
+    k_x, k_partner = rope_heads(row + Hq * D, hkv_ids, hkv_ids < Hkv, D, BLOCK_D)  # [BLOCK_HKV, BLOCK_D] each
+    kv_heads = hkv_ids[:, None]
     v = tl.load(row + (Hq + Hkv) * D + kv_heads * D + offs, mask=(kv_heads < Hkv) & d_ok)  # [BLOCK_HKV, BLOCK_D]
-    qw, qw_partner = _weights(QW, D, BLOCK_D, QK_NORM)  # [1, BLOCK_D] each
-    kw, kw_partner = _weights(KW, D, BLOCK_D, QK_NORM)
+    qw, qw_partner = rope_weights(QW, D, BLOCK_D, QK_NORM)  # [1, BLOCK_D] each
+    kw, kw_partner = rope_weights(KW, D, BLOCK_D, QK_NORM)
     if not PER_ROW:
         if HAS_SLOTS:
             slot = tl.load(SLOTS + t).to(tl.int64)
